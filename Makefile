@@ -1,0 +1,50 @@
+# Custos: the two commands are `make demo` and `make test`. Everything else is for developers.
+GO      ?= go
+BIN     := $(CURDIR)/bin
+PKGS    := ./...
+# Brief fuzzing in `make test`; `make fuzz FUZZTIME=5m` for longer runs.
+FUZZTIME ?= 5s
+
+.PHONY: all build demo test deps vet unit alerts fuzz fuzz-brief bench proto clean
+
+all: build
+
+build:
+	@mkdir -p $(BIN)
+	$(GO) build -o $(BIN)/ ./cmd/...
+
+## demo: build, then run the main job against a SoftHSM token (software fallback) in ./demo-state.
+demo: build
+	@test/install-deps.sh --optional
+	@BIN=$(BIN) test/demo.sh
+
+## test: install what the tests need, then vet, race-enabled tests, alert-rule tests and brief fuzzing.
+test: deps vet unit alerts fuzz-brief
+
+deps:
+	@test/install-deps.sh
+
+vet:
+	$(GO) vet $(PKGS)
+
+unit:
+	$(GO) test -race -count=1 -timeout 15m $(PKGS)
+
+alerts:
+	@if [ -f configs/alerts_test.yml ]; then promtool check rules configs/alerts.yml && promtool test rules configs/alerts_test.yml; fi
+
+# Every Fuzz target in the tree, FUZZTIME each.
+fuzz-brief:
+	@FUZZTIME=$(FUZZTIME) GO=$(GO) test/fuzz.sh
+
+fuzz:
+	@FUZZTIME=$(FUZZTIME) GO=$(GO) test/fuzz.sh
+
+bench:
+	$(GO) test -run '^$$' -bench . -benchtime 2s $(PKGS)
+
+proto:
+	@test/proto.sh
+
+clean:
+	rm -rf $(BIN) demo-state

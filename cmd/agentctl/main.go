@@ -1,0 +1,78 @@
+// Command agentctl is the one command-line tool of Custos: it makes and rotates an agent's identity in a
+// TPM, a PKCS#11 token or (for development) an encrypted key file, signs and verifies, runs the agent
+// daemon, and reads the audit log.
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+
+	"github.com/urfave/cli/v2"
+)
+
+// Exit codes: 0 success, 1 failure, 2 usage error.
+const (
+	exitFailure = 1
+	exitUsage   = 2
+)
+
+// usageError marks an error as a usage error (exit 2).
+type usageError struct{ error }
+
+func usagef(format string, args ...any) error { return usageError{fmt.Errorf(format, args...)} }
+
+func main() { os.Exit(run(os.Args, os.Stdin, os.Stdout, os.Stderr)) }
+
+// run is main without the process: tests call it in-process (testscript).
+func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	app := newApp(stdin, stdout, stderr)
+	err := app.Run(args)
+	if err == nil {
+		return 0
+	}
+	fmt.Fprintf(stderr, "agentctl: %v\n", err)
+	var ue usageError
+	if errors.As(err, &ue) {
+		return exitUsage
+	}
+	return exitFailure
+}
+
+func newApp(stdin io.Reader, stdout, stderr io.Writer) *cli.App {
+	app := &cli.App{
+		Name:  "agentctl",
+		Usage: "hardware-backed key custody agent for peer-to-peer AI agents",
+		Description: "Custos keeps each agent's identity key in a TPM 2.0 or a PKCS#11 token (a passphrase-encrypted\n" +
+			"file for development) and never lets it out. Start with 'agentctl init', see 'agentctl id'.\n" +
+			"Secrets (PINs, passphrases, TPM passwords) are read from files or named environment variables,\n" +
+			"never from the command line.",
+		Reader:    stdin,
+		Writer:    stdout,
+		ErrWriter: stderr,
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "home", Usage: "agent state directory (mode 0700)", EnvVars: []string{"CUSTOS_HOME"}, Value: defaultHome()},
+			&cli.StringFlag{Name: "log-level", Usage: "debug, info, warn or error", Value: "warn"},
+		},
+		Commands:        commands(),
+		HideHelpCommand: true,
+		ExitErrHandler:  func(*cli.Context, error) {}, // run() prints and picks the exit code
+		OnUsageError: func(_ *cli.Context, err error, _ bool) error {
+			return usageError{err}
+		},
+	}
+	return app
+}
+
+// commands lists every subcommand; each lives in a file of its own.
+func commands() []*cli.Command {
+	return []*cli.Command{}
+}
+
+func defaultHome() string {
+	if h, err := os.UserHomeDir(); err == nil {
+		return h + "/.custos"
+	}
+	return ".custos"
+}
