@@ -52,7 +52,15 @@ func ParsePublicKey(alg Algorithm, raw []byte) (PublicKey, error) {
 		if x == nil {
 			return PublicKey{}, fmt.Errorf("p256 public key is not a point on the curve")
 		}
-		return PublicKey{Algorithm: P256, key: &ecdsa.PublicKey{Curve: elliptic.P256(), X: x, Y: y}}, nil
+		uncompressed := make([]byte, 65)
+		uncompressed[0] = 4
+		x.FillBytes(uncompressed[1:33])
+		y.FillBytes(uncompressed[33:])
+		k, err := ecdsa.ParseUncompressedPublicKey(elliptic.P256(), uncompressed)
+		if err != nil {
+			return PublicKey{}, fmt.Errorf("p256 public key: %v", err)
+		}
+		return PublicKey{Algorithm: P256, key: k}, nil
 	default:
 		return PublicKey{}, errorf(ErrUnsupportedAlgorithm, "algorithm %q", alg)
 	}
@@ -83,7 +91,14 @@ func (p PublicKey) Bytes() []byte {
 	case ed25519.PublicKey:
 		return append([]byte(nil), k...)
 	case *ecdsa.PublicKey:
-		return elliptic.MarshalCompressed(k.Curve, k.X, k.Y) //nolint:staticcheck // compressed SEC 1 is the point of this encoding
+		u, err := k.Bytes() // uncompressed SEC 1: 0x04 || X || Y
+		if err != nil || len(u) != 65 {
+			return nil
+		}
+		out := make([]byte, 33)
+		out[0] = 2 | u[64]&1
+		copy(out[1:], u[1:33])
+		return out
 	}
 	return nil
 }
