@@ -5,7 +5,7 @@ PKGS    := ./...
 # Brief fuzzing in `make test`; `make fuzz FUZZTIME=5m` for longer runs.
 FUZZTIME ?= 5s
 
-.PHONY: all build demo test deps vet unit alerts fuzz fuzz-brief bench proto clean
+.PHONY: all build demo test deps vet lint unit alerts fuzz fuzz-brief bench proto clean
 
 all: build
 
@@ -19,13 +19,19 @@ demo: build
 	@BIN=$(BIN) test/demo.sh
 
 ## test: install what the tests need, then vet, race-enabled tests, alert-rule tests and brief fuzzing.
-test: deps vet unit alerts fuzz-brief
+test: deps vet lint unit alerts fuzz-brief
 
 deps:
 	@test/install-deps.sh
 
 vet:
+	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { echo "gofmt needed:"; gofmt -l $$(git ls-files '*.go'); exit 1; }
 	$(GO) vet $(PKGS)
+
+STATICCHECK_VERSION := v0.8.2
+lint:
+	@test -x $(BIN)/staticcheck || GOBIN=$(BIN) GOFLAGS= $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
+	$(BIN)/staticcheck $(PKGS)
 
 unit:
 	$(GO) test -race -count=1 -timeout 15m $(PKGS)
