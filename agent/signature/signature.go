@@ -28,6 +28,10 @@ const (
 	StakeTable       Purpose = "stake-table"
 )
 
+// TransportKeyProof: a transport plugin proves possession of its own (ephemeral) transport key to its host
+// by signing the host's nonce (transports/host). Fields: transport name, nonce, raw public key.
+const TransportKeyProof Purpose = "transport-key-proof"
+
 // Prefix returns the context bytes "custos/v1/<purpose>\x00".
 func (p Purpose) Prefix() []byte { return []byte("custos/v1/" + string(p) + "\x00") }
 
