@@ -32,6 +32,10 @@ const (
 // by signing the host's nonce (transports/host). Fields: transport name, nonce, raw public key.
 const TransportKeyProof Purpose = "transport-key-proof"
 
+// GrantRevocation: a system administrator revokes a role grant (agent/rbac). Fields: version, grant ID,
+// issuer agent ID, issue time. A separate purpose so that a grant signature can never pass as a revocation.
+const GrantRevocation Purpose = "grant-revocation"
+
 // Prefix returns the context bytes "custos/v1/<purpose>\x00".
 func (p Purpose) Prefix() []byte { return []byte("custos/v1/" + string(p) + "\x00") }
 
