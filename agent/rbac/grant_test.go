@@ -1,0 +1,467 @@
+package rbac
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/custos-agent/custos/agent/identity"
+	"github.com/custos-agent/custos/agent/signature"
+	"github.com/custos-agent/custos/keystore"
+	bolt "go.etcd.io/bbolt"
+)
+
+func TestGrantEncodeDecode(t *testing.T) {
+	f := newFixture(t, nil)
+	sub := newAgent(t, keystore.P256)
+	g := f.grant(t, f.admin, sub.id, PeerNode, 24*time.Hour)
+	enc := g.Encode()
+	back, err := DecodeGrant(enc)
+	if err != nil {
+		t.Fatalf("DecodeGrant(Encode): %v", err)
+	}
+	if back != g {
+		t.Fatalf("round trip changed the grant: %+v != %+v", back, g)
+	}
+	if err := f.az.CheckGrant(context.Background(), back); err != nil {
+		t.Fatalf("decoded grant does not verify: %v", err)
+	}
+	s := string(enc)
+	cases := []struct{ name, in, want string }{
+		{"unknown field", strings.Replace(s, `"v":1,`, `"v":1,"extra":true,`, 1), "unknown field"},
+		{"trailing data", s + "{}", "trailing data"},
+		{"whitespace", strings.Replace(s, `"v":1,`, `"v": 1,`, 1), "canonical"},
+		{"duplicate key", strings.Replace(s, `"v":1,`, `"v":1,"v":1,`, 1), "canonical"},
+		{"version 2", strings.Replace(s, `"v":1,`, `"v":2,`, 1), "version 2"},
+		{"unknown role", strings.Replace(s, `"peer_node"`, `"root"`, 1), `unknown role "root"`},
+		{"bad subject", strings.Replace(s, sub.id.String(), "rsa:AAAA", 1), "subject"},
+		{"short grant ID", strings.Replace(s, g.ID, "AAAA", 1), "grant ID"},
+		{"padded signature", strings.Replace(s, `"}`, `=="}`, 1), "signature"},
+		{"empty validity", strings.Replace(s, `"expires":`, `"expires":1,"x":`, 1), "unknown field"},
+		{"not an object", `[]`, "cannot unmarshal"},
+		{"oversized", s + strings.Repeat(" ", MaxGrantSize), "exceeds"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			_, err := DecodeGrant([]byte(c.in))
+			if err == nil || !errors.Is(err, ErrMalformed) || !strings.Contains(err.Error(), c.want) {
+				t.Fatalf("DecodeGrant: got %v, want ErrMalformed mentioning %q", err, c.want)
+			}
+		})
+	}
+	g2 := g
+	g2.Expires = g2.Issued
+	if _, err := DecodeGrant(g2.Encode()); err == nil || !strings.Contains(err.Error(), "expires must be after issued") {
+		t.Fatalf("expires == issued: %v", err)
+	}
+}
+
+func TestRevocationEncodeDecodeAndDomainSeparation(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t, nil)
+	g := f.grant(t, f.admin, newAgent(t, keystore.Ed25519).id, TaskSubmitter, time.Hour)
+	r, err := IssueRevocation(ctx, f.admin.s, f.admin.id, g.ID, f.clk.t)
+	if err != nil {
+		t.Fatal(err)
+	}
+	back, err := DecodeRevocation(r.Encode())
+	if err != nil || back != r {
+		t.Fatalf("revocation round trip: %v", err)
+	}
+	if _, err := DecodeRevocation(append(r.Encode(), ' ')); err == nil {
+		t.Fatal("trailing space accepted")
+	}
+	// A grant's signature must not pass as a revocation's, even with matching fields.
+	forged := Revocation{Version: 1, Grant: g.ID, Issuer: g.Issuer, Issued: g.Issued, Sig: g.Sig}
+	wantReason(t, f.az.AddRevocation(ctx, forged), GrantBadSignature)
+	// A revocation by a non-administrator is refused and not recorded.
+	r2, err := IssueRevocation(ctx, f.outsider.s, f.outsider.id, g.ID, f.clk.t)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantReason(t, f.az.AddRevocation(ctx, r2), GrantBadIssuer)
+	if f.az.Revoked(g.ID) {
+		t.Fatal("a refused revocation was recorded")
+	}
+	// The same bytes under the grant purpose and the revocation purpose differ.
+	if bytes.Equal(signature.GrantRevocation.Prefix(), signature.Grant.Prefix()) {
+		t.Fatal("grant and revocation share a signature context")
+	}
+}
+
+func TestAuthorizeReasonsPreferTheGrantThatWouldHaveHelped(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t, nil)
+	sub := newAgent(t, keystore.Ed25519)
+	// A long-lived peer_node grant and a short task_submitter grant.
+	if err := f.az.AddGrant(ctx, f.grant(t, f.admin, sub.id, PeerNode, 48*time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.az.AddGrant(ctx, f.grant(t, f.admin, sub.id, TaskSubmitter, time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	if got := f.az.Roles(ctx, sub.id); len(got) != 2 || got[0] != TaskSubmitter || got[1] != PeerNode {
+		t.Fatalf("Roles = %v", got)
+	}
+	if err := f.az.Authorize(ctx, sub.id, SubmitTasks); err != nil {
+		t.Fatal(err)
+	}
+	f.clk.t = t0.Add(2 * time.Hour)
+	// submit_tasks came only from the expired grant: grant_expired, not permission_denied.
+	wantReason(t, f.az.Authorize(ctx, sub.id, SubmitTasks), GrantExpired)
+	// process_tasks still comes from the live grant.
+	if err := f.az.Authorize(ctx, sub.id, ProcessTasks); err != nil {
+		t.Fatal(err)
+	}
+	// manage_security never came from any grant: permission_denied naming system_admin.
+	err := f.az.Authorize(ctx, sub.id, ManageSecurity)
+	wantReason(t, err, PermissionDenied)
+	if !strings.Contains(err.Error(), "system_admin") {
+		t.Fatalf("denial should say which role carries the permission: %v", err)
+	}
+	n, err := f.az.Prune(ctx)
+	if err != nil || n != 1 || len(f.az.Grants(sub.id)) != 1 {
+		t.Fatalf("Prune = %d, %v; %d grants left", n, err, len(f.az.Grants(sub.id)))
+	}
+	// An administrator holds system_admin implicitly, and nothing else.
+	if err := f.az.Authorize(ctx, f.admin.id, ManageSecurity); err != nil {
+		t.Fatalf("administrator denied manage_security: %v", err)
+	}
+	wantReason(t, f.az.Authorize(ctx, f.admin.id, SubmitTasks), PermissionDenied)
+	// An unknown permission is an error, not a silent allow.
+	if err := f.az.Authorize(ctx, sub.id, "launch_missiles"); err == nil {
+		t.Fatal("unknown permission allowed")
+	}
+}
+
+func TestOperationTable(t *testing.T) {
+	ctx := context.Background()
+	messages := []Operation{"task_request", "task_response", "task_progress", "task_result", "error_response", "heartbeat", "feedback", "handshake"}
+	for _, m := range messages {
+		req, err := Required(m)
+		if err != nil || !req.Peer || req.Note == "" {
+			t.Errorf("message type %s: %+v, %v", m, req, err)
+		}
+	}
+	used := map[Permission]bool{}
+	seen := map[Operation]bool{}
+	for _, r := range Table {
+		if seen[r.Op] {
+			t.Errorf("operation %s listed twice", r.Op)
+		}
+		seen[r.Op] = true
+		if r.Permission != "" {
+			if _, err := ParsePermission(string(r.Permission)); err != nil {
+				t.Errorf("%s: %v", r.Op, err)
+			}
+			used[r.Permission] = true
+		} else if r.Op != OpHandshake && r.Op != OpErrorResponse {
+			t.Errorf("%s needs no permission: only the handshake and error_response may", r.Op)
+		}
+		if !r.Peer && !strings.HasPrefix(string(r.Op), "control.") {
+			t.Errorf("control operation %s is not named control.*", r.Op)
+		}
+	}
+	for _, p := range AllPermissions {
+		if !used[p] {
+			t.Errorf("permission %s is needed by no operation", p)
+		}
+	}
+	if _, err := Required("control.format_disk"); !errors.Is(err, ErrUnknownOperation) {
+		t.Fatalf("unknown operation: %v", err)
+	}
+
+	// AuthorizeOp follows the table: a peer_node may send task_result but not task_request.
+	f := newFixture(t, nil)
+	peer := newAgent(t, keystore.Ed25519)
+	if err := f.az.AddGrant(ctx, f.grant(t, f.admin, peer.id, PeerNode, time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	for _, op := range []Operation{OpTaskResult, OpTaskResponse, OpTaskProgress, OpHeartbeat, OpFeedback, OpHandshake, OpErrorResponse} {
+		if err := f.az.AuthorizeOp(ctx, peer.id, op); err != nil {
+			t.Errorf("peer_node denied %s: %v", op, err)
+		}
+	}
+	wantReason(t, f.az.AuthorizeOp(ctx, peer.id, OpTaskRequest), PermissionDenied)
+	wantReason(t, f.az.AuthorizeOp(ctx, peer.id, OpRelay), PermissionDenied)
+	if err := f.az.AuthorizeOp(ctx, peer.id, "teleport"); !errors.Is(err, ErrUnknownOperation) {
+		t.Fatalf("unknown message type: %v", err)
+	}
+}
+
+func TestBoltStorePersistsGrantsAndRevocations(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "state.db")
+	db, err := bolt.Open(path, 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := NewBoltStore(db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := newFixture(t, st)
+	a, b := newAgent(t, keystore.Ed25519), newAgent(t, keystore.Ed25519)
+	ga := f.grant(t, f.admin, a.id, PeerNode, time.Hour)
+	gb := f.grant(t, f.admin, b.id, PeerNode, time.Hour)
+	for _, g := range []Grant{ga, gb} {
+		if err := f.az.AddGrant(ctx, g); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rev, _ := IssueRevocation(ctx, f.admin.s, f.admin.id, gb.ID, f.clk.t)
+	if err := f.az.AddRevocation(ctx, rev); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	// Reopen: a fresh authorizer knows both grants and the revocation.
+	db, err = bolt.Open(path, 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err = NewBoltStore(db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	az, err := NewAuthorizer(ctx, Config{Admins: []identity.ID{f.admin.id}}, Options{Now: f.clk.now, Store: st})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := az.Authorize(ctx, a.id, ShareResults); err != nil {
+		t.Fatalf("after reopen: %v", err)
+	}
+	wantReason(t, az.Authorize(ctx, b.id, ShareResults), GrantRevoked)
+
+	// A stored grant whose signature was altered on disk is judged bad on use.
+	tampered := ga
+	tampered.Issuer = f.admin.id.String()
+	sig, _ := identity.Base64().DecodeString(tampered.Sig)
+	sig[0] ^= 1
+	tampered.Sig = identity.Base64().EncodeToString(sig)
+	if err := db.Update(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketGrants).Put([]byte(ga.ID), tampered.Encode())
+	}); err != nil {
+		t.Fatal(err)
+	}
+	az2, err := NewAuthorizer(ctx, Config{Admins: []identity.ID{f.admin.id}}, Options{Now: f.clk.now, Store: st})
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantReason(t, az2.Authorize(ctx, a.id, ShareResults), GrantBadSignature)
+
+	// A record that does not decode stops loading with an error that names it.
+	if err := db.Update(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketGrants).Put([]byte("junk"), []byte("{"))
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := NewAuthorizer(ctx, Config{}, Options{Store: st}); err == nil || !strings.Contains(err.Error(), `"junk"`) {
+		t.Fatalf("corrupt record: %v", err)
+	}
+	db.Close()
+}
+
+func TestGrantLimitPerSubject(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t, nil)
+	if err := f.az.SetConfig(Config{Admins: []identity.ID{f.admin.id}, MaxGrantsPerSubject: 2}); err != nil {
+		t.Fatal(err)
+	}
+	sub := newAgent(t, keystore.Ed25519)
+	for i := 0; i < 2; i++ {
+		if err := f.az.AddGrant(ctx, f.grant(t, f.admin, sub.id, PeerNode, time.Minute)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	err := f.az.AddGrant(ctx, f.grant(t, f.admin, sub.id, PeerNode, time.Hour))
+	if err == nil || !strings.Contains(err.Error(), "limit") {
+		t.Fatalf("third grant: %v", err)
+	}
+	f.clk.t = t0.Add(2 * time.Minute) // the first two expire and make room
+	if err := f.az.AddGrant(ctx, f.grant(t, f.admin, sub.id, PeerNode, time.Hour)); err != nil {
+		t.Fatalf("after expiry: %v", err)
+	}
+	if n := len(f.az.Grants(sub.id)); n != 1 {
+		t.Fatalf("%d grants held, want 1", n)
+	}
+}
+
+func TestLocalCallersByPeerCredentials(t *testing.T) {
+	ctx := context.Background()
+	dir, err := os.MkdirTemp("", "cx")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	sock := filepath.Join(dir, "c.sock")
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: sock, Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		c, err := net.Dial("unix", sock)
+		if err == nil {
+			defer c.Close()
+			time.Sleep(200 * time.Millisecond)
+		}
+	}()
+	conn, err := ln.AcceptUnix()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	cred, err := PeerCred(conn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cred.UID != uint32(os.Getuid()) || cred.GID != uint32(os.Getgid()) || cred.PID != int32(os.Getpid()) {
+		t.Fatalf("PeerCred = %+v, want uid %d gid %d pid %d", cred, os.Getuid(), os.Getgid(), os.Getpid())
+	}
+
+	f := newFixture(t, nil)
+	check := func(local LocalRoles, op Operation, want Reason) {
+		t.Helper()
+		if err := f.az.SetConfig(Config{Admins: f.az.Admins(), Local: local}); err != nil {
+			t.Fatal(err)
+		}
+		err := f.az.AuthorizeLocal(ctx, cred, op)
+		if want == "" {
+			if err != nil {
+				t.Fatalf("%s: %v", op, err)
+			}
+			return
+		}
+		wantReason(t, err, want)
+		if !strings.Contains(err.Error(), cred.String()) {
+			t.Fatalf("denial does not name the caller: %v", err)
+		}
+	}
+	check(LocalRoles{}, CtlStatus, NoGrant)
+	operator := NewLocalRoles(map[uint32][]Role{cred.UID: {AgentOperator}}, nil)
+	check(operator, CtlStatus, "")
+	check(operator, CtlRotate, "")
+	check(operator, CtlGrant, PermissionDenied)
+	check(operator, CtlTaskResult, PermissionDenied)
+	byGroup := NewLocalRoles(nil, map[uint32][]Role{cred.GID: {SystemAdmin}})
+	check(byGroup, CtlGrant, "")
+	check(byGroup, CtlStatus, PermissionDenied)
+	if err := f.az.AuthorizeLocal(ctx, cred, "control.nope"); !errors.Is(err, ErrUnknownOperation) {
+		t.Fatalf("unknown control operation: %v", err)
+	}
+}
+
+func TestLocalConfigCompile(t *testing.T) {
+	look := Lookups{
+		User: func(n string) (uint32, error) {
+			if n == "custos" {
+				return 990, nil
+			}
+			return 0, errors.New("unknown user")
+		},
+		Group: func(n string) (uint32, error) {
+			if n == "ops" {
+				return 50, nil
+			}
+			return 0, errors.New("unknown group")
+		},
+	}
+	l, err := LocalConfig{
+		Users:  map[string][]string{"custos": {"agent_operator", "system_admin"}, "1001": {"task_submitter"}},
+		Groups: map[string][]string{"ops": {"agent_operator"}},
+	}.Compile(look)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := l.RolesFor(Cred{UID: 990, GID: 50}); len(got) != 2 || got[0] != SystemAdmin || got[1] != AgentOperator {
+		t.Fatalf("RolesFor custos/ops = %v", got)
+	}
+	if got := l.RolesFor(Cred{UID: 1001, GID: 1001}); len(got) != 1 || got[0] != TaskSubmitter {
+		t.Fatalf("RolesFor 1001 = %v", got)
+	}
+	bad := []struct {
+		cfg  LocalConfig
+		want string
+	}{
+		{LocalConfig{Users: map[string][]string{"nobody-here": {"agent_operator"}}}, "neither a number nor a known name"},
+		{LocalConfig{Users: map[string][]string{"custos": {"root"}}}, `unknown role "root"`},
+		{LocalConfig{Users: map[string][]string{"custos": {"agent_operator"}, "990": {"task_submitter"}}}, "already listed"},
+		{LocalConfig{Groups: map[string][]string{"wheel": {"agent_operator"}}}, "groups"},
+	}
+	for _, c := range bad {
+		if _, err := c.cfg.Compile(look); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("Compile(%+v) = %v, want %q", c.cfg, err, c.want)
+		}
+	}
+}
+
+// FuzzDecodeGrant: DecodeGrant never panics, and whatever it accepts encodes back to the same bytes.
+func FuzzDecodeGrant(f *testing.F) {
+	s, _ := keystore.GenerateMemorySigner(keystore.Ed25519)
+	id := identity.NewID(s.Public())
+	g, err := IssueGrant(context.Background(), s, id, id, PeerNode, t0, time.Hour)
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add(g.Encode())
+	f.Add([]byte(`{"v":1}`))
+	f.Add([]byte(`{}`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		g, err := DecodeGrant(b)
+		if err != nil {
+			if !errors.Is(err, ErrMalformed) {
+				t.Fatalf("error does not wrap ErrMalformed: %v", err)
+			}
+			return
+		}
+		if !bytes.Equal(g.Encode(), b) {
+			t.Fatalf("accepted %q but encodes as %q", b, g.Encode())
+		}
+	})
+}
+
+// FuzzDecodeRevocation: the same property for revocations.
+func FuzzDecodeRevocation(f *testing.F) {
+	s, _ := keystore.GenerateMemorySigner(keystore.Ed25519)
+	id := identity.NewID(s.Public())
+	r, err := IssueRevocation(context.Background(), s, id, "AAAAAAAAAAAAAAAAAAAAAA", t0)
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add(r.Encode())
+	f.Add([]byte(`{"v":1,"grant":""}`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		r, err := DecodeRevocation(b)
+		if err != nil {
+			return
+		}
+		if !bytes.Equal(r.Encode(), b) {
+			t.Fatalf("accepted %q but encodes as %q", b, r.Encode())
+		}
+	})
+}
+
+// FuzzParseRoles: ParseRoles never panics, and what it accepts survives Encode/ParseRoles unchanged.
+func FuzzParseRoles(f *testing.F) {
+	f.Add(SeedRoles().Encode())
+	f.Add([]byte("roles: {system_admin: [view_metrics]}"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		rs, err := ParseRoles(b)
+		if err != nil {
+			return
+		}
+		back, err := ParseRoles(rs.Encode())
+		if err != nil || !back.Equal(rs) {
+			t.Fatalf("accepted roles do not round-trip: %v", err)
+		}
+	})
+}
