@@ -83,9 +83,13 @@ func TestVerifyRefuses(t *testing.T) {
 		detail string
 	}
 	cases := []tc{
-		{"expired", id, func() *Delegation { return issue(t, id, id.Current(), Delegated, now.Add(-2*time.Hour), now.Add(-time.Second)) }, reason.DelegationExpired, "expired at"},
+		{"expired", id, func() *Delegation {
+			return issue(t, id, id.Current(), Delegated, now.Add(-2*time.Hour), now.Add(-time.Second))
+		}, reason.DelegationExpired, "expired at"},
 		{"expires exactly now", id, func() *Delegation { return issue(t, id, id.Current(), Delegated, now.Add(-time.Hour), now) }, reason.DelegationExpired, "expired at"},
-		{"not yet valid", id, func() *Delegation { return issue(t, id, id.Current(), Delegated, now.Add(time.Minute), now.Add(time.Hour)) }, reason.DelegationNotYetValid, "valid from"},
+		{"not yet valid", id, func() *Delegation {
+			return issue(t, id, id.Current(), Delegated, now.Add(time.Minute), now.Add(time.Hour))
+		}, reason.DelegationNotYetValid, "valid from"},
 		{"signed by a rotated-away key, old generation", rotated, func() *Delegation {
 			d := issue(t, rotated, oldKey, Delegated, now.Add(-time.Minute), now.Add(time.Hour))
 			d.Generation = 0

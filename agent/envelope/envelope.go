@@ -212,7 +212,9 @@ func (e *Envelope) check() error {
 	if !h.MessageType.Valid() {
 		return reason.New(reason.UnknownMessageType, "message type %q (known: task_request, task_response, task_progress, task_result, error_response, heartbeat, feedback)", h.MessageType)
 	}
-	bad := func(format string, args ...any) error { return reason.New(reason.Malformed, "envelope: "+format, args...) }
+	bad := func(format string, args ...any) error {
+		return reason.New(reason.Malformed, "envelope: "+format, args...)
+	}
 	if h.Timestamp <= 0 {
 		return bad("timestamp %d is not a positive Unix time", h.Timestamp)
 	}

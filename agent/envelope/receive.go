@@ -94,4 +94,3 @@ func VerifyEvidence(e *Envelope, log *identity.Log, d *delegation.Delegation) er
 	}
 	return e.Verify(v.OpKey)
 }
-
