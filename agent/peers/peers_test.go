@@ -1,0 +1,166 @@
+package peers
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"go.etcd.io/bbolt"
+
+	"github.com/custos-agent/custos/agent/delegation"
+	"github.com/custos-agent/custos/agent/identity"
+	"github.com/custos-agent/custos/agent/internal/agenttest"
+	"github.com/custos-agent/custos/agent/reason"
+	"github.com/custos-agent/custos/agent/suite"
+	"github.com/custos-agent/custos/keystore"
+)
+
+func open(t *testing.T, path string) *Cache {
+	t.Helper()
+	c, err := Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func TestLogsAndForks(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "home", "state.db")
+	c := open(t, path)
+	peer := agenttest.NewIdentity(t, keystore.Ed25519)
+	id := peer.ID().String()
+	if _, ok, err := c.State(id); ok || err != nil {
+		t.Fatalf("empty cache: %v %v", ok, err)
+	}
+	old := identity.Log{Events: append([]identity.Event{}, peer.Log.Events...)}
+	if _, err := c.UpdateLog(peer.ID(), &old); err != nil {
+		t.Fatal(err)
+	}
+	peer.Rotate(t)
+	fork := peer.Fork(t) // another history after generation 1
+	st, err := c.UpdateLog(peer.ID(), &peer.Log)
+	if err != nil || st.Generation != 1 {
+		t.Fatalf("newer log: gen %d, %v", st.Generation, err)
+	}
+	// An older log changes nothing and returns the newest state.
+	if st, err := c.UpdateLog(peer.ID(), &old); err != nil || st.Generation != 1 {
+		t.Fatalf("older log: gen %d, %v", st.Generation, err)
+	}
+	if fi, err := os.Stat(path); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("state.db mode: %v %v", fi.Mode(), err)
+	}
+	// Survives a restart, re-verified from disk.
+	c.Close()
+	c = open(t, path)
+	if st, ok, err := c.State(id); !ok || err != nil || st.Generation != 1 || !st.Current.Equal(peer.Current().Public()) {
+		t.Fatalf("after reopen: %+v %v %v", st, ok, err)
+	}
+	// A fork: both histories are validly signed; together they prove the key holder signed two.
+	peer.Rotate(t) // the "real" generation 2
+	if _, err := c.UpdateLog(peer.ID(), &peer.Log); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.UpdateLog(peer.ID(), &fork); !errors.Is(err, reason.KeyLogFork) || !errors.Is(err, identity.ErrDuplicity) {
+		t.Fatalf("fork: %v", err)
+	}
+	// Compromised stays so, across restarts, whatever log is shown next.
+	c.Close()
+	c = open(t, path)
+	defer c.Close()
+	if _, err := c.UpdateLog(peer.ID(), &peer.Log); !errors.Is(err, reason.PeerCompromised) {
+		t.Fatalf("update after fork: %v", err)
+	}
+	if _, _, err := c.State(id); !errors.Is(err, reason.PeerCompromised) {
+		t.Fatalf("state after fork: %v", err)
+	}
+	p, err := c.Compromised(id)
+	if err != nil || p == nil || p.Generation != 2 || p.Cached.Digest() == p.Presented.Digest() {
+		t.Fatalf("evidence: %+v %v", p, err)
+	}
+	// Evidence is verifiable by anyone: both events apply to the same state at generation 1.
+	prefix := identity.Log{Events: peer.Log.Events[:2]}
+	st1, _ := prefix.Verify()
+	if _, err := st1.Apply(&p.Cached); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st1.Apply(&p.Presented); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestRefusesBadLogs(t *testing.T) {
+	c := open(t, filepath.Join(t.TempDir(), "state.db"))
+	defer c.Close()
+	a, b := agenttest.NewIdentity(t, keystore.Ed25519), agenttest.NewIdentity(t, keystore.P256)
+	if _, err := c.UpdateLog(a.ID(), &b.Log); !errors.Is(err, reason.KeyLogInvalid) {
+		t.Fatalf("another agent's log: %v", err)
+	}
+	bad := identity.Log{Events: append([]identity.Event{}, a.Log.Events...)}
+	bad.Events[0].Time++
+	if _, err := c.UpdateLog(a.ID(), &bad); !errors.Is(err, reason.KeyLogInvalid) {
+		t.Fatalf("altered log: %v", err)
+	}
+	if ids, _ := c.IDs(); len(ids) != 0 {
+		t.Fatalf("a refused log was stored: %v", ids)
+	}
+	// Tampering with state.db (b's log stored under a's ID) is detected on load.
+	if err := c.db.Update(func(tx *bbolt.Tx) error {
+		return tx.Bucket(bucketLogs).Put([]byte(a.ID().String()), b.Log.Encode())
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := c.State(a.ID().String()); !errors.Is(err, reason.KeyLogInvalid) {
+		t.Fatalf("tampered entry: %v", err)
+	}
+}
+
+func TestDelegations(t *testing.T) {
+	ctx := context.Background()
+	clock := agenttest.NewClock(agenttest.Epoch.Add(time.Hour))
+	c := open(t, filepath.Join(t.TempDir(), "state.db"))
+	defer c.Close()
+	c.SetClock(clock.Now)
+	peer := agenttest.NewIdentity(t, keystore.Ed25519)
+	id := peer.ID().String()
+	if _, err := c.OperationalKeys(ctx, id, clock.Now()); !errors.Is(err, reason.UnknownPeer) {
+		t.Fatalf("unknown: %v", err)
+	}
+	if _, err := c.UpdateLog(peer.ID(), &peer.Log); err != nil {
+		t.Fatal(err)
+	}
+	m, err := delegation.NewManager(ctx, delegation.Config{Identity: peer.Current(), State: peer.State, Clock: clock.Now, KEM: suite.KEMX25519})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var issued []*delegation.Keys
+	for range 6 {
+		k, err := m.Renew(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		issued = append(issued, k)
+		if err := c.PutDelegation(k.Delegation); err != nil {
+			t.Fatal(err)
+		}
+		clock.Advance(time.Minute)
+	}
+	ds, err := c.Delegations(id)
+	if err != nil || len(ds) != MaxDelegations || ds[0].NotAfter != issued[5].Delegation.NotAfter {
+		t.Fatalf("kept %d delegations: %v", len(ds), err)
+	}
+	keys, err := c.OperationalKeys(ctx, id, clock.Now())
+	if err != nil || len(keys) != MaxDelegations || !keys[0].Equal(issued[5].Signer().Public()) {
+		t.Fatalf("operational keys: %d %v", len(keys), err)
+	}
+	// After a rotation the stored delegations (signed by the old key) no longer count.
+	peer.Rotate(t)
+	if _, err := c.UpdateLog(peer.ID(), &peer.Log); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.OperationalKeys(ctx, id, clock.Now()); !errors.Is(err, reason.DelegationWrongKey) {
+		t.Fatalf("after rotation: %v", err)
+	}
+}
