@@ -1,0 +1,459 @@
+package audit
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"github.com/custos-agent/custos/agent/identity"
+	"github.com/custos-agent/custos/agent/signature"
+)
+
+// RecordVersion is the only version of the record format.
+const RecordVersion = 1
+
+// Limits of one record.
+const (
+	// MaxRecordSize bounds one encoded record (one line, newline included).
+	MaxRecordSize = 64 << 10
+	// maxFieldLen bounds Actor and Subject.
+	maxFieldLen = 1024
+)
+
+// Record is one audit event. A caller of Append fills Type, Actor, Subject, Outcome, Details and
+// optionally Time; the log assigns Seq, Time (when zero), Prev and Hash. Records read back from disk
+// have every field set; their Details hold JSON values (string, bool, json.Number, nil, []any,
+// map[string]any).
+type Record struct {
+	Seq     uint64         // position in the log, from 1, no gaps
+	Time    time.Time      // when the event happened (UTC, nanoseconds)
+	Type    EventType      // what happened (see the constants)
+	Actor   string         // who did it (an agent ID, "operator", a plugin name)
+	Subject string         // what it was done to (an agent ID, a key URI, a file, an operation)
+	Outcome Outcome        // success, failure, denied or info
+	Details map[string]any // event-specific facts; never secrets (see CheckDetails)
+
+	Checkpoint *Checkpoint // set on records that carry a signature over the chain
+	Prev       string      // base64url hash of the previous record ("" for the first record ever)
+	Hash       string      // base64url hash of this record (see docs/adr/0004-audit-log.md)
+}
+
+// Checkpoint is a signature by the agent's identity key over the chain up to and including record
+// HeadSeq, whose hash is Head. The signed input is signature purpose AuditCheckpoint with the fields
+// agent ID, Gen, HeadSeq and the 32-byte head hash. A verifier takes the key of generation Gen from the
+// agent's verified key event log; Kid (the base64url PublicKey.Digest of the signing key) only helps it
+// say which key was used when that one is wrong.
+type Checkpoint struct {
+	Gen     uint64 `json:"gen"`
+	Kid     string `json:"kid"`
+	HeadSeq uint64 `json:"head_seq"`
+	Head    string `json:"head"`
+	Sig     string `json:"sig"`
+}
+
+// wire is the JSON form of a record, one per line. Field order is the order on disk; a record on disk
+// must be exactly json.Marshal of its decoded wire form (canonical), so any changed byte is caught.
+type wire struct {
+	V       int             `json:"v"`
+	Seq     uint64          `json:"seq"`
+	Time    string          `json:"time"`
+	Type    string          `json:"type"`
+	Actor   string          `json:"actor"`
+	Subject string          `json:"subject"`
+	Outcome string          `json:"outcome"`
+	Details json.RawMessage `json:"details"`
+	CP      *Checkpoint     `json:"cp,omitempty"`
+	Prev    string          `json:"prev"`
+	Hash    string          `json:"hash"`
+}
+
+const timeFormat = time.RFC3339Nano
+
+var b64 = identity.Base64()
+
+// hashPrefix separates record hashes from every other SHA-256 in the project.
+const hashPrefix = "custos/v1/audit-record\x00"
+
+// recordHash is SHA-256 over hashPrefix and each field length-prefixed (4-byte big-endian length),
+// integers as 8-byte big-endian values: v, seq, time, type, actor, subject, outcome, details (the JSON
+// bytes as stored), prev, then "" when there is no checkpoint or "cp", gen, kid, head_seq, head, sig.
+func recordHash(w *wire) [32]byte {
+	h := sha256.New()
+	h.Write([]byte(hashPrefix))
+	u64(h, uint64(w.V))
+	u64(h, w.Seq)
+	field(h, []byte(w.Time))
+	field(h, []byte(w.Type))
+	field(h, []byte(w.Actor))
+	field(h, []byte(w.Subject))
+	field(h, []byte(w.Outcome))
+	field(h, w.Details)
+	field(h, []byte(w.Prev))
+	if w.CP == nil {
+		field(h, nil)
+	} else {
+		field(h, []byte("cp"))
+		u64(h, w.CP.Gen)
+		field(h, []byte(w.CP.Kid))
+		u64(h, w.CP.HeadSeq)
+		field(h, []byte(w.CP.Head))
+		field(h, []byte(w.CP.Sig))
+	}
+	var d [32]byte
+	h.Sum(d[:0])
+	return d
+}
+
+func field(h hash.Hash, b []byte) {
+	var l [4]byte
+	binary.BigEndian.PutUint32(l[:], uint32(len(b)))
+	h.Write(l[:])
+	h.Write(b)
+}
+
+func u64(h hash.Hash, v uint64) {
+	var b [8]byte
+	binary.BigEndian.PutUint64(b[:], v)
+	field(h, b[:])
+}
+
+// checkpointInput is exactly what a checkpoint signature covers.
+func checkpointInput(agentID string, gen, headSeq uint64, head []byte) *signature.Input {
+	return signature.NewInput(signature.AuditCheckpoint).String(agentID).Uint64(gen).Uint64(headSeq).Bytes(head)
+}
+
+// encodeLine fills in the hash of w and returns its line (with the trailing newline).
+func encodeLine(w *wire) ([]byte, [32]byte, error) {
+	d := recordHash(w)
+	w.Hash = b64.EncodeToString(d[:])
+	b, err := json.Marshal(w)
+	if err != nil {
+		return nil, d, fmt.Errorf("encode audit record: %w", err)
+	}
+	b = append(b, '\n')
+	if len(b) > MaxRecordSize {
+		return nil, d, fmt.Errorf("%w: the record is %d bytes encoded, more than %d: shorten its details",
+			ErrInvalidRecord, len(b), MaxRecordSize)
+	}
+	return b, d, nil
+}
+
+// Errors of decoding and verification. A VerifyError wraps one of them.
+var (
+	// ErrMalformed: a line is not a well-formed record in canonical form (an altered byte, a foreign file).
+	ErrMalformed = errors.New("malformed audit record")
+	// ErrTorn: the last line of a segment is incomplete (a write cut short by a crash).
+	ErrTorn = errors.New("torn audit record")
+	// ErrBrokenChain: a record's hash, sequence number or link to its predecessor is wrong (a record was
+	// altered, deleted, reordered, or a segment was removed or swapped).
+	ErrBrokenChain = errors.New("audit hash chain broken")
+	// ErrBadCheckpoint: a checkpoint's signature does not verify with the key its generation has in the
+	// key event log, or it names a generation or key the log does not have.
+	ErrBadCheckpoint = errors.New("audit checkpoint does not verify")
+	// ErrUnsigned: records at the end are not covered by any checkpoint although no writer is running
+	// (the writer crashed and the log was not opened since, or the tail was cut).
+	ErrUnsigned = errors.New("audit records not covered by a signed checkpoint")
+	// ErrNoLog: there is no audit log (no directory or no segments).
+	ErrNoLog = errors.New("no audit log")
+)
+
+// decodeLine strictly decodes one line (without its newline) and checks that it is canonical and that
+// its stored hash is right. It returns the decoded wire form and the computed hash.
+func decodeLine(line []byte) (*wire, [32]byte, error) {
+	var w wire
+	var zero [32]byte
+	dec := json.NewDecoder(bytes.NewReader(line))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&w); err != nil {
+		return nil, zero, fmt.Errorf("%w: %v", ErrMalformed, err)
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		return nil, zero, fmt.Errorf("%w: trailing data after the record", ErrMalformed)
+	}
+	if w.V != RecordVersion {
+		return &w, zero, fmt.Errorf("%w: record version %d (this agent reads %d)", ErrMalformed, w.V, RecordVersion)
+	}
+	again, err := json.Marshal(&w)
+	if err != nil || !bytes.Equal(again, line) {
+		return &w, zero, fmt.Errorf("%w: the line is not in canonical form (a byte was changed)", ErrMalformed)
+	}
+	d := recordHash(&w)
+	if w.Hash != b64.EncodeToString(d[:]) {
+		return &w, d, fmt.Errorf("%w: the stored hash does not match the record's content (the record was altered)", ErrBrokenChain)
+	}
+	if _, err := time.Parse(timeFormat, w.Time); err != nil {
+		return &w, d, fmt.Errorf("%w: time %q: %v", ErrMalformed, w.Time, err)
+	}
+	return &w, d, nil
+}
+
+// record converts a decoded wire form into a Record.
+func (w *wire) record() (Record, error) {
+	t, err := time.Parse(timeFormat, w.Time)
+	if err != nil {
+		return Record{}, fmt.Errorf("%w: time %q: %v", ErrMalformed, w.Time, err)
+	}
+	var details map[string]any
+	dec := json.NewDecoder(bytes.NewReader(w.Details))
+	dec.UseNumber()
+	if err := dec.Decode(&details); err != nil {
+		return Record{}, fmt.Errorf("%w: details: %v", ErrMalformed, err)
+	}
+	r := Record{
+		Seq: w.Seq, Time: t, Type: EventType(w.Type), Actor: w.Actor, Subject: w.Subject,
+		Outcome: Outcome(w.Outcome), Details: details, Prev: w.Prev, Hash: w.Hash,
+	}
+	if w.CP != nil {
+		cp := *w.CP
+		r.Checkpoint = &cp
+	}
+	return r, nil
+}
+
+// SecretPolicy says what Append does with a detail that looks like a secret.
+type SecretPolicy int
+
+const (
+	// RedactSecrets (the default) replaces the value with "[redacted]" and lists the redacted keys in
+	// the record's "audit_redacted" detail: the event is still recorded, the secret never is.
+	RedactSecrets SecretPolicy = iota
+	// RefuseSecrets makes Append fail with ErrSecret and write nothing.
+	RefuseSecrets
+)
+
+// Redacted is the value that replaces a secret.
+const Redacted = "[redacted]"
+
+// ErrSecret: a record's details hold a key name on the deny-list or a value that looks like a secret.
+var ErrSecret = errors.New("audit details would contain a secret")
+
+// ErrInvalidRecord: a record given to Append is not acceptable (bad type, missing detail, too large).
+var ErrInvalidRecord = errors.New("invalid audit record")
+
+// deniedWords are words that make a detail key a secret wherever they occur in it ("user_pin",
+// "soPIN", "api-key", "privateKey", "client_secret"). Matching is by word, so "shipping" or "mapping"
+// are not caught by "pin".
+var deniedWords = map[string]bool{
+	"pin": true, "pins": true, "sopin": true, "userpin": true, "puk": true,
+	"passphrase": true, "password": true, "passwd": true, "pwd": true,
+	"secret": true, "secrets": true, "private": true, "privkey": true, "priv": true,
+	"token": true, "tokens": true, "apikey": true, "credential": true, "credentials": true,
+	"seed": true, "mnemonic": true, "otp": true, "cookie": true, "bearer": true, "authorization": true,
+}
+
+// deniedPairs are two consecutive words that make a secret key ("api_key", "session_key").
+var deniedPairs = map[[2]string]bool{
+	{"api", "key"}: true, {"session", "key"}: true, {"shared", "key"}: true, {"symmetric", "key"}: true,
+	{"encryption", "key"}: true, {"signing", "key"}: true, {"master", "key"}: true, {"key", "material"}: true,
+}
+
+// allowedKeys are exact (lowercased) keys that contain a denied word but name no secret.
+var allowedKeys = map[string]bool{
+	"token_label": true, // a PKCS#11 token's label
+}
+
+// secretValueMarkers are substrings (compared case-insensitively) of values that are secrets whatever
+// their key is called.
+var secretValueMarkers = []string{
+	"pin-value=",       // an RFC 7512 URI carrying the PIN itself
+	"private key-----", // a PEM private key
+	"age-secret-key-",  // an age identity
+	"bearer ",          // an HTTP bearer credential
+}
+
+// keyWords splits a detail key into lowercase words at non-alphanumerics and camelCase boundaries.
+func keyWords(k string) []string {
+	var words []string
+	var cur []rune
+	runes := []rune(k)
+	flush := func() {
+		if len(cur) > 0 {
+			words = append(words, strings.ToLower(string(cur)))
+			cur = cur[:0]
+		}
+	}
+	isUpper := func(r rune) bool { return r >= 'A' && r <= 'Z' }
+	isLower := func(r rune) bool { return r >= 'a' && r <= 'z' }
+	isDigit := func(r rune) bool { return r >= '0' && r <= '9' }
+	for i, r := range runes {
+		switch {
+		case !isUpper(r) && !isLower(r) && !isDigit(r):
+			flush()
+		case isUpper(r) && len(cur) > 0:
+			prev := runes[i-1]
+			nextLower := i+1 < len(runes) && isLower(runes[i+1])
+			if isLower(prev) || isDigit(prev) || (isUpper(prev) && nextLower) {
+				flush()
+			}
+			cur = append(cur, r)
+		default:
+			cur = append(cur, r)
+		}
+	}
+	flush()
+	return words
+}
+
+// secretKey reports whether a detail key names a secret.
+func secretKey(k string) bool {
+	if allowedKeys[strings.ToLower(k)] {
+		return false
+	}
+	words := keyWords(k)
+	for i, w := range words {
+		if deniedWords[w] {
+			return true
+		}
+		if i > 0 && deniedPairs[[2]string{words[i-1], w}] {
+			return true
+		}
+	}
+	// A key written as one word ("userpassword", "apikey", "clientsecret").
+	joined := strings.Join(words, "")
+	for _, w := range []string{"password", "passphrase", "secret", "privatekey", "apikey", "sopin", "userpin"} {
+		if strings.Contains(joined, w) {
+			return true
+		}
+	}
+	return false
+}
+
+func secretValue(s string) bool {
+	l := strings.ToLower(s)
+	for _, m := range secretValueMarkers {
+		if strings.Contains(l, m) {
+			return true
+		}
+	}
+	return false
+}
+
+// CheckDetails reports the paths ("pin", "keystore.password", "uris[2]") of every detail that the log
+// would redact (or refuse under RefuseSecrets): a key whose words are on the deny-list (pin, passphrase,
+// password, secret, private, token, credential, seed, api key, ...) or a string value that carries a
+// secret (a "pin-value=" URI attribute, a PEM private key, an age secret key, a bearer credential). It
+// returns nil when details are clean. Values are never part of the result.
+func CheckDetails(details map[string]any) ([]string, error) {
+	_, paths, err := sanitize(details, RedactSecrets)
+	return paths, err
+}
+
+// sanitize turns details into their canonical JSON (object, keys sorted, numbers as written) with
+// secrets redacted; under RefuseSecrets it fails with ErrSecret instead. The result always is an object.
+func sanitize(details map[string]any, policy SecretPolicy) (json.RawMessage, []string, error) {
+	if len(details) == 0 {
+		return json.RawMessage("{}"), nil, nil
+	}
+	raw, err := json.Marshal(details)
+	if err != nil {
+		return nil, nil, fmt.Errorf("%w: details are not JSON-encodable: %v", ErrInvalidRecord, err)
+	}
+	var tree any
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.UseNumber()
+	if err := dec.Decode(&tree); err != nil {
+		return nil, nil, fmt.Errorf("%w: details: %v", ErrInvalidRecord, err)
+	}
+	var paths []string
+	tree = redact(tree, "", &paths)
+	if len(paths) > 0 {
+		if policy == RefuseSecrets {
+			return nil, paths, fmt.Errorf("%w: remove %s from the details (key names like pin, password, "+
+				"secret, private, token are refused; so are values carrying a PIN or private key)", ErrSecret, strings.Join(paths, ", "))
+		}
+		obj := tree.(map[string]any)
+		list := make([]any, len(paths))
+		for i, p := range paths {
+			list[i] = p
+		}
+		obj["audit_redacted"] = list
+	}
+	out, err := json.Marshal(tree)
+	if err != nil {
+		return nil, nil, fmt.Errorf("%w: details: %v", ErrInvalidRecord, err)
+	}
+	return out, paths, nil
+}
+
+func redact(v any, path string, paths *[]string) any {
+	switch x := v.(type) {
+	case map[string]any:
+		for k, val := range x {
+			p := k
+			if path != "" {
+				p = path + "." + k
+			}
+			if secretKey(k) {
+				x[k] = Redacted
+				*paths = append(*paths, p)
+				continue
+			}
+			x[k] = redact(val, p, paths)
+		}
+		return x
+	case []any:
+		for i, val := range x {
+			x[i] = redact(val, fmt.Sprintf("%s[%d]", path, i), paths)
+		}
+		return x
+	case string:
+		if secretValue(x) {
+			*paths = append(*paths, path)
+			return Redacted
+		}
+		return x
+	}
+	return v
+}
+
+// cleanString makes s valid UTF-8 (JSON would otherwise change it between hashing and storing).
+func cleanString(s string) string {
+	if utf8.ValidString(s) {
+		return s
+	}
+	return strings.ToValidUTF8(s, "\uFFFD")
+}
+
+// prepare validates a caller's record and returns its wire form without seq, prev and hash.
+func prepare(r *Record, policy SecretPolicy, internal bool) (*wire, error) {
+	if err := r.Type.Validate(); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrInvalidRecord, err)
+	}
+	if r.Type.internal() && !internal {
+		return nil, fmt.Errorf("%w: event type %q is reserved for the log itself", ErrInvalidRecord, r.Type)
+	}
+	if r.Outcome == "" {
+		r.Outcome = OutcomeInfo
+	}
+	if !r.Outcome.valid() {
+		return nil, fmt.Errorf("%w: outcome %q: use success, failure, denied or info", ErrInvalidRecord, r.Outcome)
+	}
+	if len(r.Actor) > maxFieldLen || len(r.Subject) > maxFieldLen {
+		return nil, fmt.Errorf("%w: actor and subject are limited to %d bytes", ErrInvalidRecord, maxFieldLen)
+	}
+	for _, k := range requiredDetails[r.Type] {
+		if _, ok := r.Details[k]; !ok {
+			return nil, fmt.Errorf("%w: a %s record must carry the detail %q", ErrInvalidRecord, r.Type, k)
+		}
+	}
+	details, _, err := sanitize(r.Details, policy)
+	if err != nil {
+		return nil, err
+	}
+	return &wire{
+		V:       RecordVersion,
+		Type:    string(r.Type),
+		Actor:   cleanString(r.Actor),
+		Subject: cleanString(r.Subject),
+		Outcome: string(r.Outcome),
+		Details: details,
+	}, nil
+}
