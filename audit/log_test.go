@@ -240,6 +240,9 @@ func TestSecretsNeverWritten(t *testing.T) {
 		o := id.opts(0)
 		o.Secrets = RefuseSecrets
 		l := open(t, dir, o)
+		if err := l.Checkpoint(context.Background()); err != nil {
+			t.Fatal(err)
+		}
 		before := len(all(t, dir))
 		_, err := l.Append(context.Background(), Record{Type: KeyRotate, Subject: id.id, Details: details})
 		if !errors.Is(err, ErrSecret) || !strings.Contains(err.Error(), "user_pin") || !strings.Contains(err.Error(), "keystore.soPIN") {

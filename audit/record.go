@@ -181,6 +181,9 @@ func decodeLine(line []byte) (*wire, [32]byte, error) {
 	if w.V != RecordVersion {
 		return &w, zero, fmt.Errorf("%w: record version %d (this agent reads %d)", ErrMalformed, w.V, RecordVersion)
 	}
+	if len(w.Details) == 0 || w.Details[0] != '{' {
+		return &w, zero, fmt.Errorf("%w: details must be a JSON object", ErrMalformed)
+	}
 	again, err := json.Marshal(&w)
 	if err != nil || !bytes.Equal(again, line) {
 		return &w, zero, fmt.Errorf("%w: the line is not in canonical form (a byte was changed)", ErrMalformed)

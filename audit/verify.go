@@ -261,7 +261,7 @@ func (v *verifier) link(w *wire, at loc) error {
 	want := v.prevSeq + 1
 	switch {
 	case w.Seq > want:
-		return v.fail(at, w.Seq, false, fmt.Errorf("%w: expected seq %d, found %d: %s missing (deleted?)",
+		return v.fail(at, w.Seq, false, fmt.Errorf("%w: expected seq %d, found %d: %s missing here (deleted or moved)",
 			ErrBrokenChain, want, w.Seq, span(want, w.Seq-1)))
 	case w.Seq < want:
 		return v.fail(at, w.Seq, false, fmt.Errorf("%w: expected seq %d, found %d: records are out of order or repeated",
