@@ -21,6 +21,15 @@ func (h Hooks) Raw(f func(c *p11.Ctx, slot uint) error) error {
 	return h.ks.mod.call(func(c *p11.Ctx, _ uint64) error { return f(c, st.slot) })
 }
 
+// Ctx returns the shared module context and the keystore's slot without holding the module lock, for
+// benchmarks that keep a raw session while also calling the keystore (holding the read lock across a
+// keystore call would be a recursive read lock). Nothing may re-initialise the module meanwhile.
+func (h Hooks) Ctx() (*p11.Ctx, uint) {
+	h.ks.mod.mu.RLock()
+	defer h.ks.mod.mu.RUnlock()
+	return h.ks.mod.ctx, h.ks.state.Load().slot
+}
+
 // CloseAllSessions calls C_CloseAllSessions on the keystore's slot: every session of the process on the
 // token disappears (and the token logs out).
 func (h Hooks) CloseAllSessions() error {
