@@ -1,0 +1,163 @@
+package session
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"time"
+
+	"github.com/custos-agent/custos/agent/delegation"
+	"github.com/custos-agent/custos/agent/handshake"
+	"github.com/custos-agent/custos/agent/identity"
+	"github.com/custos-agent/custos/agent/peers"
+	"github.com/custos-agent/custos/agent/reason"
+	"github.com/custos-agent/custos/agent/replay"
+)
+
+// Defaults.
+const (
+	DefaultHandshakeTimeout = 10 * time.Second
+	DefaultReauthInterval   = 15 * time.Minute
+	DefaultReauthGrace      = time.Minute
+	incomingQueue           = 64
+)
+
+// Role is the part an agent plays in a handshake.
+type Role int
+
+const (
+	// Initiator dials and sends hello.
+	Initiator Role = iota + 1
+	// Responder accepts and sends challenge.
+	Responder
+)
+
+func (r Role) String() string {
+	if r == Initiator {
+		return "initiator"
+	}
+	return "responder"
+}
+
+// Peer is what a verified handshake established about the other side.
+type Peer struct {
+	ID         identity.ID
+	State      identity.State       // verified key event log state
+	Delegation *delegation.Verified // its verified delegation (operational and encryption keys)
+	Role       Role                 // the role the peer played
+	Version    uint16               // negotiated protocol version
+	Grants     []byte               // opaque role grants (sent by an initiator)
+	Puzzle     []byte               // the puzzle the responder issued (empty: none)
+	Solution   []byte               // the initiator's solution
+	RemoteAddr string               // network address when the transport knows it
+}
+
+// Validator decides whether a verified peer may connect: the hook for blocked lists, grants, puzzles and
+// reputation. It runs only after the peer's key event log, delegation and handshake signature verified.
+// A refusal closes the handshake with validator_refused.
+type Validator interface {
+	Validate(ctx context.Context, p *Peer) error
+}
+
+// ValidatorFunc adapts a function to Validator.
+type ValidatorFunc func(ctx context.Context, p *Peer) error
+
+// Validate calls f.
+func (f ValidatorFunc) Validate(ctx context.Context, p *Peer) error { return f(ctx, p) }
+
+// Puzzler issues an opaque admission puzzle to an initiator (responder side; optional).
+type Puzzler interface {
+	Puzzle(ctx context.Context, initiatorID string) ([]byte, error)
+}
+
+// Solver answers a responder's puzzle (initiator side; optional).
+type Solver interface {
+	Solve(ctx context.Context, puzzle []byte) ([]byte, error)
+}
+
+// Event is reported to Config.OnEvent for audit and metrics.
+type Event struct {
+	Kind      string      // "handshake", "reauth", "closed", "refused"
+	Role      Role        // local role
+	Peer      string      // peer agent ID (as claimed, when the failure came before verification)
+	Code      reason.Code // "" on success
+	Err       error
+	SessionID []byte
+}
+
+// Config configures both roles. Delegations, KeyLog, Peers and Replay are required.
+type Config struct {
+	// Delegations holds the local agent's delegated keys.
+	Delegations *delegation.Manager
+	// KeyLog returns the local agent's own key event log (sent inline to peers whose cache is older).
+	KeyLog func() *identity.Log
+	// Peers is the peer cache (key event logs, delegations, compromised marks).
+	Peers *peers.Cache
+	// Replay is the replay cache and timestamp window.
+	Replay *replay.Cache
+	// Validator admits verified peers (nil: admit all).
+	Validator Validator
+	// Puzzler and Solver handle admission puzzles (nil: none).
+	Puzzler Puzzler
+	Solver  Solver
+	// Grants are sent, opaque, in the initiator's response.
+	Grants []byte
+	// Hybrid makes the initiator offer ML-KEM-768 besides X25519.
+	Hybrid bool
+	// Versions lists supported protocol versions, highest first (default: [1]).
+	Versions []uint16
+	// HandshakeTimeout bounds a whole handshake (default 10 s).
+	HandshakeTimeout time.Duration
+	// ReauthInterval is how often the initiator re-authenticates (default 15 min).
+	ReauthInterval time.Duration
+	// ReauthGrace is how long past the interval the responder waits before closing (default 1 min).
+	ReauthGrace time.Duration
+	// Clock returns the time (default time.Now).
+	Clock func() time.Time
+	// Logger (default slog.Default()).
+	Logger *slog.Logger
+	// OnEvent, when set, is called for every handshake, re-authentication, refusal and close.
+	OnEvent func(Event)
+
+	noAutoReauth bool // tests: the initiator never re-authenticates on its own
+}
+
+func (c *Config) check() (*Config, error) {
+	if c.Delegations == nil || c.KeyLog == nil || c.Peers == nil || c.Replay == nil {
+		return nil, errors.New("session config: Delegations, KeyLog, Peers and Replay are required")
+	}
+	cc := *c
+	if len(cc.Versions) == 0 {
+		cc.Versions = []uint16{handshake.ProtocolVersion}
+	}
+	for _, v := range cc.Versions {
+		if v != handshake.ProtocolVersion {
+			return nil, errors.New("session config: this build speaks protocol version 1 only")
+		}
+	}
+	if cc.HandshakeTimeout <= 0 {
+		cc.HandshakeTimeout = DefaultHandshakeTimeout
+	}
+	if cc.ReauthInterval <= 0 {
+		cc.ReauthInterval = DefaultReauthInterval
+	}
+	if cc.ReauthGrace <= 0 {
+		cc.ReauthGrace = DefaultReauthGrace
+	}
+	if cc.Clock == nil {
+		cc.Clock = time.Now
+	}
+	if cc.Logger == nil {
+		cc.Logger = slog.Default()
+	}
+	return &cc, nil
+}
+
+func (c *Config) event(e Event) {
+	if e.Err != nil {
+		e.Code = reason.Of(e.Err)
+	}
+	if c.OnEvent != nil {
+		c.OnEvent(e)
+	}
+}

@@ -1,0 +1,803 @@
+package session
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/custos-agent/custos/agent/delegation"
+	"github.com/custos-agent/custos/agent/envelope"
+	"github.com/custos-agent/custos/agent/handshake"
+	"github.com/custos-agent/custos/agent/identity"
+	"github.com/custos-agent/custos/agent/reason"
+	"github.com/custos-agent/custos/agent/suite"
+)
+
+// Record types: the first plaintext byte of a sealed record (frame type 0x11).
+const (
+	recHello         byte = handshake.FrameHello
+	recChallenge     byte = handshake.FrameChallenge
+	recResponse      byte = handshake.FrameResponse
+	recAlert         byte = handshake.FrameAlert
+	recReauthRequest byte = 0x06
+	recClose         byte = 0x07
+)
+
+// Message is a received, verified and decrypted envelope.
+type Message struct {
+	Envelope *envelope.Envelope
+	Payload  []byte
+}
+
+// Session is an authenticated connection to one peer. Send and Receive may be called concurrently (one
+// goroutine receiving, any number sending). Any protocol failure closes the session; Err then says why.
+type Session struct {
+	cfg     *Config
+	conn    FrameConn
+	role    Role
+	localID string
+
+	wmu  sync.Mutex
+	send *direction       // guarded by wmu
+	keys *delegation.Keys // local delegation in use; guarded by wmu
+
+	recv *direction // owned by the reader goroutine
+
+	mu          sync.Mutex
+	peer        *Peer
+	sessionID   []byte
+	epoch       uint32
+	expires     time.Time
+	reauthAt    time.Time
+	reauthed    chan struct{} // closed when the next re-handshake completes
+	pendingI    *initiator    // initiator: re-handshake in flight
+	pendingR    *responder    // responder: challenge sent, awaiting response
+	pendingKeys *handshake.Keys
+	pendingTH   []byte
+	pendingAt   time.Time
+	poke        chan struct{} // wakes the maintenance goroutine
+
+	incoming chan *Message
+	done     chan struct{}
+	failOnce sync.Once
+	err      error
+	wg       sync.WaitGroup
+}
+
+// Initiate runs the handshake as initiator over conn and returns the established session. expected is
+// the agent the caller means to reach (the zero ID accepts any responder that authenticates). On failure
+// conn is closed and the error carries a reason code.
+func Initiate(ctx context.Context, conn FrameConn, cfg *Config, expected identity.ID) (*Session, error) {
+	c, err := cfg.check()
+	if err != nil {
+		return nil, err
+	}
+	s, err := initiate(ctx, conn, c, expected)
+	if err != nil {
+		c.event(Event{Kind: "handshake", Role: Initiator, Peer: expected.String(), Err: err})
+		conn.Close()
+		return nil, err
+	}
+	c.event(Event{Kind: "handshake", Role: Initiator, Peer: s.peer.ID.String(), SessionID: s.sessionID})
+	return s, nil
+}
+
+func initiate(ctx context.Context, conn FrameConn, c *Config, expected identity.ID) (*Session, error) {
+	ctx, cancel := context.WithTimeout(ctx, c.HandshakeTimeout)
+	defer cancel()
+	in, hello, err := newInitiator(ctx, c, expected)
+	if err != nil {
+		return nil, err
+	}
+	if err := conn.WriteFrame(ctx, hello); err != nil {
+		return nil, err
+	}
+	frame, err := readHandshake(ctx, conn)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := in.onChallenge(ctx, frame)
+	if err != nil {
+		return nil, alertAndReturn(ctx, conn, err)
+	}
+	if err := conn.WriteFrame(ctx, resp); err != nil {
+		return nil, err
+	}
+	keys, th, err := in.keys()
+	if err != nil {
+		return nil, alertAndReturn(ctx, conn, err)
+	}
+	defer keys.Wipe()
+	if frame, err = readHandshake(ctx, conn); err != nil {
+		return nil, err
+	}
+	est, recv, err := openEstablished(keys.R2I, 0, th, frame)
+	if err == nil && string(est.SessionID) != string(keys.SessionID) {
+		err = reason.New(reason.KeyConfirmation, "established names another session")
+	}
+	if err != nil {
+		return nil, alertAndReturn(ctx, conn, err)
+	}
+	send, err := newDirection(keys.I2R, 0)
+	if err != nil {
+		return nil, err
+	}
+	if err := c.Peers.PutDelegation(in.peer.Delegation.Delegation); err != nil {
+		c.Logger.Warn("peer cache: delegation not stored", "peer", in.peer.ID, "err", err)
+	}
+	if ra, ok := conn.(interface{ RemoteAddr() string }); ok {
+		in.peer.RemoteAddr = ra.RemoteAddr()
+	}
+	s := newSession(c, conn, Initiator, in.loc, in.peer, keys.SessionID, send, recv)
+	s.setTimes(est, c.Clock())
+	s.start()
+	return s, nil
+}
+
+// Accept runs the handshake as responder over conn and returns the established session. On failure conn
+// is closed (after an alert frame naming the reason) and the error carries a reason code.
+func Accept(ctx context.Context, conn FrameConn, cfg *Config) (*Session, error) {
+	c, err := cfg.check()
+	if err != nil {
+		return nil, err
+	}
+	s, claimed, err := accept(ctx, conn, c)
+	if err != nil {
+		c.event(Event{Kind: "handshake", Role: Responder, Peer: claimed, Err: err})
+		conn.Close()
+		return nil, err
+	}
+	c.event(Event{Kind: "handshake", Role: Responder, Peer: s.peer.ID.String(), SessionID: s.sessionID})
+	return s, nil
+}
+
+func accept(ctx context.Context, conn FrameConn, c *Config) (*Session, string, error) {
+	ctx, cancel := context.WithTimeout(ctx, c.HandshakeTimeout)
+	defer cancel()
+	r := &responder{cfg: c}
+	if ra, ok := conn.(interface{ RemoteAddr() string }); ok {
+		r.remote = ra.RemoteAddr()
+	}
+	frame, err := readHandshake(ctx, conn)
+	if err != nil {
+		return nil, "", err
+	}
+	ch, err := r.onHello(ctx, frame)
+	claimed := ""
+	if r.helloMsg != nil {
+		claimed = r.helloMsg.InitiatorID
+	}
+	if err != nil {
+		return nil, claimed, alertAndReturn(ctx, conn, err)
+	}
+	if err := conn.WriteFrame(ctx, ch); err != nil {
+		return nil, claimed, err
+	}
+	if frame, err = readHandshake(ctx, conn); err != nil {
+		return nil, claimed, err
+	}
+	peer, keys, th, err := r.onResponse(ctx, frame)
+	if err != nil {
+		return nil, claimed, alertAndReturn(ctx, conn, err)
+	}
+	defer keys.Wipe()
+	est := r.established(peer, keys)
+	frameEst, send, err := sealEstablished(keys.R2I, 0, th, est)
+	if err != nil {
+		return nil, claimed, err
+	}
+	recv, err := newDirection(keys.I2R, 0)
+	if err != nil {
+		return nil, claimed, err
+	}
+	if err := conn.WriteFrame(ctx, frameEst); err != nil {
+		return nil, claimed, err
+	}
+	if err := c.Peers.PutDelegation(peer.Delegation.Delegation); err != nil {
+		c.Logger.Warn("peer cache: delegation not stored", "peer", peer.ID, "err", err)
+	}
+	s := newSession(c, conn, Responder, r.loc, peer, keys.SessionID, send, recv)
+	s.setTimes(est, c.Clock())
+	s.start()
+	return s, claimed, nil
+}
+
+// established computes the session's timing: re-authenticate every ReauthInterval, and close at the
+// latest when either delegation expires or the interval plus grace passes without re-authentication.
+func (r *responder) established(peer *Peer, keys *handshake.Keys) *handshake.Established {
+	now := r.cfg.Clock()
+	exp := now.Add(r.cfg.ReauthInterval + r.cfg.ReauthGrace)
+	if na := peer.Delegation.NotAfter; na.Before(exp) {
+		exp = na
+	}
+	if na := r.loc.keys.NotAfter(); na.Before(exp) {
+		exp = na
+	}
+	return &handshake.Established{SessionID: keys.SessionID, Reauth: uint64(r.cfg.ReauthInterval / time.Second), Expires: exp.Unix()}
+}
+
+func readHandshake(ctx context.Context, conn FrameConn) ([]byte, error) {
+	frame, err := conn.ReadFrame(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if len(frame) > handshake.MaxMessage {
+		return nil, reason.New(reason.OversizedFrame, "handshake frame of %d bytes exceeds %d", len(frame), handshake.MaxMessage)
+	}
+	if len(frame) > 0 && frame[0] == handshake.FrameAlert {
+		a, err := handshake.DecodeAlert(frame[1:])
+		if err != nil {
+			return nil, err
+		}
+		return nil, reason.New(reason.PeerAlert, "the peer refused the handshake: %s", a.Code)
+	}
+	return frame, nil
+}
+
+// alertAndReturn tells the peer why (best effort, unauthenticated) and returns err.
+func alertAndReturn(ctx context.Context, conn FrameConn, err error) error {
+	code := reason.Of(err)
+	if code == reason.PeerAlert || code == reason.Closed || code == reason.Timeout || code == reason.TruncatedFrame {
+		return err
+	}
+	a := &handshake.Alert{Code: code}
+	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
+	defer cancel()
+	_ = conn.WriteFrame(wctx, append([]byte{handshake.FrameAlert}, a.Encode()...))
+	return err
+}
+
+func newSession(c *Config, conn FrameConn, role Role, loc *local, peer *Peer, sid []byte, send, recv *direction) *Session {
+	return &Session{
+		cfg: c, conn: conn, role: role, localID: loc.id, send: send, keys: loc.keys, recv: recv,
+		peer: peer, sessionID: append([]byte(nil), sid...), reauthed: make(chan struct{}), poke: make(chan struct{}, 1),
+		incoming: make(chan *Message, incomingQueue), done: make(chan struct{}),
+	}
+}
+
+func (s *Session) setTimes(est *handshake.Established, now time.Time) {
+	s.expires = time.Unix(est.Expires, 0)
+	reauth := now.Add(time.Duration(est.Reauth) * time.Second)
+	if alt := now.Add(s.expires.Sub(now) * 3 / 4); alt.Before(reauth) {
+		reauth = alt
+	}
+	s.reauthAt = reauth
+}
+
+func (s *Session) start() {
+	s.wg.Add(2)
+	go s.readLoop()
+	go s.maintain()
+}
+
+// LocalID is the local agent's ID.
+func (s *Session) LocalID() string { return s.localID }
+
+// Role is the local role in the first handshake (the initiator drives re-authentication).
+func (s *Session) Role() Role { return s.role }
+
+// Peer is the verified peer (updated by every re-authentication).
+func (s *Session) Peer() *Peer {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.peer
+}
+
+// ID names the session (from the latest handshake's key schedule).
+func (s *Session) ID() []byte {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]byte(nil), s.sessionID...)
+}
+
+// Expires is when the session closes unless re-authenticated.
+func (s *Session) Expires() time.Time {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.expires
+}
+
+// Done is closed when the session ends.
+func (s *Session) Done() <-chan struct{} { return s.done }
+
+// Err is why the session ended (nil while it runs).
+func (s *Session) Err() error {
+	select {
+	case <-s.done:
+		return s.err
+	default:
+		return nil
+	}
+}
+
+// Send seals, signs and sends a message of type t.
+func (s *Session) Send(ctx context.Context, t envelope.MessageType, payload []byte) (*envelope.Envelope, error) {
+	return s.sendEnvelope(ctx, envelope.NewHeader(s.localID, s.Peer().ID.String(), t, s.cfg.Clock()), payload)
+}
+
+func (s *Session) sendEnvelope(ctx context.Context, h envelope.Header, payload []byte) (*envelope.Envelope, error) {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	if err := s.Err(); err != nil {
+		return nil, reason.Wrap(reason.Closed, err, "session")
+	}
+	nonce, err := s.send.take()
+	if err != nil {
+		return nil, err
+	}
+	e, err := envelope.SealSession(ctx, h, payload, s.send.aead, nonce, s.keys.Signer())
+	if err != nil {
+		s.send.next-- // nothing was sent: the counter is not used
+		return nil, err
+	}
+	frame := append([]byte{handshake.FrameEnvelope}, e.EncodeBinary()...)
+	if err := s.conn.WriteFrame(ctx, frame); err != nil {
+		s.fail(err) // a frame may be half-written: the stream is unusable
+		return nil, err
+	}
+	return e, nil
+}
+
+// Receive returns the next message.
+func (s *Session) Receive(ctx context.Context) (*Message, error) {
+	select {
+	case m := <-s.incoming:
+		return m, nil
+	default:
+	}
+	select {
+	case m := <-s.incoming:
+		return m, nil
+	case <-s.done:
+		select {
+		case m := <-s.incoming:
+			return m, nil
+		default:
+		}
+		return nil, s.err
+	case <-ctx.Done():
+		return nil, reason.Wrap(reason.Of(ctx.Err()), ctx.Err(), "receive")
+	}
+}
+
+// writeRecord seals and sends a control record (wmu held by the caller).
+func (s *Session) writeRecordLocked(ctx context.Context, typ byte, body []byte) error {
+	nonce, err := s.send.take()
+	if err != nil {
+		return err
+	}
+	frame := append([]byte{handshake.FrameRecord}, nonce...)
+	frame, err = s.send.aead.Seal(frame, nonce, append([]byte{typ}, body...), append(recordAADPrefix, nonce...))
+	if err != nil {
+		s.send.next--
+		return reason.Wrap(reason.Internal, err, "seal record")
+	}
+	return s.conn.WriteFrame(ctx, frame)
+}
+
+func (s *Session) writeRecord(ctx context.Context, typ byte, body []byte) error {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	if err := s.Err(); err != nil {
+		return err
+	}
+	return s.writeRecordLocked(ctx, typ, body)
+}
+
+func (s *Session) readLoop() {
+	defer s.wg.Done()
+	for {
+		frame, err := s.conn.ReadFrame(context.Background())
+		if err != nil {
+			s.fail(err)
+			return
+		}
+		if err := s.handle(frame); err != nil {
+			s.fail(err)
+			return
+		}
+	}
+}
+
+func (s *Session) handle(frame []byte) error {
+	switch frame[0] {
+	case handshake.FrameEnvelope:
+		m, err := s.openEnvelope(frame[1:])
+		if err != nil {
+			return err
+		}
+		select {
+		case s.incoming <- m:
+		case <-s.done:
+		}
+		return nil
+	case handshake.FrameRecord:
+		typ, body, err := s.openRecord(frame)
+		if err != nil {
+			return err
+		}
+		return s.handleRecord(typ, body)
+	case handshake.FrameEstablished:
+		return s.onReEstablished(frame)
+	case handshake.FrameHello, handshake.FrameChallenge, handshake.FrameResponse, handshake.FrameAlert:
+		return reason.New(reason.UnexpectedMessage, "unsealed handshake frame 0x%02x inside a session", frame[0])
+	}
+	return reason.New(reason.UnknownMessageType, "frame type 0x%02x", frame[0])
+}
+
+// openEnvelope checks, verifies and decrypts a session envelope, in this order: form, sender and
+// recipient, timestamp window, counter, signature, message ID, decryption.
+func (s *Session) openEnvelope(b []byte) (*Message, error) {
+	e, err := envelope.DecodeBinary(b)
+	if err != nil {
+		return nil, err
+	}
+	if e.Payload.Cipher != envelope.AES256GCM {
+		return nil, reason.New(reason.Malformed, "envelope %s uses cipher %s inside a session (want %s)", e.Header.MessageID, e.Payload.Cipher, envelope.AES256GCM)
+	}
+	peer := s.Peer()
+	if e.Header.SenderID != peer.ID.String() {
+		return nil, reason.New(reason.UnexpectedMessage, "envelope claims sender %s inside a session with %s", e.Header.SenderID, peer.ID)
+	}
+	if err := e.CheckRecipient(s.localID); err != nil {
+		return nil, err
+	}
+	if err := s.cfg.Replay.CheckTime(e.Header.Timestamp); err != nil {
+		return nil, err
+	}
+	if err := s.recv.check(e.Payload.Nonce); err != nil {
+		return nil, err
+	}
+	if err := e.Verify(peer.Delegation.OpKey); err != nil {
+		return nil, err
+	}
+	if err := s.cfg.Replay.Check(e.Header.SenderID, e.Header.MessageID, e.Header.Timestamp); err != nil {
+		return nil, err
+	}
+	pt, err := e.OpenSession(s.recv.aead)
+	if err != nil {
+		return nil, err
+	}
+	s.recv.next++
+	return &Message{Envelope: e, Payload: pt}, nil
+}
+
+func (s *Session) openRecord(frame []byte) (byte, []byte, error) {
+	if len(frame) < 1+suite.AEADNonceSize+suite.AEADTagSize+1 {
+		return 0, nil, reason.New(reason.Malformed, "record of %d bytes is too short", len(frame))
+	}
+	nonce := frame[1 : 1+suite.AEADNonceSize]
+	if err := s.recv.check(nonce); err != nil {
+		return 0, nil, err
+	}
+	pt, err := s.recv.aead.Open(nil, nonce, frame[1+suite.AEADNonceSize:], append(recordAADPrefix, nonce...))
+	if err != nil {
+		return 0, nil, reason.Wrap(reason.DecryptFailed, err, "record")
+	}
+	s.recv.next++
+	return pt[0], pt[1:], nil
+}
+
+func (s *Session) handleRecord(typ byte, body []byte) error {
+	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.HandshakeTimeout)
+	defer cancel()
+	switch typ {
+	case recHello:
+		return s.onReHello(ctx, body)
+	case recChallenge:
+		return s.onReChallenge(ctx, body)
+	case recResponse:
+		return s.onReResponse(ctx, body)
+	case recReauthRequest:
+		if s.role != Initiator {
+			return reason.New(reason.UnexpectedMessage, "re-authentication request sent to the responder")
+		}
+		go func() {
+			if err := s.Reauthenticate(context.Background()); err != nil {
+				s.cfg.Logger.Warn("re-authentication requested by the peer failed", "peer", s.Peer().ID, "err", err)
+			}
+		}()
+		return nil
+	case recAlert:
+		a, err := handshake.DecodeAlert(body)
+		if err != nil {
+			return err
+		}
+		return reason.New(reason.PeerAlert, "the peer closed the session: %s", a.Code)
+	case recClose:
+		return reason.New(reason.Closed, "the peer closed the session")
+	}
+	return reason.New(reason.UnknownMessageType, "record type 0x%02x", typ)
+}
+
+// Re-authentication. The initiator sends hello, then response, as records under the current keys and
+// switches its sending key right after the response; the responder answers with a challenge record, and
+// after verifying the response sends "established" under the new key and switches both directions; the
+// initiator switches its receiving key when that established frame arrives. Each direction therefore
+// changes key at one well-defined frame, while envelopes keep flowing.
+
+// Reauthenticate runs a fresh handshake inside the session (new ephemeral keys, new session keys, the
+// peer's and the local agent's current delegations and key event logs). On the responder side it asks
+// the initiator to do so and waits. A failed re-authentication closes the session.
+func (s *Session) Reauthenticate(ctx context.Context) error {
+	if s.role == Responder {
+		s.mu.Lock()
+		wait := s.reauthed
+		s.mu.Unlock()
+		if err := s.writeRecord(ctx, recReauthRequest, nil); err != nil {
+			return err
+		}
+		return s.awaitReauth(ctx, wait)
+	}
+	// Prepare outside the lock (it may sign a new delegation with a slow identity key).
+	in, hello, err := newInitiator(ctx, s.cfg, s.Peer().ID)
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	wait := s.reauthed
+	if s.pendingI != nil {
+		s.mu.Unlock()
+		return s.awaitReauth(ctx, wait) // one is already running: wait for it
+	}
+	s.pendingI, s.pendingAt = in, s.cfg.Clock()
+	s.mu.Unlock()
+	if err := s.writeRecord(ctx, recHello, hello); err != nil {
+		s.fail(err)
+		return err
+	}
+	return s.awaitReauth(ctx, wait)
+}
+
+func (s *Session) awaitReauth(ctx context.Context, wait chan struct{}) error {
+	t := time.NewTimer(s.cfg.HandshakeTimeout)
+	defer t.Stop()
+	select {
+	case <-wait:
+		return nil
+	case <-s.done:
+		return s.err
+	case <-ctx.Done():
+		err := reason.Wrap(reason.Of(ctx.Err()), ctx.Err(), "re-authentication did not complete")
+		s.fail(err)
+		return err
+	case <-t.C:
+		err := reason.New(reason.Timeout, "re-authentication did not complete within %s", s.cfg.HandshakeTimeout)
+		s.fail(err)
+		return err
+	}
+}
+
+func (s *Session) onReHello(ctx context.Context, body []byte) error {
+	s.mu.Lock()
+	busy := s.role != Responder || s.pendingR != nil
+	peer := s.peer
+	s.mu.Unlock()
+	if busy {
+		return reason.New(reason.UnexpectedMessage, "re-authentication hello out of turn")
+	}
+	r := &responder{cfg: s.cfg, reauthOf: peer, remote: peer.RemoteAddr}
+	ch, err := r.onHello(ctx, body)
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	s.pendingR, s.pendingAt = r, s.cfg.Clock()
+	s.mu.Unlock()
+	return s.writeRecord(ctx, recChallenge, ch)
+}
+
+func (s *Session) onReChallenge(ctx context.Context, body []byte) error {
+	s.mu.Lock()
+	in := s.pendingI
+	s.mu.Unlock()
+	if in == nil || in.challenge != nil {
+		return reason.New(reason.UnexpectedMessage, "re-authentication challenge out of turn")
+	}
+	resp, err := in.onChallenge(ctx, body)
+	if err != nil {
+		return err
+	}
+	keys, th, err := in.keys()
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	next := s.epoch + 1
+	s.pendingKeys, s.pendingTH = keys, th
+	s.mu.Unlock()
+	send, err := newDirection(keys.I2R, next)
+	if err != nil {
+		return err
+	}
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	if err := s.writeRecordLocked(ctx, recResponse, resp); err != nil {
+		return err
+	}
+	s.send, s.keys = send, in.loc.keys
+	return nil
+}
+
+func (s *Session) onReEstablished(frame []byte) error {
+	s.mu.Lock()
+	in, keys, th, next := s.pendingI, s.pendingKeys, s.pendingTH, s.epoch+1
+	s.mu.Unlock()
+	if in == nil || keys == nil {
+		return reason.New(reason.UnexpectedMessage, "established frame out of turn")
+	}
+	defer keys.Wipe()
+	est, recv, err := openEstablished(keys.R2I, next, th, frame)
+	if err == nil && string(est.SessionID) != string(keys.SessionID) {
+		err = reason.New(reason.KeyConfirmation, "established names another session")
+	}
+	if err != nil {
+		return err
+	}
+	s.recv = recv
+	s.storeDelegation(in.peer)
+	s.completeReauth(in.peer, keys.SessionID, est)
+	return nil
+}
+
+func (s *Session) onReResponse(ctx context.Context, body []byte) error {
+	s.mu.Lock()
+	r := s.pendingR
+	s.mu.Unlock()
+	if r == nil {
+		return reason.New(reason.UnexpectedMessage, "re-authentication response out of turn")
+	}
+	peer, keys, th, err := r.onResponse(ctx, body)
+	if err != nil {
+		return err
+	}
+	defer keys.Wipe()
+	if !peer.ID.Equal(r.reauthOf.ID) {
+		return reason.New(reason.WrongRecipient, "re-authenticated as %s, the session is with %s", peer.ID, r.reauthOf.ID)
+	}
+	s.mu.Lock()
+	next := s.epoch + 1
+	s.mu.Unlock()
+	est := r.established(peer, keys)
+	frame, send, err := sealEstablished(keys.R2I, next, th, est)
+	if err != nil {
+		return err
+	}
+	recv, err := newDirection(keys.I2R, next)
+	if err != nil {
+		return err
+	}
+	// The new state is in place before "established" leaves, so that when the initiator sees the
+	// re-authentication complete, so does this side.
+	s.storeDelegation(peer)
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	s.recv = recv
+	s.completeReauth(peer, keys.SessionID, est)
+	if err := s.conn.WriteFrame(ctx, frame); err != nil {
+		return err
+	}
+	s.send, s.keys = send, r.loc.keys
+	return nil
+}
+
+func (s *Session) storeDelegation(peer *Peer) {
+	if err := s.cfg.Peers.PutDelegation(peer.Delegation.Delegation); err != nil {
+		s.cfg.Logger.Warn("peer cache: delegation not stored", "peer", peer.ID, "err", err)
+	}
+}
+
+func (s *Session) completeReauth(peer *Peer, sid []byte, est *handshake.Established) {
+	s.mu.Lock()
+	if peer.RemoteAddr == "" {
+		peer.RemoteAddr = s.peer.RemoteAddr
+	}
+	s.peer, s.sessionID = peer, append([]byte(nil), sid...)
+	s.epoch++
+	s.setTimes(est, s.cfg.Clock())
+	s.pendingI, s.pendingR, s.pendingKeys, s.pendingTH = nil, nil, nil, nil
+	close(s.reauthed)
+	s.reauthed = make(chan struct{})
+	s.mu.Unlock()
+	s.wake()
+	s.cfg.event(Event{Kind: "reauth", Role: s.role, Peer: peer.ID.String(), SessionID: sid})
+}
+
+func (s *Session) wake() {
+	select {
+	case s.poke <- struct{}{}:
+	default:
+	}
+}
+
+// maintain re-authenticates on time (initiator) and closes the session when it expires or a
+// re-handshake stalls.
+func (s *Session) maintain() {
+	defer s.wg.Done()
+	for {
+		s.mu.Lock()
+		now := s.cfg.Clock()
+		expires, reauthAt, pendingAt := s.expires, s.reauthAt, s.pendingAt
+		pending := s.pendingI != nil || s.pendingR != nil
+		s.mu.Unlock()
+		if !now.Before(expires) {
+			s.fail(reason.New(reason.SessionExpired, "the session was not re-authenticated before %s", expires.UTC().Format(time.RFC3339)))
+			return
+		}
+		if pending && now.Sub(pendingAt) > s.cfg.HandshakeTimeout {
+			s.fail(reason.New(reason.Timeout, "re-authentication did not complete within %s", s.cfg.HandshakeTimeout))
+			return
+		}
+		wake := expires.Sub(now)
+		if pending {
+			wake = min(wake, s.cfg.HandshakeTimeout-now.Sub(pendingAt)+time.Millisecond)
+		}
+		if s.role == Initiator && !pending && !s.cfg.noAutoReauth {
+			if !now.Before(reauthAt) {
+				go func() {
+					if err := s.Reauthenticate(context.Background()); err != nil {
+						s.cfg.Logger.Warn("scheduled re-authentication failed", "peer", s.Peer().ID, "err", err)
+					}
+				}()
+				wake = min(wake, s.cfg.HandshakeTimeout)
+			} else {
+				wake = min(wake, reauthAt.Sub(now))
+			}
+		}
+		t := time.NewTimer(max(wake, time.Millisecond))
+		select {
+		case <-s.done:
+			t.Stop()
+			return
+		case <-s.poke:
+			t.Stop()
+		case <-t.C:
+		}
+	}
+}
+
+// fail ends the session with err: it tells the peer why (a sealed alert, best effort) and closes the
+// connection.
+func (s *Session) fail(err error) {
+	s.failOnce.Do(func() {
+		s.err = err
+		close(s.done)
+		code := reason.Of(err)
+		peer, sid := s.Peer().ID.String(), s.ID()
+		s.cfg.Logger.Debug("session ended", "peer", peer, "reason", code, "err", err)
+		if s.wmu.TryLock() {
+			ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+			switch {
+			case code == reason.Closed && errors.Is(err, errLocalClose):
+				_ = s.writeRecordLocked(ctx, recClose, nil)
+			case code != reason.Closed && code != reason.PeerAlert && code != reason.TruncatedFrame && code != reason.OversizedFrame:
+				_ = s.writeRecordLocked(ctx, recAlert, (&handshake.Alert{Code: code}).Encode())
+			}
+			cancel()
+			s.wmu.Unlock()
+		}
+		s.conn.Close()
+		kind := "closed"
+		if code != reason.Closed {
+			kind = "refused"
+		}
+		s.cfg.event(Event{Kind: kind, Role: s.role, Peer: peer, Err: err, SessionID: sid})
+	})
+}
+
+var errLocalClose = errors.New("closed by the local agent")
+
+// Close ends the session (telling the peer) and waits for its goroutines.
+func (s *Session) Close() error {
+	s.fail(reason.Wrap(reason.Closed, errLocalClose, "session"))
+	s.wg.Wait()
+	return nil
+}
+
+// String describes the session for logs.
+func (s *Session) String() string {
+	p := s.Peer()
+	return fmt.Sprintf("session %x (%s with %s)", s.ID(), s.role, p.ID)
+}
