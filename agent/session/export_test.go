@@ -2,5 +2,7 @@ package session
 
 import "github.com/custos-agent/custos/agent/handshake"
 
-func decodeChallengeForTest(f []byte) (*handshake.Challenge, error) { return handshake.DecodeChallenge(f) }
-func decodeResponseForTest(f []byte) (*handshake.Response, error)   { return handshake.DecodeResponse(f) }
+func decodeChallengeForTest(f []byte) (*handshake.Challenge, error) {
+	return handshake.DecodeChallenge(f)
+}
+func decodeResponseForTest(f []byte) (*handshake.Response, error) { return handshake.DecodeResponse(f) }

@@ -263,7 +263,7 @@ func (r *responder) onHello(ctx context.Context, frame []byte) ([]byte, error) {
 		return nil, err
 	} else if ok {
 		if h.Head.Generation < st.Generation {
-			return nil, reason.New(reason.KeyLogStale, "%s announces key-log generation %d, this agent knows generation %d", h.InitiatorID, h.Head.Generation, st.Generation)
+			return nil, reason.New(reason.KeyLogStale, "%s announces key-log generation %d, this agent knows generation %d: refusing a rolled-back identity", h.InitiatorID, h.Head.Generation, st.Generation)
 		}
 		wantLog = !headOf(st).Equal(h.Head)
 	}

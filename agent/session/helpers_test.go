@@ -186,13 +186,13 @@ func startProxy(t testing.TB, modify func(dir, n int, frame []byte) []byte) (ini
 	i1, i2 := pipePair() // initiator <-> proxy
 	r1, r2 := pipePair() // proxy <-> responder
 	p := &proxy{modify: modify}
+	// Like a TCP middlebox: when one side closes, what it sent before still arrives, then the close.
 	relay := func(dir int, from, to FrameConn) {
 		defer p.wg.Done()
-		defer to.Close()
-		defer from.Close()
 		for n := 0; ; n++ {
 			f, err := from.ReadFrame(bg)
 			if err != nil {
+				to.Close()
 				return
 			}
 			if p.modify != nil {

@@ -263,4 +263,6 @@ func (puzzler) Puzzle(context.Context, string) ([]byte, error) { return []byte("
 
 type solver struct{}
 
-func (solver) Solve(_ context.Context, p []byte) ([]byte, error) { return append([]byte("solved:"), p...), nil }
+func (solver) Solve(_ context.Context, p []byte) ([]byte, error) {
+	return append([]byte("solved:"), p...), nil
+}
