@@ -3,6 +3,7 @@ package pkcs11_test
 import (
 	"context"
 	"crypto/sha256"
+	"log/slog"
 	"slices"
 	"sync"
 	"testing"
@@ -34,7 +35,7 @@ type benchKey struct {
 //	go test -run '^$' -bench . -benchtime 2s -count 3 ./pkcs11/
 func BenchmarkSign(b *testing.B) {
 	ctx := context.Background()
-	ks, err := pkcs11.Open(ctx, softhsmtest.NewToken(b), keystore.OpenOptions{})
+	ks, err := pkcs11.Open(ctx, softhsmtest.NewToken(b), keystore.OpenOptions{Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -64,6 +64,24 @@ func (h Hooks) BreakIdleSession() (p11.SessionHandle, bool) {
 	}
 }
 
+// FillPool opens n sessions at once and returns them to the pool, so that the pool holds at least n.
+func (h Hooks) FillPool(ctx context.Context, n int) error {
+	var held []session
+	defer func() {
+		for _, s := range held {
+			h.ks.put(s, nil)
+		}
+	}()
+	for i := 0; i < n; i++ {
+		s, _, err := h.ks.get(ctx)
+		if err != nil {
+			return err
+		}
+		held = append(held, s)
+	}
+	return nil
+}
+
 // IdleSessions lists the pooled session handles (without disturbing the pool order much).
 func (h Hooks) IdleSessions() []p11.SessionHandle {
 	var out []session

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"slices"
@@ -23,9 +24,21 @@ func testCtx(t testing.TB) context.Context {
 	return ctx
 }
 
+// testLog sends the keystore's log to the test's log.
+func testLog(t testing.TB) keystore.OpenOptions {
+	return keystore.OpenOptions{Logger: slog.New(slog.NewTextHandler(logWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))}
+}
+
+type logWriter struct{ t testing.TB }
+
+func (w logWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimSuffix(string(p), "\n"))
+	return len(p), nil
+}
+
 func open(t testing.TB, uri string) keystore.Keystore {
 	t.Helper()
-	ks, err := pkcs11.Open(testCtx(t), uri, keystore.OpenOptions{})
+	ks, err := pkcs11.Open(testCtx(t), uri, testLog(t))
 	if err != nil {
 		t.Fatalf("Open(%s): %v", uri, err)
 	}
@@ -75,7 +88,7 @@ func TestConformance(t *testing.T) {
 		New: func(t *testing.T) func() (keystore.Keystore, error) {
 			uri := softhsmtest.NewToken(t)
 			return func() (keystore.Keystore, error) {
-				return pkcs11.Open(testCtx(t), uri, keystore.OpenOptions{})
+				return pkcs11.Open(testCtx(t), uri, testLog(t))
 			}
 		},
 		Algorithms: []keystore.Algorithm{keystore.Ed25519, keystore.P256},
