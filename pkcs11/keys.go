@@ -177,7 +177,7 @@ func (ks *tokenKeystore) resolve(ctx context.Context, keyURI string) (*keyRef, e
 	ks.keysMu.Lock()
 	defer ks.keysMu.Unlock()
 	kr := ks.keys[string(k.id)]
-	if kr == nil {
+	if kr == nil || kr.dead.Load() {
 		kr = &keyRef{id: k.id, label: k.label, uri: ks.ref.keyURI(k.label, k.id), pub: k.pub}
 		kr.mech = []*p11.Mechanism{p11.NewMechanism(p11.CKM_ECDSA, nil)}
 		if k.pub.Algorithm == keystore.Ed25519 {
@@ -315,6 +315,10 @@ func (ks *tokenKeystore) List(ctx context.Context) ([]keystore.Key, error) {
 	var keys []keystore.Key
 	err := ks.do(ctx, func(c *p11.Ctx, sh p11.SessionHandle, _ *tokState) error {
 		keys = keys[:0]
+		// Without a login private objects are invisible: an empty answer would be a lie.
+		if err := requireLogin(c, sh); err != nil {
+			return err
+		}
 		privs, err := findObjects(c, sh, []*p11.Attribute{p11.NewAttribute(p11.CKA_CLASS, p11.CKO_PRIVATE_KEY)}, 0)
 		if err != nil {
 			return err
@@ -443,6 +447,20 @@ func findObjects(c *p11.Ctx, sh p11.SessionHandle, tmpl []*p11.Attribute, max in
 	return out, nil
 }
 
+// requireLogin returns CKR_USER_NOT_LOGGED_IN (a session-class error, so the caller logs in again and
+// retries) when the session is not in a user state. A search that finds no private object means
+// "not there" only when logged in.
+func requireLogin(c *p11.Ctx, sh p11.SessionHandle) error {
+	info, err := c.GetSessionInfo(sh)
+	if err != nil {
+		return err
+	}
+	if info.State != p11.CKS_RW_USER_FUNCTIONS && info.State != p11.CKS_RO_USER_FUNCTIONS {
+		return p11.Error(p11.CKR_USER_NOT_LOGGED_IN)
+	}
+	return nil
+}
+
 // findPrivate finds the private key object with CKA_ID id.
 func findPrivate(c *p11.Ctx, sh p11.SessionHandle, id []byte) ([]p11.ObjectHandle, error) {
 	return findObjects(c, sh, []*p11.Attribute{
@@ -473,6 +491,9 @@ func lookupKey(c *p11.Ctx, sh p11.SessionHandle, id []byte, label string) (keyIn
 	}
 	switch len(privs) {
 	case 0:
+		if err := requireLogin(c, sh); err != nil {
+			return keyInfo{}, err
+		}
 		return keyInfo{}, keystore.Errorf(keystore.ErrNotFound, "no private key %s on the token", name)
 	case 2:
 		return keyInfo{}, keystore.Errorf(keystore.ErrBadURI, "several private keys %s on the token: address one by its id", name)

@@ -168,3 +168,34 @@ func signConcurrently(t *testing.T, keys []keystore.Key, signers []keystore.Sign
 		t.Error(err)
 	}
 }
+
+// After the token logs out underneath, looking a key up (private objects are invisible without a login)
+// must repair the login rather than report the key missing.
+func TestLookupAfterLogout(t *testing.T) {
+	ks := open(t, softhsmtest.NewToken(t))
+	h := pkcs11.HooksOf(ks)
+	k := generate(t, ks, keystore.Ed25519, "k")
+	for i, step := range []func() error{
+		func() error { _, err := ks.PublicKey(testCtx(t), k.URI); return err },
+		func() error { _, err := ks.Signer(testCtx(t), k.URI); return err },
+		func() error {
+			_, err := ks.(pkcs11.AttributeReader).KeyAttributes(testCtx(t), k.URI)
+			return err
+		},
+		func() error {
+			keys, err := ks.List(testCtx(t))
+			if err == nil && len(keys) != 1 {
+				err = fmt.Errorf("List after logout returned %d keys, want 1", len(keys))
+			}
+			return err
+		},
+	} {
+		if err := h.Logout(); err != nil {
+			t.Fatal(err)
+		}
+		if err := step(); err != nil {
+			t.Errorf("step %d after C_Logout: %v", i, err)
+		}
+	}
+	signVerify(t, ks, k, "after")
+}

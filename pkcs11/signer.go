@@ -24,7 +24,7 @@ func (s *signer) Public() keystore.PublicKey { return s.key.pub }
 func (s *signer) Sign(ctx context.Context, message []byte) ([]byte, error) {
 	k := s.key
 	if k.dead.Load() {
-		return nil, keystore.Errorf(keystore.ErrKeyLost, "key %q was destroyed", k.label)
+		return nil, keystore.Errorf(keystore.ErrKeyLost, "key %q is no longer on token %q (destroyed)", k.label, s.ks.ref.label)
 	}
 	input := message
 	p256 := k.pub.Algorithm == keystore.P256
@@ -41,6 +41,10 @@ func (s *signer) Sign(ctx context.Context, message []byte) ([]byte, error) {
 				return err
 			}
 			if len(hs) != 1 {
+				if err := requireLogin(c, sh); err != nil {
+					return err
+				}
+				k.dead.Store(true) // gone for good: later calls fail fast
 				return keystore.Errorf(keystore.ErrKeyLost, "key %q (id %x) is no longer on token %q", k.label, k.id, s.ks.ref.label)
 			}
 			h = &handleCache{priv: hs[0], epoch: st.epoch}
