@@ -156,6 +156,11 @@ func DecodeEvent(b []byte) (Event, error) {
 	if e.Version != EventVersion {
 		return Event{}, fmt.Errorf("%w: event version %d (this agent speaks %d)", ErrUnknownVersion, e.Version, EventVersion)
 	}
+	// One spelling per event: the input must be exactly what Encode writes (compact, every field, in
+	// order), so decode-then-encode gives back the input bytes.
+	if !bytes.Equal(e.Encode(), b) {
+		return Event{}, fmt.Errorf("%w: event is not in canonical form (compact JSON with every field, in the order Encode writes them)", ErrMalformed)
+	}
 	return e, nil
 }
 
