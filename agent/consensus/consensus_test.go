@@ -415,3 +415,40 @@ func FuzzDecodeStakeTable(f *testing.F) {
 		}
 	})
 }
+
+// BenchmarkDecide is one k=5 decision in reputation mode with one dissent (evidence and reputation written
+// to bbolt), against the baseline of Select alone (k=3: the dissenter is Restricted by then).
+func BenchmarkDecide(b *testing.B) {
+	ctx := context.Background()
+	db, err := bolt.Open(filepath.Join(b.TempDir(), "state.db"), 0o600, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer db.Close()
+	rep, err := reputation.NewStore(ctx, db, reputation.Config{}, reputation.Options{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	ev, _ := NewEvidenceStore(db)
+	ps := make([]identity.ID, 5)
+	for i := range ps {
+		ps[i] = newPeer(b).id
+	}
+	v := &Voter{Rep: rep, Evidence: ev}
+	res := []Result{result(ps[0], "A"), result(ps[1], "A"), result(ps[2], "A"), result(ps[3], "A"), result(ps[4], "B")}
+	b.Run("decide-k5", func(b *testing.B) {
+		for b.Loop() {
+			if _, err := v.Decide(ctx, "t", ps, res); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	rng := rand.New(rand.NewChaCha8([32]byte{}))
+	b.Run("baseline-select-k3-of-5", func(b *testing.B) {
+		for b.Loop() {
+			if _, err := Select(rep, ps, 3, rng, SelectOptions{}); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}

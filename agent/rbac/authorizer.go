@@ -55,6 +55,7 @@ type Authorizer struct {
 
 	mu       sync.RWMutex
 	cfg      Config
+	admins   map[string]identity.ID // cfg.Admins by text form
 	grants   map[string][]Grant    // by subject agent ID
 	byID     map[string]Grant      // by grant ID
 	revoked  map[string]Revocation // by grant ID
@@ -124,8 +125,12 @@ func (a *Authorizer) SetConfig(cfg Config) error {
 		}
 	}
 	cfg.Admins = slices.Clone(cfg.Admins)
+	admins := make(map[string]identity.ID, len(cfg.Admins))
+	for _, id := range cfg.Admins {
+		admins[id.String()] = id
+	}
 	a.mu.Lock()
-	a.cfg = cfg
+	a.cfg, a.admins = cfg, admins
 	a.mu.Unlock()
 	return nil
 }
@@ -138,7 +143,8 @@ func (a *Authorizer) IsAdmin(id identity.ID) bool {
 }
 
 func (a *Authorizer) isAdmin(id string) bool {
-	return slices.ContainsFunc(a.cfg.Admins, func(x identity.ID) bool { return x.String() == id })
+	_, ok := a.admins[id]
+	return ok
 }
 
 // Admins returns the configured administrators.
@@ -214,7 +220,7 @@ func (a *Authorizer) AddRevocation(ctx context.Context, r Revocation) error {
 	if !admin {
 		return deny(GrantBadIssuer, r.Issuer, "", r.Grant, "revocation of grant %s is signed by %s, which is not a configured system administrator", r.Grant, r.Issuer)
 	}
-	if err := a.verifySig(r.Issuer, r.SigningInput(), r.Sig, nil); err != nil {
+	if err := a.verifySig(r.Issuer, r.SigningInput, r.Sig, nil); err != nil {
 		return deny(GrantBadSignature, r.Issuer, "", r.Grant, "revocation of grant %s: %v", r.Grant, err)
 	}
 	a.mu.Lock()
@@ -402,7 +408,7 @@ func (a *Authorizer) judge(g Grant, now time.Time) *Denial {
 	if !admin {
 		return deny(GrantBadIssuer, g.Subject, "", g.ID, "grant %s (%s) is signed by %s, which is not a configured system administrator", g.ID, g.Role, g.Issuer)
 	}
-	if err := a.verifySig(g.Issuer, g.SigningInput(), g.Sig, g.Encode()); err != nil {
+	if err := a.verifySig(g.Issuer, g.SigningInput, g.Sig, g.Encode()); err != nil {
 		return deny(GrantBadSignature, g.Subject, "", g.ID, "grant %s (%s): %v", g.ID, g.Role, err)
 	}
 	if revoked {
@@ -416,8 +422,8 @@ func (a *Authorizer) judge(g Grant, now time.Time) *Denial {
 
 // verifySig verifies sig over in with the issuer's current key. cacheKey (when not nil) lets a signature
 // that verified once under the same key skip verification next time.
-func (a *Authorizer) verifySig(issuer string, in *signature.Input, sig64 string, cacheKey []byte) error {
-	id, err := identity.ParseID(issuer)
+func (a *Authorizer) verifySig(issuer string, in func() *signature.Input, sig64 string, cacheKey []byte) error {
+	id, err := a.issuerID(issuer)
 	if err != nil {
 		return fmt.Errorf("issuer: %v", err)
 	}
@@ -444,7 +450,7 @@ func (a *Authorizer) verifySig(issuer string, in *signature.Input, sig64 string,
 	if err != nil {
 		return err
 	}
-	if err := signature.VerifyInput(pub, in, sig); err != nil {
+	if err := signature.VerifyInput(pub, in(), sig); err != nil {
 		return fmt.Errorf("signature does not verify under the issuer's current key: %w", err)
 	}
 	if cacheKey != nil {
@@ -456,6 +462,18 @@ func (a *Authorizer) verifySig(issuer string, in *signature.Input, sig64 string,
 		a.vmu.Unlock()
 	}
 	return nil
+}
+
+// issuerID returns the parsed ID of an administrator without parsing it again (a P-256 ID costs a point
+// decompression), or parses it.
+func (a *Authorizer) issuerID(s string) (identity.ID, error) {
+	a.mu.RLock()
+	id, ok := a.admins[s]
+	a.mu.RUnlock()
+	if ok {
+		return id, nil
+	}
+	return identity.ParseID(s)
 }
 
 func (a *Authorizer) denied(d *Denial) error {

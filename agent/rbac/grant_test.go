@@ -465,3 +465,38 @@ func FuzzParseRoles(f *testing.F) {
 		}
 	})
 }
+
+// BenchmarkAuthorize: the per-message check with the verified-grant cache warm, against the baseline of
+// what the cache saves (one signature verification of the grant).
+func BenchmarkAuthorize(b *testing.B) {
+	ctx := context.Background()
+	admin := newAgent(b, keystore.Ed25519)
+	clk := &clock{t: t0}
+	az, err := NewAuthorizer(ctx, Config{Admins: []identity.ID{admin.id}}, Options{Now: clk.now})
+	if err != nil {
+		b.Fatal(err)
+	}
+	sub := newAgent(b, keystore.Ed25519)
+	g, err := IssueGrant(ctx, admin.s, admin.id, sub.id, PeerNode, t0, time.Hour)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := az.AddGrant(ctx, g); err != nil {
+		b.Fatal(err)
+	}
+	b.Run("authorize-cached", func(b *testing.B) {
+		for b.Loop() {
+			if err := az.Authorize(ctx, sub.id, ShareResults); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("baseline-verify-grant-signature", func(b *testing.B) {
+		sig, _ := identity.Base64().DecodeString(g.Sig)
+		for b.Loop() {
+			if err := signature.VerifyInput(admin.id.PublicKey(), g.SigningInput(), sig); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}

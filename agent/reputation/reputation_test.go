@@ -436,3 +436,27 @@ func FuzzDecodeFeedback(f *testing.F) {
 		}
 	})
 }
+
+// BenchmarkRecord is one task outcome written through to bbolt (one fsynced transaction), against the
+// baseline of reading a report from memory.
+func BenchmarkRecord(b *testing.B) {
+	ctx := context.Background()
+	s, err := Open(ctx, filepath.Join(b.TempDir(), "state.db"), Config{}, Options{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close()
+	p := newPeer(b)
+	b.Run("record-fsync", func(b *testing.B) {
+		for b.Loop() {
+			if err := s.Record(ctx, Observation{Peer: p.id, Kind: Completed, ResponseTime: time.Second}, Observation{Peer: p.id, Kind: Agreed}); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("baseline-report", func(b *testing.B) {
+		for b.Loop() {
+			_ = s.Report(p.id)
+		}
+	})
+}
