@@ -56,9 +56,9 @@ type Authorizer struct {
 	mu       sync.RWMutex
 	cfg      Config
 	admins   map[string]identity.ID // cfg.Admins by text form
-	grants   map[string][]Grant    // by subject agent ID
-	byID     map[string]Grant      // by grant ID
-	revoked  map[string]Revocation // by grant ID
+	grants   map[string][]Grant     // by subject agent ID
+	byID     map[string]Grant       // by grant ID
+	revoked  map[string]Revocation  // by grant ID
 	vmu      sync.Mutex
 	verified map[[32]byte]struct{} // digests of (grant, issuer key) that verified
 }
