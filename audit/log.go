@@ -149,6 +149,7 @@ type Log struct {
 	gen    uint64
 
 	closeErr error
+	keys     keyCache
 
 	// Owned by the writer goroutine.
 	f          *os.File
@@ -180,7 +181,7 @@ type segMeta struct {
 }
 
 type request struct {
-	w     *wire
+	p     *pending
 	start time.Time
 	seq   uint64
 	err   error
@@ -271,7 +272,7 @@ func (l *Log) SetSigner(s keystore.Signer, gen uint64) error {
 // (or refused under RefuseSecrets). If ctx ends first Append returns ctx's error; the record may still
 // be written.
 func (l *Log) Append(ctx context.Context, r Record) (uint64, error) {
-	w, err := prepare(&r, l.opts.Secrets, false)
+	w, err := prepare(&r, l.opts.Secrets, false, &l.keys)
 	if err != nil {
 		return 0, err
 	}
@@ -281,7 +282,14 @@ func (l *Log) Append(ctx context.Context, r Record) (uint64, error) {
 	if !r.Time.IsZero() {
 		w.Time = r.Time.UTC().Format(timeFormat)
 	}
-	req := &request{w: w, start: time.Now(), done: make(chan struct{})}
+	p, err := newPending(w)
+	if err != nil {
+		return 0, err
+	}
+	if !r.Time.IsZero() {
+		p.t = r.Time.UTC()
+	}
+	req := &request{p: p, start: time.Now(), done: make(chan struct{})}
 	l.mu.RLock()
 	if l.closed {
 		l.mu.RUnlock()
@@ -322,19 +330,25 @@ func (l *Log) Checkpoint(ctx context.Context) error {
 // record first) and waits until that is done. The writer also does this by itself after it starts a new
 // segment and once a minute.
 func (l *Log) ApplyRetention(ctx context.Context) error {
-	ch := make(chan error, 1)
-	if err := l.control(ctx, func() {
-		l.planRetention()
-		if l.prune == nil {
-			ch <- nil
-			return
+	for {
+		ch := make(chan error, 1)
+		idle := false
+		if err := l.control(ctx, func() {
+			l.planRetention()
+			if l.prune == nil {
+				idle = true
+				ch <- nil
+				return
+			}
+			l.prune.waiters = append(l.prune.waiters, ch)
+			l.kick(false)
+		}); err != nil {
+			return err
 		}
-		l.prune.waiters = append(l.prune.waiters, ch)
-		l.kick(false)
-	}); err != nil {
-		return err
+		if err := l.wait(ctx, ch); err != nil || idle {
+			return err
+		}
 	}
-	return l.wait(ctx, ch)
 }
 
 func (l *Log) control(ctx context.Context, fn func()) error {
@@ -450,11 +464,11 @@ func (l *Log) collect(first *request) []*request {
 
 // commitRequests writes a batch with one write and one fsync, then acknowledges every record in it.
 func (l *Log) commitRequests(batch []*request) {
-	ws := make([]*wire, len(batch))
+	ps := make([]*pending, len(batch))
 	for i, r := range batch {
-		ws[i] = r.w
+		ps[i] = r.p
 	}
-	seqs, errs, err := l.commit(ws)
+	seqs, errs, err := l.commit(ps)
 	now := time.Now()
 	n := 0
 	for i, r := range batch {
@@ -475,11 +489,11 @@ func (l *Log) commitRequests(batch []*request) {
 	}
 }
 
-// commit chains, encodes, writes and fsyncs records. errs holds per-record errors (a record too large);
-// err is a write failure, which fails the log.
-func (l *Log) commit(ws []*wire) (seqs []uint64, errs []error, err error) {
-	seqs = make([]uint64, len(ws))
-	errs = make([]error, len(ws))
+// commit chains, encodes, writes and fsyncs records. errs holds per-record errors (none today: records
+// are checked before they are queued); err is a write failure, which fails the log.
+func (l *Log) commit(ps []*pending) (seqs []uint64, errs []error, err error) {
+	seqs = make([]uint64, len(ps))
+	errs = make([]error, len(ps))
 	if err := l.failure(); err != nil {
 		return seqs, errs, err
 	}
@@ -490,34 +504,35 @@ func (l *Log) commit(ws []*wire) (seqs []uint64, errs []error, err error) {
 	stamp := now.Format(timeFormat)
 	seq, head, lastData := l.seq, l.head, l.lastData
 	lastTime := l.segs[len(l.segs)-1].lastTime
+	firstPrev := ""
 	buf := l.buf[:0]
-	for i, w := range ws {
-		w.Seq = seq + 1
+	var prevBuf [43]byte
+	for i, p := range ps {
+		prev := ""
 		if seq > 0 {
-			w.Prev = b64.EncodeToString(head[:])
+			b64.Encode(prevBuf[:], head[:])
+			prev = string(prevBuf[:])
 		}
-		if w.Time == "" {
-			w.Time = stamp
+		if i == 0 {
+			firstPrev = prev
 		}
-		line, d, e := encodeLine(w)
-		if e != nil {
-			errs[i] = e
-			continue
+		t := p.time
+		if t == "" {
+			t = stamp
+			if now.After(lastTime) {
+				lastTime = now
+			}
+		} else if p.t.After(lastTime) {
+			lastTime = p.t
 		}
-		buf = append(buf, line...)
-		seq, head = seq+1, d
+		buf, head = p.appendLine(buf, seq+1, t, prev)
+		seq++
 		seqs[i] = seq
-		if w.CP == nil {
+		if !p.cp {
 			lastData = seq
-		}
-		if t, e := time.Parse(timeFormat, w.Time); e == nil && t.After(lastTime) {
-			lastTime = t
 		}
 	}
 	l.buf = buf[:0]
-	if len(buf) == 0 {
-		return seqs, errs, nil
-	}
 	active := &l.segs[len(l.segs)-1]
 	if _, err := l.f.Write(buf); err != nil {
 		if terr := l.f.Truncate(active.size); terr != nil {
@@ -533,7 +548,7 @@ func (l *Log) commit(ws []*wire) (seqs []uint64, errs []error, err error) {
 	}
 	l.seq, l.head, l.lastData = seq, head, lastData
 	if active.size == 0 {
-		active.firstPrev = ws[0].Prev
+		active.firstPrev = firstPrev
 	}
 	active.size += int64(len(buf))
 	active.last = seq
@@ -544,21 +559,24 @@ func (l *Log) commit(ws []*wire) (seqs []uint64, errs []error, err error) {
 
 // commitInternal writes records the log makes about itself.
 func (l *Log) commitInternal(ws ...*wire) error {
-	_, errs, err := l.commit(ws)
+	ps := make([]*pending, len(ws))
+	for i, w := range ws {
+		p, err := newPending(w)
+		if err != nil {
+			return err
+		}
+		ps[i] = p
+	}
+	_, _, err := l.commit(ps)
 	if err != nil {
 		return err
-	}
-	for _, e := range errs {
-		if e != nil {
-			return e
-		}
 	}
 	l.obs.AuditRecordsWritten(len(ws))
 	return nil
 }
 
 func internalWire(t EventType, outcome Outcome, subject string, details map[string]any) *wire {
-	w, err := prepare(&Record{Type: t, Outcome: outcome, Actor: "audit", Subject: subject, Details: details}, RedactSecrets, true)
+	w, err := prepare(&Record{Type: t, Outcome: outcome, Actor: "audit", Subject: subject, Details: details}, RedactSecrets, true, nil)
 	if err != nil {
 		panic("audit: internal record: " + err.Error()) // fixed types and plain details: cannot fail
 	}
@@ -696,7 +714,9 @@ func (l *Log) finishSign(res signResult) {
 	}
 	l.prune = nil
 	l.retryAfter = time.Time{}
-	notify(l.removeSegments(job.segments))
+	err := l.removeSegments(job.segments)
+	l.planRetention() // more may be due by now
+	notify(err)
 }
 
 // removeSegments deletes segments a signed audit.pruned record now vouches for.

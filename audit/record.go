@@ -9,7 +9,10 @@ import (
 	"fmt"
 	"hash"
 	"io"
+	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 	"unicode/utf8"
 
@@ -83,20 +86,25 @@ var b64 = identity.Base64()
 const hashPrefix = "custos/v1/audit-record\x00"
 
 // recordHash is SHA-256 over hashPrefix and each field length-prefixed (4-byte big-endian length),
-// integers as 8-byte big-endian values: v, seq, time, type, actor, subject, outcome, details (the JSON
-// bytes as stored), prev, then "" when there is no checkpoint or "cp", gen, kid, head_seq, head, sig.
+// integers as 8-byte big-endian values: v, type, actor, subject, outcome, details (the JSON bytes as
+// stored), then "" when there is no checkpoint or "cp", gen, kid, head_seq, head, sig; and last the
+// fields that depend on the record's place in the chain: seq, time, prev. (The fixed part comes first so
+// that an appender can hash it before the writer knows the place.)
 func recordHash(w *wire) [32]byte {
+	h := fixedHash(w)
+	return placeHash(h, w.Seq, w.Time, w.Prev)
+}
+
+// fixedHash hashes the fields that do not depend on the record's place in the chain.
+func fixedHash(w *wire) hash.Hash {
 	h := sha256.New()
 	h.Write([]byte(hashPrefix))
 	u64(h, uint64(w.V))
-	u64(h, w.Seq)
-	field(h, []byte(w.Time))
 	field(h, []byte(w.Type))
 	field(h, []byte(w.Actor))
 	field(h, []byte(w.Subject))
 	field(h, []byte(w.Outcome))
 	field(h, w.Details)
-	field(h, []byte(w.Prev))
 	if w.CP == nil {
 		field(h, nil)
 	} else {
@@ -107,9 +115,72 @@ func recordHash(w *wire) [32]byte {
 		field(h, []byte(w.CP.Head))
 		field(h, []byte(w.CP.Sig))
 	}
+	return h
+}
+
+// placeHash finishes a fixedHash with seq, time and prev. It does not change h.
+func placeHash(h hash.Hash, seq uint64, t, prev string) [32]byte {
+	c, err := h.(hash.Cloner).Clone()
+	if err != nil {
+		panic("audit: sha256 clone: " + err.Error()) // the standard library's SHA-256 always clones
+	}
+	u64(c, seq)
+	field(c, []byte(t))
+	field(c, []byte(prev))
 	var d [32]byte
-	h.Sum(d[:0])
+	c.Sum(d[:0])
 	return d
+}
+
+// pending is a record prepared for the writer: everything but its place in the chain is encoded and
+// hashed already (by the appender's goroutine, so the single writer does little per record).
+type pending struct {
+	mid   []byte    // `"type":...,"details":{...}[,"cp":{...}]`: the JSON between time and prev
+	fixed hash.Hash // fixedHash of the record
+	time  string    // the caller's time, or "" for the writer's clock
+	t     time.Time // parsed time when time is set
+	cp    bool
+}
+
+// newPending encodes and hashes the fixed part of w.
+func newPending(w *wire) (*pending, error) {
+	mid, err := json.Marshal(struct {
+		Type    string          `json:"type"`
+		Actor   string          `json:"actor"`
+		Subject string          `json:"subject"`
+		Outcome string          `json:"outcome"`
+		Details json.RawMessage `json:"details"`
+		CP      *Checkpoint     `json:"cp,omitempty"`
+	}{w.Type, w.Actor, w.Subject, w.Outcome, w.Details, w.CP})
+	if err != nil {
+		return nil, fmt.Errorf("encode audit record: %w", err)
+	}
+	p := &pending{mid: mid[1 : len(mid)-1], fixed: fixedHash(w), time: w.Time, cp: w.CP != nil}
+	if len(p.mid)+256 > MaxRecordSize {
+		return nil, fmt.Errorf("%w: the record is %d bytes encoded, more than %d: shorten its details",
+			ErrInvalidRecord, len(p.mid)+256, MaxRecordSize)
+	}
+	return p, nil
+}
+
+// appendLine appends the record's line (with its newline) for its place in the chain and returns it
+// with the record's hash. It produces exactly json.Marshal of the record's wire form.
+func (p *pending) appendLine(buf []byte, seq uint64, t, prev string) ([]byte, [32]byte) {
+	d := placeHash(p.fixed, seq, t, prev)
+	buf = append(buf, `{"v":`...)
+	buf = strconv.AppendUint(buf, RecordVersion, 10)
+	buf = append(buf, `,"seq":`...)
+	buf = strconv.AppendUint(buf, seq, 10)
+	buf = append(buf, `,"time":"`...)
+	buf = append(buf, t...)
+	buf = append(buf, `",`...)
+	buf = append(buf, p.mid...)
+	buf = append(buf, `,"prev":"`...)
+	buf = append(buf, prev...)
+	buf = append(buf, `","hash":"`...)
+	buf = b64.AppendEncode(buf, d[:])
+	buf = append(buf, "\"}\n"...)
+	return buf, d
 }
 
 func field(h hash.Hash, b []byte) {
@@ -330,13 +401,100 @@ func secretKey(k string) bool {
 }
 
 func secretValue(s string) bool {
-	l := strings.ToLower(s)
 	for _, m := range secretValueMarkers {
-		if strings.Contains(l, m) {
+		if containsFoldASCII(s, m) {
 			return true
 		}
 	}
 	return false
+}
+
+// containsFoldASCII reports whether s contains the lowercase ASCII string m, ignoring ASCII case,
+// without allocating.
+func containsFoldASCII(s, m string) bool {
+	for i := 0; i+len(m) <= len(s); i++ {
+		j := 0
+		for ; j < len(m); j++ {
+			c := s[i+j]
+			if c >= 'A' && c <= 'Z' {
+				c += 'a' - 'A'
+			}
+			if c != m[j] {
+				break
+			}
+		}
+		if j == len(m) {
+			return true
+		}
+	}
+	return false
+}
+
+// keyCache remembers which detail keys are secret: a log sees the same few keys again and again.
+// It stops growing at maxCachedKeys.
+type keyCache struct {
+	m sync.Map // string -> bool
+	n atomic.Int32
+}
+
+const maxCachedKeys = 4096
+
+func (c *keyCache) secret(k string) bool {
+	if c == nil {
+		return secretKey(k)
+	}
+	if v, ok := c.m.Load(k); ok {
+		return v.(bool)
+	}
+	v := secretKey(k)
+	if c.n.Load() < maxCachedKeys {
+		c.n.Add(1)
+		c.m.Store(k, v)
+	}
+	return v
+}
+
+// clean reports whether a caller's details value holds nothing to redact. known is false when v has a
+// type it does not walk (a struct, say): the slow path then decides.
+func clean(v any, keys *keyCache) (ok, known bool) {
+	switch x := v.(type) {
+	case nil, bool, int, int8, int16, int32, int64, uint, uint8, uint16, uint32, uint64, float32, float64, json.Number:
+		return true, true
+	case string:
+		return !secretValue(x), true
+	case []string:
+		for _, e := range x {
+			if secretValue(e) {
+				return false, true
+			}
+		}
+		return true, true
+	case []any:
+		for _, e := range x {
+			if ok, known := clean(e, keys); !ok || !known {
+				return ok, known
+			}
+		}
+		return true, true
+	case map[string]any:
+		for k, e := range x {
+			if keys.secret(k) {
+				return false, true
+			}
+			if ok, known := clean(e, keys); !ok || !known {
+				return ok, known
+			}
+		}
+		return true, true
+	case map[string]string:
+		for k, e := range x {
+			if keys.secret(k) || secretValue(e) {
+				return false, true
+			}
+		}
+		return true, true
+	}
+	return false, false
 }
 
 // CheckDetails reports the paths ("pin", "keystore.password", "uris[2]") of every detail that the log
@@ -345,19 +503,22 @@ func secretValue(s string) bool {
 // secret (a "pin-value=" URI attribute, a PEM private key, an age secret key, a bearer credential). It
 // returns nil when details are clean. Values are never part of the result.
 func CheckDetails(details map[string]any) ([]string, error) {
-	_, paths, err := sanitize(details, RedactSecrets)
+	_, paths, err := sanitize(details, RedactSecrets, nil)
 	return paths, err
 }
 
 // sanitize turns details into their canonical JSON (object, keys sorted, numbers as written) with
 // secrets redacted; under RefuseSecrets it fails with ErrSecret instead. The result always is an object.
-func sanitize(details map[string]any, policy SecretPolicy) (json.RawMessage, []string, error) {
+func sanitize(details map[string]any, policy SecretPolicy, keys *keyCache) (json.RawMessage, []string, error) {
 	if len(details) == 0 {
 		return json.RawMessage("{}"), nil, nil
 	}
 	raw, err := json.Marshal(details)
 	if err != nil {
 		return nil, nil, fmt.Errorf("%w: details are not JSON-encodable: %v", ErrInvalidRecord, err)
+	}
+	if ok, known := clean(details, keys); ok && known {
+		return raw, nil, nil // the common case: plain values, nothing to redact
 	}
 	var tree any
 	dec := json.NewDecoder(bytes.NewReader(raw))
@@ -426,7 +587,7 @@ func cleanString(s string) string {
 }
 
 // prepare validates a caller's record and returns its wire form without seq, prev and hash.
-func prepare(r *Record, policy SecretPolicy, internal bool) (*wire, error) {
+func prepare(r *Record, policy SecretPolicy, internal bool, keys *keyCache) (*wire, error) {
 	if err := r.Type.Validate(); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrInvalidRecord, err)
 	}
@@ -447,7 +608,7 @@ func prepare(r *Record, policy SecretPolicy, internal bool) (*wire, error) {
 			return nil, fmt.Errorf("%w: a %s record must carry the detail %q", ErrInvalidRecord, r.Type, k)
 		}
 	}
-	details, _, err := sanitize(r.Details, policy)
+	details, _, err := sanitize(r.Details, policy, keys)
 	if err != nil {
 		return nil, err
 	}
