@@ -63,6 +63,7 @@ func simAgent(t testing.TB, rng *rand.Rand) (keystore.Signer, identity.ID) {
 
 type simStats struct {
 	tasks, accepted, noQuorum, wrongAccepted, sybilAccepted int
+	maliciousTasks, maliciousWrong, sybilTasks              int
 	feedback                                                int
 	feedbackWeight                                          float64
 	levelChanges                                            []reputation.Change
@@ -129,10 +130,13 @@ func TestReputationSimulation(t *testing.T) {
 			r := Result{Peer: id, Digest: correct(task), ResponseTime: time.Duration(300+rng.IntN(1200)) * time.Millisecond}
 			switch p.kind {
 			case malicious:
+				st.maliciousTasks++
 				if rng.IntN(3) == 0 {
+					st.maliciousWrong++
 					r.Digest = DigestOf([]byte(fmt.Sprintf("garbage %d from %s", task, id)))
 				}
 			case sybil:
+				st.sybilTasks++
 				r.Digest = sybilDigest(task)
 				r.ResponseTime = 150 * time.Millisecond
 			}
@@ -332,6 +336,7 @@ func TestReputationSimulation(t *testing.T) {
 	// The numbers for docs/reputation-simulation.md.
 	t.Logf("seed %d, %d tasks (phase 1: %d, attack vote: 1, phase 2: %d), k=%d, %s", simSeed, st.tasks, simPhase1, simPhase2, simK, elapsed.Round(time.Millisecond))
 	t.Logf("accepted %d, no quorum %d, wrong accepted %d, sybil accepted %d", st.accepted, st.noQuorum, st.wrongAccepted, st.sybilAccepted)
+	t.Logf("malicious peers ran %d tasks and returned %d wrong results; sybils ran %d tasks (20 of them in the attack vote)", st.maliciousTasks, st.maliciousWrong, st.sybilTasks)
 	t.Logf("after phase 1: %s", phase1)
 	t.Logf("attack vote: 20 sybils weigh %.3f, 3 trusted weigh %.3f; accepted the correct result with %.1f%% of the weight", sybilWeight, trustedWeight, 100*attackShare)
 	t.Logf("every sybil restricted or blocked %d tasks after joining; %d sybil feedbacks carried total weight %.3f", sybilDone, st.feedback, st.feedbackWeight)

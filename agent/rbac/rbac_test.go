@@ -254,3 +254,42 @@ func roleWithout(p Permission) Role {
 	}
 	panic("every role has " + p)
 }
+
+// TestDocsListEveryOperation keeps docs/authorization.md in step with Table and the reason codes.
+func TestDocsListEveryOperation(t *testing.T) {
+	doc, err := os.ReadFile("../../docs/authorization.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	text := string(doc)
+	for _, r := range Table {
+		perm := "—"
+		if r.Permission != "" {
+			perm = "`" + string(r.Permission) + "`"
+		}
+		from := "local"
+		if r.Peer {
+			from = "peer"
+		}
+		row := "| `" + string(r.Op) + "` | " + perm + " | " + from + " | " + r.Note + " |"
+		if !strings.Contains(text, row) {
+			t.Errorf("docs/authorization.md lacks the row\n%s", row)
+		}
+	}
+	for _, reason := range AllReasons {
+		if !strings.Contains(text, "`"+string(reason)+"`") {
+			t.Errorf("docs/authorization.md does not explain %s", reason)
+		}
+	}
+	for _, role := range AllRoles {
+		perms := SeedRoles().Permissions(role)
+		cells := make([]string, len(perms))
+		for i, p := range perms {
+			cells[i] = "`" + string(p) + "`"
+		}
+		row := "| `" + string(role) + "` | " + strings.Join(cells, ", ") + " |"
+		if !strings.Contains(text, row) {
+			t.Errorf("docs/authorization.md lacks the role row %s", row)
+		}
+	}
+}

@@ -4,8 +4,11 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"math"
+	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -459,4 +462,36 @@ func BenchmarkRecord(b *testing.B) {
 			_ = s.Report(p.id)
 		}
 	})
+}
+
+// TestDocsEffectsTable keeps the effects table of docs/authorization.md in step with DefaultEffects.
+func TestDocsEffectsTable(t *testing.T) {
+	doc, err := os.ReadFile("../../docs/authorization.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	name := map[Level]string{Super: "Super", Trusted: "Trusted", New: "New", Restricted: "Restricted", Blocked: "Blocked"}
+	for l, e := range DefaultEffects() {
+		bits := strconv.Itoa(int(e.PuzzleBits))
+		if e.RefuseHandshake {
+			bits = "—"
+		}
+		row := fmt.Sprintf("| %s | %s | %s | %s |", name[l], strconv.FormatFloat(e.RateMultiplier, 'g', -1, 64), bits, strconv.FormatFloat(e.VoteMultiplier, 'g', -1, 64))
+		if !strings.Contains(string(doc), row) {
+			t.Errorf("docs/authorization.md lacks %q", row)
+		}
+	}
+	th, m := DefaultThresholds(), DefaultMinEvidence()
+	for _, s := range []string{
+		fmt.Sprintf("score ≥ %g and evidence ≥ %g", th.TrustedEnter, m.Trusted),
+		fmt.Sprintf("score ≥ %g and evidence ≥ %g", th.SuperEnter, m.Super),
+		fmt.Sprintf("score < %g", th.SuperLeave), fmt.Sprintf("score < %g", th.TrustedLeave),
+		fmt.Sprintf("score ≤ %g and evidence ≥ %g", th.RestrictedEnter, m.Restricted),
+		fmt.Sprintf("score > %g", th.RestrictedLeave),
+		fmt.Sprintf("score ≤ %g and evidence ≥ %g", th.BlockedEnter, m.Blocked),
+	} {
+		if !strings.Contains(string(doc), s) {
+			t.Errorf("docs/authorization.md lacks the threshold %q", s)
+		}
+	}
 }
