@@ -44,8 +44,8 @@ import (
 	"github.com/custos-agent/custos/test/testenv"
 )
 
-// ModuleCandidates are where Debian and others install the SoftHSM2 PKCS#11 module.
-var ModuleCandidates = []string{
+// moduleCandidates are where Debian and others install the SoftHSM2 PKCS#11 module.
+var moduleCandidates = []string{
 	"/usr/lib/softhsm/libsofthsm2.so",
 	"/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so",
 	"/usr/lib/aarch64-linux-gnu/softhsm/libsofthsm2.so",
@@ -82,7 +82,7 @@ const dirPrefix = "custos-softhsm-"
 
 func setup(t testing.TB) {
 	t.Helper()
-	module := testenv.FirstFile(t, "the SoftHSM2 PKCS#11 module", "softhsm2", ModuleCandidates...)
+	module := testenv.FirstFile(t, "the SoftHSM2 PKCS#11 module", "softhsm2", moduleCandidates...)
 	util := testenv.LookTool(t, "softhsm2-util", "softhsm2")
 	proc.once.Do(func() {
 		sweepStale()
