@@ -289,11 +289,23 @@ func forkEvidence(id string, a, b *identity.Log, now time.Time) *Compromise {
 func (c *Cache) PutDelegation(d *delegation.Delegation) error {
 	now := c.clock().Unix()
 	key := []byte(d.AgentID)
+	enc := string(d.Encode())
+	// Most handshakes present a delegation already stored: skip the write (and its fsync).
+	known := false
+	_ = c.db.View(func(tx *bbolt.Tx) error {
+		list, err := decodeList(tx.Bucket(bucketDelegations).Get(key))
+		for _, o := range list {
+			known = known || (err == nil && string(o.Encode()) == enc)
+		}
+		return nil
+	})
+	if known {
+		return nil
+	}
 	err := c.db.Update(func(tx *bbolt.Tx) error {
 		b := tx.Bucket(bucketDelegations)
 		list, _ := decodeList(b.Get(key)) // a corrupt list is replaced
 		kept := []*delegation.Delegation{d}
-		enc := string(d.Encode())
 		for _, o := range list {
 			if o.NotAfter > now && string(o.Encode()) != enc {
 				kept = append(kept, o)
