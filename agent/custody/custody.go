@@ -177,33 +177,9 @@ func Init(ctx context.Context, home string, req InitRequest, opts Options) (*Cus
 			return nil, err
 		}
 	}
-	if err := os.MkdirAll(home, 0o700); err != nil {
-		return nil, fmt.Errorf("create home directory %s: %w", home, err)
-	}
-	if fi, err := os.Stat(home); err == nil && fi.Mode().Perm()&0o077 != 0 {
-		opts.log().Warn("home directory is accessible to other users; chmod 700 it", "home", home, "mode", fi.Mode().Perm().String())
-	}
-	unlock, err := lock(ctx, home)
-	if err != nil {
-		return nil, err
-	}
-	defer unlock()
-	var replaced []string
-	if exists(recPath) || exists(kelPath) {
-		if !req.Force {
-			return nil, refuseExisting(home)
-		}
-		if b, err := readLimited(recPath, maxRecordSize); err == nil {
-			if old, err := decodeRecord(b); err == nil {
-				for _, g := range old.Generations {
-					if g.State != Destroyed {
-						replaced = append(replaced, g.Key)
-					}
-				}
-			}
-		}
-	}
-	c := &Custody{home: home, opts: opts, stores: map[string]keystore.Keystore{}, replaced: replaced}
+	// Open the keystores first: a missing module or token, or a wrong PIN, is refused before anything
+	// is created or changed.
+	c := &Custody{home: home, opts: opts, stores: map[string]keystore.Keystore{}}
 	ok := false
 	defer func() {
 		if !ok {
@@ -216,6 +192,36 @@ func Init(ctx context.Context, home string, req InitRequest, opts Options) (*Cus
 	}
 	if !slices.Contains(ks.Info().Algorithms, req.Algorithm) {
 		return nil, keystore.Errorf(keystore.ErrUnsupportedAlgorithm, "the %s keystore cannot make %s keys (it makes %v)", ks.Info().Backend, req.Algorithm, ks.Info().Algorithms)
+	}
+	if req.Recovery != "" {
+		if _, err := c.keystore(ctx, req.Recovery); err != nil {
+			return nil, fmt.Errorf("recovery keystore: %w", err)
+		}
+	}
+	if err := os.MkdirAll(home, 0o700); err != nil {
+		return nil, fmt.Errorf("create home directory %s: %w", home, err)
+	}
+	if fi, err := os.Stat(home); err == nil && fi.Mode().Perm()&0o077 != 0 {
+		opts.log().Warn("home directory is accessible to other users; chmod 700 it", "home", home, "mode", fi.Mode().Perm().String())
+	}
+	unlock, err := lock(ctx, home)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	if exists(recPath) || exists(kelPath) {
+		if !req.Force {
+			return nil, refuseExisting(home)
+		}
+		if b, err := readLimited(recPath, maxRecordSize); err == nil {
+			if old, err := decodeRecord(b); err == nil {
+				for _, g := range old.Generations {
+					if g.State != Destroyed {
+						c.replaced = append(c.replaced, g.Key)
+					}
+				}
+			}
+		}
 	}
 	var rk *RecoveryKey
 	if req.Recovery != "" {
@@ -443,9 +449,13 @@ func finalize(rec *record) *record {
 	case opRecover:
 		for i := range r.Generations {
 			g := &r.Generations[i]
-			if g.State == Active || g.State == Next {
+			switch {
+			case g.State == Active || g.State == Next:
 				g.State, g.RetiredUntil = Retired, &until
 				g.Note = fmt.Sprintf("replaced by the recovery at generation %d", p.Generation)
+			case g.State == Retired && g.RetiredUntil.After(until):
+				// A recovery means keys were lost (or taken): no grace for the older ones either.
+				g.RetiredUntil = &until
 			}
 		}
 		r.Generations = append(r.Generations, newGen(p.Keys[0], Active), newGen(p.Keys[1], Next))

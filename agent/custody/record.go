@@ -108,11 +108,14 @@ type record struct {
 }
 
 func (r *record) encode() []byte {
-	b, err := json.MarshalIndent(r, "", "  ")
-	if err != nil {
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false) // URIs keep their '&'
+	enc.SetIndent("", "  ")
+	if err := enc.Encode(r); err != nil {
 		panic("custody: marshal identity.json: " + err.Error()) // plain fields only
 	}
-	return append(b, '\n')
+	return buf.Bytes()
 }
 
 func (r *record) clone() *record {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"time"
 
 	"github.com/custos-agent/custos/agent/identity"
 	"github.com/custos-agent/custos/keystore"
@@ -55,7 +56,7 @@ func (c *Custody) Rotate(ctx context.Context, req RotateRequest) (Generation, er
 		if !slices.Contains(ks.Info().Algorithms, alg) {
 			return keystore.Errorf(keystore.ErrUnsupportedAlgorithm, "rotate: the keystore cannot make %s keys", alg)
 		}
-		now := c.opts.now()
+		now := c.opts.now().UTC().Truncate(time.Second)
 		until := now.Add(req.Grace)
 		if req.DestroyOld {
 			until = now
@@ -111,7 +112,7 @@ func (c *Custody) Recover(ctx context.Context, req RecoverRequest) (Generation, 
 		if !slices.Contains(ks.Info().Algorithms, alg) {
 			return keystore.Errorf(keystore.ErrUnsupportedAlgorithm, "recover: the keystore cannot make %s keys", alg)
 		}
-		now := c.opts.now()
+		now := c.opts.now().UTC().Truncate(time.Second)
 		p := &pending{
 			Op: opRecover, Generation: st.Generation + 1, Keystore: ks.Info().URI,
 			Keys: []pendingKey{

@@ -67,7 +67,9 @@ func newApp(stdin io.Reader, stdout, stderr io.Writer) *cli.App {
 
 // commands lists every subcommand; each lives in a file of its own.
 func commands() []*cli.Command {
-	return []*cli.Command{}
+	return []*cli.Command{
+		initCommand(), idCommand(), keysCommand(), rotateCommand(), recoverCommand(), logCommand(), signCommand(), verifyCommand(),
+	}
 }
 
 func defaultHome() string {

@@ -252,7 +252,7 @@ func (k *Keystore) readFile(label string) (header, []byte, error) {
 	}
 	h, ct, err := splitFile(data)
 	if err != nil {
-		return header{}, nil, keystore.Errorf(keystore.ErrCorrupt, "key file %s is not a valid software key file (%v); restore it from a backup or recover the identity", path, err)
+		return header{}, nil, keystore.Errorf(keystore.ErrCorrupt, "key file %s is damaged: %v; restore it from a backup or recover the identity", path, err)
 	}
 	return h, ct, nil
 }
@@ -314,7 +314,7 @@ func (k *Keystore) Signer(ctx context.Context, keyURI string) (keystore.Signer, 
 		return nil, keystore.Errorf(keystore.ErrWrongSecret, "the passphrase does not decrypt key file %s: check --passphrase-file / CUSTOS_PASSPHRASE / passphrase-source", k.path(label))
 	}
 	if err != nil {
-		return nil, keystore.Errorf(keystore.ErrCorrupt, "key file %s: %v; restore it from a backup or recover the identity", k.path(label), err)
+		return nil, keystore.Errorf(keystore.ErrCorrupt, "key file %s is damaged: %v; restore it from a backup or recover the identity", k.path(label), err)
 	}
 	s, err := k.newSigner(label, priv, h.pub)
 	if err != nil {

@@ -346,3 +346,24 @@ func TestKeyFromAnotherDirectory(t *testing.T) {
 		t.Fatalf("keystore URI as key: got %v", err)
 	}
 }
+
+func TestExportedURIHelpers(t *testing.T) {
+	u := KeystoreURI("/a/b/", "", 12)
+	if u != "file:/a/b?work-factor=12" {
+		t.Fatalf("KeystoreURI = %q", u)
+	}
+	w, err := WithPassphraseSource(u, "env:P")
+	if err != nil || w != "file:/a/b?passphrase-source=env:P&work-factor=12" {
+		t.Fatalf("WithPassphraseSource = %q, %v", w, err)
+	}
+	k, err := WithPassphraseSource("file:/a/b/x.key?passphrase-source=env:Q", "file:/p")
+	if err != nil || k != "file:/a/b/x.key?passphrase-source=file:/p" {
+		t.Fatalf("WithPassphraseSource(key) = %q, %v", k, err)
+	}
+	if s, err := PassphraseSource(k); err != nil || s != "file:/p" {
+		t.Fatalf("PassphraseSource = %q, %v", s, err)
+	}
+	if _, err := WithPassphraseSource("pkcs11:token=x", "env:P"); !errors.Is(err, keystore.ErrBadURI) {
+		t.Fatalf("non-file URI: %v", err)
+	}
+}

@@ -160,3 +160,32 @@ func redact(s string) string {
 	}
 	return s
 }
+
+// KeystoreURI makes the URI of a software keystore in dir (absolute). passSource ("file:/path" or
+// "env:NAME") and workFactor (scrypt log2 N of new keys) may be empty / zero.
+func KeystoreURI(dir, passSource string, workFactor int) string {
+	return encodeURI(filepath.Clean(dir), passSource, workFactor)
+}
+
+// WithPassphraseSource returns uri (a software keystore or key URI) with its passphrase-source replaced
+// by source (or set, when it had none).
+func WithPassphraseSource(uri, source string) (string, error) {
+	loc, err := parseURI(uri)
+	if err != nil {
+		return "", err
+	}
+	loc.passSource = source
+	if loc.label != "" {
+		return loc.keyURI(loc.label), nil
+	}
+	return loc.keystoreURI(), nil
+}
+
+// PassphraseSource returns the passphrase-source of a software URI ("" when it names none).
+func PassphraseSource(uri string) (string, error) {
+	loc, err := parseURI(uri)
+	if err != nil {
+		return "", err
+	}
+	return loc.passSource, nil
+}
