@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 
+	"github.com/custos-agent/custos/agent/internal/wire"
 	"github.com/custos-agent/custos/agent/signature"
 	"github.com/custos-agent/custos/agent/suite"
 )
@@ -94,4 +95,10 @@ func (k *Keys) Wipe() {
 // Transcript(hello, challenge, response).
 func EstablishedAAD(transcript []byte) []byte {
 	return append([]byte("custos/v1/established\x00"), transcript...)
+}
+
+// PuzzleBinding is what an admission puzzle is bound to: initiator ID, responder ID, the hello's nonce and
+// the challenge's nonce, each length-prefixed. A solution is good for this handshake only.
+func PuzzleBinding(h *Hello, c *Challenge) []byte {
+	return wire.NewWriter(256).String(h.InitiatorID).String(c.ResponderID).Bytes(h.Nonce).Bytes(c.Nonce).Out()
 }

@@ -49,6 +49,7 @@ type Peer struct {
 	Grants     []byte               // opaque role grants (sent by an initiator)
 	Puzzle     []byte               // the puzzle the responder issued (empty: none)
 	Solution   []byte               // the initiator's solution
+	Binding    []byte               // what binds a puzzle to this handshake (PuzzleBinding)
 	RemoteAddr string               // network address when the transport knows it
 }
 
@@ -65,14 +66,16 @@ type ValidatorFunc func(ctx context.Context, p *Peer) error
 // Validate calls f.
 func (f ValidatorFunc) Validate(ctx context.Context, p *Peer) error { return f(ctx, p) }
 
-// Puzzler issues an opaque admission puzzle to an initiator (responder side; optional).
+// Puzzler issues an opaque admission puzzle to an initiator (responder side; optional). bind ties the
+// puzzle to this handshake (see PuzzleBinding); the Validator checks the solution (Peer.Solution against
+// Peer.Puzzle and Peer.Binding).
 type Puzzler interface {
-	Puzzle(ctx context.Context, initiatorID string) ([]byte, error)
+	Puzzle(ctx context.Context, initiatorID string, bind []byte) ([]byte, error)
 }
 
 // Solver answers a responder's puzzle (initiator side; optional).
 type Solver interface {
-	Solve(ctx context.Context, puzzle []byte) ([]byte, error)
+	Solve(ctx context.Context, puzzle, bind []byte) ([]byte, error)
 }
 
 // Event is reported to Config.OnEvent for audit and metrics.

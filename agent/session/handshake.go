@@ -190,7 +190,7 @@ func (in *initiator) onChallenge(ctx context.Context, frame []byte) ([]byte, err
 		if in.cfg.Solver == nil {
 			return nil, reason.New(reason.ValidatorRefused, "the responder requires a puzzle solution and this agent has no solver")
 		}
-		if r.Solution, err = in.cfg.Solver.Solve(ctx, c.Puzzle); err != nil {
+		if r.Solution, err = in.cfg.Solver.Solve(ctx, c.Puzzle, handshake.PuzzleBinding(in.helloMsg, c)); err != nil {
 			return nil, reason.Wrap(reason.Internal, err, "solve the responder's puzzle")
 		}
 	}
@@ -287,7 +287,7 @@ func (r *responder) onHello(ctx context.Context, frame []byte) ([]byte, error) {
 		c.MLKEMCipher = ct
 	}
 	if r.cfg.Puzzler != nil && r.reauthOf == nil {
-		if c.Puzzle, err = r.cfg.Puzzler.Puzzle(ctx, h.InitiatorID); err != nil {
+		if c.Puzzle, err = r.cfg.Puzzler.Puzzle(ctx, h.InitiatorID, handshake.PuzzleBinding(h, c)); err != nil {
 			return nil, reason.Wrap(reason.Internal, err, "issue a puzzle")
 		}
 	}
@@ -320,7 +320,7 @@ func (r *responder) onResponse(ctx context.Context, frame []byte) (*Peer, *hands
 		return nil, nil, nil, reason.Wrap(reason.BadSignature, err, "the response signature does not verify under %s's operational key", r.helloMsg.InitiatorID)
 	}
 	peer := &Peer{ID: st.ID, State: st, Delegation: v, Role: Initiator, Version: r.version, Grants: p.Grants,
-		Puzzle: r.chMsg.Puzzle, Solution: p.Solution, RemoteAddr: r.remote}
+		Puzzle: r.chMsg.Puzzle, Solution: p.Solution, Binding: handshake.PuzzleBinding(r.helloMsg, r.chMsg), RemoteAddr: r.remote}
 	if r.cfg.Validator != nil {
 		if err := r.cfg.Validator.Validate(ctx, peer); err != nil {
 			return nil, nil, nil, reason.Wrap(reason.ValidatorRefused, err, "initiator %s", r.helloMsg.InitiatorID)

@@ -235,7 +235,7 @@ func TestValidatorAndEvents(t *testing.T) {
 		if !p.ID.Equal(a.ID()) || p.State.Generation != 0 || p.Delegation == nil {
 			return errors.New("validator saw an unverified peer")
 		}
-		if string(p.Solution) != "solved:puzzle" {
+		if string(p.Solution) != "solved:puzzle:"+string(p.Binding) || len(p.Binding) == 0 {
 			return errors.New("wrong puzzle solution")
 		}
 		return errors.New("blocked by policy")
@@ -259,10 +259,15 @@ func TestValidatorAndEvents(t *testing.T) {
 
 type puzzler struct{}
 
-func (puzzler) Puzzle(context.Context, string) ([]byte, error) { return []byte("puzzle"), nil }
+func (puzzler) Puzzle(_ context.Context, _ string, bind []byte) ([]byte, error) {
+	return append([]byte("puzzle:"), bind...), nil
+}
 
 type solver struct{}
 
-func (solver) Solve(_ context.Context, p []byte) ([]byte, error) {
+func (solver) Solve(_ context.Context, p, bind []byte) ([]byte, error) {
+	if !bytes.HasSuffix(p, bind) {
+		return nil, errors.New("the puzzle is not bound to this handshake")
+	}
 	return append([]byte("solved:"), p...), nil
 }
