@@ -163,8 +163,9 @@ func (a *Authorizer) RolesTable() *Roles {
 
 // AddGrant verifies g completely (form, administrator issuer, signature, not revoked, not expired) and
 // stores it. A grant that fails is refused with a *Denial carrying the reason, and nothing is stored.
-// Adding a grant already held is a no-op. The handshake validator calls it for every grant a peer presents;
-// `agentctl grant` calls it for the grant it just issued.
+// Adding a grant already held stores nothing and returns its judgement now (nil, or why it is unusable).
+// The handshake validator calls it for every grant a peer presents; `agentctl grant` calls it for the grant
+// it just issued.
 func (a *Authorizer) AddGrant(ctx context.Context, g Grant) error {
 	if err := g.check(); err != nil {
 		return fmt.Errorf("%w: grant: %v", ErrMalformed, err)
@@ -174,10 +175,13 @@ func (a *Authorizer) AddGrant(ctx context.Context, g Grant) error {
 	old, have := a.byID[g.ID]
 	a.mu.RUnlock()
 	if have {
-		if old.Digest() == g.Digest() {
-			return nil
+		if old.Digest() != g.Digest() {
+			return fmt.Errorf("%w: grant ID %s is already held with different contents", ErrMalformed, g.ID)
 		}
-		return fmt.Errorf("%w: grant ID %s is already held with different contents", ErrMalformed, g.ID)
+		if d := a.judge(g, now); d != nil {
+			return d // held, but no longer usable (revoked, expired, issuer removed)
+		}
+		return nil
 	}
 	if d := a.judge(g, now); d != nil {
 		return d

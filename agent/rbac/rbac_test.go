@@ -205,6 +205,7 @@ func TestEveryPermission(t *testing.T) {
 				wantReason(t, f.az.Authorize(ctx, holder.id, p), GrantRevoked)
 				// The revoked grant presented again (say, at the next handshake) is refused and not stored twice.
 				wantReason(t, f.az.CheckGrant(ctx, g), GrantRevoked)
+				wantReason(t, f.az.AddGrant(ctx, g), GrantRevoked)
 
 				// Signed by an agent that is not an administrator: refused at AddGrant, nothing stored.
 				forged := newAgent(t, keystore.Ed25519)
