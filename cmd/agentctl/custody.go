@@ -16,6 +16,7 @@ import (
 	"github.com/custos-agent/custos/keystore"
 	"github.com/custos-agent/custos/keystore/software"
 	"github.com/custos-agent/custos/pkcs11"
+	"github.com/custos-agent/custos/tpm"
 )
 
 // Environment variables read by the identity commands.
@@ -30,6 +31,7 @@ func backends() map[string]keystore.OpenFunc {
 	return map[string]keystore.OpenFunc{
 		software.Scheme: software.Open,
 		"pkcs11":        pkcs11.Open,
+		"tpm":           tpm.Open,
 	}
 }
 
@@ -101,7 +103,6 @@ func (s *session) envPassSource() string {
 func (s *session) openers() map[string]keystore.OpenFunc {
 	m := backends()
 	m[software.Scheme] = func(ctx context.Context, uri string, opts keystore.OpenOptions) (keystore.Keystore, error) {
-		s.warnSoftware()
 		src, err := software.PassphraseSource(uri)
 		if err != nil {
 			return nil, err

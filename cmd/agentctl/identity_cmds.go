@@ -92,9 +92,6 @@ func runInit(c *cli.Context) error {
 			return usagef("--pkcs11 %q: want a pkcs11: URI like 'pkcs11:token=LABEL?module-path=/usr/lib/softhsm/libsofthsm2.so&pin-source=file:/path/pin'", redactURI(ksURI))
 		}
 	case c.Bool("tpm"):
-		if backends()["tpm"] == nil {
-			return fmt.Errorf("this agentctl was built without the TPM backend; use --pkcs11 or --software")
-		}
 		u := &keystore.URI{Scheme: "tpm"}
 		u.SetQuery("device", c.String("tpm-device"))
 		u.SetQuery("dir", filepath.Join(s.home, custody.TPMDir))
@@ -114,6 +111,7 @@ func runInit(c *cli.Context) error {
 			wf = 0
 		}
 		ksURI = software.KeystoreURI(filepath.Join(s.home, custody.KeysDir), src, wf)
+		s.warnSoftware()
 	}
 	id, err := custody.Init(c.Context, s.home, custody.InitRequest{
 		Keystore: ksURI, Algorithm: alg, Recovery: c.String("recovery"), Force: c.Bool("force"),

@@ -16,6 +16,7 @@ import (
 
 	"github.com/custos-agent/custos/pkcs11/softhsmtest"
 	"github.com/custos-agent/custos/test/testenv"
+	"github.com/custos-agent/custos/tpm/swtpmtest"
 )
 
 // TestMain registers agentctl with testscript: "exec agentctl ..." in a script runs run() in a copy of
@@ -28,7 +29,8 @@ func TestMain(m *testing.M) {
 
 // TestScripts runs testdata/script/*.txtar. Scripts named softhsm_* get a fresh SoftHSM token:
 // $TOKEN_URI (keystore URI with module-path and pin-source), $TOKEN_LABEL, $TOKEN_PIN_FILE,
-// $SOFTHSM_MODULE. Every script gets $CUSTOS_HOME=$WORK/home and a cheap scrypt work factor.
+// $SOFTHSM_MODULE. Scripts named swtpm_* get a private swtpm: $TPM_DEVICE (unix:///...), and the
+// command tpmclear (TPM2_Clear: every key wrapped by the TPM is lost). Every script gets $CUSTOS_HOME=$WORK/home and a cheap scrypt work factor.
 func TestScripts(t *testing.T) {
 	if _, err := exec.LookPath("openssl"); err != nil && testenv.InCI() {
 		t.Fatal("openssl is missing and CI=true requires it: install the Debian package openssl")
@@ -57,6 +59,11 @@ func TestScripts(t *testing.T) {
 					env.Setenv(k, v)
 				}
 			}
+			if strings.Contains(tb.Name(), "swtpm") {
+				sw := swtpmtest.Start(tb) // skips (fails under CI=true) without swtpm
+				env.Setenv("TPM_DEVICE", sw.Device())
+				env.Values[swtpmKey{}] = sw
+			}
 			return nil
 		},
 		Cmds: map[string]func(ts *testscript.TestScript, neg bool, args []string){
@@ -65,6 +72,7 @@ func TestScripts(t *testing.T) {
 			"jsonget":     cmdJSONGet,
 			"envfile":     cmdEnvFile,
 			"halve":       cmdHalve,
+			"tpmclear":    cmdTPMClear,
 		},
 	})
 }
@@ -157,4 +165,18 @@ func cmdHalve(ts *testscript.TestScript, neg bool, args []string) {
 	b, err := os.ReadFile(ts.MkAbs(args[0]))
 	ts.Check(err)
 	ts.Check(os.WriteFile(ts.MkAbs(args[0]), b[:len(b)/2], 0o600))
+}
+
+type swtpmKey struct{}
+
+// tpmclear: clears the script's swtpm (TPM2_Clear), as an administrator clearing the TPM would.
+func cmdTPMClear(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) != 0 {
+		ts.Fatalf("usage: tpmclear")
+	}
+	sw, ok := ts.Value(swtpmKey{}).(*swtpmtest.TPM)
+	if !ok {
+		ts.Fatalf("tpmclear: this script has no swtpm (name it swtpm_*)")
+	}
+	sw.Clear()
 }
