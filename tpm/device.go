@@ -33,6 +33,8 @@ const (
 	defaultOpTimeout = 60 * time.Second
 	// retryBudget bounds how long a command is resent while the TPM answers RETRY, YIELDED or TESTING.
 	retryBudget = 3 * time.Second
+	// minCommandTime is the least time one command is given, even when the caller's deadline is closer.
+	minCommandTime = 5 * time.Second
 )
 
 // deviceKind says how a TPM is reached.
@@ -134,8 +136,14 @@ func (d *device) do(ctx context.Context, fn func(c *conn) error) error {
 		return d.ctxError(ctx, "waiting for the TPM")
 	}
 	defer func() { <-d.sem }()
+	if ctx.Err() != nil {
+		return d.ctxError(ctx, "waiting for the TPM")
+	}
 	if d.shutdown {
 		return fmt.Errorf("the TPM keystore on %s was closed: %w", d.spec.raw, keystore.ErrClosed)
+	}
+	if d.cur != nil && !peerAlive(d.cur) {
+		d.drop() // swtpm went away (or restarted) while the socket was idle: reconnect
 	}
 	if d.cur == nil {
 		rw, err := d.dial(ctx)
@@ -146,9 +154,7 @@ func (d *device) do(ctx context.Context, fn func(c *conn) error) error {
 		d.epoch++
 	}
 	c := &conn{dev: d, ctx: ctx, rw: d.cur, epoch: d.epoch}
-	stop := d.watch(ctx)
 	err := fn(c)
-	stop()
 	switch {
 	case c.broken != nil:
 		d.drop()
@@ -163,23 +169,6 @@ func (d *device) do(ctx context.Context, fn func(c *conn) error) error {
 		}
 	}
 	return err
-}
-
-// watch makes I/O on the current connection give up when ctx ends; the returned function disarms it.
-func (d *device) watch(ctx context.Context) func() {
-	type deadliner interface{ SetDeadline(time.Time) error }
-	dl, ok := d.cur.(deadliner)
-	if !ok {
-		return func() {}
-	}
-	if t, ok := ctx.Deadline(); ok {
-		_ = dl.SetDeadline(t) // not every TPM driver can be polled; then the kernel's own timeout applies
-	}
-	stop := context.AfterFunc(ctx, func() { _ = dl.SetDeadline(time.Unix(1, 0)) })
-	return func() {
-		stop()
-		_ = dl.SetDeadline(time.Time{})
-	}
 }
 
 // closeIfIdle runs from the idle timer: it closes the socket unless an operation is running (which
@@ -199,6 +188,35 @@ func (d *device) drop() {
 		_ = d.cur.Close()
 		d.cur = nil
 	}
+}
+
+// peerAlive reports whether an idle socket still has a live peer: a non-blocking peek that finds the
+// connection closed (or, worse, unread bytes out of step with our commands) says it must be replaced.
+func peerAlive(rw io.ReadWriteCloser) bool {
+	sc, ok := rw.(syscall.Conn)
+	if !ok {
+		return true
+	}
+	if _, isFile := rw.(*os.File); isFile {
+		return true // a character device has no peer to lose
+	}
+	raw, err := sc.SyscallConn()
+	if err != nil {
+		return false
+	}
+	alive := true
+	var buf [1]byte
+	err = raw.Read(func(fd uintptr) bool {
+		_, _, rerr := syscall.Recvfrom(int(fd), buf[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+		switch {
+		case rerr == syscall.EAGAIN || rerr == syscall.EINTR:
+			alive = true
+		default: // closed (n == 0), failed, or unexpected bytes waiting
+			alive = false
+		}
+		return true // never wait for readiness
+	})
+	return err == nil && alive
 }
 
 // dial opens the device file or connects to the socket.
@@ -348,7 +366,20 @@ func commandCode(cmd []byte) tpm2.TPMCC {
 }
 
 // roundTrip writes cmd and reads one whole response. A failure marks the connection broken.
+//
+// Once written, a command is given time to finish (the caller's deadline, but at least minCommandTime)
+// and cancelling the context does not cut it off: a response thrown away could be the only record of a
+// transient object the TPM just loaded, which could then never be flushed. Cancellation is honoured
+// before an operation starts and between resends.
 func (c *conn) roundTrip(cmd []byte) ([]byte, error) {
+	type deadliner interface{ SetDeadline(time.Time) error }
+	if dl, ok := c.rw.(deadliner); ok {
+		t := time.Now().Add(minCommandTime)
+		if d, ok := c.ctx.Deadline(); ok && d.After(t) {
+			t = d
+		}
+		_ = dl.SetDeadline(t) // not every TPM driver can be polled; then the kernel's own timeout applies
+	}
 	if _, err := c.rw.Write(cmd); err != nil {
 		return nil, c.fail(err)
 	}
@@ -360,11 +391,10 @@ func (c *conn) roundTrip(cmd []byte) ([]byte, error) {
 }
 
 func (c *conn) fail(err error) error {
-	if c.ctx.Err() != nil {
-		c.broken = c.dev.ctxError(c.ctx, "talking to the TPM")
-	} else {
-		c.broken = c.dev.unavailable(err)
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		err = fmt.Errorf("the TPM did not answer in time: %w", err)
 	}
+	c.broken = c.dev.unavailable(err)
 	return c.broken
 }
 

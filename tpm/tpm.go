@@ -180,8 +180,16 @@ func ensureDir(dir string, log *slog.Logger) error {
 	return nil
 }
 
-// keystoreURI is the URI of the keystore itself (no object, no secrets).
+// keystoreURI is the URI of the keystore itself (no object; secret sources but never secrets).
 func (ks *Keystore) keystoreURI() *keystore.URI {
+	u := ks.baseURI()
+	if ks.keyAuth != "" {
+		u.SetQuery(attrKeyAuthSource, ks.keyAuth)
+	}
+	return u
+}
+
+func (ks *Keystore) baseURI() *keystore.URI {
 	u := &keystore.URI{Scheme: "tpm"}
 	u.SetQuery(attrDevice, ks.dev.spec.raw)
 	u.SetQuery(attrDir, ks.dir)
@@ -193,7 +201,7 @@ func (ks *Keystore) keystoreURI() *keystore.URI {
 
 // keyURI is the URI of one key. keyAuth is the key's password source ("" for a key without password).
 func (ks *Keystore) keyURI(label, keyAuth string) string {
-	u := ks.keystoreURI()
+	u := ks.baseURI()
 	u.SetPath(attrObject, label)
 	if keyAuth != "" {
 		u.SetQuery(attrKeyAuthSource, keyAuth)

@@ -36,6 +36,9 @@ type Options struct {
 	// NoStartup leaves out --flags startup-clear: the TPM then answers TPM_RC_INITIALIZE until a client
 	// sends TPM2_Startup (as a host TPM would if nothing had started it).
 	NoStartup bool
+	// TCP serves the command channel on a loopback TCP port (Device() is then tcp://127.0.0.1:port)
+	// instead of a unix socket.
+	TCP bool
 }
 
 // TPM is one swtpm process owned by one test.
@@ -44,6 +47,7 @@ type TPM struct {
 	bin  string
 	dir  string // short: unix socket paths must stay below 108 bytes
 	opts Options
+	port int // TCP command port when opts.TCP
 
 	mu   sync.Mutex
 	cmd  *exec.Cmd
@@ -62,6 +66,14 @@ func StartWith(t testing.TB, opts Options) *TPM {
 		t.Fatalf("swtpmtest: %v", err)
 	}
 	s := &TPM{t: t, bin: bin, dir: dir, opts: opts}
+	if opts.TCP {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatalf("swtpmtest: find a free port: %v", err)
+		}
+		s.port = l.Addr().(*net.TCPAddr).Port
+		_ = l.Close()
+	}
 	if err := os.Mkdir(s.stateDir(), 0o700); err != nil {
 		t.Fatalf("swtpmtest: %v", err)
 	}
@@ -75,11 +87,24 @@ func StartWith(t testing.TB, opts Options) *TPM {
 
 func (s *TPM) stateDir() string { return filepath.Join(s.dir, "state") }
 
-// SocketPath is the path of swtpm's command-channel socket.
+// SocketPath is the path of swtpm's command-channel socket (unused with Options.TCP).
 func (s *TPM) SocketPath() string { return filepath.Join(s.dir, "sock") }
 
-// Device is the device string for the tpm keystore: "unix://" + SocketPath().
-func (s *TPM) Device() string { return "unix://" + s.SocketPath() }
+// Device is the device string for the tpm keystore: "unix://" + SocketPath(), or tcp://127.0.0.1:port.
+func (s *TPM) Device() string {
+	if s.opts.TCP {
+		return fmt.Sprintf("tcp://127.0.0.1:%d", s.port)
+	}
+	return "unix://" + s.SocketPath()
+}
+
+// addr is the network and address of the command channel.
+func (s *TPM) addr() (string, string) {
+	if s.opts.TCP {
+		return "tcp", fmt.Sprintf("127.0.0.1:%d", s.port)
+	}
+	return "unix", s.SocketPath()
+}
 
 // KeystoreURI is a tpm: keystore URI for this TPM with its blobs in blobDir (an absolute path).
 func (s *TPM) KeystoreURI(blobDir string) string {
@@ -102,9 +127,13 @@ func (s *TPM) start() {
 	if s.opts.NoStartup {
 		flags = "not-need-init"
 	}
+	server := "type=unixio,path=" + s.SocketPath() + ",mode=0600"
+	if s.opts.TCP {
+		server = fmt.Sprintf("type=tcp,port=%d,bindaddr=127.0.0.1", s.port)
+	}
 	cmd := exec.Command(s.bin, "socket", "--tpm2",
 		"--tpmstate", "dir="+s.stateDir()+",mode=0600",
-		"--server", "type=unixio,path="+s.SocketPath()+",mode=0600",
+		"--server", server,
 		"--ctrl", "type=unixio,path="+filepath.Join(s.dir, "ctrl")+",mode=0600",
 		"--flags", flags,
 		"--log", "file="+s.LogPath()+",level=1",
@@ -122,7 +151,7 @@ func (s *TPM) start() {
 
 	deadline := time.Now().Add(15 * time.Second)
 	for {
-		err := ping(s.SocketPath())
+		err := ping(s.addr())
 		if err == nil {
 			return
 		}
@@ -212,6 +241,7 @@ func (s *TPM) Fresh() {
 // would: the owner seed changes, so the storage root key changes and every key wrapped under it is lost.
 func (s *TPM) Clear() {
 	s.t.Helper()
+	network, addr := s.addr()
 	// TPM2_Clear(TPM_RH_LOCKOUT) with an empty password session.
 	cmd := []byte{
 		0x80, 0x02, 0, 0, 0, 27, 0, 0, 0x01, 0x26, // header: sessions, size 27, TPM_CC_Clear
@@ -219,7 +249,7 @@ func (s *TPM) Clear() {
 		0, 0, 0, 9, // authorization area size
 		0x40, 0x00, 0x00, 0x09, 0, 0, 0x01, 0, 0, // TPM_RS_PW, empty nonce, continueSession, empty hmac
 	}
-	rsp, err := roundTrip(s.SocketPath(), cmd)
+	rsp, err := roundTrip(network, addr, cmd)
 	if err != nil {
 		s.t.Fatalf("swtpmtest: TPM2_Clear: %v", err)
 	}
@@ -232,15 +262,16 @@ func (s *TPM) Clear() {
 // TPM_CAP_HANDLES from 0x80000000). Use it to prove that a client flushed everything it loaded.
 func (s *TPM) TransientHandles() []uint32 {
 	s.t.Helper()
-	h, err := TransientHandles(s.SocketPath())
+	h, err := TransientHandles(s.addr())
 	if err != nil {
 		s.t.Fatalf("swtpmtest: %v", err)
 	}
 	return h
 }
 
-// TransientHandles asks the swtpm listening on socketPath for its loaded transient objects.
-func TransientHandles(socketPath string) ([]uint32, error) {
+// TransientHandles asks the TPM simulator at network, addr ("unix", "/path" or "tcp", "host:port") for its
+// loaded transient objects.
+func TransientHandles(network, addr string) ([]uint32, error) {
 	// TPM2_GetCapability(TPM_CAP_HANDLES, 0x80000000, 64)
 	cmd := []byte{
 		0x80, 0x01, 0, 0, 0, 22, 0, 0, 0x01, 0x7A,
@@ -248,7 +279,7 @@ func TransientHandles(socketPath string) ([]uint32, error) {
 		0x80, 0, 0, 0, // first transient handle
 		0, 0, 0, 64, // property count
 	}
-	rsp, err := roundTrip(socketPath, cmd)
+	rsp, err := roundTrip(network, addr, cmd)
 	if err != nil {
 		return nil, fmt.Errorf("TPM2_GetCapability(handles): %w", err)
 	}
@@ -276,8 +307,8 @@ func TransientHandles(socketPath string) ([]uint32, error) {
 }
 
 // ping sends TPM2_GetRandom(8); success or TPM_RC_INITIALIZE (not yet started) both mean "answering".
-func ping(socketPath string) error {
-	rsp, err := roundTrip(socketPath, []byte{0x80, 0x01, 0, 0, 0, 12, 0, 0, 0x01, 0x7B, 0, 8})
+func ping(network, addr string) error {
+	rsp, err := roundTrip(network, addr, []byte{0x80, 0x01, 0, 0, 0, 12, 0, 0, 0x01, 0x7B, 0, 8})
 	if err != nil {
 		return err
 	}
@@ -288,11 +319,11 @@ func ping(socketPath string) error {
 }
 
 // roundTrip sends one raw command on a fresh connection and reads one whole response frame.
-func roundTrip(socketPath string, cmd []byte) ([]byte, error) {
+func roundTrip(network, addr string, cmd []byte) ([]byte, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	var d net.Dialer
-	c, err := d.DialContext(ctx, "unix", socketPath)
+	c, err := d.DialContext(ctx, network, addr)
 	if err != nil {
 		return nil, err
 	}
