@@ -484,3 +484,40 @@ func TestOpenSSLVerifies(t *testing.T) {
 		t.Fatalf("openssl accepted a changed message: %v\n%s", err, out)
 	}
 }
+
+// swtpm has no resource manager: objects a client left loaded when it died stay until swtpm restarts.
+// When every slot is taken, the keystore flushes them and goes on.
+func TestObjectsLeftByDeadClients(t *testing.T) {
+	sim := swtpmtest.Start(t)
+	dir := blobDir(t)
+	ks := openKS(t, sim, dir, "")
+	k := mustGenerate(t, ks, "k")
+	// A "dead client" fills every transient slot and never flushes.
+	leaker := openKS(t, sim, dir, "")
+	err := leaker.dev.do(testCtx(t), func(c *conn) error {
+		for {
+			_, err := tpm2.CreatePrimary{PrimaryHandle: tpm2.TPMRHOwner, InPublic: tpm2.New2B(tpm2.ECCSRKTemplate)}.Execute(c)
+			if isRC(err, tpm2.TPMRCObjectMemory) {
+				return nil
+			}
+			if err != nil {
+				return err
+			}
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := len(sim.TransientHandles()); n < 3 {
+		t.Fatalf("only %d slots filled", n)
+	}
+	time.Sleep(3 * idleClose)
+	s := mustSigner(t, ks, k.URI)
+	mustSignVerify(t, s, "after making room")
+	if hs := sim.TransientHandles(); len(hs) != 1 {
+		t.Fatalf("transient objects %x, want only the keystore's loaded key", hs)
+	}
+	if _, err := ks.Generate(testCtx(t), keystore.GenerateRequest{Algorithm: keystore.P256, Label: "k2"}); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -410,8 +410,7 @@ func (ks *Keystore) createSRK(c *conn) (*tpm2.CreatePrimaryResponse, error) {
 			ks.forget("TPM owner password")
 			return nil, keystore.Errorf(keystore.ErrWrongSecret,
 				"the TPM at %s rejected the owner password from %s", ks.dev.spec.raw, ks.ownerSrc)
-		case isRC(err, tpm2.TPMRCObjectMemory) && ks.cached != nil && attempt == 0:
-			ks.evict(c) // make room, then try once more
+		case isRC(err, tpm2.TPMRCObjectMemory) && attempt == 0 && ks.makeRoom(c):
 			continue
 		}
 		return nil, ks.describe("create the storage root key", err)
@@ -468,7 +467,7 @@ func (ks *Keystore) forget(what string) {
 
 // flush flushes a transient handle, logging (not failing) when that is impossible.
 func (ks *Keystore) flush(c *conn, h tpm2.TPMHandle, what string) {
-	if c.broken != nil {
+	if c.broken != nil || h == tpm2.TPMRHNull {
 		return // the TPM went away; a restarted TPM has no transient objects
 	}
 	if _, err := (tpm2.FlushContext{FlushHandle: h}).Execute(c); err != nil {
@@ -505,28 +504,63 @@ func (ks *Keystore) evict(c *conn) {
 	}
 }
 
+// makeRoom answers TPM_RC_OBJECT_MEMORY: it flushes this keystore's loaded key and, on swtpm (which has
+// no resource manager, so objects left by a client that died without flushing stay until it restarts),
+// every other transient object as well. That is safe between custos clients: each holds the connection
+// for a whole operation, and one that finds its loaded key gone reloads it. It reports whether it freed
+// anything, so that the caller tries once more.
+func (ks *Keystore) makeRoom(c *conn) bool {
+	freed := ks.cached != nil
+	ks.evict(c)
+	if ks.dev.spec.kind == kindChar || c.broken != nil {
+		return freed
+	}
+	rsp, err := tpm2.GetCapability{Capability: tpm2.TPMCapHandles, Property: uint32(tpm2.TPMHTTransient) << 24, PropertyCount: 64}.Execute(c)
+	if err != nil {
+		return freed
+	}
+	hl, err := rsp.CapabilityData.Data.Handles()
+	if err != nil {
+		return freed
+	}
+	n := 0
+	for _, h := range hl.Handle {
+		if uint32(h)>>24 != uint32(tpm2.TPMHTTransient) {
+			continue
+		}
+		if _, err := (tpm2.FlushContext{FlushHandle: h}).Execute(c); err == nil {
+			n++
+		}
+	}
+	if n > 0 {
+		ks.log.Warn("the TPM simulator had no free object slot; flushed transient objects other clients left loaded (swtpm has no resource manager)", "flushed", n)
+	}
+	return freed || n > 0
+}
+
 // load returns a handle for the key in b, loading it if it is not the cached one.
-func (ks *Keystore) load(c *conn, b *Blob) (tpm2.TPMHandle, bool, error) {
+func (ks *Keystore) load(c *conn, b *Blob) (tpm2.TPMHandle, error) {
 	if k := ks.cached; k != nil {
 		if k.label == b.Label && bytes.Equal(k.name, b.name) {
 			if ks.stillOurs(c, k) {
-				return k.handle, true, nil
+				return k.handle, nil
 			}
 			ks.cached = nil // gone with a restart or a closed descriptor: nothing to flush
 		} else {
 			ks.evict(c)
 		}
 		if c.broken != nil {
-			return 0, false, c.broken
+			return 0, c.broken
 		}
 	}
 	srk, err := ks.createSRK(c)
 	if err != nil {
-		return 0, false, err
+		return 0, err
 	}
-	defer ks.flush(c, srk.ObjectHandle, "storage root key")
+	parent := srk.ObjectHandle
+	defer func() { ks.flush(c, parent, "storage root key") }()
 	if !bytes.Equal(srk.Name.Buffer, b.ParentName) {
-		return 0, false, keystore.Errorf(keystore.ErrKeyLost,
+		return 0, keystore.Errorf(keystore.ErrKeyLost,
 			"TPM key %q was wrapped by a different storage root key than the TPM at %s has now: the TPM was reset or replaced; this key is gone; %s",
 			b.Label, ks.dev.spec.raw, recoverHint)
 	}
@@ -537,20 +571,34 @@ func (ks *Keystore) load(c *conn, b *Blob) (tpm2.TPMHandle, bool, error) {
 		InPrivate:    *priv,
 		InPublic:     *pub,
 	}.Execute(c)
+	if isRC(err, tpm2.TPMRCObjectMemory) && ks.dev.spec.kind != kindChar && ks.makeRoom(c) {
+		// makeRoom flushed every transient object, our storage root key included: start over once.
+		srk2, err2 := ks.createSRK(c)
+		if err2 != nil {
+			parent = tpm2.TPMRHNull // nothing left to flush
+			return 0, err2
+		}
+		parent = srk2.ObjectHandle
+		lr, err = tpm2.Load{
+			ParentHandle: tpm2.NamedHandle{Handle: srk2.ObjectHandle, Name: srk2.Name},
+			InPrivate:    *priv,
+			InPublic:     *pub,
+		}.Execute(c)
+	}
 	if err != nil {
 		if rc, ok := responseCode(err); ok && !rc.IsWarning() && rc != tpm2.TPMRCFailure && rc != tpm2.TPMRCInitialize {
-			return 0, false, keystore.Errorf(keystore.ErrCorrupt,
+			return 0, keystore.Errorf(keystore.ErrCorrupt,
 				"the TPM at %s refused to load key %q from %s: %v; its storage root key is the one the key was made under, so the file was modified or damaged (integrity check failed); restore it from a backup, or %s",
 				ks.dev.spec.raw, b.Label, blobPath(ks.dir, b.Label), rc, recoverHint)
 		}
-		return 0, false, ks.describe(fmt.Sprintf("load TPM key %q", b.Label), err)
+		return 0, ks.describe(fmt.Sprintf("load TPM key %q", b.Label), err)
 	}
 	if !bytes.Equal(lr.Name.Buffer, b.name) {
 		ks.flush(c, lr.ObjectHandle, "key "+b.Label)
-		return 0, false, keystore.Errorf(keystore.ErrCorrupt, "the TPM at %s loaded key %q under an unexpected name", ks.dev.spec.raw, b.Label)
+		return 0, keystore.Errorf(keystore.ErrCorrupt, "the TPM at %s loaded key %q under an unexpected name", ks.dev.spec.raw, b.Label)
 	}
 	ks.cached = &loadedKey{label: b.Label, name: b.name, handle: lr.ObjectHandle, epoch: c.epoch}
-	return lr.ObjectHandle, false, nil
+	return lr.ObjectHandle, nil
 }
 
 // Signer returns a signer for the key at keyURI. It loads the key once, so that a key the TPM can no
@@ -572,7 +620,7 @@ func (ks *Keystore) Signer(ctx context.Context, keyURI string) (keystore.Signer,
 			"TPM key %q has a password: add key-auth-source=file:/path or env:NAME to its URI", ref.label)
 	}
 	err = ks.dev.do(ctx, func(c *conn) error {
-		_, _, err := ks.load(c, b)
+		_, err := ks.load(c, b)
 		return err
 	})
 	if err != nil {
@@ -782,8 +830,7 @@ func (s *signer) handle(c *conn) (tpm2.TPMHandle, error) {
 	if !bytes.Equal(b.name, s.name) {
 		return 0, keystore.Errorf(keystore.ErrNotFound, "TPM key %q was destroyed (its label now names a different key)", s.label)
 	}
-	h, _, err := ks.load(c, b)
-	return h, err
+	return ks.load(c, b)
 }
 
 // derSignature encodes the TPM's ECDSA signature as ASN.1 DER SEQUENCE{r, s}.
