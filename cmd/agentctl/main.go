@@ -69,6 +69,7 @@ func newApp(stdin io.Reader, stdout, stderr io.Writer) *cli.App {
 func commands() []*cli.Command {
 	return []*cli.Command{
 		initCommand(), idCommand(), keysCommand(), rotateCommand(), recoverCommand(), logCommand(), signCommand(), verifyCommand(),
+		auditCommand(),
 	}
 }
 

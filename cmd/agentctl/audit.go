@@ -1,0 +1,281 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+	"unicode"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/custos-agent/custos/agent/identity"
+	"github.com/custos-agent/custos/audit"
+)
+
+// auditCommand is "agentctl audit": verify, query and tail the audit log in <home>/audit.
+func auditCommand() *cli.Command {
+	home := func() cli.Flag {
+		return &cli.StringFlag{Name: "home", Usage: "agent state directory (default: the global --home)"}
+	}
+	filterFlags := func() []cli.Flag {
+		return []cli.Flag{
+			&cli.StringSliceFlag{Name: "type", Usage: "only records of event `TYPE` (repeat for several; \"auth.*\" selects a family)"},
+			&cli.StringFlag{Name: "actor", Usage: "only records whose actor is exactly `ACTOR`"},
+			&cli.BoolFlag{Name: "json", Usage: "print each record as stored (one JSON object per line)"},
+		}
+	}
+	return &cli.Command{
+		OnUsageError: onUsageError,
+		Name:         "audit",
+		Usage:        "verify, query and follow the tamper-evident audit log (<home>/audit)",
+		Description: "The audit log is append-only JSON lines, hash-chained, with checkpoints signed by the identity key.\n" +
+			"These commands only read it; the agent writes it.",
+		Subcommands: []*cli.Command{
+			{
+				OnUsageError: onUsageError,
+				Name:         "verify",
+				Usage:        "check the whole log: every record, the hash chain, every checkpoint signature (exit 0 only when it all verifies)",
+				Description: "Checkpoint signatures are checked with the key of the generation that made them, from the verified\n" +
+					"key event log <home>/kel.jsonl. On failure the message names the first bad record: segment file, line\n" +
+					"and seq, and why. A log whose writer is not running must end with the closing checkpoint.",
+				Flags:  []cli.Flag{home()},
+				Action: runAuditVerify,
+			},
+			{
+				OnUsageError: onUsageError,
+				Name:         "query",
+				Usage:        "print the records that match (it reads, it does not verify: run audit verify for that)",
+				Flags: append([]cli.Flag{home(),
+					&cli.StringFlag{Name: "since", Usage: "records at or after `TIME` (RFC 3339, or an age like 90m, 24h, 7d)"},
+					&cli.StringFlag{Name: "until", Usage: "records before `TIME` (RFC 3339, or an age like 1h)"},
+				}, filterFlags()...),
+				Action: runAuditQuery,
+			},
+			{
+				OnUsageError: onUsageError,
+				Name:         "tail",
+				Usage:        "print the last records, and with -f follow new ones until interrupted",
+				Flags: append([]cli.Flag{home(),
+					&cli.IntFlag{Name: "n", Value: 10, Usage: "how many of the last matching records to print first"},
+					&cli.BoolFlag{Name: "follow", Aliases: []string{"f"}, Usage: "keep printing new records until Ctrl-C"},
+				}, filterFlags()...),
+				Action: runAuditTail,
+			},
+		},
+	}
+}
+
+// auditHome is the local --home of an audit subcommand when given, else the global one.
+func auditHome(c *cli.Context) (string, error) {
+	h := ""
+	if c.IsSet("home") {
+		h = c.String("home")
+	} else {
+		lineage := c.Lineage()
+		h = lineage[len(lineage)-1].String("home")
+	}
+	if h == "" {
+		return "", usagef("no agent home: give --home DIR or set CUSTOS_HOME")
+	}
+	abs, err := filepath.Abs(h)
+	if err != nil {
+		return "", usagef("--home %q: %v", h, err)
+	}
+	return abs, nil
+}
+
+func runAuditVerify(c *cli.Context) error {
+	if c.NArg() > 0 {
+		return usagef("audit verify takes no arguments")
+	}
+	home, err := auditHome(c)
+	if err != nil {
+		return err
+	}
+	kelPath := filepath.Join(home, "kel.jsonl")
+	b, err := os.ReadFile(kelPath)
+	if errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("no key event log at %s: checkpoints cannot be checked without it (is --home right? run agentctl init first)", kelPath)
+	}
+	if err != nil {
+		return err
+	}
+	kel, err := identity.DecodeLog(b)
+	if err != nil {
+		return fmt.Errorf("%s: %w", kelPath, err)
+	}
+	dir := filepath.Join(home, "audit")
+	rep, err := audit.Verify(dir, kel)
+	for _, w := range rep.Warnings {
+		fmt.Fprintf(c.App.ErrWriter, "warning: %s\n", w)
+	}
+	if err != nil {
+		var ve *audit.VerifyError
+		if errors.As(err, &ve) {
+			return fmt.Errorf("audit log %s does not verify: %w", dir, err)
+		}
+		return fmt.Errorf("audit log %s: %w", dir, err)
+	}
+	out := c.App.Writer
+	fmt.Fprintf(out, "audit log verifies: %d records in %d segments, seq %d-%d, %d checkpoints signed by key generation %s\n",
+		rep.Records, rep.Segments, rep.FirstSeq, rep.LastSeq, rep.Checkpoints, gens(rep.Generations))
+	if rep.Anchored {
+		fmt.Fprintf(out, "records before seq %d were removed by retention (vouched for by a signed audit.pruned record)\n", rep.FirstSeq)
+	}
+	if rep.WriterActive {
+		fmt.Fprintf(out, "the agent is writing the log: %d records are not yet covered by a checkpoint\n", rep.Pending)
+	}
+	fmt.Fprintf(out, "head: seq %d hash %s (keep it elsewhere to detect a later rollback)\n", rep.LastSeq, rep.Head)
+	return nil
+}
+
+func gens(g []uint64) string {
+	s := make([]string, len(g))
+	for i, v := range g {
+		s[i] = strconv.FormatUint(v, 10)
+	}
+	return strings.Join(s, ", ")
+}
+
+func filterFrom(c *cli.Context) audit.Filter {
+	return audit.Filter{Types: c.StringSlice("type"), Actor: c.String("actor")}
+}
+
+func runAuditQuery(c *cli.Context) error {
+	if c.NArg() > 0 {
+		return usagef("audit query takes no arguments (use --type, --actor, --since, --until)")
+	}
+	home, err := auditHome(c)
+	if err != nil {
+		return err
+	}
+	f := filterFrom(c)
+	now := time.Now()
+	if f.Since, err = parseWhen(c.String("since"), now); err != nil {
+		return usagef("--since: %v", err)
+	}
+	if f.Until, err = parseWhen(c.String("until"), now); err != nil {
+		return usagef("--until: %v", err)
+	}
+	if !f.Since.IsZero() && !f.Until.IsZero() && !f.Until.After(f.Since) {
+		return usagef("--until %s is not after --since %s", f.Until.Format(time.RFC3339), f.Since.Format(time.RFC3339))
+	}
+	for _, t := range f.Types {
+		if err := audit.EventType(strings.TrimSuffix(strings.TrimSuffix(t, "*"), ".")).Validate(); err != nil {
+			return usagef("--type: %v", err)
+		}
+	}
+	return audit.Query(c.Context, filepath.Join(home, "audit"), f, printer(c))
+}
+
+func runAuditTail(c *cli.Context) error {
+	if c.NArg() > 0 {
+		return usagef("audit tail takes no arguments (use -n, -f, --type, --actor)")
+	}
+	if c.Int("n") < 0 {
+		return usagef("-n must not be negative")
+	}
+	home, err := auditHome(c)
+	if err != nil {
+		return err
+	}
+	ctx := c.Context
+	if c.Bool("follow") {
+		var stop context.CancelFunc
+		ctx, stop = signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
+		defer stop()
+	}
+	return audit.Tail(ctx, filepath.Join(home, "audit"), audit.TailOptions{
+		N: c.Int("n"), Follow: c.Bool("follow"), Filter: filterFrom(c),
+	}, printer(c))
+}
+
+// parseWhen reads an RFC 3339 time, a date (2006-01-02, UTC), or an age before now ("90m", "24h", "7d").
+func parseWhen(s string, now time.Time) (time.Time, error) {
+	if s == "" {
+		return time.Time{}, nil
+	}
+	if t, err := time.Parse(time.RFC3339Nano, s); err == nil {
+		return t, nil
+	}
+	if t, err := time.Parse("2006-01-02", s); err == nil {
+		return t, nil
+	}
+	if d, ok := strings.CutSuffix(s, "d"); ok {
+		if n, err := strconv.Atoi(d); err == nil && n >= 0 {
+			return now.Add(-time.Duration(n) * 24 * time.Hour), nil
+		}
+	}
+	if d, err := time.ParseDuration(s); err == nil && d >= 0 {
+		return now.Add(-d), nil
+	}
+	return time.Time{}, fmt.Errorf("%q is not a time: use RFC 3339 (2026-01-02T15:04:05Z), a date (2026-01-02) or an age (90m, 24h, 7d)", s)
+}
+
+// printer prints entries as stored (--json) or as one readable line each.
+func printer(c *cli.Context) func(audit.Entry) error {
+	out := c.App.Writer
+	asJSON := c.Bool("json")
+	return func(e audit.Entry) error {
+		if asJSON {
+			_, err := fmt.Fprintf(out, "%s\n", e.Raw)
+			return err
+		}
+		_, err := io.WriteString(out, formatEntry(e)+"\n")
+		return err
+	}
+}
+
+// formatEntry is one line: time, seq, type, outcome, actor, subject, details. Strings from the log may
+// come from peers, so anything that is not plain printable text is quoted (no terminal escapes).
+func formatEntry(e audit.Entry) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "%s #%d %s %s", e.Time.UTC().Format(time.RFC3339Nano), e.Seq, safe(string(e.Type)), safe(string(e.Outcome)))
+	if e.Actor != "" {
+		b.WriteString(" actor=" + safe(e.Actor))
+	}
+	if e.Subject != "" {
+		b.WriteString(" subject=" + safe(e.Subject))
+	}
+	keys := make([]string, 0, len(e.Details))
+	for k := range e.Details {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		b.WriteString(" " + safe(k) + "=")
+		if s, ok := e.Details[k].(string); ok {
+			b.WriteString(safe(s))
+			continue
+		}
+		j, _ := json.Marshal(e.Details[k])
+		b.WriteString(safe(string(j)))
+	}
+	if cp := e.Checkpoint; cp != nil {
+		fmt.Fprintf(&b, " checkpoint=gen:%d,head_seq:%d", cp.Gen, cp.HeadSeq)
+	}
+	return b.String()
+}
+
+// safe returns s as is when it is non-empty printable text without spaces or quotes, else quoted.
+func safe(s string) string {
+	if s == "" {
+		return `""`
+	}
+	for _, r := range s {
+		if !unicode.IsPrint(r) || unicode.IsSpace(r) || r == '"' || r == '\\' {
+			return strconv.Quote(s)
+		}
+	}
+	return s
+}
