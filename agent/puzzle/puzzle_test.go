@@ -233,3 +233,49 @@ func BenchmarkSolve(b *testing.B) {
 		})
 	}
 }
+
+// TestAdmission: the opaque-bytes adapter a handshake uses, with difficulty from the peer's level and load.
+func TestAdmission(t *testing.T) {
+	ctx := context.Background()
+	now := t0
+	is := newIssuer(t, &now)
+	load := 0.0
+	base := map[string]uint8{"trusted": 0, "new": 10}
+	a := &Admission{Issuer: is, BaseBits: func(id string) uint8 { return base[id] }, Load: func() float64 { return load }}
+	bind := []byte("A|B|n1|n2")
+	// A trusted peer on an idle agent is asked nothing.
+	if p, err := a.Puzzle(ctx, "trusted", bind); err != nil || p != nil {
+		t.Fatalf("trusted, idle: %x, %v", p, err)
+	}
+	if err := a.Verify(nil, bind, nil); err != nil {
+		t.Fatal(err)
+	}
+	// Under load it pays a little too.
+	load = 1
+	p, err := a.Puzzle(ctx, "trusted", bind)
+	if err != nil || len(p) != ChallengeSize || p[0] != 4 {
+		t.Fatalf("trusted under load: %x, %v", p, err)
+	}
+	// A new peer pays its base.
+	load = 0
+	p, err = a.Puzzle(ctx, "new", bind)
+	if err != nil || p[0] != 10 {
+		t.Fatalf("new peer: %x, %v", p, err)
+	}
+	sol, err := Solver{}.Solve(ctx, p, bind)
+	if err != nil || len(sol) != SolutionSize {
+		t.Fatal(err)
+	}
+	if err := a.Verify(p, []byte("A|C|n1|n2"), sol); !errors.Is(err, ErrForged) {
+		t.Fatalf("other binding: %v", err)
+	}
+	if err := a.Verify(p, bind, sol[:7]); !errors.Is(err, ErrMalformed) {
+		t.Fatalf("short solution: %v", err)
+	}
+	if err := a.Verify(p, bind, sol); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := (Solver{}).Solve(ctx, p[:10], bind); !errors.Is(err, ErrMalformed) {
+		t.Fatalf("short puzzle: %v", err)
+	}
+}

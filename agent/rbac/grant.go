@@ -256,3 +256,54 @@ func mustJSON(v any) []byte {
 	}
 	return b
 }
+
+// MaxGrantList bounds how many grants one list (one handshake) may carry.
+const MaxGrantList = 16
+
+// EncodeGrants is the wire form of the grants an initiator presents at the handshake: a compact JSON array
+// of encoded grants.
+func EncodeGrants(gs []Grant) []byte {
+	out := []byte{'['}
+	for i := range gs {
+		if i > 0 {
+			out = append(out, ',')
+		}
+		out = append(out, gs[i].Encode()...)
+	}
+	return append(out, ']')
+}
+
+// DecodeGrants strictly decodes EncodeGrants' form: at most MaxGrantList grants, each decoded by
+// DecodeGrant, and the canonical encoding as a whole. An empty input is an empty list (no grants
+// presented).
+func DecodeGrants(b []byte) ([]Grant, error) {
+	if len(b) == 0 {
+		return nil, nil
+	}
+	if len(b) > MaxGrantList*(MaxGrantSize+1)+2 {
+		return nil, fmt.Errorf("%w: grant list of %d bytes is too large", ErrMalformed, len(b))
+	}
+	var raws []json.RawMessage
+	dec := json.NewDecoder(bytes.NewReader(b))
+	if err := dec.Decode(&raws); err != nil {
+		return nil, fmt.Errorf("%w: grant list: %v", ErrMalformed, err)
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		return nil, fmt.Errorf("%w: grant list: trailing data", ErrMalformed)
+	}
+	if len(raws) > MaxGrantList {
+		return nil, fmt.Errorf("%w: %d grants in one list, at most %d", ErrMalformed, len(raws), MaxGrantList)
+	}
+	gs := make([]Grant, 0, len(raws))
+	for i, r := range raws {
+		g, err := DecodeGrant(r)
+		if err != nil {
+			return nil, fmt.Errorf("grant %d of the list: %w", i, err)
+		}
+		gs = append(gs, g)
+	}
+	if !bytes.Equal(EncodeGrants(gs), b) {
+		return nil, fmt.Errorf("%w: grant list is not in canonical form", ErrMalformed)
+	}
+	return gs, nil
+}

@@ -415,7 +415,9 @@ func FuzzDecodeGrant(f *testing.F) {
 	f.Add(g.Encode())
 	f.Add([]byte(`{"v":1}`))
 	f.Add([]byte(`{}`))
+	f.Add(EncodeGrants([]Grant{g, g}))
 	f.Fuzz(func(t *testing.T, b []byte) {
+		fuzzGrantList(t, b)
 		g, err := DecodeGrant(b)
 		if err != nil {
 			if !errors.Is(err, ErrMalformed) {
@@ -427,6 +429,53 @@ func FuzzDecodeGrant(f *testing.F) {
 			t.Fatalf("accepted %q but encodes as %q", b, g.Encode())
 		}
 	})
+}
+
+// fuzzGrantList is the same property for grant lists (run from FuzzDecodeGrant's corpus too).
+func fuzzGrantList(t *testing.T, b []byte) {
+	gs, err := DecodeGrants(b)
+	if err != nil {
+		if !errors.Is(err, ErrMalformed) {
+			t.Fatalf("error does not wrap ErrMalformed: %v", err)
+		}
+		return
+	}
+	if len(b) > 0 && !bytes.Equal(EncodeGrants(gs), b) {
+		t.Fatalf("accepted list %q but encodes as %q", b, EncodeGrants(gs))
+	}
+}
+
+func TestGrantList(t *testing.T) {
+	f := newFixture(t, nil)
+	sub := newAgent(t, keystore.Ed25519)
+	gs := []Grant{f.grant(t, f.admin, sub.id, PeerNode, time.Hour), f.grant(t, f.admin2, sub.id, TaskSubmitter, time.Hour)}
+	b := EncodeGrants(gs)
+	back, err := DecodeGrants(b)
+	if err != nil || len(back) != 2 || back[0] != gs[0] || back[1] != gs[1] {
+		t.Fatalf("round trip: %v", err)
+	}
+	if gs, err := DecodeGrants(nil); err != nil || gs != nil {
+		t.Fatal("empty input is no grants")
+	}
+	if gs, err := DecodeGrants([]byte("[]")); err != nil || len(gs) != 0 {
+		t.Fatal("[] is no grants")
+	}
+	many := make([]Grant, MaxGrantList+1)
+	for i := range many {
+		many[i] = gs[0]
+	}
+	for _, c := range []struct{ name, in, want string }{
+		{"spaces", strings.Replace(string(b), "},{", "}, {", 1), "canonical"},
+		{"trailing", string(b) + "[]", "trailing"},
+		{"bad element", "[" + strings.Replace(string(gs[0].Encode()), `"v":1`, `"v":2`, 1) + "]", "grant 0 of the list"},
+		{"too many", string(EncodeGrants(many)), "at most 16"},
+		{"not a list", `{"v":1}`, "cannot unmarshal"},
+	} {
+		if _, err := DecodeGrants([]byte(c.in)); !errors.Is(err, ErrMalformed) || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: %v, want %q", c.name, err, c.want)
+		}
+	}
+	fuzzGrantList(t, b)
 }
 
 // FuzzDecodeRevocation: the same property for revocations.
