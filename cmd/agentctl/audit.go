@@ -81,8 +81,12 @@ func auditHome(c *cli.Context) (string, error) {
 	if c.IsSet("home") {
 		h = c.String("home")
 	} else {
-		lineage := c.Lineage()
-		h = lineage[len(lineage)-1].String("home")
+		// The global flag: ask the parent contexts (the local flag shadows it here).
+		for _, p := range c.Lineage()[1:] {
+			if h = p.String("home"); h != "" {
+				break
+			}
+		}
 	}
 	if h == "" {
 		return "", usagef("no agent home: give --home DIR or set CUSTOS_HOME")

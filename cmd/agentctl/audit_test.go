@@ -1,0 +1,461 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/custos-agent/custos/agent/identity"
+	"github.com/custos-agent/custos/audit"
+	"github.com/custos-agent/custos/keystore"
+)
+
+// auditHomeFixture is an agent home with kel.jsonl and an audit log of several segments, made in-test.
+type auditHomeFixture struct {
+	home   string
+	id     string
+	signer keystore.Signer
+}
+
+func newAuditHome(t *testing.T, records int) *auditHomeFixture {
+	t.Helper()
+	ctx := context.Background()
+	signer, err := keystore.GenerateMemorySigner(keystore.Ed25519)
+	if err != nil {
+		t.Fatal(err)
+	}
+	next, err := keystore.GenerateMemorySigner(keystore.Ed25519)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ev, err := identity.Incept(ctx, signer, next.Public(), keystore.PublicKey{}, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	home := filepath.Join(t.TempDir(), "home")
+	if err := os.MkdirAll(home, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	kel := identity.Log{Events: []identity.Event{ev}}
+	if err := os.WriteFile(filepath.Join(home, "kel.jsonl"), kel.Encode(), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	f := &auditHomeFixture{home: home, id: ev.ID, signer: signer}
+	l := f.open(t)
+	for i := 0; i < records; i++ {
+		r := audit.Record{Type: audit.AccessDenied, Actor: "ed25519:peer-a", Subject: "task_request", Outcome: audit.OutcomeDenied,
+			Details: map[string]any{"permission": "submit_tasks", "i": i}}
+		if i%4 == 0 {
+			r = audit.Record{Type: audit.AuthFailure, Actor: "ed25519:peer-b", Outcome: audit.OutcomeFailure,
+				Details: map[string]any{"reason": "bad_signature", "i": i}}
+		}
+		if _, err := l.Append(ctx, r); err != nil {
+			t.Fatal(err)
+		}
+		if i%5 == 4 {
+			if err := l.Checkpoint(ctx); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
+
+func (f *auditHomeFixture) dir() string { return filepath.Join(f.home, "audit") }
+
+func (f *auditHomeFixture) open(t *testing.T) *audit.Log {
+	t.Helper()
+	l, err := audit.Open(context.Background(), f.dir(), audit.Options{Signer: f.signer, AgentID: f.id, SegmentMaxBytes: 2000,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l
+}
+
+func (f *auditHomeFixture) segments(t *testing.T) []string {
+	t.Helper()
+	m, err := filepath.Glob(filepath.Join(f.dir(), "*.jsonl"))
+	if err != nil || len(m) < 3 {
+		t.Fatalf("segments %v, %v", m, err)
+	}
+	return m
+}
+
+func agentctl(args ...string) (code int, stdout, stderr string) {
+	var out, errb bytes.Buffer
+	code = run(append([]string{"agentctl"}, args...), strings.NewReader(""), &out, &errb)
+	return code, out.String(), errb.String()
+}
+
+func readLines(t *testing.T, path string) [][]byte {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ls := bytes.SplitAfter(b, []byte("\n"))
+	return ls[:len(ls)-1]
+}
+
+func writeLines(t *testing.T, path string, ls [][]byte) {
+	t.Helper()
+	if err := os.WriteFile(path, bytes.Join(ls, nil), 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// seqOf returns the seq of a stored line.
+func seqOf(t *testing.T, line []byte) uint64 {
+	t.Helper()
+	var r struct{ Seq uint64 }
+	if err := json.Unmarshal(line, &r); err != nil {
+		t.Fatal(err)
+	}
+	return r.Seq
+}
+
+func TestAuditVerifyCommand(t *testing.T) {
+	f := newAuditHome(t, 40)
+	code, out, errOut := agentctl("--home", f.home, "audit", "verify")
+	if code != 0 || !regexp.MustCompile(`audit log verifies: \d+ records in \d+ segments, seq 1-\d+, \d+ checkpoints signed by key generation 0`).MatchString(out) ||
+		!strings.Contains(out, "head: seq ") {
+		t.Fatalf("verify: exit %d\n%s%s", code, out, errOut)
+	}
+	// --home after the subcommand works too.
+	if code, _, errOut := agentctl("audit", "verify", "--home", f.home); code != 0 {
+		t.Fatalf("audit verify --home: exit %d: %s", code, errOut)
+	}
+
+	other := newAuditHome(t, 40) // another agent, same layout
+	segs := f.segments(t)
+	base := filepath.Base
+	tests := []struct {
+		name   string
+		tamper func(t *testing.T, dir string) (place, why string)
+	}{
+		{"flip one byte", func(t *testing.T, dir string) (string, string) {
+			p := filepath.Join(dir, base(segs[1]))
+			ls := readLines(t, p)
+			n := 0
+			for !bytes.Contains(ls[n], []byte(`"actor":"ed25519:peer-`)) {
+				n++
+			}
+			seq := seqOf(t, ls[n])
+			i := bytes.Index(ls[n], []byte("peer-")) + len("peer-")
+			ls[n][i] ^= 0x20 // a -> A
+			writeLines(t, p, ls)
+			return at(base(segs[1]), n+1, seq), "the stored hash does not match the record's content"
+		}},
+		{"delete a record", func(t *testing.T, dir string) (string, string) {
+			p := filepath.Join(dir, base(segs[1]))
+			ls := readLines(t, p)
+			gone := seqOf(t, ls[2])
+			writeLines(t, p, append(ls[:2:2], ls[3:]...))
+			return at(base(segs[1]), 3, gone+1), fmt.Sprintf("expected seq %d, found %d: record %d is missing", gone, gone+1, gone)
+		}},
+		{"reorder two records", func(t *testing.T, dir string) (string, string) {
+			p := filepath.Join(dir, base(segs[2]))
+			ls := readLines(t, p)
+			s := seqOf(t, ls[1])
+			ls[1], ls[2] = ls[2], ls[1]
+			writeLines(t, p, ls)
+			return at(base(segs[2]), 2, s+1), fmt.Sprintf("expected seq %d, found %d", s, s+1)
+		}},
+		{"truncate the tail", func(t *testing.T, dir string) (string, string) {
+			p := filepath.Join(dir, base(segs[len(segs)-1]))
+			ls := readLines(t, p)
+			last := seqOf(t, ls[len(ls)-1])
+			b, _ := os.ReadFile(p)
+			if err := os.WriteFile(p, b[:len(b)-30], 0o600); err != nil {
+				t.Fatal(err)
+			}
+			return fmt.Sprintf("%s line %d (expected seq %d)", base(p), len(ls), last), "torn audit record: the last line is incomplete"
+		}},
+		{"truncate whole records", func(t *testing.T, dir string) (string, string) {
+			// Drop the last segment and the closing checkpoint with it: the end is not sealed.
+			os.Remove(filepath.Join(dir, base(segs[len(segs)-1])))
+			seg, line, seq := firstUncovered(t, segs[:len(segs)-1])
+			return at(seg, line, seq), "not covered by a signed checkpoint"
+		}},
+		{"swap in a segment from another agent", func(t *testing.T, dir string) (string, string) {
+			theirs := other.segments(t)
+			b, err := os.ReadFile(theirs[1])
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(filepath.Join(dir, base(segs[1])), b, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			return base(segs[1]) + " line 1 (seq ", "audit hash chain broken"
+		}},
+		{"swap in another agent's whole log", func(t *testing.T, dir string) (string, string) {
+			os.RemoveAll(dir)
+			copyTree(t, other.dir(), dir)
+			return "00000000000000000001.jsonl line ", "made with a key that is not in kel.jsonl of " + f.id
+		}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			home := filepath.Join(t.TempDir(), "home")
+			copyTree(t, f.home, home)
+			place, why := tc.tamper(t, filepath.Join(home, "audit"))
+			code, out, errOut := agentctl("--home", home, "audit", "verify")
+			if code != 1 {
+				t.Fatalf("exit %d, want 1\n%s%s", code, out, errOut)
+			}
+			want := "agentctl: audit log " + filepath.Join(home, "audit") + " does not verify: " + place
+			if !strings.HasPrefix(errOut, want) || !strings.Contains(errOut, why) {
+				t.Fatalf("stderr:\n%s\nwant it to start with %q and say %q", errOut, want, why)
+			}
+			if !regexp.MustCompile(`\.jsonl line \d+ \((expected )?seq \d+\): `).MatchString(errOut) {
+				t.Fatalf("stderr does not name segment, line and seq: %s", errOut)
+			}
+			if out != "" {
+				t.Fatalf("stdout on failure: %q", out)
+			}
+		})
+	}
+
+	t.Run("no key event log", func(t *testing.T) {
+		home := filepath.Join(t.TempDir(), "home")
+		copyTree(t, f.home, home)
+		os.Remove(filepath.Join(home, "kel.jsonl"))
+		code, _, errOut := agentctl("--home", home, "audit", "verify")
+		if code != 1 || !strings.Contains(errOut, "no key event log at "+filepath.Join(home, "kel.jsonl")) {
+			t.Fatalf("exit %d: %s", code, errOut)
+		}
+	})
+	t.Run("no audit log", func(t *testing.T) {
+		home := filepath.Join(t.TempDir(), "home")
+		copyTree(t, f.home, home)
+		os.RemoveAll(filepath.Join(home, "audit"))
+		code, _, errOut := agentctl("--home", home, "audit", "verify")
+		if code != 1 || !strings.Contains(errOut, "no audit log") {
+			t.Fatalf("exit %d: %s", code, errOut)
+		}
+	})
+	t.Run("writer running", func(t *testing.T) {
+		home := filepath.Join(t.TempDir(), "home")
+		copyTree(t, f.home, home)
+		g := &auditHomeFixture{home: home, id: f.id, signer: f.signer}
+		l := g.open(t)
+		defer l.Close()
+		if _, err := l.Append(context.Background(), audit.Record{Type: audit.AgentStarted}); err != nil {
+			t.Fatal(err)
+		}
+		if err := l.Checkpoint(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := l.Append(context.Background(), audit.Record{Type: audit.ConfigLoaded, Details: map[string]any{"digest": "abc"}}); err != nil {
+			t.Fatal(err)
+		}
+		code, out, errOut := agentctl("--home", home, "audit", "verify")
+		if code != 0 || !strings.Contains(out, "the agent is writing the log: 1 records are not yet covered") {
+			t.Fatalf("exit %d\n%s%s", code, out, errOut)
+		}
+	})
+	if code, _, errOut := agentctl("--home", f.home, "audit", "verify", "extra"); code != 2 || !strings.Contains(errOut, "takes no arguments") {
+		t.Fatalf("extra argument: exit %d: %s", code, errOut)
+	}
+}
+
+// firstUncovered finds, independently of the verifier, the first record that no checkpoint covers.
+func firstUncovered(t *testing.T, segs []string) (string, int, uint64) {
+	t.Helper()
+	type at struct {
+		seg  string
+		line int
+		seq  uint64
+	}
+	var data []at
+	var covered uint64
+	for _, p := range segs {
+		for i, l := range readLines(t, p) {
+			var r struct {
+				Seq uint64
+				CP  *struct {
+					HeadSeq uint64 `json:"head_seq"`
+				} `json:"cp"`
+			}
+			if err := json.Unmarshal(l, &r); err != nil {
+				t.Fatal(err)
+			}
+			if r.CP != nil {
+				covered = max(covered, r.CP.HeadSeq)
+			} else {
+				data = append(data, at{filepath.Base(p), i + 1, r.Seq})
+			}
+		}
+	}
+	for _, d := range data {
+		if d.seq > covered {
+			return d.seg, d.line, d.seq
+		}
+	}
+	t.Fatal("every record is covered")
+	return "", 0, 0
+}
+
+func at(seg string, line int, seq uint64) string {
+	return fmt.Sprintf("%s line %d (seq %d)", seg, line, seq)
+}
+
+func copyTree(t *testing.T, from, to string) {
+	t.Helper()
+	err := filepath.WalkDir(from, func(p string, d os.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(from, p)
+		dst := filepath.Join(to, rel)
+		if d.IsDir() {
+			return os.MkdirAll(dst, 0o700)
+		}
+		b, err := os.ReadFile(p)
+		if err != nil {
+			return err
+		}
+		return os.WriteFile(dst, b, 0o600)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestAuditQueryCommand(t *testing.T) {
+	f := newAuditHome(t, 40)
+	code, out, errOut := agentctl("--home", f.home, "audit", "query", "--type", "auth.failure", "--actor", "ed25519:peer-b")
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	if code != 0 || len(lines) != 10 {
+		t.Fatalf("query: exit %d, %d lines\n%s%s", code, len(lines), out, errOut)
+	}
+	line := regexp.MustCompile(`^\d{4}-\d\d-\d\dT[0-9:.]+Z #\d+ auth\.failure failure actor=ed25519:peer-b i=\d+ reason=bad_signature$`)
+	for _, l := range lines {
+		if !line.MatchString(l) {
+			t.Fatalf("line %q", l)
+		}
+	}
+	// Families, and --json prints the stored lines.
+	code, out, _ = agentctl("--home", f.home, "audit", "query", "--type", "auth.*", "--type", "access.denied", "--json")
+	stored := map[string]bool{}
+	for _, p := range f.segments(t) {
+		for _, l := range readLines(t, p) {
+			stored[strings.TrimSuffix(string(l), "\n")] = true
+		}
+	}
+	js := strings.Split(strings.TrimSpace(out), "\n")
+	if code != 0 || len(js) != 40 {
+		t.Fatalf("json query: exit %d, %d lines", code, len(js))
+	}
+	for _, l := range js {
+		if !stored[l] || !json.Valid([]byte(l)) {
+			t.Fatalf("--json line is not a stored record: %s", l)
+		}
+	}
+	// Time windows: everything was written in the last minute.
+	if code, out, _ := agentctl("--home", f.home, "audit", "query", "--since", "1h", "--type", "auth.failure"); code != 0 || strings.Count(out, "\n") != 10 {
+		t.Fatalf("--since 1h: exit %d, %d lines", code, strings.Count(out, "\n"))
+	}
+	if code, out, _ := agentctl("--home", f.home, "audit", "query", "--until", "1d", "--type", "auth.failure"); code != 0 || out != "" {
+		t.Fatalf("--until 1d: exit %d: %q", code, out)
+	}
+	if code, out, _ := agentctl("--home", f.home, "audit", "query", "--since", time.Now().Add(time.Hour).UTC().Format(time.RFC3339)); code != 0 || out != "" {
+		t.Fatalf("--since the future: exit %d: %q", code, out)
+	}
+	for _, bad := range [][]string{
+		{"--since", "yesterday"}, {"--until", "-5m"}, {"--type", "Auth Failure"}, {"--since", "1h", "--until", "2h"},
+	} {
+		code, _, errOut := agentctl(append([]string{"--home", f.home, "audit", "query"}, bad...)...)
+		if code != 2 || !strings.HasPrefix(errOut, "agentctl: --") {
+			t.Fatalf("query %v: exit %d: %s", bad, code, errOut)
+		}
+	}
+}
+
+func TestAuditOutputIsSafe(t *testing.T) {
+	// Strings from peers must not reach a terminal raw.
+	e := audit.Entry{Record: audit.Record{Seq: 7, Time: time.Unix(0, 0), Type: audit.AuthFailure, Outcome: audit.OutcomeFailure,
+		Actor: "evil\x1b[2Jpeer", Details: map[string]any{"reason": "bad signature\n", "n": json.Number("3")}}}
+	got := formatEntry(e)
+	want := `1970-01-01T00:00:00Z #7 auth.failure failure actor="evil\x1b[2Jpeer" n=3 reason="bad signature\n"`
+	if got != want {
+		t.Fatalf("formatEntry:\n%s\nwant\n%s", got, want)
+	}
+}
+
+func TestAuditTailCommand(t *testing.T) {
+	f := newAuditHome(t, 12)
+	code, out, errOut := agentctl("--home", f.home, "audit", "tail", "-n", "3", "--type", "access.denied")
+	ls := strings.Split(strings.TrimSpace(out), "\n")
+	if code != 0 || len(ls) != 3 || !strings.Contains(ls[0], " i=9 ") || !strings.Contains(ls[2], " i=11 ") {
+		t.Fatalf("tail -n 3: exit %d\n%s%s", code, out, errOut)
+	}
+
+	// tail -f prints new records as the agent writes them, until interrupted.
+	l := f.open(t)
+	defer l.Close()
+	pr, pw := io.Pipe()
+	done := make(chan int, 1)
+	go func() {
+		var errb bytes.Buffer
+		done <- run([]string{"agentctl", "--home", f.home, "audit", "tail", "-f", "-n", "1", "--type", "access.denied"}, strings.NewReader(""), pw, &errb)
+		pw.Close()
+	}()
+	sc := bufio.NewScanner(pr)
+	next := func() string {
+		got := make(chan string, 1)
+		go func() {
+			if sc.Scan() {
+				got <- sc.Text()
+			} else {
+				got <- ""
+			}
+		}()
+		select {
+		case s := <-got:
+			return s
+		case <-time.After(10 * time.Second):
+			t.Fatal("tail -f printed nothing for 10s")
+			return ""
+		}
+	}
+	if first := next(); !strings.Contains(first, " i=11 ") {
+		t.Fatalf("tail -f first line %q", first)
+	}
+	for i := 100; i < 103; i++ {
+		if _, err := l.Append(context.Background(), audit.Record{Type: audit.AccessDenied, Details: map[string]any{"i": i}}); err != nil {
+			t.Fatal(err)
+		}
+		if got := next(); !strings.Contains(got, fmt.Sprintf(" i=%d", i)) {
+			t.Fatalf("tail -f: %q, want record i=%d", got, i)
+		}
+	}
+	// The command has its interrupt handler installed (it printed), so SIGINT stops it, not the test.
+	if err := syscall.Kill(os.Getpid(), syscall.SIGINT); err != nil {
+		t.Fatal(err)
+	}
+	go io.Copy(io.Discard, pr)
+	select {
+	case code := <-done:
+		if code != 0 {
+			t.Fatalf("tail -f exit %d after SIGINT", code)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("tail -f did not stop on SIGINT")
+	}
+}
