@@ -68,7 +68,7 @@ func newApp(stdin io.Reader, stdout, stderr io.Writer) *cli.App {
 // commands lists every subcommand; each lives in a file of its own.
 func commands() []*cli.Command {
 	return []*cli.Command{
-		initCommand(), idCommand(), keysCommand(), rotateCommand(), recoverCommand(), logCommand(), signCommand(), verifyCommand(),
+		initCommand(), idCommand(), keysCommand(), rotateCommand(), recoverCommand(), logCommand(), signCommand(), verifyCommand(), tokenCommand(),
 		auditCommand(),
 	}
 }
