@@ -614,7 +614,21 @@ func (l *Log) maybeRotate() error {
 // checkpoint when CheckpointEvery records (or, on a tick, records older than CheckpointInterval) are
 // not yet covered.
 func (l *Log) kick(tick bool) {
-	if l.signing || l.failure() != nil {
+	if err := l.failure(); err != nil {
+		// Nothing more is written: tell whoever waits for a signature.
+		for _, w := range l.manual {
+			w <- err
+		}
+		l.manual = nil
+		if l.prune != nil {
+			for _, w := range l.prune.waiters {
+				w <- err
+			}
+			l.prune.waiters = nil
+		}
+		return
+	}
+	if l.signing {
 		return
 	}
 	if len(l.manual) > 0 {
@@ -977,6 +991,9 @@ func (l *Log) loadActive(sf segFile) error {
 		}
 		if lastW == nil {
 			m.firstPrev = w.Prev
+			if t, err := time.Parse(timeFormat, w.Time); err == nil {
+				m.created = t // the segment's age counts from its first record
+			}
 		}
 		lastW, good = w, lr.next
 		l.seq, l.head = w.Seq, d

@@ -544,6 +544,14 @@ func TestWriteFailureIsSticky(t *testing.T) {
 	if _, failed, _, _ := obs.snapshot(); failed != 1 {
 		t.Fatalf("observer saw %d write failures, want 1", failed)
 	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := l.Checkpoint(ctx); !errors.Is(err, ErrFailed) {
+		t.Fatalf("Checkpoint of a failed log: %v", err)
+	}
+	if err := l.ApplyRetention(ctx); err != nil {
+		t.Fatalf("ApplyRetention with nothing to remove: %v", err)
+	}
 	if err := l.Close(); !errors.Is(err, ErrFailed) {
 		t.Fatalf("Close: %v", err)
 	}
