@@ -70,7 +70,7 @@ func (ks *Keystore) describe(what string, err error) error {
 			"wait for the lockout to expire, or clear it with the lockout password (tpm2_dictionarylockout --clear-lockout): %w",
 			what, dev, keystore.ErrUnavailable)
 	case rc == tpm2.TPMRCRetry || rc == tpm2.TPMRCYielded || rc == tpm2.TPMRCTesting:
-		return fmt.Errorf("%s: the TPM at %s stayed busy (%v) for %s; try again: %w", what, dev, rc, retryBudget, keystore.ErrUnavailable)
+		return fmt.Errorf("%s: the TPM at %s stayed busy (%v) for %s; try again: %w", what, dev, rc, ks.dev.retryBudget, keystore.ErrUnavailable)
 	case rc == tpm2.TPMRCObjectMemory || rc == tpm2.TPMRCSessionMemory || rc == tpm2.TPMRCMemory:
 		return fmt.Errorf("%s: the TPM at %s has no free slot for another object (%v): another program keeps objects loaded; "+
 			"on a host use the resource manager %s, with swtpm stop the other users or restart it: %w",

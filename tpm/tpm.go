@@ -387,7 +387,7 @@ func (ks *Keystore) Generate(ctx context.Context, req keystore.GenerateRequest) 
 // createSRK creates the ECC storage root key (deterministic for a given owner seed). The caller flushes it.
 func (ks *Keystore) createSRK(c *conn) (*tpm2.CreatePrimaryResponse, error) {
 	for attempt := 0; ; attempt++ {
-		pw, err := ks.ownerPassword(attempt > 0)
+		pw, from, err := ks.ownerPassword(attempt > 0)
 		if err != nil {
 			return nil, err
 		}
@@ -395,21 +395,22 @@ func (ks *Keystore) createSRK(c *conn) (*tpm2.CreatePrimaryResponse, error) {
 			PrimaryHandle: tpm2.AuthHandle{Handle: tpm2.TPMRHOwner, Auth: tpm2.PasswordAuth(pw)},
 			InPublic:      tpm2.New2B(tpm2.ECCSRKTemplate),
 		}.Execute(c)
-		if ks.ownerSrc != "" {
+		if from == ks.ownerSrc && from != "" {
 			keystore.Wipe(pw)
 		}
 		switch {
 		case err == nil:
 			return rsp, nil
-		case badAuth(err) && ks.ownerSrc == "" && attempt == 0 && ks.prompt != nil:
+		case badAuth(err) && from == "" && attempt == 0 && ks.prompt != nil:
 			continue // the owner hierarchy has a password: ask for it once
-		case badAuth(err) && ks.ownerSrc == "":
+		case badAuth(err) && from == "":
 			return nil, keystore.Errorf(keystore.ErrWrongSecret,
 				"the TPM at %s has an owner password and none was given: add owner-auth-source=file:/path or env:NAME to the tpm URI", ks.dev.spec.raw)
 		case badAuth(err):
-			ks.forget("TPM owner password")
-			return nil, keystore.Errorf(keystore.ErrWrongSecret,
-				"the TPM at %s rejected the owner password from %s", ks.dev.spec.raw, ks.ownerSrc)
+			if from == fromPrompt {
+				ks.forget(ownerWhat)
+			}
+			return nil, keystore.Errorf(keystore.ErrWrongSecret, "the TPM at %s rejected the owner password from %s", ks.dev.spec.raw, from)
 		case isRC(err, tpm2.TPMRCObjectMemory) && attempt == 0 && ks.makeRoom(c):
 			continue
 		}
@@ -417,19 +418,27 @@ func (ks *Keystore) createSRK(c *conn) (*tpm2.CreatePrimaryResponse, error) {
 	}
 }
 
-// ownerPassword returns the owner password: from owner-auth-source, else empty, else (after a refusal)
-// from the prompt. The caller wipes what came from a source.
-func (ks *Keystore) ownerPassword(afterRefusal bool) ([]byte, error) {
+const (
+	ownerWhat  = "TPM owner password"
+	fromPrompt = "the prompt"
+)
+
+// ownerPassword returns the owner password and where it came from: owner-auth-source; else an answer
+// typed earlier; else empty (from ""); else, after the TPM refused the empty one, the prompt. The caller
+// wipes what came from a source.
+func (ks *Keystore) ownerPassword(afterRefusal bool) ([]byte, string, error) {
 	if ks.ownerSrc != "" {
-		return ks.secret(ks.ownerSrc, "TPM owner password")
+		pw, err := ks.secret(ks.ownerSrc, ownerWhat)
+		return pw, ks.ownerSrc, err
 	}
-	if p, ok := ks.prompted["TPM owner password"]; ok {
-		return p, nil
+	if p, ok := ks.prompted[ownerWhat]; ok {
+		return p, fromPrompt, nil
 	}
 	if afterRefusal && ks.prompt != nil {
-		return ks.secret("", "TPM owner password")
+		pw, err := ks.secret("", ownerWhat)
+		return pw, fromPrompt, err
 	}
-	return nil, nil
+	return nil, "", nil
 }
 
 // secret reads a secret from source, or asks for it at the prompt when source is empty (keeping what
@@ -800,7 +809,7 @@ func (s *signer) sign(c *conn, digest []byte) ([]byte, error) {
 			}
 			src := s.keyAuth
 			if src == "" {
-				src = "the prompt"
+				src = fromPrompt
 			}
 			return nil, keystore.Errorf(keystore.ErrWrongSecret,
 				"the TPM at %s rejected the password for key %q (from %s); every wrong password counts toward the TPM's dictionary-attack lockout",

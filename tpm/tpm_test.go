@@ -162,20 +162,28 @@ func TestOwnerPasswordPrompt(t *testing.T) {
 	}
 	ks.Close()
 	var asked []string
+	answers := []string{"mistyped", "typed"}
 	opts := testOpts(t)
-	opts.Prompt = func(what string) ([]byte, error) { asked = append(asked, what); return []byte("typed"), nil }
+	opts.Prompt = func(what string) ([]byte, error) {
+		asked = append(asked, what)
+		a := answers[0]
+		answers = answers[1:]
+		return []byte(a), nil
+	}
 	pks, err := Open(testCtx(t), sim.KeystoreURI(dir), opts)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer pks.Close()
+	_, err = pks.Generate(testCtx(t), keystore.GenerateRequest{Algorithm: keystore.P256, Label: "a"})
+	wantErr(t, err, keystore.ErrWrongSecret, "rejected the owner password from the prompt")
 	for _, label := range []string{"a", "b"} {
 		if _, err := pks.Generate(testCtx(t), keystore.GenerateRequest{Algorithm: keystore.P256, Label: label}); err != nil {
 			t.Fatalf("Generate with a prompted owner password: %v", err)
 		}
 	}
-	if len(asked) != 1 || asked[0] != "TPM owner password" {
-		t.Fatalf("prompted %v, want exactly one question for the owner password", asked)
+	if len(asked) != 2 || asked[0] != "TPM owner password" || asked[1] != asked[0] {
+		t.Fatalf("prompted %v, want the owner password asked twice (once more after a wrong answer), then kept", asked)
 	}
 }
 
