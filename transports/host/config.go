@@ -1,0 +1,140 @@
+// Package host is the agent side of the transport plugins: it launches each plugin binary (absolute path,
+// SHA-256 checked on the exact bytes executed, AutoMTLS, no inherited environment, no terminal), has the
+// plugin prove possession of its transport key, obtains a binding for that key from a BindingAuthority,
+// supervises the process (health checks, restarts with exponential backoff, restart events), and gives the
+// agent core connections it can trust as far as the transport goes: every value a plugin returns is
+// validated, and every peer binding is verified here, never taken on the plugin's word.
+package host
+
+import (
+	"encoding/hex"
+	"fmt"
+	"log/slog"
+	"strings"
+	"time"
+
+	"github.com/custos-agent/custos/transports"
+)
+
+// Config describes one transport plugin.
+type Config struct {
+	// Name is the transport the plugin must implement ("tcp", "ws", "libp2p").
+	Name string
+	// Path is the absolute path of the plugin binary.
+	Path string
+	// SHA256 is the hex SHA-256 digest of the binary (see FileSHA256). Required.
+	SHA256 string
+	// Options are passed to the plugin's Configure (transport-specific).
+	Options map[string]string
+	// Env is the plugin's whole environment besides go-plugin's own variables ("KEY=VALUE"). Nothing of
+	// the host's environment is inherited.
+	Env []string
+	// Authority binds the plugin's transport key and verifies peers' bindings. Required.
+	Authority BindingAuthority
+	// Observer is told about restarts and refused peers (metrics, session re-establishment). Optional.
+	Observer Observer
+	// Logger defaults to slog.Default().
+	Logger *slog.Logger
+
+	// CallTimeout bounds every unary plugin call (default 10 s).
+	CallTimeout time.Duration
+	// DialTimeout bounds a Dial, transport handshake included (default 20 s).
+	DialTimeout time.Duration
+	// StartTimeout bounds a plugin start: process, go-plugin handshake, configure, bind (default 30 s).
+	StartTimeout time.Duration
+	// HealthInterval is the period of health checks (default 2 s).
+	HealthInterval time.Duration
+	// BackoffMin and BackoffMax bound the delay before a restart attempt (default 200 ms and 30 s); the
+	// delay doubles with each consecutive failure.
+	BackoffMin, BackoffMax time.Duration
+	// Window is the flow-control credit, in bytes, granted to the plugin per connection (default 1 MiB).
+	Window int64
+	// AcceptQueue bounds verified inbound connections waiting in each Listener (default 64).
+	AcceptQueue int
+}
+
+func (c *Config) setDefaults() {
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	c.Logger = c.Logger.With("transport", c.Name)
+	if c.Observer == nil {
+		c.Observer = NopObserver{}
+	}
+	def := func(d *time.Duration, v time.Duration) {
+		if *d <= 0 {
+			*d = v
+		}
+	}
+	def(&c.CallTimeout, 10*time.Second)
+	def(&c.DialTimeout, 20*time.Second)
+	def(&c.StartTimeout, 30*time.Second)
+	def(&c.HealthInterval, 2*time.Second)
+	def(&c.BackoffMin, 200*time.Millisecond)
+	def(&c.BackoffMax, 30*time.Second)
+	if c.Window <= 0 {
+		c.Window = 1 << 20
+	}
+	if c.AcceptQueue <= 0 {
+		c.AcceptQueue = 64
+	}
+}
+
+// validate checks the configuration and returns the decoded digest.
+func (c *Config) validate() ([]byte, error) {
+	if !transports.ValidName(c.Name) {
+		return nil, fmt.Errorf("transport name %q: want 1-32 of [a-z0-9-]", c.Name)
+	}
+	if err := checkPluginPath(c.Path); err != nil {
+		return nil, err
+	}
+	want, err := hex.DecodeString(strings.TrimSpace(c.SHA256))
+	if err != nil || len(want) != 32 {
+		return nil, fmt.Errorf("plugin %s: SHA256 must be 64 hex digits (sha256sum %s), got %q", c.Path, c.Path, c.SHA256)
+	}
+	if c.Authority == nil {
+		return nil, fmt.Errorf("plugin %s: a BindingAuthority is required", c.Path)
+	}
+	for _, kv := range c.Env {
+		if k, _, ok := strings.Cut(kv, "="); !ok || k == "" {
+			return nil, fmt.Errorf("plugin %s: environment entry %q is not KEY=VALUE", c.Path, kv)
+		}
+	}
+	if c.BackoffMin > c.BackoffMax {
+		return nil, fmt.Errorf("BackoffMin %v exceeds BackoffMax %v", c.BackoffMin, c.BackoffMax)
+	}
+	return want, nil
+}
+
+// RestartEvent describes a plugin restart.
+type RestartEvent struct {
+	Transport string
+	// Restarts is the number of restarts of this transport so far, this one included.
+	Restarts uint64
+	// Cause is why the previous process was considered dead.
+	Cause error
+	// PID is the new process.
+	PID int
+	// Downtime is how long the transport was unavailable.
+	Downtime time.Duration
+}
+
+// Observer receives supervision events. Implementations must not block: a metrics counter, a channel
+// send with default, a goroutine. Connections of the old process are already failed when PluginRestarted
+// is called; listeners have been re-opened; the owner re-dials and re-runs its handshakes.
+type Observer interface {
+	// PluginRestarted is called after a dead plugin was replaced by a working one.
+	PluginRestarted(RestartEvent)
+	// PeerRefused is called when a connection is refused because its peer binding does not verify or names
+	// an unexpected agent.
+	PeerRefused(transport, remoteAddr string, err error)
+}
+
+// NopObserver ignores every event; embed it to implement only part of Observer.
+type NopObserver struct{}
+
+// PluginRestarted implements Observer.
+func (NopObserver) PluginRestarted(RestartEvent) {}
+
+// PeerRefused implements Observer.
+func (NopObserver) PeerRefused(string, string, error) {}

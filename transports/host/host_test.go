@@ -1,0 +1,431 @@
+package host_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/custos-agent/custos/transports"
+	"github.com/custos-agent/custos/transports/binding"
+	"github.com/custos-agent/custos/transports/host"
+	"github.com/custos-agent/custos/transports/internal/plugintest"
+)
+
+var bins map[string]string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "cxbin")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	bins, err = plugintest.Build(dir, "transport-tcp")
+	if err == nil {
+		var p string
+		p, err = plugintest.BuildPath(dir, "evil", "github.com/custos-agent/custos/transports/host/testdata/evil")
+		bins["evil"] = p
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		_ = os.RemoveAll(dir)
+		os.Exit(1)
+	}
+	code := m.Run()
+	_ = os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+func tcpHost(t *testing.T, mod ...func(*host.Config)) *plugintest.Host {
+	t.Helper()
+	cfg := plugintest.Config(t, "tcp", bins["transport-tcp"])
+	for _, f := range mod {
+		f(&cfg)
+	}
+	return plugintest.Start(t, cfg)
+}
+
+func TestExchangeBothWays(t *testing.T) {
+	a, b := tcpHost(t), tcpHost(t)
+	ca, cb := plugintest.Pair(t, a, b, "127.0.0.1:0")
+
+	// What each side learns about the other comes from the verified binding.
+	if got := cb.PeerAgentID(); got != a.ID {
+		t.Errorf("dialer sees peer %s, want %s", got, a.ID)
+	}
+	if got := ca.PeerAgentID(); got != b.ID {
+		t.Errorf("listener sees peer %s, want %s", got, b.ID)
+	}
+	if ca.Transport() != "tcp" || cb.Transport() != "tcp" {
+		t.Errorf("transport names %q %q", ca.Transport(), cb.Transport())
+	}
+	if !strings.HasPrefix(ca.RemoteAddr(), "127.0.0.1:") {
+		t.Errorf("listener's remote address %q", ca.RemoteAddr())
+	}
+	bb, err := binding.Decode(ca.PeerBinding())
+	if err != nil || bb.AgentID != b.ID || !bb.Key.Equal(ca.PeerKey()) {
+		t.Errorf("peer binding %+v, %v", bb, err)
+	}
+
+	frames := [][]byte{{}, []byte("x"), plugintest.Frame(1024), plugintest.Frame(64 << 10), plugintest.Frame(transports.MaxFrameSize)}
+	plugintest.Exchange(t, cb, ca, frames)
+	plugintest.Exchange(t, ca, cb, frames)
+
+	ctx := context.Background()
+	if err := cb.WriteFrame(ctx, make([]byte, transports.MaxFrameSize+1)); !errors.Is(err, transports.ErrFrameTooLarge) {
+		t.Errorf("oversized frame: %v, want ErrFrameTooLarge", err)
+	}
+	// A clean close reaches the other side as io.EOF, after the frames already sent.
+	if err := cb.WriteFrame(ctx, []byte("last")); err != nil {
+		t.Fatal(err)
+	}
+	_ = cb.Close()
+	f, err := ca.ReadFrame(ctx)
+	if err != nil || string(f) != "last" {
+		t.Fatalf("last frame: %q %v", f, err)
+	}
+	if err := plugintest.ExpectEnd(t, ca, 10*time.Second); !errors.Is(err, io.EOF) {
+		t.Errorf("after the peer closed: %v, want io.EOF", err)
+	}
+	if err := cb.WriteFrame(ctx, []byte("after close")); !errors.Is(err, transports.ErrClosed) {
+		t.Errorf("write after close: %v, want ErrClosed", err)
+	}
+}
+
+func TestWrongExpectedIDRefused(t *testing.T) {
+	a, b := tcpHost(t), tcpHost(t)
+	other := plugintest.NewAuthority(t).AgentID()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	l, err := a.T.Listen(ctx, "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	c, err := b.T.Dial(ctx, l.Addrs()[0], other)
+	if !errors.Is(err, host.ErrPeerMismatch) {
+		t.Fatalf("dial pinning another agent: %v, %v; want ErrPeerMismatch", c, err)
+	}
+	if !strings.Contains(err.Error(), a.ID) || !strings.Contains(err.Error(), other) {
+		t.Errorf("error should name both the peer's and the expected ID: %v", err)
+	}
+	select {
+	case rerr := <-b.Refused:
+		if !errors.Is(rerr, host.ErrPeerMismatch) {
+			t.Errorf("observer got %v", rerr)
+		}
+	case <-time.After(5 * time.Second):
+		t.Error("observer was not told about the refused peer")
+	}
+	// The connection was closed on the dialer's side: the listener's end (if it got one) ends.
+	if ca, err := l.Accept(ctx); err == nil {
+		if err := plugintest.ExpectEnd(t, ca, 10*time.Second); err == nil {
+			t.Error("listener's end stayed open")
+		}
+	}
+	if _, err := b.T.Dial(ctx, l.Addrs()[0], ""); err == nil || !strings.Contains(err.Error(), "expected agent ID is required") {
+		t.Errorf("dial without a pin: %v", err)
+	}
+}
+
+// processesRunning lists the PIDs whose executable is path.
+func processesRunning(t *testing.T, path string) []int {
+	t.Helper()
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var pids []int
+	for _, e := range ents {
+		var pid int
+		if _, err := fmt.Sscanf(e.Name(), "%d", &pid); err != nil {
+			continue
+		}
+		if exe, err := os.Readlink("/proc/" + e.Name() + "/exe"); err == nil && exe == path {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}
+
+func copyFile(t *testing.T, src, dst string, mode os.FileMode) {
+	t.Helper()
+	b, err := os.ReadFile(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(dst, b, mode); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(dst, mode); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestPluginFileRefused(t *testing.T) {
+	dir := t.TempDir()
+	good := dir + "/transport-tcp"
+	copyFile(t, bins["transport-tcp"], good, 0o755)
+	goodSum, err := host.FileSHA256(good)
+	if err != nil {
+		t.Fatal(err)
+	}
+	evilSum, err := host.FileSHA256(bins["evil"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	loose := dir + "/loose"
+	copyFile(t, bins["transport-tcp"], loose, 0o777)
+
+	tests := []struct {
+		name    string
+		path    string
+		sum     string
+		wantErr error
+		wantMsg []string
+	}{
+		{"checksum mismatch", good, evilSum, host.ErrChecksum, []string{good, goodSum, evilSum, "not started"}},
+		{"relative path", "transport-tcp", goodSum, host.ErrBadPluginFile, []string{"not absolute"}},
+		{"unclean path", dir + "/../" + filepathBase(dir) + "/transport-tcp", goodSum, host.ErrBadPluginFile, []string{"not clean"}},
+		{"world-writable file", loose, goodSum, host.ErrBadPluginFile, []string{"writable by group or others"}},
+		{"bad digest text", good, "abc", nil, []string{"64 hex digits"}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := plugintest.Config(t, "tcp", bins["transport-tcp"])
+			cfg.Path, cfg.SHA256 = tc.path, tc.sum
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			tr, err := host.Start(ctx, cfg)
+			if err == nil {
+				_ = tr.Close()
+				t.Fatal("started")
+			}
+			if tc.wantErr != nil && !errors.Is(err, tc.wantErr) {
+				t.Errorf("error %v, want %v", err, tc.wantErr)
+			}
+			for _, m := range tc.wantMsg {
+				if !strings.Contains(err.Error(), m) {
+					t.Errorf("error %q does not mention %q", err, m)
+				}
+			}
+			if pids := processesRunning(t, tc.path); len(pids) != 0 {
+				t.Errorf("plugin processes running from %s: %v", tc.path, pids)
+			}
+		})
+	}
+}
+
+func filepathBase(p string) string { return p[strings.LastIndex(p, "/")+1:] }
+
+func TestHostEnvironmentNotInherited(t *testing.T) {
+	t.Setenv("CUSTOS_PASSPHRASE", "hunter2-passphrase-secret")
+	t.Setenv("CUSTOS_PKCS11_PIN", "98765-pin-secret")
+	h := tcpHost(t, func(c *host.Config) { c.Env = []string{"CUSTOS_PLUGIN_NOTE=visible"} })
+	pid := h.T.PID()
+	if pid == 0 {
+		t.Fatal("no plugin PID")
+	}
+	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := strings.Split(strings.TrimRight(string(raw), "\x00"), "\x00")
+	allowed := map[string]bool{transports.MagicCookieKey: true, "PLUGIN_MIN_PORT": true, "PLUGIN_MAX_PORT": true,
+		"PLUGIN_PROTOCOL_VERSIONS": true, "PLUGIN_CLIENT_CERT": true, "PLUGIN_UNIX_SOCKET_DIR": true, "CUSTOS_PLUGIN_NOTE": true}
+	seen := map[string]bool{}
+	for _, kv := range env {
+		k, _, _ := strings.Cut(kv, "=")
+		seen[k] = true
+		if !allowed[k] {
+			t.Errorf("plugin environment has %q, which the host did not give it", k)
+		}
+		if strings.Contains(kv, "secret") {
+			t.Errorf("plugin environment leaks %q", kv)
+		}
+	}
+	// Proof that this is the plugin's environment, with what the host did pass.
+	if !seen[transports.MagicCookieKey] || !seen["CUSTOS_PLUGIN_NOTE"] || !seen["PLUGIN_CLIENT_CERT"] {
+		t.Errorf("plugin environment lacks the handshake/AutoMTLS/configured variables: %v", env)
+	}
+	// Nor does it share the host's stdin.
+	if in, err := os.Readlink(fmt.Sprintf("/proc/%d/fd/0", pid)); err != nil || in != "/dev/null" {
+		t.Errorf("plugin stdin is %q (%v), want /dev/null", in, err)
+	}
+}
+
+func TestRestartAfterSIGKILL(t *testing.T) {
+	a, b := tcpHost(t), tcpHost(t)
+	ca, cb := plugintest.Pair(t, a, b, "127.0.0.1:0")
+	plugintest.Exchange(t, cb, ca, [][]byte{[]byte("before")})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	l, err := a.T.Listen(ctx, "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	addrBefore := l.Addrs()[0]
+
+	oldPID := a.T.PID()
+	if err := syscall.Kill(oldPID, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	var ev host.RestartEvent
+	select {
+	case ev = <-a.Restarts:
+	case <-time.After(20 * time.Second):
+		t.Fatal("no restart within 20s")
+	}
+	if ev.Restarts != 1 || a.T.Restarts() != 1 || ev.PID == oldPID || ev.PID != a.T.PID() || ev.Cause == nil {
+		t.Errorf("restart event %+v (counter %d, old pid %d, pid now %d)", ev, a.T.Restarts(), oldPID, a.T.PID())
+	}
+	// The old connection died with the process, on both sides.
+	if err := plugintest.ExpectEnd(t, ca, 10*time.Second); err == nil {
+		t.Error("old connection survived the plugin")
+	}
+	if err := plugintest.ExpectEnd(t, cb, 10*time.Second); err == nil {
+		t.Error("peer's old connection survived")
+	}
+	// The listener was re-opened where it was, and a new connection works both ways.
+	if got := l.Addrs()[0]; got != addrBefore {
+		t.Errorf("listener moved from %s to %s", addrBefore, got)
+	}
+	nb, err := b.T.Dial(ctx, addrBefore, a.ID)
+	if err != nil {
+		t.Fatalf("dial after restart: %v", err)
+	}
+	defer nb.Close()
+	na, err := l.Accept(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer na.Close()
+	plugintest.Exchange(t, nb, na, [][]byte{[]byte("after"), plugintest.Frame(100 << 10)})
+	plugintest.Exchange(t, na, nb, [][]byte{[]byte("back")})
+}
+
+func TestBackPressure(t *testing.T) {
+	a, b := tcpHost(t), tcpHost(t)
+	ca, cb := plugintest.Pair(t, a, b, "127.0.0.1:0")
+	frame := plugintest.Frame(256 << 10)
+	// Nobody reads on a: the writer must block once the windows and socket buffers are full.
+	written := 0
+	for ; written < 512; written++ { // 128 MiB would be far beyond every buffer on the path
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		err := cb.WriteFrame(ctx, frame)
+		cancel()
+		if err != nil {
+			if !errors.Is(err, context.DeadlineExceeded) {
+				t.Fatalf("write %d: %v, want a deadline while the reader is stalled", written, err)
+			}
+			break
+		}
+	}
+	if written == 512 {
+		t.Fatal("writer never blocked: no back-pressure")
+	}
+	t.Logf("writer blocked after %d frames (%d KiB in flight)", written, written*len(frame)>>10)
+	// The reader drains everything in order; then the writer continues.
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for i := 0; i < written; i++ {
+		f, err := ca.ReadFrame(ctx)
+		if err != nil || len(f) != len(frame) {
+			t.Fatalf("drain %d: %d bytes, %v", i, len(f), err)
+		}
+	}
+	plugintest.Exchange(t, cb, ca, [][]byte{[]byte("still alive")})
+}
+
+func TestBindingRenewedBeforeExpiry(t *testing.T) {
+	short := func(c *host.Config) {
+		a, err := host.NewIdentityAuthority(mustSigner(t), 3*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Authority = a
+	}
+	a, b := tcpHost(t, short), tcpHost(t, short)
+	time.Sleep(4 * time.Second) // the first bindings have expired by now
+	ca, cb := plugintest.Pair(t, a, b, "127.0.0.1:0")
+	plugintest.Exchange(t, cb, ca, [][]byte{[]byte("renewed")})
+	if _, err := b.Authority.Verify(context.Background(), "tcp", ca.PeerBinding(), ca.PeerKey()); err != nil {
+		t.Errorf("binding presented after renewal does not verify: %v", err)
+	}
+}
+
+func TestMisbehavingPlugin(t *testing.T) {
+	tests := []struct {
+		mode    string
+		op      string // start, listen, dial, read
+		wantErr error
+		wantMsg string
+	}{
+		{"badproof", "start", host.ErrPluginMisbehaved, "did not prove possession"},
+		{"badname", "start", host.ErrPluginMisbehaved, `says it is transport "udp"`},
+		{"hangconfigure", "start", context.DeadlineExceeded, "configure"},
+		{"badaddr", "listen", host.ErrPluginMisbehaved, "control character"},
+		{"manyaddrs", "listen", host.ErrPluginMisbehaved, "1000 addresses"},
+		{"nobinding", "dial", host.ErrPluginMisbehaved, "without a peer binding"},
+		{"forged", "dial", host.ErrBadBinding, "names another key"},
+		{"shortkey", "dial", host.ErrPluginMisbehaved, "peer key of 16 bytes"},
+		{"badremote", "dial", host.ErrPluginMisbehaved, "remote address"},
+		{"bigbinding", "dial", host.ErrPluginMisbehaved, "peer binding of"},
+		{"hangdial", "dial", context.DeadlineExceeded, "dial"},
+		{"flood", "read", nil, "without credit"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.mode, func(t *testing.T) {
+			cfg := plugintest.Config(t, "tcp", bins["evil"])
+			cfg.Env = []string{"EVIL_MODE=" + tc.mode}
+			cfg.CallTimeout, cfg.DialTimeout = time.Second, time.Second
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			var err error
+			tr, serr := host.Start(ctx, cfg)
+			if tc.op == "start" {
+				err = serr
+				if serr == nil {
+					_ = tr.Close()
+				}
+			} else {
+				if serr != nil {
+					t.Fatalf("start: %v", serr)
+				}
+				defer tr.Close()
+				id := cfg.Authority.(*host.IdentityAuthority).AgentID()
+				switch tc.op {
+				case "listen":
+					_, err = tr.Listen(ctx, "127.0.0.1:0")
+				case "dial":
+					_, err = tr.Dial(ctx, "127.0.0.1:4000", id)
+				case "read":
+					var c *host.Conn
+					c, err = tr.Dial(ctx, "127.0.0.1:4000", id)
+					if err != nil {
+						t.Fatalf("dial: %v", err)
+					}
+					// Not reading (so granting no credit) while the plugin floods: the frames beyond the
+					// initial window are a violation that ends the connection.
+					time.Sleep(time.Second)
+					err = plugintest.ExpectEnd(t, c, 10*time.Second)
+				}
+			}
+			if err == nil {
+				t.Fatal("accepted")
+			}
+			if tc.wantErr != nil && !errors.Is(err, tc.wantErr) {
+				t.Errorf("error %v, want %v", err, tc.wantErr)
+			}
+			if !strings.Contains(err.Error(), tc.wantMsg) {
+				t.Errorf("error %q does not mention %q", err, tc.wantMsg)
+			}
+		})
+	}
+}

@@ -1,0 +1,411 @@
+package host
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/custos-agent/custos/transports"
+)
+
+// Transport is one supervised transport plugin. It stays usable across plugin restarts: Listen's
+// listeners are re-opened on the new process (at the address they had), while connections of a dead
+// process fail and must be re-dialled by their owner (Observer.PluginRestarted says when).
+type Transport struct {
+	cfg  Config
+	want []byte
+	log  interface {
+		Info(string, ...any)
+		Warn(string, ...any)
+		Error(string, ...any)
+	}
+
+	mu        sync.Mutex
+	inst      *instance
+	listeners map[*Listener]struct{}
+	closed    bool
+
+	restarts atomic.Uint64
+	kick     chan kickMsg
+	ctx      context.Context
+	cancel   context.CancelFunc
+	done     chan struct{}
+}
+
+type kickMsg struct {
+	in    *instance
+	cause error
+}
+
+// stableAfter is how long a process must live before a later crash restarts with the minimal backoff.
+const stableAfter = time.Minute
+
+// Start launches the plugin described by cfg and supervises it until Close. The first launch is not
+// retried: an error here (checksum, path, handshake, key proof, binding) is a configuration problem.
+func Start(ctx context.Context, cfg Config) (*Transport, error) {
+	cfg.setDefaults()
+	want, err := cfg.validate()
+	if err != nil {
+		return nil, err
+	}
+	t := &Transport{cfg: cfg, want: want, log: cfg.Logger, listeners: map[*Listener]struct{}{},
+		kick: make(chan kickMsg, 1), done: make(chan struct{})}
+	t.ctx, t.cancel = context.WithCancel(context.Background())
+	sctx, cancel := context.WithTimeout(ctx, cfg.StartTimeout)
+	defer cancel()
+	in, err := launch(sctx, &t.cfg, want)
+	if err != nil {
+		t.cancel()
+		return nil, err
+	}
+	t.inst = in
+	go in.acceptLoop(t.down)
+	go t.supervise()
+	return t, nil
+}
+
+// Name is the transport name.
+func (t *Transport) Name() string { return t.cfg.Name }
+
+// Restarts is the number of restarts so far.
+func (t *Transport) Restarts() uint64 { return t.restarts.Load() }
+
+// PID is the current plugin process ID, 0 while none runs.
+func (t *Transport) PID() int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.inst == nil {
+		return 0
+	}
+	return t.inst.pid
+}
+
+func (t *Transport) current() (*instance, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.closed {
+		return nil, fmt.Errorf("%s: %w: closed", t.cfg.Name, ErrUnavailable)
+	}
+	if t.inst == nil {
+		return nil, fmt.Errorf("%s: %w: restarting", t.cfg.Name, ErrUnavailable)
+	}
+	return t.inst, nil
+}
+
+// down is how a process's own goroutines report that it looks dead.
+func (t *Transport) down(in *instance, cause error) {
+	select {
+	case t.kick <- kickMsg{in: in, cause: cause}:
+	default:
+	}
+}
+
+// Dial connects to addr and returns the connection only if the peer's binding verifies and binds the
+// peer's transport key to the agent expect. Otherwise the plugin closes the connection and the error
+// wraps ErrPeerMismatch or ErrBadBinding.
+func (t *Transport) Dial(ctx context.Context, addr, expect string) (*Conn, error) {
+	if expect == "" {
+		return nil, fmt.Errorf("%s dial %q: the expected agent ID is required (dialers pin the peer)", t.cfg.Name, addr)
+	}
+	if err := transports.CheckText("dial address", addr, transports.MaxAddrLen); err != nil {
+		return nil, fmt.Errorf("%s dial: %w", t.cfg.Name, err)
+	}
+	in, err := t.current()
+	if err != nil {
+		return nil, err
+	}
+	return in.dial(ctx, addr, expect)
+}
+
+// Listen opens a listener on addr ("127.0.0.1:0", a multiaddr, ...). Inbound connections whose binding
+// verifies arrive on the Listener's Accept.
+func (t *Transport) Listen(ctx context.Context, addr string) (*Listener, error) {
+	if err := transports.CheckText("listen address", addr, transports.MaxAddrLen); err != nil {
+		return nil, fmt.Errorf("%s listen: %w", t.cfg.Name, err)
+	}
+	in, err := t.current()
+	if err != nil {
+		return nil, err
+	}
+	l := &Listener{t: t, requested: addr, ch: make(chan *Conn, t.cfg.AcceptQueue), closed: make(chan struct{})}
+	addrs, bound, err := in.listen(ctx, addr, l)
+	if err != nil {
+		return nil, err
+	}
+	l.set(in, addrs, bound)
+	t.mu.Lock()
+	t.listeners[l] = struct{}{}
+	t.mu.Unlock()
+	return l, nil
+}
+
+// Rebind replaces the plugin's binding now (e.g. after the agent's delegation changed). Bindings are
+// otherwise renewed at half their lifetime.
+func (t *Transport) Rebind(ctx context.Context) error {
+	in, err := t.current()
+	if err != nil {
+		return err
+	}
+	return in.bind(ctx)
+}
+
+// Close stops supervision and the plugin; connections and listeners fail with transports.ErrClosed.
+func (t *Transport) Close() error {
+	t.mu.Lock()
+	if t.closed {
+		t.mu.Unlock()
+		return nil
+	}
+	t.closed = true
+	in := t.inst
+	t.inst = nil
+	ls := t.listeners
+	t.listeners = map[*Listener]struct{}{}
+	t.mu.Unlock()
+	t.cancel()
+	<-t.done
+	if in != nil {
+		in.teardown()
+	}
+	for l := range ls {
+		l.shut()
+	}
+	return nil
+}
+
+func (t *Transport) supervise() {
+	defer close(t.done)
+	tick := time.NewTicker(t.cfg.HealthInterval)
+	defer tick.Stop()
+	for {
+		var cause error
+		var from *instance
+		select {
+		case <-t.ctx.Done():
+			return
+		case k := <-t.kick:
+			from, cause = k.in, k.cause
+		case <-tick.C:
+		}
+		in, err := t.current()
+		if err != nil {
+			return
+		}
+		if from != nil && from != in {
+			continue // about an already replaced process
+		}
+		if cause == nil {
+			cause = in.health(t.ctx)
+		}
+		if t.ctx.Err() != nil {
+			return
+		}
+		if cause == nil {
+			if in.needsRefresh(time.Now()) {
+				if err := in.bind(t.ctx); err != nil {
+					t.log.Warn("renewing the transport binding failed; retrying at the next health check", "err", err)
+				}
+			}
+			continue
+		}
+		t.restart(in, cause)
+	}
+}
+
+func (t *Transport) backoff(n int) time.Duration {
+	d := t.cfg.BackoffMin
+	for i := 0; i < n && d < t.cfg.BackoffMax; i++ {
+		d *= 2
+	}
+	d = min(d, t.cfg.BackoffMax)
+	// +-20% jitter so that several agents do not restart in lockstep.
+	return d - d/5 + time.Duration(rand.Int64N(int64(d/5)*2+1))
+}
+
+// restart replaces a dead process, retrying with exponential backoff until it works or Close.
+func (t *Transport) restart(old *instance, cause error) {
+	downAt := time.Now()
+	t.mu.Lock()
+	if t.inst == old {
+		t.inst = nil
+	}
+	t.mu.Unlock()
+	t.log.Error("transport plugin is down; restarting", "pid", old.pid, "cause", cause)
+	old.teardown()
+
+	n := 0
+	if time.Since(old.started) < stableAfter {
+		n = 1 // crashed soon after start: begin one step up
+	}
+	var in *instance
+	for {
+		select {
+		case <-t.ctx.Done():
+			return
+		case <-time.After(t.backoff(n)):
+		}
+		sctx, cancel := context.WithTimeout(t.ctx, t.cfg.StartTimeout)
+		var err error
+		in, err = launch(sctx, &t.cfg, t.want)
+		cancel()
+		if err == nil {
+			break
+		}
+		if t.ctx.Err() != nil {
+			return
+		}
+		t.log.Error("transport plugin restart failed", "attempt", n+1, "err", err)
+		n++
+	}
+	// Re-open every listener on the new process, where it was.
+	t.mu.Lock()
+	ls := make([]*Listener, 0, len(t.listeners))
+	for l := range t.listeners {
+		ls = append(ls, l)
+	}
+	t.mu.Unlock()
+	for _, l := range ls {
+		l.relisten(t.ctx, in)
+	}
+	t.mu.Lock()
+	if t.closed {
+		t.mu.Unlock()
+		in.teardown()
+		return
+	}
+	t.inst = in
+	t.mu.Unlock()
+	go in.acceptLoop(t.down)
+	count := t.restarts.Add(1)
+	ev := RestartEvent{Transport: t.cfg.Name, Restarts: count, Cause: cause, PID: in.pid, Downtime: time.Since(downAt)}
+	t.log.Info("transport plugin restarted", "pid", in.pid, "restarts", count, "downtime", ev.Downtime)
+	t.cfg.Observer.PluginRestarted(ev)
+}
+
+// Listener receives verified inbound connections. It survives plugin restarts.
+type Listener struct {
+	t         *Transport
+	requested string
+	ch        chan *Conn
+	closed    chan struct{}
+	closeOnce sync.Once
+
+	mu    sync.Mutex
+	in    *instance
+	addrs []string
+	bound string
+	err   error
+}
+
+func (l *Listener) set(in *instance, addrs []string, bound string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.in, l.addrs, l.bound, l.err = in, addrs, bound, nil
+}
+
+// relisten re-opens the listener on a new process: first where it was bound, then where it was asked.
+func (l *Listener) relisten(ctx context.Context, in *instance) {
+	l.mu.Lock()
+	bound := l.bound
+	l.mu.Unlock()
+	addrs, nb, err := in.listen(ctx, bound, l)
+	if err != nil {
+		l.t.log.Warn("could not listen again where the listener was; trying the requested address", "addr", bound, "err", err)
+		addrs, nb, err = in.listen(ctx, l.requested, l)
+	}
+	if err != nil {
+		l.t.log.Error("listener lost in the plugin restart", "addr", l.requested, "err", err)
+		l.mu.Lock()
+		l.in, l.err = nil, fmt.Errorf("%s listener %s lost in a plugin restart: %w", l.t.cfg.Name, l.requested, err)
+		l.mu.Unlock()
+		l.t.mu.Lock()
+		delete(l.t.listeners, l)
+		l.t.mu.Unlock()
+		l.shut()
+		return
+	}
+	l.set(in, addrs, nb)
+}
+
+// Addrs are the addresses peers dial (they may change after a plugin restart, e.g. a libp2p peer ID).
+func (l *Listener) Addrs() []string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return append([]string(nil), l.addrs...)
+}
+
+func (l *Listener) deliver(c *Conn) {
+	select {
+	case <-l.closed:
+		_ = c.Close()
+		return
+	default:
+	}
+	select {
+	case l.ch <- c:
+	default:
+		l.t.log.Warn("accept queue full; dropping inbound connection", "remote", c.RemoteAddr())
+		_ = c.Close()
+	}
+}
+
+// Accept waits for the next verified inbound connection.
+func (l *Listener) Accept(ctx context.Context) (*Conn, error) {
+	select {
+	case c := <-l.ch:
+		return c, nil
+	case <-l.closed:
+		l.mu.Lock()
+		err := l.err
+		l.mu.Unlock()
+		if err != nil {
+			return nil, err
+		}
+		return nil, fmt.Errorf("%s listener: %w", l.t.cfg.Name, transports.ErrClosed)
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+func (l *Listener) shut() {
+	l.closeOnce.Do(func() {
+		close(l.closed)
+		for {
+			select {
+			case c := <-l.ch:
+				_ = c.Close()
+			default:
+				return
+			}
+		}
+	})
+}
+
+// Close stops listening.
+func (l *Listener) Close() error {
+	l.t.mu.Lock()
+	delete(l.t.listeners, l)
+	l.t.mu.Unlock()
+	l.mu.Lock()
+	in := l.in
+	l.in = nil
+	l.mu.Unlock()
+	if in != nil {
+		in.listenMu.RLock()
+		var lid string
+		for id, x := range in.listeners {
+			if x == l {
+				lid = id
+			}
+		}
+		in.listenMu.RUnlock()
+		if lid != "" {
+			in.closeListener(lid)
+		}
+	}
+	l.shut()
+	return nil
+}

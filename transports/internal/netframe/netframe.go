@@ -1,0 +1,86 @@
+// Package netframe turns an authenticated byte stream (a TLS connection, a libp2p stream) into a
+// plugin.Conn with length-prefixed frames (transports.WriteFrame / ReadFrame).
+package netframe
+
+import (
+	"bufio"
+	"context"
+	"crypto/ed25519"
+	"errors"
+	"io"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/custos-agent/custos/transports"
+)
+
+// Stream is a byte stream with deadlines.
+type Stream interface {
+	io.ReadWriteCloser
+	SetReadDeadline(time.Time) error
+	SetWriteDeadline(time.Time) error
+}
+
+// Conn is a frame connection over a Stream.
+type Conn struct {
+	s       Stream
+	br      *bufio.Reader
+	wmu     sync.Mutex
+	bw      *bufio.Writer
+	remote  string
+	binding []byte
+	key     ed25519.PublicKey
+	once    sync.Once
+}
+
+// New wraps s; remote, binding and key describe the authenticated peer.
+func New(s Stream, remote string, binding []byte, key ed25519.PublicKey) *Conn {
+	return &Conn{s: s, br: bufio.NewReaderSize(s, 64<<10), bw: bufio.NewWriterSize(s, 64<<10),
+		remote: remote, binding: binding, key: key}
+}
+
+// Reader exposes the buffered reader (for protocols that read a preamble first).
+func (c *Conn) Reader() *bufio.Reader { return c.br }
+
+var past = time.Unix(1, 0)
+
+// ReadFrame reads one frame; ctx cancellation interrupts the read (and leaves the connection unusable).
+func (c *Conn) ReadFrame(ctx context.Context) ([]byte, error) {
+	stop := context.AfterFunc(ctx, func() { _ = c.s.SetReadDeadline(past) })
+	defer stop()
+	f, err := transports.ReadFrame(c.br)
+	if err != nil && ctx.Err() != nil && errors.Is(err, os.ErrDeadlineExceeded) {
+		return nil, ctx.Err()
+	}
+	return f, err
+}
+
+// WriteFrame writes one frame; ctx cancellation interrupts the write.
+func (c *Conn) WriteFrame(ctx context.Context, frame []byte) error {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	stop := context.AfterFunc(ctx, func() { _ = c.s.SetWriteDeadline(past) })
+	defer stop()
+	err := transports.WriteFrame(c.bw, frame)
+	if err != nil && ctx.Err() != nil && errors.Is(err, os.ErrDeadlineExceeded) {
+		return ctx.Err()
+	}
+	return err
+}
+
+// Close closes the stream.
+func (c *Conn) Close() error {
+	var err error
+	c.once.Do(func() { err = c.s.Close() })
+	return err
+}
+
+// RemoteAddr implements plugin.Conn.
+func (c *Conn) RemoteAddr() string { return c.remote }
+
+// PeerBinding implements plugin.Conn.
+func (c *Conn) PeerBinding() []byte { return c.binding }
+
+// PeerKey implements plugin.Conn.
+func (c *Conn) PeerKey() ed25519.PublicKey { return c.key }
