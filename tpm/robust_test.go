@@ -521,3 +521,21 @@ func TestObjectsLeftByDeadClients(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// Closing a keystore whose TPM is gone does not hang or fail: there is nothing left to flush.
+func TestCloseWhileDown(t *testing.T) {
+	sim := swtpmtest.Start(t)
+	ks := openKS(t, sim, blobDir(t), "")
+	s := mustSigner(t, ks, mustGenerate(t, ks, "k").URI)
+	mustSignVerify(t, s, "before")
+	sim.Kill()
+	start := time.Now()
+	if err := ks.Close(); err != nil {
+		t.Fatalf("Close with the TPM down: %v", err)
+	}
+	if el := time.Since(start); el > 2*time.Second {
+		t.Fatalf("Close took %v with the TPM down", el)
+	}
+	_, err := s.Sign(testCtx(t), []byte("after close"))
+	wantErr(t, err, keystore.ErrClosed)
+}
