@@ -422,6 +422,7 @@ func TestRotateCrashAtEveryStep(t *testing.T) {
 		}
 		for _, step := range all {
 			t.Run(fmt.Sprintf("destroyOld=%v/%s", destroyOld, step), func(t *testing.T) {
+				t.Parallel()
 				e := newEnv(t)
 				err := rotate(e, func(s string) error {
 					if s == step {
@@ -545,6 +546,7 @@ func TestRecoverCrashAtEveryStep(t *testing.T) {
 	}
 	for _, step := range all {
 		t.Run(step, func(t *testing.T) {
+			t.Parallel()
 			e := newEnv(t)
 			err := recover(e, func(s string) error {
 				if s == step {
