@@ -2,7 +2,7 @@
 // go-plugin handshake constants, the possession proof of a transport key, and a length-prefixed frame
 // codec for byte-stream transports. The plugin protocol itself is in transports/proto; the host side
 // (launch, supervise, verify) in transports/host; the plugin side in transports/plugin; each transport in
-// its own package (tcp, ws, libp2p). See docs/adr/0006 and later.
+// its own package (tcp, ws, libp2p). See docs/adr/0015 to 0018.
 package transports
 
 import (

@@ -1,4 +1,4 @@
-// The Custos transport plugin protocol (docs/adr/0006). The host (the agent daemon) is the gRPC client;
+// The Custos transport plugin protocol (docs/adr/0015). The host (the agent daemon) is the gRPC client;
 // each transport plugin (TCP, WebSocket, libp2p) is a hashicorp/go-plugin gRPC server in its own process.
 //
 // What crosses this boundary: control calls (unary, each under a host-side timeout), inbound-connection

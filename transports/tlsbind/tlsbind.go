@@ -27,7 +27,7 @@ import (
 // BindingOID identifies the certificate extension holding the transport binding: an OCTET STRING whose
 // contents are the encoded binding (transports/binding). The arc 1.3.6.1.4.1.32473 is IANA's example
 // enterprise number (RFC 5612), used here as a private placeholder until the project registers its own
-// Private Enterprise Number; see docs/adr/0008. The last two arcs: 1 = transport, 1 = binding v1.
+// Private Enterprise Number; see docs/adr/0017. The last two arcs: 1 = transport, 1 = binding v1.
 var BindingOID = asn1.ObjectIdentifier{1, 3, 6, 1, 4, 1, 32473, 1, 1}
 
 // ErrNoBinding: the peer's certificate carries no (or an unusable) transport binding.
