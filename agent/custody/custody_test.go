@@ -692,3 +692,26 @@ func TestConcurrentRotations(t *testing.T) {
 		t.Fatalf("the handles saw generations %v", gens)
 	}
 }
+
+func TestReloadSeesAnotherProcessRotation(t *testing.T) {
+	ctx := context.Background()
+	e := newEnv(t)
+	_ = e.init(false).Close()
+	daemon, cli := e.open(), e.open()
+	if _, err := cli.Rotate(ctx, RotateRequest{Grace: time.Hour}); err != nil {
+		t.Fatal(err)
+	}
+	if daemon.State().Generation != 0 {
+		t.Fatal("a handle changed without Reload")
+	}
+	if err := daemon.Reload(ctx); err != nil {
+		t.Fatalf("Reload: %v", err)
+	}
+	s, err := daemon.Signer(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if daemon.State().Generation != 1 || !s.Public().Equal(cli.State().Current) {
+		t.Fatalf("after Reload: generation %d", daemon.State().Generation)
+	}
+}

@@ -354,3 +354,9 @@ func (c *Custody) findRecovery(ctx context.Context, uri, committed string) (keys
 	}
 	return s, RecoveryKey{Keystore: ks.Info().URI, Key: keyURI, Algorithm: pub.Algorithm, PublicKey: identity.EncodeKey(pub)}, nil
 }
+
+// Reload re-reads the home directory (under the lock, completing or undoing an interrupted operation):
+// a long-running holder (the daemon) calls it to see a rotation or recovery another process made.
+func (c *Custody) Reload(ctx context.Context) error {
+	return c.mutate(ctx, func() error { return nil })
+}

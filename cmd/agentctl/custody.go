@@ -240,3 +240,13 @@ func displayURI(u string) string {
 // onUsageError makes a flag parse error of a subcommand a usage error (exit 2), printed by run() as one
 // line, without the help text.
 func onUsageError(_ *cli.Context, err error, _ bool) error { return usageError{err} }
+
+// requireFlags returns a usage error (exit 2) naming the first of names that was not given.
+func requireFlags(c *cli.Context, names ...string) error {
+	for _, n := range names {
+		if !c.IsSet(n) || c.String(n) == "" {
+			return usagef("%s: --%s is required (see agentctl %s --help)", c.Command.FullName(), n, c.Command.FullName())
+		}
+	}
+	return nil
+}

@@ -31,13 +31,16 @@ func signCommand() *cli.Command {
 		UsageText:    "agentctl sign --in FILE [--out FILE.sig]",
 		Description:  signHelp,
 		Flags: []cli.Flag{
-			&cli.StringFlag{Name: "in", Usage: "the `FILE` to sign", Required: true, TakesFile: true},
+			&cli.StringFlag{Name: "in", Usage: "the `FILE` to sign", TakesFile: true},
 			&cli.StringFlag{Name: "out", Usage: "write the signature to `FILE` (default: standard output, raw bytes)", TakesFile: true},
 			passphraseFileFlag(),
 		},
 		Action: func(c *cli.Context) error {
 			if c.NArg() > 0 {
 				return usagef("sign takes no arguments (use --in FILE)")
+			}
+			if err := requireFlags(c, "in"); err != nil {
+				return err
 			}
 			data, err := os.ReadFile(c.String("in"))
 			if err != nil {
@@ -88,8 +91,8 @@ func verifyCommand() *cli.Command {
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "id", Usage: "verify with this agent `ID`'s current key (this agent only)"},
 			&cli.StringFlag{Name: "pubkey", Usage: "verify with the public key in this PEM `FILE` (SubjectPublicKeyInfo)", TakesFile: true},
-			&cli.StringFlag{Name: "in", Usage: "the signed `FILE`", Required: true, TakesFile: true},
-			&cli.StringFlag{Name: "sig", Usage: "the signature `FILE`", Required: true, TakesFile: true},
+			&cli.StringFlag{Name: "in", Usage: "the signed `FILE`", TakesFile: true},
+			&cli.StringFlag{Name: "sig", Usage: "the signature `FILE`", TakesFile: true},
 		},
 		Action: runVerify,
 	}
@@ -98,6 +101,9 @@ func verifyCommand() *cli.Command {
 func runVerify(c *cli.Context) error {
 	if c.NArg() > 0 {
 		return usagef("verify takes no arguments")
+	}
+	if err := requireFlags(c, "in", "sig"); err != nil {
+		return err
 	}
 	if c.IsSet("id") == c.IsSet("pubkey") {
 		return usagef("give exactly one of --id ID and --pubkey FILE.pem")

@@ -25,13 +25,16 @@ func tokenCommand() *cli.Command {
 				"SOFTHSM2_CONF to choose the token directory. Prints the keystore URI to give to agentctl init --pkcs11.",
 			Flags: []cli.Flag{
 				&cli.StringFlag{Name: "module", Usage: "absolute `PATH` of the PKCS#11 library", Value: "/usr/lib/softhsm/libsofthsm2.so"},
-				&cli.StringFlag{Name: "label", Usage: "token `LABEL` (tokens are always found by label, never by slot)", Required: true},
-				&cli.StringFlag{Name: "so-pin-source", Usage: "where the security officer PIN is: file:/path or env:NAME", Required: true},
-				&cli.StringFlag{Name: "pin-source", Usage: "where the user PIN is: file:/path or env:NAME (recorded in the printed URI)", Required: true},
+				&cli.StringFlag{Name: "label", Usage: "token `LABEL` (tokens are always found by label, never by slot)"},
+				&cli.StringFlag{Name: "so-pin-source", Usage: "where the security officer PIN is: file:/path or env:NAME"},
+				&cli.StringFlag{Name: "pin-source", Usage: "where the user PIN is: file:/path or env:NAME (recorded in the printed URI)"},
 			},
 			Action: func(c *cli.Context) error {
 				if c.NArg() > 0 {
 					return usagef("token init takes no arguments")
+				}
+				if err := requireFlags(c, "label", "so-pin-source", "pin-source"); err != nil {
+					return err
 				}
 				module := c.String("module")
 				if !filepath.IsAbs(module) {
