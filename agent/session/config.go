@@ -141,8 +141,11 @@ func (c *Config) check() (*Config, error) {
 	if cc.HandshakeTimeout <= 0 {
 		cc.HandshakeTimeout = DefaultHandshakeTimeout
 	}
-	if cc.ReauthInterval <= 0 {
+	if cc.ReauthInterval == 0 {
 		cc.ReauthInterval = DefaultReauthInterval
+	}
+	if cc.ReauthInterval < time.Second {
+		return nil, errors.New("session config: the re-authentication interval must be at least 1 s")
 	}
 	if cc.ReauthGrace <= 0 {
 		cc.ReauthGrace = DefaultReauthGrace

@@ -402,6 +402,9 @@ func (s *Session) readLoop() {
 }
 
 func (s *Session) handle(frame []byte) error {
+	if len(frame) == 0 {
+		return reason.New(reason.Malformed, "empty frame")
+	}
 	switch frame[0] {
 	case handshake.FrameEnvelope:
 		m, err := s.openEnvelope(frame[1:])

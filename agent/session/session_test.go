@@ -271,3 +271,45 @@ func (solver) Solve(_ context.Context, p, bind []byte) ([]byte, error) {
 	}
 	return append([]byte("solved:"), p...), nil
 }
+
+// TestStoreAndForward: after one handshake each agent's peer cache holds the other's log and delegation,
+// which is all a store-and-forward envelope needs (no session).
+func TestStoreAndForward(t *testing.T) {
+	a, b := newAgent(t), newAgent(t, withKEM(suite.KEMXWing))
+	sa, sb := mustConnect(t, a, b)
+	sa.Close()
+	sb.Close()
+	// A seals to B's delegated encryption key, found in A's peer cache.
+	ds, err := a.peers.Delegations(b.ID().String())
+	if err != nil || len(ds) == 0 {
+		t.Fatalf("A has no delegation of B: %v", err)
+	}
+	ka, _ := a.mgr.Current(bg)
+	e, err := envelope.SealHPKE(bg, envelope.NewHeader(a.ID().String(), b.ID().String(), envelope.TaskRequest, time.Now()),
+		[]byte("queued job"), ds[0].KEM, ds[0].EncKey, ka.Signer())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if e.Payload.Cipher != envelope.HPKEXWing {
+		t.Fatalf("cipher %s", e.Payload.Cipher)
+	}
+	// Through a gateway as JSON, then opened by B with its peer cache and live keys.
+	relayed, err := envelope.DecodeJSON(e.EncodeJSON())
+	if err != nil {
+		t.Fatal(err)
+	}
+	rx := &envelope.Receiver{LocalID: b.ID().String(), Resolver: b.peers, Replay: b.replay, Keys: func() []*suite.EncryptionKey {
+		var out []*suite.EncryptionKey
+		for _, k := range b.mgr.Live() {
+			out = append(out, k.Encryption())
+		}
+		return out
+	}}
+	pt, err := rx.Receive(bg, relayed)
+	if err != nil || string(pt) != "queued job" {
+		t.Fatalf("receive: %q %v", pt, err)
+	}
+	if _, err := rx.Receive(bg, relayed); !errors.Is(err, reason.ReplayedMessage) {
+		t.Fatalf("second delivery: %v", err)
+	}
+}
