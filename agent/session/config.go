@@ -32,6 +32,7 @@ const (
 	Responder
 )
 
+// String names the role.
 func (r Role) String() string {
 	if r == Initiator {
 		return "initiator"
