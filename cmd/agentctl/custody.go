@@ -53,7 +53,7 @@ type session struct {
 	passFile  string // --passphrase-file, made absolute
 	confirm   bool   // ask for a new passphrase twice (init)
 	warnedSW  bool
-	passCache []byte
+	passCache map[string][]byte // passphrases confirmed at a prompt, by what they are for (init)
 }
 
 func newSession(c *cli.Context) (*session, error) {
@@ -147,8 +147,8 @@ func (s *session) prompt() func(string) ([]byte, error) {
 		return nil
 	}
 	return func(what string) ([]byte, error) {
-		if s.passCache != nil && strings.Contains(what, "software keystore") {
-			return append([]byte(nil), s.passCache...), nil
+		if p, ok := s.passCache[what]; ok {
+			return append([]byte(nil), p...), nil
 		}
 		ask := func(label string) ([]byte, error) {
 			fmt.Fprintf(s.c.App.ErrWriter, "%s: ", label)
@@ -176,14 +176,20 @@ func (s *session) prompt() func(string) ([]byte, error) {
 				keystore.Wipe(p)
 				return nil, fmt.Errorf("the two passphrases differ; nothing was created")
 			}
-			s.passCache = append([]byte(nil), p...)
+			if s.passCache == nil {
+				s.passCache = map[string][]byte{}
+			}
+			s.passCache[what] = append([]byte(nil), p...)
 		}
 		return p, nil
 	}
 }
 
 func (s *session) close() {
-	keystore.Wipe(s.passCache)
+	for what, p := range s.passCache {
+		keystore.Wipe(p)
+		delete(s.passCache, what)
+	}
 }
 
 // openIdentity opens the identity in --home and destroys retired keys whose grace period is over (every

@@ -104,8 +104,18 @@ func runInit(c *cli.Context) error {
 		if src == "" {
 			src = s.envPassSource()
 		}
-		if src == "" && s.prompt() == nil {
-			return fmt.Errorf("the software backend needs a passphrase: give --passphrase-file FILE or set %s (no terminal to ask on)", envPassphrase)
+		if src == "" {
+			ask := s.prompt()
+			if ask == nil {
+				return fmt.Errorf("the software backend needs a passphrase: give --passphrase-file FILE or set %s (no terminal to ask on)", envPassphrase)
+			}
+			// Ask now, before anything is created; the backend's own request is then answered from the
+			// confirmed passphrase (same wording as software.Keystore uses).
+			p, err := ask(software.PromptText(filepath.Join(s.home, custody.KeysDir)))
+			if err != nil {
+				return err
+			}
+			keystore.Wipe(p)
 		}
 		if wf == software.DefaultWorkFactor {
 			wf = 0

@@ -51,8 +51,8 @@ type Keystore struct {
 var _ keystore.Keystore = (*Keystore)(nil)
 
 // Open opens the software keystore named by uri (a keystore URI or a key URI; a key URI opens the
-// keystore of its directory). The directory is created (0700) when missing. No passphrase is read until
-// an operation needs one (Generate, Signer).
+// keystore of its directory). Opening changes nothing on disk: a missing directory is created (0700) by
+// the first Generate. No passphrase is read until an operation needs one (Generate, Signer).
 func Open(ctx context.Context, uri string, opts keystore.OpenOptions) (keystore.Keystore, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
@@ -68,9 +68,7 @@ func Open(ctx context.Context, uri string, opts keystore.OpenOptions) (keystore.
 	fi, err := os.Stat(loc.dir)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
-		if err := os.MkdirAll(loc.dir, 0o700); err != nil {
-			return nil, keystore.Errorf(keystore.ErrUnavailable, "create software keystore directory %s: %v", loc.dir, err)
-		}
+		// Made by the first Generate: opening changes nothing on disk.
 	case err != nil:
 		return nil, keystore.Errorf(keystore.ErrUnavailable, "software keystore directory %s: %v", loc.dir, err)
 	case !fi.IsDir():
@@ -143,7 +141,7 @@ func (k *Keystore) passphrase() ([]byte, error) {
 			return nil, keystore.Errorf(keystore.ErrWrongSecret, "passphrase of software keystore %s: %v", k.loc.dir, err)
 		}
 	case k.prompt != nil:
-		p, err = k.prompt("passphrase for the software keystore " + k.loc.dir)
+		p, err = k.prompt(PromptText(k.loc.dir))
 		if err != nil {
 			return nil, fmt.Errorf("read passphrase: %w", err)
 		}
@@ -211,6 +209,10 @@ func (k *Keystore) Generate(ctx context.Context, req keystore.GenerateRequest) (
 	if err != nil {
 		wipePrivate(priv)
 		return keystore.Key{}, err
+	}
+	if err := os.MkdirAll(k.loc.dir, 0o700); err != nil {
+		wipePrivate(priv)
+		return keystore.Key{}, keystore.Errorf(keystore.ErrUnavailable, "create software keystore directory %s: %v", k.loc.dir, err)
 	}
 	if err := createFile(path, data); err != nil {
 		wipePrivate(priv)
@@ -376,6 +378,9 @@ func (k *Keystore) List(ctx context.Context) ([]keystore.Key, error) {
 		return nil, err
 	}
 	entries, err := os.ReadDir(k.loc.dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil // no key made yet
+	}
 	if err != nil {
 		return nil, keystore.Errorf(keystore.ErrUnavailable, "list software keystore %s: %v", k.loc.dir, err)
 	}
@@ -443,3 +448,6 @@ func (s *signer) wipe() {
 	}
 	s.priv, s.inner = nil, nil
 }
+
+// PromptText is what the keystore in dir passes to OpenOptions.Prompt when it needs the passphrase.
+func PromptText(dir string) string { return "passphrase for the software keystore " + dir }

@@ -61,13 +61,19 @@ func TestConformance(t *testing.T) {
 func TestFilesAndInfo(t *testing.T) {
 	dir, uri := newDir(t, "pw")
 	ks := openKS(t, uri, keystore.OpenOptions{})
-	fi, err := os.Stat(dir)
-	if err != nil || fi.Mode().Perm() != 0o700 {
-		t.Fatalf("keystore dir mode = %v (err %v), want 0700", fi.Mode().Perm(), err)
+	if _, err := os.Stat(dir); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("Open created the keystore directory (err %v)", err)
+	}
+	if keys, err := ks.List(context.Background()); err != nil || len(keys) != 0 {
+		t.Fatalf("List of a keystore without a directory yet: %v %v", keys, err)
 	}
 	k, err := ks.Generate(context.Background(), keystore.GenerateRequest{Algorithm: keystore.P256, Label: "a"})
 	if err != nil {
 		t.Fatal(err)
+	}
+	fi, err := os.Stat(dir)
+	if err != nil || fi.Mode().Perm() != 0o700 {
+		t.Fatalf("keystore dir mode = %v (err %v), want 0700", fi.Mode().Perm(), err)
 	}
 	fi, err = os.Stat(filepath.Join(dir, "a.key"))
 	if err != nil || fi.Mode().Perm() != 0o600 {
