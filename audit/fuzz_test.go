@@ -32,7 +32,8 @@ func FuzzDecodeLine(f *testing.F) {
 			if fixed, d, err := encodeLine(&w); err == nil {
 				check(t, bytes.TrimSuffix(fixed, []byte("\n")))
 				// The writer's fast encoder produces the same bytes and hash as json.Marshal.
-				if p, err := newPending(&w); err == nil && w.V == RecordVersion && plain(w.Time) && plain(w.Prev) {
+				canon, _ := json.Marshal(w.Details)
+				if p, err := newPending(&w); err == nil && w.V == RecordVersion && plain(w.Time) && plain(w.Prev) && bytes.Equal(canon, w.Details) {
 					got, gd := p.appendLine(nil, w.Seq, w.Time, w.Prev)
 					if !bytes.Equal(got, fixed) || gd != d {
 						t.Fatalf("appendLine %q\nencodeLine %q", got, fixed)

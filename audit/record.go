@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"hash"
 	"io"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -142,25 +143,125 @@ type pending struct {
 	cp    bool
 }
 
-// newPending encodes and hashes the fixed part of w.
+// newPending encodes and hashes the fixed part of w. w.Details must be compact JSON as json.Marshal
+// writes it (sanitize makes it so).
 func newPending(w *wire) (*pending, error) {
-	mid, err := json.Marshal(struct {
-		Type    string          `json:"type"`
-		Actor   string          `json:"actor"`
-		Subject string          `json:"subject"`
-		Outcome string          `json:"outcome"`
-		Details json.RawMessage `json:"details"`
-		CP      *Checkpoint     `json:"cp,omitempty"`
-	}{w.Type, w.Actor, w.Subject, w.Outcome, w.Details, w.CP})
-	if err != nil {
-		return nil, fmt.Errorf("encode audit record: %w", err)
+	mid := make([]byte, 0, 64+len(w.Actor)+len(w.Subject)+len(w.Details))
+	mid = append(mid, `"type":`...)
+	mid = appendJSONString(mid, w.Type)
+	mid = append(mid, `,"actor":`...)
+	mid = appendJSONString(mid, w.Actor)
+	mid = append(mid, `,"subject":`...)
+	mid = appendJSONString(mid, w.Subject)
+	mid = append(mid, `,"outcome":`...)
+	mid = appendJSONString(mid, w.Outcome)
+	mid = append(mid, `,"details":`...)
+	mid = append(mid, w.Details...)
+	if w.CP != nil {
+		cp, err := json.Marshal(w.CP)
+		if err != nil {
+			return nil, fmt.Errorf("encode audit checkpoint: %w", err)
+		}
+		mid = append(mid, `,"cp":`...)
+		mid = append(mid, cp...)
 	}
-	p := &pending{mid: mid[1 : len(mid)-1], fixed: fixedHash(w), time: w.Time, cp: w.CP != nil}
+	p := &pending{mid: mid, fixed: fixedHash(w), time: w.Time, cp: w.CP != nil}
 	if len(p.mid)+256 > MaxRecordSize {
 		return nil, fmt.Errorf("%w: the record is %d bytes encoded, more than %d: shorten its details",
 			ErrInvalidRecord, len(p.mid)+256, MaxRecordSize)
 	}
 	return p, nil
+}
+
+// appendValue appends v as json.Marshal writes it, for the plain types details usually hold (strings,
+// booleans, integers, nil, and maps and slices of those). ok is false for anything else (floats, numbers
+// as text, structs): the caller then uses json.Marshal.
+func appendValue(buf []byte, v any) ([]byte, bool) {
+	switch x := v.(type) {
+	case nil:
+		return append(buf, "null"...), true
+	case string:
+		return appendJSONString(buf, x), true
+	case bool:
+		return strconv.AppendBool(buf, x), true
+	case int:
+		return strconv.AppendInt(buf, int64(x), 10), true
+	case int64:
+		return strconv.AppendInt(buf, x, 10), true
+	case int32:
+		return strconv.AppendInt(buf, int64(x), 10), true
+	case uint64:
+		return strconv.AppendUint(buf, x, 10), true
+	case uint32:
+		return strconv.AppendUint(buf, uint64(x), 10), true
+	case uint:
+		return strconv.AppendUint(buf, uint64(x), 10), true
+	case []string:
+		if x == nil {
+			return append(buf, "null"...), true
+		}
+		buf = append(buf, '[')
+		for i, e := range x {
+			if i > 0 {
+				buf = append(buf, ',')
+			}
+			buf = appendJSONString(buf, e)
+		}
+		return append(buf, ']'), true
+	case []any:
+		if x == nil {
+			return append(buf, "null"...), true
+		}
+		buf = append(buf, '[')
+		for i, e := range x {
+			if i > 0 {
+				buf = append(buf, ',')
+			}
+			var ok bool
+			if buf, ok = appendValue(buf, e); !ok {
+				return buf, false
+			}
+		}
+		return append(buf, ']'), true
+	case map[string]any:
+		if x == nil {
+			return append(buf, "null"...), true
+		}
+		keys := make([]string, 0, len(x))
+		for k := range x {
+			keys = append(keys, k)
+		}
+		slices.Sort(keys)
+		buf = append(buf, '{')
+		for i, k := range keys {
+			if i > 0 {
+				buf = append(buf, ',')
+			}
+			buf = appendJSONString(buf, k)
+			buf = append(buf, ':')
+			var ok bool
+			if buf, ok = appendValue(buf, x[k]); !ok {
+				return buf, false
+			}
+		}
+		return append(buf, '}'), true
+	}
+	return buf, false
+}
+
+// appendJSONString appends s as encoding/json writes it: plain printable ASCII as is (the common case,
+// without reflection), anything else through json.Marshal itself.
+func appendJSONString(buf []byte, s string) []byte {
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c < 0x20 || c >= 0x7f || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
+			q, _ := json.Marshal(s) // a string always marshals
+			return append(buf, q...)
+		}
+	}
+	buf = append(buf, '"')
+	buf = append(buf, s...)
+	return append(buf, '"')
 }
 
 // appendLine appends the record's line (with its newline) for its place in the chain and returns it
@@ -513,12 +614,15 @@ func sanitize(details map[string]any, policy SecretPolicy, keys *keyCache) (json
 	if len(details) == 0 {
 		return json.RawMessage("{}"), nil, nil
 	}
+	if ok, known := clean(details, keys); ok && known {
+		// The common case: plain values, nothing to redact.
+		if raw, ok := appendValue(make([]byte, 0, 128), details); ok {
+			return raw, nil, nil
+		}
+	}
 	raw, err := json.Marshal(details)
 	if err != nil {
 		return nil, nil, fmt.Errorf("%w: details are not JSON-encodable: %v", ErrInvalidRecord, err)
-	}
-	if ok, known := clean(details, keys); ok && known {
-		return raw, nil, nil // the common case: plain values, nothing to redact
 	}
 	var tree any
 	dec := json.NewDecoder(bytes.NewReader(raw))
