@@ -715,3 +715,37 @@ func TestReloadSeesAnotherProcessRotation(t *testing.T) {
 		t.Fatalf("after Reload: generation %d", daemon.State().Generation)
 	}
 }
+
+func TestRecoverIntoANewKeystore(t *testing.T) {
+	ctx := context.Background()
+	e := newEnv(t)
+	c := e.init(true)
+	id := c.ID()
+	// The whole keystore is gone (a dead token): recover into another one.
+	if err := os.RemoveAll(filepath.Join(e.home, KeysDir)); err != nil {
+		t.Fatal(err)
+	}
+	newKS := "file:" + filepath.Join(e.home, "keys2") + "?passphrase-source=file:" + e.passFile + "&work-factor=10"
+	g, err := c.Recover(ctx, RecoverRequest{Keystore: newKS})
+	if err != nil {
+		t.Fatalf("Recover into a new keystore: %v", err)
+	}
+	if !strings.Contains(g.Key, "/keys2/") || !strings.HasPrefix(c.KeystoreURI(), "file:"+filepath.Join(e.home, "keys2")) || !c.ID().Equal(id) {
+		t.Fatalf("recovered key %s, keystore %s", g.Key, c.KeystoreURI())
+	}
+	_ = c.Close()
+	c = e.open()
+	s, err := c.Signer(ctx)
+	if err != nil || !s.Public().Equal(c.State().Current) {
+		t.Fatalf("Signer after recovery into a new keystore: %v", err)
+	}
+	if _, err := c.Rotate(ctx, RotateRequest{}); err != nil {
+		t.Fatalf("Rotate in the new keystore: %v", err)
+	}
+	if !strings.Contains(c.Keys()[len(c.Keys())-1].Key, "/keys2/") {
+		t.Fatal("the rotation made its key outside the new keystore")
+	}
+	if _, err := VerifyHome(e.home); err != nil {
+		t.Fatal(err)
+	}
+}
