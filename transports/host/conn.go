@@ -14,6 +14,7 @@ import (
 // Conn is a frame connection through a transport plugin to a peer whose binding the host verified.
 // ReadFrame and WriteFrame may be called concurrently with each other (one reader, one writer).
 type Conn struct {
+	inst      *instance
 	transport string
 	remote    string
 	binding   []byte

@@ -376,7 +376,7 @@ func (in *instance) open(ctx context.Context, pc *pb.Connection, expect string) 
 		<-fc.Done()
 		scancel()
 	}()
-	return &Conn{transport: in.cfg.Name, remote: remote, binding: append([]byte(nil), raw...),
+	return &Conn{inst: in, transport: in.cfg.Name, remote: remote, binding: append([]byte(nil), raw...),
 		key: append(ed25519.PublicKey(nil), key...), agentID: agentID, fc: fc, cancel: scancel}, nil
 }
 
@@ -401,7 +401,10 @@ func (in *instance) acceptLoop(down func(*instance, error)) {
 		l := in.listeners[lid]
 		in.listenMu.RUnlock()
 		if l == nil {
-			in.cfg.Logger.Warn("plugin announced a connection on an unknown listener; closing it", "listener", lid)
+			in.listenMu.RLock()
+			known := len(in.listeners)
+			in.listenMu.RUnlock()
+			in.cfg.Logger.Warn("plugin announced a connection on an unknown listener; closing it", "listener", lid, "pid", in.pid, "known", known)
 			if pc := m.GetConn(); pc != nil && validID("connection ID", pc.GetConnId()) == nil {
 				in.closeConn(pc.GetConnId())
 			}

@@ -352,8 +352,19 @@ func (l *Listener) deliver(c *Conn) {
 	}
 }
 
-// Accept waits for the next verified inbound connection.
+// Accept waits for the next verified inbound connection. Connections that were queued when their
+// plugin process died are skipped.
 func (l *Listener) Accept(ctx context.Context) (*Conn, error) {
+	for {
+		c, err := l.accept(ctx)
+		if err != nil || c.inst.ctx.Err() == nil {
+			return c, err
+		}
+		_ = c.Close()
+	}
+}
+
+func (l *Listener) accept(ctx context.Context) (*Conn, error) {
 	select {
 	case c := <-l.ch:
 		return c, nil

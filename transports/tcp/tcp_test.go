@@ -49,13 +49,7 @@ func start(t *testing.T) *plugintest.Host {
 	return plugintest.Start(t, plugintest.Config(t, "tcp", bins["transport-tcp"]))
 }
 
-func TestFramesBothWays(t *testing.T) {
-	a, b := start(t), start(t)
-	ca, cb := plugintest.Pair(t, a, b, "127.0.0.1:0")
-	frames := [][]byte{[]byte("hello"), plugintest.Frame(64 << 10), {}}
-	plugintest.Exchange(t, cb, ca, frames)
-	plugintest.Exchange(t, ca, cb, frames)
-}
+func TestCommon(t *testing.T) { plugintest.Common(t, "tcp", bins["transport-tcp"], "127.0.0.1:0") }
 
 // listen starts a host listening on loopback and returns it, its listener and the port address.
 func listen(t *testing.T) (*plugintest.Host, func(time.Duration) error, string) {
