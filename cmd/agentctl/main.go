@@ -28,7 +28,12 @@ func main() { os.Exit(run(os.Args, os.Stdin, os.Stdout, os.Stderr)) }
 // run is main without the process: tests call it in-process (testscript).
 func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	app := newApp(stdin, stdout, stderr)
+	var unknown string
+	app.CommandNotFound = func(_ *cli.Context, name string) { unknown = name }
 	err := app.Run(args)
+	if err == nil && unknown != "" {
+		err = usagef("unknown command %q; run 'agentctl --help' for the list", unknown)
+	}
 	if err == nil {
 		return 0
 	}
