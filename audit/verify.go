@@ -101,17 +101,26 @@ func Verify(dir string, kel identity.Log) (Report, error) {
 	if err != nil {
 		return Report{}, fmt.Errorf("the key event log does not verify, so checkpoints cannot be checked: %w", err)
 	}
-	v := &verifier{dir: dir, id: st.ID.String(), lastGen: -1, deferred: map[uint64]claim{}}
+	var keys []keystore.PublicKey
+	var kids []string
 	for i := range kel.Events {
 		pub, err := kel.Events[i].PublicKey()
 		if err != nil {
 			return Report{}, err
 		}
-		v.keys = append(v.keys, pub)
-		v.kids = append(v.kids, kid(pub))
+		keys = append(keys, pub)
+		kids = append(kids, kid(pub))
 	}
-	v.rep.Dir = dir
-	return v.run()
+	for attempt := 0; ; attempt++ {
+		v := &verifier{dir: dir, id: st.ID.String(), keys: keys, kids: kids, lastGen: -1, deferred: map[uint64]claim{}}
+		v.rep.Dir = dir
+		rep, err := v.run()
+		// A running writer's retention may remove a segment between listing and reading: start again.
+		if attempt < 2 && v.active && errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		return rep, err
+	}
 }
 
 func (v *verifier) fail(at loc, seq uint64, expected bool, err error) error {
