@@ -3,13 +3,12 @@ package tpm
 import (
 	"bytes"
 	"context"
+	"crypto/ecdh"
 	"crypto/ecdsa"
-	"crypto/elliptic"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
-	"math/big"
 	"net"
 	"os"
 	"os/exec"
@@ -125,10 +124,14 @@ func TestBlobsHoldNoPrivateScalar(t *testing.T) {
 	sim := swtpmtest.Start(t)
 	dir := blobDir(t)
 	ks := openKS(t, sim, dir, "")
-	var pubs []*ecdsa.PublicKey
+	var pubs [][]byte // uncompressed SEC 1 points
 	for i := 0; i < 3; i++ {
 		k := mustGenerate(t, ks, fmt.Sprintf("k%d", i))
-		pubs = append(pubs, k.Public.Crypto().(*ecdsa.PublicKey))
+		u, err := k.Public.Crypto().(*ecdsa.PublicKey).Bytes()
+		if err != nil {
+			t.Fatal(err)
+		}
+		pubs = append(pubs, u)
 	}
 	fi, err := os.Stat(dir)
 	if err != nil || fi.Mode().Perm() != 0o700 {
@@ -138,7 +141,6 @@ func TestBlobsHoldNoPrivateScalar(t *testing.T) {
 	if len(entries) != 3 {
 		t.Fatalf("blob directory holds %d entries, want the 3 key files", len(entries))
 	}
-	curve := elliptic.P256()
 	for _, e := range entries {
 		path := filepath.Join(dir, e.Name())
 		info, _ := e.Info()
@@ -165,13 +167,13 @@ func TestBlobsHoldNoPrivateScalar(t *testing.T) {
 		}
 		for _, hay := range [][]byte{raw, b.Public, b.Private} {
 			for i := 0; i+32 <= len(hay); i++ {
-				d := new(big.Int).SetBytes(hay[i : i+32])
-				if d.Sign() == 0 || d.Cmp(curve.Params().N) >= 0 {
-					continue
+				k, err := ecdh.P256().NewPrivateKey(hay[i : i+32])
+				if err != nil {
+					continue // zero or not below the group order: not a scalar
 				}
-				x, y := curve.ScalarBaseMult(hay[i : i+32]) //nolint:staticcheck // a test search for a scalar
+				got := k.PublicKey().Bytes()
 				for _, p := range pubs {
-					if x.Cmp(p.X) == 0 && y.Cmp(p.Y) == 0 {
+					if bytes.Equal(got, p) {
 						t.Fatalf("%s holds a private key at offset %d", e.Name(), i)
 					}
 				}

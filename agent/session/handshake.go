@@ -7,7 +7,6 @@ import (
 	"crypto/rand"
 	"crypto/subtle"
 	"encoding/binary"
-	"errors"
 	"time"
 
 	"github.com/custos-agent/custos/agent/delegation"
@@ -432,5 +431,3 @@ func openEstablished(key []byte, epoch uint32, th, frame []byte) (*handshake.Est
 	}
 	return e, d, nil
 }
-
-var errAlert = errors.New("alert")

@@ -35,14 +35,13 @@ type agent struct {
 type agentOpt func(*agentOptions)
 
 type agentOptions struct {
-	alg        keystore.Algorithm
-	signer     keystore.Signer // identity key from a real backend
-	next       keystore.Signer
-	mode       delegation.Mode
-	kem        suite.KEM
-	mgrClock   func() time.Time
-	clock      func() time.Time
-	noValidate bool
+	alg      keystore.Algorithm
+	signer   keystore.Signer // identity key from a real backend
+	next     keystore.Signer
+	mode     delegation.Mode
+	kem      suite.KEM
+	mgrClock func() time.Time
+	clock    func() time.Time
 }
 
 func withAlg(a keystore.Algorithm) agentOpt { return func(o *agentOptions) { o.alg = a } }
