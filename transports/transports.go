@@ -112,14 +112,17 @@ func WriteFrame(w io.Writer, frame []byte) error {
 
 // ReadFrame reads one frame written by WriteFrame. A length above MaxFrameSize is refused before anything
 // is allocated. A clean end of stream before the length is io.EOF; inside a frame, io.ErrUnexpectedEOF.
-func ReadFrame(r io.Reader) ([]byte, error) {
+func ReadFrame(r io.Reader) ([]byte, error) { return ReadFrameLimit(r, MaxFrameSize) }
+
+// ReadFrameLimit is ReadFrame with a smaller limit (e.g. MaxBindingSize for a binding preamble).
+func ReadFrameLimit(r io.Reader, limit int) ([]byte, error) {
 	var hdr [4]byte
 	if _, err := io.ReadFull(r, hdr[:]); err != nil {
 		return nil, err
 	}
 	n := binary.BigEndian.Uint32(hdr[:])
-	if n > MaxFrameSize {
-		return nil, fmt.Errorf("peer announced a frame of %d bytes: %w (limit %d)", n, ErrFrameTooLarge, MaxFrameSize)
+	if uint64(n) > uint64(limit) {
+		return nil, fmt.Errorf("peer announced a frame of %d bytes: %w (limit %d)", n, ErrFrameTooLarge, limit)
 	}
 	buf := make([]byte, n)
 	if _, err := io.ReadFull(r, buf); err != nil {

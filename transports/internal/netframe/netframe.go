@@ -40,6 +40,10 @@ func New(s Stream, remote string, binding []byte, key ed25519.PublicKey) *Conn {
 		remote: remote, binding: binding, key: key}
 }
 
+// SetPeerBinding records the peer binding when a protocol learns it from a preamble on the connection
+// itself (before the connection is shared).
+func (c *Conn) SetPeerBinding(b []byte) { c.binding = b }
+
 // Reader exposes the buffered reader (for protocols that read a preamble first).
 func (c *Conn) Reader() *bufio.Reader { return c.br }
 
