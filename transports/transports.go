@@ -31,6 +31,11 @@ const (
 	FrameCost = 64
 	// MaxGRPCMessage is the gRPC message limit on both sides: one full frame plus protobuf overhead.
 	MaxGRPCMessage = MaxFrameSize + 16<<10
+	// GRPCStreamWindow and GRPCConnWindow are the HTTP/2 flow-control windows of the plugin connection
+	// (fixed, so that a 64 KiB frame never waits for a window update; what bounds memory is the
+	// explicit credit of each frame stream).
+	GRPCStreamWindow = 4 << 20
+	GRPCConnWindow   = 16 << 20
 )
 
 // go-plugin handshake between the host and its transport plugins. A binary that is not a Custos transport

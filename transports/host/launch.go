@@ -21,6 +21,7 @@ import (
 	goplugin "github.com/hashicorp/go-plugin"
 	"github.com/hashicorp/go-plugin/runner"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/experimental"
 
 	"github.com/custos-agent/custos/transports"
 	pb "github.com/custos-agent/custos/transports/proto"
@@ -189,7 +190,10 @@ func newClient(cfg *Config, want []byte) (*goplugin.Client, *runnerRef) {
 		Logger:           hlog,
 		StartTimeout:     cfg.StartTimeout,
 		GRPCDialOptions: []grpc.DialOption{grpc.WithDefaultCallOptions(
-			grpc.MaxCallRecvMsgSize(transports.MaxGRPCMessage), grpc.MaxCallSendMsgSize(transports.MaxGRPCMessage))},
+			grpc.MaxCallRecvMsgSize(transports.MaxGRPCMessage), grpc.MaxCallSendMsgSize(transports.MaxGRPCMessage),
+			grpc.ForceCodecV2(transports.GRPCCodec())),
+			grpc.WithInitialWindowSize(transports.GRPCStreamWindow), grpc.WithInitialConnWindowSize(transports.GRPCConnWindow),
+			experimental.WithBufferPool(transports.GRPCBufferPool())},
 		RunnerFunc: func(l hclog.Logger, template *exec.Cmd, _ string) (runner.Runner, error) {
 			fr := newFDRunner(cfg.Path, want, template, cfg.Env, l)
 			ref.mu.Lock()

@@ -65,7 +65,7 @@ func TestListenAddressesNamePeer(t *testing.T) {
 }
 
 // rawPeer is a plain go-libp2p host (not a plugin) with the given security transport.
-func rawPeer(t *testing.T, security string) (lhost.Host, ed25519.PublicKey) {
+func rawPeer(t testing.TB, security string) (lhost.Host, ed25519.PublicKey) {
 	t.Helper()
 	pub, priv, err := ed25519.GenerateKey(rand.Reader)
 	if err != nil {

@@ -23,6 +23,7 @@ import (
 	goplugin "github.com/hashicorp/go-plugin"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/experimental"
 	"google.golang.org/grpc/status"
 
 	"github.com/custos-agent/custos/transports"
@@ -69,6 +70,13 @@ type Conn interface {
 	PeerBinding() []byte
 	// PeerKey is the peer's transport key as authenticated by the transport handshake.
 	PeerKey() ed25519.PublicKey
+}
+
+// BufferedWriter is an optional Conn capability: writing frames without flushing while more follow.
+// WriteFrame flushes everything buffered before it.
+type BufferedWriter interface {
+	WriteFrameBuffered(ctx context.Context, frame []byte) error
+	Flush(ctx context.Context) error
 }
 
 // Identity is the plugin's transport key and the host-signed binding for it.
@@ -423,14 +431,25 @@ func pump(ctx context.Context, fc *flow.Conn, nc Conn) error {
 		}
 	}()
 	hostDone := make(chan error, 1)
+	bw, buffered := nc.(BufferedWriter)
 	go func() { // host -> network
+		pending := false
 		for {
 			f, err := fc.ReadFrame(ctx)
 			if err != nil {
+				if pending && errors.Is(err, io.EOF) {
+					err = errors.Join(bw.Flush(ctx), err)
+				}
 				hostDone <- err
 				return
 			}
-			if err := nc.WriteFrame(ctx, f); err != nil {
+			// While more frames are already queued, write them into the buffer and flush once.
+			if buffered && fc.Buffered() > 0 {
+				err, pending = bw.WriteFrameBuffered(ctx, f), true
+			} else {
+				err, pending = nc.WriteFrame(ctx, f), false
+			}
+			if err != nil {
 				hostDone <- err
 				return
 			}
@@ -529,7 +548,9 @@ func ServeServer(srv pb.TransportServer) {
 		},
 		Plugins: goplugin.PluginSet{transports.PluginName: &grpcPlugin{srv: srv}},
 		GRPCServer: func(opts []grpc.ServerOption) *grpc.Server {
-			opts = append(opts, grpc.MaxRecvMsgSize(transports.MaxGRPCMessage), grpc.MaxSendMsgSize(transports.MaxGRPCMessage))
+			opts = append(opts, grpc.MaxRecvMsgSize(transports.MaxGRPCMessage), grpc.MaxSendMsgSize(transports.MaxGRPCMessage),
+				grpc.InitialWindowSize(transports.GRPCStreamWindow), grpc.InitialConnWindowSize(transports.GRPCConnWindow),
+				experimental.BufferPool(transports.GRPCBufferPool()), grpc.ForceServerCodecV2(transports.GRPCCodec()))
 			return grpc.NewServer(opts...)
 		},
 	})

@@ -278,6 +278,13 @@ func (c *Conn) Close() error {
 	return nil
 }
 
+// Buffered is the number of received frames waiting for ReadFrame.
+func (c *Conn) Buffered() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.queue)
+}
+
 // Stats reports the current credit state (for tests).
 func (c *Conn) Stats() (sendCredit, outstanding int64, queued int) {
 	c.mu.Lock()

@@ -6,7 +6,9 @@ import (
 	"bufio"
 	"context"
 	"crypto/ed25519"
+	"encoding/binary"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"sync"
@@ -71,6 +73,34 @@ func (c *Conn) WriteFrame(ctx context.Context, frame []byte) error {
 		return ctx.Err()
 	}
 	return err
+}
+
+// WriteFrameBuffered writes one frame into the write buffer without flushing it, unless the buffer fills
+// up; Flush sends what is buffered. Writers use it while more frames are known to follow.
+func (c *Conn) WriteFrameBuffered(ctx context.Context, frame []byte) error {
+	if len(frame) > transports.MaxFrameSize {
+		return fmt.Errorf("write frame of %d bytes: %w", len(frame), transports.ErrFrameTooLarge)
+	}
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	stop := context.AfterFunc(ctx, func() { _ = c.s.SetWriteDeadline(past) })
+	defer stop()
+	var hdr [4]byte
+	binary.BigEndian.PutUint32(hdr[:], uint32(len(frame)))
+	if _, err := c.bw.Write(hdr[:]); err != nil {
+		return err
+	}
+	_, err := c.bw.Write(frame)
+	return err
+}
+
+// Flush sends buffered frames.
+func (c *Conn) Flush(ctx context.Context) error {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	stop := context.AfterFunc(ctx, func() { _ = c.s.SetWriteDeadline(past) })
+	defer stop()
+	return c.bw.Flush()
 }
 
 // Close closes the stream.
