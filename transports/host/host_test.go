@@ -429,3 +429,84 @@ func TestMisbehavingPlugin(t *testing.T) {
 		})
 	}
 }
+
+// A plugin that stops answering (SIGSTOP: alive but hung) fails its health check and is replaced.
+func TestHungPluginReplaced(t *testing.T) {
+	a := tcpHost(t, func(c *host.Config) { c.CallTimeout = 500 * time.Millisecond })
+	pid := a.T.PID()
+	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = syscall.Kill(pid, syscall.SIGCONT) }()
+	select {
+	case ev := <-a.Restarts:
+		if ev.PID == pid || !strings.Contains(ev.Cause.Error(), "health check") {
+			t.Errorf("restart event %+v", ev)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("hung plugin not replaced within 20s")
+	}
+	// The stopped process was killed, not left behind.
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if _, err := os.Stat(fmt.Sprintf("/proc/%d", pid)); os.IsNotExist(err) {
+			break
+		}
+		if st, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid)); err == nil && strings.Contains(string(st), ") Z ") {
+			break // zombie until reaped: killed
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("hung plugin process %d still alive", pid)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	l, err := a.T.Listen(ctx, "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("listen on the replacement: %v", err)
+	}
+	_ = l.Close()
+}
+
+func TestSupervisor(t *testing.T) {
+	s := host.NewSupervisor()
+	defer s.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cfg := plugintest.Config(t, "tcp", bins["transport-tcp"])
+	tr, err := s.Start(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Start(ctx, cfg); err == nil || !strings.Contains(err.Error(), "already running") {
+		t.Errorf("second tcp transport: %v", err)
+	}
+	if got, ok := s.Transport("tcp"); !ok || got != tr {
+		t.Errorf("Transport(tcp) = %v, %v", got, ok)
+	}
+	if n := s.Names(); len(n) != 1 || n[0] != "tcp" {
+		t.Errorf("names %v", n)
+	}
+	if r := s.Restarts(); r["tcp"] != 0 {
+		t.Errorf("restarts %v", r)
+	}
+	pid := tr.PID()
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tr.Dial(ctx, "127.0.0.1:1", "x"); !errors.Is(err, host.ErrUnavailable) {
+		t.Errorf("dial after close: %v", err)
+	}
+	if len(processesRunning(t, bins["transport-tcp"])) > 0 {
+		// Other tests may run plugins from the same binary; check this PID only.
+		if _, err := os.Stat(fmt.Sprintf("/proc/%d", pid)); err == nil {
+			if st, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid)); !strings.Contains(string(st), ") Z ") {
+				t.Errorf("plugin %d still running after Close", pid)
+			}
+		}
+	}
+	if _, err := s.Start(ctx, cfg); !errors.Is(err, host.ErrUnavailable) {
+		t.Errorf("start after close: %v", err)
+	}
+}

@@ -38,6 +38,7 @@ var ErrUnavailable = errors.New("transport plugin unavailable")
 type instance struct {
 	cfg     *Config
 	client  *goplugin.Client
+	ref     *runnerRef
 	h       *rpcHandle
 	pid     int
 	key     ed25519.PublicKey
@@ -85,7 +86,7 @@ func launch(ctx context.Context, cfg *Config, want []byte) (_ *instance, err err
 	}
 	pid := fr.pid()
 	ictx, cancel := context.WithCancel(context.Background())
-	in := &instance{cfg: cfg, client: client, h: h, pid: pid, started: time.Now(), ctx: ictx, cancel: cancel,
+	in := &instance{cfg: cfg, client: client, ref: fr, h: h, pid: pid, started: time.Now(), ctx: ictx, cancel: cancel,
 		listeners: map[string]*Listener{}}
 	defer func() {
 		if err != nil {
@@ -180,10 +181,25 @@ func (in *instance) health(ctx context.Context) error {
 	return nil
 }
 
-// teardown fails every stream of the process and stops it.
-func (in *instance) teardown() {
+// teardown fails every stream of the process and stops it. A dead or hung process is killed at once
+// (go-plugin's graceful shutdown would wait forever on a stopped process); otherwise it gets a few
+// seconds to exit cleanly.
+func (in *instance) teardown(graceful bool) {
 	in.cancel()
-	in.client.Kill()
+	if !graceful {
+		in.ref.kill()
+	}
+	done := make(chan struct{})
+	go func() {
+		in.client.Kill()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(3 * time.Second):
+		in.ref.kill()
+		<-done
+	}
 }
 
 // validAddr checks an address a plugin reports for a listener.

@@ -211,6 +211,16 @@ type runnerRef struct {
 	r  *fdRunner
 }
 
+// kill sends SIGKILL to the process, if one was started.
+func (r *runnerRef) kill() {
+	r.mu.Lock()
+	fr := r.r
+	r.mu.Unlock()
+	if fr != nil {
+		_ = fr.Kill(context.Background())
+	}
+}
+
 // pid is the started process's ID, 0 if none.
 func (r *runnerRef) pid() int {
 	r.mu.Lock()

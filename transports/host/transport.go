@@ -3,6 +3,7 @@ package host
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"math/rand/v2"
 	"sync"
 	"sync/atomic"
@@ -17,11 +18,7 @@ import (
 type Transport struct {
 	cfg  Config
 	want []byte
-	log  interface {
-		Info(string, ...any)
-		Warn(string, ...any)
-		Error(string, ...any)
-	}
+	log  *slog.Logger
 
 	mu        sync.Mutex
 	inst      *instance
@@ -168,7 +165,7 @@ func (t *Transport) Close() error {
 	t.cancel()
 	<-t.done
 	if in != nil {
-		in.teardown()
+		in.teardown(true)
 	}
 	for l := range ls {
 		l.shut()
@@ -234,7 +231,7 @@ func (t *Transport) restart(old *instance, cause error) {
 	}
 	t.mu.Unlock()
 	t.log.Error("transport plugin is down; restarting", "pid", old.pid, "cause", cause)
-	old.teardown()
+	old.teardown(false)
 
 	n := 0
 	if time.Since(old.started) < stableAfter {
@@ -273,7 +270,7 @@ func (t *Transport) restart(old *instance, cause error) {
 	t.mu.Lock()
 	if t.closed {
 		t.mu.Unlock()
-		in.teardown()
+		in.teardown(true)
 		return
 	}
 	t.inst = in
