@@ -44,7 +44,9 @@ func start(t *testing.T, mut func(*Config)) (string, *[]recorded, *sync.Mutex) {
 				}
 				return a, nil
 			}},
-			"change": {Mutating: true, Fn: func(context.Context, rbac.Cred, json.RawMessage) (any, error) { return map[string]bool{"done": true}, nil }},
+			"change": {Mutating: true, Fn: func(context.Context, rbac.Cred, json.RawMessage) (any, error) {
+				return map[string]bool{"done": true}, nil
+			}},
 			"missing": {Fn: func(context.Context, rbac.Cred, json.RawMessage) (any, error) {
 				return nil, Errorf(CodeNotFound, "no such thing")
 			}},

@@ -238,13 +238,13 @@ func TestSubmitSHA256ResultVerified(t *testing.T) {
 		t.Fatalf("third-party check: %v", err)
 	}
 	bad := *ev
-	je, err := envelope.DecodeJSON(ev.Envelope)
+	je, err := envelope.DecodeJSON([]byte(ev.Envelope))
 	if err != nil {
 		t.Fatal(err)
 	}
 	je.Payload.Data = bytes.Replace(je.Payload.Data, []byte(`"status":"ok"`), []byte(`"status":"OK"`), 1)
-	bad.Envelope = je.EncodeJSON()
-	if bytes.Equal(bad.Envelope, ev.Envelope) {
+	bad.Envelope = string(je.EncodeJSON())
+	if bad.Envelope == ev.Envelope {
 		t.Fatal("test bug: the envelope was not changed")
 	}
 	if _, _, err := VerifyEvidence(&bad); !errors.Is(err, ErrInvalidResult) {

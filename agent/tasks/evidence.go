@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
-	"encoding/json"
 	"fmt"
 	"time"
 
@@ -97,12 +96,13 @@ func verifyDecoded(e *envelope.Envelope, d *delegation.Delegation, log identity.
 }
 
 // Evidence is everything a third party needs to check a task result offline: the signed envelope (its
-// canonical JSON form), the delegation that certifies the signing key, and the executor's key event log
-// that certifies the delegation. Check it with VerifyEvidence (or agentctl task verify).
+// canonical JSON form, kept as a string so that reformatting the surrounding JSON cannot alter it), the
+// delegation that certifies the signing key, and the executor's key event log that certifies the
+// delegation. Check it with VerifyEvidence (or agentctl task verify).
 type Evidence struct {
-	Envelope    json.RawMessage `json:"envelope"`
-	Delegation  envelope.B64    `json:"delegation"`
-	KeyEventLog string          `json:"key_event_log"` // JSON lines (identity.Log.Encode)
+	Envelope    string       `json:"envelope"`
+	Delegation  envelope.B64 `json:"delegation"`
+	KeyEventLog string       `json:"key_event_log"` // JSON lines (identity.Log.Encode)
 }
 
 // NewEvidence assembles the evidence of a stored result.
@@ -111,14 +111,14 @@ func NewEvidence(evidence, deleg, kel []byte) (*Evidence, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Evidence{Envelope: e.EncodeJSON(), Delegation: deleg, KeyEventLog: string(kel)}, nil
+	return &Evidence{Envelope: string(e.EncodeJSON()), Delegation: deleg, KeyEventLog: string(kel)}, nil
 }
 
 // VerifyEvidence checks ev as a third party: the key event log verifies from inception, the delegation
 // against it, the envelope signature under the delegated key, and the document's output digest. It returns
 // the verified envelope and document.
 func VerifyEvidence(ev *Evidence) (*envelope.Envelope, *ResultDoc, error) {
-	e, err := envelope.DecodeJSON(ev.Envelope)
+	e, err := envelope.DecodeJSON([]byte(ev.Envelope))
 	if err != nil {
 		return nil, nil, fmt.Errorf("%w: envelope: %v", ErrInvalidResult, err)
 	}

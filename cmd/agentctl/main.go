@@ -75,6 +75,7 @@ func commands() []*cli.Command {
 	return []*cli.Command{
 		initCommand(), idCommand(), keysCommand(), rotateCommand(), recoverCommand(), logCommand(), signCommand(), verifyCommand(), tokenCommand(),
 		auditCommand(),
+		runCommand(), statusCommand(), peersCommand(), taskCommand(),
 	}
 }
 

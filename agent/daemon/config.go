@@ -1,0 +1,427 @@
+package daemon
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"reflect"
+	"regexp"
+	"sort"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/custos-agent/custos/agent/delegation"
+	"github.com/custos-agent/custos/agent/identity"
+	"github.com/custos-agent/custos/agent/metrics"
+	"github.com/custos-agent/custos/agent/tasks"
+	"github.com/custos-agent/custos/transports"
+)
+
+// MaxConfigSize bounds the configuration file.
+const MaxConfigSize = 1 << 20
+
+// ErrConfig: the configuration file is missing, does not decode strictly, or a value is invalid.
+var ErrConfig = errors.New("invalid configuration")
+
+// Config is the agent daemon's configuration (configs/agent.example.yaml documents every field). The
+// YAML is decoded strictly: an unknown key, a wrong type, a second document or a duration without a unit
+// is refused with the key's line.
+type Config struct {
+	// Transports are the transport plugins to start and where each listens.
+	Transports []TransportConfig `yaml:"transports"`
+	// Bootstrap peers are dialled at start and re-dialled whenever their session ends.
+	Bootstrap []PeerConfig `yaml:"bootstrap"`
+	// Handlers are the local task handlers by name.
+	Handlers   map[string]HandlerConfig `yaml:"handlers"`
+	Session    SessionConfig            `yaml:"session"`
+	Delegation DelegationConfig         `yaml:"delegation"`
+	Limits     LimitsConfig             `yaml:"limits"`
+	Tasks      TasksConfig              `yaml:"tasks"`
+	Redial     RedialConfig             `yaml:"redial"`
+	Metrics    MetricsConfig            `yaml:"metrics"`
+	Audit      AuditConfig              `yaml:"audit"`
+	Log        LogConfig                `yaml:"log"`
+}
+
+// TransportConfig is one transport plugin.
+type TransportConfig struct {
+	// Name is the transport ("tcp", "ws", "libp2p").
+	Name string `yaml:"name"`
+	// Plugin is the absolute path of the plugin binary.
+	Plugin string `yaml:"plugin"`
+	// SHA256 is the hex SHA-256 digest of the binary (sha256sum); the plugin is refused otherwise.
+	SHA256 string `yaml:"sha256"`
+	// Listen addresses ("0.0.0.0:7400" for tcp and ws, a multiaddr for libp2p). Empty: dial only.
+	Listen []string `yaml:"listen"`
+	// Options are passed to the plugin (transport-specific, e.g. handshake_timeout).
+	Options map[string]string `yaml:"options"`
+}
+
+// PeerConfig is a peer to dial: its agent ID (pinned) and one address.
+type PeerConfig struct {
+	ID string `yaml:"id"`
+	// Transport names the transport; empty means inferred from the address (wss:// is ws, a multiaddr
+	// starting with / is libp2p, host:port is tcp).
+	Transport string `yaml:"transport"`
+	Address   string `yaml:"address"`
+}
+
+// HandlerConfig is one task handler: a built-in (echo, sha256) or a command.
+type HandlerConfig struct {
+	Builtin string      `yaml:"builtin"`
+	Exec    *ExecConfig `yaml:"exec"`
+}
+
+// ExecConfig is a command handler: run without a shell, input on stdin, result from stdout.
+type ExecConfig struct {
+	// Command is the absolute path of the program.
+	Command string   `yaml:"command"`
+	Args    []string `yaml:"args"`
+	// Env is the command's whole environment ("KEY=VALUE"); nothing else is passed.
+	Env []string `yaml:"env"`
+	// Timeout of one run (default 60s).
+	Timeout time.Duration `yaml:"timeout"`
+}
+
+// SessionConfig tunes the agent sessions.
+type SessionConfig struct {
+	ReauthInterval   time.Duration `yaml:"reauth_interval"`   // default 15m
+	HandshakeTimeout time.Duration `yaml:"handshake_timeout"` // default 10s
+	ReplayWindow     time.Duration `yaml:"replay_window"`     // default 30s
+	Hybrid           bool          `yaml:"hybrid"`            // offer X25519+ML-KEM-768
+}
+
+// DelegationConfig tunes the operational key delegations.
+type DelegationConfig struct {
+	Mode     string        `yaml:"mode"`     // delegated (default) or strict
+	Lifetime time.Duration `yaml:"lifetime"` // default 1h
+}
+
+// LimitsConfig bounds the daemon's work.
+type LimitsConfig struct {
+	MaxConcurrentTasks   int           `yaml:"max_concurrent_tasks"`   // default 4
+	MaxQueuedTasks       int           `yaml:"max_queued_tasks"`       // default 256
+	MaxInboundHandshakes int           `yaml:"max_inbound_handshakes"` // default 64
+	DrainTimeout         time.Duration `yaml:"drain_timeout"`          // default 30s
+}
+
+// TasksConfig tunes task delivery.
+type TasksConfig struct {
+	RetryInterval   time.Duration `yaml:"retry_interval"`   // default 5s
+	ResultRetention time.Duration `yaml:"result_retention"` // default 24h
+}
+
+// RedialConfig bounds the backoff between dial attempts to a peer whose session is down.
+type RedialConfig struct {
+	Min time.Duration `yaml:"min"` // default 200ms
+	Max time.Duration `yaml:"max"` // default 30s
+}
+
+// MetricsConfig is the Prometheus endpoint.
+type MetricsConfig struct {
+	// Address is host:port on loopback (default 127.0.0.1:9464; port 0 picks one).
+	Address  string `yaml:"address"`
+	Disabled bool   `yaml:"disabled"`
+}
+
+// AuditConfig tunes the audit log in <home>/audit.
+type AuditConfig struct {
+	CheckpointEvery    int           `yaml:"checkpoint_every"`    // default 1000 records
+	CheckpointInterval time.Duration `yaml:"checkpoint_interval"` // default 1m
+	SegmentMaxBytes    int64         `yaml:"segment_max_bytes"`   // default 8 MiB
+	SegmentMaxAge      time.Duration `yaml:"segment_max_age"`     // default 24h
+	RetentionMaxAge    time.Duration `yaml:"retention_max_age"`   // default: keep everything
+	RetentionMaxBytes  int64         `yaml:"retention_max_bytes"` // default: keep everything
+}
+
+// LogConfig sets the log level (debug, info, warn, error; default info). agentctl --log-level wins.
+type LogConfig struct {
+	Level string `yaml:"level"`
+}
+
+// Defaults.
+const (
+	DefaultDrainTimeout         = 30 * time.Second
+	DefaultMaxInboundHandshakes = 64
+	DefaultRedialMin            = 200 * time.Millisecond
+	DefaultRedialMax            = 30 * time.Second
+)
+
+// LoadConfig reads and strictly decodes the configuration file at path, applies defaults and validates
+// it. It returns the configuration and the SHA-256 (hex) of the file's bytes.
+func LoadConfig(path string) (*Config, string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, "", fmt.Errorf("%w: %v", ErrConfig, err)
+	}
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, MaxConfigSize+1))
+	if err != nil {
+		return nil, "", fmt.Errorf("%w: %s: %v", ErrConfig, path, err)
+	}
+	if len(data) > MaxConfigSize {
+		return nil, "", fmt.Errorf("%w: %s is larger than %d bytes", ErrConfig, path, MaxConfigSize)
+	}
+	c, err := ParseConfig(data)
+	if err != nil {
+		return nil, "", fmt.Errorf("%s: %w", path, err)
+	}
+	sum := sha256.Sum256(data)
+	return c, hex.EncodeToString(sum[:]), nil
+}
+
+// ParseConfig strictly decodes and validates a configuration.
+func ParseConfig(data []byte) (*Config, error) {
+	var c Config
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	if err := dec.Decode(&c); err != nil && !errors.Is(err, io.EOF) {
+		return nil, fmt.Errorf("%w: %v", ErrConfig, err)
+	}
+	var extra yaml.Node
+	if err := dec.Decode(&extra); !errors.Is(err, io.EOF) {
+		return nil, fmt.Errorf("%w: more than one YAML document", ErrConfig)
+	}
+	c.applyDefaults()
+	if err := c.Validate(); err != nil {
+		return nil, err
+	}
+	return &c, nil
+}
+
+func (c *Config) applyDefaults() {
+	def := func(d *time.Duration, v time.Duration) {
+		if *d == 0 {
+			*d = v
+		}
+	}
+	if c.Handlers == nil {
+		c.Handlers = map[string]HandlerConfig{"echo": {Builtin: "echo"}, "sha256": {Builtin: "sha256"}}
+	}
+	def(&c.Session.ReauthInterval, 15*time.Minute)
+	def(&c.Session.HandshakeTimeout, 10*time.Second)
+	def(&c.Session.ReplayWindow, 30*time.Second)
+	if c.Delegation.Mode == "" {
+		c.Delegation.Mode = string(delegation.Delegated)
+	}
+	def(&c.Delegation.Lifetime, delegation.DefaultLifetime)
+	if c.Limits.MaxConcurrentTasks == 0 {
+		c.Limits.MaxConcurrentTasks = tasks.DefaultMaxConcurrent
+	}
+	if c.Limits.MaxQueuedTasks == 0 {
+		c.Limits.MaxQueuedTasks = tasks.DefaultMaxQueued
+	}
+	if c.Limits.MaxInboundHandshakes == 0 {
+		c.Limits.MaxInboundHandshakes = DefaultMaxInboundHandshakes
+	}
+	def(&c.Limits.DrainTimeout, DefaultDrainTimeout)
+	def(&c.Tasks.RetryInterval, tasks.DefaultRetryInterval)
+	def(&c.Tasks.ResultRetention, tasks.DefaultRetention)
+	def(&c.Redial.Min, DefaultRedialMin)
+	def(&c.Redial.Max, DefaultRedialMax)
+	if c.Metrics.Address == "" {
+		c.Metrics.Address = metrics.DefaultAddr
+	}
+	if c.Log.Level == "" {
+		c.Log.Level = "info"
+	}
+}
+
+var hexDigest = regexp.MustCompile(`^[0-9a-f]{64}$`)
+
+// Validate checks every value and names the first bad one by its YAML path.
+func (c *Config) Validate() error {
+	bad := func(path, format string, args ...any) error {
+		return fmt.Errorf("%w: %s: %s", ErrConfig, path, fmt.Sprintf(format, args...))
+	}
+	names := map[string]bool{}
+	for i, t := range c.Transports {
+		p := fmt.Sprintf("transports[%d]", i)
+		if !transports.ValidName(t.Name) {
+			return bad(p+".name", "%q is not a transport name (tcp, ws, libp2p)", t.Name)
+		}
+		if names[t.Name] {
+			return bad(p+".name", "transport %s is configured twice", t.Name)
+		}
+		names[t.Name] = true
+		if !filepath.IsAbs(t.Plugin) || filepath.Clean(t.Plugin) != t.Plugin {
+			return bad(p+".plugin", "%q must be a clean absolute path", t.Plugin)
+		}
+		if !hexDigest.MatchString(t.SHA256) {
+			return bad(p+".sha256", "want the 64-character lowercase hex SHA-256 of the plugin binary (sha256sum %s)", t.Plugin)
+		}
+		for j, a := range t.Listen {
+			if err := transports.CheckText("address", a, transports.MaxAddrLen); err != nil {
+				return bad(fmt.Sprintf("%s.listen[%d]", p, j), "%v", err)
+			}
+		}
+	}
+	for i, pc := range c.Bootstrap {
+		p := fmt.Sprintf("bootstrap[%d]", i)
+		if _, err := identity.ParseID(pc.ID); err != nil {
+			return bad(p+".id", "%v", err)
+		}
+		if err := transports.CheckText("address", pc.Address, transports.MaxAddrLen); err != nil {
+			return bad(p+".address", "%v", err)
+		}
+		tn := pc.Transport
+		if tn == "" {
+			tn = InferTransport(pc.Address)
+		}
+		if !names[tn] {
+			return bad(p, "transport %s (for %s) is not configured under transports", tn, pc.Address)
+		}
+	}
+	for n, h := range c.Handlers {
+		p := "handlers." + n
+		if !tasks.ValidHandlerName(n) {
+			return bad(p, "handler names are 1-32 of a-z 0-9 _ -, starting with a letter")
+		}
+		switch {
+		case h.Builtin != "" && h.Exec != nil:
+			return bad(p, "give builtin or exec, not both")
+		case h.Builtin != "":
+			if h.Builtin != "echo" && h.Builtin != "sha256" {
+				return bad(p+".builtin", "%q: the built-in handlers are echo and sha256", h.Builtin)
+			}
+		case h.Exec != nil:
+			e := tasks.Exec{Path: h.Exec.Command, Args: h.Exec.Args, Env: h.Exec.Env, Timeout: h.Exec.Timeout}
+			if err := e.Check(); err != nil {
+				return bad(p+".exec", "%v", err)
+			}
+		default:
+			return bad(p, "give builtin (echo, sha256) or exec")
+		}
+	}
+	if c.Session.ReauthInterval < time.Second {
+		return bad("session.reauth_interval", "%v is below 1s", c.Session.ReauthInterval)
+	}
+	if c.Session.HandshakeTimeout < 100*time.Millisecond || c.Session.HandshakeTimeout > 5*time.Minute {
+		return bad("session.handshake_timeout", "%v is outside 100ms..5m", c.Session.HandshakeTimeout)
+	}
+	if c.Session.ReplayWindow < time.Second || c.Session.ReplayWindow > 10*time.Minute {
+		return bad("session.replay_window", "%v is outside 1s..10m", c.Session.ReplayWindow)
+	}
+	if c.Delegation.Mode != string(delegation.Delegated) && c.Delegation.Mode != string(delegation.Strict) {
+		return bad("delegation.mode", "%q: want delegated or strict", c.Delegation.Mode)
+	}
+	if c.Delegation.Lifetime < time.Minute || c.Delegation.Lifetime > delegation.MaxLifetime {
+		return bad("delegation.lifetime", "%v is outside 1m..%v", c.Delegation.Lifetime, delegation.MaxLifetime)
+	}
+	for _, l := range []struct {
+		path string
+		v    int
+	}{{"limits.max_concurrent_tasks", c.Limits.MaxConcurrentTasks}, {"limits.max_queued_tasks", c.Limits.MaxQueuedTasks},
+		{"limits.max_inbound_handshakes", c.Limits.MaxInboundHandshakes}} {
+		if l.v < 1 || l.v > 100000 {
+			return bad(l.path, "%d is outside 1..100000", l.v)
+		}
+	}
+	for _, d := range []struct {
+		path string
+		v    time.Duration
+	}{{"limits.drain_timeout", c.Limits.DrainTimeout}, {"tasks.retry_interval", c.Tasks.RetryInterval},
+		{"tasks.result_retention", c.Tasks.ResultRetention}, {"redial.min", c.Redial.Min}, {"redial.max", c.Redial.Max}} {
+		if d.v <= 0 {
+			return bad(d.path, "%v must be positive", d.v)
+		}
+	}
+	if c.Redial.Max < c.Redial.Min {
+		return bad("redial.max", "%v is below redial.min %v", c.Redial.Max, c.Redial.Min)
+	}
+	if !c.Metrics.Disabled {
+		if err := metrics.CheckAddr(c.Metrics.Address, false); err != nil {
+			return bad("metrics.address", "%v", err)
+		}
+	}
+	if c.Audit.CheckpointEvery < 0 || c.Audit.SegmentMaxBytes < 0 || c.Audit.RetentionMaxBytes < 0 ||
+		c.Audit.CheckpointInterval < 0 || c.Audit.SegmentMaxAge < 0 || c.Audit.RetentionMaxAge < 0 {
+		return bad("audit", "values must not be negative")
+	}
+	var lv slog.Level
+	if err := lv.UnmarshalText([]byte(c.Log.Level)); err != nil {
+		return bad("log.level", "%q: want debug, info, warn or error", c.Log.Level)
+	}
+	return nil
+}
+
+// InferTransport names the transport an address belongs to: wss:// URLs are ws, multiaddrs (starting
+// with /) are libp2p, anything else (host:port) is tcp.
+func InferTransport(addr string) string {
+	switch {
+	case strings.HasPrefix(addr, "wss://") || strings.HasPrefix(addr, "ws://"):
+		return "ws"
+	case strings.HasPrefix(addr, "/"):
+		return "libp2p"
+	}
+	return "tcp"
+}
+
+// Diff names the settings that differ between two configurations: top-level sections, and handlers and
+// transports by name.
+func Diff(old, cur *Config) []string {
+	var out []string
+	ov, nv := reflect.ValueOf(*old), reflect.ValueOf(*cur)
+	t := ov.Type()
+	for i := 0; i < t.NumField(); i++ {
+		name := strings.Split(t.Field(i).Tag.Get("yaml"), ",")[0]
+		switch name {
+		case "handlers":
+			out = append(out, diffMap("handlers.", old.Handlers, cur.Handlers)...)
+		case "transports":
+			om, nm := map[string]TransportConfig{}, map[string]TransportConfig{}
+			for _, x := range old.Transports {
+				om[x.Name] = x
+			}
+			for _, x := range cur.Transports {
+				nm[x.Name] = x
+			}
+			out = append(out, diffMap("transports.", om, nm)...)
+		default:
+			if !reflect.DeepEqual(ov.Field(i).Interface(), nv.Field(i).Interface()) {
+				out = append(out, name)
+			}
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+func diffMap[V any](prefix string, a, b map[string]V) []string {
+	var out []string
+	for k, v := range a {
+		if w, ok := b[k]; !ok || !reflect.DeepEqual(v, w) {
+			out = append(out, prefix+k)
+		}
+	}
+	for k := range b {
+		if _, ok := a[k]; !ok {
+			out = append(out, prefix+k)
+		}
+	}
+	return out
+}
+
+// registry builds the task handlers of the configuration.
+func (c *Config) registry(workRoot string) tasks.Registry {
+	r := tasks.Registry{}
+	for n, h := range c.Handlers {
+		switch {
+		case h.Builtin == "echo":
+			r[n] = tasks.Echo()
+		case h.Builtin == "sha256":
+			r[n] = tasks.SHA256()
+		case h.Exec != nil:
+			r[n] = &tasks.Exec{Path: h.Exec.Command, Args: h.Exec.Args, Env: h.Exec.Env, Timeout: h.Exec.Timeout, WorkRoot: workRoot}
+		}
+	}
+	return r
+}

@@ -1,0 +1,597 @@
+// Package daemon is the Custos agent daemon (agentctl run): it opens the identity (agent/custody) and the
+// state database once, starts the delegation manager, the audit log and the metrics endpoint, launches
+// every configured transport plugin with a binding authority backed by the operational key, listens,
+// dials the bootstrap peers, runs the agent handshake on every connection, keeps one session per peer
+// (re-dialling with backoff when a session or a plugin goes down), runs the task protocol (agent/tasks)
+// over the sessions, and serves the local control socket (agent/control) that the other agentctl
+// commands use. Shutdown drains; Reload re-reads the configuration and the identity.
+//
+// The admission hook for RBAC, resource policy and puzzles is Options.Validator (handshake) and
+// Options.AdmitTask (task requests); docs/authorization.md §7 says what plugs in there.
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"go.etcd.io/bbolt"
+	bolterrors "go.etcd.io/bbolt/errors"
+
+	"github.com/custos-agent/custos/agent/control"
+	"github.com/custos-agent/custos/agent/custody"
+	"github.com/custos-agent/custos/agent/delegation"
+	"github.com/custos-agent/custos/agent/identity"
+	"github.com/custos-agent/custos/agent/metrics"
+	"github.com/custos-agent/custos/agent/peers"
+	"github.com/custos-agent/custos/agent/rbac"
+	"github.com/custos-agent/custos/agent/replay"
+	"github.com/custos-agent/custos/agent/reputation"
+	"github.com/custos-agent/custos/agent/session"
+	"github.com/custos-agent/custos/agent/tasks"
+	"github.com/custos-agent/custos/audit"
+	"github.com/custos-agent/custos/keystore"
+	"github.com/custos-agent/custos/transports/host"
+)
+
+// Names inside the home directory (DESIGN 8).
+const (
+	StateFile   = "state.db"
+	AuditDir    = "audit"
+	ControlFile = "control.sock"
+	WorkDir     = "work" // per-task working directories of exec handlers
+)
+
+// Options are what Start needs.
+type Options struct {
+	// Home is the agent's home directory (0700).
+	Home string
+	// Config and its digest (LoadConfig); ConfigPath is re-read by Reload.
+	Config       *Config
+	ConfigDigest string
+	ConfigPath   string
+	// Custody is the opened identity (its keystore backends are the caller's business).
+	Custody *custody.Custody
+	// Logger receives the daemon's log; LogLevel, when set, follows the configuration's log.level (unless
+	// LogLevelFixed: the command line chose it).
+	Logger        *slog.Logger
+	LogLevel      *slog.LevelVar
+	LogLevelFixed bool
+	// Validator, when set, runs after the daemon's own handshake checks (transport pin, reputation): the
+	// hook for grants (rbac), resource policy and puzzles.
+	Validator session.Validator
+	// AdmitTask, when set, decides whether a verified peer's task request is accepted (rbac, quotas).
+	AdmitTask func(ctx context.Context, peer string, req *tasks.Request) error
+	// AuthorizeLocal, when set, decides whether a control-socket caller may run an operation (the hook for
+	// rbac.Authorizer.AuthorizeLocal); nil allows the daemon's own uid and root.
+	AuthorizeLocal func(ctx context.Context, caller rbac.Cred, op string) error
+	// Version is reported in status and the audit log.
+	Version string
+}
+
+type transportState struct {
+	cfg       TransportConfig
+	t         *host.Transport
+	listeners []*host.Listener
+}
+
+// Daemon is a running agent.
+type Daemon struct {
+	opts Options
+	log  *slog.Logger
+	home string
+	id   identity.ID
+	cust *custody.Custody
+
+	mu     sync.Mutex
+	cfg    *Config
+	digest string
+	ownLog identity.Log
+
+	db         *bbolt.DB
+	peers      *peers.Cache
+	rep        *reputation.Store
+	taskStore  *tasks.Store
+	audit      *audit.Log
+	metrics    *metrics.Metrics
+	metricsSrv *metrics.Server
+	dm         *delegation.Manager
+	replay     *replay.Cache
+	engine     *tasks.Engine
+	authority  *Authority
+	transports map[string]*transportState
+	mgr        *manager
+	ctl        *control.Server
+
+	ctx      context.Context
+	cancel   context.CancelFunc
+	started  time.Time
+	wg       sync.WaitGroup
+	done     chan struct{}
+	stopOnce sync.Once
+	stopErr  error
+}
+
+// Start brings the agent up. It returns once every transport listens and the control socket is served;
+// a failure at any step undoes the earlier ones and names what failed.
+func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
+	if opts.Config == nil || opts.Custody == nil || opts.Home == "" {
+		return nil, errors.New("daemon: Home, Config and Custody are required")
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	if opts.Version == "" {
+		opts.Version = "dev"
+	}
+	dctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	d := &Daemon{opts: opts, log: opts.Logger, home: opts.Home, cust: opts.Custody, id: opts.Custody.ID(),
+		cfg: opts.Config, digest: opts.ConfigDigest, ownLog: opts.Custody.Log(), metrics: metrics.New(),
+		transports: map[string]*transportState{}, ctx: dctx, cancel: cancel, started: time.Now().UTC(), done: make(chan struct{})}
+	defer func() {
+		if err != nil {
+			d.teardown(context.Background())
+		}
+	}()
+	cfg := opts.Config
+	d.applyLogLevel(cfg)
+
+	// Plugins first: a wrong checksum must stop the start before anything is opened, naming the file.
+	for _, t := range cfg.Transports {
+		sum, err := host.FileSHA256(t.Plugin)
+		if err != nil {
+			return nil, fmt.Errorf("transport %s: plugin %s: %w", t.Name, t.Plugin, err)
+		}
+		if sum != t.SHA256 {
+			return nil, fmt.Errorf("transport %s: plugin %s: %w: the file's SHA-256 is %s, the configuration says %s (reinstall the plugin or update transports[].sha256)",
+				t.Name, t.Plugin, host.ErrChecksum, sum, t.SHA256)
+		}
+	}
+
+	// The state database, once for the whole process (bbolt allows one handle per file).
+	dbPath := filepath.Join(d.home, StateFile)
+	d.db, err = bbolt.Open(dbPath, 0o600, &bbolt.Options{Timeout: time.Second})
+	if err != nil {
+		if errors.Is(err, bolterrors.ErrTimeout) {
+			return nil, fmt.Errorf("%s is locked by another process: is an agent already running for this home?", dbPath)
+		}
+		return nil, fmt.Errorf("open %s: %w", dbPath, err)
+	}
+	if d.peers, err = peers.New(d.db); err != nil {
+		return nil, err
+	}
+	if d.taskStore, err = tasks.NewStore(d.db); err != nil {
+		return nil, err
+	}
+	d.rep, err = reputation.NewStore(ctx, d.db, reputation.Config{}, reputation.Options{
+		Resolve:  d.currentKeyOf,
+		OnChange: d.trustChanged,
+		Logger:   d.log.With("part", "reputation"),
+	})
+	if err != nil {
+		return nil, err
+	}
+
+	// The identity key signs audit checkpoints and delegations, nothing on the per-message path.
+	signer, err := d.cust.Signer(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("identity key: %w", err)
+	}
+	d.audit, err = audit.Open(ctx, filepath.Join(d.home, AuditDir), audit.Options{
+		Signer: signer, Generation: d.cust.Current().Generation, AgentID: d.id.String(),
+		CheckpointEvery: cfg.Audit.CheckpointEvery, CheckpointInterval: cfg.Audit.CheckpointInterval,
+		SegmentMaxBytes: cfg.Audit.SegmentMaxBytes, SegmentMaxAge: cfg.Audit.SegmentMaxAge,
+		Retention: audit.Retention{MaxAge: cfg.Audit.RetentionMaxAge, MaxBytes: cfg.Audit.RetentionMaxBytes},
+		Observer:  d.metrics, Logger: d.log.With("part", "audit"),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("audit log: %w", err)
+	}
+	d.record(audit.ConfigLoaded, "operator", opts.ConfigPath, audit.OutcomeInfo, map[string]any{"digest": d.digest})
+
+	if !cfg.Metrics.Disabled {
+		d.metricsSrv, err = metrics.Serve(dctx, d.metrics, metrics.ServeOptions{Addr: cfg.Metrics.Address, Logger: d.log.With("part", "metrics")})
+		if err != nil {
+			return nil, fmt.Errorf("metrics endpoint: %w", err)
+		}
+	}
+
+	d.dm, err = delegation.NewManager(ctx, delegation.Config{Identity: signer, State: d.cust.State(),
+		Mode: delegation.Mode(cfg.Delegation.Mode), Lifetime: cfg.Delegation.Lifetime, Logger: d.log.With("part", "delegation")})
+	if err != nil {
+		return nil, fmt.Errorf("delegation: %w", err)
+	}
+	d.wg.Add(1)
+	go func() {
+		defer d.wg.Done()
+		_ = d.dm.Run(dctx)
+	}()
+	d.replay = replay.New(replay.Config{Window: cfg.Session.ReplayWindow})
+
+	d.mgr = newManager(d, cfg.Limits.MaxInboundHandshakes)
+	d.engine, err = tasks.New(tasks.Config{
+		LocalID: d.id.String(), Store: d.taskStore, Handlers: cfg.registry(d.workRoot()), Keys: d.dm, Peers: d.peers,
+		Sender: d.mgr, Admit: opts.AdmitTask, MaxConcurrent: cfg.Limits.MaxConcurrentTasks, MaxQueued: cfg.Limits.MaxQueuedTasks,
+		RetryInterval: cfg.Tasks.RetryInterval, Retention: cfg.Tasks.ResultRetention,
+		Logger: d.log.With("part", "tasks"), OnEvent: d.taskEvent,
+	})
+	if err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(d.workRoot(), 0o700); err != nil {
+		return nil, fmt.Errorf("task work directory: %w", err)
+	}
+	if err := d.engine.Start(); err != nil {
+		return nil, err
+	}
+
+	d.authority = NewAuthority(d.id, d.dm, d.peers, d.keyLog, DefaultBindingTTL)
+	for _, tc := range cfg.Transports {
+		if err := d.startTransport(ctx, tc); err != nil {
+			return nil, err
+		}
+	}
+
+	d.ctl, err = control.Listen(control.Config{
+		Path: filepath.Join(d.home, ControlFile), Ops: d.ops(), Authorize: opts.AuthorizeLocal,
+		OnRequest: d.controlRequest, Logger: d.log.With("part", "control"),
+	})
+	if err != nil {
+		return nil, err
+	}
+	d.wg.Add(1)
+	go func() {
+		defer d.wg.Done()
+		if err := d.ctl.Serve(); err != nil {
+			d.log.Error("control socket stopped", "err", err)
+		}
+	}()
+
+	for name, ts := range d.transports {
+		for _, l := range ts.listeners {
+			d.mgr.wg.Add(1)
+			go d.mgr.acceptLoop(dctx, name, l)
+		}
+	}
+	d.addBootstrap(cfg)
+	d.record(audit.AgentStarted, d.id.String(), d.id.String(), audit.OutcomeSuccess, map[string]any{
+		"version": opts.Version, "keystore": keystoreBackend(d.cust.KeystoreURI()), "generation": d.cust.Current().Generation,
+		"transports": strings.Join(d.transportNames(), ","),
+	})
+	d.log.Info("agent running", "id", d.id, "generation", d.cust.Current().Generation, "transports", d.transportNames(),
+		"control", d.ctl.Path(), "metrics", d.metricsURL())
+	return d, nil
+}
+
+func keystoreBackend(uri string) string {
+	s, _, _ := strings.Cut(uri, ":")
+	return s
+}
+
+func (d *Daemon) workRoot() string { return filepath.Join(d.home, WorkDir) }
+
+func (d *Daemon) config() *Config {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.cfg
+}
+
+func (d *Daemon) keyLog() *identity.Log {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	l := identity.Log{Events: append([]identity.Event(nil), d.ownLog.Events...)}
+	return &l
+}
+
+func (d *Daemon) applyLogLevel(cfg *Config) {
+	if d.opts.LogLevel == nil || d.opts.LogLevelFixed {
+		return
+	}
+	var lv slog.Level
+	if err := lv.UnmarshalText([]byte(cfg.Log.Level)); err == nil {
+		d.opts.LogLevel.Set(lv)
+	}
+}
+
+func (d *Daemon) currentKeyOf(id identity.ID) (keystore.PublicKey, error) {
+	st, ok, err := d.peers.State(id.String())
+	if err != nil {
+		return keystore.PublicKey{}, err
+	}
+	if !ok {
+		return keystore.PublicKey{}, fmt.Errorf("no key event log cached for %s", id)
+	}
+	return st.Current, nil
+}
+
+func (d *Daemon) startTransport(ctx context.Context, tc TransportConfig) error {
+	t, err := host.Start(d.ctx, host.Config{
+		Name: tc.Name, Path: tc.Plugin, SHA256: tc.SHA256, Options: tc.Options, Authority: d.authority,
+		Observer: observer{d}, Logger: d.log,
+	})
+	if err != nil {
+		return fmt.Errorf("transport %s: plugin %s: %w", tc.Name, tc.Plugin, err)
+	}
+	ts := &transportState{cfg: tc, t: t}
+	d.transports[tc.Name] = ts
+	d.record(audit.PluginStarted, "agent", tc.Name, audit.OutcomeSuccess, map[string]any{"path": tc.Plugin, "sha256": tc.SHA256, "pid": t.PID()})
+	for _, addr := range tc.Listen {
+		l, err := t.Listen(ctx, addr)
+		if err != nil {
+			return fmt.Errorf("transport %s: listen on %s: %w", tc.Name, addr, err)
+		}
+		ts.listeners = append(ts.listeners, l)
+		d.log.Info("listening", "transport", tc.Name, "addrs", l.Addrs())
+	}
+	return nil
+}
+
+func (d *Daemon) transport(name string) *transportState { return d.transports[name] }
+
+func (d *Daemon) transportNames() []string {
+	var out []string
+	for n := range d.transports {
+		out = append(out, n)
+	}
+	sort.Strings(out)
+	return out
+}
+
+func (d *Daemon) addBootstrap(cfg *Config) {
+	byID := map[string][]Address{}
+	var order []string
+	for _, p := range cfg.Bootstrap {
+		id, _ := identity.ParseID(p.ID)
+		tn := p.Transport
+		if tn == "" {
+			tn = InferTransport(p.Address)
+		}
+		if _, ok := byID[id.String()]; !ok {
+			order = append(order, id.String())
+		}
+		byID[id.String()] = append(byID[id.String()], Address{Transport: tn, Address: p.Address})
+	}
+	for _, id := range order {
+		d.mgr.addTarget(d.ctx, id, byID[id], "bootstrap")
+	}
+}
+
+// sessionConfig is the session configuration of one connection: the daemon's base settings, a validator
+// that requires the handshake's peer to be the agent the transport binding named, refuses Blocked peers,
+// then runs Options.Validator; and events reported with the transport and remote address.
+func (d *Daemon) sessionConfig(transport, remote, pinned string) *session.Config {
+	cfg := d.config()
+	return &session.Config{
+		Delegations: d.dm, KeyLog: d.keyLog, Peers: d.peers, Replay: d.replay, Hybrid: cfg.Session.Hybrid,
+		HandshakeTimeout: cfg.Session.HandshakeTimeout, ReauthInterval: cfg.Session.ReauthInterval,
+		Logger: d.log.With("part", "session", "transport", transport),
+		Validator: session.ValidatorFunc(func(ctx context.Context, p *session.Peer) error {
+			if pinned != "" && p.ID.String() != pinned {
+				return fmt.Errorf("the transport binding named %s but the handshake authenticated %s", pinned, p.ID)
+			}
+			if err := d.rep.Admit(p.ID); err != nil {
+				return err
+			}
+			if d.opts.Validator != nil {
+				return d.opts.Validator.Validate(ctx, p)
+			}
+			return nil
+		}),
+		OnEvent: func(ev session.Event) { d.sessionEvent(transport, remote, ev) },
+	}
+}
+
+// Done is closed when the daemon has stopped.
+func (d *Daemon) Done() <-chan struct{} { return d.done }
+
+// ID is the agent ID.
+func (d *Daemon) ID() identity.ID { return d.id }
+
+// Shutdown drains and stops the agent: it stops accepting connections and control requests, lets running
+// tasks finish until ctx's deadline (unfinished ones stay recorded and run again at the next start),
+// delivers what it can, closes every session, stops the plugins, and seals the audit log. It is safe to
+// call more than once.
+func (d *Daemon) Shutdown(ctx context.Context) error {
+	d.stopOnce.Do(func() {
+		d.log.Info("shutting down: draining")
+		for _, ts := range d.transports {
+			for _, l := range ts.listeners {
+				_ = l.Close()
+			}
+		}
+		if d.ctl != nil {
+			_ = d.ctl.Close()
+		}
+		if n := d.engine.Drain(ctx); n > 0 {
+			d.log.Warn("tasks interrupted by the drain deadline; they run again at the next start", "count", n)
+		}
+		d.stopErr = d.teardown(ctx)
+		close(d.done)
+	})
+	return d.stopErr
+}
+
+// teardown closes everything that was opened, in reverse order.
+func (d *Daemon) teardown(ctx context.Context) error {
+	var errs []error
+	if d.ctl != nil {
+		_ = d.ctl.Close()
+	}
+	if d.engine != nil {
+		d.engine.Close()
+	}
+	if d.mgr != nil {
+		d.mgr.closeAll()
+	}
+	d.cancel()
+	if d.mgr != nil {
+		d.mgr.wg.Wait()
+	}
+	for _, name := range d.transportNames() {
+		ts := d.transports[name]
+		if err := ts.t.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("transport %s: %w", name, err))
+		}
+		d.record(audit.PluginStopped, "agent", name, audit.OutcomeSuccess, map[string]any{"path": ts.cfg.Plugin, "sha256": ts.cfg.SHA256})
+	}
+	if d.metricsSrv != nil {
+		_ = d.metricsSrv.Close()
+	}
+	d.wg.Wait()
+	if d.dm != nil {
+		d.dm.Close()
+	}
+	if d.audit != nil {
+		d.record(audit.AgentStopped, d.id.String(), d.id.String(), audit.OutcomeSuccess, nil)
+		if err := d.audit.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("audit log: %w", err))
+		}
+	}
+	if d.db != nil {
+		if err := d.db.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("state database: %w", err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// ReloadResult says what a reload changed.
+type ReloadResult struct {
+	Digest         string   `json:"digest"`
+	PreviousDigest string   `json:"previous_digest"`
+	Changed        []string `json:"changed"`
+	Applied        []string `json:"applied"`
+	NeedRestart    []string `json:"need_restart,omitempty"`
+	Generation     uint64   `json:"generation"`
+	Rotated        bool     `json:"identity_rotated"`
+}
+
+// Reload re-reads the configuration file and the identity (a rotation made by agentctl rotate). It applies
+// what can change while running (handlers, bootstrap peers, session and redial settings, log level) and
+// names the rest as needing a restart; it writes an audit record with the new and previous digests and
+// logs the change. An invalid file changes nothing.
+func (d *Daemon) Reload(ctx context.Context) (*ReloadResult, error) {
+	cfg, digest, err := LoadConfig(d.opts.ConfigPath)
+	if err != nil {
+		d.record(audit.ConfigChanged, "operator", d.opts.ConfigPath, audit.OutcomeFailure, map[string]any{"digest": d.currentDigest(), "error": err.Error()})
+		d.log.Error("configuration reload refused; the running configuration is unchanged", "err", err)
+		return nil, err
+	}
+	d.mu.Lock()
+	old, oldDigest := d.cfg, d.digest
+	d.mu.Unlock()
+	res := &ReloadResult{Digest: digest, PreviousDigest: oldDigest, Changed: Diff(old, cfg)}
+	for _, c := range res.Changed {
+		switch {
+		case strings.HasPrefix(c, "handlers."):
+			res.Applied = append(res.Applied, c)
+		case c == "bootstrap", c == "session", c == "redial", c == "log":
+			res.Applied = append(res.Applied, c)
+		default:
+			res.NeedRestart = append(res.NeedRestart, c)
+		}
+	}
+	if err := d.engine.SetHandlers(cfg.registry(d.workRoot())); err != nil {
+		return nil, err
+	}
+	d.mu.Lock()
+	// Settings that need a restart keep their running values so status stays truthful.
+	keep := *cfg
+	keep.Transports, keep.Delegation, keep.Limits, keep.Tasks, keep.Metrics, keep.Audit = old.Transports, old.Delegation, old.Limits, old.Tasks, old.Metrics, old.Audit
+	d.cfg, d.digest = &keep, digest
+	d.mu.Unlock()
+	d.applyLogLevel(cfg)
+	if slicesDiffer(old.Bootstrap, cfg.Bootstrap) {
+		cur := map[string]bool{}
+		for _, p := range cfg.Bootstrap {
+			id, _ := identity.ParseID(p.ID)
+			cur[id.String()] = true
+		}
+		for id, ts := range d.mgr.targetStatuses() {
+			if ts.Source == "bootstrap" && !cur[id] {
+				d.mgr.removeTarget(id)
+			}
+		}
+		d.addBootstrap(cfg)
+	}
+	rotated, err := d.reloadIdentity(ctx)
+	if err != nil {
+		d.log.Error("identity reload failed; the running identity is unchanged", "err", err)
+	}
+	res.Rotated, res.Generation = rotated, d.cust.Current().Generation
+	d.record(audit.ConfigChanged, "operator", d.opts.ConfigPath, audit.OutcomeSuccess, map[string]any{
+		"digest": digest, "previous_digest": oldDigest, "changed": strings.Join(res.Changed, ","),
+		"need_restart": strings.Join(res.NeedRestart, ","),
+	})
+	d.log.Info("configuration reloaded", "digest", digest, "previous_digest", oldDigest, "changed", res.Changed,
+		"applied", res.Applied, "need_restart", res.NeedRestart, "generation", res.Generation)
+	return res, nil
+}
+
+func slicesDiffer(a, b []PeerConfig) bool {
+	if len(a) != len(b) {
+		return true
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return true
+		}
+	}
+	return false
+}
+
+// reloadIdentity picks up a rotation or recovery another process made: new delegation, new checkpoint
+// signer, new transport bindings.
+func (d *Daemon) reloadIdentity(ctx context.Context) (bool, error) {
+	before := d.cust.Current().Generation
+	if err := d.cust.Reload(ctx); err != nil {
+		return false, err
+	}
+	g := d.cust.Current().Generation
+	if g == before {
+		return false, nil
+	}
+	signer, err := d.cust.Signer(ctx)
+	if err != nil {
+		return false, err
+	}
+	d.mu.Lock()
+	d.ownLog = d.cust.Log()
+	d.mu.Unlock()
+	if _, err := d.dm.SetIdentity(ctx, signer, d.cust.State()); err != nil {
+		return false, err
+	}
+	if err := d.audit.SetSigner(signer, g); err != nil {
+		return false, err
+	}
+	for _, ts := range d.transports {
+		if err := ts.t.Rebind(ctx); err != nil {
+			d.log.Warn("transport binding not renewed after the rotation", "transport", ts.cfg.Name, "err", err)
+		}
+	}
+	d.log.Info("identity reloaded", "generation", g, "previous", before)
+	return true, nil
+}
+
+func (d *Daemon) currentDigest() string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.digest
+}
+
+func (d *Daemon) metricsURL() string {
+	if d.metricsSrv == nil {
+		return ""
+	}
+	return d.metricsSrv.URL()
+}
+
+// DrainTimeout is how long Shutdown should let running tasks finish (limits.drain_timeout).
+func (d *Daemon) DrainTimeout() time.Duration { return d.config().Limits.DrainTimeout }

@@ -1,0 +1,180 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/custos-agent/custos/agent/control"
+	"github.com/custos-agent/custos/agent/rbac"
+	"github.com/custos-agent/custos/agent/reason"
+	"github.com/custos-agent/custos/agent/reputation"
+	"github.com/custos-agent/custos/agent/session"
+	"github.com/custos-agent/custos/agent/tasks"
+	"github.com/custos-agent/custos/audit"
+	"github.com/custos-agent/custos/transports/host"
+)
+
+// Audit event types the daemon writes besides audit's own constants.
+const (
+	// ControlRequest: a control-socket request that changed something, failed or was denied. Actor:
+	// "uid:N" (from SO_PEERCRED); Subject: the operation; Details: uid, gid, pid, code.
+	ControlRequest audit.EventType = "control.request"
+	// TaskSubmitted, TaskAccepted, TaskFinished, TaskResult, TaskRefused, TaskResultInvalid: the task
+	// protocol (agent/tasks). Actor: the peer; Subject: the task ID; Details: handler, status.
+	TaskSubmitted     audit.EventType = "task.submitted"
+	TaskAccepted      audit.EventType = "task.accepted"
+	TaskFinished      audit.EventType = "task.finished"
+	TaskResult        audit.EventType = "task.result"
+	TaskRefused       audit.EventType = "task.refused"
+	TaskResultInvalid audit.EventType = "task.result_invalid"
+)
+
+// record appends an audit record, logging (never failing the caller) when the log refuses it.
+func (d *Daemon) record(typ audit.EventType, actor, subject string, outcome audit.Outcome, details map[string]any) {
+	if d.audit == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := d.audit.Append(ctx, audit.Record{Type: typ, Actor: actor, Subject: subject, Outcome: outcome, Details: details}); err != nil {
+		d.log.Error("audit record not written", "type", typ, "err", err)
+	}
+}
+
+// sessionEvent reports a handshake, re-authentication or refusal to the audit log and metrics.
+func (d *Daemon) sessionEvent(transport, remote string, ev session.Event) {
+	if ev.Kind != "handshake" && ev.Kind != "reauth" {
+		return
+	}
+	details := map[string]any{"transport": transport, "remote": remote, "role": ev.Role.String(), "kind": ev.Kind}
+	if ev.Err == nil {
+		d.metrics.AuthSucceeded()
+		d.record(audit.AuthSuccess, ev.Peer, ev.Peer, audit.OutcomeSuccess, details)
+		return
+	}
+	code := reason.Of(ev.Err)
+	d.metrics.AuthFailed(string(code))
+	details["reason"] = string(code)
+	details["error"] = ev.Err.Error()
+	outcome := audit.OutcomeFailure
+	if code == reason.ValidatorRefused {
+		outcome = audit.OutcomeDenied
+	}
+	d.record(audit.AuthFailure, ev.Peer, ev.Peer, outcome, details)
+	d.log.Info("handshake failed", "peer", ev.Peer, "transport", transport, "remote", remote, "role", ev.Role, "reason", code, "err", ev.Err)
+}
+
+// observer receives the plugin supervisors' events.
+type observer struct{ d *Daemon }
+
+// PluginRestarted implements host.Observer: audit, metric, and re-dial every target at once.
+func (o observer) PluginRestarted(ev host.RestartEvent) {
+	d := o.d
+	d.metrics.PluginRestarted(ev.Transport)
+	d.mgr.wakeAll()
+	go func() {
+		cause := ""
+		if ev.Cause != nil {
+			cause = ev.Cause.Error()
+		}
+		details := map[string]any{"attempt": ev.Restarts, "pid": ev.PID, "downtime_ms": ev.Downtime.Milliseconds(), "error": cause}
+		if ts := d.transport(ev.Transport); ts != nil {
+			details["path"], details["sha256"] = ts.cfg.Plugin, ts.cfg.SHA256
+		}
+		d.record(audit.PluginCrashed, "agent", ev.Transport, audit.OutcomeFailure, map[string]any{"error": cause})
+		d.record(audit.PluginRestarted, "agent", ev.Transport, audit.OutcomeSuccess, details)
+		d.log.Warn("transport plugin restarted", "transport", ev.Transport, "restarts", ev.Restarts, "pid", ev.PID, "downtime", ev.Downtime, "cause", cause)
+	}()
+}
+
+// PeerRefused implements host.Observer.
+func (o observer) PeerRefused(transport, remote string, err error) {
+	d := o.d
+	code := "bad_binding"
+	if errors.Is(err, host.ErrPeerMismatch) {
+		code = "peer_mismatch"
+	}
+	d.metrics.AuthFailed(code)
+	go d.record(audit.AuthFailure, "", "", audit.OutcomeFailure, map[string]any{"transport": transport, "remote": remote, "reason": code, "error": err.Error()})
+}
+
+// taskEvent records the task protocol's events.
+func (d *Daemon) taskEvent(ev tasks.Event) {
+	var typ audit.EventType
+	outcome := audit.OutcomeSuccess
+	switch ev.Kind {
+	case "submitted":
+		typ = TaskSubmitted
+	case "accepted":
+		typ = TaskAccepted
+	case "finished":
+		typ = TaskFinished
+		if ev.Status != tasks.ResultOK {
+			outcome = audit.OutcomeFailure
+		}
+	case "result":
+		typ = TaskResult
+		d.observeResult(ev)
+	case "refused", "failed":
+		typ, outcome = TaskRefused, audit.OutcomeDenied
+	case "result_invalid":
+		typ, outcome = TaskResultInvalid, audit.OutcomeFailure
+		d.observeResult(ev)
+	default:
+		return
+	}
+	details := map[string]any{"handler": ev.Handler}
+	if ev.Status != "" {
+		details["status"] = ev.Status
+	}
+	if ev.Err != nil {
+		details["error"] = ev.Err.Error()
+	}
+	d.record(typ, ev.Peer, ev.TaskID, outcome, details)
+}
+
+// observeResult feeds a verified (or refused) result into the executor's reputation.
+func (d *Daemon) observeResult(ev tasks.Event) {
+	id, err := parseID(ev.Peer)
+	if err != nil {
+		return
+	}
+	kind := reputation.Completed
+	switch {
+	case ev.Kind == "result_invalid":
+		kind = reputation.ProtocolError
+	case ev.Status != tasks.ResultOK:
+		kind = reputation.Failed
+	}
+	if err := d.rep.Record(context.Background(), reputation.Observation{Peer: id, Kind: kind}); err != nil {
+		d.log.Debug("reputation not recorded", "peer", ev.Peer, "err", err)
+	}
+}
+
+// controlRequest records a control-socket request with the caller's kernel-reported identity.
+func (d *Daemon) controlRequest(c rbac.Cred, op string, err error) {
+	outcome, details := audit.OutcomeSuccess, map[string]any{"uid": c.UID, "gid": c.GID, "pid": c.PID}
+	if err != nil {
+		code := control.CodeOf(err)
+		if code == "" {
+			code = control.CodeFailed
+		}
+		details["code"], details["error"] = code, err.Error()
+		outcome = audit.OutcomeFailure
+		if code == control.CodeDenied {
+			outcome = audit.OutcomeDenied
+		}
+	}
+	d.record(ControlRequest, fmt.Sprintf("uid:%d", c.UID), op, outcome, details)
+}
+
+// trustChanged records a trust level change.
+func (d *Daemon) trustChanged(c reputation.Change) {
+	d.record(audit.TrustChanged, "agent", c.Peer.String(), audit.OutcomeInfo, map[string]any{
+		"from": string(c.From), "to": string(c.To), "reason": fmt.Sprintf("score %.3f", c.Score), "manual": c.Manual})
+	for l, n := range d.rep.CountByLevel() {
+		d.metrics.SetPeers(string(l), n)
+	}
+}

@@ -1,0 +1,203 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"sort"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/custos-agent/custos/agent/daemon"
+)
+
+func jsonFlag() cli.Flag {
+	return &cli.BoolFlag{Name: "json", Usage: "print JSON (the control API's answer) instead of text"}
+}
+
+func printJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+func statusCommand() *cli.Command {
+	return &cli.Command{
+		OnUsageError: onUsageError,
+		Name:         "status",
+		Usage:        "show the running agent: ID, generation, transports and their listen addresses, plugins, sessions, tasks",
+		UsageText:    "agentctl status [--json]",
+		Flags:        []cli.Flag{jsonFlag()},
+		Action: func(c *cli.Context) error {
+			if c.NArg() > 0 {
+				return usagef("status takes no arguments (got %q)", c.Args().First())
+			}
+			var st daemon.Status
+			if err := call(c, c.Context, daemon.OpStatus, nil, &st); err != nil {
+				return err
+			}
+			if c.Bool("json") {
+				return printJSON(c.App.Writer, st)
+			}
+			printStatus(c.App.Writer, &st)
+			return nil
+		},
+	}
+}
+
+func printStatus(out io.Writer, st *daemon.Status) {
+	w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	fmt.Fprintf(w, "agent\t%s\n", st.AgentID)
+	fmt.Fprintf(w, "generation\t%d (keystore %s; %s operational key, delegation valid until %s)\n", st.Generation, st.Keystore,
+		st.DelegationMode, st.DelegationExpires.Format(time.RFC3339))
+	fmt.Fprintf(w, "daemon\tpid %d, version %s, up %s\n", st.PID, st.Version, time.Since(st.Started).Truncate(time.Second))
+	fmt.Fprintf(w, "config\t%s (sha256 %s)\n", st.Config, st.ConfigDigest)
+	fmt.Fprintf(w, "control\t%s\n", st.Control)
+	if st.Metrics != "" {
+		fmt.Fprintf(w, "metrics\t%s\n", st.Metrics)
+	}
+	fmt.Fprintf(w, "handlers\t%s\n", strings.Join(st.Handlers, ", "))
+	fmt.Fprintf(w, "tasks\tsubmitted %s; executing %s; %d running now\n", counts(st.Tasks.Outbound), counts(st.Tasks.Inbound), st.Tasks.Running)
+	w.Flush()
+	fmt.Fprintln(out, "\ntransports")
+	w = tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(w, "  NAME\tSTATE\tPID\tRESTARTS\tLISTEN")
+	for _, t := range st.Transports {
+		state := "running"
+		if !t.Running {
+			state = "restarting"
+		}
+		listen := strings.Join(t.Listen, " ")
+		if listen == "" {
+			listen = "(dial only)"
+		}
+		fmt.Fprintf(w, "  %s\t%s\t%d\t%d\t%s\n", t.Name, state, t.PID, t.Restarts, listen)
+	}
+	w.Flush()
+	fmt.Fprintf(out, "\nsessions (%d)\n", len(st.Sessions))
+	if len(st.Sessions) > 0 {
+		w = tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(w, "  PEER\tTRANSPORT\tREMOTE\tROLE\tSINCE\tEXPIRES")
+		for _, s := range st.Sessions {
+			fmt.Fprintf(w, "  %s\t%s\t%s\t%s\t%s\t%s\n", s.Peer, s.Transport, s.Remote, s.Role, s.Established.Local().Format(time.TimeOnly), s.Expires.Local().Format(time.TimeOnly))
+		}
+		w.Flush()
+	}
+}
+
+func counts(m map[string]int) string {
+	if len(m) == 0 {
+		return "none"
+	}
+	var ks []string
+	for k := range m {
+		ks = append(ks, k)
+	}
+	sort.Strings(ks)
+	var parts []string
+	for _, k := range ks {
+		parts = append(parts, fmt.Sprintf("%d %s", m[k], k))
+	}
+	return strings.Join(parts, ", ")
+}
+
+func peersCommand() *cli.Command {
+	return &cli.Command{
+		OnUsageError: onUsageError,
+		Name:         "peers",
+		Usage:        "list known peers (sessions, cached key event logs, trust), or connect to one",
+		UsageText:    "agentctl peers [--json]\n   agentctl peers connect ADDRESS --id AGENT_ID [--transport NAME] [--json]",
+		Flags:        []cli.Flag{jsonFlag()},
+		Action: func(c *cli.Context) error {
+			if c.NArg() > 0 {
+				return usagef("unknown peers subcommand %q (see agentctl peers --help)", c.Args().First())
+			}
+			var ps []daemon.PeerStatus
+			if err := call(c, c.Context, daemon.OpPeersList, nil, &ps); err != nil {
+				return err
+			}
+			if c.Bool("json") {
+				return printJSON(c.App.Writer, ps)
+			}
+			w := tabwriter.NewWriter(c.App.Writer, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(w, "PEER\tSESSION\tGENERATION\tTRUST\tDIAL")
+			for _, p := range ps {
+				sess := "-"
+				if p.Session != nil {
+					sess = p.Session.Transport + " " + p.Session.Remote
+				}
+				gen := "-"
+				if p.Generation != nil {
+					gen = fmt.Sprint(*p.Generation)
+				}
+				trust := p.Trust
+				if p.Compromised {
+					trust = "COMPROMISED"
+				}
+				dial := "-"
+				if p.Target != nil {
+					var as []string
+					for _, a := range p.Target.Addresses {
+						as = append(as, a.Transport+" "+a.Address)
+					}
+					dial = p.Target.Source + ": " + strings.Join(as, ", ")
+					if p.Target.LastError != "" && p.Session == nil {
+						dial += " (last error: " + p.Target.LastError + ")"
+					}
+				}
+				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\n", p.ID, sess, gen, trust, dial)
+			}
+			return w.Flush()
+		},
+		Subcommands: []*cli.Command{{
+			OnUsageError: onUsageError,
+			Name:         "connect",
+			Usage:        "connect to a peer at ADDRESS, pinned to its agent ID, and keep the session up",
+			UsageText: "agentctl peers connect ADDRESS --id AGENT_ID [--transport NAME] [--json]\n\n" +
+				"ADDRESS is host:port (tcp), wss://host:port/custos/v1 (ws) or a multiaddr (libp2p); the transport is\n" +
+				"inferred from it unless --transport is given. The peer must prove it is AGENT_ID (transport binding and\n" +
+				"agent handshake); otherwise the connection is refused and the reason printed.",
+			Flags: []cli.Flag{
+				&cli.StringFlag{Name: "id", Usage: "the peer's agent `ID` (required)"},
+				&cli.StringFlag{Name: "transport", Usage: "transport `NAME` (tcp, ws, libp2p)"},
+				jsonFlag(),
+			},
+			Action: runConnect,
+		}},
+	}
+}
+
+func runConnect(c *cli.Context) error {
+	pos, vals, err := trailingFlags(c.Args().Slice(), map[string]bool{"id": true, "transport": true, "json": false})
+	if err != nil {
+		return err
+	}
+	id, transport, asJSON := c.String("id"), c.String("transport"), c.Bool("json")
+	if v, ok := vals["id"]; ok {
+		id = v
+	}
+	if v, ok := vals["transport"]; ok {
+		transport = v
+	}
+	if _, ok := vals["json"]; ok {
+		asJSON = true
+	}
+	if len(pos) != 1 {
+		return usagef("peers connect takes one ADDRESS (got %d arguments)", len(pos))
+	}
+	if id == "" {
+		return usagef("peers connect: --id is required (the agent ID the peer must prove)")
+	}
+	var s daemon.SessionStatus
+	if err := call(c, c.Context, daemon.OpPeersConnect, daemon.ConnectArgs{Address: pos[0], ID: id, Transport: transport}, &s); err != nil {
+		return err
+	}
+	if asJSON {
+		return printJSON(c.App.Writer, s)
+	}
+	fmt.Fprintf(c.App.Writer, "connected to %s over %s (%s, %s); session expires %s\n", s.Peer, s.Transport, s.Remote, s.Role, s.Expires.Local().Format(time.RFC3339))
+	return nil
+}

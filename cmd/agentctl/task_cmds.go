@@ -1,0 +1,314 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"text/tabwriter"
+	"time"
+	"unicode/utf8"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/custos-agent/custos/agent/daemon"
+	"github.com/custos-agent/custos/agent/identity"
+	"github.com/custos-agent/custos/agent/tasks"
+)
+
+func taskCommand() *cli.Command {
+	waitFlags := []cli.Flag{
+		&cli.BoolFlag{Name: "wait", Usage: "wait for the result"},
+		&cli.DurationFlag{Name: "timeout", Usage: "how long --wait waits", Value: 2 * time.Minute},
+		jsonFlag(),
+	}
+	return &cli.Command{
+		OnUsageError: onUsageError,
+		Name:         "task",
+		Usage:        "submit a task to a peer through the running agent, follow it, and check signed results",
+		Subcommands: []*cli.Command{
+			{
+				OnUsageError: onUsageError,
+				Name:         "submit",
+				Usage:        "submit a task to the peer AGENT_ID; with --wait, print its verified, signed result",
+				UsageText:    "agentctl task submit --to AGENT_ID --handler NAME (--input FILE | --data STRING) [--wait [--timeout D]] [--json]",
+				Description: "The local agent records the task (fsync) and delivers it over its session with the peer, again\n" +
+					"after every reconnect until the peer acknowledges it; the peer records it before acknowledging, so a\n" +
+					"restart of either side loses no task. The result is signed by the executing agent; the output shows\n" +
+					"its signature and the result's SHA-256, and --json includes the evidence (envelope, delegation, key\n" +
+					"event log) with which anyone can check it: agentctl task verify FILE.",
+				Flags: append([]cli.Flag{
+					&cli.StringFlag{Name: "to", Usage: "the executing peer's agent `ID`"},
+					&cli.StringFlag{Name: "handler", Usage: "handler `NAME` on the peer (echo, sha256, or a configured command)"},
+					&cli.StringFlag{Name: "input", Usage: "read the input from `FILE` (- for stdin)", TakesFile: true},
+					&cli.StringFlag{Name: "data", Usage: "the input as a `STRING`"},
+				}, waitFlags...),
+				Action: runTaskSubmit,
+			},
+			{
+				OnUsageError: onUsageError,
+				Name:         "result",
+				Usage:        "show a submitted task and, when it is finished, its verified, signed result",
+				UsageText:    "agentctl task result TASK_ID [--wait [--timeout D]] [--json]",
+				Flags:        waitFlags,
+				Action:       runTaskResult,
+			},
+			{
+				OnUsageError: onUsageError,
+				Name:         "list",
+				Usage:        "list the tasks submitted through this agent",
+				UsageText:    "agentctl task list [--json]",
+				Flags:        []cli.Flag{jsonFlag()},
+				Action:       runTaskList,
+			},
+			{
+				OnUsageError: onUsageError,
+				Name:         "verify",
+				Usage:        "check a task result offline, as a third party (no daemon, no keys needed)",
+				UsageText: "agentctl task verify FILE\n\n" +
+					"FILE (- for stdin) holds the --json output of 'task submit --wait' or 'task result', or just its\n" +
+					"result.evidence object. The key event log is verified from inception, the delegation against it, the\n" +
+					"signature under the delegated operational key, and the output against its digest.",
+				Action: runTaskVerify,
+			},
+		},
+	}
+}
+
+func readInput(c *cli.Context, file, data string, fileSet, dataSet bool) ([]byte, error) {
+	switch {
+	case fileSet && dataSet:
+		return nil, usagef("give --input FILE or --data STRING, not both")
+	case dataSet:
+		return []byte(data), nil
+	case fileSet:
+		var r io.Reader
+		if file == "-" {
+			r = c.App.Reader
+		} else {
+			f, err := os.Open(file)
+			if err != nil {
+				return nil, fmt.Errorf("--input: %w", err)
+			}
+			defer f.Close()
+			r = f
+		}
+		b, err := io.ReadAll(io.LimitReader(r, tasks.MaxInput+1))
+		if err != nil {
+			return nil, fmt.Errorf("--input: %w", err)
+		}
+		if len(b) > tasks.MaxInput {
+			return nil, fmt.Errorf("--input %s is larger than the task input limit of %d bytes", file, tasks.MaxInput)
+		}
+		return b, nil
+	}
+	return nil, usagef("task submit: give the input with --input FILE or --data STRING")
+}
+
+func runTaskSubmit(c *cli.Context) error {
+	if c.NArg() > 0 {
+		return usagef("task submit takes no arguments (got %q); give the input with --input or --data", c.Args().First())
+	}
+	if err := requireFlags(c, "to", "handler"); err != nil {
+		return err
+	}
+	if _, err := identity.ParseID(c.String("to")); err != nil {
+		return usagef("--to %q: %v", c.String("to"), err)
+	}
+	input, err := readInput(c, c.String("input"), c.String("data"), c.IsSet("input"), c.IsSet("data"))
+	if err != nil {
+		return err
+	}
+	var v daemon.TaskView
+	if err := call(c, c.Context, daemon.OpTaskSubmit, daemon.SubmitArgs{To: c.String("to"), Handler: c.String("handler"), Input: input}, &v); err != nil {
+		return err
+	}
+	if !c.Bool("wait") {
+		if c.Bool("json") {
+			return printJSON(c.App.Writer, v)
+		}
+		fmt.Fprintf(c.App.Writer, "task %s submitted to %s (%s); fetch the result with: agentctl task result %s --wait\n", v.TaskID, v.To, v.State, v.TaskID)
+		return nil
+	}
+	return waitAndPrint(c, v.TaskID, c.Duration("timeout"), c.Bool("json"))
+}
+
+func waitAndPrint(c *cli.Context, id string, timeout time.Duration, asJSON bool) error {
+	if timeout <= 0 || timeout > daemon.MaxWait {
+		return usagef("--timeout %v: use a duration up to %v", timeout, daemon.MaxWait)
+	}
+	ctx, cancel := context.WithTimeout(c.Context, timeout+10*time.Second)
+	defer cancel()
+	var v daemon.TaskView
+	if err := call(c, ctx, daemon.OpTaskGet, daemon.GetArgs{TaskID: id, WaitMS: timeout.Milliseconds()}, &v); err != nil {
+		return err
+	}
+	if asJSON {
+		if err := printJSON(c.App.Writer, v); err != nil {
+			return err
+		}
+	} else {
+		printTask(c.App.Writer, &v)
+	}
+	switch {
+	case v.State == tasks.OutFailed:
+		return fmt.Errorf("task %s failed: %s: %s", v.TaskID, v.ErrorCode, v.Error)
+	case v.State != tasks.OutDone:
+		return fmt.Errorf("task %s is not finished after %v (state %s); fetch it later with: agentctl task result %s --wait", v.TaskID, timeout, v.State, v.TaskID)
+	case v.Result.Status != tasks.ResultOK:
+		return fmt.Errorf("task %s: the executor reports failure: %s", v.TaskID, v.Result.Error)
+	}
+	return nil
+}
+
+func runTaskResult(c *cli.Context) error {
+	pos, vals, err := trailingFlags(c.Args().Slice(), map[string]bool{"wait": false, "timeout": true, "json": false})
+	if err != nil {
+		return err
+	}
+	if len(pos) != 1 {
+		return usagef("task result takes one TASK_ID (got %d arguments)", len(pos))
+	}
+	wait, timeout, asJSON := c.Bool("wait"), c.Duration("timeout"), c.Bool("json")
+	if _, ok := vals["wait"]; ok {
+		wait = true
+	}
+	if _, ok := vals["json"]; ok {
+		asJSON = true
+	}
+	if v, ok := vals["timeout"]; ok {
+		if timeout, err = time.ParseDuration(v); err != nil {
+			return usagef("--timeout %q: %v", v, err)
+		}
+	}
+	if err := tasks.CheckTaskID(pos[0]); err != nil {
+		return usagef("%v", err)
+	}
+	if wait {
+		return waitAndPrint(c, pos[0], timeout, asJSON)
+	}
+	var v daemon.TaskView
+	if err := call(c, c.Context, daemon.OpTaskGet, daemon.GetArgs{TaskID: pos[0]}, &v); err != nil {
+		return err
+	}
+	if asJSON {
+		return printJSON(c.App.Writer, v)
+	}
+	printTask(c.App.Writer, &v)
+	return nil
+}
+
+func runTaskList(c *cli.Context) error {
+	if c.NArg() > 0 {
+		return usagef("task list takes no arguments")
+	}
+	var vs []daemon.TaskView
+	if err := call(c, c.Context, daemon.OpTaskList, nil, &vs); err != nil {
+		return err
+	}
+	if c.Bool("json") {
+		return printJSON(c.App.Writer, vs)
+	}
+	w := tabwriter.NewWriter(c.App.Writer, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(w, "TASK\tTO\tHANDLER\tSTATE\tSUBMITTED")
+	for _, v := range vs {
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\n", v.TaskID, v.To, v.Handler, v.State, v.Submitted.Local().Format(time.DateTime))
+	}
+	return w.Flush()
+}
+
+// printable reports whether b reads well as text.
+func printable(b []byte) bool {
+	if !utf8.Valid(b) || len(b) > 4096 {
+		return false
+	}
+	for _, r := range string(b) {
+		if r < 0x20 && r != '\n' && r != '\t' {
+			return false
+		}
+	}
+	return true
+}
+
+func printTask(out io.Writer, v *daemon.TaskView) {
+	w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	fmt.Fprintf(w, "task\t%s\n", v.TaskID)
+	fmt.Fprintf(w, "to\t%s\n", v.To)
+	fmt.Fprintf(w, "handler\t%s\n", v.Handler)
+	fmt.Fprintf(w, "input sha256\t%s\n", v.InputSHA256)
+	fmt.Fprintf(w, "state\t%s (%d sends)\n", v.State, v.Attempts)
+	if v.Error != "" {
+		fmt.Fprintf(w, "error\t%s: %s\n", v.ErrorCode, v.Error)
+	}
+	if r := v.Result; r != nil {
+		fmt.Fprintf(w, "status\t%s\n", r.Status)
+		if r.Error != "" {
+			fmt.Fprintf(w, "executor error\t%s\n", r.Error)
+		}
+		if printable(r.Output) {
+			fmt.Fprintf(w, "output\t%s\n", strings.TrimRight(string(r.Output), "\n"))
+		} else {
+			fmt.Fprintf(w, "output\t%d bytes (base64url) %s\n", len(r.Output), identity.Base64().EncodeToString(r.Output))
+		}
+		fmt.Fprintf(w, "result sha256\t%s\n", r.OutputSHA256)
+		fmt.Fprintf(w, "signed by\t%s at %s\n", r.Executor, time.Unix(r.SignedAt, 0).UTC().Format(time.RFC3339))
+		fmt.Fprintf(w, "signature\t%s\n", identity.Base64().EncodeToString(r.Signature))
+		fmt.Fprintf(w, "signing key\t%s %s (delegation of generation %d, valid until %s)\n", r.OperationalAlgorithm, r.OperationalKey,
+			r.DelegationGeneration, time.Unix(r.DelegationNotAfter, 0).UTC().Format(time.RFC3339))
+		fmt.Fprintf(w, "verified\tenvelope signature, delegation and key event log of the executor\n")
+	}
+	w.Flush()
+}
+
+func runTaskVerify(c *cli.Context) error {
+	if c.NArg() != 1 {
+		return usagef("task verify takes one FILE (- for stdin)")
+	}
+	var r io.Reader = c.App.Reader
+	if f := c.Args().First(); f != "-" {
+		fh, err := os.Open(f)
+		if err != nil {
+			return err
+		}
+		defer fh.Close()
+		r = fh
+	}
+	raw, err := io.ReadAll(io.LimitReader(r, 16<<20))
+	if err != nil {
+		return err
+	}
+	ev, err := evidenceOf(raw)
+	if err != nil {
+		return err
+	}
+	e, doc, err := tasks.VerifyEvidence(ev)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(c.App.Writer, "ok: task %s was run by %s for %s (handler %s, status %s)\nresult sha256 %s\nsignature %s\n",
+		doc.TaskID, e.Header.SenderID, doc.Requester, doc.Handler, doc.Status, doc.OutputSHA256, identity.Base64().EncodeToString(e.Signature))
+	return nil
+}
+
+// evidenceOf accepts a TaskView (the --json output) or a bare evidence object.
+func evidenceOf(raw []byte) (*tasks.Evidence, error) {
+	var v struct {
+		Result *struct {
+			Evidence *tasks.Evidence `json:"evidence"`
+		} `json:"result"`
+		tasks.Evidence
+	}
+	if err := json.Unmarshal(raw, &v); err != nil {
+		return nil, fmt.Errorf("the file is not JSON: %w", err)
+	}
+	switch {
+	case v.Result != nil && v.Result.Evidence != nil:
+		return v.Result.Evidence, nil
+	case len(v.Envelope) > 0:
+		return &v.Evidence, nil
+	}
+	return nil, errors.New("the file holds no result evidence (want the --json output of a finished task, or its result.evidence)")
+}
