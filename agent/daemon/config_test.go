@@ -1,0 +1,87 @@
+package daemon
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+const validSum = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+
+func TestParseConfigDefaults(t *testing.T) {
+	c, err := ParseConfig([]byte("transports:\n  - {name: tcp, plugin: /opt/custos/transport-tcp, sha256: " + validSum + ", listen: [\"0.0.0.0:7400\"]}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Session.ReauthInterval != 15*time.Minute || c.Delegation.Mode != "delegated" || c.Limits.DrainTimeout != 30*time.Second ||
+		c.Metrics.Address != "127.0.0.1:9464" || len(c.Handlers) != 2 || c.Redial.Max != 30*time.Second || c.Log.Level != "info" {
+		t.Fatalf("defaults: %+v", c)
+	}
+}
+
+func TestParseConfigRefusals(t *testing.T) {
+	tr := "transports:\n  - {name: tcp, plugin: /opt/t, sha256: " + validSum + "}\n"
+	cases := []struct{ name, in, want string }{
+		{"unknown key", "transport: []\n", "field transport not found"},
+		{"unknown nested key", "session: {reauth: 1m}\n", "field reauth not found"},
+		{"duration without unit", "session: {reauth_interval: 60}\n", "line 1: cannot unmarshal !!int `60` into time.Duration"},
+		{"two documents", "log: {level: info}\n---\nlog: {level: info}\n", "more than one YAML document"},
+		{"relative plugin", "transports:\n  - {name: tcp, plugin: bin/t, sha256: " + validSum + "}\n", "transports[0].plugin"},
+		{"bad digest", "transports:\n  - {name: tcp, plugin: /opt/t, sha256: ABC}\n", "transports[0].sha256"},
+		{"duplicate transport", tr + "  - {name: tcp, plugin: /opt/u, sha256: " + validSum + "}\n", "configured twice"},
+		{"bootstrap bad id", tr + "bootstrap: [{id: alice, address: \"h:1\"}]\n", "bootstrap[0].id"},
+		{"bootstrap unknown transport", tr + "bootstrap: [{id: ed25519:tTPYrZ_Pvd4LSBwbM03cPFNBL9YUVk5-Wv0CA2jTgsM, address: \"wss://h:1/custos/v1\"}]\n", "transport ws"},
+		{"handler both", "handlers: {x: {builtin: echo, exec: {command: /bin/cat}}}\n", "not both"},
+		{"handler relative command", "handlers: {x: {exec: {command: cat}}}\n", "handlers.x.exec"},
+		{"handler bad name", "handlers: {X: {builtin: echo}}\n", "handlers.X"},
+		{"mode", "delegation: {mode: lax}\n", "delegation.mode"},
+		{"metrics not loopback", "metrics: {address: \"0.0.0.0:9464\"}\n", "metrics.address"},
+		{"log level", "log: {level: loud}\n", "log.level"},
+		{"redial order", "redial: {min: 5s, max: 1s}\n", "redial.max"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			_, err := ParseConfig([]byte(c.in))
+			if !errors.Is(err, ErrConfig) || !strings.Contains(err.Error(), c.want) {
+				t.Fatalf("err %v, want ErrConfig mentioning %q", err, c.want)
+			}
+		})
+	}
+}
+
+// The documented example must stay valid.
+func TestExampleConfigParses(t *testing.T) {
+	path := filepath.Join("..", "..", "configs", "agent.example.yaml")
+	if _, err := os.Stat(path); err != nil {
+		t.Fatal(err)
+	}
+	c, digest, err := LoadConfig(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(digest) != 64 || len(c.Transports) == 0 || len(c.Bootstrap) == 0 || c.Handlers["sha256"].Builtin != "sha256" {
+		t.Fatalf("example: %+v", c)
+	}
+}
+
+func TestDiff(t *testing.T) {
+	a, _ := ParseConfig([]byte("handlers: {echo: {builtin: echo}, sha256: {builtin: sha256}}\n"))
+	b, _ := ParseConfig([]byte("handlers: {echo: {builtin: sha256}, x: {builtin: echo}}\nsession: {reauth_interval: 1m}\n"))
+	if got := strings.Join(Diff(a, b), ","); got != "handlers.echo,handlers.sha256,handlers.x,session" {
+		t.Fatalf("diff %s", got)
+	}
+	if got := Diff(a, a); len(got) != 0 {
+		t.Fatalf("diff of equal configs: %v", got)
+	}
+}
+
+func TestInferTransport(t *testing.T) {
+	for addr, want := range map[string]string{"10.0.0.1:7400": "tcp", "wss://h:7443/custos/v1": "ws", "/ip4/1.2.3.4/tcp/4001/p2p/12D3Koo": "libp2p"} {
+		if got := InferTransport(addr); got != want {
+			t.Errorf("%s: %s, want %s", addr, got, want)
+		}
+	}
+}

@@ -1,0 +1,212 @@
+package daemon
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/custos-agent/custos/agent/control"
+	"github.com/custos-agent/custos/agent/custody"
+	"github.com/custos-agent/custos/agent/identity"
+	"github.com/custos-agent/custos/audit"
+	"github.com/custos-agent/custos/keystore"
+	"github.com/custos-agent/custos/keystore/software"
+)
+
+func quietLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+
+// testHome makes an agent home with a software identity (low work factor) and returns it opened.
+func testHome(t *testing.T) (string, *custody.Custody) {
+	t.Helper()
+	home, err := os.MkdirTemp("", "cx") // the control socket path must stay short
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(home) })
+	pass := filepath.Join(home, "pass")
+	if err := os.WriteFile(pass, []byte("test passphrase\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	opts := custody.Options{Openers: map[string]keystore.OpenFunc{software.Scheme: software.Open}, Logger: quietLogger()}
+	uri := software.Scheme + ":" + filepath.Join(home, custody.KeysDir) + "?passphrase-source=file:" + pass + "&work-factor=10"
+	c, err := custody.Init(context.Background(), home, custody.InitRequest{Keystore: uri, Algorithm: keystore.Ed25519}, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return home, c
+}
+
+func writeConfig(t *testing.T, path, body string) (*Config, string) {
+	t.Helper()
+	if err := os.WriteFile(path, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg, digest, err := LoadConfig(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cfg, digest
+}
+
+// TestDaemonWithoutTransports starts a daemon with no transports (no plugin processes) and drives it
+// through its control socket: status, a task queued for an unreachable peer, a refused and an accepted
+// reload, and a drained shutdown that leaves a sealed, verifying audit log.
+func TestDaemonWithoutTransports(t *testing.T) {
+	ctx := context.Background()
+	home, cust := testHome(t)
+	cfgPath := filepath.Join(home, "agent.yaml")
+	cfg, digest := writeConfig(t, cfgPath, "metrics: {address: \"127.0.0.1:0\"}\n")
+	d, err := Start(ctx, Options{Home: home, Config: cfg, ConfigDigest: digest, ConfigPath: cfgPath, Custody: cust, Logger: quietLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sock := filepath.Join(home, ControlFile)
+	if fi, err := os.Stat(sock); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("control socket: %v %v", fi, err)
+	}
+	var st Status
+	if err := control.Call(ctx, sock, OpStatus, nil, &st); err != nil {
+		t.Fatal(err)
+	}
+	if st.AgentID != cust.ID().String() || st.ConfigDigest != digest || st.Keystore != "file" || len(st.Sessions) != 0 ||
+		!strings.HasPrefix(st.Metrics, "http://127.0.0.1:") || strings.Join(st.Handlers, ",") != "echo,sha256" {
+		t.Fatalf("status %+v", st)
+	}
+
+	// A second daemon on the same home is refused before it touches anything.
+	if _, err := Start(ctx, Options{Home: home, Config: cfg, ConfigPath: cfgPath, Custody: cust, Logger: quietLogger()}); err == nil ||
+		!strings.Contains(err.Error(), "is locked by another process") {
+		t.Fatalf("second daemon: %v", err)
+	}
+
+	// A task for a peer nobody can reach stays pending (recorded, not lost).
+	peer, _ := testHome(t)
+	peerID := mustID(t, peer)
+	var v TaskView
+	if err := control.Call(ctx, sock, OpTaskSubmit, SubmitArgs{To: peerID, Handler: "sha256", Input: []byte("x")}, &v); err != nil {
+		t.Fatal(err)
+	}
+	if err := control.Call(ctx, sock, OpTaskGet, GetArgs{TaskID: v.TaskID, WaitMS: 200}, &v); err != nil || v.State != "pending" {
+		t.Fatalf("task after a short wait: %+v %v", v, err)
+	}
+	err = control.Call(ctx, sock, OpTaskGet, GetArgs{TaskID: "AAAAAAAAAAAAAAAAAAAAAA"}, nil)
+	if control.CodeOf(err) != control.CodeNotFound {
+		t.Fatalf("unknown task: %v", err)
+	}
+	err = control.Call(ctx, sock, OpPeersConnect, ConnectArgs{Address: "127.0.0.1:1", ID: peerID}, nil)
+	if control.CodeOf(err) != control.CodeBadRequest || !strings.Contains(err.Error(), "transport tcp is not configured") {
+		t.Fatalf("connect without transports: %v", err)
+	}
+
+	// An invalid configuration is refused and changes nothing.
+	if err := os.WriteFile(cfgPath, []byte("handlers: {x: {builtin: nope}}\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	err = control.Call(ctx, sock, OpConfigReload, nil, nil)
+	if control.CodeOf(err) != control.CodeBadRequest || !strings.Contains(err.Error(), "handlers.x.builtin") {
+		t.Fatalf("bad reload: %v", err)
+	}
+	// A valid one is applied: handlers change at once, the metrics address needs a restart.
+	writeConfig(t, cfgPath, "metrics: {address: \"127.0.0.1:0\", disabled: true}\nhandlers:\n  echo: {builtin: echo}\n  upper: {exec: {command: /usr/bin/tr, args: [a-z, A-Z]}}\n")
+	var rr ReloadResult
+	if err := control.Call(ctx, sock, OpConfigReload, nil, &rr); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Join(rr.Changed, ",") != "handlers.sha256,handlers.upper,metrics" || strings.Join(rr.NeedRestart, ",") != "metrics" ||
+		rr.PreviousDigest != digest || rr.Digest == digest {
+		t.Fatalf("reload result %+v", rr)
+	}
+	if err := control.Call(ctx, sock, OpStatus, nil, &st); err != nil || strings.Join(st.Handlers, ",") != "echo,upper" || st.Metrics == "" {
+		t.Fatalf("status after reload: %+v %v", st, err)
+	}
+
+	sctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if err := d.Shutdown(sctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(sock); !os.IsNotExist(err) {
+		t.Fatalf("control socket after shutdown: %v", err)
+	}
+	rep, err := audit.Verify(filepath.Join(home, AuditDir), cust.Log())
+	if err != nil || !rep.Sealed {
+		t.Fatalf("audit after shutdown: %+v %v", rep, err)
+	}
+	want := map[audit.EventType]bool{audit.ConfigLoaded: false, audit.AgentStarted: false, audit.AgentStopped: false, TaskSubmitted: false}
+	var reloads []string
+	err = audit.Query(ctx, filepath.Join(home, AuditDir), audit.Filter{}, func(e audit.Entry) error {
+		if _, ok := want[e.Type]; ok {
+			want[e.Type] = true
+		}
+		if e.Type == audit.ConfigChanged {
+			reloads = append(reloads, string(e.Outcome))
+		}
+		if e.Type == ControlRequest && (e.Details["uid"] == nil || !strings.HasPrefix(e.Actor, "uid:")) {
+			t.Errorf("control request record without the caller's uid: %+v", e.Record)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for typ, seen := range want {
+		if !seen {
+			t.Errorf("no %s record", typ)
+		}
+	}
+	if strings.Join(reloads, ",") != "failure,success" {
+		t.Errorf("config.changed outcomes %v, want failure then success", reloads)
+	}
+	// The submitted task survives the restart of the daemon (it is in state.db).
+	cfg2, digest2, _ := LoadConfig(cfgPath)
+	d2, err := Start(ctx, Options{Home: home, Config: cfg2, ConfigDigest: digest2, ConfigPath: cfgPath, Custody: cust, Logger: quietLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d2.Shutdown(context.Background())
+	if err := control.Call(ctx, sock, OpTaskGet, GetArgs{TaskID: v.TaskID}, &v); err != nil || v.State != "pending" || v.To != peerID {
+		t.Fatalf("task after restart: %+v %v", v, err)
+	}
+}
+
+func mustID(t *testing.T, home string) string {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(home, custody.LogFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := identity.DecodeLog(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := l.Verify()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st.ID.String()
+}
+
+func TestStartRefusesWrongPluginChecksum(t *testing.T) {
+	home, cust := testHome(t)
+	plugin := filepath.Join(home, "transport-fake")
+	if err := os.WriteFile(plugin, []byte("#!/bin/sh\nexit 1\n"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	cfgPath := filepath.Join(home, "agent.yaml")
+	cfg, _ := writeConfig(t, cfgPath, "transports:\n  - name: tcp\n    plugin: "+plugin+"\n    sha256: "+strings.Repeat("ab", 32)+"\n")
+	_, err := Start(context.Background(), Options{Home: home, Config: cfg, ConfigPath: cfgPath, Custody: cust, Logger: quietLogger()})
+	if err == nil || !strings.Contains(err.Error(), "plugin "+plugin) || !strings.Contains(err.Error(), "plugin checksum mismatch") {
+		t.Fatalf("err %v", err)
+	}
+	for _, f := range []string{StateFile, AuditDir, ControlFile} {
+		if _, err := os.Stat(filepath.Join(home, f)); !os.IsNotExist(err) {
+			t.Errorf("%s exists after a refused start (%v)", f, err)
+		}
+	}
+}
