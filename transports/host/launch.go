@@ -272,5 +272,9 @@ func (w hcWriter) Write(p []byte) (int, error) {
 }
 
 func newHCLogger(log *slog.Logger, name string) hclog.Logger {
-	return hclog.New(&hclog.LoggerOptions{Name: name, Output: hcWriter{log: log}, JSONFormat: true, Level: hclog.Info})
+	level := hclog.Info
+	if log.Enabled(context.Background(), slog.LevelDebug) {
+		level = hclog.Debug // also forwards the plugin's unstructured stderr (panics, race reports)
+	}
+	return hclog.New(&hclog.LoggerOptions{Name: name, Output: hcWriter{log: log}, JSONFormat: true, Level: level})
 }

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
@@ -19,6 +20,10 @@ import (
 	"github.com/custos-agent/custos/keystore"
 	"github.com/custos-agent/custos/transports/host"
 )
+
+// RaceEnv, set to 1, builds the plugins with the race detector and logs their output at debug level,
+// where a "DATA RACE" report of a plugin process shows up.
+const RaceEnv = "CUSTOS_PLUGIN_RACE"
 
 // Build compiles cmd/<name> for each name into dir and returns name -> absolute binary path. Call it from
 // TestMain with a directory from os.MkdirTemp.
@@ -30,7 +35,11 @@ func Build(dir string, names ...string) (map[string]string, error) {
 	out := map[string]string{}
 	for _, n := range names {
 		p := filepath.Join(dir, n)
-		cmd := exec.Command(goBin, "build", "-o", p, "github.com/custos-agent/custos/cmd/"+n)
+		args := []string{"build", "-o", p}
+		if os.Getenv(RaceEnv) == "1" {
+			args = append(args, "-race")
+		}
+		cmd := exec.Command(goBin, append(args, "github.com/custos-agent/custos/cmd/"+n)...)
 		var stderr bytes.Buffer
 		cmd.Stderr = &stderr
 		if err := cmd.Run(); err != nil {
@@ -196,7 +205,11 @@ func Frame(n int) []byte {
 
 // Logger logs through t.Log at Info level (quiet unless the test fails or -v).
 func Logger(t testing.TB) *slog.Logger {
-	return slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	level := slog.LevelInfo
+	if os.Getenv(RaceEnv) == "1" {
+		level = slog.LevelDebug
+	}
+	return slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: level}))
 }
 
 type tWriter struct{ t testing.TB }
