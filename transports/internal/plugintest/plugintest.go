@@ -13,7 +13,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"testing"
 	"time"
 
@@ -28,9 +27,9 @@ const RaceEnv = "CUSTOS_PLUGIN_RACE"
 // Build compiles cmd/<name> for each name into dir and returns name -> absolute binary path. Call it from
 // TestMain with a directory from os.MkdirTemp.
 func Build(dir string, names ...string) (map[string]string, error) {
-	goBin, err := exec.LookPath("go")
+	goBin, err := goTool()
 	if err != nil {
-		goBin = filepath.Join(runtime.GOROOT(), "bin", "go")
+		return nil, err
 	}
 	out := map[string]string{}
 	for _, n := range names {
@@ -52,9 +51,9 @@ func Build(dir string, names ...string) (map[string]string, error) {
 
 // BuildPath compiles the main package at import path pkg into dir/name.
 func BuildPath(dir, name, pkg string) (string, error) {
-	goBin, err := exec.LookPath("go")
+	goBin, err := goTool()
 	if err != nil {
-		goBin = filepath.Join(runtime.GOROOT(), "bin", "go")
+		return "", err
 	}
 	p := filepath.Join(dir, name)
 	cmd := exec.Command(goBin, "build", "-o", p, pkg)
@@ -234,4 +233,13 @@ func ExpectEnd(t testing.TB, c *host.Conn, within time.Duration) error {
 			return err
 		}
 	}
+}
+
+// goTool finds the go command: `go test` puts $GOROOT/bin first on PATH.
+func goTool() (string, error) {
+	p, err := exec.LookPath("go")
+	if err != nil {
+		return "", fmt.Errorf("the go command is not on PATH (needed to build the test plugins): %w", err)
+	}
+	return p, nil
 }
