@@ -117,6 +117,7 @@ type Daemon struct {
 	done     chan struct{}
 	stopOnce sync.Once
 	stopErr  error
+	running  bool // Start completed
 }
 
 // Start brings the agent up. It returns once every transport listens and the control socket is served;
@@ -225,6 +226,10 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 	if err != nil {
 		return nil, err
 	}
+	// Working directories left by commands of a daemon that was killed are removed; their tasks run again.
+	if err := os.RemoveAll(d.workRoot()); err != nil {
+		return nil, fmt.Errorf("task work directory: %w", err)
+	}
 	if err := os.MkdirAll(d.workRoot(), 0o700); err != nil {
 		return nil, fmt.Errorf("task work directory: %w", err)
 	}
@@ -265,6 +270,7 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 		"version": opts.Version, "keystore": keystoreBackend(d.cust.KeystoreURI()), "generation": d.cust.Current().Generation,
 		"transports": strings.Join(d.transportNames(), ","),
 	})
+	d.running = true
 	d.log.Info("agent running", "id", d.id, "generation", d.cust.Current().Generation, "transports", d.transportNames(),
 		"control", d.ctl.Path(), "metrics", d.metricsURL())
 	return d, nil
@@ -449,7 +455,9 @@ func (d *Daemon) teardown(ctx context.Context) error {
 		d.dm.Close()
 	}
 	if d.audit != nil {
-		d.record(audit.AgentStopped, d.id.String(), d.id.String(), audit.OutcomeSuccess, nil)
+		if d.running {
+			d.record(audit.AgentStopped, d.id.String(), d.id.String(), audit.OutcomeSuccess, nil)
+		}
 		if err := d.audit.Close(); err != nil {
 			errs = append(errs, fmt.Errorf("audit log: %w", err))
 		}
@@ -576,7 +584,10 @@ func (d *Daemon) reloadIdentity(ctx context.Context) (bool, error) {
 			d.log.Warn("transport binding not renewed after the rotation", "transport", ts.cfg.Name, "err", err)
 		}
 	}
-	d.log.Info("identity reloaded", "generation", g, "previous", before)
+	// The old generation's operational keys are wiped: every session re-authenticates now, which also
+	// hands each peer the longer key event log.
+	n := d.mgr.reauthenticateAll()
+	d.log.Info("identity reloaded", "generation", g, "previous", before, "sessions_reauthenticating", n)
 	return true, nil
 }
 

@@ -113,6 +113,7 @@ func (d *Daemon) taskEvent(ev tasks.Event) {
 		typ = TaskFinished
 		if ev.Status != tasks.ResultOK {
 			outcome = audit.OutcomeFailure
+			d.metrics.OperationFailed("task")
 		}
 	case "result":
 		typ = TaskResult
@@ -176,5 +177,24 @@ func (d *Daemon) trustChanged(c reputation.Change) {
 		"from": string(c.From), "to": string(c.To), "reason": fmt.Sprintf("score %.3f", c.Score), "manual": c.Manual})
 	for l, n := range d.rep.CountByLevel() {
 		d.metrics.SetPeers(string(l), n)
+	}
+}
+
+// sessionFailed accounts for a session that a verified peer ended with a protocol failure: replays and
+// stale or reordered messages go to the replay metric and the audit log; any protocol error counts
+// against the peer's reputation.
+func (d *Daemon) sessionFailed(peer, transport string, err error) {
+	code := reason.Of(err)
+	switch code {
+	case "", reason.Closed, reason.PeerAlert, reason.Timeout, reason.TruncatedFrame, reason.SessionExpired, reason.Internal:
+		return // an orderly close, the network, or this side: not the peer's fault
+	case reason.ReplayedMessage, reason.StaleTimestamp, reason.FutureTimestamp, reason.CounterReuse, reason.ReplayCacheFull:
+		d.metrics.ReplayRefused(string(code))
+		d.record(audit.ReplayRefused, peer, peer, audit.OutcomeDenied, map[string]any{"reason": string(code), "transport": transport, "error": err.Error()})
+	}
+	if id, perr := parseID(peer); perr == nil {
+		if rerr := d.rep.Record(context.Background(), reputation.Observation{Peer: id, Kind: reputation.ProtocolError}); rerr != nil {
+			d.log.Debug("reputation not recorded", "peer", peer, "err", rerr)
+		}
 	}
 }

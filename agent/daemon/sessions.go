@@ -231,6 +231,7 @@ func (m *manager) receive(ctx context.Context, ps *peerSession) {
 	m.mu.Unlock()
 	m.d.metrics.SessionClosed(ps.transport)
 	m.d.log.Info("session ended", "peer", ps.peer, "transport", ps.transport, "reason", ps.s.Err())
+	m.d.sessionFailed(ps.peer, ps.transport, ps.s.Err())
 	if t != nil {
 		t.poke()
 	}
@@ -422,4 +423,28 @@ func (m *manager) targetStatuses() map[string]TargetStatus {
 		t.mu.Unlock()
 	}
 	return out
+}
+
+// reauthenticateAll starts a re-authentication of every session (after the local identity rotated) and
+// returns how many. A session whose re-authentication fails is closed by the session package; targets
+// re-dial it.
+func (m *manager) reauthenticateAll() int {
+	m.mu.Lock()
+	var live []*peerSession
+	for ps := range m.live {
+		live = append(live, ps)
+	}
+	m.mu.Unlock()
+	for _, ps := range live {
+		m.wg.Add(1)
+		go func() {
+			defer m.wg.Done()
+			ctx, cancel := context.WithTimeout(m.d.ctx, time.Minute)
+			defer cancel()
+			if err := ps.s.Reauthenticate(ctx); err != nil {
+				m.d.log.Warn("re-authentication after the identity change failed", "peer", ps.peer, "err", err)
+			}
+		}()
+	}
+	return len(live)
 }

@@ -131,3 +131,12 @@ func TestDecodeStrict(t *testing.T) {
 		})
 	}
 }
+
+func TestNewTaskIDNeverLooksLikeAFlag(t *testing.T) {
+	for i := 0; i < 2000; i++ {
+		id := NewTaskID()
+		if err := CheckTaskID(id); err != nil || id[0] == '-' {
+			t.Fatalf("task ID %q (%v)", id, err)
+		}
+	}
+}

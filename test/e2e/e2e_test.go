@@ -5,6 +5,8 @@ import (
 	"crypto/rand"
 	"encoding/json"
 	"errors"
+	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -200,6 +202,27 @@ func TestPluginKilledTaskDeliveredAfterRestart(t *testing.T) {
 	if !found {
 		t.Fatal("no plugin.restarted record in the audit log")
 	}
+	metrics := scrape(t, s.status().Metrics)
+	for _, want := range []string{`custos_plugin_restarts_total{plugin="tcp"} 1`, `custos_sessions_active{transport="tcp"} 1`,
+		`custos_auth_attempts_total{reason="",result="success"}`} {
+		if !strings.Contains(metrics, want) {
+			t.Fatalf("metrics lack %s:\n%s", want, metrics)
+		}
+	}
+}
+
+func scrape(t *testing.T, url string) string {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("GET %s: %d %v", url, resp.StatusCode, err)
+	}
+	return string(b)
 }
 
 // TestWrongPluginChecksumRefused: a plugin whose digest differs from the configuration is never run; the
@@ -274,7 +297,8 @@ func TestSignals(t *testing.T) {
 	x.writeConfig(agentConfig{Transports: []string{"tcp"}})
 	x.start()
 	s := newAgent(t, "s", false)
-	s.writeConfig(agentConfig{Transports: []string{"tcp"}, Bootstrap: []daemon.PeerConfig{s.bootstrapTo(x, "tcp")}})
+	s.writeConfig(agentConfig{Transports: []string{"tcp"}, Bootstrap: []daemon.PeerConfig{s.bootstrapTo(x, "tcp")},
+		Extra: "session: {reauth_interval: 1s}\n"})
 	s.start()
 	digest0 := x.status().ConfigDigest
 
@@ -298,6 +322,42 @@ func TestSignals(t *testing.T) {
 	var v daemon.TaskView
 	s.ctlJSON(&v, "task", "submit", "--to", x.id, "--handler", "rev", "--data", "abc", "--wait", "--timeout", "30s")
 	checkResult(t, &v, x.id, "cba")
+	if v.Result.DelegationGeneration != 0 {
+		t.Fatalf("result signed under generation %d, want 0", v.Result.DelegationGeneration)
+	}
+
+	// Rotation while the daemon runs (agentctl rotate is another process), picked up by SIGHUP: the
+	// sessions re-authenticate at once, results are signed under the new generation, and the peer learns
+	// the longer key event log.
+	if out, code := x.run("rotate"); code != 0 || !strings.Contains(out, "to generation 1") {
+		t.Fatalf("rotate: exit %d\n%s", code, out)
+	}
+	x.signal(syscall.SIGHUP)
+	eventually(t, 10*time.Second, "identity reload", func() bool { return strings.Contains(x.logText(), `msg="identity reloaded" generation=1 previous=0`) })
+	if g := x.status().Generation; g != 1 {
+		t.Fatalf("status generation %d after rotate+SIGHUP", g)
+	}
+	s.ctlJSON(&v, "task", "submit", "--to", x.id, "--handler", "sha256", "--data", "after rotation", "--wait", "--timeout", "30s")
+	checkResult(t, &v, x.id, hexSHA256([]byte("after rotation")))
+	if v.Result.DelegationGeneration != 1 {
+		t.Fatalf("result after the rotation signed under generation %d, want 1", v.Result.DelegationGeneration)
+	}
+	var ps []daemon.PeerStatus
+	s.ctlJSON(&ps, "peers")
+	if len(ps) != 1 || ps[0].Generation == nil || *ps[0].Generation != 1 {
+		t.Fatalf("the submitter's view of the executor after its rotation: %+v", ps)
+	}
+	// The submitter re-authenticates its session every second (session.reauth_interval: 1s).
+	reauths := 0
+	_ = audit.Query(context.Background(), filepath.Join(s.home, "audit"), audit.Filter{Types: []string{string(audit.AuthSuccess)}}, func(e audit.Entry) error {
+		if e.Details["kind"] == "reauth" {
+			reauths++
+		}
+		return nil
+	})
+	if reauths < 1 {
+		t.Fatal("no re-authentication recorded by the submitter")
+	}
 
 	x.signal(syscall.SIGTERM)
 	if code := x.waitExit(20 * time.Second); code != 0 {
