@@ -112,8 +112,10 @@ func runTaskSubmit(c *cli.Context) error {
 	if c.NArg() > 0 {
 		return usagef("task submit takes no arguments (got %q); give the input with --input or --data", c.Args().First())
 	}
-	if err := requireFlags(c, "to", "handler"); err != nil {
-		return err
+	for _, f := range []string{"to", "handler"} {
+		if c.String(f) == "" {
+			return usagef("task submit: --%s is required (see agentctl task submit --help)", f)
+		}
 	}
 	if _, err := identity.ParseID(c.String("to")); err != nil {
 		return usagef("--to %q: %v", c.String("to"), err)

@@ -143,16 +143,12 @@ func TestWrongExpectedIDRefused(t *testing.T) {
 	if sess := s.sessionWith(x.id); sess != nil {
 		t.Fatalf("a session exists after the refusal: %+v", sess)
 	}
-	found := false
-	err := audit.Query(context.Background(), filepath.Join(s.home, "audit"), audit.Filter{Types: []string{string(audit.AuthFailure)}}, func(e audit.Entry) error {
-		if e.Details["reason"] == "peer_mismatch" && strings.Contains(e.Details["error"].(string), other.id) {
-			found = true
-		}
-		return nil
+	eventually(t, 10*time.Second, "an auth.failure record with reason peer_mismatch naming the expected ID", func() bool {
+		return auditHas(t, s, audit.AuthFailure, func(e audit.Entry) bool {
+			msg, _ := e.Details["error"].(string)
+			return e.Details["reason"] == "peer_mismatch" && strings.Contains(msg, other.id)
+		})
 	})
-	if err != nil || !found {
-		t.Fatalf("no auth.failure record with reason peer_mismatch in the audit log (%v)", err)
-	}
 	// The right ID connects.
 	out, code := s.run("peers", "connect", x.dialAddr("tcp"), "--id", x.id)
 	if code != 0 || !strings.Contains(out, "connected to "+x.id+" over tcp") {
@@ -194,14 +190,9 @@ func TestPluginKilledTaskDeliveredAfterRestart(t *testing.T) {
 	if !strings.Contains(s.logText(), "transport plugin restarted") {
 		t.Fatalf("no restart in the daemon log:\n%s", s.logTail())
 	}
-	found := false
-	_ = audit.Query(context.Background(), filepath.Join(s.home, "audit"), audit.Filter{Types: []string{string(audit.PluginRestarted)}}, func(e audit.Entry) error {
-		found = found || e.Subject == "tcp"
-		return nil
+	eventually(t, 10*time.Second, "a plugin.restarted record for tcp", func() bool {
+		return auditHas(t, s, audit.PluginRestarted, func(e audit.Entry) bool { return e.Subject == "tcp" })
 	})
-	if !found {
-		t.Fatal("no plugin.restarted record in the audit log")
-	}
 	metrics := scrape(t, s.status().Metrics)
 	for _, want := range []string{`custos_plugin_restarts_total{plugin="tcp"} 1`, `custos_sessions_active{transport="tcp"} 1`,
 		`custos_auth_attempts_total{reason="",result="success"}`} {
@@ -270,14 +261,14 @@ func TestDaemonKilledMidTaskLosesNothing(t *testing.T) {
 	s.ctlJSON(&v, "task", "submit", "--to", x.id, "--handler", "slow", "--input", file)
 	runs := func() int { e, _ := os.ReadDir(marks); return len(e) }
 	eventually(t, 20*time.Second, "the slow command to start", func() bool { return runs() == 1 })
+	eventually(t, 10*time.Second, "the submitter to see the task acknowledged", func() bool {
+		var mid daemon.TaskView
+		s.ctlJSON(&mid, "task", "result", v.TaskID)
+		return mid.State == "accepted" || mid.State == "running"
+	})
 	x.signal(syscall.SIGKILL)
 	if code := x.waitExit(10 * time.Second); code != -int(syscall.SIGKILL) {
 		t.Fatalf("executor exit %d, want killed", code)
-	}
-	var mid daemon.TaskView
-	s.ctlJSON(&mid, "task", "result", v.TaskID)
-	if mid.State != "accepted" && mid.State != "running" {
-		t.Fatalf("before the restart the submitter sees %s; the executor had acknowledged the task", mid.State)
 	}
 	x.start() // same home, same port: the submitter re-dials it (peers connect made it a target)
 	s.ctlJSON(&v, "task", "result", v.TaskID, "--wait", "--timeout", "60s")
@@ -348,16 +339,9 @@ func TestSignals(t *testing.T) {
 		t.Fatalf("the submitter's view of the executor after its rotation: %+v", ps)
 	}
 	// The submitter re-authenticates its session every second (session.reauth_interval: 1s).
-	reauths := 0
-	_ = audit.Query(context.Background(), filepath.Join(s.home, "audit"), audit.Filter{Types: []string{string(audit.AuthSuccess)}}, func(e audit.Entry) error {
-		if e.Details["kind"] == "reauth" {
-			reauths++
-		}
-		return nil
+	eventually(t, 10*time.Second, "a re-authentication recorded by the submitter", func() bool {
+		return auditHas(t, s, audit.AuthSuccess, func(e audit.Entry) bool { return e.Details["kind"] == "reauth" })
 	})
-	if reauths < 1 {
-		t.Fatal("no re-authentication recorded by the submitter")
-	}
 
 	x.signal(syscall.SIGTERM)
 	if code := x.waitExit(20 * time.Second); code != 0 {
@@ -388,4 +372,18 @@ func TestSignals(t *testing.T) {
 	}
 	// The peer notices and keeps trying to re-dial.
 	eventually(t, 10*time.Second, "the submitter to lose its session", func() bool { return s.sessionWith(x.id) == nil })
+}
+
+// auditHas reports whether a's audit log holds a record of type typ that match accepts.
+func auditHas(t *testing.T, a *agent, typ audit.EventType, match func(audit.Entry) bool) bool {
+	t.Helper()
+	found := false
+	err := audit.Query(context.Background(), filepath.Join(a.home, "audit"), audit.Filter{Types: []string{string(typ)}}, func(e audit.Entry) error {
+		found = found || match(e)
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("%s: audit query: %v", a.name, err)
+	}
+	return found
 }
