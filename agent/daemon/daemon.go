@@ -91,6 +91,7 @@ type Daemon struct {
 	cust *custody.Custody
 
 	mu     sync.Mutex
+	idMu   sync.Mutex // serialises identity reloads (keyevents.go)
 	cfg    *Config
 	digest string
 	ownLog identity.Log
@@ -205,7 +206,8 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 	}
 
 	d.dm, err = delegation.NewManager(ctx, delegation.Config{Identity: signer, State: d.cust.State(),
-		Mode: delegation.Mode(cfg.Delegation.Mode), Lifetime: cfg.Delegation.Lifetime, Logger: d.log.With("part", "delegation")})
+		Mode: delegation.Mode(cfg.Delegation.Mode), Lifetime: cfg.Delegation.Lifetime, Logger: d.log.With("part", "delegation"),
+		OnIssue: d.delegationIssued})
 	if err != nil {
 		return nil, fmt.Errorf("delegation: %w", err)
 	}
@@ -529,7 +531,7 @@ func (d *Daemon) Reload(ctx context.Context) (*ReloadResult, error) {
 		}
 		d.addBootstrap(cfg)
 	}
-	rotated, err := d.reloadIdentity(ctx)
+	rotated, _, err := d.reloadIdentity(ctx, "operator")
 	if err != nil {
 		d.log.Error("identity reload failed; the running identity is unchanged", "err", err)
 	}
@@ -555,29 +557,34 @@ func slicesDiffer(a, b []PeerConfig) bool {
 	return false
 }
 
-// reloadIdentity picks up a rotation or recovery another process made: new delegation, new checkpoint
-// signer, new transport bindings.
-func (d *Daemon) reloadIdentity(ctx context.Context) (bool, error) {
+// reloadIdentity picks up a rotation, recovery or key destruction another process made: it writes the key
+// events to the audit log (actor: who asked), then switches to a new delegation, new checkpoint signer, new
+// transport bindings.
+func (d *Daemon) reloadIdentity(ctx context.Context, actor string) (bool, []audit.Record, error) {
+	d.idMu.Lock()
+	defer d.idMu.Unlock()
+	keys := d.cust.Keys()
 	before := d.cust.Current().Generation
 	if err := d.cust.Reload(ctx); err != nil {
-		return false, err
+		return false, nil, err
 	}
+	recs := d.recordKeyEvents(keys, actor)
 	g := d.cust.Current().Generation
 	if g == before {
-		return false, nil
+		return false, recs, nil
 	}
 	signer, err := d.cust.Signer(ctx)
 	if err != nil {
-		return false, err
+		return false, recs, err
 	}
 	d.mu.Lock()
 	d.ownLog = d.cust.Log()
 	d.mu.Unlock()
-	if _, err := d.dm.SetIdentity(ctx, signer, d.cust.State()); err != nil {
-		return false, err
-	}
 	if err := d.audit.SetSigner(signer, g); err != nil {
-		return false, err
+		return false, recs, err
+	}
+	if _, err := d.dm.SetIdentity(ctx, signer, d.cust.State()); err != nil {
+		return false, recs, err
 	}
 	for _, ts := range d.transports {
 		if err := ts.t.Rebind(ctx); err != nil {
@@ -588,7 +595,7 @@ func (d *Daemon) reloadIdentity(ctx context.Context) (bool, error) {
 	// hands each peer the longer key event log.
 	n := d.mgr.reauthenticateAll()
 	d.log.Info("identity reloaded", "generation", g, "previous", before, "sessions_reauthenticating", n)
-	return true, nil
+	return true, recs, nil
 }
 
 func (d *Daemon) currentDigest() string {

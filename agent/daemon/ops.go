@@ -35,13 +35,14 @@ func parseID(s string) (identity.ID, error) { return identity.ParseID(s) }
 
 func (d *Daemon) ops() map[string]control.Op {
 	return map[string]control.Op{
-		OpStatus:       {Fn: d.opStatus},
-		OpPeersList:    {Fn: d.opPeersList},
-		OpPeersConnect: {Fn: d.opConnect, Mutating: true},
-		OpTaskSubmit:   {Fn: d.opSubmit, Mutating: true},
-		OpTaskGet:      {Fn: d.opTaskGet},
-		OpTaskList:     {Fn: d.opTaskList},
-		OpConfigReload: {Fn: d.opReload, Mutating: true},
+		OpStatus:         {Fn: d.opStatus},
+		OpPeersList:      {Fn: d.opPeersList},
+		OpPeersConnect:   {Fn: d.opConnect, Mutating: true},
+		OpTaskSubmit:     {Fn: d.opSubmit, Mutating: true},
+		OpTaskGet:        {Fn: d.opTaskGet},
+		OpTaskList:       {Fn: d.opTaskList},
+		OpConfigReload:   {Fn: d.opReload, Mutating: true},
+		OpIdentityReload: {Fn: d.opIdentityReload, Mutating: true},
 	}
 }
 

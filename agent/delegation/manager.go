@@ -111,6 +111,10 @@ type Config struct {
 	Clock func() time.Time
 	// Logger (default slog.Default()).
 	Logger *slog.Logger
+	// OnIssue, when set, is called with every delegation the manager issues, once it is in use (the
+	// daemon's audit record key.delegate). It runs with the manager's lock held: it must not call the
+	// manager.
+	OnIssue func(*Delegation)
 }
 
 // Manager issues and renews the agent's delegations and holds their keys: the current one, and older
@@ -210,6 +214,9 @@ func (m *Manager) renewLocked(ctx context.Context) (*Keys, error) {
 	m.keys = append([]*Keys{k}, m.keys...)
 	m.cfg.Logger.Info("delegation issued", "agent", d.AgentID, "generation", d.Generation, "mode", d.Mode,
 		"not_after", k.notAfter.UTC().Format(time.RFC3339))
+	if m.cfg.OnIssue != nil {
+		m.cfg.OnIssue(d)
+	}
 	m.sweepLocked(now)
 	return k, nil
 }

@@ -2,17 +2,22 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/urfave/cli/v2"
 	"golang.org/x/term"
 
+	"github.com/custos-agent/custos/agent/control"
 	"github.com/custos-agent/custos/agent/custody"
+	"github.com/custos-agent/custos/agent/daemon"
+	"github.com/custos-agent/custos/audit"
 	"github.com/custos-agent/custos/keystore"
 	"github.com/custos-agent/custos/keystore/software"
 	"github.com/custos-agent/custos/pkcs11"
@@ -202,6 +207,7 @@ func (s *session) openIdentity(ctx context.Context) (*custody.Custody, error) {
 	if strings.HasPrefix(c.KeystoreURI(), software.Scheme+":") {
 		s.warnSoftware()
 	}
+	before := c.Keys()
 	done, err := c.DestroyExpired(ctx)
 	for _, g := range done {
 		fmt.Fprintf(s.c.App.ErrWriter, "agentctl: destroyed the retired key of generation %d (its grace period is over)\n", g.Generation)
@@ -209,7 +215,71 @@ func (s *session) openIdentity(ctx context.Context) (*custody.Custody, error) {
 	if err != nil {
 		fmt.Fprintf(s.c.App.ErrWriter, "agentctl: warning: %v (will try again next time)\n", err)
 	}
+	if len(done) > 0 {
+		s.recordKeyEvents(ctx, c, before)
+	}
 	return c, nil
+}
+
+// recordKeyEvents writes what a custody operation changed to the audit log as key.init, key.rotate,
+// key.recover and key.destroy records (before: the identity's generations as they were, nil for init).
+// Without a running agent the records go to <home>/audit directly, sealed with the identity's current key;
+// when a running agent holds the log (audit.ErrLocked), the agent is asked to reload its identity and
+// writes them itself. A failure is a warning on stderr: the key operation itself has happened.
+func (s *session) recordKeyEvents(ctx context.Context, id *custody.Custody, before []custody.Generation) {
+	recs := daemon.KeyEventRecords(before, id.Keys(), id.Log(), fmt.Sprintf("uid:%d", os.Getuid()), daemon.SourceAgentctl)
+	if len(recs) == 0 {
+		return
+	}
+	var types []string
+	for _, r := range recs {
+		types = append(types, string(r.Type))
+	}
+	what := strings.Join(types, ", ")
+	dir := filepath.Join(s.home, daemon.AuditDir)
+	err := appendAudit(ctx, dir, id, recs, s.log)
+	if err == nil {
+		s.log.Info("key events recorded in the audit log", "types", what, "dir", dir)
+		return
+	}
+	errOut := s.c.App.ErrWriter
+	if !errors.Is(err, audit.ErrLocked) {
+		fmt.Fprintf(errOut, "agentctl: warning: %s not written to the audit log %s: %v\n", what, dir, err)
+		return
+	}
+	var res daemon.IdentityReloadResult
+	cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if cerr := control.Call(cctx, filepath.Join(s.home, daemon.ControlFile), daemon.OpIdentityReload, nil, &res); cerr != nil {
+		fmt.Fprintf(errOut, "agentctl: warning: a running agent holds the audit log and could not be told of the change (%v): send it SIGHUP so that it records %s and uses the current key\n", cerr, what)
+		return
+	}
+	fmt.Fprintf(errOut, "agentctl: the running agent picked up the change (generation %d) and recorded %s in its audit log\n",
+		res.Generation, strings.Join(res.Recorded, ", "))
+}
+
+// appendAudit opens the audit log in dir with the identity's current key as checkpoint signer, appends
+// recs and closes the log (which seals it: a checkpoint over the last record).
+func appendAudit(ctx context.Context, dir string, id *custody.Custody, recs []audit.Record, log *slog.Logger) error {
+	signer, err := id.Signer(ctx)
+	if err != nil {
+		return fmt.Errorf("the identity key, which signs the log's checkpoints: %w", err)
+	}
+	l, err := audit.Open(ctx, dir, audit.Options{Signer: signer, Generation: id.Current().Generation, AgentID: id.ID().String(), Logger: log})
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, r := range recs {
+		if _, err := l.Append(ctx, r); err != nil {
+			errs = append(errs, err)
+			break
+		}
+	}
+	if err := l.Close(); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
 }
 
 func writeOut(w io.Writer, format string, args ...any) {

@@ -3,6 +3,7 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"os"
 	"path/filepath"
 	"strings"
 	"text/tabwriter"
@@ -11,6 +12,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/custos-agent/custos/agent/custody"
+	"github.com/custos-agent/custos/agent/daemon"
 	"github.com/custos-agent/custos/keystore"
 	"github.com/custos-agent/custos/keystore/software"
 )
@@ -84,6 +86,8 @@ func runInit(c *cli.Context) error {
 	}
 	defer s.close()
 	s.confirm = true
+	_, statErr := os.Stat(filepath.Join(s.home, custody.IdentityFile))
+	replacing := statErr == nil
 	var ksURI string
 	switch {
 	case c.IsSet("pkcs11"):
@@ -143,6 +147,18 @@ func runInit(c *cli.Context) error {
 	for _, k := range id.ReplacedKeys() {
 		fmt.Fprintf(c.App.ErrWriter, "agentctl: the replaced identity's key %s was not destroyed\n", redactURI(k))
 	}
+	if dir := filepath.Join(s.home, daemon.AuditDir); replacing {
+		// The audit log of the replaced identity has checkpoints the new key event log cannot check: keep it
+		// aside, unchanged, and start a new one.
+		if _, err := os.Stat(dir); err == nil {
+			aside := dir + ".replaced-" + time.Now().UTC().Format("20060102T150405Z")
+			if err := os.Rename(dir, aside); err != nil {
+				return fmt.Errorf("the identity was replaced, but its audit log %s could not be moved aside: %w (move it by hand)", dir, err)
+			}
+			fmt.Fprintf(c.App.ErrWriter, "agentctl: the replaced identity's audit log was moved to %s\n", aside)
+		}
+	}
+	s.recordKeyEvents(c.Context, id, nil)
 	return nil
 }
 
@@ -244,10 +260,12 @@ func rotateCommand() *cli.Command {
 				return err
 			}
 			defer id.Close()
+			before := id.Keys()
 			g, err := id.Rotate(c.Context, custody.RotateRequest{Grace: c.Duration("grace"), DestroyOld: c.Bool("destroy-old")})
 			if err != nil {
 				return err
 			}
+			defer s.recordKeyEvents(c.Context, id, before)
 			writeOut(c.App.Writer, "rotated %s to generation %d\n", id.ID(), g.Generation)
 			for _, k := range id.Keys() {
 				if k.Generation == g.Generation-1 && k.Key != g.Key {
@@ -290,10 +308,12 @@ func recoverCommand() *cli.Command {
 				return err
 			}
 			defer id.Close()
+			before := id.Keys()
 			g, err := id.Recover(c.Context, custody.RecoverRequest{Recovery: c.String("recovery"), Keystore: c.String("keystore")})
 			if err != nil {
 				return err
 			}
+			defer s.recordKeyEvents(c.Context, id, before)
 			writeOut(c.App.Writer, "recovered %s: generation %d is a new key\n", id.ID(), g.Generation)
 			return nil
 		},
