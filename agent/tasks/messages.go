@@ -178,13 +178,21 @@ func encode(v any) []byte {
 }
 
 // Encode returns the JSON payload.
-func (r *Request) Encode() []byte { return encode(r) }
+func (r *Request) Encode() []byte {
+	if b, ok := appendObject(r.fields()); ok {
+		return b
+	}
+	return encode(r)
+}
 
 // DecodeRequest strictly decodes a task_request payload and checks its fields.
 func DecodeRequest(b []byte) (*Request, error) {
 	var r Request
-	if err := decodeStrict(b, &r, "task_request"); err != nil {
-		return nil, err
+	if len(b) > MaxMessage || !parseObject(b, r.fields()) {
+		r = Request{}
+		if err := decodeStrict(b, &r, "task_request"); err != nil {
+			return nil, err
+		}
 	}
 	if err := CheckTaskID(r.TaskID); err != nil {
 		return nil, err
@@ -235,13 +243,21 @@ func DecodeProgress(b []byte) (*Progress, error) {
 }
 
 // Encode returns the JSON payload.
-func (r *ResultMessage) Encode() []byte { return encode(r) }
+func (r *ResultMessage) Encode() []byte {
+	if b, ok := appendObject(r.fields()); ok {
+		return b
+	}
+	return encode(r)
+}
 
 // DecodeResultMessage strictly decodes a task_result payload (form only; see VerifyResult).
 func DecodeResultMessage(b []byte) (*ResultMessage, error) {
 	var r ResultMessage
-	if err := decodeStrict(b, &r, "task_result"); err != nil {
-		return nil, err
+	if len(b) > MaxMessage || !parseObject(b, r.fields()) {
+		r = ResultMessage{}
+		if err := decodeStrict(b, &r, "task_result"); err != nil {
+			return nil, err
+		}
 	}
 	if err := CheckTaskID(r.TaskID); err != nil {
 		return nil, err
