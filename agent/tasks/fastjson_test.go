@@ -20,7 +20,7 @@ func TestFastJSONIsEncodingJSON(t *testing.T) {
 	reqs := []*Request{
 		{TaskID: id, Handler: "sha256", Input: big},
 		{TaskID: id, Handler: "echo", Input: []byte("x")},
-		{TaskID: id, Handler: "echo"},                        // nil input: ""
+		{TaskID: id, Handler: "echo"},                       // nil input: ""
 		{TaskID: id, Handler: "a<b>&c", Input: []byte("x")}, // needs escaping: json.Marshal's own output
 		{TaskID: "\x01\"\\", Handler: "echo", Input: []byte("x")},
 	}
@@ -56,8 +56,8 @@ func TestFastJSONIsEncodingJSON(t *testing.T) {
 	for _, c := range []struct {
 		in, why string
 	}{
-		{`{"task_id":"` + id + `","handler":"echo","input":"eA=="}`, "base64url"},        // padding
-		{`{"task_id":"` + id + `","handler":"echo","input":"e+A"}`, "base64url"},         // standard alphabet
+		{`{"task_id":"` + id + `","handler":"echo","input":"eA=="}`, "base64url"},         // padding
+		{`{"task_id":"` + id + `","handler":"echo","input":"e+A"}`, "base64url"},          // standard alphabet
 		{`{"task_id":"` + id + `","handler":"echo","input":"eA","x":1}`, "unknown field"}, // extra field
 		{`{"task_id":"` + id + `","handler":"echo","input":"eA"}{}`, "trailing data"},
 		{`{"task_id":"AAAA","handler":"echo","input":"eA"}`, "task ID"},
