@@ -181,6 +181,9 @@ tasks: {retry_interval: 500ms}
 redial: {min: 100ms, max: 2s}
 limits: {drain_timeout: 5s}
 log: {level: info}
+# The demo agents let every peer submit tasks (the default is that a peer needs an administrator's grant:
+# docs/authorization.md).
+authorization: {default_peer_roles: [task_submitter]}
 EOF
   say "$a: ${AID[$a]}  (listens on $lt; config $home/agent.yaml)"
 done

@@ -21,6 +21,7 @@ import (
 	"github.com/custos-agent/custos/agent/delegation"
 	"github.com/custos-agent/custos/agent/identity"
 	"github.com/custos-agent/custos/agent/metrics"
+	"github.com/custos-agent/custos/agent/policy"
 	"github.com/custos-agent/custos/agent/tasks"
 	"github.com/custos-agent/custos/transports"
 )
@@ -49,6 +50,12 @@ type Config struct {
 	Metrics    MetricsConfig            `yaml:"metrics"`
 	Audit      AuditConfig              `yaml:"audit"`
 	Log        LogConfig                `yaml:"log"`
+	// Authorization, Policy, Reputation and Puzzles: who may do what, resource limits, trust, admission
+	// puzzles (authz_config.go; docs/authorization.md).
+	Authorization AuthorizationConfig `yaml:"authorization"`
+	Policy        policy.Config       `yaml:"policy"`
+	Reputation    ReputationConfig    `yaml:"reputation"`
+	Puzzles       PuzzlesConfig       `yaml:"puzzles"`
 }
 
 // TransportConfig is one transport plugin.
@@ -233,6 +240,7 @@ func (c *Config) applyDefaults() {
 	if c.Log.Level == "" {
 		c.Log.Level = "info"
 	}
+	c.applyAuthzDefaults() // authz_config.go
 }
 
 var hexDigest = regexp.MustCompile(`^[0-9a-f]{64}$`)
@@ -350,7 +358,7 @@ func (c *Config) Validate() error {
 	if err := lv.UnmarshalText([]byte(c.Log.Level)); err != nil {
 		return bad("log.level", "%q: want debug, info, warn or error", c.Log.Level)
 	}
-	return nil
+	return c.validateAuthz() // authz_config.go
 }
 
 // InferTransport names the transport an address belongs to: wss:// URLs are ws, multiaddrs (starting

@@ -31,6 +31,7 @@ import (
 	"github.com/custos-agent/custos/agent/identity"
 	"github.com/custos-agent/custos/agent/metrics"
 	"github.com/custos-agent/custos/agent/peers"
+	"github.com/custos-agent/custos/agent/puzzle"
 	"github.com/custos-agent/custos/agent/rbac"
 	"github.com/custos-agent/custos/agent/replay"
 	"github.com/custos-agent/custos/agent/reputation"
@@ -106,6 +107,7 @@ type Daemon struct {
 	dm         *delegation.Manager
 	replay     *replay.Cache
 	engine     *tasks.Engine
+	authz      *authz // authorization and trust (authz.go)
 	authority  *Authority
 	transports map[string]*transportState
 	mgr        *manager
@@ -172,7 +174,11 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 	if d.taskStore, err = tasks.NewStore(d.db); err != nil {
 		return nil, err
 	}
-	d.rep, err = reputation.NewStore(ctx, d.db, reputation.Config{}, reputation.Options{
+	repCfg, err := cfg.reputationConfig() // authz_config.go: the reputation and puzzles sections
+	if err != nil {
+		return nil, fmt.Errorf("%w: reputation: %v", ErrConfig, err)
+	}
+	d.rep, err = reputation.NewStore(ctx, d.db, repCfg, reputation.Options{
 		Resolve:  d.currentKeyOf,
 		OnChange: d.trustChanged,
 		Logger:   d.log.With("part", "reputation"),
@@ -217,6 +223,15 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 		_ = d.dm.Run(dctx)
 	}()
 	d.replay = replay.New(replay.Config{Window: cfg.Session.ReplayWindow})
+	// Authorization and trust (authz.go): RBAC, resource policy, puzzles, grants, consensus evidence.
+	if d.authz, err = newAuthz(ctx, d, cfg); err != nil {
+		return nil, err
+	}
+	d.wg.Add(1)
+	go func() {
+		defer d.wg.Done()
+		d.authz.sweep(dctx, cfg.Reputation.SweepInterval)
+	}()
 
 	d.mgr = newManager(d, cfg.Limits.MaxInboundHandshakes)
 	d.engine, err = tasks.New(tasks.Config{
@@ -247,7 +262,7 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 	}
 
 	d.ctl, err = control.Listen(control.Config{
-		Path: filepath.Join(d.home, ControlFile), Ops: d.ops(), Authorize: opts.AuthorizeLocal,
+		Path: filepath.Join(d.home, ControlFile), Ops: d.ops(), Authorize: d.authz.authorizeLocal, // authz.go (then opts.AuthorizeLocal)
 		OnRequest: d.controlRequest, Logger: d.log.With("part", "control"),
 	})
 	if err != nil {
@@ -372,8 +387,8 @@ func (d *Daemon) addBootstrap(cfg *Config) {
 }
 
 // sessionConfig is the session configuration of one connection: the daemon's base settings, a validator
-// that requires the handshake's peer to be the agent the transport binding named, refuses Blocked peers,
-// then runs Options.Validator; and events reported with the transport and remote address.
+// that requires the handshake's peer to be the agent the transport binding named, runs the authorization
+// checks (authz.validate: puzzle, Blocked peers, grants, policy), then Options.Validator; and events reported with the transport and remote address.
 func (d *Daemon) sessionConfig(transport, remote, pinned string) *session.Config {
 	cfg := d.config()
 	return &session.Config{
@@ -384,7 +399,8 @@ func (d *Daemon) sessionConfig(transport, remote, pinned string) *session.Config
 			if pinned != "" && p.ID.String() != pinned {
 				return fmt.Errorf("the transport binding named %s but the handshake authenticated %s", pinned, p.ID)
 			}
-			if err := d.rep.Admit(p.ID); err != nil {
+			// Puzzle, trust level (Blocked refused), grants, connection policy: authz.go.
+			if err := d.authz.validate(ctx, p); err != nil {
 				return err
 			}
 			if d.opts.Validator != nil {
@@ -393,6 +409,8 @@ func (d *Daemon) sessionConfig(transport, remote, pinned string) *session.Config
 			return nil
 		}),
 		OnEvent: func(ev session.Event) { d.sessionEvent(transport, remote, ev) },
+		// Admission puzzles asked of initiators, solved when asked; the grants this agent holds (authz.go).
+		Puzzler: d.authz.puzzler(), Solver: puzzle.Solver{}, Grants: d.authz.presentable(),
 	}
 }
 
@@ -464,6 +482,9 @@ func (d *Daemon) teardown(ctx context.Context) error {
 			errs = append(errs, fmt.Errorf("audit log: %w", err))
 		}
 	}
+	if d.authz != nil {
+		d.authz.close()
+	}
 	if d.db != nil {
 		if err := d.db.Close(); err != nil {
 			errs = append(errs, fmt.Errorf("state database: %w", err))
@@ -502,11 +523,16 @@ func (d *Daemon) Reload(ctx context.Context) (*ReloadResult, error) {
 		switch {
 		case strings.HasPrefix(c, "handlers."):
 			res.Applied = append(res.Applied, c)
-		case c == "bootstrap", c == "session", c == "redial", c == "log":
+		case c == "bootstrap", c == "session", c == "redial", c == "log", c == "authorization", c == "policy":
 			res.Applied = append(res.Applied, c)
 		default:
 			res.NeedRestart = append(res.NeedRestart, c)
 		}
+	}
+	if err := d.authz.reload(cfg); err != nil { // authz.go: authorization and policy apply at once
+		d.record(audit.ConfigChanged, "operator", d.opts.ConfigPath, audit.OutcomeFailure, map[string]any{"digest": digest, "error": err.Error()})
+		d.log.Error("configuration reload refused; the running configuration is unchanged", "err", err)
+		return nil, err
 	}
 	if err := d.engine.SetHandlers(cfg.registry(d.workRoot())); err != nil {
 		return nil, err
@@ -515,6 +541,7 @@ func (d *Daemon) Reload(ctx context.Context) (*ReloadResult, error) {
 	// Settings that need a restart keep their running values so status stays truthful.
 	keep := *cfg
 	keep.Transports, keep.Delegation, keep.Limits, keep.Tasks, keep.Metrics, keep.Audit = old.Transports, old.Delegation, old.Limits, old.Tasks, old.Metrics, old.Audit
+	keep.Reputation, keep.Puzzles, keep.Policy.Geo.Database = old.Reputation, old.Puzzles, old.Policy.Geo.Database // authz: need a restart
 	d.cfg, d.digest = &keep, digest
 	d.mu.Unlock()
 	d.applyLogLevel(cfg)

@@ -58,6 +58,9 @@ func (d *Daemon) sessionEvent(transport, remote string, ev session.Event) {
 	d.metrics.AuthFailed(string(code))
 	details["reason"] = string(code)
 	details["error"] = ev.Err.Error()
+	if r := refusalOf(ev.Err); r != "" {
+		details["refusal"] = r // authz.go: why the validator refused (blocked, bad_puzzle, grant_expired, geo_denied, ...)
+	}
 	outcome := audit.OutcomeFailure
 	if code == reason.ValidatorRefused {
 		outcome = audit.OutcomeDenied
@@ -102,6 +105,9 @@ func (o observer) PeerRefused(transport, remote string, err error) {
 
 // taskEvent records the task protocol's events.
 func (d *Daemon) taskEvent(ev tasks.Event) {
+	if d.authz != nil {
+		d.authz.taskEvent(ev) // frees the requester's task slot when a task ends
+	}
 	var typ audit.EventType
 	outcome := audit.OutcomeSuccess
 	switch ev.Kind {
@@ -136,20 +142,25 @@ func (d *Daemon) taskEvent(ev tasks.Event) {
 	d.record(typ, ev.Peer, ev.TaskID, outcome, details)
 }
 
-// observeResult feeds a verified (or refused) result into the executor's reputation.
+// observeResult feeds a verified (or refused) result into the executor's reputation, with the response
+// time of a completed task. The results of a replicated task are left to its vote (authz_replicate.go).
 func (d *Daemon) observeResult(ev tasks.Event) {
 	id, err := parseID(ev.Peer)
-	if err != nil {
+	if err != nil || (d.authz != nil && d.authz.isReplicated(ev.TaskID)) {
 		return
 	}
-	kind := reputation.Completed
+	obs := reputation.Observation{Peer: id, Kind: reputation.Completed}
 	switch {
 	case ev.Kind == "result_invalid":
-		kind = reputation.ProtocolError
+		obs.Kind = reputation.ProtocolError
 	case ev.Status != tasks.ResultOK:
-		kind = reputation.Failed
+		obs.Kind = reputation.Failed
+	default:
+		if o, err := d.engine.Get(ev.TaskID); err == nil && o.Updated.After(o.Submitted) {
+			obs.ResponseTime = o.Updated.Sub(o.Submitted)
+		}
 	}
-	if err := d.rep.Record(context.Background(), reputation.Observation{Peer: id, Kind: kind}); err != nil {
+	if err := d.rep.Record(context.Background(), obs); err != nil {
 		d.log.Debug("reputation not recorded", "peer", ev.Peer, "err", err)
 	}
 }

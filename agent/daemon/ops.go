@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"sort"
 	"time"
@@ -14,6 +15,7 @@ import (
 	"github.com/custos-agent/custos/agent/envelope"
 	"github.com/custos-agent/custos/agent/identity"
 	"github.com/custos-agent/custos/agent/rbac"
+	"github.com/custos-agent/custos/agent/reputation"
 	"github.com/custos-agent/custos/agent/tasks"
 )
 
@@ -34,7 +36,7 @@ const MaxWait = 10 * time.Minute
 func parseID(s string) (identity.ID, error) { return identity.ParseID(s) }
 
 func (d *Daemon) ops() map[string]control.Op {
-	return map[string]control.Op{
+	ops := map[string]control.Op{
 		OpStatus:         {Fn: d.opStatus},
 		OpPeersList:      {Fn: d.opPeersList},
 		OpPeersConnect:   {Fn: d.opConnect, Mutating: true},
@@ -44,6 +46,8 @@ func (d *Daemon) ops() map[string]control.Op {
 		OpConfigReload:   {Fn: d.opReload, Mutating: true},
 		OpIdentityReload: {Fn: d.opIdentityReload, Mutating: true},
 	}
+	maps.Copy(ops, d.authzOps()) // grants, revocations, blocking, replicated tasks (authz_grants.go)
+	return ops
 }
 
 // TransportStatus describes one transport plugin.
@@ -112,6 +116,11 @@ type PeerStatus struct {
 	Trust       string         `json:"trust"`
 	Score       float64        `json:"score"`
 	Target      *TargetStatus  `json:"dial,omitempty"`
+	// Reputation is the score with the factors behind it; Roles the roles the peer holds here (grants and
+	// authorization.default_peer_roles); Evidence how many of its signed results lost a vote (authz.go).
+	Reputation *reputation.Report `json:"reputation,omitempty"`
+	Roles      []string           `json:"roles"`
+	Evidence   int                `json:"evidence"`
 }
 
 func (d *Daemon) opPeersList(ctx context.Context, _ rbac.Cred, raw json.RawMessage) (any, error) {
@@ -135,6 +144,9 @@ func (d *Daemon) opPeersList(ctx context.Context, _ rbac.Cred, raw json.RawMessa
 	for id := range targets {
 		ids[id] = true
 	}
+	for _, r := range d.rep.List() { // peers known only by their reputation (a blocked peer, say)
+		ids[r.Peer] = true
+	}
 	out := []PeerStatus{}
 	for id := range ids {
 		p := PeerStatus{ID: id}
@@ -151,6 +163,7 @@ func (d *Daemon) opPeersList(ctx context.Context, _ rbac.Cred, raw json.RawMessa
 		if pid, err := identity.ParseID(id); err == nil {
 			r := d.rep.Report(pid)
 			p.Trust, p.Score = string(r.Level), r.Score
+			d.authz.describePeer(ctx, pid, &p, r)
 		}
 		if t, ok := targets[id]; ok {
 			p.Target = &t

@@ -216,7 +216,8 @@ func (m *manager) receive(ctx context.Context, ps *peerSession) {
 			break
 		}
 		m.d.metrics.Message(ps.transport, metrics.DirectionIn, len(msg.Payload))
-		if err := m.d.engine.Handle(ctx, ps.peer, msg.Envelope.Header.MessageType, msg.Payload); err != nil {
+		// authz.go: RBAC, resource policy, task quota and feedback, then the task engine.
+		if err := m.d.authz.dispatch(ctx, ps.s.Peer(), msg); err != nil {
 			m.d.log.Info("message not handled", "peer", ps.peer, "type", msg.Envelope.Header.MessageType, "err", err)
 		}
 	}

@@ -47,6 +47,7 @@ type Metrics struct {
 	ksErrors       *prometheus.CounterVec
 	replays        *prometheus.CounterVec
 	rateLimited    *prometheus.CounterVec
+	accessDenied   *prometheus.CounterVec
 	peers          *prometheus.GaugeVec
 	pluginRestarts *prometheus.CounterVec
 	auditRecords   prometheus.Counter
@@ -98,6 +99,10 @@ func New() *Metrics {
 		Name: "custos_rate_limited_total",
 		Help: "Requests refused by a rate limit or quota, by limit.",
 	}, []string{"limit"})
+	m.accessDenied = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "custos_access_denied_total",
+		Help: "Requests refused by authorization (RBAC, resource policy, handshake admission), by reason, and would-be refusals of log-only rules (mode=\"log_only\").",
+	}, []string{"reason", "mode"})
 	m.peers = prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Name: "custos_peers",
 		Help: "Known peers by trust level.",
@@ -124,7 +129,7 @@ func New() *Metrics {
 		Buckets: []float64{0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1},
 	})
 	m.reg.MustRegister(m.authAttempts, m.failedOps, m.messages, m.messageBytes, m.sessions, m.ksDuration,
-		m.ksErrors, m.replays, m.rateLimited, m.peers, m.pluginRestarts, m.auditRecords, m.auditFailures,
+		m.ksErrors, m.replays, m.rateLimited, m.accessDenied, m.peers, m.pluginRestarts, m.auditRecords, m.auditFailures,
 		m.auditCPFails, m.auditAck,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
@@ -216,6 +221,18 @@ func (m *Metrics) ReplayRefused(reasonCode string) {
 func (m *Metrics) RateLimited(limit string) {
 	if m != nil {
 		m.rateLimited.WithLabelValues(label(limit)).Inc()
+	}
+}
+
+// AccessDenied counts a request refused by authorization with its reason code (no_grant, rate_limited,
+// geo_denied, ...); enforced false counts a would-be refusal of a rule in log-only mode.
+func (m *Metrics) AccessDenied(reasonCode string, enforced bool) {
+	if m != nil {
+		mode := "enforced"
+		if !enforced {
+			mode = "log_only"
+		}
+		m.accessDenied.WithLabelValues(label(reasonCode), mode).Inc()
 	}
 }
 

@@ -255,6 +255,11 @@ func (a *agent) writeConfig(c agentConfig) {
 	}
 	b.WriteString("metrics: {address: \"127.0.0.1:0\"}\n")
 	b.WriteString("tasks: {retry_interval: 500ms}\nredial: {min: 100ms, max: 2s}\nlimits: {drain_timeout: 5s}\n")
+	if !strings.Contains(c.Extra, "authorization:") {
+		// Tests that are not about authorization let every peer submit tasks; the default is that no peer
+		// without a grant may (docs/authorization.md). authz_*_test.go configure it themselves.
+		b.WriteString("authorization: {default_peer_roles: [task_submitter]}\n")
+	}
 	b.WriteString(c.Extra)
 	if err := os.WriteFile(a.configPath(), []byte(b.String()), 0o600); err != nil {
 		a.t.Fatal(err)

@@ -1,0 +1,504 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/custos-agent/custos/agent/control"
+	"github.com/custos-agent/custos/agent/envelope"
+	"github.com/custos-agent/custos/agent/identity"
+	"github.com/custos-agent/custos/agent/internal/agenttest"
+	"github.com/custos-agent/custos/agent/puzzle"
+	"github.com/custos-agent/custos/agent/rbac"
+	"github.com/custos-agent/custos/agent/reputation"
+	"github.com/custos-agent/custos/agent/session"
+	"github.com/custos-agent/custos/agent/tasks"
+	"github.com/custos-agent/custos/audit"
+	"github.com/custos-agent/custos/keystore"
+)
+
+func TestAuthzConfigErrors(t *testing.T) {
+	cases := []struct{ name, yaml, want string }{
+		{"bad admin", "authorization: {admins: [nope]}\n", "authorization.admins[0]"},
+		{"admin twice", "authorization: {admins: [" + testID(t) + ", " + testID(t) + "]}\n", ""},
+		{"unknown default role", "authorization: {default_peer_roles: [root]}\n", "authorization.default_peer_roles: unknown role \"root\""},
+		{"relative roles file", "authorization: {roles_file: roles.yaml}\n", "authorization.roles_file: \"roles.yaml\" must be a clean absolute path"},
+		{"missing roles file", "authorization: {roles_file: /nonexistent/roles.yaml}\n", "authorization.roles_file"},
+		{"unknown local user", "authorization: {local: {users: {no-such-user-here: [agent_operator]}}}\n", "authorization.local"},
+		{"unknown enforce family", "authorization: {enforce: {everything: false}}\n", "field everything not found"},
+		{"policy log_only", "policy: {log_only: {rate: true}}\n", "policy.log_only: set log-only mode with authorization.enforce"},
+		{"geo without database", "policy: {geo: {deny: [FR]}}\n", "policy.geo.database: the geo rules need"},
+		{"bad country", "policy: {geo: {database: /x.mmdb, deny: [fr]}}\n", "policy.geo.deny: \"fr\" is not an ISO 3166-1"},
+		{"negative rate", "policy: {default: {rate: -1}}\n", "policy.default.rate"},
+		{"bad window", "policy: {default: {time_window: {hours: [\"9-17\"]}}}\n", "policy.default.time_window.hours"},
+		{"thresholds out of order", "reputation: {thresholds: {trusted_enter: 0.3}}\n", "reputation: thresholds must satisfy"},
+		{"half-life too short", "reputation: {half_life: 1s}\n", "reputation.half_life"},
+		{"puzzle too hard", "puzzles: {new_bits: 40}\n", "puzzles.new_bits: 40 exceeds 32 bits"},
+		{"puzzle ttl", "puzzles: {ttl: 10h}\n", "puzzles.ttl"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			_, err := ParseConfig([]byte(c.yaml))
+			if c.want == "" {
+				c.want = "listed twice"
+				if !strings.Contains(c.yaml, "admins") {
+					t.Fatal("bad case")
+				}
+				// Two different IDs are fine; the same one twice is not.
+				id := testID(t)
+				_, err = ParseConfig([]byte("authorization: {admins: [" + id + ", " + id + "]}\n"))
+			}
+			if !errors.Is(err, ErrConfig) || !strings.Contains(err.Error(), c.want) {
+				t.Fatalf("err %v, want ErrConfig naming %q", err, c.want)
+			}
+		})
+	}
+}
+
+func testID(t *testing.T) string { return agenttest.NewIdentity(t, keystore.Ed25519).ID().String() }
+
+func TestAuthzConfigValues(t *testing.T) {
+	dir := t.TempDir()
+	roles := filepath.Join(dir, "roles.yaml")
+	// An operator who moves submit_tasks from task_submitter to peer_node.
+	if err := os.WriteFile(roles, []byte("roles:\n  system_admin: [manage_agents, manage_network, manage_security, view_metrics]\n"+
+		"  agent_operator: [view_status, manage_local_agent]\n  task_submitter: [view_results]\n"+
+		"  peer_node: [process_tasks, share_results, discover_peers, submit_tasks]\n  gateway_service: [api_access, rate_limiting, protocol_translation]\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	admin := testID(t)
+	c, err := ParseConfig([]byte(fmt.Sprintf(`authorization:
+  admins: [%s]
+  roles_file: %s
+  default_peer_roles: [peer_node]
+  enforce: {rate: false, geo: false}
+policy: {default: {rate: 10, burst: 15}}
+reputation: {thresholds: {blocked_enter: 0.1}, min_evidence: {trusted: 3}}
+puzzles: {new_bits: 12, restricted_bits: 18}
+`, admin, roles)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc, err := c.rbacConfig(4242)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rc.Admins) != 1 || rc.Admins[0].String() != admin || !rc.Roles.Has(rbac.PeerNode, rbac.SubmitTasks) || rc.Roles.Has(rbac.TaskSubmitter, rbac.SubmitTasks) {
+		t.Fatalf("rbac config: %+v", rc)
+	}
+	// Without authorization.local the daemon's own uid and root hold every role; others none.
+	if got := rc.Local.RolesFor(rbac.Cred{UID: 4242}); len(got) != len(rbac.AllRoles) {
+		t.Fatalf("own uid roles %v", got)
+	}
+	if got := rc.Local.RolesFor(rbac.Cred{UID: 0}); len(got) != len(rbac.AllRoles) {
+		t.Fatalf("root roles %v", got)
+	}
+	if got := rc.Local.RolesFor(rbac.Cred{UID: 4243, GID: 4243}); len(got) != 0 {
+		t.Fatalf("another uid holds %v", got)
+	}
+	pc, err := c.policyConfig()
+	if err != nil || !pc.LogOnly.Rate || !pc.LogOnly.Geo || pc.LogOnly.Quota || pc.LogOnly.TimeWindow || pc.Default.Rate != 10 {
+		t.Fatalf("policy config: %+v %v", pc, err)
+	}
+	repc, err := c.reputationConfig()
+	if err != nil || repc.Thresholds.BlockedEnter != 0.1 || repc.Thresholds.TrustedEnter != reputation.DefaultThresholds().TrustedEnter ||
+		repc.MinEvidence.Trusted != 3 || repc.MinEvidence.Blocked != reputation.DefaultMinEvidence().Blocked ||
+		repc.Effects[reputation.New].PuzzleBits != 12 || repc.Effects[reputation.Restricted].PuzzleBits != 18 || repc.Effects[reputation.Trusted].PuzzleBits != 0 {
+		t.Fatalf("reputation config: %+v %v", repc, err)
+	}
+	if c.Reputation.SweepInterval != DefaultSweepInterval || c.Puzzles.TTL != DefaultPuzzleTTL {
+		t.Fatalf("defaults: %+v %+v", c.Reputation, c.Puzzles)
+	}
+	// The example configuration's authorization sections decode and validate.
+	if _, _, err := LoadConfig(filepath.Join("..", "..", "configs", "agent.example.yaml")); err != nil {
+		t.Fatalf("configs/agent.example.yaml: %v", err)
+	}
+}
+
+// authzDaemon starts a daemon without transports with the given configuration; sent collects the
+// error_responses its dispatcher answers with.
+type authzDaemon struct {
+	d    *Daemon
+	home string
+	cfg  string
+	mu   sync.Mutex
+	sent []tasks.ErrorMessage
+}
+
+func startAuthzDaemon(t *testing.T, body string) *authzDaemon {
+	t.Helper()
+	home, cust := testHome(t)
+	cfgPath := filepath.Join(home, "agent.yaml")
+	cfg, digest := writeConfig(t, cfgPath, "metrics: {disabled: true}\n"+body)
+	d, err := Start(context.Background(), Options{Home: home, Config: cfg, ConfigDigest: digest, ConfigPath: cfgPath, Custody: cust, Logger: quietLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		_ = d.Shutdown(ctx)
+	})
+	ad := &authzDaemon{d: d, home: home, cfg: cfgPath}
+	d.authz.send = func(_ context.Context, peer string, typ envelope.MessageType, payload []byte) error {
+		if typ != envelope.ErrorResponse {
+			return fmt.Errorf("unexpected %s", typ)
+		}
+		em, err := tasks.DecodeError(payload)
+		if err != nil {
+			return err
+		}
+		ad.mu.Lock()
+		ad.sent = append(ad.sent, *em)
+		ad.mu.Unlock()
+		return nil
+	}
+	return ad
+}
+
+// lastSent returns the last error_response sent and how many were sent.
+func (a *authzDaemon) lastSent() (tasks.ErrorMessage, int) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if len(a.sent) == 0 {
+		return tasks.ErrorMessage{}, 0
+	}
+	return a.sent[len(a.sent)-1], len(a.sent)
+}
+
+func (a *authzDaemon) audit(t *testing.T, typ audit.EventType, match func(audit.Entry) bool) bool {
+	t.Helper()
+	found := false
+	if err := audit.Query(context.Background(), filepath.Join(a.home, AuditDir), audit.Filter{Types: []string{string(typ)}}, func(e audit.Entry) error {
+		found = found || match(e)
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	return found
+}
+
+func grantFor(t *testing.T, admin *agenttest.Identity, subject identity.ID, role rbac.Role, issued time.Time, ttl time.Duration) rbac.Grant {
+	t.Helper()
+	g, err := rbac.IssueGrant(context.Background(), admin.Current(), admin.ID(), subject, role, issued, ttl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return g
+}
+
+func TestEveryControlOpIsAuthorized(t *testing.T) {
+	a := startAuthzDaemon(t, "")
+	ops := a.d.ops()
+	for op := range ops {
+		rop, ok := controlOps[op]
+		if !ok {
+			t.Errorf("control operation %s has no entry in controlOps (it would be refused)", op)
+			continue
+		}
+		if req, err := rbac.Required(rop); err != nil || req.Peer || req.Permission == "" {
+			t.Errorf("control operation %s maps to %s: %+v %v", op, rop, req, err)
+		}
+	}
+	for op := range controlOps {
+		if _, ok := ops[op]; !ok {
+			t.Errorf("controlOps names %s, which the daemon does not serve", op)
+		}
+	}
+}
+
+// TestControlSocketRoles: a caller mapped to task_submitter may list tasks (view_results) but not read
+// the status (view_status) nor sign grants (manage_security): permission_denied, audited.
+func TestControlSocketRoles(t *testing.T) {
+	a := startAuthzDaemon(t, fmt.Sprintf("authorization: {local: {users: {\"%d\": [task_submitter]}}}\n", os.Getuid()))
+	sock := filepath.Join(a.home, ControlFile)
+	ctx := context.Background()
+	if err := control.Call(ctx, sock, OpTaskList, nil, &[]TaskView{}); err != nil {
+		t.Fatalf("task.list as task_submitter: %v", err)
+	}
+	for _, op := range []string{OpStatus, OpGrantIssue} {
+		err := control.Call(ctx, sock, op, nil, nil)
+		if control.CodeOf(err) != control.CodeDenied || !strings.Contains(err.Error(), "permission_denied") || !strings.Contains(err.Error(), "task_submitter") {
+			t.Fatalf("%s as task_submitter: %v", op, err)
+		}
+	}
+	if !a.audit(t, audit.AccessDenied, func(e audit.Entry) bool {
+		return e.Actor == fmt.Sprintf("uid:%d", os.Getuid()) && e.Subject == string(rbac.CtlStatus) && e.Details["permission"] == "view_status" && e.Details["reason"] == "permission_denied"
+	}) {
+		t.Fatal("no access.denied record for the refused control request")
+	}
+}
+
+// TestHandshakeValidator checks the validator's order and every refusal code: puzzle, Blocked, grants
+// (malformed, wrong subject, bad issuer, expired; a valid one is stored), connection policy; a responder
+// is asked for neither puzzle nor grants; with enforce.grants false a bad grant is only audited.
+func TestHandshakeValidator(t *testing.T) {
+	ctx := context.Background()
+	admin := agenttest.NewIdentity(t, keystore.Ed25519)
+	other := agenttest.NewIdentity(t, keystore.Ed25519)
+	peer := agenttest.NewIdentity(t, keystore.Ed25519)
+	late := agenttest.NewIdentity(t, keystore.Ed25519)
+	notToday := strings.ToLower(time.Now().UTC().Add(48 * time.Hour).Weekday().String()[:3])
+	body := fmt.Sprintf("authorization: {admins: [%s]}\npolicy: {peers: {%s: {time_window: {days: [%s]}}}}\n", admin.ID(), late.ID(), notToday)
+	a := startAuthzDaemon(t, body)
+	z := a.d.authz
+	bind := []byte("both IDs and nonces")
+	solved := func(id identity.ID, grants []byte) *session.Peer {
+		p := &session.Peer{ID: id, Role: session.Initiator, Binding: bind, Grants: grants, RemoteAddr: "127.0.0.1:7000"}
+		var err error
+		if p.Puzzle, err = z.adm.Puzzle(ctx, id.String(), bind); err != nil || len(p.Puzzle) == 0 {
+			t.Fatalf("a New peer is asked no puzzle: %v", err)
+		}
+		if p.Solution, err = (puzzle.Solver{}).Solve(ctx, p.Puzzle, bind); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	now := time.Now()
+	valid := grantFor(t, admin, peer.ID(), rbac.TaskSubmitter, now, time.Hour)
+	cases := []struct {
+		name string
+		p    *session.Peer
+		want string
+	}{
+		{"unsolved puzzle", &session.Peer{ID: peer.ID(), Role: session.Initiator, Binding: bind, Puzzle: mustPuzzle(t, z, peer.ID(), bind), Solution: []byte{1}}, RefusalBadPuzzle},
+		{"malformed grants", solved(peer.ID(), []byte("[{]")), RefusalMalformedGrants},
+		{"grant for another agent", solved(peer.ID(), rbac.EncodeGrants([]rbac.Grant{grantFor(t, admin, other.ID(), rbac.TaskSubmitter, now, time.Hour)})), RefusalGrantWrongSubject},
+		{"grant by a non-administrator", solved(peer.ID(), rbac.EncodeGrants([]rbac.Grant{grantFor(t, other, peer.ID(), rbac.TaskSubmitter, now, time.Hour)})), string(rbac.GrantBadIssuer)},
+		{"expired grant", solved(peer.ID(), rbac.EncodeGrants([]rbac.Grant{grantFor(t, admin, peer.ID(), rbac.TaskSubmitter, now.Add(-2*time.Hour), time.Hour)})), string(rbac.GrantExpired)},
+		{"outside the time window", solved(late.ID(), nil), string("outside_time_window")},
+		{"valid grant", solved(peer.ID(), rbac.EncodeGrants([]rbac.Grant{valid})), ""},
+		{"responder: no puzzle, grants ignored", &session.Peer{ID: other.ID(), Role: session.Responder, Grants: []byte("garbage")}, ""},
+	}
+	for _, c := range cases {
+		err := z.validate(ctx, c.p)
+		if got := refusalOf(err); got != c.want || (c.want == "" && err != nil) {
+			t.Fatalf("%s: refusal %q (%v), want %q", c.name, got, err, c.want)
+		}
+	}
+	if rs := z.roles(ctx, peer.ID()); len(rs) != 1 || rs[0] != rbac.TaskSubmitter {
+		t.Fatalf("roles after the valid grant: %v", rs)
+	}
+	if !a.audit(t, audit.GrantAccepted, func(e audit.Entry) bool { return e.Subject == peer.ID().String() && e.Details["grant"] == valid.ID }) {
+		t.Fatal("no grant.accepted record")
+	}
+	// Blocked is checked before the grants.
+	if err := a.d.rep.Block(ctx, peer.ID()); err != nil {
+		t.Fatal(err)
+	}
+	if p, _ := z.adm.Puzzle(ctx, peer.ID().String(), bind); p != nil {
+		t.Fatal("a Blocked peer is asked a puzzle (it is refused outright)")
+	}
+	blocked := &session.Peer{ID: peer.ID(), Role: session.Initiator, Binding: bind, Grants: []byte("[{]")}
+	if err := z.validate(ctx, blocked); refusalOf(err) != RefusalBlocked || !errors.Is(err, reputation.ErrBlocked) {
+		t.Fatalf("blocked peer: %v", err)
+	}
+	// Log-only grants: a bad grant is audited as a would-be denial, the handshake goes on.
+	writeConfig(t, a.cfg, "metrics: {disabled: true}\nauthorization: {admins: ["+admin.ID().String()+"], enforce: {grants: false}}\n")
+	if rr, err := a.d.Reload(ctx); err != nil || !strings.Contains(strings.Join(rr.Applied, ","), "authorization") {
+		t.Fatalf("reload: %+v %v", rr, err)
+	}
+	bad := grantFor(t, other, other.ID(), rbac.TaskSubmitter, now, time.Hour)
+	if err := z.validate(ctx, solved(other.ID(), rbac.EncodeGrants([]rbac.Grant{bad}))); err != nil {
+		t.Fatalf("log-only grants: %v", err)
+	}
+	if !a.audit(t, audit.AccessDenied, func(e audit.Entry) bool {
+		return e.Actor == other.ID().String() && e.Details["would_deny"] == true && e.Details["reason"] == "grant_bad_issuer" && e.Outcome == audit.OutcomeInfo
+	}) {
+		t.Fatal("no would-deny record for the bad grant")
+	}
+	if len(z.az.Grants(other.ID())) != 0 {
+		t.Fatal("a bad grant was stored in log-only mode")
+	}
+}
+
+func mustPuzzle(t *testing.T, z *authz, id identity.ID, bind []byte) []byte {
+	t.Helper()
+	p, err := z.adm.Puzzle(context.Background(), id.String(), bind)
+	if err != nil || len(p) == 0 {
+		t.Fatalf("puzzle: %v", err)
+	}
+	return p
+}
+
+var msgSeq int
+
+func message(typ envelope.MessageType, payload []byte) *session.Message {
+	msgSeq++
+	return &session.Message{Envelope: &envelope.Envelope{Header: envelope.Header{MessageType: typ, MessageID: fmt.Sprintf("m%d", msgSeq)}}, Payload: payload}
+}
+
+func requestFor(handler string) (string, []byte) {
+	id := tasks.NewTaskID()
+	return id, (&tasks.Request{TaskID: id, Handler: handler, Input: []byte("x")}).Encode()
+}
+
+// TestDispatch: RBAC per message type (no grant, default roles, answers authorized by correlation), an
+// uncorrelated error_response, the rate limit of one peer not touching another, the concurrent-task quota
+// and its release, log-only rate limits, and signed feedback.
+func TestDispatch(t *testing.T) {
+	ctx := context.Background()
+	admin := agenttest.NewIdentity(t, keystore.Ed25519)
+	noGrant, sub, flood, quota, exec, giver := agenttest.NewIdentity(t, keystore.Ed25519), agenttest.NewIdentity(t, keystore.Ed25519),
+		agenttest.NewIdentity(t, keystore.Ed25519), agenttest.NewIdentity(t, keystore.Ed25519), agenttest.NewIdentity(t, keystore.Ed25519),
+		agenttest.NewIdentity(t, keystore.Ed25519)
+	body := fmt.Sprintf(`authorization: {admins: [%s]}
+policy:
+  peers:
+    %s: {rate: 2, burst: 4}
+    %s: {max_concurrent_tasks: 1}
+handlers:
+  echo: {builtin: echo}
+  slow: {exec: {command: /bin/sleep, args: ["1"]}}
+`, admin.ID(), flood.ID(), quota.ID())
+	a := startAuthzDaemon(t, body)
+	z := a.d.authz
+	for _, p := range []*agenttest.Identity{sub, flood, quota} {
+		if err := z.az.AddGrant(ctx, grantFor(t, admin, p.ID(), rbac.TaskSubmitter, time.Now(), time.Hour)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := z.az.AddGrant(ctx, grantFor(t, admin, giver.ID(), rbac.PeerNode, time.Now(), time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	from := func(p *agenttest.Identity) *session.Peer {
+		return &session.Peer{ID: p.ID(), Role: session.Initiator, RemoteAddr: "127.0.0.1:7000"}
+	}
+
+	// No grant: error_response no_grant naming the task, audit, metric.
+	id, req := requestFor("echo")
+	err := z.dispatch(ctx, from(noGrant), message(envelope.TaskRequest, req))
+	if em, n := a.lastSent(); err == nil || n != 1 || em.TaskID != id || em.Code != "no_grant" || !strings.Contains(em.Message, "holds no role grant") {
+		t.Fatalf("no grant: %v; sent %+v", err, em)
+	}
+	if !a.audit(t, audit.AccessDenied, func(e audit.Entry) bool {
+		return e.Actor == noGrant.ID().String() && e.Subject == "task_request" && e.Details["reason"] == "no_grant" && e.Details["task_id"] == id
+	}) {
+		t.Fatal("no access.denied record")
+	}
+	// A heartbeat needs discover_peers: refused, but there is no task to answer about.
+	if err := z.dispatch(ctx, from(sub), message(envelope.Heartbeat, []byte("{}"))); err == nil || !strings.Contains(err.Error(), "permission_denied") {
+		t.Fatalf("heartbeat from a task_submitter: %v", err)
+	}
+	if _, n := a.lastSent(); n != 1 {
+		t.Fatal("an error_response was sent without a task to answer about")
+	}
+
+	// Answers to this agent's own requests need no role; an unsolicited result does.
+	o, err := a.d.engine.Submit(ctx, exec.ID().String(), "echo", []byte("x"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	bogus := (&tasks.ResultMessage{TaskID: o.TaskID, Evidence: []byte("e"), Delegation: []byte("d")}).Encode()
+	if err := z.dispatch(ctx, from(exec), message(envelope.TaskResult, bogus)); err == nil || strings.Contains(err.Error(), "refused") {
+		t.Fatalf("an answer to this agent's own task was refused (or not checked by the engine): %v", err)
+	}
+	unsolicited := (&tasks.ResultMessage{TaskID: tasks.NewTaskID(), Evidence: []byte("e"), Delegation: []byte("d")}).Encode()
+	if err := z.dispatch(ctx, from(exec), message(envelope.TaskResult, unsolicited)); err == nil || !strings.Contains(err.Error(), "no_grant") {
+		t.Fatalf("unsolicited result: %v", err)
+	}
+	if em, n := a.lastSent(); n != 2 || em.Code != "no_grant" {
+		t.Fatalf("unsolicited result answered %+v (%d)", em, n)
+	}
+	// An error_response answering nothing is audited and never answered.
+	if err := z.dispatch(ctx, from(sub), message(envelope.ErrorResponse, (&tasks.ErrorMessage{TaskID: tasks.NewTaskID(), Code: "busy"}).Encode())); err != nil {
+		t.Fatal(err)
+	}
+	if _, n := a.lastSent(); n != 2 || !a.audit(t, audit.AccessDenied, func(e audit.Entry) bool { return e.Details["reason"] == ReasonUncorrelated }) {
+		t.Fatal("uncorrelated error_response: answered, or not audited")
+	}
+
+	// Flood: the flooder's bucket (2/s × 0.5 for a New peer, burst 2) empties; the other submitter is served.
+	limited := 0
+	for i := 0; i < 6; i++ {
+		_, req := requestFor("nosuchhandler") // the engine refuses these: no task runs
+		if err := z.dispatch(ctx, from(flood), message(envelope.TaskRequest, req)); err != nil && strings.Contains(err.Error(), "rate_limited") {
+			limited++
+		}
+	}
+	if limited < 3 {
+		t.Fatalf("%d of 6 flood messages rate-limited", limited)
+	}
+	if em, _ := a.lastSent(); em.Code != "rate_limited" || !strings.Contains(em.Message, "exceeds 1 messages/s (burst 2)") {
+		t.Fatalf("flood answer %+v", em)
+	}
+	_, req = requestFor("echo")
+	if err := z.dispatch(ctx, from(sub), message(envelope.TaskRequest, req)); err != nil && strings.Contains(err.Error(), "refused") {
+		t.Fatalf("the other submitter during the flood: %v", err)
+	}
+
+	// Quota: one running task at a time for this peer; the slot is freed when the task ends.
+	first, req1 := requestFor("slow")
+	_ = z.dispatch(ctx, from(quota), message(envelope.TaskRequest, req1))
+	_, req2 := requestFor("slow")
+	if err := z.dispatch(ctx, from(quota), message(envelope.TaskRequest, req2)); err == nil || !strings.Contains(err.Error(), "quota_exceeded") {
+		t.Fatalf("second concurrent task: %v", err)
+	}
+	// A retry of the running task is not a new task: it is not refused.
+	if err := z.dispatch(ctx, from(quota), message(envelope.TaskRequest, req1)); err != nil && strings.Contains(err.Error(), "refused") {
+		t.Fatalf("retry of the running task: %v", err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		in, _ := a.d.taskStore.Inbound(quota.ID().String(), first)
+		if in != nil && in.State == tasks.InDone {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the slow task did not finish")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	_, req3 := requestFor("slow")
+	if err := z.dispatch(ctx, from(quota), message(envelope.TaskRequest, req3)); err != nil && strings.Contains(err.Error(), "refused") {
+		t.Fatalf("a task after the first ended: %v", err)
+	}
+
+	// Signed feedback from the peer that signed it counts; relayed feedback does not.
+	if _, err := a.d.peers.UpdateLog(giver.ID(), &giver.Log); err != nil {
+		t.Fatal(err)
+	}
+	f, err := reputation.SignFeedback(ctx, giver.Current(), giver.ID(), exec.ID(), "task-1", 80, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := z.dispatch(ctx, from(sub), message(envelope.Feedback, f.Encode())); err == nil || !strings.Contains(err.Error(), "permission_denied") {
+		t.Fatalf("feedback from a task_submitter (no share_results): %v", err)
+	}
+	if err := z.dispatch(ctx, from(giver), message(envelope.Feedback, f.Encode())); err != nil {
+		t.Fatalf("feedback: %v", err)
+	}
+	var fb reputation.Factor
+	for _, x := range a.d.rep.Report(exec.ID()).Factors {
+		if x.Name == reputation.FactorFeedback {
+			fb = x
+		}
+	}
+	if fb.Evidence <= 0 {
+		t.Fatalf("feedback not counted: %+v", fb)
+	}
+
+	// Log-only rate limits: the flooder is served, each would-be denial audited.
+	writeConfig(t, a.cfg, "metrics: {disabled: true}\n"+strings.Replace(body, "authorization: {", "authorization: {enforce: {rate: false}, ", 1))
+	if _, err := a.d.Reload(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 4; i++ {
+		_, req := requestFor("nosuchhandler")
+		if err := z.dispatch(ctx, from(flood), message(envelope.TaskRequest, req)); err != nil && strings.Contains(err.Error(), "rate_limited") {
+			t.Fatalf("log-only: %v", err)
+		}
+	}
+	if !a.audit(t, audit.RateLimited, func(e audit.Entry) bool {
+		return e.Actor == flood.ID().String() && e.Details["would_deny"] == true && e.Outcome == audit.OutcomeInfo
+	}) {
+		t.Fatal("no would-deny ratelimit.exceeded record")
+	}
+}
