@@ -76,6 +76,7 @@ func commands() []*cli.Command {
 		initCommand(), idCommand(), keysCommand(), rotateCommand(), recoverCommand(), logCommand(), signCommand(), verifyCommand(), tokenCommand(),
 		auditCommand(),
 		runCommand(), statusCommand(), peersCommand(), taskCommand(),
+		grantCommand(), revokeCommand(),
 	}
 }
 

@@ -12,6 +12,8 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/custos-agent/custos/agent/daemon"
+	"github.com/custos-agent/custos/agent/identity"
+	"github.com/custos-agent/custos/agent/reputation"
 )
 
 func jsonFlag() cli.Flag {
@@ -108,9 +110,10 @@ func peersCommand() *cli.Command {
 	return &cli.Command{
 		OnUsageError: onUsageError,
 		Name:         "peers",
-		Usage:        "list known peers (sessions, cached key event logs, trust), or connect to one",
-		UsageText:    "agentctl peers [--json]\n   agentctl peers connect ADDRESS --id AGENT_ID [--transport NAME] [--json]",
-		Flags:        []cli.Flag{jsonFlag()},
+		Usage:        "list known peers (sessions, cached key event logs, trust and its factors, roles), connect to one, block or unblock one",
+		UsageText: "agentctl peers [--json]\n   agentctl peers connect ADDRESS --id AGENT_ID [--transport NAME] [--json]\n" +
+			"   agentctl peers block AGENT_ID\n   agentctl peers unblock AGENT_ID",
+		Flags: []cli.Flag{jsonFlag()},
 		Action: func(c *cli.Context) error {
 			if c.NArg() > 0 {
 				return usagef("unknown peers subcommand %q (see agentctl peers --help)", c.Args().First())
@@ -123,7 +126,7 @@ func peersCommand() *cli.Command {
 				return printJSON(c.App.Writer, ps)
 			}
 			w := tabwriter.NewWriter(c.App.Writer, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(w, "PEER\tSESSION\tGENERATION\tTRUST\tDIAL")
+			fmt.Fprintln(w, "PEER\tSESSION\tGENERATION\tTRUST\tSCORE\tFACTORS\tROLES\tDIAL")
 			for _, p := range ps {
 				sess := "-"
 				if p.Session != nil {
@@ -148,7 +151,7 @@ func peersCommand() *cli.Command {
 						dial += " (last error: " + p.Target.LastError + ")"
 					}
 				}
-				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\n", p.ID, sess, gen, trust, dial)
+				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%.3f\t%s\t%s\t%s\n", p.ID, sess, gen, trust, p.Score, factors(p), roles(p), dial)
 			}
 			return w.Flush()
 		},
@@ -166,7 +169,7 @@ func peersCommand() *cli.Command {
 				jsonFlag(),
 			},
 			Action: runConnect,
-		}},
+		}, peersBlockCommand("block"), peersBlockCommand("unblock")},
 	}
 }
 
@@ -200,4 +203,76 @@ func runConnect(c *cli.Context) error {
 	}
 	fmt.Fprintf(c.App.Writer, "connected to %s over %s (%s, %s); session expires %s\n", s.Peer, s.Transport, s.Remote, s.Role, s.Expires.Local().Format(time.RFC3339))
 	return nil
+}
+
+// peersBlockCommand is peers block (refused at every handshake until unblocked; its session is closed and
+// no longer re-dialled) or peers unblock (a fresh start at trust level New, its evidence forgotten).
+func peersBlockCommand(verb string) *cli.Command {
+	op, usage := daemon.OpPeersBlock, "block a peer: close its session, stop dialling it, refuse its handshakes until unblocked"
+	if verb == "unblock" {
+		op, usage = daemon.OpPeersUnblock, "unblock a peer: trust level New again, its past evidence forgotten (connect it again with peers connect)"
+	}
+	return &cli.Command{
+		OnUsageError: onUsageError,
+		Name:         verb,
+		Usage:        usage,
+		UsageText:    "agentctl peers " + verb + " AGENT_ID [--json]",
+		Flags:        []cli.Flag{jsonFlag()},
+		Action: func(c *cli.Context) error {
+			id, asJSON, err := oneArg(c, "AGENT_ID")
+			if err != nil {
+				return err
+			}
+			if _, err := identity.ParseID(id); err != nil {
+				return usagef("peers %s %q: %v", verb, id, err)
+			}
+			var r reputation.Report
+			if err := call(c, c.Context, op, daemon.PeerArgs{ID: id}, &r); err != nil {
+				return err
+			}
+			if asJSON {
+				return printJSON(c.App.Writer, r)
+			}
+			fmt.Fprintf(c.App.Writer, "%s is now %s (score %.3f)\n", r.Peer, r.Level, r.Score)
+			return nil
+		},
+	}
+}
+
+// factorNames shortens reputation factor names for the peers table.
+var factorNames = map[string]string{
+	reputation.FactorCompletion: "completion", reputation.FactorResponseTime: "response", reputation.FactorContribution: "contribution",
+	reputation.FactorErrorRate: "errors", reputation.FactorFeedback: "feedback",
+}
+
+// factors summarises the factors behind a peer's score: each factor with evidence, as name=value(evidence).
+func factors(p daemon.PeerStatus) string {
+	if p.Reputation == nil {
+		return "-"
+	}
+	var parts []string
+	for _, f := range p.Reputation.Factors {
+		if f.Evidence <= 0 {
+			continue
+		}
+		name := factorNames[f.Name]
+		if name == "" {
+			name = f.Name
+		}
+		parts = append(parts, fmt.Sprintf("%s=%.2f(%.0f)", name, f.Value, f.Evidence))
+	}
+	if p.Evidence > 0 {
+		parts = append(parts, fmt.Sprintf("lost-votes=%d", p.Evidence))
+	}
+	if len(parts) == 0 {
+		return "no evidence yet"
+	}
+	return strings.Join(parts, " ")
+}
+
+func roles(p daemon.PeerStatus) string {
+	if len(p.Roles) == 0 {
+		return "-"
+	}
+	return strings.Join(p.Roles, ",")
 }

@@ -34,17 +34,25 @@ func taskCommand() *cli.Command {
 				OnUsageError: onUsageError,
 				Name:         "submit",
 				Usage:        "submit a task to the peer AGENT_ID; with --wait, print its verified, signed result",
-				UsageText:    "agentctl task submit --to AGENT_ID --handler NAME (--input FILE | --data STRING) [--wait [--timeout D]] [--json]",
+				UsageText: "agentctl task submit --to AGENT_ID --handler NAME (--input FILE | --data STRING) [--wait [--timeout D]] [--json]\n" +
+					"   agentctl task submit --redundancy K [--vote reputation|stake|hybrid] --handler NAME (--input FILE | --data STRING) [--timeout D] [--json]",
 				Description: "The local agent records the task (fsync) and delivers it over its session with the peer, again\n" +
 					"after every reconnect until the peer acknowledges it; the peer records it before acknowledging, so a\n" +
 					"restart of either side loses no task. The result is signed by the executing agent; the output shows\n" +
 					"its signature and the result's SHA-256, and --json includes the evidence (envelope, delegation, key\n" +
-					"event log) with which anyone can check it: agentctl task verify FILE.",
+					"event log) with which anyone can check it: agentctl task verify FILE.\n\n" +
+					"With --redundancy K (instead of --to), the task runs on K connected peers chosen by reputation\n" +
+					"(Restricted and Blocked peers never; at most one New peer unless too few established ones), and a\n" +
+					"result is accepted when peers holding at least 2/3 of the selected peers' vote weight (--vote:\n" +
+					"reputation, stake or hybrid) agree on its digest. The accepted digest, every vote, and the dissenting\n" +
+					"signed results (kept as evidence in the agent's state) are printed; no quorum exits 1.",
 				Flags: append([]cli.Flag{
 					&cli.StringFlag{Name: "to", Usage: "the executing peer's agent `ID`"},
 					&cli.StringFlag{Name: "handler", Usage: "handler `NAME` on the peer (echo, sha256, or a configured command)"},
 					&cli.StringFlag{Name: "input", Usage: "read the input from `FILE` (- for stdin)", TakesFile: true},
 					&cli.StringFlag{Name: "data", Usage: "the input as a `STRING`"},
+					&cli.IntFlag{Name: "redundancy", Usage: "run on `K` peers chosen by reputation and vote on the result (waits; see below)"},
+					&cli.StringFlag{Name: "vote", Usage: "vote weights with --redundancy: `MODE` reputation, stake or hybrid", Value: "reputation"},
 				}, waitFlags...),
 				Action: runTaskSubmit,
 			},
@@ -111,6 +119,12 @@ func readInput(c *cli.Context, file, data string, fileSet, dataSet bool) ([]byte
 func runTaskSubmit(c *cli.Context) error {
 	if c.NArg() > 0 {
 		return usagef("task submit takes no arguments (got %q); give the input with --input or --data", c.Args().First())
+	}
+	if c.IsSet("redundancy") {
+		return runTaskReplicate(c)
+	}
+	if c.IsSet("vote") {
+		return usagef("task submit: --vote goes with --redundancy")
 	}
 	for _, f := range []string{"to", "handler"} {
 		if c.String(f) == "" {
@@ -313,4 +327,93 @@ func evidenceOf(raw []byte) (*tasks.Evidence, error) {
 		return &v.Evidence, nil
 	}
 	return nil, errors.New("the file holds no result evidence (want the --json output of a finished task, or its result.evidence)")
+}
+
+// runTaskReplicate is task submit --redundancy K: the task runs on K peers chosen by reputation and a
+// result is accepted by weighted vote. It prints the accepted digest, the votes and the evidence kept
+// against dissenting peers, and fails (exit 1) without a quorum.
+func runTaskReplicate(c *cli.Context) error {
+	if c.IsSet("to") {
+		return usagef("task submit: give --to AGENT_ID or --redundancy K, not both (the agent chooses the K peers)")
+	}
+	if c.Bool("wait") {
+		return usagef("task submit --redundancy always waits; drop --wait")
+	}
+	if c.String("handler") == "" {
+		return usagef("task submit: --handler is required (see agentctl task submit --help)")
+	}
+	k := c.Int("redundancy")
+	if k < 1 || k > daemon.MaxRedundancy {
+		return usagef("--redundancy %d: give 1 to %d", k, daemon.MaxRedundancy)
+	}
+	switch c.String("vote") {
+	case "reputation", "stake", "hybrid":
+	default:
+		return usagef("--vote %q: use reputation, stake or hybrid", c.String("vote"))
+	}
+	timeout := c.Duration("timeout")
+	if timeout <= 0 || timeout > daemon.MaxWait {
+		return usagef("--timeout %v: use a duration up to %v", timeout, daemon.MaxWait)
+	}
+	input, err := readInput(c, c.String("input"), c.String("data"), c.IsSet("input"), c.IsSet("data"))
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(c.Context, timeout+10*time.Second)
+	defer cancel()
+	var v daemon.ReplicatedView
+	args := daemon.ReplicateArgs{Handler: c.String("handler"), Input: input, Redundancy: k, Vote: c.String("vote"), WaitMS: timeout.Milliseconds()}
+	if err := call(c, ctx, daemon.OpTaskReplicate, args, &v); err != nil {
+		return err
+	}
+	if c.Bool("json") {
+		if err := printJSON(c.App.Writer, v); err != nil {
+			return err
+		}
+	} else {
+		printReplicated(c.App.Writer, &v)
+	}
+	if !v.Accepted {
+		return fmt.Errorf("task group %s: no quorum: %s", v.Group, v.Reason)
+	}
+	return nil
+}
+
+func printReplicated(out io.Writer, v *daemon.ReplicatedView) {
+	w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	fmt.Fprintf(w, "group\t%s\n", v.Group)
+	fmt.Fprintf(w, "handler\t%s on %d peers, %s-weighted vote (quorum %.1f%% of the selected weight)\n", v.Handler, v.Redundancy, v.Mode, 100*v.Quorum)
+	fmt.Fprintf(w, "input sha256\t%s\n", v.InputSHA256)
+	if v.Accepted {
+		fmt.Fprintf(w, "accepted\t%s (%.1f%% of the weight)\n", v.Digest, 100*v.Share)
+		if printable(v.Output) {
+			fmt.Fprintf(w, "output\t%s\n", strings.TrimRight(string(v.Output), "\n"))
+		} else {
+			fmt.Fprintf(w, "output\t%d bytes, sha256 %s\n", len(v.Output), v.OutputSHA256)
+		}
+	} else {
+		fmt.Fprintf(w, "accepted\tnone: %s\n", v.Reason)
+	}
+	w.Flush()
+	fmt.Fprintln(out, "\nvotes")
+	w = tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(w, "  PEER\tVOTE\tWEIGHT\tDIGEST\tTASK\tSTATE")
+	for _, x := range v.Votes {
+		dg := x.Digest
+		if dg == "" {
+			dg = "-"
+		}
+		state := x.State
+		if x.Error != "" {
+			state += " (" + x.Error + ")"
+		}
+		fmt.Fprintf(w, "  %s\t%s\t%.4f\t%s\t%s\t%s\n", x.Peer, x.Vote, x.Weight, dg, x.TaskID, state)
+	}
+	w.Flush()
+	if len(v.Evidence) > 0 {
+		fmt.Fprintf(out, "\nevidence kept (%d signed results in the agent's state; --json prints them for agentctl task verify)\n", len(v.Evidence))
+		for _, e := range v.Evidence {
+			fmt.Fprintf(out, "  %s: %s, digest %s\n", e.Peer, e.Kind, e.Digest)
+		}
+	}
 }
