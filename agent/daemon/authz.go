@@ -81,6 +81,8 @@ var controlOps = map[string]rbac.Operation{
 	OpGrantsList:        rbac.CtlGrantsList,
 	OpRevoke:            rbac.CtlRevoke,
 	OpRevocationInstall: rbac.CtlRevoke,
+	OpStakeSign:         rbac.CtlStakeSet,
+	OpStakeSet:          rbac.CtlStakeSet,
 }
 
 // authz wires agent/rbac, agent/policy, agent/reputation, agent/puzzle and agent/consensus into the
@@ -178,6 +180,10 @@ func newAuthz(ctx context.Context, d *Daemon, cfg *Config) (*authz, error) {
 		return nil, err
 	}
 	if z.own, err = newOwnGrants(d.db); err != nil {
+		z.close()
+		return nil, err
+	}
+	if err := z.loadStakes(); err != nil {
 		z.close()
 		return nil, err
 	}

@@ -492,7 +492,7 @@ func (d *Daemon) opPeersUnblock(ctx context.Context, _ rbac.Cred, raw json.RawMe
 }
 
 // errNoStakes is returned for stake-weighted votes without a stake table.
-var errNoStakes = errors.New("no stake table is installed on this agent: use --vote reputation")
+var errNoStakes = errors.New("no stake table is installed on this agent (an administrator signs one with agentctl grant stake; install it with agentctl grant stake install FILE), or vote with --vote reputation")
 
 // authzOps are the control operations of authz_*.go.
 func (d *Daemon) authzOps() map[string]control.Op {
@@ -506,6 +506,8 @@ func (d *Daemon) authzOps() map[string]control.Op {
 		OpPeersBlock:        {Fn: d.opPeersBlock, Mutating: true},
 		OpPeersUnblock:      {Fn: d.opPeersUnblock, Mutating: true},
 		OpTaskReplicate:     {Fn: d.opTaskReplicate, Mutating: true},
+		OpStakeSign:         {Fn: d.opStakeSign, Mutating: true},
+		OpStakeSet:          {Fn: d.opStakeSet, Mutating: true},
 	}
 }
 

@@ -125,11 +125,12 @@ func (d *Daemon) opTaskReplicate(ctx context.Context, _ rbac.Cred, raw json.RawM
 // and lets a consensus.Voter decide (it records reputation and keeps dissenting results as evidence).
 func (z *authz) replicate(ctx context.Context, handler string, input []byte, k int, mode consensus.Mode, wait time.Duration) (*ReplicatedView, error) {
 	d := z.d
-	z.mu.Lock()
-	stakes := z.stakes
-	z.mu.Unlock()
-	if (mode == consensus.ByStake || mode == consensus.Hybrid) && stakes == nil {
-		return nil, control.Errorf(control.CodeBadRequest, "--vote %s: %v", mode, errNoStakes)
+	var stakes *consensus.StakeTable
+	if mode == consensus.ByStake || mode == consensus.Hybrid {
+		var err error
+		if stakes, err = z.currentStakes(); err != nil {
+			return nil, control.Errorf(control.CodeBadRequest, "--vote %s: %v", mode, err)
+		}
 	}
 	var cands []identity.ID
 	for _, s := range d.mgr.statuses() {

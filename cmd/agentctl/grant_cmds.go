@@ -15,8 +15,8 @@ import (
 	"github.com/custos-agent/custos/agent/rbac"
 )
 
-// maxGrantFile bounds a grant or revocation file.
-const maxGrantFile = 64 << 10
+// maxGrantFile bounds a grant, revocation or stake table file.
+const maxGrantFile = 1 << 20
 
 func grantCommand() *cli.Command {
 	return &cli.Command{
@@ -24,7 +24,8 @@ func grantCommand() *cli.Command {
 		Name:         "grant",
 		Usage:        "sign a role grant for an agent (as a system administrator), or install, list and remove the grants this agent holds",
 		UsageText: "agentctl grant --to AGENT_ID --role ROLE [--expires DURATION] [--out FILE] [--json]\n" +
-			"   agentctl grant install FILE\n   agentctl grant list [--json]\n   agentctl grant remove GRANT_ID",
+			"   agentctl grant install FILE\n   agentctl grant list [--json]\n   agentctl grant remove GRANT_ID\n" +
+			"   agentctl grant stake --stake AGENT_ID=AMOUNT ... | agentctl grant stake install FILE",
 		Description: "A grant gives ROLE (system_admin, agent_operator, task_submitter, peer_node, gateway_service) to\n" +
 			"AGENT_ID until it expires. The running agent signs it with its identity key; it counts only on agents\n" +
 			"whose configuration lists this agent under authorization.admins. The encoded grant (one line) goes\n" +
@@ -56,6 +57,7 @@ func grantCommand() *cli.Command {
 				Flags:        []cli.Flag{jsonFlag()},
 				Action:       runGrantList,
 			},
+			grantStakeCommand(),
 			{
 				OnUsageError: onUsageError,
 				Name:         "remove",
@@ -111,7 +113,7 @@ func readSmallFile(c *cli.Context, what, name string) ([]byte, error) {
 		return nil, fmt.Errorf("%s %s: %w", what, name, err)
 	}
 	if len(b) > maxGrantFile {
-		return nil, fmt.Errorf("%s %s is larger than %d bytes: it is not a grant file", what, name, maxGrantFile)
+		return nil, fmt.Errorf("%s %s is larger than %d bytes: it is not a grant, revocation or stake table", what, name, maxGrantFile)
 	}
 	return []byte(strings.TrimSpace(string(b))), nil
 }

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"encoding/hex"
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -33,7 +34,8 @@ func TestAuthzRedundantTask(t *testing.T) {
 	}
 	liar := xs[2]
 	s := newAgent(t, "submitter", false)
-	s.writeConfig(agentConfig{Transports: []string{"tcp"}})
+	// The submitter is its own administrator: it signs the stake table its stake and hybrid votes use.
+	s.writeConfig(agentConfig{Transports: []string{"tcp"}, Extra: "authorization: {admins: [" + s.id + "], default_peer_roles: [task_submitter]}\n"})
 	s.start()
 	for _, x := range xs {
 		if out, code := s.run("peers", "connect", x.dialAddr("tcp"), "--id", x.id); code != 0 {
@@ -101,4 +103,30 @@ func TestAuthzRedundantTask(t *testing.T) {
 		t.Fatalf("text output: exit %d\n%s", code, out)
 	}
 	t.Logf("agentctl task submit --redundancy 3:\n%s", out)
+
+	// Stake-weighted votes need an administrator-signed stake table.
+	if _, stderr, code := s.run2("task", "submit", "--redundancy", "3", "--vote", "stake", "--handler", "digest", "--data", input); code != 1 || !strings.Contains(stderr, "no stake table is installed") {
+		t.Fatalf("--vote stake without a table: exit %d\n%s", code, stderr)
+	}
+	// A rich liar alone cannot carry a vote: it holds most of the stake, but at least two peers must agree.
+	if _, stderr, code := s.run2("grant", "stake", "--stake", xs[0].id+"=10", "--stake", xs[1].id+"=10", "--stake", liar.id+"=100"); code != 0 || !strings.Contains(stderr, "in force here") {
+		t.Fatalf("grant stake: exit %d\n%s", code, stderr)
+	}
+	var nv daemon.ReplicatedView
+	out, stderr, code := s.run2("task", "submit", "--redundancy", "3", "--vote", "stake", "--handler", "digest", "--data", input, "--json")
+	if code != 1 || json.Unmarshal([]byte(out), &nv) != nil || nv.Accepted || !strings.Contains(nv.Reason, "only 1 peer(s) agree") || !strings.Contains(stderr, "no quorum") {
+		t.Fatalf("stake vote with a rich liar: exit %d %+v\n%s", code, nv, stderr)
+	}
+	// With a fair table installed from a file, the hybrid vote (stake x reputation) accepts the honest result.
+	table := filepath.Join(s.home, "stakes.json")
+	if _, stderr, code := s.run2("grant", "stake", "--stake", xs[0].id+"=10", "--stake", xs[1].id+"=10", "--stake", liar.id+"=10", "--out", table); code != 0 {
+		t.Fatalf("grant stake --out: exit %d\n%s", code, stderr)
+	}
+	if out, code := s.run("grant", "stake", "install", table); code != 0 || !strings.Contains(out, "stake table of 3 agents from "+s.id+" is in force") {
+		t.Fatalf("grant stake install: exit %d\n%s", code, out)
+	}
+	s.ctlJSON(&nv, "task", "submit", "--redundancy", "3", "--vote", "hybrid", "--handler", "digest", "--data", input)
+	if !nv.Accepted || nv.Digest != v.Digest || nv.Mode != "hybrid" {
+		t.Fatalf("hybrid vote: %+v", nv)
+	}
 }
