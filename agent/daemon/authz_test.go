@@ -4,12 +4,16 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/maxmind/mmdbwriter"
+	"github.com/maxmind/mmdbwriter/mmdbtype"
 
 	"github.com/custos-agent/custos/agent/control"
 	"github.com/custos-agent/custos/agent/envelope"
@@ -501,4 +505,195 @@ handlers:
 	}) {
 		t.Fatal("no would-deny ratelimit.exceeded record")
 	}
+}
+
+// buildGeoDB writes a small MaxMind-format country database.
+func buildGeoDB(t *testing.T) string {
+	t.Helper()
+	w, err := mmdbwriter.New(mmdbwriter.Options{DatabaseType: "Custos-Test-Country", RecordSize: 24})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for cidr, cc := range map[string]string{"81.56.0.0/16": "FR", "5.255.0.0/16": "RU"} {
+		_, n, err := net.ParseCIDR(cidr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := w.Insert(n, mmdbtype.Map{"country": mmdbtype.Map{"iso_code": mmdbtype.String(cc)}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	path := filepath.Join(t.TempDir(), "country.mmdb")
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.WriteTo(f); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// TestGeoRules: a peer from a denied country is refused at the handshake (geo_denied, from host:port and
+// from a libp2p multiaddr) and its messages are refused; one from an allowed country is not; in log-only
+// mode the handshake goes on and the would-be refusal is audited.
+func TestGeoRules(t *testing.T) {
+	ctx := context.Background()
+	db := buildGeoDB(t)
+	body := "authorization: {default_peer_roles: [task_submitter]}\npolicy: {geo: {database: " + db + ", deny: [RU]}}\n"
+	a := startAuthzDaemon(t, body)
+	z := a.d.authz
+	z.adm = nil // no puzzles here: this test is about addresses
+	p := agenttest.NewIdentity(t, keystore.Ed25519)
+	for addr, want := range map[string]string{"5.255.1.1:7000": "geo_denied", "/ip4/5.255.9.9/tcp/4001/p2p/x": "geo_denied", "81.56.1.1:7000": "", "127.0.0.1:7000": ""} {
+		err := z.validate(ctx, &session.Peer{ID: p.ID(), Role: session.Initiator, RemoteAddr: addr})
+		if refusalOf(err) != want || (want == "" && err != nil) {
+			t.Fatalf("%s: %v, want %q", addr, err, want)
+		}
+	}
+	_, req := requestFor("echo")
+	if err := z.dispatch(ctx, &session.Peer{ID: p.ID(), RemoteAddr: "5.255.1.1:7000"}, message(envelope.TaskRequest, req)); err == nil || !strings.Contains(err.Error(), "geo_denied") ||
+		!strings.Contains(err.Error(), "RU, which policy.geo.deny lists") {
+		t.Fatalf("message from a denied country: %v", err)
+	}
+	if em, _ := a.lastSent(); em.Code != "geo_denied" {
+		t.Fatalf("answer %+v", em)
+	}
+	writeConfig(t, a.cfg, "metrics: {disabled: true}\n"+strings.Replace(body, "authorization: {", "authorization: {enforce: {geo: false}, ", 1))
+	if _, err := a.d.Reload(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := z.validate(ctx, &session.Peer{ID: p.ID(), Role: session.Initiator, RemoteAddr: "5.255.1.1:7000"}); err != nil {
+		t.Fatalf("log-only geo: %v", err)
+	}
+	if !a.audit(t, audit.AccessDenied, func(e audit.Entry) bool {
+		return e.Subject == "handshake" && e.Details["reason"] == "geo_denied" && e.Details["country"] == "RU" && e.Details["would_deny"] == true
+	}) {
+		t.Fatal("no would-deny record for the handshake from RU")
+	}
+	// A new database path needs a restart: the running one stays.
+	if err := os.WriteFile(a.cfg, []byte("metrics: {disabled: true}\npolicy: {geo: {database: /nonexistent.mmdb, deny: [RU]}}\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.d.Reload(ctx); err != nil {
+		t.Fatalf("reload with another database path: %v", err)
+	}
+	if err := z.validate(ctx, &session.Peer{ID: p.ID(), Role: session.Initiator, RemoteAddr: "5.255.1.1:7000"}); refusalOf(err) != "geo_denied" {
+		t.Fatalf("after the reload: %v", err)
+	}
+}
+
+// TestGrantAndBlockOps drives the control operations: issuing a grant (in force here when this agent is
+// its own administrator), installing grants (refusing one for another agent, an expired one, a forged
+// one), blocking and unblocking a peer, and the peers list with the reputation factors and roles.
+func TestGrantAndBlockOps(t *testing.T) {
+	ctx := context.Background()
+	home, cust := testHome(t)
+	self := cust.ID().String()
+	cfgPath := filepath.Join(home, "agent.yaml")
+	cfg, digest := writeConfig(t, cfgPath, "metrics: {disabled: true}\nauthorization: {admins: ["+self+"]}\n")
+	d, err := Start(ctx, Options{Home: home, Config: cfg, ConfigDigest: digest, ConfigPath: cfgPath, Custody: cust, Logger: quietLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Shutdown(ctx)
+	sock := filepath.Join(home, ControlFile)
+	peer := agenttest.NewIdentity(t, keystore.Ed25519)
+
+	var g GrantIssueResult
+	if err := control.Call(ctx, sock, OpGrantIssue, GrantIssueArgs{Subject: peer.ID().String(), Role: "peer_node", TTLSeconds: 60}, &g); err != nil {
+		t.Fatal(err)
+	}
+	if !g.AdminHere || g.Warning != "" || g.Issuer != self || g.Expires.Sub(g.Issued) != time.Minute {
+		t.Fatalf("grant: %+v", g)
+	}
+	if rs := d.authz.roles(ctx, peer.ID()); len(rs) != 1 || rs[0] != rbac.PeerNode {
+		t.Fatalf("the issued grant is not in force here: %v", rs)
+	}
+	if err := control.Call(ctx, sock, OpGrantIssue, GrantIssueArgs{Subject: peer.ID().String(), Role: "root"}, nil); control.CodeOf(err) != control.CodeBadRequest {
+		t.Fatalf("unknown role: %v", err)
+	}
+
+	// Installing: the grant must be for this agent, unexpired, and verify under its issuer's key.
+	err = control.Call(ctx, sock, OpGrantInstall, GrantInstallArgs{Grant: g.Grant}, nil)
+	if control.CodeOf(err) != control.CodeBadRequest || !strings.Contains(err.Error(), "is for "+peer.ID().String()) {
+		t.Fatalf("install a grant for another agent: %v", err)
+	}
+	admin := agenttest.NewIdentity(t, keystore.Ed25519)
+	expired := grantFor(t, admin, cust.ID(), rbac.TaskSubmitter, time.Now().Add(-2*time.Hour), time.Hour)
+	if err := control.Call(ctx, sock, OpGrantInstall, GrantInstallArgs{Grant: string(expired.Encode())}, nil); err == nil || !strings.Contains(err.Error(), "expired at") {
+		t.Fatalf("install an expired grant: %v", err)
+	}
+	forged := grantFor(t, admin, cust.ID(), rbac.TaskSubmitter, time.Now(), time.Hour)
+	forged.Issuer = peer.ID().String() // claims another issuer: the signature no longer verifies
+	if err := control.Call(ctx, sock, OpGrantInstall, GrantInstallArgs{Grant: string(forged.Encode())}, nil); err == nil || !strings.Contains(err.Error(), "does not verify") {
+		t.Fatalf("install a forged grant: %v", err)
+	}
+	good := grantFor(t, admin, cust.ID(), rbac.TaskSubmitter, time.Now(), time.Hour)
+	var inst GrantInstallResult
+	if err := control.Call(ctx, sock, OpGrantInstall, GrantInstallArgs{Grant: string(good.Encode()) + "\n"}, &inst); err != nil || inst.Grant.ID != good.ID || len(inst.Presented) != 0 {
+		t.Fatalf("install: %+v %v", inst, err)
+	}
+	if gs, _ := rbac.DecodeGrants(d.authz.presentable()); len(gs) != 1 || gs[0].ID != good.ID {
+		t.Fatalf("presented grants: %v", gs)
+	}
+	var gl GrantsList
+	if err := control.Call(ctx, sock, OpGrantsList, nil, &gl); err != nil || len(gl.Held) != 1 || gl.Held[0].State != "valid" {
+		t.Fatalf("grants list: %+v %v", gl, err)
+	}
+	if err := control.Call(ctx, sock, OpGrantRemove, GrantRemoveArgs{GrantID: good.ID}, nil); err != nil || d.authz.presentable() != nil {
+		t.Fatalf("remove: %v", err)
+	}
+	if err := control.Call(ctx, sock, OpGrantRemove, GrantRemoveArgs{GrantID: good.ID}, nil); control.CodeOf(err) != control.CodeNotFound {
+		t.Fatalf("remove twice: %v", err)
+	}
+
+	// Revoking the grant this agent issued: in force here at once.
+	var rr RevokeResult
+	if err := control.Call(ctx, sock, OpRevoke, RevokeArgs{GrantID: g.ID}, &rr); err != nil || !rr.AppliedHere {
+		t.Fatalf("revoke: %+v %v", rr, err)
+	}
+	if err := d.authz.az.Authorize(ctx, peer.ID(), rbac.ProcessTasks); rbac.ReasonOf(err) != rbac.GrantRevoked {
+		t.Fatalf("after the revocation: %v", err)
+	}
+
+	// Block and unblock.
+	var r reputation.Report
+	if err := control.Call(ctx, sock, OpPeersBlock, PeerArgs{ID: peer.ID().String()}, &r); err != nil || r.Level != reputation.Blocked || !r.Manual {
+		t.Fatalf("block: %+v %v", r, err)
+	}
+	if err := d.authz.validate(ctx, &session.Peer{ID: peer.ID(), Role: session.Responder}); refusalOf(err) != RefusalBlocked {
+		t.Fatalf("a blocked peer we dial: %v", err)
+	}
+	var ps []PeerStatus
+	if err := control.Call(ctx, sock, OpPeersList, nil, &ps); err != nil || len(ps) != 1 || ps[0].Trust != "blocked" || ps[0].Reputation == nil || len(ps[0].Reputation.Factors) == 0 {
+		t.Fatalf("peers list: %+v %v", ps, err)
+	}
+	if err := control.Call(ctx, sock, OpPeersUnblock, PeerArgs{ID: peer.ID().String()}, &r); err != nil || r.Level != reputation.New {
+		t.Fatalf("unblock: %+v %v", r, err)
+	}
+	if err := control.Call(ctx, sock, OpPeersUnblock, PeerArgs{ID: peer.ID().String()}, nil); control.CodeOf(err) != control.CodeBadRequest || !strings.Contains(err.Error(), "is not blocked") {
+		t.Fatalf("unblock twice: %v", err)
+	}
+	if err := control.Call(ctx, sock, OpPeersBlock, PeerArgs{ID: self}, nil); control.CodeOf(err) != control.CodeBadRequest {
+		t.Fatalf("block self: %v", err)
+	}
+	if !strings.Contains(fmt.Sprint(auditTypes(t, home)), string(audit.TrustChanged)) {
+		t.Fatal("no trust.changed record for the block")
+	}
+}
+
+func auditTypes(t *testing.T, home string) []string {
+	t.Helper()
+	var out []string
+	if err := audit.Query(context.Background(), filepath.Join(home, AuditDir), audit.Filter{}, func(e audit.Entry) error {
+		out = append(out, string(e.Type))
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	return out
 }
