@@ -6,8 +6,9 @@
 // over the sessions, and serves the local control socket (agent/control) that the other agentctl
 // commands use. Shutdown drains; Reload re-reads the configuration and the identity.
 //
-// The admission hook for RBAC, resource policy and puzzles is Options.Validator (handshake) and
-// Options.AdmitTask (task requests); docs/authorization.md §7 says what plugs in there.
+// Authorization and trust (RBAC, resource policy, reputation, puzzles, grants, replicated tasks) are wired
+// in by authz*.go (docs/authorization.md §7, ADR 0023); Options.Validator, Options.AdmitTask and
+// Options.AuthorizeLocal are further hooks that run after them.
 package daemon
 
 import (
