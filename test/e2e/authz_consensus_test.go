@@ -92,6 +92,11 @@ func TestAuthzRedundantTask(t *testing.T) {
 			t.Fatalf("honest peer %s in peers: evidence %d, reputation %+v", p.ID, p.Evidence, p.Reputation)
 		}
 	}
+	out, code = s.run("peers")
+	if code != 0 || !regexp.MustCompile(regexp.QuoteMeta(liar.id)+`.* errors=0\.\d+\(\d\) lost-votes=1 `).MatchString(out) {
+		t.Fatalf("agentctl peers does not show the liar's error rate and lost vote:\n%s", out)
+	}
+	t.Logf("agentctl peers:\n%s", out)
 	if !auditHas(t, s, daemon.TaskVote, func(e audit.Entry) bool {
 		return e.Subject == v.Group && e.Details["accepted"] == true && e.Details["digest"] == v.Digest && strings.Contains(e.Details["dissenting"].(string), liar.id)
 	}) {
