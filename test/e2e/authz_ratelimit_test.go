@@ -10,7 +10,7 @@ import (
 	"github.com/custos-agent/custos/audit"
 )
 
-// TestAuthzRateLimit: an executor with a low message rate (policy.default rate 4/s, burst 8; a New peer
+// TestAuthzRateLimit: an executor with a low message rate (policy.default rate 1/s, burst 8; a New peer
 // gets half) receives a flood of task requests from one submitter. Enforced, part of the flood is refused
 // with rate_limited (the submitter's agentctl prints the reason and exits 1; the executor audits
 // ratelimit.exceeded and counts it) while a second submitter is served normally. In log-only mode
@@ -23,7 +23,7 @@ func TestAuthzRateLimit(t *testing.T) {
 				authz = "authorization: {default_peer_roles: [task_submitter], enforce: {rate: false}}\n"
 			}
 			x := newAgent(t, "executor", false)
-			x.writeConfig(agentConfig{Transports: []string{"tcp"}, Extra: authz + "policy: {default: {rate: 4, burst: 8}}\n"})
+			x.writeConfig(agentConfig{Transports: []string{"tcp"}, Extra: authz + "policy: {default: {rate: 1, burst: 8}}\n"})
 			x.start()
 			flooder, other := newAgent(t, "flooder", false), newAgent(t, "other", false)
 			for _, s := range []*agent{flooder, other} {
@@ -66,7 +66,7 @@ func TestAuthzRateLimit(t *testing.T) {
 			metrics := scrape(t, x.status().Metrics)
 			if mode == "enforced" {
 				// The burst (4 for a New peer) is shared with the flooder's acknowledgements of results.
-				if limited < 6 || done < 1 || !strings.Contains(limitedOut, "exceeds 2 messages/s (burst 4)") {
+				if limited < 6 || done < 1 || !strings.Contains(limitedOut, "exceeds 0.5 messages/s (burst 4)") {
 					t.Fatalf("enforced: %d served, %d rate_limited (want some served and at least 6 refused)\n%s", done, limited, limitedOut)
 				}
 				if !auditHas(t, x, audit.RateLimited, func(e audit.Entry) bool {
