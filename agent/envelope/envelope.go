@@ -7,8 +7,9 @@
 // The payload is AES-256-GCM under a session key (online), HPKE (RFC 9180) to the recipient's delegated
 // encryption key (store-and-forward), or, when the content is meant as public evidence, not encrypted.
 // The header is the AEAD's associated data. The signature, by the sender's operational key, covers a
-// deterministic length-prefixed encoding of header and payload under the context "custos/v1/envelope",
-// so a third peer holding the sender's key event log and delegation can check it.
+// deterministic length-prefixed encoding of header and payload (the payload data through its SHA-256
+// digest, ADR 0031) under the context "custos/v1/envelope", so a third peer holding the sender's key event
+// log and delegation can check it.
 //
 // An envelope has two encodings carrying the same fields and the same signature: the canonical JSON form
 // (what people and agentctl see) and the compact binary form (what agents exchange; ADR 0005). Both
@@ -19,8 +20,10 @@ package envelope
 import (
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/base64"
+	"encoding/binary"
 	"fmt"
 	"strings"
 	"time"
@@ -160,14 +163,18 @@ func (e *Envelope) signed(w *wire.Writer) *wire.Writer {
 }
 
 // SigningInput is the exact byte string the sender's operational key signs: "custos/v1/envelope\x00",
-// then version, timestamp, sender_id, recipient_id, message_type, message_id, encrypted, cipher, nonce,
-// data, each length-prefixed (integers as 8-byte big-endian values).
+// then version, timestamp, sender_id, recipient_id, message_type, message_id, encrypted, cipher, nonce and
+// the SHA-256 digest of data, each length-prefixed (integers as 8-byte big-endian values). The digest
+// rather than data itself (ADR 0031): Ed25519 hashes what it signs twice with SHA-512 and once more to
+// verify, which at 64 KiB cost more than everything else the agent does per message.
 func (e *Envelope) SigningInput() []byte {
-	return e.signed(wire.NewWriter(len(e.Payload.Data) + len(e.Payload.Nonce) + 256).Raw(signature.Envelope.Prefix()...)).Out()
+	d := sha256.Sum256(e.Payload.Data)
+	return e.Header.fields(wire.NewWriter(len(e.Payload.Nonce) + 384).Raw(signature.Envelope.Prefix()...)).
+		Bool(e.Payload.Encrypted).String(string(e.Payload.Cipher)).Bytes(e.Payload.Nonce).Bytes(d[:]).Out()
 }
 
-// EncodeBinary is the binary form: the signed fields then the signature, each length-prefixed (the
-// signing input without its context prefix, plus the signature).
+// EncodeBinary is the binary form: the fields in the order of the signing input, data itself in place
+// of its digest, then the signature, each length-prefixed.
 func (e *Envelope) EncodeBinary() []byte {
 	return e.signed(wire.NewWriter(len(e.Payload.Data) + len(e.Payload.Nonce) + 256)).Bytes(e.Signature).Out()
 }
@@ -308,19 +315,38 @@ func (e *Envelope) CheckRecipient(local string) error {
 // SealSession encrypts plaintext under the session key a with nonce (4-byte epoch || 8-byte counter) and
 // signs the envelope.
 func SealSession(ctx context.Context, h Header, plaintext []byte, a *suite.AEAD, nonce []byte, s keystore.Signer) (*Envelope, error) {
+	_, e, err := AppendSealSession(ctx, nil, h, plaintext, a, nonce, s)
+	return e, err
+}
+
+// AppendSealSession is SealSession producing the binary form too: it appends the binary form of the sealed,
+// signed envelope to dst (a frame header, say) and returns the extended buffer. The payload is encrypted
+// in place in that buffer, so the plaintext is read once and nothing is copied afterwards; the envelope's
+// Data and Signature alias the buffer.
+func AppendSealSession(ctx context.Context, dst []byte, h Header, plaintext []byte, a *suite.AEAD, nonce []byte, s keystore.Signer) ([]byte, *Envelope, error) {
 	if len(plaintext)+suite.AEADTagSize > MaxData {
-		return nil, reason.New(reason.OversizedFrame, "payload of %d bytes exceeds %d", len(plaintext), MaxData-suite.AEADTagSize)
+		return nil, nil, reason.New(reason.OversizedFrame, "payload of %d bytes exceeds %d", len(plaintext), MaxData-suite.AEADTagSize)
 	}
 	e := &Envelope{Header: h, Payload: Payload{Encrypted: true, Cipher: AES256GCM, Nonce: append(B64(nil), nonce...)}}
 	if err := e.check0(); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	ct, err := a.Seal(nil, nonce, plaintext, h.AAD())
+	n := len(plaintext) + suite.AEADTagSize
+	w := wire.NewWriter(len(dst) + len(nonce) + n + maxSig + 384).Raw(dst...)
+	buf := e.Header.fields(w).Bool(true).String(string(AES256GCM)).Bytes(nonce).Out()
+	buf = binary.BigEndian.AppendUint32(buf, uint32(n))
+	start := len(buf)
+	buf, err := a.Seal(buf, nonce, plaintext, h.AAD())
 	if err != nil {
-		return nil, reason.Wrap(reason.Internal, err, "seal envelope")
+		return nil, nil, reason.Wrap(reason.Internal, err, "seal envelope")
 	}
-	e.Payload.Data = ct
-	return e, e.Sign(ctx, s)
+	e.Payload.Data = buf[start:len(buf):len(buf)]
+	if err := e.Sign(ctx, s); err != nil {
+		return nil, nil, err
+	}
+	buf = binary.BigEndian.AppendUint32(buf, uint32(len(e.Signature)))
+	buf = append(buf, e.Signature...)
+	return buf, e, nil
 }
 
 // OpenSession decrypts a verified session-mode envelope with the session key of its direction.

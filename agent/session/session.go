@@ -327,12 +327,11 @@ func (s *Session) sendEnvelope(ctx context.Context, h envelope.Header, payload [
 	if err != nil {
 		return nil, err
 	}
-	e, err := envelope.SealSession(ctx, h, payload, s.send.aead, nonce, s.keys.Signer())
+	frame, e, err := envelope.AppendSealSession(ctx, []byte{handshake.FrameEnvelope}, h, payload, s.send.aead, nonce, s.keys.Signer())
 	if err != nil {
 		s.send.next-- // nothing was sent: the counter is not used
 		return nil, err
 	}
-	frame := append([]byte{handshake.FrameEnvelope}, e.EncodeBinary()...)
 	if err := s.conn.WriteFrame(ctx, frame); err != nil {
 		s.fail(err) // a frame may be half-written: the stream is unusable
 		return nil, err
