@@ -549,16 +549,8 @@ func (z *authz) isReplicated(taskID string) bool {
 	return z.replicated[taskID]
 }
 
-// peekTaskID returns the task_id field of a task message's JSON payload ("" when there is none).
-func peekTaskID(payload []byte) string {
-	var v struct {
-		TaskID string `json:"task_id"`
-	}
-	if json.Unmarshal(payload, &v) != nil {
-		return ""
-	}
-	return v.TaskID
-}
+// peekTaskID returns the task_id field of a task message's payload, binary or JSON ("" when there is none).
+func peekTaskID(payload []byte) string { return tasks.PeekTaskID(payload) }
 
 // isAnswer reports whether a message answers something this agent sent to that peer: a task it
 // submitted to the peer (task_response "accepted", task_progress, task_result, error_response), or a

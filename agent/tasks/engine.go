@@ -90,8 +90,8 @@ type Engine struct {
 
 	mu       sync.Mutex
 	handlers Registry
-	active   map[string]bool // inbound keys scheduled or running in this process
-	notify   chan struct{}   // closed and replaced on every outbound change
+	active   map[string]bool          // inbound keys scheduled or running in this process
+	waiters  map[string]chan struct{} // closed when that outbound task changes (Wait)
 	draining bool
 	closed   bool // no more background sends
 
@@ -134,7 +134,7 @@ func New(cfg Config) (*Engine, error) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	return &Engine{
-		cfg: cfg, store: cfg.Store, handlers: cfg.Handlers, active: map[string]bool{}, notify: make(chan struct{}),
+		cfg: cfg, store: cfg.Store, handlers: cfg.Handlers, active: map[string]bool{}, waiters: map[string]chan struct{}{},
 		sem: make(chan struct{}, cfg.MaxConcurrent), runCtx: ctx, runCancel: cancel, stop: make(chan struct{}),
 	}, nil
 }
@@ -192,10 +192,14 @@ func (e *Engine) event(ev Event) {
 	}
 }
 
-func (e *Engine) changed() {
+// changed wakes the Waits of outbound task id. (One channel per waited-for task: waking every waiter on
+// every change made each of them decode its whole record, input included, per change of any task.)
+func (e *Engine) changed(id string) {
 	e.mu.Lock()
-	close(e.notify)
-	e.notify = make(chan struct{})
+	if ch, ok := e.waiters[id]; ok {
+		close(ch)
+		delete(e.waiters, id)
+	}
 	e.mu.Unlock()
 }
 
@@ -421,7 +425,7 @@ func (e *Engine) Submit(ctx context.Context, to, handler string, input []byte) (
 		return nil, err
 	}
 	e.event(Event{Kind: "submitted", TaskID: o.TaskID, Peer: to, Handler: handler})
-	e.changed()
+	e.changed(o.TaskID)
 	e.goSend(func() { e.sendRequest(o) })
 	return o, nil
 }
@@ -461,7 +465,7 @@ func (e *Engine) sendRequest(o *Outbound) {
 	if err != nil {
 		e.cfg.Logger.Warn("task state not recorded", "task", o.TaskID, "err", err)
 	}
-	e.changed()
+	e.changed(o.TaskID)
 }
 
 func (e *Engine) upgrade(peer, id, state string) error {
@@ -474,7 +478,7 @@ func (e *Engine) upgrade(peer, id, state string) error {
 		}
 		return nil
 	})
-	e.changed()
+	e.changed(id)
 	return err
 }
 
@@ -539,7 +543,7 @@ func (e *Engine) onResult(peer string, payload []byte) error {
 			r.State, r.ErrorCode, r.Error, r.Updated = OutFailed, "invalid_result", verr.Error(), now
 			return nil
 		})
-		e.changed()
+		e.changed(o.TaskID)
 		e.event(Event{Kind: "result_invalid", TaskID: o.TaskID, Peer: peer, Handler: o.Handler, Err: verr})
 		return errors.Join(verr, err)
 	}
@@ -556,7 +560,7 @@ func (e *Engine) onResult(peer string, payload []byte) error {
 	if err != nil {
 		return err // not acknowledged: the executor sends it again
 	}
-	e.changed()
+	e.changed(o.TaskID)
 	e.event(Event{Kind: "result", TaskID: o.TaskID, Peer: peer, Handler: o.Handler, Status: doc.Status})
 	return e.ackResult(peer, o.TaskID)
 }
@@ -579,7 +583,7 @@ func (e *Engine) onError(peer string, payload []byte) error {
 		}
 		return nil
 	})
-	e.changed()
+	e.changed(em.TaskID)
 	if err == nil && !em.Retryable() {
 		e.event(Event{Kind: "failed", TaskID: em.TaskID, Peer: peer, Status: em.Code, Err: errors.New(em.Message)})
 	}
@@ -683,7 +687,11 @@ func (e *Engine) MarkFetched(id string) error {
 func (e *Engine) Wait(ctx context.Context, id string) (*Outbound, error) {
 	for {
 		e.mu.Lock()
-		ch := e.notify
+		ch, ok := e.waiters[id]
+		if !ok {
+			ch = make(chan struct{})
+			e.waiters[id] = ch
+		}
 		e.mu.Unlock()
 		o, err := e.store.Outbound(id)
 		if err != nil {

@@ -8,7 +8,7 @@ import (
 	"testing"
 )
 
-// TestFastJSONIsEncodingJSON: Encode writes exactly json.Marshal's bytes (the fast path when no field
+// TestFastJSONIsEncodingJSON: EncodeJSON writes exactly json.Marshal's bytes (the fast path when no field
 // needs escaping, json.Marshal itself otherwise), and the decoders give the same values whichever path
 // they take.
 func TestFastJSONIsEncodingJSON(t *testing.T) {
@@ -29,19 +29,19 @@ func TestFastJSONIsEncodingJSON(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if got := r.Encode(); !bytes.Equal(got, want) {
+		if got := r.EncodeJSON(); !bytes.Equal(got, want) {
 			t.Fatalf("Encode of %q/%q differs from json.Marshal:\n%.200s\n%.200s", r.TaskID, r.Handler, got, want)
 		}
 	}
 	for _, m := range []*ResultMessage{{TaskID: id, Evidence: big, Delegation: []byte{1, 2, 3}}, {TaskID: id}} {
 		want, _ := json.Marshal(m)
-		if got := m.Encode(); !bytes.Equal(got, want) {
+		if got := m.EncodeJSON(); !bytes.Equal(got, want) {
 			t.Fatalf("ResultMessage Encode differs from json.Marshal:\n%.200s\n%.200s", got, want)
 		}
 	}
 	// Decoding: the canonical form (fast path) and other spellings of the same object (encoding/json)
 	// give the same request; what the strict decoder refuses is still refused, with its reason.
-	canon := reqs[0].Encode()
+	canon := reqs[0].EncodeJSON()
 	spaced := append([]byte(`{ "task_id" : "`+id+`", "handler":"sha256", "input":"`), canon[bytes.LastIndex(canon, []byte(`"input":"`))+9:]...)
 	reordered := []byte(`{"handler":"echo","input":"eA","task_id":"` + id + `"}`)
 	for _, in := range [][]byte{canon, spaced, reordered} {
@@ -87,8 +87,8 @@ func FuzzFastJSON(f *testing.F) {
 			if fast.TaskID != slow.TaskID || fast.Handler != slow.Handler || !bytes.Equal(fast.Input, slow.Input) {
 				t.Fatalf("fast %+v, encoding/json %+v", fast, slow)
 			}
-			if !bytes.Equal(fast.Encode(), in) {
-				t.Fatalf("re-encoding gives %q", fast.Encode())
+			if !bytes.Equal(fast.EncodeJSON(), in) {
+				t.Fatalf("re-encoding gives %q", fast.EncodeJSON())
 			}
 		}
 		var fm ResultMessage

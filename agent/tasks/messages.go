@@ -177,18 +177,30 @@ func encode(v any) []byte {
 	return b
 }
 
-// Encode returns the JSON payload.
-func (r *Request) Encode() []byte {
+// Encode returns the payload as agents send it: the binary form (binary.go).
+func (r *Request) Encode() []byte { return r.encodeBinary() }
+
+// EncodeJSON returns the JSON form (what json.Marshal writes).
+func (r *Request) EncodeJSON() []byte {
 	if b, ok := appendObject(r.fields()); ok {
 		return b
 	}
 	return encode(r)
 }
 
-// DecodeRequest strictly decodes a task_request payload and checks its fields.
+// DecodeRequest strictly decodes a task_request payload, binary or JSON form, and checks its fields.
 func DecodeRequest(b []byte) (*Request, error) {
 	var r Request
-	if len(b) > MaxMessage || !parseObject(b, r.fields()) {
+	switch {
+	case len(b) > MaxMessage:
+		return nil, fmt.Errorf("%w: task_request of %d bytes exceeds %d", ErrMalformed, len(b), MaxMessage)
+	case hasMagic(b, magicRequest):
+		d, err := decodeRequestBinary(b)
+		if err != nil {
+			return nil, err
+		}
+		r = *d
+	case !parseObject(b, r.fields()):
 		r = Request{}
 		if err := decodeStrict(b, &r, "task_request"); err != nil {
 			return nil, err
@@ -242,18 +254,31 @@ func DecodeProgress(b []byte) (*Progress, error) {
 	return &p, nil
 }
 
-// Encode returns the JSON payload.
-func (r *ResultMessage) Encode() []byte {
+// Encode returns the payload as agents send it: the binary form (binary.go).
+func (r *ResultMessage) Encode() []byte { return r.encodeBinary() }
+
+// EncodeJSON returns the JSON form (what json.Marshal writes).
+func (r *ResultMessage) EncodeJSON() []byte {
 	if b, ok := appendObject(r.fields()); ok {
 		return b
 	}
 	return encode(r)
 }
 
-// DecodeResultMessage strictly decodes a task_result payload (form only; see VerifyResult).
+// DecodeResultMessage strictly decodes a task_result payload, binary or JSON form (form only; see
+// VerifyResult).
 func DecodeResultMessage(b []byte) (*ResultMessage, error) {
 	var r ResultMessage
-	if len(b) > MaxMessage || !parseObject(b, r.fields()) {
+	switch {
+	case len(b) > MaxMessage:
+		return nil, fmt.Errorf("%w: task_result of %d bytes exceeds %d", ErrMalformed, len(b), MaxMessage)
+	case hasMagic(b, magicResult):
+		d, err := decodeResultBinary(b)
+		if err != nil {
+			return nil, err
+		}
+		r = *d
+	case !parseObject(b, r.fields()):
 		r = ResultMessage{}
 		if err := decodeStrict(b, &r, "task_result"); err != nil {
 			return nil, err

@@ -4,15 +4,21 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"go.etcd.io/bbolt"
 )
 
-// Buckets of the task store in <home>/state.db.
+// Buckets of the task store in <home>/state.db. A task's input is kept beside its record, written once
+// when the task is recorded: the record is rewritten at every state change, and re-encoding a 64 KiB input
+// as JSON base64 each time cost more than the rest of the task (docs/benchmarks.md). Records written
+// before the split carry the input inline; they are read as they are and split at their next change.
 var (
-	bucketIn  = []byte("tasks.in")  // requester ID \x00 task ID -> Inbound (JSON)
-	bucketOut = []byte("tasks.out") // task ID -> Outbound (JSON)
+	bucketIn       = []byte("tasks.in")        // requester ID \x00 task ID -> Inbound (JSON, without input)
+	bucketOut      = []byte("tasks.out")       // task ID -> Outbound (JSON, without input)
+	bucketInInput  = []byte("tasks.in.input")  // same key -> the input bytes
+	bucketOutInput = []byte("tasks.out.input") // same key -> the input bytes
 )
 
 // ErrNotFound: no task with that ID.
@@ -79,15 +85,27 @@ type Outbound struct {
 	Fetched     time.Time `json:"fetched,omitzero"`        // when a client first read the final result
 }
 
-// Store keeps tasks in bbolt. Every change is one transaction, fsynced on commit.
+// Store keeps tasks in bbolt. Every change is durable (fsynced) when its method returns. Changes made
+// at the same time share one transaction and one fsync (group commit, see update).
 type Store struct {
 	db *bbolt.DB
+
+	mu    sync.Mutex
+	queue []*storeOp // changes waiting for the next commit
+	busy  bool       // a caller is committing
+}
+
+// storeOp is one change waiting for a commit.
+type storeOp struct {
+	fn   func(*bbolt.Tx) error
+	done chan error    // the change's outcome
+	lead chan struct{} // this caller commits the next batch
 }
 
 // NewStore uses an open bbolt database (shared with the other agent packages).
 func NewStore(db *bbolt.DB) (*Store, error) {
 	err := db.Update(func(tx *bbolt.Tx) error {
-		for _, b := range [][]byte{bucketIn, bucketOut} {
+		for _, b := range [][]byte{bucketIn, bucketOut, bucketInInput, bucketOutInput} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}
@@ -122,24 +140,121 @@ func put(b *bbolt.Bucket, key []byte, v any) error {
 	return b.Put(key, raw)
 }
 
+// putTask stores a record without its input, and the input in the input bucket unless it is there.
+func putTask[T any](tx *bbolt.Tx, bucket, inputs, key []byte, rec *T, input *[]byte) error {
+	in := *input
+	*input = nil
+	err := put(tx.Bucket(bucket), key, rec)
+	*input = in
+	if err != nil {
+		return err
+	}
+	if ib := tx.Bucket(inputs); len(in) > 0 && ib.Get(key) == nil {
+		return ib.Put(key, in)
+	}
+	return nil
+}
+
+// getTask reads a record and attaches its input (from the input bucket, or inline in an older record).
+func getTask[T any](tx *bbolt.Tx, bucket, inputs, key []byte, input func(*T) *[]byte) (*T, error) {
+	r, err := get[T](tx.Bucket(bucket), key)
+	if err != nil || r == nil {
+		return r, err
+	}
+	if in := input(r); len(*in) == 0 {
+		if raw := tx.Bucket(inputs).Get(key); raw != nil {
+			*in = append([]byte(nil), raw...)
+		}
+	}
+	return r, nil
+}
+
+func inInput(r *Inbound) *[]byte   { return &r.Input }
+func outInput(r *Outbound) *[]byte { return &r.Input }
+
+func getIn(tx *bbolt.Tx, key []byte) (*Inbound, error) {
+	return getTask(tx, bucketIn, bucketInInput, key, inInput)
+}
+
+func getOut(tx *bbolt.Tx, key []byte) (*Outbound, error) {
+	return getTask(tx, bucketOut, bucketOutInput, key, outInput)
+}
+
+// update runs fn in a write transaction and returns once it is committed (fsync). Callers that arrive
+// while a commit is in progress queue up; the first of them then commits all of them in one transaction
+// (group commit): an idle store commits at once, a busy one pays one fsync per batch instead of one per
+// change. If any fn of a batch fails, the batch is rolled back and each fn runs again in a transaction of
+// its own, so one change's error never undoes another's; fn must therefore only act on tx.
+func (s *Store) update(fn func(*bbolt.Tx) error) error {
+	o := &storeOp{fn: fn, done: make(chan error, 1), lead: make(chan struct{}, 1)}
+	s.mu.Lock()
+	s.queue = append(s.queue, o)
+	if !s.busy {
+		s.busy = true
+		o.lead <- struct{}{}
+	}
+	s.mu.Unlock()
+	select {
+	case err := <-o.done:
+		return err
+	case <-o.lead:
+	}
+	s.mu.Lock()
+	batch := s.queue
+	s.queue = nil
+	s.mu.Unlock()
+	s.commit(batch)
+	s.mu.Lock()
+	if len(s.queue) > 0 {
+		s.queue[0].lead <- struct{}{} // hand the next batch to the first waiter
+	} else {
+		s.busy = false
+	}
+	s.mu.Unlock()
+	return <-o.done
+}
+
+var errBatchFailed = errors.New("a change of the batch failed")
+
+func (s *Store) commit(batch []*storeOp) {
+	if len(batch) > 1 {
+		err := s.db.Update(func(tx *bbolt.Tx) error {
+			for _, o := range batch {
+				if err := o.fn(tx); err != nil {
+					return errBatchFailed
+				}
+			}
+			return nil
+		})
+		if err == nil {
+			for _, o := range batch {
+				o.done <- nil
+			}
+			return
+		}
+	}
+	for _, o := range batch {
+		o.done <- s.db.Update(o.fn)
+	}
+}
+
 // Accept records rec unless the requester already submitted a task with that ID; it returns the stored
 // record and whether it was created now.
 func (s *Store) Accept(rec *Inbound) (*Inbound, bool, error) {
 	var out *Inbound
 	created := false
-	err := s.db.Update(func(tx *bbolt.Tx) error {
-		b := tx.Bucket(bucketIn)
+	err := s.update(func(tx *bbolt.Tx) error {
 		k := inKey(rec.Requester, rec.TaskID)
-		cur, err := get[Inbound](b, k)
+		cur, err := getIn(tx, k)
 		if err != nil {
 			return err
 		}
 		if cur != nil {
-			out = cur
+			out, created = cur, false
 			return nil
 		}
 		out, created = rec, true
-		return put(b, k, rec)
+		return putTask(tx, bucketIn, bucketInInput, k, rec, &rec.Input)
 	})
 	return out, created, err
 }
@@ -147,10 +262,9 @@ func (s *Store) Accept(rec *Inbound) (*Inbound, bool, error) {
 // UpdateInbound applies fn to the stored record (ErrNotFound when none) and stores it.
 func (s *Store) UpdateInbound(requester, id string, fn func(*Inbound) error) (*Inbound, error) {
 	var out *Inbound
-	err := s.db.Update(func(tx *bbolt.Tx) error {
-		b := tx.Bucket(bucketIn)
+	err := s.update(func(tx *bbolt.Tx) error {
 		k := inKey(requester, id)
-		cur, err := get[Inbound](b, k)
+		cur, err := getIn(tx, k)
 		if err != nil {
 			return err
 		}
@@ -161,7 +275,7 @@ func (s *Store) UpdateInbound(requester, id string, fn func(*Inbound) error) (*I
 			return err
 		}
 		out = cur
-		return put(b, k, cur)
+		return putTask(tx, bucketIn, bucketInInput, k, cur, &cur.Input)
 	})
 	return out, err
 }
@@ -171,7 +285,7 @@ func (s *Store) Inbound(requester, id string) (*Inbound, error) {
 	var out *Inbound
 	err := s.db.View(func(tx *bbolt.Tx) error {
 		var err error
-		out, err = get[Inbound](tx.Bucket(bucketIn), inKey(requester, id))
+		out, err = getIn(tx, inKey(requester, id))
 		return err
 	})
 	return out, err
@@ -179,7 +293,13 @@ func (s *Store) Inbound(requester, id string) (*Inbound, error) {
 
 // DeleteInbound forgets an inbound task (after its result was acknowledged).
 func (s *Store) DeleteInbound(requester, id string) error {
-	return s.db.Update(func(tx *bbolt.Tx) error { return tx.Bucket(bucketIn).Delete(inKey(requester, id)) })
+	return s.update(func(tx *bbolt.Tx) error {
+		k := inKey(requester, id)
+		if err := tx.Bucket(bucketInInput).Delete(k); err != nil {
+			return err
+		}
+		return tx.Bucket(bucketIn).Delete(k)
+	})
 }
 
 // ListInbound returns every inbound task.
@@ -187,7 +307,7 @@ func (s *Store) ListInbound() ([]*Inbound, error) {
 	var out []*Inbound
 	err := s.db.View(func(tx *bbolt.Tx) error {
 		return tx.Bucket(bucketIn).ForEach(func(k, _ []byte) error {
-			r, err := get[Inbound](tx.Bucket(bucketIn), k)
+			r, err := getIn(tx, k)
 			if err != nil {
 				return err
 			}
@@ -200,21 +320,19 @@ func (s *Store) ListInbound() ([]*Inbound, error) {
 
 // CreateOutbound stores a new outbound task; an existing ID is an error.
 func (s *Store) CreateOutbound(rec *Outbound) error {
-	return s.db.Update(func(tx *bbolt.Tx) error {
-		b := tx.Bucket(bucketOut)
-		if b.Get([]byte(rec.TaskID)) != nil {
+	return s.update(func(tx *bbolt.Tx) error {
+		if tx.Bucket(bucketOut).Get([]byte(rec.TaskID)) != nil {
 			return fmt.Errorf("task store: task %s exists", rec.TaskID)
 		}
-		return put(b, []byte(rec.TaskID), rec)
+		return putTask(tx, bucketOut, bucketOutInput, []byte(rec.TaskID), rec, &rec.Input)
 	})
 }
 
 // UpdateOutbound applies fn to the stored record (ErrNotFound when none) and stores it.
 func (s *Store) UpdateOutbound(id string, fn func(*Outbound) error) (*Outbound, error) {
 	var out *Outbound
-	err := s.db.Update(func(tx *bbolt.Tx) error {
-		b := tx.Bucket(bucketOut)
-		cur, err := get[Outbound](b, []byte(id))
+	err := s.update(func(tx *bbolt.Tx) error {
+		cur, err := getOut(tx, []byte(id))
 		if err != nil {
 			return err
 		}
@@ -225,7 +343,7 @@ func (s *Store) UpdateOutbound(id string, fn func(*Outbound) error) (*Outbound, 
 			return err
 		}
 		out = cur
-		return put(b, []byte(id), cur)
+		return putTask(tx, bucketOut, bucketOutInput, []byte(id), cur, &cur.Input)
 	})
 	return out, err
 }
@@ -235,7 +353,7 @@ func (s *Store) Outbound(id string) (*Outbound, error) {
 	var out *Outbound
 	err := s.db.View(func(tx *bbolt.Tx) error {
 		var err error
-		out, err = get[Outbound](tx.Bucket(bucketOut), []byte(id))
+		out, err = getOut(tx, []byte(id))
 		return err
 	})
 	if err == nil && out == nil {
@@ -250,7 +368,7 @@ func (s *Store) ListOutbound() ([]*Outbound, error) {
 	err := s.db.View(func(tx *bbolt.Tx) error {
 		b := tx.Bucket(bucketOut)
 		return b.ForEach(func(k, _ []byte) error {
-			r, err := get[Outbound](b, k)
+			r, err := getOut(tx, k)
 			if err != nil {
 				return err
 			}
@@ -282,6 +400,9 @@ func (s *Store) PruneOutbound(cutoff time.Time) (int, error) {
 		}
 		for _, k := range del {
 			if err := b.Delete(k); err != nil {
+				return err
+			}
+			if err := tx.Bucket(bucketOutInput).Delete(k); err != nil {
 				return err
 			}
 		}
