@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/custos-agent/custos/transports"
-	"github.com/custos-agent/custos/transports/internal/flow"
 )
 
 // Conn is a frame connection through a transport plugin to a peer whose binding the host verified.
@@ -20,8 +19,8 @@ type Conn struct {
 	binding   []byte
 	key       ed25519.PublicKey
 	agentID   string
-	fc        *flow.Conn
-	cancel    context.CancelFunc
+	fc        frameConn // a gRPC stream with credit (flow.Conn) or a data socket (sockConn)
+	cancel    func()
 	closeOnce sync.Once
 }
 

@@ -237,7 +237,8 @@ func TestHostEnvironmentNotInherited(t *testing.T) {
 	}
 	env := strings.Split(strings.TrimRight(string(raw), "\x00"), "\x00")
 	allowed := map[string]bool{transports.MagicCookieKey: true, "PLUGIN_MIN_PORT": true, "PLUGIN_MAX_PORT": true,
-		"PLUGIN_PROTOCOL_VERSIONS": true, "PLUGIN_CLIENT_CERT": true, "PLUGIN_UNIX_SOCKET_DIR": true, "CUSTOS_PLUGIN_NOTE": true}
+		"PLUGIN_PROTOCOL_VERSIONS": true, "PLUGIN_CLIENT_CERT": true, "PLUGIN_UNIX_SOCKET_DIR": true, "CUSTOS_PLUGIN_NOTE": true,
+		transports.DataFDEnv: true} // the data plane's control socket (a descriptor number)
 	seen := map[string]bool{}
 	for _, kv := range env {
 		k, _, _ := strings.Cut(kv, "=")
@@ -379,6 +380,9 @@ func TestMisbehavingPlugin(t *testing.T) {
 		{"bigbinding", "dial", host.ErrPluginMisbehaved, "peer binding of"},
 		{"hangdial", "dial", context.DeadlineExceeded, "dial"},
 		{"flood", "read", nil, "without credit"},
+		// On the data plane (a socket per connection instead of a gRPC stream).
+		{"dataoversize", "read", transports.ErrFrameTooLarge, "5242880 bytes"},
+		{"datanoend", "read", transports.ErrDataBroken, "without the end marker"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.mode, func(t *testing.T) {

@@ -51,6 +51,9 @@ type instance struct {
 	notAfter  time.Time
 	refreshAt time.Time
 
+	// data is the control socket of the data plane (dataplane.go); nil: frames use gRPC streams.
+	data *net.UnixConn
+
 	// listenMu is held for writing across a Listen call, so the accept loop never sees a listener ID
 	// before it is registered.
 	listenMu  sync.RWMutex
@@ -96,10 +99,16 @@ func launch(ctx context.Context, cfg *Config, want []byte) (_ *instance, err err
 	if err := in.configure(ctx); err != nil {
 		return nil, err
 	}
+	in.data = negotiateData(fr.takeData(), cfg.Logger)
+	defer func() {
+		if err != nil && in.data != nil {
+			_ = in.data.Close()
+		}
+	}()
 	if err := in.bind(ctx); err != nil {
 		return nil, err
 	}
-	cfg.Logger.Info("transport plugin started", "pid", pid, "path", cfg.Path)
+	cfg.Logger.Info("transport plugin started", "pid", pid, "path", cfg.Path, "data_sockets", in.data != nil)
 	return in, nil
 }
 
@@ -186,6 +195,9 @@ func (in *instance) health(ctx context.Context) error {
 // seconds to exit cleanly.
 func (in *instance) teardown(graceful bool) {
 	in.cancel()
+	if in.data != nil {
+		_ = in.data.Close()
+	}
 	if !graceful {
 		in.ref.kill()
 	}
@@ -372,6 +384,14 @@ func (in *instance) open(ctx context.Context, pc *pb.Connection, expect string) 
 		err = fmt.Errorf("%s peer %s: %w: it is %s, expected %s", in.cfg.Name, remote, ErrPeerMismatch, agentID, expect)
 		in.cfg.Observer.PeerRefused(in.cfg.Name, remote, err)
 		return nil, err
+	}
+	if in.data != nil {
+		sc, err := in.openData(cid)
+		if err != nil {
+			return nil, fmt.Errorf("open data socket: %w", err)
+		}
+		return &Conn{inst: in, transport: in.cfg.Name, remote: remote, binding: append([]byte(nil), raw...),
+			key: append(ed25519.PublicKey(nil), key...), agentID: agentID, fc: sc, cancel: sc.kill}, nil
 	}
 	sctx, scancel := context.WithCancel(in.ctx)
 	st, err := in.h.rpc.Frames(sctx)

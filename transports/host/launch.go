@@ -16,6 +16,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 
 	"github.com/hashicorp/go-hclog"
 	goplugin "github.com/hashicorp/go-plugin"
@@ -71,6 +72,7 @@ type fdRunner struct {
 
 	stdout, stderr io.ReadCloser
 	pid            int
+	data           *os.File // host end of the data control socket (dataplane.go), nil without one
 	mu             sync.Mutex
 }
 
@@ -107,9 +109,18 @@ func (r *fdRunner) Start(_ context.Context) error {
 		return fmt.Errorf("%w: %s has SHA-256 %s, configured %s; not started (rebuild or reconfigure the checksum)",
 			ErrChecksum, r.path, hex.EncodeToString(sc.Hash.Sum(nil)), hex.EncodeToString(r.want))
 	}
-	// The child receives the hashed open file as fd 3 and the kernel executes it from there.
+	// The child receives the hashed open file as fd 3 and the kernel executes it from there, and the
+	// plugin end of the data control socket as fd 4 (transports.DataFDEnv).
 	r.cmd.Path = "/proc/self/fd/3"
 	r.cmd.ExtraFiles = []*os.File{f}
+	if hostEnd, plugEnd, err := socketPair(syscall.SOCK_SEQPACKET); err == nil {
+		defer func() { _ = plugEnd.Close() }()
+		r.cmd.ExtraFiles = append(r.cmd.ExtraFiles, plugEnd)
+		r.cmd.Env = append(r.cmd.Env, transports.DataFDEnv+"=4")
+		r.mu.Lock()
+		r.data = hostEnd
+		r.mu.Unlock()
+	}
 	r.cmd.Stdin = nil
 	setProcAttr(r.cmd)
 	if r.stdout, err = r.cmd.StdoutPipe(); err != nil {
@@ -119,12 +130,24 @@ func (r *fdRunner) Start(_ context.Context) error {
 		return err
 	}
 	if err := r.cmd.Start(); err != nil {
+		if d := r.takeData(); d != nil {
+			_ = d.Close()
+		}
 		return fmt.Errorf("start plugin %s: %w", r.path, err)
 	}
 	r.mu.Lock()
 	r.pid = r.cmd.Process.Pid
 	r.mu.Unlock()
 	return nil
+}
+
+// takeData hands over the host end of the data control socket (once).
+func (r *fdRunner) takeData() *os.File {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	d := r.data
+	r.data = nil
+	return d
 }
 
 func (r *fdRunner) Diagnose(context.Context) string {
@@ -219,6 +242,17 @@ func (r *runnerRef) kill() {
 	if fr != nil {
 		_ = fr.Kill(context.Background())
 	}
+}
+
+// takeData hands over the host end of the data control socket of the started process, nil if none.
+func (r *runnerRef) takeData() *os.File {
+	r.mu.Lock()
+	fr := r.r
+	r.mu.Unlock()
+	if fr == nil {
+		return nil
+	}
+	return fr.takeData()
 }
 
 // pid is the started process's ID, 0 if none.

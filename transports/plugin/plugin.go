@@ -534,6 +534,7 @@ func Logger(transport string) *slog.Logger {
 func Serve(n Network) {
 	srv := NewServer(n, Logger(n.Name()))
 	defer func() { _ = srv.Close() }()
+	srv.startData() // before gRPC serves: the host looks for the hello once Configure returns
 	ServeServer(srv)
 }
 

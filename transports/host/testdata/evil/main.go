@@ -6,9 +6,12 @@ import (
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
+	"net"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"google.golang.org/grpc"
@@ -121,11 +124,55 @@ func (e *evil) Frames(st grpc.BidiStreamingServer[pb.FrameMessage, pb.FrameMessa
 	return nil
 }
 
+// serveData speaks the data plane (transports/dataplane.go) to misbehave on it: "dataoversize" announces
+// a frame above the limit on every data socket, "datanoend" sends one frame and closes the socket without
+// the end marker.
+func serveData(mode string) {
+	fd, err := strconv.Atoi(os.Getenv(transports.DataFDEnv))
+	if err != nil {
+		return
+	}
+	c, err := net.FileConn(os.NewFile(uintptr(fd), "data"))
+	if err != nil {
+		return
+	}
+	uc := c.(*net.UnixConn)
+	if _, err := uc.Write([]byte(transports.DataHello)); err != nil {
+		return
+	}
+	go func() {
+		buf, oob := make([]byte, 128), make([]byte, syscall.CmsgSpace(16))
+		for {
+			_, oobn, _, _, err := uc.ReadMsgUnix(buf, oob)
+			if err != nil {
+				return
+			}
+			msgs, _ := syscall.ParseSocketControlMessage(oob[:oobn])
+			for _, m := range msgs {
+				fds, _ := syscall.ParseUnixRights(&m)
+				for _, fd := range fds {
+					f := os.NewFile(uintptr(fd), "conn")
+					switch mode {
+					case "dataoversize":
+						_, _ = f.Write([]byte{0x00, 0x50, 0x00, 0x00}) // 5 MiB
+					case "datanoend":
+						_ = transports.WriteFrame(f, []byte("x"))
+					}
+					_ = f.Close()
+				}
+			}
+		}
+	}()
+}
+
 func main() {
 	pub, priv, err := ed25519.GenerateKey(rand.Reader)
 	if err != nil {
 		panic(err)
 	}
 	mode := strings.TrimSpace(os.Getenv("EVIL_MODE"))
+	if strings.HasPrefix(mode, "data") {
+		serveData(mode)
+	}
 	plugin.ServeServer(&evil{mode: mode, pub: pub, priv: priv})
 }

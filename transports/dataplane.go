@@ -1,0 +1,80 @@
+package transports
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+)
+
+// The data plane (ADR 0031). A connection's frames do not have to ride the gRPC connection: when the
+// plugin supports it, each connection gets a unix stream socket of its own, one end kept by the host, the
+// other passed to the plugin over a control socket (SCM_RIGHTS) that the host created at launch and gave
+// the plugin as an inherited descriptor. On that socket frames are 4-byte big-endian lengths and bytes,
+// exactly as on the network, and a direction ends cleanly with the length DataEnd; a socket that ends
+// without it broke (the process on the other side died). The kernel's socket buffers are the flow
+// control: a writer blocks while the reader does not read.
+const (
+	// DataFDEnv is the environment variable that gives a plugin the descriptor number of its data
+	// control socket (a SOCK_SEQPACKET unix socket).
+	DataFDEnv = "CUSTOS_TRANSPORT_DATA_FD"
+	// DataHello is the first message a plugin sends on the control socket: it takes connections' frames
+	// over sockets. A plugin that does not send it gets gRPC frame streams.
+	DataHello = "custos-data/1"
+	// DataEnd is the frame length that ends a direction cleanly (larger than any frame).
+	DataEnd = 0xFFFFFFFF
+	// MaxConnIDLen bounds the connection ID in a control message.
+	MaxConnIDLen = 64
+)
+
+// ErrDataBroken: a data socket ended without the end marker (the other side's process died, or it broke
+// the protocol).
+var ErrDataBroken = errors.New("data socket broken")
+
+// WriteDataFrame writes one frame to c with a single writev (no copy of the frame).
+func WriteDataFrame(c net.Conn, frame []byte) error {
+	if len(frame) > MaxFrameSize {
+		return fmt.Errorf("write frame of %d bytes: %w (limit %d)", len(frame), ErrFrameTooLarge, MaxFrameSize)
+	}
+	var hdr [4]byte
+	binary.BigEndian.PutUint32(hdr[:], uint32(len(frame)))
+	bufs := net.Buffers{hdr[:], frame}
+	_, err := bufs.WriteTo(c)
+	return err
+}
+
+// WriteDataEnd writes the end marker: the peer's ReadDataFrame returns io.EOF after the frames before it.
+func WriteDataEnd(w io.Writer) error {
+	var hdr [4]byte
+	binary.BigEndian.PutUint32(hdr[:], DataEnd)
+	_, err := w.Write(hdr[:])
+	return err
+}
+
+// ReadDataFrame reads one frame from r: io.EOF after the end marker, ErrDataBroken when the socket ends
+// without it, ErrFrameTooLarge for a length above MaxFrameSize (nothing more is read).
+func ReadDataFrame(r io.Reader) ([]byte, error) {
+	var hdr [4]byte
+	if _, err := io.ReadFull(r, hdr[:]); err != nil {
+		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+			return nil, fmt.Errorf("%w: it ended without the end marker", ErrDataBroken)
+		}
+		return nil, err
+	}
+	n := binary.BigEndian.Uint32(hdr[:])
+	if n == DataEnd {
+		return nil, io.EOF
+	}
+	if n > MaxFrameSize {
+		return nil, fmt.Errorf("frame of %d bytes announced: %w (limit %d)", n, ErrFrameTooLarge, MaxFrameSize)
+	}
+	buf := make([]byte, n)
+	if _, err := io.ReadFull(r, buf); err != nil {
+		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+			return nil, fmt.Errorf("%w: it ended inside a frame", ErrDataBroken)
+		}
+		return nil, err
+	}
+	return buf, nil
+}

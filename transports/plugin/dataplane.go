@@ -1,0 +1,192 @@
+package plugin
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"io"
+	"net"
+	"os"
+	"strconv"
+	"syscall"
+
+	"github.com/custos-agent/custos/transports"
+)
+
+// The plugin side of the data plane (transports/dataplane.go, ADR 0031): the host passes each
+// connection's data socket over the control socket it gave this process at launch (descriptor
+// $CUSTOS_TRANSPORT_DATA_FD); frames then move between that socket and the network connection without
+// gRPC, protobuf or the AutoMTLS hop.
+
+// startData says hello on the control socket named by the environment and serves it. It returns false
+// (and the host uses gRPC frame streams) when there is none.
+func (s *Server) startData() bool {
+	v := os.Getenv(transports.DataFDEnv)
+	if v == "" {
+		return false
+	}
+	fd, err := strconv.Atoi(v)
+	if err != nil || fd < 3 {
+		s.log.Warn("ignoring a malformed "+transports.DataFDEnv, "value", v)
+		return false
+	}
+	f := os.NewFile(uintptr(fd), "custos-data-control")
+	c, err := net.FileConn(f)
+	_ = f.Close()
+	if err != nil {
+		s.log.Warn("no data plane: control socket", "err", err)
+		return false
+	}
+	uc, ok := c.(*net.UnixConn)
+	if !ok {
+		_ = c.Close()
+		return false
+	}
+	if _, err := uc.Write([]byte(transports.DataHello)); err != nil {
+		s.log.Warn("no data plane: hello", "err", err)
+		_ = uc.Close()
+		return false
+	}
+	go s.serveData(uc)
+	return true
+}
+
+// serveData receives "connection ID + descriptor" messages until the host closes the control socket.
+func (s *Server) serveData(uc *net.UnixConn) {
+	defer uc.Close()
+	buf := make([]byte, transports.MaxConnIDLen+1)
+	oob := make([]byte, syscall.CmsgSpace(4*4))
+	for {
+		n, oobn, flags, _, err := uc.ReadMsgUnix(buf, oob)
+		if err != nil {
+			if !errors.Is(err, io.EOF) && s.ctx.Err() == nil {
+				s.log.Debug("data control socket ended", "err", err)
+			}
+			return
+		}
+		var fds []int
+		if msgs, err := syscall.ParseSocketControlMessage(oob[:oobn]); err == nil {
+			for _, m := range msgs {
+				if rights, err := syscall.ParseUnixRights(&m); err == nil {
+					fds = append(fds, rights...)
+				}
+			}
+		}
+		if len(fds) != 1 || n == 0 || n > transports.MaxConnIDLen || flags&(syscall.MSG_TRUNC|syscall.MSG_CTRUNC) != 0 {
+			for _, fd := range fds {
+				_ = syscall.Close(fd)
+			}
+			s.log.Warn("malformed data control message from the host", "bytes", n, "descriptors", len(fds))
+			continue
+		}
+		syscall.CloseOnExec(fds[0])
+		f := os.NewFile(uintptr(fds[0]), "custos-data")
+		c, err := net.FileConn(f)
+		_ = f.Close()
+		if err != nil {
+			continue
+		}
+		dc, ok := c.(*net.UnixConn)
+		if !ok {
+			_ = c.Close()
+			continue
+		}
+		go s.attachData(string(buf[:n]), dc)
+	}
+}
+
+// attachData pumps the frames of connection cid over dc, like Frames does over a gRPC stream.
+func (s *Server) attachData(cid string, dc *net.UnixConn) {
+	s.mu.Lock()
+	e, ok := s.conns[cid]
+	if ok && e.attached {
+		ok = false
+	}
+	if ok {
+		e.attached = true
+	}
+	s.mu.Unlock()
+	if !ok {
+		s.log.Warn("data socket for an unknown or already open connection", "conn", cid)
+		_ = dc.Close() // the host reads a socket that ended without the end marker: broken
+		return
+	}
+	defer s.drop(cid)
+	ctx, cancel := context.WithCancel(s.ctx)
+	defer cancel()
+	if err := pumpData(ctx, dc, e.c); err != nil {
+		s.log.Debug("connection ended", "conn", cid, "err", err)
+	}
+}
+
+// pumpData moves frames between the host's data socket and the network connection. The host ending its
+// direction cleanly (end marker) flushes and closes the network connection; the network peer closing
+// cleanly sends the end marker to the host. Either side breaking closes both.
+func pumpData(ctx context.Context, dc *net.UnixConn, nc Conn) error {
+	defer dc.Close()
+	netDone := make(chan error, 1)
+	go func() { // network -> host
+		bw := bufio.NewWriterSize(dc, 64<<10)
+		for {
+			f, err := nc.ReadFrame(ctx)
+			if err != nil {
+				if errors.Is(err, io.EOF) {
+					if werr := transports.WriteDataEnd(bw); werr == nil {
+						_ = bw.Flush()
+					}
+				}
+				netDone <- err
+				return
+			}
+			if bw.Buffered() == 0 && len(f) >= 16<<10 {
+				err = transports.WriteDataFrame(dc, f) // large frame: one writev, no copy
+			} else if err = transports.WriteFrame(bw, f); err == nil {
+				err = bw.Flush()
+			}
+			if err != nil {
+				netDone <- err
+				return
+			}
+		}
+	}()
+	hostDone := make(chan error, 1)
+	bw, buffered := nc.(BufferedWriter)
+	go func() { // host -> network
+		br := bufio.NewReaderSize(dc, 64<<10)
+		pending := false
+		for {
+			f, err := transports.ReadDataFrame(br)
+			if err != nil {
+				if pending && errors.Is(err, io.EOF) {
+					err = errors.Join(bw.Flush(ctx), err)
+				}
+				hostDone <- err
+				return
+			}
+			// While more frames are already queued, write them into the buffer and flush once.
+			if buffered && br.Buffered() > 0 {
+				err, pending = bw.WriteFrameBuffered(ctx, f), true
+			} else {
+				err, pending = nc.WriteFrame(ctx, f), false
+			}
+			if err != nil {
+				hostDone <- err
+				return
+			}
+		}
+	}()
+	select {
+	case err := <-netDone:
+		_ = nc.Close()
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		return err
+	case err := <-hostDone:
+		_ = nc.Close()
+		if errors.Is(err, io.EOF) { // the host ended after its last frame was written out
+			return nil
+		}
+		return err
+	}
+}
