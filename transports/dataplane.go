@@ -54,7 +54,11 @@ func WriteDataEnd(w io.Writer) error {
 
 // ReadDataFrame reads one frame from r: io.EOF after the end marker, ErrDataBroken when the socket ends
 // without it, ErrFrameTooLarge for a length above MaxFrameSize (nothing more is read).
-func ReadDataFrame(r io.Reader) ([]byte, error) {
+func ReadDataFrame(r io.Reader) ([]byte, error) { return ReadDataFrameInto(r, nil) }
+
+// ReadDataFrameInto is ReadDataFrame reading into buf when it is large enough (the result then aliases
+// buf), for a pump that hands each frame on before it reads the next.
+func ReadDataFrameInto(r io.Reader, buf []byte) ([]byte, error) {
 	var hdr [4]byte
 	if _, err := io.ReadFull(r, hdr[:]); err != nil {
 		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
@@ -69,7 +73,11 @@ func ReadDataFrame(r io.Reader) ([]byte, error) {
 	if n > MaxFrameSize {
 		return nil, fmt.Errorf("frame of %d bytes announced: %w (limit %d)", n, ErrFrameTooLarge, MaxFrameSize)
 	}
-	buf := make([]byte, n)
+	if uint32(cap(buf)) >= n {
+		buf = buf[:n]
+	} else {
+		buf = make([]byte, n)
+	}
 	if _, err := io.ReadFull(r, buf); err != nil {
 		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
 			return nil, fmt.Errorf("%w: it ended inside a frame", ErrDataBroken)

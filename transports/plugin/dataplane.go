@@ -119,6 +119,11 @@ func (s *Server) attachData(cid string, dc *net.UnixConn) {
 	}
 }
 
+// frameReaderInto is an optional Conn capability: reading a frame into a caller's buffer.
+type frameReaderInto interface {
+	ReadFrameInto(ctx context.Context, buf []byte) ([]byte, error)
+}
+
 // pumpData moves frames between the host's data socket and the network connection. The host ending its
 // direction cleanly (end marker) flushes and closes the network connection; the network peer closing
 // cleanly sends the end marker to the host. Either side breaking closes both.
@@ -127,8 +132,17 @@ func pumpData(ctx context.Context, dc *net.UnixConn, nc Conn) error {
 	netDone := make(chan error, 1)
 	go func() { // network -> host
 		bw := bufio.NewWriterSize(dc, 64<<10)
+		ri, reuse := nc.(frameReaderInto)
+		var buf []byte
 		for {
-			f, err := nc.ReadFrame(ctx)
+			var f []byte
+			var err error
+			if reuse {
+				f, err = ri.ReadFrameInto(ctx, buf)
+				buf = f[:cap(f)]
+			} else {
+				f, err = nc.ReadFrame(ctx)
+			}
 			if err != nil {
 				if errors.Is(err, io.EOF) {
 					if werr := transports.WriteDataEnd(bw); werr == nil {
@@ -154,8 +168,10 @@ func pumpData(ctx context.Context, dc *net.UnixConn, nc Conn) error {
 	go func() { // host -> network
 		br := bufio.NewReaderSize(dc, 64<<10)
 		pending := false
+		var buf []byte // each frame is written out before the next is read into the same buffer
 		for {
-			f, err := transports.ReadDataFrame(br)
+			f, err := transports.ReadDataFrameInto(br, buf)
+			buf = f[:cap(f)]
 			if err != nil {
 				if pending && errors.Is(err, io.EOF) {
 					err = errors.Join(bw.Flush(ctx), err)

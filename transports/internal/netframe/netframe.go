@@ -62,6 +62,39 @@ func (c *Conn) ReadFrame(ctx context.Context) ([]byte, error) {
 	return f, err
 }
 
+// ReadFrameInto is ReadFrame reading into buf when it is large enough (the result then aliases buf): for
+// a pump that hands each frame on before it reads the next, so that no frame is allocated.
+func (c *Conn) ReadFrameInto(ctx context.Context, buf []byte) ([]byte, error) {
+	stop := context.AfterFunc(ctx, func() { _ = c.s.SetReadDeadline(past) })
+	defer stop()
+	var hdr [4]byte
+	if _, err := io.ReadFull(c.br, hdr[:]); err != nil {
+		if ctx.Err() != nil && errors.Is(err, os.ErrDeadlineExceeded) {
+			return nil, ctx.Err()
+		}
+		return nil, err
+	}
+	n := binary.BigEndian.Uint32(hdr[:])
+	if n > transports.MaxFrameSize {
+		return nil, fmt.Errorf("peer announced a frame of %d bytes: %w (limit %d)", n, transports.ErrFrameTooLarge, transports.MaxFrameSize)
+	}
+	if uint32(cap(buf)) >= n {
+		buf = buf[:n]
+	} else {
+		buf = make([]byte, n)
+	}
+	if _, err := io.ReadFull(c.br, buf); err != nil {
+		if err == io.EOF {
+			err = io.ErrUnexpectedEOF
+		}
+		if ctx.Err() != nil && errors.Is(err, os.ErrDeadlineExceeded) {
+			return nil, ctx.Err()
+		}
+		return nil, err
+	}
+	return buf, nil
+}
+
 // WriteFrame writes one frame; ctx cancellation interrupts the write.
 func (c *Conn) WriteFrame(ctx context.Context, frame []byte) error {
 	c.wmu.Lock()
