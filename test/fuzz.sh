@@ -11,7 +11,7 @@ FUZZTIME=${FUZZTIME:-5s}
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 
-corpus_count() { find "$1" -type f 2>/dev/null | wc -l; }
+corpus_count() { if [ -d "$1" ]; then find "$1" -type f | wc -l; else echo 0; fi; }
 
 n=0
 while IFS= read -r file; do
