@@ -10,6 +10,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/binary"
+	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -48,6 +49,10 @@ var bins struct {
 var transportNames = []string{"tcp", "ws", "libp2p"}
 
 func TestMain(m *testing.M) {
+	flag.Parse()
+	if f := flag.Lookup("test.bench"); f == nil || f.Value.String() == "" {
+		os.Exit(m.Run()) // no benchmark asked for (go test ./...): nothing to build
+	}
 	dir, err := os.MkdirTemp("", "custos-bench-bin")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
