@@ -8,7 +8,6 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"crypto/sha256"
 	"encoding/binary"
 	"flag"
 	"fmt"
@@ -408,9 +407,4 @@ func (f *framer) ReadFrame(context.Context) ([]byte, error) {
 	b := make([]byte, binary.BigEndian.Uint32(h[:]))
 	_, err := io.ReadFull(f.r, b)
 	return b, err
-}
-
-func hexSHA256(b []byte) string {
-	s := sha256.Sum256(b)
-	return fmt.Sprintf("%x", s)
 }

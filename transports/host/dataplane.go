@@ -191,7 +191,7 @@ func (s *sockConn) writeLoop() {
 		if s.werr != nil {
 			break
 		}
-		batch, n, end := s.wq, s.wqBytes, s.closed
+		batch, end := s.wq, s.closed
 		s.wq, s.wqBytes = nil, 0
 		s.mu.Unlock()
 		bufs := make(net.Buffers, 0, 2*len(batch)+1)
@@ -210,7 +210,6 @@ func (s *sockConn) writeLoop() {
 		}
 		_, err := bufs.WriteTo(s.c)
 		s.mu.Lock()
-		_ = n
 		if err != nil {
 			if s.werr == nil {
 				s.werr = fmt.Errorf("send to %s: %w", s.peer, err)
