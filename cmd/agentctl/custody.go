@@ -326,3 +326,19 @@ func requireFlags(c *cli.Context, names ...string) error {
 	}
 	return nil
 }
+
+// withIdentity opens the session and the identity in --home (destroying retired keys whose grace period
+// is over), runs fn, and closes both.
+func withIdentity(c *cli.Context, fn func(s *session, id *custody.Custody) error) error {
+	s, err := newSession(c)
+	if err != nil {
+		return err
+	}
+	defer s.close()
+	id, err := s.openIdentity(c.Context)
+	if err != nil {
+		return err
+	}
+	defer id.Close()
+	return fn(s, id)
+}

@@ -188,43 +188,35 @@ func idCommand() *cli.Command {
 			if c.NArg() > 0 {
 				return usagef("id takes no arguments")
 			}
-			s, err := newSession(c)
-			if err != nil {
-				return err
-			}
-			defer s.close()
-			id, err := s.openIdentity(c.Context)
-			if err != nil {
-				return err
-			}
-			defer id.Close()
-			st := id.State()
-			info, err := id.KeystoreInfo(c.Context)
-			if err != nil {
-				return err
-			}
-			out := idJSON{
-				ID: st.ID.String(), Algorithm: st.ID.PublicKey().Algorithm, Generation: st.Generation,
-				Keystore: displayURI(id.KeystoreURI()), PublicKeyPEM: string(st.Current.PEM()), HardwareBacked: info.HardwareBacked,
-			}
-			switch {
-			case c.Bool("pem"):
-				_, err = c.App.Writer.Write(st.Current.PEM())
-				return err
-			case c.Bool("json"):
-				enc := json.NewEncoder(c.App.Writer)
-				enc.SetEscapeHTML(false)
-				enc.SetIndent("", "  ")
-				return enc.Encode(out)
-			}
-			w := c.App.Writer
-			writeOut(w, "id:              %s\n", out.ID)
-			writeOut(w, "algorithm:       %s\n", out.Algorithm)
-			writeOut(w, "generation:      %d\n", out.Generation)
-			writeOut(w, "keystore:        %s\n", out.Keystore)
-			writeOut(w, "hardware-backed: %v\n", out.HardwareBacked)
-			writeOut(w, "%s", out.PublicKeyPEM)
-			return nil
+			return withIdentity(c, func(s *session, id *custody.Custody) error {
+				st := id.State()
+				info, err := id.KeystoreInfo(c.Context)
+				if err != nil {
+					return err
+				}
+				out := idJSON{
+					ID: st.ID.String(), Algorithm: st.ID.PublicKey().Algorithm, Generation: st.Generation,
+					Keystore: displayURI(id.KeystoreURI()), PublicKeyPEM: string(st.Current.PEM()), HardwareBacked: info.HardwareBacked,
+				}
+				switch {
+				case c.Bool("pem"):
+					_, err = c.App.Writer.Write(st.Current.PEM())
+					return err
+				case c.Bool("json"):
+					enc := json.NewEncoder(c.App.Writer)
+					enc.SetEscapeHTML(false)
+					enc.SetIndent("", "  ")
+					return enc.Encode(out)
+				}
+				w := c.App.Writer
+				writeOut(w, "id:              %s\n", out.ID)
+				writeOut(w, "algorithm:       %s\n", out.Algorithm)
+				writeOut(w, "generation:      %d\n", out.Generation)
+				writeOut(w, "keystore:        %s\n", out.Keystore)
+				writeOut(w, "hardware-backed: %v\n", out.HardwareBacked)
+				writeOut(w, "%s", out.PublicKeyPEM)
+				return nil
+			})
 		},
 	}
 }
@@ -250,34 +242,26 @@ func rotateCommand() *cli.Command {
 			if c.Duration("grace") < 0 {
 				return usagef("--grace %v is negative", c.Duration("grace"))
 			}
-			s, err := newSession(c)
-			if err != nil {
-				return err
-			}
-			defer s.close()
-			id, err := s.openIdentity(c.Context)
-			if err != nil {
-				return err
-			}
-			defer id.Close()
-			before := id.Keys()
-			g, err := id.Rotate(c.Context, custody.RotateRequest{Grace: c.Duration("grace"), DestroyOld: c.Bool("destroy-old")})
-			if err != nil {
-				return err
-			}
-			defer s.recordKeyEvents(c.Context, id, before)
-			writeOut(c.App.Writer, "rotated %s to generation %d\n", id.ID(), g.Generation)
-			for _, k := range id.Keys() {
-				if k.Generation == g.Generation-1 && k.Key != g.Key {
-					switch k.State {
-					case custody.Destroyed:
-						writeOut(c.App.Writer, "  generation %d: destroyed\n", k.Generation)
-					case custody.Retired:
-						writeOut(c.App.Writer, "  generation %d: retired until %s\n", k.Generation, k.RetiredUntil.Local().Format(time.RFC3339))
+			return withIdentity(c, func(s *session, id *custody.Custody) error {
+				before := id.Keys()
+				g, err := id.Rotate(c.Context, custody.RotateRequest{Grace: c.Duration("grace"), DestroyOld: c.Bool("destroy-old")})
+				if err != nil {
+					return err
+				}
+				defer s.recordKeyEvents(c.Context, id, before)
+				writeOut(c.App.Writer, "rotated %s to generation %d\n", id.ID(), g.Generation)
+				for _, k := range id.Keys() {
+					if k.Generation == g.Generation-1 && k.Key != g.Key {
+						switch k.State {
+						case custody.Destroyed:
+							writeOut(c.App.Writer, "  generation %d: destroyed\n", k.Generation)
+						case custody.Retired:
+							writeOut(c.App.Writer, "  generation %d: retired until %s\n", k.Generation, k.RetiredUntil.Local().Format(time.RFC3339))
+						}
 					}
 				}
-			}
-			return nil
+				return nil
+			})
 		},
 	}
 }
@@ -298,24 +282,16 @@ func recoverCommand() *cli.Command {
 			if c.NArg() > 0 {
 				return usagef("recover takes no arguments")
 			}
-			s, err := newSession(c)
-			if err != nil {
-				return err
-			}
-			defer s.close()
-			id, err := s.openIdentity(c.Context)
-			if err != nil {
-				return err
-			}
-			defer id.Close()
-			before := id.Keys()
-			g, err := id.Recover(c.Context, custody.RecoverRequest{Recovery: c.String("recovery"), Keystore: c.String("keystore")})
-			if err != nil {
-				return err
-			}
-			defer s.recordKeyEvents(c.Context, id, before)
-			writeOut(c.App.Writer, "recovered %s: generation %d is a new key\n", id.ID(), g.Generation)
-			return nil
+			return withIdentity(c, func(s *session, id *custody.Custody) error {
+				before := id.Keys()
+				g, err := id.Recover(c.Context, custody.RecoverRequest{Recovery: c.String("recovery"), Keystore: c.String("keystore")})
+				if err != nil {
+					return err
+				}
+				defer s.recordKeyEvents(c.Context, id, before)
+				writeOut(c.App.Writer, "recovered %s: generation %d is a new key\n", id.ID(), g.Generation)
+				return nil
+			})
 		},
 	}
 }
@@ -341,42 +317,34 @@ func keysCommand() *cli.Command {
 			if c.NArg() > 0 {
 				return usagef("keys takes no arguments")
 			}
-			s, err := newSession(c)
-			if err != nil {
-				return err
-			}
-			defer s.close()
-			id, err := s.openIdentity(c.Context)
-			if err != nil {
-				return err
-			}
-			defer id.Close()
-			keys := id.Keys()
-			if c.Bool("json") {
-				enc := json.NewEncoder(c.App.Writer)
-				enc.SetEscapeHTML(false)
-				enc.SetIndent("", "  ")
-				return enc.Encode(keysJSON{ID: id.ID().String(), Algorithm: id.ID().PublicKey().Algorithm, Keystore: displayURI(id.KeystoreURI()), Generations: keys, Recovery: id.Recovery()})
-			}
-			tw := tabwriter.NewWriter(c.App.Writer, 0, 4, 2, ' ', 0)
-			fmt.Fprintf(tw, "GEN\tSTATE\tALG\tKEY\n")
-			for _, k := range keys {
-				state := string(k.State)
-				switch {
-				case k.State == custody.Retired:
-					state = "retired until " + k.RetiredUntil.Local().Format(time.RFC3339)
-				case k.State == custody.Destroyed && k.DestroyedAt != nil:
-					state = "destroyed " + k.DestroyedAt.Local().Format(time.RFC3339)
+			return withIdentity(c, func(s *session, id *custody.Custody) error {
+				keys := id.Keys()
+				if c.Bool("json") {
+					enc := json.NewEncoder(c.App.Writer)
+					enc.SetEscapeHTML(false)
+					enc.SetIndent("", "  ")
+					return enc.Encode(keysJSON{ID: id.ID().String(), Algorithm: id.ID().PublicKey().Algorithm, Keystore: displayURI(id.KeystoreURI()), Generations: keys, Recovery: id.Recovery()})
 				}
-				if k.Note != "" {
-					state += " (" + k.Note + ")"
+				tw := tabwriter.NewWriter(c.App.Writer, 0, 4, 2, ' ', 0)
+				fmt.Fprintf(tw, "GEN\tSTATE\tALG\tKEY\n")
+				for _, k := range keys {
+					state := string(k.State)
+					switch {
+					case k.State == custody.Retired:
+						state = "retired until " + k.RetiredUntil.Local().Format(time.RFC3339)
+					case k.State == custody.Destroyed && k.DestroyedAt != nil:
+						state = "destroyed " + k.DestroyedAt.Local().Format(time.RFC3339)
+					}
+					if k.Note != "" {
+						state += " (" + k.Note + ")"
+					}
+					fmt.Fprintf(tw, "%d\t%s\t%s\t%s\n", k.Generation, state, k.Algorithm, redactURI(k.Key))
 				}
-				fmt.Fprintf(tw, "%d\t%s\t%s\t%s\n", k.Generation, state, k.Algorithm, redactURI(k.Key))
-			}
-			if r := id.Recovery(); r != nil {
-				fmt.Fprintf(tw, "-\trecovery\t%s\t%s\n", r.Algorithm, redactURI(r.Key))
-			}
-			return tw.Flush()
+				if r := id.Recovery(); r != nil {
+					fmt.Fprintf(tw, "-\trecovery\t%s\t%s\n", r.Algorithm, redactURI(r.Key))
+				}
+				return tw.Flush()
+			})
 		},
 	}
 }

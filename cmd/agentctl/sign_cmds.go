@@ -46,34 +46,26 @@ func signCommand() *cli.Command {
 			if err != nil {
 				return fmt.Errorf("read --in: %w", err)
 			}
-			s, err := newSession(c)
-			if err != nil {
-				return err
-			}
-			defer s.close()
-			id, err := s.openIdentity(c.Context)
-			if err != nil {
-				return err
-			}
-			defer id.Close()
-			signer, err := id.Signer(c.Context)
-			if err != nil {
-				return err
-			}
-			sig, err := signature.Sign(c.Context, signer, signature.UserData, data)
-			if err != nil {
-				return fmt.Errorf("sign: %w", err)
-			}
-			if out := c.String("out"); out != "" {
-				if err := os.WriteFile(out, sig, 0o644); err != nil {
-					return fmt.Errorf("write --out: %w", err)
+			return withIdentity(c, func(s *session, id *custody.Custody) error {
+				signer, err := id.Signer(c.Context)
+				if err != nil {
+					return err
 				}
-				fmt.Fprintf(c.App.ErrWriter, "agentctl: signed %s with generation %d of %s (%s, %d bytes) into %s\n",
-					c.String("in"), id.State().Generation, id.ID(), signer.Public().Algorithm, len(sig), out)
-				return nil
-			}
-			_, err = c.App.Writer.Write(sig)
-			return err
+				sig, err := signature.Sign(c.Context, signer, signature.UserData, data)
+				if err != nil {
+					return fmt.Errorf("sign: %w", err)
+				}
+				if out := c.String("out"); out != "" {
+					if err := os.WriteFile(out, sig, 0o644); err != nil {
+						return fmt.Errorf("write --out: %w", err)
+					}
+					fmt.Fprintf(c.App.ErrWriter, "agentctl: signed %s with generation %d of %s (%s, %d bytes) into %s\n",
+						c.String("in"), id.State().Generation, id.ID(), signer.Public().Algorithm, len(sig), out)
+					return nil
+				}
+				_, err = c.App.Writer.Write(sig)
+				return err
+			})
 		},
 	}
 }
