@@ -164,32 +164,15 @@ func pumpData(ctx context.Context, dc *net.UnixConn, nc Conn) error {
 		}
 	}()
 	hostDone := make(chan error, 1)
-	bw, buffered := nc.(BufferedWriter)
 	go func() { // host -> network
 		br := bufio.NewReaderSize(dc, 64<<10)
-		pending := false
 		var buf []byte // each frame is written out before the next is read into the same buffer
-		for {
+		read := func(context.Context) ([]byte, error) {
 			f, err := transports.ReadDataFrameInto(br, buf)
 			buf = f[:cap(f)]
-			if err != nil {
-				if pending && errors.Is(err, io.EOF) {
-					err = errors.Join(bw.Flush(ctx), err)
-				}
-				hostDone <- err
-				return
-			}
-			// While more frames are already queued, write them into the buffer and flush once.
-			if buffered && br.Buffered() > 0 {
-				err, pending = bw.WriteFrameBuffered(ctx, f), true
-			} else {
-				err, pending = nc.WriteFrame(ctx, f), false
-			}
-			if err != nil {
-				hostDone <- err
-				return
-			}
+			return f, err
 		}
+		hostDone <- hostToNetwork(ctx, read, br.Buffered, nc)
 	}()
 	select {
 	case err := <-netDone:

@@ -431,30 +431,7 @@ func pump(ctx context.Context, fc *flow.Conn, nc Conn) error {
 		}
 	}()
 	hostDone := make(chan error, 1)
-	bw, buffered := nc.(BufferedWriter)
-	go func() { // host -> network
-		pending := false
-		for {
-			f, err := fc.ReadFrame(ctx)
-			if err != nil {
-				if pending && errors.Is(err, io.EOF) {
-					err = errors.Join(bw.Flush(ctx), err)
-				}
-				hostDone <- err
-				return
-			}
-			// While more frames are already queued, write them into the buffer and flush once.
-			if buffered && fc.Buffered() > 0 {
-				err, pending = bw.WriteFrameBuffered(ctx, f), true
-			} else {
-				err, pending = nc.WriteFrame(ctx, f), false
-			}
-			if err != nil {
-				hostDone <- err
-				return
-			}
-		}
-	}()
+	go func() { hostDone <- hostToNetwork(ctx, fc.ReadFrame, fc.Buffered, nc) }()
 	select {
 	case err := <-netDone:
 		_ = nc.Close()
@@ -555,4 +532,29 @@ func ServeServer(srv pb.TransportServer) {
 			return grpc.NewServer(opts...)
 		},
 	})
+}
+
+// hostToNetwork writes the frames read from the host to the network connection until read fails, and
+// returns that error (io.EOF when the host closed cleanly). While more host frames are already queued
+// (queued() > 0) and the connection can buffer, frames go into its buffer and are flushed once.
+func hostToNetwork(ctx context.Context, read func(context.Context) ([]byte, error), queued func() int, nc Conn) error {
+	bw, buffered := nc.(BufferedWriter)
+	pending := false
+	for {
+		f, err := read(ctx)
+		if err != nil {
+			if pending && errors.Is(err, io.EOF) {
+				err = errors.Join(bw.Flush(ctx), err)
+			}
+			return err
+		}
+		if buffered && queued() > 0 {
+			err, pending = bw.WriteFrameBuffered(ctx, f), true
+		} else {
+			err, pending = nc.WriteFrame(ctx, f), false
+		}
+		if err != nil {
+			return err
+		}
+	}
 }
