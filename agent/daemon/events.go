@@ -66,6 +66,14 @@ func (d *Daemon) sessionEvent(transport, remote string, ev session.Event) {
 		outcome = audit.OutcomeDenied
 	}
 	d.record(audit.AuthFailure, ev.Peer, ev.Peer, outcome, details)
+	if code == reason.KeyLogFork {
+		// Two different key events for one generation of the peer's identity: its keys are compromised.
+		d.record(audit.AlertRaised, "agent", ev.Peer, audit.OutcomeFailure, map[string]any{
+			"alert": "peer_key_log_fork", "severity": "critical",
+			"summary": "the peer's key event log forks from the cached one; the peer is marked compromised and refused from now on",
+		})
+		d.log.Error("security alert: peer key event log fork", "peer", ev.Peer, "transport", transport, "remote", remote)
+	}
 	d.log.Info("handshake failed", "peer", ev.Peer, "transport", transport, "remote", remote, "role", ev.Role, "reason", code, "err", ev.Err)
 }
 
