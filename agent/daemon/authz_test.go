@@ -449,14 +449,20 @@ handlers:
 	if err := z.dispatch(ctx, from(quota), message(envelope.TaskRequest, req1)); err != nil && strings.Contains(err.Error(), "refused") {
 		t.Fatalf("retry of the running task: %v", err)
 	}
+	// The engine stores the task as done, then reports "finished", which frees the slot: wait for both.
 	deadline := time.Now().Add(10 * time.Second)
+	slotHeld := func() bool {
+		z.mu.Lock()
+		defer z.mu.Unlock()
+		return z.releases[quota.ID().String()+"\x00"+first] != nil
+	}
 	for {
 		in, _ := a.d.taskStore.Inbound(quota.ID().String(), first)
-		if in != nil && in.State == tasks.InDone {
+		if in != nil && in.State == tasks.InDone && !slotHeld() {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatal("the slow task did not finish")
+			t.Fatal("the slow task did not finish and free its slot")
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
