@@ -383,8 +383,16 @@ func TestExecutorRestartResumesAcceptedTask(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("handler did not start")
 	}
-	if got, _ := a.eng.Get(o.TaskID); rank[got.State] < rank[OutAccepted] {
-		t.Fatalf("submitter state %s after the executor started the task", got.State)
+	// The executor acknowledged the task when it recorded it; the acknowledgement reaches the submitter
+	// asynchronously, possibly after the handler started.
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		got, _ := a.eng.Get(o.TaskID)
+		if rank[got.State] >= rank[OutAccepted] {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("submitter state %s: the executor started the task but its acknowledgement never arrived", got.State)
+		}
 	}
 	// "Crash": stop b without draining, reopen its database, run with a handler that finishes.
 	n.setDown(b.id, true)
