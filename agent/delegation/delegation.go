@@ -10,6 +10,7 @@ package delegation
 import (
 	"context"
 	"fmt"
+	"math"
 	"time"
 
 	"github.com/custos-agent/custos/agent/identity"
@@ -92,13 +93,19 @@ func Decode(b []byte) (*Delegation, error) {
 	d.Mode = Mode(r.String("mode", 16))
 	d.OpAlg = keystore.Algorithm(r.String("op_alg", 16))
 	d.OpKey = clone(r.Bytes("op_key", 64))
-	d.KEM = suite.KEM(r.Uint64("kem"))
+	kem := r.Uint64("kem")
+	d.KEM = suite.KEM(kem)
 	d.EncKey = clone(r.Bytes("enc_key", 2048))
 	d.NotBefore = r.Int64("not_before")
 	d.NotAfter = r.Int64("not_after")
 	d.Signature = clone(r.Bytes("signature", maxSigLen))
 	if err := r.End(); err != nil {
 		return nil, err
+	}
+	if kem > math.MaxUint16 {
+		// KEM identifiers are 16 bits (RFC 9180): a wider value would decode to the same delegation as its
+		// low 16 bits, so two encodings would carry one signature.
+		return nil, reason.New(reason.Malformed, "delegation: kem %d does not fit in 16 bits", kem)
 	}
 	if err := d.checkForm(); err != nil {
 		return nil, err
