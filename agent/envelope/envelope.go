@@ -9,7 +9,9 @@
 // The header is the AEAD's associated data. The signature, by the sender's operational key, covers a
 // deterministic length-prefixed encoding of header and payload (the payload data through its SHA-256
 // digest, ADR 0031) under the context "custos/v1/envelope", so a third peer holding the sender's key event
-// log and delegation can check it.
+// log and delegation can check it. HPKE and unencrypted envelopes are always signed; a session envelope
+// (AES-256-GCM under the session key) may carry no signature, its origin then resting on the session's
+// keys alone (ADR 0032): it is authenticated to its recipient and proves nothing to anyone else.
 //
 // An envelope has two encodings carrying the same fields and the same signature: the canonical JSON form
 // (what people and agentctl see) and the compact binary form (what agents exchange; ADR 0005). Both
@@ -259,8 +261,8 @@ func (e *Envelope) check() error {
 	default:
 		return bad("unknown cipher %q", p.Cipher)
 	}
-	if len(e.Signature) == 0 {
-		return bad("signature is empty")
+	if len(e.Signature) == 0 && p.Cipher != AES256GCM {
+		return bad("signature is empty (only a session envelope, cipher %s, may be unsigned)", AES256GCM)
 	}
 	return nil
 }
@@ -296,8 +298,15 @@ func (e *Envelope) Sign(ctx context.Context, s keystore.Signer) error {
 	return nil
 }
 
-// Verify checks the signature with the sender's verified operational key.
+// Signed reports whether the envelope carries a signature (every envelope but an unsigned session one).
+func (e *Envelope) Signed() bool { return len(e.Signature) > 0 }
+
+// Verify checks the signature with the sender's verified operational key. An unsigned session envelope
+// fails with reason.BadSignature: its session authenticated it to its recipient, it proves nothing to others.
 func (e *Envelope) Verify(op keystore.PublicKey) error {
+	if !e.Signed() {
+		return reason.New(reason.BadSignature, "envelope %s from %s carries no signature (a session envelope authenticated by its session keys only, ADR 0032): it is not evidence", e.Header.MessageID, e.Header.SenderID)
+	}
 	if err := op.Verify(e.SigningInput(), e.Signature); err != nil {
 		return reason.Wrap(reason.BadSignature, err, "envelope %s from %s", e.Header.MessageID, e.Header.SenderID)
 	}
@@ -313,16 +322,16 @@ func (e *Envelope) CheckRecipient(local string) error {
 }
 
 // SealSession encrypts plaintext under the session key a with nonce (4-byte epoch || 8-byte counter) and
-// signs the envelope.
+// signs the envelope with s (nil: unsigned, ADR 0032).
 func SealSession(ctx context.Context, h Header, plaintext []byte, a *suite.AEAD, nonce []byte, s keystore.Signer) (*Envelope, error) {
 	_, e, err := AppendSealSession(ctx, nil, h, plaintext, a, nonce, s)
 	return e, err
 }
 
-// AppendSealSession is SealSession producing the binary form too: it appends the binary form of the sealed,
-// signed envelope to dst (a frame header, say) and returns the extended buffer. The payload is encrypted
-// in place in that buffer, so the plaintext is read once and nothing is copied afterwards; the envelope's
-// Data and Signature alias the buffer.
+// AppendSealSession is SealSession producing the binary form too: it appends the binary form of the sealed
+// envelope (signed by s; unsigned when s is nil) to dst (a frame header, say) and returns the extended
+// buffer. The payload is encrypted in place in that buffer, so the plaintext is read once and nothing is
+// copied afterwards; the envelope's Data and Signature alias the buffer.
 func AppendSealSession(ctx context.Context, dst []byte, h Header, plaintext []byte, a *suite.AEAD, nonce []byte, s keystore.Signer) ([]byte, *Envelope, error) {
 	if len(plaintext)+suite.AEADTagSize > MaxData {
 		return nil, nil, reason.New(reason.OversizedFrame, "payload of %d bytes exceeds %d", len(plaintext), MaxData-suite.AEADTagSize)
@@ -341,8 +350,10 @@ func AppendSealSession(ctx context.Context, dst []byte, h Header, plaintext []by
 		return nil, nil, reason.Wrap(reason.Internal, err, "seal envelope")
 	}
 	e.Payload.Data = buf[start:len(buf):len(buf)]
-	if err := e.Sign(ctx, s); err != nil {
-		return nil, nil, err
+	if s != nil {
+		if err := e.Sign(ctx, s); err != nil {
+			return nil, nil, err
+		}
 	}
 	buf = binary.BigEndian.AppendUint32(buf, uint32(len(e.Signature)))
 	buf = append(buf, e.Signature...)
@@ -351,10 +362,25 @@ func AppendSealSession(ctx context.Context, dst []byte, h Header, plaintext []by
 
 // OpenSession decrypts a verified session-mode envelope with the session key of its direction.
 func (e *Envelope) OpenSession(a *suite.AEAD) ([]byte, error) {
+	return e.openSession(a, nil)
+}
+
+// OpenSessionInPlace is OpenSession decrypting into the ciphertext's own storage, for a receiver that owns
+// the frame the envelope was decoded from: the plaintext aliases it, and Payload.Data is cleared (it no
+// longer holds the ciphertext; the envelope cannot be re-encoded or checked as evidence afterwards).
+func (e *Envelope) OpenSessionInPlace(a *suite.AEAD) ([]byte, error) {
+	pt, err := e.openSession(a, e.Payload.Data[:0])
+	if err == nil {
+		e.Payload.Data = nil
+	}
+	return pt, err
+}
+
+func (e *Envelope) openSession(a *suite.AEAD, dst []byte) ([]byte, error) {
 	if e.Payload.Cipher != AES256GCM {
 		return nil, reason.New(reason.Malformed, "envelope %s uses cipher %s, expected %s inside a session", e.Header.MessageID, e.Payload.Cipher, AES256GCM)
 	}
-	pt, err := a.Open(nil, e.Payload.Nonce, e.Payload.Data, e.Header.AAD())
+	pt, err := a.Open(dst, e.Payload.Nonce, e.Payload.Data, e.Header.AAD())
 	if err != nil {
 		return nil, reason.Wrap(reason.DecryptFailed, err, "envelope %s", e.Header.MessageID)
 	}

@@ -286,7 +286,8 @@ func seedEnvelopes(t testing.TB) [][]byte {
 	s, _ := SealSession(ctx, NewHeader(alice.ID(), bob.ID(), TaskRequest, clock.Now()), []byte("x"), sessionKey(t), make([]byte, 12), alice.k.Signer())
 	h, _ := SealHPKE(ctx, NewHeader(alice.ID(), bob.ID(), TaskResult, clock.Now()), []byte("y"), bob.k.Delegation.KEM, bob.k.Delegation.EncKey, alice.k.Signer())
 	p, _ := SealPlain(ctx, NewHeader(alice.ID(), bob.ID(), Feedback, clock.Now()), nil, alice.k.Signer())
-	return [][]byte{s.EncodeBinary(), h.EncodeBinary(), p.EncodeBinary(), s.EncodeJSON(), h.EncodeJSON(), p.EncodeJSON()}
+	u, _ := SealSession(ctx, NewHeader(alice.ID(), bob.ID(), TaskRequest, clock.Now()), []byte("z"), sessionKey(t), make([]byte, 12), nil)
+	return [][]byte{s.EncodeBinary(), h.EncodeBinary(), p.EncodeBinary(), u.EncodeBinary(), s.EncodeJSON(), h.EncodeJSON(), p.EncodeJSON(), u.EncodeJSON()}
 }
 
 func FuzzDecodeBinary(f *testing.F) {
@@ -329,4 +330,63 @@ func FuzzDecodeJSON(f *testing.F) {
 			t.Fatalf("the binary form of a valid JSON envelope does not decode: %v", err)
 		}
 	})
+}
+
+// TestUnsignedSessionEnvelope: a session envelope sealed without a signer (ADR 0032) round-trips in both
+// forms and opens, refuses to verify (it is no evidence), and only the session cipher may go unsigned.
+func TestUnsignedSessionEnvelope(t *testing.T) {
+	clock := agenttest.NewClock(agenttest.Epoch.Add(time.Hour))
+	alice, bob := newParty(t, clock, suite.KEMX25519), newParty(t, clock, suite.KEMX25519)
+	msg := []byte("unsigned inside a session")
+	e, err := SealSession(ctx, NewHeader(alice.ID(), bob.ID(), TaskRequest, clock.Now()), msg, sessionKey(t), make([]byte, 12), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if e.Signed() {
+		t.Fatal("sealed without a signer, yet signed")
+	}
+	js := e.EncodeJSON()
+	if !bytes.HasSuffix(js, []byte(`"signature":""}`)) {
+		t.Fatalf("JSON form of an unsigned envelope: %s", js)
+	}
+	fromJSON, err := DecodeJSON(js)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fromBin, err := DecodeBinary(e.EncodeBinary())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(fromBin.EncodeJSON(), js) || !bytes.Equal(fromJSON.EncodeBinary(), e.EncodeBinary()) {
+		t.Fatal("the JSON and binary forms do not carry the same unsigned envelope")
+	}
+	if err := fromBin.Verify(alice.k.Signer().Public()); !errors.Is(err, reason.BadSignature) || !strings.Contains(err.Error(), "carries no signature") {
+		t.Fatalf("verify of an unsigned envelope: %v", err)
+	}
+	if pt, err := fromBin.OpenSessionInPlace(sessionKey(t)); err != nil || !bytes.Equal(pt, msg) || fromBin.Payload.Data != nil {
+		t.Fatalf("open in place: %q %v (data left: %d bytes)", pt, err, len(fromBin.Payload.Data))
+	}
+	// As evidence it fails with the reason, not as a broken signature of some other kind.
+	if err := VerifyEvidence(e, &alice.id.Log, alice.k.Delegation); !errors.Is(err, reason.BadSignature) || !strings.Contains(err.Error(), "not evidence") {
+		t.Fatalf("evidence check of an unsigned envelope: %v", err)
+	}
+	// HPKE and unencrypted envelopes must be signed, in either form.
+	hp, err := SealHPKE(ctx, NewHeader(alice.ID(), bob.ID(), TaskResult, clock.Now()), msg, bob.k.Delegation.KEM, bob.k.Delegation.EncKey, alice.k.Signer())
+	if err != nil {
+		t.Fatal(err)
+	}
+	plain, err := SealPlain(ctx, NewHeader(alice.ID(), bob.ID(), Feedback, clock.Now()), msg, alice.k.Signer())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range []*Envelope{hp, plain} {
+		c := *s
+		c.Signature = nil
+		if _, err := DecodeBinary(c.EncodeBinary()); !errors.Is(err, reason.Malformed) || !strings.Contains(err.Error(), "only a session envelope") {
+			t.Errorf("unsigned %s envelope, binary form: %v", s.Payload.Cipher, err)
+		}
+		if _, err := DecodeJSON(c.EncodeJSON()); !errors.Is(err, reason.Malformed) || !strings.Contains(err.Error(), "only a session envelope") {
+			t.Errorf("unsigned %s envelope, JSON form: %v", s.Payload.Cipher, err)
+		}
+	}
 }

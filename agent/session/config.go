@@ -108,6 +108,11 @@ type Config struct {
 	Grants []byte
 	// Hybrid makes the initiator offer ML-KEM-768 besides X25519.
 	Hybrid bool
+	// SignEnvelopes makes this side sign every session envelope it sends with its operational key. Off by
+	// default (ADR 0032): a session envelope is authenticated to its recipient by the session keys alone,
+	// and what must convince a third party (task results, feedback) is signed on its own. A received
+	// envelope that carries a signature is verified whatever this says.
+	SignEnvelopes bool
 	// Versions lists supported protocol versions, highest first (default: [1]).
 	Versions []uint16
 	// HandshakeTimeout bounds a whole handshake (default 10 s).

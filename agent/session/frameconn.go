@@ -18,8 +18,8 @@ import (
 )
 
 // FrameConn is a connection that carries whole frames (the contract with transports). ReadFrame returns
-// the next frame; WriteFrame sends one frame; both honour ctx (deadline and cancellation). One reader and
-// any number of writers may use it concurrently.
+// the next frame in a new buffer the caller then owns (the session decrypts in place); WriteFrame sends
+// one frame; both honour ctx (deadline and cancellation). One reader and any number of writers may use it concurrently.
 type FrameConn interface {
 	ReadFrame(ctx context.Context) ([]byte, error)
 	WriteFrame(ctx context.Context, frame []byte) error

@@ -479,7 +479,8 @@ func TestSessionRefusals(t *testing.T) {
 		code   reason.Code
 		phrase string
 	}{
-		{"bad signature (payload altered in transit)", func(t *testing.T) func(int, int, []byte) []byte {
+		// Cases with code BadSignature run with the sender signing its envelopes (Config.SignEnvelopes).
+		{"bad signature (signed envelope, payload altered in transit)", func(t *testing.T) func(int, int, []byte) []byte {
 			return func(dir, n int, f []byte) []byte {
 				if dir == 0 && n == 2 {
 					return rewrite(t, f, func(e *env) { e.Payload.Data[0] ^= 1 })
@@ -487,6 +488,30 @@ func TestSessionRefusals(t *testing.T) {
 				return f
 			}
 		}, nil, reason.BadSignature, "envelope"},
+		{"bad signature (signed envelope, header altered in transit)", func(t *testing.T) func(int, int, []byte) []byte {
+			return func(dir, n int, f []byte) []byte {
+				if dir == 0 && n == 2 {
+					return rewrite(t, f, func(e *env) { e.Header.MessageType = envelope.Heartbeat })
+				}
+				return f
+			}
+		}, nil, reason.BadSignature, "envelope"},
+		{"unsigned envelope, payload altered in transit", func(t *testing.T) func(int, int, []byte) []byte {
+			return func(dir, n int, f []byte) []byte {
+				if dir == 0 && n == 2 {
+					return rewrite(t, f, func(e *env) { e.Payload.Data[0] ^= 1 })
+				}
+				return f
+			}
+		}, nil, reason.DecryptFailed, "message authentication failed"},
+		{"unsigned envelope, header altered in transit (it is the associated data)", func(t *testing.T) func(int, int, []byte) []byte {
+			return func(dir, n int, f []byte) []byte {
+				if dir == 0 && n == 2 {
+					return rewrite(t, f, func(e *env) { e.Header.MessageType = envelope.Heartbeat })
+				}
+				return f
+			}
+		}, nil, reason.DecryptFailed, "message authentication failed"},
 		{"counter reuse (frame replayed in transit)", func(t *testing.T) func(int, int, []byte) []byte {
 			var first []byte
 			return func(dir, n int, f []byte) []byte {
@@ -553,6 +578,7 @@ func TestSessionRefusals(t *testing.T) {
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			a, b := newAgent(t), newAgent(t)
+			a.cfg.SignEnvelopes = c.code == reason.BadSignature
 			var ia, ib FrameConn
 			if c.proxy != nil {
 				ia, ib = startProxy(t, c.proxy(t))

@@ -13,6 +13,7 @@ import (
 	"github.com/custos-agent/custos/agent/identity"
 	"github.com/custos-agent/custos/agent/reason"
 	"github.com/custos-agent/custos/agent/suite"
+	"github.com/custos-agent/custos/keystore"
 )
 
 // Record types: the first plaintext byte of a sealed record (frame type 0x11).
@@ -27,8 +28,11 @@ const (
 
 // Message is a received, verified and decrypted envelope.
 type Message struct {
+	// Envelope is the envelope as received: header, cipher, nonce and signature (Payload.Data is cleared:
+	// the ciphertext was decrypted in place).
 	Envelope *envelope.Envelope
-	Payload  []byte
+	// Payload is the plaintext.
+	Payload []byte
 }
 
 // Session is an authenticated connection to one peer. Send and Receive may be called concurrently (one
@@ -312,7 +316,7 @@ func (s *Session) Err() error {
 	}
 }
 
-// Send seals, signs and sends a message of type t.
+// Send seals and sends a message of type t, signed when Config.SignEnvelopes is set (ADR 0032).
 func (s *Session) Send(ctx context.Context, t envelope.MessageType, payload []byte) (*envelope.Envelope, error) {
 	return s.sendEnvelope(ctx, envelope.NewHeader(s.localID, s.Peer().ID.String(), t, s.cfg.Clock()), payload)
 }
@@ -327,7 +331,11 @@ func (s *Session) sendEnvelope(ctx context.Context, h envelope.Header, payload [
 	if err != nil {
 		return nil, err
 	}
-	frame, e, err := envelope.AppendSealSession(ctx, []byte{handshake.FrameEnvelope}, h, payload, s.send.aead, nonce, s.keys.Signer())
+	var signer keystore.Signer
+	if s.cfg.SignEnvelopes {
+		signer = s.keys.Signer()
+	}
+	frame, e, err := envelope.AppendSealSession(ctx, []byte{handshake.FrameEnvelope}, h, payload, s.send.aead, nonce, signer)
 	if err != nil {
 		s.send.next-- // nothing was sent: the counter is not used
 		return nil, err
@@ -430,7 +438,10 @@ func (s *Session) handle(frame []byte) error {
 }
 
 // openEnvelope checks, verifies and decrypts a session envelope, in this order: form, sender and
-// recipient, timestamp window, counter, signature, message ID, decryption.
+// recipient, timestamp window, counter, signature (when it carries one), decryption (the AEAD with the
+// header as associated data: what authenticates an unsigned envelope), message ID. The frame is the
+// session's own (FrameConn), so the payload is decrypted in place. Nothing is recorded in the replay
+// cache for a message that is not authentic.
 func (s *Session) openEnvelope(b []byte) (*Message, error) {
 	e, err := envelope.DecodeBinary(b)
 	if err != nil {
@@ -452,14 +463,16 @@ func (s *Session) openEnvelope(b []byte) (*Message, error) {
 	if err := s.recv.check(e.Payload.Nonce); err != nil {
 		return nil, err
 	}
-	if err := e.Verify(peer.Delegation.OpKey); err != nil {
+	if e.Signed() {
+		if err := e.Verify(peer.Delegation.OpKey); err != nil {
+			return nil, err
+		}
+	}
+	pt, err := e.OpenSessionInPlace(s.recv.aead)
+	if err != nil {
 		return nil, err
 	}
 	if err := s.cfg.Replay.Check(e.Header.SenderID, e.Header.MessageID, e.Header.Timestamp); err != nil {
-		return nil, err
-	}
-	pt, err := e.OpenSession(s.recv.aead)
-	if err != nil {
 		return nil, err
 	}
 	s.recv.next++

@@ -12,6 +12,7 @@ import (
 
 	"github.com/custos-agent/custos/agent/delegation"
 	"github.com/custos-agent/custos/agent/envelope"
+	"github.com/custos-agent/custos/agent/handshake"
 	"github.com/custos-agent/custos/agent/reason"
 	"github.com/custos-agent/custos/agent/suite"
 	"github.com/custos-agent/custos/keystore"
@@ -171,6 +172,11 @@ func TestReauthentication(t *testing.T) {
 	exchange(t, sa, sb, 200)
 	<-stop
 	wg.Wait()
+	// The responder-requested re-authentication returns on the responder once it switched; the initiator
+	// switches when the "established" frame reaches it, a moment later.
+	for deadline := time.Now().Add(5 * time.Second); !bytes.Equal(sa.ID(), sb.ID()) && time.Now().Before(deadline); {
+		time.Sleep(time.Millisecond)
+	}
 	if bytes.Equal(sa.ID(), first) || !bytes.Equal(sa.ID(), sb.ID()) {
 		t.Fatal("re-authentication did not move both sides to new keys")
 	}
@@ -311,5 +317,66 @@ func TestStoreAndForward(t *testing.T) {
 	}
 	if _, err := rx.Receive(bg, relayed); !errors.Is(err, reason.ReplayedMessage) {
 		t.Fatalf("second delivery: %v", err)
+	}
+}
+
+// TestEnvelopeSigning: each side signs its session envelopes or not as its own Config.SignEnvelopes says
+// (ADR 0032); the receiver verifies a signature when there is one, and the two kinds interoperate. A
+// signature stripped in transit leaves an envelope the session still authenticates (the AEAD) but that
+// arrives unsigned: the stripping costs the receiver nothing it relies on.
+func TestEnvelopeSigning(t *testing.T) {
+	a, b := newAgent(t), newAgent(t)
+	a.cfg.SignEnvelopes = true
+	sa, sb := mustConnect(t, a, b)
+	exchange(t, sa, sb, 20)
+	ctx, cancel := context.WithTimeout(bg, 5*time.Second)
+	defer cancel()
+	for _, c := range []struct {
+		from, to *Session
+		signed   bool
+	}{{sa, sb, true}, {sb, sa, false}} {
+		sent, err := c.from.Send(ctx, envelope.Heartbeat, []byte("hb"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		m, err := c.to.Receive(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if sent.Signed() != c.signed || m.Envelope.Signed() != c.signed || string(m.Payload) != "hb" {
+			t.Fatalf("from %s: sent signed=%v, received signed=%v %q; want signed=%v", c.from.LocalID(), sent.Signed(), m.Envelope.Signed(), m.Payload, c.signed)
+		}
+		if c.signed {
+			if err := sent.Verify(a.mgr.Live()[0].Signer().Public()); err != nil {
+				t.Fatalf("the signed session envelope does not verify under the sender's operational key: %v", err)
+			}
+		}
+	}
+
+	// Stripped in transit: still delivered (authenticated by the session), now unsigned.
+	c, d := newAgent(t), newAgent(t)
+	c.cfg.SignEnvelopes = true
+	ic, id := startProxy(t, func(dir, n int, f []byte) []byte {
+		if dir == 0 && n == 2 && f[0] == handshake.FrameEnvelope {
+			e, err := envelope.DecodeBinary(f[1:])
+			if err != nil {
+				t.Error(err)
+				return f
+			}
+			e.Signature = nil
+			return append([]byte{handshake.FrameEnvelope}, e.EncodeBinary()...)
+		}
+		return f
+	})
+	sc, sd, errC, errD := connect(t, c, d, ic, id, d.ID())
+	if errC != nil || errD != nil {
+		t.Fatal(errC, errD)
+	}
+	if _, err := sc.Send(ctx, envelope.TaskRequest, []byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	m, err := sd.Receive(ctx)
+	if err != nil || string(m.Payload) != "x" || m.Envelope.Signed() {
+		t.Fatalf("stripped envelope: %v, payload %q, signed=%v", err, m.Payload, m.Envelope.Signed())
 	}
 }

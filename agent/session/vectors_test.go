@@ -111,6 +111,17 @@ func TestProtocolVectors(t *testing.T) {
 	if _, err := sb.openEnvelope(env.EncodeBinary()); err != nil {
 		t.Fatal(err)
 	}
+	// The next one unsigned (the default, ADR 0032; counter 1).
+	nonce1, _ := send.take()
+	h1 := h
+	h1.MessageID = identityB64(bytes.Repeat([]byte{0x44}, 16))
+	envU, err := envelope.SealSession(bg, h1, []byte(`{"task":"sha256","input":"aGVsbG8"}`), send.aead, nonce1, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m, err := sb.openEnvelope(envU.EncodeBinary()); err != nil || m.Envelope.Signed() {
+		t.Fatalf("unsigned session envelope: %v", err)
+	}
 
 	// One store-and-forward envelope from A to B, sealed with HPKE to a fixed X25519 key.
 	encKey, err := suite.NewEncryptionKey(suite.KEMX25519, bytes.Repeat([]byte{0xe0}, 32))
@@ -155,11 +166,15 @@ func TestProtocolVectors(t *testing.T) {
 	w.hex("key r2i", keysI.R2I)
 	w.hex("session id", keysI.SessionID)
 	w.hex("established frame (r2i key, epoch 0, counter 0)", estFrame)
-	w.WriteString("\n# Session envelope A -> B (i2r key, epoch 0, counter 0)\n")
+	w.WriteString("\n# Session envelope A -> B, signed (session.sign_envelopes: true; i2r key, epoch 0, counter 0)\n")
 	w.hex("AAD", env.Header.AAD())
 	w.hex("signing input", env.SigningInput())
 	w.hex("binary form (frame = 0x10 || this)", env.EncodeBinary())
 	w.text("JSON form", string(env.EncodeJSON()))
+	w.WriteString("\n# Session envelope A -> B, unsigned (the default, ADR 0032; i2r key, epoch 0, counter 1)\n")
+	w.hex("AAD", envU.Header.AAD())
+	w.hex("binary form (frame = 0x10 || this; signature length 0)", envU.EncodeBinary())
+	w.text("JSON form", string(envU.EncodeJSON()))
 	w.WriteString("\n# Store-and-forward envelope A -> B (HPKE DHKEM-X25519, HKDF-SHA256, AES-256-GCM)\n")
 	w.hex("B encryption key: X25519 private key", bytes.Repeat([]byte{0xe0}, 32))
 	w.hex("B encryption key: public", encKey.Public())
