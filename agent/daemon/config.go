@@ -104,6 +104,7 @@ type SessionConfig struct {
 	HandshakeTimeout time.Duration `yaml:"handshake_timeout"` // default 10s
 	ReplayWindow     time.Duration `yaml:"replay_window"`     // default 30s
 	Hybrid           bool          `yaml:"hybrid"`            // offer X25519+ML-KEM-768
+	SignEnvelopes    bool          `yaml:"sign_envelopes"`    // sign every session envelope too (ADR 0032)
 }
 
 // DelegationConfig tunes the operational key delegations.

@@ -394,6 +394,7 @@ func (d *Daemon) sessionConfig(transport, remote, pinned string) *session.Config
 	cfg := d.config()
 	return &session.Config{
 		Delegations: d.dm, KeyLog: d.keyLog, Peers: d.peers, Replay: d.replay, Hybrid: cfg.Session.Hybrid,
+		SignEnvelopes:    cfg.Session.SignEnvelopes,
 		HandshakeTimeout: cfg.Session.HandshakeTimeout, ReauthInterval: cfg.Session.ReauthInterval,
 		Logger: d.log.With("part", "session", "transport", transport),
 		Validator: session.ValidatorFunc(func(ctx context.Context, p *session.Peer) error {

@@ -289,7 +289,7 @@ func TestSignals(t *testing.T) {
 	x.start()
 	s := newAgent(t, "s", false)
 	s.writeConfig(agentConfig{Transports: []string{"tcp"}, Bootstrap: []daemon.PeerConfig{s.bootstrapTo(x, "tcp")},
-		Extra: "session: {reauth_interval: 1s}\n"})
+		Extra: "session: {reauth_interval: 1s, sign_envelopes: true}\n"}) // its envelopes signed, the other side's not
 	s.start()
 	digest0 := x.status().ConfigDigest
 
