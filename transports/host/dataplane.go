@@ -134,7 +134,7 @@ func (s *sockConn) finishLocked() {
 }
 
 func (s *sockConn) readLoop() {
-	br := bufio.NewReaderSize(s.c, 64<<10)
+	br := bufio.NewReaderSize(s.c, 16<<10) // smaller than a large frame, whose bulk is then read straight into it
 	for {
 		s.mu.Lock()
 		for s.rqBytes >= s.window && !s.closed && s.rerr == nil {
