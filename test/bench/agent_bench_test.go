@@ -357,14 +357,19 @@ func libp2pPair(b *testing.B) (*framer, *framer) {
 }
 
 // BenchmarkPaired is the headline comparison, robust to the load of a shared machine: each op is one
-// round of three back-to-back measurements on the same 2 cores, each streaming the same number of frames
+// round of four back-to-back measurements on the same 2 cores, each streaming the same number of frames
 // of the same size one way: raw TLS 1.3 (in process), frames through the TCP plugins alone (host →
-// plugin → TLS 1.3 → plugin → host, no agent protocol), and task_request messages between two agents
-// over the TCP plugins (as BenchmarkMessages). It reports the median of each over the rounds and the
-// medians of the per-round ratios.
+// plugin → TLS 1.3 → plugin → host, no agent protocol), task_request messages between two agents over
+// the TCP plugins (as BenchmarkMessages, the default configuration: session envelopes authenticated by
+// the session AEAD, ADR 0032), and the same between two agents whose sender signs every session
+// envelope (session.sign_envelopes: true). It reports the median of each over the rounds and the medians
+// of the per-round ratios.
 func BenchmarkPaired(b *testing.B) {
 	x, y := newAgent(b, "executor", "tcp"), newAgent(b, "submitter", "tcp")
 	_, sy := connect(b, x, y, "tcp")
+	xs, ys := newAgent(b, "executor-signed", "tcp"), newAgent(b, "submitter-signed", "tcp")
+	ys.signEnvelopes = true
+	_, sys := connect(b, xs, ys, "tcp")
 	// A second connection between the same plugins, used without the agent protocol.
 	ctx := context.Background()
 	l, err := x.tr.Listen(ctx, "127.0.0.1:0")
@@ -390,20 +395,23 @@ func BenchmarkPaired(b *testing.B) {
 				frames = 3000
 			}
 			frame := randomBytes(b, sz.n)
-			var raw, plug, agt, rPlug, rAgt []float64
+			var raw, plug, agt, sgn, rPlug, rAgt, rSgn []float64
 			mbps := func(d time.Duration) float64 { return float64(frames*sz.n) / d.Seconds() / 1e6 }
 			for i := 0; i < b.N; i++ {
 				r := timeStream(b, frames, func() error { return tw.WriteFrame(ctx, frame) }, func() error { _, err := tr.ReadFrame(ctx); return err })
 				p := timeStream(b, frames, func() error { return pw.WriteFrame(ctx, frame) }, func() error { _, err := pr.ReadFrame(ctx); return err })
-				a := timeMessages(b, x, sy, frames, frame)
-				raw, plug, agt = append(raw, mbps(r)), append(plug, mbps(p)), append(agt, mbps(a))
-				rPlug, rAgt = append(rPlug, mbps(p)/mbps(r)), append(rAgt, mbps(a)/mbps(r))
+				a := timeMessages(b, x, sy, frames, frame, false)
+				s := timeMessages(b, xs, sys, frames, frame, true)
+				raw, plug, agt, sgn = append(raw, mbps(r)), append(plug, mbps(p)), append(agt, mbps(a)), append(sgn, mbps(s))
+				rPlug, rAgt, rSgn = append(rPlug, mbps(p)/mbps(r)), append(rAgt, mbps(a)/mbps(r)), append(rSgn, mbps(s)/mbps(r))
 			}
 			b.ReportMetric(median(raw), "raw-tls-MB/s")
 			b.ReportMetric(median(plug), "plugin-MB/s")
 			b.ReportMetric(median(agt), "agent-MB/s")
+			b.ReportMetric(median(sgn), "agent-signed-MB/s")
 			b.ReportMetric(median(rPlug), "plugin/raw")
 			b.ReportMetric(median(rAgt), "agent/raw")
+			b.ReportMetric(median(rSgn), "agent-signed/raw")
 		})
 	}
 }
@@ -442,13 +450,16 @@ func timeStream(b *testing.B, n int, write, read func() error) time.Duration {
 }
 
 // timeMessages sends n task_request messages with input from the session s to agent x and returns the
-// time until x decoded the last.
-func timeMessages(b *testing.B, x *agent, s *session.Session, n int, input []byte) time.Duration {
+// time until x decoded the last; each must arrive signed or unsigned as signed says.
+func timeMessages(b *testing.B, x *agent, s *session.Session, n int, input []byte, signed bool) time.Duration {
 	var got atomic.Int64
 	done := make(chan struct{})
 	x.setSink(func(_ string, m *session.Message) {
 		if _, err := tasks.DecodeRequest(m.Payload); err != nil {
 			b.Error(err)
+		}
+		if m.Envelope.Signed() != signed {
+			b.Errorf("a message arrived with signed=%v, want %v", m.Envelope.Signed(), signed)
 		}
 		if got.Add(1) == int64(n) {
 			close(done)

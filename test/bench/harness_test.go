@@ -143,6 +143,8 @@ type agent struct {
 	store  *tasks.Store
 	engine *tasks.Engine
 	tr     *host.Transport
+	// signEnvelopes: this agent signs the session envelopes it sends (session.Config.SignEnvelopes).
+	signEnvelopes bool
 
 	mu       sync.Mutex
 	sessions map[string]*session.Session
@@ -215,7 +217,7 @@ func (a *agent) keyLog() *identity.Log { l := a.log; return &l }
 
 func (a *agent) sessionConfig() *session.Config {
 	return &session.Config{Delegations: a.dm, KeyLog: a.keyLog, Peers: a.peers, Replay: a.replay, Logger: quiet(),
-		HandshakeTimeout: 20 * time.Second}
+		HandshakeTimeout: 20 * time.Second, SignEnvelopes: a.signEnvelopes}
 }
 
 func (a *agent) close() {
