@@ -166,7 +166,7 @@ func pumpData(ctx context.Context, dc *net.UnixConn, nc Conn) error {
 	hostDone := make(chan error, 1)
 	go func() { // host -> network
 		br := bufio.NewReaderSize(dc, 16<<10) // a large frame's bulk is read straight into buf, not copied
-		var buf []byte // each frame is written out before the next is read into the same buffer
+		var buf []byte                        // each frame is written out before the next is read into the same buffer
 		read := func(context.Context) ([]byte, error) {
 			f, err := transports.ReadDataFrameInto(br, buf)
 			buf = f[:cap(f)]
