@@ -472,6 +472,17 @@ func TestSessionRefusals(t *testing.T) {
 		change(e)
 		return append([]byte{handshake.FrameEnvelope}, e.EncodeBinary()...)
 	}
+	// alter changes the initiator's first envelope in transit.
+	alter := func(change func(e *env)) func(t *testing.T) func(int, int, []byte) []byte {
+		return func(t *testing.T) func(int, int, []byte) []byte {
+			return func(dir, n int, f []byte) []byte {
+				if dir == 0 && n == 2 {
+					return rewrite(t, f, change)
+				}
+				return f
+			}
+		}
+	}
 	cases := []struct {
 		name   string
 		proxy  func(t *testing.T) func(dir, n int, f []byte) []byte // nil: no proxy
@@ -480,38 +491,10 @@ func TestSessionRefusals(t *testing.T) {
 		phrase string
 	}{
 		// Cases with code BadSignature run with the sender signing its envelopes (Config.SignEnvelopes).
-		{"bad signature (signed envelope, payload altered in transit)", func(t *testing.T) func(int, int, []byte) []byte {
-			return func(dir, n int, f []byte) []byte {
-				if dir == 0 && n == 2 {
-					return rewrite(t, f, func(e *env) { e.Payload.Data[0] ^= 1 })
-				}
-				return f
-			}
-		}, nil, reason.BadSignature, "envelope"},
-		{"bad signature (signed envelope, header altered in transit)", func(t *testing.T) func(int, int, []byte) []byte {
-			return func(dir, n int, f []byte) []byte {
-				if dir == 0 && n == 2 {
-					return rewrite(t, f, func(e *env) { e.Header.MessageType = envelope.Heartbeat })
-				}
-				return f
-			}
-		}, nil, reason.BadSignature, "envelope"},
-		{"unsigned envelope, payload altered in transit", func(t *testing.T) func(int, int, []byte) []byte {
-			return func(dir, n int, f []byte) []byte {
-				if dir == 0 && n == 2 {
-					return rewrite(t, f, func(e *env) { e.Payload.Data[0] ^= 1 })
-				}
-				return f
-			}
-		}, nil, reason.DecryptFailed, "message authentication failed"},
-		{"unsigned envelope, header altered in transit (it is the associated data)", func(t *testing.T) func(int, int, []byte) []byte {
-			return func(dir, n int, f []byte) []byte {
-				if dir == 0 && n == 2 {
-					return rewrite(t, f, func(e *env) { e.Header.MessageType = envelope.Heartbeat })
-				}
-				return f
-			}
-		}, nil, reason.DecryptFailed, "message authentication failed"},
+		{"bad signature (signed envelope, payload altered in transit)", alter(func(e *env) { e.Payload.Data[0] ^= 1 }), nil, reason.BadSignature, "envelope"},
+		{"bad signature (signed envelope, header altered in transit)", alter(func(e *env) { e.Header.MessageType = envelope.Heartbeat }), nil, reason.BadSignature, "envelope"},
+		{"unsigned envelope, payload altered in transit", alter(func(e *env) { e.Payload.Data[0] ^= 1 }), nil, reason.DecryptFailed, "message authentication failed"},
+		{"unsigned envelope, header altered in transit (it is the associated data)", alter(func(e *env) { e.Header.MessageType = envelope.Heartbeat }), nil, reason.DecryptFailed, "message authentication failed"},
 		{"counter reuse (frame replayed in transit)", func(t *testing.T) func(int, int, []byte) []byte {
 			var first []byte
 			return func(dir, n int, f []byte) []byte {
@@ -532,22 +515,8 @@ func TestSessionRefusals(t *testing.T) {
 				return f
 			}
 		}, nil, reason.CounterReuse, "out-of-order counter"},
-		{"unknown envelope version", func(t *testing.T) func(int, int, []byte) []byte {
-			return func(dir, n int, f []byte) []byte {
-				if dir == 0 && n == 2 {
-					return rewrite(t, f, func(e *env) { e.Header.Version = "2.0" })
-				}
-				return f
-			}
-		}, nil, reason.UnknownVersion, `"2.0"`},
-		{"unknown message type", func(t *testing.T) func(int, int, []byte) []byte {
-			return func(dir, n int, f []byte) []byte {
-				if dir == 0 && n == 2 {
-					return rewrite(t, f, func(e *env) { e.Header.MessageType = "task_cancel" })
-				}
-				return f
-			}
-		}, nil, reason.UnknownMessageType, "task_cancel"},
+		{"unknown envelope version", alter(func(e *env) { e.Header.Version = "2.0" }), nil, reason.UnknownVersion, `"2.0"`},
+		{"unknown message type", alter(func(e *env) { e.Header.MessageType = "task_cancel" }), nil, reason.UnknownMessageType, "task_cancel"},
 		{"replayed message ID", nil, func(t *testing.T, s *Session) {
 			h := envelope.NewHeader(s.LocalID(), s.Peer().ID.String(), envelope.TaskRequest, time.Now())
 			s.sendEnvelope(bg, h, []byte("one"))
