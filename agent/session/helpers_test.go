@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/custos-agent/custos/agent/delegation"
+	"github.com/custos-agent/custos/agent/envelope"
+	"github.com/custos-agent/custos/agent/handshake"
 	"github.com/custos-agent/custos/agent/identity"
 	"github.com/custos-agent/custos/agent/internal/agenttest"
 	"github.com/custos-agent/custos/agent/peers"
@@ -209,4 +211,21 @@ func startProxy(t testing.TB, modify func(dir, n int, frame []byte) []byte) (ini
 	go relay(1, r1, i2)
 	t.Cleanup(func() { i1.Close(); r2.Close(); p.wg.Wait() })
 	return i1, r2
+}
+
+// alterFirstEnvelope is a proxy function (startProxy) that applies change to the initiator's first envelope
+// (the frame after hello and response) and passes every other frame on.
+func alterFirstEnvelope(t *testing.T, change func(e *envelope.Envelope)) func(dir, n int, f []byte) []byte {
+	return func(dir, n int, f []byte) []byte {
+		if dir != 0 || n != 2 {
+			return f
+		}
+		e, err := envelope.DecodeBinary(f[1:])
+		if err != nil {
+			t.Error(err)
+			return f
+		}
+		change(e)
+		return append([]byte{handshake.FrameEnvelope}, e.EncodeBinary()...)
+	}
 }

@@ -463,25 +463,8 @@ func mustCheck(t *testing.T, c *Config) *Config {
 // TestSessionRefusals: one case per failure reason of an established session, asserted on the receiver.
 func TestSessionRefusals(t *testing.T) {
 	type env = envelope.Envelope
-	rewrite := func(t *testing.T, f []byte, change func(e *env)) []byte {
-		e, err := envelope.DecodeBinary(f[1:])
-		if err != nil {
-			t.Error(err)
-			return f
-		}
-		change(e)
-		return append([]byte{handshake.FrameEnvelope}, e.EncodeBinary()...)
-	}
-	// alter changes the initiator's first envelope in transit.
 	alter := func(change func(e *env)) func(t *testing.T) func(int, int, []byte) []byte {
-		return func(t *testing.T) func(int, int, []byte) []byte {
-			return func(dir, n int, f []byte) []byte {
-				if dir == 0 && n == 2 {
-					return rewrite(t, f, change)
-				}
-				return f
-			}
-		}
+		return func(t *testing.T) func(int, int, []byte) []byte { return alterFirstEnvelope(t, change) }
 	}
 	cases := []struct {
 		name   string

@@ -12,7 +12,6 @@ import (
 
 	"github.com/custos-agent/custos/agent/delegation"
 	"github.com/custos-agent/custos/agent/envelope"
-	"github.com/custos-agent/custos/agent/handshake"
 	"github.com/custos-agent/custos/agent/reason"
 	"github.com/custos-agent/custos/agent/suite"
 	"github.com/custos-agent/custos/keystore"
@@ -356,18 +355,7 @@ func TestEnvelopeSigning(t *testing.T) {
 	// Stripped in transit: still delivered (authenticated by the session), now unsigned.
 	c, d := newAgent(t), newAgent(t)
 	c.cfg.SignEnvelopes = true
-	ic, id := startProxy(t, func(dir, n int, f []byte) []byte {
-		if dir == 0 && n == 2 && f[0] == handshake.FrameEnvelope {
-			e, err := envelope.DecodeBinary(f[1:])
-			if err != nil {
-				t.Error(err)
-				return f
-			}
-			e.Signature = nil
-			return append([]byte{handshake.FrameEnvelope}, e.EncodeBinary()...)
-		}
-		return f
-	})
+	ic, id := startProxy(t, alterFirstEnvelope(t, func(e *envelope.Envelope) { e.Signature = nil }))
 	sc, sd, errC, errD := connect(t, c, d, ic, id, d.ID())
 	if errC != nil || errD != nil {
 		t.Fatal(errC, errD)
