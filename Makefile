@@ -5,7 +5,7 @@ PKGS    := ./...
 # Brief fuzzing in `make test`; `make fuzz FUZZTIME=5m` for longer runs.
 FUZZTIME ?= 5s
 
-.PHONY: all build demo test deps vet lint unit alerts fuzz fuzz-brief bench proto clean
+.PHONY: all build demo test deps vet lint unit alerts fuzz fuzz-brief bench mutants proto clean
 
 all: build
 
@@ -48,6 +48,11 @@ fuzz:
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchtime 2s $(PKGS)
+
+## mutants: turn off each listed security check (test/mutants/*.txt) in a scratch copy and run the tests named to
+## kill it; prints the kill table. Not part of `make test` (it runs each mutant's tests once: minutes).
+mutants:
+	$(GO) run ./test/mutants $(if $(ONLY),-only '$(ONLY)')
 
 proto:
 	@test/proto.sh
