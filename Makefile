@@ -5,7 +5,7 @@ PKGS    := ./...
 # Brief fuzzing in `make test`; `make fuzz FUZZTIME=5m` for longer runs.
 FUZZTIME ?= 5s
 
-.PHONY: all build demo test deps vet lint unit alerts fuzz fuzz-brief bench mutants proto clean
+.PHONY: all build demo test deps vet lint unit alerts systemd fuzz fuzz-brief bench mutants proto clean
 
 all: build
 
@@ -18,8 +18,9 @@ demo: build
 	@test/install-deps.sh --optional
 	@BIN=$(BIN) test/demo.sh
 
-## test: install what the tests need, then vet, race-enabled tests, alert-rule tests and brief fuzzing.
-test: deps vet lint unit alerts fuzz-brief
+## test: install what the tests need, then vet, race-enabled tests, alert-rule tests, the systemd unit
+## check and brief fuzzing.
+test: deps vet lint unit alerts systemd fuzz-brief
 
 deps:
 	@test/install-deps.sh
@@ -38,6 +39,11 @@ unit:
 
 alerts:
 	@if [ -f configs/alerts_test.yml ]; then promtool check rules configs/alerts.yml && promtool test rules configs/alerts_test.yml; fi
+
+# configs/custos.service: systemd-analyze verify (against the built agentctl), its security exposure, and the
+# sysusers entries (test/unit-check.sh).
+systemd: build
+	@BIN=$(BIN) test/unit-check.sh
 
 # Every Fuzz target in the tree, FUZZTIME each.
 fuzz-brief:

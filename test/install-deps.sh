@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs what the tests and the demo need when it is missing: SoftHSM2, swtpm, promtool, openssl.
+# Installs what the tests and the demo need when it is missing: SoftHSM2, swtpm, promtool, openssl, and
+# systemd-analyze and systemd-sysusers (make systemd checks configs/custos.service with them).
 # Usage: test/install-deps.sh [--optional]
 #   --optional: a failure to install is a warning (make demo falls back to the software backend).
 # Under CI=true a tool that is still missing afterwards is an error.
@@ -13,6 +14,7 @@ command -v swtpm >/dev/null 2>&1 || need+=(swtpm)
 command -v swtpm_setup >/dev/null 2>&1 || need+=(swtpm-tools)
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
+{ command -v systemd-analyze && command -v systemd-sysusers; } >/dev/null 2>&1 || need+=(systemd)
 
 if [ ${#need[@]} -gt 0 ]; then
   echo "custos: installing missing packages: ${need[*]}"
@@ -31,7 +33,7 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 
 missing=()
-for tool in softhsm2-util swtpm swtpm_setup promtool openssl; do
+for tool in softhsm2-util swtpm swtpm_setup promtool openssl systemd-analyze systemd-sysusers; do
   command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
 done
 if [ ${#missing[@]} -gt 0 ]; then

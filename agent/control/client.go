@@ -43,11 +43,14 @@ func Call(ctx context.Context, path, op string, args, result any) error {
 	if len(line) > MaxRequest {
 		return Errorf(CodeTooLarge, "request of %d bytes exceeds the control socket's limit of %d", len(line), MaxRequest)
 	}
-	if _, err := c.Write(append(line, '\n')); err != nil {
-		return ctxOr(ctx, fmt.Errorf("send %s request: %w", op, err))
-	}
+	_, werr := c.Write(append(line, '\n'))
+	// A server that refuses a caller before reading its request (a plugin process, too many connections)
+	// answers and closes: the write may fail while the answer waits to be read.
 	respLine, err := readLine(c, MaxResponse)
 	if err != nil {
+		if werr != nil {
+			return ctxOr(ctx, fmt.Errorf("send %s request: %w", op, werr))
+		}
 		return ctxOr(ctx, fmt.Errorf("read %s response: %w", op, err))
 	}
 	var resp Response

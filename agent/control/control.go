@@ -14,6 +14,8 @@
 // Requests are strictly decoded (no unknown fields, no trailing data). The server reads the caller's
 // uid, gid and pid from the kernel (SO_PEERCRED, rbac.PeerCred), never from the request; every request is
 // authorized on them (by default: the daemon's own uid or root) and reported to an audit hook with them.
+// Before that, a caller that is a transport plugin process or descends from one is refused without its
+// request being read (Config.RefuseCaller, RefusePluginProcesses): the socket serves people, not plugins.
 package control
 
 import (

@@ -37,6 +37,11 @@ type Config struct {
 	// Authorize decides whether caller may run op (the hook for rbac.Authorizer.AuthorizeLocal). Nil
 	// allows the daemon's own uid and root only.
 	Authorize func(ctx context.Context, caller rbac.Cred, op string) error
+	// RefuseCaller, when set, is asked about every caller before its request is read: a refusal is
+	// answered with CodeDenied and the reason, and reported to OnRequest (op "") with the caller's
+	// credentials. The daemon refuses transport plugin processes and their descendants here
+	// (RefusePluginProcesses): the control socket serves people, not plugins.
+	RefuseCaller func(caller rbac.Cred) (refuse bool, reason string)
 	// OnRequest is told about every denied or failed request and every mutating one (audit). It may block
 	// briefly (an fsynced audit append).
 	OnRequest func(caller rbac.Cred, op string, err error)
@@ -111,6 +116,15 @@ func Listen(cfg Config) (*Server, error) {
 	return &Server{cfg: cfg, ln: ln, sem: make(chan struct{}, cfg.MaxConns), ctx: ctx, stop: cancel}, nil
 }
 
+// Refused reports whether the server refuses caller before reading its request (Config.RefuseCaller),
+// and why.
+func (s *Server) Refused(caller rbac.Cred) (bool, string) {
+	if s.cfg.RefuseCaller == nil {
+		return false, ""
+	}
+	return s.cfg.RefuseCaller(caller)
+}
+
 // Path is the socket's path.
 func (s *Server) Path() string { return s.cfg.Path }
 
@@ -161,6 +175,14 @@ func (s *Server) serveConn(c *net.UnixConn) {
 	cred, err := rbac.PeerCred(c)
 	if err != nil {
 		s.cfg.Logger.Warn("control socket: no peer credentials; closing", "err", err)
+		return
+	}
+	// Before the request is read: nothing a refused caller sends is parsed.
+	if refuse, why := s.Refused(cred); refuse {
+		e := Errorf(CodeDenied, "%s", why)
+		s.cfg.Logger.Warn("control socket: caller refused", "pid", cred.PID, "uid", cred.UID, "reason", why)
+		s.report(cred, "", e)
+		s.reply(c, nil, e)
 		return
 	}
 	_ = c.SetReadDeadline(time.Now().Add(s.cfg.RequestTimeout))

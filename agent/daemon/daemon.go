@@ -264,7 +264,10 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 
 	d.ctl, err = control.Listen(control.Config{
 		Path: filepath.Join(d.home, ControlFile), Ops: d.ops(), Authorize: d.authz.authorizeLocal, // authz.go (then opts.AuthorizeLocal)
-		OnRequest: d.controlRequest, Logger: d.log.With("part", "control"),
+		// The control socket serves people, not plugins: transport plugin processes and their descendants
+		// are refused before their request is read (threat model, section 2).
+		RefuseCaller: control.RefusePluginProcesses(d.pluginPIDs),
+		OnRequest:    d.controlRequest, Logger: d.log.With("part", "control"),
 	})
 	if err != nil {
 		return nil, err
@@ -358,6 +361,18 @@ func (d *Daemon) startTransport(ctx context.Context, tc TransportConfig) error {
 }
 
 func (d *Daemon) transport(name string) *transportState { return d.transports[name] }
+
+// pluginPIDs lists the live transport plugin processes: the control socket refuses them and their
+// descendants (control.RefusePluginProcesses). d.transports is only written before the socket is served.
+func (d *Daemon) pluginPIDs() []int {
+	var out []int
+	for _, ts := range d.transports {
+		if pid := ts.t.PID(); pid > 0 {
+			out = append(out, pid)
+		}
+	}
+	return out
+}
 
 func (d *Daemon) transportNames() []string {
 	var out []string
