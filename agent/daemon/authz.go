@@ -23,7 +23,6 @@ import (
 	"github.com/custos-agent/custos/agent/session"
 	"github.com/custos-agent/custos/agent/tasks"
 	"github.com/custos-agent/custos/audit"
-	"github.com/custos-agent/custos/keystore"
 )
 
 // Refusal codes of the handshake validator besides rbac's and policy's reasons (audit auth.failure
@@ -251,21 +250,23 @@ func (z *authz) sweep(ctx context.Context, every time.Duration) {
 	}
 }
 
-// issuerKey resolves the key that verifies a grant issuer's (or feedback giver's) signatures now: this
-// agent's own current key, the current key of the issuer's cached key event log, or, when no log of the
-// issuer is cached, the key its ID names (its inception key: right unless it rotated; see docs/adr/0023).
-func (d *Daemon) issuerKey(id identity.ID) (keystore.PublicKey, error) {
+// issuerKey returns what this agent knows of the key event log of a grant issuer (or stake table signer,
+// feedback giver): its own log for itself, the issuer's cached verified log, or, when no log of the
+// issuer is cached, identity.SignedAtOnly (generation 0 only: its ID's key). Signed objects are judged
+// against it by identity.State.VerifySignedAt (docs/protocol.md, "Signing-generation validity";
+// docs/adr/0049).
+func (d *Daemon) issuerKey(id identity.ID) (identity.State, error) {
 	if id.Equal(d.id) {
-		return d.cust.State().Current, nil
+		return d.cust.State(), nil
 	}
 	st, ok, err := d.peers.State(id.String())
 	if err != nil {
-		return keystore.PublicKey{}, err
+		return identity.State{}, err
 	}
 	if ok {
-		return st.Current, nil
+		return st, nil
 	}
-	return id.PublicKey(), nil
+	return identity.SignedAtOnly(id), nil
 }
 
 // roles returns the roles a peer holds now: its valid grants plus the default peer roles.

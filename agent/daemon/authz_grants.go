@@ -15,8 +15,8 @@ import (
 	"github.com/custos-agent/custos/agent/identity"
 	"github.com/custos-agent/custos/agent/rbac"
 	"github.com/custos-agent/custos/agent/reputation"
-	"github.com/custos-agent/custos/agent/signature"
 	"github.com/custos-agent/custos/audit"
+	"github.com/custos-agent/custos/keystore"
 )
 
 // Control operations of grants, revocations and blocking (docs/authorization.md §8).
@@ -140,11 +140,11 @@ func (d *Daemon) opGrantIssue(ctx context.Context, _ rbac.Cred, raw json.RawMess
 	if ttl < time.Second || ttl > MaxGrantTTL {
 		return nil, control.Errorf(control.CodeBadRequest, "--expires %v is outside 1s..%v", ttl, MaxGrantTTL)
 	}
-	signer, err := d.cust.Signer(ctx)
+	signer, by, err := d.issuerSigner(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("identity key: %w", err)
+		return nil, err
 	}
-	g, err := rbac.IssueGrant(ctx, signer, d.id, subject, role, d.authz.now(), ttl)
+	g, err := rbac.IssueGrantBy(ctx, signer, by, subject, role, d.authz.now(), ttl)
 	if err != nil {
 		return nil, err
 	}
@@ -201,16 +201,8 @@ func (d *Daemon) opGrantInstall(ctx context.Context, _ rbac.Cred, raw json.RawMe
 	if d.authz.az.Revoked(g.ID) {
 		return nil, control.Errorf(control.CodeBadRequest, "grant %s is revoked", g.ID)
 	}
-	issuer, _ := identity.ParseID(g.Issuer) // checked by DecodeGrant
-	pub, err := d.issuerKey(issuer)
-	if err == nil {
-		var sig []byte
-		if sig, err = identity.Base64().DecodeString(g.Sig); err == nil {
-			err = signature.VerifyInput(pub, g.SigningInput(), sig)
-		}
-	}
-	if err != nil {
-		return nil, control.Errorf(control.CodeBadRequest, "grant %s does not verify under the key of its issuer %s: %v", g.ID, g.Issuer, err)
+	if err := g.VerifySignature(d.issuerKey); err != nil {
+		return nil, control.Errorf(control.CodeBadRequest, "grant %s does not verify under the key event log of its issuer %s: %v", g.ID, g.Issuer, err)
 	}
 	if err := d.authz.own.put(g); err != nil {
 		return nil, err
@@ -349,11 +341,11 @@ func (d *Daemon) opRevoke(ctx context.Context, _ rbac.Cred, raw json.RawMessage)
 	if err := control.DecodeArgs(raw, &a); err != nil {
 		return nil, err
 	}
-	signer, err := d.cust.Signer(ctx)
+	signer, by, err := d.issuerSigner(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("identity key: %w", err)
+		return nil, err
 	}
-	r, err := rbac.IssueRevocation(ctx, signer, d.id, a.GrantID, d.authz.now())
+	r, err := rbac.IssueRevocationBy(ctx, signer, by, a.GrantID, d.authz.now())
 	if err != nil {
 		return nil, control.Errorf(control.CodeBadRequest, "%v", err)
 	}
@@ -425,16 +417,7 @@ func (z *authz) heldRevocation(r rbac.Revocation) bool {
 		if g.ID != r.Grant || g.Issuer != r.Issuer {
 			continue
 		}
-		issuer, err := identity.ParseID(r.Issuer)
-		if err != nil {
-			return false
-		}
-		pub, err := z.d.issuerKey(issuer)
-		if err != nil {
-			return false
-		}
-		sig, err := identity.Base64().DecodeString(r.Sig)
-		return err == nil && signature.VerifyInput(pub, r.SigningInput(), sig) == nil
+		return r.VerifySignature(z.d.issuerKey) == nil
 	}
 	return false
 }
@@ -518,4 +501,18 @@ func (z *authz) describePeer(ctx context.Context, id identity.ID, p *PeerStatus,
 	if evs, err := z.evidence.ByPeer(id); err == nil {
 		p.Evidence = len(evs)
 	}
+}
+
+// issuerSigner returns the identity key's signer and the generation it signs as (the grant and revocation
+// name it: docs/protocol.md, "Signing-generation validity").
+func (d *Daemon) issuerSigner(ctx context.Context) (keystore.Signer, rbac.IssuerKey, error) {
+	signer, err := d.cust.Signer(ctx)
+	if err != nil {
+		return nil, rbac.IssuerKey{}, fmt.Errorf("identity key: %w", err)
+	}
+	st := d.cust.State()
+	if !signer.Public().Equal(st.Current) {
+		return nil, rbac.IssuerKey{}, control.Errorf(control.CodeUnavailable, "the identity key changed while signing (a rotation under way?): try again")
+	}
+	return signer, rbac.IssuerOf(st), nil
 }

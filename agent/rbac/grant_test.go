@@ -34,11 +34,14 @@ func TestGrantEncodeDecode(t *testing.T) {
 	}
 	s := string(enc)
 	cases := []struct{ name, in, want string }{
-		{"unknown field", strings.Replace(s, `"v":1,`, `"v":1,"extra":true,`, 1), "unknown field"},
+		{"unknown field", strings.Replace(s, `"v":2,`, `"v":2,"extra":true,`, 1), "unknown field"},
 		{"trailing data", s + "{}", "trailing data"},
-		{"whitespace", strings.Replace(s, `"v":1,`, `"v": 1,`, 1), "canonical"},
-		{"duplicate key", strings.Replace(s, `"v":1,`, `"v":1,"v":1,`, 1), "canonical"},
-		{"version 2", strings.Replace(s, `"v":1,`, `"v":2,`, 1), "version 2"},
+		{"whitespace", strings.Replace(s, `"v":2,`, `"v": 2,`, 1), "canonical"},
+		{"duplicate key", strings.Replace(s, `"v":2,`, `"v":2,"v":2,`, 1), "canonical"},
+		{"version 3", strings.Replace(s, `"v":2,`, `"v":3,`, 1), "version 3"},
+		{"version 1 with a generation", strings.Replace(strings.Replace(s, `"v":2,`, `"v":1,`, 1), `"sig"`, `"gen":1,"sig"`, 1), "version 1 carries no issuer generation"},
+		{"gen 0 spelled out", strings.Replace(s, `"sig"`, `"gen":0,"sig"`, 1), "canonical"},
+		{"bad head", strings.Replace(s, `"sig"`, `"head":"AAAA","sig"`, 1), "head must be"},
 		{"unknown role", strings.Replace(s, `"peer_node"`, `"root"`, 1), `unknown role "root"`},
 		{"bad subject", strings.Replace(s, sub.id.String(), "rsa:AAAA", 1), "subject"},
 		{"short grant ID", strings.Replace(s, g.ID, "AAAA", 1), "grant ID"},
@@ -467,7 +470,7 @@ func TestGrantList(t *testing.T) {
 	for _, c := range []struct{ name, in, want string }{
 		{"spaces", strings.Replace(string(b), "},{", "}, {", 1), "canonical"},
 		{"trailing", string(b) + "[]", "trailing"},
-		{"bad element", "[" + strings.Replace(string(gs[0].Encode()), `"v":1`, `"v":2`, 1) + "]", "grant 0 of the list"},
+		{"bad element", "[" + strings.Replace(string(gs[0].Encode()), `"v":2`, `"v":3`, 1) + "]", "grant 0 of the list"},
 		{"too many", string(EncodeGrants(many)), "at most 16"},
 		{"not a list", `{"v":1}`, "cannot unmarshal"},
 	} {

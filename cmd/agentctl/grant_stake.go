@@ -37,9 +37,10 @@ func grantStakeCommand() *cli.Command {
 			OnUsageError: onUsageError,
 			Name:         "install",
 			Usage:        "put an administrator-signed stake table (FILE, - for stdin) in force on this agent",
-			UsageText:    "agentctl grant stake install FILE [--json]",
-			Flags:        []cli.Flag{jsonFlag()},
-			Action:       runStakeInstall,
+			UsageText:    "agentctl grant stake install FILE [--force] [--json]",
+			Flags: []cli.Flag{jsonFlag(), &cli.BoolFlag{Name: "force",
+				Usage: "install a table older than the one in force (a rollback; audited as such)"}},
+			Action: runStakeInstall,
 		}},
 	}
 }
@@ -108,7 +109,7 @@ func runStakeInstall(c *cli.Context) error {
 		return err
 	}
 	var v daemon.StakeView
-	if err := call(c, c.Context, daemon.OpStakeSet, daemon.StakeSetArgs{Table: string(b)}, &v); err != nil {
+	if err := call(c, c.Context, daemon.OpStakeSet, daemon.StakeSetArgs{Table: string(b), Force: c.Bool("force")}, &v); err != nil {
 		return err
 	}
 	if asJSON {
