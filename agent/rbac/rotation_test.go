@@ -2,7 +2,7 @@ package rbac
 
 import (
 	"context"
-		"strings"
+	"strings"
 	"sync"
 	"testing"
 	"time"
