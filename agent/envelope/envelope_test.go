@@ -278,6 +278,19 @@ func TestEvidence(t *testing.T) {
 	if err := VerifyEvidence(e, &bob.id.Log, d); !errors.Is(err, reason.KeyLogInvalid) {
 		t.Fatalf("wrong log: %v", err)
 	}
+	// The rotated-away generation-0 key signs a delegation dated after the rotation: refused by the
+	// signing-generation rule (issue 12 finding 12), before its envelope is even looked at.
+	late := *d
+	late.NotBefore = clock.Now().Unix() + 600
+	late.NotAfter = late.NotBefore + 3600
+	sig, err := alice.id.Signers[0].Sign(ctx, late.SigningInput())
+	if err != nil {
+		t.Fatal(err)
+	}
+	late.Signature = sig
+	if err := VerifyEvidence(e, &alice.id.Log, &late); !errors.Is(err, reason.DelegationWrongKey) || !strings.Contains(err.Error(), "rotated away") {
+		t.Fatalf("a delegation signed by the rotated-away key after the rotation: %v", err)
+	}
 }
 
 func seedEnvelopes(t testing.TB) [][]byte {
