@@ -134,7 +134,7 @@ func (st *State) VerifySignedAt(gen int64, head string, issued int64, verify fun
 			return 0, admissible(&g, issued)
 		}
 	}
-	return 0, fmt.Errorf("%w under the key of generation %d of %s: %v", ErrSignature, cands[len(cands)-1].Generation, st.ID, last)
+	return 0, fmt.Errorf("%w under the key of generation %d of %s: %w", ErrSignature, cands[len(cands)-1].Generation, st.ID, last)
 }
 
 // inWindow reports whether issued lies in g's window (skew included), whatever ended it.
