@@ -182,7 +182,7 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 		Resolve:   d.currentKeyOf,
 		CheckTask: d.feedbackTask, // authz.go
 		OnChange:  d.trustChanged,
-		Logger:   d.log.With("part", "reputation"),
+		Logger:    d.log.With("part", "reputation"),
 	})
 	if err != nil {
 		return nil, err
