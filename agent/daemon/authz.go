@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -322,7 +323,8 @@ func (z *authz) puzzler() session.Puzzler {
 }
 
 // presentable returns the grants this agent presents in the handshakes it starts (unexpired, newest
-// first, at most rbac.MaxGrantList), encoded; nil when it holds none.
+// first, at most rbac.MaxGrantList), with the key event log of each issuer whose grant names a generation
+// above 0 (while the whole fits in rbac.MaxPresentation), encoded; nil when it holds none.
 func (z *authz) presentable() []byte {
 	gs, err := z.own.list()
 	if err != nil {
@@ -330,16 +332,93 @@ func (z *authz) presentable() []byte {
 		return nil
 	}
 	now := z.now().Unix()
-	var out []rbac.Grant
-	for i := len(gs) - 1; i >= 0 && len(out) < rbac.MaxGrantList; i-- {
+	var p rbac.Presentation
+	for i := len(gs) - 1; i >= 0 && len(p.Grants) < rbac.MaxGrantList; i-- {
 		if gs[i].Expires > now && !z.az.Revoked(gs[i].ID) {
-			out = append(out, gs[i])
+			p.Grants = append(p.Grants, gs[i])
 		}
 	}
-	if len(out) == 0 {
+	if len(p.Grants) == 0 {
 		return nil
 	}
-	return rbac.EncodeGrants(out)
+	out := rbac.EncodePresentation(p)
+	seen := map[string]bool{}
+	for _, g := range p.Grants {
+		if g.Gen == 0 || seen[g.Issuer] {
+			continue
+		}
+		seen[g.Issuer] = true
+		l := z.d.issuerLog(g.Issuer)
+		if l == nil {
+			continue
+		}
+		q := rbac.Presentation{Grants: p.Grants, Logs: append(slices.Clone(p.Logs), l)}
+		if enc := rbac.EncodePresentation(q); len(enc) <= rbac.MaxPresentation {
+			p, out = q, enc
+		} else {
+			z.d.log.Warn("the key event log of a grant's issuer does not fit in the handshake; peers that do not know it refuse the grant",
+				"issuer", g.Issuer, "grant", g.ID)
+		}
+	}
+	return out
+}
+
+// issuerLog returns the key event log (JSON lines) this agent knows of an issuer (its own, or the cached
+// one), or nil.
+func (d *Daemon) issuerLog(issuer string) []byte {
+	if issuer == d.id.String() {
+		l := d.cust.Log()
+		return l.Encode()
+	}
+	l, _, ok, err := d.peers.Log(issuer)
+	if err != nil || !ok {
+		return nil
+	}
+	return l.Encode()
+}
+
+// learnIssuerLogs merges presented key event logs of configured administrators into the peer cache
+// (verified from inception; a fork marks the administrator compromised). Logs of other agents are
+// ignored. It returns the first error for the log, and goes on with the others.
+func (z *authz) learnIssuerLogs(logs [][]byte) error {
+	var first error
+	for _, raw := range logs {
+		first = cmp.Or(first, z.learnLog(raw, ""))
+	}
+	return first
+}
+
+// learnLog merges one key event log (JSON lines) into the peer cache: the log of issuer when issuer is
+// not "", else of any configured administrator (others are ignored). This agent's own log is never taken
+// from outside. An empty log is nothing to learn.
+func (z *authz) learnLog(raw []byte, issuer string) error {
+	if len(raw) == 0 {
+		return nil
+	}
+	if raw[len(raw)-1] != '\n' {
+		raw = append(slices.Clip(raw), '\n')
+	}
+	l, err := identity.DecodeLog(raw)
+	if err != nil {
+		return err
+	}
+	if len(l.Events) == 0 {
+		return errors.New("empty key event log")
+	}
+	id, err := identity.ParseID(l.Events[0].ID)
+	if err != nil {
+		return err
+	}
+	switch {
+	case issuer != "" && id.String() != issuer:
+		return fmt.Errorf("the key event log is of %s, the record's issuer is %s", id, issuer)
+	case issuer == "" && !z.az.IsAdmin(id), id.Equal(z.d.id):
+		return nil
+	}
+	if _, err := z.d.peers.UpdateLog(id, &l); err != nil {
+		return fmt.Errorf("key event log of %s: %w", id, err)
+	}
+	return nil
 }
 
 // validate is the handshake validator (docs/authorization.md §7), cheapest check first: the admission
@@ -390,10 +469,14 @@ func (z *authz) acceptGrants(ctx context.Context, p *session.Peer) error {
 		z.report(peer, string(rbac.OpHandshake), "", code, err.Error(), false, map[string]any{"grant": grant})
 		return nil
 	}
-	gs, err := rbac.DecodeGrants(p.Grants)
+	pres, err := rbac.DecodePresentation(p.Grants)
 	if err != nil {
 		return fail(RefusalMalformedGrants, err, "")
 	}
+	if err := z.learnIssuerLogs(pres.Logs); err != nil {
+		z.d.log.Info("a presented key event log of an administrator was not taken", "peer", peer, "err", err)
+	}
+	gs := pres.Grants
 	for _, g := range gs {
 		if g.Subject != peer {
 			if err := fail(RefusalGrantWrongSubject, fmt.Errorf("grant %s is for %s, not for the presenting agent %s", g.ID, g.Subject, peer), g.ID); err != nil {

@@ -118,6 +118,9 @@ type GrantIssueResult struct {
 	// also in force here); Warning says what that means otherwise.
 	AdminHere bool   `json:"admin_here"`
 	Warning   string `json:"warning,omitempty"`
+	// IssuerLog is this agent's key event log (JSON lines) when the grant names a generation above 0: what
+	// a verifier that never met this agent needs to check it (agentctl grant --out writes it after the grant).
+	IssuerLog string `json:"issuer_log,omitempty"`
 }
 
 func (d *Daemon) opGrantIssue(ctx context.Context, _ rbac.Cred, raw json.RawMessage) (any, error) {
@@ -149,6 +152,9 @@ func (d *Daemon) opGrantIssue(ctx context.Context, _ rbac.Cred, raw json.RawMess
 		return nil, err
 	}
 	res := GrantIssueResult{GrantView: grantView(g, "valid"), AdminHere: d.authz.az.IsAdmin(d.id)}
+	if g.Gen > 0 {
+		res.IssuerLog = string(d.issuerLog(g.Issuer))
+	}
 	if res.AdminHere {
 		if err := d.authz.az.AddGrant(ctx, g); err != nil {
 			return nil, fmt.Errorf("the grant was signed but not stored here: %w", err)
@@ -164,6 +170,9 @@ func (d *Daemon) opGrantIssue(ctx context.Context, _ rbac.Cred, raw json.RawMess
 // GrantInstallArgs are OpGrantInstall's arguments.
 type GrantInstallArgs struct {
 	Grant string `json:"grant"` // the encoded grant
+	// IssuerLog is the issuer's key event log (JSON lines), when the grant file carries it: merged into the
+	// peer cache (verified, fork-checked) before the grant is checked.
+	IssuerLog string `json:"issuer_log,omitempty"`
 }
 
 // Presentation says whether an installed grant reached a connected peer (a fresh handshake started by
@@ -200,6 +209,9 @@ func (d *Daemon) opGrantInstall(ctx context.Context, _ rbac.Cred, raw json.RawMe
 	}
 	if d.authz.az.Revoked(g.ID) {
 		return nil, control.Errorf(control.CodeBadRequest, "grant %s is revoked", g.ID)
+	}
+	if err := d.authz.learnLog([]byte(a.IssuerLog), g.Issuer); err != nil {
+		return nil, control.Errorf(control.CodeBadRequest, "the issuer's key event log given with grant %s: %v", g.ID, err)
 	}
 	if err := g.VerifySignature(d.issuerKey); err != nil {
 		return nil, control.Errorf(control.CodeBadRequest, "grant %s does not verify under the key event log of its issuer %s: %v", g.ID, g.Issuer, err)
@@ -334,6 +346,7 @@ type RevokeResult struct {
 	// AppliedHere says whether this agent, as one of its own administrators, applied it at once.
 	AppliedHere bool   `json:"applied_here"`
 	Warning     string `json:"warning,omitempty"`
+	IssuerLog   string `json:"issuer_log,omitempty"` // as GrantIssueResult.IssuerLog
 }
 
 func (d *Daemon) opRevoke(ctx context.Context, _ rbac.Cred, raw json.RawMessage) (any, error) {
@@ -350,6 +363,9 @@ func (d *Daemon) opRevoke(ctx context.Context, _ rbac.Cred, raw json.RawMessage)
 		return nil, control.Errorf(control.CodeBadRequest, "%v", err)
 	}
 	res := RevokeResult{Revocation: string(r.Encode()), GrantID: r.Grant, Issuer: r.Issuer, Issued: time.Unix(r.Issued, 0).UTC()}
+	if r.Gen > 0 {
+		res.IssuerLog = string(d.issuerLog(r.Issuer))
+	}
 	if d.authz.az.IsAdmin(d.id) {
 		if err := d.authz.az.AddRevocation(ctx, r); err != nil {
 			return nil, fmt.Errorf("the revocation was signed but not applied here: %w", err)
@@ -365,6 +381,7 @@ func (d *Daemon) opRevoke(ctx context.Context, _ rbac.Cred, raw json.RawMessage)
 // RevocationInstallArgs are OpRevocationInstall's arguments.
 type RevocationInstallArgs struct {
 	Revocation string `json:"revocation"`
+	IssuerLog  string `json:"issuer_log,omitempty"` // as GrantInstallArgs.IssuerLog
 }
 
 // RevocationInstallResult says what an installed revocation did.
@@ -386,6 +403,9 @@ func (d *Daemon) opRevocationInstall(ctx context.Context, _ rbac.Cred, raw json.
 	r, err := rbac.DecodeRevocation([]byte(strings.TrimSpace(a.Revocation)))
 	if err != nil {
 		return nil, control.Errorf(control.CodeBadRequest, "%v", err)
+	}
+	if err := d.authz.learnLog([]byte(a.IssuerLog), r.Issuer); err != nil {
+		return nil, control.Errorf(control.CodeBadRequest, "the issuer's key event log given with the revocation: %v", err)
 	}
 	applied := true
 	if err := d.authz.az.AddRevocation(ctx, r); err != nil {

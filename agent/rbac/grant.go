@@ -393,3 +393,81 @@ func DecodeGrants(b []byte) ([]Grant, error) {
 	}
 	return gs, nil
 }
+
+// MaxPresentation bounds the encoded grants and issuer logs an initiator presents at the handshake (the
+// handshake's opaque grants field is at most 64 KiB).
+const MaxPresentation = 64 << 10
+
+// Presentation is what an initiator presents at the handshake: its grants and, for grants that name an
+// issuer generation above 0, the issuer's key event log (JSON lines), so that a verifier that never met
+// the issuer can judge them (docs/protocol.md, "Signing-generation validity"; docs/adr/0050).
+type Presentation struct {
+	Grants []Grant
+	Logs   [][]byte // key event logs of issuers, JSON lines (identity.Log.Encode)
+}
+
+// presentationJSON is the wire form of a Presentation with logs.
+type presentationJSON struct {
+	Grants []json.RawMessage `json:"grants"`
+	Logs   []string          `json:"logs"` // base64url of each log's JSON lines
+}
+
+// EncodePresentation is the handshake form: without logs, exactly EncodeGrants (a JSON array, what agents
+// before grant version 2 read); with logs, the object {"grants":[...],"logs":[...]}.
+func EncodePresentation(p Presentation) []byte {
+	if len(p.Logs) == 0 {
+		return EncodeGrants(p.Grants)
+	}
+	pj := presentationJSON{Grants: make([]json.RawMessage, len(p.Grants)), Logs: make([]string, len(p.Logs))}
+	for i := range p.Grants {
+		pj.Grants[i] = p.Grants[i].Encode()
+	}
+	for i, l := range p.Logs {
+		pj.Logs[i] = identity.Base64().EncodeToString(l)
+	}
+	return mustJSON(pj)
+}
+
+// DecodePresentation strictly decodes EncodePresentation's forms: at most MaxPresentation bytes, at most
+// MaxGrantList grants and as many logs, each grant by DecodeGrant, and the canonical encoding. The logs
+// are returned as bytes; the caller decodes and verifies them (identity.DecodeLog, Log.Verify).
+func DecodePresentation(b []byte) (Presentation, error) {
+	if len(b) > MaxPresentation {
+		return Presentation{}, fmt.Errorf("%w: grant presentation of %d bytes exceeds %d", ErrMalformed, len(b), MaxPresentation)
+	}
+	if len(b) == 0 || b[0] != '{' {
+		gs, err := DecodeGrants(b)
+		return Presentation{Grants: gs}, err
+	}
+	var pj presentationJSON
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&pj); err != nil {
+		return Presentation{}, fmt.Errorf("%w: grant presentation: %v", ErrMalformed, err)
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		return Presentation{}, fmt.Errorf("%w: grant presentation: trailing data", ErrMalformed)
+	}
+	if len(pj.Grants) > MaxGrantList || len(pj.Logs) > MaxGrantList || len(pj.Logs) == 0 {
+		return Presentation{}, fmt.Errorf("%w: %d grants and %d logs in one presentation (1 to %d logs, at most %d grants)", ErrMalformed, len(pj.Grants), len(pj.Logs), MaxGrantList, MaxGrantList)
+	}
+	var p Presentation
+	for i, r := range pj.Grants {
+		g, err := DecodeGrant(r)
+		if err != nil {
+			return Presentation{}, fmt.Errorf("grant %d of the presentation: %w", i, err)
+		}
+		p.Grants = append(p.Grants, g)
+	}
+	for i, s := range pj.Logs {
+		l, err := identity.Base64().DecodeString(s)
+		if err != nil || len(l) == 0 {
+			return Presentation{}, fmt.Errorf("%w: log %d of the presentation is not unpadded base64url", ErrMalformed, i)
+		}
+		p.Logs = append(p.Logs, l)
+	}
+	if !bytes.Equal(EncodePresentation(p), b) {
+		return Presentation{}, fmt.Errorf("%w: grant presentation is not in canonical form", ErrMalformed)
+	}
+	return p, nil
+}

@@ -118,8 +118,23 @@ func readSmallFile(c *cli.Context, what, name string) ([]byte, error) {
 	return []byte(strings.TrimSpace(string(b))), nil
 }
 
-// writeRecordOut writes one encoded record to --out (0600, refusing to replace an existing file) or stdout.
-func writeRecordOut(c *cli.Context, encoded string) error {
+// splitRecord splits a grant or revocation file: the record on its first line, then (optionally) the
+// issuer's key event log, one event per line (what agentctl grant and revoke write when the record names an
+// issuer generation above 0).
+func splitRecord(b []byte) (record, issuerLog string) {
+	first, rest, _ := strings.Cut(string(b), "\n")
+	rest = strings.TrimSpace(rest)
+	if rest != "" {
+		rest += "\n"
+	}
+	return strings.TrimSpace(first), rest
+}
+
+// writeRecordOut writes one encoded record, then the issuer's key event log when there is one, to --out
+// (0600, refusing to replace an existing file) or stdout.
+func writeRecordOut(c *cli.Context, encoded, issuerLog string) error {
+	encoded += "\n" + strings.TrimSpace(issuerLog)
+	encoded = strings.TrimSpace(encoded)
 	out := c.String("out")
 	if out == "" {
 		fmt.Fprintln(c.App.Writer, encoded)
@@ -163,13 +178,13 @@ func runGrantIssue(c *cli.Context) error {
 	}
 	if c.Bool("json") {
 		if c.String("out") != "" {
-			if err := writeRecordOut(c, res.Grant); err != nil {
+			if err := writeRecordOut(c, res.Grant, res.IssuerLog); err != nil {
 				return err
 			}
 		}
 		return printJSON(c.App.Writer, res)
 	}
-	if err := writeRecordOut(c, res.Grant); err != nil {
+	if err := writeRecordOut(c, res.Grant, res.IssuerLog); err != nil {
 		return err
 	}
 	fmt.Fprintf(c.App.ErrWriter, "granted %s to %s until %s (grant %s); install it on that agent with: agentctl grant install FILE\n",
@@ -198,8 +213,9 @@ func runGrantInstall(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
+	rec, issuerLog := splitRecord(b)
 	var res daemon.GrantInstallResult
-	if err := call(c, c.Context, daemon.OpGrantInstall, daemon.GrantInstallArgs{Grant: string(b)}, &res); err != nil {
+	if err := call(c, c.Context, daemon.OpGrantInstall, daemon.GrantInstallArgs{Grant: rec, IssuerLog: issuerLog}, &res); err != nil {
 		return err
 	}
 	if asJSON {
@@ -266,7 +282,8 @@ func runRevoke(c *cli.Context) error {
 		if err != nil {
 			return err
 		}
-		g, err := rbac.DecodeGrant(b)
+		rec, _ := splitRecord(b)
+		g, err := rbac.DecodeGrant([]byte(rec))
 		if err != nil {
 			return fmt.Errorf("--grant %s: %w", c.String("grant"), err)
 		}
@@ -283,13 +300,13 @@ func runRevoke(c *cli.Context) error {
 	}
 	if c.Bool("json") {
 		if c.String("out") != "" {
-			if err := writeRecordOut(c, res.Revocation); err != nil {
+			if err := writeRecordOut(c, res.Revocation, res.IssuerLog); err != nil {
 				return err
 			}
 		}
 		return printJSON(c.App.Writer, res)
 	}
-	if err := writeRecordOut(c, res.Revocation); err != nil {
+	if err := writeRecordOut(c, res.Revocation, res.IssuerLog); err != nil {
 		return err
 	}
 	where := "not applied here"
@@ -309,8 +326,9 @@ func runRevocationInstall(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
+	rec, issuerLog := splitRecord(b)
 	var res daemon.RevocationInstallResult
-	if err := call(c, c.Context, daemon.OpRevocationInstall, daemon.RevocationInstallArgs{Revocation: string(b)}, &res); err != nil {
+	if err := call(c, c.Context, daemon.OpRevocationInstall, daemon.RevocationInstallArgs{Revocation: rec, IssuerLog: issuerLog}, &res); err != nil {
 		return err
 	}
 	if asJSON {

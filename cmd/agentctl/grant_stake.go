@@ -81,13 +81,13 @@ func runStakeSign(c *cli.Context) error {
 	}
 	if c.Bool("json") {
 		if c.String("out") != "" {
-			if err := writeRecordOut(c, v.Table); err != nil {
+			if err := writeRecordOut(c, v.Table, v.IssuerLog); err != nil {
 				return err
 			}
 		}
 		return printJSON(c.App.Writer, v)
 	}
-	if err := writeRecordOut(c, v.Table); err != nil {
+	if err := writeRecordOut(c, v.Table, v.IssuerLog); err != nil {
 		return err
 	}
 	where := "not in force here"
@@ -108,8 +108,9 @@ func runStakeInstall(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
+	rec, issuerLog := splitRecord(b)
 	var v daemon.StakeView
-	if err := call(c, c.Context, daemon.OpStakeSet, daemon.StakeSetArgs{Table: string(b), Force: c.Bool("force")}, &v); err != nil {
+	if err := call(c, c.Context, daemon.OpStakeSet, daemon.StakeSetArgs{Table: rec, IssuerLog: issuerLog, Force: c.Bool("force")}, &v); err != nil {
 		return err
 	}
 	if asJSON {
