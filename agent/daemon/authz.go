@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/netip"
 	"os"
 	"slices"
@@ -103,6 +104,7 @@ type authz struct {
 	now  func() time.Time
 
 	mu         sync.Mutex
+	requireLog bool        // authorization.require_admin_log
 	enforceRB  bool        // authorization.enforce.grants
 	defaults   []rbac.Role // authorization.default_peer_roles
 	releases   map[string]func()
@@ -183,6 +185,10 @@ func newAuthz(ctx context.Context, d *Daemon, cfg *Config) (*authz, error) {
 		z.close()
 		return nil, err
 	}
+	if err := z.loadAdminLogs(cfg.Authorization.AdminLogs); err != nil {
+		z.close()
+		return nil, fmt.Errorf("%w: %v", ErrConfig, err)
+	}
 	if err := z.loadStakes(); err != nil {
 		z.close()
 		return nil, err
@@ -198,6 +204,7 @@ func newAuthz(ctx context.Context, d *Daemon, cfg *Config) (*authz, error) {
 func (z *authz) setRuntime(cfg *Config) {
 	roles, _ := parseRoles(cfg.Authorization.DefaultPeerRoles) // validated
 	z.mu.Lock()
+	z.requireLog = cfg.Authorization.RequireAdminLog
 	z.enforceRB = enforced(cfg.Authorization.Enforce.Grants)
 	z.defaults = roles
 	z.mu.Unlock()
@@ -221,7 +228,47 @@ func (z *authz) reload(cfg *Config) error {
 	if err := z.az.SetConfig(rc); err != nil {
 		return fmt.Errorf("%w: authorization: %v", ErrConfig, err)
 	}
+	if err := z.loadAdminLogs(cfg.Authorization.AdminLogs); err != nil {
+		return fmt.Errorf("%w: %v", ErrConfig, err)
+	}
 	z.setRuntime(cfg)
+	return nil
+}
+
+// maxAdminLogFile bounds one authorization.admin_logs file.
+const maxAdminLogFile = 4 << 20
+
+// loadAdminLogs merges the key event logs of authorization.admin_logs into the peer cache. Each file must
+// hold the verifying log of a configured administrator; the error names the file and what is wrong.
+func (z *authz) loadAdminLogs(paths []string) error {
+	for i, p := range paths {
+		f, err := os.Open(p)
+		if err != nil {
+			return fmt.Errorf("authorization.admin_logs[%d]: %w", i, err)
+		}
+		raw, err := io.ReadAll(io.LimitReader(f, maxAdminLogFile+1))
+		f.Close()
+		if err == nil && len(raw) > maxAdminLogFile {
+			err = fmt.Errorf("larger than %d bytes", maxAdminLogFile)
+		}
+		if err == nil && len(raw) > 0 {
+			var l identity.Log
+			if l, err = identity.DecodeLog(raw); err == nil && len(l.Events) > 0 {
+				id, perr := identity.ParseID(l.Events[0].ID)
+				switch {
+				case perr != nil:
+					err = perr
+				case !z.az.IsAdmin(id):
+					err = fmt.Errorf("the log is of %s, which is not in authorization.admins", id)
+				default:
+					err = z.learnLog(raw, id.String())
+				}
+			}
+		}
+		if err != nil {
+			return fmt.Errorf("authorization.admin_logs[%d] (%s): %v", i, p, err)
+		}
+	}
 	return nil
 }
 
@@ -266,6 +313,14 @@ func (d *Daemon) issuerKey(id identity.ID) (identity.State, error) {
 	}
 	if ok {
 		return st, nil
+	}
+	if d.authz != nil {
+		d.authz.mu.Lock()
+		require := d.authz.requireLog
+		d.authz.mu.Unlock()
+		if require {
+			return identity.State{}, fmt.Errorf("no key event log of %s is held here and authorization.require_admin_log is set: list a copy of its kel.jsonl in authorization.admin_logs, or have a holder present it", id)
+		}
 	}
 	return identity.SignedAtOnly(id), nil
 }
