@@ -552,3 +552,66 @@ func BenchmarkAuthorize(b *testing.B) {
 		}
 	})
 }
+
+// fuzzPresentation: DecodePresentation never panics, errors wrap ErrMalformed (or name the grant), and
+// what it accepts encodes back to the same bytes.
+func fuzzPresentation(t *testing.T, b []byte) {
+	p, err := DecodePresentation(b)
+	if err != nil {
+		if !errors.Is(err, ErrMalformed) {
+			t.Fatalf("error does not wrap ErrMalformed: %v", err)
+		}
+		return
+	}
+	if len(b) > 0 && !bytes.Equal(EncodePresentation(p), b) {
+		t.Fatalf("accepted presentation %q but encodes as %q", b, EncodePresentation(p))
+	}
+}
+
+// TestPresentation: grants with issuer logs round-trip; without logs the form is exactly the grant list
+// (what agents before version 2 read); malformed forms are refused.
+func TestPresentation(t *testing.T) {
+	f := newFixture(t, nil)
+	sub := newAgent(t, keystore.Ed25519)
+	gs := []Grant{f.grant(t, f.admin, sub.id, PeerNode, time.Hour)}
+	if !bytes.Equal(EncodePresentation(Presentation{Grants: gs}), EncodeGrants(gs)) {
+		t.Fatal("a presentation without logs is not the plain grant list")
+	}
+	p := Presentation{Grants: gs, Logs: [][]byte{[]byte("{\"v\":1}\n")}}
+	b := EncodePresentation(p)
+	back, err := DecodePresentation(b)
+	if err != nil || len(back.Grants) != 1 || back.Grants[0] != gs[0] || len(back.Logs) != 1 || string(back.Logs[0]) != "{\"v\":1}\n" {
+		t.Fatalf("round trip: %+v %v", back, err)
+	}
+	if back, err := DecodePresentation(EncodeGrants(gs)); err != nil || len(back.Grants) != 1 || back.Logs != nil {
+		t.Fatalf("the plain grant list: %+v %v", back, err)
+	}
+	s := string(b)
+	for _, c := range []struct{ name, in, want string }{
+		{"unknown field", strings.Replace(s, `{"grants"`, `{"x":1,"grants"`, 1), "unknown field"},
+		{"no logs", `{"grants":[],"logs":[]}`, "1 to 16 logs"},
+		{"bad log encoding", strings.Replace(s, `"logs":["`, `"logs":["=`, 1), "base64url"},
+		{"whitespace", strings.Replace(s, `,"logs"`, `, "logs"`, 1), "canonical"},
+		{"trailing", s + "{}", "trailing"},
+		{"too large", `{"grants":[],"logs":["` + strings.Repeat("A", MaxPresentation) + `"]}`, "exceeds"},
+	} {
+		if _, err := DecodePresentation([]byte(c.in)); !errors.Is(err, ErrMalformed) || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: %v, want %q", c.name, err, c.want)
+		}
+	}
+	fuzzPresentation(t, b)
+}
+
+// FuzzDecodePresentation is fuzzPresentation over a presentation with a log and the plain list.
+func FuzzDecodePresentation(f *testing.F) {
+	s, _ := keystore.GenerateMemorySigner(keystore.Ed25519)
+	id := identity.NewID(s.Public())
+	g, err := IssueGrant(context.Background(), s, id, id, PeerNode, t0, time.Hour)
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add(EncodePresentation(Presentation{Grants: []Grant{g}, Logs: [][]byte{[]byte("x\n")}}))
+	f.Add(EncodeGrants([]Grant{g}))
+	f.Add([]byte(`{"grants":[],"logs":["eA"]}`))
+	f.Fuzz(fuzzPresentation)
+}
