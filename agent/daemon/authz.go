@@ -377,8 +377,9 @@ func (z *authz) puzzler() session.Puzzler {
 	return z.adm
 }
 
-// presentable returns the grants this agent presents in the handshakes it starts (unexpired, newest
-// first, at most rbac.MaxGrantList), with the key event log of each issuer whose grant names a generation
+// presentable returns the grants this agent presents in the handshakes it starts (unexpired, not revoked,
+// valid under what this agent knows of the issuer's key event log, newest first, at most
+// rbac.MaxGrantList), with the key event log of each issuer whose grant names a generation
 // above 0 (while the whole fits in rbac.MaxPresentation), encoded; nil when it holds none.
 func (z *authz) presentable() []byte {
 	gs, err := z.own.list()
@@ -389,9 +390,16 @@ func (z *authz) presentable() []byte {
 	now := z.now().Unix()
 	var p rbac.Presentation
 	for i := len(gs) - 1; i >= 0 && len(p.Grants) < rbac.MaxGrantList; i-- {
-		if gs[i].Expires > now && !z.az.Revoked(gs[i].ID) {
-			p.Grants = append(p.Grants, gs[i])
+		if gs[i].Expires <= now || z.az.Revoked(gs[i].ID) {
+			continue
 		}
+		// A grant this agent knows to be void (its issuer's log shows the signing generation was lost to a
+		// recovery, or it was signed outside its generation) would only make peers refuse the handshake.
+		if err := gs[i].VerifySignature(z.d.issuerKey); err != nil {
+			z.d.log.Debug("a held grant is not presented: it is not valid under its issuer's key event log", "grant", gs[i].ID, "err", err)
+			continue
+		}
+		p.Grants = append(p.Grants, gs[i])
 	}
 	if len(p.Grants) == 0 {
 		return nil

@@ -70,3 +70,37 @@ func TestStolenInceptionKeyGrant(t *testing.T) {
 		t.Fatalf("reload with the log of a non-administrator: %v", err)
 	}
 }
+
+// TestPresentable: a held grant that is void under what this agent knows of its issuer's log (here: signed
+// by the rotated-away key after the rotation) is not presented; a grant of the issuer's current generation
+// is, with the issuer's key event log attached (generation above 0).
+func TestPresentable(t *testing.T) {
+	ctx := context.Background()
+	admin := agenttest.NewIdentity(t, keystore.Ed25519)
+	admin.Rotate(t)
+	a := startAuthzDaemon(t, "authorization: {}\n")
+	if _, err := a.d.peers.UpdateLog(admin.ID(), &admin.Log); err != nil {
+		t.Fatal(err)
+	}
+	void, err := rbac.IssueGrant(ctx, admin.Signers[0], admin.ID(), a.d.id, rbac.TaskSubmitter, time.Now(), time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.d.authz.own.put(void); err != nil {
+		t.Fatal(err)
+	}
+	if b := a.d.authz.presentable(); b != nil {
+		t.Fatalf("a void grant is presented: %s", b)
+	}
+	good, err := rbac.IssueGrantBy(ctx, admin.Current(), rbac.IssuerOf(admin.State), a.d.id, rbac.TaskSubmitter, time.Now(), time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.d.authz.own.put(good); err != nil {
+		t.Fatal(err)
+	}
+	p, err := rbac.DecodePresentation(a.d.authz.presentable())
+	if err != nil || len(p.Grants) != 1 || p.Grants[0].ID != good.ID || len(p.Logs) != 1 || string(p.Logs[0]) != string(admin.Log.Encode()) {
+		t.Fatalf("presentation: %+v, %v; want the generation-1 grant with its issuer's log", p, err)
+	}
+}
