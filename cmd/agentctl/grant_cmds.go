@@ -28,9 +28,11 @@ func grantCommand() *cli.Command {
 			"   agentctl grant stake --stake AGENT_ID=AMOUNT ... | agentctl grant stake install FILE",
 		Description: "A grant gives ROLE (system_admin, agent_operator, task_submitter, peer_node, gateway_service) to\n" +
 			"AGENT_ID until it expires. The running agent signs it with its identity key; it counts only on agents\n" +
-			"whose configuration lists this agent under authorization.admins. The encoded grant (one line) goes\n" +
-			"to stdout or --out FILE (0600); give it to the grantee, who installs it with 'agentctl grant install\n" +
-			"FILE': its agent then presents it in every handshake it starts, and at once to its connected peers.\n" +
+			"whose configuration lists this agent under authorization.admins. The encoded grant (one line; after\n" +
+			"it, once this agent has rotated, its key event log, one event per line) goes to stdout or --out FILE\n" +
+			"(0600); give it to the grantee, who installs it with 'agentctl grant install FILE': its agent then\n" +
+			"presents it (with the log) in every handshake it starts, and at once to its connected peers. A\n" +
+			"rotation of this agent's key revokes nothing; a recovery voids what the lost key signed.\n" +
 			"See docs/authorization.md.",
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "to", Usage: "the grantee's agent `ID`"},
