@@ -296,7 +296,7 @@ func TestDecideByStakeAndHybrid(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := VerifyStakeTable(table, []identity.ID{admin.id}, func(id identity.ID) (keystore.PublicKey, error) { return id.PublicKey(), nil }, t0); err != nil {
+	if err := VerifyStakeTable(table, []identity.ID{admin.id}, func(id identity.ID) (identity.State, error) { return identity.SignedAtOnly(id), nil }, t0); err != nil {
 		t.Fatal(err)
 	}
 	res := []Result{result(ps[0], "A"), result(ps[1], "A"), result(ps[2], "A"), result(ps[3], "B")}
@@ -339,7 +339,7 @@ func TestStakeTable(t *testing.T) {
 	ctx := context.Background()
 	admin, other := newPeer(t), newPeer(t)
 	a, b := newPeer(t).id, newPeer(t).id
-	resolve := func(id identity.ID) (keystore.PublicKey, error) { return id.PublicKey(), nil }
+	resolve := func(id identity.ID) (identity.State, error) { return identity.SignedAtOnly(id), nil }
 	table, err := SignStakeTable(ctx, admin.s, admin.id, []Stake{{a.String(), 5}, {b.String(), 7}}, t0, time.Hour)
 	if err != nil {
 		t.Fatal(err)
@@ -364,6 +364,8 @@ func TestStakeTable(t *testing.T) {
 		{"not an administrator", []identity.ID{other.id}, nil, t0, "not a configured system administrator"},
 		{"expired", []identity.ID{admin.id}, nil, t0.Add(time.Hour), "expired"},
 		{"amount changed", []identity.ID{admin.id}, func(s *StakeTable) { s.Stakes[0].Amount = 1000 }, t0, "signature"},
+		// Issue 20 finding 8: a table dated in the future beyond the skew (signed at t0, seen an hour before).
+		{"issued in the future", []identity.ID{admin.id}, nil, t0.Add(-time.Hour), "ahead of this agent's clock"},
 	}
 	for _, c := range cases {
 		tb := back

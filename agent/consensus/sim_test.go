@@ -92,9 +92,13 @@ func TestReputationSimulation(t *testing.T) {
 	}
 	defer db.Close()
 	var st simStats
-	rep, err := reputation.NewStore(ctx, db, reputation.Config{}, reputation.Options{
-		Now:      clock,
-		OnChange: func(c reputation.Change) { st.levelChanges = append(st.levelChanges, c) },
+	// The simulation models how feedback is weighed, not how its task is confirmed: every reference is
+	// taken as confirmed (the agent checks the subject's signed result: docs/adr/0051), and the per-giver
+	// rate is lifted.
+	rep, err := reputation.NewStore(ctx, db, reputation.Config{FeedbackPerHour: 1 << 30}, reputation.Options{
+		Now:       clock,
+		OnChange:  func(c reputation.Change) { st.levelChanges = append(st.levelChanges, c) },
+		CheckTask: func(context.Context, *reputation.Feedback) error { return nil },
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -187,7 +191,7 @@ func TestReputationSimulation(t *testing.T) {
 				if byID[other.String()].kind == sybil {
 					rating = reputation.MaxRating
 				}
-				fb, err := reputation.SignFeedback(ctx, p.signer, p.id, other, fmt.Sprintf("task-%d", task), rating, now)
+				fb, err := reputation.SignFeedback(ctx, p.signer, p.id, other, fmt.Sprintf("task-%d", task), rating, []byte("ref"), now)
 				if err != nil {
 					t.Fatal(err)
 				}

@@ -157,9 +157,14 @@ func (t *StakeTable) check() error {
 	return nil
 }
 
-// VerifyStakeTable checks that t is signed by one of admins (through resolve, which returns an issuer's
-// current key) and has not expired. Errors wrap ErrStakeTable and say why.
-func VerifyStakeTable(t StakeTable, admins []identity.ID, resolve func(identity.ID) (keystore.PublicKey, error), now time.Time) error {
+// MaxStakeFutureSkew is how far in the future (by this agent's clock) a stake table's Issued may lie.
+const MaxStakeFutureSkew = 5 * time.Minute
+
+// VerifyStakeTable checks that t is signed by one of admins under the issuer's key event log (resolve
+// returns what this agent knows of it; identity.State.VerifySignedAt judges the signature at t.Issued), is
+// not dated more than MaxStakeFutureSkew ahead of now and has not expired. Errors wrap ErrStakeTable and
+// say why.
+func VerifyStakeTable(t StakeTable, admins []identity.ID, resolve func(identity.ID) (identity.State, error), now time.Time) error {
 	if err := t.check(); err != nil {
 		return fmt.Errorf("%w: %v", ErrStakeTable, err)
 	}
@@ -167,16 +172,22 @@ func VerifyStakeTable(t StakeTable, admins []identity.ID, resolve func(identity.
 	if !slices.ContainsFunc(admins, issuer.Equal) {
 		return fmt.Errorf("%w: signed by %s, which is not a configured system administrator", ErrStakeTable, t.Issuer)
 	}
-	pub, err := resolve(issuer)
+	st, err := resolve(issuer)
 	if err != nil {
-		return fmt.Errorf("%w: the issuer's key is unavailable: %v", ErrStakeTable, err)
+		return fmt.Errorf("%w: the issuer's key event log is unavailable: %v", ErrStakeTable, err)
 	}
 	sig, err := identity.Base64().DecodeString(t.Sig)
 	if err != nil {
 		return fmt.Errorf("%w: signature is not unpadded base64url", ErrStakeTable)
 	}
-	if err := signature.VerifyInput(pub, t.SigningInput(), sig); err != nil {
+	if _, err := st.VerifySignedAt(identity.NoGeneration, "", t.Issued, func(pub keystore.PublicKey) error {
+		return signature.VerifyInput(pub, t.SigningInput(), sig)
+	}); err != nil {
 		return fmt.Errorf("%w: %v", ErrStakeTable, err)
+	}
+	if t.Issued > now.Add(MaxStakeFutureSkew).Unix() {
+		return fmt.Errorf("%w: issued at %s, more than %s ahead of this agent's clock (%s): check the administrator's clock",
+			ErrStakeTable, time.Unix(t.Issued, 0).UTC().Format(time.RFC3339), MaxStakeFutureSkew, now.UTC().Format(time.RFC3339))
 	}
 	if now.Unix() >= t.Expires {
 		return fmt.Errorf("%w: expired at %s: ask an administrator for a new table", ErrStakeTable, time.Unix(t.Expires, 0).UTC().Format(time.RFC3339))

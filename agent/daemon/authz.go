@@ -1,10 +1,12 @@
 package daemon
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/netip"
 	"os"
 	"slices"
@@ -23,7 +25,6 @@ import (
 	"github.com/custos-agent/custos/agent/session"
 	"github.com/custos-agent/custos/agent/tasks"
 	"github.com/custos-agent/custos/audit"
-	"github.com/custos-agent/custos/keystore"
 )
 
 // Refusal codes of the handshake validator besides rbac's and policy's reasons (audit auth.failure
@@ -103,6 +104,7 @@ type authz struct {
 	now  func() time.Time
 
 	mu         sync.Mutex
+	requireLog bool        // authorization.require_admin_log
 	enforceRB  bool        // authorization.enforce.grants
 	defaults   []rbac.Role // authorization.default_peer_roles
 	releases   map[string]func()
@@ -183,6 +185,10 @@ func newAuthz(ctx context.Context, d *Daemon, cfg *Config) (*authz, error) {
 		z.close()
 		return nil, err
 	}
+	if err := z.loadAdminLogs(cfg.Authorization.AdminLogs); err != nil {
+		z.close()
+		return nil, fmt.Errorf("%w: %v", ErrConfig, err)
+	}
 	if err := z.loadStakes(); err != nil {
 		z.close()
 		return nil, err
@@ -198,6 +204,7 @@ func newAuthz(ctx context.Context, d *Daemon, cfg *Config) (*authz, error) {
 func (z *authz) setRuntime(cfg *Config) {
 	roles, _ := parseRoles(cfg.Authorization.DefaultPeerRoles) // validated
 	z.mu.Lock()
+	z.requireLog = cfg.Authorization.RequireAdminLog
 	z.enforceRB = enforced(cfg.Authorization.Enforce.Grants)
 	z.defaults = roles
 	z.mu.Unlock()
@@ -221,7 +228,47 @@ func (z *authz) reload(cfg *Config) error {
 	if err := z.az.SetConfig(rc); err != nil {
 		return fmt.Errorf("%w: authorization: %v", ErrConfig, err)
 	}
+	if err := z.loadAdminLogs(cfg.Authorization.AdminLogs); err != nil {
+		return fmt.Errorf("%w: %v", ErrConfig, err)
+	}
 	z.setRuntime(cfg)
+	return nil
+}
+
+// maxAdminLogFile bounds one authorization.admin_logs file.
+const maxAdminLogFile = 4 << 20
+
+// loadAdminLogs merges the key event logs of authorization.admin_logs into the peer cache. Each file must
+// hold the verifying log of a configured administrator; the error names the file and what is wrong.
+func (z *authz) loadAdminLogs(paths []string) error {
+	for i, p := range paths {
+		f, err := os.Open(p)
+		if err != nil {
+			return fmt.Errorf("authorization.admin_logs[%d]: %w", i, err)
+		}
+		raw, err := io.ReadAll(io.LimitReader(f, maxAdminLogFile+1))
+		f.Close()
+		if err == nil && len(raw) > maxAdminLogFile {
+			err = fmt.Errorf("larger than %d bytes", maxAdminLogFile)
+		}
+		if err == nil && len(raw) > 0 {
+			var l identity.Log
+			if l, err = identity.DecodeLog(raw); err == nil && len(l.Events) > 0 {
+				id, perr := identity.ParseID(l.Events[0].ID)
+				switch {
+				case perr != nil:
+					err = perr
+				case !z.az.IsAdmin(id):
+					err = fmt.Errorf("the log is of %s, which is not in authorization.admins", id)
+				default:
+					err = z.learnLog(raw, id.String())
+				}
+			}
+		}
+		if err != nil {
+			return fmt.Errorf("authorization.admin_logs[%d] (%s): %v", i, p, err)
+		}
+	}
 	return nil
 }
 
@@ -251,21 +298,31 @@ func (z *authz) sweep(ctx context.Context, every time.Duration) {
 	}
 }
 
-// issuerKey resolves the key that verifies a grant issuer's (or feedback giver's) signatures now: this
-// agent's own current key, the current key of the issuer's cached key event log, or, when no log of the
-// issuer is cached, the key its ID names (its inception key: right unless it rotated; see docs/adr/0023).
-func (d *Daemon) issuerKey(id identity.ID) (keystore.PublicKey, error) {
+// issuerKey returns what this agent knows of the key event log of a grant issuer (or stake table signer,
+// feedback giver): its own log for itself, the issuer's cached verified log, or, when no log of the
+// issuer is cached, identity.SignedAtOnly (generation 0 only: its ID's key). Signed objects are judged
+// against it by identity.State.VerifySignedAt (docs/protocol.md, "Signing-generation validity";
+// docs/adr/0049).
+func (d *Daemon) issuerKey(id identity.ID) (identity.State, error) {
 	if id.Equal(d.id) {
-		return d.cust.State().Current, nil
+		return d.cust.State(), nil
 	}
 	st, ok, err := d.peers.State(id.String())
 	if err != nil {
-		return keystore.PublicKey{}, err
+		return identity.State{}, err
 	}
 	if ok {
-		return st.Current, nil
+		return st, nil
 	}
-	return id.PublicKey(), nil
+	if d.authz != nil {
+		d.authz.mu.Lock()
+		require := d.authz.requireLog
+		d.authz.mu.Unlock()
+		if require {
+			return identity.State{}, fmt.Errorf("no key event log of %s is held here and authorization.require_admin_log is set: list a copy of its kel.jsonl in authorization.admin_logs, or have a holder present it", id)
+		}
+	}
+	return identity.SignedAtOnly(id), nil
 }
 
 // roles returns the roles a peer holds now: its valid grants plus the default peer roles.
@@ -320,8 +377,10 @@ func (z *authz) puzzler() session.Puzzler {
 	return z.adm
 }
 
-// presentable returns the grants this agent presents in the handshakes it starts (unexpired, newest
-// first, at most rbac.MaxGrantList), encoded; nil when it holds none.
+// presentable returns the grants this agent presents in the handshakes it starts (unexpired, not revoked,
+// valid under what this agent knows of the issuer's key event log, newest first, at most
+// rbac.MaxGrantList), with the key event log of each issuer whose grant names a generation
+// above 0 (while the whole fits in rbac.MaxPresentation), encoded; nil when it holds none.
 func (z *authz) presentable() []byte {
 	gs, err := z.own.list()
 	if err != nil {
@@ -329,16 +388,100 @@ func (z *authz) presentable() []byte {
 		return nil
 	}
 	now := z.now().Unix()
-	var out []rbac.Grant
-	for i := len(gs) - 1; i >= 0 && len(out) < rbac.MaxGrantList; i-- {
-		if gs[i].Expires > now && !z.az.Revoked(gs[i].ID) {
-			out = append(out, gs[i])
+	var p rbac.Presentation
+	for i := len(gs) - 1; i >= 0 && len(p.Grants) < rbac.MaxGrantList; i-- {
+		if gs[i].Expires <= now || z.az.Revoked(gs[i].ID) {
+			continue
 		}
+		// A grant this agent knows to be void (its issuer's log shows the signing generation was lost to a
+		// recovery, or it was signed outside its generation) would only make peers refuse the handshake.
+		if err := gs[i].VerifySignature(z.d.issuerKey); err != nil {
+			z.d.log.Debug("a held grant is not presented: it is not valid under its issuer's key event log", "grant", gs[i].ID, "err", err)
+			continue
+		}
+		p.Grants = append(p.Grants, gs[i])
 	}
-	if len(out) == 0 {
+	if len(p.Grants) == 0 {
 		return nil
 	}
-	return rbac.EncodeGrants(out)
+	out := rbac.EncodePresentation(p)
+	seen := map[string]bool{}
+	for _, g := range p.Grants {
+		if g.Gen == 0 || seen[g.Issuer] {
+			continue
+		}
+		seen[g.Issuer] = true
+		l := z.d.issuerLog(g.Issuer)
+		if l == nil {
+			continue
+		}
+		q := rbac.Presentation{Grants: p.Grants, Logs: append(slices.Clone(p.Logs), l)}
+		if enc := rbac.EncodePresentation(q); len(enc) <= rbac.MaxPresentation {
+			p, out = q, enc
+		} else {
+			z.d.log.Warn("the key event log of a grant's issuer does not fit in the handshake; peers that do not know it refuse the grant",
+				"issuer", g.Issuer, "grant", g.ID)
+		}
+	}
+	return out
+}
+
+// issuerLog returns the key event log (JSON lines) this agent knows of an issuer (its own, or the cached
+// one), or nil.
+func (d *Daemon) issuerLog(issuer string) []byte {
+	if issuer == d.id.String() {
+		l := d.cust.Log()
+		return l.Encode()
+	}
+	l, _, ok, err := d.peers.Log(issuer)
+	if err != nil || !ok {
+		return nil
+	}
+	return l.Encode()
+}
+
+// learnIssuerLogs merges presented key event logs of configured administrators into the peer cache
+// (verified from inception; a fork marks the administrator compromised). Logs of other agents are
+// ignored. It returns the first error for the log, and goes on with the others.
+func (z *authz) learnIssuerLogs(logs [][]byte) error {
+	var first error
+	for _, raw := range logs {
+		first = cmp.Or(first, z.learnLog(raw, ""))
+	}
+	return first
+}
+
+// learnLog merges one key event log (JSON lines) into the peer cache: the log of issuer when issuer is
+// not "", else of any configured administrator (others are ignored). This agent's own log is never taken
+// from outside. An empty log is nothing to learn.
+func (z *authz) learnLog(raw []byte, issuer string) error {
+	if len(raw) == 0 {
+		return nil
+	}
+	if raw[len(raw)-1] != '\n' {
+		raw = append(slices.Clip(raw), '\n')
+	}
+	l, err := identity.DecodeLog(raw)
+	if err != nil {
+		return err
+	}
+	if len(l.Events) == 0 {
+		return errors.New("empty key event log")
+	}
+	id, err := identity.ParseID(l.Events[0].ID)
+	if err != nil {
+		return err
+	}
+	switch {
+	case issuer != "" && id.String() != issuer:
+		return fmt.Errorf("the key event log is of %s, the record's issuer is %s", id, issuer)
+	case issuer == "" && !z.az.IsAdmin(id), id.Equal(z.d.id):
+		return nil
+	}
+	if _, err := z.d.peers.UpdateLog(id, &l); err != nil {
+		return fmt.Errorf("key event log of %s: %w", id, err)
+	}
+	return nil
 }
 
 // validate is the handshake validator (docs/authorization.md §7), cheapest check first: the admission
@@ -389,10 +532,14 @@ func (z *authz) acceptGrants(ctx context.Context, p *session.Peer) error {
 		z.report(peer, string(rbac.OpHandshake), "", code, err.Error(), false, map[string]any{"grant": grant})
 		return nil
 	}
-	gs, err := rbac.DecodeGrants(p.Grants)
+	pres, err := rbac.DecodePresentation(p.Grants)
 	if err != nil {
 		return fail(RefusalMalformedGrants, err, "")
 	}
+	if err := z.learnIssuerLogs(pres.Logs); err != nil {
+		z.d.log.Info("a presented key event log of an administrator was not taken", "peer", peer, "err", err)
+	}
+	gs := pres.Grants
 	for _, g := range gs {
 		if g.Subject != peer {
 			if err := fail(RefusalGrantWrongSubject, fmt.Errorf("grant %s is for %s, not for the presenting agent %s", g.ID, g.Subject, peer), g.ID); err != nil {
@@ -593,6 +740,60 @@ func (z *authz) feedback(ctx context.Context, peer string, payload []byte) error
 		return err
 	}
 	z.d.log.Debug("feedback counted", "giver", peer, "subject", f.Subject, "rating", f.Rating, "weight", w)
+	return nil
+}
+
+// feedbackTask is the reputation store's CheckTask (docs/adr/0051): the feedback's task reference must be
+// the subject's signed task_result envelope for the feedback's task, addressed to the giver, and verify
+// under the subject's key event log and a delegation of it that this agent holds (envelope.VerifyEvidence:
+// the signing-generation rule included). It proves the giver submitted that task to the subject.
+func (d *Daemon) feedbackTask(_ context.Context, f *reputation.Feedback) error {
+	raw, err := f.RefBytes()
+	if err != nil {
+		return err
+	}
+	e, err := envelope.DecodeBinary(raw)
+	if err != nil {
+		return fmt.Errorf("the task reference is not an envelope: %v", err)
+	}
+	h := e.Header
+	if h.MessageType != envelope.TaskResult || e.Payload.Cipher != envelope.None {
+		return fmt.Errorf("the task reference is a %s envelope with cipher %s, not a signed task_result", h.MessageType, e.Payload.Cipher)
+	}
+	if h.SenderID != f.Subject || h.RecipientID != f.Giver {
+		return fmt.Errorf("the task reference is a result from %s to %s, not from the subject to the giver", h.SenderID, h.RecipientID)
+	}
+	l, _, ok, err := d.peers.Log(f.Subject)
+	if err != nil {
+		return err
+	}
+	if !ok {
+		return fmt.Errorf("no key event log of the subject %s is cached here: its signed result cannot be checked", f.Subject)
+	}
+	ds, err := d.peers.Delegations(f.Subject)
+	if err != nil {
+		return err
+	}
+	verr := fmt.Errorf("no delegation of the subject %s is cached here: its signed result cannot be checked", f.Subject)
+	for _, dl := range ds {
+		if verr = envelope.VerifyEvidence(e, &l, dl); verr == nil {
+			break
+		}
+	}
+	if verr != nil {
+		return fmt.Errorf("the subject's signed result does not verify: %w", verr)
+	}
+	pt, err := e.Plaintext()
+	if err != nil {
+		return err
+	}
+	doc, err := tasks.DecodeResultDoc(pt)
+	if err != nil {
+		return fmt.Errorf("the task reference's result: %w", err)
+	}
+	if doc.TaskID != f.Task || doc.Requester != f.Giver {
+		return fmt.Errorf("the signed result answers task %s of %s, not task %s of the giver", doc.TaskID, doc.Requester, f.Task)
+	}
 	return nil
 }
 

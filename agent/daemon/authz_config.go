@@ -32,6 +32,15 @@ type AuthorizationConfig struct {
 	Enforce EnforceConfig `yaml:"enforce"`
 	// MaxGrantsPerSubject bounds the grants stored for one agent (default 32).
 	MaxGrantsPerSubject int `yaml:"max_grants_per_subject"`
+	// AdminLogs are files holding administrators' key event logs (copies of their <home>/kel.jsonl), read
+	// at start and on reload into the peer cache (verified, fork-checked): grants, revocations and stake
+	// tables are then judged against the administrators' rotations and recoveries before this agent meets
+	// them or a holder presents their log (docs/adr/0050).
+	AdminLogs []string `yaml:"admin_logs"`
+	// RequireAdminLog refuses grants, revocations and stake tables of an administrator whose key event
+	// log this agent does not hold, instead of judging them by the key the administrator's ID names
+	// (generation 0), which a thief of a rotated-away inception key could use (docs/adr/0050).
+	RequireAdminLog bool `yaml:"require_admin_log"`
 }
 
 // EnforceConfig says, per limit family, whether denials are enforced (true or absent) or only logged.
@@ -140,6 +149,11 @@ func (c *Config) validateAuthz() error {
 	if a.Local != nil {
 		if _, err := a.Local.Compile(rbac.Lookups{}); err != nil {
 			return bad("authorization.local", "%v", err)
+		}
+	}
+	for i, p := range a.AdminLogs {
+		if !filepath.IsAbs(p) || filepath.Clean(p) != p {
+			return bad(fmt.Sprintf("authorization.admin_logs[%d]", i), "%q must be a clean absolute path", p)
 		}
 	}
 	if a.MaxGrantsPerSubject < 0 || a.MaxGrantsPerSubject > 1000 {

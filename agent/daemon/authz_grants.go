@@ -15,8 +15,8 @@ import (
 	"github.com/custos-agent/custos/agent/identity"
 	"github.com/custos-agent/custos/agent/rbac"
 	"github.com/custos-agent/custos/agent/reputation"
-	"github.com/custos-agent/custos/agent/signature"
 	"github.com/custos-agent/custos/audit"
+	"github.com/custos-agent/custos/keystore"
 )
 
 // Control operations of grants, revocations and blocking (docs/authorization.md §8).
@@ -118,6 +118,9 @@ type GrantIssueResult struct {
 	// also in force here); Warning says what that means otherwise.
 	AdminHere bool   `json:"admin_here"`
 	Warning   string `json:"warning,omitempty"`
+	// IssuerLog is this agent's key event log (JSON lines) when the grant names a generation above 0: what
+	// a verifier that never met this agent needs to check it (agentctl grant --out writes it after the grant).
+	IssuerLog string `json:"issuer_log,omitempty"`
 }
 
 func (d *Daemon) opGrantIssue(ctx context.Context, _ rbac.Cred, raw json.RawMessage) (any, error) {
@@ -140,15 +143,18 @@ func (d *Daemon) opGrantIssue(ctx context.Context, _ rbac.Cred, raw json.RawMess
 	if ttl < time.Second || ttl > MaxGrantTTL {
 		return nil, control.Errorf(control.CodeBadRequest, "--expires %v is outside 1s..%v", ttl, MaxGrantTTL)
 	}
-	signer, err := d.cust.Signer(ctx)
+	signer, by, err := d.issuerSigner(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("identity key: %w", err)
+		return nil, err
 	}
-	g, err := rbac.IssueGrant(ctx, signer, d.id, subject, role, d.authz.now(), ttl)
+	g, err := rbac.IssueGrantBy(ctx, signer, by, subject, role, d.authz.now(), ttl)
 	if err != nil {
 		return nil, err
 	}
 	res := GrantIssueResult{GrantView: grantView(g, "valid"), AdminHere: d.authz.az.IsAdmin(d.id)}
+	if g.Gen > 0 {
+		res.IssuerLog = string(d.issuerLog(g.Issuer))
+	}
 	if res.AdminHere {
 		if err := d.authz.az.AddGrant(ctx, g); err != nil {
 			return nil, fmt.Errorf("the grant was signed but not stored here: %w", err)
@@ -164,6 +170,9 @@ func (d *Daemon) opGrantIssue(ctx context.Context, _ rbac.Cred, raw json.RawMess
 // GrantInstallArgs are OpGrantInstall's arguments.
 type GrantInstallArgs struct {
 	Grant string `json:"grant"` // the encoded grant
+	// IssuerLog is the issuer's key event log (JSON lines), when the grant file carries it: merged into the
+	// peer cache (verified, fork-checked) before the grant is checked.
+	IssuerLog string `json:"issuer_log,omitempty"`
 }
 
 // Presentation says whether an installed grant reached a connected peer (a fresh handshake started by
@@ -201,16 +210,11 @@ func (d *Daemon) opGrantInstall(ctx context.Context, _ rbac.Cred, raw json.RawMe
 	if d.authz.az.Revoked(g.ID) {
 		return nil, control.Errorf(control.CodeBadRequest, "grant %s is revoked", g.ID)
 	}
-	issuer, _ := identity.ParseID(g.Issuer) // checked by DecodeGrant
-	pub, err := d.issuerKey(issuer)
-	if err == nil {
-		var sig []byte
-		if sig, err = identity.Base64().DecodeString(g.Sig); err == nil {
-			err = signature.VerifyInput(pub, g.SigningInput(), sig)
-		}
+	if err := d.authz.learnLog([]byte(a.IssuerLog), g.Issuer); err != nil {
+		return nil, control.Errorf(control.CodeBadRequest, "the issuer's key event log given with grant %s: %v", g.ID, err)
 	}
-	if err != nil {
-		return nil, control.Errorf(control.CodeBadRequest, "grant %s does not verify under the key of its issuer %s: %v", g.ID, g.Issuer, err)
+	if err := g.VerifySignature(d.issuerKey); err != nil {
+		return nil, control.Errorf(control.CodeBadRequest, "grant %s does not verify under the key event log of its issuer %s: %v", g.ID, g.Issuer, err)
 	}
 	if err := d.authz.own.put(g); err != nil {
 		return nil, err
@@ -342,6 +346,7 @@ type RevokeResult struct {
 	// AppliedHere says whether this agent, as one of its own administrators, applied it at once.
 	AppliedHere bool   `json:"applied_here"`
 	Warning     string `json:"warning,omitempty"`
+	IssuerLog   string `json:"issuer_log,omitempty"` // as GrantIssueResult.IssuerLog
 }
 
 func (d *Daemon) opRevoke(ctx context.Context, _ rbac.Cred, raw json.RawMessage) (any, error) {
@@ -349,15 +354,18 @@ func (d *Daemon) opRevoke(ctx context.Context, _ rbac.Cred, raw json.RawMessage)
 	if err := control.DecodeArgs(raw, &a); err != nil {
 		return nil, err
 	}
-	signer, err := d.cust.Signer(ctx)
+	signer, by, err := d.issuerSigner(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("identity key: %w", err)
+		return nil, err
 	}
-	r, err := rbac.IssueRevocation(ctx, signer, d.id, a.GrantID, d.authz.now())
+	r, err := rbac.IssueRevocationBy(ctx, signer, by, a.GrantID, d.authz.now())
 	if err != nil {
 		return nil, control.Errorf(control.CodeBadRequest, "%v", err)
 	}
 	res := RevokeResult{Revocation: string(r.Encode()), GrantID: r.Grant, Issuer: r.Issuer, Issued: time.Unix(r.Issued, 0).UTC()}
+	if r.Gen > 0 {
+		res.IssuerLog = string(d.issuerLog(r.Issuer))
+	}
 	if d.authz.az.IsAdmin(d.id) {
 		if err := d.authz.az.AddRevocation(ctx, r); err != nil {
 			return nil, fmt.Errorf("the revocation was signed but not applied here: %w", err)
@@ -373,6 +381,7 @@ func (d *Daemon) opRevoke(ctx context.Context, _ rbac.Cred, raw json.RawMessage)
 // RevocationInstallArgs are OpRevocationInstall's arguments.
 type RevocationInstallArgs struct {
 	Revocation string `json:"revocation"`
+	IssuerLog  string `json:"issuer_log,omitempty"` // as GrantInstallArgs.IssuerLog
 }
 
 // RevocationInstallResult says what an installed revocation did.
@@ -394,6 +403,9 @@ func (d *Daemon) opRevocationInstall(ctx context.Context, _ rbac.Cred, raw json.
 	r, err := rbac.DecodeRevocation([]byte(strings.TrimSpace(a.Revocation)))
 	if err != nil {
 		return nil, control.Errorf(control.CodeBadRequest, "%v", err)
+	}
+	if err := d.authz.learnLog([]byte(a.IssuerLog), r.Issuer); err != nil {
+		return nil, control.Errorf(control.CodeBadRequest, "the issuer's key event log given with the revocation: %v", err)
 	}
 	applied := true
 	if err := d.authz.az.AddRevocation(ctx, r); err != nil {
@@ -425,16 +437,7 @@ func (z *authz) heldRevocation(r rbac.Revocation) bool {
 		if g.ID != r.Grant || g.Issuer != r.Issuer {
 			continue
 		}
-		issuer, err := identity.ParseID(r.Issuer)
-		if err != nil {
-			return false
-		}
-		pub, err := z.d.issuerKey(issuer)
-		if err != nil {
-			return false
-		}
-		sig, err := identity.Base64().DecodeString(r.Sig)
-		return err == nil && signature.VerifyInput(pub, r.SigningInput(), sig) == nil
+		return r.VerifySignature(z.d.issuerKey) == nil
 	}
 	return false
 }
@@ -518,4 +521,18 @@ func (z *authz) describePeer(ctx context.Context, id identity.ID, p *PeerStatus,
 	if evs, err := z.evidence.ByPeer(id); err == nil {
 		p.Evidence = len(evs)
 	}
+}
+
+// issuerSigner returns the identity key's signer and the generation it signs as (the grant and revocation
+// name it: docs/protocol.md, "Signing-generation validity").
+func (d *Daemon) issuerSigner(ctx context.Context) (keystore.Signer, rbac.IssuerKey, error) {
+	signer, err := d.cust.Signer(ctx)
+	if err != nil {
+		return nil, rbac.IssuerKey{}, fmt.Errorf("identity key: %w", err)
+	}
+	st := d.cust.State()
+	if !signer.Public().Equal(st.Current) {
+		return nil, rbac.IssuerKey{}, control.Errorf(control.CodeUnavailable, "the identity key changed while signing (a rotation under way?): try again")
+	}
+	return signer, rbac.IssuerOf(st), nil
 }

@@ -41,6 +41,10 @@ type StakeSignArgs struct {
 // StakeSetArgs are OpStakeSet's arguments.
 type StakeSetArgs struct {
 	Table string `json:"table"` // the encoded stake table
+	// Force installs a table older than the one stored (a rollback); it is audited (details "rollback").
+	Force bool `json:"force,omitempty"`
+	// IssuerLog is the issuer's key event log (JSON lines), when the table file carries it.
+	IssuerLog string `json:"issuer_log,omitempty"`
 }
 
 // StakeView is a stake table as the control API shows it.
@@ -54,6 +58,9 @@ type StakeView struct {
 	// InForce says whether the table is the one this agent's votes use now.
 	InForce bool   `json:"in_force"`
 	Warning string `json:"warning,omitempty"`
+	// IssuerLog is the signer's key event log (JSON lines) when it rotated since inception (agentctl grant
+	// stake --out writes it after the table).
+	IssuerLog string `json:"issuer_log,omitempty"`
 }
 
 func stakeView(t consensus.StakeTable, inForce bool) StakeView {
@@ -107,19 +114,46 @@ func (z *authz) currentStakes() (*consensus.StakeTable, error) {
 	return t, nil
 }
 
-// installStakes verifies t against this agent's administrators, stores it and puts it in force.
-func (z *authz) installStakes(t consensus.StakeTable) error {
+// errStakeRollback: the table offered is older than (or as old as, and different from) the stored one.
+var errStakeRollback = errors.New("stake table rollback refused")
+
+// installStakes verifies t against this agent's administrators, refuses a table older than the stored one
+// (issued in an earlier second; tables of the same second replace each other) unless force is set, stores it and
+// puts it in force. A forced rollback is audited (details "rollback": true, "replaced_issued").
+func (z *authz) installStakes(t consensus.StakeTable, force bool) error {
 	if err := consensus.VerifyStakeTable(t, z.az.Admins(), z.d.issuerKey, z.now()); err != nil {
 		return err
 	}
-	if err := z.d.db.Update(func(tx *bbolt.Tx) error { return tx.Bucket(bucketStake).Put(keyStake, t.Encode()) }); err != nil {
+	var rollback bool
+	var replaced int64
+	err := z.d.db.Update(func(tx *bbolt.Tx) error {
+		b := tx.Bucket(bucketStake)
+		if raw := b.Get(keyStake); len(raw) > 0 {
+			if old, err := consensus.DecodeStakeTable(raw); err == nil && t.Issued < old.Issued {
+				if !force {
+					return fmt.Errorf("%w: the table offered was issued at %s, the one stored here at %s (by %s): install a newer table, or force the rollback (agentctl grant stake install --force, audited)",
+						errStakeRollback, time.Unix(t.Issued, 0).UTC().Format(time.RFC3339), time.Unix(old.Issued, 0).UTC().Format(time.RFC3339), old.Issuer)
+				}
+				rollback, replaced = true, old.Issued
+			}
+		}
+		return b.Put(keyStake, t.Encode())
+	})
+	if errors.Is(err, errStakeRollback) {
+		return err
+	}
+	if err != nil {
 		return fmt.Errorf("stake table: %w", err)
 	}
 	z.mu.Lock()
 	z.stakes = &t
 	z.mu.Unlock()
-	z.d.record(StakeInstalled, t.Issuer, z.d.id.String(), audit.OutcomeSuccess, map[string]any{
-		"entries": len(t.Stakes), "expires": time.Unix(t.Expires, 0).UTC().Format(time.RFC3339)})
+	details := map[string]any{"entries": len(t.Stakes), "issued": time.Unix(t.Issued, 0).UTC().Format(time.RFC3339),
+		"expires": time.Unix(t.Expires, 0).UTC().Format(time.RFC3339)}
+	if rollback {
+		details["rollback"], details["replaced_issued"] = true, time.Unix(replaced, 0).UTC().Format(time.RFC3339)
+	}
+	z.d.record(StakeInstalled, t.Issuer, z.d.id.String(), audit.OutcomeSuccess, details)
 	return nil
 }
 
@@ -152,8 +186,11 @@ func (d *Daemon) opStakeSign(ctx context.Context, _ rbac.Cred, raw json.RawMessa
 		return nil, control.Errorf(control.CodeBadRequest, "%v", err)
 	}
 	v := stakeView(t, false)
+	if d.cust.State().Generation > 0 {
+		v.IssuerLog = string(d.issuerLog(d.id.String()))
+	}
 	if d.authz.az.IsAdmin(d.id) {
-		if err := d.authz.installStakes(t); err != nil {
+		if err := d.authz.installStakes(t, false); err != nil {
 			return nil, fmt.Errorf("the stake table was signed but not put in force here: %w", err)
 		}
 		v.InForce = true
@@ -172,8 +209,11 @@ func (d *Daemon) opStakeSet(ctx context.Context, _ rbac.Cred, raw json.RawMessag
 	if err != nil {
 		return nil, control.Errorf(control.CodeBadRequest, "%v", err)
 	}
-	if err := d.authz.installStakes(t); err != nil {
-		if errors.Is(err, consensus.ErrStakeTable) {
+	if err := d.authz.learnLog([]byte(a.IssuerLog), t.Issuer); err != nil {
+		return nil, control.Errorf(control.CodeBadRequest, "the issuer's key event log given with the stake table: %v", err)
+	}
+	if err := d.authz.installStakes(t, a.Force); err != nil {
+		if errors.Is(err, consensus.ErrStakeTable) || errors.Is(err, errStakeRollback) {
 			return nil, control.Errorf(control.CodeBadRequest, "%v", err)
 		}
 		return nil, err

@@ -16,6 +16,7 @@ import (
 	"github.com/maxmind/mmdbwriter/mmdbtype"
 
 	"github.com/custos-agent/custos/agent/control"
+	"github.com/custos-agent/custos/agent/delegation"
 	"github.com/custos-agent/custos/agent/envelope"
 	"github.com/custos-agent/custos/agent/identity"
 	"github.com/custos-agent/custos/agent/internal/agenttest"
@@ -23,6 +24,7 @@ import (
 	"github.com/custos-agent/custos/agent/rbac"
 	"github.com/custos-agent/custos/agent/reputation"
 	"github.com/custos-agent/custos/agent/session"
+	"github.com/custos-agent/custos/agent/suite"
 	"github.com/custos-agent/custos/agent/tasks"
 	"github.com/custos-agent/custos/audit"
 	"github.com/custos-agent/custos/keystore"
@@ -471,11 +473,55 @@ handlers:
 		t.Fatalf("a task after the first ended: %v", err)
 	}
 
-	// Signed feedback from the peer that signed it counts; relayed feedback does not.
-	if _, err := a.d.peers.UpdateLog(giver.ID(), &giver.Log); err != nil {
+	// Signed feedback from the peer that signed it counts; relayed feedback does not. It must carry its task
+	// reference: the subject's signed result of that task for the giver (issue 12 finding 6); feedback
+	// with a made-up reference is refused and not counted.
+	for _, p := range []*agenttest.Identity{giver, exec} {
+		if _, err := a.d.peers.UpdateLog(p.ID(), &p.Log); err != nil {
+			t.Fatal(err)
+		}
+	}
+	dm, err := delegation.NewManager(ctx, delegation.Config{Identity: exec.Current(), State: exec.State, Clock: time.Now, KEM: suite.KEMX25519})
+	if err != nil {
 		t.Fatal(err)
 	}
-	f, err := reputation.SignFeedback(ctx, giver.Current(), giver.ID(), exec.ID(), "task-1", 80, time.Now())
+	keys, err := dm.Current(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.d.peers.PutDelegation(keys.Delegation); err != nil {
+		t.Fatal(err)
+	}
+	tid, _ := requestFor("echo")
+	doc := &tasks.ResultDoc{TaskID: tid, Requester: giver.ID().String(), Handler: "echo", InputSHA256: tasks.HexSHA256([]byte("in")),
+		Status: tasks.ResultOK, Output: []byte("out"), OutputSHA256: tasks.HexSHA256([]byte("out")), Started: time.Now().Unix(), Finished: time.Now().Unix()}
+	result, _, err := tasks.SignResult(ctx, exec.ID().String(), doc, keys, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	otherTask, _ := requestFor("echo")
+	for _, c := range []struct {
+		name, task string
+		ref        []byte
+		want       string
+	}{
+		{"another task's result", otherTask, result, "not task " + otherTask},
+		{"not an envelope", tid, []byte("made up"), "not an envelope"},
+	} {
+		fake, err := reputation.SignFeedback(ctx, giver.Current(), giver.ID(), exec.ID(), c.task, -100, c.ref, time.Now())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := z.dispatch(ctx, from(giver), message(envelope.Feedback, fake.Encode())); err == nil || !strings.Contains(err.Error(), "not confirmed") || !strings.Contains(err.Error(), c.want) {
+			t.Fatalf("fabricated feedback (%s): %v, want not confirmed ... %s", c.name, err, c.want)
+		}
+	}
+	for _, x := range a.d.rep.Report(exec.ID()).Factors {
+		if x.Name == reputation.FactorFeedback && x.Evidence != 0 {
+			t.Fatalf("fabricated feedback counted: %+v", x)
+		}
+	}
+	f, err := reputation.SignFeedback(ctx, giver.Current(), giver.ID(), exec.ID(), tid, 80, result, time.Now())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -39,7 +39,6 @@ import (
 	"github.com/custos-agent/custos/agent/session"
 	"github.com/custos-agent/custos/agent/tasks"
 	"github.com/custos-agent/custos/audit"
-	"github.com/custos-agent/custos/keystore"
 	"github.com/custos-agent/custos/transports/host"
 )
 
@@ -180,9 +179,10 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 		return nil, fmt.Errorf("%w: reputation: %v", ErrConfig, err)
 	}
 	d.rep, err = reputation.NewStore(ctx, d.db, repCfg, reputation.Options{
-		Resolve:  d.currentKeyOf,
-		OnChange: d.trustChanged,
-		Logger:   d.log.With("part", "reputation"),
+		Resolve:   d.currentKeyOf,
+		CheckTask: d.feedbackTask, // authz.go
+		OnChange:  d.trustChanged,
+		Logger:    d.log.With("part", "reputation"),
 	})
 	if err != nil {
 		return nil, err
@@ -327,15 +327,15 @@ func (d *Daemon) applyLogLevel(cfg *Config) {
 	}
 }
 
-func (d *Daemon) currentKeyOf(id identity.ID) (keystore.PublicKey, error) {
+func (d *Daemon) currentKeyOf(id identity.ID) (identity.State, error) {
 	st, ok, err := d.peers.State(id.String())
 	if err != nil {
-		return keystore.PublicKey{}, err
+		return identity.State{}, err
 	}
 	if !ok {
-		return keystore.PublicKey{}, fmt.Errorf("no key event log cached for %s", id)
+		return identity.State{}, fmt.Errorf("no key event log cached for %s", id)
 	}
-	return st.Current, nil
+	return st, nil
 }
 
 func (d *Daemon) startTransport(ctx context.Context, tc TransportConfig) error {

@@ -278,6 +278,26 @@ func TestEvidence(t *testing.T) {
 	if err := VerifyEvidence(e, &bob.id.Log, d); !errors.Is(err, reason.KeyLogInvalid) {
 		t.Fatalf("wrong log: %v", err)
 	}
+	// A thief of the rotated-away generation-0 key delegates a fresh operational key, dated after the
+	// rotation, and signs an envelope with it: refused by the signing-generation rule (issue 12 finding
+	// 12); the log prefix at generation 0 alone would have accepted it.
+	op := agenttest.Mem(t, keystore.Ed25519)
+	late := *d
+	late.OpAlg, late.OpKey = op.Public().Algorithm, op.Public().Bytes()
+	late.NotBefore = clock.Now().Unix() + 600
+	late.NotAfter = late.NotBefore + 3600
+	sig, err := alice.id.Signers[0].Sign(ctx, late.SigningInput())
+	if err != nil {
+		t.Fatal(err)
+	}
+	late.Signature = sig
+	forged, err := SealPlain(ctx, NewHeader(alice.ID(), bob.ID(), Feedback, time.Unix(late.NotBefore+60, 0)), []byte(`{"score":5}`), op)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := VerifyEvidence(forged, &alice.id.Log, &late); !errors.Is(err, reason.DelegationWrongKey) || !strings.Contains(err.Error(), "rotated away") {
+		t.Fatalf("evidence under a delegation signed by the rotated-away key after the rotation: %v", err)
+	}
 }
 
 func seedEnvelopes(t testing.TB) [][]byte {

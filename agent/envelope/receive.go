@@ -83,6 +83,11 @@ func VerifyEvidence(e *Envelope, log *identity.Log, d *delegation.Delegation) er
 	if d.Generation > full.Generation {
 		return reason.New(reason.DelegationWrongKey, "the delegation names generation %d, the log ends at %d", d.Generation, full.Generation)
 	}
+	// The delegation is the object the identity key signed: judged by the signing-generation rule at its
+	// NotBefore (docs/protocol.md, "Signing-generation validity": a rotation keeps it, a recovery voids it).
+	if _, err := full.VerifySignedAt(int64(d.Generation), "", d.NotBefore, func(keystore.PublicKey) error { return nil }); err != nil {
+		return reason.Wrap(reason.DelegationWrongKey, err, "the delegation of generation %d", d.Generation)
+	}
 	prefix := identity.Log{Events: log.Events[:d.Generation+1]}
 	st, err := prefix.Verify()
 	if err != nil {

@@ -17,6 +17,9 @@ type State struct {
 	RecoveryDigest string             // committed digest of the recovery key ("" when none)
 	Head           [32]byte           // digest of the last event
 	Time           int64              // time of the last event (Unix seconds)
+	// Generations is the history of the identity's keys, one entry per generation from inception, in
+	// order: what VerifySignedAt judges signatures by. Shared between states: never change it in place.
+	Generations []GenerationSpan
 }
 
 // Log is an identity's key event log, in order from inception.
@@ -74,7 +77,9 @@ func verifyInception(e *Event) (State, error) {
 	if len(e.Signatures) != 1 {
 		return State{}, bad(e, "an inception carries exactly one signature, has %d", len(e.Signatures))
 	}
-	return State{ID: id, Current: pub, NextDigest: e.Next, RecoveryDigest: e.Recovery, Head: e.Digest(), Time: e.Time}, nil
+	head := e.Digest()
+	return State{ID: id, Current: pub, NextDigest: e.Next, RecoveryDigest: e.Recovery, Head: head, Time: e.Time,
+		Generations: []GenerationSpan{{Generation: 0, Key: pub, Head: head, From: e.Time}}}, nil
 }
 
 // Apply verifies e as the successor of st and returns the new state. st is not changed.
@@ -150,6 +155,7 @@ func (st State) Apply(e *Event) (State, error) {
 	if len(e.Signatures) != 2 {
 		return State{}, bad(e, "a %s carries exactly two signatures, has %d", e.Type, len(e.Signatures))
 	}
+	next.Generations = st.successorSpans(e, pub, next.Head)
 	return next, nil
 }
 

@@ -13,6 +13,7 @@ import (
 
 	"github.com/custos-agent/custos/agent/identity"
 	"github.com/custos-agent/custos/agent/signature"
+	"github.com/custos-agent/custos/keystore"
 )
 
 // DefaultMaxGrantsPerSubject bounds how many grants one agent may hold at once.
@@ -224,7 +225,7 @@ func (a *Authorizer) AddRevocation(ctx context.Context, r Revocation) error {
 	if !admin {
 		return deny(GrantBadIssuer, r.Issuer, "", r.Grant, "revocation of grant %s is signed by %s, which is not a configured system administrator", r.Grant, r.Issuer)
 	}
-	if err := a.verifySig(r.Issuer, r.SigningInput, r.Sig, nil); err != nil {
+	if err := a.verifySig(r.Issuer, r.SignedBy(), r.Head, r.Issued, r.SigningInput, r.Sig, nil); err != nil {
 		return deny(GrantBadSignature, r.Issuer, "", r.Grant, "revocation of grant %s: %v", r.Grant, err)
 	}
 	a.mu.Lock()
@@ -412,7 +413,7 @@ func (a *Authorizer) judge(g Grant, now time.Time) *Denial {
 	if !admin {
 		return deny(GrantBadIssuer, g.Subject, "", g.ID, "grant %s (%s) is signed by %s, which is not a configured system administrator", g.ID, g.Role, g.Issuer)
 	}
-	if err := a.verifySig(g.Issuer, g.SigningInput, g.Sig, g.Encode()); err != nil {
+	if err := a.verifySig(g.Issuer, g.SignedBy(), g.Head, g.Issued, g.SigningInput, g.Sig, g.Encode()); err != nil {
 		return deny(GrantBadSignature, g.Subject, "", g.ID, "grant %s (%s): %v", g.ID, g.Role, err)
 	}
 	if revoked {
@@ -424,24 +425,27 @@ func (a *Authorizer) judge(g Grant, now time.Time) *Denial {
 	return nil
 }
 
-// verifySig verifies sig over in with the issuer's current key. cacheKey (when not nil) lets a signature
-// that verified once under the same key skip verification next time.
-func (a *Authorizer) verifySig(issuer string, in func() *signature.Input, sig64 string, cacheKey []byte) error {
+// verifySig verifies sig over in as signed by issuer at issued (by generation gen, head, when named)
+// under the issuer's key event log as this agent knows it (identity.State.VerifySignedAt: a rotation keeps
+// what an older generation signed while it was current; a recovery voids what the lost one signed).
+// cacheKey (when not nil) lets a signature that verified once under the same log skip verification.
+func (a *Authorizer) verifySig(issuer string, gen int64, head string, issued int64, in func() *signature.Input, sig64 string, cacheKey []byte) error {
 	id, err := a.issuerID(issuer)
 	if err != nil {
 		return fmt.Errorf("issuer: %v", err)
 	}
-	pub, err := a.resolve(id)
+	st, err := a.resolve(id)
 	if err != nil {
-		return fmt.Errorf("cannot verify: the issuer's key is unavailable: %v", err)
+		return fmt.Errorf("cannot verify: the issuer's key event log is unavailable: %v", err)
 	}
 	var ck [32]byte
 	if cacheKey != nil {
 		h := sha256.New()
 		h.Write(cacheKey)
 		h.Write([]byte{0})
-		h.Write([]byte(pub.Algorithm))
-		h.Write(pub.Bytes())
+		h.Write(st.Head[:])
+		h.Write([]byte(st.Current.Algorithm))
+		h.Write(st.Current.Bytes())
 		h.Sum(ck[:0])
 		a.vmu.Lock()
 		_, ok := a.verified[ck]
@@ -450,12 +454,8 @@ func (a *Authorizer) verifySig(issuer string, in func() *signature.Input, sig64 
 			return nil
 		}
 	}
-	sig, err := decodeSig(sig64)
-	if err != nil {
+	if err := verifyUnder(&st, gen, head, issued, in, sig64); err != nil {
 		return err
-	}
-	if err := signature.VerifyInput(pub, in(), sig); err != nil {
-		return fmt.Errorf("signature does not verify under the issuer's current key: %w", err)
 	}
 	if cacheKey != nil {
 		a.vmu.Lock()
@@ -466,6 +466,43 @@ func (a *Authorizer) verifySig(issuer string, in func() *signature.Input, sig64 
 		a.vmu.Unlock()
 	}
 	return nil
+}
+
+// verifyUnder is the signature check of grants and revocations under an issuer's key event log.
+func verifyUnder(st *identity.State, gen int64, head string, issued int64, in func() *signature.Input, sig64 string) error {
+	sig, err := decodeSig(sig64)
+	if err != nil {
+		return err
+	}
+	if _, err := st.VerifySignedAt(gen, head, issued, func(pub keystore.PublicKey) error {
+		return signature.VerifyInput(pub, in(), sig)
+	}); err != nil {
+		return fmt.Errorf("not valid under the issuer's key event log: %w", err)
+	}
+	return nil
+}
+
+// VerifySignature checks only the grant's signature under its issuer's key event log as resolve gives it
+// (not whether the issuer is an administrator here): what the grant's subject checks before holding it.
+func (g *Grant) VerifySignature(resolve KeyResolver) error {
+	return verifyWith(resolve, g.Issuer, g.SignedBy(), g.Head, g.Issued, g.SigningInput, g.Sig)
+}
+
+// VerifySignature checks only the revocation's signature under its issuer's key event log.
+func (r *Revocation) VerifySignature(resolve KeyResolver) error {
+	return verifyWith(resolve, r.Issuer, r.SignedBy(), r.Head, r.Issued, r.SigningInput, r.Sig)
+}
+
+func verifyWith(resolve KeyResolver, issuer string, gen int64, head string, issued int64, in func() *signature.Input, sig64 string) error {
+	id, err := identity.ParseID(issuer)
+	if err != nil {
+		return fmt.Errorf("issuer: %v", err)
+	}
+	st, err := resolve(id)
+	if err != nil {
+		return fmt.Errorf("cannot verify: the issuer's key event log is unavailable: %v", err)
+	}
+	return verifyUnder(&st, gen, head, issued, in, sig64)
 }
 
 // issuerID returns the parsed ID of an administrator without parsing it again (a P-256 ID costs a point

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"time"
 
 	"github.com/custos-agent/custos/agent/identity"
@@ -16,8 +17,14 @@ import (
 	"github.com/custos-agent/custos/keystore"
 )
 
-// GrantVersion is the only version of the grant and revocation formats.
-const GrantVersion = 1
+// GrantVersion is the version of the grant and revocation formats this agent writes: version 2 names the
+// issuer's key generation (and the digest of the key event that made it current), so that the object
+// stays verifiable after the issuer rotates (docs/protocol.md, "Signing-generation validity"). Version 1
+// (no generation) is still read: its generation is the one current at its issued time.
+const GrantVersion = 2
+
+// grantVersion1 is the first format, without the issuer's generation.
+const grantVersion1 = 1
 
 // MaxGrantSize bounds one encoded grant or revocation.
 const MaxGrantSize = 2048
@@ -29,12 +36,28 @@ const grantIDBytes = 16
 // package.
 var ErrMalformed = errors.New("malformed authorization record")
 
-// KeyResolver returns the key that verifies an issuer's signatures now (in the agent: the current key of
-// the issuer's verified key event log; in tests: the ID's own inception key).
-type KeyResolver func(issuer identity.ID) (keystore.PublicKey, error)
+// KeyResolver returns what this agent knows of an issuer's key event log (in the agent: its own log, or the
+// issuer's verified log from the peer cache, or identity.SignedAtOnly when it has none; in tests: often
+// InceptionKey). Signatures are judged against it by identity.State.VerifySignedAt.
+type KeyResolver func(issuer identity.ID) (identity.State, error)
 
-// InceptionKey is the KeyResolver for identities that never rotated: the ID's own key.
-func InceptionKey(issuer identity.ID) (keystore.PublicKey, error) { return issuer.PublicKey(), nil }
+// InceptionKey is the KeyResolver for identities whose log is unknown: generation 0, the ID's own key.
+func InceptionKey(issuer identity.ID) (identity.State, error) {
+	return identity.SignedAtOnly(issuer), nil
+}
+
+// IssuerKey names the key that signs an object: the issuer's agent ID, its generation, and the digest of the
+// key event that made that generation current (base64url; "" when unknown).
+type IssuerKey struct {
+	ID         identity.ID
+	Generation uint64
+	Head       string
+}
+
+// IssuerOf returns the IssuerKey of the current generation of a verified key event log state.
+func IssuerOf(st identity.State) IssuerKey {
+	return IssuerKey{ID: st.ID, Generation: st.Generation, Head: identity.Base64().EncodeToString(st.Head[:])}
+}
 
 // Grant gives a role to an agent until it expires. Its JSON form (Encode) is what is stored and exchanged;
 // what is signed is the length-prefixed encoding of SigningInput under signature.Grant.
@@ -43,15 +66,17 @@ type Grant struct {
 	ID      string `json:"id"`      // base64url of 16 random bytes
 	Subject string `json:"subject"` // agent ID the role is given to
 	Role    Role   `json:"role"`
-	Issuer  string `json:"issuer"`  // agent ID of the system administrator who signed
-	Issued  int64  `json:"issued"`  // Unix seconds
-	Expires int64  `json:"expires"` // Unix seconds, after Issued
-	Sig     string `json:"sig"`     // base64url signature by Issuer (Ed25519 raw, ECDSA DER)
+	Issuer  string `json:"issuer"`         // agent ID of the system administrator who signed
+	Issued  int64  `json:"issued"`         // Unix seconds
+	Expires int64  `json:"expires"`        // Unix seconds, after Issued
+	Gen     uint64 `json:"gen,omitempty"`  // v2: the issuer's key generation that signs (omitted when 0)
+	Head    string `json:"head,omitempty"` // v2: base64url digest of the key event that made Gen current
+	Sig     string `json:"sig"`            // base64url signature by Issuer (Ed25519 raw, ECDSA DER)
 }
 
 // SigningInput is exactly what the issuer signs.
 func (g *Grant) SigningInput() *signature.Input {
-	return signature.NewInput(signature.Grant).
+	in := signature.NewInput(signature.Grant).
 		Uint64(uint64(g.Version)).
 		String(g.ID).
 		String(g.Subject).
@@ -59,6 +84,20 @@ func (g *Grant) SigningInput() *signature.Input {
 		String(g.Issuer).
 		Int64(g.Issued).
 		Int64(g.Expires)
+	if g.Version >= GrantVersion {
+		in.Uint64(g.Gen).String(g.Head)
+	}
+	return in
+}
+
+// SignedBy is the generation the grant names (identity.NoGeneration for a version 1 grant).
+func (g *Grant) SignedBy() int64 { return signedBy(g.Version, g.Gen) }
+
+func signedBy(v int, gen uint64) int64 {
+	if v == grantVersion1 || gen > math.MaxInt64 {
+		return identity.NoGeneration
+	}
+	return int64(gen)
 }
 
 // Digest is SHA-256 over the encoded grant (signature included): the key of the verification cache.
@@ -67,9 +106,16 @@ func (g *Grant) Digest() [32]byte { return sha256.Sum256(g.Encode()) }
 // Encode returns the compact JSON form (one line, fields in the order above).
 func (g *Grant) Encode() []byte { return mustJSON(g) }
 
-// IssueGrant makes and signs a grant of role to subject, valid from now for ttl. issuer signs (its
-// Public key's ID must be the issuer's agent ID, or issuerID says whose key it is after rotations).
+// IssueGrant makes and signs a grant of role to subject, valid from now for ttl, as generation 0 of
+// issuerID (an identity that never rotated; IssueGrantBy names the generation).
 func IssueGrant(ctx context.Context, issuer keystore.Signer, issuerID identity.ID, subject identity.ID, role Role, now time.Time, ttl time.Duration) (Grant, error) {
+	return IssueGrantBy(ctx, issuer, IssuerKey{ID: issuerID}, subject, role, now, ttl)
+}
+
+// IssueGrantBy makes and signs a grant of role to subject, valid from now for ttl. issuer signs with the
+// key of generation by.Generation of agent by.ID (the grant names both, and by.Head).
+func IssueGrantBy(ctx context.Context, issuer keystore.Signer, by IssuerKey, subject identity.ID, role Role, now time.Time, ttl time.Duration) (Grant, error) {
+	issuerID := by.ID
 	if _, err := ParseRole(string(role)); err != nil {
 		return Grant{}, err
 	}
@@ -91,6 +137,8 @@ func IssueGrant(ctx context.Context, issuer keystore.Signer, issuerID identity.I
 		Issuer:  issuerID.String(),
 		Issued:  now.Unix(),
 		Expires: now.Add(ttl).Unix(),
+		Gen:     by.Generation,
+		Head:    by.Head,
 	}
 	sig, err := signature.SignInput(ctx, issuer, g.SigningInput())
 	if err != nil {
@@ -118,8 +166,8 @@ func DecodeGrant(b []byte) (Grant, error) {
 }
 
 func (g *Grant) check() error {
-	if g.Version != GrantVersion {
-		return fmt.Errorf("version %d (this agent speaks %d)", g.Version, GrantVersion)
+	if err := checkVersion(g.Version, g.Gen, g.Head); err != nil {
+		return err
 	}
 	if err := checkID(g.ID); err != nil {
 		return err
@@ -142,33 +190,71 @@ func (g *Grant) check() error {
 	return nil
 }
 
+// checkVersion checks the version and the generation fields it allows: version 1 has none, version 2 may
+// name a head (a 32-byte digest).
+func checkVersion(v int, gen uint64, head string) error {
+	switch v {
+	case grantVersion1:
+		if gen != 0 || head != "" {
+			return errors.New("version 1 carries no issuer generation")
+		}
+	case GrantVersion:
+		if gen > math.MaxInt64 {
+			return fmt.Errorf("issuer generation %d is out of range", gen)
+		}
+		if head != "" {
+			if b, err := identity.Base64().DecodeString(head); err != nil || len(b) != 32 {
+				return errors.New("head must be a SHA-256 digest in unpadded base64url")
+			}
+		}
+	default:
+		return fmt.Errorf("version %d (this agent speaks %d and reads %d)", v, GrantVersion, grantVersion1)
+	}
+	return nil
+}
+
 // Revocation withdraws a grant for good. Any configured system administrator may sign one.
 type Revocation struct {
 	Version int    `json:"v"`
-	Grant   string `json:"grant"`  // ID of the revoked grant
-	Issuer  string `json:"issuer"` // agent ID of the administrator who signed
-	Issued  int64  `json:"issued"` // Unix seconds
+	Grant   string `json:"grant"`          // ID of the revoked grant
+	Issuer  string `json:"issuer"`         // agent ID of the administrator who signed
+	Issued  int64  `json:"issued"`         // Unix seconds
+	Gen     uint64 `json:"gen,omitempty"`  // v2: the issuer's key generation that signs (omitted when 0)
+	Head    string `json:"head,omitempty"` // v2: base64url digest of the key event that made Gen current
 	Sig     string `json:"sig"`
 }
 
+// SignedBy is the generation the revocation names (identity.NoGeneration for version 1).
+func (r *Revocation) SignedBy() int64 { return signedBy(r.Version, r.Gen) }
+
 // SigningInput is exactly what the administrator signs (purpose signature.GrantRevocation).
 func (r *Revocation) SigningInput() *signature.Input {
-	return signature.NewInput(signature.GrantRevocation).
+	in := signature.NewInput(signature.GrantRevocation).
 		Uint64(uint64(r.Version)).
 		String(r.Grant).
 		String(r.Issuer).
 		Int64(r.Issued)
+	if r.Version >= GrantVersion {
+		in.Uint64(r.Gen).String(r.Head)
+	}
+	return in
 }
 
 // Encode returns the compact JSON form.
 func (r *Revocation) Encode() []byte { return mustJSON(r) }
 
-// IssueRevocation makes and signs the revocation of grantID.
+// IssueRevocation makes and signs the revocation of grantID as generation 0 of issuerID (IssueRevocationBy
+// names the generation).
 func IssueRevocation(ctx context.Context, issuer keystore.Signer, issuerID identity.ID, grantID string, now time.Time) (Revocation, error) {
+	return IssueRevocationBy(ctx, issuer, IssuerKey{ID: issuerID}, grantID, now)
+}
+
+// IssueRevocationBy makes and signs the revocation of grantID with the key of generation by.Generation.
+func IssueRevocationBy(ctx context.Context, issuer keystore.Signer, by IssuerKey, grantID string, now time.Time) (Revocation, error) {
 	if err := checkID(grantID); err != nil {
 		return Revocation{}, err
 	}
-	r := Revocation{Version: GrantVersion, Grant: grantID, Issuer: issuerID.String(), Issued: now.Unix()}
+	r := Revocation{Version: GrantVersion, Grant: grantID, Issuer: by.ID.String(), Issued: now.Unix(), Gen: by.Generation, Head: by.Head}
 	sig, err := signature.SignInput(ctx, issuer, r.SigningInput())
 	if err != nil {
 		return Revocation{}, fmt.Errorf("sign revocation: %w", err)
@@ -193,8 +279,8 @@ func DecodeRevocation(b []byte) (Revocation, error) {
 }
 
 func (r *Revocation) check() error {
-	if r.Version != GrantVersion {
-		return fmt.Errorf("version %d (this agent speaks %d)", r.Version, GrantVersion)
+	if err := checkVersion(r.Version, r.Gen, r.Head); err != nil {
+		return err
 	}
 	if err := checkID(r.Grant); err != nil {
 		return err
@@ -306,4 +392,82 @@ func DecodeGrants(b []byte) ([]Grant, error) {
 		return nil, fmt.Errorf("%w: grant list is not in canonical form", ErrMalformed)
 	}
 	return gs, nil
+}
+
+// MaxPresentation bounds the encoded grants and issuer logs an initiator presents at the handshake (the
+// handshake's opaque grants field is at most 64 KiB).
+const MaxPresentation = 64 << 10
+
+// Presentation is what an initiator presents at the handshake: its grants and, for grants that name an
+// issuer generation above 0, the issuer's key event log (JSON lines), so that a verifier that never met
+// the issuer can judge them (docs/protocol.md, "Signing-generation validity"; docs/adr/0050).
+type Presentation struct {
+	Grants []Grant
+	Logs   [][]byte // key event logs of issuers, JSON lines (identity.Log.Encode)
+}
+
+// presentationJSON is the wire form of a Presentation with logs.
+type presentationJSON struct {
+	Grants []json.RawMessage `json:"grants"`
+	Logs   []string          `json:"logs"` // base64url of each log's JSON lines
+}
+
+// EncodePresentation is the handshake form: without logs, exactly EncodeGrants (a JSON array, what agents
+// before grant version 2 read); with logs, the object {"grants":[...],"logs":[...]}.
+func EncodePresentation(p Presentation) []byte {
+	if len(p.Logs) == 0 {
+		return EncodeGrants(p.Grants)
+	}
+	pj := presentationJSON{Grants: make([]json.RawMessage, len(p.Grants)), Logs: make([]string, len(p.Logs))}
+	for i := range p.Grants {
+		pj.Grants[i] = p.Grants[i].Encode()
+	}
+	for i, l := range p.Logs {
+		pj.Logs[i] = identity.Base64().EncodeToString(l)
+	}
+	return mustJSON(pj)
+}
+
+// DecodePresentation strictly decodes EncodePresentation's forms: at most MaxPresentation bytes, at most
+// MaxGrantList grants and as many logs, each grant by DecodeGrant, and the canonical encoding. The logs
+// are returned as bytes; the caller decodes and verifies them (identity.DecodeLog, Log.Verify).
+func DecodePresentation(b []byte) (Presentation, error) {
+	if len(b) > MaxPresentation {
+		return Presentation{}, fmt.Errorf("%w: grant presentation of %d bytes exceeds %d", ErrMalformed, len(b), MaxPresentation)
+	}
+	if len(b) == 0 || b[0] != '{' {
+		gs, err := DecodeGrants(b)
+		return Presentation{Grants: gs}, err
+	}
+	var pj presentationJSON
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&pj); err != nil {
+		return Presentation{}, fmt.Errorf("%w: grant presentation: %v", ErrMalformed, err)
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		return Presentation{}, fmt.Errorf("%w: grant presentation: trailing data", ErrMalformed)
+	}
+	if len(pj.Grants) > MaxGrantList || len(pj.Logs) > MaxGrantList || len(pj.Logs) == 0 {
+		return Presentation{}, fmt.Errorf("%w: %d grants and %d logs in one presentation (1 to %d logs, at most %d grants)", ErrMalformed, len(pj.Grants), len(pj.Logs), MaxGrantList, MaxGrantList)
+	}
+	var p Presentation
+	for i, r := range pj.Grants {
+		g, err := DecodeGrant(r)
+		if err != nil {
+			return Presentation{}, fmt.Errorf("grant %d of the presentation: %w", i, err)
+		}
+		p.Grants = append(p.Grants, g)
+	}
+	for i, s := range pj.Logs {
+		l, err := identity.Base64().DecodeString(s)
+		if err != nil || len(l) == 0 {
+			return Presentation{}, fmt.Errorf("%w: log %d of the presentation is not unpadded base64url", ErrMalformed, i)
+		}
+		p.Logs = append(p.Logs, l)
+	}
+	if !bytes.Equal(EncodePresentation(p), b) {
+		return Presentation{}, fmt.Errorf("%w: grant presentation is not in canonical form", ErrMalformed)
+	}
+	return p, nil
 }

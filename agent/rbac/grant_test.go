@@ -34,11 +34,14 @@ func TestGrantEncodeDecode(t *testing.T) {
 	}
 	s := string(enc)
 	cases := []struct{ name, in, want string }{
-		{"unknown field", strings.Replace(s, `"v":1,`, `"v":1,"extra":true,`, 1), "unknown field"},
+		{"unknown field", strings.Replace(s, `"v":2,`, `"v":2,"extra":true,`, 1), "unknown field"},
 		{"trailing data", s + "{}", "trailing data"},
-		{"whitespace", strings.Replace(s, `"v":1,`, `"v": 1,`, 1), "canonical"},
-		{"duplicate key", strings.Replace(s, `"v":1,`, `"v":1,"v":1,`, 1), "canonical"},
-		{"version 2", strings.Replace(s, `"v":1,`, `"v":2,`, 1), "version 2"},
+		{"whitespace", strings.Replace(s, `"v":2,`, `"v": 2,`, 1), "canonical"},
+		{"duplicate key", strings.Replace(s, `"v":2,`, `"v":2,"v":2,`, 1), "canonical"},
+		{"version 3", strings.Replace(s, `"v":2,`, `"v":3,`, 1), "version 3"},
+		{"version 1 with a generation", strings.Replace(strings.Replace(s, `"v":2,`, `"v":1,`, 1), `"sig"`, `"gen":1,"sig"`, 1), "version 1 carries no issuer generation"},
+		{"gen 0 spelled out", strings.Replace(s, `"sig"`, `"gen":0,"sig"`, 1), "canonical"},
+		{"bad head", strings.Replace(s, `"sig"`, `"head":"AAAA","sig"`, 1), "head must be"},
 		{"unknown role", strings.Replace(s, `"peer_node"`, `"root"`, 1), `unknown role "root"`},
 		{"bad subject", strings.Replace(s, sub.id.String(), "rsa:AAAA", 1), "subject"},
 		{"short grant ID", strings.Replace(s, g.ID, "AAAA", 1), "grant ID"},
@@ -467,7 +470,7 @@ func TestGrantList(t *testing.T) {
 	for _, c := range []struct{ name, in, want string }{
 		{"spaces", strings.Replace(string(b), "},{", "}, {", 1), "canonical"},
 		{"trailing", string(b) + "[]", "trailing"},
-		{"bad element", "[" + strings.Replace(string(gs[0].Encode()), `"v":1`, `"v":2`, 1) + "]", "grant 0 of the list"},
+		{"bad element", "[" + strings.Replace(string(gs[0].Encode()), `"v":2`, `"v":3`, 1) + "]", "grant 0 of the list"},
 		{"too many", string(EncodeGrants(many)), "at most 16"},
 		{"not a list", `{"v":1}`, "cannot unmarshal"},
 	} {
@@ -548,4 +551,67 @@ func BenchmarkAuthorize(b *testing.B) {
 			}
 		}
 	})
+}
+
+// fuzzPresentation: DecodePresentation never panics, errors wrap ErrMalformed (or name the grant), and
+// what it accepts encodes back to the same bytes.
+func fuzzPresentation(t *testing.T, b []byte) {
+	p, err := DecodePresentation(b)
+	if err != nil {
+		if !errors.Is(err, ErrMalformed) {
+			t.Fatalf("error does not wrap ErrMalformed: %v", err)
+		}
+		return
+	}
+	if len(b) > 0 && !bytes.Equal(EncodePresentation(p), b) {
+		t.Fatalf("accepted presentation %q but encodes as %q", b, EncodePresentation(p))
+	}
+}
+
+// TestPresentation: grants with issuer logs round-trip; without logs the form is exactly the grant list
+// (what agents before version 2 read); malformed forms are refused.
+func TestPresentation(t *testing.T) {
+	f := newFixture(t, nil)
+	sub := newAgent(t, keystore.Ed25519)
+	gs := []Grant{f.grant(t, f.admin, sub.id, PeerNode, time.Hour)}
+	if !bytes.Equal(EncodePresentation(Presentation{Grants: gs}), EncodeGrants(gs)) {
+		t.Fatal("a presentation without logs is not the plain grant list")
+	}
+	p := Presentation{Grants: gs, Logs: [][]byte{[]byte("{\"v\":1}\n")}}
+	b := EncodePresentation(p)
+	back, err := DecodePresentation(b)
+	if err != nil || len(back.Grants) != 1 || back.Grants[0] != gs[0] || len(back.Logs) != 1 || string(back.Logs[0]) != "{\"v\":1}\n" {
+		t.Fatalf("round trip: %+v %v", back, err)
+	}
+	if back, err := DecodePresentation(EncodeGrants(gs)); err != nil || len(back.Grants) != 1 || back.Logs != nil {
+		t.Fatalf("the plain grant list: %+v %v", back, err)
+	}
+	s := string(b)
+	for _, c := range []struct{ name, in, want string }{
+		{"unknown field", strings.Replace(s, `{"grants"`, `{"x":1,"grants"`, 1), "unknown field"},
+		{"no logs", `{"grants":[],"logs":[]}`, "1 to 16 logs"},
+		{"bad log encoding", strings.Replace(s, `"logs":["`, `"logs":["=`, 1), "base64url"},
+		{"whitespace", strings.Replace(s, `,"logs"`, `, "logs"`, 1), "canonical"},
+		{"trailing", s + "{}", "trailing"},
+		{"too large", `{"grants":[],"logs":["` + strings.Repeat("A", MaxPresentation) + `"]}`, "exceeds"},
+	} {
+		if _, err := DecodePresentation([]byte(c.in)); !errors.Is(err, ErrMalformed) || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: %v, want %q", c.name, err, c.want)
+		}
+	}
+	fuzzPresentation(t, b)
+}
+
+// FuzzDecodePresentation is fuzzPresentation over a presentation with a log and the plain list.
+func FuzzDecodePresentation(f *testing.F) {
+	s, _ := keystore.GenerateMemorySigner(keystore.Ed25519)
+	id := identity.NewID(s.Public())
+	g, err := IssueGrant(context.Background(), s, id, id, PeerNode, t0, time.Hour)
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add(EncodePresentation(Presentation{Grants: []Grant{g}, Logs: [][]byte{[]byte("x\n")}}))
+	f.Add(EncodeGrants([]Grant{g}))
+	f.Add([]byte(`{"grants":[],"logs":["eA"]}`))
+	f.Fuzz(fuzzPresentation)
 }

@@ -16,11 +16,17 @@ import (
 	"github.com/custos-agent/custos/keystore"
 )
 
-// FeedbackVersion is the only version of the feedback format.
-const FeedbackVersion = 1
+// FeedbackVersion is the version of the feedback format: version 2 carries the task reference (Ref).
+// Version 1 (no reference) is refused: nothing showed the giver had the task with the subject
+// (docs/adr/0051).
+const FeedbackVersion = 2
 
-// MaxFeedbackSize bounds one encoded feedback record.
-const MaxFeedbackSize = 2048
+// MaxRefSize bounds the task reference (the subject's signed result envelope, binary form); feedback about
+// a task whose signed result is larger cannot be given.
+const MaxRefSize = 48 << 10
+
+// MaxFeedbackSize bounds one encoded feedback record (the reference in base64url, and the rest).
+const MaxFeedbackSize = MaxRefSize*4/3 + 2048
 
 // Rating bounds: -100 (worst) to +100 (best).
 const (
@@ -40,7 +46,19 @@ type Feedback struct {
 	Task    string `json:"task"`    // task or message ID the feedback is about (1 to 128 bytes of UTF-8)
 	Rating  int    `json:"rating"`  // MinRating..MaxRating
 	Time    int64  `json:"time"`    // Unix seconds
-	Sig     string `json:"sig"`     // base64url signature by Giver's key
+	// Ref is the task reference: base64url of the subject's signed task_result envelope (binary form) for
+	// Task, addressed to Giver — the proof that the giver submitted that task to the subject.
+	Ref string `json:"ref"`
+	Sig string `json:"sig"` // base64url signature by Giver's key
+}
+
+// RefBytes decodes Ref.
+func (f *Feedback) RefBytes() ([]byte, error) {
+	b, err := identity.Base64().DecodeString(f.Ref)
+	if err != nil || len(b) == 0 || len(b) > MaxRefSize {
+		return nil, fmt.Errorf("task reference must be 1 to %d bytes in unpadded base64url", MaxRefSize)
+	}
+	return b, nil
 }
 
 // SigningInput is exactly what the giver signs.
@@ -51,7 +69,8 @@ func (f *Feedback) SigningInput() *signature.Input {
 		String(f.Subject).
 		String(f.Task).
 		Int64(int64(f.Rating)).
-		Int64(f.Time)
+		Int64(f.Time).
+		String(f.Ref)
 }
 
 // Encode returns the compact JSON form.
@@ -69,9 +88,11 @@ func (f *Feedback) key() []byte {
 	return h[:]
 }
 
-// SignFeedback makes and signs feedback by giver (whose agent ID is giverID) about subject.
-func SignFeedback(ctx context.Context, giver keystore.Signer, giverID, subject identity.ID, task string, rating int, now time.Time) (Feedback, error) {
-	f := Feedback{Version: FeedbackVersion, Giver: giverID.String(), Subject: subject.String(), Task: task, Rating: rating, Time: now.Unix()}
+// SignFeedback makes and signs feedback by giver (whose agent ID is giverID) about subject's result of
+// task; ref is the subject's signed task_result envelope (binary form) that the giver received.
+func SignFeedback(ctx context.Context, giver keystore.Signer, giverID, subject identity.ID, task string, rating int, ref []byte, now time.Time) (Feedback, error) {
+	f := Feedback{Version: FeedbackVersion, Giver: giverID.String(), Subject: subject.String(), Task: task, Rating: rating, Time: now.Unix(),
+		Ref: identity.Base64().EncodeToString(ref)}
 	if err := f.check(); err != nil {
 		return Feedback{}, err
 	}
@@ -113,7 +134,7 @@ func DecodeFeedback(b []byte) (Feedback, error) {
 
 func (f *Feedback) check() error {
 	if f.Version != FeedbackVersion {
-		return fmt.Errorf("version %d (this agent speaks %d)", f.Version, FeedbackVersion)
+		return fmt.Errorf("version %d (this agent speaks %d: feedback must carry the task reference)", f.Version, FeedbackVersion)
 	}
 	if _, err := identity.ParseID(f.Giver); err != nil {
 		return fmt.Errorf("giver: %v", err)
@@ -132,6 +153,9 @@ func (f *Feedback) check() error {
 	}
 	if f.Time <= 0 {
 		return fmt.Errorf("time %d is not a positive Unix time", f.Time)
+	}
+	if _, err := f.RefBytes(); err != nil {
+		return err
 	}
 	return nil
 }

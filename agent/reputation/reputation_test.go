@@ -8,6 +8,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"testing"
@@ -34,6 +35,23 @@ func newPeer(t testing.TB) peer {
 	return peer{s, identity.NewID(s.Public())}
 }
 
+// ref is the unit tests' stand-in for a task reference (the daemon checks the subject's signed result):
+// it names the giver, the subject and the task.
+func ref(giver, subject identity.ID, task string) []byte {
+	return []byte("ref:" + giver.String() + ":" + subject.String() + ":" + task)
+}
+
+func checkRef(_ context.Context, f *Feedback) error {
+	b, err := f.RefBytes()
+	if err != nil {
+		return err
+	}
+	if string(b) != "ref:"+f.Giver+":"+f.Subject+":"+f.Task {
+		return errors.New("the reference is not of this task between giver and subject")
+	}
+	return nil
+}
+
 type env struct {
 	now     time.Time
 	path    string
@@ -50,7 +68,8 @@ func newEnv(t *testing.T, cfg Config) *env {
 
 func (e *env) open(t *testing.T, cfg Config) {
 	t.Helper()
-	s, err := Open(context.Background(), e.path, cfg, Options{Now: func() time.Time { return e.now }, OnChange: func(c Change) { e.changes = append(e.changes, c) }})
+	s, err := Open(context.Background(), e.path, cfg, Options{Now: func() time.Time { return e.now }, OnChange: func(c Change) { e.changes = append(e.changes, c) },
+		CheckTask: checkRef})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -316,7 +335,7 @@ func TestFeedback(t *testing.T) {
 	if e.store.Level(giver.id) != Trusted {
 		t.Fatalf("giver is %s", e.store.Level(giver.id))
 	}
-	fb, err := SignFeedback(ctx, giver.s, giver.id, subject.id, "task-1", -100, e.now)
+	fb, err := SignFeedback(ctx, giver.s, giver.id, subject.id, "task-1", -100, ref(giver.id, subject.id, "task-1"), e.now)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -335,12 +354,12 @@ func TestFeedback(t *testing.T) {
 	if _, err := e.store.AddFeedback(ctx, fb); !errors.Is(err, ErrFeedbackRefused) {
 		t.Fatalf("replayed feedback: %v", err)
 	}
-	fb2, _ := SignFeedback(ctx, giver.s, giver.id, subject.id, "task-1", 100, e.now)
+	fb2, _ := SignFeedback(ctx, giver.s, giver.id, subject.id, "task-1", 100, ref(giver.id, subject.id, "task-1"), e.now)
 	if _, err := e.store.AddFeedback(ctx, fb2); !errors.Is(err, ErrFeedbackRefused) {
 		t.Fatalf("second rating of the same task: %v", err)
 	}
 	// A New giver weighs little: score 0.5 × vote multiplier 0.1.
-	fb3, _ := SignFeedback(ctx, newcomer.s, newcomer.id, subject.id, "task-1", 100, e.now)
+	fb3, _ := SignFeedback(ctx, newcomer.s, newcomer.id, subject.id, "task-1", 100, ref(newcomer.id, subject.id, "task-1"), e.now)
 	if w, err := e.store.AddFeedback(ctx, fb3); err != nil || math.Abs(w-0.05) > 1e-9 {
 		t.Fatalf("new giver's weight = %.3f, %v; want 0.05", w, err)
 	}
@@ -348,7 +367,7 @@ func TestFeedback(t *testing.T) {
 	if err := e.store.Block(ctx, newcomer.id); err != nil {
 		t.Fatal(err)
 	}
-	fb4, _ := SignFeedback(ctx, newcomer.s, newcomer.id, subject.id, "task-2", 100, e.now)
+	fb4, _ := SignFeedback(ctx, newcomer.s, newcomer.id, subject.id, "task-2", 100, ref(newcomer.id, subject.id, "task-2"), e.now)
 	if w, err := e.store.AddFeedback(ctx, fb4); err != nil || w != 0 {
 		t.Fatalf("blocked giver's weight = %.3f, %v", w, err)
 	}
@@ -359,16 +378,16 @@ func TestFeedback(t *testing.T) {
 		t.Fatalf("forged feedback: %v", err)
 	}
 	// Too old and from the future.
-	old, _ := SignFeedback(ctx, giver.s, giver.id, subject.id, "task-old", 100, e.now.Add(-30*24*time.Hour))
+	old, _ := SignFeedback(ctx, giver.s, giver.id, subject.id, "task-old", 100, ref(giver.id, subject.id, "task-old"), e.now.Add(-30*24*time.Hour))
 	if _, err := e.store.AddFeedback(ctx, old); !errors.Is(err, ErrFeedbackRefused) {
 		t.Fatalf("month-old feedback: %v", err)
 	}
-	future, _ := SignFeedback(ctx, giver.s, giver.id, subject.id, "task-future", 100, e.now.Add(time.Hour))
+	future, _ := SignFeedback(ctx, giver.s, giver.id, subject.id, "task-future", 100, ref(giver.id, subject.id, "task-future"), e.now.Add(time.Hour))
 	if _, err := e.store.AddFeedback(ctx, future); !errors.Is(err, ErrFeedbackRefused) {
 		t.Fatalf("future feedback: %v", err)
 	}
 	// About oneself.
-	if _, err := SignFeedback(ctx, giver.s, giver.id, giver.id, "t", 100, e.now); err == nil {
+	if _, err := SignFeedback(ctx, giver.s, giver.id, giver.id, "t", 100, ref(giver.id, giver.id, "t"), e.now); err == nil {
 		t.Fatal("self-feedback signed")
 	}
 }
@@ -376,7 +395,7 @@ func TestFeedback(t *testing.T) {
 func TestDecodeFeedback(t *testing.T) {
 	ctx := context.Background()
 	a, b := newPeer(t), newPeer(t)
-	fb, err := SignFeedback(ctx, a.s, a.id, b.id, "task-42", 75, t0)
+	fb, err := SignFeedback(ctx, a.s, a.id, b.id, "task-42", 75, ref(a.id, b.id, "task-42"), t0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -386,7 +405,9 @@ func TestDecodeFeedback(t *testing.T) {
 	}
 	s := string(fb.Encode())
 	for _, c := range []struct{ name, in, want string }{
-		{"unknown field", strings.Replace(s, `"v":1,`, `"v":1,"x":0,`, 1), "unknown field"},
+		{"unknown field", strings.Replace(s, `"v":2,`, `"v":2,"x":0,`, 1), "unknown field"},
+		{"version 1 (no task reference)", strings.Replace(s, `"v":2,`, `"v":1,`, 1), "must carry the task reference"},
+		{"no task reference", regexp.MustCompile(`"ref":"[^"]*"`).ReplaceAllString(s, `"ref":""`), "task reference"},
 		{"rating out of range", strings.Replace(s, `"rating":75`, `"rating":101`, 1), "outside"},
 		{"self", strings.Replace(s, b.id.String(), a.id.String(), 1), "itself"},
 		{"empty task", strings.Replace(s, `"task-42"`, `""`, 1), "task ID"},
@@ -423,12 +444,12 @@ func TestEviction(t *testing.T) {
 // FuzzDecodeFeedback: DecodeFeedback never panics, and what it accepts encodes back to the same bytes.
 func FuzzDecodeFeedback(f *testing.F) {
 	a, b := newPeer(f), newPeer(f)
-	fb, err := SignFeedback(context.Background(), a.s, a.id, b.id, "task-1", -3, t0)
+	fb, err := SignFeedback(context.Background(), a.s, a.id, b.id, "task-1", -3, ref(a.id, b.id, "task-1"), t0)
 	if err != nil {
 		f.Fatal(err)
 	}
 	f.Add(fb.Encode())
-	f.Add([]byte(`{"v":1,"rating":0}`))
+	f.Add([]byte(`{"v":2,"rating":0}`))
 	f.Fuzz(func(t *testing.T, in []byte) {
 		fb, err := DecodeFeedback(in)
 		if err != nil {
@@ -493,5 +514,67 @@ func TestDocsEffectsTable(t *testing.T) {
 		if !strings.Contains(string(doc), s) {
 			t.Errorf("docs/authorization.md lacks the threshold %q", s)
 		}
+	}
+}
+
+// TestFabricatedFeedback (issue 12 finding 6): a trusted giver's feedback about tasks it never had with the
+// subject (references that are not the subject's result of that task for that giver) is refused and does
+// not move the subject's level; feedback with real references counts, at most FeedbackPerHour per giver.
+// Before the fix the fabricated feedback was counted (feedback factor evidence 18.4, value 0.05 after the
+// twenty made-up ratings).
+func TestFabricatedFeedback(t *testing.T) {
+	ctx := context.Background()
+	e := newEnv(t, Config{FeedbackPerHour: 25})
+	giver, subject, other := newPeer(t), newPeer(t), newPeer(t)
+	for i := 0; i < 60; i++ {
+		e.task(t, giver.id, true, time.Second)
+	}
+	for i := 0; i < 12; i++ {
+		e.task(t, subject.id, true, time.Second)
+	}
+	if e.store.Level(subject.id) != Trusted {
+		t.Fatalf("subject is %s before the feedback", e.store.Level(subject.id))
+	}
+	for i := 0; i < 20; i++ {
+		task := fmt.Sprintf("made-up-%d", i)
+		// A reference of another pair's task, or of another task.
+		bogus := ref(other.id, subject.id, task)
+		if i%2 == 1 {
+			bogus = ref(giver.id, subject.id, "some-other-task")
+		}
+		fb, err := SignFeedback(ctx, giver.s, giver.id, subject.id, task, -100, bogus, e.now)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := e.store.AddFeedback(ctx, fb); !errors.Is(err, ErrFeedbackRefused) || !strings.Contains(err.Error(), "not confirmed") {
+			t.Fatalf("fabricated feedback %d: %v, want ErrFeedbackRefused (not confirmed)", i, err)
+		}
+	}
+	if l := e.store.Level(subject.id); l != Trusted {
+		t.Fatalf("fabricated feedback moved the subject to %s", l)
+	}
+	if f := factor(e.store.Report(subject.id), FactorFeedback); f.Evidence != 0 {
+		t.Fatalf("fabricated feedback counted: %+v", f)
+	}
+	// Real references count, up to the per-giver rate.
+	for i := 0; i < 26; i++ {
+		task := fmt.Sprintf("real-%d", i)
+		fb, err := SignFeedback(ctx, giver.s, giver.id, subject.id, task, 50, ref(giver.id, subject.id, task), e.now)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = e.store.AddFeedback(ctx, fb)
+		if i < 25 && err != nil {
+			t.Fatalf("feedback %d with a real reference: %v", i, err)
+		}
+		if i == 25 && (!errors.Is(err, ErrFeedbackRefused) || !strings.Contains(err.Error(), "this hour")) {
+			t.Fatalf("feedback beyond the per-giver rate: %v", err)
+		}
+	}
+	// A new hour gives the giver new slots.
+	e.now = e.now.Add(time.Hour)
+	fb, _ := SignFeedback(ctx, giver.s, giver.id, subject.id, "next-hour", 50, ref(giver.id, subject.id, "next-hour"), e.now)
+	if _, err := e.store.AddFeedback(ctx, fb); err != nil {
+		t.Fatalf("feedback in the next hour: %v", err)
 	}
 }

@@ -55,6 +55,9 @@ type Config struct {
 	// MaxPeers bounds the peers remembered; beyond it the New peer with the least evidence is forgotten
 	// (Restricted and Blocked peers are never forgotten). Default 100000.
 	MaxPeers int
+	// FeedbackPerHour bounds the feedback counted from one giver per hour (beyond it feedback is refused).
+	// Default 20.
+	FeedbackPerHour int
 }
 
 func (c *Config) fill() error {
@@ -84,6 +87,9 @@ func (c *Config) fill() error {
 	}
 	if c.MaxPeers == 0 {
 		c.MaxPeers = 100000
+	}
+	if c.FeedbackPerHour == 0 {
+		c.FeedbackPerHour = 20
 	}
 	w := c.Weights
 	switch {
@@ -178,8 +184,13 @@ type Change struct {
 type Options struct {
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
-	// Resolve returns a feedback giver's current verification key; nil means the ID's inception key.
-	Resolve func(identity.ID) (keystore.PublicKey, error)
+	// Resolve returns what this agent knows of a feedback giver's key event log; nil means
+	// identity.SignedAtOnly (generation 0: the ID's key).
+	Resolve func(identity.ID) (identity.State, error)
+	// CheckTask confirms that the giver had the feedback's task with the subject (in the agent: the task
+	// reference is the subject's signed result for that task, addressed to the giver). nil refuses all
+	// feedback.
+	CheckTask func(ctx context.Context, f *Feedback) error
 	// OnChange is called (outside the store's lock) after each level change was persisted.
 	OnChange func(Change)
 	// Logger; nil discards.
@@ -192,12 +203,20 @@ type Store struct {
 	db       *bolt.DB
 	ownsDB   bool
 	now      func() time.Time
-	resolve  func(identity.ID) (keystore.PublicKey, error)
+	resolve  func(identity.ID) (identity.State, error)
+	check    func(context.Context, *Feedback) error
 	onChange func(Change)
 	log      *slog.Logger
 
-	mu    sync.Mutex
-	peers map[string]*record
+	mu     sync.Mutex
+	peers  map[string]*record
+	givers map[string]*giverRate // feedback counted per giver in the current hour
+}
+
+// giverRate counts one giver's feedback in one hour.
+type giverRate struct {
+	hour int64
+	n    int
 }
 
 // Open opens (creating it 0600 if needed) the bbolt file at path and the store in it. Use NewStore instead when
@@ -222,12 +241,13 @@ func NewStore(ctx context.Context, db *bolt.DB, cfg Config, opts Options) (*Stor
 	if err := cfg.fill(); err != nil {
 		return nil, err
 	}
-	s := &Store{cfg: cfg, db: db, now: opts.Now, resolve: opts.Resolve, onChange: opts.OnChange, log: opts.Logger, peers: map[string]*record{}}
+	s := &Store{cfg: cfg, db: db, now: opts.Now, resolve: opts.Resolve, check: opts.CheckTask, onChange: opts.OnChange, log: opts.Logger,
+		peers: map[string]*record{}, givers: map[string]*giverRate{}}
 	if s.now == nil {
 		s.now = time.Now
 	}
 	if s.resolve == nil {
-		s.resolve = func(id identity.ID) (keystore.PublicKey, error) { return id.PublicKey(), nil }
+		s.resolve = func(id identity.ID) (identity.State, error) { return identity.SignedAtOnly(id), nil }
 	}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
@@ -525,20 +545,28 @@ func (s *Store) AddFeedback(ctx context.Context, f Feedback) (float64, error) {
 	}
 	giver, _ := identity.ParseID(f.Giver)
 	subject, _ := identity.ParseID(f.Subject)
-	pub, err := s.resolve(giver)
+	st, err := s.resolve(giver)
 	if err != nil {
-		return 0, fmt.Errorf("feedback from %s: the giver's key is unavailable: %w", f.Giver, err)
+		return 0, fmt.Errorf("feedback from %s: the giver's key event log is unavailable: %w", f.Giver, err)
 	}
 	sig, err := identity.Base64().DecodeString(f.Sig)
 	if err != nil {
 		return 0, fmt.Errorf("%w: signature is not unpadded base64url", ErrMalformed)
 	}
-	if err := signature.VerifyInput(pub, f.SigningInput(), sig); err != nil {
+	if _, err := st.VerifySignedAt(identity.NoGeneration, "", f.Time, func(pub keystore.PublicKey) error {
+		return signature.VerifyInput(pub, f.SigningInput(), sig)
+	}); err != nil {
 		return 0, fmt.Errorf("feedback from %s: %w", f.Giver, err)
 	}
 	nowT := s.now()
 	if t := time.Unix(f.Time, 0); t.Before(nowT.Add(-s.feedbackHorizon())) || t.After(nowT.Add(5*time.Minute)) {
 		return 0, fmt.Errorf("%w: feedback time %s is outside [now - %s, now + 5m]", ErrFeedbackRefused, t.UTC().Format(time.RFC3339), s.feedbackHorizon())
+	}
+	if s.check == nil {
+		return 0, fmt.Errorf("%w: this agent has no way to confirm feedback tasks", ErrFeedbackRefused)
+	}
+	if err := s.check(ctx, &f); err != nil {
+		return 0, fmt.Errorf("%w: %s's feedback about %s for task %q: the task is not confirmed: %v", ErrFeedbackRefused, f.Giver, f.Subject, f.Task, err)
 	}
 	w := s.Weight(giver)
 	now := nowT.UnixNano()
@@ -553,6 +581,10 @@ func (s *Store) AddFeedback(ctx context.Context, f Feedback) (float64, error) {
 		s.mu.Unlock()
 		return 0, fmt.Errorf("%w: %s already gave feedback about %s for task %q", ErrFeedbackRefused, f.Giver, f.Subject, f.Task)
 	}
+	if err := s.takeGiverSlot(f.Giver, nowT); err != nil {
+		s.mu.Unlock()
+		return 0, err
+	}
 	r := s.get(subject.String(), now)
 	rating := float64(f.Rating) / MaxRating
 	r.FbPos += w * (1 + rating) / 2
@@ -563,6 +595,29 @@ func (s *Store) AddFeedback(ctx context.Context, f Feedback) (float64, error) {
 	s.mu.Unlock()
 	s.report(changes)
 	return w, err
+}
+
+// takeGiverSlot counts one feedback of giver in the current hour, or refuses it beyond FeedbackPerHour.
+// s.mu is held.
+func (s *Store) takeGiverSlot(giver string, now time.Time) error {
+	hour := now.Unix() / 3600
+	r := s.givers[giver]
+	if r == nil || r.hour != hour {
+		if len(s.givers) >= s.cfg.MaxPeers {
+			for k, v := range s.givers {
+				if v.hour != hour {
+					delete(s.givers, k)
+				}
+			}
+		}
+		r = &giverRate{hour: hour}
+		s.givers[giver] = r
+	}
+	if r.n >= s.cfg.FeedbackPerHour {
+		return fmt.Errorf("%w: %s already gave %d feedback this hour (the limit)", ErrFeedbackRefused, giver, r.n)
+	}
+	r.n++
+	return nil
 }
 
 // feedbackHorizon is how old feedback may be: four half-lives (it would count for 1/16 by then).

@@ -28,9 +28,11 @@ func grantCommand() *cli.Command {
 			"   agentctl grant stake --stake AGENT_ID=AMOUNT ... | agentctl grant stake install FILE",
 		Description: "A grant gives ROLE (system_admin, agent_operator, task_submitter, peer_node, gateway_service) to\n" +
 			"AGENT_ID until it expires. The running agent signs it with its identity key; it counts only on agents\n" +
-			"whose configuration lists this agent under authorization.admins. The encoded grant (one line) goes\n" +
-			"to stdout or --out FILE (0600); give it to the grantee, who installs it with 'agentctl grant install\n" +
-			"FILE': its agent then presents it in every handshake it starts, and at once to its connected peers.\n" +
+			"whose configuration lists this agent under authorization.admins. The encoded grant (one line; after\n" +
+			"it, once this agent has rotated, its key event log, one event per line) goes to stdout or --out FILE\n" +
+			"(0600); give it to the grantee, who installs it with 'agentctl grant install FILE': its agent then\n" +
+			"presents it (with the log) in every handshake it starts, and at once to its connected peers. A\n" +
+			"rotation of this agent's key revokes nothing; a recovery voids what the lost key signed.\n" +
 			"See docs/authorization.md.",
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "to", Usage: "the grantee's agent `ID`"},
@@ -118,8 +120,23 @@ func readSmallFile(c *cli.Context, what, name string) ([]byte, error) {
 	return []byte(strings.TrimSpace(string(b))), nil
 }
 
-// writeRecordOut writes one encoded record to --out (0600, refusing to replace an existing file) or stdout.
-func writeRecordOut(c *cli.Context, encoded string) error {
+// splitRecord splits a grant or revocation file: the record on its first line, then (optionally) the
+// issuer's key event log, one event per line (what agentctl grant and revoke write when the record names an
+// issuer generation above 0).
+func splitRecord(b []byte) (record, issuerLog string) {
+	first, rest, _ := strings.Cut(string(b), "\n")
+	rest = strings.TrimSpace(rest)
+	if rest != "" {
+		rest += "\n"
+	}
+	return strings.TrimSpace(first), rest
+}
+
+// writeRecordOut writes one encoded record, then the issuer's key event log when there is one, to --out
+// (0600, refusing to replace an existing file) or stdout.
+func writeRecordOut(c *cli.Context, encoded, issuerLog string) error {
+	encoded += "\n" + strings.TrimSpace(issuerLog)
+	encoded = strings.TrimSpace(encoded)
 	out := c.String("out")
 	if out == "" {
 		fmt.Fprintln(c.App.Writer, encoded)
@@ -163,13 +180,13 @@ func runGrantIssue(c *cli.Context) error {
 	}
 	if c.Bool("json") {
 		if c.String("out") != "" {
-			if err := writeRecordOut(c, res.Grant); err != nil {
+			if err := writeRecordOut(c, res.Grant, res.IssuerLog); err != nil {
 				return err
 			}
 		}
 		return printJSON(c.App.Writer, res)
 	}
-	if err := writeRecordOut(c, res.Grant); err != nil {
+	if err := writeRecordOut(c, res.Grant, res.IssuerLog); err != nil {
 		return err
 	}
 	fmt.Fprintf(c.App.ErrWriter, "granted %s to %s until %s (grant %s); install it on that agent with: agentctl grant install FILE\n",
@@ -198,8 +215,9 @@ func runGrantInstall(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
+	rec, issuerLog := splitRecord(b)
 	var res daemon.GrantInstallResult
-	if err := call(c, c.Context, daemon.OpGrantInstall, daemon.GrantInstallArgs{Grant: string(b)}, &res); err != nil {
+	if err := call(c, c.Context, daemon.OpGrantInstall, daemon.GrantInstallArgs{Grant: rec, IssuerLog: issuerLog}, &res); err != nil {
 		return err
 	}
 	if asJSON {
@@ -266,7 +284,8 @@ func runRevoke(c *cli.Context) error {
 		if err != nil {
 			return err
 		}
-		g, err := rbac.DecodeGrant(b)
+		rec, _ := splitRecord(b)
+		g, err := rbac.DecodeGrant([]byte(rec))
 		if err != nil {
 			return fmt.Errorf("--grant %s: %w", c.String("grant"), err)
 		}
@@ -283,13 +302,13 @@ func runRevoke(c *cli.Context) error {
 	}
 	if c.Bool("json") {
 		if c.String("out") != "" {
-			if err := writeRecordOut(c, res.Revocation); err != nil {
+			if err := writeRecordOut(c, res.Revocation, res.IssuerLog); err != nil {
 				return err
 			}
 		}
 		return printJSON(c.App.Writer, res)
 	}
-	if err := writeRecordOut(c, res.Revocation); err != nil {
+	if err := writeRecordOut(c, res.Revocation, res.IssuerLog); err != nil {
 		return err
 	}
 	where := "not applied here"
@@ -309,8 +328,9 @@ func runRevocationInstall(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
+	rec, issuerLog := splitRecord(b)
 	var res daemon.RevocationInstallResult
-	if err := call(c, c.Context, daemon.OpRevocationInstall, daemon.RevocationInstallArgs{Revocation: string(b)}, &res); err != nil {
+	if err := call(c, c.Context, daemon.OpRevocationInstall, daemon.RevocationInstallArgs{Revocation: rec, IssuerLog: issuerLog}, &res); err != nil {
 		return err
 	}
 	if asJSON {

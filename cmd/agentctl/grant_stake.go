@@ -37,9 +37,10 @@ func grantStakeCommand() *cli.Command {
 			OnUsageError: onUsageError,
 			Name:         "install",
 			Usage:        "put an administrator-signed stake table (FILE, - for stdin) in force on this agent",
-			UsageText:    "agentctl grant stake install FILE [--json]",
-			Flags:        []cli.Flag{jsonFlag()},
-			Action:       runStakeInstall,
+			UsageText:    "agentctl grant stake install FILE [--force] [--json]",
+			Flags: []cli.Flag{jsonFlag(), &cli.BoolFlag{Name: "force",
+				Usage: "install a table older than the one in force (a rollback; audited as such)"}},
+			Action: runStakeInstall,
 		}},
 	}
 }
@@ -80,13 +81,13 @@ func runStakeSign(c *cli.Context) error {
 	}
 	if c.Bool("json") {
 		if c.String("out") != "" {
-			if err := writeRecordOut(c, v.Table); err != nil {
+			if err := writeRecordOut(c, v.Table, v.IssuerLog); err != nil {
 				return err
 			}
 		}
 		return printJSON(c.App.Writer, v)
 	}
-	if err := writeRecordOut(c, v.Table); err != nil {
+	if err := writeRecordOut(c, v.Table, v.IssuerLog); err != nil {
 		return err
 	}
 	where := "not in force here"
@@ -107,8 +108,9 @@ func runStakeInstall(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
+	rec, issuerLog := splitRecord(b)
 	var v daemon.StakeView
-	if err := call(c, c.Context, daemon.OpStakeSet, daemon.StakeSetArgs{Table: string(b)}, &v); err != nil {
+	if err := call(c, c.Context, daemon.OpStakeSet, daemon.StakeSetArgs{Table: rec, IssuerLog: issuerLog, Force: c.Bool("force")}, &v); err != nil {
 		return err
 	}
 	if asJSON {

@@ -72,6 +72,7 @@ func TestScripts(t *testing.T) {
 			"jsonget":     cmdJSONGet,
 			"envfile":     cmdEnvFile,
 			"halve":       cmdHalve,
+			"jsonset":     cmdJSONSet,
 			"tpmclear":    cmdTPMClear,
 		},
 	})
@@ -147,6 +148,34 @@ func cmdJSONGet(ts *testscript.TestScript, neg bool, args []string) {
 		s = fmt.Sprint(v)
 	}
 	ts.Check(os.WriteFile(ts.MkAbs(args[2]), []byte(s), 0o600))
+}
+
+// jsonset FILE PATH VALUE OUT: writes FILE to OUT with the field at the dotted PATH (objects only) set to
+// the JSON value VALUE (an altered copy of a file).
+func cmdJSONSet(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) != 4 {
+		ts.Fatalf("usage: jsonset FILE PATH VALUE OUTFILE")
+	}
+	var m map[string]any
+	ts.Check(json.Unmarshal([]byte(ts.ReadFile(args[0])), &m))
+	var val any
+	ts.Check(json.Unmarshal([]byte(args[2]), &val))
+	keys := strings.Split(args[1], ".")
+	obj := m
+	for _, k := range keys[:len(keys)-1] {
+		next, ok := obj[k].(map[string]any)
+		if !ok {
+			ts.Fatalf("%s: %q is not an object", args[0], k)
+		}
+		obj = next
+	}
+	if _, ok := obj[keys[len(keys)-1]]; !ok {
+		ts.Fatalf("%s has no field %q", args[0], args[1])
+	}
+	obj[keys[len(keys)-1]] = val
+	b, err := json.Marshal(m)
+	ts.Check(err)
+	ts.Check(os.WriteFile(ts.MkAbs(args[3]), b, 0o600))
 }
 
 // envfile NAME FILE: sets the environment variable NAME to the content of FILE (trailing newline dropped).

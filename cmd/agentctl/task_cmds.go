@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -15,6 +16,8 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/custos-agent/custos/agent/daemon"
+	"github.com/custos-agent/custos/agent/delegation"
+	"github.com/custos-agent/custos/agent/envelope"
 	"github.com/custos-agent/custos/agent/identity"
 	"github.com/custos-agent/custos/agent/tasks"
 )
@@ -79,7 +82,10 @@ func taskCommand() *cli.Command {
 				UsageText: "agentctl task verify FILE\n\n" +
 					"FILE (- for stdin) holds the --json output of 'task submit --wait' or 'task result', or just its\n" +
 					"result.evidence object. The key event log is verified from inception, the delegation against it, the\n" +
-					"signature under the delegated operational key, and the output against its digest.",
+					"signature under the delegated operational key, and the output against its digest. Every other field\n" +
+					"of FILE that the evidence determines (task_id, to, handler, input_sha256 and result.status, output,\n" +
+					"output_sha256, error, executor, started, finished, signature, signed_at, operational key and\n" +
+					"delegation) must be the evidence's: a file whose fields were changed is refused, naming them.",
 				Action: runTaskVerify,
 			},
 		},
@@ -304,9 +310,85 @@ func runTaskVerify(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
+	dl, err := delegation.Decode(ev.Delegation)
+	if err != nil { // VerifyEvidence decoded it already
+		return err
+	}
+	if bad := alteredFields(raw, e, doc, dl); len(bad) > 0 {
+		return fmt.Errorf("the evidence verifies, but the file's %s differ from what the executor signed: the file was altered; trust only the evidence (agentctl task verify prints from it)",
+			strings.Join(bad, ", "))
+	}
 	fmt.Fprintf(c.App.Writer, "ok: task %s was run by %s for %s (handler %s, status %s)\nresult sha256 %s\nsignature %s\n",
 		doc.TaskID, e.Header.SenderID, doc.Requester, doc.Handler, doc.Status, doc.OutputSHA256, identity.Base64().EncodeToString(e.Signature))
 	return nil
+}
+
+// alteredFields compares every field of a task view file (the --json output) that the signed evidence
+// determines with the evidence, and returns the names of those that differ. Fields the file leaves out are
+// not compared; a bare evidence object has none.
+func alteredFields(raw []byte, e *envelope.Envelope, doc *tasks.ResultDoc, dl *delegation.Delegation) []string {
+	var v struct {
+		TaskID      *string `json:"task_id"`
+		To          *string `json:"to"`
+		Handler     *string `json:"handler"`
+		InputSHA256 *string `json:"input_sha256"`
+		Result      *struct {
+			Status               *string       `json:"status"`
+			Output               *envelope.B64 `json:"output"`
+			OutputSHA256         *string       `json:"output_sha256"`
+			Error                *string       `json:"error"`
+			Executor             *string       `json:"executor"`
+			Started              *int64        `json:"started"`
+			Finished             *int64        `json:"finished"`
+			Signature            *envelope.B64 `json:"signature"`
+			SignedAt             *int64        `json:"signed_at"`
+			OperationalKey       *string       `json:"operational_key"`
+			OperationalAlgorithm *string       `json:"operational_algorithm"`
+			DelegationGeneration *uint64       `json:"delegation_generation"`
+			DelegationNotAfter   *int64        `json:"delegation_not_after"`
+		} `json:"result"`
+	}
+	if err := json.Unmarshal(raw, &v); err != nil {
+		return []string{fmt.Sprintf("fields (not readable: %v)", err)}
+	}
+	var bad []string
+	str := func(name string, got *string, want string) {
+		if got != nil && *got != want {
+			bad = append(bad, name)
+		}
+	}
+	num := func(name string, got *int64, want int64) {
+		if got != nil && *got != want {
+			bad = append(bad, name)
+		}
+	}
+	byt := func(name string, got *envelope.B64, want []byte) {
+		if got != nil && !bytes.Equal(*got, want) {
+			bad = append(bad, name)
+		}
+	}
+	str("task_id", v.TaskID, doc.TaskID)
+	str("to", v.To, e.Header.SenderID)
+	str("handler", v.Handler, doc.Handler)
+	str("input_sha256", v.InputSHA256, doc.InputSHA256)
+	if r := v.Result; r != nil {
+		str("result.status", r.Status, doc.Status)
+		byt("result.output", r.Output, doc.Output)
+		str("result.output_sha256", r.OutputSHA256, doc.OutputSHA256)
+		str("result.error", r.Error, doc.Error)
+		str("result.executor", r.Executor, e.Header.SenderID)
+		num("result.started", r.Started, doc.Started)
+		num("result.finished", r.Finished, doc.Finished)
+		byt("result.signature", r.Signature, e.Signature)
+		num("result.signed_at", r.SignedAt, e.Header.Timestamp)
+		str("result.operational_key", r.OperationalKey, identity.Base64().EncodeToString(dl.OpKey))
+		str("result.operational_algorithm", r.OperationalAlgorithm, string(dl.OpAlg))
+		if r.DelegationGeneration != nil && *r.DelegationGeneration != dl.Generation {
+			bad = append(bad, "result.delegation_generation")
+		}
+		num("result.delegation_not_after", r.DelegationNotAfter, dl.NotAfter)
+	}
+	return bad
 }
 
 // evidenceOf accepts a TaskView (the --json output) or a bare evidence object.
