@@ -67,12 +67,18 @@ type Keystore struct {
 	prompted map[string][]byte // secrets typed at a prompt, by what they are for; wiped on Close
 }
 
-// loadedKey is the one key this keystore keeps loaded in the TPM, so that signing costs one command.
+// loadedKey is the one key this keystore keeps at hand, so that signing costs one command (two after a
+// pause on swtpm). On a TPM reached through the kernel's resource manager it stays loaded. On swtpm, which
+// has no resource manager and only three transient object slots for every program that uses it, it is
+// parked when this keystore lets go of the connection: context-saved (TPM2_ContextSave, the TPM encrypts
+// and MACs the object's state for us to keep) and flushed, so that an idle process holds no slot; the next
+// operation loads it back with TPM2_ContextLoad.
 type loadedKey struct {
 	label  string
 	name   []byte
-	handle tpm2.TPMHandle
-	epoch  uint64 // the connection it was loaded or last checked on
+	handle tpm2.TPMHandle    // valid while saved is nil
+	epoch  uint64            // the connection it was loaded or last checked on
+	saved  *tpm2.TPMSContext // set while parked: the key is not loaded
 }
 
 var _ keystore.Keystore = (*Keystore)(nil)
@@ -123,6 +129,7 @@ func open(ctx context.Context, uri string, opts keystore.OpenOptions) (*Keystore
 		prompt:   opts.Prompt,
 		prompted: map[string][]byte{},
 	}
+	ks.dev.release = ks.park
 	if err := ks.Ping(ctx); err != nil {
 		_ = ks.dev.close(context.Background())
 		return nil, err
@@ -342,17 +349,28 @@ func (ks *Keystore) Generate(ctx context.Context, req keystore.GenerateRequest) 
 			}
 			defer keystore.Wipe(pw)
 		}
-		srk, err := ks.createSRK(c)
-		if err != nil {
-			return err
-		}
-		defer ks.flush(c, srk.ObjectHandle, "storage root key")
-		cr, err := tpm2.Create{
-			ParentHandle: tpm2.NamedHandle{Handle: srk.ObjectHandle, Name: srk.Name},
-			InSensitive:  tpm2.TPM2BSensitiveCreate{Sensitive: &tpm2.TPMSSensitiveCreate{UserAuth: tpm2.TPM2BAuth{Buffer: pw}}},
-			InPublic:     tpm2.New2B(keyTemplate(pw != nil)),
-		}.Execute(c)
-		if err != nil {
+		var (
+			srk *tpm2.CreatePrimaryResponse
+			cr  *tpm2.CreateResponse
+		)
+		for attempt := 0; ; attempt++ {
+			var err error
+			if srk, err = ks.createSRK(c); err != nil {
+				return err
+			}
+			// TPM2_Create needs a free object slot of its own besides the storage root key's.
+			cr, err = tpm2.Create{
+				ParentHandle: tpm2.NamedHandle{Handle: srk.ObjectHandle, Name: srk.Name},
+				InSensitive:  tpm2.TPM2BSensitiveCreate{Sensitive: &tpm2.TPMSSensitiveCreate{UserAuth: tpm2.TPM2BAuth{Buffer: pw}}},
+				InPublic:     tpm2.New2B(keyTemplate(pw != nil)),
+			}.Execute(c)
+			ks.flush(c, srk.ObjectHandle, "storage root key")
+			if err == nil {
+				break
+			}
+			if isRC(err, tpm2.TPMRCObjectMemory) && attempt == 0 && ks.dev.spec.kind != kindChar && ks.makeRoom(c) {
+				continue
+			}
 			return ks.describe(fmt.Sprintf("create TPM key %q", req.Label), err)
 		}
 		nb := &Blob{
@@ -508,8 +526,62 @@ func (ks *Keystore) evict(c *conn) {
 		return
 	}
 	ks.cached = nil
-	if c.broken == nil && ks.stillOurs(c, k) {
+	if k.saved == nil && c.broken == nil && ks.stillOurs(c, k) {
 		ks.flush(c, k.handle, "key "+k.label)
+	}
+}
+
+// park runs just before this keystore closes a swtpm connection that is in order: it context-saves and
+// flushes the loaded key, so that other programs sharing the simulator find its slots free. A key that
+// cannot be saved is flushed and forgotten (the next operation loads it from its blob file).
+func (ks *Keystore) park(c *conn) {
+	k := ks.cached
+	if k == nil || k.saved != nil || c.broken != nil {
+		return
+	}
+	if !ks.stillOurs(c, k) {
+		ks.cached = nil
+		return
+	}
+	rsp, err := tpm2.ContextSave{SaveHandle: k.handle}.Execute(c)
+	ks.flush(c, k.handle, "key "+k.label)
+	if err != nil {
+		ks.log.Debug("could not context-save the loaded key; flushed it, it will be loaded from its file", "label", k.label, "err", err)
+		ks.cached = nil
+		return
+	}
+	k.saved = &rsp.Context
+}
+
+// current returns the handle of the cached key if it is the key named (label, name) and is loaded, or
+// can be loaded back from its saved context. It reports false otherwise, leaving a different cached key
+// in place (the caller evicts it) and forgetting one that is gone.
+func (ks *Keystore) current(c *conn, label string, name []byte) (tpm2.TPMHandle, bool) {
+	k := ks.cached
+	if k == nil || k.label != label || !bytes.Equal(k.name, name) || c.broken != nil {
+		return 0, false
+	}
+	if k.saved == nil {
+		if ks.stillOurs(c, k) {
+			return k.handle, true
+		}
+		ks.cached = nil // gone with a restart or a closed descriptor: nothing to flush
+		return 0, false
+	}
+	for attempt := 0; ; attempt++ {
+		rsp, err := tpm2.ContextLoad{Context: *k.saved}.Execute(c)
+		if err == nil {
+			k.handle, k.saved, k.epoch = rsp.LoadedHandle, nil, c.epoch
+			ks.cached = k
+			return k.handle, true
+		}
+		if isRC(err, tpm2.TPMRCObjectMemory) && attempt == 0 && ks.makeRoom(c) {
+			continue // makeRoom forgot k (it was not loaded, so nothing of ours was flushed)
+		}
+		// A TPM reset (or a restarted swtpm) invalidates saved contexts: load the key from its file.
+		ks.log.Debug("could not load the saved context of the key; loading it from its file", "label", label, "err", err)
+		ks.cached = nil
+		return 0, false
 	}
 }
 
@@ -549,18 +621,12 @@ func (ks *Keystore) makeRoom(c *conn) bool {
 
 // load returns a handle for the key in b, loading it if it is not the cached one.
 func (ks *Keystore) load(c *conn, b *Blob) (tpm2.TPMHandle, error) {
-	if k := ks.cached; k != nil {
-		if k.label == b.Label && bytes.Equal(k.name, b.name) {
-			if ks.stillOurs(c, k) {
-				return k.handle, nil
-			}
-			ks.cached = nil // gone with a restart or a closed descriptor: nothing to flush
-		} else {
-			ks.evict(c)
-		}
-		if c.broken != nil {
-			return 0, c.broken
-		}
+	if h, ok := ks.current(c, b.Label, b.name); ok {
+		return h, nil
+	}
+	ks.evict(c) // another key, or none
+	if c.broken != nil {
+		return 0, c.broken
 	}
 	srk, err := ks.createSRK(c)
 	if err != nil {
@@ -823,8 +889,8 @@ func (s *signer) sign(c *conn, digest []byte) ([]byte, error) {
 // blob that is gone or now holds another key means the key was destroyed.
 func (s *signer) handle(c *conn) (tpm2.TPMHandle, error) {
 	ks := s.ks
-	if k := ks.cached; k != nil && k.label == s.label && bytes.Equal(k.name, s.name) && ks.stillOurs(c, k) {
-		return k.handle, nil
+	if h, ok := ks.current(c, s.label, s.name); ok {
+		return h, nil
 	}
 	if c.broken != nil {
 		return 0, c.broken
