@@ -463,7 +463,7 @@ func (ks *Keystore) ownerPassword(afterRefusal bool) ([]byte, string, error) {
 // was typed until Close). The caller wipes what came from a source.
 func (ks *Keystore) secret(source, what string) ([]byte, error) {
 	if source != "" {
-		s, err := keystore.ReadSecret(source)
+		s, err := keystore.ReadSecretLog(source, ks.log)
 		if err != nil {
 			return nil, keystore.Errorf(keystore.ErrWrongSecret, "cannot read the %s: %v", what, err)
 		}
