@@ -358,9 +358,17 @@ func (ks *Keystore) Generate(ctx context.Context, req keystore.GenerateRequest) 
 			if srk, err = ks.createSRK(c); err != nil {
 				return err
 			}
+			// A key password travels in the sensitive data: encrypted, in a session salted to the SRK.
+			parentAuth := tpm2.PasswordAuth(nil)
+			if pw != nil {
+				if parentAuth, err = saltedSession(nil, srk); err != nil {
+					ks.flush(c, srk.ObjectHandle, "storage root key")
+					return err
+				}
+			}
 			// TPM2_Create needs a free object slot of its own besides the storage root key's.
 			cr, err = tpm2.Create{
-				ParentHandle: tpm2.NamedHandle{Handle: srk.ObjectHandle, Name: srk.Name},
+				ParentHandle: tpm2.AuthHandle{Handle: srk.ObjectHandle, Name: srk.Name, Auth: parentAuth},
 				InSensitive:  tpm2.TPM2BSensitiveCreate{Sensitive: &tpm2.TPMSSensitiveCreate{UserAuth: tpm2.TPM2BAuth{Buffer: pw}}},
 				InPublic:     tpm2.New2B(keyTemplate(pw != nil)),
 			}.Execute(c)
@@ -409,10 +417,18 @@ func (ks *Keystore) createSRK(c *conn) (*tpm2.CreatePrimaryResponse, error) {
 		if err != nil {
 			return nil, err
 		}
+		auth, flushSalt, err := ks.ownerAuth(c, pw)
+		if err != nil {
+			if from == ks.ownerSrc && from != "" {
+				keystore.Wipe(pw)
+			}
+			return nil, err
+		}
 		rsp, err := tpm2.CreatePrimary{
-			PrimaryHandle: tpm2.AuthHandle{Handle: tpm2.TPMRHOwner, Auth: tpm2.PasswordAuth(pw)},
+			PrimaryHandle: tpm2.AuthHandle{Handle: tpm2.TPMRHOwner, Auth: auth},
 			InPublic:      tpm2.New2B(tpm2.ECCSRKTemplate),
 		}.Execute(c)
+		flushSalt()
 		if from == ks.ownerSrc && from != "" {
 			keystore.Wipe(pw)
 		}
@@ -434,6 +450,42 @@ func (ks *Keystore) createSRK(c *conn) (*tpm2.CreatePrimaryResponse, error) {
 		}
 		return nil, ks.describe("create the storage root key", err)
 	}
+}
+
+// saltedSession is a one-use HMAC session for an object whose password is pw, salted to the key salt (a
+// loaded decryption key: its private half never leaves the TPM, so the session key cannot be computed
+// from what crosses the link), with AES-128-CFB encryption of the command's first parameter. An observer
+// of the link sees neither the password (an HMAC session never sends it) nor material to guess it
+// offline, nor a key password in TPM2_Create's sensitive data; responses are authenticated by the TPM.
+func saltedSession(pw []byte, salt *tpm2.CreatePrimaryResponse) (tpm2.Session, error) {
+	pub, err := salt.OutPublic.Contents()
+	if err != nil {
+		return nil, fmt.Errorf("the TPM returned an unreadable storage key: %w", err)
+	}
+	return tpm2.HMAC(tpm2.TPMAlgSHA256, 16, tpm2.Auth(pw), tpm2.Salted(salt.ObjectHandle, *pub),
+		tpm2.AESEncryption(128, tpm2.EncryptIn)), nil
+}
+
+// ownerAuth is the authorization for the owner hierarchy: an empty password as such, a real one in a
+// session salted to a primary key of the null hierarchy (which needs no authorization; the storage root
+// key cannot salt the command that creates it). flush drops that salt key.
+func (ks *Keystore) ownerAuth(c *conn, pw []byte) (auth tpm2.Session, flush func(), err error) {
+	if len(pw) == 0 {
+		return tpm2.PasswordAuth(nil), func() {}, nil
+	}
+	salt, err := tpm2.CreatePrimary{
+		PrimaryHandle: tpm2.TPMRHNull,
+		InPublic:      tpm2.New2B(tpm2.ECCSRKTemplate),
+	}.Execute(c)
+	if err != nil {
+		return nil, nil, ks.describe("create the key that salts the owner password's session", err)
+	}
+	flush = func() { ks.flush(c, salt.ObjectHandle, "session salt key") }
+	if auth, err = saltedSession(pw, salt); err != nil {
+		flush()
+		return nil, nil, err
+	}
+	return auth, flush, nil
 }
 
 const (
@@ -701,7 +753,7 @@ func (ks *Keystore) Signer(ctx context.Context, keyURI string) (keystore.Signer,
 	if err != nil {
 		return nil, err
 	}
-	return &signer{ks: ks, label: b.Label, name: b.name, pub: b.key, password: b.passwordProtected(), keyAuth: ref.keyAuth}, nil
+	return &signer{ks: ks, label: b.Label, name: b.name, parentName: b.ParentName, pub: b.key, password: b.passwordProtected(), keyAuth: ref.keyAuth}, nil
 }
 
 // PublicKey returns the public key from the key's blob file (no TPM command).
@@ -806,12 +858,13 @@ func (ks *Keystore) Close() error {
 
 // signer signs with one TPM key.
 type signer struct {
-	ks       *Keystore
-	label    string
-	name     []byte
-	pub      keystore.PublicKey
-	password bool
-	keyAuth  string
+	ks         *Keystore
+	label      string
+	name       []byte
+	parentName []byte // the storage root key's name: the session carrying a password is salted to it
+	pub        keystore.PublicKey
+	password   bool
+	keyAuth    string
 }
 
 func (s *signer) Public() keystore.PublicKey { return s.pub }
@@ -852,12 +905,17 @@ func (s *signer) sign(c *conn, digest []byte) ([]byte, error) {
 		if err != nil {
 			return nil, err
 		}
+		auth, done, err := s.auth(c, pw)
+		if err != nil {
+			return nil, err
+		}
 		rsp, err := tpm2.Sign{
-			KeyHandle:  tpm2.AuthHandle{Handle: h, Name: tpm2.TPM2BName{Buffer: s.name}, Auth: tpm2.PasswordAuth(pw)},
+			KeyHandle:  tpm2.AuthHandle{Handle: h, Name: tpm2.TPM2BName{Buffer: s.name}, Auth: auth},
 			Digest:     tpm2.TPM2BDigest{Buffer: digest},
 			InScheme:   tpm2.TPMTSigScheme{Scheme: tpm2.TPMAlgNull},
 			Validation: tpm2.TPMTTKHashCheck{Tag: tpm2.TPMSTHashCheck, Hierarchy: tpm2.TPMRHNull},
 		}.Execute(c)
+		done()
 		switch {
 		case err == nil:
 			der, err := derSignature(rsp.Signature)
@@ -883,6 +941,33 @@ func (s *signer) sign(c *conn, digest []byte) ([]byte, error) {
 		}
 		return nil, ks.describe(fmt.Sprintf("sign with TPM key %q", s.label), err)
 	}
+}
+
+// auth is the authorization for signing: an empty password as such (a key without password carries no
+// secret), a real one in a session salted to the storage root key, which is created for it and checked to
+// be the one the key was made under (so that nobody between us and the TPM can substitute a key of
+// theirs to learn the salt). done flushes that storage root key.
+func (s *signer) auth(c *conn, pw []byte) (auth tpm2.Session, done func(), err error) {
+	if !s.password {
+		return tpm2.PasswordAuth(nil), func() {}, nil
+	}
+	ks := s.ks
+	srk, err := ks.createSRK(c)
+	if err != nil {
+		return nil, nil, err
+	}
+	done = func() { ks.flush(c, srk.ObjectHandle, "storage root key") }
+	if !bytes.Equal(srk.Name.Buffer, s.parentName) {
+		done()
+		return nil, nil, keystore.Errorf(keystore.ErrKeyLost,
+			"TPM key %q was wrapped by a different storage root key than the TPM at %s has now: the TPM was reset or replaced; this key is gone; %s",
+			s.label, ks.dev.spec.raw, recoverHint)
+	}
+	if auth, err = saltedSession(pw, srk); err != nil {
+		done()
+		return nil, nil, err
+	}
+	return auth, done, nil
 }
 
 // handle returns the loaded handle of the signer's key, reloading it from its blob file if needed; a
