@@ -131,8 +131,8 @@ func BenchmarkSignRaw(b *testing.B) {
 }
 
 // BenchmarkSignPassword signs with a key that has a password: the password travels in an HMAC session
-// salted to the storage root key (issue 12.7), which costs a TPM2_CreatePrimary of the SRK, the salted
-// TPM2_StartAuthSession and a flush on top of TPM2_Sign.
+// salted to the storage root key (issue 12.7), which costs a TPM2_ContextLoad of the SRK (created once),
+// the salted TPM2_StartAuthSession and a flush on top of TPM2_Sign.
 //
 //	go test -run '^$' -bench 'SignPassword$' -benchtime 1000x ./tpm/
 func BenchmarkSignPassword(b *testing.B) {

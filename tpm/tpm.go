@@ -64,7 +64,9 @@ type Keystore struct {
 
 	// Guarded by dev.sem (touched only inside dev.do).
 	cached   *loadedKey
-	prompted map[string][]byte // secrets typed at a prompt, by what they are for; wiped on Close
+	saltSRK  *tpm2.CreatePrimaryResponse // the SRK that salts password sessions: its Name and public (handle unused)
+	saltCtx  *tpm2.TPMSContext           // its saved context
+	prompted map[string][]byte           // secrets typed at a prompt, by what they are for; wiped on Close
 }
 
 // loadedKey is the one key this keystore keeps at hand, so that signing costs one command (two after a
@@ -952,7 +954,7 @@ func (s *signer) auth(c *conn, pw []byte) (auth tpm2.Session, done func(), err e
 		return tpm2.PasswordAuth(nil), func() {}, nil
 	}
 	ks := s.ks
-	srk, err := ks.createSRK(c)
+	srk, err := ks.srkForSalt(c)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -968,6 +970,33 @@ func (s *signer) auth(c *conn, pw []byte) (auth tpm2.Session, done func(), err e
 		return nil, nil, err
 	}
 	return auth, done, nil
+}
+
+// srkForSalt loads the storage root key to salt a session: from the context saved the last time (one
+// TPM2_ContextLoad), else created (TPM2_CreatePrimary, which may need the owner password) and its context
+// saved for next time. The caller flushes it.
+func (ks *Keystore) srkForSalt(c *conn) (*tpm2.CreatePrimaryResponse, error) {
+	if ks.saltCtx != nil {
+		rsp, err := tpm2.ContextLoad{Context: *ks.saltCtx}.Execute(c)
+		if err == nil {
+			srk := *ks.saltSRK
+			srk.ObjectHandle = rsp.LoadedHandle
+			return &srk, nil
+		}
+		ks.saltCtx, ks.saltSRK = nil, nil // a reset TPM, or no room: create it
+		if c.broken != nil {
+			return nil, c.broken
+		}
+	}
+	srk, err := ks.createSRK(c)
+	if err != nil {
+		return nil, err
+	}
+	if rsp, err := (tpm2.ContextSave{SaveHandle: srk.ObjectHandle}).Execute(c); err == nil {
+		saved := *srk
+		ks.saltCtx, ks.saltSRK = &rsp.Context, &saved
+	}
+	return srk, nil
 }
 
 // handle returns the loaded handle of the signer's key, reloading it from its blob file if needed; a

@@ -12,6 +12,7 @@ import (
 
 	"github.com/google/go-tpm/tpm2"
 
+	"github.com/custos-agent/custos/keystore"
 	"github.com/custos-agent/custos/tpm/swtpmtest"
 )
 
@@ -149,4 +150,23 @@ func TestSecretsNotOnTheBus(t *testing.T) {
 	if salted == 0 {
 		t.Error("no salted session was used")
 	}
+}
+
+// The storage root key that salts a password-protected key's sessions is kept as a saved context: after
+// swtpm restarts (saved contexts die with a TPM reset) signing goes on, and after a TPM clear the key is
+// reported lost, as for keys without a password.
+func TestSaltKeyAfterRestartAndClear(t *testing.T) {
+	sim := swtpmtest.Start(t)
+	t.Setenv("CUSTOS_TEST_KEYPW", "pw 1")
+	ks := openKS(t, sim, blobDir(t), "&key-auth-source=env:CUSTOS_TEST_KEYPW")
+	s := mustSigner(t, ks, mustGenerate(t, ks, "pw").URI)
+	mustSignVerify(t, s, "before")
+	if ks.saltCtx == nil {
+		t.Fatal("the salt key's context was not kept")
+	}
+	sim.Restart()
+	mustSignVerify(t, s, "after a restart")
+	sim.Clear()
+	_, err := s.Sign(testCtx(t), []byte("after a clear"))
+	wantErr(t, err, keystore.ErrKeyLost, "reset or replaced")
 }
