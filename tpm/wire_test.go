@@ -119,6 +119,26 @@ func TestSecretsNotOnTheBus(t *testing.T) {
 	mustSignVerify(t, s, "one")
 	ks.dev.closeIfIdle() // the next signature loads the key again: its context, or its blob under the SRK
 	mustSignVerify(t, s, "two")
+	// The one-use sessions are gone: swtpm has three session slots for everyone, too.
+	err = ks.dev.do(testCtx(t), func(c *conn) error {
+		rsp, err := tpm2.GetCapability{Capability: tpm2.TPMCapHandles, Property: uint32(tpm2.TPMHTHMACSession) << 24, PropertyCount: 64}.Execute(c)
+		if err != nil {
+			return err
+		}
+		hl, err := rsp.CapabilityData.Data.Handles()
+		if err != nil {
+			return err
+		}
+		for _, h := range hl.Handle {
+			if uint32(h)>>24 == uint32(tpm2.TPMHTHMACSession) {
+				t.Errorf("session 0x%08x left loaded", uint32(h))
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
 	if err := ks.Close(); err != nil {
 		t.Fatal(err)
 	}
