@@ -134,7 +134,11 @@ func syncDir(dir string) error {
 
 // lockFile takes the writer's exclusive lock on dir/LOCK. The lock dies with the process.
 func lockFile(dir string) (*os.File, error) {
-	f, err := os.OpenFile(filepath.Join(dir, lockName), os.O_RDWR|os.O_CREATE, 0o600)
+	// O_NOFOLLOW: whoever can plant a link here must not make this process create or open a file elsewhere.
+	f, err := os.OpenFile(filepath.Join(dir, lockName), os.O_RDWR|os.O_CREATE|syscall.O_NOFOLLOW, 0o600)
+	if errors.Is(err, syscall.ELOOP) {
+		return nil, fmt.Errorf("open audit lock: %s is a symbolic link; a lock file never is: remove it and check who can write %s", filepath.Join(dir, lockName), dir)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("open audit lock: %w", err)
 	}

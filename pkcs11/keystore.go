@@ -211,7 +211,7 @@ func (ks *tokenKeystore) readPIN() ([]byte, string, error) {
 	var pin []byte
 	var err error
 	if ks.ref.pinSource != "" {
-		pin, err = keystore.ReadSecret(ks.ref.pinSource)
+		pin, err = keystore.ReadSecretLog(ks.ref.pinSource, ks.log)
 		if err != nil {
 			return nil, src, keystore.Errorf(keystore.ErrUnavailable, "cannot read the PIN for token %q: %v", ks.ref.label, err)
 		}

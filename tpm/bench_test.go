@@ -129,3 +129,22 @@ func BenchmarkSignRaw(b *testing.B) {
 	b.ResetTimer()
 	rawSign(b.N)
 }
+
+// BenchmarkSignPassword signs with a key that has a password: the password travels in an HMAC session
+// salted to the storage root key (issue 12.7), which costs a TPM2_ContextLoad of the SRK (created once),
+// the salted TPM2_StartAuthSession and a flush on top of TPM2_Sign.
+//
+//	go test -run '^$' -bench 'SignPassword$' -benchtime 1000x ./tpm/
+func BenchmarkSignPassword(b *testing.B) {
+	sim := swtpmtest.Start(b)
+	b.Setenv("CUSTOS_BENCH_KEYPW", "bench password")
+	ks := openKS(b, sim, blobDir(b), "&key-auth-source=env:CUSTOS_BENCH_KEYPW")
+	s := mustSigner(b, ks, mustGenerate(b, ks, "bench-pw").URI)
+	msg := []byte("benchmark message")
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if _, err := s.Sign(context.Background(), msg); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

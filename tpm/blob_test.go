@@ -6,6 +6,8 @@ import (
 	"os"
 	"testing"
 
+	"github.com/google/go-tpm/tpm2"
+
 	"github.com/custos-agent/custos/keystore"
 	"github.com/custos-agent/custos/tpm/swtpmtest"
 )
@@ -49,6 +51,15 @@ func TestDecodeBlob(t *testing.T) {
 		out, _ := json.Marshal(&c)
 		return out
 	}
+	// withAttrs re-encodes the public part with changed object attributes (a well-formed key blob that
+	// says the key could leave the TPM).
+	withAttrs := func(f func(a *tpm2.TPMAObject)) []byte {
+		return withBytes("public", func(p []byte) []byte {
+			pub := *b.pub
+			f(&pub.ObjectAttributes)
+			return tpm2.Marshal(tpm2.New2B(pub))
+		})
+	}
 	for _, tc := range []struct {
 		name  string
 		data  []byte
@@ -64,6 +75,12 @@ func TestDecodeBlob(t *testing.T) {
 		{"public trailing bytes", withBytes("public", func(p []byte) []byte { return append(p, 0) }), "trailing bytes"},
 		{"public truncated", withBytes("public", func(p []byte) []byte { return p[:len(p)-5] }), "TPM2B_PUBLIC"},
 		{"point off the curve", withBytes("public", func(p []byte) []byte { p[len(p)-1] ^= 1; return p }), "public key"},
+		{"FixedTPM clear", withAttrs(func(a *tpm2.TPMAObject) { a.FixedTPM = false }), "non-exportable"},
+		{"FixedParent clear", withAttrs(func(a *tpm2.TPMAObject) { a.FixedParent = false }), "non-exportable"},
+		{"FixedTPM and FixedParent clear", withAttrs(func(a *tpm2.TPMAObject) { a.FixedTPM, a.FixedParent = false, false }), "non-exportable"},
+		{"SensitiveDataOrigin clear", withAttrs(func(a *tpm2.TPMAObject) { a.SensitiveDataOrigin = false }), "non-exportable"},
+		{"decrypt key", withAttrs(func(a *tpm2.TPMAObject) { a.Decrypt = true }), "non-exportable"},
+		{"restricted key", withAttrs(func(a *tpm2.TPMAObject) { a.Restricted = true }), "non-exportable"},
 		{"private empty", withBytes("private", func([]byte) []byte { return []byte{0, 0} }), "private part"},
 		{"private trailing", withBytes("private", func(p []byte) []byte { return append(p, 1) }), "private part"},
 	} {

@@ -104,6 +104,11 @@ type device struct {
 	shutdown bool
 
 	retryBudget time.Duration // how long to resend while the TPM answers RETRY, YIELDED or TESTING
+
+	// release, when set, runs on a socket connection that is in order just before this process lets go
+	// of it (idle or held too long): the keystore parks its loaded key there, because swtpm keeps
+	// transient objects across connections and has only three slots for everyone.
+	release func(c *conn)
 }
 
 const (
@@ -162,7 +167,7 @@ func (d *device) do(ctx context.Context, fn func(c *conn) error) error {
 		d.drop()
 	case d.spec.kind == kindChar:
 	case time.Since(d.opened) > maxHold:
-		d.drop() // let a waiting process in; the next operation reconnects
+		d.letGo(ctx) // let a waiting process in; the next operation reconnects
 	default:
 		if d.timer == nil {
 			d.timer = time.AfterFunc(idleClose, d.closeIfIdle)
@@ -182,6 +187,19 @@ func (d *device) closeIfIdle() {
 		return
 	}
 	defer func() { <-d.sem }()
+	d.letGo(context.Background())
+}
+
+// letGo closes a connection that is in order, first running release on it (socket devices only).
+func (d *device) letGo(ctx context.Context) {
+	if d.cur == nil {
+		return
+	}
+	if d.release != nil && d.spec.kind != kindChar {
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), minCommandTime)
+		d.release(&conn{dev: d, ctx: ctx, rw: d.cur, epoch: d.epoch})
+		cancel()
+	}
 	d.drop()
 }
 
@@ -236,6 +254,17 @@ func (d *device) dial(ctx context.Context) (io.ReadWriteCloser, error) {
 	}
 	var dialer net.Dialer
 	nc, err := dialer.DialContext(ctx, network, d.spec.addr)
+	for backoff := time.Millisecond; errors.Is(err, syscall.EAGAIN) && ctx.Err() == nil; backoff = min(2*backoff, 50*time.Millisecond) {
+		// swtpm serves one client at a time and its accept queue is short (a unix socket refuses a
+		// connection with EAGAIN when the queue is full): wait for our turn as a TCP client would.
+		t := time.NewTimer(backoff)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+		}
+		nc, err = dialer.DialContext(ctx, network, d.spec.addr)
+	}
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil, d.ctxError(ctx, "connecting to the TPM")

@@ -272,14 +272,26 @@ func TestSharesSwtpmWithOthers(t *testing.T) {
 		t.Fatal("another client waited more than 2 s for swtpm while the keystore was idle")
 	}
 
-	// Someone flushes everything, then a second keystore loads its own key, likely on the same handle.
-	hs := sim.TransientHandles()
-	if len(hs) != 1 {
-		t.Fatalf("transient objects %x, want only ks1's key", hs)
+	// The idle keystore parked its key (context-saved and flushed): swtpm's slots are all free. Someone
+	// flushes whatever is there anyway, then a second keystore loads its own key, likely on the same handle.
+	if hs := sim.TransientHandles(); len(hs) != 0 {
+		t.Fatalf("transient objects %x while ks1 is idle, want none", hs)
 	}
 	err := ks1.dev.do(testCtx(t), func(c *conn) error {
-		_, err := tpm2.FlushContext{FlushHandle: tpm2.TPMHandle(hs[0])}.Execute(c)
-		return err
+		rsp, err := tpm2.GetCapability{Capability: tpm2.TPMCapHandles, Property: uint32(tpm2.TPMHTTransient) << 24, PropertyCount: 64}.Execute(c)
+		if err != nil {
+			return err
+		}
+		hl, err := rsp.CapabilityData.Data.Handles()
+		if err != nil {
+			return err
+		}
+		for _, h := range hl.Handle {
+			if _, err := (tpm2.FlushContext{FlushHandle: h}).Execute(c); err != nil {
+				return err
+			}
+		}
+		return nil
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -516,8 +528,8 @@ func TestObjectsLeftByDeadClients(t *testing.T) {
 	time.Sleep(3 * idleClose)
 	s := mustSigner(t, ks, k.URI)
 	mustSignVerify(t, s, "after making room")
-	if hs := sim.TransientHandles(); len(hs) != 1 {
-		t.Fatalf("transient objects %x, want only the keystore's loaded key", hs)
+	if hs := sim.TransientHandles(); len(hs) != 0 {
+		t.Fatalf("transient objects %x, want none (the idle keystore parks its key)", hs)
 	}
 	if _, err := ks.Generate(testCtx(t), keystore.GenerateRequest{Algorithm: keystore.P256, Label: "k2"}); err != nil {
 		t.Fatal(err)
@@ -540,4 +552,45 @@ func TestCloseWhileDown(t *testing.T) {
 	}
 	_, err := s.Sign(testCtx(t), []byte("after close"))
 	wantErr(t, err, keystore.ErrClosed)
+}
+
+// Two processes share one swtpm with no resource manager, as agentctl and a running daemon do (issue
+// 12.14): the daemon signs and goes idle; agentctl rotates (signs with the current key, makes and signs
+// with the next one, makes the one after); the daemon signs again. swtpm has three transient object slots,
+// so an idle keystore must hold none: its loaded key is context-saved and flushed when it lets go of the
+// connection, and loaded back from that context when it signs next.
+func TestIdleKeystoreHoldsNoSlot(t *testing.T) {
+	sim := swtpmtest.Start(t)
+	dir := blobDir(t)
+	daemon := openKS(t, sim, dir, "")
+	g0 := mustGenerate(t, daemon, "g0")
+	g1 := mustGenerate(t, daemon, "g1")
+	ds := mustSigner(t, daemon, g0.URI)
+	mustSignVerify(t, ds, "daemon, before")
+	idle := func(ks *Keystore) {
+		ks.dev.closeIfIdle() // what the idle timer does between two operations
+		if hs := sim.TransientHandles(); len(hs) != 0 {
+			t.Fatalf("an idle keystore keeps transient objects %x loaded in swtpm; want none", hs)
+		}
+	}
+	idle(daemon)
+
+	cli := openKS(t, sim, dir, "")
+	prior, next := mustSigner(t, cli, g0.URI), mustSigner(t, cli, g1.URI)
+	mustGenerate(t, cli, "g2") // its loaded key + the storage root key + the object being created
+	mustSignVerify(t, prior, "rotation event, old key")
+	mustSignVerify(t, next, "rotation event, new key")
+	idle(cli)
+
+	mustSignVerify(t, ds, "daemon, after")
+	idle(daemon)
+	if err := cli.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := daemon.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if hs := sim.TransientHandles(); len(hs) != 0 {
+		t.Fatalf("left behind %x", hs)
+	}
 }

@@ -64,15 +64,23 @@ type Keystore struct {
 
 	// Guarded by dev.sem (touched only inside dev.do).
 	cached   *loadedKey
-	prompted map[string][]byte // secrets typed at a prompt, by what they are for; wiped on Close
+	saltSRK  *tpm2.CreatePrimaryResponse // the SRK that salts password sessions: its Name and public (handle unused)
+	saltCtx  *tpm2.TPMSContext           // its saved context
+	prompted map[string][]byte           // secrets typed at a prompt, by what they are for; wiped on Close
 }
 
-// loadedKey is the one key this keystore keeps loaded in the TPM, so that signing costs one command.
+// loadedKey is the one key this keystore keeps at hand, so that signing costs one command (two after a
+// pause on swtpm). On a TPM reached through the kernel's resource manager it stays loaded. On swtpm, which
+// has no resource manager and only three transient object slots for every program that uses it, it is
+// parked when this keystore lets go of the connection: context-saved (TPM2_ContextSave, the TPM encrypts
+// and MACs the object's state for us to keep) and flushed, so that an idle process holds no slot; the next
+// operation loads it back with TPM2_ContextLoad.
 type loadedKey struct {
 	label  string
 	name   []byte
-	handle tpm2.TPMHandle
-	epoch  uint64 // the connection it was loaded or last checked on
+	handle tpm2.TPMHandle    // valid while saved is nil
+	epoch  uint64            // the connection it was loaded or last checked on
+	saved  *tpm2.TPMSContext // set while parked: the key is not loaded
 }
 
 var _ keystore.Keystore = (*Keystore)(nil)
@@ -123,6 +131,7 @@ func open(ctx context.Context, uri string, opts keystore.OpenOptions) (*Keystore
 		prompt:   opts.Prompt,
 		prompted: map[string][]byte{},
 	}
+	ks.dev.release = ks.park
 	if err := ks.Ping(ctx); err != nil {
 		_ = ks.dev.close(context.Background())
 		return nil, err
@@ -342,17 +351,36 @@ func (ks *Keystore) Generate(ctx context.Context, req keystore.GenerateRequest) 
 			}
 			defer keystore.Wipe(pw)
 		}
-		srk, err := ks.createSRK(c)
-		if err != nil {
-			return err
-		}
-		defer ks.flush(c, srk.ObjectHandle, "storage root key")
-		cr, err := tpm2.Create{
-			ParentHandle: tpm2.NamedHandle{Handle: srk.ObjectHandle, Name: srk.Name},
-			InSensitive:  tpm2.TPM2BSensitiveCreate{Sensitive: &tpm2.TPMSSensitiveCreate{UserAuth: tpm2.TPM2BAuth{Buffer: pw}}},
-			InPublic:     tpm2.New2B(keyTemplate(pw != nil)),
-		}.Execute(c)
-		if err != nil {
+		var (
+			srk *tpm2.CreatePrimaryResponse
+			cr  *tpm2.CreateResponse
+		)
+		for attempt := 0; ; attempt++ {
+			var err error
+			if srk, err = ks.createSRK(c); err != nil {
+				return err
+			}
+			// A key password travels in the sensitive data: encrypted, in a session salted to the SRK.
+			parentAuth := tpm2.PasswordAuth(nil)
+			if pw != nil {
+				if parentAuth, err = saltedSession(nil, srk); err != nil {
+					ks.flush(c, srk.ObjectHandle, "storage root key")
+					return err
+				}
+			}
+			// TPM2_Create needs a free object slot of its own besides the storage root key's.
+			cr, err = tpm2.Create{
+				ParentHandle: tpm2.AuthHandle{Handle: srk.ObjectHandle, Name: srk.Name, Auth: parentAuth},
+				InSensitive:  tpm2.TPM2BSensitiveCreate{Sensitive: &tpm2.TPMSSensitiveCreate{UserAuth: tpm2.TPM2BAuth{Buffer: pw}}},
+				InPublic:     tpm2.New2B(keyTemplate(pw != nil)),
+			}.Execute(c)
+			ks.flush(c, srk.ObjectHandle, "storage root key")
+			if err == nil {
+				break
+			}
+			if isRC(err, tpm2.TPMRCObjectMemory) && attempt == 0 && ks.dev.spec.kind != kindChar && ks.makeRoom(c) {
+				continue
+			}
 			return ks.describe(fmt.Sprintf("create TPM key %q", req.Label), err)
 		}
 		nb := &Blob{
@@ -391,10 +419,18 @@ func (ks *Keystore) createSRK(c *conn) (*tpm2.CreatePrimaryResponse, error) {
 		if err != nil {
 			return nil, err
 		}
+		auth, flushSalt, err := ks.ownerAuth(c, pw)
+		if err != nil {
+			if from == ks.ownerSrc && from != "" {
+				keystore.Wipe(pw)
+			}
+			return nil, err
+		}
 		rsp, err := tpm2.CreatePrimary{
-			PrimaryHandle: tpm2.AuthHandle{Handle: tpm2.TPMRHOwner, Auth: tpm2.PasswordAuth(pw)},
+			PrimaryHandle: tpm2.AuthHandle{Handle: tpm2.TPMRHOwner, Auth: auth},
 			InPublic:      tpm2.New2B(tpm2.ECCSRKTemplate),
 		}.Execute(c)
+		flushSalt()
 		if from == ks.ownerSrc && from != "" {
 			keystore.Wipe(pw)
 		}
@@ -416,6 +452,42 @@ func (ks *Keystore) createSRK(c *conn) (*tpm2.CreatePrimaryResponse, error) {
 		}
 		return nil, ks.describe("create the storage root key", err)
 	}
+}
+
+// saltedSession is a one-use HMAC session for an object whose password is pw, salted to the key salt (a
+// loaded decryption key: its private half never leaves the TPM, so the session key cannot be computed
+// from what crosses the link), with AES-128-CFB encryption of the command's first parameter. An observer
+// of the link sees neither the password (an HMAC session never sends it) nor material to guess it
+// offline, nor a key password in TPM2_Create's sensitive data; responses are authenticated by the TPM.
+func saltedSession(pw []byte, salt *tpm2.CreatePrimaryResponse) (tpm2.Session, error) {
+	pub, err := salt.OutPublic.Contents()
+	if err != nil {
+		return nil, fmt.Errorf("the TPM returned an unreadable storage key: %w", err)
+	}
+	return tpm2.HMAC(tpm2.TPMAlgSHA256, 16, tpm2.Auth(pw), tpm2.Salted(salt.ObjectHandle, *pub),
+		tpm2.AESEncryption(128, tpm2.EncryptIn)), nil
+}
+
+// ownerAuth is the authorization for the owner hierarchy: an empty password as such, a real one in a
+// session salted to a primary key of the null hierarchy (which needs no authorization; the storage root
+// key cannot salt the command that creates it). flush drops that salt key.
+func (ks *Keystore) ownerAuth(c *conn, pw []byte) (auth tpm2.Session, flush func(), err error) {
+	if len(pw) == 0 {
+		return tpm2.PasswordAuth(nil), func() {}, nil
+	}
+	salt, err := tpm2.CreatePrimary{
+		PrimaryHandle: tpm2.TPMRHNull,
+		InPublic:      tpm2.New2B(tpm2.ECCSRKTemplate),
+	}.Execute(c)
+	if err != nil {
+		return nil, nil, ks.describe("create the key that salts the owner password's session", err)
+	}
+	flush = func() { ks.flush(c, salt.ObjectHandle, "session salt key") }
+	if auth, err = saltedSession(pw, salt); err != nil {
+		flush()
+		return nil, nil, err
+	}
+	return auth, flush, nil
 }
 
 const (
@@ -445,7 +517,7 @@ func (ks *Keystore) ownerPassword(afterRefusal bool) ([]byte, string, error) {
 // was typed until Close). The caller wipes what came from a source.
 func (ks *Keystore) secret(source, what string) ([]byte, error) {
 	if source != "" {
-		s, err := keystore.ReadSecret(source)
+		s, err := keystore.ReadSecretLog(source, ks.log)
 		if err != nil {
 			return nil, keystore.Errorf(keystore.ErrWrongSecret, "cannot read the %s: %v", what, err)
 		}
@@ -508,8 +580,62 @@ func (ks *Keystore) evict(c *conn) {
 		return
 	}
 	ks.cached = nil
-	if c.broken == nil && ks.stillOurs(c, k) {
+	if k.saved == nil && c.broken == nil && ks.stillOurs(c, k) {
 		ks.flush(c, k.handle, "key "+k.label)
+	}
+}
+
+// park runs just before this keystore closes a swtpm connection that is in order: it context-saves and
+// flushes the loaded key, so that other programs sharing the simulator find its slots free. A key that
+// cannot be saved is flushed and forgotten (the next operation loads it from its blob file).
+func (ks *Keystore) park(c *conn) {
+	k := ks.cached
+	if k == nil || k.saved != nil || c.broken != nil {
+		return
+	}
+	if !ks.stillOurs(c, k) {
+		ks.cached = nil
+		return
+	}
+	rsp, err := tpm2.ContextSave{SaveHandle: k.handle}.Execute(c)
+	ks.flush(c, k.handle, "key "+k.label)
+	if err != nil {
+		ks.log.Debug("could not context-save the loaded key; flushed it, it will be loaded from its file", "label", k.label, "err", err)
+		ks.cached = nil
+		return
+	}
+	k.saved = &rsp.Context
+}
+
+// current returns the handle of the cached key if it is the key named (label, name) and is loaded, or
+// can be loaded back from its saved context. It reports false otherwise, leaving a different cached key
+// in place (the caller evicts it) and forgetting one that is gone.
+func (ks *Keystore) current(c *conn, label string, name []byte) (tpm2.TPMHandle, bool) {
+	k := ks.cached
+	if k == nil || k.label != label || !bytes.Equal(k.name, name) || c.broken != nil {
+		return 0, false
+	}
+	if k.saved == nil {
+		if ks.stillOurs(c, k) {
+			return k.handle, true
+		}
+		ks.cached = nil // gone with a restart or a closed descriptor: nothing to flush
+		return 0, false
+	}
+	for attempt := 0; ; attempt++ {
+		rsp, err := tpm2.ContextLoad{Context: *k.saved}.Execute(c)
+		if err == nil {
+			k.handle, k.saved, k.epoch = rsp.LoadedHandle, nil, c.epoch
+			ks.cached = k
+			return k.handle, true
+		}
+		if isRC(err, tpm2.TPMRCObjectMemory) && attempt == 0 && ks.makeRoom(c) {
+			continue // makeRoom forgot k (it was not loaded, so nothing of ours was flushed)
+		}
+		// A TPM reset (or a restarted swtpm) invalidates saved contexts: load the key from its file.
+		ks.log.Debug("could not load the saved context of the key; loading it from its file", "label", label, "err", err)
+		ks.cached = nil
+		return 0, false
 	}
 }
 
@@ -549,18 +675,12 @@ func (ks *Keystore) makeRoom(c *conn) bool {
 
 // load returns a handle for the key in b, loading it if it is not the cached one.
 func (ks *Keystore) load(c *conn, b *Blob) (tpm2.TPMHandle, error) {
-	if k := ks.cached; k != nil {
-		if k.label == b.Label && bytes.Equal(k.name, b.name) {
-			if ks.stillOurs(c, k) {
-				return k.handle, nil
-			}
-			ks.cached = nil // gone with a restart or a closed descriptor: nothing to flush
-		} else {
-			ks.evict(c)
-		}
-		if c.broken != nil {
-			return 0, c.broken
-		}
+	if h, ok := ks.current(c, b.Label, b.name); ok {
+		return h, nil
+	}
+	ks.evict(c) // another key, or none
+	if c.broken != nil {
+		return 0, c.broken
 	}
 	srk, err := ks.createSRK(c)
 	if err != nil {
@@ -635,7 +755,7 @@ func (ks *Keystore) Signer(ctx context.Context, keyURI string) (keystore.Signer,
 	if err != nil {
 		return nil, err
 	}
-	return &signer{ks: ks, label: b.Label, name: b.name, pub: b.key, password: b.passwordProtected(), keyAuth: ref.keyAuth}, nil
+	return &signer{ks: ks, label: b.Label, name: b.name, parentName: b.ParentName, pub: b.key, password: b.passwordProtected(), keyAuth: ref.keyAuth}, nil
 }
 
 // PublicKey returns the public key from the key's blob file (no TPM command).
@@ -740,12 +860,13 @@ func (ks *Keystore) Close() error {
 
 // signer signs with one TPM key.
 type signer struct {
-	ks       *Keystore
-	label    string
-	name     []byte
-	pub      keystore.PublicKey
-	password bool
-	keyAuth  string
+	ks         *Keystore
+	label      string
+	name       []byte
+	parentName []byte // the storage root key's name: the session carrying a password is salted to it
+	pub        keystore.PublicKey
+	password   bool
+	keyAuth    string
 }
 
 func (s *signer) Public() keystore.PublicKey { return s.pub }
@@ -786,12 +907,17 @@ func (s *signer) sign(c *conn, digest []byte) ([]byte, error) {
 		if err != nil {
 			return nil, err
 		}
+		auth, done, err := s.auth(c, pw)
+		if err != nil {
+			return nil, err
+		}
 		rsp, err := tpm2.Sign{
-			KeyHandle:  tpm2.AuthHandle{Handle: h, Name: tpm2.TPM2BName{Buffer: s.name}, Auth: tpm2.PasswordAuth(pw)},
+			KeyHandle:  tpm2.AuthHandle{Handle: h, Name: tpm2.TPM2BName{Buffer: s.name}, Auth: auth},
 			Digest:     tpm2.TPM2BDigest{Buffer: digest},
 			InScheme:   tpm2.TPMTSigScheme{Scheme: tpm2.TPMAlgNull},
 			Validation: tpm2.TPMTTKHashCheck{Tag: tpm2.TPMSTHashCheck, Hierarchy: tpm2.TPMRHNull},
 		}.Execute(c)
+		done()
 		switch {
 		case err == nil:
 			der, err := derSignature(rsp.Signature)
@@ -819,12 +945,66 @@ func (s *signer) sign(c *conn, digest []byte) ([]byte, error) {
 	}
 }
 
+// auth is the authorization for signing: an empty password as such (a key without password carries no
+// secret), a real one in a session salted to the storage root key, which is created for it and checked to
+// be the one the key was made under (so that nobody between us and the TPM can substitute a key of
+// theirs to learn the salt). done flushes that storage root key.
+func (s *signer) auth(c *conn, pw []byte) (auth tpm2.Session, done func(), err error) {
+	if !s.password {
+		return tpm2.PasswordAuth(nil), func() {}, nil
+	}
+	ks := s.ks
+	srk, err := ks.srkForSalt(c)
+	if err != nil {
+		return nil, nil, err
+	}
+	done = func() { ks.flush(c, srk.ObjectHandle, "storage root key") }
+	if !bytes.Equal(srk.Name.Buffer, s.parentName) {
+		done()
+		return nil, nil, keystore.Errorf(keystore.ErrKeyLost,
+			"TPM key %q was wrapped by a different storage root key than the TPM at %s has now: the TPM was reset or replaced; this key is gone; %s",
+			s.label, ks.dev.spec.raw, recoverHint)
+	}
+	if auth, err = saltedSession(pw, srk); err != nil {
+		done()
+		return nil, nil, err
+	}
+	return auth, done, nil
+}
+
+// srkForSalt loads the storage root key to salt a session: from the context saved the last time (one
+// TPM2_ContextLoad), else created (TPM2_CreatePrimary, which may need the owner password) and its context
+// saved for next time. The caller flushes it.
+func (ks *Keystore) srkForSalt(c *conn) (*tpm2.CreatePrimaryResponse, error) {
+	if ks.saltCtx != nil {
+		rsp, err := tpm2.ContextLoad{Context: *ks.saltCtx}.Execute(c)
+		if err == nil {
+			srk := *ks.saltSRK
+			srk.ObjectHandle = rsp.LoadedHandle
+			return &srk, nil
+		}
+		ks.saltCtx, ks.saltSRK = nil, nil // a reset TPM, or no room: create it
+		if c.broken != nil {
+			return nil, c.broken
+		}
+	}
+	srk, err := ks.createSRK(c)
+	if err != nil {
+		return nil, err
+	}
+	if rsp, err := (tpm2.ContextSave{SaveHandle: srk.ObjectHandle}).Execute(c); err == nil {
+		saved := *srk
+		ks.saltCtx, ks.saltSRK = &rsp.Context, &saved
+	}
+	return srk, nil
+}
+
 // handle returns the loaded handle of the signer's key, reloading it from its blob file if needed; a
 // blob that is gone or now holds another key means the key was destroyed.
 func (s *signer) handle(c *conn) (tpm2.TPMHandle, error) {
 	ks := s.ks
-	if k := ks.cached; k != nil && k.label == s.label && bytes.Equal(k.name, s.name) && ks.stillOurs(c, k) {
-		return k.handle, nil
+	if h, ok := ks.current(c, s.label, s.name); ok {
+		return h, nil
 	}
 	if c.broken != nil {
 		return 0, c.broken

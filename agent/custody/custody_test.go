@@ -353,6 +353,22 @@ func TestCorruptState(t *testing.T) {
 			r.Generations[a].PublicKey, r.Generations[n].PublicKey = r.Generations[n].PublicKey, r.Generations[a].PublicKey
 			return r.encode()
 		}, "not the key kel.jsonl names"},
+		// The next key recorded is not the one the log pre-commits (here: the retired generation 0 key):
+		// a later rotation would sign with a key the log's holders never agreed to (issue 21, second angle
+		// on the pre-committed next-key digest).
+		{"identity.json next key not the pre-committed one", IdentityFile, func(t *testing.T, b []byte) []byte {
+			r, err := decodeRecord(b)
+			if err != nil {
+				t.Fatal(err)
+			}
+			n := r.find(Next)
+			for i, g := range r.Generations {
+				if g.Generation == 0 {
+					r.Generations[n].PublicKey = r.Generations[i].PublicKey
+				}
+			}
+			return r.encode()
+		}, "is not the one kel.jsonl pre-commits"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

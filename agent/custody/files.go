@@ -105,7 +105,11 @@ func readLimited(path string, limit int64) ([]byte, error) {
 
 // lock takes the home directory's exclusive lock (flock), waiting until ctx is done.
 func lock(ctx context.Context, home string) (unlock func(), err error) {
-	f, err := os.OpenFile(filepath.Join(home, lockFileName), os.O_RDWR|os.O_CREATE, 0o600)
+	// O_NOFOLLOW: whoever can plant a link here must not make this process create or open a file elsewhere.
+	f, err := os.OpenFile(filepath.Join(home, lockFileName), os.O_RDWR|os.O_CREATE|syscall.O_NOFOLLOW, 0o600)
+	if errors.Is(err, syscall.ELOOP) {
+		return nil, fmt.Errorf("lock %s: %s is a symbolic link; a lock file never is: remove it and check who can write %s", home, lockFileName, home)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("lock %s: %w", home, err)
 	}

@@ -44,7 +44,11 @@ func tokenCommand() *cli.Command {
 				if err != nil {
 					return usagef("--pin-source: %v", err)
 				}
-				so, err := keystore.ReadSecret(c.String("so-pin-source"))
+				soSource, err := absSource(c.String("so-pin-source"))
+				if err != nil {
+					return usagef("--so-pin-source: %v", err)
+				}
+				so, err := keystore.ReadSecret(soSource)
 				if err != nil {
 					return fmt.Errorf("--so-pin-source: %w", err)
 				}

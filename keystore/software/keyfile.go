@@ -249,6 +249,11 @@ func (i *scryptIdentity) Unwrap(stanzas []*age.Stanza) ([]byte, error) {
 		return nil, fmt.Errorf("invalid scrypt work factor %q", s.Args[1])
 	}
 	logN, _ := strconv.Atoi(s.Args[1])
+	if logN < MinWorkFactor {
+		// Creation never goes below the floor; a file below it was rewrapped by someone else, and its
+		// passphrase would be cheap to guess offline.
+		return nil, fmt.Errorf("scrypt work factor %d is below the minimum of %d that keys are made with: this file was not written by Custos with a safe setting; rewrap it with work factor %d or more, or make a new key", logN, MinWorkFactor, MinWorkFactor)
+	}
 	if logN > MaxWorkFactor {
 		return nil, fmt.Errorf("scrypt work factor %d exceeds the limit of %d", logN, MaxWorkFactor)
 	}

@@ -136,7 +136,7 @@ func (k *Keystore) passphrase() ([]byte, error) {
 	)
 	switch {
 	case k.loc.passSource != "":
-		p, err = keystore.ReadSecret(k.loc.passSource)
+		p, err = keystore.ReadSecretLog(k.loc.passSource, k.log)
 		if err != nil {
 			return nil, keystore.Errorf(keystore.ErrWrongSecret, "passphrase of software keystore %s: %v", k.loc.dir, err)
 		}

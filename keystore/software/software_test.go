@@ -9,6 +9,7 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -372,4 +373,72 @@ func TestExportedURIHelpers(t *testing.T) {
 	if _, err := WithPassphraseSource("pkcs11:token=x", "env:P"); !errors.Is(err, keystore.ErrBadURI) {
 		t.Fatalf("non-file URI: %v", err)
 	}
+}
+
+// A key file whose scrypt work factor is below the floor that creation enforces (MinWorkFactor) is
+// refused on load with ErrCorrupt saying so (issue 12.10): a file someone rewrapped with a cheap work
+// factor would make the passphrase cheap to guess. The floor itself still loads.
+func TestWorkFactorFloorOnLoad(t *testing.T) {
+	ctx := context.Background()
+	for _, tc := range []struct {
+		logN int
+		want string // "" when it must load
+	}{
+		{MinWorkFactor - 1, fmt.Sprintf("scrypt work factor %d is below the minimum of %d", MinWorkFactor-1, MinWorkFactor)},
+		{1, fmt.Sprintf("scrypt work factor 1 is below the minimum of %d", MinWorkFactor)},
+		{MinWorkFactor, ""},
+	} {
+		t.Run(fmt.Sprint(tc.logN), func(t *testing.T) {
+			dir, uri := newDir(t, "pw")
+			ks := openKS(t, uri, keystore.OpenOptions{})
+			k, err := ks.Generate(ctx, keystore.GenerateRequest{Algorithm: keystore.Ed25519, Label: "k"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			path := filepath.Join(dir, "k.key")
+			data, _ := os.ReadFile(path)
+			h, ct, err := splitFile(data)
+			if err != nil {
+				t.Fatal(err)
+			}
+			// Rewrap the same private key under the same passphrase with work factor logN (as age would).
+			der, err := io.ReadAll(mustDecrypt(t, ct, "pw"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			rcpt, _ := age.NewScryptRecipient("pw")
+			rcpt.SetWorkFactor(tc.logN)
+			var buf bytes.Buffer
+			w, _ := age.Encrypt(&buf, rcpt)
+			_, _ = w.Write(der)
+			_ = w.Close()
+			if err := os.WriteFile(path, append(h.encode(), buf.Bytes()...), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			before := fileState(t, dir)
+			_, err = openKS(t, uri, keystore.OpenOptions{}).Signer(ctx, k.URI)
+			if tc.want == "" {
+				if err != nil {
+					t.Fatalf("work factor %d (the floor) refused: %v", tc.logN, err)
+				}
+				return
+			}
+			if !errors.Is(err, keystore.ErrCorrupt) || !strings.Contains(err.Error(), tc.want) || !strings.Contains(err.Error(), path) {
+				t.Fatalf("got %v; want ErrCorrupt naming %s and saying %q", err, path, tc.want)
+			}
+			if fileState(t, dir) != before {
+				t.Fatal("a refused Signer changed the keystore directory")
+			}
+		})
+	}
+}
+
+func mustDecrypt(t *testing.T, ct []byte, pass string) io.Reader {
+	t.Helper()
+	id, _ := age.NewScryptIdentity(pass)
+	r, err := age.Decrypt(bytes.NewReader(ct), id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
 }

@@ -18,8 +18,8 @@ const Scheme = "file"
 const KeyFileSuffix = ".key"
 
 // Work factors of the scrypt passphrase KDF, as log2(N). DefaultWorkFactor is age's own default
-// (about one second and 256 MiB per key operation); MinWorkFactor exists for tests, MaxWorkFactor caps
-// what a key file may demand when it is read.
+// (about one second and 256 MiB per key operation); MinWorkFactor exists for tests and is also the floor a
+// key file must meet when it is read, MaxWorkFactor caps what a key file may demand when it is read.
 const (
 	DefaultWorkFactor = 18
 	MinWorkFactor     = 10

@@ -145,6 +145,24 @@ type agentConfig struct {
 // newAgent makes an identity in a fresh home: software keys, or a SoftHSM token when softhsm is set.
 func newAgent(t *testing.T, name string, softhsm bool) *agent {
 	t.Helper()
+	return newAgentWith(t, name, func(a *agent) []string {
+		if softhsm {
+			tok := softhsmtest.New(t)
+			a.env = softhsmtest.Env(t)
+			return []string{"init", "--pkcs11", tok.URI}
+		}
+		pass := filepath.Join(a.home, "passphrase")
+		if err := os.WriteFile(pass, []byte("correct horse "+name+"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return []string{"init", "--software", "--passphrase-file", pass, "--work-factor", "10"}
+	})
+}
+
+// newAgentWith makes an identity in a fresh home with the agentctl init arguments setup returns (setup
+// may also set a.env).
+func newAgentWith(t *testing.T, name string, setup func(a *agent) []string) *agent {
+	t.Helper()
 	home, err := os.MkdirTemp("", "cx") // the control socket path must stay under 108 bytes
 	if err != nil {
 		t.Fatal(err)
@@ -154,18 +172,7 @@ func newAgent(t *testing.T, name string, softhsm bool) *agent {
 		t.Fatal(err)
 	}
 	a := &agent{t: t, name: name, home: home, ports: map[string]int{}, logPath: filepath.Join(home, "daemon.log")}
-	var initArgs []string
-	if softhsm {
-		tok := softhsmtest.New(t)
-		a.env = softhsmtest.Env(t)
-		initArgs = []string{"init", "--pkcs11", tok.URI}
-	} else {
-		pass := filepath.Join(home, "passphrase")
-		if err := os.WriteFile(pass, []byte("correct horse "+name+"\n"), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		initArgs = []string{"init", "--software", "--passphrase-file", pass, "--work-factor", "10"}
-	}
+	initArgs := setup(a)
 	if out, code := a.run(initArgs...); code != 0 {
 		t.Fatalf("%s: agentctl init: exit %d\n%s", name, code, out)
 	}

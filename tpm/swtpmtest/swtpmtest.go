@@ -324,6 +324,11 @@ func roundTrip(network, addr string, cmd []byte) ([]byte, error) {
 	defer cancel()
 	var d net.Dialer
 	c, err := d.DialContext(ctx, network, addr)
+	for errors.Is(err, syscall.EAGAIN) && ctx.Err() == nil {
+		// swtpm serves one client at a time and its accept queue is short: wait for a place in it.
+		time.Sleep(5 * time.Millisecond)
+		c, err = d.DialContext(ctx, network, addr)
+	}
 	if err != nil {
 		return nil, err
 	}
