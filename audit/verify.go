@@ -325,7 +325,11 @@ func (v *verifier) checkpoint(w *wire, at loc) error {
 	if err != nil {
 		return bad("the signature is not base64url")
 	}
-	if err := v.keys[cp.Gen].Verify(checkpointInput(v.id, cp.Gen, cp.HeadSeq, head).Message(), sig); err != nil {
+	b, err := bindingOf(w)
+	if err != nil {
+		return bad("%v", err)
+	}
+	if err := v.keys[cp.Gen].Verify(checkpointInput(v.id, cp.Gen, b, cp.HeadSeq, head).Message(), sig); err != nil {
 		return bad("the signature does not verify with the generation %d key of %s: %v", cp.Gen, v.id, err)
 	}
 	var h [32]byte
