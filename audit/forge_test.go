@@ -2,6 +2,7 @@ package audit
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"os"
 	"path/filepath"
@@ -122,4 +123,39 @@ func TestCheckpointReuseRefused(t *testing.T) {
 		forgeAppend(t, dir, AccessDenied, `{}`, seal.CP)
 		verifyFails(t, dir, id.kel, ErrBadCheckpoint, "", 0, sealPlace.seq+1, "may not carry a checkpoint")
 	})
+}
+
+// TestPrunedRangeSigned: the range an audit.pruned record names is signed; changing it (the chain and
+// later heads recomputed, as without the key) fails at that record.
+func TestPrunedRangeSigned(t *testing.T) {
+	id := newIdent(t, keystore.Ed25519, 0)
+	dir := t.TempDir()
+	o := id.opts(0)
+	o.SegmentMaxBytes = 2000
+	o.Retention = Retention{MaxBytes: 6000}
+	l := open(t, dir, o)
+	appendN(t, l, 60, AccessDenied)
+	if err := l.ApplyRetention(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	closeLog(t, l)
+	if rep := mustVerify(t, dir, id.kel); !rep.Anchored {
+		t.Fatalf("not anchored: %+v", rep)
+	}
+	p := findFirst(t, dir, func(w *wire) bool { return EventType(w.Type) == LogPruned })
+	rechainHeads(t, dir, func(w *wire) {
+		if w.Seq == p.seq {
+			var d map[string]any
+			if err := json.Unmarshal(w.Details, &d); err != nil {
+				t.Fatal(err)
+			}
+			d["first_seq"] = d["first_seq"].(float64) + 1
+			b, err := json.Marshal(d)
+			if err != nil {
+				t.Fatal(err)
+			}
+			w.Details = b
+		}
+	})
+	verifyFails(t, dir, id.kel, ErrBadCheckpoint, p.seg, p.line, p.seq, "the signature does not verify")
 }

@@ -314,9 +314,13 @@ type cpBinding struct {
 // checkpointInput is exactly what a checkpoint signature covers: purpose AuditCheckpoint, then record
 // version, agent ID, gen, record type, reason, seal seq, first and last seq removed, head seq, head.
 func checkpointInput(agentID string, gen uint64, b cpBinding, headSeq uint64, head []byte) *signature.Input {
-	return signature.NewInput(signature.AuditCheckpoint).Uint64(RecordVersion).String(agentID).Uint64(gen).
-		String(string(b.typ)).String(b.reason).Uint64(b.seq).Uint64(b.first).Uint64(b.last).
-		Uint64(headSeq).Bytes(head)
+	in := signature.NewInput(signature.AuditCheckpoint).Uint64(RecordVersion).String(agentID).Uint64(gen)
+	in.String(string(b.typ))
+	in.String(b.reason)
+	in.Uint64(b.seq)
+	in.Uint64(b.first)
+	in.Uint64(b.last)
+	return in.Uint64(headSeq).Bytes(head)
 }
 
 // bindingOf reads what a checkpoint record says it is from its type and details, as the writer signed
