@@ -206,6 +206,10 @@ while [ ! -s "$1" ]; do :; done
 			if err != nil {
 				t.Fatal(err)
 			}
+			// SIGKILL was sent before Run returned; give the kernel a moment to finish the process off.
+			for i := 0; i < 1000 && procAlive(pid); i++ {
+				time.Sleep(10 * time.Millisecond)
+			}
 			if procAlive(pid) {
 				_ = syscall.Kill(pid, syscall.SIGKILL)
 				t.Fatalf("the escaped process %d is still running", pid)
