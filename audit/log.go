@@ -351,6 +351,28 @@ func (l *Log) ApplyRetention(ctx context.Context) error {
 	}
 }
 
+// Head returns the seq and hash of the last durable record (for VerifyRunning: the daemon reports it
+// over the control socket).
+func (l *Log) Head(ctx context.Context) (Head, error) {
+	ch := make(chan Head, 1)
+	if err := l.control(ctx, func() { ch <- Head{Seq: l.seq, Hash: b64.EncodeToString(l.head[:])} }); err != nil {
+		return Head{}, err
+	}
+	select {
+	case h := <-ch:
+		return h, nil
+	case <-ctx.Done():
+		return Head{}, ctx.Err()
+	case <-l.done:
+		select {
+		case h := <-ch:
+			return h, nil
+		default:
+			return Head{}, ErrClosed
+		}
+	}
+}
+
 func (l *Log) control(ctx context.Context, fn func()) error {
 	l.mu.RLock()
 	defer l.mu.RUnlock()
