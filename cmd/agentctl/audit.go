@@ -49,7 +49,8 @@ func auditCommand() *cli.Command {
 				Usage:        "check the whole log: every record, the hash chain, every checkpoint signature (exit 0 only when it all verifies)",
 				Description: "Checkpoint signatures are checked with the key of the generation that made them, from the verified\n" +
 					"key event log <home>/kel.jsonl. On failure the message names the first bad record: segment file, line\n" +
-					"and seq, and why. A log whose writer is not running must end with the closing checkpoint.",
+					"and seq, and why. While the agent runs, the daemon reports its head (control operation audit.head) and the log\n" +
+					"must hold it; otherwise the log must end with the closing checkpoint (holding audit/LOCK changes nothing).",
 				Flags:  []cli.Flag{home()},
 				Action: runAuditVerify,
 			},
