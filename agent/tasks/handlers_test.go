@@ -174,6 +174,13 @@ func TestExecEscapedDescendantDoesNotHoldTheTask(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			root := t.TempDir()
 			pidFile := filepath.Join(t.TempDir(), "escaped.pid")
+			t.Cleanup(func() { // whatever happened, leave no process behind
+				if b, err := os.ReadFile(pidFile); err == nil {
+					if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && procAlive(pid) {
+						_ = syscall.Kill(pid, syscall.SIGKILL)
+					}
+				}
+			})
 			script := tc.spawn + `
 while [ ! -s "$1" ]; do :; done
 ` + tc.tail
