@@ -117,6 +117,17 @@ func mustVerify(t testing.TB, dir string, kel identity.Log) Report {
 	return rep
 }
 
+// verifyLive verifies the log of a running writer with the head it reports (as agentctl does through
+// the daemon).
+func verifyLive(t testing.TB, l *Log, dir string, kel identity.Log) (Report, error) {
+	t.Helper()
+	h, err := l.Head(context.Background())
+	if err != nil {
+		t.Fatalf("Head: %v", err)
+	}
+	return VerifyRunning(dir, kel, h)
+}
+
 // verifyFails checks that Verify fails with kind, at segment/line/seq, with a message containing want.
 func verifyFails(t testing.TB, dir string, kel identity.Log, kind error, seg string, line int, seq uint64, want string) *VerifyError {
 	t.Helper()

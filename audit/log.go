@@ -351,6 +351,28 @@ func (l *Log) ApplyRetention(ctx context.Context) error {
 	}
 }
 
+// Head returns the seq and hash of the last durable record (for VerifyRunning: the daemon reports it
+// over the control socket).
+func (l *Log) Head(ctx context.Context) (Head, error) {
+	ch := make(chan Head, 1)
+	if err := l.control(ctx, func() { ch <- Head{Seq: l.seq, Hash: b64.EncodeToString(l.head[:])} }); err != nil {
+		return Head{}, err
+	}
+	select {
+	case h := <-ch:
+		return h, nil
+	case <-ctx.Done():
+		return Head{}, ctx.Err()
+	case <-l.done:
+		select {
+		case h := <-ch:
+			return h, nil
+		default:
+			return Head{}, ErrClosed
+		}
+	}
+}
+
 func (l *Log) control(ctx context.Context, fn func()) error {
 	l.mu.RLock()
 	defer l.mu.RUnlock()
@@ -668,7 +690,14 @@ func (l *Log) startSign(job *signJob) {
 		job.headSeq, job.head = l.seq, l.head
 	}
 	l.signing = true
-	msg := checkpointInput(l.opts.AgentID, job.gen, job.headSeq, job.head[:]).Message()
+	b := cpBinding{typ: LogCheckpoint, reason: job.reason}
+	switch {
+	case job.segments != nil:
+		b = cpBinding{typ: LogPruned, reason: job.reason, first: job.segments[0].first, last: job.headSeq}
+	case job.reason == sealReason:
+		b.seq = job.headSeq + 1 // Close writes the seal right after the head it signs
+	}
+	msg := checkpointInput(l.opts.AgentID, job.gen, b, job.headSeq, job.head[:]).Message()
 	go func() {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		defer cancel()
@@ -834,7 +863,7 @@ func (l *Log) shutdown() {
 
 // seal signs the final head synchronously and writes the closing checkpoint.
 func (l *Log) seal() error {
-	job := &signJob{reason: "close"}
+	job := &signJob{reason: sealReason}
 	ch := make(chan error, 1)
 	job.waiters = []chan error{ch}
 	l.startSign(job)
@@ -1062,9 +1091,12 @@ func (l *Log) loadActive(sf segFile) error {
 	}
 }
 
+// sealReason is the reason of the closing checkpoint Close writes.
+const sealReason = "close"
+
 // isSeal reports whether a record is the closing checkpoint Close writes.
 func isSeal(w *wire) bool {
-	return w.CP != nil && EventType(w.Type) == LogCheckpoint && string(w.Details) == `{"reason":"close"}`
+	return w.CP != nil && EventType(w.Type) == LogCheckpoint && string(w.Details) == `{"reason":"`+sealReason+`"}`
 }
 
 // completeRecordIn reports whether b (the bytes after the last good record) holds a complete line that

@@ -328,10 +328,10 @@ func TestCheckpointTriggers(t *testing.T) {
 		var rep Report
 		waitFor(t, func() bool {
 			var err error
-			rep, err = Verify(dir, id.kel)
+			rep, err = verifyLive(t, l, dir, id.kel)
 			return err == nil && rep.Pending == 0 && rep.CoveredSeq >= seqs[2]
 		})
-		if !rep.WriterActive || reasons(dir)["interval"] < 1 {
+		if !rep.Live || reasons(dir)["interval"] < 1 {
 			t.Fatalf("while open after an interval checkpoint: %+v, reasons %v", rep, reasons(dir))
 		}
 		closeLog(t, l)
@@ -343,7 +343,7 @@ func TestCheckpointTriggers(t *testing.T) {
 		if err := l.Checkpoint(context.Background()); err != nil {
 			t.Fatal(err)
 		}
-		rep, err := Verify(dir, id.kel)
+		rep, err := verifyLive(t, l, dir, id.kel)
 		if err != nil || rep.CoveredSeq < seqs[1] || rep.CoveredSeq != rep.LastSeq-1 || rep.Pending != 0 {
 			t.Fatalf("after Checkpoint: %+v, %v", rep, err)
 		}
@@ -375,11 +375,11 @@ func TestWriterActive(t *testing.T) {
 		t.Fatal(err)
 	}
 	appendN(t, l, 5, AccessDenied)
-	rep, err := Verify(dir, id.kel)
+	rep, err := verifyLive(t, l, dir, id.kel)
 	if err != nil {
 		t.Fatalf("Verify while a writer runs: %v", err)
 	}
-	if !rep.WriterActive || rep.Pending != 5 || rep.Sealed {
+	if !rep.WriterActive || !rep.Live || rep.Pending != 5 || rep.Sealed {
 		t.Fatalf("report while open: %+v", rep)
 	}
 	closeLog(t, l)
@@ -517,7 +517,7 @@ func TestCheckpointSigningFails(t *testing.T) {
 	if len(failed) == 0 || !strings.Contains(failed[0].Details["error"].(string), "token removed") {
 		t.Fatalf("no audit.checkpoint_failed record: %+v", failed)
 	}
-	rep, err := Verify(dir, id.kel)
+	rep, err := verifyLive(t, l, dir, id.kel)
 	if err != nil || rep.Pending == 0 {
 		t.Fatalf("while signing fails: %+v, %v", rep, err)
 	}

@@ -21,8 +21,10 @@ import (
 	"github.com/custos-agent/custos/agent/signature"
 )
 
-// RecordVersion is the only version of the record format.
-const RecordVersion = 1
+// RecordVersion is the only version of the record format. Version 2 (this one) signs, in every
+// checkpoint, the kind of record that carries it (checkpoint, seal, audit.pruned and its range); logs of
+// version 1 are refused (none was deployed; see docs/adr/0004-audit-log.md).
+const RecordVersion = 2
 
 // Limits of one record.
 const (
@@ -51,8 +53,10 @@ type Record struct {
 }
 
 // Checkpoint is a signature by the agent's identity key over the chain up to and including record
-// HeadSeq, whose hash is Head. The signed input is signature purpose AuditCheckpoint with the fields
-// agent ID, Gen, HeadSeq and the 32-byte head hash. A verifier takes the key of generation Gen from the
+// HeadSeq, whose hash is Head. The signed input (checkpointInput) is signature purpose AuditCheckpoint
+// with the record version, agent ID, Gen, what the record carrying it is (its type, its reason, the seq
+// of a closing seal, the range an audit.pruned record removed), HeadSeq and the 32-byte head hash. A
+// verifier takes the key of generation Gen from the
 // agent's verified key event log; Kid (the base64url PublicKey.Digest of the signing key) only helps it
 // say which key was used when that one is wrong.
 type Checkpoint struct {
@@ -297,9 +301,63 @@ func u64(h hash.Hash, v uint64) {
 	field(h, b[:])
 }
 
-// checkpointInput is exactly what a checkpoint signature covers.
-func checkpointInput(agentID string, gen, headSeq uint64, head []byte) *signature.Input {
-	return signature.NewInput(signature.AuditCheckpoint).String(agentID).Uint64(gen).Uint64(headSeq).Bytes(head)
+// cpBinding is what a checkpoint signature says about the record that carries it, so that a signed
+// block copied into another record (a forged seal, a forged audit.pruned) no longer verifies.
+type cpBinding struct {
+	typ    EventType // LogCheckpoint or LogPruned
+	reason string    // the record's "reason" detail; "close" on a checkpoint makes it the seal
+	seq    uint64    // the seal's own seq (head seq + 1); 0 for a checkpoint signed in the background,
+	// whose place is only known when the signature returns (appends go on meanwhile)
+	first, last uint64 // audit.pruned: the first and last seq removed; 0 otherwise
+}
+
+// checkpointInput is exactly what a checkpoint signature covers: purpose AuditCheckpoint, then record
+// version, agent ID, gen, record type, reason, seal seq, first and last seq removed, head seq, head.
+func checkpointInput(agentID string, gen uint64, b cpBinding, headSeq uint64, head []byte) *signature.Input {
+	in := signature.NewInput(signature.AuditCheckpoint).Uint64(RecordVersion).String(agentID).Uint64(gen)
+	in.String(string(b.typ))
+	in.String(b.reason)
+	in.Uint64(b.seq)
+	in.Uint64(b.first)
+	in.Uint64(b.last)
+	return in.Uint64(headSeq).Bytes(head)
+}
+
+// bindingOf reads what a checkpoint record says it is from its type and details, as the writer signed
+// it. A checkpoint's details are exactly {"reason":...}; an audit.pruned record's first_seq and
+// through_seq must be a range ending at its head.
+func bindingOf(w *wire) (cpBinding, error) {
+	var d struct {
+		Reason     string  `json:"reason"`
+		FirstSeq   *uint64 `json:"first_seq"`
+		ThroughSeq *uint64 `json:"through_seq"`
+	}
+	if err := json.Unmarshal(w.Details, &d); err != nil {
+		return cpBinding{}, fmt.Errorf("its details do not say what it is: %v", err)
+	}
+	b := cpBinding{typ: EventType(w.Type), reason: d.Reason}
+	if d.Reason == "" {
+		return b, errors.New("its details carry no reason")
+	}
+	switch b.typ {
+	case LogCheckpoint:
+		want, _ := json.Marshal(map[string]string{"reason": d.Reason})
+		if !bytes.Equal(want, w.Details) {
+			return b, errors.New(`a checkpoint's details must be exactly {"reason":...}`)
+		}
+		if isSeal(w) {
+			if w.Seq != w.CP.HeadSeq+1 {
+				return b, fmt.Errorf("a seal must directly follow its head, but its head is seq %d", w.CP.HeadSeq)
+			}
+			b.seq = w.Seq
+		}
+	case LogPruned:
+		if d.FirstSeq == nil || d.ThroughSeq == nil || *d.FirstSeq == 0 || *d.FirstSeq > *d.ThroughSeq || *d.ThroughSeq != w.CP.HeadSeq {
+			return b, fmt.Errorf("its removed range (first_seq, through_seq) is missing or does not end at its head seq %d", w.CP.HeadSeq)
+		}
+		b.first, b.last = *d.FirstSeq, *d.ThroughSeq
+	}
+	return b, nil
 }
 
 // encodeLine fills in the hash of w and returns its line (with the trailing newline).
@@ -349,6 +407,11 @@ func decodeLine(line []byte) (*wire, [32]byte, error) {
 	}
 	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
 		return nil, zero, fmt.Errorf("%w: trailing data after the record", ErrMalformed)
+	}
+	if w.V == 1 {
+		return &w, zero, fmt.Errorf("%w: record version 1 is the format whose checkpoints did not sign what carried them; "+
+			"this agent reads only version %d (no version 1 log was deployed: move the old audit directory aside and start a new log)",
+			ErrMalformed, RecordVersion)
 	}
 	if w.V != RecordVersion {
 		return &w, zero, fmt.Errorf("%w: record version %d (this agent reads %d)", ErrMalformed, w.V, RecordVersion)

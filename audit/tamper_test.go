@@ -3,6 +3,7 @@ package audit
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -194,6 +195,61 @@ func TestTamperDetected(t *testing.T) {
 			})
 			return expect{ErrBadCheckpoint, "", 0, 0, "its head does not match the hash of seq"}
 		}},
+		{"rewrite the chain without the key, checkpoint heads recomputed", func(t *testing.T, dir string) expect {
+			// Every hash and every checkpoint head is right again: only the signatures catch this.
+			changed := seqAt(t, filepath.Join(dir, name(1)), 2)
+			rechainHeads(t, dir, func(w *wire) {
+				if w.Seq == changed {
+					w.Actor = "ed25519:someone-else"
+				}
+			})
+			first := findFirst(t, dir, func(w *wire) bool { return w.CP != nil && w.CP.HeadSeq >= changed })
+			return expect{ErrBadCheckpoint, first.seg, first.line, first.seq, "the signature does not verify"}
+		}},
+		{"flip a byte of a checkpoint signature, chain recomputed", func(t *testing.T, dir string) expect {
+			target := findFirst(t, dir, func(w *wire) bool { return w.CP != nil && w.Seq > 10 })
+			rechainHeads(t, dir, func(w *wire) {
+				if w.Seq == target.seq {
+					sig, err := b64.DecodeString(w.CP.Sig)
+					if err != nil {
+						t.Fatal(err)
+					}
+					sig[len(sig)/2] ^= 0x40
+					w.CP.Sig = b64.EncodeToString(sig)
+				}
+			})
+			return expect{ErrBadCheckpoint, target.seg, target.line, target.seq, "the signature does not verify"}
+		}},
+		{"change a checkpoint's reason, chain recomputed", func(t *testing.T, dir string) expect {
+			target := findFirst(t, dir, func(w *wire) bool { return string(w.Details) == `{"reason":"manual"}` && w.Seq > 10 })
+			rechainHeads(t, dir, func(w *wire) {
+				if w.Seq == target.seq {
+					w.Details = json.RawMessage(`{"reason":"count"}`)
+				}
+			})
+			return expect{ErrBadCheckpoint, target.seg, target.line, target.seq, "the signature does not verify"}
+		}},
+		{"alter a record and recompute its own hash only", func(t *testing.T, dir string) expect {
+			// The record's hash is right again; the next record's prev is what no longer matches.
+			p := filepath.Join(dir, name(1))
+			ls := lines(t, p)
+			n := 1
+			for !bytes.Contains(ls[n], []byte("ed25519:peer")) {
+				n++
+			}
+			w, _, err := decodeLine(bytes.TrimSuffix(ls[n], []byte("\n")))
+			if err != nil {
+				t.Fatal(err)
+			}
+			w.Subject = "nothing-happened"
+			b, _, err := encodeLine(w)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ls[n] = b
+			writeLines(t, p, ls)
+			return expect{ErrBrokenChain, name(1), n + 2, w.Seq + 1, "prev does not match the hash of seq " + itoa(w.Seq)}
+		}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -283,6 +339,41 @@ func rechain(t *testing.T, dir string, edit func(*wire)) {
 				t.Fatal(err)
 			}
 			prev = b64.EncodeToString(d[:])
+			out = append(out, b)
+		}
+		writeLines(t, p, out)
+	}
+}
+
+// rechainHeads is rechain that also recomputes every checkpoint's head from the rewritten records, as
+// an attacker without the key would: only the checkpoint signatures are left to catch the change.
+func rechainHeads(t *testing.T, dir string, edit func(*wire)) {
+	t.Helper()
+	prev := ""
+	hashes := map[uint64]string{}
+	for i, p := range segPaths(t, dir) {
+		var out [][]byte
+		for j, line := range lines(t, p) {
+			w, _, err := decodeLine(bytes.TrimSuffix(line, []byte("\n")))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if i == 0 && j == 0 {
+				prev = w.Prev // the log may start after pruned records
+			}
+			edit(w)
+			if w.CP != nil {
+				if h, ok := hashes[w.CP.HeadSeq]; ok {
+					w.CP.Head = h
+				}
+			}
+			w.Prev = prev
+			b, d, err := encodeLine(w)
+			if err != nil {
+				t.Fatal(err)
+			}
+			prev = b64.EncodeToString(d[:])
+			hashes[w.Seq] = prev
 			out = append(out, b)
 		}
 		writeLines(t, p, out)

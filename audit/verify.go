@@ -26,8 +26,9 @@ type Report struct {
 	Generations  []uint64 // key generations that signed checkpoints
 	Anchored     bool     // the log starts after removed segments, vouched for by a signed audit.pruned record
 	Sealed       bool     // the last record is the closing checkpoint (the writer closed the log)
-	WriterActive bool     // a writer held the log's lock while it was checked
-	Pending      uint64   // records not yet covered by a checkpoint (only accepted while a writer is active)
+	WriterActive bool     // someone held the log's lock while it was checked (informational: it relaxes nothing)
+	Live         bool     // checked against the running writer's head (VerifyRunning)
+	Pending      uint64   // records not yet covered by a checkpoint (accepted only by VerifyRunning)
 	Warnings     []string // findings that do not fail verification (file modes, an in-progress last line)
 }
 
@@ -71,7 +72,9 @@ type verifier struct {
 	id     string
 	keys   []keystore.PublicKey
 	kids   []string
-	active bool
+	active bool  // live != nil: the writer is running and vouched for its head
+	live   *Head // the running writer's head (VerifyRunning), nil for Verify
+	seen   bool  // the log holds the live head
 	rep    Report
 
 	have     bool
@@ -94,9 +97,27 @@ type verifier struct {
 // every record's form and hash, the chain from the first record to the last, every checkpoint's
 // signature with the key of the generation it names (taken from kel), that the log starts at seq 1 or
 // at a point a signed audit.pruned record vouches for, and that every record is covered by a checkpoint
-// and the log ends with the closing seal, unless a writer is running (it then reports the records not
-// yet covered as Pending). The error is a *VerifyError naming the first bad record.
-func Verify(dir string, kel identity.Log) (Report, error) {
+// and the log ends with the closing seal. It is this strict whoever holds the log's lock: for a log
+// whose writer is running, use VerifyRunning with the head the writer reports. The error is a
+// *VerifyError naming the first bad record.
+func Verify(dir string, kel identity.Log) (Report, error) { return verify(dir, kel, nil) }
+
+// Head is a running writer's head: the seq and hash (base64url) of its last durable record.
+type Head struct {
+	Seq  uint64 `json:"seq"`
+	Hash string `json:"hash"`
+}
+
+// VerifyRunning is Verify for a log whose writer is running, given the head that writer reported
+// (ask it first, then verify: the daemon answers the control operation audit.head). The log must hold
+// that head, record for record: then the records after the last checkpoint are reported as Pending
+// instead of failing, the log need not end with the seal, and an incomplete last line after the head
+// is taken as being written. A log cut or rewritten below the head fails.
+func VerifyRunning(dir string, kel identity.Log, head Head) (Report, error) {
+	return verify(dir, kel, &head)
+}
+
+func verify(dir string, kel identity.Log, live *Head) (Report, error) {
 	st, err := kel.Verify()
 	if err != nil {
 		return Report{}, fmt.Errorf("the key event log does not verify, so checkpoints cannot be checked: %w", err)
@@ -112,7 +133,8 @@ func Verify(dir string, kel identity.Log) (Report, error) {
 		kids = append(kids, kid(pub))
 	}
 	for attempt := 0; ; attempt++ {
-		v := &verifier{dir: dir, id: st.ID.String(), keys: keys, kids: kids, lastGen: -1, deferred: map[uint64]claim{}}
+		v := &verifier{dir: dir, id: st.ID.String(), keys: keys, kids: kids, lastGen: -1, deferred: map[uint64]claim{},
+			live: live, active: live != nil}
 		v.rep.Dir = dir
 		rep, err := v.run()
 		// A running writer's retention may remove a segment between listing and reading: start again.
@@ -132,8 +154,8 @@ func (v *verifier) run() (Report, error) {
 	if err != nil {
 		return v.rep, err
 	}
-	v.active = writerActive(v.dir)
-	v.rep.WriterActive = v.active
+	v.rep.WriterActive = writerActive(v.dir)
+	v.rep.Live = v.active
 	if len(segs) == 0 {
 		return v.rep, fmt.Errorf("%w: %s holds no segments (the log is empty or was deleted)", ErrNoLog, v.dir)
 	}
@@ -148,6 +170,10 @@ func (v *verifier) run() (Report, error) {
 	}
 	v.rep.LastSeq = v.prevSeq
 	v.rep.Head = b64.EncodeToString(v.prevHash[:])
+	if v.live != nil && !v.seen {
+		return v.rep, v.fail(loc{seg: segs[len(segs)-1].name}, v.live.Seq, true, fmt.Errorf("%w: the log ends at seq %d and "+
+			"does not hold the running agent's head seq %d: records were cut off", ErrBrokenChain, v.prevSeq, v.live.Seq))
+	}
 	if !v.rep.Anchored && v.rep.FirstSeq != 1 {
 		return v.rep, v.fail(v.first, v.rep.FirstSeq, false, fmt.Errorf("%w: the log starts at seq %d, but no signed audit.pruned "+
 			"record accounts for seq 1-%d: segments were removed outside retention", ErrBrokenChain, v.rep.FirstSeq, v.rep.FirstSeq-1))
@@ -161,7 +187,7 @@ func (v *verifier) run() (Report, error) {
 	v.rep.Sealed = v.lastW != nil && isSeal(v.lastW)
 	if v.lastData > v.rep.CoveredSeq {
 		at, seq := v.firstUncovered()
-		if v.active {
+		if v.active { // and the log holds the writer's head (checked above)
 			for i, l := range v.locs {
 				if v.base+uint64(i) > v.rep.CoveredSeq && !l.cp {
 					v.rep.Pending++
@@ -170,7 +196,7 @@ func (v *verifier) run() (Report, error) {
 			return v.rep, nil
 		}
 		return v.rep, v.fail(at, seq, false, fmt.Errorf("%w: records from seq %d to %d are not covered by a signed checkpoint and "+
-			"no writer is running: the agent stopped without closing the log (opening it repairs and signs it) or "+
+			"the running agent did not vouch for them (a held LOCK is not enough: verify through the running agent): the agent stopped without closing the log (opening it repairs and signs it) or "+
 			"the tail after the last checkpoint was cut off", ErrUnsigned, seq, v.lastData))
 	}
 	if !v.rep.Sealed && !v.active {
@@ -178,8 +204,8 @@ func (v *verifier) run() (Report, error) {
 		if n := len(v.locs); n > 0 {
 			at = v.locs[n-1]
 		}
-		return v.rep, v.fail(at, v.prevSeq, false, fmt.Errorf("%w: the log ends at seq %d without the closing seal and no writer "+
-			"is running: the agent stopped without closing the log (opening it repairs and signs it) or records after "+
+		return v.rep, v.fail(at, v.prevSeq, false, fmt.Errorf("%w: the log ends at seq %d without the closing seal and the "+
+			"running agent did not vouch for its head: the agent stopped without closing the log (opening it repairs and signs it) or records after "+
 			"seq %d were cut off", ErrUnsigned, v.prevSeq, v.prevSeq))
 	}
 	return v.rep, nil
@@ -207,7 +233,7 @@ func (v *verifier) segment(sf segFile, last bool) error {
 			return v.fail(at, v.prevSeq+1, true, err)
 		}
 		if !complete {
-			if last && v.active {
+			if last && v.active && v.seen { // after the running writer's head: being written
 				v.rep.Warnings = append(v.rep.Warnings, fmt.Sprintf("%s line %d is being written", sf.name, lr.line))
 				break
 			}
@@ -228,6 +254,13 @@ func (v *verifier) segment(sf segFile, last bool) error {
 		}
 		if err := v.link(w, at); err != nil {
 			return err
+		}
+		if v.live != nil && w.Seq == v.live.Seq {
+			if b64.EncodeToString(d[:]) != v.live.Hash {
+				return v.fail(at, w.Seq, false, fmt.Errorf("%w: the log does not hold the running agent's head: its seq %d "+
+					"has another hash (records up to it were rewritten)", ErrBrokenChain, w.Seq))
+			}
+			v.seen = true
 		}
 		at.cp = w.CP != nil
 		if len(v.hashes) == 0 {
@@ -325,7 +358,11 @@ func (v *verifier) checkpoint(w *wire, at loc) error {
 	if err != nil {
 		return bad("the signature is not base64url")
 	}
-	if err := v.keys[cp.Gen].Verify(checkpointInput(v.id, cp.Gen, cp.HeadSeq, head).Message(), sig); err != nil {
+	b, err := bindingOf(w)
+	if err != nil {
+		return bad("%v", err)
+	}
+	if err := v.keys[cp.Gen].Verify(checkpointInput(v.id, cp.Gen, b, cp.HeadSeq, head).Message(), sig); err != nil {
 		return bad("the signature does not verify with the generation %d key of %s: %v", cp.Gen, v.id, err)
 	}
 	var h [32]byte

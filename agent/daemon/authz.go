@@ -84,6 +84,7 @@ var controlOps = map[string]rbac.Operation{
 	OpRevocationInstall: rbac.CtlRevoke,
 	OpStakeSign:         rbac.CtlStakeSet,
 	OpStakeSet:          rbac.CtlStakeSet,
+	OpAuditHead:         rbac.CtlAuditVerify,
 }
 
 // authz wires agent/rbac, agent/policy, agent/reputation, agent/puzzle and agent/consensus into the

@@ -115,16 +115,21 @@ type DelegationConfig struct {
 
 // LimitsConfig bounds the daemon's work.
 type LimitsConfig struct {
-	MaxConcurrentTasks   int           `yaml:"max_concurrent_tasks"`   // default 4
-	MaxQueuedTasks       int           `yaml:"max_queued_tasks"`       // default 256
-	MaxInboundHandshakes int           `yaml:"max_inbound_handshakes"` // default 64
-	DrainTimeout         time.Duration `yaml:"drain_timeout"`          // default 30s
+	MaxConcurrentTasks int `yaml:"max_concurrent_tasks"` // default 4
+	MaxQueuedTasks     int `yaml:"max_queued_tasks"`     // default 256
+	// MaxUnacknowledgedTasks bounds one requester's stored tasks, unfinished or with a result it has not
+	// acknowledged (default 64).
+	MaxUnacknowledgedTasks int           `yaml:"max_unacknowledged_tasks"`
+	MaxInboundHandshakes   int           `yaml:"max_inbound_handshakes"` // default 64
+	DrainTimeout           time.Duration `yaml:"drain_timeout"`          // default 30s
 }
 
 // TasksConfig tunes task delivery.
 type TasksConfig struct {
 	RetryInterval   time.Duration `yaml:"retry_interval"`   // default 5s
 	ResultRetention time.Duration `yaml:"result_retention"` // default 24h
+	// UnacknowledgedRetention is how long a result a requester never acknowledges is kept (default 1h).
+	UnacknowledgedRetention time.Duration `yaml:"unacknowledged_retention"`
 }
 
 // RedialConfig bounds the backoff between dial attempts to a peer whose session is down.
@@ -227,12 +232,16 @@ func (c *Config) applyDefaults() {
 	if c.Limits.MaxQueuedTasks == 0 {
 		c.Limits.MaxQueuedTasks = tasks.DefaultMaxQueued
 	}
+	if c.Limits.MaxUnacknowledgedTasks == 0 {
+		c.Limits.MaxUnacknowledgedTasks = tasks.DefaultMaxUnacknowledged
+	}
 	if c.Limits.MaxInboundHandshakes == 0 {
 		c.Limits.MaxInboundHandshakes = DefaultMaxInboundHandshakes
 	}
 	def(&c.Limits.DrainTimeout, DefaultDrainTimeout)
 	def(&c.Tasks.RetryInterval, tasks.DefaultRetryInterval)
 	def(&c.Tasks.ResultRetention, tasks.DefaultRetention)
+	def(&c.Tasks.UnacknowledgedRetention, tasks.DefaultInboundRetention)
 	def(&c.Redial.Min, DefaultRedialMin)
 	def(&c.Redial.Max, DefaultRedialMax)
 	if c.Metrics.Address == "" {
@@ -329,7 +338,7 @@ func (c *Config) Validate() error {
 		path string
 		v    int
 	}{{"limits.max_concurrent_tasks", c.Limits.MaxConcurrentTasks}, {"limits.max_queued_tasks", c.Limits.MaxQueuedTasks},
-		{"limits.max_inbound_handshakes", c.Limits.MaxInboundHandshakes}} {
+		{"limits.max_inbound_handshakes", c.Limits.MaxInboundHandshakes}, {"limits.max_unacknowledged_tasks", c.Limits.MaxUnacknowledgedTasks}} {
 		if l.v < 1 || l.v > 100000 {
 			return bad(l.path, "%d is outside 1..100000", l.v)
 		}
@@ -338,7 +347,7 @@ func (c *Config) Validate() error {
 		path string
 		v    time.Duration
 	}{{"limits.drain_timeout", c.Limits.DrainTimeout}, {"tasks.retry_interval", c.Tasks.RetryInterval},
-		{"tasks.result_retention", c.Tasks.ResultRetention}, {"redial.min", c.Redial.Min}, {"redial.max", c.Redial.Max}} {
+		{"tasks.result_retention", c.Tasks.ResultRetention}, {"tasks.unacknowledged_retention", c.Tasks.UnacknowledgedRetention}, {"redial.min", c.Redial.Min}, {"redial.max", c.Redial.Max}} {
 		if d.v <= 0 {
 			return bad(d.path, "%v must be positive", d.v)
 		}

@@ -239,6 +239,7 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 		LocalID: d.id.String(), Store: d.taskStore, Handlers: cfg.registry(d.workRoot()), Keys: d.dm, Peers: d.peers,
 		Sender: d.mgr, Admit: opts.AdmitTask, MaxConcurrent: cfg.Limits.MaxConcurrentTasks, MaxQueued: cfg.Limits.MaxQueuedTasks,
 		RetryInterval: cfg.Tasks.RetryInterval, Retention: cfg.Tasks.ResultRetention,
+		MaxUnacknowledged: cfg.Limits.MaxUnacknowledgedTasks, InboundRetention: cfg.Tasks.UnacknowledgedRetention,
 		Logger: d.log.With("part", "tasks"), OnEvent: d.taskEvent,
 	})
 	if err != nil {

@@ -104,6 +104,15 @@ func TestDaemonWithoutTransports(t *testing.T) {
 		t.Fatalf("connect without transports: %v", err)
 	}
 
+	// The running daemon vouches for its audit head, and the log holds it (agentctl audit verify).
+	var head audit.Head
+	if err := control.Call(ctx, sock, OpAuditHead, nil, &head); err != nil || head.Seq == 0 {
+		t.Fatalf("audit.head: %+v %v", head, err)
+	}
+	if rep, err := audit.VerifyRunning(filepath.Join(home, AuditDir), cust.Log(), head); err != nil || !rep.Live || rep.LastSeq < head.Seq {
+		t.Fatalf("audit log while running, against the daemon's head: %+v %v", rep, err)
+	}
+
 	// An invalid configuration is refused and changes nothing.
 	if err := os.WriteFile(cfgPath, []byte("handlers: {x: {builtin: nope}}\n"), 0o600); err != nil {
 		t.Fatal(err)

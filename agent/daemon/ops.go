@@ -45,6 +45,7 @@ func (d *Daemon) ops() map[string]control.Op {
 		OpTaskList:       {Fn: d.opTaskList},
 		OpConfigReload:   {Fn: d.opReload, Mutating: true},
 		OpIdentityReload: {Fn: d.opIdentityReload, Mutating: true},
+		OpAuditHead:      {Fn: d.opAuditHead},
 	}
 	maps.Copy(ops, d.authzOps()) // grants, revocations, blocking, replicated tasks (authz_grants.go)
 	return ops

@@ -20,7 +20,11 @@ const (
 	DefaultMaxQueued     = 256
 	DefaultRetryInterval = 5 * time.Second
 	DefaultRetention     = 24 * time.Hour
-	sendTimeout          = 10 * time.Second
+	// DefaultMaxUnacknowledged bounds one requester's stored inbound tasks (Config.MaxUnacknowledged).
+	DefaultMaxUnacknowledged = 64
+	// DefaultInboundRetention is how long an unacknowledged result is kept (Config.InboundRetention).
+	DefaultInboundRetention = time.Hour
+	sendTimeout             = 10 * time.Second
 )
 
 // ErrNoSession: the peer has no live session now (the message is retried when it has one).
@@ -75,9 +79,15 @@ type Config struct {
 	RetryInterval time.Duration
 	// Retention is how long a fetched outbound result is kept (default 24 h).
 	Retention time.Duration
-	Clock     func() time.Time
-	Logger    *slog.Logger
-	OnEvent   func(Event)
+	// MaxUnacknowledged bounds one requester's inbound tasks, unfinished or finished but not yet
+	// acknowledged (result_received), default 64; beyond it its requests get "busy".
+	MaxUnacknowledged int
+	// InboundRetention is how long a finished inbound task (input and signed result) is kept for its
+	// requester to acknowledge (default 1 h); after that it is deleted unacknowledged.
+	InboundRetention time.Duration
+	Clock            func() time.Time
+	Logger           *slog.Logger
+	OnEvent          func(Event)
 }
 
 // Engine runs the task protocol (DESIGN 4.3) on both sides: it accepts, records, runs and answers tasks
@@ -120,6 +130,12 @@ func New(cfg Config) (*Engine, error) {
 	}
 	if cfg.Retention <= 0 {
 		cfg.Retention = DefaultRetention
+	}
+	if cfg.MaxUnacknowledged <= 0 {
+		cfg.MaxUnacknowledged = DefaultMaxUnacknowledged
+	}
+	if cfg.InboundRetention <= 0 {
+		cfg.InboundRetention = DefaultInboundRetention
 	}
 	if cfg.Clock == nil {
 		cfg.Clock = time.Now
@@ -260,6 +276,13 @@ func (e *Engine) onRequest(ctx context.Context, peer string, payload []byte) err
 	}
 	if queued >= e.cfg.MaxQueued {
 		return e.refuse(peer, req.TaskID, CodeBusy, fmt.Sprintf("%d tasks queued; retry later", queued))
+	}
+	// Finished tasks stay stored until their requester acknowledges the result: bound them per requester.
+	if mine, err := e.store.CountInbound(peer); err != nil {
+		return e.refuse(peer, req.TaskID, CodeInternal, "the task could not be recorded; retry later")
+	} else if mine >= e.cfg.MaxUnacknowledged {
+		return e.refuse(peer, req.TaskID, CodeBusy, fmt.Sprintf("%d of your tasks are unfinished or their results not acknowledged "+
+			"(result_received); acknowledge results before sending more", mine))
 	}
 	rec := &Inbound{TaskID: req.TaskID, Requester: peer, Handler: req.Handler, Input: req.Input,
 		InputSHA256: HexSHA256(req.Input), State: InAccepted, Accepted: e.cfg.Clock().UTC()}
@@ -447,6 +470,14 @@ func (e *Engine) goSend(fn func()) {
 var rank = map[string]int{OutPending: 0, OutSent: 1, OutAccepted: 2, OutRunning: 3, OutDone: 4, OutFailed: 4}
 
 func (e *Engine) sendRequest(o *Outbound) {
+	if o.Input == nil && o.InputSHA256 != HexSHA256(nil) { // listed without its input
+		full, err := e.store.Outbound(o.TaskID)
+		if err != nil {
+			e.cfg.Logger.Warn("task store", "task", o.TaskID, "err", err)
+			return
+		}
+		o = full
+	}
 	req := &Request{TaskID: o.TaskID, Handler: o.Handler, Input: o.Input}
 	if err := e.send(o.To, envelope.TaskRequest, req.Encode()); err != nil {
 		if !errors.Is(err, ErrNoSession) {
@@ -666,6 +697,9 @@ func (e *Engine) retryOnce() {
 	}
 	if n, err := e.store.PruneOutbound(e.cfg.Clock().Add(-e.cfg.Retention)); err == nil && n > 0 {
 		e.cfg.Logger.Info("pruned fetched task results", "count", n)
+	}
+	if n, err := e.store.PruneInbound(e.cfg.Clock().Add(-e.cfg.InboundRetention)); err == nil && n > 0 {
+		e.cfg.Logger.Warn("dropped task results their requesters never acknowledged", "count", n, "kept", e.cfg.InboundRetention)
 	}
 }
 

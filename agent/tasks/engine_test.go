@@ -54,6 +54,8 @@ type testAgent struct {
 	inbox chan msg
 	quit  chan struct{}
 	wg    sync.WaitGroup
+	// cfg, when set, adjusts the engine's configuration before start.
+	cfg func(*Config)
 }
 
 func newNet() *testNet { return &testNet{agents: map[string]*testAgent{}, down: map[string]bool{}} }
@@ -146,8 +148,12 @@ func (a *testAgent) knows(b *testAgent) {
 
 func (a *testAgent) start(t *testing.T, handlers Registry, retry time.Duration) {
 	t.Helper()
-	eng, err := New(Config{LocalID: a.id, Store: a.store, Handlers: handlers, Keys: a.dm, Peers: a.cache,
-		Sender: netSender{n: a.net, from: a.id}, RetryInterval: retry, Logger: testLogger(t)})
+	cfg := Config{LocalID: a.id, Store: a.store, Handlers: handlers, Keys: a.dm, Peers: a.cache,
+		Sender: netSender{n: a.net, from: a.id}, RetryInterval: retry, Logger: testLogger(t)}
+	if a.cfg != nil {
+		a.cfg(&cfg)
+	}
+	eng, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -479,4 +485,97 @@ func (w tWriter) Write(p []byte) (int, error) {
 
 func testLogger(t *testing.T) *slog.Logger {
 	return slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+// TestUnacknowledgedResultsBounded: a requester that never acknowledges results cannot fill the
+// executor's disk: finished inbound tasks count against a per-requester quota until acknowledged, are
+// kept only for InboundRetention, and listings do not load their inputs.
+func TestUnacknowledgedResultsBounded(t *testing.T) {
+	n := newNet()
+	a, b := newAgent(t, n), newAgent(t, n)
+	a.knows(b)
+	b.knows(a)
+	var now atomic.Int64
+	now.Store(time.Date(2026, 3, 1, 0, 0, 0, 0, time.UTC).UnixNano())
+	b.cfg = func(c *Config) {
+		c.MaxUnacknowledged = 3
+		c.InboundRetention = time.Hour
+		c.Clock = func() time.Time { return time.Unix(0, now.Load()).UTC() }
+	}
+	// b's answers never reach a: a never acknowledges a result.
+	n.mu.Lock()
+	n.drop = func(_ msg, to string) bool { return to == a.id }
+	n.mu.Unlock()
+	a.start(t, nil, time.Hour)
+	b.start(t, Registry{"echo": Echo()}, time.Hour) // the test runs retries itself
+	input := bytes.Repeat([]byte("x"), 64<<10)
+	request := func() string {
+		id := NewTaskID()
+		if err := b.eng.Handle(context.Background(), a.id, envelope.TaskRequest, (&Request{TaskID: id, Handler: "echo", Input: input}).Encode()); err != nil {
+			t.Fatal(err)
+		}
+		return id
+	}
+	refusals := func() int {
+		n.mu.Lock()
+		defer n.mu.Unlock()
+		c := 0
+		for _, m := range n.sent {
+			if m.t == envelope.ErrorResponse && m.from == b.id {
+				if em, err := DecodeError(m.payload); err == nil && em.Code == CodeBusy && strings.Contains(em.Message, "not acknowledged") {
+					c++
+				}
+			}
+		}
+		return c
+	}
+	done := func() int {
+		ins, err := b.store.ListInbound()
+		if err != nil {
+			t.Fatal(err)
+		}
+		c := 0
+		for _, in := range ins {
+			if in.State == InDone {
+				c++
+			}
+		}
+		return c
+	}
+	for i := 0; i < 3; i++ {
+		request()
+	}
+	eventually(t, "three finished tasks", func() bool { return done() == 3 })
+	// The listing does not carry the stored inputs (the retry loop reads it at every interval).
+	ins, err := b.store.ListInbound()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, in := range ins {
+		if in.Input != nil {
+			t.Errorf("ListInbound loaded the %d-byte input of %s", len(in.Input), in.TaskID)
+		}
+		if full, err := b.store.Inbound(in.Requester, in.TaskID); err != nil || !bytes.Equal(full.Input, input) {
+			t.Fatalf("Inbound(%s): %v", in.TaskID, err)
+		}
+	}
+	// A fourth task while three results are unacknowledged: refused, not stored.
+	fourth := request()
+	if got := refusals(); got != 1 {
+		t.Errorf("%d busy refusals naming unacknowledged results, want 1", got)
+	}
+	if in, _ := b.store.Inbound(a.id, fourth); in != nil {
+		t.Errorf("the fourth task was stored (%s)", in.State)
+		eventually(t, "the fourth task finished", func() bool { return done() == 4 })
+	}
+	// After InboundRetention the unacknowledged results are dropped and the requester may send again.
+	now.Add(int64(2 * time.Hour))
+	b.eng.retryOnce()
+	if c := done(); c != 0 {
+		t.Fatalf("%d finished tasks kept past the retention", c)
+	}
+	request()
+	if got := refusals(); got > 1 {
+		t.Fatalf("refused after the retention freed the quota (%d refusals)", got)
+	}
 }

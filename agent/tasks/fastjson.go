@@ -97,6 +97,9 @@ func parseObject(b []byte, fields []jfield) bool {
 			*f.s = string(v)
 			continue
 		}
+		if !base64urlOnly(v) {
+			return false // AppendDecode would skip \r and \n, which encoding/json refuses in a string
+		}
 		d, err := identity.Base64().AppendDecode(nil, v)
 		if err != nil {
 			return false
@@ -112,4 +115,14 @@ func (r *Request) fields() []jfield {
 
 func (r *ResultMessage) fields() []jfield {
 	return []jfield{{name: "task_id", s: &r.TaskID}, {name: "evidence", b: &r.Evidence}, {name: "delegation", b: &r.Delegation}}
+}
+
+// base64urlOnly reports whether every byte of v is in the unpadded base64url alphabet.
+func base64urlOnly(v []byte) bool {
+	for _, c := range v {
+		if !('A' <= c && c <= 'Z' || 'a' <= c && c <= 'z' || '0' <= c && c <= '9' || c == '-' || c == '_') {
+			return false
+		}
+	}
+	return true
 }

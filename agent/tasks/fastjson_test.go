@@ -62,6 +62,8 @@ func TestFastJSONIsEncodingJSON(t *testing.T) {
 		{`{"task_id":"` + id + `","handler":"echo","input":"eA"}{}`, "trailing data"},
 		{`{"task_id":"AAAA","handler":"echo","input":"eA"}`, "task ID"},
 		{`{"task_id":"` + id + `","handler":"Echo","input":"eA"}`, "handler name"},
+		{`{"task_id":"` + id + `","handler":"echo","input":"aG` + "\n" + `k"}`, "invalid character"}, // base64 decoders skip \n
+		{`{"task_id":"` + id + `","handler":"echo","input":"aG` + "\r" + `k"}`, "invalid character"},
 	} {
 		_, err := DecodeRequest([]byte(c.in))
 		if !errors.Is(err, ErrMalformed) || !bytes.Contains([]byte(err.Error()), []byte(c.why)) {

@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -132,18 +133,47 @@ func (e *Exec) Run(ctx context.Context, input []byte) ([]byte, error) {
 	cmd.Stdin = bytes.NewReader(input)
 	stdout := &limitedBuffer{max: MaxOutput}
 	stderr := &limitedBuffer{max: 2048}
-	cmd.Stdout, cmd.Stderr = stdout, stderr
+	// Own pipes, not cmd's: cmd.Wait then returns when the command exits, whoever else holds its output,
+	// and the read ends are closed here after the kill (see finish).
+	outR, outW, err := os.Pipe()
+	if err != nil {
+		return nil, fmt.Errorf("exec handler: pipe: %w", err)
+	}
+	errR, errW, err := os.Pipe()
+	if err != nil {
+		outR.Close()
+		outW.Close()
+		return nil, fmt.Errorf("exec handler: pipe: %w", err)
+	}
+	defer outR.Close()
+	defer errR.Close()
+	inodes := []uint64{inode(outR), inode(errR)}
+	cmd.Stdout, cmd.Stderr = outW, errW
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("%w: start %s: %v", ErrExec, e.Path, err)
+	startErr := cmd.Start()
+	outW.Close()
+	errW.Close()
+	if startErr != nil {
+		return nil, fmt.Errorf("%w: start %s: %v", ErrExec, e.Path, startErr)
+	}
+	copied := make(chan struct{}, 2)
+	for _, c := range []struct {
+		r *os.File
+		b *limitedBuffer
+	}{{outR, stdout}, {errR, stderr}} {
+		go func() {
+			_, _ = io.Copy(c.b, c.r)
+			copied <- struct{}{}
+		}()
 	}
 	done := make(chan error, 1)
 	go func() { done <- cmd.Wait() }()
 	var werr error
 	select {
 	case werr = <-done:
+		finish(cmd.Process.Pid, nil, inodes, copied, outR, errR)
 	case <-rctx.Done():
-		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) // the whole process group
+		finish(cmd.Process.Pid, descendants(cmd.Process.Pid), inodes, copied, outR, errR)
 		<-done
 		if ctx.Err() != nil {
 			return nil, ctx.Err() // the agent is stopping: not a result
@@ -161,6 +191,51 @@ func (e *Exec) Run(ctx context.Context, input []byte) ([]byte, error) {
 		return nil, fmt.Errorf("%w: %s wrote more than %d bytes to stdout", ErrExec, e.Path, MaxOutput)
 	}
 	return stdout.buf.Bytes(), nil
+}
+
+// execWaitDelay bounds how long the output readers may take after the kill before their pipes are
+// closed under them.
+const execWaitDelay = 2 * time.Second
+
+// finish ends a run: it kills the command's process group (after a normal exit too: what it left
+// behind in its group goes), the descendants found while it ran (those that left the group with
+// setsid), and then, while anything still holds the output pipes, every process holding them; the
+// pipes' read ends are closed after at most execWaitDelay whatever happened, so nothing holds the task.
+func finish(pid int, desc []int, inodes []uint64, copied <-chan struct{}, pipes ...*os.File) {
+	_ = syscall.Kill(-pid, syscall.SIGKILL)
+	killAll(desc)
+	n := 0
+	grace := time.NewTimer(50 * time.Millisecond) // the readers of a command that exited cleanly finish at once
+	defer grace.Stop()
+wait:
+	for n < len(pipes) {
+		select {
+		case <-copied:
+			n++
+		case <-grace.C:
+			break wait
+		}
+	}
+	if n == len(pipes) {
+		return // both pipes at EOF: no writer left
+	}
+	killAll(pipeHolders(inodes))
+	deadline := time.NewTimer(execWaitDelay)
+	defer deadline.Stop()
+	for n < len(pipes) {
+		select {
+		case <-copied:
+			n++
+		case <-deadline.C:
+			for _, p := range pipes {
+				_ = p.Close()
+			}
+			for n < len(pipes) {
+				<-copied
+				n++
+			}
+		}
+	}
 }
 
 // Registry maps handler names to handlers. It is replaced as a whole on reload (see Engine.SetHandlers).

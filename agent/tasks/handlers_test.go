@@ -5,7 +5,9 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -138,5 +140,90 @@ func TestNewTaskIDNeverLooksLikeAFlag(t *testing.T) {
 		if err := CheckTaskID(id); err != nil || id[0] == '-' {
 			t.Fatalf("task ID %q (%v)", id, err)
 		}
+	}
+}
+
+// procAlive reports whether pid runs (a zombie or a missing /proc entry is dead).
+func procAlive(pid int) bool {
+	b, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "stat"))
+	if err != nil {
+		return false
+	}
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	return i < 0 || i+2 >= len(s) || (s[i+2] != 'Z' && s[i+2] != 'X')
+}
+
+// TestExecEscapedDescendantDoesNotHoldTheTask: a descendant that leaves the process group (setsid) and
+// keeps stdout open neither outlives the task nor holds it: Run ends at the timeout (and when the
+// command exits normally), the work directory is gone, the escaped process is dead.
+func TestExecEscapedDescendantDoesNotHoldTheTask(t *testing.T) {
+	sh := lookPath(t, "sh")
+	setsid := lookPath(t, "setsid")
+	escape := setsid + ` sh -c 'echo $$ > "$1"; exec sleep 600' sh "$1" &`                            // keeps stdout open
+	escapeQuiet := setsid + ` sh -c 'exec >/dev/null 2>&1; echo $$ > "$1"; exec sleep 600' sh "$1" &` // closes it
+	stayQuiet := `sh -c 'exec >/dev/null 2>&1; echo $$ > "$1"; exec sleep 600' sh "$1" &`             // in the group
+	for _, tc := range []struct {
+		name, spawn, tail, wantErr string
+	}{
+		{"timeout", escape, "exec sleep 600", "timed out after 1s"},
+		{"normal exit", escape, "echo done", ""},
+		{"timeout, the escaped process closed its output", escapeQuiet, "exec sleep 600", "timed out after 1s"},
+		{"normal exit, a process left in the group", stayQuiet, "echo done", ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			root := t.TempDir()
+			pidFile := filepath.Join(t.TempDir(), "escaped.pid")
+			t.Cleanup(func() { // whatever happened, leave no process behind
+				if b, err := os.ReadFile(pidFile); err == nil {
+					if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && procAlive(pid) {
+						_ = syscall.Kill(pid, syscall.SIGKILL)
+					}
+				}
+			})
+			script := tc.spawn + `
+while [ ! -s "$1" ]; do :; done
+` + tc.tail
+			e := Exec{Path: sh, Args: []string{"-c", script, "sh", pidFile}, Timeout: time.Second, WorkRoot: root,
+				Env: []string{"PATH=/usr/bin:/bin"}}
+			type res struct {
+				out []byte
+				err error
+			}
+			ch := make(chan res, 1)
+			go func() { out, err := e.Run(context.Background(), nil); ch <- res{out, err} }()
+			var r res
+			select {
+			case r = <-ch:
+			case <-time.After(60 * time.Second):
+				t.Fatal("the task is still running 60 s after its 1 s timeout: the escaped process holds it")
+			}
+			if tc.wantErr != "" {
+				if !errors.Is(r.err, ErrExec) || !strings.Contains(r.err.Error(), tc.wantErr) {
+					t.Fatalf("err %v, want ErrExec with %q", r.err, tc.wantErr)
+				}
+			} else if r.err != nil || string(r.out) != "done\n" {
+				t.Fatalf("out %q err %v", r.out, r.err)
+			}
+			b, err := os.ReadFile(pidFile)
+			if err != nil {
+				t.Fatal(err)
+			}
+			pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			// SIGKILL was sent before Run returned; give the kernel a moment to finish the process off.
+			for i := 0; i < 1000 && procAlive(pid); i++ {
+				time.Sleep(10 * time.Millisecond)
+			}
+			if procAlive(pid) {
+				_ = syscall.Kill(pid, syscall.SIGKILL)
+				t.Fatalf("the escaped process %d is still running", pid)
+			}
+			if ents, _ := os.ReadDir(root); len(ents) != 0 {
+				t.Fatalf("work directory left behind: %v", ents)
+			}
+		})
 	}
 }

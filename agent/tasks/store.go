@@ -1,6 +1,7 @@
 package tasks
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -302,20 +303,72 @@ func (s *Store) DeleteInbound(requester, id string) error {
 	})
 }
 
-// ListInbound returns every inbound task.
+// ListInbound returns every inbound task, without its input (Inbound reads one with it): the retry
+// loop lists at every interval, and inputs are what a peer makes large.
 func (s *Store) ListInbound() ([]*Inbound, error) {
 	var out []*Inbound
 	err := s.db.View(func(tx *bbolt.Tx) error {
-		return tx.Bucket(bucketIn).ForEach(func(k, _ []byte) error {
-			r, err := getIn(tx, k)
+		b := tx.Bucket(bucketIn)
+		return b.ForEach(func(k, _ []byte) error {
+			r, err := get[Inbound](b, k)
 			if err != nil {
 				return err
 			}
+			r.Input = nil // an older record may carry it inline
 			out = append(out, r)
 			return nil
 		})
 	})
 	return out, err
+}
+
+// CountInbound returns how many inbound tasks of requester are stored (unfinished, or finished and not
+// yet acknowledged), reading keys only.
+func (s *Store) CountInbound(requester string) (int, error) {
+	n := 0
+	prefix := inKey(requester, "")
+	err := s.db.View(func(tx *bbolt.Tx) error {
+		c := tx.Bucket(bucketIn).Cursor()
+		for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Next() {
+			n++
+		}
+		return nil
+	})
+	return n, err
+}
+
+// PruneInbound deletes finished inbound tasks (input and result) finished before cutoff and never
+// acknowledged; it returns how many.
+func (s *Store) PruneInbound(cutoff time.Time) (int, error) {
+	n := 0
+	err := s.update(func(tx *bbolt.Tx) error {
+		b := tx.Bucket(bucketIn)
+		var del [][]byte
+		err := b.ForEach(func(k, _ []byte) error {
+			r, err := get[Inbound](b, k)
+			if err != nil {
+				return err
+			}
+			if r.State == InDone && r.Finished.Before(cutoff) {
+				del = append(del, append([]byte(nil), k...))
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		for _, k := range del {
+			if err := b.Delete(k); err != nil {
+				return err
+			}
+			if err := tx.Bucket(bucketInInput).Delete(k); err != nil {
+				return err
+			}
+		}
+		n = len(del)
+		return nil
+	})
+	return n, err
 }
 
 // CreateOutbound stores a new outbound task; an existing ID is an error.
@@ -362,16 +415,17 @@ func (s *Store) Outbound(id string) (*Outbound, error) {
 	return out, err
 }
 
-// ListOutbound returns every outbound task.
+// ListOutbound returns every outbound task, without its input (Outbound reads one with it).
 func (s *Store) ListOutbound() ([]*Outbound, error) {
 	var out []*Outbound
 	err := s.db.View(func(tx *bbolt.Tx) error {
 		b := tx.Bucket(bucketOut)
 		return b.ForEach(func(k, _ []byte) error {
-			r, err := getOut(tx, k)
+			r, err := get[Outbound](b, k)
 			if err != nil {
 				return err
 			}
+			r.Input = nil
 			out = append(out, r)
 			return nil
 		})

@@ -18,6 +18,8 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/custos-agent/custos/agent/control"
+	"github.com/custos-agent/custos/agent/daemon"
 	"github.com/custos-agent/custos/agent/identity"
 	"github.com/custos-agent/custos/audit"
 )
@@ -47,7 +49,8 @@ func auditCommand() *cli.Command {
 				Usage:        "check the whole log: every record, the hash chain, every checkpoint signature (exit 0 only when it all verifies)",
 				Description: "Checkpoint signatures are checked with the key of the generation that made them, from the verified\n" +
 					"key event log <home>/kel.jsonl. On failure the message names the first bad record: segment file, line\n" +
-					"and seq, and why. A log whose writer is not running must end with the closing checkpoint.",
+					"and seq, and why. While the agent runs, the daemon reports its head (control operation audit.head) and the log\n" +
+					"must hold it; otherwise the log must end with the closing checkpoint (holding audit/LOCK changes nothing).",
 				Flags:  []cli.Flag{home()},
 				Action: runAuditVerify,
 			},
@@ -119,7 +122,23 @@ func runAuditVerify(c *cli.Context) error {
 		return fmt.Errorf("%s: %w", kelPath, err)
 	}
 	dir := filepath.Join(home, "audit")
-	rep, err := audit.Verify(dir, kel)
+	// A running daemon vouches for its head; without one the log must be closed and sealed (whoever
+	// holds audit/LOCK).
+	var head audit.Head
+	var rep audit.Report
+	herr := control.Call(c.Context, filepath.Join(home, daemon.ControlFile), daemon.OpAuditHead, nil, &head)
+	switch {
+	case herr == nil:
+		rep, err = audit.VerifyRunning(dir, kel, head)
+	case errors.Is(herr, control.ErrNoDaemon):
+		rep, err = audit.Verify(dir, kel)
+		if err != nil && rep.WriterActive {
+			err = fmt.Errorf("%w (audit/LOCK is held, but no agent daemon answers on its control socket to vouch for "+
+				"the log's head: a held lock alone does not make an unsealed log acceptable)", err)
+		}
+	default:
+		return fmt.Errorf("the agent daemon of %s did not report its audit head, which verifying a log it writes needs: %w", home, herr)
+	}
 	for _, w := range rep.Warnings {
 		fmt.Fprintf(c.App.ErrWriter, "warning: %s\n", w)
 	}
@@ -136,8 +155,8 @@ func runAuditVerify(c *cli.Context) error {
 	if rep.Anchored {
 		fmt.Fprintf(out, "records before seq %d were removed by retention (vouched for by a signed audit.pruned record)\n", rep.FirstSeq)
 	}
-	if rep.WriterActive {
-		fmt.Fprintf(out, "the agent is writing the log: %d records are not yet covered by a checkpoint\n", rep.Pending)
+	if rep.Live {
+		fmt.Fprintf(out, "the agent is writing the log (its head seq %d is in the log): %d records are not yet covered by a checkpoint\n", head.Seq, rep.Pending)
 	}
 	fmt.Fprintf(out, "head: seq %d hash %s (keep it elsewhere to detect a later rollback)\n", rep.LastSeq, rep.Head)
 	return nil

@@ -4,6 +4,9 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -16,7 +19,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/custos-agent/custos/agent/control"
+	"github.com/custos-agent/custos/agent/daemon"
 	"github.com/custos-agent/custos/agent/identity"
+	"github.com/custos-agent/custos/agent/rbac"
 	"github.com/custos-agent/custos/audit"
 	"github.com/custos-agent/custos/keystore"
 )
@@ -208,6 +214,67 @@ func TestAuditVerifyCommand(t *testing.T) {
 			}
 			return base(segs[1]) + " line 1 (seq ", "audit hash chain broken"
 		}},
+		{"rewrite without the key, checkpoint heads recomputed", func(t *testing.T, dir string) (string, string) {
+			p := filepath.Join(dir, base(segs[1]))
+			changed := seqOf(t, readLines(t, p)[1])
+			rewriteWithoutKey(t, dir, func(w *auditWire) {
+				if w.Seq == changed {
+					w.Actor = "ed25519:someone-else"
+				}
+			})
+			return "", "the signature does not verify"
+		}},
+		{"flip a byte of a checkpoint signature, hashes recomputed", func(t *testing.T, dir string) (string, string) {
+			flipped := false
+			rewriteWithoutKey(t, dir, func(w *auditWire) {
+				if w.CP != nil && w.Seq > 5 && !flipped {
+					flipped = true
+					sig, err := base64.RawURLEncoding.DecodeString(w.CP.Sig)
+					if err != nil {
+						t.Fatal(err)
+					}
+					sig[3] ^= 0x01
+					w.CP.Sig = base64.RawURLEncoding.EncodeToString(sig)
+				}
+			})
+			return "", "the signature does not verify"
+		}},
+		{"alter a record, its own hash recomputed", func(t *testing.T, dir string) (string, string) {
+			p := filepath.Join(dir, base(segs[1]))
+			ls := readLines(t, p)
+			var w auditWire
+			if err := json.Unmarshal(ls[1], &w); err != nil {
+				t.Fatal(err)
+			}
+			w.Subject = "nothing-happened"
+			w.Hash = specHash(&w)
+			b, err := json.Marshal(&w)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ls[1] = append(b, '\n')
+			writeLines(t, p, ls)
+			return at(base(segs[1]), 3, w.Seq+1), fmt.Sprintf("prev does not match the hash of seq %d", w.Seq)
+		}},
+		{"lock held by someone, tail cut back to a checkpoint", func(t *testing.T, dir string) (string, string) {
+			// Remove the seal (the last record): the lock must not excuse it.
+			p := filepath.Join(dir, base(segs[len(segs)-1]))
+			ls := readLines(t, p)
+			writeLines(t, p, ls[:len(ls)-1])
+			holdAuditLock(t, dir)
+			return "", "audit/LOCK is held, but no agent daemon answers"
+		}},
+		{"lock held by someone, torn last line", func(t *testing.T, dir string) (string, string) {
+			p := filepath.Join(dir, base(segs[len(segs)-1]))
+			ls := readLines(t, p)
+			last := seqOf(t, ls[len(ls)-1])
+			b, _ := os.ReadFile(p)
+			if err := os.WriteFile(p, b[:len(b)-30], 0o600); err != nil {
+				t.Fatal(err)
+			}
+			holdAuditLock(t, dir)
+			return fmt.Sprintf("%s line %d (expected seq %d)", base(p), len(ls), last), "torn audit record: the last line is incomplete"
+		}},
 		{"swap in another agent's whole log", func(t *testing.T, dir string) (string, string) {
 			os.RemoveAll(dir)
 			copyTree(t, other.dir(), dir)
@@ -269,9 +336,24 @@ func TestAuditVerifyCommand(t *testing.T) {
 		if _, err := l.Append(context.Background(), audit.Record{Type: audit.ConfigLoaded, Details: map[string]any{"digest": "abc"}}); err != nil {
 			t.Fatal(err)
 		}
+		// Without the daemon's word the unsealed log does not verify, although the writer holds the lock.
 		code, out, errOut := agentctl("--home", home, "audit", "verify")
-		if code != 0 || !strings.Contains(out, "the agent is writing the log: 1 records are not yet covered") {
+		if code != 1 || !strings.Contains(errOut, "not covered by a signed checkpoint") || !strings.Contains(errOut, "audit/LOCK is held") {
+			t.Fatalf("without the daemon: exit %d\n%s%s", code, out, errOut)
+		}
+		serveAuditHead(t, home, l)
+		code, out, errOut = agentctl("--home", home, "audit", "verify")
+		if code != 0 || !regexp.MustCompile(`the agent is writing the log \(its head seq \d+ is in the log\): 1 records are not yet covered`).MatchString(out) {
 			t.Fatalf("exit %d\n%s%s", code, out, errOut)
+		}
+		// Cut the last record below the head the daemon reports.
+		segs, _ := filepath.Glob(filepath.Join(home, "audit", "*.jsonl"))
+		p := segs[len(segs)-1]
+		ls := readLines(t, p)
+		writeLines(t, p, ls[:len(ls)-1])
+		code, out, errOut = agentctl("--home", home, "audit", "verify")
+		if code != 1 || !strings.Contains(errOut, "does not hold the running agent's head") {
+			t.Fatalf("tail cut below the daemon's head: exit %d\n%s%s", code, out, errOut)
 		}
 	})
 	if code, _, errOut := agentctl("--home", f.home, "audit", "verify", "extra"); code != 2 || !strings.Contains(errOut, "takes no arguments") {
@@ -462,4 +544,115 @@ func TestAuditTailCommand(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("tail -f did not stop on SIGINT")
 	}
+}
+
+// auditWire mirrors the record's JSON form (docs/adr/0004-audit-log.md), field for field, so that
+// json.Marshal writes it canonically.
+type auditWire struct {
+	V       int               `json:"v"`
+	Seq     uint64            `json:"seq"`
+	Time    string            `json:"time"`
+	Type    string            `json:"type"`
+	Actor   string            `json:"actor"`
+	Subject string            `json:"subject"`
+	Outcome string            `json:"outcome"`
+	Details json.RawMessage   `json:"details"`
+	CP      *audit.Checkpoint `json:"cp,omitempty"`
+	Prev    string            `json:"prev"`
+	Hash    string            `json:"hash"`
+}
+
+// specHash computes a record's hash from the ADR's description, independently of package audit: SHA-256
+// over "custos/v1/audit-record\0" and the length-prefixed fields.
+func specHash(w *auditWire) string {
+	h := sha256.New()
+	h.Write([]byte("custos/v1/audit-record\x00"))
+	field := func(b []byte) {
+		var l [4]byte
+		binary.BigEndian.PutUint32(l[:], uint32(len(b)))
+		h.Write(l[:])
+		h.Write(b)
+	}
+	u64 := func(v uint64) { field(binary.BigEndian.AppendUint64(nil, v)) }
+	u64(uint64(w.V))
+	field([]byte(w.Type))
+	field([]byte(w.Actor))
+	field([]byte(w.Subject))
+	field([]byte(w.Outcome))
+	field(w.Details)
+	if w.CP == nil {
+		field(nil)
+	} else {
+		field([]byte("cp"))
+		u64(w.CP.Gen)
+		field([]byte(w.CP.Kid))
+		u64(w.CP.HeadSeq)
+		field([]byte(w.CP.Head))
+		field([]byte(w.CP.Sig))
+	}
+	u64(w.Seq)
+	field([]byte(w.Time))
+	field([]byte(w.Prev))
+	return base64.RawURLEncoding.EncodeToString(h.Sum(nil))
+}
+
+// rewriteWithoutKey applies edit to every record and recomputes every hash, prev link and checkpoint
+// head, as someone without the agent's key would: only the checkpoint signatures can tell.
+func rewriteWithoutKey(t *testing.T, dir string, edit func(*auditWire)) {
+	t.Helper()
+	segs, err := filepath.Glob(filepath.Join(dir, "*.jsonl"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	prev := ""
+	hashes := map[uint64]string{}
+	for _, p := range segs {
+		var out [][]byte
+		for _, l := range readLines(t, p) {
+			var w auditWire
+			if err := json.Unmarshal(l, &w); err != nil {
+				t.Fatal(err)
+			}
+			edit(&w)
+			if w.CP != nil && hashes[w.CP.HeadSeq] != "" {
+				w.CP.Head = hashes[w.CP.HeadSeq]
+			}
+			w.Prev = prev
+			w.Hash = specHash(&w)
+			b, err := json.Marshal(&w)
+			if err != nil {
+				t.Fatal(err)
+			}
+			prev, hashes[w.Seq] = w.Hash, w.Hash
+			out = append(out, append(b, '\n'))
+		}
+		writeLines(t, p, out)
+	}
+}
+
+// serveAuditHead serves the daemon's audit.head operation for l on home's control socket.
+func serveAuditHead(t *testing.T, home string, l *audit.Log) {
+	t.Helper()
+	srv, err := control.Listen(control.Config{Path: filepath.Join(home, daemon.ControlFile), Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Ops: map[string]control.Op{daemon.OpAuditHead: {Fn: func(ctx context.Context, _ rbac.Cred, _ json.RawMessage) (any, error) {
+			return l.Head(ctx)
+		}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = srv.Serve() }()
+	t.Cleanup(func() { _ = srv.Close() })
+}
+
+// holdAuditLock takes audit/LOCK as `flock audit/LOCK sleep 1d` would, until the test ends.
+func holdAuditLock(t *testing.T, dir string) {
+	t.Helper()
+	f, err := os.OpenFile(filepath.Join(dir, "LOCK"), os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
 }

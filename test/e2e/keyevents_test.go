@@ -69,6 +69,11 @@ func TestRotateWhileRunningIsAudited(t *testing.T) {
 			auditHas(t, x, audit.KeyDelegate, func(e audit.Entry) bool { return e.Details["generation"] == json.Number("1") })
 	})
 
+	// While the daemon runs, verify checks the log against the head it reports (audit.head).
+	if out, code := x.run("audit", "verify"); code != 0 || !strings.Contains(out, "the agent is writing the log (its head seq") {
+		t.Fatalf("audit verify while running: exit %d\n%s", code, out)
+	}
+
 	x.signal(syscall.SIGTERM)
 	if code := x.waitExit(20 * time.Second); code != 0 {
 		t.Fatalf("SIGTERM: exit %d\n%s", code, x.logTail())

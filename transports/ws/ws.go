@@ -86,6 +86,10 @@ func (n *Network) Configure(_ context.Context, id *plugin.Identity, opts map[str
 	return nil
 }
 
+// MaxHandshakes bounds the connections per listener that have not finished the TLS handshake and the
+// HTTP upgrade (the TCP plugin's bound on handshakes in progress).
+const MaxHandshakes = 64
+
 // Listen implements plugin.Network: addr is host:port.
 func (n *Network) Listen(_ context.Context, addr string) (plugin.Listener, error) {
 	ln, err := net.Listen("tcp", addr)
@@ -93,6 +97,7 @@ func (n *Network) Listen(_ context.Context, addr string) (plugin.Listener, error
 		return nil, err
 	}
 	l := &listener{n: n, ln: ln, ch: make(chan plugin.Conn), done: make(chan struct{})}
+	lim := &limitListener{Listener: ln, log: n.log, sem: make(chan struct{}, MaxHandshakes)}
 	mux := http.NewServeMux()
 	mux.HandleFunc(Path, l.handle)
 	tc := n.tid.ServerConfig("http/1.1")
@@ -101,17 +106,70 @@ func (n *Network) Listen(_ context.Context, addr string) (plugin.Listener, error
 		TLSConfig:         tc,
 		TLSNextProto:      map[string]func(*http.Server, *tls.Conn, http.Handler){}, // no HTTP/2
 		ReadHeaderTimeout: n.handshakeTimeout,
+		IdleTimeout:       n.handshakeTimeout, // a connection never upgraded does not keep its slot
+		ConnState:         releaseOnUpgrade,
 		MaxHeaderBytes:    16 << 10,
 		ErrorLog:          log.New(logWriter{n.log}, "", 0),
 	}
 	go func() {
-		err := l.srv.Serve(tls.NewListener(ln, tc))
+		err := l.srv.Serve(tls.NewListener(lim, tc))
 		if !errors.Is(err, http.ErrServerClosed) {
 			n.log.Warn("websocket listener ended", "err", err)
 		}
 		l.Close()
 	}()
 	return l, nil
+}
+
+// limitListener drops a connection at once when MaxHandshakes connections are already between accept
+// and upgrade (as the TCP plugin drops beyond its handshakes in progress). A connection gives its slot
+// back when it is upgraded (hijacked by the websocket) or closed.
+type limitListener struct {
+	net.Listener
+	log *slog.Logger
+	sem chan struct{}
+}
+
+func (l *limitListener) Accept() (net.Conn, error) {
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		select {
+		case l.sem <- struct{}{}:
+			return &slotConn{Conn: c, sem: l.sem}, nil
+		default:
+			l.log.Warn("too many TLS handshakes and upgrades in progress; dropping connection", "remote", c.RemoteAddr().String())
+			_ = c.Close()
+		}
+	}
+}
+
+// slotConn holds one of limitListener's slots until release.
+type slotConn struct {
+	net.Conn
+	sem  chan struct{}
+	once sync.Once
+}
+
+func (c *slotConn) release() { c.once.Do(func() { <-c.sem }) }
+
+func (c *slotConn) Close() error {
+	c.release()
+	return c.Conn.Close()
+}
+
+// releaseOnUpgrade is the server's ConnState hook: an upgraded connection leaves the handshake limit.
+func releaseOnUpgrade(c net.Conn, st http.ConnState) {
+	if st != http.StateHijacked && st != http.StateClosed {
+		return
+	}
+	if tc, ok := c.(*tls.Conn); ok {
+		if sc, ok := tc.NetConn().(*slotConn); ok {
+			sc.release()
+		}
+	}
 }
 
 // logWriter sends net/http's error log (refused TLS handshakes) to slog.

@@ -10,7 +10,9 @@ import (
 	"crypto/x509/pkix"
 	"errors"
 	"fmt"
+	"io"
 	"math/big"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -20,6 +22,7 @@ import (
 
 	"github.com/custos-agent/custos/test/testenv"
 	"github.com/custos-agent/custos/transports/internal/plugintest"
+	"github.com/custos-agent/custos/transports/ws"
 )
 
 var bins map[string]string
@@ -149,3 +152,55 @@ func TestClientCertWithoutBindingGetsNoUpgrade(t *testing.T) {
 		t.Error(err)
 	}
 }
+
+// TestIdleConnectionsBeforeUpgradeLimited: connections that never finish the TLS handshake and HTTP
+// upgrade are bounded like the TCP plugin's handshakes: beyond MaxHandshakes the listener drops them at
+// once instead of holding each until its handshake timeout.
+func TestIdleConnectionsBeforeUpgradeLimited(t *testing.T) {
+	cfg := plugintest.Config(t, "ws", bins["transport-ws"])
+	cfg.Options = map[string]string{ws.OptHandshakeTimeout: "5m"} // the held ones stay held for the whole test
+	a := plugintest.Start(t, cfg)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	l, err := a.T.Listen(ctx, "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = l.Close() })
+	hostport := strings.TrimSuffix(strings.TrimPrefix(l.Addrs()[0], "wss://"), "/custos/v1")
+	const n = ws.MaxHandshakes + 36
+	conns := make([]net.Conn, 0, n)
+	defer func() {
+		for _, c := range conns {
+			_ = c.Close()
+		}
+	}()
+	for i := 0; i < n; i++ {
+		c, err := net.Dial("tcp", hostport)
+		if err != nil {
+			t.Fatal(err)
+		}
+		conns = append(conns, c)
+	}
+	// The listener accepts in order: once the last connection is dropped, so are all beyond the limit.
+	// (Without a limit it is held until the handshake timeout: the read below runs into its deadline.)
+	last := conns[n-1]
+	_ = last.SetReadDeadline(time.Now().Add(30 * time.Second))
+	if _, err := last.Read(make([]byte, 1)); !errors.Is(err, io.EOF) && !isReset(err) {
+		t.Fatalf("connection %d beyond the limit of %d was not dropped: %v", n, ws.MaxHandshakes, err)
+	}
+	held := 0
+	for _, c := range conns[:n-1] {
+		_ = c.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+		_, err := c.Read(make([]byte, 1))
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() {
+			held++
+		}
+	}
+	if held != ws.MaxHandshakes {
+		t.Fatalf("%d of %d idle connections held; want exactly %d", held, n, ws.MaxHandshakes)
+	}
+}
+
+func isReset(err error) bool { return err != nil && strings.Contains(err.Error(), "connection reset") }
