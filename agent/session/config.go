@@ -20,6 +20,9 @@ const (
 	DefaultReauthInterval   = 15 * time.Minute
 	DefaultReauthGrace      = time.Minute
 	incomingQueue           = 64
+	// MaxSessionLifetime is the hard maximum between two authentications of a session, whatever either
+	// side's configuration or "established" says (a delegation lives at most as long).
+	MaxSessionLifetime = delegation.MaxLifetime
 )
 
 // Role is the part an agent plays in a handshake.
@@ -128,7 +131,8 @@ type Config struct {
 	// OnEvent, when set, is called for every handshake, re-authentication, refusal and close.
 	OnEvent func(Event)
 
-	noAutoReauth bool // tests: the initiator never re-authenticates on its own
+	noAutoReauth    bool                         // tests: the initiator never re-authenticates on its own
+	testEstablished func(*handshake.Established) // tests: a responder that changes its "established" message
 }
 
 func (c *Config) check() (*Config, error) {
@@ -163,6 +167,17 @@ func (c *Config) check() (*Config, error) {
 		cc.Logger = slog.Default()
 	}
 	return &cc, nil
+}
+
+// alterEstablished is what this responder sends: est, or (tests only) a changed copy; est itself stays
+// what this side's own timing is computed from.
+func (c *Config) alterEstablished(est *handshake.Established) *handshake.Established {
+	if c.testEstablished == nil {
+		return est
+	}
+	e := *est
+	c.testEstablished(&e)
+	return &e
 }
 
 func (c *Config) event(e Event) {

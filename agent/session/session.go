@@ -135,7 +135,7 @@ func initiate(ctx context.Context, conn FrameConn, c *Config, expected identity.
 		in.peer.RemoteAddr = ra.RemoteAddr()
 	}
 	s := newSession(c, conn, Initiator, in.loc, in.peer, keys.SessionID, send, recv)
-	s.setTimes(est, c.Clock())
+	s.setTimes(est, in.loc.keys, c.Clock())
 	s.start()
 	return s, nil
 }
@@ -188,7 +188,7 @@ func accept(ctx context.Context, conn FrameConn, c *Config) (*Session, string, e
 	}
 	defer keys.Wipe()
 	est := r.established(peer, keys)
-	frameEst, send, err := sealEstablished(keys.R2I, 0, th, est)
+	frameEst, send, err := sealEstablished(keys.R2I, 0, th, c.alterEstablished(est))
 	if err != nil {
 		return nil, claimed, err
 	}
@@ -203,7 +203,7 @@ func accept(ctx context.Context, conn FrameConn, c *Config) (*Session, string, e
 		c.Logger.Warn("peer cache: delegation not stored", "peer", peer.ID, "err", err)
 	}
 	s := newSession(c, conn, Responder, r.loc, peer, keys.SessionID, send, recv)
-	s.setTimes(est, c.Clock())
+	s.setTimes(est, r.loc.keys, c.Clock())
 	s.start()
 	return s, claimed, nil
 }
@@ -261,13 +261,34 @@ func newSession(c *Config, conn FrameConn, role Role, loc *local, peer *Peer, si
 	}
 }
 
-func (s *Session) setTimes(est *handshake.Established, now time.Time) {
-	s.expires = time.Unix(est.Expires, 0)
-	reauth := now.Add(time.Duration(est.Reauth) * time.Second)
-	if alt := now.Add(s.expires.Sub(now) * 3 / 4); alt.Before(reauth) {
-		reauth = alt
+// setTimes sets when the session re-authenticates and expires (s.mu held, s.peer set). est is what the
+// responder sent (or, on the responder, what it computed); each side bounds it by its own rules, so no
+// value the peer controls extends the session: see sessionTimes.
+func (s *Session) setTimes(est *handshake.Established, local *delegation.Keys, now time.Time) {
+	s.expires, s.reauthAt = sessionTimes(s.cfg, est, s.peer.Delegation.NotAfter, local.NotAfter(), now)
+}
+
+// sessionTimes computes a session's expiry and re-authentication time at now from the peer's "established"
+// message est. The expiry is the earliest of est.Expires, the peer's and the local delegation's not_after,
+// now + the local ReauthInterval + ReauthGrace, and now + MaxSessionLifetime. Re-authentication is due at
+// the earliest of now + est.Reauth (compared in seconds: a count from the wire is never multiplied into a
+// Duration), now + the local ReauthInterval, and three quarters of the way to the expiry.
+func sessionTimes(c *Config, est *handshake.Established, peerNotAfter, localNotAfter time.Time, now time.Time) (expires, reauthAt time.Time) {
+	expires = now.Add(min(c.ReauthInterval+c.ReauthGrace, MaxSessionLifetime))
+	for _, t := range []time.Time{time.Unix(est.Expires, 0), peerNotAfter, localNotAfter} {
+		if t.Before(expires) {
+			expires = t
+		}
 	}
-	s.reauthAt = reauth
+	interval := min(c.ReauthInterval, MaxSessionLifetime)
+	if est.Reauth < uint64(interval/time.Second) {
+		interval = time.Duration(est.Reauth) * time.Second // below MaxSessionLifetime: no overflow
+	}
+	reauthAt = now.Add(interval)
+	if alt := now.Add(expires.Sub(now) * 3 / 4); alt.Before(reauthAt) {
+		reauthAt = alt
+	}
+	return expires, reauthAt
 }
 
 func (s *Session) start() {
@@ -411,6 +432,16 @@ func (s *Session) readLoop() {
 func (s *Session) handle(frame []byte) error {
 	if len(frame) == 0 {
 		return reason.New(reason.Malformed, "empty frame")
+	}
+	// Nothing is accepted once the session has ended or expired, even before the maintenance goroutine
+	// notices the expiry.
+	select {
+	case <-s.done:
+		return s.err
+	default:
+	}
+	if exp := s.Expires(); !s.cfg.Clock().Before(exp) {
+		return reason.New(reason.SessionExpired, "the session was not re-authenticated before %s", exp.UTC().Format(time.RFC3339))
 	}
 	switch frame[0] {
 	case handshake.FrameEnvelope:
@@ -653,7 +684,7 @@ func (s *Session) onReEstablished(frame []byte) error {
 	}
 	s.recv = recv
 	s.storeDelegation(in.peer)
-	s.completeReauth(in.peer, keys.SessionID, est)
+	s.completeReauth(in.peer, in.loc.keys, keys.SessionID, est)
 	return nil
 }
 
@@ -676,7 +707,7 @@ func (s *Session) onReResponse(ctx context.Context, body []byte) error {
 	next := s.epoch + 1
 	s.mu.Unlock()
 	est := r.established(peer, keys)
-	frame, send, err := sealEstablished(keys.R2I, next, th, est)
+	frame, send, err := sealEstablished(keys.R2I, next, th, s.cfg.alterEstablished(est))
 	if err != nil {
 		return err
 	}
@@ -690,7 +721,7 @@ func (s *Session) onReResponse(ctx context.Context, body []byte) error {
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
 	s.recv = recv
-	s.completeReauth(peer, keys.SessionID, est)
+	s.completeReauth(peer, r.loc.keys, keys.SessionID, est)
 	if err := s.conn.WriteFrame(ctx, frame); err != nil {
 		return err
 	}
@@ -704,14 +735,14 @@ func (s *Session) storeDelegation(peer *Peer) {
 	}
 }
 
-func (s *Session) completeReauth(peer *Peer, sid []byte, est *handshake.Established) {
+func (s *Session) completeReauth(peer *Peer, local *delegation.Keys, sid []byte, est *handshake.Established) {
 	s.mu.Lock()
 	if peer.RemoteAddr == "" {
 		peer.RemoteAddr = s.peer.RemoteAddr
 	}
 	s.peer, s.sessionID = peer, append([]byte(nil), sid...)
 	s.epoch++
-	s.setTimes(est, s.cfg.Clock())
+	s.setTimes(est, local, s.cfg.Clock())
 	s.pendingI, s.pendingR, s.pendingKeys, s.pendingTH = nil, nil, nil, nil
 	close(s.reauthed)
 	s.reauthed = make(chan struct{})
