@@ -362,10 +362,31 @@ func (s *Session) sendEnvelope(ctx context.Context, h envelope.Header, payload [
 		return nil, err
 	}
 	if err := s.conn.WriteFrame(ctx, frame); err != nil {
-		s.fail(err) // a frame may be half-written: the stream is unusable
+		s.failWrite(ctx, err) // a frame may be half-written: the stream is unusable
 		return nil, err
 	}
 	return e, nil
+}
+
+// alertWait bounds how long a failed write waits for the reader to report why the peer closed.
+const alertWait = 2 * time.Second
+
+// failWrite ends the session after a failed write. A write fails when the peer has closed the
+// connection, and a peer that refuses something sends its alert before it closes: the alert is then on
+// its way to (or already in) the reader. Ending the session at once with "closed" would race the reader
+// and lose the reason the protocol promises (the receiver's refusal code), so the reader gets the first
+// word, for at most alertWait; it ends promptly either way, with the alert or at the end of the stream.
+// When the caller's context ended the write, the connection may be fine and nothing is coming: fail now.
+func (s *Session) failWrite(ctx context.Context, err error) {
+	if ctx.Err() == nil {
+		t := time.NewTimer(alertWait)
+		select {
+		case <-s.done:
+		case <-t.C:
+		}
+		t.Stop()
+	}
+	s.fail(err)
 }
 
 // Receive returns the next message.
@@ -591,7 +612,7 @@ func (s *Session) Reauthenticate(ctx context.Context) error {
 	s.pendingI, s.pendingAt = in, s.cfg.Clock()
 	s.mu.Unlock()
 	if err := s.writeRecord(ctx, recHello, hello); err != nil {
-		s.fail(err)
+		s.failWrite(ctx, err)
 		return err
 	}
 	return s.awaitReauth(ctx, wait)
