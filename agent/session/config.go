@@ -55,6 +55,8 @@ type Peer struct {
 	Solution   []byte               // the initiator's solution
 	Binding    []byte               // what binds a puzzle to this handshake (PuzzleBinding)
 	RemoteAddr string               // network address when the transport knows it
+
+	log *identity.Log // the key event log sent inline, stored once the peer is admitted (commitPeer)
 }
 
 // Validator decides whether a verified peer may connect: the hook for blocked lists, grants, puzzles and
@@ -104,6 +106,11 @@ type Config struct {
 	Replay *replay.Cache
 	// Validator admits verified peers (nil: admit all).
 	Validator Validator
+	// Admit, when set, runs on the responder as soon as the initiator's response arrives, before its key
+	// event log, delegation and signature are verified: for the cheap refusals that need no verified
+	// identity (the admission puzzle, a Blocked agent ID). The Peer it sees has only ID (as claimed in the
+	// hello), Role, Version, Puzzle, Solution, Binding and RemoteAddr. The Validator still runs afterwards.
+	Admit Validator
 	// Puzzler and Solver handle admission puzzles (nil: none).
 	Puzzler Puzzler
 	Solver  Solver
