@@ -13,6 +13,7 @@ import (
 	"github.com/custos-agent/custos/agent/delegation"
 	"github.com/custos-agent/custos/agent/envelope"
 	"github.com/custos-agent/custos/agent/reason"
+	"github.com/custos-agent/custos/agent/replay"
 	"github.com/custos-agent/custos/agent/suite"
 	"github.com/custos-agent/custos/keystore"
 )
@@ -303,7 +304,9 @@ func TestStoreAndForward(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rx := &envelope.Receiver{LocalID: b.ID().String(), Resolver: b.peers, Replay: b.replay, Keys: func() []*suite.EncryptionKey {
+	// A replay cache that has run for longer than the window (the restart barrier is behind it).
+	rc := replay.New(replay.Config{Start: time.Now().Add(-time.Minute)})
+	rx := &envelope.Receiver{LocalID: b.ID().String(), Resolver: b.peers, Replay: rc, Keys: func() []*suite.EncryptionKey {
 		var out []*suite.EncryptionKey
 		for _, k := range b.mgr.Live() {
 			out = append(out, k.Encryption())
