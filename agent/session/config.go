@@ -19,7 +19,11 @@ const (
 	DefaultHandshakeTimeout = 10 * time.Second
 	DefaultReauthInterval   = 15 * time.Minute
 	DefaultReauthGrace      = time.Minute
-	incomingQueue           = 64
+	// DefaultReauthBurst is how many re-authentications a peer may cause in a row (each a handshake,
+	// in strict mode a signature by the identity key) before the rate limit applies: then one per tenth
+	// of this side's re-authentication interval (at least one per second).
+	DefaultReauthBurst = 8
+	incomingQueue      = 64
 	// MaxSessionLifetime is the hard maximum between two authentications of a session, whatever either
 	// side's configuration or "established" says (a delegation lives at most as long).
 	MaxSessionLifetime = delegation.MaxLifetime
@@ -86,7 +90,7 @@ type Solver interface {
 
 // Event is reported to Config.OnEvent for audit and metrics.
 type Event struct {
-	Kind      string      // "handshake", "reauth", "closed", "refused"
+	Kind      string      // "handshake", "reauth", "reauth_refused" (a re-authentication request refused), "closed", "refused"
 	Role      Role        // local role
 	Peer      string      // peer agent ID (as claimed, when the failure came before verification)
 	Code      reason.Code // "" on success
@@ -131,6 +135,11 @@ type Config struct {
 	ReauthInterval time.Duration
 	// ReauthGrace is how long past the interval the responder waits before closing (default 1 min).
 	ReauthGrace time.Duration
+	// ReauthBurst is how many re-authentications the peer may cause in a row, by asking for them or by
+	// starting them, before the rate limit of one per tenth of ReauthInterval (at least 1 s) applies
+	// (default DefaultReauthBurst). A refused request is reported (Event "reauth_refused"); a refused
+	// re-authentication closes the session. Both carry reauth_rate_limited.
+	ReauthBurst int
 	// Clock returns the time (default time.Now).
 	Clock func() time.Time
 	// Logger (default slog.Default()).
@@ -167,6 +176,9 @@ func (c *Config) check() (*Config, error) {
 	if cc.ReauthGrace <= 0 {
 		cc.ReauthGrace = DefaultReauthGrace
 	}
+	if cc.ReauthBurst <= 0 {
+		cc.ReauthBurst = DefaultReauthBurst
+	}
 	if cc.Clock == nil {
 		cc.Clock = time.Now
 	}
@@ -175,6 +187,9 @@ func (c *Config) check() (*Config, error) {
 	}
 	return &cc, nil
 }
+
+// reauthEvery is the spacing of the re-authentications a peer may cause once its burst is spent.
+func (c *Config) reauthEvery() time.Duration { return max(c.ReauthInterval/10, time.Second) }
 
 // alterEstablished is what this responder sends: est, or (tests only) a changed copy; est itself stays
 // what this side's own timing is computed from.

@@ -62,6 +62,8 @@ type Session struct {
 	pendingTH   []byte
 	pendingAt   time.Time
 	poke        chan struct{} // wakes the maintenance goroutine
+	requests    rateLimit     // initiator: re-authentications the peer asked for
+	reHellos    rateLimit     // responder: re-authentications the peer started
 
 	incoming chan *Message
 	done     chan struct{}
@@ -561,6 +563,14 @@ func (s *Session) handleRecord(typ byte, body []byte) error {
 		if s.role != Initiator {
 			return reason.New(reason.UnexpectedMessage, "re-authentication request sent to the responder")
 		}
+		if !s.allowReauth(&s.requests) {
+			// Refused, not fatal: the session goes on (the peer closes it at its expiry if it insists).
+			err := reason.New(reason.ReauthRateLimited, "the peer asked for re-authentication more than %d times in a row, faster than one per %s: request refused",
+				s.cfg.ReauthBurst, s.cfg.reauthEvery())
+			s.cfg.Logger.Warn("re-authentication request refused", "peer", s.Peer().ID, "err", err)
+			s.cfg.event(Event{Kind: "reauth_refused", Role: s.role, Peer: s.Peer().ID.String(), Err: err, SessionID: s.ID()})
+			return nil
+		}
 		go func() {
 			if err := s.Reauthenticate(context.Background()); err != nil {
 				s.cfg.Logger.Warn("re-authentication requested by the peer failed", "peer", s.Peer().ID, "err", err)
@@ -644,6 +654,10 @@ func (s *Session) onReHello(ctx context.Context, body []byte) error {
 	s.mu.Unlock()
 	if busy {
 		return reason.New(reason.UnexpectedMessage, "re-authentication hello out of turn")
+	}
+	if !s.allowReauth(&s.reHellos) {
+		return reason.New(reason.ReauthRateLimited, "the initiator re-authenticated more than %d times in a row, faster than one per %s",
+			s.cfg.ReauthBurst, s.cfg.reauthEvery())
 	}
 	r := &responder{cfg: s.cfg, reauthOf: peer, remote: peer.RemoteAddr}
 	ch, err := r.onHello(ctx, body)
@@ -867,4 +881,29 @@ func (s *Session) Close() error {
 func (s *Session) String() string {
 	p := s.Peer()
 	return fmt.Sprintf("session %x (%s with %s)", s.ID(), s.role, p.ID)
+}
+
+// rateLimit is a token bucket for the re-authentications a peer causes (s.mu guards it).
+type rateLimit struct {
+	tokens float64
+	last   time.Time
+}
+
+// allowReauth takes a token from l: ReauthBurst in a row, then one per reauthEvery.
+func (s *Session) allowReauth(l *rateLimit) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	now, burst := s.cfg.Clock(), float64(s.cfg.ReauthBurst)
+	if l.last.IsZero() {
+		l.tokens, l.last = burst, now
+	}
+	if el := now.Sub(l.last); el > 0 {
+		l.tokens = min(burst, l.tokens+float64(el)/float64(s.cfg.reauthEvery()))
+		l.last = now
+	}
+	if l.tokens < 1 {
+		return false
+	}
+	l.tokens--
+	return true
 }
