@@ -10,6 +10,7 @@ import (
 
 	"github.com/custos-agent/custos/audit"
 
+	"github.com/custos-agent/custos/agent/puzzle"
 	"github.com/custos-agent/custos/agent/reason"
 	"github.com/custos-agent/custos/agent/session"
 )
@@ -64,10 +65,21 @@ func TestValidatorTransportPin(t *testing.T) {
 	}
 }
 
-// badSolver answers every puzzle wrongly.
+// badSolver answers every puzzle with a well-formed nonce that does not do the work (the first that fails
+// the hash test): only the work check refuses it.
 type badSolver struct{}
 
-func (badSolver) Solve(context.Context, []byte, []byte) ([]byte, error) { return make([]byte, 8), nil }
+func (badSolver) Solve(_ context.Context, p, bind []byte) ([]byte, error) {
+	c, err := puzzle.DecodeChallenge(p)
+	if err != nil {
+		return nil, err
+	}
+	n := uint64(0)
+	for puzzle.Check(bind, c, n) {
+		n++
+	}
+	return puzzle.EncodeSolution(n), nil
+}
 
 // TestEarlyAdmission: initiators that do not solve the daemon's admission puzzle are refused with
 // bad_puzzle by the early check, and none of their key event logs is stored (issue 20 finding 5).

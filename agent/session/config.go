@@ -147,8 +147,10 @@ type Config struct {
 	// OnEvent, when set, is called for every handshake, re-authentication, refusal and close.
 	OnEvent func(Event)
 
-	noAutoReauth    bool                         // tests: the initiator never re-authenticates on its own
-	testEstablished func(*handshake.Established) // tests: a responder that changes its "established" message
+	noAutoReauth     bool                         // tests: the initiator never re-authenticates on its own
+	testEstablished  func(*handshake.Established) // tests: a responder that changes its "established" message
+	testAnyRecipient bool                         // tests: a responder that answers a hello meant for another agent
+	testNoMaintain   bool                         // tests: no maintenance goroutine (nothing closes the session on time)
 }
 
 func (c *Config) check() (*Config, error) {

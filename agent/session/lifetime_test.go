@@ -93,3 +93,21 @@ func TestSessionLifetimeBounds(t *testing.T) {
 		})
 	}
 }
+
+// TestFrameAfterExpiryRefused: a frame that arrives after the session's expiry is refused at once
+// (session_expired), even before the maintenance goroutine wakes up to close the session.
+func TestFrameAfterExpiryRefused(t *testing.T) {
+	clk := agenttest.NewClock(time.Now())
+	a, b := newAgent(t, withClock(clk.Now)), newAgent(t, withClock(clk.Now))
+	a.cfg.testNoMaintain, b.cfg.testNoMaintain = true, true // only the receive path can notice the expiry
+	sa, sb := mustConnect(t, a, b)
+	clk.Advance(3 * time.Hour)
+	if _, err := sb.sendEnvelope(bg, envelope.NewHeader(sb.LocalID(), sa.LocalID(), envelope.TaskRequest, clk.Now()), []byte("late")); err != nil {
+		t.Fatal(err)
+	}
+	m, err := sa.Receive(bg)
+	if err == nil {
+		t.Fatalf("the initiator accepted %q three hours after its session expired", m.Payload)
+	}
+	expect(t, "initiator", err, reason.SessionExpired, "not re-authenticated")
+}

@@ -294,9 +294,12 @@ func sessionTimes(c *Config, est *handshake.Established, peerNotAfter, localNotA
 }
 
 func (s *Session) start() {
-	s.wg.Add(2)
+	s.wg.Add(1)
 	go s.readLoop()
-	go s.maintain()
+	if !s.cfg.testNoMaintain {
+		s.wg.Add(1)
+		go s.maintain()
+	}
 }
 
 // LocalID is the local agent's ID.
