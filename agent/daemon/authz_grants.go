@@ -136,7 +136,7 @@ func (d *Daemon) opGrantIssue(ctx context.Context, _ rbac.Cred, raw json.RawMess
 	if err != nil {
 		return nil, control.Errorf(control.CodeBadRequest, "--role: %v", err)
 	}
-	ttl := time.Duration(a.TTLSeconds) * time.Second
+	ttl := scaled(a.TTLSeconds, time.Second)
 	if a.TTLSeconds == 0 {
 		ttl = DefaultGrantTTL
 	}

@@ -108,7 +108,7 @@ func (d *Daemon) opTaskReplicate(ctx context.Context, _ rbac.Cred, raw json.RawM
 	if err != nil {
 		return nil, control.Errorf(control.CodeBadRequest, "--vote: %v", err)
 	}
-	wait := time.Duration(a.WaitMS) * time.Millisecond
+	wait := scaled(a.WaitMS, time.Millisecond)
 	if a.WaitMS == 0 {
 		wait = 2 * time.Minute
 	}

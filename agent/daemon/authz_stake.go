@@ -170,7 +170,7 @@ func (d *Daemon) opStakeSign(ctx context.Context, _ rbac.Cred, raw json.RawMessa
 			return nil, control.Errorf(control.CodeBadRequest, "--stake %s: %v", s.Agent, err)
 		}
 	}
-	ttl := time.Duration(a.TTLSeconds) * time.Second
+	ttl := scaled(a.TTLSeconds, time.Second)
 	if a.TTLSeconds == 0 {
 		ttl = DefaultGrantTTL
 	}

@@ -405,9 +405,14 @@ func (d *Daemon) addBootstrap(cfg *Config) {
 
 // sessionConfig is the session configuration of one connection: the daemon's base settings, a validator
 // that requires the handshake's peer to be the agent the transport binding named, runs the authorization
-// checks (authz.validate: puzzle, Blocked peers, grants, policy), then Options.Validator; and events reported with the transport and remote address.
+// checks (authz.validate: puzzle, Blocked peers, grants, policy), then Options.Validator; the early
+// refusals of an initiator (admitEarly: puzzle, Blocked) before anything it sent is verified or stored;
+// and events reported with the transport and remote address.
 func (d *Daemon) sessionConfig(transport, remote, pinned string) *session.Config {
 	cfg := d.config()
+	// A puzzle solution is single-use: once admitEarly has verified this connection's, authz.validate
+	// is shown the peer without it (a puzzle verified once, by the early check).
+	var early earlyAdmission
 	return &session.Config{
 		Delegations: d.dm, KeyLog: d.keyLog, Peers: d.peers, Replay: d.replay, Hybrid: cfg.Session.Hybrid,
 		SignEnvelopes:    cfg.Session.SignEnvelopes,
@@ -418,7 +423,7 @@ func (d *Daemon) sessionConfig(transport, remote, pinned string) *session.Config
 				return fmt.Errorf("the transport binding named %s but the handshake authenticated %s", pinned, p.ID)
 			}
 			// Puzzle, trust level (Blocked refused), grants, connection policy: authz.go.
-			if err := d.authz.validate(ctx, p); err != nil {
+			if err := d.authz.validate(ctx, early.strip(p)); err != nil {
 				return err
 			}
 			if d.opts.Validator != nil {
@@ -426,6 +431,8 @@ func (d *Daemon) sessionConfig(transport, remote, pinned string) *session.Config
 			}
 			return nil
 		}),
+		// Before the initiator's log, delegation and signature are verified: its puzzle and Blocked.
+		Admit:   session.ValidatorFunc(func(_ context.Context, p *session.Peer) error { return d.admitEarly(p, &early) }),
 		OnEvent: func(ev session.Event) { d.sessionEvent(transport, remote, ev) },
 		// Admission puzzles asked of initiators, solved when asked; the grants this agent holds (authz.go).
 		Puzzler: d.authz.puzzler(), Solver: puzzle.Solver{}, Grants: d.authz.presentable(),

@@ -45,7 +45,10 @@ func (d *Daemon) record(typ audit.EventType, actor, subject string, outcome audi
 
 // sessionEvent reports a handshake, re-authentication or refusal to the audit log and metrics.
 func (d *Daemon) sessionEvent(transport, remote string, ev session.Event) {
-	if ev.Kind != "handshake" && ev.Kind != "reauth" {
+	// Re-authentications refused for their rate are audited too: a request refused (reauth_refused, the
+	// session goes on) and a re-authentication refused (the session closed with reauth_rate_limited).
+	rateLimited := ev.Kind == "reauth_refused" || (ev.Kind == "refused" && reason.Of(ev.Err) == reason.ReauthRateLimited)
+	if ev.Kind != "handshake" && ev.Kind != "reauth" && !rateLimited {
 		return
 	}
 	details := map[string]any{"transport": transport, "remote": remote, "role": ev.Role.String(), "kind": ev.Kind}
@@ -62,7 +65,7 @@ func (d *Daemon) sessionEvent(transport, remote string, ev session.Event) {
 		details["refusal"] = r // authz.go: why the validator refused (blocked, bad_puzzle, grant_expired, geo_denied, ...)
 	}
 	outcome := audit.OutcomeFailure
-	if code == reason.ValidatorRefused {
+	if code == reason.ValidatorRefused || code == reason.ReauthRateLimited {
 		outcome = audit.OutcomeDenied
 	}
 	d.record(audit.AuthFailure, ev.Peer, ev.Peer, outcome, details)

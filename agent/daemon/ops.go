@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"math"
 	"os"
 	"sort"
 	"time"
@@ -32,6 +33,20 @@ const (
 
 // MaxWait bounds a task.get wait.
 const MaxWait = 10 * time.Minute
+
+// scaled is n units (a count read from a request) as a Duration, saturating instead of wrapping when
+// n*unit does not fit: the callers' range checks then refuse it.
+func scaled(n int64, unit time.Duration) time.Duration {
+	if unit <= 0 {
+		return 0
+	}
+	if lim := int64(math.MaxInt64 / unit); n > lim {
+		return math.MaxInt64
+	} else if n < -lim {
+		return math.MinInt64
+	}
+	return time.Duration(n) * unit
+}
 
 func parseID(s string) (identity.ID, error) { return identity.ParseID(s) }
 
@@ -323,7 +338,7 @@ func (d *Daemon) opTaskGet(ctx context.Context, _ rbac.Cred, raw json.RawMessage
 	if err := tasks.CheckTaskID(a.TaskID); err != nil {
 		return nil, control.Errorf(control.CodeBadRequest, "%v", err)
 	}
-	wait := time.Duration(a.WaitMS) * time.Millisecond
+	wait := scaled(a.WaitMS, time.Millisecond)
 	if wait < 0 || wait > MaxWait {
 		return nil, control.Errorf(control.CodeBadRequest, "wait of %v is outside 0..%v", wait, MaxWait)
 	}

@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -448,4 +449,52 @@ func (m *manager) reauthenticateAll() int {
 		}()
 	}
 	return len(live)
+}
+
+// admitEarly makes the refusals a responder can make before it verifies (or stores) anything an initiator
+// sent (session.Config.Admit): the admission puzzle and a Blocked agent ID (as claimed; a Blocked claim is
+// refused whoever makes it). authz.validate checks both again, with the verified peer. Issue 12 item 3.
+func (d *Daemon) admitEarly(p *session.Peer, early *earlyAdmission) error {
+	z := d.authz
+	if p.Role == session.Initiator && z.adm != nil {
+		if err := z.adm.Verify(p.Puzzle, p.Binding, p.Solution); err != nil {
+			z.countDenial(RefusalBadPuzzle, true)
+			return refuse(RefusalBadPuzzle, fmt.Errorf("admission puzzle: %w", err))
+		}
+		early.set(p)
+	}
+	if err := d.rep.Admit(p.ID); err != nil {
+		z.countDenial(RefusalBlocked, true)
+		return refuse(RefusalBlocked, err)
+	}
+	return nil
+}
+
+// earlyAdmission remembers, for one connection, the puzzle admitEarly verified (solutions are
+// single-use), so that the validator's authz checks do not verify it a second time.
+type earlyAdmission struct {
+	mu               sync.Mutex
+	puzzle, solution []byte
+	binding          []byte
+}
+
+func (e *earlyAdmission) set(p *session.Peer) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.puzzle, e.binding, e.solution = p.Puzzle, p.Binding, p.Solution
+}
+
+// strip returns p without its puzzle when it is exactly the one verified early (else p unchanged, and the
+// puzzle is verified by authz.validate).
+func (e *earlyAdmission) strip(p *session.Peer) *session.Peer {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if p.Role != session.Initiator || len(p.Puzzle) == 0 || !bytes.Equal(p.Puzzle, e.puzzle) ||
+		!bytes.Equal(p.Binding, e.binding) || !bytes.Equal(p.Solution, e.solution) {
+		return p
+	}
+	e.puzzle, e.binding, e.solution = nil, nil, nil
+	q := *p
+	q.Puzzle = nil
+	return &q
 }

@@ -206,9 +206,11 @@ func Verify(id identity.ID, st identity.State, d *Delegation, now time.Time) (*V
 	if d.Mode == Delegated && op.Equal(st.Current) {
 		return nil, reason.New(reason.DelegationInvalid, "a delegated-mode operational key must not be the identity key (use strict mode)")
 	}
-	if time.Duration(d.NotAfter-d.NotBefore)*time.Second > MaxLifetime {
-		return nil, reason.New(reason.DelegationInvalid, "the delegation is valid for %s, longer than the %s a verifier accepts",
-			time.Duration(d.NotAfter-d.NotBefore)*time.Second, MaxLifetime)
+	// Compared in seconds: a lifetime read from the wire, multiplied into a time.Duration, could wrap.
+	// NotAfter > NotBefore (checkForm), so the unsigned difference is the exact lifetime even when the
+	// signed one would overflow.
+	if life := uint64(d.NotAfter) - uint64(d.NotBefore); life > uint64(MaxLifetime/time.Second) {
+		return nil, reason.New(reason.DelegationInvalid, "the delegation is valid for %d s, longer than the %s a verifier accepts", life, MaxLifetime)
 	}
 	nb, na := time.Unix(d.NotBefore, 0), time.Unix(d.NotAfter, 0)
 	if now.Before(nb) {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"math"
 	"strings"
 	"testing"
 	"time"
@@ -112,6 +113,19 @@ func TestVerifyRefuses(t *testing.T) {
 		}, reason.DelegationInvalid, "is for"},
 		{"too long", id, func() *Delegation {
 			return issue(t, id, id.Current(), Delegated, now.Add(-time.Minute), now.Add(25*time.Hour))
+		}, reason.DelegationInvalid, "longer than"},
+		// 18446744074 s is 2^64 ns plus 0.29 s: a nanosecond multiplication wraps it to 0.29 s (issue 12).
+		{"too long, lifetime that overflows a time.Duration", id, func() *Delegation {
+			d := issue(t, id, id.Current(), Delegated, now.Add(-time.Minute), now.Add(time.Hour))
+			d.NotAfter = d.NotBefore + 18446744074
+			d.Signature, _ = id.Current().Sign(ctx, d.SigningInput())
+			return d
+		}, reason.DelegationInvalid, "longer than"},
+		{"too long, lifetime that overflows int64", id, func() *Delegation {
+			d := issue(t, id, id.Current(), Delegated, now.Add(-time.Minute), now.Add(time.Hour))
+			d.NotBefore, d.NotAfter = math.MinInt64+1, math.MaxInt64
+			d.Signature, _ = id.Current().Sign(ctx, d.SigningInput())
+			return d
 		}, reason.DelegationInvalid, "longer than"},
 		{"strict mode with a foreign op key", id, func() *Delegation {
 			d := issue(t, id, id.Current(), Delegated, now.Add(-time.Minute), now.Add(time.Hour))

@@ -203,7 +203,8 @@ func TestStrictDecoding(t *testing.T) {
 func TestReceiver(t *testing.T) {
 	clock := agenttest.NewClock(agenttest.Epoch.Add(time.Hour))
 	alice, bob, carol := newParty(t, clock, suite.KEMX25519), newParty(t, clock, suite.KEMX25519), newParty(t, clock, suite.KEMX25519)
-	rc := replay.New(replay.Config{Clock: clock.Now})
+	// Started long enough ago that the restart barrier is behind (replay.CheckStoredTime).
+	rc := replay.New(replay.Config{Clock: clock.Now, Start: clock.Now().Add(-time.Hour)})
 	rx := &Receiver{LocalID: bob.ID(), Resolver: resolver{alice.ID(): alice}, Replay: rc, Keys: func() []*suite.EncryptionKey {
 		var out []*suite.EncryptionKey
 		for _, k := range bob.mgr.Live() {

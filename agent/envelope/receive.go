@@ -37,7 +37,7 @@ func (r *Receiver) Receive(ctx context.Context, e *Envelope) ([]byte, error) {
 	if err := e.CheckRecipient(r.LocalID); err != nil {
 		return nil, err
 	}
-	if err := r.Replay.CheckTime(e.Header.Timestamp); err != nil {
+	if err := r.Replay.CheckStoredTime(e.Header.Timestamp); err != nil {
 		return nil, err
 	}
 	if e.Payload.Cipher == AES256GCM {
@@ -59,7 +59,7 @@ func (r *Receiver) Receive(ctx context.Context, e *Envelope) ([]byte, error) {
 	if verr != nil {
 		return nil, verr
 	}
-	if err := r.Replay.Check(e.Header.SenderID, e.Header.MessageID, e.Header.Timestamp); err != nil {
+	if err := r.Replay.CheckStored(e.Header.SenderID, e.Header.MessageID, e.Header.Timestamp); err != nil {
 		return nil, err
 	}
 	if e.Payload.Cipher == None {

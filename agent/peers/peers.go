@@ -7,7 +7,9 @@
 package peers
 
 import (
+	"bytes"
 	"context"
+	"encoding/binary"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -28,10 +30,31 @@ var (
 	bucketLogs        = []byte("peers.kel")
 	bucketDelegations = []byte("peers.delegations")
 	bucketCompromised = []byte("peers.compromised")
+	// bucketUsed: per cached log, 8 bytes of Unix seconds when a handshake last committed it (the
+	// eviction order); and under keyTotalBytes the total size of the stored logs.
+	bucketUsed    = []byte("peers.kel.used")
+	keyTotalBytes = []byte("\x00total_bytes")
 )
 
 // MaxDelegations is how many delegations are kept per peer (newest first).
 const MaxDelegations = 4
+
+// Defaults of Limits.
+const (
+	DefaultMaxPeers = 10_000
+	DefaultMaxBytes = 256 << 20
+	// usedGranularity: a handshake with a peer whose log is unchanged records its use at most this often
+	// (a write and an fsync), enough to order evictions.
+	usedGranularity = time.Hour
+)
+
+// Limits bound the cached key event logs. When a commit would exceed either, the logs (and delegations)
+// of the peers least recently committed by a handshake are evicted first. Compromise marks are never
+// evicted: they are kept apart and bounded by the peers ever cached (one mark per forked peer).
+type Limits struct {
+	MaxPeers int   // logs kept (default DefaultMaxPeers)
+	MaxBytes int64 // total encoded size of the logs kept (default DefaultMaxBytes)
+}
 
 // Cache is the peer cache. Safe for concurrent use.
 type Cache struct {
@@ -41,6 +64,20 @@ type Cache struct {
 
 	mu     sync.Mutex
 	states map[string]identity.State // verified states of stored logs
+	limits Limits
+}
+
+// SetLimits sets the cache bounds (zero fields: the defaults); they apply from the next commit.
+func (c *Cache) SetLimits(l Limits) {
+	if l.MaxPeers <= 0 {
+		l.MaxPeers = DefaultMaxPeers
+	}
+	if l.MaxBytes <= 0 {
+		l.MaxBytes = DefaultMaxBytes
+	}
+	c.mu.Lock()
+	c.limits = l
+	c.mu.Unlock()
 }
 
 // Open opens (creating it 0600 if needed) the bbolt file at path, for a process that does not share
@@ -65,17 +102,22 @@ func Open(path string) (*Cache, error) {
 // New uses an open bbolt database (shared with other packages); Close does not close it.
 func New(db *bbolt.DB) (*Cache, error) {
 	err := db.Update(func(tx *bbolt.Tx) error {
-		for _, b := range [][]byte{bucketLogs, bucketDelegations, bucketCompromised} {
+		for _, b := range [][]byte{bucketLogs, bucketDelegations, bucketCompromised, bucketUsed} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}
 		}
-		return nil
+		// The total is recounted at each open (a file written before it was kept has none).
+		var total int64
+		if err := tx.Bucket(bucketLogs).ForEach(func(_, v []byte) error { total += int64(len(v)); return nil }); err != nil {
+			return err
+		}
+		return tx.Bucket(bucketUsed).Put(keyTotalBytes, binary.BigEndian.AppendUint64(nil, uint64(total)))
 	})
 	if err != nil {
 		return nil, fmt.Errorf("peer cache: create buckets: %w", err)
 	}
-	return &Cache{db: db, clock: time.Now, states: map[string]identity.State{}}, nil
+	return &Cache{db: db, clock: time.Now, states: map[string]identity.State{}, limits: Limits{MaxPeers: DefaultMaxPeers, MaxBytes: DefaultMaxBytes}}, nil
 }
 
 // SetClock replaces the clock (tests).
@@ -209,11 +251,28 @@ func (c *Cache) State(id string) (identity.State, bool, error) {
 	return st, true, nil
 }
 
-// UpdateLog merges a key event log presented for id. It verifies the log (key_log_invalid), refuses a
-// peer already marked compromised (peer_compromised), and compares it with the cached one: a fork marks
-// the peer compromised for good, stores the evidence, and returns key_log_fork; a longer log replaces the
-// cached one; a shorter or equal one changes nothing. It returns the newest verified state.
+// UpdateLog merges a key event log presented for id: CheckLog, then CommitLog. For a log from a party
+// already authenticated by other means; a handshake checks first and commits only once the peer has
+// proven itself (signature, admission), so that an unauthenticated party stores nothing.
 func (c *Cache) UpdateLog(id identity.ID, l *identity.Log) (identity.State, error) {
+	st, err := c.CheckLog(id, l)
+	if err != nil {
+		return st, err
+	}
+	if err := c.CommitLog(id, l); err != nil {
+		return identity.State{}, err
+	}
+	return st, nil
+}
+
+// CheckLog verifies a key event log presented for id, in memory, and compares it with the cached one,
+// without storing it. It refuses an invalid log (key_log_invalid) and a peer already marked compromised
+// (peer_compromised). A log that forks from the cached one is the exception: the fork is proof, by
+// signatures only the peer's keys can make, that they are compromised, so the peer is marked compromised
+// for good with both conflicting events as evidence (one mark per cached peer) and the result is
+// key_log_fork. It returns the newest verified state: the presented log's when it extends the cached one,
+// else the cached one's.
+func (c *Cache) CheckLog(id identity.ID, l *identity.Log) (identity.State, error) {
 	st, err := l.Verify()
 	if err != nil {
 		return st, reason.Wrap(reason.KeyLogInvalid, err, "the key event log presented for %s", id)
@@ -221,10 +280,75 @@ func (c *Cache) UpdateLog(id identity.ID, l *identity.Log) (identity.State, erro
 	if !st.ID.Equal(id) {
 		return identity.State{}, reason.New(reason.KeyLogInvalid, "the key event log presented for %s is of %s", id, st.ID)
 	}
+	cached, cst, ok, err := c.Log(id.String())
+	if err != nil && reason.Of(err) != reason.KeyLogInvalid {
+		return identity.State{}, err
+	}
+	if err != nil || !ok {
+		return st, nil // nothing cached, or a corrupt entry the presented log will replace
+	}
+	if ferr := identity.CompareForks(&cached, l); ferr != nil {
+		p := forkEvidence(id.String(), &cached, l, c.clock())
+		err := c.db.Update(func(tx *bbolt.Tx) error {
+			return tx.Bucket(bucketCompromised).Put([]byte(id.String()), p.encode())
+		})
+		c.mu.Lock()
+		delete(c.states, id.String())
+		c.mu.Unlock()
+		if err != nil {
+			return identity.State{}, reason.Wrap(reason.Internal, err, "peer cache: mark %s compromised", id)
+		}
+		return identity.State{}, reason.Wrap(reason.KeyLogFork, ferr, "%s presented a key event log that forks from the cached one at generation %d: marked compromised", id, p.Generation)
+	}
+	if len(l.Events) > len(cached.Events) {
+		return st, nil
+	}
+	return cst, nil
+}
+
+// CommitLog stores a log that CheckLog accepted, once its presenter has authenticated: it replaces the
+// cached log when longer (or when the cached entry is corrupt), records the use (for the eviction order),
+// and evicts the least recently used peers beyond the Limits. It verifies again and refuses a fork or a
+// compromised peer (another handshake may have committed in between).
+func (c *Cache) CommitLog(id identity.ID, l *identity.Log) error {
+	st, err := l.Verify()
+	if err != nil {
+		return reason.Wrap(reason.KeyLogInvalid, err, "the key event log presented for %s", id)
+	}
+	if !st.ID.Equal(id) {
+		return reason.New(reason.KeyLogInvalid, "the key event log presented for %s is of %s", id, st.ID)
+	}
+	c.mu.Lock()
+	lim := c.limits
+	c.mu.Unlock()
 	key := []byte(id.String())
+	now := c.clock()
+	enc := l.Encode()
+	if int64(len(enc)) > lim.MaxBytes {
+		return reason.New(reason.KeyLogInvalid, "the key event log of %s (%d bytes) exceeds the peer cache's %d bytes", id, len(enc), lim.MaxBytes)
+	}
+	// Most handshakes present the very log stored, by a peer used recently: no write transaction (and no
+	// fsync) then.
+	same := false
+	_ = c.db.View(func(tx *bbolt.Tx) error {
+		if tx.Bucket(bucketCompromised).Get(key) != nil {
+			return nil
+		}
+		last := usedAt(tx.Bucket(bucketUsed).Get(key))
+		same = bytes.Equal(tx.Bucket(bucketLogs).Get(key), enc) && now.Sub(last) < usedGranularity && !now.Before(last)
+		return nil
+	})
+	if same {
+		c.mu.Lock()
+		c.states[id.String()] = st
+		c.mu.Unlock()
+		return nil
+	}
 	var result identity.State
+	var evicted []string
 	var outErr error
 	err = c.db.Update(func(tx *bbolt.Tx) error {
+		logs, used := tx.Bucket(bucketLogs), tx.Bucket(bucketUsed)
 		if v := tx.Bucket(bucketCompromised).Get(key); v != nil {
 			p, err := decodeCompromise(v)
 			if err != nil {
@@ -233,46 +357,93 @@ func (c *Cache) UpdateLog(id identity.ID, l *identity.Log) (identity.State, erro
 			outErr = compromisedErr(p)
 			return nil
 		}
-		cachedRaw := tx.Bucket(bucketLogs).Get(key)
-		if cachedRaw == nil {
-			result = st
-			return tx.Bucket(bucketLogs).Put(key, l.Encode())
-		}
-		cached, cst, err := verifyStored(id.String(), cachedRaw)
-		if err != nil {
-			// A corrupt cache entry is replaced by the verified log presented now.
-			result = st
-			return tx.Bucket(bucketLogs).Put(key, l.Encode())
-		}
-		if ferr := identity.CompareForks(&cached, l); ferr != nil {
-			p := forkEvidence(id.String(), &cached, l, c.clock())
-			if err := tx.Bucket(bucketCompromised).Put(key, p.encode()); err != nil {
-				return err
+		result = st
+		old := logs.Get(key)
+		if old != nil {
+			if cached, cst, err := verifyStored(id.String(), old); err == nil {
+				if ferr := identity.CompareForks(&cached, l); ferr != nil {
+					outErr = reason.Wrap(reason.KeyLogFork, ferr, "%s presented a key event log that forks from the cached one", id)
+					return nil
+				}
+				if len(l.Events) <= len(cached.Events) {
+					result = cst
+					if last := usedAt(used.Get(key)); now.Sub(last) < usedGranularity && !now.Before(last) {
+						return nil // unchanged and used recently: no write
+					}
+					return used.Put(key, unixBytes(now))
+				}
 			}
-			outErr = reason.Wrap(reason.KeyLogFork, ferr, "%s presented a key event log that forks from the cached one at generation %d: marked compromised", id, p.Generation)
-			return nil
 		}
-		if len(l.Events) > len(cached.Events) {
-			result = st
-			return tx.Bucket(bucketLogs).Put(key, l.Encode())
+		total := int64(u64(used.Get(keyTotalBytes))) - int64(len(old)) + int64(len(enc))
+		if err := logs.Put(key, enc); err != nil {
+			return err
 		}
-		result = cst
-		return nil
+		if err := used.Put(key, unixBytes(now)); err != nil {
+			return err
+		}
+		n := 0
+		_ = logs.ForEach(func(_, _ []byte) error { n++; return nil })
+		for n > lim.MaxPeers || total > lim.MaxBytes {
+			victim, size := c.leastRecentlyUsed(tx, key)
+			if victim == nil {
+				break
+			}
+			for _, b := range [][]byte{bucketLogs, bucketUsed, bucketDelegations} {
+				if err := tx.Bucket(b).Delete(victim); err != nil {
+					return err
+				}
+			}
+			total -= size
+			n--
+			evicted = append(evicted, string(victim))
+		}
+		return used.Put(keyTotalBytes, binary.BigEndian.AppendUint64(nil, uint64(total)))
 	})
 	if err != nil {
-		return identity.State{}, reason.Wrap(reason.Internal, err, "peer cache: update %s", id)
+		return reason.Wrap(reason.Internal, err, "peer cache: update %s", id)
 	}
 	c.mu.Lock()
+	for _, v := range evicted {
+		delete(c.states, v)
+	}
 	if outErr != nil {
 		delete(c.states, id.String())
 	} else {
 		c.states[id.String()] = result
 	}
 	c.mu.Unlock()
-	if outErr != nil {
-		return identity.State{}, outErr
+	return outErr
+}
+
+// leastRecentlyUsed finds the cached log committed least recently, other than keep (nil when none).
+func (c *Cache) leastRecentlyUsed(tx *bbolt.Tx, keep []byte) ([]byte, int64) {
+	var victim []byte
+	var size int64
+	var oldest time.Time
+	used := tx.Bucket(bucketUsed)
+	_ = tx.Bucket(bucketLogs).ForEach(func(k, v []byte) error {
+		if string(k) == string(keep) {
+			return nil
+		}
+		if t := usedAt(used.Get(k)); victim == nil || t.Before(oldest) {
+			victim, size, oldest = append([]byte(nil), k...), int64(len(v)), t
+		}
+		return nil
+	})
+	return victim, size
+}
+
+func unixBytes(t time.Time) []byte { return binary.BigEndian.AppendUint64(nil, uint64(t.Unix())) }
+
+// usedAt decodes a use time; an entry without one (written before uses were kept) is the oldest.
+func usedAt(v []byte) time.Time { return time.Unix(int64(u64(v)), 0) }
+
+// u64 decodes 8 bytes big-endian (0 for anything else).
+func u64(v []byte) uint64 {
+	if len(v) != 8 {
+		return 0
 	}
-	return result, nil
+	return binary.BigEndian.Uint64(v)
 }
 
 func forkEvidence(id string, a, b *identity.Log, now time.Time) *Compromise {

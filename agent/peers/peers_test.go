@@ -164,3 +164,82 @@ func TestDelegations(t *testing.T) {
 		t.Fatalf("after rotation: %v", err)
 	}
 }
+
+// TestCacheBounds: the cache keeps at most Limits.MaxPeers logs and Limits.MaxBytes of them, evicting the
+// peers least recently committed (their delegations with them), never a compromise mark; CheckLog stores
+// nothing (issue 12 item 3, issue 20 finding 5).
+func TestCacheBounds(t *testing.T) {
+	clk := agenttest.NewClock(time.Now())
+	c := open(t, filepath.Join(t.TempDir(), "state.db"))
+	defer c.Close()
+	c.SetClock(clk.Now)
+	// A peer whose fork marked it compromised: the mark outlives every eviction.
+	bad := agenttest.NewIdentity(t, keystore.Ed25519)
+	bad.Rotate(t)
+	fork := bad.Fork(t) // another generation 2
+	bad.Rotate(t)
+	if _, err := c.UpdateLog(bad.ID(), &bad.Log); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.CheckLog(bad.ID(), &fork); !errors.Is(err, reason.KeyLogFork) {
+		t.Fatalf("fork: %v", err)
+	}
+	// CheckLog alone stores nothing.
+	stranger := agenttest.NewIdentity(t, keystore.Ed25519)
+	if _, err := c.CheckLog(stranger.ID(), &stranger.Log); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok, _ := c.State(stranger.ID().String()); ok {
+		t.Fatal("CheckLog stored the log")
+	}
+	c.SetLimits(Limits{MaxPeers: 3})
+	var ids []*agenttest.Identity
+	for range 6 {
+		p := agenttest.NewIdentity(t, keystore.Ed25519)
+		ids = append(ids, p)
+		clk.Advance(2 * usedGranularity)
+		if _, err := c.UpdateLog(p.ID(), &p.Log); err != nil {
+			t.Fatal(err)
+		}
+		if p == ids[0] {
+			continue
+		}
+		// ids[0] keeps being used: it is never the least recently used one.
+		if _, err := c.UpdateLog(ids[0].ID(), &ids[0].Log); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got, err := c.IDs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]bool{ids[0].ID().String(): true, ids[4].ID().String(): true, ids[5].ID().String(): true}
+	if len(got) != 3 {
+		t.Fatalf("cache holds %d logs, limit 3: %v", len(got), got)
+	}
+	for _, g := range got {
+		if !want[g] {
+			t.Fatalf("cache holds %v, want %v", got, want)
+		}
+	}
+	if _, _, err := c.State(ids[1].ID().String()); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok, _ := c.State(ids[1].ID().String()); ok {
+		t.Fatal("an evicted peer's state is still served")
+	}
+	if p, err := c.Compromised(bad.ID().String()); err != nil || p == nil {
+		t.Fatalf("the compromise mark was evicted: %v %v", p, err)
+	}
+	// Bytes: a limit that holds two logs of one event keeps two.
+	one := int64(len(ids[5].Log.Encode()))
+	c.SetLimits(Limits{MaxPeers: 100, MaxBytes: 2*one + one/2})
+	clk.Advance(2 * usedGranularity)
+	p := agenttest.NewIdentity(t, keystore.Ed25519)
+	if _, err := c.UpdateLog(p.ID(), &p.Log); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := c.IDs(); len(got) != 2 {
+		t.Fatalf("byte limit of two logs: the cache holds %d", len(got))
+	}
+}

@@ -67,6 +67,9 @@ const (
 	Internal         Code = "internal"          // a local failure (keystore, randomness, storage)
 )
 
+// ReauthRateLimited: the peer asked for, or started, re-authentications faster than this agent allows.
+const ReauthRateLimited Code = "reauth_rate_limited"
+
 // All lists every code, for documentation and metrics pre-registration.
 var All = []Code{
 	Malformed, UnknownVersion, UnknownMessageType, TruncatedFrame, OversizedFrame, UnexpectedMessage,
@@ -74,7 +77,7 @@ var All = []Code{
 	DelegationExpired, DelegationNotYetValid, DelegationWrongKey, DelegationInvalid, DelegationUnavailable,
 	ReplayedMessage, StaleTimestamp, FutureTimestamp, CounterReuse, ReplayCacheFull,
 	KeyLogFork, KeyLogInvalid, KeyLogStale, KeyLogMissing, PeerCompromised, UnknownPeer,
-	ValidatorRefused, Timeout, DecryptFailed, SessionExpired, PeerAlert, Closed, Internal,
+	ValidatorRefused, Timeout, DecryptFailed, SessionExpired, PeerAlert, Closed, Internal, ReauthRateLimited,
 }
 
 // Known reports whether c is one of All.

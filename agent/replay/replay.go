@@ -8,14 +8,19 @@
 // (eviction would re-open the replay window for the evicted IDs). A sender that hits its own limit only
 // blocks itself; with the default rate limits (100 msg/s, burst 200) an honest peer stays far below it.
 //
-// The cache lives in memory. After a restart it would not know the IDs accepted before; to close that
-// gap it refuses every message stamped before the cache was created (the sender retries with a fresh
-// timestamp).
+// The cache lives in memory. After a restart it would not know the IDs accepted before. A session
+// envelope cannot be replayed into a new session (it is bound to the session's keys and counters), so for
+// those it is enough to refuse what is stamped before the cache was created. A store-and-forward envelope
+// can: one accepted just before the restart may carry a timestamp up to the window ahead of that moment.
+// CheckStored and CheckStoredTime therefore refuse every store-and-forward envelope stamped up to the
+// start plus the window (the sender retries with a fresh timestamp, accepted once the window after the
+// restart has passed).
 package replay
 
 import (
 	"container/heap"
 	"crypto/sha256"
+	"math"
 	"strings"
 	"sync"
 	"time"
@@ -40,6 +45,9 @@ type Config struct {
 	PerSender int
 	// Clock returns the time (default time.Now).
 	Clock func() time.Time
+	// Start is when the agent started, the restart barrier's base (zero: the clock's time at New). Only
+	// a cache that really holds every ID accepted since Start may be given an earlier one (tests).
+	Start time.Time
 }
 
 type entry struct {
@@ -85,7 +93,11 @@ func New(cfg Config) *Cache {
 	if cfg.Clock == nil {
 		cfg.Clock = time.Now
 	}
-	return &Cache{cfg: cfg, start: cfg.Clock().Unix(), seen: map[[32]byte]struct{}{}, senders: map[string]int{}}
+	start := cfg.Start
+	if start.IsZero() {
+		start = cfg.Clock()
+	}
+	return &Cache{cfg: cfg, start: start.Unix(), seen: map[[32]byte]struct{}{}, senders: map[string]int{}}
 }
 
 // Window is the configured timestamp window.
@@ -98,6 +110,18 @@ func (c *Cache) Now() time.Time { return c.cfg.Clock() }
 // older than the window (or older than the cache itself), future_timestamp when it is further ahead.
 func (c *Cache) CheckTime(ts int64) error { return CheckTime(ts, c.cfg.Clock(), c.cfg.Window, c.start) }
 
+// CheckStoredTime is CheckTime for a store-and-forward envelope: it also refuses any timestamp that a
+// message accepted before this cache was created (before a restart) may carry.
+func (c *Cache) CheckStoredTime(ts int64) error {
+	return CheckTime(ts, c.cfg.Clock(), c.cfg.Window, c.storedBarrier())
+}
+
+// storedBarrier is the first timestamp no message accepted before the start can carry: one accepted at
+// the latest just before start+1 s (start is truncated) had a timestamp at most the window ahead.
+func (c *Cache) storedBarrier() int64 {
+	return c.start + int64(math.Ceil(c.cfg.Window.Seconds())) + 1
+}
+
 // CheckTime checks ts against [now-window, now+window] and refuses anything stamped before notBefore
 // (Unix seconds; 0 for no such bound).
 func CheckTime(ts int64, now time.Time, window time.Duration, notBefore int64) error {
@@ -109,7 +133,7 @@ func CheckTime(ts int64, now time.Time, window time.Duration, notBefore int64) e
 		return reason.New(reason.FutureTimestamp, "timestamp %d is %s in the future, more than the %s window (check the sender's clock)", ts, d.Truncate(time.Second), window)
 	}
 	if ts < notBefore {
-		return reason.New(reason.StaleTimestamp, "timestamp %d is from before this agent started (%d): its replay state is unknown; resend", ts, notBefore)
+		return reason.New(reason.StaleTimestamp, "timestamp %d is from before %d (this agent's restart barrier): its replay state is unknown; resend", ts, notBefore)
 	}
 	return nil
 }
@@ -118,8 +142,17 @@ func CheckTime(ts int64, now time.Time, window time.Duration, notBefore int64) e
 // replayed_message and a full cache with replay_cache_full. Call it only after the message's signature
 // has verified.
 func (c *Cache) Check(sender, messageID string, ts int64) error {
+	return c.check(sender, messageID, ts, c.start)
+}
+
+// CheckStored is Check for a store-and-forward envelope, with CheckStoredTime's restart barrier.
+func (c *Cache) CheckStored(sender, messageID string, ts int64) error {
+	return c.check(sender, messageID, ts, c.storedBarrier())
+}
+
+func (c *Cache) check(sender, messageID string, ts, notBefore int64) error {
 	now := c.cfg.Clock()
-	if err := CheckTime(ts, now, c.cfg.Window, c.start); err != nil {
+	if err := CheckTime(ts, now, c.cfg.Window, notBefore); err != nil {
 		return err
 	}
 	key := sha256.Sum256([]byte(sender + "\x00" + messageID))

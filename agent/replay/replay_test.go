@@ -15,7 +15,7 @@ func TestWindowAndReplay(t *testing.T) {
 	clock := agenttest.NewClock(agenttest.Epoch)
 	c := New(Config{Clock: clock.Now})
 	clock.Advance(10 * time.Second)
-	if err := c.Check("a", "early", agenttest.Epoch.Unix()-1); !errors.Is(err, reason.StaleTimestamp) || !strings.Contains(err.Error(), "before this agent started") {
+	if err := c.Check("a", "early", agenttest.Epoch.Unix()-1); !errors.Is(err, reason.StaleTimestamp) || !strings.Contains(err.Error(), "restart barrier") {
 		t.Fatalf("before start: %v", err)
 	}
 	clock.Advance(50 * time.Second)
@@ -100,5 +100,30 @@ func BenchmarkCheck(b *testing.B) {
 		if err := c.Check("ed25519:sender", fmt.Sprint(i), now); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// TestStoredRestartBarrier: a store-and-forward envelope stamped up to the start plus the window may
+// have been accepted before a restart and is refused; the next second is accepted. Session checks keep
+// the start as their barrier (issue 12 item 4).
+func TestStoredRestartBarrier(t *testing.T) {
+	clock := agenttest.NewClock(agenttest.Epoch)
+	c := New(Config{Clock: clock.Now})
+	start := agenttest.Epoch.Unix()
+	barrier := start + int64(DefaultWindow/time.Second) + 1
+	clock.Advance(20 * time.Second)
+	for _, ts := range []int64{start, start + 20, barrier - 1} {
+		if err := c.CheckStored("a", "m", ts); !errors.Is(err, reason.StaleTimestamp) || !strings.Contains(err.Error(), "restart barrier") {
+			t.Fatalf("stored envelope stamped %d (start %d): %v", ts, start, err)
+		}
+		if err := c.CheckStoredTime(ts); !errors.Is(err, reason.StaleTimestamp) {
+			t.Fatalf("CheckStoredTime %d: %v", ts, err)
+		}
+	}
+	if err := c.CheckStored("a", "m", barrier); err != nil {
+		t.Fatalf("at the barrier: %v", err)
+	}
+	if err := c.Check("a", "session", start+20); err != nil {
+		t.Fatalf("a session envelope after the start: %v", err)
 	}
 }

@@ -19,7 +19,14 @@ const (
 	DefaultHandshakeTimeout = 10 * time.Second
 	DefaultReauthInterval   = 15 * time.Minute
 	DefaultReauthGrace      = time.Minute
-	incomingQueue           = 64
+	// DefaultReauthBurst is how many re-authentications a peer may cause in a row (each a handshake,
+	// in strict mode a signature by the identity key) before the rate limit applies: then one per tenth
+	// of this side's re-authentication interval (at least one per second).
+	DefaultReauthBurst = 8
+	incomingQueue      = 64
+	// MaxSessionLifetime is the hard maximum between two authentications of a session, whatever either
+	// side's configuration or "established" says (a delegation lives at most as long).
+	MaxSessionLifetime = delegation.MaxLifetime
 )
 
 // Role is the part an agent plays in a handshake.
@@ -52,6 +59,8 @@ type Peer struct {
 	Solution   []byte               // the initiator's solution
 	Binding    []byte               // what binds a puzzle to this handshake (PuzzleBinding)
 	RemoteAddr string               // network address when the transport knows it
+
+	log *identity.Log // the key event log sent inline, stored once the peer is admitted (commitPeer)
 }
 
 // Validator decides whether a verified peer may connect: the hook for blocked lists, grants, puzzles and
@@ -81,7 +90,7 @@ type Solver interface {
 
 // Event is reported to Config.OnEvent for audit and metrics.
 type Event struct {
-	Kind      string      // "handshake", "reauth", "closed", "refused"
+	Kind      string      // "handshake", "reauth", "reauth_refused" (a re-authentication request refused), "closed", "refused"
 	Role      Role        // local role
 	Peer      string      // peer agent ID (as claimed, when the failure came before verification)
 	Code      reason.Code // "" on success
@@ -101,6 +110,11 @@ type Config struct {
 	Replay *replay.Cache
 	// Validator admits verified peers (nil: admit all).
 	Validator Validator
+	// Admit, when set, runs on the responder as soon as the initiator's response arrives, before its key
+	// event log, delegation and signature are verified: for the cheap refusals that need no verified
+	// identity (the admission puzzle, a Blocked agent ID). The Peer it sees has only ID (as claimed in the
+	// hello), Role, Version, Puzzle, Solution, Binding and RemoteAddr. The Validator still runs afterwards.
+	Admit Validator
 	// Puzzler and Solver handle admission puzzles (nil: none).
 	Puzzler Puzzler
 	Solver  Solver
@@ -121,6 +135,11 @@ type Config struct {
 	ReauthInterval time.Duration
 	// ReauthGrace is how long past the interval the responder waits before closing (default 1 min).
 	ReauthGrace time.Duration
+	// ReauthBurst is how many re-authentications the peer may cause in a row, by asking for them or by
+	// starting them, before the rate limit of one per tenth of ReauthInterval (at least 1 s) applies
+	// (default DefaultReauthBurst). A refused request is reported (Event "reauth_refused"); a refused
+	// re-authentication closes the session. Both carry reauth_rate_limited.
+	ReauthBurst int
 	// Clock returns the time (default time.Now).
 	Clock func() time.Time
 	// Logger (default slog.Default()).
@@ -128,7 +147,10 @@ type Config struct {
 	// OnEvent, when set, is called for every handshake, re-authentication, refusal and close.
 	OnEvent func(Event)
 
-	noAutoReauth bool // tests: the initiator never re-authenticates on its own
+	noAutoReauth     bool                         // tests: the initiator never re-authenticates on its own
+	testEstablished  func(*handshake.Established) // tests: a responder that changes its "established" message
+	testAnyRecipient bool                         // tests: a responder that answers a hello meant for another agent
+	testNoMaintain   bool                         // tests: no maintenance goroutine (nothing closes the session on time)
 }
 
 func (c *Config) check() (*Config, error) {
@@ -156,6 +178,9 @@ func (c *Config) check() (*Config, error) {
 	if cc.ReauthGrace <= 0 {
 		cc.ReauthGrace = DefaultReauthGrace
 	}
+	if cc.ReauthBurst <= 0 {
+		cc.ReauthBurst = DefaultReauthBurst
+	}
 	if cc.Clock == nil {
 		cc.Clock = time.Now
 	}
@@ -163,6 +188,20 @@ func (c *Config) check() (*Config, error) {
 		cc.Logger = slog.Default()
 	}
 	return &cc, nil
+}
+
+// reauthEvery is the spacing of the re-authentications a peer may cause once its burst is spent.
+func (c *Config) reauthEvery() time.Duration { return max(c.ReauthInterval/10, time.Second) }
+
+// alterEstablished is what this responder sends: est, or (tests only) a changed copy; est itself stays
+// what this side's own timing is computed from.
+func (c *Config) alterEstablished(est *handshake.Established) *handshake.Established {
+	if c.testEstablished == nil {
+		return est
+	}
+	e := *est
+	c.testEstablished(&e)
+	return &e
 }
 
 func (c *Config) event(e Event) {

@@ -55,48 +55,61 @@ func randomNonce() []byte {
 	return b
 }
 
-// verifiedPeer resolves and verifies a peer's identity material: its key event log (cached, or sent
-// inline and merged into the cache), the head it announced, and its delegation.
-func (c *Config) verifyPeer(id string, announced handshake.Head, inlineLog, encodedDelegation []byte, now time.Time) (identity.State, *delegation.Verified, error) {
+// commitPeer stores a verified peer's inline key event log in the peer cache: only after its handshake
+// signature and the Validator passed, so that an initiator that did not authenticate, did not solve the
+// puzzle or is refused stores nothing (issue 12 item 3).
+func (c *Config) commitPeer(p *Peer) error {
+	if p.log == nil {
+		return nil
+	}
+	return c.Peers.CommitLog(p.ID, p.log)
+}
+
+// verifyPeer resolves and verifies a peer's identity material: its key event log (cached, or sent
+// inline: verified in memory and compared with the cache, but not stored), the head it announced, and its
+// delegation. It returns the inline log to commit (commitPeer) once the peer has proven itself.
+func (c *Config) verifyPeer(id string, announced handshake.Head, inlineLog, encodedDelegation []byte, now time.Time) (identity.State, *delegation.Verified, *identity.Log, error) {
 	pid, err := identity.ParseID(id)
 	if err != nil {
-		return identity.State{}, nil, reason.Wrap(reason.Malformed, err, "peer agent ID")
+		return identity.State{}, nil, nil, reason.Wrap(reason.Malformed, err, "peer agent ID")
 	}
 	var st identity.State
+	var inline *identity.Log
 	if len(inlineLog) > 0 {
 		l, err := identity.DecodeLog(inlineLog)
 		if err != nil {
-			return st, nil, reason.Wrap(reason.KeyLogInvalid, err, "the key event log %s sent", id)
+			return st, nil, nil, reason.Wrap(reason.KeyLogInvalid, err, "the key event log %s sent", id)
 		}
-		if st, err = c.Peers.UpdateLog(pid, &l); err != nil {
-			return st, nil, err
+		if st, err = c.Peers.CheckLog(pid, &l); err != nil {
+			return st, nil, nil, err
 		}
+		inline = &l
 	} else {
 		var ok bool
 		if st, ok, err = c.Peers.State(id); err != nil {
-			return st, nil, err
+			return st, nil, nil, err
 		} else if !ok {
-			return st, nil, reason.New(reason.KeyLogMissing, "no key event log of %s is cached and it sent none", id)
+			return st, nil, nil, reason.New(reason.KeyLogMissing, "no key event log of %s is cached and it sent none", id)
 		}
 	}
 	switch have := headOf(st); {
 	case have.Equal(announced):
 	case announced.Generation < have.Generation:
-		return st, nil, reason.New(reason.KeyLogStale, "%s announces key-log generation %d, this agent knows generation %d: refusing a rolled-back identity", id, announced.Generation, have.Generation)
+		return st, nil, nil, reason.New(reason.KeyLogStale, "%s announces key-log generation %d, this agent knows generation %d: refusing a rolled-back identity", id, announced.Generation, have.Generation)
 	case len(inlineLog) > 0:
-		return st, nil, reason.New(reason.KeyLogInvalid, "the key event log %s sent does not end at the head it announced (generation %d)", id, announced.Generation)
+		return st, nil, nil, reason.New(reason.KeyLogInvalid, "the key event log %s sent does not end at the head it announced (generation %d)", id, announced.Generation)
 	default:
-		return st, nil, reason.New(reason.KeyLogMissing, "%s announces key-log generation %d, this agent knows generation %d, and it sent no log", id, announced.Generation, have.Generation)
+		return st, nil, nil, reason.New(reason.KeyLogMissing, "%s announces key-log generation %d, this agent knows generation %d, and it sent no log", id, announced.Generation, have.Generation)
 	}
 	d, err := delegation.Decode(encodedDelegation)
 	if err != nil {
-		return st, nil, err
+		return st, nil, nil, err
 	}
 	v, err := delegation.Verify(pid, st, d, now)
 	if err != nil {
-		return st, nil, err
+		return st, nil, nil, err
 	}
-	return st, v, nil
+	return st, v, inline, nil
 }
 
 // initiator is the initiator's handshake state.
@@ -168,18 +181,21 @@ func (in *initiator) onChallenge(ctx context.Context, frame []byte) ([]byte, err
 	if (len(in.helloMsg.MLKEM) == 0) != (len(c.MLKEMCipher) == 0) {
 		return nil, reason.New(reason.Malformed, "challenge: an ML-KEM ciphertext must be sent exactly when the hello offered ML-KEM")
 	}
-	st, v, err := in.cfg.verifyPeer(c.ResponderID, c.Head, c.Log, c.Delegation, now)
+	st, v, inline, err := in.cfg.verifyPeer(c.ResponderID, c.Head, c.Log, c.Delegation, now)
 	if err != nil {
 		return nil, err
 	}
 	if err := v.OpKey.Verify(handshake.ChallengeSigningInput(in.hello, c.EncodeUnsigned()), c.Signature); err != nil {
 		return nil, reason.Wrap(reason.BadSignature, err, "the challenge signature does not verify under %s's operational key", c.ResponderID)
 	}
-	in.peer = &Peer{ID: st.ID, State: st, Delegation: v, Role: Responder, Version: c.Version, Puzzle: c.Puzzle}
+	in.peer = &Peer{ID: st.ID, State: st, Delegation: v, Role: Responder, Version: c.Version, Puzzle: c.Puzzle, log: inline}
 	if in.cfg.Validator != nil {
 		if err := in.cfg.Validator.Validate(ctx, in.peer); err != nil {
 			return nil, reason.Wrap(reason.ValidatorRefused, err, "responder %s", c.ResponderID)
 		}
+	}
+	if err := in.cfg.commitPeer(in.peer); err != nil {
+		return nil, err
 	}
 	r := &handshake.Response{TranscriptHash: handshake.Transcript(in.hello, in.challenge), Grants: in.cfg.Grants}
 	if c.WantLog {
@@ -247,7 +263,7 @@ func (r *responder) onHello(ctx context.Context, frame []byte) ([]byte, error) {
 	if r.loc, err = r.cfg.local(ctx); err != nil {
 		return nil, err
 	}
-	if h.ResponderID != "" && h.ResponderID != r.loc.id {
+	if h.ResponderID != "" && h.ResponderID != r.loc.id && !r.cfg.testAnyRecipient {
 		return nil, reason.New(reason.WrongRecipient, "the initiator wants %s, this agent is %s", h.ResponderID, r.loc.id)
 	}
 	if r.reauthOf != nil && (h.InitiatorID != r.reauthOf.ID.String() || h.ResponderID != r.loc.id) {
@@ -308,10 +324,23 @@ func (r *responder) onResponse(ctx context.Context, frame []byte) (*Peer, *hands
 	if subtle.ConstantTimeCompare(p.TranscriptHash, handshake.Transcript(r.hello, r.challenge)) != 1 {
 		return nil, nil, nil, reason.New(reason.TranscriptMismatch, "the initiator saw a different hello or challenge (altered in transit)")
 	}
+	binding := handshake.PuzzleBinding(r.helloMsg, r.chMsg)
+	// The cheap refusals first (the puzzle, a Blocked agent), before any of the initiator's material is
+	// verified: a throw-away identity that did no work costs no signature verification and no storage.
+	if r.cfg.Admit != nil {
+		claimed, err := identity.ParseID(r.helloMsg.InitiatorID)
+		if err != nil {
+			return nil, nil, nil, reason.Wrap(reason.Malformed, err, "initiator agent ID")
+		}
+		early := &Peer{ID: claimed, Role: Initiator, Version: r.version, Puzzle: r.chMsg.Puzzle, Solution: p.Solution, Binding: binding, RemoteAddr: r.remote}
+		if err := r.cfg.Admit.Validate(ctx, early); err != nil {
+			return nil, nil, nil, reason.Wrap(reason.ValidatorRefused, err, "initiator %s", r.helloMsg.InitiatorID)
+		}
+	}
 	if r.chMsg.WantLog && len(p.Log) == 0 {
 		return nil, nil, nil, reason.New(reason.KeyLogMissing, "%s did not send the key event log this agent asked for", r.helloMsg.InitiatorID)
 	}
-	st, v, err := r.cfg.verifyPeer(r.helloMsg.InitiatorID, r.helloMsg.Head, p.Log, r.helloMsg.Delegation, r.cfg.Clock())
+	st, v, inline, err := r.cfg.verifyPeer(r.helloMsg.InitiatorID, r.helloMsg.Head, p.Log, r.helloMsg.Delegation, r.cfg.Clock())
 	if err != nil {
 		return nil, nil, nil, err
 	}
@@ -319,11 +348,14 @@ func (r *responder) onResponse(ctx context.Context, frame []byte) (*Peer, *hands
 		return nil, nil, nil, reason.Wrap(reason.BadSignature, err, "the response signature does not verify under %s's operational key", r.helloMsg.InitiatorID)
 	}
 	peer := &Peer{ID: st.ID, State: st, Delegation: v, Role: Initiator, Version: r.version, Grants: p.Grants,
-		Puzzle: r.chMsg.Puzzle, Solution: p.Solution, Binding: handshake.PuzzleBinding(r.helloMsg, r.chMsg), RemoteAddr: r.remote}
+		Puzzle: r.chMsg.Puzzle, Solution: p.Solution, Binding: binding, RemoteAddr: r.remote, log: inline}
 	if r.cfg.Validator != nil {
 		if err := r.cfg.Validator.Validate(ctx, peer); err != nil {
 			return nil, nil, nil, reason.Wrap(reason.ValidatorRefused, err, "initiator %s", r.helloMsg.InitiatorID)
 		}
+	}
+	if err := r.cfg.commitPeer(peer); err != nil {
+		return nil, nil, nil, err
 	}
 	ss, err := suite.X25519(r.eph, r.helloMsg.X25519)
 	if err != nil {

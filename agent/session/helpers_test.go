@@ -31,6 +31,7 @@ type agent struct {
 	replay *replay.Cache
 	cfg    *Config
 	log    *identity.Log // what KeyLog returns
+	dbPath string        // the peer cache's state.db
 	mu     sync.Mutex
 }
 
@@ -76,12 +77,13 @@ func newAgent(t testing.TB, opts ...agentOpt) *agent {
 	if err != nil {
 		t.Fatal(err)
 	}
-	pc, err := peers.Open(filepath.Join(t.TempDir(), "state.db"))
+	dbPath := filepath.Join(t.TempDir(), "state.db")
+	pc, err := peers.Open(dbPath)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { pc.Close(); m.Close() })
-	a := &agent{id: id, mgr: m, peers: pc, replay: replay.New(replay.Config{Clock: o.clock})}
+	a := &agent{id: id, mgr: m, peers: pc, replay: replay.New(replay.Config{Clock: o.clock}), dbPath: dbPath}
 	a.log = &id.Log
 	a.cfg = &Config{
 		Delegations: m, Peers: pc, Replay: a.replay, Clock: o.clock, Logger: quietLogger(),

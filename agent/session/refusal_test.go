@@ -88,6 +88,36 @@ func TestHandshakeRefusals(t *testing.T) {
 			expect(t, "responder", o.errB, reason.WrongRecipient, "the initiator wants")
 			expectAlert(t, "initiator", o.errA, reason.WrongRecipient)
 		}},
+		{"responder other than the one dialled (it ignores responder_id)", func(t *testing.T) outcome {
+			a, b, c := newAgent(t), newAgent(t), newAgent(t)
+			b.cfg.testAnyRecipient = true // b answers a hello meant for c, with its own valid signature
+			ca, cb := pipePair()
+			_, _, errA, errB := connect(t, a, b, ca, cb, c.ID())
+			return outcome{errA, errB}
+		}, func(t *testing.T, o outcome) {
+			expect(t, "initiator", o.errA, reason.WrongRecipient, "dialled")
+			expectAlert(t, "responder", o.errB, reason.WrongRecipient)
+		}},
+		{"changed transcript hash in the response", func(t *testing.T) outcome {
+			a, b := newAgent(t), newAgent(t)
+			ia, ib := startProxy(t, func(dir, n int, f []byte) []byte {
+				if dir == 0 && n == 1 {
+					r, err := handshake.DecodeResponse(f)
+					if err != nil {
+						t.Error(err)
+						return f
+					}
+					r.TranscriptHash[0] ^= 1
+					return r.Encode()
+				}
+				return f
+			})
+			_, _, errA, errB := connect(t, a, b, ia, ib, b.ID())
+			return outcome{errA, errB}
+		}, func(t *testing.T, o outcome) {
+			expect(t, "responder", o.errB, reason.TranscriptMismatch, "different hello or challenge")
+			expectAlert(t, "initiator", o.errA, reason.TranscriptMismatch)
+		}},
 		{"delegation expired", func(t *testing.T) outcome {
 			late := agenttest.NewClock(time.Now().Add(-2 * time.Hour))
 			a, b := newAgent(t, withMgrClock(late.Now)), newAgent(t)
@@ -367,6 +397,22 @@ func TestKeyLogRefusals(t *testing.T) {
 		expect(t, "responder", errB, reason.KeyLogStale, "rolled-back")
 		expectAlert(t, "initiator", errA, reason.KeyLogStale)
 	})
+	t.Run("rolled-back responder key log", func(t *testing.T) {
+		a, b := newAgent(t), newAgent(t)
+		old := b.id.Log
+		oldSigner, oldState := b.id.Current(), b.id.State
+		b.rotate(t)
+		mustConnect(t, a, b) // a caches b at generation 1
+		// b (or whoever stole b's old key) answers with generation 0 again.
+		b.setLog(&identity.Log{Events: old.Events[:1]})
+		if _, err := b.mgr.SetIdentity(bg, oldSigner, oldState); err != nil {
+			t.Fatal(err)
+		}
+		ca, cb := pipePair()
+		_, _, errA, errB := connect(t, a, b, ca, cb, b.ID())
+		expect(t, "initiator", errA, reason.KeyLogStale, "rolled-back")
+		expectAlert(t, "responder", errB, reason.KeyLogStale)
+	})
 	t.Run("newer head without the log", func(t *testing.T) {
 		a, b := newAgent(t), newAgent(t)
 		mustConnect(t, a, b) // b caches a at generation 0
@@ -509,6 +555,10 @@ func TestSessionRefusals(t *testing.T) {
 			other := agenttest.NewIdentity(t, keystore.Ed25519).ID().String()
 			s.sendEnvelope(bg, envelope.NewHeader(s.LocalID(), other, envelope.TaskRequest, time.Now()), []byte("x"))
 		}, reason.WrongRecipient, "addressed to"},
+		{"sender other than the session peer", nil, func(t *testing.T, s *Session) {
+			other := agenttest.NewIdentity(t, keystore.Ed25519).ID().String()
+			s.sendEnvelope(bg, envelope.NewHeader(other, s.Peer().ID.String(), envelope.TaskRequest, time.Now()), []byte("x"))
+		}, reason.UnexpectedMessage, "claims sender"},
 		{"stale timestamp", nil, func(t *testing.T, s *Session) {
 			s.sendEnvelope(bg, envelope.NewHeader(s.LocalID(), s.Peer().ID.String(), envelope.TaskRequest, time.Now().Add(-40*time.Second)), []byte("x"))
 		}, reason.StaleTimestamp, "old"},

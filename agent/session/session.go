@@ -62,6 +62,8 @@ type Session struct {
 	pendingTH   []byte
 	pendingAt   time.Time
 	poke        chan struct{} // wakes the maintenance goroutine
+	requests    rateLimit     // initiator: re-authentications the peer asked for
+	reHellos    rateLimit     // responder: re-authentications the peer started
 
 	incoming chan *Message
 	done     chan struct{}
@@ -135,7 +137,7 @@ func initiate(ctx context.Context, conn FrameConn, c *Config, expected identity.
 		in.peer.RemoteAddr = ra.RemoteAddr()
 	}
 	s := newSession(c, conn, Initiator, in.loc, in.peer, keys.SessionID, send, recv)
-	s.setTimes(est, c.Clock())
+	s.setTimes(est, in.loc.keys, c.Clock())
 	s.start()
 	return s, nil
 }
@@ -188,7 +190,7 @@ func accept(ctx context.Context, conn FrameConn, c *Config) (*Session, string, e
 	}
 	defer keys.Wipe()
 	est := r.established(peer, keys)
-	frameEst, send, err := sealEstablished(keys.R2I, 0, th, est)
+	frameEst, send, err := sealEstablished(keys.R2I, 0, th, c.alterEstablished(est))
 	if err != nil {
 		return nil, claimed, err
 	}
@@ -203,7 +205,7 @@ func accept(ctx context.Context, conn FrameConn, c *Config) (*Session, string, e
 		c.Logger.Warn("peer cache: delegation not stored", "peer", peer.ID, "err", err)
 	}
 	s := newSession(c, conn, Responder, r.loc, peer, keys.SessionID, send, recv)
-	s.setTimes(est, c.Clock())
+	s.setTimes(est, r.loc.keys, c.Clock())
 	s.start()
 	return s, claimed, nil
 }
@@ -261,19 +263,43 @@ func newSession(c *Config, conn FrameConn, role Role, loc *local, peer *Peer, si
 	}
 }
 
-func (s *Session) setTimes(est *handshake.Established, now time.Time) {
-	s.expires = time.Unix(est.Expires, 0)
-	reauth := now.Add(time.Duration(est.Reauth) * time.Second)
-	if alt := now.Add(s.expires.Sub(now) * 3 / 4); alt.Before(reauth) {
-		reauth = alt
+// setTimes sets when the session re-authenticates and expires (s.mu held, s.peer set). est is what the
+// responder sent (or, on the responder, what it computed); each side bounds it by its own rules, so no
+// value the peer controls extends the session: see sessionTimes.
+func (s *Session) setTimes(est *handshake.Established, local *delegation.Keys, now time.Time) {
+	s.expires, s.reauthAt = sessionTimes(s.cfg, est, s.peer.Delegation.NotAfter, local.NotAfter(), now)
+}
+
+// sessionTimes computes a session's expiry and re-authentication time at now from the peer's "established"
+// message est. The expiry is the earliest of est.Expires, the peer's and the local delegation's not_after,
+// now + the local ReauthInterval + ReauthGrace, and now + MaxSessionLifetime. Re-authentication is due at
+// the earliest of now + est.Reauth (compared in seconds: a count from the wire is never multiplied into a
+// Duration), now + the local ReauthInterval, and three quarters of the way to the expiry.
+func sessionTimes(c *Config, est *handshake.Established, peerNotAfter, localNotAfter time.Time, now time.Time) (expires, reauthAt time.Time) {
+	expires = now.Add(min(c.ReauthInterval+c.ReauthGrace, MaxSessionLifetime))
+	for _, t := range []time.Time{time.Unix(est.Expires, 0), peerNotAfter, localNotAfter} {
+		if t.Before(expires) {
+			expires = t
+		}
 	}
-	s.reauthAt = reauth
+	interval := min(c.ReauthInterval, MaxSessionLifetime)
+	if est.Reauth < uint64(interval/time.Second) {
+		interval = time.Duration(est.Reauth) * time.Second // below MaxSessionLifetime: no overflow
+	}
+	reauthAt = now.Add(interval)
+	if alt := now.Add(expires.Sub(now) * 3 / 4); alt.Before(reauthAt) {
+		reauthAt = alt
+	}
+	return expires, reauthAt
 }
 
 func (s *Session) start() {
-	s.wg.Add(2)
+	s.wg.Add(1)
 	go s.readLoop()
-	go s.maintain()
+	if !s.cfg.testNoMaintain {
+		s.wg.Add(1)
+		go s.maintain()
+	}
 }
 
 // LocalID is the local agent's ID.
@@ -341,10 +367,31 @@ func (s *Session) sendEnvelope(ctx context.Context, h envelope.Header, payload [
 		return nil, err
 	}
 	if err := s.conn.WriteFrame(ctx, frame); err != nil {
-		s.fail(err) // a frame may be half-written: the stream is unusable
+		s.failWrite(ctx, err) // a frame may be half-written: the stream is unusable
 		return nil, err
 	}
 	return e, nil
+}
+
+// alertWait bounds how long a failed write waits for the reader to report why the peer closed.
+const alertWait = 2 * time.Second
+
+// failWrite ends the session after a failed write. A write fails when the peer has closed the
+// connection, and a peer that refuses something sends its alert before it closes: the alert is then on
+// its way to (or already in) the reader. Ending the session at once with "closed" would race the reader
+// and lose the reason the protocol promises (the receiver's refusal code), so the reader gets the first
+// word, for at most alertWait; it ends promptly either way, with the alert or at the end of the stream.
+// When the caller's context ended the write, the connection may be fine and nothing is coming: fail now.
+func (s *Session) failWrite(ctx context.Context, err error) {
+	if ctx.Err() == nil {
+		t := time.NewTimer(alertWait)
+		select {
+		case <-s.done:
+		case <-t.C:
+		}
+		t.Stop()
+	}
+	s.fail(err)
 }
 
 // Receive returns the next message.
@@ -411,6 +458,16 @@ func (s *Session) readLoop() {
 func (s *Session) handle(frame []byte) error {
 	if len(frame) == 0 {
 		return reason.New(reason.Malformed, "empty frame")
+	}
+	// Nothing is accepted once the session has ended or expired, even before the maintenance goroutine
+	// notices the expiry.
+	select {
+	case <-s.done:
+		return s.err
+	default:
+	}
+	if exp := s.Expires(); !s.cfg.Clock().Before(exp) {
+		return reason.New(reason.SessionExpired, "the session was not re-authenticated before %s", exp.UTC().Format(time.RFC3339))
 	}
 	switch frame[0] {
 	case handshake.FrameEnvelope:
@@ -509,6 +566,14 @@ func (s *Session) handleRecord(typ byte, body []byte) error {
 		if s.role != Initiator {
 			return reason.New(reason.UnexpectedMessage, "re-authentication request sent to the responder")
 		}
+		if !s.allowReauth(&s.requests) {
+			// Refused, not fatal: the session goes on (the peer closes it at its expiry if it insists).
+			err := reason.New(reason.ReauthRateLimited, "the peer asked for re-authentication more than %d times in a row, faster than one per %s: request refused",
+				s.cfg.ReauthBurst, s.cfg.reauthEvery())
+			s.cfg.Logger.Warn("re-authentication request refused", "peer", s.Peer().ID, "err", err)
+			s.cfg.event(Event{Kind: "reauth_refused", Role: s.role, Peer: s.Peer().ID.String(), Err: err, SessionID: s.ID()})
+			return nil
+		}
 		go func() {
 			if err := s.Reauthenticate(context.Background()); err != nil {
 				s.cfg.Logger.Warn("re-authentication requested by the peer failed", "peer", s.Peer().ID, "err", err)
@@ -560,7 +625,7 @@ func (s *Session) Reauthenticate(ctx context.Context) error {
 	s.pendingI, s.pendingAt = in, s.cfg.Clock()
 	s.mu.Unlock()
 	if err := s.writeRecord(ctx, recHello, hello); err != nil {
-		s.fail(err)
+		s.failWrite(ctx, err)
 		return err
 	}
 	return s.awaitReauth(ctx, wait)
@@ -592,6 +657,10 @@ func (s *Session) onReHello(ctx context.Context, body []byte) error {
 	s.mu.Unlock()
 	if busy {
 		return reason.New(reason.UnexpectedMessage, "re-authentication hello out of turn")
+	}
+	if !s.allowReauth(&s.reHellos) {
+		return reason.New(reason.ReauthRateLimited, "the initiator re-authenticated more than %d times in a row, faster than one per %s",
+			s.cfg.ReauthBurst, s.cfg.reauthEvery())
 	}
 	r := &responder{cfg: s.cfg, reauthOf: peer, remote: peer.RemoteAddr}
 	ch, err := r.onHello(ctx, body)
@@ -653,7 +722,7 @@ func (s *Session) onReEstablished(frame []byte) error {
 	}
 	s.recv = recv
 	s.storeDelegation(in.peer)
-	s.completeReauth(in.peer, keys.SessionID, est)
+	s.completeReauth(in.peer, in.loc.keys, keys.SessionID, est)
 	return nil
 }
 
@@ -676,7 +745,7 @@ func (s *Session) onReResponse(ctx context.Context, body []byte) error {
 	next := s.epoch + 1
 	s.mu.Unlock()
 	est := r.established(peer, keys)
-	frame, send, err := sealEstablished(keys.R2I, next, th, est)
+	frame, send, err := sealEstablished(keys.R2I, next, th, s.cfg.alterEstablished(est))
 	if err != nil {
 		return err
 	}
@@ -690,7 +759,7 @@ func (s *Session) onReResponse(ctx context.Context, body []byte) error {
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
 	s.recv = recv
-	s.completeReauth(peer, keys.SessionID, est)
+	s.completeReauth(peer, r.loc.keys, keys.SessionID, est)
 	if err := s.conn.WriteFrame(ctx, frame); err != nil {
 		return err
 	}
@@ -704,14 +773,14 @@ func (s *Session) storeDelegation(peer *Peer) {
 	}
 }
 
-func (s *Session) completeReauth(peer *Peer, sid []byte, est *handshake.Established) {
+func (s *Session) completeReauth(peer *Peer, local *delegation.Keys, sid []byte, est *handshake.Established) {
 	s.mu.Lock()
 	if peer.RemoteAddr == "" {
 		peer.RemoteAddr = s.peer.RemoteAddr
 	}
 	s.peer, s.sessionID = peer, append([]byte(nil), sid...)
 	s.epoch++
-	s.setTimes(est, s.cfg.Clock())
+	s.setTimes(est, local, s.cfg.Clock())
 	s.pendingI, s.pendingR, s.pendingKeys, s.pendingTH = nil, nil, nil, nil
 	close(s.reauthed)
 	s.reauthed = make(chan struct{})
@@ -815,4 +884,29 @@ func (s *Session) Close() error {
 func (s *Session) String() string {
 	p := s.Peer()
 	return fmt.Sprintf("session %x (%s with %s)", s.ID(), s.role, p.ID)
+}
+
+// rateLimit is a token bucket for the re-authentications a peer causes (s.mu guards it).
+type rateLimit struct {
+	tokens float64
+	last   time.Time
+}
+
+// allowReauth takes a token from l: ReauthBurst in a row, then one per reauthEvery.
+func (s *Session) allowReauth(l *rateLimit) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	now, burst := s.cfg.Clock(), float64(s.cfg.ReauthBurst)
+	if l.last.IsZero() {
+		l.tokens, l.last = burst, now
+	}
+	if el := now.Sub(l.last); el > 0 {
+		l.tokens = min(burst, l.tokens+float64(el)/float64(s.cfg.reauthEvery()))
+		l.last = now
+	}
+	if l.tokens < 1 {
+		return false
+	}
+	l.tokens--
+	return true
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/custos-agent/custos/agent/delegation"
 	"github.com/custos-agent/custos/agent/envelope"
 	"github.com/custos-agent/custos/agent/reason"
+	"github.com/custos-agent/custos/agent/replay"
 	"github.com/custos-agent/custos/agent/suite"
 	"github.com/custos-agent/custos/keystore"
 )
@@ -191,6 +192,46 @@ func TestReauthentication(t *testing.T) {
 		t.Fatalf("responder sees generation %d after the initiator rotated", sb.Peer().State.Generation)
 	}
 	exchange(t, sa, sb, 5)
+
+	// A re-authentication as another agent is refused (issue 21 item 3). Each layer on its own: the
+	// re-hello's same-agents check, then (a responder whose re-hello check let it through) the same-peer
+	// check on the verified response.
+	t.Run("as another agent: the re-hello", func(t *testing.T) {
+		a, b, c := newAgent(t), newAgent(t), newAgent(t)
+		sa, sb := mustConnect(t, a, b)
+		a.setLog(&c.id.Log) // a's process now speaks as c (its keys and its log)
+		if _, err := a.mgr.SetIdentity(bg, c.id.Current(), c.id.State); err != nil {
+			t.Fatal(err)
+		}
+		err := sa.Reauthenticate(bg)
+		<-sb.Done()
+		expect(t, "responder", sb.Err(), reason.WrongRecipient, "between the same two agents")
+		expectAlert(t, "initiator", err, reason.WrongRecipient)
+	})
+	t.Run("as another agent: the verified response", func(t *testing.T) {
+		a, b, c := newAgent(t), newAgent(t), newAgent(t)
+		_, sb := mustConnect(t, a, b)
+		// c's initiator and b's responder state as if b's re-hello check had admitted c's hello.
+		in, hello, err := newInitiator(bg, mustCheck(t, c.cfg), b.ID())
+		if err != nil {
+			t.Fatal(err)
+		}
+		r := &responder{cfg: sb.cfg}
+		ch, err := r.onHello(bg, hello)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r.reauthOf = sb.Peer()
+		resp, err := in.onChallenge(bg, ch)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sb.mu.Lock()
+		sb.pendingR = r
+		sb.mu.Unlock()
+		err = sb.onReResponse(bg, resp)
+		expect(t, "responder", err, reason.WrongRecipient, "re-authenticated as")
+	})
 }
 
 func TestAutomaticReauthAndExpiry(t *testing.T) {
@@ -303,7 +344,9 @@ func TestStoreAndForward(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rx := &envelope.Receiver{LocalID: b.ID().String(), Resolver: b.peers, Replay: b.replay, Keys: func() []*suite.EncryptionKey {
+	// A replay cache that has run for longer than the window (the restart barrier is behind it).
+	rc := replay.New(replay.Config{Start: time.Now().Add(-time.Minute)})
+	rx := &envelope.Receiver{LocalID: b.ID().String(), Resolver: b.peers, Replay: rc, Keys: func() []*suite.EncryptionKey {
 		var out []*suite.EncryptionKey
 		for _, k := range b.mgr.Live() {
 			out = append(out, k.Encryption())

@@ -1,0 +1,51 @@
+package daemon
+
+import (
+	"context"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/custos-agent/custos/agent/consensus"
+	"github.com/custos-agent/custos/agent/control"
+	"github.com/custos-agent/custos/agent/internal/agenttest"
+	"github.com/custos-agent/custos/keystore"
+)
+
+// TestDurationArgsDoNotWrap: a count of seconds or milliseconds from a control request is bounded before
+// it becomes a time.Duration. 18446744074+60 s is 2^64 ns plus about 60 s: multiplied into nanoseconds it
+// wrapped to a 60 s grant (issue 12 item 2); 18446744073710 ms wrapped to a 0.45 ms wait.
+func TestDurationArgsDoNotWrap(t *testing.T) {
+	ctx := context.Background()
+	home, cust := testHome(t)
+	self := cust.ID().String()
+	cfgPath := filepath.Join(home, "agent.yaml")
+	cfg, digest := writeConfig(t, cfgPath, "metrics: {disabled: true}\nauthorization: {admins: ["+self+"]}\n")
+	d, err := Start(ctx, Options{Home: home, Config: cfg, ConfigDigest: digest, ConfigPath: cfgPath, Custody: cust, Logger: quietLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Shutdown(ctx)
+	sock := filepath.Join(home, ControlFile)
+	peer := agenttest.NewIdentity(t, keystore.Ed25519).ID().String()
+	const wrapSeconds = 18446744074 + 60
+	const wrapMillis = 18446744073710
+	cases := []struct {
+		name, op string
+		args     any
+		phrase   string
+	}{
+		{"grant ttl", OpGrantIssue, GrantIssueArgs{Subject: peer, Role: "peer_node", TTLSeconds: wrapSeconds}, "--expires"},
+		{"stake table ttl", OpStakeSign, StakeSignArgs{Stakes: []consensus.Stake{{Agent: peer, Amount: 1}}, TTLSeconds: wrapSeconds}, "--expires"},
+		{"task.get wait", OpTaskGet, GetArgs{TaskID: "AAAAAAAAAAAAAAAAAAAAAA", WaitMS: wrapMillis}, "wait of"},
+		{"task.replicate wait", OpTaskReplicate, ReplicateArgs{Handler: "sha256", Input: []byte("x"), Redundancy: 1, WaitMS: wrapMillis}, "wait of"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			err := control.Call(ctx, sock, c.op, c.args, nil)
+			if control.CodeOf(err) != control.CodeBadRequest || !strings.Contains(err.Error(), c.phrase) {
+				t.Fatalf("got %v, want %s saying %q", err, control.CodeBadRequest, c.phrase)
+			}
+		})
+	}
+}
