@@ -1,6 +1,8 @@
 package host
 
 import (
+	"github.com/custos-agent/custos/transports/host/sandbox"
+
 	"context"
 	"fmt"
 	"log/slog"
@@ -69,6 +71,16 @@ func (t *Transport) Name() string { return t.cfg.Name }
 
 // Restarts is the number of restarts so far.
 func (t *Transport) Restarts() uint64 { return t.restarts.Load() }
+
+// Sandbox reports what confines the current plugin process (zero while none runs).
+func (t *Transport) Sandbox() sandbox.Protections {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.inst == nil {
+		return sandbox.Protections{}
+	}
+	return t.inst.prot
+}
 
 // PID is the current plugin process ID, 0 while none runs.
 func (t *Transport) PID() int {
