@@ -31,6 +31,11 @@ func TestMain(m *testing.M) {
 		p, err = plugintest.BuildPath(dir, "evil", "github.com/custos-agent/custos/transports/host/testdata/evil")
 		bins["evil"] = p
 	}
+	if err == nil {
+		var p string
+		p, err = plugintest.BuildPath(dir, "attack", "github.com/custos-agent/custos/transports/host/testdata/attack")
+		bins["attack"] = p
+	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		_ = os.RemoveAll(dir)
