@@ -16,6 +16,7 @@ import (
 	"github.com/custos-agent/custos/audit"
 	"github.com/custos-agent/custos/keystore"
 	"github.com/custos-agent/custos/keystore/software"
+	"github.com/custos-agent/custos/transports/host/sandbox"
 )
 
 func quietLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
@@ -65,6 +66,10 @@ func TestDaemonWithoutTransports(t *testing.T) {
 	d, err := Start(ctx, Options{Home: home, Config: cfg, ConfigDigest: digest, ConfigPath: cfgPath, Custody: cust, Logger: quietLogger()})
 	if err != nil {
 		t.Fatal(err)
+	}
+	// No process of the agent's uid may read its memory or environment (ADR 0040).
+	if dumpable, err := sandbox.Dumpable(); err != nil || dumpable {
+		t.Errorf("the daemon's process is dumpable (%v, %v)", dumpable, err)
 	}
 	sock := filepath.Join(home, ControlFile)
 	if fi, err := os.Stat(sock); err != nil || fi.Mode().Perm() != 0o600 {

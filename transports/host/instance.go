@@ -1,8 +1,6 @@
 package host
 
 import (
-	"github.com/custos-agent/custos/transports/host/sandbox"
-
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
@@ -22,6 +20,7 @@ import (
 
 	"github.com/custos-agent/custos/transports"
 	"github.com/custos-agent/custos/transports/binding"
+	"github.com/custos-agent/custos/transports/host/sandbox"
 	"github.com/custos-agent/custos/transports/internal/flow"
 	pb "github.com/custos-agent/custos/transports/proto"
 )

@@ -1,8 +1,6 @@
 package host
 
 import (
-	"github.com/custos-agent/custos/transports/host/sandbox"
-
 	"context"
 	"fmt"
 	"log/slog"
@@ -12,6 +10,7 @@ import (
 	"time"
 
 	"github.com/custos-agent/custos/transports"
+	"github.com/custos-agent/custos/transports/host/sandbox"
 )
 
 // Transport is one supervised transport plugin. It stays usable across plugin restarts: Listen's

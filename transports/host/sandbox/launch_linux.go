@@ -407,3 +407,19 @@ func elfInterp(f *os.File) (string, error) {
 	}
 	return "", nil
 }
+
+// SetNonDumpable makes this process non-dumpable (PR_SET_DUMPABLE 0): no process of the same uid can
+// ptrace it or read its /proc/<pid>/mem and environ, and it leaves no core dump. The agent calls it
+// first thing.
+func SetNonDumpable() error {
+	if err := unix.Prctl(unix.PR_SET_DUMPABLE, 0, 0, 0, 0); err != nil {
+		return fmt.Errorf("prctl(PR_SET_DUMPABLE, 0): %w", err)
+	}
+	return nil
+}
+
+// Dumpable reports whether this process is dumpable.
+func Dumpable() (bool, error) {
+	v, err := unix.PrctlRetInt(unix.PR_GET_DUMPABLE, 0, 0, 0, 0)
+	return v != 0, err
+}

@@ -49,3 +49,9 @@ func (l *Launch) Abort() {}
 
 // Cleanup does nothing off Linux.
 func (l *Launch) Cleanup() {}
+
+// SetNonDumpable does nothing off Linux.
+func SetNonDumpable() error { return nil }
+
+// Dumpable reports true off Linux (no way to tell).
+func Dumpable() (bool, error) { return true, nil }

@@ -294,13 +294,16 @@ var allowed = []string{
 	"eventfd2", "epoll_create", "epoll_create1", "epoll_ctl", "epoll_wait", "epoll_pwait", "epoll_pwait2",
 	"poll", "ppoll", "select", "pselect6", "inotify_init1", "inotify_add_watch", "inotify_rm_watch",
 	// network
-	"socket", "socketpair", "connect", "accept", "accept4", "bind", "listen", "shutdown", "getsockname",
+	"socketpair", "connect", "accept", "accept4", "bind", "listen", "shutdown", "getsockname",
 	"getpeername", "setsockopt", "getsockopt", "sendto", "recvfrom", "sendmsg", "recvmsg", "sendmmsg", "recvmmsg",
 }
 
 // cloneThreadFlags: threads only (CLONE_THREAD set); fork and new namespaces are refused.
 const cloneNSFlags = unix.CLONE_NEWNS | unix.CLONE_NEWUSER | unix.CLONE_NEWPID | unix.CLONE_NEWNET |
 	unix.CLONE_NEWIPC | unix.CLONE_NEWUTS | unix.CLONE_NEWCGROUP
+
+// ipprotoMPTCP is IPPROTO_MPTCP.
+const ipprotoMPTCP = 262
 
 func applySeccomp() error {
 	info, err := arch.GetInfo("")
@@ -322,6 +325,11 @@ func applySeccomp() error {
 				{Name: "clone", Conditions: seccomp.ArgumentConditions{
 					{Argument: 0, Operation: seccomp.BitsSet, Value: unix.CLONE_THREAD},
 					{Argument: 0, Operation: seccomp.BitsNotSet, Value: cloneNSFlags},
+				}},
+				// sockets, but not Multipath TCP, which Landlock's TCP port rules do not see (Go falls
+				// back to TCP)
+				{Name: "socket", Conditions: seccomp.ArgumentConditions{
+					{Argument: 2, Operation: seccomp.NotEqual, Value: ipprotoMPTCP},
 				}},
 				// the one exec: the checked plugin descriptor, by AT_EMPTY_PATH
 				{Name: "execveat", Conditions: seccomp.ArgumentConditions{
