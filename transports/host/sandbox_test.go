@@ -134,7 +134,7 @@ func runAttack(t *testing.T, mode sandbox.Mode) (*agentHome, map[string]attackRe
 		"ATTACK_CONTROL_STATUS=status", "ATTACK_CONTROL_GRANT=grant", "ATTACK_KEY=" + home.key, "ATTACK_PIN=" + home.pin,
 		"ATTACK_ABSTRACT=" + home.abstract}
 	h := plugintest.Start(t, cfg)
-	<-al.done // written before the plugin's handshake, which Start waited for
+	<-al.done // the attack's last report
 	al.mu.Lock()
 	defer al.mu.Unlock()
 	return home, al.results, h.T.Sandbox()

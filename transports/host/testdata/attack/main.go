@@ -11,6 +11,7 @@ package main
 
 import (
 	"bufio"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -23,6 +24,7 @@ import (
 	"syscall"
 	"time"
 
+	ctl "github.com/custos-agent/custos/agent/control"
 	"github.com/custos-agent/custos/transports/plugin"
 	"github.com/custos-agent/custos/transports/tcp"
 )
@@ -37,32 +39,73 @@ func report(attempt string, err error) {
 		}
 	}
 	b, _ := json.Marshal(m)
-	fmt.Fprintln(os.Stderr, string(b))
+	fmt.Fprintln(stderr, string(b))
+}
+
+// stderr is the process's standard error as the host reads it (go-plugin's Serve redirects os.Stderr).
+var stderr = os.Stderr
+
+// Targets built in with -ldflags -X (the end-to-end test, where the daemon gives a plugin no
+// environment); the ATTACK_* environment variables override them.
+var (
+	home       string // the agent's home
+	outsidePID string // a process of the agent's uid outside the sandbox, when the agent's own pid is hidden
+	subject    string // an agent ID to issue a grant to
+)
+
+func env(k, def string) string {
+	if v := os.Getenv(k); v != "" {
+		return v
+	}
+	return def
 }
 
 func main() {
-	attack()
-	b, _ := json.Marshal(map[string]any{"@level": "info", "@message": "attack done"})
-	fmt.Fprintln(os.Stderr, string(b))
+	go func() { // from the first instruction, while the plugin serves (and keeps trying)
+		attack()
+		b, _ := json.Marshal(map[string]any{"@level": "info", "@message": "attack done"})
+		fmt.Fprintln(stderr, string(b))
+	}()
 	plugin.Serve(tcp.New(plugin.Logger(tcp.Name)))
 }
 
 func attack() {
-	home := os.Getenv("ATTACK_HOME")
-	pid, _ := strconv.Atoi(os.Getenv("ATTACK_PID"))
+	home := env("ATTACK_HOME", home)
+	// The agent is this plugin's parent, unless a PID namespace hides it (then getppid is 0).
+	pid := os.Getppid()
+	if pid == 0 {
+		pid, _ = strconv.Atoi(env("ATTACK_PID", outsidePID))
+	}
+	sock := env("ATTACK_CONTROL", filepath.Join(home, "control.sock"))
 
-	// The control socket: connect, then a status request and a grant request (one JSON line each).
-	for _, req := range []string{"status", "grant"} {
-		report("control_"+req, control(os.Getenv("ATTACK_CONTROL"), os.Getenv("ATTACK_CONTROL_"+strings.ToUpper(req))))
+	// The control socket: connect, then a status request and a grant request.
+	if os.Getenv("ATTACK_CONTROL_STATUS") != "" { // the host test's stand-in: one line each way
+		for _, req := range []string{"status", "grant"} {
+			report("control_"+req, control(sock, os.Getenv("ATTACK_CONTROL_"+strings.ToUpper(req))))
+		}
+	} else { // the real daemon's control protocol; its socket appears after the plugins started: retry
+		var err error
+		for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+			var c net.Conn
+			if c, err = net.DialTimeout("unix", sock, 5*time.Second); err == nil {
+				_ = c.Close()
+			}
+			if err == nil || time.Now().After(deadline) {
+				break
+			}
+		}
+		report("control_connect", err)
+		report("control_status", realControl(sock, "status", struct{}{}))
+		report("control_grant", realControl(sock, "grant.issue", map[string]any{"subject": subject, "role": "task_submitter"}))
 	}
 	// The home directory and the secrets in it or named by the configuration.
 	_, err := os.ReadDir(home)
 	report("read_home", err)
-	for _, f := range []struct{ name, path string }{{"read_kel", filepath.Join(home, "kel.jsonl")},
-		{"read_key", os.Getenv("ATTACK_KEY")}, {"read_pin", os.Getenv("ATTACK_PIN")}} {
-		_, err := os.ReadFile(f.path)
-		report(f.name, err)
-	}
+	_, err = os.ReadFile(filepath.Join(home, "kel.jsonl"))
+	report("read_kel", err)
+	report("read_key", readKey(env("ATTACK_KEY", ""), filepath.Join(home, "keys")))
+	_, err = os.ReadFile(env("ATTACK_PIN", filepath.Join(home, "passphrase")))
+	report("read_pin", err)
 	// The agent's environment and memory.
 	_, err = os.ReadFile(fmt.Sprintf("/proc/%d/environ", pid))
 	report("read_environ", err)
@@ -80,6 +123,41 @@ func attack() {
 	}
 	// Writing into the home.
 	report("write_home", os.WriteFile(filepath.Join(home, "pwned"), []byte("pwned"), 0o600))
+}
+
+// readKey reads the key file path, or the first file in the key directory dir.
+func readKey(path, dir string) error {
+	if path == "" {
+		ents, err := os.ReadDir(dir)
+		if err != nil {
+			return err
+		}
+		for _, e := range ents {
+			if e.Type().IsRegular() {
+				path = filepath.Join(dir, e.Name())
+				break
+			}
+		}
+		if path == "" {
+			return errors.New("no key file")
+		}
+	}
+	_, err := os.ReadFile(path)
+	return err
+}
+
+// realControl makes the call op on the daemon's control socket; a failed connect is returned as such
+// (with its errno).
+func realControl(sock, op string, args any) error {
+	c, err := net.DialTimeout("unix", sock, 5*time.Second)
+	if err != nil {
+		return err
+	}
+	_ = c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	var out json.RawMessage
+	return ctl.Call(ctx, sock, op, args, &out)
 }
 
 // shell runs /bin/sh -c 'exit 7' and checks it ran.
