@@ -88,7 +88,7 @@ func logfmt(line string) map[string]string {
 // with "sandbox: off" they succeed, so the test can fail.
 func TestSandboxedPluginAttack(t *testing.T) {
 	attempts := []string{"control_connect", "control_status", "control_grant", "read_home", "read_kel", "read_key",
-		"read_pin", "read_environ", "read_mem", "ptrace", "exec_sh", "write_home"}
+		"read_pin", "read_environ", "read_mem", "ptrace", "exec_sh", "capabilities", "write_home"}
 	for _, tc := range []struct {
 		name      string
 		yaml      string
@@ -111,7 +111,8 @@ func TestSandboxedPluginAttack(t *testing.T) {
 				"read_home": syscall.ENOENT, "read_kel": syscall.ENOENT, "read_key": syscall.ENOENT, "read_pin": syscall.ENOENT,
 				"read_environ": syscall.ENOENT, "read_mem": syscall.ENOENT, // no /proc
 				"ptrace": syscall.EPERM, "exec_sh": syscall.EPERM, // seccomp
-				"write_home": syscall.ENOENT,
+				"capabilities": syscall.EPERM, // none
+				"write_home":   syscall.ENOENT,
 			}
 			for _, at := range attempts {
 				r, ok := res[at]

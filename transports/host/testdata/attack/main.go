@@ -23,6 +23,7 @@ import (
 	"strings"
 	"syscall"
 	"time"
+	"unsafe"
 
 	ctl "github.com/custos-agent/custos/agent/control"
 	"github.com/custos-agent/custos/transports/plugin"
@@ -121,6 +122,8 @@ func attack() {
 		}
 		report("abstract_socket", err)
 	}
+	// Capabilities (root's, or a user namespace's root's).
+	report("capabilities", caps())
 	// Writing into the home.
 	report("write_home", os.WriteFile(filepath.Join(home, "pwned"), []byte("pwned"), 0o600))
 }
@@ -158,6 +161,22 @@ func realControl(sock, op string, args any) error {
 	defer cancel()
 	var out json.RawMessage
 	return ctl.Call(ctx, sock, op, args, &out)
+}
+
+// caps succeeds when this process holds any effective capability.
+func caps() error {
+	hdr := struct {
+		version uint32
+		pid     int32
+	}{0x20080522, 0} // _LINUX_CAPABILITY_VERSION_3
+	var data [2]struct{ effective, permitted, inheritable uint32 }
+	if _, _, e := syscall.RawSyscall(syscall.SYS_CAPGET, uintptr(unsafe.Pointer(&hdr)), uintptr(unsafe.Pointer(&data[0])), 0); e != 0 {
+		return e
+	}
+	if data[0].effective == 0 && data[1].effective == 0 {
+		return syscall.EPERM // none: report as refused
+	}
+	return nil
 }
 
 // shell runs /bin/sh -c 'exit 7' and checks it ran.
