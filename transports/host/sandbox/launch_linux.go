@@ -193,7 +193,15 @@ func Wrap(cmd *exec.Cmd, o Options) (*Launch, error) {
 	s.ReadDirs, s.ReadFiles = libDirs, files
 	root := ""
 	if useNS {
-		if root, err = os.MkdirTemp("", "custos-sandbox-"); err != nil {
+		// The new root's mountpoint lives in go-plugin's per-launch directory, which go-plugin removes
+		// with the plugin.
+		if o.SocketDir != "" {
+			root = filepath.Join(o.SocketDir, ".root")
+			err = os.Mkdir(root, 0o700)
+		} else {
+			root, err = os.MkdirTemp("", "custos-sandbox-")
+		}
+		if err != nil {
 			return nil, fmt.Errorf("sandbox: %w", err)
 		}
 		s.Root = root

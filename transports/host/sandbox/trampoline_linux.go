@@ -155,7 +155,9 @@ func buildRoot(s *spec) error {
 			}
 			_ = f.Close()
 		}
-		if err := unix.Mount(b.Src, dst, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
+		// Not recursive: nothing mounted below a source comes along (the socket directory holds the
+		// new root's own mountpoint).
+		if err := unix.Mount(b.Src, dst, "", unix.MS_BIND, ""); err != nil {
 			return fmt.Errorf("bind %s: %w", b.Src, err)
 		}
 		var st unix.Statfs_t
