@@ -2,6 +2,8 @@ package e2e
 
 import (
 	"errors"
+	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -157,6 +159,25 @@ func TestSandboxedPluginAttack(t *testing.T) {
 			}
 			if out, code := a.run("status"); code != 0 || !strings.Contains(out, "SANDBOX") || !strings.Contains(out, tr.Sandbox) {
 				t.Errorf("agentctl status (exit %d) does not show the sandbox %q:\n%s", code, tr.Sandbox, out)
+			}
+			// The audit record of the start lists the protections, and /metrics has a gauge per protection.
+			if out, code := a.run("audit", "query", "--type", "plugin.started", "--json"); code != 0 || !strings.Contains(out, `"sandbox":"`+tr.Sandbox+`"`) {
+				t.Errorf("audit plugin.started (exit %d) does not record the sandbox %q:\n%s", code, tr.Sandbox, out)
+			}
+			resp, err := http.Get(st.Metrics)
+			if err != nil {
+				t.Fatal(err)
+			}
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			gauge := "0"
+			if tc.sandboxed {
+				gauge = "1"
+			}
+			for _, p := range []string{"landlock", "seccomp", "userns", "mntns", "pidns", "no_new_privs", "caps_dropped"} {
+				if line := `custos_plugin_sandbox{plugin="tcp",protection="` + p + `"} ` + gauge; !strings.Contains(string(body), line) {
+					t.Errorf("/metrics lacks %q", line)
+				}
 			}
 		})
 	}
