@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"context"
+	"errors"
 	"io"
 	"log/slog"
 	"os"
@@ -16,6 +17,7 @@ import (
 	"github.com/custos-agent/custos/audit"
 	"github.com/custos-agent/custos/keystore"
 	"github.com/custos-agent/custos/keystore/software"
+	"github.com/custos-agent/custos/transports/host"
 	"github.com/custos-agent/custos/transports/host/sandbox"
 )
 
@@ -213,5 +215,32 @@ func TestStartRefusesWrongPluginChecksum(t *testing.T) {
 		if _, err := os.Stat(filepath.Join(home, f)); !os.IsNotExist(err) {
 			t.Errorf("%s exists after a refused start (%v)", f, err)
 		}
+	}
+}
+
+// TestStartRefusesPluginWithoutRequiredSandbox simulates a kernel without Landlock: with the default
+// transports[].sandbox (required) the daemon does not start the plugin and says which protection is
+// missing and why.
+func TestStartRefusesPluginWithoutRequiredSandbox(t *testing.T) {
+	home, cust := testHome(t)
+	plugin := filepath.Join(home, "transport-fake")
+	if err := os.WriteFile(plugin, []byte("#!/bin/sh\nexit 1\n"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	sum, err := host.FileSHA256(plugin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfgPath := filepath.Join(home, "agent.yaml")
+	cfg, _ := writeConfig(t, cfgPath, "transports:\n  - name: tcp\n    plugin: "+plugin+"\n    sha256: "+sum+"\n")
+	probe := func() sandbox.Kernel {
+		k := sandbox.ProbeKernel()
+		k.LandlockABI, k.LandlockErr = 0, "simulated: landlock_create_ruleset: ENOSYS"
+		return k
+	}
+	_, err = Start(context.Background(), Options{Home: home, Config: cfg, ConfigPath: cfgPath, Custody: cust, Logger: quietLogger(), SandboxProbe: probe})
+	if !errors.Is(err, sandbox.ErrMissing) || !strings.Contains(err.Error(), "transport tcp") ||
+		!strings.Contains(err.Error(), "landlock (simulated: landlock_create_ruleset: ENOSYS)") {
+		t.Fatalf("err %v, want the missing landlock named", err)
 	}
 }
