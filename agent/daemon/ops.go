@@ -18,6 +18,7 @@ import (
 	"github.com/custos-agent/custos/agent/rbac"
 	"github.com/custos-agent/custos/agent/reputation"
 	"github.com/custos-agent/custos/agent/tasks"
+	"github.com/custos-agent/custos/transports/host/sandbox"
 )
 
 // Control operations (agent/control protocol) and their arguments and results.
@@ -75,6 +76,10 @@ type TransportStatus struct {
 	Running  bool     `json:"running"`
 	Restarts uint64   `json:"restarts"`
 	Listen   []string `json:"listen"`
+	// Sandbox summarises the protections of the current plugin process (ADR 0040), e.g. "landlock v7,
+	// seccomp, userns, mntns, pidns, no_new_privs, caps_dropped, uid 65534"; SandboxDetail has each.
+	Sandbox       string              `json:"sandbox"`
+	SandboxDetail sandbox.Protections `json:"sandbox_detail"`
 }
 
 // Status is the answer to OpStatus.
@@ -111,6 +116,8 @@ func (d *Daemon) opStatus(ctx context.Context, _ rbac.Cred, raw json.RawMessage)
 	for _, name := range d.transportNames() {
 		ts := d.transports[name]
 		st := TransportStatus{Name: name, Plugin: ts.cfg.Plugin, SHA256: ts.cfg.SHA256, PID: ts.t.PID(), Running: ts.t.PID() != 0, Restarts: ts.t.Restarts()}
+		st.SandboxDetail = ts.t.Sandbox()
+		st.Sandbox = st.SandboxDetail.String()
 		for _, l := range ts.listeners {
 			st.Listen = append(st.Listen, l.Addrs()...)
 		}

@@ -15,6 +15,7 @@ import (
 
 	"github.com/custos-agent/custos/agent/control"
 	"github.com/custos-agent/custos/agent/daemon"
+	"github.com/custos-agent/custos/transports/host/sandbox"
 )
 
 // version is reported by the daemon (status, audit).
@@ -47,6 +48,11 @@ func runCommand() *cli.Command {
 func runDaemon(c *cli.Context) error {
 	if c.NArg() > 0 {
 		return usagef("run takes no arguments (got %q)", c.Args().First())
+	}
+	// Before any secret (passphrase, PIN) is read: no process of this uid may read this one's memory or
+	// environment (ADR 0040).
+	if err := sandbox.SetNonDumpable(); err != nil {
+		return err
 	}
 	s, err := newSession(c)
 	if err != nil {
