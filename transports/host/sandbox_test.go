@@ -7,13 +7,18 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"os/exec"
+	"os/user"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/custos-agent/custos/transports/host"
 	"github.com/custos-agent/custos/transports/host/sandbox"
@@ -276,5 +281,114 @@ func TestSandboxRequiredProtectionMissing(t *testing.T) {
 				t.Errorf("best-effort protections %s", prot)
 			}
 		})
+	}
+}
+
+// capDaemonEnv names the attack plugin's path in the re-executed test binary of
+// TestSandboxCapableDaemonDropsUID (and says that it is that child).
+const capDaemonEnv = "CUSTOS_TEST_CAP_DAEMON_PLUGIN"
+
+// capDaemonUID is the unprivileged uid (and gid) the re-executed test binary runs as.
+const capDaemonUID = 4242
+
+// TestSandboxCapableDaemonDropsUID runs the real launcher as the shipped systemd unit runs the daemon
+// (configs/custos.service): an unprivileged uid holding CAP_SETUID, CAP_SETGID and CAP_CHOWN as ambient
+// capabilities. The test binary re-executes itself as that daemon; there, the attack plugin is started
+// with sandbox "required", and its process must run as the dedicated account (custos-transport, or 65534
+// when absent), not as the daemon's uid, with every attack still failing and uid_drop reported.
+func TestSandboxCapableDaemonDropsUID(t *testing.T) {
+	if os.Getenv(capDaemonEnv) != "" {
+		capDaemon(t)
+		return
+	}
+	if os.Geteuid() != 0 {
+		t.Skip("starting a daemon with ambient capabilities needs root (CI runs as root)")
+	}
+	// The plugin where the daemon's uid can open it (owned by root, like an installed plugin).
+	dir, err := os.MkdirTemp("", "cxcap")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = os.RemoveAll(dir) })
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	plug := filepath.Join(dir, "attack")
+	copyFile(t, bins["attack"], plug, 0o755)
+	cmd := exec.Command("/proc/self/exe", "-test.run", "^TestSandboxCapableDaemonDropsUID$", "-test.v", "-test.count=1")
+	cmd.Env = append(os.Environ(), capDaemonEnv+"="+plug)
+	cmd.SysProcAttr = &syscall.SysProcAttr{
+		Credential:  &syscall.Credential{Uid: capDaemonUID, Gid: capDaemonUID, Groups: []uint32{}},
+		AmbientCaps: []uintptr{unix.CAP_SETUID, unix.CAP_SETGID, unix.CAP_CHOWN},
+		Pdeathsig:   syscall.SIGKILL,
+	}
+	out, err := cmd.CombinedOutput()
+	t.Logf("the daemon (uid %d, ambient CAP_SETUID CAP_SETGID CAP_CHOWN):\n%s", capDaemonUID, out)
+	if err != nil {
+		t.Fatalf("the daemon's test failed: %v", err)
+	}
+	if !strings.Contains(string(out), "--- PASS: TestSandboxCapableDaemonDropsUID") {
+		t.Fatal("the daemon's test did not pass")
+	}
+}
+
+// capDaemon is the re-executed side of TestSandboxCapableDaemonDropsUID.
+func capDaemon(t *testing.T) {
+	if os.Getuid() != capDaemonUID {
+		t.Fatalf("running as uid %d, want %d", os.Getuid(), capDaemonUID)
+	}
+	if err := sandbox.SetNonDumpable(); err != nil { // as the daemon does first thing
+		t.Fatal(err)
+	}
+	want := 65534
+	if u, err := user.Lookup(sandbox.DefaultUser); err == nil {
+		want, _ = strconv.Atoi(u.Uid)
+	}
+	_, res, prot := runAttack(t, sandbox.Required)
+	for _, a := range attempts {
+		if r, ok := res[a]; !ok || r.ok {
+			t.Errorf("%s: %+v (no report, or succeeded inside the sandbox)", a, r)
+		}
+	}
+	// The plugin is this process's child (the trampoline executed it); its host uid from /proc.
+	var plugins []int
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile("/proc/" + e.Name() + "/status")
+		if err != nil {
+			continue
+		}
+		var ppid int
+		var uids []string
+		for _, line := range strings.Split(string(b), "\n") {
+			if v, ok := strings.CutPrefix(line, "PPid:"); ok {
+				ppid, _ = strconv.Atoi(strings.TrimSpace(v))
+			}
+			if v, ok := strings.CutPrefix(line, "Uid:"); ok {
+				uids = strings.Fields(v)
+			}
+		}
+		if ppid != os.Getpid() {
+			continue
+		}
+		plugins = append(plugins, pid)
+		for i, u := range uids { // real, effective, saved, filesystem
+			if n, _ := strconv.Atoi(u); n != want {
+				t.Errorf("plugin pid %d: uid[%d] %d, want the dedicated uid %d (the daemon's uid is %d)", pid, i, n, want, os.Getuid())
+			}
+		}
+	}
+	if len(plugins) != 1 {
+		t.Fatalf("plugin processes (children of the daemon): %v, want one", plugins)
+	}
+	if !prot.UIDDrop || prot.UID != want {
+		t.Errorf("protections %s (uid_drop %v), want uid_drop with uid %d", prot, prot.UIDDrop, want)
 	}
 }
