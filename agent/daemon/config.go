@@ -75,8 +75,9 @@ type TransportConfig struct {
 	// (start with what the kernel offers, reported in status, metrics and the audit log) or "off"
 	// (unconfined; for debugging only, logged as an error). ADR 0040.
 	Sandbox string `yaml:"sandbox"`
-	// User is the account the plugin runs as when the agent runs as root (default custos-transport if
-	// it exists, else uid/gid 65534). Leave empty when the agent is not root.
+	// User is the account the plugin runs as when the agent runs as root or with CAP_SETUID, CAP_SETGID
+	// and CAP_CHOWN, as configs/custos.service runs it (default custos-transport if it exists, else
+	// uid/gid 65534). Leave empty otherwise.
 	User string `yaml:"user"`
 }
 

@@ -57,8 +57,8 @@ type Config struct {
 	// a plugin when the kernel lacks a protection, sandbox.BestEffort starts it with what there is,
 	// sandbox.Off runs it unconfined (tests; the daemon logs it loudly).
 	Sandbox sandbox.Mode
-	// User is the account plugins run as when the agent runs as root (default sandbox.DefaultUser when
-	// it exists, else uid/gid 65534). Must be empty when the agent is not root.
+	// User is the account plugins run as when the agent runs as root or with CAP_SETUID, CAP_SETGID and
+	// CAP_CHOWN (default sandbox.DefaultUser when it exists, else uid/gid 65534). Must be empty otherwise.
 	User string
 	// BindPorts, when non-nil, are the only TCP ports the plugin may bind (Landlock; 0 = ephemeral).
 	BindPorts []uint16

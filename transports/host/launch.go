@@ -157,7 +157,7 @@ func (r *fdRunner) Start(ctx context.Context) error {
 		dropData()
 		return err
 	}
-	if err := r.cmd.Start(); err != nil {
+	if err := launch.Start(r.cmd); err != nil {
 		launch.Abort()
 		dropData()
 		return fmt.Errorf("start plugin %s: %w", r.path, err)

@@ -7,13 +7,18 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"os/exec"
+	"os/user"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/custos-agent/custos/transports/host"
 	"github.com/custos-agent/custos/transports/host/sandbox"
@@ -123,7 +128,7 @@ func newAgentHome(t *testing.T) *agentHome {
 }
 
 // runAttack starts the attack plugin with mode and returns its reports once it said it was done.
-func runAttack(t *testing.T, mode sandbox.Mode) (*agentHome, map[string]attackResult, sandbox.Protections) {
+func runAttack(t *testing.T, mode sandbox.Mode, mod ...func(*host.Config)) (*agentHome, map[string]attackResult, sandbox.Protections) {
 	t.Helper()
 	home := newAgentHome(t)
 	al := &attackLog{results: map[string]attackResult{}, done: make(chan struct{}), inner: plugintest.Logger(t).Handler()}
@@ -133,6 +138,9 @@ func runAttack(t *testing.T, mode sandbox.Mode) (*agentHome, map[string]attackRe
 	cfg.Env = []string{"ATTACK_HOME=" + home.dir, "ATTACK_PID=" + strconv.Itoa(os.Getpid()), "ATTACK_CONTROL=" + home.control,
 		"ATTACK_CONTROL_STATUS=status", "ATTACK_CONTROL_GRANT=grant", "ATTACK_KEY=" + home.key, "ATTACK_PIN=" + home.pin,
 		"ATTACK_ABSTRACT=" + home.abstract}
+	for _, m := range mod {
+		m(&cfg)
+	}
 	h := plugintest.Start(t, cfg)
 	select { // the attack's last report (a guard, not a timing assertion: the plugin reports within ms)
 	case <-al.done:
@@ -276,5 +284,177 @@ func TestSandboxRequiredProtectionMissing(t *testing.T) {
 				t.Errorf("best-effort protections %s", prot)
 			}
 		})
+	}
+}
+
+// capDaemonEnv names the attack plugin's path in the re-executed test binary of
+// TestSandboxCapableDaemonDropsUID (and says that it is that child); capDaemonPartial says that the
+// child holds CAP_SETUID and CAP_SETGID only.
+const (
+	capDaemonEnv     = "CUSTOS_TEST_CAP_DAEMON_PLUGIN"
+	capDaemonPartial = "CUSTOS_TEST_CAP_DAEMON_PARTIAL"
+)
+
+// capDaemonUID is the unprivileged uid (and gid) the re-executed test binary runs as.
+const capDaemonUID = 4242
+
+// TestSandboxCapableDaemonDropsUID runs the real launcher as the shipped systemd unit runs the daemon
+// (configs/custos.service): an unprivileged uid holding CAP_SETUID, CAP_SETGID and CAP_CHOWN as ambient
+// capabilities. The test binary re-executes itself as that daemon (non-dumpable, as the daemon makes
+// itself); there, the attack plugin is started with sandbox "required", and again with "best-effort" on
+// a simulated kernel without user namespaces. Its process must run as the dedicated account
+// (custos-transport, or 65534 when absent), not as the daemon's uid, with no capability, every attack
+// failing and uid_drop reported. A daemon with CAP_SETUID and CAP_SETGID but not CAP_CHOWN (the unit as
+// it was) is refused with sandbox "required", naming uid_drop and CAP_CHOWN.
+func TestSandboxCapableDaemonDropsUID(t *testing.T) {
+	if os.Getenv(capDaemonEnv) != "" {
+		capDaemon(t)
+		return
+	}
+	if os.Geteuid() != 0 {
+		t.Skip("starting a daemon with ambient capabilities needs root (CI runs as root)")
+	}
+	// The plugin where the daemon's uid can open it (owned by root, like an installed plugin).
+	dir, err := os.MkdirTemp("", "cxcap")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = os.RemoveAll(dir) })
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	plug := filepath.Join(dir, "attack")
+	copyFile(t, bins["attack"], plug, 0o755)
+	for _, tc := range []struct {
+		name string
+		caps []uintptr
+		env  string
+	}{
+		{"setuid setgid chown", []uintptr{unix.CAP_SETUID, unix.CAP_SETGID, unix.CAP_CHOWN}, ""},
+		{"setuid setgid", []uintptr{unix.CAP_SETUID, unix.CAP_SETGID}, capDaemonPartial + "=1"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cmd := exec.Command("/proc/self/exe", "-test.run", "^TestSandboxCapableDaemonDropsUID$", "-test.v", "-test.count=1")
+			cmd.Env = append(os.Environ(), capDaemonEnv+"="+plug, tc.env)
+			cmd.SysProcAttr = &syscall.SysProcAttr{
+				Credential:  &syscall.Credential{Uid: capDaemonUID, Gid: capDaemonUID, Groups: []uint32{}},
+				AmbientCaps: tc.caps,
+				Pdeathsig:   syscall.SIGKILL,
+			}
+			out, err := cmd.CombinedOutput()
+			t.Logf("the daemon (uid %d, ambient capabilities %s):\n%s", capDaemonUID, tc.name, out)
+			if err != nil {
+				t.Fatalf("the daemon's test failed: %v", err)
+			}
+			if !strings.Contains(string(out), "--- PASS: TestSandboxCapableDaemonDropsUID") {
+				t.Fatal("the daemon's test did not pass")
+			}
+		})
+	}
+}
+
+// capDaemon is the re-executed side of TestSandboxCapableDaemonDropsUID.
+func capDaemon(t *testing.T) {
+	if os.Getuid() != capDaemonUID {
+		t.Fatalf("running as uid %d, want %d", os.Getuid(), capDaemonUID)
+	}
+	if err := sandbox.SetNonDumpable(); err != nil { // as the daemon does first thing
+		t.Fatal(err)
+	}
+	if os.Getenv(capDaemonPartial) != "" {
+		cfg := plugintest.Config(t, "tcp", bins["attack"])
+		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		defer cancel()
+		tr, err := host.Start(ctx, cfg)
+		if err == nil {
+			_ = tr.Close()
+			t.Fatal("started without CAP_CHOWN, with sandbox required")
+		}
+		var me *sandbox.MissingError
+		if !errors.As(err, &me) || me.Missing[sandbox.UIDDrop] == "" || !strings.Contains(err.Error(), "without CAP_CHOWN") {
+			t.Fatalf("error %v, want a sandbox.MissingError naming uid_drop and CAP_CHOWN", err)
+		}
+		return
+	}
+	want := 65534
+	if u, err := user.Lookup(sandbox.DefaultUser); err == nil {
+		want, _ = strconv.Atoi(u.Uid)
+	}
+	noUserNS := func(c *host.Config) {
+		c.SandboxProbe = func() sandbox.Kernel {
+			k := sandbox.ProbeKernel()
+			k.UserNSErr = "simulated: user.max_user_namespaces is 0"
+			return k
+		}
+	}
+	for _, tc := range []struct {
+		name string
+		mode sandbox.Mode
+		mod  []func(*host.Config)
+	}{
+		{"required", sandbox.Required, nil},
+		{"best-effort without user namespaces", sandbox.BestEffort, []func(*host.Config){noUserNS}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, res, prot := runAttack(t, tc.mode, tc.mod...)
+			for _, a := range attempts {
+				if r, ok := res[a]; !ok || r.ok {
+					t.Errorf("%s: %+v (no report, or succeeded inside the sandbox)", a, r)
+				}
+			}
+			if r := res["capabilities"]; r.errno != syscall.EPERM {
+				t.Errorf("capabilities: %+v, want none (EPERM)", r)
+			}
+			checkPluginUID(t, want)
+			if !prot.UIDDrop || prot.UID != want {
+				t.Errorf("protections %s (uid_drop %v), want uid_drop with uid %d", prot, prot.UIDDrop, want)
+			}
+			if d, err := sandbox.Dumpable(); err != nil || d {
+				t.Errorf("the daemon is dumpable after starting a plugin (%v, %v)", d, err)
+			}
+		})
+	}
+}
+
+// checkPluginUID finds the plugin, this process's only child (the trampoline executed it), and checks
+// its host uids in /proc/<pid>/status.
+func checkPluginUID(t *testing.T, want int) {
+	t.Helper()
+	var plugins []int
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile("/proc/" + e.Name() + "/status")
+		if err != nil {
+			continue
+		}
+		var ppid int
+		var uids []string
+		for _, line := range strings.Split(string(b), "\n") {
+			if v, ok := strings.CutPrefix(line, "PPid:"); ok {
+				ppid, _ = strconv.Atoi(strings.TrimSpace(v))
+			}
+			if v, ok := strings.CutPrefix(line, "Uid:"); ok {
+				uids = strings.Fields(v)
+			}
+		}
+		if ppid != os.Getpid() {
+			continue
+		}
+		plugins = append(plugins, pid)
+		for i, u := range uids { // real, effective, saved, filesystem
+			if n, _ := strconv.Atoi(u); n != want {
+				t.Errorf("plugin pid %d: uid[%d] %d, want the dedicated uid %d (the daemon's uid is %d)", pid, i, n, want, os.Getuid())
+			}
+		}
+	}
+	if len(plugins) != 1 {
+		t.Fatalf("plugin processes (children of the daemon): %v, want one", plugins)
 	}
 }

@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -21,11 +22,56 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// DefaultUser is the account plugins run as when the daemon is root and none is configured.
+// DefaultUser is the account plugins run as when the daemon may change uid (root, or CAP_SETUID,
+// CAP_SETGID and CAP_CHOWN) and none is configured.
 const DefaultUser = "custos-transport"
 
-// nobody is the fallback uid/gid when the daemon is root and DefaultUser does not exist.
+// nobody is the fallback uid/gid when DefaultUser does not exist.
 const nobody = 65534
+
+// uidDropCaps are the capabilities a non-root daemon needs to run its plugins under another uid: set
+// the user namespace's uid and gid maps to that account, and give it the per-launch socket directory.
+var uidDropCaps = []struct {
+	n    int
+	name string
+}{{unix.CAP_SETUID, "CAP_SETUID"}, {unix.CAP_SETGID, "CAP_SETGID"}, {unix.CAP_CHOWN, "CAP_CHOWN"}}
+
+// privilege is how this daemon may change its plugins' uid.
+type privilege struct {
+	root    bool   // euid 0
+	capable bool   // not root, but CAP_SETUID, CAP_SETGID and CAP_CHOWN are effective
+	partial string // not root, some of those effective but not all: what is missing
+}
+
+// may reports whether plugins run under another uid than the daemon's.
+func (p privilege) may() bool { return p.root || p.capable }
+
+// daemonPrivilege reads the effective capabilities of this thread's process (capget).
+func daemonPrivilege() privilege {
+	if os.Geteuid() == 0 {
+		return privilege{root: true}
+	}
+	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
+	var data [2]unix.CapUserData
+	if err := unix.Capget(&hdr, &data[0]); err != nil {
+		return privilege{}
+	}
+	var have, missing []string
+	for _, c := range uidDropCaps {
+		if data[c.n/32].Effective&(1<<(uint(c.n)%32)) != 0 {
+			have = append(have, c.name)
+		} else {
+			missing = append(missing, c.name)
+		}
+	}
+	switch {
+	case len(missing) == 0:
+		return privilege{capable: true}
+	case len(have) > 0:
+		return privilege{partial: strings.Join(have, ", ") + " without " + strings.Join(missing, ", ")}
+	}
+	return privilege{}
+}
 
 // trampolineArg0 is the argv[0] that makes this package's init run the trampoline.
 const trampolineArg0 = "custos-transport-sandbox"
@@ -71,8 +117,8 @@ type Options struct {
 	Mode Mode
 	// Kernel is the probe result (ProbeKernel, or a simulated kernel in tests).
 	Kernel Kernel
-	// User is the account for the plugin when the daemon is root ("" = DefaultUser if it exists, else
-	// uid/gid 65534). It must be empty when the daemon is not root.
+	// User is the account for the plugin when the daemon is root or holds CAP_SETUID, CAP_SETGID and
+	// CAP_CHOWN ("" = DefaultUser if it exists, else uid/gid 65534). It must be empty otherwise.
 	User string
 	// SocketDir is go-plugin's per-launch socket directory: the plugin's only writable place.
 	SocketDir string
@@ -103,6 +149,9 @@ type spec struct {
 	UID        int         `json:"uid"`
 	GID        int         `json:"gid"`
 	UIDDrop    bool        `json:"uid_drop"`
+	// GroupSocket: the socket directory is the plugin's, with the daemon's group (setgid); the plugin
+	// runs with umask 007 so its socket is group-writable (a non-root daemon connects through its group).
+	GroupSocket bool `json:"group_socket"`
 }
 
 type bindSpec struct {
@@ -118,6 +167,12 @@ type Launch struct {
 	childEnds []*os.File // the child's ends, closed here once it started
 	root      string     // mountpoint directory to remove after the process ended
 	planned   Protections
+	// lent: the socket directory was chowned to the plugin's uid by a non-root daemon; Cleanup gives it
+	// back (the daemon removes it from the sticky temporary directory afterwards).
+	lent string
+	// userNS: the child is created in a new user namespace (its uid and gid maps are written by this
+	// process, see Start).
+	userNS bool
 }
 
 // Wrap rewrites cmd, whose ExtraFiles[0] (descriptor 3 in the child) is the checked plugin binary, so
@@ -148,13 +203,21 @@ func Wrap(cmd *exec.Cmd, o Options) (*Launch, error) {
 			return nil, &MissingError{Missing: missing}
 		}
 	}
-	uid, gid, err := plugUser(o.User)
+	priv := daemonPrivilege()
+	if o.Mode == Required && priv.partial != "" {
+		return nil, &MissingError{Missing: map[string]string{UIDDrop: "the daemon (uid " + strconv.Itoa(os.Geteuid()) +
+			") has " + priv.partial + "; running plugins under their own uid needs all three (configs/custos.service)"}}
+	}
+	uid, gid, err := plugUser(o.User, priv)
 	if err != nil {
 		return nil, err
 	}
+	// drop: the plugin runs under another host uid than the daemon's.
+	drop := priv.may() && uid != os.Geteuid()
 	useNS := k.why(UserNS) == ""
 	s := &spec{UserNS: useNS, PIDNS: useNS, SocketDir: o.SocketDir, Argv0: o.Path, UID: uid, GID: gid,
-		NoNewPrivs: k.why(NoNewPrivs) == "", Seccomp: k.why(Seccomp) == "", UIDDrop: os.Geteuid() == 0 && uid != 0}
+		NoNewPrivs: k.why(NoNewPrivs) == "", Seccomp: k.why(Seccomp) == "", UIDDrop: drop,
+		GroupSocket: drop && !priv.root && o.SocketDir != ""}
 	if k.why(Landlock) == "" {
 		s.Landlock = min(k.LandlockABI, maxLandlockABI)
 		if o.BindPorts != nil && s.Landlock >= 4 {
@@ -222,7 +285,9 @@ func Wrap(cmd *exec.Cmd, o Options) (*Launch, error) {
 	// Landlock's rules hold on inodes: the trampoline makes them (from these host paths, the plugin's
 	// from its checked descriptor) before it changes root, and enforces them after.
 	s.PluginPath = "/proc/self/fd/3"
-	if os.Geteuid() == 0 && uid != 0 {
+	lent := ""
+	switch {
+	case drop && priv.root:
 		// The plugin's uid must reach its own directories; nothing else of the host's changes owner.
 		for _, d := range []string{root, o.SocketDir} {
 			if d == "" {
@@ -233,6 +298,20 @@ func Wrap(cmd *exec.Cmd, o Options) (*Launch, error) {
 				return nil, fmt.Errorf("sandbox: chown %s to the plugin's uid %d: %w", d, uid, err)
 			}
 		}
+	case drop && o.SocketDir != "":
+		// A non-root daemon (CAP_CHOWN, no DAC override) keeps reaching the directory through its
+		// group: the plugin's uid owns it, the daemon's group has it, setgid so that the plugin's
+		// socket is the daemon's group's too (the trampoline's umask 007 makes it group-writable).
+		// Nothing else of the host's changes owner; the new root's mountpoint inside needs no access.
+		if err := os.Chmod(o.SocketDir, os.ModeSetgid|0o770); err != nil {
+			cleanup(root)
+			return nil, fmt.Errorf("sandbox: chmod %s: %w", o.SocketDir, err)
+		}
+		if err := os.Chown(o.SocketDir, uid, os.Getegid()); err != nil {
+			cleanup(root)
+			return nil, fmt.Errorf("sandbox: chown %s to the plugin's uid %d: %w", o.SocketDir, uid, err)
+		}
+		lent = o.SocketDir
 	}
 	raw, err := json.Marshal(s)
 	if err != nil {
@@ -267,25 +346,45 @@ func Wrap(cmd *exec.Cmd, o Options) (*Launch, error) {
 		attr.Cloneflags = syscall.CLONE_NEWUSER | syscall.CLONE_NEWNS | syscall.CLONE_NEWPID
 		attr.UidMappings = []syscall.SysProcIDMap{{ContainerID: 0, HostID: uid, Size: 1}}
 		attr.GidMappings = []syscall.SysProcIDMap{{ContainerID: 0, HostID: gid, Size: 1}}
-		if os.Geteuid() == 0 {
-			// Root creating the namespace stays host uid 0 (unmapped there) until it switches to the
-			// namespace's root, which is the plugin's unprivileged account; root's supplementary
-			// groups are dropped on the way.
+		if priv.may() {
+			// The daemon (root, or holding CAP_SETUID and CAP_SETGID, which writing a map to another
+			// uid needs) stays its own host uid (unmapped there) until it switches to the namespace's
+			// root, which is the plugin's unprivileged account; the daemon's supplementary groups are
+			// dropped on the way.
 			attr.GidMappingsEnableSetgroups = true
 			attr.Credential = &syscall.Credential{Uid: 0, Gid: 0, Groups: []uint32{}}
 		}
-	case os.Geteuid() == 0 && uid != 0:
+	case drop:
 		attr.Credential = &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid), Groups: []uint32{}}
 	}
 	cmd.SysProcAttr = attr
 	// specR and statusW stay open in this process until the child has its copies (Started, Abort).
-	l := &Launch{status: statusR, childEnds: []*os.File{specR, statusW}, root: root}
+	l := &Launch{status: statusR, childEnds: []*os.File{specR, statusW}, root: root, lent: lent, userNS: useNS}
 	l.planned = Protections{UserNS: s.UserNS, MountNS: s.Root != "", PIDNS: s.PIDNS, NoNewPrivs: s.NoNewPrivs,
 		Seccomp: s.Seccomp, Landlock: s.Landlock, LandlockNet: s.NetRules, CapsDropped: s.UserNS, UID: uid, GID: gid, UIDDrop: s.UIDDrop}
-	if os.Geteuid() != 0 {
+	if !priv.may() {
 		l.planned.UID, l.planned.GID = os.Getuid(), os.Getgid()
 	}
 	return l, nil
+}
+
+// Start starts cmd (rewritten by Wrap; a nil Launch starts it as it is). The uid and gid maps of a new
+// user namespace are written by this process into /proc/<child>/uid_map, which the kernel gives to root
+// when the process is non-dumpable (SetNonDumpable): a non-root daemon cannot open it then. So a
+// non-root daemon is dumpable while it starts the child, and non-dumpable again once the child executed
+// the trampoline (cmd.Start returns after that). While dumpable, a process of the daemon's uid could
+// ptrace it only when its own permitted capabilities include the daemon's (a daemon holding
+// CAP_SETUID, CAP_SETGID and CAP_CHOWN stays out of reach of its uid's other processes).
+func (l *Launch) Start(cmd *exec.Cmd) error {
+	if l == nil || !l.userNS || os.Geteuid() == 0 {
+		return cmd.Start()
+	}
+	restore, err := dumpableWhile()
+	if err != nil {
+		return err
+	}
+	defer restore()
+	return cmd.Start()
 }
 
 // Started waits for the trampoline's report once the command started: the protections applied, or why
@@ -356,8 +455,13 @@ func (l *Launch) Abort() {
 
 // Cleanup removes the launch's mountpoint directory (after the process ended).
 func (l *Launch) Cleanup() {
-	if l != nil {
-		cleanup(l.root)
+	if l == nil {
+		return
+	}
+	cleanup(l.root)
+	if l.lent != "" {
+		_ = os.Chown(l.lent, os.Geteuid(), os.Getegid())
+		l.lent = ""
 	}
 }
 
@@ -367,12 +471,12 @@ func cleanup(root string) {
 	}
 }
 
-// plugUser resolves the plugin's host uid/gid: the configured or default account when the daemon is
-// root, the daemon's own otherwise.
-func plugUser(name string) (int, int, error) {
-	if os.Geteuid() != 0 {
+// plugUser resolves the plugin's host uid/gid: the configured or default account when the daemon may
+// change uid, the daemon's own otherwise.
+func plugUser(name string, priv privilege) (int, int, error) {
+	if !priv.may() {
 		if name != "" {
-			return 0, 0, fmt.Errorf("sandbox: transports[].user %q needs the daemon to run as root (it runs as uid %d; plugins run as that uid inside their own user namespace)", name, os.Geteuid())
+			return 0, 0, fmt.Errorf("sandbox: transports[].user %q needs the daemon to run as root or with CAP_SETUID, CAP_SETGID and CAP_CHOWN (it runs as uid %d without them; plugins run as that uid inside their own user namespace)", name, os.Geteuid())
 		}
 		return os.Getuid(), os.Getgid(), nil
 	}
@@ -396,6 +500,42 @@ func plugUser(name string) (int, int, error) {
 		return 0, 0, fmt.Errorf("sandbox: transports[].user %q is root (uid %d gid %d); plugins must run unprivileged", name, uid, gid)
 	}
 	return uid, gid, nil
+}
+
+// dumpable counts the starts in progress that need this process dumpable (Launch.Start). Dumpability
+// is a property of the whole process, so this is the one piece of process-wide state here.
+var dumpable struct {
+	mu    sync.Mutex
+	n     int
+	reset bool // the process was non-dumpable before the first of them
+}
+
+// dumpableWhile makes the process dumpable until restore is called (the last caller restores
+// non-dumpable, if it was).
+func dumpableWhile() (restore func(), err error) {
+	dumpable.mu.Lock()
+	defer dumpable.mu.Unlock()
+	if dumpable.n == 0 {
+		v, err := unix.PrctlRetInt(unix.PR_GET_DUMPABLE, 0, 0, 0, 0)
+		if err != nil {
+			return nil, fmt.Errorf("sandbox: prctl(PR_GET_DUMPABLE): %w", err)
+		}
+		dumpable.reset = v == 0
+		if dumpable.reset {
+			if err := unix.Prctl(unix.PR_SET_DUMPABLE, 1, 0, 0, 0); err != nil {
+				return nil, fmt.Errorf("sandbox: prctl(PR_SET_DUMPABLE, 1): %w", err)
+			}
+		}
+	}
+	dumpable.n++
+	return func() {
+		dumpable.mu.Lock()
+		defer dumpable.mu.Unlock()
+		dumpable.n--
+		if dumpable.n == 0 && dumpable.reset {
+			_ = unix.Prctl(unix.PR_SET_DUMPABLE, 0, 0, 0, 0)
+		}
+	}, nil
 }
 
 // elfInterp returns the plugin's ELF interpreter (dynamic loader), "" for a static binary.

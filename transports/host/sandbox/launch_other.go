@@ -39,6 +39,9 @@ func Wrap(_ *exec.Cmd, o Options) (*Launch, error) {
 	return nil, &MissingError{Missing: map[string]string{UserNS: unsupported, Landlock: unsupported, Seccomp: unsupported}}
 }
 
+// Start starts cmd.
+func (l *Launch) Start(cmd *exec.Cmd) error { return cmd.Start() }
+
 // Started is never reached off Linux.
 func (l *Launch) Started(context.Context) (Protections, error) {
 	return Protections{}, errors.New(unsupported)

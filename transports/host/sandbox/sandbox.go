@@ -3,8 +3,8 @@
 // Go cannot run code between fork and exec, so the host starts a small trampoline instead of the
 // plugin: its own executable (/proc/self/exe) with a hidden argv[0], caught by this package's init
 // before main runs. The trampoline is born in new user, mount and PID namespaces (the user namespace
-// maps its root to an unprivileged host uid: a dedicated account when the daemon is root, the daemon's
-// own uid otherwise). It builds an empty read-only root (a tmpfs) holding only what the plugin needs
+// maps its root to an unprivileged host uid: a dedicated account when the daemon is root or holds
+// CAP_SETUID, CAP_SETGID and CAP_CHOWN, the daemon's own uid otherwise). It builds an empty read-only root (a tmpfs) holding only what the plugin needs
 // (the go-plugin socket directory, the dynamic loader and libraries, name-service files), pivots into
 // it and detaches the old root, drops every capability, sets no_new_privs, applies a Landlock ruleset
 // (execute only the plugin and its loader, write only the socket directory, no signals or abstract

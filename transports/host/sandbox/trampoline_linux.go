@@ -93,6 +93,13 @@ func trampoline() {
 			fail("caps_dropped: %v", err)
 		}
 		p.CapsDropped = true
+	} else if err := clearCaps(); err != nil {
+		// Without a user namespace, what a non-root daemon's ambient capabilities left to this
+		// process (a uid change between two non-root uids keeps them) must not reach the plugin.
+		fail("clear capabilities: %v", err)
+	}
+	if s.GroupSocket {
+		unix.Umask(0o007)
 	}
 	if s.Landlock > 0 {
 		if err := ll.LandlockRestrictSelf(rulesetFD, rulesetFlags); err != nil {
@@ -214,6 +221,12 @@ func dropCaps() error {
 			return fmt.Errorf("drop capability %d from the bounding set: %w", c, err)
 		}
 	}
+	return clearCaps()
+}
+
+// clearCaps empties the ambient, inheritable, permitted and effective sets of this thread (no
+// capability needed; the bounding set needs CAP_SETPCAP, see dropCaps).
+func clearCaps() error {
 	if err := unix.Prctl(unix.PR_CAP_AMBIENT, unix.PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0); err != nil && err != unix.EINVAL {
 		return fmt.Errorf("clear ambient capabilities: %w", err)
 	}
