@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"hash"
-	"io"
 	"slices"
 	"strconv"
 	"strings"
@@ -19,6 +18,7 @@ import (
 
 	"github.com/custos-agent/custos/agent/identity"
 	"github.com/custos-agent/custos/agent/signature"
+	"github.com/custos-agent/custos/internal/strictjson"
 )
 
 // RecordVersion is the only version of the record format. Version 2 (this one) signs, in every
@@ -400,13 +400,8 @@ var (
 func decodeLine(line []byte) (*wire, [32]byte, error) {
 	var w wire
 	var zero [32]byte
-	dec := json.NewDecoder(bytes.NewReader(line))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&w); err != nil {
+	if err := strictjson.Decode(line, &w, 0); err != nil {
 		return nil, zero, fmt.Errorf("%w: %v", ErrMalformed, err)
-	}
-	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		return nil, zero, fmt.Errorf("%w: trailing data after the record", ErrMalformed)
 	}
 	if w.V == 1 {
 		return &w, zero, fmt.Errorf("%w: record version 1 is the format whose checkpoints did not sign what carried them; "+

@@ -16,6 +16,7 @@ import (
 
 	"github.com/google/go-tpm/tpm2"
 
+	"github.com/custos-agent/custos/internal/strictjson"
 	"github.com/custos-agent/custos/keystore"
 )
 
@@ -27,6 +28,8 @@ const (
 	// ParentSRK names the parent every key is created under: the TCG reference ECC P-256 storage root key
 	// (go-tpm's tpm2.ECCSRKTemplate), created in the owner hierarchy with TPM2_CreatePrimary on demand.
 	ParentSRK = "owner/ecc-p256-srk"
+	// MaxBlobSize bounds a key file DecodeBlob accepts (a P-256 blob is about 1 KiB).
+	MaxBlobSize = 64 << 10
 )
 
 var labelRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
@@ -63,13 +66,8 @@ type Blob struct {
 // keystore.ErrCorrupt.
 func DecodeBlob(data []byte) (*Blob, error) {
 	var b Blob
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&b); err != nil {
+	if err := strictjson.Decode(data, &b, MaxBlobSize); err != nil {
 		return nil, corrupt("not a JSON key blob: %v", err)
-	}
-	if dec.More() {
-		return nil, corrupt("trailing data after the JSON object")
 	}
 	if b.Format != BlobFormat {
 		return nil, corrupt("format %q (want %q)", b.Format, BlobFormat)

@@ -1,16 +1,15 @@
 package tasks
 
 import (
-	"bytes"
 	"crypto/rand"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"regexp"
 
 	"github.com/custos-agent/custos/agent/envelope"
 	"github.com/custos-agent/custos/agent/identity"
+	"github.com/custos-agent/custos/internal/strictjson"
 )
 
 // Limits of the task messages.
@@ -155,16 +154,8 @@ type ResultDoc struct {
 
 // decodeStrict decodes one JSON object into v: size limit, no unknown fields, no trailing data.
 func decodeStrict(b []byte, v any, what string) error {
-	if len(b) > MaxMessage {
-		return fmt.Errorf("%w: %s of %d bytes exceeds %d", ErrMalformed, what, len(b), MaxMessage)
-	}
-	dec := json.NewDecoder(bytes.NewReader(b))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
+	if err := strictjson.Decode(b, v, MaxMessage); err != nil {
 		return fmt.Errorf("%w: %s: %v", ErrMalformed, what, err)
-	}
-	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		return fmt.Errorf("%w: %s: trailing data", ErrMalformed, what)
 	}
 	return nil
 }
