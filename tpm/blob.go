@@ -16,6 +16,7 @@ import (
 
 	"github.com/google/go-tpm/tpm2"
 
+	"github.com/custos-agent/custos/internal/atomicfile"
 	"github.com/custos-agent/custos/internal/strictjson"
 	"github.com/custos-agent/custos/keystore"
 )
@@ -220,40 +221,12 @@ func writeBlob(dir string, b *Blob) error {
 	if err != nil {
 		return err
 	}
-	tmp, err := os.CreateTemp(dir, ".tmp-"+b.Label+"-*")
-	if err != nil {
-		return fmt.Errorf("write TPM key file in %s: %w", dir, err)
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return fmt.Errorf("write TPM key file %s: %w", tmp.Name(), err)
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return fmt.Errorf("sync TPM key file %s: %w", tmp.Name(), err)
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
 	final := blobPath(dir, b.Label)
-	if err := os.Link(tmp.Name(), final); err != nil {
+	if err := atomicfile.Create(final, data); err != nil {
 		if errors.Is(err, fs.ErrExist) {
 			return keystore.Errorf(keystore.ErrExists, "a TPM key labelled %q already exists in %s", b.Label, dir)
 		}
-		return fmt.Errorf("create TPM key file %s: %w", final, err)
-	}
-	return syncDir(dir)
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("sync directory %s: %w", dir, err)
+		return fmt.Errorf("create TPM key file: %w", err)
 	}
 	return nil
 }
