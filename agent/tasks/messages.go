@@ -171,13 +171,9 @@ func encode(v any) []byte {
 // Encode returns the payload as agents send it: the binary form (binary.go).
 func (r *Request) Encode() []byte { return r.encodeBinary() }
 
-// EncodeJSON returns the JSON form (what json.Marshal writes).
-func (r *Request) EncodeJSON() []byte {
-	if b, ok := appendObject(r.fields()); ok {
-		return b
-	}
-	return encode(r)
-}
+// EncodeJSON returns the JSON form (what json.Marshal writes), for evidence and display; agents send
+// the binary form.
+func (r *Request) EncodeJSON() []byte { return encode(r) }
 
 // DecodeRequest strictly decodes a task_request payload, binary or JSON form, and checks its fields.
 func DecodeRequest(b []byte) (*Request, error) {
@@ -191,8 +187,7 @@ func DecodeRequest(b []byte) (*Request, error) {
 			return nil, err
 		}
 		r = *d
-	case !parseObject(b, r.fields()):
-		r = Request{}
+	default:
 		if err := decodeStrict(b, &r, "task_request"); err != nil {
 			return nil, err
 		}
@@ -248,13 +243,9 @@ func DecodeProgress(b []byte) (*Progress, error) {
 // Encode returns the payload as agents send it: the binary form (binary.go).
 func (r *ResultMessage) Encode() []byte { return r.encodeBinary() }
 
-// EncodeJSON returns the JSON form (what json.Marshal writes).
-func (r *ResultMessage) EncodeJSON() []byte {
-	if b, ok := appendObject(r.fields()); ok {
-		return b
-	}
-	return encode(r)
-}
+// EncodeJSON returns the JSON form (what json.Marshal writes), for evidence and display; agents send
+// the binary form.
+func (r *ResultMessage) EncodeJSON() []byte { return encode(r) }
 
 // DecodeResultMessage strictly decodes a task_result payload, binary or JSON form (form only; see
 // VerifyResult).
@@ -269,8 +260,7 @@ func DecodeResultMessage(b []byte) (*ResultMessage, error) {
 			return nil, err
 		}
 		r = *d
-	case !parseObject(b, r.fields()):
-		r = ResultMessage{}
+	default:
 		if err := decodeStrict(b, &r, "task_result"); err != nil {
 			return nil, err
 		}
