@@ -3,6 +3,7 @@ package audit
 import (
 	"bytes"
 	"crypto/sha256"
+	"encoding/base64"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
@@ -16,7 +17,6 @@ import (
 	"time"
 	"unicode/utf8"
 
-	"github.com/custos-agent/custos/agent/identity"
 	"github.com/custos-agent/custos/agent/signature"
 	"github.com/custos-agent/custos/internal/strictjson"
 )
@@ -85,7 +85,9 @@ type wire struct {
 
 const timeFormat = time.RFC3339Nano
 
-var b64 = identity.Base64()
+// b64 is the strict unpadded base64url encoding of every Custos text format (identity.Base64 spells the
+// same encoding; audit does not import identity for it).
+var b64 = base64.RawURLEncoding.Strict()
 
 // hashPrefix separates record hashes from every other SHA-256 in the project.
 const hashPrefix = "custos/v1/audit-record\x00"
