@@ -9,6 +9,7 @@ import (
 
 	"github.com/custos-agent/custos/agent/envelope"
 	"github.com/custos-agent/custos/agent/identity"
+	"github.com/custos-agent/custos/agent/reason"
 	"github.com/custos-agent/custos/internal/strictjson"
 )
 
@@ -108,15 +109,15 @@ type ResultMessage struct {
 // Error codes of an error_response.
 const (
 	// CodeUnknownHandler: the executor has no handler of that name.
-	CodeUnknownHandler = "unknown_handler"
+	CodeUnknownHandler = string(reason.UnknownHandler) // "unknown_handler"
 	// CodeBadRequest: the request does not decode or breaks a limit.
-	CodeBadRequest = "bad_request"
+	CodeBadRequest = string(reason.BadRequest) // "bad_request"
 	// CodeBusy: the executor's queue is full; the submitter retries later.
-	CodeBusy = "busy"
+	CodeBusy = string(reason.Busy) // "busy"
 	// CodeDenied: the executor's policy refused the request.
-	CodeDenied = "denied"
+	CodeDenied = string(reason.Denied) // "denied"
 	// CodeInternal: the executor could not record the task.
-	CodeInternal = "internal"
+	CodeInternal = string(reason.Internal) // "internal"
 )
 
 // ErrorMessage is the payload of an error_response.
