@@ -86,7 +86,9 @@ func writeVectors(t *testing.T) {
 		d.Signature, _ = s.Sign(ctx, d.SigningInput())
 		return d
 	}
-	valid := func() *Delegation { return issue(t, id, id.Current(), Delegated, now.Add(-time.Minute), now.Add(time.Hour)) }
+	valid := func() *Delegation {
+		return issue(t, id, id.Current(), Delegated, now.Add(-time.Minute), now.Add(time.Hour))
+	}
 	good := valid()
 	add("ok", "a valid delegated-mode delegation (the one the others change)", "ok", "", id, good.Encode())
 	add("expired", "not-after one second before now", "delegation_expired", "expired at", id,

@@ -141,4 +141,3 @@ func writeVectors(t *testing.T) {
 		t.Fatal(err)
 	}
 }
-
