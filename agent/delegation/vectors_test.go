@@ -43,31 +43,14 @@ func runVector(v *vectors.Vector) error {
 }
 
 func TestNegativeVectors(t *testing.T) {
-	if vectors.Update() {
-		writeVectors(t)
-	}
-	vs, err := vectors.Load(vectorDir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, v := range vs {
-		t.Run(v.Name, func(t *testing.T) {
-			err := runVector(v)
-			if err := v.Check(err, string(reason.Of(err))); err != nil {
-				t.Fatal(err)
-			}
-		})
-	}
+	vectors.Run(t, vectorDir, writeVectors, func(v *vectors.Vector) (string, error) {
+		err := runVector(v)
+		return string(reason.Of(err)), err
+	})
 }
 
 func seedVectors(f *testing.F) {
-	vs, err := vectors.Load(vectorDir)
-	if err != nil {
-		f.Fatal(err)
-	}
-	for _, v := range vs {
-		f.Add(v.Input())
-	}
+	vectors.Seed(f, vectorDir, nil)
 }
 
 func writeVectors(t *testing.T) {

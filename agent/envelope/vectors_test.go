@@ -49,34 +49,17 @@ func runVector(v *vectors.Vector) error {
 }
 
 func TestNegativeVectors(t *testing.T) {
-	if vectors.Update() {
-		writeVectors(t)
-	}
-	vs, err := vectors.Load(vectorDir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, v := range vs {
-		t.Run(v.Name, func(t *testing.T) {
-			err := runVector(v)
-			if err := v.Check(err, string(reason.Of(err))); err != nil {
-				t.Fatal(err)
-			}
-		})
-	}
+	vectors.Run(t, vectorDir, writeVectors, func(v *vectors.Vector) (string, error) {
+		err := runVector(v)
+		return string(reason.Of(err)), err
+	})
 }
 
 // seedVectors adds every vector of a form to a fuzz corpus.
 func seedVectors(f *testing.F, form string) {
-	vs, err := vectors.Load(vectorDir)
-	if err != nil {
-		f.Fatal(err)
-	}
-	for _, v := range vs {
-		if v.String("form") == form || form == "binary" && v.String("form") == "evidence" {
-			f.Add(v.Input())
-		}
-	}
+	vectors.Seed(f, vectorDir, func(v *vectors.Vector) bool {
+		return v.String("form") == form || form == "binary" && v.String("form") == "evidence"
+	})
 }
 
 func writeVectors(t *testing.T) {

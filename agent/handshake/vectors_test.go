@@ -35,34 +35,15 @@ func runVector(v *vectors.Vector) error {
 }
 
 func TestNegativeVectors(t *testing.T) {
-	if vectors.Update() {
-		writeVectors(t)
-	}
-	vs, err := vectors.Load(vectorDir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, v := range vs {
-		t.Run(v.Name, func(t *testing.T) {
-			err := runVector(v)
-			if err := v.Check(err, string(reason.Of(err))); err != nil {
-				t.Fatal(err)
-			}
-		})
-	}
+	vectors.Run(t, vectorDir, writeVectors, func(v *vectors.Vector) (string, error) {
+		err := runVector(v)
+		return string(reason.Of(err)), err
+	})
 }
 
 // seedVectors adds the vectors of one message to a fuzz corpus.
 func seedVectors(f *testing.F, message string) {
-	vs, err := vectors.Load(vectorDir)
-	if err != nil {
-		f.Fatal(err)
-	}
-	for _, v := range vs {
-		if v.String("message") == message {
-			f.Add(v.Input())
-		}
-	}
+	vectors.Seed(f, vectorDir, func(v *vectors.Vector) bool { return v.String("message") == message })
 }
 
 func writeVectors(t *testing.T) {

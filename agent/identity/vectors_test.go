@@ -45,34 +45,23 @@ func presented(v *vectors.Vector) error {
 }
 
 func TestNegativeVectors(t *testing.T) {
-	if vectors.Update() {
-		writeVectors(t)
-	}
-	vs, err := vectors.Load(vectorDir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, v := range vs {
-		t.Run(v.Name, func(t *testing.T) {
-			err := presented(v)
-			if err := v.Check(err, string(reason.Of(err))); err != nil {
-				t.Fatal(err)
-			}
-		})
-	}
+	vectors.Run(t, vectorDir, writeVectors, func(v *vectors.Vector) (string, error) {
+		err := presented(v)
+		return string(reason.Of(err)), err
+	})
 }
 
 // seedVectors adds the vectors' logs (and, with lines, each of their lines) to a fuzz corpus.
 func seedVectors(f *testing.F, lines bool) {
+	if !lines {
+		vectors.Seed(f, vectorDir, nil)
+		return
+	}
 	vs, err := vectors.Load(vectorDir)
 	if err != nil {
 		f.Fatal(err)
 	}
 	for _, v := range vs {
-		if !lines {
-			f.Add(v.Input())
-			continue
-		}
 		for _, l := range strings.Split(strings.TrimSuffix(string(v.Input()), "\n"), "\n") {
 			f.Add([]byte(l))
 		}

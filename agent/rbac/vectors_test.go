@@ -64,32 +64,10 @@ func checkVector(v *vectors.Vector) (string, error) {
 }
 
 func TestNegativeVectors(t *testing.T) {
-	if vectors.Update() {
-		writeVectors(t)
-	}
-	vs, err := vectors.Load(vectorDir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, v := range vs {
-		t.Run(v.Name, func(t *testing.T) {
-			code, err := checkVector(v)
-			if err := v.Check(err, code); err != nil {
-				t.Fatal(err)
-			}
-		})
-	}
+	vectors.Run(t, vectorDir, writeVectors, checkVector)
 }
 
-func seedVectors(f *testing.F) {
-	vs, err := vectors.Load(vectorDir)
-	if err != nil {
-		f.Fatal(err)
-	}
-	for _, v := range vs {
-		f.Add(v.Input())
-	}
-}
+func seedVectors(f *testing.F) { vectors.Seed(f, vectorDir, nil) }
 
 func writeVectors(t *testing.T) {
 	f := newFixture(t, nil)

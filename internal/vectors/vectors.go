@@ -23,6 +23,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"testing"
 )
 
 // Vector is one case.
@@ -233,4 +234,39 @@ func (v *Vector) Check(err error, code string) error {
 		return fmt.Errorf("%s: got %s (%v), want %s saying %q", v.Name, code, err, v.Expect, v.Text)
 	}
 	return nil
+}
+
+// Run is the one test of a vector directory: with CUSTOS_UPDATE_VECTORS=1 it first regenerates dir with
+// write, then runs every vector as a subtest, check giving the outcome's code and error.
+func Run(t *testing.T, dir string, write func(t *testing.T), check func(v *Vector) (code string, err error)) {
+	t.Helper()
+	if Update() {
+		write(t)
+	}
+	vs, err := Load(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, v := range vs {
+		t.Run(v.Name, func(t *testing.T) {
+			code, err := check(v)
+			if err := v.Check(err, code); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}
+
+// Seed adds to a fuzz corpus the inputs of the vectors in dir that keep selects (nil: every one).
+func Seed(f *testing.F, dir string, keep func(v *Vector) bool) {
+	f.Helper()
+	vs, err := Load(dir)
+	if err != nil {
+		f.Fatal(err)
+	}
+	for _, v := range vs {
+		if keep == nil || keep(v) {
+			f.Add(v.Input())
+		}
+	}
 }
