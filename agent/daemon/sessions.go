@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"sort"
 	"sync"
 	"time"
@@ -15,6 +14,7 @@ import (
 	"github.com/custos-agent/custos/agent/metrics"
 	"github.com/custos-agent/custos/agent/session"
 	"github.com/custos-agent/custos/agent/tasks"
+	retry "github.com/custos-agent/custos/internal/backoff"
 	"github.com/custos-agent/custos/transports/host"
 )
 
@@ -337,7 +337,7 @@ func (m *manager) dialLoop(ctx context.Context, t *target) {
 			return
 		}
 		m.d.log.Info("peer not reachable; retrying", "peer", t.id, "in", backoff, "err", t.lastErr)
-		delay := backoff/2 + rand.N(backoff/2+1) // jitter
+		delay := retry.Jitter(backoff)
 		timer := time.NewTimer(delay)
 		select {
 		case <-timer.C:

@@ -144,6 +144,11 @@ func New() *Metrics {
 	for _, c := range reason.All {
 		m.authAttempts.WithLabelValues(ResultFailure, string(c))
 	}
+	for _, d := range []reason.Domain{reason.DomainRBAC, reason.DomainPolicy, reason.DomainAdmission} {
+		for _, c := range reason.InDomain(d) {
+			m.accessDenied.WithLabelValues(string(c), "enforced")
+		}
+	}
 	for _, l := range TrustLevels {
 		m.peers.WithLabelValues(l)
 	}
@@ -170,6 +175,15 @@ func label(s string) string {
 	return s
 }
 
+// code bounds a failure-code label to the failure-code registry (agent/reason): an unregistered string is
+// Other.
+func code(s string) string {
+	if reason.Registered(s) {
+		return s
+	}
+	return Other
+}
+
 // AuthSucceeded counts a completed handshake.
 func (m *Metrics) AuthSucceeded() {
 	if m != nil {
@@ -180,7 +194,7 @@ func (m *Metrics) AuthSucceeded() {
 // AuthFailed counts a failed handshake with its reason code (agent/reason).
 func (m *Metrics) AuthFailed(reasonCode string) {
 	if m != nil {
-		m.authAttempts.WithLabelValues(ResultFailure, label(reasonCode)).Inc()
+		m.authAttempts.WithLabelValues(ResultFailure, code(reasonCode)).Inc()
 	}
 }
 
@@ -237,7 +251,7 @@ func (m *Metrics) AccessDenied(reasonCode string, enforced bool) {
 		if !enforced {
 			mode = "log_only"
 		}
-		m.accessDenied.WithLabelValues(label(reasonCode), mode).Inc()
+		m.accessDenied.WithLabelValues(code(reasonCode), mode).Inc()
 	}
 }
 

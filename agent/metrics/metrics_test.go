@@ -20,6 +20,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/custos-agent/custos/agent/reason"
 	"github.com/custos-agent/custos/audit"
 	"github.com/custos-agent/custos/keystore"
 	"github.com/custos-agent/custos/keystore/software"
@@ -446,3 +447,30 @@ func TestAlertRules(t *testing.T) {
 }
 
 func quiet() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+
+// TestLabelsFromRegistry: denial and authentication-failure labels are codes of the failure-code registry
+// (agent/reason): a string the registry does not know is counted as "other", and every denial code of the
+// rbac, policy and admission domains has its series from the start, at zero.
+func TestLabelsFromRegistry(t *testing.T) {
+	m := New()
+	m.AccessDenied("no_grant", true)
+	m.AccessDenied("made_up", true)
+	m.AuthFailed("made_up")
+	if got := testutil.ToFloat64(m.accessDenied.WithLabelValues("no_grant", "enforced")); got != 1 {
+		t.Fatalf("no_grant: %v", got)
+	}
+	if got := testutil.ToFloat64(m.accessDenied.WithLabelValues(Other, "enforced")); got != 1 {
+		t.Fatalf("an unregistered denial code counted %v times as %q, want 1", got, Other)
+	}
+	if got := testutil.ToFloat64(m.authAttempts.WithLabelValues(ResultFailure, Other)); got != 1 {
+		t.Fatalf("an unregistered auth failure code counted %v times as %q, want 1", got, Other)
+	}
+	want := 0
+	for _, d := range []reason.Domain{reason.DomainRBAC, reason.DomainPolicy, reason.DomainAdmission} {
+		want += len(reason.InDomain(d))
+	}
+	// +1 for the "other" series counted above.
+	if got := testutil.CollectAndCount(m.accessDenied); got != want+1 {
+		t.Fatalf("%d access-denied series, want %d (every denial code pre-registered, plus other)", got, want+1)
+	}
+}

@@ -418,6 +418,7 @@ func FuzzDecodeGrant(f *testing.F) {
 	f.Add(g.Encode())
 	f.Add([]byte(`{"v":1}`))
 	f.Add([]byte(`{}`))
+	seedVectors(f)
 	f.Add(EncodeGrants([]Grant{g, g}))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		fuzzGrantList(t, b)

@@ -46,7 +46,7 @@ type Config struct {
 	// HealthInterval is the period of health checks (default 2 s).
 	HealthInterval time.Duration
 	// BackoffMin and BackoffMax bound the delay before a restart attempt (default 200 ms and 30 s); the
-	// delay doubles with each consecutive failure.
+	// delay doubles with each consecutive failure, with jitter (internal/backoff).
 	BackoffMin, BackoffMax time.Duration
 	// Window is the flow-control credit, in bytes, granted to the plugin per connection (default 1 MiB).
 	Window int64
