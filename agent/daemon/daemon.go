@@ -26,6 +26,7 @@ import (
 	"go.etcd.io/bbolt"
 	bolterrors "go.etcd.io/bbolt/errors"
 
+	"github.com/custos-agent/custos/agent/api"
 	"github.com/custos-agent/custos/agent/control"
 	"github.com/custos-agent/custos/agent/custody"
 	"github.com/custos-agent/custos/agent/delegation"
@@ -45,8 +46,8 @@ import (
 // Names inside the home directory (DESIGN 8).
 const (
 	StateFile   = "state.db"
-	AuditDir    = "audit"
-	ControlFile = "control.sock"
+	AuditDir    = api.AuditDir
+	ControlFile = api.ControlFile
 	WorkDir     = "work" // per-task working directories of exec handlers
 )
 
@@ -263,8 +264,12 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 		}
 	}
 
+	ops, err := api.Ops(d.handlers()) // ops.go; each with its permission from api.Table
+	if err != nil {
+		return nil, err
+	}
 	d.ctl, err = control.Listen(control.Config{
-		Path: filepath.Join(d.home, ControlFile), Ops: d.ops(), Authorize: d.authz.authorizeLocal, // authz.go (then opts.AuthorizeLocal)
+		Path: filepath.Join(d.home, ControlFile), Ops: ops, Authorize: d.authz.authorizeLocal, // authz.go (then opts.AuthorizeLocal)
 		// The control socket serves people, not plugins: transport plugin processes and their descendants
 		// are refused before their request is read (threat model, section 2).
 		RefuseCaller: control.RefusePluginProcesses(d.pluginPIDs),
@@ -516,17 +521,6 @@ func (d *Daemon) teardown(ctx context.Context) error {
 		}
 	}
 	return errors.Join(errs...)
-}
-
-// ReloadResult says what a reload changed.
-type ReloadResult struct {
-	Digest         string   `json:"digest"`
-	PreviousDigest string   `json:"previous_digest"`
-	Changed        []string `json:"changed"`
-	Applied        []string `json:"applied"`
-	NeedRestart    []string `json:"need_restart,omitempty"`
-	Generation     uint64   `json:"generation"`
-	Rotated        bool     `json:"identity_rotated"`
 }
 
 // Reload re-reads the configuration file and the identity (a rotation made by agentctl rotate). It applies

@@ -15,12 +15,6 @@ import (
 	"github.com/custos-agent/custos/audit"
 )
 
-// OpIdentityReload is the control operation agentctl rotate, recover and the retired-key destruction send
-// when a running agent holds the audit log: the daemon re-reads the identity, writes the key events that
-// happened meanwhile (key.rotate, key.recover, key.destroy) to its audit log, switches the checkpoint
-// signer and renews its delegation and transport bindings. {} -> IdentityReloadResult.
-const OpIdentityReload = "identity.reload"
-
 // Sources of key event records (Details "source").
 const (
 	SourceAgentctl = "agentctl" // written by the command that made the change (no daemon was running)
@@ -105,14 +99,6 @@ func keyRef(uri string) string {
 		return uri[:i]
 	}
 	return uri
-}
-
-// IdentityReloadResult is the answer to OpIdentityReload.
-type IdentityReloadResult struct {
-	Generation         uint64   `json:"generation"`
-	PreviousGeneration uint64   `json:"previous_generation"`
-	Changed            bool     `json:"changed"`
-	Recorded           []string `json:"recorded"` // the audit event types written, in order
 }
 
 func (d *Daemon) opIdentityReload(ctx context.Context, c rbac.Cred, raw json.RawMessage) (any, error) {
