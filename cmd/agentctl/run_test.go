@@ -15,7 +15,9 @@ func TestLocateDaemon(t *testing.T) {
 	exe := filepath.Join(dir, "agentctl")
 	beside := filepath.Join(dir, daemonBinary)
 	inPath := filepath.Join(t.TempDir(), daemonBinary)
-	noPath := func(string) (string, error) { return "", errors.New(`exec: "custosd": executable file not found in $PATH`) }
+	noPath := func(string) (string, error) {
+		return "", errors.New(`exec: "custosd": executable file not found in $PATH`)
+	}
 	yesPath := func(string) (string, error) { return inPath, nil }
 
 	if _, err := locateDaemon(exe, noPath); err == nil || !strings.Contains(err.Error(), beside) || !strings.Contains(err.Error(), "$PATH") {
