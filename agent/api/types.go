@@ -8,6 +8,7 @@ import (
 	"github.com/custos-agent/custos/agent/envelope"
 	"github.com/custos-agent/custos/agent/reputation"
 	"github.com/custos-agent/custos/agent/tasks"
+	"github.com/custos-agent/custos/transports/host/sandbox"
 )
 
 // Requests and responses of the control operations (Table). The JSON field names are the wire format
@@ -22,6 +23,10 @@ type TransportStatus struct {
 	Running  bool     `json:"running"`
 	Restarts uint64   `json:"restarts"`
 	Listen   []string `json:"listen"`
+	// Sandbox summarises the protections of the current plugin process (ADR 0040), e.g. "landlock v7,
+	// seccomp, userns, mntns, pidns, no_new_privs, caps_dropped, uid 65534"; SandboxDetail has each.
+	Sandbox       string              `json:"sandbox"`
+	SandboxDetail sandbox.Protections `json:"sandbox_detail"`
 }
 
 // Status is the answer to OpStatus.

@@ -16,9 +16,12 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
+	"net/url"
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -41,6 +44,7 @@ import (
 	"github.com/custos-agent/custos/agent/tasks"
 	"github.com/custos-agent/custos/audit"
 	"github.com/custos-agent/custos/transports/host"
+	"github.com/custos-agent/custos/transports/host/sandbox"
 )
 
 // Names inside the home directory (DESIGN 8).
@@ -76,6 +80,9 @@ type Options struct {
 	AuthorizeLocal func(ctx context.Context, caller rbac.Cred, op string) error
 	// Version is reported in status and the audit log.
 	Version string
+	// SandboxProbe, when set, replaces the kernel probe of the plugin sandbox (tests simulate a kernel
+	// that lacks a protection).
+	SandboxProbe func() sandbox.Kernel
 }
 
 type transportState struct {
@@ -132,6 +139,11 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 	}
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
+	}
+	// No process of the agent's uid (a plugin run unconfined, anything else) may read this process's
+	// memory or environment, or ptrace it (ADR 0040).
+	if err := sandbox.SetNonDumpable(); err != nil {
+		return nil, fmt.Errorf("daemon: %w", err)
 	}
 	if opts.Version == "" {
 		opts.Version = "dev"
@@ -345,16 +357,35 @@ func (d *Daemon) currentKeyOf(id identity.ID) (identity.State, error) {
 }
 
 func (d *Daemon) startTransport(ctx context.Context, tc TransportConfig) error {
+	mode, err := sandbox.ParseMode(tc.Sandbox)
+	if err != nil {
+		return fmt.Errorf("transport %s: %w", tc.Name, err)
+	}
+	if mode == sandbox.Off {
+		d.log.Error("transport plugin sandbox is OFF: the plugin runs unconfined, as the agent's uid, and can reach the home, the control socket and the agent's memory",
+			"transport", tc.Name, "plugin", tc.Plugin)
+	}
 	t, err := host.Start(d.ctx, host.Config{
 		Name: tc.Name, Path: tc.Plugin, SHA256: tc.SHA256, Options: tc.Options, Authority: d.authority,
-		Observer: observer{d}, Logger: d.log,
+		Observer: observer{d}, Logger: d.log, Sandbox: mode, User: tc.User, BindPorts: bindPorts(tc),
+		SandboxProbe: d.opts.SandboxProbe,
 	})
 	if err != nil {
 		return fmt.Errorf("transport %s: plugin %s: %w", tc.Name, tc.Plugin, err)
 	}
 	ts := &transportState{cfg: tc, t: t}
 	d.transports[tc.Name] = ts
-	d.record(audit.PluginStarted, "agent", tc.Name, audit.OutcomeSuccess, map[string]any{"path": tc.Plugin, "sha256": tc.SHA256, "pid": t.PID()})
+	prot := t.Sandbox()
+	d.metrics.PluginSandbox(tc.Name, sandboxGauges(prot))
+	if mode == sandbox.BestEffort {
+		for _, p := range sandbox.All() {
+			if !prot.Has(p) && p != sandbox.UIDDrop {
+				d.log.Warn("transport plugin runs without a sandbox protection the kernel lacks", "transport", tc.Name, "protection", p)
+			}
+		}
+	}
+	d.record(audit.PluginStarted, "agent", tc.Name, audit.OutcomeSuccess, map[string]any{"path": tc.Plugin, "sha256": tc.SHA256, "pid": t.PID(),
+		"sandbox": prot.String(), "sandbox_mode": string(mode)})
 	for _, addr := range tc.Listen {
 		l, err := t.Listen(ctx, addr)
 		if err != nil {
@@ -378,6 +409,40 @@ func (d *Daemon) pluginPIDs() []int {
 		}
 	}
 	return out
+}
+
+// sandboxGauges is the metric value of each protection.
+func sandboxGauges(p sandbox.Protections) map[string]bool {
+	m := map[string]bool{}
+	for _, n := range sandbox.All() {
+		m[n] = p.Has(n)
+	}
+	return m
+}
+
+// bindPorts are the TCP ports a tcp or ws plugin may bind (its listen addresses; none when it only
+// dials); nil (no Landlock network rule) for other transports or an address without a numeric port.
+func bindPorts(tc TransportConfig) []uint16 {
+	if tc.Name != "tcp" && tc.Name != "ws" {
+		return nil
+	}
+	ports := []uint16{}
+	for _, a := range tc.Listen {
+		hp := a
+		if u, err := url.Parse(a); err == nil && u.Host != "" {
+			hp = u.Host
+		}
+		_, p, err := net.SplitHostPort(hp)
+		if err != nil {
+			return nil
+		}
+		n, err := strconv.ParseUint(p, 10, 16)
+		if err != nil {
+			return nil
+		}
+		ports = append(ports, uint16(n))
+	}
+	return ports
 }
 
 func (d *Daemon) transportNames() []string {

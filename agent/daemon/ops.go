@@ -67,6 +67,8 @@ func (d *Daemon) opStatus(ctx context.Context, _ rbac.Cred, raw json.RawMessage)
 	for _, name := range d.transportNames() {
 		ts := d.transports[name]
 		st := TransportStatus{Name: name, Plugin: ts.cfg.Plugin, SHA256: ts.cfg.SHA256, PID: ts.t.PID(), Running: ts.t.PID() != 0, Restarts: ts.t.Restarts()}
+		st.SandboxDetail = ts.t.Sandbox()
+		st.Sandbox = st.SandboxDetail.String()
 		for _, l := range ts.listeners {
 			st.Listen = append(st.Listen, l.Addrs()...)
 		}

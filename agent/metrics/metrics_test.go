@@ -41,6 +41,7 @@ func exercise(m *Metrics) {
 	m.RateLimited("messages")
 	m.SetPeers("blocked", 2)
 	m.PluginRestarted("transport-tcp")
+	m.PluginSandbox("tcp", map[string]bool{"landlock": true, "seccomp": false})
 	m.ObserveKeystore("pkcs11", OpSign, 3*time.Millisecond, nil)
 	m.ObserveKeystore("pkcs11", OpSign, time.Millisecond, keystore.Errorf(keystore.ErrUnavailable, "token removed"))
 	m.AuditRecordsWritten(3)
@@ -71,7 +72,7 @@ var wantFamilies = []string{
 	"custos_auth_attempts_total", "custos_operations_failed_total", "custos_messages_total",
 	"custos_message_bytes_total", "custos_sessions_active", "custos_keystore_operation_duration_seconds",
 	"custos_keystore_errors_total", "custos_replays_refused_total", "custos_rate_limited_total", "custos_peers",
-	"custos_plugin_restarts_total", "custos_audit_records_total", "custos_audit_write_failures_total",
+	"custos_plugin_restarts_total", "custos_plugin_sandbox", "custos_audit_records_total", "custos_audit_write_failures_total",
 	"custos_audit_checkpoint_failures_total", "custos_audit_ack_duration_seconds",
 }
 

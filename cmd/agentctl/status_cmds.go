@@ -70,7 +70,7 @@ func printStatus(out io.Writer, st *api.Status) {
 	w.Flush()
 	fmt.Fprintln(out, "\ntransports")
 	w = tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(w, "  NAME\tSTATE\tPID\tRESTARTS\tLISTEN")
+	fmt.Fprintln(w, "  NAME\tSTATE\tPID\tRESTARTS\tLISTEN\tSANDBOX")
 	for _, t := range st.Transports {
 		state := "running"
 		if !t.Running {
@@ -80,7 +80,7 @@ func printStatus(out io.Writer, st *api.Status) {
 		if listen == "" {
 			listen = "(dial only)"
 		}
-		fmt.Fprintf(w, "  %s\t%s\t%d\t%d\t%s\n", t.Name, state, t.PID, t.Restarts, listen)
+		fmt.Fprintf(w, "  %s\t%s\t%d\t%d\t%s\t%s\n", t.Name, state, t.PID, t.Restarts, listen, t.Sandbox)
 	}
 	w.Flush()
 	fmt.Fprintf(out, "\nsessions (%d)\n", len(st.Sessions))

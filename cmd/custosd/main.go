@@ -19,6 +19,7 @@ import (
 
 	"github.com/custos-agent/custos/agent/daemon"
 	"github.com/custos-agent/custos/cmd/internal/clisession"
+	"github.com/custos-agent/custos/transports/host/sandbox"
 )
 
 // version is reported by the daemon (status, audit).
@@ -89,6 +90,11 @@ func defaultHome() string {
 func runDaemon(c *cli.Context) error {
 	if c.NArg() > 0 {
 		return clisession.Usagef("run takes no arguments (got %q)", c.Args().First())
+	}
+	// Before any secret (passphrase, PIN) is read: no process of this uid may read this one's memory or
+	// environment (ADR 0040). (agentctl run executes this binary; execve resets the flag, so it is set here.)
+	if err := sandbox.SetNonDumpable(); err != nil {
+		return err
 	}
 	s, err := clisession.New(c)
 	if err != nil {

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/custos-agent/custos/transports"
+	"github.com/custos-agent/custos/transports/host/sandbox"
 )
 
 // Transport is one supervised transport plugin. It stays usable across plugin restarts: Listen's
@@ -69,6 +70,16 @@ func (t *Transport) Name() string { return t.cfg.Name }
 
 // Restarts is the number of restarts so far.
 func (t *Transport) Restarts() uint64 { return t.restarts.Load() }
+
+// Sandbox reports what confines the current plugin process (zero while none runs).
+func (t *Transport) Sandbox() sandbox.Protections {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.inst == nil {
+		return sandbox.Protections{}
+	}
+	return t.inst.prot
+}
 
 // PID is the current plugin process ID, 0 while none runs.
 func (t *Transport) PID() int {

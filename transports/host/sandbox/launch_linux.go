@@ -1,0 +1,433 @@
+package sandbox
+
+import (
+	"bufio"
+	"context"
+	"debug/elf"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"os/user"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	ll "github.com/landlock-lsm/go-landlock/landlock/syscall"
+	"golang.org/x/sys/unix"
+)
+
+// DefaultUser is the account plugins run as when the daemon is root and none is configured.
+const DefaultUser = "custos-transport"
+
+// nobody is the fallback uid/gid when the daemon is root and DefaultUser does not exist.
+const nobody = 65534
+
+// trampolineArg0 is the argv[0] that makes this package's init run the trampoline.
+const trampolineArg0 = "custos-transport-sandbox"
+
+// maxReport bounds what the host reads from the trampoline's status pipe.
+const maxReport = 64 << 10
+
+// ProbeKernel reports what this kernel offers a plugin sandbox.
+func ProbeKernel() Kernel {
+	var k Kernel
+	if v, err := ll.LandlockGetABIVersion(); err != nil {
+		k.LandlockErr = "landlock_create_ruleset: " + err.Error()
+	} else {
+		k.LandlockABI = v
+	}
+	if _, err := unix.PrctlRetInt(unix.PR_GET_SECCOMP, 0, 0, 0, 0); err != nil {
+		k.SeccompErr = "prctl(PR_GET_SECCOMP): " + err.Error()
+	}
+	if _, err := unix.PrctlRetInt(unix.PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0); err != nil {
+		k.NoNewPrivsErr = "prctl(PR_GET_NO_NEW_PRIVS): " + err.Error()
+	}
+	k.UserNSErr = probeUserNS()
+	return k
+}
+
+func probeUserNS() string {
+	if _, err := os.Stat("/proc/self/ns/user"); err != nil {
+		return "the kernel has no user namespaces"
+	}
+	if b, err := os.ReadFile("/proc/sys/user/max_user_namespaces"); err == nil && strings.TrimSpace(string(b)) == "0" {
+		return "user.max_user_namespaces is 0"
+	}
+	if os.Geteuid() != 0 {
+		if b, err := os.ReadFile("/proc/sys/kernel/unprivileged_userns_clone"); err == nil && strings.TrimSpace(string(b)) == "0" {
+			return "kernel.unprivileged_userns_clone is 0 and the daemon is not root"
+		}
+	}
+	return ""
+}
+
+// Options describe one sandboxed launch.
+type Options struct {
+	Mode Mode
+	// Kernel is the probe result (ProbeKernel, or a simulated kernel in tests).
+	Kernel Kernel
+	// User is the account for the plugin when the daemon is root ("" = DefaultUser if it exists, else
+	// uid/gid 65534). It must be empty when the daemon is not root.
+	User string
+	// SocketDir is go-plugin's per-launch socket directory: the plugin's only writable place.
+	SocketDir string
+	// BindPorts, when non-nil, are the only TCP ports the plugin may bind (0 = an ephemeral port).
+	BindPorts []uint16
+	// Path is the plugin's configured path (its argv[0], and its Landlock rule without a mount namespace).
+	Path string
+}
+
+// spec is what the host tells the trampoline (JSON over a pipe).
+type spec struct {
+	Root       string      `json:"root"` // empty directory to build the new root on; "" = no mount namespace
+	UserNS     bool        `json:"userns"`
+	PIDNS      bool        `json:"pidns"`
+	Binds      []bindSpec  `json:"binds"`
+	Symlinks   [][2]string `json:"symlinks"` // path, target
+	SocketDir  string      `json:"socket_dir"`
+	PluginPath string      `json:"plugin_path"` // the plugin for its Landlock rule
+	Interp     string      `json:"interp"`
+	ReadDirs   []string    `json:"read_dirs"`
+	ReadFiles  []string    `json:"read_files"`
+	Landlock   int         `json:"landlock"`
+	BindPorts  []uint16    `json:"bind_ports"`
+	NetRules   bool        `json:"net_rules"`
+	Seccomp    bool        `json:"seccomp"`
+	NoNewPrivs bool        `json:"no_new_privs"`
+	Argv0      string      `json:"argv0"`
+	UID        int         `json:"uid"`
+	GID        int         `json:"gid"`
+	UIDDrop    bool        `json:"uid_drop"`
+}
+
+type bindSpec struct {
+	Src string `json:"src"`
+	Dst string `json:"dst"`
+	Dir bool   `json:"dir"`
+	RW  bool   `json:"rw"`
+}
+
+// Launch is a prepared sandboxed start: call Wrap, start the command, then Wait.
+type Launch struct {
+	status    *os.File   // host end of the status pipe
+	childEnds []*os.File // the child's ends, closed here once it started
+	root      string     // mountpoint directory to remove after the process ended
+	planned   Protections
+}
+
+// Wrap rewrites cmd, whose ExtraFiles[0] (descriptor 3 in the child) is the checked plugin binary, so
+// that it starts through the trampoline. Mode Off leaves cmd alone and returns a nil Launch. With Mode
+// Required, a protection the kernel lacks is a *MissingError and cmd is not touched.
+func Wrap(cmd *exec.Cmd, o Options) (*Launch, error) {
+	if o.Mode == Off {
+		return nil, nil
+	}
+	if len(cmd.ExtraFiles) == 0 {
+		return nil, errors.New("sandbox: the plugin binary must be descriptor 3")
+	}
+	if o.Mode != Required && o.Mode != BestEffort {
+		return nil, fmt.Errorf("sandbox: unknown mode %q", o.Mode)
+	}
+	k := o.Kernel
+	if o.Mode == Required {
+		missing := map[string]string{}
+		for _, n := range allNames {
+			if n == UIDDrop {
+				continue
+			}
+			if why := k.why(n); why != "" {
+				missing[n] = why
+			}
+		}
+		if len(missing) > 0 {
+			return nil, &MissingError{Missing: missing}
+		}
+	}
+	uid, gid, err := plugUser(o.User)
+	if err != nil {
+		return nil, err
+	}
+	useNS := k.why(UserNS) == ""
+	s := &spec{UserNS: useNS, PIDNS: useNS, SocketDir: o.SocketDir, Argv0: o.Path, UID: uid, GID: gid,
+		NoNewPrivs: k.why(NoNewPrivs) == "", Seccomp: k.why(Seccomp) == "", UIDDrop: os.Geteuid() == 0 && uid != 0}
+	if k.why(Landlock) == "" {
+		s.Landlock = min(k.LandlockABI, maxLandlockABI)
+		if o.BindPorts != nil && s.Landlock >= 4 {
+			s.NetRules, s.BindPorts = true, append([]uint16(nil), o.BindPorts...)
+		}
+	}
+	interp, err := elfInterp(cmd.ExtraFiles[0])
+	if err != nil {
+		return nil, fmt.Errorf("sandbox: read plugin %s: %w", o.Path, err)
+	}
+	s.Interp = interp
+	// What a dynamically linked plugin needs to be loaded and to resolve names, read-only.
+	var libDirs []string
+	for _, d := range []string{"/lib", "/lib64", "/lib32", "/usr/lib", "/usr/lib64", "/usr/lib32"} {
+		fi, err := os.Lstat(d)
+		switch {
+		case err != nil:
+		case fi.Mode()&os.ModeSymlink != 0:
+			if t, err := os.Readlink(d); err == nil {
+				s.Symlinks = append(s.Symlinks, [2]string{d, t})
+			}
+		case fi.IsDir():
+			libDirs = append(libDirs, d)
+		}
+	}
+	var files []string
+	for _, f := range []string{"/etc/ld.so.cache", "/etc/resolv.conf", "/etc/hosts", "/etc/nsswitch.conf", "/etc/host.conf",
+		"/etc/gai.conf", "/etc/services", "/etc/protocols"} {
+		if fi, err := os.Stat(f); err == nil && fi.Mode().IsRegular() {
+			files = append(files, f)
+		}
+	}
+	if interp == "" {
+		libDirs = nil
+	}
+	s.ReadDirs, s.ReadFiles = libDirs, files
+	root := ""
+	if useNS {
+		// The new root's mountpoint lives in go-plugin's per-launch directory, which go-plugin removes
+		// with the plugin.
+		if o.SocketDir != "" {
+			root = filepath.Join(o.SocketDir, ".root")
+			err = os.Mkdir(root, 0o700)
+		} else {
+			root, err = os.MkdirTemp("", "custos-sandbox-")
+		}
+		if err != nil {
+			return nil, fmt.Errorf("sandbox: %w", err)
+		}
+		s.Root = root
+		for _, d := range libDirs {
+			s.Binds = append(s.Binds, bindSpec{Src: d, Dst: d, Dir: true})
+		}
+		for _, f := range files {
+			src, err := filepath.EvalSymlinks(f)
+			if err != nil {
+				continue
+			}
+			s.Binds = append(s.Binds, bindSpec{Src: src, Dst: f})
+		}
+		if o.SocketDir != "" {
+			s.Binds = append(s.Binds, bindSpec{Src: o.SocketDir, Dst: o.SocketDir, Dir: true, RW: true})
+		}
+	}
+	// Landlock's rules hold on inodes: the trampoline makes them (from these host paths, the plugin's
+	// from its checked descriptor) before it changes root, and enforces them after.
+	s.PluginPath = "/proc/self/fd/3"
+	if os.Geteuid() == 0 && uid != 0 {
+		// The plugin's uid must reach its own directories; nothing else of the host's changes owner.
+		for _, d := range []string{root, o.SocketDir} {
+			if d == "" {
+				continue
+			}
+			if err := os.Chown(d, uid, gid); err != nil {
+				cleanup(root)
+				return nil, fmt.Errorf("sandbox: chown %s to the plugin's uid %d: %w", d, uid, err)
+			}
+		}
+	}
+	raw, err := json.Marshal(s)
+	if err != nil {
+		cleanup(root)
+		return nil, err
+	}
+	specR, specW, err := os.Pipe()
+	if err != nil {
+		cleanup(root)
+		return nil, err
+	}
+	if _, err := specW.Write(raw); err != nil { // a few KiB: fits the pipe buffer
+		_ = specW.Close()
+		_ = specR.Close()
+		cleanup(root)
+		return nil, fmt.Errorf("sandbox: write spec: %w", err)
+	}
+	_ = specW.Close()
+	statusR, statusW, err := os.Pipe()
+	if err != nil {
+		_ = specR.Close()
+		cleanup(root)
+		return nil, err
+	}
+	specFD := 3 + len(cmd.ExtraFiles)
+	cmd.ExtraFiles = append(cmd.ExtraFiles, specR, statusW)
+	cmd.Path = "/proc/self/exe"
+	cmd.Args = []string{trampolineArg0, strconv.Itoa(specFD), strconv.Itoa(specFD + 1)}
+	attr := &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	switch {
+	case useNS:
+		attr.Cloneflags = syscall.CLONE_NEWUSER | syscall.CLONE_NEWNS | syscall.CLONE_NEWPID
+		attr.UidMappings = []syscall.SysProcIDMap{{ContainerID: 0, HostID: uid, Size: 1}}
+		attr.GidMappings = []syscall.SysProcIDMap{{ContainerID: 0, HostID: gid, Size: 1}}
+		if os.Geteuid() == 0 {
+			// Root creating the namespace stays host uid 0 (unmapped there) until it switches to the
+			// namespace's root, which is the plugin's unprivileged account; root's supplementary
+			// groups are dropped on the way.
+			attr.GidMappingsEnableSetgroups = true
+			attr.Credential = &syscall.Credential{Uid: 0, Gid: 0, Groups: []uint32{}}
+		}
+	case os.Geteuid() == 0 && uid != 0:
+		attr.Credential = &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid), Groups: []uint32{}}
+	}
+	cmd.SysProcAttr = attr
+	// specR and statusW stay open in this process until the child has its copies (Started, Abort).
+	l := &Launch{status: statusR, childEnds: []*os.File{specR, statusW}, root: root}
+	l.planned = Protections{UserNS: s.UserNS, MountNS: s.Root != "", PIDNS: s.PIDNS, NoNewPrivs: s.NoNewPrivs,
+		Seccomp: s.Seccomp, Landlock: s.Landlock, LandlockNet: s.NetRules, CapsDropped: s.UserNS, UID: uid, GID: gid, UIDDrop: s.UIDDrop}
+	if os.Geteuid() != 0 {
+		l.planned.UID, l.planned.GID = os.Getuid(), os.Getgid()
+	}
+	return l, nil
+}
+
+// Started waits for the trampoline's report once the command started: the protections applied, or why
+// it failed (then the process is exiting and cmd.Wait reaps it). The status pipe reaches EOF when the
+// plugin was executed (close-on-exec) or the trampoline exited.
+func (l *Launch) Started(ctx context.Context) (Protections, error) {
+	// Close this process's copies of the child's ends, so EOF means the child's copy is gone too.
+	l.closeChildEnds()
+	defer func() { _ = l.status.Close() }()
+	if dl, ok := ctx.Deadline(); ok {
+		_ = l.status.SetReadDeadline(dl)
+	} else {
+		_ = l.status.SetReadDeadline(time.Now().Add(30 * time.Second))
+	}
+	sc := bufio.NewScanner(io.LimitReader(l.status, maxReport))
+	var got *Protections
+	var failure string
+	for sc.Scan() {
+		line := sc.Text()
+		if msg, ok := strings.CutPrefix(line, "error "); ok {
+			failure = msg
+			continue
+		}
+		if raw, ok := strings.CutPrefix(line, "ok "); ok {
+			var p Protections
+			if err := json.Unmarshal([]byte(raw), &p); err != nil {
+				failure = "unreadable report: " + err.Error()
+				continue
+			}
+			got = &p
+		}
+	}
+	if err := sc.Err(); err != nil && failure == "" {
+		failure = "reading the report: " + err.Error()
+	}
+	if failure != "" {
+		return Protections{}, fmt.Errorf("%w: %s", ErrFailed, failure)
+	}
+	if got == nil {
+		return Protections{}, fmt.Errorf("%w: the trampoline ended without a report", ErrFailed)
+	}
+	got.UID, got.GID, got.UIDDrop = l.planned.UID, l.planned.GID, l.planned.UIDDrop
+	// The trampoline fails rather than applying less than planned; check anyway.
+	for _, n := range allNames {
+		if l.planned.Has(n) && !got.Has(n) {
+			return Protections{}, fmt.Errorf("%w: %s was planned but not applied", ErrFailed, n)
+		}
+	}
+	return *got, nil
+}
+
+func (l *Launch) closeChildEnds() {
+	for _, f := range l.childEnds {
+		_ = f.Close()
+	}
+	l.childEnds = nil
+}
+
+// Abort releases a Launch whose command did not start.
+func (l *Launch) Abort() {
+	if l == nil {
+		return
+	}
+	l.closeChildEnds()
+	_ = l.status.Close()
+	cleanup(l.root)
+}
+
+// Cleanup removes the launch's mountpoint directory (after the process ended).
+func (l *Launch) Cleanup() {
+	if l != nil {
+		cleanup(l.root)
+	}
+}
+
+func cleanup(root string) {
+	if root != "" {
+		_ = os.Remove(root)
+	}
+}
+
+// plugUser resolves the plugin's host uid/gid: the configured or default account when the daemon is
+// root, the daemon's own otherwise.
+func plugUser(name string) (int, int, error) {
+	if os.Geteuid() != 0 {
+		if name != "" {
+			return 0, 0, fmt.Errorf("sandbox: transports[].user %q needs the daemon to run as root (it runs as uid %d; plugins run as that uid inside their own user namespace)", name, os.Geteuid())
+		}
+		return os.Getuid(), os.Getgid(), nil
+	}
+	explicit := name != ""
+	if !explicit {
+		name = DefaultUser
+	}
+	u, err := user.Lookup(name)
+	if err != nil {
+		if !explicit {
+			return nobody, nobody, nil
+		}
+		if n, perr := strconv.Atoi(name); perr == nil && n > 0 {
+			return n, n, nil
+		}
+		return 0, 0, fmt.Errorf("sandbox: transports[].user %q: %w (create it, e.g. with the sysusers entry, or name another unprivileged account)", name, err)
+	}
+	uid, _ := strconv.Atoi(u.Uid)
+	gid, _ := strconv.Atoi(u.Gid)
+	if uid == 0 || gid == 0 {
+		return 0, 0, fmt.Errorf("sandbox: transports[].user %q is root (uid %d gid %d); plugins must run unprivileged", name, uid, gid)
+	}
+	return uid, gid, nil
+}
+
+// elfInterp returns the plugin's ELF interpreter (dynamic loader), "" for a static binary.
+func elfInterp(f *os.File) (string, error) {
+	ef, err := elf.NewFile(f)
+	if err != nil {
+		return "", err
+	}
+	for _, p := range ef.Progs {
+		if p.Type == elf.PT_INTERP {
+			b, err := io.ReadAll(io.LimitReader(p.Open(), 4096))
+			if err != nil {
+				return "", err
+			}
+			return strings.TrimRight(string(b), "\x00"), nil
+		}
+	}
+	return "", nil
+}
+
+// SetNonDumpable makes this process non-dumpable (PR_SET_DUMPABLE 0): no process of the same uid can
+// ptrace it or read its /proc/<pid>/mem and environ, and it leaves no core dump. The agent calls it
+// first thing.
+func SetNonDumpable() error {
+	if err := unix.Prctl(unix.PR_SET_DUMPABLE, 0, 0, 0, 0); err != nil {
+		return fmt.Errorf("prctl(PR_SET_DUMPABLE, 0): %w", err)
+	}
+	return nil
+}
+
+// Dumpable reports whether this process is dumpable.
+func Dumpable() (bool, error) {
+	v, err := unix.PrctlRetInt(unix.PR_GET_DUMPABLE, 0, 0, 0, 0)
+	return v != 0, err
+}
