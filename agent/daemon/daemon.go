@@ -1,10 +1,10 @@
-// Package daemon is the Custos agent daemon (agentctl run): it opens the identity (agent/custody) and the
+// Package daemon is the Custos agent daemon (cmd/custosd, which agentctl run executes): it opens the identity (agent/custody) and the
 // state database once, starts the delegation manager, the audit log and the metrics endpoint, launches
 // every configured transport plugin with a binding authority backed by the operational key, listens,
 // dials the bootstrap peers, runs the agent handshake on every connection, keeps one session per peer
 // (re-dialling with backoff when a session or a plugin goes down), runs the task protocol (agent/tasks)
-// over the sessions, and serves the local control socket (agent/control) that the other agentctl
-// commands use. Shutdown drains; Reload re-reads the configuration and the identity.
+// over the sessions, and serves the local control socket (agent/control) with the handlers of the
+// control API (agent/api: its table gives each operation's permission) that the other agentctl commands use. Shutdown drains; Reload re-reads the configuration and the identity.
 //
 // Authorization and trust (RBAC, resource policy, reputation, puzzles, grants, replicated tasks) are wired
 // in by authz*.go (docs/authorization.md §7, ADR 0023); Options.Validator, Options.AdmitTask and
