@@ -62,31 +62,6 @@ func refusalOf(err error) string {
 	return ""
 }
 
-// controlOps names the rbac operation (and so the permission) of every control-socket operation. An
-// operation missing here is refused (deny by default); TestEveryControlOpIsAuthorized keeps it complete.
-var controlOps = map[string]rbac.Operation{
-	OpStatus:            rbac.CtlStatus,
-	OpPeersList:         rbac.CtlPeersList,
-	OpPeersConnect:      rbac.CtlPeersConnect,
-	OpPeersBlock:        rbac.CtlPeersBlock,
-	OpPeersUnblock:      rbac.CtlPeersUnblock,
-	OpTaskSubmit:        rbac.CtlTaskSubmit,
-	OpTaskReplicate:     rbac.CtlTaskSubmit,
-	OpTaskGet:           rbac.CtlTaskResult,
-	OpTaskList:          rbac.CtlTaskStatus,
-	OpConfigReload:      rbac.CtlConfigReload,
-	OpIdentityReload:    rbac.CtlRotate,
-	OpGrantIssue:        rbac.CtlGrant,
-	OpGrantInstall:      rbac.CtlGrant,
-	OpGrantRemove:       rbac.CtlGrant,
-	OpGrantsList:        rbac.CtlGrantsList,
-	OpRevoke:            rbac.CtlRevoke,
-	OpRevocationInstall: rbac.CtlRevoke,
-	OpStakeSign:         rbac.CtlStakeSet,
-	OpStakeSet:          rbac.CtlStakeSet,
-	OpAuditHead:         rbac.CtlAuditVerify,
-}
-
 // authz wires agent/rbac, agent/policy, agent/reputation, agent/puzzle and agent/consensus into the
 // daemon (docs/authorization.md §7): the handshake validator, the message dispatcher, the control-socket
 // check, grants this agent holds, and replicated task submission.
@@ -901,18 +876,11 @@ func (z *authz) report(peer, subject, messageID, code, detail string, enforced b
 	}
 }
 
-// authorizeLocal is the control socket's check: the caller's kernel credentials map to roles
-// (authorization.local), and one of them must carry the permission of the operation (controlOps).
-// Options.AuthorizeLocal, when set, must agree too.
-func (z *authz) authorizeLocal(ctx context.Context, c rbac.Cred, op string) error {
-	rop, ok := controlOps[op]
-	var err error
-	if !ok {
-		err = fmt.Errorf("%w: control operation %q has no entry in the daemon's authorization table", rbac.ErrUnknownOperation, op)
-	} else {
-		err = z.az.AuthorizeLocal(ctx, c, rop)
-	}
-	if err != nil {
+// authorizeLocal is the control socket's check (control.Config.Authorize): the caller's kernel
+// credentials map to roles (authorization.local), and one of them must carry the permission of rop, the
+// rbac operation agent/api's table declares for op. Options.AuthorizeLocal, when set, must agree too.
+func (z *authz) authorizeLocal(ctx context.Context, c rbac.Cred, op string, rop rbac.Operation) error {
+	if err := z.az.AuthorizeLocal(ctx, c, rop); err != nil {
 		code := string(rbac.ReasonOf(err))
 		if code == "" {
 			code = string(rbac.PermissionDenied)

@@ -1,10 +1,10 @@
-// Package daemon is the Custos agent daemon (agentctl run): it opens the identity (agent/custody) and the
+// Package daemon is the Custos agent daemon (cmd/custosd, which agentctl run executes): it opens the identity (agent/custody) and the
 // state database once, starts the delegation manager, the audit log and the metrics endpoint, launches
 // every configured transport plugin with a binding authority backed by the operational key, listens,
 // dials the bootstrap peers, runs the agent handshake on every connection, keeps one session per peer
 // (re-dialling with backoff when a session or a plugin goes down), runs the task protocol (agent/tasks)
-// over the sessions, and serves the local control socket (agent/control) that the other agentctl
-// commands use. Shutdown drains; Reload re-reads the configuration and the identity.
+// over the sessions, and serves the local control socket (agent/control) with the handlers of the
+// control API (agent/api: its table gives each operation's permission) that the other agentctl commands use. Shutdown drains; Reload re-reads the configuration and the identity.
 //
 // Authorization and trust (RBAC, resource policy, reputation, puzzles, grants, replicated tasks) are wired
 // in by authz*.go (docs/authorization.md §7, ADR 0023); Options.Validator, Options.AdmitTask and
@@ -29,6 +29,7 @@ import (
 	"go.etcd.io/bbolt"
 	bolterrors "go.etcd.io/bbolt/errors"
 
+	"github.com/custos-agent/custos/agent/api"
 	"github.com/custos-agent/custos/agent/control"
 	"github.com/custos-agent/custos/agent/custody"
 	"github.com/custos-agent/custos/agent/delegation"
@@ -49,8 +50,8 @@ import (
 // Names inside the home directory (DESIGN 8).
 const (
 	StateFile   = "state.db"
-	AuditDir    = "audit"
-	ControlFile = "control.sock"
+	AuditDir    = api.AuditDir
+	ControlFile = api.ControlFile
 	WorkDir     = "work" // per-task working directories of exec handlers
 )
 
@@ -275,8 +276,12 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 		}
 	}
 
+	ops, err := api.Ops(d.handlers()) // ops.go; each with its permission from api.Table
+	if err != nil {
+		return nil, err
+	}
 	d.ctl, err = control.Listen(control.Config{
-		Path: filepath.Join(d.home, ControlFile), Ops: d.ops(), Authorize: d.authz.authorizeLocal, // authz.go (then opts.AuthorizeLocal)
+		Path: filepath.Join(d.home, ControlFile), Ops: ops, Authorize: d.authz.authorizeLocal, // authz.go (then opts.AuthorizeLocal)
 		// The control socket serves people, not plugins: transport plugin processes and their descendants
 		// are refused before their request is read (threat model, section 2).
 		RefuseCaller: control.RefusePluginProcesses(d.pluginPIDs),
@@ -581,17 +586,6 @@ func (d *Daemon) teardown(ctx context.Context) error {
 		}
 	}
 	return errors.Join(errs...)
-}
-
-// ReloadResult says what a reload changed.
-type ReloadResult struct {
-	Digest         string   `json:"digest"`
-	PreviousDigest string   `json:"previous_digest"`
-	Changed        []string `json:"changed"`
-	Applied        []string `json:"applied"`
-	NeedRestart    []string `json:"need_restart,omitempty"`
-	Generation     uint64   `json:"generation"`
-	Rotated        bool     `json:"identity_rotated"`
 }
 
 // Reload re-reads the configuration file and the identity (a rotation made by agentctl rotate). It applies

@@ -37,12 +37,6 @@ func (ps *peerSession) canonical(local string) bool {
 	return initiator == min(local, ps.peer)
 }
 
-// Address is one way to reach a peer.
-type Address struct {
-	Transport string `json:"transport"`
-	Address   string `json:"address"`
-}
-
 // target is a peer this agent keeps a session with: it dials whenever there is none, with backoff.
 type target struct {
 	id     string
@@ -375,18 +369,6 @@ func (m *manager) closeAll() {
 	wg.Wait()
 }
 
-// SessionStatus describes one session.
-type SessionStatus struct {
-	Peer        string    `json:"peer"`
-	Transport   string    `json:"transport"`
-	Remote      string    `json:"remote"`
-	Role        string    `json:"role"`
-	Established time.Time `json:"established"`
-	Expires     time.Time `json:"expires"`
-	Generation  uint64    `json:"peer_generation"`
-	SessionID   string    `json:"session_id"`
-}
-
 func (ps *peerSession) status() SessionStatus {
 	p := ps.s.Peer()
 	return SessionStatus{Peer: ps.peer, Transport: ps.transport, Remote: ps.remote, Role: ps.s.Role().String(),
@@ -405,14 +387,6 @@ func (m *manager) statuses() []SessionStatus {
 	m.mu.Unlock()
 	sort.Slice(out, func(i, j int) bool { return out[i].Peer < out[j].Peer })
 	return out
-}
-
-// TargetStatus describes a peer this agent keeps a session with.
-type TargetStatus struct {
-	Addresses []Address `json:"addresses"`
-	Source    string    `json:"source"`
-	Attempts  int       `json:"dial_attempts"`
-	LastError string    `json:"last_error,omitempty"`
 }
 
 func (m *manager) targetStatuses() map[string]TargetStatus {

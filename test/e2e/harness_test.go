@@ -55,15 +55,16 @@ func goTool() string {
 	return "go"
 }
 
-// build compiles agentctl and every transport plugin that exists in this tree (libp2p is optional) in
-// one go invocation.
+// build compiles agentctl, the daemon custosd beside it (agentctl run executes it) and every transport
+// plugin that exists in this tree (libp2p is optional) in one go invocation.
 func build(dir string) error {
 	bins.dir, bins.plugins, bins.sums = dir, map[string]string{}, map[string]string{}
 	root, err := moduleRoot()
 	if err != nil {
 		return err
 	}
-	pkgs := []string{"./cmd/agentctl"}
+	pkgs := []string{"./cmd/agentctl", "./cmd/custosd"}
+	const commands = 2 // then the plugins
 	for _, t := range []string{"tcp", "ws", "libp2p"} {
 		if _, err := os.Stat(filepath.Join(root, "cmd", "transport-"+t, "main.go")); err == nil {
 			pkgs = append(pkgs, "./cmd/transport-"+t)
@@ -77,7 +78,7 @@ func build(dir string) error {
 		return fmt.Errorf("go build %v: %v\n%s", pkgs, err, stderr.String())
 	}
 	bins.agentctl = filepath.Join(dir, "agentctl")
-	for _, p := range pkgs[1:] {
+	for _, p := range pkgs[commands:] {
 		name := strings.TrimPrefix(p, "./cmd/transport-")
 		path := filepath.Join(dir, "transport-"+name)
 		raw, err := os.ReadFile(path)
