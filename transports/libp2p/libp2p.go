@@ -20,7 +20,9 @@ import (
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/protocol"
+	rcmgr "github.com/libp2p/go-libp2p/p2p/host/resource-manager"
 	"github.com/libp2p/go-libp2p/p2p/muxer/yamux"
+	"github.com/libp2p/go-libp2p/p2p/net/connmgr"
 	"github.com/libp2p/go-libp2p/p2p/net/swarm"
 	noise "github.com/libp2p/go-libp2p/p2p/security/noise"
 	libp2ptls "github.com/libp2p/go-libp2p/p2p/security/tls"
@@ -79,8 +81,14 @@ func (n *Network) Configure(_ context.Context, id *plugin.Identity, opts map[str
 	if err != nil {
 		return fmt.Errorf("libp2p key: %w", err)
 	}
+	rm, cm, err := newLimits()
+	if err != nil {
+		return err
+	}
 	h, err := golibp2p.New(
 		golibp2p.Identity(sk),
+		golibp2p.ResourceManager(rm),
+		golibp2p.ConnectionManager(cm),
 		golibp2p.NoListenAddrs,
 		golibp2p.Transport(tcp.NewTCPTransport),
 		golibp2p.Security(noise.ID, noise.New),
@@ -96,6 +104,46 @@ func (n *Network) Configure(_ context.Context, id *plugin.Identity, opts map[str
 	n.h = h
 	h.SetStreamHandler(ProtocolID, n.handleStream)
 	return nil
+}
+
+// Limits of the libp2p host: explicit, not go-libp2p's memory-scaled defaults, and in line with the TCP
+// and WebSocket plugins (at most 64 connections that have not finished their security handshake).
+const (
+	maxConns          = 512 // established connections, both directions
+	maxConnsInbound   = 256
+	maxTransientConns = 64 // connections before Noise/TLS and the muxer are up
+	maxStreams        = 4096
+	maxMemory         = 256 << 20
+	maxFD             = 512
+	connsLow          = 192 // the connection manager trims to connsLow when more than connsHigh are open
+	connsHigh         = 256
+)
+
+// newLimits builds the host's resource manager (fixed limits for the system and transient scopes) and a
+// connection manager that trims idle connections beyond connsHigh after a grace period.
+func newLimits() (network.ResourceManager, *connmgr.BasicConnMgr, error) {
+	partial := rcmgr.PartialLimitConfig{
+		System: rcmgr.ResourceLimits{
+			Conns: maxConns, ConnsInbound: maxConnsInbound, ConnsOutbound: maxConns - maxConnsInbound,
+			Streams: maxStreams, FD: maxFD, Memory: maxMemory,
+		},
+		Transient: rcmgr.ResourceLimits{
+			Conns: maxTransientConns, ConnsInbound: maxTransientConns, ConnsOutbound: maxTransientConns,
+			Streams: maxTransientConns, FD: maxTransientConns,
+		},
+	}
+	defaults := rcmgr.DefaultLimits
+	golibp2p.SetDefaultServiceLimits(&defaults)
+	rm, err := rcmgr.NewResourceManager(rcmgr.NewFixedLimiter(partial.Build(defaults.Scale(maxMemory, maxFD))))
+	if err != nil {
+		return nil, nil, fmt.Errorf("libp2p resource manager: %w", err)
+	}
+	cm, err := connmgr.NewConnManager(connsLow, connsHigh, connmgr.WithGracePeriod(time.Minute))
+	if err != nil {
+		_ = rm.Close()
+		return nil, nil, fmt.Errorf("libp2p connection manager: %w", err)
+	}
+	return rm, cm, nil
 }
 
 // Host is the libp2p host (for tests and benchmarks in this package).
