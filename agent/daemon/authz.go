@@ -14,6 +14,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/custos-agent/custos/agent/config"
 	"github.com/custos-agent/custos/agent/consensus"
 	"github.com/custos-agent/custos/agent/control"
 	"github.com/custos-agent/custos/agent/envelope"
@@ -131,7 +132,7 @@ func newAuthz(ctx context.Context, d *Daemon, cfg *Config) (*authz, error) {
 	z.send = func(ctx context.Context, peer string, t envelope.MessageType, payload []byte) error {
 		return d.mgr.Send(ctx, peer, t, payload)
 	}
-	rc, err := cfg.rbacConfig(z.selfUID)
+	rc, err := cfg.RBACConfig(z.selfUID)
 	if err != nil {
 		return nil, fmt.Errorf("authorization: %w", err)
 	}
@@ -142,7 +143,7 @@ func newAuthz(ctx context.Context, d *Daemon, cfg *Config) (*authz, error) {
 	if z.az, err = rbac.NewAuthorizer(ctx, rc, rbac.Options{Resolve: d.issuerKey, Store: store, Logger: d.log.With("part", "rbac")}); err != nil {
 		return nil, fmt.Errorf("authorization: %w", err)
 	}
-	pc, err := cfg.policyConfig()
+	pc, err := cfg.PolicyConfig()
 	if err != nil {
 		return nil, err
 	}
@@ -203,10 +204,10 @@ func newAuthz(ctx context.Context, d *Daemon, cfg *Config) (*authz, error) {
 
 // setRuntime applies the settings read on every decision.
 func (z *authz) setRuntime(cfg *Config) {
-	roles, _ := parseRoles(cfg.Authorization.DefaultPeerRoles) // validated
+	roles, _ := config.ParseRoles(cfg.Authorization.DefaultPeerRoles) // validated
 	z.mu.Lock()
 	z.requireLog = cfg.Authorization.RequireAdminLog
-	z.enforceRB = enforced(cfg.Authorization.Enforce.Grants)
+	z.enforceRB = config.Enforced(cfg.Authorization.Enforce.Grants)
 	z.defaults = roles
 	z.mu.Unlock()
 }
@@ -214,11 +215,11 @@ func (z *authz) setRuntime(cfg *Config) {
 // reload applies a new configuration's authorization and policy sections (SIGHUP). It changes nothing
 // when one of them cannot be applied.
 func (z *authz) reload(cfg *Config) error {
-	rc, err := cfg.rbacConfig(z.selfUID)
+	rc, err := cfg.RBACConfig(z.selfUID)
 	if err != nil {
 		return fmt.Errorf("authorization: %w", err)
 	}
-	pc, err := cfg.policyConfig()
+	pc, err := cfg.PolicyConfig()
 	if err != nil {
 		return err
 	}

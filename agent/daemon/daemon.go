@@ -26,6 +26,7 @@ import (
 	"go.etcd.io/bbolt"
 	bolterrors "go.etcd.io/bbolt/errors"
 
+	"github.com/custos-agent/custos/agent/config"
 	"github.com/custos-agent/custos/agent/control"
 	"github.com/custos-agent/custos/agent/custody"
 	"github.com/custos-agent/custos/agent/delegation"
@@ -174,7 +175,7 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 	if d.taskStore, err = tasks.NewStore(d.db); err != nil {
 		return nil, err
 	}
-	repCfg, err := cfg.reputationConfig() // authz_config.go: the reputation and puzzles sections
+	repCfg, err := cfg.ReputationSettings() // authz_config.go: the reputation and puzzles sections
 	if err != nil {
 		return nil, fmt.Errorf("%w: reputation: %v", ErrConfig, err)
 	}
@@ -236,7 +237,7 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 
 	d.mgr = newManager(d, cfg.Limits.MaxInboundHandshakes)
 	d.engine, err = tasks.New(tasks.Config{
-		LocalID: d.id.String(), Store: d.taskStore, Handlers: cfg.registry(d.workRoot()), Keys: d.dm, Peers: d.peers,
+		LocalID: d.id.String(), Store: d.taskStore, Handlers: cfg.Registry(d.workRoot()), Keys: d.dm, Peers: d.peers,
 		Sender: d.mgr, Admit: opts.AdmitTask, MaxConcurrent: cfg.Limits.MaxConcurrentTasks, MaxQueued: cfg.Limits.MaxQueuedTasks,
 		RetryInterval: cfg.Tasks.RetryInterval, Retention: cfg.Tasks.ResultRetention,
 		MaxUnacknowledged: cfg.Limits.MaxUnacknowledgedTasks, InboundRetention: cfg.Tasks.UnacknowledgedRetention,
@@ -543,7 +544,7 @@ func (d *Daemon) Reload(ctx context.Context) (*ReloadResult, error) {
 	d.mu.Lock()
 	old, oldDigest := d.cfg, d.digest
 	d.mu.Unlock()
-	res := &ReloadResult{Digest: digest, PreviousDigest: oldDigest, Changed: Diff(old, cfg)}
+	res := &ReloadResult{Digest: digest, PreviousDigest: oldDigest, Changed: config.Diff(old, cfg)}
 	for _, c := range res.Changed {
 		switch {
 		case strings.HasPrefix(c, "handlers."):
@@ -559,7 +560,7 @@ func (d *Daemon) Reload(ctx context.Context) (*ReloadResult, error) {
 		d.log.Error("configuration reload refused; the running configuration is unchanged", "err", err)
 		return nil, err
 	}
-	if err := d.engine.SetHandlers(cfg.registry(d.workRoot())); err != nil {
+	if err := d.engine.SetHandlers(cfg.Registry(d.workRoot())); err != nil {
 		return nil, err
 	}
 	d.mu.Lock()

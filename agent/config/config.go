@@ -1,4 +1,7 @@
-package daemon
+// Package config holds the agent daemon's configuration: the YAML schema (configs/agent.example.yaml
+// documents every field), its strict decoding, defaults and validation, and the translation of the
+// authorization sections into the rbac, policy and reputation configurations.
+package config
 
 import (
 	"bytes"
@@ -428,8 +431,8 @@ func diffMap[V any](prefix string, a, b map[string]V) []string {
 	return out
 }
 
-// registry builds the task handlers of the configuration.
-func (c *Config) registry(workRoot string) tasks.Registry {
+// Registry builds the task handlers of the configuration.
+func (c *Config) Registry(workRoot string) tasks.Registry {
 	r := tasks.Registry{}
 	for n, h := range c.Handlers {
 		switch {
