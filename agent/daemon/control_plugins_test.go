@@ -63,7 +63,7 @@ func TestControlRefusesPluginProcesses(t *testing.T) {
 	// The authorizer alone authorizes the plugin's credentials (the daemon's uid) for the operations that
 	// make the identity key sign or change trust: the refusal must come before it.
 	for _, op := range []string{OpGrantIssue, OpStakeSet, OpRevoke, OpIdentityReload} {
-		if err := d.authz.authorizeLocal(ctx, plug, op); err != nil {
+		if err := d.authz.AuthorizeLocal(ctx, plug, op); err != nil {
 			t.Logf("the local authorizer already refuses %s for the plugin's uid: %v", op, err)
 		}
 	}

@@ -26,7 +26,9 @@ import (
 	"go.etcd.io/bbolt"
 	bolterrors "go.etcd.io/bbolt/errors"
 
+	"github.com/custos-agent/custos/agent/authz"
 	"github.com/custos-agent/custos/agent/config"
+	"github.com/custos-agent/custos/agent/consensus"
 	"github.com/custos-agent/custos/agent/control"
 	"github.com/custos-agent/custos/agent/custody"
 	"github.com/custos-agent/custos/agent/delegation"
@@ -108,7 +110,9 @@ type Daemon struct {
 	dm         *delegation.Manager
 	replay     *replay.Cache
 	engine     *tasks.Engine
-	authz      *authz // authorization and trust (authz.go)
+	authz      *authz.Authz // authorization and trust (agent/authz; wired in authz.go)
+	evidence   *consensus.EvidenceStore
+	replicator *consensus.Replicator // replicated tasks (authz_replicate.go)
 	authority  *Authority
 	transports map[string]*transportState
 	mgr        *manager
@@ -181,7 +185,7 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 	}
 	d.rep, err = reputation.NewStore(ctx, d.db, repCfg, reputation.Options{
 		Resolve:   d.currentKeyOf,
-		CheckTask: d.feedbackTask, // authz.go
+		CheckTask: authz.FeedbackTask(d.peers), // agent/authz
 		OnChange:  d.trustChanged,
 		Logger:    d.log.With("part", "reputation"),
 	})
@@ -229,10 +233,11 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 	if d.authz, err = newAuthz(ctx, d, cfg); err != nil {
 		return nil, err
 	}
+	d.replicator = &consensus.Replicator{Rep: d.rep, Evidence: d.evidence, Peers: replicaPeers{d}, Runner: replicaRunner{d}}
 	d.wg.Add(1)
 	go func() {
 		defer d.wg.Done()
-		d.authz.sweep(dctx, cfg.Reputation.SweepInterval)
+		d.authz.Sweep(dctx, cfg.Reputation.SweepInterval)
 	}()
 
 	d.mgr = newManager(d, cfg.Limits.MaxInboundHandshakes)
@@ -265,7 +270,7 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 	}
 
 	d.ctl, err = control.Listen(control.Config{
-		Path: filepath.Join(d.home, ControlFile), Ops: d.ops(), Authorize: d.authz.authorizeLocal, // authz.go (then opts.AuthorizeLocal)
+		Path: filepath.Join(d.home, ControlFile), Ops: d.ops(), Authorize: d.authz.AuthorizeLocal, // authz.go (then opts.AuthorizeLocal)
 		// The control socket serves people, not plugins: transport plugin processes and their descendants
 		// are refused before their request is read (threat model, section 2).
 		RefuseCaller: control.RefusePluginProcesses(d.pluginPIDs),
@@ -424,7 +429,7 @@ func (d *Daemon) sessionConfig(transport, remote, pinned string) *session.Config
 				return fmt.Errorf("the transport binding named %s but the handshake authenticated %s", pinned, p.ID)
 			}
 			// Puzzle, trust level (Blocked refused), grants, connection policy: authz.go.
-			if err := d.authz.validate(ctx, early.strip(p)); err != nil {
+			if err := d.authz.Validate(ctx, early.strip(p)); err != nil {
 				return err
 			}
 			if d.opts.Validator != nil {
@@ -436,7 +441,7 @@ func (d *Daemon) sessionConfig(transport, remote, pinned string) *session.Config
 		Admit:   session.ValidatorFunc(func(_ context.Context, p *session.Peer) error { return d.admitEarly(p, &early) }),
 		OnEvent: func(ev session.Event) { d.sessionEvent(transport, remote, ev) },
 		// Admission puzzles asked of initiators, solved when asked; the grants this agent holds (authz.go).
-		Puzzler: d.authz.puzzler(), Solver: puzzle.Solver{}, Grants: d.authz.presentable(),
+		Puzzler: d.authz.Puzzler(), Solver: puzzle.Solver{}, Grants: d.authz.Presentable(),
 	}
 }
 
@@ -509,7 +514,7 @@ func (d *Daemon) teardown(ctx context.Context) error {
 		}
 	}
 	if d.authz != nil {
-		d.authz.close()
+		d.authz.Close()
 	}
 	if d.db != nil {
 		if err := d.db.Close(); err != nil {
@@ -555,7 +560,7 @@ func (d *Daemon) Reload(ctx context.Context) (*ReloadResult, error) {
 			res.NeedRestart = append(res.NeedRestart, c)
 		}
 	}
-	if err := d.authz.reload(cfg); err != nil { // authz.go: authorization and policy apply at once
+	if err := d.authz.Reload(cfg); err != nil { // authz.go: authorization and policy apply at once
 		d.record(audit.ConfigChanged, "operator", d.opts.ConfigPath, audit.OutcomeFailure, map[string]any{"digest": digest, "error": err.Error()})
 		d.log.Error("configuration reload refused; the running configuration is unchanged", "err", err)
 		return nil, err
