@@ -190,4 +190,3 @@ func TestGeoRules(t *testing.T) {
 		t.Fatalf("after the reload: %v", err)
 	}
 }
-

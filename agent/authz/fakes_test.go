@@ -128,7 +128,9 @@ func (r *fakeRep) Level(id identity.ID) reputation.Level {
 	return reputation.New
 }
 
-func (r *fakeRep) Effects(l reputation.Level) reputation.Effects { return reputation.DefaultEffects()[l] }
+func (r *fakeRep) Effects(l reputation.Level) reputation.Effects {
+	return reputation.DefaultEffects()[l]
+}
 
 func (r *fakeRep) Admit(id identity.ID) error {
 	if l := r.Level(id); r.Effects(l).RefuseHandshake {
@@ -138,7 +140,7 @@ func (r *fakeRep) Admit(id identity.ID) error {
 }
 
 func (r *fakeRep) AddFeedback(context.Context, reputation.Feedback) (float64, error) { return 1, nil }
-func (r *fakeRep) Sweep(context.Context) ([]reputation.Change, error)             { return nil, nil }
+func (r *fakeRep) Sweep(context.Context) ([]reputation.Change, error)                { return nil, nil }
 
 // fakeTasks has no tasks: nothing answers anything this agent sent.
 type fakeTasks struct {
