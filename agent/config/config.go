@@ -54,7 +54,7 @@ type Config struct {
 	Audit      AuditConfig              `yaml:"audit"`
 	Log        LogConfig                `yaml:"log"`
 	// Authorization, Policy, Reputation and Puzzles: who may do what, resource limits, trust, admission
-	// puzzles (authz_config.go; docs/authorization.md).
+	// puzzles (authz.go; docs/authorization.md).
 	Authorization AuthorizationConfig `yaml:"authorization"`
 	Policy        policy.Config       `yaml:"policy"`
 	Reputation    ReputationConfig    `yaml:"reputation"`
@@ -253,7 +253,7 @@ func (c *Config) applyDefaults() {
 	if c.Log.Level == "" {
 		c.Log.Level = "info"
 	}
-	c.applyAuthzDefaults() // authz_config.go
+	c.applyAuthzDefaults() // authz.go
 }
 
 var hexDigest = regexp.MustCompile(`^[0-9a-f]{64}$`)
@@ -371,7 +371,7 @@ func (c *Config) Validate() error {
 	if err := lv.UnmarshalText([]byte(c.Log.Level)); err != nil {
 		return bad("log.level", "%q: want debug, info, warn or error", c.Log.Level)
 	}
-	return c.validateAuthz() // authz_config.go
+	return c.validateAuthz() // authz.go
 }
 
 // InferTransport names the transport an address belongs to: wss:// URLs are ws, multiaddrs (starting

@@ -6,8 +6,9 @@
 // over the sessions, and serves the local control socket (agent/control) that the other agentctl
 // commands use. Shutdown drains; Reload re-reads the configuration and the identity.
 //
-// Authorization and trust (RBAC, resource policy, reputation, puzzles, grants, replicated tasks) are wired
-// in by authz*.go (docs/authorization.md §7, ADR 0023); Options.Validator, Options.AdmitTask and
+// Authorization and trust (RBAC, resource policy, reputation, puzzles, grants) are agent/authz, built over
+// the daemon's stores in authz.go; replicated tasks run through consensus.Replicator (authz_replicate.go;
+// docs/authorization.md §7, ADR 0023, ADR 0065); Options.Validator, Options.AdmitTask and
 // Options.AuthorizeLocal are further hooks that run after them.
 package daemon
 
@@ -179,7 +180,7 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 	if d.taskStore, err = tasks.NewStore(d.db); err != nil {
 		return nil, err
 	}
-	repCfg, err := cfg.ReputationSettings() // authz_config.go: the reputation and puzzles sections
+	repCfg, err := cfg.ReputationSettings() // agent/config: the reputation and puzzles sections
 	if err != nil {
 		return nil, fmt.Errorf("%w: reputation: %v", ErrConfig, err)
 	}
@@ -229,7 +230,7 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 		_ = d.dm.Run(dctx)
 	}()
 	d.replay = replay.New(replay.Config{Window: cfg.Session.ReplayWindow})
-	// Authorization and trust (authz.go): RBAC, resource policy, puzzles, grants, consensus evidence.
+	// Authorization and trust (agent/authz, wired in authz.go): RBAC, resource policy, puzzles, grants, consensus evidence.
 	if d.authz, err = newAuthz(ctx, d, cfg); err != nil {
 		return nil, err
 	}
@@ -428,7 +429,7 @@ func (d *Daemon) sessionConfig(transport, remote, pinned string) *session.Config
 			if pinned != "" && p.ID.String() != pinned {
 				return fmt.Errorf("the transport binding named %s but the handshake authenticated %s", pinned, p.ID)
 			}
-			// Puzzle, trust level (Blocked refused), grants, connection policy: authz.go.
+			// Puzzle, trust level (Blocked refused), grants, connection policy: agent/authz.
 			if err := d.authz.Validate(ctx, early.strip(p)); err != nil {
 				return err
 			}
@@ -440,7 +441,7 @@ func (d *Daemon) sessionConfig(transport, remote, pinned string) *session.Config
 		// Before the initiator's log, delegation and signature are verified: its puzzle and Blocked.
 		Admit:   session.ValidatorFunc(func(_ context.Context, p *session.Peer) error { return d.admitEarly(p, &early) }),
 		OnEvent: func(ev session.Event) { d.sessionEvent(transport, remote, ev) },
-		// Admission puzzles asked of initiators, solved when asked; the grants this agent holds (authz.go).
+		// Admission puzzles asked of initiators, solved when asked; the grants this agent holds (agent/authz).
 		Puzzler: d.authz.Puzzler(), Solver: puzzle.Solver{}, Grants: d.authz.Presentable(),
 	}
 }
@@ -560,7 +561,7 @@ func (d *Daemon) Reload(ctx context.Context) (*ReloadResult, error) {
 			res.NeedRestart = append(res.NeedRestart, c)
 		}
 	}
-	if err := d.authz.Reload(cfg); err != nil { // authz.go: authorization and policy apply at once
+	if err := d.authz.Reload(cfg); err != nil { // agent/authz: authorization and policy apply at once
 		d.record(audit.ConfigChanged, "operator", d.opts.ConfigPath, audit.OutcomeFailure, map[string]any{"digest": digest, "error": err.Error()})
 		d.log.Error("configuration reload refused; the running configuration is unchanged", "err", err)
 		return nil, err
