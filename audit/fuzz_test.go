@@ -3,6 +3,8 @@ package audit
 import (
 	"bytes"
 	"encoding/json"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -24,6 +26,19 @@ func FuzzDecodeLine(f *testing.F) {
 	f.Add([]byte(`{"v":1}`))
 	f.Add([]byte(`{"v":2,"seq":3,"time":"<&>\u2028","type":"a.b","actor":"\u0000é\"x","subject":"<script>","outcome":"info","details":{"a":"<&>","b":[1.5e3,null,true]},"prev":"","hash":""}`))
 	f.Add([]byte(`{"v":2,"seq":1,"Seq":2}`))
+	// The negative vectors' record lines (testdata/vectors) seed the corpus too.
+	logs, _ := filepath.Glob(filepath.Join(vectorDir, "*.log"))
+	for _, name := range logs {
+		b, err := os.ReadFile(name)
+		if err != nil {
+			f.Fatal(err)
+		}
+		for _, l := range strings.Split(string(b), "\n") {
+			if strings.HasPrefix(l, "{") {
+				f.Add([]byte(l))
+			}
+		}
+	}
 	f.Fuzz(func(t *testing.T, b []byte) {
 		check(t, b)
 		// Get past the hash check too: give the record its right hash and decode again.

@@ -20,6 +20,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/custos-agent/custos/internal/atomicfile"
 	"github.com/custos-agent/custos/keystore"
 )
 
@@ -619,7 +620,7 @@ func (l *Log) maybeRotate() error {
 	if err != nil {
 		return fmt.Errorf("start segment %s: %w", name, err)
 	}
-	if err := syncDir(l.dir); err != nil {
+	if err := atomicfile.SyncDir(l.dir); err != nil {
 		f.Close()
 		return fmt.Errorf("sync audit directory: %w", err)
 	}
@@ -771,7 +772,7 @@ func (l *Log) removeSegments(segs []segMeta) error {
 			firstErr = cmpErr(firstErr, err)
 		}
 	}
-	if err := syncDir(l.dir); err != nil {
+	if err := atomicfile.SyncDir(l.dir); err != nil {
 		firstErr = cmpErr(firstErr, err)
 	}
 	n := 0
@@ -892,7 +893,7 @@ func (l *Log) load() error {
 		if err != nil {
 			return fmt.Errorf("create first segment: %w", err)
 		}
-		if err := syncDir(l.dir); err != nil {
+		if err := atomicfile.SyncDir(l.dir); err != nil {
 			f.Close()
 			return err
 		}

@@ -122,16 +122,6 @@ func readLastLine(f *os.File, size int64) ([]byte, int64, error) {
 	return body[i+1:], size - n + int64(i+1), nil
 }
 
-// syncDir makes a directory's entries (created, renamed or removed files) durable.
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
-}
-
 // lockFile takes the writer's exclusive lock on dir/LOCK. The lock dies with the process.
 func lockFile(dir string) (*os.File, error) {
 	// O_NOFOLLOW: whoever can plant a link here must not make this process create or open a file elsewhere.

@@ -5,13 +5,13 @@
 # transport; one agent's key is rotated while tasks flow; every audit log is verified; a report at the end.
 # Without SoftHSM it falls back to the software backend (passphrase-encrypted key files) and says so.
 #
-# Usage: BIN=<dir with agentctl and transport-*> test/demo.sh   (builds nothing; state goes to ./demo-state,
+# Usage: BIN=<dir with agentctl, custosd and transport-*> test/demo.sh   (builds nothing; state goes to ./demo-state,
 #        wiped first). CUSTOS_DEMO_BACKEND=software forces the software backend even when SoftHSM is installed.
 set -euo pipefail
 umask 077
 
 BIN=${BIN:?set BIN to the directory holding the built agentctl and plugins (make demo does this)}
-for b in agentctl transport-tcp transport-ws transport-libp2p; do
+for b in agentctl custosd transport-tcp transport-ws transport-libp2p; do
   if [ ! -x "$BIN/$b" ]; then
     echo "demo: $BIN/$b not found: run 'make build' first" >&2
     exit 1

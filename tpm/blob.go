@@ -16,6 +16,8 @@ import (
 
 	"github.com/google/go-tpm/tpm2"
 
+	"github.com/custos-agent/custos/internal/atomicfile"
+	"github.com/custos-agent/custos/internal/strictjson"
 	"github.com/custos-agent/custos/keystore"
 )
 
@@ -27,6 +29,8 @@ const (
 	// ParentSRK names the parent every key is created under: the TCG reference ECC P-256 storage root key
 	// (go-tpm's tpm2.ECCSRKTemplate), created in the owner hierarchy with TPM2_CreatePrimary on demand.
 	ParentSRK = "owner/ecc-p256-srk"
+	// MaxBlobSize bounds a key file DecodeBlob accepts (a P-256 blob is about 1 KiB).
+	MaxBlobSize = 64 << 10
 )
 
 var labelRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
@@ -63,13 +67,8 @@ type Blob struct {
 // keystore.ErrCorrupt.
 func DecodeBlob(data []byte) (*Blob, error) {
 	var b Blob
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&b); err != nil {
+	if err := strictjson.Decode(data, &b, MaxBlobSize); err != nil {
 		return nil, corrupt("not a JSON key blob: %v", err)
-	}
-	if dec.More() {
-		return nil, corrupt("trailing data after the JSON object")
 	}
 	if b.Format != BlobFormat {
 		return nil, corrupt("format %q (want %q)", b.Format, BlobFormat)
@@ -222,40 +221,12 @@ func writeBlob(dir string, b *Blob) error {
 	if err != nil {
 		return err
 	}
-	tmp, err := os.CreateTemp(dir, ".tmp-"+b.Label+"-*")
-	if err != nil {
-		return fmt.Errorf("write TPM key file in %s: %w", dir, err)
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return fmt.Errorf("write TPM key file %s: %w", tmp.Name(), err)
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return fmt.Errorf("sync TPM key file %s: %w", tmp.Name(), err)
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
 	final := blobPath(dir, b.Label)
-	if err := os.Link(tmp.Name(), final); err != nil {
+	if err := atomicfile.Create(final, data); err != nil {
 		if errors.Is(err, fs.ErrExist) {
 			return keystore.Errorf(keystore.ErrExists, "a TPM key labelled %q already exists in %s", b.Label, dir)
 		}
-		return fmt.Errorf("create TPM key file %s: %w", final, err)
-	}
-	return syncDir(dir)
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("sync directory %s: %w", dir, err)
+		return fmt.Errorf("create TPM key file: %w", err)
 	}
 	return nil
 }

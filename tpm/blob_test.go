@@ -66,6 +66,8 @@ func TestDecodeBlob(t *testing.T) {
 		words string
 	}{
 		{"trailing JSON", append(bytes.Clone(raw), []byte(`{}`)...), "trailing data"},
+		{"trailing close brace", append(bytes.Clone(raw), '}'), "trailing data"},
+		{"trailing close bracket", append(bytes.Clone(raw), ']'), "trailing data"},
 		{"unknown field", edit(func(m map[string]any) { m["private_key"] = "x" }), "unknown field"},
 		{"other format", edit(func(m map[string]any) { m["format"] = "custos-tpm-key/v0" }), "format"},
 		{"ed25519", edit(func(m map[string]any) { m["algorithm"] = "ed25519" }), "only p256"},

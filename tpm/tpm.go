@@ -39,6 +39,7 @@ import (
 
 	"github.com/google/go-tpm/tpm2"
 
+	"github.com/custos-agent/custos/internal/atomicfile"
 	"github.com/custos-agent/custos/keystore"
 )
 
@@ -803,7 +804,7 @@ func (ks *Keystore) Destroy(ctx context.Context, keyURI string) error {
 		}
 		return fmt.Errorf("delete TPM key file: %w", err)
 	}
-	if err := syncDir(ks.dir); err != nil {
+	if err := atomicfile.SyncDir(ks.dir); err != nil {
 		return err
 	}
 	ks.log.Info("destroyed TPM key", "label", ref.label)

@@ -97,9 +97,6 @@ type Deps struct {
 	// GrantStore persists the grants and revocations peers present and administrators sign; nil keeps
 	// them in memory.
 	GrantStore rbac.Store
-	// ControlOps names the rbac operation of every control-socket operation; an operation missing here is
-	// refused (deny by default).
-	ControlOps map[string]rbac.Operation
 	// AuthorizeLocal, when set, must also agree to a control request.
 	AuthorizeLocal func(ctx context.Context, c rbac.Cred, op string) error
 	// Load is the share of the inbound handshake slots in use (adaptive puzzle difficulty); nil is 0.

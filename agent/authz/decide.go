@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/custos-agent/custos/agent/api"
 	"github.com/custos-agent/custos/agent/control"
 	"github.com/custos-agent/custos/agent/envelope"
 	"github.com/custos-agent/custos/agent/identity"
@@ -596,14 +597,22 @@ func (z *Authz) report(peer, subject, messageID, code, detail string, enforced b
 	}
 }
 
-// AuthorizeLocal is the control socket's check: the caller's kernel credentials map to roles
-// (authorization.local), and one of them must carry the permission of the operation (Deps.ControlOps).
-// Options.AuthorizeLocal, when set, must agree too.
+// AuthorizeLocal is AuthorizeOp with the rbac operation agent/api's table declares for op (api.Lookup);
+// an operation missing from the table is refused.
 func (z *Authz) AuthorizeLocal(ctx context.Context, c rbac.Cred, op string) error {
-	rop, ok := z.deps.ControlOps[op]
+	spec, _ := api.Lookup(op)
+	return z.AuthorizeOp(ctx, c, op, spec.Permission)
+}
+
+// AuthorizeOp is the control socket's check (control.Config.Authorize): the caller's kernel credentials
+// map to roles (authorization.local), and one of them must carry the permission of rop, the rbac operation
+// agent/api's table declares for op (control.Op.Permission; "" when the table has no entry: refused).
+// Options.AuthorizeLocal, when set, must agree too.
+func (z *Authz) AuthorizeOp(ctx context.Context, c rbac.Cred, op string, rop rbac.Operation) error {
+	ok := rop != ""
 	var err error
 	if !ok {
-		err = fmt.Errorf("%w: control operation %q has no entry in the daemon's authorization table", rbac.ErrUnknownOperation, op)
+		err = fmt.Errorf("%w: control operation %q has no entry in the control API's table", rbac.ErrUnknownOperation, op)
 	} else {
 		err = z.az.AuthorizeLocal(ctx, c, rop)
 	}

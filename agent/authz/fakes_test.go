@@ -222,8 +222,7 @@ func newFixture(t *testing.T, body string) *fixture {
 			f.mu.Unlock()
 			return nil
 		},
-		ControlOps: map[string]rbac.Operation{"status": rbac.CtlStatus, "grant.issue": rbac.CtlGrant, "task.list": rbac.CtlTaskStatus},
-		UID:        4242,
+		UID: 4242,
 	})
 	if err != nil {
 		t.Fatal(err)

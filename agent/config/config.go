@@ -27,6 +27,7 @@ import (
 	"github.com/custos-agent/custos/agent/policy"
 	"github.com/custos-agent/custos/agent/tasks"
 	"github.com/custos-agent/custos/transports"
+	"github.com/custos-agent/custos/transports/host/sandbox"
 )
 
 // MaxConfigSize bounds the configuration file.
@@ -73,6 +74,14 @@ type TransportConfig struct {
 	Listen []string `yaml:"listen"`
 	// Options are passed to the plugin (transport-specific, e.g. handshake_timeout).
 	Options map[string]string `yaml:"options"`
+	// Sandbox is "required" (the default: a protection the kernel lacks stops the plugin), "best-effort"
+	// (start with what the kernel offers, reported in status, metrics and the audit log) or "off"
+	// (unconfined; for debugging only, logged as an error). ADR 0040.
+	Sandbox string `yaml:"sandbox"`
+	// User is the account the plugin runs as when the agent runs as root or with CAP_SETUID, CAP_SETGID
+	// and CAP_CHOWN, as configs/custos.service runs it (default custos-transport if it exists, else
+	// uid/gid 65534). Leave empty otherwise.
+	User string `yaml:"user"`
 }
 
 // PeerConfig is a peer to dial: its agent ID (pinned) and one address.
@@ -278,6 +287,9 @@ func (c *Config) Validate() error {
 		}
 		if !hexDigest.MatchString(t.SHA256) {
 			return bad(p+".sha256", "want the 64-character lowercase hex SHA-256 of the plugin binary (sha256sum %s)", t.Plugin)
+		}
+		if _, err := sandbox.ParseMode(t.Sandbox); err != nil {
+			return bad(p+".sandbox", "%v", err)
 		}
 		for j, a := range t.Listen {
 			if err := transports.CheckText("address", a, transports.MaxAddrLen); err != nil {

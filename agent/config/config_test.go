@@ -31,6 +31,7 @@ func TestParseConfigRefusals(t *testing.T) {
 		{"two documents", "log: {level: info}\n---\nlog: {level: info}\n", "more than one YAML document"},
 		{"relative plugin", "transports:\n  - {name: tcp, plugin: bin/t, sha256: " + validSum + "}\n", "transports[0].plugin"},
 		{"bad digest", "transports:\n  - {name: tcp, plugin: /opt/t, sha256: ABC}\n", "transports[0].sha256"},
+		{"sandbox mode", "transports:\n  - {name: tcp, plugin: /opt/t, sha256: " + validSum + ", sandbox: maybe}\n", "transports[0].sandbox"},
 		{"duplicate transport", tr + "  - {name: tcp, plugin: /opt/u, sha256: " + validSum + "}\n", "configured twice"},
 		{"bootstrap bad id", tr + "bootstrap: [{id: alice, address: \"h:1\"}]\n", "bootstrap[0].id"},
 		{"bootstrap unknown transport", tr + "bootstrap: [{id: ed25519:tTPYrZ_Pvd4LSBwbM03cPFNBL9YUVk5-Wv0CA2jTgsM, address: \"wss://h:1/custos/v1\"}]\n", "transport ws"},

@@ -1,18 +1,17 @@
 package consensus
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"slices"
 	"strings"
 	"time"
 
 	"github.com/custos-agent/custos/agent/identity"
 	"github.com/custos-agent/custos/agent/signature"
+	"github.com/custos-agent/custos/internal/strictjson"
 	"github.com/custos-agent/custos/keystore"
 )
 
@@ -107,13 +106,8 @@ func DecodeStakeTable(b []byte) (StakeTable, error) {
 	if len(b) > MaxStakeTableSize {
 		return t, fmt.Errorf("%w: %d bytes exceeds %d", ErrMalformed, len(b), MaxStakeTableSize)
 	}
-	dec := json.NewDecoder(bytes.NewReader(b))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&t); err != nil {
+	if err := strictjson.Decode(b, &t, 0); err != nil {
 		return StakeTable{}, fmt.Errorf("%w: %v", ErrMalformed, err)
-	}
-	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		return StakeTable{}, fmt.Errorf("%w: trailing data after the object", ErrMalformed)
 	}
 	if err := t.check(); err != nil {
 		return StakeTable{}, fmt.Errorf("%w: %v", ErrMalformed, err)
@@ -121,7 +115,7 @@ func DecodeStakeTable(b []byte) (StakeTable, error) {
 	if s, err := identity.Base64().DecodeString(t.Sig); err != nil || len(s) == 0 || len(s) > 128 {
 		return StakeTable{}, fmt.Errorf("%w: signature must be 1 to 128 bytes in unpadded base64url", ErrMalformed)
 	}
-	if !bytes.Equal(t.Encode(), b) {
+	if strictjson.Canonical(b, t.Encode()) != nil {
 		return StakeTable{}, fmt.Errorf("%w: not in canonical form (compact JSON, fields in order, as Encode writes it)", ErrMalformed)
 	}
 	return t, nil

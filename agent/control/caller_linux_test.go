@@ -76,7 +76,7 @@ func TestRefusesPluginProcessesAndDescendants(t *testing.T) {
 			return append([]int(nil), plugins...)
 		})
 		// Stands in for grant.issue / key.rotate: a mutating operation that must not run for a plugin.
-		c.Ops["grant"] = Op{Mutating: true, Fn: func(context.Context, rbac.Cred, json.RawMessage) (any, error) {
+		c.Ops["grant"] = Op{Permission: rbac.CtlGrant, Mutating: true, Fn: func(context.Context, rbac.Cred, json.RawMessage) (any, error) {
 			ran.Add(1)
 			return map[string]bool{"issued": true}, nil
 		}}
@@ -172,7 +172,7 @@ func TestDefaultAuthorizerRefusesOtherUID(t *testing.T) {
 	var ran atomic.Int32
 	path, recs, mu := start(t, func(c *Config) {
 		c.Authorize = nil // the default
-		c.Ops["grant"] = Op{Mutating: true, Fn: func(context.Context, rbac.Cred, json.RawMessage) (any, error) {
+		c.Ops["grant"] = Op{Permission: rbac.CtlGrant, Mutating: true, Fn: func(context.Context, rbac.Cred, json.RawMessage) (any, error) {
 			ran.Add(1)
 			return nil, nil
 		}}

@@ -37,17 +37,17 @@ func start(t *testing.T, mut func(*Config)) (string, *[]recorded, *sync.Mutex) {
 	cfg := Config{
 		Path: filepath.Join(dir, "control.sock"),
 		Ops: map[string]Op{
-			"echo": {Fn: func(_ context.Context, _ rbac.Cred, raw json.RawMessage) (any, error) {
+			"echo": {Permission: rbac.CtlStatus, Fn: func(_ context.Context, _ rbac.Cred, raw json.RawMessage) (any, error) {
 				var a echoArgs
 				if err := DecodeArgs(raw, &a); err != nil {
 					return nil, err
 				}
 				return a, nil
 			}},
-			"change": {Mutating: true, Fn: func(context.Context, rbac.Cred, json.RawMessage) (any, error) {
+			"change": {Permission: rbac.CtlGrant, Mutating: true, Fn: func(context.Context, rbac.Cred, json.RawMessage) (any, error) {
 				return map[string]bool{"done": true}, nil
 			}},
-			"missing": {Fn: func(context.Context, rbac.Cred, json.RawMessage) (any, error) {
+			"missing": {Permission: rbac.CtlStatus, Fn: func(context.Context, rbac.Cred, json.RawMessage) (any, error) {
 				return nil, Errorf(CodeNotFound, "no such thing")
 			}},
 		},
@@ -147,7 +147,7 @@ func TestRawProtocolStrictness(t *testing.T) {
 
 func TestAuthorizeDenies(t *testing.T) {
 	path, recs, mu := start(t, func(c *Config) {
-		c.Authorize = func(_ context.Context, cred rbac.Cred, op string) error {
+		c.Authorize = func(_ context.Context, cred rbac.Cred, op string, _ rbac.Operation) error {
 			if op == "change" {
 				return errors.New("uid may not change things")
 			}
@@ -168,7 +168,7 @@ func TestAuthorizeDenies(t *testing.T) {
 func TestClientCancelCancelsOperation(t *testing.T) {
 	var opCtxErr = make(chan error, 1)
 	path, _, _ := start(t, func(c *Config) {
-		c.Ops["block"] = Op{Fn: func(ctx context.Context, _ rbac.Cred, _ json.RawMessage) (any, error) {
+		c.Ops["block"] = Op{Permission: rbac.CtlStatus, Fn: func(ctx context.Context, _ rbac.Cred, _ json.RawMessage) (any, error) {
 			<-ctx.Done()
 			opCtxErr <- ctx.Err()
 			return nil, ctx.Err()
@@ -217,5 +217,64 @@ func TestListenSocketStates(t *testing.T) {
 	}
 	if err := Call(context.Background(), filepath.Join(dir, "none.sock"), "echo", nil, nil); !errors.Is(err, ErrNoDaemon) {
 		t.Fatalf("no daemon: %v", err)
+	}
+}
+
+// TestAuthorizeGetsTheOpsPermission: the server hands Config.Authorize the permission declared with the
+// operation (agent/api's table), so the check lives in one place and needs no map of its own.
+func TestAuthorizeGetsTheOpsPermission(t *testing.T) {
+	got := make(chan rbac.Operation, 2)
+	path, _, _ := start(t, func(c *Config) {
+		c.Authorize = func(_ context.Context, _ rbac.Cred, _ string, perm rbac.Operation) error {
+			got <- perm
+			if perm == rbac.CtlGrant {
+				return errors.New("no grants for you")
+			}
+			return nil
+		}
+	})
+	ctx := context.Background()
+	if err := Call(ctx, path, "echo", echoArgs{Text: "x"}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if p := <-got; p != rbac.CtlStatus {
+		t.Fatalf("echo authorized as %q, want %q", p, rbac.CtlStatus)
+	}
+	if err := Call(ctx, path, "change", nil, nil); CodeOf(err) != CodeDenied {
+		t.Fatalf("change: %v, want denied", err)
+	}
+	if p := <-got; p != rbac.CtlGrant {
+		t.Fatalf("change authorized as %q, want %q", p, rbac.CtlGrant)
+	}
+}
+
+// TestListenRefusesOpsWithoutPermission: an operation without a control permission of rbac's table is
+// never served (the server does not start).
+func TestListenRefusesOpsWithoutPermission(t *testing.T) {
+	fn := func(context.Context, rbac.Cred, json.RawMessage) (any, error) { return nil, nil }
+	for _, tc := range []struct {
+		name string
+		op   Op
+	}{
+		{"none", Op{Fn: fn}},
+		{"peer", Op{Fn: fn, Permission: rbac.OpTaskRequest}},
+		{"unknown", Op{Fn: fn, Permission: "control.teleport"}},
+		{"no function", Op{Permission: rbac.CtlStatus}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir, err := os.MkdirTemp("", "cx")
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { os.RemoveAll(dir) })
+			s, err := Listen(Config{Path: filepath.Join(dir, "c.sock"), Ops: map[string]Op{"x": tc.op}})
+			if err == nil {
+				_ = s.Close()
+				t.Fatalf("Listen served %+v", tc.op)
+			}
+			if !strings.Contains(err.Error(), `control operation "x"`) {
+				t.Fatalf("error %v does not name the operation", err)
+			}
+		})
 	}
 }

@@ -23,6 +23,9 @@ type Op struct {
 	// Fn runs the operation. Its result is encoded as the response's result; an error becomes a failed
 	// response (an *Error keeps its code; anything else is CodeFailed).
 	Fn func(ctx context.Context, caller rbac.Cred, args json.RawMessage) (any, error)
+	// Permission is the rbac operation whose permission a caller needs (agent/api's table); the server
+	// passes it to Config.Authorize before Fn runs. Listen refuses an operation without one.
+	Permission rbac.Operation
 	// Mutating operations are reported to OnRequest even when they succeed; read-only ones only when they
 	// fail or are denied.
 	Mutating bool
@@ -34,9 +37,10 @@ type Config struct {
 	Path string
 	// Ops maps operation names to their implementations.
 	Ops map[string]Op
-	// Authorize decides whether caller may run op (the hook for rbac.Authorizer.AuthorizeLocal). Nil
-	// allows the daemon's own uid and root only.
-	Authorize func(ctx context.Context, caller rbac.Cred, op string) error
+	// Authorize decides whether caller may run op, which needs the permission of the rbac operation perm
+	// (Op.Permission; the hook for rbac.Authorizer.AuthorizeLocal). Every request passes through it, and
+	// only here. Nil allows the daemon's own uid and root only.
+	Authorize func(ctx context.Context, caller rbac.Cred, op string, perm rbac.Operation) error
 	// RefuseCaller, when set, is asked about every caller before its request is read: a refusal is
 	// answered with CodeDenied and the reason, and reported to OnRequest (op "") with the caller's
 	// credentials. The daemon refuses transport plugin processes and their descendants here
@@ -81,11 +85,16 @@ func Listen(cfg Config) (*Server, error) {
 	}
 	if cfg.Authorize == nil {
 		self := uint32(os.Getuid())
-		cfg.Authorize = func(_ context.Context, c rbac.Cred, op string) error {
+		cfg.Authorize = func(_ context.Context, c rbac.Cred, _ string, _ rbac.Operation) error {
 			if c.UID == self || c.UID == 0 {
 				return nil
 			}
 			return Errorf(CodeDenied, "uid %d may not use this agent's control socket (it belongs to uid %d)", c.UID, self)
+		}
+	}
+	for name, op := range cfg.Ops {
+		if err := checkOp(name, op); err != nil {
+			return nil, err
 		}
 	}
 	if fi, err := os.Lstat(cfg.Path); err == nil {
@@ -219,7 +228,7 @@ func (s *Server) serveConn(c *net.UnixConn) {
 			cancel()
 		}
 	}()
-	if err := s.cfg.Authorize(ctx, cred, req.Op); err != nil {
+	if err := s.cfg.Authorize(ctx, cred, req.Op, op.Permission); err != nil {
 		var e *Error
 		if !errors.As(err, &e) {
 			e = Errorf(CodeDenied, "%v", err)
@@ -233,6 +242,19 @@ func (s *Server) serveConn(c *net.UnixConn) {
 		s.report(cred, req.Op, err)
 	}
 	s.reply(c, res, err)
+}
+
+// checkOp refuses an operation the server could not authorize: no function, or no control permission
+// in rbac's table (a served operation always has one: deny by default does not depend on a map lookup).
+func checkOp(name string, op Op) error {
+	if op.Fn == nil {
+		return fmt.Errorf("control operation %q has no function", name)
+	}
+	req, err := rbac.Required(op.Permission)
+	if err != nil || req.Peer || req.Permission == "" {
+		return fmt.Errorf("control operation %q: permission %q is not a control operation of rbac's table", name, op.Permission)
+	}
+	return nil
 }
 
 func (s *Server) report(cred rbac.Cred, op string, err error) {

@@ -28,6 +28,7 @@ import (
 	"time"
 
 	"github.com/custos-agent/custos/agent/identity"
+	"github.com/custos-agent/custos/internal/atomicfile"
 	"github.com/custos-agent/custos/keystore"
 )
 
@@ -491,7 +492,7 @@ func (c *Custody) load(ctx context.Context) error {
 			return err
 		}
 	}
-	removeStaleTemps(c.home)
+	atomicfile.RemoveStaleTemps(c.home)
 	c.rec, c.log, c.st = r, l, st
 	return nil
 }

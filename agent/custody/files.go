@@ -7,83 +7,20 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"strings"
 	"syscall"
 	"time"
+
+	"github.com/custos-agent/custos/internal/atomicfile"
 )
 
 // lockFileName is the advisory lock that serialises changes to one home directory.
 const lockFileName = "custody.lock"
 
-// writeFile replaces path atomically: temporary file (0600) in the same directory, fsync, rename, fsync of
-// the directory. fail is called before the rename and before the directory fsync, under the step names
-// "<step>:rename" and "<step>:sync-dir", so tests can stop it there.
+// writeFile replaces path atomically (atomicfile.Replace). fail is called before the rename and before
+// the directory fsync, under the step names "<step>:rename" and "<step>:sync-dir", so tests can stop it
+// there.
 func writeFile(path string, data []byte, step string, fail func(string) error) error {
-	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	tmp := f.Name()
-	ok := false
-	defer func() {
-		if !ok {
-			_ = os.Remove(tmp)
-		}
-	}()
-	if err := f.Chmod(0o600); err != nil {
-		_ = f.Close()
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if _, err := f.Write(data); err != nil {
-		_ = f.Close()
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := f.Sync(); err != nil {
-		_ = f.Close()
-		return fmt.Errorf("fsync %s: %w", tmp, err)
-	}
-	if err := f.Close(); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := fail(step + ":rename"); err != nil {
-		ok = true // a simulated crash leaves the temporary file behind, as a real one would
-		return err
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return fmt.Errorf("rename %s to %s: %w", tmp, path, err)
-	}
-	ok = true
-	if err := fail(step + ":sync-dir"); err != nil {
-		return err
-	}
-	return syncDir(dir)
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("fsync %s: %w", dir, err)
-	}
-	return nil
-}
-
-// removeStaleTemps deletes temporary files a crash left in dir.
-func removeStaleTemps(dir string) {
-	entries, err := os.ReadDir(dir)
-	if err != nil {
-		return
-	}
-	for _, e := range entries {
-		n := e.Name()
-		if strings.HasPrefix(n, ".") && strings.Contains(n, ".tmp-") && e.Type().IsRegular() {
-			_ = os.Remove(filepath.Join(dir, n))
-		}
-	}
+	return atomicfile.Replace(path, data, func(stage string) error { return fail(step + ":" + stage) })
 }
 
 // readLimited reads a whole file of at most limit bytes.

@@ -5,10 +5,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"time"
 
 	"github.com/custos-agent/custos/agent/identity"
+	"github.com/custos-agent/custos/internal/strictjson"
 	"github.com/custos-agent/custos/keystore"
 )
 
@@ -131,14 +131,9 @@ func decodeRecord(b []byte) (*record, error) {
 	if len(b) > maxRecordSize {
 		return nil, fmt.Errorf("larger than %d bytes", maxRecordSize)
 	}
-	dec := json.NewDecoder(bytes.NewReader(b))
-	dec.DisallowUnknownFields()
 	var r record
-	if err := dec.Decode(&r); err != nil {
+	if err := strictjson.Decode(b, &r, 0); err != nil {
 		return nil, fmt.Errorf("not valid JSON for identity.json: %v", err)
-	}
-	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		return nil, errors.New("trailing data after the JSON object")
 	}
 	if r.Version != RecordVersion {
 		return nil, fmt.Errorf("version %d (this agentctl reads version %d)", r.Version, RecordVersion)

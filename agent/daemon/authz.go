@@ -28,31 +28,6 @@ const StakeInstalled = authz.StakeInstalled
 func refuse(code string, err error) error { return authz.Refuse(code, err) }
 func refusalOf(err error) string          { return authz.RefusalOf(err) }
 
-// controlOps names the rbac operation (and so the permission) of every control-socket operation. An
-// operation missing here is refused (deny by default); TestEveryControlOpIsAuthorized keeps it complete.
-var controlOps = map[string]rbac.Operation{
-	OpStatus:            rbac.CtlStatus,
-	OpPeersList:         rbac.CtlPeersList,
-	OpPeersConnect:      rbac.CtlPeersConnect,
-	OpPeersBlock:        rbac.CtlPeersBlock,
-	OpPeersUnblock:      rbac.CtlPeersUnblock,
-	OpTaskSubmit:        rbac.CtlTaskSubmit,
-	OpTaskReplicate:     rbac.CtlTaskSubmit,
-	OpTaskGet:           rbac.CtlTaskResult,
-	OpTaskList:          rbac.CtlTaskStatus,
-	OpConfigReload:      rbac.CtlConfigReload,
-	OpIdentityReload:    rbac.CtlRotate,
-	OpGrantIssue:        rbac.CtlGrant,
-	OpGrantInstall:      rbac.CtlGrant,
-	OpGrantRemove:       rbac.CtlGrant,
-	OpGrantsList:        rbac.CtlGrantsList,
-	OpRevoke:            rbac.CtlRevoke,
-	OpRevocationInstall: rbac.CtlRevoke,
-	OpStakeSign:         rbac.CtlStakeSet,
-	OpStakeSet:          rbac.CtlStakeSet,
-	OpAuditHead:         rbac.CtlAuditVerify,
-}
-
 // newAuthz builds the daemon's authorization (agent/authz) over its stores: the grants and revocations
 // in rbac's buckets, the held grants and the stake table in state.db, the peer cache, reputation, the
 // task engine, the audit log and the metrics.
@@ -74,7 +49,7 @@ func newAuthz(ctx context.Context, d *Daemon, cfg *Config) (*authz.Authz, error)
 	}
 	z, err := authz.New(ctx, cfg, authz.Deps{
 		Self: d.cust, Peers: d.peers, Held: held, Stakes: stakes, Reputation: d.rep, Tasks: authzTasks{d}, Metrics: d.metrics,
-		Audit: d.record, GrantStore: store, ControlOps: controlOps, AuthorizeLocal: d.opts.AuthorizeLocal, UID: uint32(os.Getuid()),
+		Audit: d.record, GrantStore: store, AuthorizeLocal: d.opts.AuthorizeLocal, UID: uint32(os.Getuid()),
 		Send: func(ctx context.Context, peer string, t envelope.MessageType, payload []byte) error {
 			return d.mgr.Send(ctx, peer, t, payload)
 		},

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/custos-agent/custos/agent/api"
 	"github.com/custos-agent/custos/agent/control"
 	"github.com/custos-agent/custos/agent/identity"
 	"github.com/custos-agent/custos/agent/rbac"
@@ -15,61 +16,9 @@ import (
 	"github.com/custos-agent/custos/keystore"
 )
 
-// Control operations of grants, revocations and blocking (docs/authorization.md §8).
-const (
-	OpGrantIssue        = "grant.issue"        // GrantIssueArgs -> GrantIssueResult (this agent signs, as an administrator)
-	OpGrantInstall      = "grant.install"      // GrantInstallArgs -> GrantInstallResult (a grant this agent holds)
-	OpGrantRemove       = "grant.remove"       // GrantRemoveArgs -> {} (stop presenting a held grant)
-	OpGrantsList        = "grants.list"        // {} -> GrantsList
-	OpRevoke            = "grant.revoke"       // RevokeArgs -> RevokeResult (this agent signs, as an administrator)
-	OpRevocationInstall = "revocation.install" // RevocationInstallArgs -> RevocationInstallResult
-	OpPeersBlock        = "peers.block"        // PeerArgs -> reputation.Report
-	OpPeersUnblock      = "peers.unblock"      // PeerArgs -> reputation.Report
-)
-
-// DefaultGrantTTL is the lifetime of a grant when none is given.
-const DefaultGrantTTL = 30 * 24 * time.Hour
-
-// MaxGrantTTL bounds a grant's lifetime.
-const MaxGrantTTL = 5 * 365 * 24 * time.Hour
-
-// GrantView is a grant as the control API shows it.
-type GrantView struct {
-	// Grant is the encoded grant: what agentctl grant install takes.
-	Grant   string    `json:"grant"`
-	ID      string    `json:"id"`
-	Subject string    `json:"subject"`
-	Role    string    `json:"role"`
-	Issuer  string    `json:"issuer"`
-	Issued  time.Time `json:"issued"`
-	Expires time.Time `json:"expires"`
-	// State is how this agent judges it now: valid, expired, revoked, or (for grants peers presented)
-	// the rbac denial reason.
-	State string `json:"state"`
-}
-
 func grantView(g rbac.Grant, state string) GrantView {
 	return GrantView{Grant: string(g.Encode()), ID: g.ID, Subject: g.Subject, Role: string(g.Role), Issuer: g.Issuer,
 		Issued: time.Unix(g.Issued, 0).UTC(), Expires: time.Unix(g.Expires, 0).UTC(), State: state}
-}
-
-// GrantIssueArgs are OpGrantIssue's arguments.
-type GrantIssueArgs struct {
-	Subject    string `json:"subject"`
-	Role       string `json:"role"`
-	TTLSeconds int64  `json:"ttl_seconds,omitempty"` // 0: DefaultGrantTTL
-}
-
-// GrantIssueResult is the grant this agent signed.
-type GrantIssueResult struct {
-	GrantView
-	// AdminHere says whether this agent is one of its own configured administrators (then the grant is
-	// also in force here); Warning says what that means otherwise.
-	AdminHere bool   `json:"admin_here"`
-	Warning   string `json:"warning,omitempty"`
-	// IssuerLog is this agent's key event log (JSON lines) when the grant names a generation above 0: what
-	// a verifier that never met this agent needs to check it (agentctl grant --out writes it after the grant).
-	IssuerLog string `json:"issuer_log,omitempty"`
 }
 
 func (d *Daemon) opGrantIssue(ctx context.Context, _ rbac.Cred, raw json.RawMessage) (any, error) {
@@ -114,30 +63,6 @@ func (d *Daemon) opGrantIssue(ctx context.Context, _ rbac.Cred, raw json.RawMess
 	d.record(audit.GrantIssued, d.id.String(), subject.String(), audit.OutcomeSuccess, map[string]any{
 		"grant": g.ID, "roles": string(role), "expires": res.Expires.Format(time.RFC3339), "admin_here": res.AdminHere})
 	return res, nil
-}
-
-// GrantInstallArgs are OpGrantInstall's arguments.
-type GrantInstallArgs struct {
-	Grant string `json:"grant"` // the encoded grant
-	// IssuerLog is the issuer's key event log (JSON lines), when the grant file carries it: merged into the
-	// peer cache (verified, fork-checked) before the grant is checked.
-	IssuerLog string `json:"issuer_log,omitempty"`
-}
-
-// Presentation says whether an installed grant reached a connected peer (a fresh handshake started by
-// this agent carries it).
-type Presentation struct {
-	Peer      string `json:"peer"`
-	Presented bool   `json:"presented"`
-	Transport string `json:"transport,omitempty"`
-	Address   string `json:"address,omitempty"`
-	Error     string `json:"error,omitempty"`
-}
-
-// GrantInstallResult is an installed grant and where it was presented.
-type GrantInstallResult struct {
-	Grant     GrantView      `json:"grant"`
-	Presented []Presentation `json:"presented"`
 }
 
 func (d *Daemon) opGrantInstall(ctx context.Context, _ rbac.Cred, raw json.RawMessage) (any, error) {
@@ -209,11 +134,6 @@ func (d *Daemon) presentAll(ctx context.Context) []Presentation {
 	return out
 }
 
-// GrantRemoveArgs are OpGrantRemove's arguments.
-type GrantRemoveArgs struct {
-	GrantID string `json:"grant_id"`
-}
-
 func (d *Daemon) opGrantRemove(ctx context.Context, _ rbac.Cred, raw json.RawMessage) (any, error) {
 	var a GrantRemoveArgs
 	if err := control.DecodeArgs(raw, &a); err != nil {
@@ -227,13 +147,6 @@ func (d *Daemon) opGrantRemove(ctx context.Context, _ rbac.Cred, raw json.RawMes
 		return nil, control.Errorf(control.CodeNotFound, "this agent holds no grant %q (see agentctl grant list)", a.GrantID)
 	}
 	return struct{}{}, nil
-}
-
-// GrantsList is OpGrantsList's answer: the grants this agent holds and presents, and those its peers
-// presented to it.
-type GrantsList struct {
-	Held  []GrantView `json:"held"`
-	Peers []GrantView `json:"peers"`
 }
 
 func (d *Daemon) opGrantsList(ctx context.Context, _ rbac.Cred, raw json.RawMessage) (any, error) {
@@ -279,24 +192,6 @@ func (d *Daemon) opGrantsList(ctx context.Context, _ rbac.Cred, raw json.RawMess
 	return out, nil
 }
 
-// RevokeArgs are OpRevoke's arguments.
-type RevokeArgs struct {
-	GrantID string `json:"grant_id"`
-}
-
-// RevokeResult is the revocation this agent signed.
-type RevokeResult struct {
-	// Revocation is the encoded revocation: what agentctl revoke install takes on the other agents.
-	Revocation string    `json:"revocation"`
-	GrantID    string    `json:"grant_id"`
-	Issuer     string    `json:"issuer"`
-	Issued     time.Time `json:"issued"`
-	// AppliedHere says whether this agent, as one of its own administrators, applied it at once.
-	AppliedHere bool   `json:"applied_here"`
-	Warning     string `json:"warning,omitempty"`
-	IssuerLog   string `json:"issuer_log,omitempty"` // as GrantIssueResult.IssuerLog
-}
-
 func (d *Daemon) opRevoke(ctx context.Context, _ rbac.Cred, raw json.RawMessage) (any, error) {
 	var a RevokeArgs
 	if err := control.DecodeArgs(raw, &a); err != nil {
@@ -324,23 +219,6 @@ func (d *Daemon) opRevoke(ctx context.Context, _ rbac.Cred, raw json.RawMessage)
 	}
 	d.record(audit.GrantRevoked, d.id.String(), r.Grant, audit.OutcomeSuccess, map[string]any{"grant": r.Grant, "reason": "revoked by this agent", "applied_here": res.AppliedHere})
 	return res, nil
-}
-
-// RevocationInstallArgs are OpRevocationInstall's arguments.
-type RevocationInstallArgs struct {
-	Revocation string `json:"revocation"`
-	IssuerLog  string `json:"issuer_log,omitempty"` // as GrantInstallArgs.IssuerLog
-}
-
-// RevocationInstallResult says what an installed revocation did.
-type RevocationInstallResult struct {
-	GrantID string `json:"grant_id"`
-	Issuer  string `json:"issuer"`
-	// RemovedHeld is true when the revoked grant was one this agent held (it is no longer presented).
-	RemovedHeld bool `json:"removed_held"`
-	// Applied is true when this agent lists the issuer as an administrator: the grant gives nothing here
-	// from now on (false: only the held grant was dropped).
-	Applied bool `json:"applied"`
 }
 
 func (d *Daemon) opRevocationInstall(ctx context.Context, _ rbac.Cred, raw json.RawMessage) (any, error) {
@@ -373,11 +251,6 @@ func (d *Daemon) opRevocationInstall(ctx context.Context, _ rbac.Cred, raw json.
 	}
 	d.record(audit.GrantRevoked, r.Issuer, r.Grant, audit.OutcomeSuccess, map[string]any{"grant": r.Grant, "reason": "revocation installed", "held": removed, "applied": applied})
 	return RevocationInstallResult{GrantID: r.Grant, Issuer: r.Issuer, RemovedHeld: removed, Applied: applied}, nil
-}
-
-// PeerArgs name a peer.
-type PeerArgs struct {
-	ID string `json:"id"`
 }
 
 func (d *Daemon) peerArg(raw json.RawMessage) (identity.ID, error) {
@@ -427,20 +300,20 @@ func (d *Daemon) opPeersUnblock(ctx context.Context, _ rbac.Cred, raw json.RawMe
 	return d.rep.Report(id), nil
 }
 
-// authzOps are the control operations of authz_*.go.
-func (d *Daemon) authzOps() map[string]control.Op {
-	return map[string]control.Op{
-		OpGrantIssue:        {Fn: d.opGrantIssue, Mutating: true},
-		OpGrantInstall:      {Fn: d.opGrantInstall, Mutating: true},
-		OpGrantRemove:       {Fn: d.opGrantRemove, Mutating: true},
-		OpGrantsList:        {Fn: d.opGrantsList},
-		OpRevoke:            {Fn: d.opRevoke, Mutating: true},
-		OpRevocationInstall: {Fn: d.opRevocationInstall, Mutating: true},
-		OpPeersBlock:        {Fn: d.opPeersBlock, Mutating: true},
-		OpPeersUnblock:      {Fn: d.opPeersUnblock, Mutating: true},
-		OpTaskReplicate:     {Fn: d.opTaskReplicate, Mutating: true},
-		OpStakeSign:         {Fn: d.opStakeSign, Mutating: true},
-		OpStakeSet:          {Fn: d.opStakeSet, Mutating: true},
+// authzOps are the control operations of authz_*.go (their permissions: agent/api.Table).
+func (d *Daemon) authzOps() map[string]api.Handler {
+	return map[string]api.Handler{
+		OpGrantIssue:        d.opGrantIssue,
+		OpGrantInstall:      d.opGrantInstall,
+		OpGrantRemove:       d.opGrantRemove,
+		OpGrantsList:        d.opGrantsList,
+		OpRevoke:            d.opRevoke,
+		OpRevocationInstall: d.opRevocationInstall,
+		OpPeersBlock:        d.opPeersBlock,
+		OpPeersUnblock:      d.opPeersUnblock,
+		OpTaskReplicate:     d.opTaskReplicate,
+		OpStakeSign:         d.opStakeSign,
+		OpStakeSet:          d.opStakeSet,
 	}
 }
 

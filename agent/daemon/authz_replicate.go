@@ -10,81 +10,15 @@ import (
 
 	"github.com/custos-agent/custos/agent/consensus"
 	"github.com/custos-agent/custos/agent/control"
-	"github.com/custos-agent/custos/agent/envelope"
 	"github.com/custos-agent/custos/agent/identity"
 	"github.com/custos-agent/custos/agent/rbac"
 	"github.com/custos-agent/custos/agent/tasks"
 	"github.com/custos-agent/custos/audit"
 )
 
-// OpTaskReplicate runs one task on several connected peers chosen by reputation and accepts a result by
-// weighted vote. ReplicateArgs -> ReplicatedView.
-const OpTaskReplicate = "task.replicate"
-
 // TaskVote is the audit record of a replicated task's vote. Actor: this agent; Subject: the group ID;
 // Details: accepted, digest, mode, dissenting, silent.
 const TaskVote audit.EventType = "task.vote"
-
-// MaxRedundancy bounds how many peers one replicated task runs on.
-const MaxRedundancy = 32
-
-// ReplicateArgs are OpTaskReplicate's arguments.
-type ReplicateArgs struct {
-	Handler    string       `json:"handler"`
-	Input      envelope.B64 `json:"input"`
-	Redundancy int          `json:"redundancy"`
-	// Vote is the weighting: reputation (default), stake or hybrid.
-	Vote string `json:"vote,omitempty"`
-	// WaitMS bounds the wait for the results (default 2 minutes, at most MaxWait).
-	WaitMS int64 `json:"wait_ms,omitempty"`
-}
-
-// VoteView is one selected peer's part in a replicated task.
-type VoteView struct {
-	Peer   string  `json:"peer"`
-	TaskID string  `json:"task_id"`
-	State  string  `json:"state"`
-	Status string  `json:"status,omitempty"` // the result's status (ok, failed)
-	Digest string  `json:"digest,omitempty"` // hex result digest (consensus.DigestOf of the output)
-	Weight float64 `json:"weight"`
-	// Vote is agree, dissent, silent (no usable result in time) or equivocating.
-	Vote       string `json:"vote"`
-	ResponseMS int64  `json:"response_ms,omitempty"`
-	Error      string `json:"error,omitempty"`
-}
-
-// EvidenceView is a dissenting (or equivocating) signed result kept as evidence.
-type EvidenceView struct {
-	Peer     string `json:"peer"`
-	Kind     string `json:"kind"`
-	Digest   string `json:"digest"`
-	Accepted string `json:"accepted,omitempty"`
-	// Evidence is the peer's signed result with its delegation and key event log: anyone can check it
-	// with agentctl task verify.
-	Evidence json.RawMessage `json:"evidence,omitempty"`
-}
-
-// ReplicatedView is the outcome of a replicated task.
-type ReplicatedView struct {
-	Group       string   `json:"group"`
-	Handler     string   `json:"handler"`
-	InputSHA256 string   `json:"input_sha256"`
-	Mode        string   `json:"mode"`
-	Redundancy  int      `json:"redundancy"`
-	Selected    []string `json:"selected"`
-	Accepted    bool     `json:"accepted"`
-	// Digest is the accepted result digest (hex); Output and OutputSHA256 are the accepted output.
-	Digest       string         `json:"digest,omitempty"`
-	Output       envelope.B64   `json:"output,omitempty"`
-	OutputSHA256 string         `json:"output_sha256,omitempty"`
-	Share        float64        `json:"share"`
-	Weight       float64        `json:"weight"`
-	Total        float64        `json:"total"`
-	Quorum       float64        `json:"quorum"`
-	Reason       string         `json:"reason,omitempty"`
-	Votes        []VoteView     `json:"votes"`
-	Evidence     []EvidenceView `json:"evidence"`
-}
 
 func (d *Daemon) opTaskReplicate(ctx context.Context, _ rbac.Cred, raw json.RawMessage) (any, error) {
 	var a ReplicateArgs

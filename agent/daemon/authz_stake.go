@@ -14,43 +14,6 @@ import (
 	"github.com/custos-agent/custos/agent/rbac"
 )
 
-// Control operations of stake tables (stake-weighted and hybrid votes of replicated tasks).
-const (
-	OpStakeSign = "stake.sign" // StakeSignArgs -> StakeView (this agent signs, as an administrator)
-	OpStakeSet  = "stake.set"  // StakeSetArgs -> StakeView (install an administrator-signed table)
-)
-
-// StakeSignArgs are OpStakeSign's arguments.
-type StakeSignArgs struct {
-	Stakes     []consensus.Stake `json:"stakes"`
-	TTLSeconds int64             `json:"ttl_seconds,omitempty"` // 0: DefaultGrantTTL
-}
-
-// StakeSetArgs are OpStakeSet's arguments.
-type StakeSetArgs struct {
-	Table string `json:"table"` // the encoded stake table
-	// Force installs a table older than the one stored (a rollback); it is audited (details "rollback").
-	Force bool `json:"force,omitempty"`
-	// IssuerLog is the issuer's key event log (JSON lines), when the table file carries it.
-	IssuerLog string `json:"issuer_log,omitempty"`
-}
-
-// StakeView is a stake table as the control API shows it.
-type StakeView struct {
-	// Table is the encoded table: what agentctl grant stake install takes.
-	Table   string            `json:"table"`
-	Issuer  string            `json:"issuer"`
-	Issued  time.Time         `json:"issued"`
-	Expires time.Time         `json:"expires"`
-	Stakes  []consensus.Stake `json:"stakes"`
-	// InForce says whether the table is the one this agent's votes use now.
-	InForce bool   `json:"in_force"`
-	Warning string `json:"warning,omitempty"`
-	// IssuerLog is the signer's key event log (JSON lines) when it rotated since inception (agentctl grant
-	// stake --out writes it after the table).
-	IssuerLog string `json:"issuer_log,omitempty"`
-}
-
 func stakeView(t consensus.StakeTable, inForce bool) StakeView {
 	return StakeView{Table: string(t.Encode()), Issuer: t.Issuer, Issued: time.Unix(t.Issued, 0).UTC(), Expires: time.Unix(t.Expires, 0).UTC(),
 		Stakes: t.Stakes, InForce: inForce}

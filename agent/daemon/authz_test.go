@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/custos-agent/custos/agent/api"
 	"github.com/custos-agent/custos/agent/control"
 	"github.com/custos-agent/custos/agent/delegation"
 	"github.com/custos-agent/custos/agent/envelope"
@@ -96,23 +97,21 @@ func grantFor(t *testing.T, admin *agenttest.Identity, subject identity.ID, role
 	return g
 }
 
+// TestEveryControlOpIsAuthorized: the daemon serves exactly the operations of agent/api's table, each
+// with a control permission of rbac's table (agent/api.TestTableMatchesRBAC checks the table itself).
 func TestEveryControlOpIsAuthorized(t *testing.T) {
 	a := startAuthzDaemon(t, "")
-	ops := a.d.ops()
-	for op := range ops {
-		rop, ok := controlOps[op]
-		if !ok {
-			t.Errorf("control operation %s has no entry in controlOps (it would be refused)", op)
-			continue
-		}
-		if req, err := rbac.Required(rop); err != nil || req.Peer || req.Permission == "" {
-			t.Errorf("control operation %s maps to %s: %+v %v", op, rop, req, err)
+	ops, err := api.Ops(a.d.handlers())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for op, o := range ops {
+		if req, err := rbac.Required(o.Permission); err != nil || req.Peer || req.Permission == "" {
+			t.Errorf("control operation %s maps to %s: %+v %v", op, o.Permission, req, err)
 		}
 	}
-	for op := range controlOps {
-		if _, ok := ops[op]; !ok {
-			t.Errorf("controlOps names %s, which the daemon does not serve", op)
-		}
+	if len(ops) != len(api.Table()) {
+		t.Errorf("the daemon serves %d operations, api.Table has %d", len(ops), len(api.Table()))
 	}
 }
 

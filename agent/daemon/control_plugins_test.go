@@ -13,6 +13,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/custos-agent/custos/agent/api"
 	"github.com/custos-agent/custos/agent/rbac"
 )
 
@@ -63,7 +64,8 @@ func TestControlRefusesPluginProcesses(t *testing.T) {
 	// The authorizer alone authorizes the plugin's credentials (the daemon's uid) for the operations that
 	// make the identity key sign or change trust: the refusal must come before it.
 	for _, op := range []string{OpGrantIssue, OpStakeSet, OpRevoke, OpIdentityReload} {
-		if err := d.authz.AuthorizeLocal(ctx, plug, op); err != nil {
+		spec, _ := api.Lookup(op)
+		if err := d.authz.AuthorizeOp(ctx, plug, op, spec.Permission); err != nil {
 			t.Logf("the local authorizer already refuses %s for the plugin's uid: %v", op, err)
 		}
 	}

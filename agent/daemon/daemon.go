@@ -1,10 +1,10 @@
-// Package daemon is the Custos agent daemon (agentctl run): it opens the identity (agent/custody) and the
+// Package daemon is the Custos agent daemon (cmd/custosd, which agentctl run executes): it opens the identity (agent/custody) and the
 // state database once, starts the delegation manager, the audit log and the metrics endpoint, launches
 // every configured transport plugin with a binding authority backed by the operational key, listens,
 // dials the bootstrap peers, runs the agent handshake on every connection, keeps one session per peer
 // (re-dialling with backoff when a session or a plugin goes down), runs the task protocol (agent/tasks)
-// over the sessions, and serves the local control socket (agent/control) that the other agentctl
-// commands use. Shutdown drains; Reload re-reads the configuration and the identity.
+// over the sessions, and serves the local control socket (agent/control) with the handlers of the
+// control API (agent/api: its table gives each operation's permission) that the other agentctl commands use. Shutdown drains; Reload re-reads the configuration and the identity.
 //
 // Authorization and trust (RBAC, resource policy, reputation, puzzles, grants) are agent/authz, built over
 // the daemon's stores in authz.go; replicated tasks run through consensus.Replicator (authz_replicate.go;
@@ -17,9 +17,12 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
+	"net/url"
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -27,6 +30,7 @@ import (
 	"go.etcd.io/bbolt"
 	bolterrors "go.etcd.io/bbolt/errors"
 
+	"github.com/custos-agent/custos/agent/api"
 	"github.com/custos-agent/custos/agent/authz"
 	"github.com/custos-agent/custos/agent/config"
 	"github.com/custos-agent/custos/agent/consensus"
@@ -44,13 +48,14 @@ import (
 	"github.com/custos-agent/custos/agent/tasks"
 	"github.com/custos-agent/custos/audit"
 	"github.com/custos-agent/custos/transports/host"
+	"github.com/custos-agent/custos/transports/host/sandbox"
 )
 
 // Names inside the home directory (DESIGN 8).
 const (
 	StateFile   = "state.db"
-	AuditDir    = "audit"
-	ControlFile = "control.sock"
+	AuditDir    = api.AuditDir
+	ControlFile = api.ControlFile
 	WorkDir     = "work" // per-task working directories of exec handlers
 )
 
@@ -79,6 +84,9 @@ type Options struct {
 	AuthorizeLocal func(ctx context.Context, caller rbac.Cred, op string) error
 	// Version is reported in status and the audit log.
 	Version string
+	// SandboxProbe, when set, replaces the kernel probe of the plugin sandbox (tests simulate a kernel
+	// that lacks a protection).
+	SandboxProbe func() sandbox.Kernel
 }
 
 type transportState struct {
@@ -137,6 +145,11 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 	}
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
+	}
+	// No process of the agent's uid (a plugin run unconfined, anything else) may read this process's
+	// memory or environment, or ptrace it (ADR 0040).
+	if err := sandbox.SetNonDumpable(); err != nil {
+		return nil, fmt.Errorf("daemon: %w", err)
 	}
 	if opts.Version == "" {
 		opts.Version = "dev"
@@ -270,8 +283,12 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 		}
 	}
 
+	ops, err := api.Ops(d.handlers()) // ops.go; each with its permission from api.Table
+	if err != nil {
+		return nil, err
+	}
 	d.ctl, err = control.Listen(control.Config{
-		Path: filepath.Join(d.home, ControlFile), Ops: d.ops(), Authorize: d.authz.AuthorizeLocal, // authz.go (then opts.AuthorizeLocal)
+		Path: filepath.Join(d.home, ControlFile), Ops: ops, Authorize: d.authz.AuthorizeOp, // agent/authz (then opts.AuthorizeLocal)
 		// The control socket serves people, not plugins: transport plugin processes and their descendants
 		// are refused before their request is read (threat model, section 2).
 		RefuseCaller: control.RefusePluginProcesses(d.pluginPIDs),
@@ -347,16 +364,35 @@ func (d *Daemon) currentKeyOf(id identity.ID) (identity.State, error) {
 }
 
 func (d *Daemon) startTransport(ctx context.Context, tc TransportConfig) error {
+	mode, err := sandbox.ParseMode(tc.Sandbox)
+	if err != nil {
+		return fmt.Errorf("transport %s: %w", tc.Name, err)
+	}
+	if mode == sandbox.Off {
+		d.log.Error("transport plugin sandbox is OFF: the plugin runs unconfined, as the agent's uid, and can reach the home, the control socket and the agent's memory",
+			"transport", tc.Name, "plugin", tc.Plugin)
+	}
 	t, err := host.Start(d.ctx, host.Config{
 		Name: tc.Name, Path: tc.Plugin, SHA256: tc.SHA256, Options: tc.Options, Authority: d.authority,
-		Observer: observer{d}, Logger: d.log,
+		Observer: observer{d}, Logger: d.log, Sandbox: mode, User: tc.User, BindPorts: bindPorts(tc),
+		SandboxProbe: d.opts.SandboxProbe,
 	})
 	if err != nil {
 		return fmt.Errorf("transport %s: plugin %s: %w", tc.Name, tc.Plugin, err)
 	}
 	ts := &transportState{cfg: tc, t: t}
 	d.transports[tc.Name] = ts
-	d.record(audit.PluginStarted, "agent", tc.Name, audit.OutcomeSuccess, map[string]any{"path": tc.Plugin, "sha256": tc.SHA256, "pid": t.PID()})
+	prot := t.Sandbox()
+	d.metrics.PluginSandbox(tc.Name, sandboxGauges(prot))
+	if mode == sandbox.BestEffort {
+		for _, p := range sandbox.All() {
+			if !prot.Has(p) && p != sandbox.UIDDrop {
+				d.log.Warn("transport plugin runs without a sandbox protection the kernel lacks", "transport", tc.Name, "protection", p)
+			}
+		}
+	}
+	d.record(audit.PluginStarted, "agent", tc.Name, audit.OutcomeSuccess, map[string]any{"path": tc.Plugin, "sha256": tc.SHA256, "pid": t.PID(),
+		"sandbox": prot.String(), "sandbox_mode": string(mode)})
 	for _, addr := range tc.Listen {
 		l, err := t.Listen(ctx, addr)
 		if err != nil {
@@ -380,6 +416,40 @@ func (d *Daemon) pluginPIDs() []int {
 		}
 	}
 	return out
+}
+
+// sandboxGauges is the metric value of each protection.
+func sandboxGauges(p sandbox.Protections) map[string]bool {
+	m := map[string]bool{}
+	for _, n := range sandbox.All() {
+		m[n] = p.Has(n)
+	}
+	return m
+}
+
+// bindPorts are the TCP ports a tcp or ws plugin may bind (its listen addresses; none when it only
+// dials); nil (no Landlock network rule) for other transports or an address without a numeric port.
+func bindPorts(tc TransportConfig) []uint16 {
+	if tc.Name != "tcp" && tc.Name != "ws" {
+		return nil
+	}
+	ports := []uint16{}
+	for _, a := range tc.Listen {
+		hp := a
+		if u, err := url.Parse(a); err == nil && u.Host != "" {
+			hp = u.Host
+		}
+		_, p, err := net.SplitHostPort(hp)
+		if err != nil {
+			return nil
+		}
+		n, err := strconv.ParseUint(p, 10, 16)
+		if err != nil {
+			return nil
+		}
+		ports = append(ports, uint16(n))
+	}
+	return ports
 }
 
 func (d *Daemon) transportNames() []string {
@@ -523,17 +593,6 @@ func (d *Daemon) teardown(ctx context.Context) error {
 		}
 	}
 	return errors.Join(errs...)
-}
-
-// ReloadResult says what a reload changed.
-type ReloadResult struct {
-	Digest         string   `json:"digest"`
-	PreviousDigest string   `json:"previous_digest"`
-	Changed        []string `json:"changed"`
-	Applied        []string `json:"applied"`
-	NeedRestart    []string `json:"need_restart,omitempty"`
-	Generation     uint64   `json:"generation"`
-	Rotated        bool     `json:"identity_rotated"`
 }
 
 // Reload re-reads the configuration file and the identity (a rotation made by agentctl rotate). It applies

@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"context"
+	"errors"
 	"io"
 	"log/slog"
 	"os"
@@ -16,6 +17,8 @@ import (
 	"github.com/custos-agent/custos/audit"
 	"github.com/custos-agent/custos/keystore"
 	"github.com/custos-agent/custos/keystore/software"
+	"github.com/custos-agent/custos/transports/host"
+	"github.com/custos-agent/custos/transports/host/sandbox"
 )
 
 func quietLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
@@ -65,6 +68,10 @@ func TestDaemonWithoutTransports(t *testing.T) {
 	d, err := Start(ctx, Options{Home: home, Config: cfg, ConfigDigest: digest, ConfigPath: cfgPath, Custody: cust, Logger: quietLogger()})
 	if err != nil {
 		t.Fatal(err)
+	}
+	// No process of the agent's uid may read its memory or environment (ADR 0040).
+	if dumpable, err := sandbox.Dumpable(); err != nil || dumpable {
+		t.Errorf("the daemon's process is dumpable (%v, %v)", dumpable, err)
 	}
 	sock := filepath.Join(home, ControlFile)
 	if fi, err := os.Stat(sock); err != nil || fi.Mode().Perm() != 0o600 {
@@ -217,5 +224,32 @@ func TestStartRefusesWrongPluginChecksum(t *testing.T) {
 		if _, err := os.Stat(filepath.Join(home, f)); !os.IsNotExist(err) {
 			t.Errorf("%s exists after a refused start (%v)", f, err)
 		}
+	}
+}
+
+// TestStartRefusesPluginWithoutRequiredSandbox simulates a kernel without Landlock: with the default
+// transports[].sandbox (required) the daemon does not start the plugin and says which protection is
+// missing and why.
+func TestStartRefusesPluginWithoutRequiredSandbox(t *testing.T) {
+	home, cust := testHome(t)
+	plugin := filepath.Join(home, "transport-fake")
+	if err := os.WriteFile(plugin, []byte("#!/bin/sh\nexit 1\n"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	sum, err := host.FileSHA256(plugin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfgPath := filepath.Join(home, "agent.yaml")
+	cfg, _ := writeConfig(t, cfgPath, "transports:\n  - name: tcp\n    plugin: "+plugin+"\n    sha256: "+sum+"\n")
+	probe := func() sandbox.Kernel {
+		k := sandbox.ProbeKernel()
+		k.LandlockABI, k.LandlockErr = 0, "simulated: landlock_create_ruleset: ENOSYS"
+		return k
+	}
+	_, err = Start(context.Background(), Options{Home: home, Config: cfg, ConfigPath: cfgPath, Custody: cust, Logger: quietLogger(), SandboxProbe: probe})
+	if !errors.Is(err, sandbox.ErrMissing) || !strings.Contains(err.Error(), "transport tcp") ||
+		!strings.Contains(err.Error(), "landlock (simulated: landlock_create_ruleset: ENOSYS)") {
+		t.Fatalf("err %v, want the missing landlock named", err)
 	}
 }

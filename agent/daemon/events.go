@@ -96,6 +96,9 @@ func (o observer) PluginRestarted(ev host.RestartEvent) {
 		details := map[string]any{"attempt": ev.Restarts, "pid": ev.PID, "downtime_ms": ev.Downtime.Milliseconds(), "error": cause}
 		if ts := d.transport(ev.Transport); ts != nil {
 			details["path"], details["sha256"] = ts.cfg.Plugin, ts.cfg.SHA256
+			prot := ts.t.Sandbox()
+			details["sandbox"] = prot.String()
+			d.metrics.PluginSandbox(ev.Transport, sandboxGauges(prot))
 		}
 		d.record(audit.PluginCrashed, "agent", ev.Transport, audit.OutcomeFailure, map[string]any{"error": cause})
 		d.record(audit.PluginRestarted, "agent", ev.Transport, audit.OutcomeSuccess, details)

@@ -11,28 +11,13 @@ import (
 	"sort"
 	"time"
 
+	"github.com/custos-agent/custos/agent/api"
 	"github.com/custos-agent/custos/agent/control"
 	"github.com/custos-agent/custos/agent/delegation"
-	"github.com/custos-agent/custos/agent/envelope"
 	"github.com/custos-agent/custos/agent/identity"
 	"github.com/custos-agent/custos/agent/rbac"
-	"github.com/custos-agent/custos/agent/reputation"
 	"github.com/custos-agent/custos/agent/tasks"
 )
-
-// Control operations (agent/control protocol) and their arguments and results.
-const (
-	OpStatus       = "status"        // {} -> Status
-	OpPeersList    = "peers.list"    // {} -> []PeerStatus
-	OpPeersConnect = "peers.connect" // ConnectArgs -> SessionStatus
-	OpTaskSubmit   = "task.submit"   // SubmitArgs -> TaskView
-	OpTaskGet      = "task.get"      // GetArgs -> TaskView (with the result and its evidence when final)
-	OpTaskList     = "task.list"     // {} -> []TaskView (without results)
-	OpConfigReload = "config.reload" // {} -> ReloadResult (what SIGHUP does)
-)
-
-// MaxWait bounds a task.get wait.
-const MaxWait = 10 * time.Minute
 
 // scaled is n units (a count read from a request) as a Duration, saturating instead of wrapping when
 // n*unit does not fit: the callers' range checks then refuse it.
@@ -50,51 +35,22 @@ func scaled(n int64, unit time.Duration) time.Duration {
 
 func parseID(s string) (identity.ID, error) { return identity.ParseID(s) }
 
-func (d *Daemon) ops() map[string]control.Op {
-	ops := map[string]control.Op{
-		OpStatus:         {Fn: d.opStatus},
-		OpPeersList:      {Fn: d.opPeersList},
-		OpPeersConnect:   {Fn: d.opConnect, Mutating: true},
-		OpTaskSubmit:     {Fn: d.opSubmit, Mutating: true},
-		OpTaskGet:        {Fn: d.opTaskGet},
-		OpTaskList:       {Fn: d.opTaskList},
-		OpConfigReload:   {Fn: d.opReload, Mutating: true},
-		OpIdentityReload: {Fn: d.opIdentityReload, Mutating: true},
-		OpAuditHead:      {Fn: d.opAuditHead},
+// handlers are the daemon's implementations of the control API (agent/api.Table gives each operation's
+// permission and types; api.Ops joins the two and fails on a mismatch).
+func (d *Daemon) handlers() map[string]api.Handler {
+	hs := map[string]api.Handler{
+		api.OpStatus:         d.opStatus,
+		api.OpPeersList:      d.opPeersList,
+		api.OpPeersConnect:   d.opConnect,
+		api.OpTaskSubmit:     d.opSubmit,
+		api.OpTaskGet:        d.opTaskGet,
+		api.OpTaskList:       d.opTaskList,
+		api.OpConfigReload:   d.opReload,
+		api.OpIdentityReload: d.opIdentityReload,
+		api.OpAuditHead:      d.opAuditHead,
 	}
-	maps.Copy(ops, d.authzOps()) // grants, revocations, blocking, replicated tasks (authz_grants.go)
-	return ops
-}
-
-// TransportStatus describes one transport plugin.
-type TransportStatus struct {
-	Name     string   `json:"name"`
-	Plugin   string   `json:"plugin"`
-	SHA256   string   `json:"sha256"`
-	PID      int      `json:"pid"`
-	Running  bool     `json:"running"`
-	Restarts uint64   `json:"restarts"`
-	Listen   []string `json:"listen"`
-}
-
-// Status is the answer to OpStatus.
-type Status struct {
-	AgentID           string            `json:"agent_id"`
-	Generation        uint64            `json:"generation"`
-	Keystore          string            `json:"keystore"`
-	DelegationMode    string            `json:"delegation_mode"`
-	DelegationExpires time.Time         `json:"delegation_expires"`
-	Version           string            `json:"version"`
-	PID               int               `json:"pid"`
-	Started           time.Time         `json:"started"`
-	Config            string            `json:"config"`
-	ConfigDigest      string            `json:"config_digest"`
-	Control           string            `json:"control"`
-	Metrics           string            `json:"metrics,omitempty"`
-	Transports        []TransportStatus `json:"transports"`
-	Sessions          []SessionStatus   `json:"sessions"`
-	Handlers          []string          `json:"handlers"`
-	Tasks             tasks.Stats       `json:"tasks"`
+	maps.Copy(hs, d.authzOps()) // grants, revocations, blocking, replicated tasks (authz_grants.go)
+	return hs
 }
 
 func (d *Daemon) opStatus(ctx context.Context, _ rbac.Cred, raw json.RawMessage) (any, error) {
@@ -111,6 +67,8 @@ func (d *Daemon) opStatus(ctx context.Context, _ rbac.Cred, raw json.RawMessage)
 	for _, name := range d.transportNames() {
 		ts := d.transports[name]
 		st := TransportStatus{Name: name, Plugin: ts.cfg.Plugin, SHA256: ts.cfg.SHA256, PID: ts.t.PID(), Running: ts.t.PID() != 0, Restarts: ts.t.Restarts()}
+		st.SandboxDetail = ts.t.Sandbox()
+		st.Sandbox = st.SandboxDetail.String()
 		for _, l := range ts.listeners {
 			st.Listen = append(st.Listen, l.Addrs()...)
 		}
@@ -120,23 +78,6 @@ func (d *Daemon) opStatus(ctx context.Context, _ rbac.Cred, raw json.RawMessage)
 		s.Sessions = []SessionStatus{}
 	}
 	return s, nil
-}
-
-// PeerStatus is one known peer (cached key event log, session, dial target, reputation).
-type PeerStatus struct {
-	ID          string         `json:"id"`
-	Connected   bool           `json:"connected"`
-	Session     *SessionStatus `json:"session,omitempty"`
-	Generation  *uint64        `json:"generation,omitempty"` // of its cached key event log
-	Compromised bool           `json:"compromised"`
-	Trust       string         `json:"trust"`
-	Score       float64        `json:"score"`
-	Target      *TargetStatus  `json:"dial,omitempty"`
-	// Reputation is the score with the factors behind it; Roles the roles the peer holds here (grants and
-	// authorization.default_peer_roles); Evidence how many of its signed results lost a vote (authz.go).
-	Reputation *reputation.Report `json:"reputation,omitempty"`
-	Roles      []string           `json:"roles"`
-	Evidence   int                `json:"evidence"`
 }
 
 func (d *Daemon) opPeersList(ctx context.Context, _ rbac.Cred, raw json.RawMessage) (any, error) {
@@ -190,13 +131,6 @@ func (d *Daemon) opPeersList(ctx context.Context, _ rbac.Cred, raw json.RawMessa
 	return out, nil
 }
 
-// ConnectArgs are OpPeersConnect's arguments.
-type ConnectArgs struct {
-	Address   string `json:"address"`
-	ID        string `json:"id"`
-	Transport string `json:"transport,omitempty"`
-}
-
 func (d *Daemon) opConnect(ctx context.Context, _ rbac.Cred, raw json.RawMessage) (any, error) {
 	var a ConnectArgs
 	if err := control.DecodeArgs(raw, &a); err != nil {
@@ -230,51 +164,6 @@ func (d *Daemon) opConnect(ctx context.Context, _ rbac.Cred, raw json.RawMessage
 	}
 	d.mgr.addTarget(d.ctx, id.String(), []Address{{Transport: a.Transport, Address: a.Address}}, "connect")
 	return ps.status(), nil
-}
-
-// SubmitArgs are OpTaskSubmit's arguments.
-type SubmitArgs struct {
-	To      string       `json:"to"`
-	Handler string       `json:"handler"`
-	Input   envelope.B64 `json:"input"`
-}
-
-// TaskView is a submitted task as the control API shows it.
-type TaskView struct {
-	TaskID      string      `json:"task_id"`
-	To          string      `json:"to"`
-	Handler     string      `json:"handler"`
-	State       string      `json:"state"`
-	InputSHA256 string      `json:"input_sha256"`
-	Submitted   time.Time   `json:"submitted"`
-	Updated     time.Time   `json:"updated"`
-	Attempts    int         `json:"attempts"`
-	ErrorCode   string      `json:"error_code,omitempty"`
-	Error       string      `json:"error,omitempty"`
-	Result      *ResultView `json:"result,omitempty"`
-}
-
-// ResultView is a verified task result: what the executor signed, the signature, and the evidence a
-// third party needs to check it (agentctl task verify).
-type ResultView struct {
-	Status       string       `json:"status"`
-	Output       envelope.B64 `json:"output"`
-	OutputSHA256 string       `json:"output_sha256"`
-	Error        string       `json:"error,omitempty"`
-	Executor     string       `json:"executor"`
-	Started      int64        `json:"started"`
-	Finished     int64        `json:"finished"`
-	// Signature is the evidence envelope's signature by the executor's operational key.
-	Signature envelope.B64 `json:"signature"`
-	SignedAt  int64        `json:"signed_at"`
-	// OperationalKey is the key that signed (base64url), certified by the delegation of generation
-	// DelegationGeneration valid until DelegationNotAfter.
-	OperationalKey       string          `json:"operational_key"`
-	OperationalAlgorithm string          `json:"operational_algorithm"`
-	DelegationGeneration uint64          `json:"delegation_generation"`
-	DelegationNotAfter   int64           `json:"delegation_not_after"`
-	Verified             bool            `json:"verified"`
-	Evidence             *tasks.Evidence `json:"evidence"`
 }
 
 func view(o *tasks.Outbound) *TaskView {
@@ -321,13 +210,6 @@ func (d *Daemon) opSubmit(ctx context.Context, _ rbac.Cred, raw json.RawMessage)
 		return nil, control.Errorf(control.CodeBadRequest, "%v", err)
 	}
 	return view(o), nil
-}
-
-// GetArgs are OpTaskGet's arguments.
-type GetArgs struct {
-	TaskID string `json:"task_id"`
-	// WaitMS waits up to this many milliseconds for the task to become final (at most MaxWait).
-	WaitMS int64 `json:"wait_ms,omitempty"`
 }
 
 func (d *Daemon) opTaskGet(ctx context.Context, _ rbac.Cred, raw json.RawMessage) (any, error) {

@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"sort"
 	"sync"
 	"time"
@@ -15,6 +14,7 @@ import (
 	"github.com/custos-agent/custos/agent/metrics"
 	"github.com/custos-agent/custos/agent/session"
 	"github.com/custos-agent/custos/agent/tasks"
+	retry "github.com/custos-agent/custos/internal/backoff"
 	"github.com/custos-agent/custos/transports/host"
 )
 
@@ -35,12 +35,6 @@ func (ps *peerSession) canonical(local string) bool {
 		initiator = local
 	}
 	return initiator == min(local, ps.peer)
-}
-
-// Address is one way to reach a peer.
-type Address struct {
-	Transport string `json:"transport"`
-	Address   string `json:"address"`
 }
 
 // target is a peer this agent keeps a session with: it dials whenever there is none, with backoff.
@@ -337,7 +331,7 @@ func (m *manager) dialLoop(ctx context.Context, t *target) {
 			return
 		}
 		m.d.log.Info("peer not reachable; retrying", "peer", t.id, "in", backoff, "err", t.lastErr)
-		delay := backoff/2 + rand.N(backoff/2+1) // jitter
+		delay := retry.Jitter(backoff)
 		timer := time.NewTimer(delay)
 		select {
 		case <-timer.C:
@@ -375,18 +369,6 @@ func (m *manager) closeAll() {
 	wg.Wait()
 }
 
-// SessionStatus describes one session.
-type SessionStatus struct {
-	Peer        string    `json:"peer"`
-	Transport   string    `json:"transport"`
-	Remote      string    `json:"remote"`
-	Role        string    `json:"role"`
-	Established time.Time `json:"established"`
-	Expires     time.Time `json:"expires"`
-	Generation  uint64    `json:"peer_generation"`
-	SessionID   string    `json:"session_id"`
-}
-
 func (ps *peerSession) status() SessionStatus {
 	p := ps.s.Peer()
 	return SessionStatus{Peer: ps.peer, Transport: ps.transport, Remote: ps.remote, Role: ps.s.Role().String(),
@@ -405,14 +387,6 @@ func (m *manager) statuses() []SessionStatus {
 	m.mu.Unlock()
 	sort.Slice(out, func(i, j int) bool { return out[i].Peer < out[j].Peer })
 	return out
-}
-
-// TargetStatus describes a peer this agent keeps a session with.
-type TargetStatus struct {
-	Addresses []Address `json:"addresses"`
-	Source    string    `json:"source"`
-	Attempts  int       `json:"dial_attempts"`
-	LastError string    `json:"last_error,omitempty"`
 }
 
 func (m *manager) targetStatuses() map[string]TargetStatus {

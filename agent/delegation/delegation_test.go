@@ -286,6 +286,7 @@ func FuzzDecode(f *testing.F) {
 	f.Add(d.Encode())
 	f.Add([]byte{})
 	f.Add(d.Encode()[:40])
+	seedVectors(f)
 	f.Fuzz(func(t *testing.T, b []byte) {
 		d, err := Decode(b)
 		if err != nil {

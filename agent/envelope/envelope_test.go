@@ -315,6 +315,7 @@ func FuzzDecodeBinary(f *testing.F) {
 	for _, s := range seedEnvelopes(f) {
 		f.Add(s)
 	}
+	seedVectors(f, "binary")
 	f.Fuzz(func(t *testing.T, b []byte) {
 		e, err := DecodeBinary(b)
 		if err != nil {
@@ -336,6 +337,7 @@ func FuzzDecodeJSON(f *testing.F) {
 	for _, s := range seedEnvelopes(f) {
 		f.Add(s)
 	}
+	seedVectors(f, "json")
 	f.Fuzz(func(t *testing.T, b []byte) {
 		e, err := DecodeJSON(b)
 		if err != nil {

@@ -1,12 +1,11 @@
 package envelope
 
 import (
-	"bytes"
 	"encoding/json"
 	"errors"
-	"io"
 
 	"github.com/custos-agent/custos/agent/reason"
+	"github.com/custos-agent/custos/internal/strictjson"
 )
 
 // B64 is a byte string whose JSON form is a strict unpadded base64url string.
@@ -50,19 +49,14 @@ func DecodeJSON(b []byte) (*Envelope, error) {
 	if len(b) > MaxJSON {
 		return nil, reason.New(reason.OversizedFrame, "JSON envelope of %d bytes exceeds %d", len(b), MaxJSON)
 	}
-	dec := json.NewDecoder(bytes.NewReader(b))
-	dec.DisallowUnknownFields()
 	var e Envelope
-	if err := dec.Decode(&e); err != nil {
+	if err := strictjson.Decode(b, &e, 0); err != nil {
 		return nil, reason.Wrap(reason.Malformed, err, "JSON envelope")
-	}
-	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		return nil, reason.New(reason.Malformed, "JSON envelope: trailing data after the object")
 	}
 	if err := e.check(); err != nil {
 		return nil, err
 	}
-	if !bytes.Equal(e.EncodeJSON(), b) {
+	if strictjson.Canonical(b, e.EncodeJSON()) != nil {
 		return nil, reason.New(reason.Malformed, "JSON envelope is not in canonical form (compact, every field present in the documented order, base64url without padding); do not reformat envelopes")
 	}
 	return &e, nil

@@ -121,6 +121,7 @@ func roundTrip[T interface{ Encode() []byte }](t *testing.T, b []byte, decode fu
 func FuzzHello(f *testing.F) {
 	f.Add(sampleHello(false).Encode())
 	f.Add(sampleHello(true).Encode())
+	seedVectors(f, "hello")
 	f.Fuzz(func(t *testing.T, b []byte) {
 		roundTrip(t, b, func(b []byte) (*Hello, error) { return DecodeHello(b, []uint16{1}) })
 	})
@@ -129,20 +130,24 @@ func FuzzHello(f *testing.F) {
 func FuzzChallenge(f *testing.F) {
 	f.Add(sampleChallenge(false).Encode())
 	f.Add(sampleChallenge(true).Encode())
+	seedVectors(f, "challenge")
 	f.Fuzz(func(t *testing.T, b []byte) { roundTrip(t, b, DecodeChallenge) })
 }
 
 func FuzzResponse(f *testing.F) {
 	f.Add(sampleResponse().Encode())
+	seedVectors(f, "response")
 	f.Fuzz(func(t *testing.T, b []byte) { roundTrip(t, b, DecodeResponse) })
 }
 
 func FuzzEstablished(f *testing.F) {
 	f.Add((&Established{SessionID: rnd(16), Reauth: 900, Expires: 1_700_000_000}).Encode())
+	seedVectors(f, "established")
 	f.Fuzz(func(t *testing.T, b []byte) { roundTrip(t, b, DecodeEstablished) })
 }
 
 func FuzzAlert(f *testing.F) {
 	f.Add((&Alert{Code: reason.BadSignature}).Encode())
+	seedVectors(f, "alert")
 	f.Fuzz(func(t *testing.T, b []byte) { roundTrip(t, b, DecodeAlert) })
 }

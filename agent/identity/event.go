@@ -1,17 +1,16 @@
 package identity
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"time"
 
 	"github.com/custos-agent/custos/agent/signature"
+	"github.com/custos-agent/custos/internal/strictjson"
 	"github.com/custos-agent/custos/keystore"
 )
 
@@ -145,20 +144,15 @@ func DecodeEvent(b []byte) (Event, error) {
 	if len(b) > MaxEventSize {
 		return e, fmt.Errorf("%w: event of %d bytes exceeds %d", ErrMalformed, len(b), MaxEventSize)
 	}
-	dec := json.NewDecoder(bytes.NewReader(b))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&e); err != nil {
+	if err := strictjson.Decode(b, &e, 0); err != nil {
 		return Event{}, fmt.Errorf("%w: %v", ErrMalformed, err)
-	}
-	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		return Event{}, fmt.Errorf("%w: trailing data after event", ErrMalformed)
 	}
 	if e.Version != EventVersion {
 		return Event{}, fmt.Errorf("%w: event version %d (this agent speaks %d)", ErrUnknownVersion, e.Version, EventVersion)
 	}
 	// One spelling per event: the input must be exactly what Encode writes (compact, every field, in
 	// order), so decode-then-encode gives back the input bytes.
-	if !bytes.Equal(e.Encode(), b) {
+	if strictjson.Canonical(b, e.Encode()) != nil {
 		return Event{}, fmt.Errorf("%w: event is not in canonical form (compact JSON with every field, in the order Encode writes them)", ErrMalformed)
 	}
 	return e, nil

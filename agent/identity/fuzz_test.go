@@ -47,6 +47,7 @@ func FuzzDecodeEvent(f *testing.F) {
 		f.Add(l.Events[i].Encode())
 	}
 	f.Add([]byte(`{"v":1}`))
+	seedVectors(f, true)
 	f.Fuzz(func(t *testing.T, b []byte) {
 		e, err := DecodeEvent(b)
 		if err != nil {
@@ -63,6 +64,7 @@ func FuzzDecodeLog(f *testing.F) {
 	f.Add(l.Encode())
 	f.Add(l.Events[0].Encode())
 	f.Add([]byte{})
+	seedVectors(f, false)
 	f.Fuzz(func(t *testing.T, b []byte) {
 		got, err := DecodeLog(b)
 		if err != nil {

@@ -50,6 +50,7 @@ type Metrics struct {
 	accessDenied   *prometheus.CounterVec
 	peers          *prometheus.GaugeVec
 	pluginRestarts *prometheus.CounterVec
+	pluginSandbox  *prometheus.GaugeVec
 	auditRecords   prometheus.Counter
 	auditFailures  prometheus.Counter
 	auditCPFails   prometheus.Counter
@@ -111,6 +112,10 @@ func New() *Metrics {
 		Name: "custos_plugin_restarts_total",
 		Help: "Transport plugin restarts by the supervisor, by plugin.",
 	}, []string{"plugin"})
+	m.pluginSandbox = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "custos_plugin_sandbox",
+		Help: "Whether each sandbox protection (ADR 0040) confines the transport plugin's current process: 1 applied, 0 missing.",
+	}, []string{"plugin", "protection"})
 	m.auditRecords = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "custos_audit_records_total",
 		Help: "Audit records made durable (fsynced).",
@@ -129,7 +134,7 @@ func New() *Metrics {
 		Buckets: []float64{0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1},
 	})
 	m.reg.MustRegister(m.authAttempts, m.failedOps, m.messages, m.messageBytes, m.sessions, m.ksDuration,
-		m.ksErrors, m.replays, m.rateLimited, m.accessDenied, m.peers, m.pluginRestarts, m.auditRecords, m.auditFailures,
+		m.ksErrors, m.replays, m.rateLimited, m.accessDenied, m.peers, m.pluginRestarts, m.pluginSandbox, m.auditRecords, m.auditFailures,
 		m.auditCPFails, m.auditAck,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
@@ -138,6 +143,11 @@ func New() *Metrics {
 	m.authAttempts.WithLabelValues(ResultSuccess, "")
 	for _, c := range reason.All {
 		m.authAttempts.WithLabelValues(ResultFailure, string(c))
+	}
+	for _, d := range []reason.Domain{reason.DomainRBAC, reason.DomainPolicy, reason.DomainAdmission} {
+		for _, c := range reason.InDomain(d) {
+			m.accessDenied.WithLabelValues(string(c), "enforced")
+		}
 	}
 	for _, l := range TrustLevels {
 		m.peers.WithLabelValues(l)
@@ -165,6 +175,15 @@ func label(s string) string {
 	return s
 }
 
+// code bounds a failure-code label to the failure-code registry (agent/reason): an unregistered string is
+// Other.
+func code(s string) string {
+	if reason.Registered(s) {
+		return s
+	}
+	return Other
+}
+
 // AuthSucceeded counts a completed handshake.
 func (m *Metrics) AuthSucceeded() {
 	if m != nil {
@@ -175,7 +194,7 @@ func (m *Metrics) AuthSucceeded() {
 // AuthFailed counts a failed handshake with its reason code (agent/reason).
 func (m *Metrics) AuthFailed(reasonCode string) {
 	if m != nil {
-		m.authAttempts.WithLabelValues(ResultFailure, label(reasonCode)).Inc()
+		m.authAttempts.WithLabelValues(ResultFailure, code(reasonCode)).Inc()
 	}
 }
 
@@ -232,7 +251,7 @@ func (m *Metrics) AccessDenied(reasonCode string, enforced bool) {
 		if !enforced {
 			mode = "log_only"
 		}
-		m.accessDenied.WithLabelValues(label(reasonCode), mode).Inc()
+		m.accessDenied.WithLabelValues(code(reasonCode), mode).Inc()
 	}
 }
 
@@ -247,6 +266,20 @@ func (m *Metrics) SetPeers(level string, n int) {
 func (m *Metrics) PluginRestarted(plugin string) {
 	if m != nil {
 		m.pluginRestarts.WithLabelValues(label(plugin)).Inc()
+	}
+}
+
+// PluginSandbox sets, for plugin, each sandbox protection's gauge (1 applied, 0 missing).
+func (m *Metrics) PluginSandbox(plugin string, applied map[string]bool) {
+	if m == nil {
+		return
+	}
+	for p, ok := range applied {
+		v := 0.0
+		if ok {
+			v = 1
+		}
+		m.pluginSandbox.WithLabelValues(label(plugin), label(p)).Set(v)
 	}
 }
 

@@ -20,6 +20,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/custos-agent/custos/agent/reason"
 	"github.com/custos-agent/custos/audit"
 	"github.com/custos-agent/custos/keystore"
 	"github.com/custos-agent/custos/keystore/software"
@@ -41,6 +42,7 @@ func exercise(m *Metrics) {
 	m.RateLimited("messages")
 	m.SetPeers("blocked", 2)
 	m.PluginRestarted("transport-tcp")
+	m.PluginSandbox("tcp", map[string]bool{"landlock": true, "seccomp": false})
 	m.ObserveKeystore("pkcs11", OpSign, 3*time.Millisecond, nil)
 	m.ObserveKeystore("pkcs11", OpSign, time.Millisecond, keystore.Errorf(keystore.ErrUnavailable, "token removed"))
 	m.AuditRecordsWritten(3)
@@ -71,7 +73,7 @@ var wantFamilies = []string{
 	"custos_auth_attempts_total", "custos_operations_failed_total", "custos_messages_total",
 	"custos_message_bytes_total", "custos_sessions_active", "custos_keystore_operation_duration_seconds",
 	"custos_keystore_errors_total", "custos_replays_refused_total", "custos_rate_limited_total", "custos_peers",
-	"custos_plugin_restarts_total", "custos_audit_records_total", "custos_audit_write_failures_total",
+	"custos_plugin_restarts_total", "custos_plugin_sandbox", "custos_audit_records_total", "custos_audit_write_failures_total",
 	"custos_audit_checkpoint_failures_total", "custos_audit_ack_duration_seconds",
 }
 
@@ -445,3 +447,30 @@ func TestAlertRules(t *testing.T) {
 }
 
 func quiet() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+
+// TestLabelsFromRegistry: denial and authentication-failure labels are codes of the failure-code registry
+// (agent/reason): a string the registry does not know is counted as "other", and every denial code of the
+// rbac, policy and admission domains has its series from the start, at zero.
+func TestLabelsFromRegistry(t *testing.T) {
+	m := New()
+	m.AccessDenied("no_grant", true)
+	m.AccessDenied("made_up", true)
+	m.AuthFailed("made_up")
+	if got := testutil.ToFloat64(m.accessDenied.WithLabelValues("no_grant", "enforced")); got != 1 {
+		t.Fatalf("no_grant: %v", got)
+	}
+	if got := testutil.ToFloat64(m.accessDenied.WithLabelValues(Other, "enforced")); got != 1 {
+		t.Fatalf("an unregistered denial code counted %v times as %q, want 1", got, Other)
+	}
+	if got := testutil.ToFloat64(m.authAttempts.WithLabelValues(ResultFailure, Other)); got != 1 {
+		t.Fatalf("an unregistered auth failure code counted %v times as %q, want 1", got, Other)
+	}
+	want := 0
+	for _, d := range []reason.Domain{reason.DomainRBAC, reason.DomainPolicy, reason.DomainAdmission} {
+		want += len(reason.InDomain(d))
+	}
+	// +1 for the "other" series counted above.
+	if got := testutil.CollectAndCount(m.accessDenied); got != want+1 {
+		t.Fatalf("%d access-denied series, want %d (every denial code pre-registered, plus other)", got, want+1)
+	}
+}

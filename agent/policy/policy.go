@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/custos-agent/custos/agent/rbac"
+	"github.com/custos-agent/custos/agent/reason"
 )
 
 // Reason is the stable code of a policy denial (audit records, metric labels, error responses). A Reason
@@ -28,10 +29,10 @@ func (r Reason) Error() string { return string(r) }
 
 // The reasons.
 const (
-	RateLimited       Reason = "rate_limited"
-	QuotaExceeded     Reason = "quota_exceeded"
-	OutsideTimeWindow Reason = "outside_time_window"
-	GeoDenied         Reason = "geo_denied"
+	RateLimited       = Reason(reason.RateLimited)       // "rate_limited"
+	QuotaExceeded     = Reason(reason.QuotaExceeded)     // "quota_exceeded"
+	OutsideTimeWindow = Reason(reason.OutsideTimeWindow) // "outside_time_window"
+	GeoDenied         = Reason(reason.GeoDenied)         // "geo_denied"
 )
 
 // AllReasons lists every reason, for documentation and metrics pre-registration.

@@ -3,6 +3,8 @@ package rbac
 import (
 	"errors"
 	"fmt"
+
+	"github.com/custos-agent/custos/agent/reason"
 )
 
 // Reason is the stable code of an access denial: it goes to the error response, the audit record and the
@@ -16,17 +18,17 @@ func (r Reason) Error() string { return string(r) }
 // The denial reasons.
 const (
 	// NoGrant: the subject holds no grant at all (or, on the control socket, its uid/gid maps to no role).
-	NoGrant Reason = "no_grant"
+	NoGrant = Reason(reason.NoGrant) // "no_grant"
 	// GrantExpired: the grant that would give the permission has expired.
-	GrantExpired Reason = "grant_expired"
+	GrantExpired = Reason(reason.GrantExpired) // "grant_expired"
 	// GrantRevoked: the grant that would give the permission was revoked by an administrator.
-	GrantRevoked Reason = "grant_revoked"
+	GrantRevoked = Reason(reason.GrantRevoked) // "grant_revoked"
 	// GrantBadIssuer: the grant is signed by an agent that is not a configured system administrator.
-	GrantBadIssuer Reason = "grant_bad_issuer"
+	GrantBadIssuer = Reason(reason.GrantBadIssuer) // "grant_bad_issuer"
 	// GrantBadSignature: the grant's signature does not verify under its issuer's key.
-	GrantBadSignature Reason = "grant_bad_signature"
+	GrantBadSignature = Reason(reason.GrantBadSignature) // "grant_bad_signature"
 	// PermissionDenied: the subject's valid roles do not carry the permission.
-	PermissionDenied Reason = "permission_denied"
+	PermissionDenied = Reason(reason.PermissionDenied) // "permission_denied"
 )
 
 // AllReasons lists every reason, for documentation and metrics pre-registration.

@@ -14,6 +14,7 @@ import (
 
 	"github.com/custos-agent/custos/agent/identity"
 	"github.com/custos-agent/custos/agent/signature"
+	"github.com/custos-agent/custos/internal/strictjson"
 	"github.com/custos-agent/custos/keystore"
 )
 
@@ -159,7 +160,7 @@ func DecodeGrant(b []byte) (Grant, error) {
 	if err := g.check(); err != nil {
 		return Grant{}, fmt.Errorf("%w: grant: %v", ErrMalformed, err)
 	}
-	if !bytes.Equal(g.Encode(), b) {
+	if strictjson.Canonical(b, g.Encode()) != nil {
 		return Grant{}, fmt.Errorf("%w: grant is not in canonical form (compact JSON, fields in order, as Encode writes it)", ErrMalformed)
 	}
 	return g, nil
@@ -272,7 +273,7 @@ func DecodeRevocation(b []byte) (Revocation, error) {
 	if err := r.check(); err != nil {
 		return Revocation{}, fmt.Errorf("%w: revocation: %v", ErrMalformed, err)
 	}
-	if !bytes.Equal(r.Encode(), b) {
+	if strictjson.Canonical(b, r.Encode()) != nil {
 		return Revocation{}, fmt.Errorf("%w: revocation is not in canonical form (compact JSON, fields in order, as Encode writes it)", ErrMalformed)
 	}
 	return r, nil
@@ -321,16 +322,8 @@ func decodeSig(s string) ([]byte, error) {
 
 // strictJSON decodes one JSON object into v: size limit, no unknown fields, no trailing data.
 func strictJSON(b []byte, v any, what string) error {
-	if len(b) > MaxGrantSize {
-		return fmt.Errorf("%w: %s of %d bytes exceeds %d", ErrMalformed, what, len(b), MaxGrantSize)
-	}
-	dec := json.NewDecoder(bytes.NewReader(b))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
+	if err := strictjson.Decode(b, v, MaxGrantSize); err != nil {
 		return fmt.Errorf("%w: %s: %v", ErrMalformed, what, err)
-	}
-	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		return fmt.Errorf("%w: %s: trailing data after the object", ErrMalformed, what)
 	}
 	return nil
 }
@@ -370,12 +363,8 @@ func DecodeGrants(b []byte) ([]Grant, error) {
 		return nil, fmt.Errorf("%w: grant list of %d bytes is too large", ErrMalformed, len(b))
 	}
 	var raws []json.RawMessage
-	dec := json.NewDecoder(bytes.NewReader(b))
-	if err := dec.Decode(&raws); err != nil {
+	if err := strictjson.Decode(b, &raws, 0); err != nil {
 		return nil, fmt.Errorf("%w: grant list: %v", ErrMalformed, err)
-	}
-	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		return nil, fmt.Errorf("%w: grant list: trailing data", ErrMalformed)
 	}
 	if len(raws) > MaxGrantList {
 		return nil, fmt.Errorf("%w: %d grants in one list, at most %d", ErrMalformed, len(raws), MaxGrantList)
@@ -388,7 +377,7 @@ func DecodeGrants(b []byte) ([]Grant, error) {
 		}
 		gs = append(gs, g)
 	}
-	if !bytes.Equal(EncodeGrants(gs), b) {
+	if strictjson.Canonical(b, EncodeGrants(gs)) != nil {
 		return nil, fmt.Errorf("%w: grant list is not in canonical form", ErrMalformed)
 	}
 	return gs, nil
@@ -466,7 +455,7 @@ func DecodePresentation(b []byte) (Presentation, error) {
 		}
 		p.Logs = append(p.Logs, l)
 	}
-	if !bytes.Equal(EncodePresentation(p), b) {
+	if strictjson.Canonical(b, EncodePresentation(p)) != nil {
 		return Presentation{}, fmt.Errorf("%w: grant presentation is not in canonical form", ErrMalformed)
 	}
 	return p, nil

@@ -9,7 +9,7 @@ import (
 // the agent to do. docs/authorization.md prints Table.
 type Operation string
 
-// Peer operations: the message types of the agent protocol, the handshake, and relaying.
+// Peer operations: the message types of the agent protocol and the handshake.
 const (
 	OpHandshake     Operation = "handshake"
 	OpTaskRequest   Operation = "task_request"
@@ -19,38 +19,27 @@ const (
 	OpErrorResponse Operation = "error_response"
 	OpHeartbeat     Operation = "heartbeat"
 	OpFeedback      Operation = "feedback"
-	// OpRelay is forwarding a store-and-forward envelope addressed to another agent (a gateway's job).
-	OpRelay Operation = "relay"
 )
 
-// Control-socket operations ("control.<area>.<verb>"), one per agentctl subcommand that reaches the daemon.
+// Control-socket operations ("control.<area>.<verb>"): the permissions of agent/api's table, each named by
+// at least one operation the daemon serves (agent/api.TestTableMatchesRBAC). An operation enters this
+// table with the code that serves it.
 const (
-	CtlStatus          Operation = "control.status"
-	CtlID              Operation = "control.id"
-	CtlPeersList       Operation = "control.peers.list"
-	CtlPeersShow       Operation = "control.peers.show"
-	CtlPeersConnect    Operation = "control.peers.connect"
-	CtlPeersDisconnect Operation = "control.peers.disconnect"
-	CtlPeersBlock      Operation = "control.peers.block"
-	CtlPeersUnblock    Operation = "control.peers.unblock"
-	CtlTaskSubmit      Operation = "control.task.submit"
-	CtlTaskStatus      Operation = "control.task.status"
-	CtlTaskResult      Operation = "control.task.result"
-	CtlTaskCancel      Operation = "control.task.cancel"
-	CtlGrant           Operation = "control.grant"
-	CtlRevoke          Operation = "control.revoke"
-	CtlGrantsList      Operation = "control.grants.list"
-	CtlStakeSet        Operation = "control.stake.set"
-	CtlAuditQuery      Operation = "control.audit.query"
-	CtlAuditVerify     Operation = "control.audit.verify"
-	CtlRotate          Operation = "control.rotate"
-	CtlSign            Operation = "control.sign"
-	CtlConfigReload    Operation = "control.config.reload"
-	CtlShutdown        Operation = "control.shutdown"
-	CtlMetrics         Operation = "control.metrics"
-	CtlPolicyShow      Operation = "control.policy.show"
-	CtlPolicySet       Operation = "control.policy.set"
-	CtlAPIForward      Operation = "control.api.forward"
+	CtlStatus       Operation = "control.status"
+	CtlPeersList    Operation = "control.peers.list"
+	CtlPeersConnect Operation = "control.peers.connect"
+	CtlPeersBlock   Operation = "control.peers.block"
+	CtlPeersUnblock Operation = "control.peers.unblock"
+	CtlTaskSubmit   Operation = "control.task.submit"
+	CtlTaskStatus   Operation = "control.task.status"
+	CtlTaskResult   Operation = "control.task.result"
+	CtlGrant        Operation = "control.grant"
+	CtlRevoke       Operation = "control.revoke"
+	CtlGrantsList   Operation = "control.grants.list"
+	CtlStakeSet     Operation = "control.stake.set"
+	CtlAuditVerify  Operation = "control.audit.verify"
+	CtlRotate       Operation = "control.rotate"
+	CtlConfigReload Operation = "control.config.reload"
 )
 
 // Requirement is what an operation needs.
@@ -75,34 +64,22 @@ var Table = []Requirement{
 	{OpErrorResponse, "", true, "accepted only as the answer to a message_id this agent sent (the dispatcher checks the correlation); never starts anything"},
 	{OpHeartbeat, DiscoverPeers, true, "liveness between network peers"},
 	{OpFeedback, ShareResults, true, "signed feedback about another peer's result"},
-	{OpRelay, ProtocolTranslation, true, "store-and-forward through a gateway"},
 
 	{CtlStatus, ViewStatus, false, "agentctl status"},
-	{CtlID, ViewStatus, false, "agentctl id (through the daemon)"},
 	{CtlPeersList, ViewStatus, false, "agentctl peers: trust level, score, factors"},
-	{CtlPeersShow, ViewStatus, false, "agentctl peers show ID"},
 	{CtlPeersConnect, ManageNetwork, false, "agentctl peers connect ADDR"},
-	{CtlPeersDisconnect, ManageNetwork, false, "agentctl peers disconnect ID"},
 	{CtlPeersBlock, ManageAgents, false, "agentctl peers block ID"},
 	{CtlPeersUnblock, ManageAgents, false, "agentctl peers unblock ID"},
 	{CtlTaskSubmit, SubmitTasks, false, "agentctl task submit"},
 	{CtlTaskStatus, ViewResults, false, "agentctl task status"},
 	{CtlTaskResult, ViewResults, false, "agentctl task result"},
-	{CtlTaskCancel, SubmitTasks, false, "agentctl task cancel"},
 	{CtlGrant, ManageSecurity, false, "agentctl grant (the daemon signs with its identity key)"},
 	{CtlRevoke, ManageSecurity, false, "agentctl revoke"},
 	{CtlGrantsList, ManageSecurity, false, "agentctl grants list"},
 	{CtlStakeSet, ManageSecurity, false, "install an administrator-signed stake table"},
-	{CtlAuditQuery, ManageSecurity, false, "agentctl audit query"},
 	{CtlAuditVerify, ManageSecurity, false, "agentctl audit verify (through the daemon)"},
 	{CtlRotate, ManageLocalAgent, false, "agentctl rotate"},
-	{CtlSign, ManageLocalAgent, false, "agentctl sign (user-data signatures with the identity key)"},
 	{CtlConfigReload, ManageLocalAgent, false, "reload configuration"},
-	{CtlShutdown, ManageLocalAgent, false, "stop the daemon"},
-	{CtlMetrics, ViewMetrics, false, "metrics snapshot over the socket"},
-	{CtlPolicyShow, RateLimiting, false, "show rate limits, quotas and their counters"},
-	{CtlPolicySet, RateLimiting, false, "change rate limits at run time"},
-	{CtlAPIForward, APIAccess, false, "a local API gateway submits on behalf of its clients"},
 }
 
 // ErrUnknownOperation is returned for an operation missing from Table.

@@ -1,18 +1,17 @@
 package reputation
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"time"
 	"unicode/utf8"
 
 	"github.com/custos-agent/custos/agent/identity"
 	"github.com/custos-agent/custos/agent/signature"
+	"github.com/custos-agent/custos/internal/strictjson"
 	"github.com/custos-agent/custos/keystore"
 )
 
@@ -112,13 +111,8 @@ func DecodeFeedback(b []byte) (Feedback, error) {
 	if len(b) > MaxFeedbackSize {
 		return Feedback{}, fmt.Errorf("%w: %d bytes exceeds %d", ErrMalformed, len(b), MaxFeedbackSize)
 	}
-	dec := json.NewDecoder(bytes.NewReader(b))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&f); err != nil {
+	if err := strictjson.Decode(b, &f, 0); err != nil {
 		return Feedback{}, fmt.Errorf("%w: %v", ErrMalformed, err)
-	}
-	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		return Feedback{}, fmt.Errorf("%w: trailing data after the object", ErrMalformed)
 	}
 	if err := f.check(); err != nil {
 		return Feedback{}, fmt.Errorf("%w: %v", ErrMalformed, err)
@@ -126,7 +120,7 @@ func DecodeFeedback(b []byte) (Feedback, error) {
 	if _, err := identity.Base64().DecodeString(f.Sig); err != nil || f.Sig == "" || len(f.Sig) > 200 {
 		return Feedback{}, fmt.Errorf("%w: signature must be unpadded base64url", ErrMalformed)
 	}
-	if !bytes.Equal(f.Encode(), b) {
+	if strictjson.Canonical(b, f.Encode()) != nil {
 		return Feedback{}, fmt.Errorf("%w: not in canonical form (compact JSON, fields in order, as Encode writes it)", ErrMalformed)
 	}
 	return f, nil

@@ -5,9 +5,9 @@ package signature
 
 import (
 	"context"
-	"encoding/binary"
 	"fmt"
 
+	"github.com/custos-agent/custos/agent/internal/wire"
 	"github.com/custos-agent/custos/keystore"
 )
 
@@ -40,35 +40,16 @@ const GrantRevocation Purpose = "grant-revocation"
 func (p Purpose) Prefix() []byte { return []byte("custos/v1/" + string(p) + "\x00") }
 
 // Input builds a signature input: the purpose's prefix, then each field as a 4-byte big-endian length and
-// its bytes (integers as 8-byte big-endian values, themselves length-prefixed). The zero Input is not
-// usable; start with NewInput.
-type Input struct{ buf []byte }
+// its bytes (integers as 8-byte big-endian values, themselves length-prefixed). It is the agent's one
+// length-prefixed writer (wire.Writer) started with the context prefix, so a message's signed bytes are
+// its wire fields after that prefix. The zero Input is not usable; start with NewInput.
+type Input = wire.Writer
 
 // NewInput starts an input for purpose p.
-func NewInput(p Purpose) *Input { return &Input{buf: p.Prefix()} }
-
-// Bytes appends a length-prefixed byte field.
-func (in *Input) Bytes(b []byte) *Input {
-	in.buf = binary.BigEndian.AppendUint32(in.buf, uint32(len(b)))
-	in.buf = append(in.buf, b...)
-	return in
+func NewInput(p Purpose) *Input {
+	prefix := p.Prefix()
+	return wire.NewWriter(len(prefix) + 256).Raw(prefix...)
 }
-
-// String appends a length-prefixed string field.
-func (in *Input) String(s string) *Input { return in.Bytes([]byte(s)) }
-
-// Uint64 appends an 8-byte big-endian integer field (length-prefixed like every field).
-func (in *Input) Uint64(v uint64) *Input {
-	var b [8]byte
-	binary.BigEndian.PutUint64(b[:], v)
-	return in.Bytes(b[:])
-}
-
-// Int64 appends a signed integer as its two's-complement uint64.
-func (in *Input) Int64(v int64) *Input { return in.Uint64(uint64(v)) }
-
-// Message returns the complete bytes to be signed.
-func (in *Input) Message() []byte { return in.buf }
 
 // Sign signs msg under purpose p with s.
 func Sign(ctx context.Context, s keystore.Signer, p Purpose, msg []byte) ([]byte, error) {

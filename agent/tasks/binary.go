@@ -77,3 +77,14 @@ func PeekTaskID(payload []byte) string {
 	}
 	return id
 }
+
+// plain reports whether json.Marshal writes s between quotes unchanged (printable ASCII without '"',
+// '\\' and the HTML characters it escapes).
+func plain(s []byte) bool {
+	for _, c := range s {
+		if c < 0x20 || c > 0x7e || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
+			return false
+		}
+	}
+	return true
+}

@@ -1,16 +1,16 @@
 package tasks
 
 import (
-	"bytes"
 	"crypto/rand"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"regexp"
 
 	"github.com/custos-agent/custos/agent/envelope"
 	"github.com/custos-agent/custos/agent/identity"
+	"github.com/custos-agent/custos/agent/reason"
+	"github.com/custos-agent/custos/internal/strictjson"
 )
 
 // Limits of the task messages.
@@ -109,15 +109,15 @@ type ResultMessage struct {
 // Error codes of an error_response.
 const (
 	// CodeUnknownHandler: the executor has no handler of that name.
-	CodeUnknownHandler = "unknown_handler"
+	CodeUnknownHandler = string(reason.UnknownHandler) // "unknown_handler"
 	// CodeBadRequest: the request does not decode or breaks a limit.
-	CodeBadRequest = "bad_request"
+	CodeBadRequest = string(reason.BadRequest) // "bad_request"
 	// CodeBusy: the executor's queue is full; the submitter retries later.
-	CodeBusy = "busy"
+	CodeBusy = string(reason.Busy) // "busy"
 	// CodeDenied: the executor's policy refused the request.
-	CodeDenied = "denied"
+	CodeDenied = string(reason.Denied) // "denied"
 	// CodeInternal: the executor could not record the task.
-	CodeInternal = "internal"
+	CodeInternal = string(reason.Internal) // "internal"
 )
 
 // ErrorMessage is the payload of an error_response.
@@ -155,16 +155,8 @@ type ResultDoc struct {
 
 // decodeStrict decodes one JSON object into v: size limit, no unknown fields, no trailing data.
 func decodeStrict(b []byte, v any, what string) error {
-	if len(b) > MaxMessage {
-		return fmt.Errorf("%w: %s of %d bytes exceeds %d", ErrMalformed, what, len(b), MaxMessage)
-	}
-	dec := json.NewDecoder(bytes.NewReader(b))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
+	if err := strictjson.Decode(b, v, MaxMessage); err != nil {
 		return fmt.Errorf("%w: %s: %v", ErrMalformed, what, err)
-	}
-	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		return fmt.Errorf("%w: %s: trailing data", ErrMalformed, what)
 	}
 	return nil
 }
@@ -180,13 +172,9 @@ func encode(v any) []byte {
 // Encode returns the payload as agents send it: the binary form (binary.go).
 func (r *Request) Encode() []byte { return r.encodeBinary() }
 
-// EncodeJSON returns the JSON form (what json.Marshal writes).
-func (r *Request) EncodeJSON() []byte {
-	if b, ok := appendObject(r.fields()); ok {
-		return b
-	}
-	return encode(r)
-}
+// EncodeJSON returns the JSON form (what json.Marshal writes), for evidence and display; agents send
+// the binary form.
+func (r *Request) EncodeJSON() []byte { return encode(r) }
 
 // DecodeRequest strictly decodes a task_request payload, binary or JSON form, and checks its fields.
 func DecodeRequest(b []byte) (*Request, error) {
@@ -200,8 +188,7 @@ func DecodeRequest(b []byte) (*Request, error) {
 			return nil, err
 		}
 		r = *d
-	case !parseObject(b, r.fields()):
-		r = Request{}
+	default:
 		if err := decodeStrict(b, &r, "task_request"); err != nil {
 			return nil, err
 		}
@@ -257,13 +244,9 @@ func DecodeProgress(b []byte) (*Progress, error) {
 // Encode returns the payload as agents send it: the binary form (binary.go).
 func (r *ResultMessage) Encode() []byte { return r.encodeBinary() }
 
-// EncodeJSON returns the JSON form (what json.Marshal writes).
-func (r *ResultMessage) EncodeJSON() []byte {
-	if b, ok := appendObject(r.fields()); ok {
-		return b
-	}
-	return encode(r)
-}
+// EncodeJSON returns the JSON form (what json.Marshal writes), for evidence and display; agents send
+// the binary form.
+func (r *ResultMessage) EncodeJSON() []byte { return encode(r) }
 
 // DecodeResultMessage strictly decodes a task_result payload, binary or JSON form (form only; see
 // VerifyResult).
@@ -278,8 +261,7 @@ func DecodeResultMessage(b []byte) (*ResultMessage, error) {
 			return nil, err
 		}
 		r = *d
-	case !parseObject(b, r.fields()):
-		r = ResultMessage{}
+	default:
 		if err := decodeStrict(b, &r, "task_result"); err != nil {
 			return nil, err
 		}

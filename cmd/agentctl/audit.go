@@ -18,8 +18,8 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/custos-agent/custos/agent/api"
 	"github.com/custos-agent/custos/agent/control"
-	"github.com/custos-agent/custos/agent/daemon"
 	"github.com/custos-agent/custos/agent/identity"
 	"github.com/custos-agent/custos/audit"
 )
@@ -124,9 +124,8 @@ func runAuditVerify(c *cli.Context) error {
 	dir := filepath.Join(home, "audit")
 	// A running daemon vouches for its head; without one the log must be closed and sealed (whoever
 	// holds audit/LOCK).
-	var head audit.Head
 	var rep audit.Report
-	herr := control.Call(c.Context, filepath.Join(home, daemon.ControlFile), daemon.OpAuditHead, nil, &head)
+	head, herr := api.ForHome(home).AuditHead(c.Context)
 	switch {
 	case herr == nil:
 		rep, err = audit.VerifyRunning(dir, kel, head)

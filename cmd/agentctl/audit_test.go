@@ -19,8 +19,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/custos-agent/custos/agent/api"
 	"github.com/custos-agent/custos/agent/control"
-	"github.com/custos-agent/custos/agent/daemon"
 	"github.com/custos-agent/custos/agent/identity"
 	"github.com/custos-agent/custos/agent/rbac"
 	"github.com/custos-agent/custos/audit"
@@ -633,8 +633,8 @@ func rewriteWithoutKey(t *testing.T, dir string, edit func(*auditWire)) {
 // serveAuditHead serves the daemon's audit.head operation for l on home's control socket.
 func serveAuditHead(t *testing.T, home string, l *audit.Log) {
 	t.Helper()
-	srv, err := control.Listen(control.Config{Path: filepath.Join(home, daemon.ControlFile), Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
-		Ops: map[string]control.Op{daemon.OpAuditHead: {Fn: func(ctx context.Context, _ rbac.Cred, _ json.RawMessage) (any, error) {
+	srv, err := control.Listen(control.Config{Path: filepath.Join(home, api.ControlFile), Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Ops: map[string]control.Op{api.OpAuditHead: {Permission: rbac.CtlAuditVerify, Fn: func(ctx context.Context, _ rbac.Cred, _ json.RawMessage) (any, error) {
 			return l.Head(ctx)
 		}}}})
 	if err != nil {

@@ -10,7 +10,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
-	"github.com/custos-agent/custos/agent/daemon"
+	"github.com/custos-agent/custos/agent/api"
 	"github.com/custos-agent/custos/agent/identity"
 	"github.com/custos-agent/custos/agent/rbac"
 )
@@ -37,7 +37,7 @@ func grantCommand() *cli.Command {
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "to", Usage: "the grantee's agent `ID`"},
 			&cli.StringFlag{Name: "role", Usage: "the `ROLE` to give"},
-			&cli.DurationFlag{Name: "expires", Usage: "lifetime `DURATION` of the grant", Value: daemon.DefaultGrantTTL},
+			&cli.DurationFlag{Name: "expires", Usage: "lifetime `DURATION` of the grant", Value: api.DefaultGrantTTL},
 			&cli.StringFlag{Name: "out", Usage: "write the grant to `FILE` (mode 0600) instead of stdout", TakesFile: true},
 			jsonFlag(),
 		},
@@ -167,12 +167,16 @@ func runGrantIssue(c *cli.Context) error {
 		return usagef("--role: %v", err)
 	}
 	ttl := c.Duration("expires")
-	if ttl < time.Second || ttl > daemon.MaxGrantTTL {
-		return usagef("--expires %v: give a duration from 1s to %v", ttl, daemon.MaxGrantTTL)
+	if ttl < time.Second || ttl > api.MaxGrantTTL {
+		return usagef("--expires %v: give a duration from 1s to %v", ttl, api.MaxGrantTTL)
 	}
-	var res daemon.GrantIssueResult
-	args := daemon.GrantIssueArgs{Subject: c.String("to"), Role: c.String("role"), TTLSeconds: int64(ttl / time.Second)}
-	if err := call(c, c.Context, daemon.OpGrantIssue, args, &res); err != nil {
+	args := api.GrantIssueArgs{Subject: c.String("to"), Role: c.String("role"), TTLSeconds: int64(ttl / time.Second)}
+	cl, err := daemonClient(c)
+	if err != nil {
+		return err
+	}
+	res, err := cl.GrantIssue(c.Context, args)
+	if err != nil {
 		return err
 	}
 	if res.Warning != "" {
@@ -216,8 +220,12 @@ func runGrantInstall(c *cli.Context) error {
 		return err
 	}
 	rec, issuerLog := splitRecord(b)
-	var res daemon.GrantInstallResult
-	if err := call(c, c.Context, daemon.OpGrantInstall, daemon.GrantInstallArgs{Grant: rec, IssuerLog: issuerLog}, &res); err != nil {
+	cl, err := daemonClient(c)
+	if err != nil {
+		return err
+	}
+	res, err := cl.GrantInstall(c.Context, api.GrantInstallArgs{Grant: rec, IssuerLog: issuerLog})
+	if err != nil {
 		return err
 	}
 	if asJSON {
@@ -239,8 +247,12 @@ func runGrantList(c *cli.Context) error {
 	if c.NArg() > 0 {
 		return usagef("grant list takes no arguments")
 	}
-	var res daemon.GrantsList
-	if err := call(c, c.Context, daemon.OpGrantsList, nil, &res); err != nil {
+	cl, err := daemonClient(c)
+	if err != nil {
+		return err
+	}
+	res, err := cl.GrantsList(c.Context)
+	if err != nil {
 		return err
 	}
 	if c.Bool("json") {
@@ -263,7 +275,11 @@ func runGrantRemove(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	if err := call(c, c.Context, daemon.OpGrantRemove, daemon.GrantRemoveArgs{GrantID: id}, nil); err != nil {
+	cl, err := daemonClient(c)
+	if err != nil {
+		return err
+	}
+	if _, err := cl.GrantRemove(c.Context, api.GrantRemoveArgs{GrantID: id}); err != nil {
 		return err
 	}
 	fmt.Fprintf(c.App.Writer, "grant %s removed; it is no longer presented\n", id)
@@ -293,8 +309,12 @@ func runRevoke(c *cli.Context) error {
 	default:
 		return usagef("revoke: give the GRANT_ID or --grant FILE (see agentctl revoke --help)")
 	}
-	var res daemon.RevokeResult
-	if err := call(c, c.Context, daemon.OpRevoke, daemon.RevokeArgs{GrantID: id}, &res); err != nil {
+	cl, err := daemonClient(c)
+	if err != nil {
+		return err
+	}
+	res, err := cl.Revoke(c.Context, api.RevokeArgs{GrantID: id})
+	if err != nil {
 		return err
 	}
 	if res.Warning != "" {
@@ -329,8 +349,12 @@ func runRevocationInstall(c *cli.Context) error {
 		return err
 	}
 	rec, issuerLog := splitRecord(b)
-	var res daemon.RevocationInstallResult
-	if err := call(c, c.Context, daemon.OpRevocationInstall, daemon.RevocationInstallArgs{Revocation: rec, IssuerLog: issuerLog}, &res); err != nil {
+	cl, err := daemonClient(c)
+	if err != nil {
+		return err
+	}
+	res, err := cl.RevocationInstall(c.Context, api.RevocationInstallArgs{Revocation: rec, IssuerLog: issuerLog})
+	if err != nil {
 		return err
 	}
 	if asJSON {

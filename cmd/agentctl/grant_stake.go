@@ -8,8 +8,8 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/custos-agent/custos/agent/api"
 	"github.com/custos-agent/custos/agent/consensus"
-	"github.com/custos-agent/custos/agent/daemon"
 	"github.com/custos-agent/custos/agent/identity"
 )
 
@@ -28,7 +28,7 @@ func grantStakeCommand() *cli.Command {
 			"signed by one of their configured administrators and not expired is accepted; it replaces the previous one.",
 		Flags: []cli.Flag{
 			&cli.StringSliceFlag{Name: "stake", Usage: "`AGENT_ID=AMOUNT` (repeat for each agent)"},
-			&cli.DurationFlag{Name: "expires", Usage: "lifetime `DURATION` of the table", Value: daemon.DefaultGrantTTL},
+			&cli.DurationFlag{Name: "expires", Usage: "lifetime `DURATION` of the table", Value: api.DefaultGrantTTL},
 			&cli.StringFlag{Name: "out", Usage: "write the table to `FILE` (mode 0600) instead of stdout", TakesFile: true},
 			jsonFlag(),
 		},
@@ -69,11 +69,15 @@ func runStakeSign(c *cli.Context) error {
 		stakes = append(stakes, consensus.Stake{Agent: id, Amount: n})
 	}
 	ttl := c.Duration("expires")
-	if ttl < time.Second || ttl > daemon.MaxGrantTTL {
-		return usagef("--expires %v: give a duration from 1s to %v", ttl, daemon.MaxGrantTTL)
+	if ttl < time.Second || ttl > api.MaxGrantTTL {
+		return usagef("--expires %v: give a duration from 1s to %v", ttl, api.MaxGrantTTL)
 	}
-	var v daemon.StakeView
-	if err := call(c, c.Context, daemon.OpStakeSign, daemon.StakeSignArgs{Stakes: stakes, TTLSeconds: int64(ttl / time.Second)}, &v); err != nil {
+	cl, err := daemonClient(c)
+	if err != nil {
+		return err
+	}
+	v, err := cl.StakeSign(c.Context, api.StakeSignArgs{Stakes: stakes, TTLSeconds: int64(ttl / time.Second)})
+	if err != nil {
 		return err
 	}
 	if v.Warning != "" {
@@ -109,8 +113,12 @@ func runStakeInstall(c *cli.Context) error {
 		return err
 	}
 	rec, issuerLog := splitRecord(b)
-	var v daemon.StakeView
-	if err := call(c, c.Context, daemon.OpStakeSet, daemon.StakeSetArgs{Table: rec, IssuerLog: issuerLog, Force: c.Bool("force")}, &v); err != nil {
+	cl, err := daemonClient(c)
+	if err != nil {
+		return err
+	}
+	v, err := cl.StakeSet(c.Context, api.StakeSetArgs{Table: rec, IssuerLog: issuerLog, Force: c.Bool("force")})
+	if err != nil {
 		return err
 	}
 	if asJSON {

@@ -11,8 +11,8 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/custos-agent/custos/agent/api"
 	"github.com/custos-agent/custos/agent/custody"
-	"github.com/custos-agent/custos/agent/daemon"
 	"github.com/custos-agent/custos/keystore"
 	"github.com/custos-agent/custos/keystore/software"
 )
@@ -84,9 +84,9 @@ func runInit(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	defer s.close()
-	s.confirm = true
-	_, statErr := os.Stat(filepath.Join(s.home, custody.IdentityFile))
+	defer s.Close()
+	s.Confirm = true
+	_, statErr := os.Stat(filepath.Join(s.Home, custody.IdentityFile))
 	replacing := statErr == nil
 	var ksURI string
 	switch {
@@ -98,24 +98,24 @@ func runInit(c *cli.Context) error {
 	case c.Bool("tpm"):
 		u := &keystore.URI{Scheme: "tpm"}
 		u.SetQuery("device", c.String("tpm-device"))
-		u.SetQuery("dir", filepath.Join(s.home, custody.TPMDir))
+		u.SetQuery("dir", filepath.Join(s.Home, custody.TPMDir))
 		ksURI = u.String()
 	default:
 		if !c.Bool("software") {
-			fmt.Fprintln(c.App.ErrWriter, "agentctl: no backend flag given: using the software backend (keys in "+filepath.Join(s.home, custody.KeysDir)+")")
+			fmt.Fprintln(c.App.ErrWriter, "agentctl: no backend flag given: using the software backend (keys in "+filepath.Join(s.Home, custody.KeysDir)+")")
 		}
-		src := s.explicitPassSource()
+		src := s.ExplicitPassSource()
 		if src == "" {
-			src = s.envPassSource()
+			src = s.EnvPassSource()
 		}
 		if src == "" {
-			ask := s.prompt()
+			ask := s.Prompt()
 			if ask == nil {
 				return fmt.Errorf("the software backend needs a passphrase: give --passphrase-file FILE or set %s (no terminal to ask on)", envPassphrase)
 			}
 			// Ask now, before anything is created; the backend's own request is then answered from the
 			// confirmed passphrase (same wording as software.Keystore uses).
-			p, err := ask(software.PromptText(filepath.Join(s.home, custody.KeysDir)))
+			p, err := ask(software.PromptText(filepath.Join(s.Home, custody.KeysDir)))
 			if err != nil {
 				return err
 			}
@@ -124,12 +124,12 @@ func runInit(c *cli.Context) error {
 		if wf == software.DefaultWorkFactor {
 			wf = 0
 		}
-		ksURI = software.KeystoreURI(filepath.Join(s.home, custody.KeysDir), src, wf)
-		s.warnSoftware()
+		ksURI = software.KeystoreURI(filepath.Join(s.Home, custody.KeysDir), src, wf)
+		s.WarnSoftware()
 	}
-	id, err := custody.Init(c.Context, s.home, custody.InitRequest{
+	id, err := custody.Init(c.Context, s.Home, custody.InitRequest{
 		Keystore: ksURI, Algorithm: alg, Recovery: c.String("recovery"), Force: c.Bool("force"),
-	}, s.options())
+	}, s.Options())
 	if err != nil {
 		return err
 	}
@@ -143,11 +143,11 @@ func runInit(c *cli.Context) error {
 	} else {
 		writeOut(out, "  recovery:   none (a lost key cannot be recovered; see --recovery)\n")
 	}
-	writeOut(out, "  home:       %s\n", s.home)
+	writeOut(out, "  home:       %s\n", s.Home)
 	for _, k := range id.ReplacedKeys() {
 		fmt.Fprintf(c.App.ErrWriter, "agentctl: the replaced identity's key %s was not destroyed\n", redactURI(k))
 	}
-	if dir := filepath.Join(s.home, daemon.AuditDir); replacing {
+	if dir := filepath.Join(s.Home, api.AuditDir); replacing {
 		// The audit log of the replaced identity has checkpoints the new key event log cannot check: keep it
 		// aside, unchanged, and start a new one.
 		if _, err := os.Stat(dir); err == nil {
@@ -158,7 +158,7 @@ func runInit(c *cli.Context) error {
 			fmt.Fprintf(c.App.ErrWriter, "agentctl: the replaced identity's audit log was moved to %s\n", aside)
 		}
 	}
-	s.recordKeyEvents(c.Context, id, nil)
+	s.RecordKeyEvents(c.Context, id, nil)
 	return nil
 }
 
@@ -248,7 +248,7 @@ func rotateCommand() *cli.Command {
 				if err != nil {
 					return err
 				}
-				defer s.recordKeyEvents(c.Context, id, before)
+				defer s.RecordKeyEvents(c.Context, id, before)
 				writeOut(c.App.Writer, "rotated %s to generation %d\n", id.ID(), g.Generation)
 				for _, k := range id.Keys() {
 					if k.Generation == g.Generation-1 && k.Key != g.Key {
@@ -288,7 +288,7 @@ func recoverCommand() *cli.Command {
 				if err != nil {
 					return err
 				}
-				defer s.recordKeyEvents(c.Context, id, before)
+				defer s.RecordKeyEvents(c.Context, id, before)
 				writeOut(c.App.Writer, "recovered %s: generation %d is a new key\n", id.ID(), g.Generation)
 				return nil
 			})
@@ -368,8 +368,8 @@ func logCommand() *cli.Command {
 				if err != nil {
 					return err
 				}
-				defer s.close()
-				st, err := custody.VerifyHome(s.home)
+				defer s.Close()
+				st, err := custody.VerifyHome(s.Home)
 				if err != nil {
 					return err
 				}

@@ -10,6 +10,8 @@ import (
 	"os"
 
 	"github.com/urfave/cli/v2"
+
+	"github.com/custos-agent/custos/cmd/internal/clisession"
 )
 
 // Exit codes: 0 success, 1 failure, 2 usage error.
@@ -19,9 +21,10 @@ const (
 )
 
 // usageError marks an error as a usage error (exit 2).
-type usageError struct{ error }
+// (clisession's, which custosd shares).
+type usageError = clisession.UsageError
 
-func usagef(format string, args ...any) error { return usageError{fmt.Errorf(format, args...)} }
+func usagef(format string, args ...any) error { return clisession.Usagef(format, args...) }
 
 func main() { os.Exit(run(os.Args, os.Stdin, os.Stdout, os.Stderr)) }
 
@@ -64,7 +67,7 @@ func newApp(stdin io.Reader, stdout, stderr io.Writer) *cli.App {
 		HideHelpCommand: true,
 		ExitErrHandler:  func(*cli.Context, error) {}, // run() prints and picks the exit code
 		OnUsageError: func(_ *cli.Context, err error, _ bool) error {
-			return usageError{err}
+			return clisession.AsUsage(err)
 		},
 	}
 	return app

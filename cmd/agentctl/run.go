@@ -1,123 +1,86 @@
 package main
 
 import (
-	"context"
-	"errors"
 	"fmt"
-	"log/slog"
 	"os"
-	"os/signal"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
 
 	"github.com/urfave/cli/v2"
 
-	"github.com/custos-agent/custos/agent/control"
-	"github.com/custos-agent/custos/agent/daemon"
+	"github.com/custos-agent/custos/agent/api"
 )
 
-// version is reported by the daemon (status, audit).
-var version = "dev"
-
-// defaultConfigName is the configuration file looked for in the home directory.
-const defaultConfigName = "agent.yaml"
+// daemonBinary is the agent daemon's executable (cmd/custosd), which agentctl run executes.
+const daemonBinary = "custosd"
 
 func runCommand() *cli.Command {
 	return &cli.Command{
 		OnUsageError: onUsageError,
 		Name:         "run",
 		Usage:        "run the agent daemon: transports, sessions with peers, tasks, and the control socket",
-		UsageText:    "agentctl run [--config FILE]",
-		Description: "Opens the identity in --home, starts the transport plugins of the configuration (each checked\n" +
-			"against its SHA-256), listens, dials the bootstrap peers and keeps an authenticated session with each,\n" +
-			"runs and submits tasks, and serves <home>/control.sock for the other agentctl commands.\n\n" +
-			"Signals: SIGTERM or SIGINT drains (stops accepting, lets running tasks finish until limits.drain_timeout,\n" +
-			"closes sessions, stops plugins) and exits 0; SIGHUP reloads the configuration and the identity (a\n" +
-			"rotation made meanwhile) and logs what changed.\n\n" +
-			"The configuration format is documented in configs/agent.example.yaml.",
-		Flags: []cli.Flag{
-			&cli.StringFlag{Name: "config", Usage: "configuration `FILE` (YAML; default <home>/" + defaultConfigName + ")", TakesFile: true},
-			passphraseFileFlag(),
-		},
-		Action: runDaemon,
+		UsageText:    "agentctl run [--config FILE] [--passphrase-file FILE]",
+		Description: "Executes " + daemonBinary + ", the agent daemon (the one beside this agentctl, else the one in $PATH),\n" +
+			"in place of this process (same pid, same environment) with --home, --log-level and the arguments\n" +
+			"after run: 'agentctl run --help' shows its flags. The daemon opens the identity in --home, starts the\n" +
+			"transport plugins of the configuration, keeps sessions with peers, runs and submits tasks, and serves\n" +
+			"<home>/control.sock for the other agentctl commands. SIGTERM or SIGINT drains and exits 0; SIGHUP\n" +
+			"reloads the configuration and the identity.",
+		SkipFlagParsing: true, // the daemon parses them
+		Action:          execDaemon,
 	}
 }
 
-func runDaemon(c *cli.Context) error {
-	if c.NArg() > 0 {
-		return usagef("run takes no arguments (got %q)", c.Args().First())
+// execDaemon replaces this process with the daemon: argv is the daemon's path, the global --home and
+// --log-level when given, and every argument after run, unchanged.
+func execDaemon(c *cli.Context) error {
+	exe, err := os.Executable()
+	if err != nil {
+		exe = ""
 	}
-	s, err := newSession(c)
+	bin, err := locateDaemon(exe, exec.LookPath)
 	if err != nil {
 		return err
 	}
-	defer s.close()
-	cfgPath := c.String("config")
-	if cfgPath == "" {
-		cfgPath = filepath.Join(s.home, defaultConfigName)
-	}
-	if cfgPath, err = filepath.Abs(cfgPath); err != nil {
-		return usagef("--config: %v", err)
-	}
-	cfg, digest, err := daemon.LoadConfig(cfgPath)
-	if err != nil {
-		return err
-	}
-	// The daemon logs at the configuration's level unless --log-level was given.
-	level := new(slog.LevelVar)
-	fixed := c.IsSet("log-level")
-	if fixed {
-		var lv slog.Level
-		if err := lv.UnmarshalText([]byte(c.String("log-level"))); err != nil {
-			return usagef("--log-level %q: use debug, info, warn or error", c.String("log-level"))
-		}
-		level.Set(lv)
-	}
-	logger := slog.New(slog.NewTextHandler(c.App.ErrWriter, &slog.HandlerOptions{Level: level}))
-	s.log = logger
-
-	// Signals are caught from the start so that a SIGTERM during start-up is not lost.
-	sigs := make(chan os.Signal, 4)
-	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
-	defer signal.Stop(sigs)
-
-	ctx := c.Context
-	cust, err := s.openIdentity(ctx)
-	if err != nil {
-		return err
-	}
-	defer cust.Close()
-	d, err := daemon.Start(ctx, daemon.Options{
-		Home: s.home, Config: cfg, ConfigDigest: digest, ConfigPath: cfgPath, Custody: cust,
-		Logger: logger, LogLevel: level, LogLevelFixed: fixed, Version: version,
-	})
-	if err != nil {
-		return err
-	}
-	for {
-		select {
-		case sig := <-sigs:
-			switch sig {
-			case syscall.SIGHUP:
-				if _, err := d.Reload(ctx); err != nil {
-					logger.Error("SIGHUP: reload failed", "err", err)
-				}
-			default:
-				logger.Info("signal received: draining", "signal", sig.String(), "deadline", cfg.Limits.DrainTimeout)
-				dctx, cancel := context.WithTimeout(context.Background(), d.DrainTimeout())
-				err := d.Shutdown(dctx)
-				cancel()
-				if err != nil {
-					return fmt.Errorf("shutdown: %w", err)
-				}
-				logger.Info("stopped")
-				return nil
+	argv := []string{bin}
+	for _, name := range []string{"home", "log-level"} {
+		for _, p := range c.Lineage() {
+			if p.IsSet(name) {
+				argv = append(argv, "--"+name+"="+p.String(name))
+				break
 			}
-		case <-d.Done():
-			return errors.New("the daemon stopped")
 		}
 	}
+	argv = append(argv, c.Args().Slice()...)
+	if err := syscall.Exec(bin, argv, os.Environ()); err != nil {
+		return fmt.Errorf("execute the agent daemon %s: %w", bin, err)
+	}
+	return nil // not reached
+}
+
+// locateDaemon finds the daemon binary: beside the agentctl executable exe (the one it was built and
+// installed with), else in $PATH (lookPath).
+func locateDaemon(exe string, lookPath func(string) (string, error)) (string, error) {
+	beside := ""
+	if exe != "" {
+		if real, err := filepath.EvalSymlinks(exe); err == nil {
+			exe = real
+		}
+		beside = filepath.Join(filepath.Dir(exe), daemonBinary)
+		if fi, err := os.Stat(beside); err == nil && fi.Mode().IsRegular() && fi.Mode()&0o111 != 0 {
+			return beside, nil
+		}
+	}
+	p, err := lookPath(daemonBinary)
+	if err == nil {
+		return p, nil
+	}
+	if beside == "" {
+		beside = "(the agentctl executable's directory is unknown)"
+	}
+	return "", fmt.Errorf("the agent daemon %s is neither beside agentctl (%s) nor in $PATH (%v): install it with agentctl (go build ./cmd/... builds both)", daemonBinary, beside, err)
 }
 
 // controlPath is the daemon's control socket in the home directory.
@@ -136,16 +99,16 @@ func controlPath(c *cli.Context) (string, error) {
 	if err != nil {
 		return "", usagef("--home %q: %v", home, err)
 	}
-	return filepath.Join(abs, daemon.ControlFile), nil
+	return filepath.Join(abs, api.ControlFile), nil
 }
 
-// call sends one control request to the daemon of --home.
-func call(c *cli.Context, ctx context.Context, op string, args, result any) error {
+// daemonClient is the control API client of the daemon of --home.
+func daemonClient(c *cli.Context) (*api.Client, error) {
 	path, err := controlPath(c)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	return control.Call(ctx, path, op, args, result)
+	return api.NewClient(path), nil
 }
 
 // trailingFlags splits args into positional arguments and flags given after them (urfave/cli stops

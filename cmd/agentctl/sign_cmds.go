@@ -113,12 +113,12 @@ func runVerify(c *cli.Context) error {
 		if err != nil {
 			return err
 		}
-		st, err := custody.VerifyHome(s.home)
+		st, err := custody.VerifyHome(s.Home)
 		if err != nil {
 			return err
 		}
 		if !st.ID.Equal(want) {
-			return fmt.Errorf("--id %s is not this agent (%s in %s): to verify another agent's signature, use --pubkey with its public key", want, st.ID, s.home)
+			return fmt.Errorf("--id %s is not this agent (%s in %s): to verify another agent's signature, use --pubkey with its public key", want, st.ID, s.Home)
 		}
 		pub, what = st.Current, fmt.Sprintf("generation %d of %s", st.Generation, st.ID)
 	} else {

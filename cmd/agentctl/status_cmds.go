@@ -11,7 +11,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
-	"github.com/custos-agent/custos/agent/daemon"
+	"github.com/custos-agent/custos/agent/api"
 	"github.com/custos-agent/custos/agent/identity"
 	"github.com/custos-agent/custos/agent/reputation"
 )
@@ -37,8 +37,12 @@ func statusCommand() *cli.Command {
 			if c.NArg() > 0 {
 				return usagef("status takes no arguments (got %q)", c.Args().First())
 			}
-			var st daemon.Status
-			if err := call(c, c.Context, daemon.OpStatus, nil, &st); err != nil {
+			cl, err := daemonClient(c)
+			if err != nil {
+				return err
+			}
+			st, err := cl.Status(c.Context)
+			if err != nil {
 				return err
 			}
 			if c.Bool("json") {
@@ -50,7 +54,7 @@ func statusCommand() *cli.Command {
 	}
 }
 
-func printStatus(out io.Writer, st *daemon.Status) {
+func printStatus(out io.Writer, st *api.Status) {
 	w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
 	fmt.Fprintf(w, "agent\t%s\n", st.AgentID)
 	fmt.Fprintf(w, "generation\t%d (keystore %s; %s operational key, delegation valid until %s)\n", st.Generation, st.Keystore,
@@ -66,7 +70,7 @@ func printStatus(out io.Writer, st *daemon.Status) {
 	w.Flush()
 	fmt.Fprintln(out, "\ntransports")
 	w = tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(w, "  NAME\tSTATE\tPID\tRESTARTS\tLISTEN")
+	fmt.Fprintln(w, "  NAME\tSTATE\tPID\tRESTARTS\tLISTEN\tSANDBOX")
 	for _, t := range st.Transports {
 		state := "running"
 		if !t.Running {
@@ -76,7 +80,7 @@ func printStatus(out io.Writer, st *daemon.Status) {
 		if listen == "" {
 			listen = "(dial only)"
 		}
-		fmt.Fprintf(w, "  %s\t%s\t%d\t%d\t%s\n", t.Name, state, t.PID, t.Restarts, listen)
+		fmt.Fprintf(w, "  %s\t%s\t%d\t%d\t%s\t%s\n", t.Name, state, t.PID, t.Restarts, listen, t.Sandbox)
 	}
 	w.Flush()
 	fmt.Fprintf(out, "\nsessions (%d)\n", len(st.Sessions))
@@ -118,8 +122,12 @@ func peersCommand() *cli.Command {
 			if c.NArg() > 0 {
 				return usagef("unknown peers subcommand %q (see agentctl peers --help)", c.Args().First())
 			}
-			var ps []daemon.PeerStatus
-			if err := call(c, c.Context, daemon.OpPeersList, nil, &ps); err != nil {
+			cl, err := daemonClient(c)
+			if err != nil {
+				return err
+			}
+			ps, err := cl.PeersList(c.Context)
+			if err != nil {
 				return err
 			}
 			if c.Bool("json") {
@@ -194,8 +202,12 @@ func runConnect(c *cli.Context) error {
 	if id == "" {
 		return usagef("peers connect: --id is required (the agent ID the peer must prove)")
 	}
-	var s daemon.SessionStatus
-	if err := call(c, c.Context, daemon.OpPeersConnect, daemon.ConnectArgs{Address: pos[0], ID: id, Transport: transport}, &s); err != nil {
+	cl, err := daemonClient(c)
+	if err != nil {
+		return err
+	}
+	s, err := cl.PeersConnect(c.Context, api.ConnectArgs{Address: pos[0], ID: id, Transport: transport})
+	if err != nil {
 		return err
 	}
 	if asJSON {
@@ -208,9 +220,9 @@ func runConnect(c *cli.Context) error {
 // peersBlockCommand is peers block (refused at every handshake until unblocked; its session is closed and
 // no longer re-dialled) or peers unblock (a fresh start at trust level New, its evidence forgotten).
 func peersBlockCommand(verb string) *cli.Command {
-	op, usage := daemon.OpPeersBlock, "block a peer: close its session, stop dialling it, refuse its handshakes until unblocked"
+	op, usage := (*api.Client).PeersBlock, "block a peer: close its session, stop dialling it, refuse its handshakes until unblocked"
 	if verb == "unblock" {
-		op, usage = daemon.OpPeersUnblock, "unblock a peer: trust level New again, its past evidence forgotten (connect it again with peers connect)"
+		op, usage = (*api.Client).PeersUnblock, "unblock a peer: trust level New again, its past evidence forgotten (connect it again with peers connect)"
 	}
 	return &cli.Command{
 		OnUsageError: onUsageError,
@@ -226,8 +238,12 @@ func peersBlockCommand(verb string) *cli.Command {
 			if _, err := identity.ParseID(id); err != nil {
 				return usagef("peers %s %q: %v", verb, id, err)
 			}
-			var r reputation.Report
-			if err := call(c, c.Context, op, daemon.PeerArgs{ID: id}, &r); err != nil {
+			cl, err := daemonClient(c)
+			if err != nil {
+				return err
+			}
+			r, err := op(cl, c.Context, api.PeerArgs{ID: id})
+			if err != nil {
 				return err
 			}
 			if asJSON {
@@ -246,7 +262,7 @@ var factorNames = map[string]string{
 }
 
 // factors summarises the factors behind a peer's score: each factor with evidence, as name=value(evidence).
-func factors(p daemon.PeerStatus) string {
+func factors(p api.PeerStatus) string {
 	if p.Reputation == nil {
 		return "-"
 	}
@@ -270,7 +286,7 @@ func factors(p daemon.PeerStatus) string {
 	return strings.Join(parts, " ")
 }
 
-func roles(p daemon.PeerStatus) string {
+func roles(p api.PeerStatus) string {
 	if len(p.Roles) == 0 {
 		return "-"
 	}

@@ -15,7 +15,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
-	"github.com/custos-agent/custos/agent/daemon"
+	"github.com/custos-agent/custos/agent/api"
 	"github.com/custos-agent/custos/agent/delegation"
 	"github.com/custos-agent/custos/agent/envelope"
 	"github.com/custos-agent/custos/agent/identity"
@@ -144,8 +144,12 @@ func runTaskSubmit(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	var v daemon.TaskView
-	if err := call(c, c.Context, daemon.OpTaskSubmit, daemon.SubmitArgs{To: c.String("to"), Handler: c.String("handler"), Input: input}, &v); err != nil {
+	cl, err := daemonClient(c)
+	if err != nil {
+		return err
+	}
+	v, err := cl.TaskSubmit(c.Context, api.SubmitArgs{To: c.String("to"), Handler: c.String("handler"), Input: input})
+	if err != nil {
 		return err
 	}
 	if !c.Bool("wait") {
@@ -159,13 +163,17 @@ func runTaskSubmit(c *cli.Context) error {
 }
 
 func waitAndPrint(c *cli.Context, id string, timeout time.Duration, asJSON bool) error {
-	if timeout <= 0 || timeout > daemon.MaxWait {
-		return usagef("--timeout %v: use a duration up to %v", timeout, daemon.MaxWait)
+	if timeout <= 0 || timeout > api.MaxWait {
+		return usagef("--timeout %v: use a duration up to %v", timeout, api.MaxWait)
 	}
 	ctx, cancel := context.WithTimeout(c.Context, timeout+10*time.Second)
 	defer cancel()
-	var v daemon.TaskView
-	if err := call(c, ctx, daemon.OpTaskGet, daemon.GetArgs{TaskID: id, WaitMS: timeout.Milliseconds()}, &v); err != nil {
+	cl, err := daemonClient(c)
+	if err != nil {
+		return err
+	}
+	v, err := cl.TaskGet(ctx, api.GetArgs{TaskID: id, WaitMS: timeout.Milliseconds()})
+	if err != nil {
 		return err
 	}
 	if asJSON {
@@ -212,8 +220,12 @@ func runTaskResult(c *cli.Context) error {
 	if wait {
 		return waitAndPrint(c, pos[0], timeout, asJSON)
 	}
-	var v daemon.TaskView
-	if err := call(c, c.Context, daemon.OpTaskGet, daemon.GetArgs{TaskID: pos[0]}, &v); err != nil {
+	cl, err := daemonClient(c)
+	if err != nil {
+		return err
+	}
+	v, err := cl.TaskGet(c.Context, api.GetArgs{TaskID: pos[0]})
+	if err != nil {
 		return err
 	}
 	if asJSON {
@@ -227,8 +239,12 @@ func runTaskList(c *cli.Context) error {
 	if c.NArg() > 0 {
 		return usagef("task list takes no arguments")
 	}
-	var vs []daemon.TaskView
-	if err := call(c, c.Context, daemon.OpTaskList, nil, &vs); err != nil {
+	cl, err := daemonClient(c)
+	if err != nil {
+		return err
+	}
+	vs, err := cl.TaskList(c.Context)
+	if err != nil {
 		return err
 	}
 	if c.Bool("json") {
@@ -255,7 +271,7 @@ func printable(b []byte) bool {
 	return true
 }
 
-func printTask(out io.Writer, v *daemon.TaskView) {
+func printTask(out io.Writer, v *api.TaskView) {
 	w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
 	fmt.Fprintf(w, "task\t%s\n", v.TaskID)
 	fmt.Fprintf(w, "to\t%s\n", v.To)
@@ -425,8 +441,8 @@ func runTaskReplicate(c *cli.Context) error {
 		return usagef("task submit: --handler is required (see agentctl task submit --help)")
 	}
 	k := c.Int("redundancy")
-	if k < 1 || k > daemon.MaxRedundancy {
-		return usagef("--redundancy %d: give 1 to %d", k, daemon.MaxRedundancy)
+	if k < 1 || k > api.MaxRedundancy {
+		return usagef("--redundancy %d: give 1 to %d", k, api.MaxRedundancy)
 	}
 	switch c.String("vote") {
 	case "reputation", "stake", "hybrid":
@@ -434,8 +450,8 @@ func runTaskReplicate(c *cli.Context) error {
 		return usagef("--vote %q: use reputation, stake or hybrid", c.String("vote"))
 	}
 	timeout := c.Duration("timeout")
-	if timeout <= 0 || timeout > daemon.MaxWait {
-		return usagef("--timeout %v: use a duration up to %v", timeout, daemon.MaxWait)
+	if timeout <= 0 || timeout > api.MaxWait {
+		return usagef("--timeout %v: use a duration up to %v", timeout, api.MaxWait)
 	}
 	input, err := readInput(c, c.String("input"), c.String("data"), c.IsSet("input"), c.IsSet("data"))
 	if err != nil {
@@ -443,9 +459,13 @@ func runTaskReplicate(c *cli.Context) error {
 	}
 	ctx, cancel := context.WithTimeout(c.Context, timeout+10*time.Second)
 	defer cancel()
-	var v daemon.ReplicatedView
-	args := daemon.ReplicateArgs{Handler: c.String("handler"), Input: input, Redundancy: k, Vote: c.String("vote"), WaitMS: timeout.Milliseconds()}
-	if err := call(c, ctx, daemon.OpTaskReplicate, args, &v); err != nil {
+	args := api.ReplicateArgs{Handler: c.String("handler"), Input: input, Redundancy: k, Vote: c.String("vote"), WaitMS: timeout.Milliseconds()}
+	cl, err := daemonClient(c)
+	if err != nil {
+		return err
+	}
+	v, err := cl.TaskReplicate(ctx, args)
+	if err != nil {
 		return err
 	}
 	if c.Bool("json") {
@@ -461,7 +481,7 @@ func runTaskReplicate(c *cli.Context) error {
 	return nil
 }
 
-func printReplicated(out io.Writer, v *daemon.ReplicatedView) {
+func printReplicated(out io.Writer, v *api.ReplicatedView) {
 	w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
 	fmt.Fprintf(w, "group\t%s\n", v.Group)
 	fmt.Fprintf(w, "handler\t%s on %d peers, %s-weighted vote (quorum %.1f%% of the selected weight)\n", v.Handler, v.Redundancy, v.Mode, 100*v.Quorum)

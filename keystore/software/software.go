@@ -30,6 +30,7 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/custos-agent/custos/internal/atomicfile"
 	"github.com/custos-agent/custos/keystore"
 )
 
@@ -214,7 +215,7 @@ func (k *Keystore) Generate(ctx context.Context, req keystore.GenerateRequest) (
 		wipePrivate(priv)
 		return keystore.Key{}, keystore.Errorf(keystore.ErrUnavailable, "create software keystore directory %s: %v", k.loc.dir, err)
 	}
-	if err := createFile(path, data); err != nil {
+	if err := atomicfile.Create(path, data); err != nil {
 		wipePrivate(priv)
 		if errors.Is(err, fs.ErrExist) {
 			return keystore.Key{}, keystore.Errorf(keystore.ErrExists, "a key labelled %q already exists (%s)", req.Label, path)
@@ -361,7 +362,7 @@ func (k *Keystore) Destroy(ctx context.Context, keyURI string) error {
 		}
 		return keystore.Errorf(keystore.ErrUnavailable, "remove key file %s: %v", path, err)
 	}
-	if err := syncDir(k.loc.dir); err != nil {
+	if err := atomicfile.SyncDir(k.loc.dir); err != nil {
 		return keystore.Errorf(keystore.ErrUnavailable, "fsync %s after removing %s: %v", k.loc.dir, path, err)
 	}
 	return nil

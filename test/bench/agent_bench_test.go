@@ -29,6 +29,7 @@ import (
 	"github.com/custos-agent/custos/agent/envelope"
 	"github.com/custos-agent/custos/agent/session"
 	"github.com/custos-agent/custos/agent/tasks"
+	"github.com/custos-agent/custos/transports/host/sandbox"
 )
 
 // Agent-level benchmarks (docs/benchmarks.md, "Transports"):
@@ -65,51 +66,55 @@ func (a *agent) setSink(f func(string, *session.Message)) {
 // measures complete tasks.
 func BenchmarkMessages(b *testing.B) {
 	for _, tn := range transportNames {
-		b.Run(tn, func(b *testing.B) {
-			x, y := newAgent(b, "executor", tn), newAgent(b, "submitter", tn)
-			_, sy := connect(b, x, y, tn)
-			for _, sz := range sizes {
-				b.Run(sz.name, func(b *testing.B) {
-					input := randomBytes(b, sz.n)
-					ctx := context.Background()
-					var got atomic.Int64
-					var bad atomic.Value
-					done := make(chan struct{})
-					target := int64(b.N)
-					x.setSink(func(_ string, m *session.Message) {
-						req, err := tasks.DecodeRequest(m.Payload)
-						if err != nil || len(req.Input) != sz.n || m.Envelope.Header.MessageType != envelope.TaskRequest {
-							bad.Store(err)
-						}
-						if got.Add(1) == target {
-							close(done)
-						}
-					})
-					defer x.setSink(nil)
-					meter := newCPUMeter(map[string]int{"bench": os.Getpid(), "plugin-tx": y.tr.PID(), "plugin-rx": x.tr.PID()})
-					b.SetBytes(int64(sz.n))
-					b.ResetTimer()
-					start := time.Now()
-					for i := 0; i < b.N; i++ {
-						req := &tasks.Request{TaskID: tasks.NewTaskID(), Handler: "sha256", Input: input}
-						if _, err := sy.Send(ctx, envelope.TaskRequest, req.Encode()); err != nil {
-							b.Fatal(err)
-						}
-					}
-					select {
-					case <-done:
-					case <-time.After(2 * time.Minute):
-						b.Fatalf("%d of %d messages arrived", got.Load(), b.N)
-					}
-					el := time.Since(start)
-					b.StopTimer()
-					if v := bad.Load(); v != nil {
-						b.Fatalf("a message did not decode as the task request sent: %v", v)
-					}
-					b.ReportMetric(float64(b.N)/el.Seconds(), "msgs/s")
-					meter.report(b, b.N)
-				})
+		for _, sb := range sandboxModes {
+			b.Run(tn+"/"+sb.name, func(b *testing.B) { benchMessages(b, tn, sb.mode) })
+		}
+	}
+}
+
+func benchMessages(b *testing.B, tn string, mode sandbox.Mode) {
+	x, y := newAgentSandbox(b, "executor", tn, mode), newAgentSandbox(b, "submitter", tn, mode)
+	_, sy := connect(b, x, y, tn)
+	for _, sz := range sizes {
+		b.Run(sz.name, func(b *testing.B) {
+			input := randomBytes(b, sz.n)
+			ctx := context.Background()
+			var got atomic.Int64
+			var bad atomic.Value
+			done := make(chan struct{})
+			target := int64(b.N)
+			x.setSink(func(_ string, m *session.Message) {
+				req, err := tasks.DecodeRequest(m.Payload)
+				if err != nil || len(req.Input) != sz.n || m.Envelope.Header.MessageType != envelope.TaskRequest {
+					bad.Store(err)
+				}
+				if got.Add(1) == target {
+					close(done)
+				}
+			})
+			defer x.setSink(nil)
+			meter := newCPUMeter(map[string]int{"bench": os.Getpid(), "plugin-tx": y.tr.PID(), "plugin-rx": x.tr.PID()})
+			b.SetBytes(int64(sz.n))
+			b.ResetTimer()
+			start := time.Now()
+			for i := 0; i < b.N; i++ {
+				req := &tasks.Request{TaskID: tasks.NewTaskID(), Handler: "sha256", Input: input}
+				if _, err := sy.Send(ctx, envelope.TaskRequest, req.Encode()); err != nil {
+					b.Fatal(err)
+				}
 			}
+			select {
+			case <-done:
+			case <-time.After(2 * time.Minute):
+				b.Fatalf("%d of %d messages arrived", got.Load(), b.N)
+			}
+			el := time.Since(start)
+			b.StopTimer()
+			if v := bad.Load(); v != nil {
+				b.Fatalf("a message did not decode as the task request sent: %v", v)
+			}
+			b.ReportMetric(float64(b.N)/el.Seconds(), "msgs/s")
+			meter.report(b, b.N)
 		})
 	}
 }
@@ -184,39 +189,43 @@ func errTask(o *tasks.Outbound) error { return taskErr{o} }
 // Peer caches are warm after the first connect. Sessions are closed outside the timed part.
 func BenchmarkConnect(b *testing.B) {
 	for _, tn := range transportNames {
-		b.Run(tn, func(b *testing.B) {
-			x, y := newAgent(b, "listener", tn), newAgent(b, "dialer", tn)
-			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
-			defer cancel()
-			addr := "127.0.0.1:0"
-			if tn == "libp2p" {
-				addr = "/ip4/127.0.0.1/tcp/0"
-			}
-			l, err := x.tr.Listen(ctx, addr)
-			if err != nil {
-				b.Fatal(err)
-			}
-			defer l.Close()
-			sa, sb := handshake(b, ctx, x, y, l) // warm the peer caches
-			sa.Close()
-			sb.Close()
-			meter := newCPUMeter(map[string]int{"bench": os.Getpid(), "plugin-dialer": y.tr.PID(), "plugin-listener": x.tr.PID()})
-			b.ResetTimer()
-			var busy time.Duration
-			for i := 0; i < b.N; i++ {
-				t0 := time.Now()
-				sa, sb := handshake(b, ctx, x, y, l)
-				busy += time.Since(t0)
-				b.StopTimer()
-				sa.Close()
-				sb.Close()
-				b.StartTimer()
-			}
-			b.StopTimer()
-			b.ReportMetric(float64(b.N)/busy.Seconds(), "connects/s")
-			meter.report(b, b.N)
-		})
+		for _, sb := range sandboxModes {
+			b.Run(tn+"/"+sb.name, func(b *testing.B) { benchConnect(b, tn, sb.mode) })
+		}
 	}
+}
+
+func benchConnect(b *testing.B, tn string, mode sandbox.Mode) {
+	x, y := newAgentSandbox(b, "listener", tn, mode), newAgentSandbox(b, "dialer", tn, mode)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	addr := "127.0.0.1:0"
+	if tn == "libp2p" {
+		addr = "/ip4/127.0.0.1/tcp/0"
+	}
+	l, err := x.tr.Listen(ctx, addr)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer l.Close()
+	sa, sb := handshake(b, ctx, x, y, l) // warm the peer caches
+	sa.Close()
+	sb.Close()
+	meter := newCPUMeter(map[string]int{"bench": os.Getpid(), "plugin-dialer": y.tr.PID(), "plugin-listener": x.tr.PID()})
+	b.ResetTimer()
+	var busy time.Duration
+	for i := 0; i < b.N; i++ {
+		t0 := time.Now()
+		sa, sb := handshake(b, ctx, x, y, l)
+		busy += time.Since(t0)
+		b.StopTimer()
+		sa.Close()
+		sb.Close()
+		b.StartTimer()
+	}
+	b.StopTimer()
+	b.ReportMetric(float64(b.N)/busy.Seconds(), "connects/s")
+	meter.report(b, b.N)
 }
 
 // BenchmarkRaw is the baseline of the same run: one-way streaming of frames of each size over one TLS

@@ -34,6 +34,7 @@ import (
 	"github.com/custos-agent/custos/agent/tasks"
 	"github.com/custos-agent/custos/keystore"
 	"github.com/custos-agent/custos/transports/host"
+	"github.com/custos-agent/custos/transports/host/sandbox"
 )
 
 var bins struct {
@@ -152,7 +153,19 @@ type agent struct {
 	wg       sync.WaitGroup
 }
 
+// sandboxModes are the plugin sandbox settings BenchmarkMessages and BenchmarkConnect compare (ADR 0040):
+// "on" is the default (sandbox required), "off" runs the plugins unconfined.
+var sandboxModes = []struct {
+	name string
+	mode sandbox.Mode
+}{{"sandbox=on", sandbox.Required}, {"sandbox=off", sandbox.Off}}
+
 func newAgent(tb testing.TB, name, transport string) *agent {
+	return newAgentSandbox(tb, name, transport, sandbox.Required)
+}
+
+// newAgentSandbox is newAgent with the plugin sandbox set to mode.
+func newAgentSandbox(tb testing.TB, name, transport string, mode sandbox.Mode) *agent {
 	tb.Helper()
 	ctx := context.Background()
 	cur, err := keystore.GenerateMemorySigner(keystore.Ed25519)
@@ -200,9 +213,10 @@ func newAgent(tb testing.TB, name, transport string) *agent {
 		tb.Fatal(err)
 	}
 	auth := daemon.NewAuthority(a.id, a.dm, a.peers, a.keyLog, time.Hour)
-	hc := host.Config{Name: transport, Path: bins.plugins[transport], SHA256: bins.sums[transport], Authority: auth, Logger: quiet()}
+	hc := host.Config{Name: transport, Path: bins.plugins[transport], SHA256: bins.sums[transport], Authority: auth, Logger: quiet(), Sandbox: mode}
 	if bins.profDir != "" {
-		hc.Path, hc.SHA256 = bins.prof, bins.profSum
+		// The profiling plugin writes its profile into a host directory: it runs unconfined.
+		hc.Path, hc.SHA256, hc.Sandbox = bins.prof, bins.profSum, sandbox.Off
 		hc.Env = []string{"CUSTOS_PROFPLUGIN_TRANSPORT=" + transport, "CUSTOS_PROFPLUGIN_OUT=" + filepath.Join(bins.profDir, name+"-"+transport)}
 	}
 	a.tr, err = host.Start(ctx, hc)

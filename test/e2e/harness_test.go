@@ -55,15 +55,16 @@ func goTool() string {
 	return "go"
 }
 
-// build compiles agentctl and every transport plugin that exists in this tree (libp2p is optional) in
-// one go invocation.
+// build compiles agentctl, the daemon custosd beside it (agentctl run executes it) and every transport
+// plugin that exists in this tree (libp2p is optional) in one go invocation.
 func build(dir string) error {
 	bins.dir, bins.plugins, bins.sums = dir, map[string]string{}, map[string]string{}
 	root, err := moduleRoot()
 	if err != nil {
 		return err
 	}
-	pkgs := []string{"./cmd/agentctl"}
+	pkgs := []string{"./cmd/agentctl", "./cmd/custosd"}
+	const commands = 2 // then the plugins
 	for _, t := range []string{"tcp", "ws", "libp2p"} {
 		if _, err := os.Stat(filepath.Join(root, "cmd", "transport-"+t, "main.go")); err == nil {
 			pkgs = append(pkgs, "./cmd/transport-"+t)
@@ -77,7 +78,7 @@ func build(dir string) error {
 		return fmt.Errorf("go build %v: %v\n%s", pkgs, err, stderr.String())
 	}
 	bins.agentctl = filepath.Join(dir, "agentctl")
-	for _, p := range pkgs[1:] {
+	for _, p := range pkgs[commands:] {
 		name := strings.TrimPrefix(p, "./cmd/transport-")
 		path := filepath.Join(dir, "transport-"+name)
 		raw, err := os.ReadFile(path)
@@ -140,6 +141,10 @@ type agentConfig struct {
 	Handlers   map[string]string // name -> YAML body of the handler
 	Extra      string            // appended YAML
 	BadSum     string            // transport whose sha256 is wrong
+	// Plugin replaces a transport's plugin binary (its sha256 is computed); TransportYAML is appended
+	// to every transport's entry (e.g. "    sandbox: off\n").
+	Plugin        map[string]string
+	TransportYAML string
 }
 
 // newAgent makes an identity in a fresh home: software keys, or a SoftHSM token when softhsm is set.
@@ -244,11 +249,19 @@ func (a *agent) writeConfig(c agentConfig) {
 		if a.ports[tn] == 0 {
 			a.ports[tn] = freePort(a.t)
 		}
-		sum := bins.sums[tn]
+		path, sum := bins.plugins[tn], bins.sums[tn]
+		if p := c.Plugin[tn]; p != "" {
+			raw, err := os.ReadFile(p)
+			if err != nil {
+				a.t.Fatal(err)
+			}
+			path, sum = p, fmt.Sprintf("%x", sha256.Sum256(raw))
+		}
 		if c.BadSum == tn {
 			sum = strings.Repeat("0", 64)
 		}
-		fmt.Fprintf(&b, "  - name: %s\n    plugin: %s\n    sha256: %s\n    listen: [%q]\n", tn, bins.plugins[tn], sum, a.listenAddr(tn))
+		fmt.Fprintf(&b, "  - name: %s\n    plugin: %s\n    sha256: %s\n    listen: [%q]\n", tn, path, sum, a.listenAddr(tn))
+		b.WriteString(c.TransportYAML)
 	}
 	if len(c.Bootstrap) > 0 {
 		b.WriteString("bootstrap:\n")

@@ -10,6 +10,9 @@
 //	find: exact text that occurs exactly once in that file
 //	replace: the text that turns the check off
 //	test: ./package/path ^(TestA|TestB)$
+//
+// A mutant that needs more than one change (two layers that each cover the other) repeats find/replace, and
+// may name another file before its next find; every change is applied before the tests run.
 package main
 
 import (
@@ -23,15 +26,31 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"sort"
 	"strings"
 	"time"
 )
 
 type mutant struct {
-	ID, Check, File, Find, Replace, Pkg, Run string
-	Source                                   string // list file and line, for error messages
+	ID, Check, File, Pkg, Run string
+	Edits                     []edit
+	Source                    string // list file and line, for error messages
 }
+
+// files are the files the mutant changes, in order, each once.
+func (m mutant) files() []string {
+	var out []string
+	for _, e := range m.Edits {
+		if !slices.Contains(out, e.File) {
+			out = append(out, e.File)
+		}
+	}
+	return out
+}
+
+// edit is one change of a mutant: in File, the text Find (exactly once) becomes Replace.
+type edit struct{ File, Find, Replace string }
 
 type result struct {
 	m       mutant
@@ -72,7 +91,7 @@ func run(dir, only string, list bool, timeout time.Duration) error {
 	}
 	if list {
 		for _, m := range ms {
-			fmt.Printf("%-14s %-40s %s\n", m.ID, m.File, m.Check)
+			fmt.Printf("%-14s %-40s %s\n", m.ID, strings.Join(m.files(), ","), m.Check)
 		}
 		return nil
 	}
@@ -117,21 +136,30 @@ func run(dir, only string, list bool, timeout time.Duration) error {
 	return report(os.Stdout, results)
 }
 
-// apply mutates one file of the scratch tree, runs the mutant's tests and restores the file.
+// apply mutates the scratch tree, runs the mutant's tests and restores every file it changed.
 func apply(scratch string, m mutant, timeout time.Duration) (verdict, detail string) {
-	path := filepath.Join(scratch, m.File)
-	orig, err := os.ReadFile(path)
-	if err != nil {
-		return "invalid", err.Error()
+	originals := map[string][]byte{}
+	defer func() {
+		for path, orig := range originals {
+			_ = os.WriteFile(path, orig, 0o600) // the scratch tree is deleted at the end anyway
+		}
+	}()
+	for _, e := range m.Edits {
+		path := filepath.Join(scratch, e.File)
+		cur, err := os.ReadFile(path)
+		if err != nil {
+			return "invalid", err.Error()
+		}
+		if _, saved := originals[path]; !saved {
+			originals[path] = cur
+		}
+		if n := strings.Count(string(cur), e.Find); n != 1 {
+			return "invalid", fmt.Sprintf("find text %q occurs %d times in %s (want exactly once)", e.Find, n, e.File)
+		}
+		if err := os.WriteFile(path, []byte(strings.Replace(string(cur), e.Find, e.Replace, 1)), 0o600); err != nil {
+			return "invalid", err.Error()
+		}
 	}
-	if n := strings.Count(string(orig), m.Find); n != 1 {
-		return "invalid", fmt.Sprintf("find text occurs %d times in %s (want exactly once)", n, m.File)
-	}
-	mutated := strings.Replace(string(orig), m.Find, m.Replace, 1)
-	if err := os.WriteFile(path, []byte(mutated), 0o600); err != nil {
-		return "invalid", err.Error()
-	}
-	defer os.WriteFile(path, orig, 0o600) //nolint:errcheck // restored best effort; the scratch tree is deleted anyway
 	out, err := goTest(scratch, m, timeout)
 	switch {
 	case err == nil:
@@ -188,7 +216,7 @@ func report(w io.Writer, results []result) error {
 		default:
 			invalid++
 		}
-		fmt.Fprintf(w, "| %s | %s | %s | `%s` | %s |\n", r.m.ID, r.m.Check, r.m.File, r.m.Run, r.verdict)
+		fmt.Fprintf(w, "| %s | %s | %s | `%s %s` | %s |\n", r.m.ID, r.m.Check, strings.Join(r.m.files(), ", "), r.m.Pkg, r.m.Run, r.verdict)
 	}
 	fmt.Fprintf(w, "\n%d mutants: %d killed, %d survived, %d invalid\n", len(results), killed, survived, invalid)
 	if survived+invalid > 0 {
@@ -236,8 +264,13 @@ func parse(path string) ([]mutant, error) {
 		}
 		m := *cur
 		cur = nil
-		if m.ID == "" || m.File == "" || m.Find == "" || m.Pkg == "" || m.Run == "" {
+		if m.ID == "" || len(m.Edits) == 0 || m.Pkg == "" || m.Run == "" {
 			return fmt.Errorf("%s: mutant block needs id, file, find, replace and test (package and -run regex)", m.Source)
+		}
+		for _, e := range m.Edits {
+			if e.File == "" || e.Find == "" {
+				return fmt.Errorf("%s: every find needs a file before it", m.Source)
+			}
 		}
 		out = append(out, m)
 		return nil
@@ -272,9 +305,12 @@ func parse(path string) ([]mutant, error) {
 		case "file":
 			cur.File = strings.TrimSpace(val)
 		case "find":
-			cur.Find = strings.TrimSpace(val)
+			cur.Edits = append(cur.Edits, edit{File: cur.File, Find: strings.TrimSpace(val)})
 		case "replace":
-			cur.Replace = strings.TrimSpace(val)
+			if len(cur.Edits) == 0 {
+				return nil, fmt.Errorf("%s:%d: replace before any find", path, line)
+			}
+			cur.Edits[len(cur.Edits)-1].Replace = strings.TrimSpace(val)
 		case "test":
 			pkg, re, ok := strings.Cut(strings.TrimSpace(val), " ")
 			if !ok {

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/custos-agent/custos/transports"
+	"github.com/custos-agent/custos/transports/host/sandbox"
 )
 
 // Config describes one transport plugin.
@@ -45,12 +46,37 @@ type Config struct {
 	// HealthInterval is the period of health checks (default 2 s).
 	HealthInterval time.Duration
 	// BackoffMin and BackoffMax bound the delay before a restart attempt (default 200 ms and 30 s); the
-	// delay doubles with each consecutive failure.
+	// delay doubles with each consecutive failure, with jitter (internal/backoff).
 	BackoffMin, BackoffMax time.Duration
 	// Window is the flow-control credit, in bytes, granted to the plugin per connection (default 1 MiB).
 	Window int64
 	// AcceptQueue bounds verified inbound connections waiting in each Listener (default 64).
 	AcceptQueue int
+
+	// Sandbox confines every plugin process (ADR 0040): sandbox.Required (the default) refuses to start
+	// a plugin when the kernel lacks a protection, sandbox.BestEffort starts it with what there is,
+	// sandbox.Off runs it unconfined (tests; the daemon logs it loudly).
+	Sandbox sandbox.Mode
+	// User is the account plugins run as when the agent runs as root or with CAP_SETUID, CAP_SETGID and
+	// CAP_CHOWN (default sandbox.DefaultUser when it exists, else uid/gid 65534). Must be empty otherwise.
+	User string
+	// BindPorts, when non-nil, are the only TCP ports the plugin may bind (Landlock; 0 = ephemeral).
+	BindPorts []uint16
+	// SandboxProbe replaces the kernel probe (sandbox.ProbeKernel): tests simulate a kernel that lacks
+	// a protection with it.
+	SandboxProbe func() sandbox.Kernel
+}
+
+func (c *Config) sandboxOptions() sandbox.Options {
+	probe := c.SandboxProbe
+	if probe == nil {
+		probe = sandbox.ProbeKernel
+	}
+	o := sandbox.Options{Mode: c.Sandbox, User: c.User, BindPorts: c.BindPorts}
+	if c.Sandbox != sandbox.Off {
+		o.Kernel = probe()
+	}
+	return o
 }
 
 func (c *Config) setDefaults() {
@@ -78,6 +104,9 @@ func (c *Config) setDefaults() {
 	if c.AcceptQueue <= 0 {
 		c.AcceptQueue = 64
 	}
+	if c.Sandbox == "" {
+		c.Sandbox = sandbox.Required
+	}
 }
 
 // validate checks the configuration and returns the decoded digest.
@@ -99,6 +128,9 @@ func (c *Config) validate() ([]byte, error) {
 		if k, _, ok := strings.Cut(kv, "="); !ok || k == "" {
 			return nil, fmt.Errorf("plugin %s: environment entry %q is not KEY=VALUE", c.Path, kv)
 		}
+	}
+	if _, err := sandbox.ParseMode(string(c.Sandbox)); err != nil {
+		return nil, fmt.Errorf("plugin %s: %w", c.Path, err)
 	}
 	if c.BackoffMin > c.BackoffMax {
 		return nil, fmt.Errorf("BackoffMin %v exceeds BackoffMax %v", c.BackoffMin, c.BackoffMax)

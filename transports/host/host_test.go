@@ -20,6 +20,10 @@ import (
 var bins map[string]string
 
 func TestMain(m *testing.M) {
+	if bin := os.Getenv(capDaemonEnv); bin != "" { // TestSandboxCapableDaemonDropsUID's daemon: no build
+		bins = map[string]string{"attack": bin}
+		os.Exit(m.Run())
+	}
 	dir, err := os.MkdirTemp("", "cxbin")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -30,6 +34,11 @@ func TestMain(m *testing.M) {
 		var p string
 		p, err = plugintest.BuildPath(dir, "evil", "github.com/custos-agent/custos/transports/host/testdata/evil")
 		bins["evil"] = p
+	}
+	if err == nil {
+		var p string
+		p, err = plugintest.BuildPath(dir, "attack", "github.com/custos-agent/custos/transports/host/testdata/attack")
+		bins["attack"] = p
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -181,6 +190,33 @@ func TestPluginFileRefused(t *testing.T) {
 	}
 	loose := dir + "/loose"
 	copyFile(t, bins["transport-tcp"], loose, 0o777)
+	// Modified after its checksum was configured: one byte appended.
+	modified := dir + "/modified"
+	copyFile(t, bins["transport-tcp"], modified, 0o755)
+	modifiedSum, err := host.FileSHA256(modified)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mf, err := os.OpenFile(modified, os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := mf.Write([]byte{0}); err != nil {
+		t.Fatal(err)
+	}
+	_ = mf.Close()
+	// Owned by another non-root user, who could replace it (issue 12 finding 9).
+	foreign := dir + "/foreign"
+	copyFile(t, bins["transport-tcp"], foreign, 0o755)
+	foreignSum, err := host.FileSHA256(foreign)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if os.Geteuid() == 0 {
+		if err := os.Chown(foreign, 4242, 4242); err != nil {
+			t.Fatal(err)
+		}
+	}
 
 	tests := []struct {
 		name    string
@@ -194,9 +230,14 @@ func TestPluginFileRefused(t *testing.T) {
 		{"unclean path", dir + "/../" + filepathBase(dir) + "/transport-tcp", goodSum, host.ErrBadPluginFile, []string{"not clean"}},
 		{"world-writable file", loose, goodSum, host.ErrBadPluginFile, []string{"writable by group or others"}},
 		{"bad digest text", good, "abc", nil, []string{"64 hex digits"}},
+		{"modified after its checksum was configured", modified, modifiedSum, host.ErrChecksum, []string{modified, modifiedSum, "not started"}},
+		{"owned by another user", foreign, foreignSum, host.ErrBadPluginFile, []string{foreign, "owned by uid 4242", "neither root nor the agent's uid"}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
+			if tc.path == foreign && os.Geteuid() != 0 {
+				t.Skip("giving a file to another user needs root")
+			}
 			cfg := plugintest.Config(t, "tcp", bins["transport-tcp"])
 			cfg.Path, cfg.SHA256 = tc.path, tc.sum
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)

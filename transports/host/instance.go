@@ -20,6 +20,7 @@ import (
 
 	"github.com/custos-agent/custos/transports"
 	"github.com/custos-agent/custos/transports/binding"
+	"github.com/custos-agent/custos/transports/host/sandbox"
 	"github.com/custos-agent/custos/transports/internal/flow"
 	pb "github.com/custos-agent/custos/transports/proto"
 )
@@ -41,6 +42,7 @@ type instance struct {
 	ref     *runnerRef
 	h       *rpcHandle
 	pid     int
+	prot    sandbox.Protections
 	key     ed25519.PublicKey
 	started time.Time
 
@@ -89,7 +91,7 @@ func launch(ctx context.Context, cfg *Config, want []byte) (_ *instance, err err
 	}
 	pid := fr.pid()
 	ictx, cancel := context.WithCancel(context.Background())
-	in := &instance{cfg: cfg, client: client, ref: fr, h: h, pid: pid, started: time.Now(), ctx: ictx, cancel: cancel,
+	in := &instance{cfg: cfg, client: client, ref: fr, h: h, pid: pid, prot: fr.protections(), started: time.Now(), ctx: ictx, cancel: cancel,
 		listeners: map[string]*Listener{}}
 	defer func() {
 		if err != nil {
@@ -108,7 +110,7 @@ func launch(ctx context.Context, cfg *Config, want []byte) (_ *instance, err err
 	if err := in.bind(ctx); err != nil {
 		return nil, err
 	}
-	cfg.Logger.Info("transport plugin started", "pid", pid, "path", cfg.Path, "data_sockets", in.data != nil)
+	cfg.Logger.Info("transport plugin started", "pid", pid, "path", cfg.Path, "data_sockets", in.data != nil, "sandbox", in.prot.String())
 	return in, nil
 }
 

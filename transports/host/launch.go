@@ -25,13 +25,15 @@ import (
 	"google.golang.org/grpc/experimental"
 
 	"github.com/custos-agent/custos/transports"
+	"github.com/custos-agent/custos/transports/host/sandbox"
 	pb "github.com/custos-agent/custos/transports/proto"
 )
 
 // ErrChecksum: the plugin binary's SHA-256 digest is not the configured one; the plugin was not started.
 var ErrChecksum = errors.New("plugin checksum mismatch")
 
-// ErrBadPluginFile: the plugin path is not absolute, not a regular file, or writable by others.
+// ErrBadPluginFile: the plugin path is not absolute, not a regular file, writable by others, or owned by
+// another user than root or the agent's.
 var ErrBadPluginFile = errors.New("unacceptable plugin file")
 
 // FileSHA256 returns the hex SHA-256 digest of the file at path (what Config.SHA256 expects).
@@ -65,10 +67,15 @@ func checkPluginPath(path string) error {
 // between the check and the exec. The child gets /dev/null as stdin (never the host's terminal) and only
 // the environment go-plugin and the host's Config.Env give it.
 type fdRunner struct {
-	path string
-	want []byte
-	cmd  *exec.Cmd
-	log  hclog.Logger
+	path      string
+	want      []byte
+	cmd       *exec.Cmd
+	log       hclog.Logger
+	sb        sandbox.Options
+	socketDir string
+
+	launch *sandbox.Launch
+	prot   sandbox.Protections
 
 	stdout, stderr io.ReadCloser
 	pid            int
@@ -76,14 +83,15 @@ type fdRunner struct {
 	mu             sync.Mutex
 }
 
-func newFDRunner(path string, want []byte, template *exec.Cmd, extraEnv []string, log hclog.Logger) *fdRunner {
+func newFDRunner(path string, want []byte, template *exec.Cmd, extraEnv []string, log hclog.Logger, sb sandbox.Options, socketDir string) *fdRunner {
 	env := append([]string(nil), template.Env...)
 	env = append(env, extraEnv...)
 	cmd := &exec.Cmd{Args: []string{path}, Env: env}
-	return &fdRunner{path: path, want: want, cmd: cmd, log: log}
+	sb.SocketDir, sb.Path = socketDir, path
+	return &fdRunner{path: path, want: want, cmd: cmd, log: log, sb: sb, socketDir: socketDir}
 }
 
-func (r *fdRunner) Start(_ context.Context) error {
+func (r *fdRunner) Start(ctx context.Context) error {
 	f, err := os.Open(r.path)
 	if err != nil {
 		return fmt.Errorf("open plugin %s: %w", r.path, err)
@@ -98,6 +106,10 @@ func (r *fdRunner) Start(_ context.Context) error {
 	}
 	if fi.Mode().Perm()&0o022 != 0 {
 		return fmt.Errorf("%w: %s is writable by group or others (mode %v); chmod go-w it", ErrBadPluginFile, r.path, fi.Mode().Perm())
+	}
+	if uid, ok := fileOwner(fi); ok && uid != 0 && uid != os.Geteuid() {
+		return fmt.Errorf("%w: %s is owned by uid %d, neither root nor the agent's uid %d (who owns the file can replace it); chown it",
+			ErrBadPluginFile, r.path, uid, os.Geteuid())
 	}
 	fdPath := "/proc/self/fd/" + strconv.Itoa(int(f.Fd()))
 	sc := &goplugin.SecureConfig{Checksum: r.want, Hash: sha256.New()}
@@ -123,22 +135,55 @@ func (r *fdRunner) Start(_ context.Context) error {
 	}
 	r.cmd.Stdin = nil
 	setProcAttr(r.cmd)
-	if r.stdout, err = r.cmd.StdoutPipe(); err != nil {
-		return err
-	}
-	if r.stderr, err = r.cmd.StderrPipe(); err != nil {
-		return err
-	}
-	if err := r.cmd.Start(); err != nil {
+	dropData := func() {
 		if d := r.takeData(); d != nil {
 			_ = d.Close()
 		}
+	}
+	// The sandbox (ADR 0040): the command becomes the trampoline, which confines itself and then
+	// executes descriptor 3.
+	launch, err := sandbox.Wrap(r.cmd, r.sb)
+	if err != nil {
+		dropData()
+		return fmt.Errorf("transport plugin %s: %w", r.path, err)
+	}
+	if r.stdout, err = r.cmd.StdoutPipe(); err != nil {
+		launch.Abort()
+		dropData()
+		return err
+	}
+	if r.stderr, err = r.cmd.StderrPipe(); err != nil {
+		launch.Abort()
+		dropData()
+		return err
+	}
+	if err := launch.Start(r.cmd); err != nil {
+		launch.Abort()
+		dropData()
 		return fmt.Errorf("start plugin %s: %w", r.path, err)
+	}
+	prot := sandbox.Protections{Off: true, UID: os.Getuid(), GID: os.Getgid()}
+	if launch != nil {
+		if prot, err = launch.Started(ctx); err != nil {
+			_ = r.cmd.Process.Kill()
+			_ = r.cmd.Wait()
+			launch.Cleanup()
+			dropData()
+			return fmt.Errorf("transport plugin %s: %w", r.path, err)
+		}
 	}
 	r.mu.Lock()
 	r.pid = r.cmd.Process.Pid
+	r.launch, r.prot = launch, prot
 	r.mu.Unlock()
 	return nil
+}
+
+// protections reports what confines the started process.
+func (r *fdRunner) protections() sandbox.Protections {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.prot
 }
 
 // takeData hands over the host end of the data control socket (once).
@@ -153,10 +198,17 @@ func (r *fdRunner) takeData() *os.File {
 func (r *fdRunner) Diagnose(context.Context) string {
 	return "the plugin did not complete the go-plugin handshake: is " + r.path + " a Custos transport plugin built for this machine?"
 }
-func (r *fdRunner) Stdout() io.ReadCloser                            { return r.stdout }
-func (r *fdRunner) Stderr() io.ReadCloser                            { return r.stderr }
-func (r *fdRunner) Name() string                                     { return r.path }
-func (r *fdRunner) Wait(context.Context) error                       { return r.cmd.Wait() }
+func (r *fdRunner) Stdout() io.ReadCloser { return r.stdout }
+func (r *fdRunner) Stderr() io.ReadCloser { return r.stderr }
+func (r *fdRunner) Name() string          { return r.path }
+func (r *fdRunner) Wait(context.Context) error {
+	err := r.cmd.Wait()
+	r.mu.Lock()
+	l := r.launch
+	r.mu.Unlock()
+	l.Cleanup()
+	return err
+}
 func (r *fdRunner) PluginToHost(n, a string) (string, string, error) { return n, a, nil }
 func (r *fdRunner) HostToPlugin(n, a string) (string, string, error) { return n, a, nil }
 func (r *fdRunner) ID() string {
@@ -217,8 +269,8 @@ func newClient(cfg *Config, want []byte) (*goplugin.Client, *runnerRef) {
 			grpc.ForceCodecV2(transports.GRPCCodec())),
 			grpc.WithInitialWindowSize(transports.GRPCStreamWindow), grpc.WithInitialConnWindowSize(transports.GRPCConnWindow),
 			experimental.WithBufferPool(transports.GRPCBufferPool())},
-		RunnerFunc: func(l hclog.Logger, template *exec.Cmd, _ string) (runner.Runner, error) {
-			fr := newFDRunner(cfg.Path, want, template, cfg.Env, l)
+		RunnerFunc: func(l hclog.Logger, template *exec.Cmd, socketDir string) (runner.Runner, error) {
+			fr := newFDRunner(cfg.Path, want, template, cfg.Env, l, cfg.sandboxOptions(), socketDir)
 			ref.mu.Lock()
 			ref.r = fr
 			ref.mu.Unlock()
@@ -253,6 +305,17 @@ func (r *runnerRef) takeData() *os.File {
 		return nil
 	}
 	return fr.takeData()
+}
+
+// protections reports what confines the started process.
+func (r *runnerRef) protections() sandbox.Protections {
+	r.mu.Lock()
+	fr := r.r
+	r.mu.Unlock()
+	if fr == nil {
+		return sandbox.Protections{}
+	}
+	return fr.protections()
 }
 
 // pid is the started process's ID, 0 if none.

@@ -4,12 +4,13 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/custos-agent/custos/internal/backoff"
 	"github.com/custos-agent/custos/transports"
+	"github.com/custos-agent/custos/transports/host/sandbox"
 )
 
 // Transport is one supervised transport plugin. It stays usable across plugin restarts: Listen's
@@ -69,6 +70,16 @@ func (t *Transport) Name() string { return t.cfg.Name }
 
 // Restarts is the number of restarts so far.
 func (t *Transport) Restarts() uint64 { return t.restarts.Load() }
+
+// Sandbox reports what confines the current plugin process (zero while none runs).
+func (t *Transport) Sandbox() sandbox.Protections {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.inst == nil {
+		return sandbox.Protections{}
+	}
+	return t.inst.prot
+}
 
 // PID is the current plugin process ID, 0 while none runs.
 func (t *Transport) PID() int {
@@ -212,16 +223,6 @@ func (t *Transport) supervise() {
 	}
 }
 
-func (t *Transport) backoff(n int) time.Duration {
-	d := t.cfg.BackoffMin
-	for i := 0; i < n && d < t.cfg.BackoffMax; i++ {
-		d *= 2
-	}
-	d = min(d, t.cfg.BackoffMax)
-	// +-20% jitter so that several agents do not restart in lockstep.
-	return d - d/5 + time.Duration(rand.Int64N(int64(d/5)*2+1))
-}
-
 // restart replaces a dead process, retrying with exponential backoff until it works or Close.
 func (t *Transport) restart(old *instance, cause error) {
 	downAt := time.Now()
@@ -242,7 +243,7 @@ func (t *Transport) restart(old *instance, cause error) {
 		select {
 		case <-t.ctx.Done():
 			return
-		case <-time.After(t.backoff(n)):
+		case <-time.After(backoff.Policy{Min: t.cfg.BackoffMin, Max: t.cfg.BackoffMax}.Delay(n)):
 		}
 		sctx, cancel := context.WithTimeout(t.ctx, t.cfg.StartTimeout)
 		var err error

@@ -1,7 +1,7 @@
 // Package wire is the one binary field encoding of the agent protocol: a sequence of fields, each a
 // 4-byte big-endian length followed by that many bytes; integers are 8-byte big-endian values carried
-// as 8-byte fields. It is byte-for-byte the encoding of agent/signature.Input without the context
-// prefix, so a message's signed bytes are a prefix of its wire bytes.
+// as 8-byte fields. agent/signature.Input is a Writer that starts with the signature's context prefix:
+// one length-prefixed writer for what is signed and what is sent.
 //
 // Decoding is strict: every field has a maximum length, integers must be exactly 8 bytes, booleans 0 or
 // 1, and trailing bytes are refused. Because every value has exactly one encoding, decode-then-encode
@@ -62,6 +62,9 @@ func (w *Writer) Len() int { return len(w.buf) }
 
 // Out returns the encoding. The Writer must not be used afterwards.
 func (w *Writer) Out() []byte { return w.buf }
+
+// Message is Out under the name signature inputs use: the complete bytes to be signed.
+func (w *Writer) Message() []byte { return w.buf }
 
 // Reader decodes fields in order. The first error sticks: later calls return zero values and Err
 // returns that first error, so a decoder reads every field and checks Err once.

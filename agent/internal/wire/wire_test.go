@@ -1,22 +1,12 @@
 package wire
 
 import (
-	"bytes"
 	"errors"
 	"strings"
 	"testing"
 
 	"github.com/custos-agent/custos/agent/reason"
-	"github.com/custos-agent/custos/agent/signature"
 )
-
-func TestSameAsSignatureInput(t *testing.T) {
-	w := NewWriter(0).String("a").Bytes([]byte{1, 2}).Uint64(7).Int64(-1).Bool(true)
-	in := signature.NewInput(signature.Envelope).String("a").Bytes([]byte{1, 2}).Uint64(7).Int64(-1).Uint64(1)
-	if !bytes.Equal(append(signature.Envelope.Prefix(), w.Out()...), in.Message()) {
-		t.Fatal("wire encoding differs from signature.Input")
-	}
-}
 
 func TestStrict(t *testing.T) {
 	good := NewWriter(0).String("abc").Uint64(2).Out()
