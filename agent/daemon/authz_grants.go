@@ -3,13 +3,9 @@ package daemon
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
-	"sort"
 	"strings"
 	"time"
-
-	"go.etcd.io/bbolt"
 
 	"github.com/custos-agent/custos/agent/api"
 	"github.com/custos-agent/custos/agent/control"
@@ -19,53 +15,6 @@ import (
 	"github.com/custos-agent/custos/audit"
 	"github.com/custos-agent/custos/keystore"
 )
-
-var bucketOwnGrants = []byte("authz/own-grants")
-
-// ownGrants are the grants this agent holds (installed with agentctl grant install) and presents in the
-// handshakes it starts: state.db bucket "authz/own-grants", grant ID -> encoded grant.
-type ownGrants struct{ db *bbolt.DB }
-
-func newOwnGrants(db *bbolt.DB) (*ownGrants, error) {
-	if err := db.Update(func(tx *bbolt.Tx) error {
-		_, err := tx.CreateBucketIfNotExists(bucketOwnGrants)
-		return err
-	}); err != nil {
-		return nil, fmt.Errorf("own grants: %w", err)
-	}
-	return &ownGrants{db: db}, nil
-}
-
-// list returns the held grants, oldest first. A stored record that does not decode is an error naming it.
-func (o *ownGrants) list() ([]rbac.Grant, error) {
-	var out []rbac.Grant
-	err := o.db.View(func(tx *bbolt.Tx) error {
-		return tx.Bucket(bucketOwnGrants).ForEach(func(k, v []byte) error {
-			g, err := rbac.DecodeGrant(v)
-			if err != nil || g.ID != string(k) {
-				return fmt.Errorf("stored grant %q is corrupt (%v): remove it with agentctl grant remove %s", k, err, k)
-			}
-			out = append(out, g)
-			return nil
-		})
-	})
-	sort.SliceStable(out, func(i, j int) bool { return out[i].Issued < out[j].Issued })
-	return out, err
-}
-
-func (o *ownGrants) put(g rbac.Grant) error {
-	return o.db.Update(func(tx *bbolt.Tx) error { return tx.Bucket(bucketOwnGrants).Put([]byte(g.ID), g.Encode()) })
-}
-
-func (o *ownGrants) remove(id string) (bool, error) {
-	found := false
-	err := o.db.Update(func(tx *bbolt.Tx) error {
-		b := tx.Bucket(bucketOwnGrants)
-		found = b.Get([]byte(id)) != nil
-		return b.Delete([]byte(id))
-	})
-	return found, err
-}
 
 func grantView(g rbac.Grant, state string) GrantView {
 	return GrantView{Grant: string(g.Encode()), ID: g.ID, Subject: g.Subject, Role: string(g.Role), Issuer: g.Issuer,
@@ -96,16 +45,16 @@ func (d *Daemon) opGrantIssue(ctx context.Context, _ rbac.Cred, raw json.RawMess
 	if err != nil {
 		return nil, err
 	}
-	g, err := rbac.IssueGrantBy(ctx, signer, by, subject, role, d.authz.now(), ttl)
+	g, err := rbac.IssueGrantBy(ctx, signer, by, subject, role, d.authz.Now(), ttl)
 	if err != nil {
 		return nil, err
 	}
-	res := GrantIssueResult{GrantView: grantView(g, "valid"), AdminHere: d.authz.az.IsAdmin(d.id)}
+	res := GrantIssueResult{GrantView: grantView(g, "valid"), AdminHere: d.authz.RBAC().IsAdmin(d.id)}
 	if g.Gen > 0 {
 		res.IssuerLog = string(d.issuerLog(g.Issuer))
 	}
 	if res.AdminHere {
-		if err := d.authz.az.AddGrant(ctx, g); err != nil {
+		if err := d.authz.RBAC().AddGrant(ctx, g); err != nil {
 			return nil, fmt.Errorf("the grant was signed but not stored here: %w", err)
 		}
 	} else {
@@ -128,32 +77,31 @@ func (d *Daemon) opGrantInstall(ctx context.Context, _ rbac.Cred, raw json.RawMe
 	if g.Subject != d.id.String() {
 		return nil, control.Errorf(control.CodeBadRequest, "grant %s is for %s; this agent is %s (install it on that agent)", g.ID, g.Subject, d.id)
 	}
-	now := d.authz.now()
+	now := d.authz.Now()
 	if now.Unix() >= g.Expires {
 		return nil, control.Errorf(control.CodeBadRequest, "grant %s expired at %s: ask the administrator for a new one", g.ID, time.Unix(g.Expires, 0).UTC().Format(time.RFC3339))
 	}
-	if d.authz.az.Revoked(g.ID) {
+	if d.authz.RBAC().Revoked(g.ID) {
 		return nil, control.Errorf(control.CodeBadRequest, "grant %s is revoked", g.ID)
 	}
-	if err := d.authz.learnLog([]byte(a.IssuerLog), g.Issuer); err != nil {
+	if err := d.authz.LearnLog([]byte(a.IssuerLog), g.Issuer); err != nil {
 		return nil, control.Errorf(control.CodeBadRequest, "the issuer's key event log given with grant %s: %v", g.ID, err)
 	}
 	if err := g.VerifySignature(d.issuerKey); err != nil {
 		return nil, control.Errorf(control.CodeBadRequest, "grant %s does not verify under the key event log of its issuer %s: %v", g.ID, g.Issuer, err)
 	}
-	if err := d.authz.own.put(g); err != nil {
+	if err := d.authz.Hold(g); err != nil {
 		return nil, err
 	}
 	d.record(audit.GrantAccepted, g.Issuer, d.id.String(), audit.OutcomeSuccess, map[string]any{
 		"grant": g.ID, "role": string(g.Role), "expires": time.Unix(g.Expires, 0).UTC().Format(time.RFC3339), "held": true})
-	return GrantInstallResult{Grant: grantView(g, "valid"), Presented: d.authz.presentAll(ctx)}, nil
+	return GrantInstallResult{Grant: grantView(g, "valid"), Presented: d.presentAll(ctx)}, nil
 }
 
 // presentAll starts a fresh handshake with every connected peer whose address is known, so that it sees
 // the grants this agent holds now (grants travel from initiator to responder). A peer that only ever
 // dialled this agent sees them at the next handshake this agent starts.
-func (z *authz) presentAll(ctx context.Context) []Presentation {
-	d := z.d
+func (d *Daemon) presentAll(ctx context.Context) []Presentation {
 	targets := d.mgr.targetStatuses()
 	out := []Presentation{}
 	for _, s := range d.mgr.statuses() {
@@ -191,7 +139,7 @@ func (d *Daemon) opGrantRemove(ctx context.Context, _ rbac.Cred, raw json.RawMes
 	if err := control.DecodeArgs(raw, &a); err != nil {
 		return nil, err
 	}
-	found, err := d.authz.own.remove(a.GrantID)
+	found, err := d.authz.Drop(a.GrantID)
 	if err != nil {
 		return nil, err
 	}
@@ -206,16 +154,16 @@ func (d *Daemon) opGrantsList(ctx context.Context, _ rbac.Cred, raw json.RawMess
 		return nil, err
 	}
 	z := d.authz
-	held, err := z.own.list()
+	held, err := z.HeldGrants()
 	if err != nil {
 		return nil, err
 	}
 	out := GrantsList{Held: []GrantView{}, Peers: []GrantView{}}
-	now := z.now().Unix()
+	now := z.Now().Unix()
 	for _, g := range held {
 		state := "valid"
 		switch {
-		case z.az.Revoked(g.ID):
+		case z.RBAC().Revoked(g.ID):
 			state = "revoked"
 		case now >= g.Expires:
 			state = "expired"
@@ -231,9 +179,9 @@ func (d *Daemon) opGrantsList(ctx context.Context, _ rbac.Cred, raw json.RawMess
 		if err != nil {
 			continue
 		}
-		for _, g := range z.az.Grants(id) {
+		for _, g := range z.RBAC().Grants(id) {
 			state := "valid"
-			if err := z.az.CheckGrant(ctx, g); err != nil {
+			if err := z.RBAC().CheckGrant(ctx, g); err != nil {
 				if state = string(rbac.ReasonOf(err)); state == "" {
 					state = err.Error()
 				}
@@ -253,7 +201,7 @@ func (d *Daemon) opRevoke(ctx context.Context, _ rbac.Cred, raw json.RawMessage)
 	if err != nil {
 		return nil, err
 	}
-	r, err := rbac.IssueRevocationBy(ctx, signer, by, a.GrantID, d.authz.now())
+	r, err := rbac.IssueRevocationBy(ctx, signer, by, a.GrantID, d.authz.Now())
 	if err != nil {
 		return nil, control.Errorf(control.CodeBadRequest, "%v", err)
 	}
@@ -261,8 +209,8 @@ func (d *Daemon) opRevoke(ctx context.Context, _ rbac.Cred, raw json.RawMessage)
 	if r.Gen > 0 {
 		res.IssuerLog = string(d.issuerLog(r.Issuer))
 	}
-	if d.authz.az.IsAdmin(d.id) {
-		if err := d.authz.az.AddRevocation(ctx, r); err != nil {
+	if d.authz.RBAC().IsAdmin(d.id) {
+		if err := d.authz.RBAC().AddRevocation(ctx, r); err != nil {
 			return nil, fmt.Errorf("the revocation was signed but not applied here: %w", err)
 		}
 		res.AppliedHere = true
@@ -282,14 +230,14 @@ func (d *Daemon) opRevocationInstall(ctx context.Context, _ rbac.Cred, raw json.
 	if err != nil {
 		return nil, control.Errorf(control.CodeBadRequest, "%v", err)
 	}
-	if err := d.authz.learnLog([]byte(a.IssuerLog), r.Issuer); err != nil {
+	if err := d.authz.LearnLog([]byte(a.IssuerLog), r.Issuer); err != nil {
 		return nil, control.Errorf(control.CodeBadRequest, "the issuer's key event log given with the revocation: %v", err)
 	}
 	applied := true
-	if err := d.authz.az.AddRevocation(ctx, r); err != nil {
+	if err := d.authz.RBAC().AddRevocation(ctx, r); err != nil {
 		// The holder of the grant accepts its issuer's revocation even when it does not list the issuer
 		// as one of its own administrators: it stops presenting the grant.
-		if !d.authz.heldRevocation(r) {
+		if !d.authz.HeldRevocation(r) {
 			if rbac.ReasonOf(err) != "" {
 				return nil, control.Errorf(control.CodeBadRequest, "%v", err)
 			}
@@ -297,27 +245,12 @@ func (d *Daemon) opRevocationInstall(ctx context.Context, _ rbac.Cred, raw json.
 		}
 		applied = false
 	}
-	removed, err := d.authz.own.remove(r.Grant)
+	removed, err := d.authz.Drop(r.Grant)
 	if err != nil {
 		return nil, err
 	}
 	d.record(audit.GrantRevoked, r.Issuer, r.Grant, audit.OutcomeSuccess, map[string]any{"grant": r.Grant, "reason": "revocation installed", "held": removed, "applied": applied})
 	return RevocationInstallResult{GrantID: r.Grant, Issuer: r.Issuer, RemovedHeld: removed, Applied: applied}, nil
-}
-
-// heldRevocation reports whether r revokes a grant this agent holds and is signed by that grant's issuer.
-func (z *authz) heldRevocation(r rbac.Revocation) bool {
-	held, err := z.own.list()
-	if err != nil {
-		return false
-	}
-	for _, g := range held {
-		if g.ID != r.Grant || g.Issuer != r.Issuer {
-			continue
-		}
-		return r.VerifySignature(z.d.issuerKey) == nil
-	}
-	return false
 }
 
 func (d *Daemon) peerArg(raw json.RawMessage) (identity.ID, error) {
@@ -367,9 +300,6 @@ func (d *Daemon) opPeersUnblock(ctx context.Context, _ rbac.Cred, raw json.RawMe
 	return d.rep.Report(id), nil
 }
 
-// errNoStakes is returned for stake-weighted votes without a stake table.
-var errNoStakes = errors.New("no stake table is installed on this agent (an administrator signs one with agentctl grant stake; install it with agentctl grant stake install FILE), or vote with --vote reputation")
-
 // authzOps are the control operations of authz_*.go (their permissions: agent/api.Table).
 func (d *Daemon) authzOps() map[string]api.Handler {
 	return map[string]api.Handler{
@@ -384,15 +314,6 @@ func (d *Daemon) authzOps() map[string]api.Handler {
 		OpTaskReplicate:     d.opTaskReplicate,
 		OpStakeSign:         d.opStakeSign,
 		OpStakeSet:          d.opStakeSet,
-	}
-}
-
-// describePeer adds the reputation report, roles and evidence count to a peer's status.
-func (z *authz) describePeer(ctx context.Context, id identity.ID, p *PeerStatus, r reputation.Report) {
-	p.Reputation = &r
-	p.Roles = roleNames(z.roles(ctx, id))
-	if evs, err := z.evidence.ByPeer(id); err == nil {
-		p.Evidence = len(evs)
 	}
 }
 

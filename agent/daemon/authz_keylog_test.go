@@ -40,22 +40,22 @@ func TestStolenInceptionKeyGrant(t *testing.T) {
 
 	// The administrator's log is pinned in the configuration.
 	a := startAuthzDaemon(t, "authorization: {admins: ["+admin.ID().String()+"], admin_logs: ["+logFile+"]}\n")
-	err = a.d.authz.az.AddGrant(ctx, stolen)
+	err = a.d.authz.RBAC().AddGrant(ctx, stolen)
 	if rbac.ReasonOf(err) != rbac.GrantBadSignature || !strings.Contains(err.Error(), "after generation 0 was rotated away") {
 		t.Fatalf("a grant by the rotated-away inception key, with the log pinned: %v, want grant_bad_signature (rotated away)", err)
 	}
-	if err := a.d.authz.az.AddGrant(ctx, current); err != nil {
+	if err := a.d.authz.RBAC().AddGrant(ctx, current); err != nil {
 		t.Fatalf("the grant of the current generation: %v", err)
 	}
 
 	// No log held, require_admin_log: refused; the same agent without the flag can only fall back to the
 	// key the ID names (the residual risk docs/adr/0050 states).
 	b := startAuthzDaemon(t, "authorization: {admins: ["+admin.ID().String()+"], require_admin_log: true}\n")
-	if err := b.d.authz.az.AddGrant(ctx, stolen); rbac.ReasonOf(err) != rbac.GrantBadSignature || !strings.Contains(err.Error(), "require_admin_log") {
+	if err := b.d.authz.RBAC().AddGrant(ctx, stolen); rbac.ReasonOf(err) != rbac.GrantBadSignature || !strings.Contains(err.Error(), "require_admin_log") {
 		t.Fatalf("a grant of an administrator whose log is not held, with require_admin_log: %v", err)
 	}
 	c := startAuthzDaemon(t, "authorization: {admins: ["+admin.ID().String()+"]}\n")
-	if err := c.d.authz.az.AddGrant(ctx, current); rbac.ReasonOf(err) != rbac.GrantBadSignature || !strings.Contains(err.Error(), "generation 1") {
+	if err := c.d.authz.RBAC().AddGrant(ctx, current); rbac.ReasonOf(err) != rbac.GrantBadSignature || !strings.Contains(err.Error(), "generation 1") {
 		t.Fatalf("a generation-1 grant without the administrator's log: %v, want grant_bad_signature naming generation 1", err)
 	}
 
@@ -86,20 +86,20 @@ func TestPresentable(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := a.d.authz.own.put(void); err != nil {
+	if err := a.d.authz.Hold(void); err != nil {
 		t.Fatal(err)
 	}
-	if b := a.d.authz.presentable(); b != nil {
+	if b := a.d.authz.Presentable(); b != nil {
 		t.Fatalf("a void grant is presented: %s", b)
 	}
 	good, err := rbac.IssueGrantBy(ctx, admin.Current(), rbac.IssuerOf(admin.State), a.d.id, rbac.TaskSubmitter, time.Now(), time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := a.d.authz.own.put(good); err != nil {
+	if err := a.d.authz.Hold(good); err != nil {
 		t.Fatal(err)
 	}
-	p, err := rbac.DecodePresentation(a.d.authz.presentable())
+	p, err := rbac.DecodePresentation(a.d.authz.Presentable())
 	if err != nil || len(p.Grants) != 1 || p.Grants[0].ID != good.ID || len(p.Logs) != 1 || string(p.Logs[0]) != string(admin.Log.Encode()) {
 		t.Fatalf("presentation: %+v, %v; want the generation-1 grant with its issuer's log", p, err)
 	}

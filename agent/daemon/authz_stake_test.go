@@ -47,7 +47,7 @@ func TestStakeTableRollback(t *testing.T) {
 	if control.CodeOf(err) != control.CodeBadRequest || !strings.Contains(err.Error(), "rollback refused") {
 		t.Fatalf("installing an older table: %v, want bad_request with rollback refused", err)
 	}
-	if st, err := d.authz.currentStakes(); err != nil || st.Amount(cust.ID()) != 9 {
+	if st, err := d.authz.CurrentStakes(); err != nil || st.Amount(cust.ID()) != 9 {
 		t.Fatalf("the table in force after the refused rollback: %v %v", st, err)
 	}
 	if err := control.Call(ctx, sock, OpStakeSet, StakeSetArgs{Table: string(newer.Encode())}, nil); err != nil {
@@ -56,7 +56,7 @@ func TestStakeTableRollback(t *testing.T) {
 	if err := control.Call(ctx, sock, OpStakeSet, StakeSetArgs{Table: string(older.Encode()), Force: true}, nil); err != nil {
 		t.Fatalf("a forced rollback: %v", err)
 	}
-	if st, err := d.authz.currentStakes(); err != nil || st.Amount(cust.ID()) != 1 {
+	if st, err := d.authz.CurrentStakes(); err != nil || st.Amount(cust.ID()) != 1 {
 		t.Fatalf("the table in force after the forced rollback: %v %v", st, err)
 	}
 	found := false

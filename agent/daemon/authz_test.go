@@ -2,9 +2,7 @@ package daemon
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -12,16 +10,12 @@ import (
 	"testing"
 	"time"
 
-	"github.com/maxmind/mmdbwriter"
-	"github.com/maxmind/mmdbwriter/mmdbtype"
-
 	"github.com/custos-agent/custos/agent/api"
 	"github.com/custos-agent/custos/agent/control"
 	"github.com/custos-agent/custos/agent/delegation"
 	"github.com/custos-agent/custos/agent/envelope"
 	"github.com/custos-agent/custos/agent/identity"
 	"github.com/custos-agent/custos/agent/internal/agenttest"
-	"github.com/custos-agent/custos/agent/puzzle"
 	"github.com/custos-agent/custos/agent/rbac"
 	"github.com/custos-agent/custos/agent/reputation"
 	"github.com/custos-agent/custos/agent/session"
@@ -30,104 +24,6 @@ import (
 	"github.com/custos-agent/custos/audit"
 	"github.com/custos-agent/custos/keystore"
 )
-
-func TestAuthzConfigErrors(t *testing.T) {
-	cases := []struct{ name, yaml, want string }{
-		{"bad admin", "authorization: {admins: [nope]}\n", "authorization.admins[0]"},
-		{"admin twice", "authorization: {admins: [" + testID(t) + ", " + testID(t) + "]}\n", ""},
-		{"unknown default role", "authorization: {default_peer_roles: [root]}\n", "authorization.default_peer_roles: unknown role \"root\""},
-		{"relative roles file", "authorization: {roles_file: roles.yaml}\n", "authorization.roles_file: \"roles.yaml\" must be a clean absolute path"},
-		{"missing roles file", "authorization: {roles_file: /nonexistent/roles.yaml}\n", "authorization.roles_file"},
-		{"unknown local user", "authorization: {local: {users: {no-such-user-here: [agent_operator]}}}\n", "authorization.local"},
-		{"unknown enforce family", "authorization: {enforce: {everything: false}}\n", "field everything not found"},
-		{"policy log_only", "policy: {log_only: {rate: true}}\n", "policy.log_only: set log-only mode with authorization.enforce"},
-		{"geo without database", "policy: {geo: {deny: [FR]}}\n", "policy.geo.database: the geo rules need"},
-		{"bad country", "policy: {geo: {database: /x.mmdb, deny: [fr]}}\n", "policy.geo.deny: \"fr\" is not an ISO 3166-1"},
-		{"negative rate", "policy: {default: {rate: -1}}\n", "policy.default.rate"},
-		{"bad window", "policy: {default: {time_window: {hours: [\"9-17\"]}}}\n", "policy.default.time_window.hours"},
-		{"thresholds out of order", "reputation: {thresholds: {trusted_enter: 0.3}}\n", "reputation: thresholds must satisfy"},
-		{"half-life too short", "reputation: {half_life: 1s}\n", "reputation.half_life"},
-		{"puzzle too hard", "puzzles: {new_bits: 40}\n", "puzzles.new_bits: 40 exceeds 32 bits"},
-		{"puzzle ttl", "puzzles: {ttl: 10h}\n", "puzzles.ttl"},
-	}
-	for _, c := range cases {
-		t.Run(c.name, func(t *testing.T) {
-			_, err := ParseConfig([]byte(c.yaml))
-			if c.want == "" {
-				c.want = "listed twice"
-				if !strings.Contains(c.yaml, "admins") {
-					t.Fatal("bad case")
-				}
-				// Two different IDs are fine; the same one twice is not.
-				id := testID(t)
-				_, err = ParseConfig([]byte("authorization: {admins: [" + id + ", " + id + "]}\n"))
-			}
-			if !errors.Is(err, ErrConfig) || !strings.Contains(err.Error(), c.want) {
-				t.Fatalf("err %v, want ErrConfig naming %q", err, c.want)
-			}
-		})
-	}
-}
-
-func testID(t *testing.T) string { return agenttest.NewIdentity(t, keystore.Ed25519).ID().String() }
-
-func TestAuthzConfigValues(t *testing.T) {
-	dir := t.TempDir()
-	roles := filepath.Join(dir, "roles.yaml")
-	// An operator who moves submit_tasks from task_submitter to peer_node.
-	if err := os.WriteFile(roles, []byte("roles:\n  system_admin: [manage_agents, manage_network, manage_security, view_metrics]\n"+
-		"  agent_operator: [view_status, manage_local_agent]\n  task_submitter: [view_results]\n"+
-		"  peer_node: [process_tasks, share_results, discover_peers, submit_tasks]\n  gateway_service: [api_access, rate_limiting, protocol_translation]\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	admin := testID(t)
-	c, err := ParseConfig([]byte(fmt.Sprintf(`authorization:
-  admins: [%s]
-  roles_file: %s
-  default_peer_roles: [peer_node]
-  enforce: {rate: false, geo: false}
-policy: {default: {rate: 10, burst: 15}}
-reputation: {thresholds: {blocked_enter: 0.1}, min_evidence: {trusted: 3}}
-puzzles: {new_bits: 12, restricted_bits: 18}
-`, admin, roles)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	rc, err := c.rbacConfig(4242)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(rc.Admins) != 1 || rc.Admins[0].String() != admin || !rc.Roles.Has(rbac.PeerNode, rbac.SubmitTasks) || rc.Roles.Has(rbac.TaskSubmitter, rbac.SubmitTasks) {
-		t.Fatalf("rbac config: %+v", rc)
-	}
-	// Without authorization.local the daemon's own uid and root hold every role; others none.
-	if got := rc.Local.RolesFor(rbac.Cred{UID: 4242}); len(got) != len(rbac.AllRoles) {
-		t.Fatalf("own uid roles %v", got)
-	}
-	if got := rc.Local.RolesFor(rbac.Cred{UID: 0}); len(got) != len(rbac.AllRoles) {
-		t.Fatalf("root roles %v", got)
-	}
-	if got := rc.Local.RolesFor(rbac.Cred{UID: 4243, GID: 4243}); len(got) != 0 {
-		t.Fatalf("another uid holds %v", got)
-	}
-	pc, err := c.policyConfig()
-	if err != nil || !pc.LogOnly.Rate || !pc.LogOnly.Geo || pc.LogOnly.Quota || pc.LogOnly.TimeWindow || pc.Default.Rate != 10 {
-		t.Fatalf("policy config: %+v %v", pc, err)
-	}
-	repc, err := c.reputationConfig()
-	if err != nil || repc.Thresholds.BlockedEnter != 0.1 || repc.Thresholds.TrustedEnter != reputation.DefaultThresholds().TrustedEnter ||
-		repc.MinEvidence.Trusted != 3 || repc.MinEvidence.Blocked != reputation.DefaultMinEvidence().Blocked ||
-		repc.Effects[reputation.New].PuzzleBits != 12 || repc.Effects[reputation.Restricted].PuzzleBits != 18 || repc.Effects[reputation.Trusted].PuzzleBits != 0 {
-		t.Fatalf("reputation config: %+v %v", repc, err)
-	}
-	if c.Reputation.SweepInterval != DefaultSweepInterval || c.Puzzles.TTL != DefaultPuzzleTTL {
-		t.Fatalf("defaults: %+v %+v", c.Reputation, c.Puzzles)
-	}
-	// The example configuration's authorization sections decode and validate.
-	if _, _, err := LoadConfig(filepath.Join("..", "..", "configs", "agent.example.yaml")); err != nil {
-		t.Fatalf("configs/agent.example.yaml: %v", err)
-	}
-}
 
 // authzDaemon starts a daemon without transports with the given configuration; sent collects the
 // error_responses its dispatcher answers with.
@@ -154,7 +50,7 @@ func startAuthzDaemon(t *testing.T, body string) *authzDaemon {
 		_ = d.Shutdown(ctx)
 	})
 	ad := &authzDaemon{d: d, home: home, cfg: cfgPath}
-	d.authz.send = func(_ context.Context, peer string, typ envelope.MessageType, payload []byte) error {
+	d.authz.SetSender(func(_ context.Context, peer string, typ envelope.MessageType, payload []byte) error {
 		if typ != envelope.ErrorResponse {
 			return fmt.Errorf("unexpected %s", typ)
 		}
@@ -166,7 +62,7 @@ func startAuthzDaemon(t *testing.T, body string) *authzDaemon {
 		ad.sent = append(ad.sent, *em)
 		ad.mu.Unlock()
 		return nil
-	}
+	})
 	return ad
 }
 
@@ -241,98 +137,6 @@ func TestControlSocketRoles(t *testing.T) {
 	}
 }
 
-// TestHandshakeValidator checks the validator's order and every refusal code: puzzle, Blocked, grants
-// (malformed, wrong subject, bad issuer, expired; a valid one is stored), connection policy; a responder
-// is asked for neither puzzle nor grants; with enforce.grants false a bad grant is only audited.
-func TestHandshakeValidator(t *testing.T) {
-	ctx := context.Background()
-	admin := agenttest.NewIdentity(t, keystore.Ed25519)
-	other := agenttest.NewIdentity(t, keystore.Ed25519)
-	peer := agenttest.NewIdentity(t, keystore.Ed25519)
-	late := agenttest.NewIdentity(t, keystore.Ed25519)
-	notToday := strings.ToLower(time.Now().UTC().Add(48 * time.Hour).Weekday().String()[:3])
-	body := fmt.Sprintf("authorization: {admins: [%s]}\npolicy: {peers: {%s: {time_window: {days: [%s]}}}}\n", admin.ID(), late.ID(), notToday)
-	a := startAuthzDaemon(t, body)
-	z := a.d.authz
-	bind := []byte("both IDs and nonces")
-	solved := func(id identity.ID, grants []byte) *session.Peer {
-		p := &session.Peer{ID: id, Role: session.Initiator, Binding: bind, Grants: grants, RemoteAddr: "127.0.0.1:7000"}
-		var err error
-		if p.Puzzle, err = z.adm.Puzzle(ctx, id.String(), bind); err != nil || len(p.Puzzle) == 0 {
-			t.Fatalf("a New peer is asked no puzzle: %v", err)
-		}
-		if p.Solution, err = (puzzle.Solver{}).Solve(ctx, p.Puzzle, bind); err != nil {
-			t.Fatal(err)
-		}
-		return p
-	}
-	now := time.Now()
-	valid := grantFor(t, admin, peer.ID(), rbac.TaskSubmitter, now, time.Hour)
-	cases := []struct {
-		name string
-		p    *session.Peer
-		want string
-	}{
-		{"unsolved puzzle", &session.Peer{ID: peer.ID(), Role: session.Initiator, Binding: bind, Puzzle: mustPuzzle(t, z, peer.ID(), bind), Solution: []byte{1}}, RefusalBadPuzzle},
-		{"malformed grants", solved(peer.ID(), []byte("[{]")), RefusalMalformedGrants},
-		{"grant for another agent", solved(peer.ID(), rbac.EncodeGrants([]rbac.Grant{grantFor(t, admin, other.ID(), rbac.TaskSubmitter, now, time.Hour)})), RefusalGrantWrongSubject},
-		{"grant by a non-administrator", solved(peer.ID(), rbac.EncodeGrants([]rbac.Grant{grantFor(t, other, peer.ID(), rbac.TaskSubmitter, now, time.Hour)})), string(rbac.GrantBadIssuer)},
-		{"expired grant", solved(peer.ID(), rbac.EncodeGrants([]rbac.Grant{grantFor(t, admin, peer.ID(), rbac.TaskSubmitter, now.Add(-2*time.Hour), time.Hour)})), string(rbac.GrantExpired)},
-		{"outside the time window", solved(late.ID(), nil), string("outside_time_window")},
-		{"valid grant", solved(peer.ID(), rbac.EncodeGrants([]rbac.Grant{valid})), ""},
-		{"responder: no puzzle, grants ignored", &session.Peer{ID: other.ID(), Role: session.Responder, Grants: []byte("garbage")}, ""},
-	}
-	for _, c := range cases {
-		err := z.validate(ctx, c.p)
-		if got := refusalOf(err); got != c.want || (c.want == "" && err != nil) {
-			t.Fatalf("%s: refusal %q (%v), want %q", c.name, got, err, c.want)
-		}
-	}
-	if rs := z.roles(ctx, peer.ID()); len(rs) != 1 || rs[0] != rbac.TaskSubmitter {
-		t.Fatalf("roles after the valid grant: %v", rs)
-	}
-	if !a.audit(t, audit.GrantAccepted, func(e audit.Entry) bool { return e.Subject == peer.ID().String() && e.Details["grant"] == valid.ID }) {
-		t.Fatal("no grant.accepted record")
-	}
-	// Blocked is checked before the grants.
-	if err := a.d.rep.Block(ctx, peer.ID()); err != nil {
-		t.Fatal(err)
-	}
-	if p, _ := z.adm.Puzzle(ctx, peer.ID().String(), bind); p != nil {
-		t.Fatal("a Blocked peer is asked a puzzle (it is refused outright)")
-	}
-	blocked := &session.Peer{ID: peer.ID(), Role: session.Initiator, Binding: bind, Grants: []byte("[{]")}
-	if err := z.validate(ctx, blocked); refusalOf(err) != RefusalBlocked || !errors.Is(err, reputation.ErrBlocked) {
-		t.Fatalf("blocked peer: %v", err)
-	}
-	// Log-only grants: a bad grant is audited as a would-be denial, the handshake goes on.
-	writeConfig(t, a.cfg, "metrics: {disabled: true}\nauthorization: {admins: ["+admin.ID().String()+"], enforce: {grants: false}}\n")
-	if rr, err := a.d.Reload(ctx); err != nil || !strings.Contains(strings.Join(rr.Applied, ","), "authorization") {
-		t.Fatalf("reload: %+v %v", rr, err)
-	}
-	bad := grantFor(t, other, other.ID(), rbac.TaskSubmitter, now, time.Hour)
-	if err := z.validate(ctx, solved(other.ID(), rbac.EncodeGrants([]rbac.Grant{bad}))); err != nil {
-		t.Fatalf("log-only grants: %v", err)
-	}
-	if !a.audit(t, audit.AccessDenied, func(e audit.Entry) bool {
-		return e.Actor == other.ID().String() && e.Details["would_deny"] == true && e.Details["reason"] == "grant_bad_issuer" && e.Outcome == audit.OutcomeInfo
-	}) {
-		t.Fatal("no would-deny record for the bad grant")
-	}
-	if len(z.az.Grants(other.ID())) != 0 {
-		t.Fatal("a bad grant was stored in log-only mode")
-	}
-}
-
-func mustPuzzle(t *testing.T, z *authz, id identity.ID, bind []byte) []byte {
-	t.Helper()
-	p, err := z.adm.Puzzle(context.Background(), id.String(), bind)
-	if err != nil || len(p) == 0 {
-		t.Fatalf("puzzle: %v", err)
-	}
-	return p
-}
-
 var msgSeq int
 
 func message(typ envelope.MessageType, payload []byte) *session.Message {
@@ -366,11 +170,11 @@ handlers:
 	a := startAuthzDaemon(t, body)
 	z := a.d.authz
 	for _, p := range []*agenttest.Identity{sub, flood, quota} {
-		if err := z.az.AddGrant(ctx, grantFor(t, admin, p.ID(), rbac.TaskSubmitter, time.Now(), time.Hour)); err != nil {
+		if err := z.RBAC().AddGrant(ctx, grantFor(t, admin, p.ID(), rbac.TaskSubmitter, time.Now(), time.Hour)); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if err := z.az.AddGrant(ctx, grantFor(t, admin, giver.ID(), rbac.PeerNode, time.Now(), time.Hour)); err != nil {
+	if err := z.RBAC().AddGrant(ctx, grantFor(t, admin, giver.ID(), rbac.PeerNode, time.Now(), time.Hour)); err != nil {
 		t.Fatal(err)
 	}
 	from := func(p *agenttest.Identity) *session.Peer {
@@ -379,7 +183,7 @@ handlers:
 
 	// No grant: error_response no_grant naming the task, audit, metric.
 	id, req := requestFor("echo")
-	err := z.dispatch(ctx, from(noGrant), message(envelope.TaskRequest, req))
+	err := z.Dispatch(ctx, from(noGrant), message(envelope.TaskRequest, req))
 	if em, n := a.lastSent(); err == nil || n != 1 || em.TaskID != id || em.Code != "no_grant" || !strings.Contains(em.Message, "holds no role grant") {
 		t.Fatalf("no grant: %v; sent %+v", err, em)
 	}
@@ -389,7 +193,7 @@ handlers:
 		t.Fatal("no access.denied record")
 	}
 	// A heartbeat needs discover_peers: refused, but there is no task to answer about.
-	if err := z.dispatch(ctx, from(sub), message(envelope.Heartbeat, []byte("{}"))); err == nil || !strings.Contains(err.Error(), "permission_denied") {
+	if err := z.Dispatch(ctx, from(sub), message(envelope.Heartbeat, []byte("{}"))); err == nil || !strings.Contains(err.Error(), "permission_denied") {
 		t.Fatalf("heartbeat from a task_submitter: %v", err)
 	}
 	if _, n := a.lastSent(); n != 1 {
@@ -402,18 +206,18 @@ handlers:
 		t.Fatal(err)
 	}
 	bogus := (&tasks.ResultMessage{TaskID: o.TaskID, Evidence: []byte("e"), Delegation: []byte("d")}).Encode()
-	if err := z.dispatch(ctx, from(exec), message(envelope.TaskResult, bogus)); err == nil || strings.Contains(err.Error(), "refused") {
+	if err := z.Dispatch(ctx, from(exec), message(envelope.TaskResult, bogus)); err == nil || strings.Contains(err.Error(), "refused") {
 		t.Fatalf("an answer to this agent's own task was refused (or not checked by the engine): %v", err)
 	}
 	unsolicited := (&tasks.ResultMessage{TaskID: tasks.NewTaskID(), Evidence: []byte("e"), Delegation: []byte("d")}).Encode()
-	if err := z.dispatch(ctx, from(exec), message(envelope.TaskResult, unsolicited)); err == nil || !strings.Contains(err.Error(), "no_grant") {
+	if err := z.Dispatch(ctx, from(exec), message(envelope.TaskResult, unsolicited)); err == nil || !strings.Contains(err.Error(), "no_grant") {
 		t.Fatalf("unsolicited result: %v", err)
 	}
 	if em, n := a.lastSent(); n != 2 || em.Code != "no_grant" {
 		t.Fatalf("unsolicited result answered %+v (%d)", em, n)
 	}
 	// An error_response answering nothing is audited and never answered.
-	if err := z.dispatch(ctx, from(sub), message(envelope.ErrorResponse, (&tasks.ErrorMessage{TaskID: tasks.NewTaskID(), Code: "busy"}).Encode())); err != nil {
+	if err := z.Dispatch(ctx, from(sub), message(envelope.ErrorResponse, (&tasks.ErrorMessage{TaskID: tasks.NewTaskID(), Code: "busy"}).Encode())); err != nil {
 		t.Fatal(err)
 	}
 	if _, n := a.lastSent(); n != 2 || !a.audit(t, audit.AccessDenied, func(e audit.Entry) bool { return e.Details["reason"] == ReasonUncorrelated }) {
@@ -424,7 +228,7 @@ handlers:
 	limited := 0
 	for i := 0; i < 6; i++ {
 		_, req := requestFor("nosuchhandler") // the engine refuses these: no task runs
-		if err := z.dispatch(ctx, from(flood), message(envelope.TaskRequest, req)); err != nil && strings.Contains(err.Error(), "rate_limited") {
+		if err := z.Dispatch(ctx, from(flood), message(envelope.TaskRequest, req)); err != nil && strings.Contains(err.Error(), "rate_limited") {
 			limited++
 		}
 	}
@@ -435,28 +239,24 @@ handlers:
 		t.Fatalf("flood answer %+v", em)
 	}
 	_, req = requestFor("echo")
-	if err := z.dispatch(ctx, from(sub), message(envelope.TaskRequest, req)); err != nil && strings.Contains(err.Error(), "refused") {
+	if err := z.Dispatch(ctx, from(sub), message(envelope.TaskRequest, req)); err != nil && strings.Contains(err.Error(), "refused") {
 		t.Fatalf("the other submitter during the flood: %v", err)
 	}
 
 	// Quota: one running task at a time for this peer; the slot is freed when the task ends.
 	first, req1 := requestFor("slow")
-	_ = z.dispatch(ctx, from(quota), message(envelope.TaskRequest, req1))
+	_ = z.Dispatch(ctx, from(quota), message(envelope.TaskRequest, req1))
 	_, req2 := requestFor("slow")
-	if err := z.dispatch(ctx, from(quota), message(envelope.TaskRequest, req2)); err == nil || !strings.Contains(err.Error(), "quota_exceeded") {
+	if err := z.Dispatch(ctx, from(quota), message(envelope.TaskRequest, req2)); err == nil || !strings.Contains(err.Error(), "quota_exceeded") {
 		t.Fatalf("second concurrent task: %v", err)
 	}
 	// A retry of the running task is not a new task: it is not refused.
-	if err := z.dispatch(ctx, from(quota), message(envelope.TaskRequest, req1)); err != nil && strings.Contains(err.Error(), "refused") {
+	if err := z.Dispatch(ctx, from(quota), message(envelope.TaskRequest, req1)); err != nil && strings.Contains(err.Error(), "refused") {
 		t.Fatalf("retry of the running task: %v", err)
 	}
 	// The engine stores the task as done, then reports "finished", which frees the slot: wait for both.
 	deadline := time.Now().Add(10 * time.Second)
-	slotHeld := func() bool {
-		z.mu.Lock()
-		defer z.mu.Unlock()
-		return z.releases[quota.ID().String()+"\x00"+first] != nil
-	}
+	slotHeld := func() bool { return z.HoldsSlot(quota.ID().String(), first) }
 	for {
 		in, _ := a.d.taskStore.Inbound(quota.ID().String(), first)
 		if in != nil && in.State == tasks.InDone && !slotHeld() {
@@ -468,7 +268,7 @@ handlers:
 		time.Sleep(20 * time.Millisecond)
 	}
 	_, req3 := requestFor("slow")
-	if err := z.dispatch(ctx, from(quota), message(envelope.TaskRequest, req3)); err != nil && strings.Contains(err.Error(), "refused") {
+	if err := z.Dispatch(ctx, from(quota), message(envelope.TaskRequest, req3)); err != nil && strings.Contains(err.Error(), "refused") {
 		t.Fatalf("a task after the first ended: %v", err)
 	}
 
@@ -511,7 +311,7 @@ handlers:
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := z.dispatch(ctx, from(giver), message(envelope.Feedback, fake.Encode())); err == nil || !strings.Contains(err.Error(), "not confirmed") || !strings.Contains(err.Error(), c.want) {
+		if err := z.Dispatch(ctx, from(giver), message(envelope.Feedback, fake.Encode())); err == nil || !strings.Contains(err.Error(), "not confirmed") || !strings.Contains(err.Error(), c.want) {
 			t.Fatalf("fabricated feedback (%s): %v, want not confirmed ... %s", c.name, err, c.want)
 		}
 	}
@@ -524,10 +324,10 @@ handlers:
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := z.dispatch(ctx, from(sub), message(envelope.Feedback, f.Encode())); err == nil || !strings.Contains(err.Error(), "permission_denied") {
+	if err := z.Dispatch(ctx, from(sub), message(envelope.Feedback, f.Encode())); err == nil || !strings.Contains(err.Error(), "permission_denied") {
 		t.Fatalf("feedback from a task_submitter (no share_results): %v", err)
 	}
-	if err := z.dispatch(ctx, from(giver), message(envelope.Feedback, f.Encode())); err != nil {
+	if err := z.Dispatch(ctx, from(giver), message(envelope.Feedback, f.Encode())); err != nil {
 		t.Fatalf("feedback: %v", err)
 	}
 	var fb reputation.Factor
@@ -547,7 +347,7 @@ handlers:
 	}
 	for i := 0; i < 4; i++ {
 		_, req := requestFor("nosuchhandler")
-		if err := z.dispatch(ctx, from(flood), message(envelope.TaskRequest, req)); err != nil && strings.Contains(err.Error(), "rate_limited") {
+		if err := z.Dispatch(ctx, from(flood), message(envelope.TaskRequest, req)); err != nil && strings.Contains(err.Error(), "rate_limited") {
 			t.Fatalf("log-only: %v", err)
 		}
 	}
@@ -555,85 +355,6 @@ handlers:
 		return e.Actor == flood.ID().String() && e.Details["would_deny"] == true && e.Outcome == audit.OutcomeInfo
 	}) {
 		t.Fatal("no would-deny ratelimit.exceeded record")
-	}
-}
-
-// buildGeoDB writes a small MaxMind-format country database.
-func buildGeoDB(t *testing.T) string {
-	t.Helper()
-	w, err := mmdbwriter.New(mmdbwriter.Options{DatabaseType: "Custos-Test-Country", RecordSize: 24})
-	if err != nil {
-		t.Fatal(err)
-	}
-	for cidr, cc := range map[string]string{"81.56.0.0/16": "FR", "5.255.0.0/16": "RU"} {
-		_, n, err := net.ParseCIDR(cidr)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := w.Insert(n, mmdbtype.Map{"country": mmdbtype.Map{"iso_code": mmdbtype.String(cc)}}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	path := filepath.Join(t.TempDir(), "country.mmdb")
-	f, err := os.Create(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := w.WriteTo(f); err != nil {
-		t.Fatal(err)
-	}
-	if err := f.Close(); err != nil {
-		t.Fatal(err)
-	}
-	return path
-}
-
-// TestGeoRules: a peer from a denied country is refused at the handshake (geo_denied, from host:port and
-// from a libp2p multiaddr) and its messages are refused; one from an allowed country is not; in log-only
-// mode the handshake goes on and the would-be refusal is audited.
-func TestGeoRules(t *testing.T) {
-	ctx := context.Background()
-	db := buildGeoDB(t)
-	body := "authorization: {default_peer_roles: [task_submitter]}\npolicy: {geo: {database: " + db + ", deny: [RU]}}\n"
-	a := startAuthzDaemon(t, body)
-	z := a.d.authz
-	z.adm = nil // no puzzles here: this test is about addresses
-	p := agenttest.NewIdentity(t, keystore.Ed25519)
-	for addr, want := range map[string]string{"5.255.1.1:7000": "geo_denied", "/ip4/5.255.9.9/tcp/4001/p2p/x": "geo_denied", "81.56.1.1:7000": "", "127.0.0.1:7000": ""} {
-		err := z.validate(ctx, &session.Peer{ID: p.ID(), Role: session.Initiator, RemoteAddr: addr})
-		if refusalOf(err) != want || (want == "" && err != nil) {
-			t.Fatalf("%s: %v, want %q", addr, err, want)
-		}
-	}
-	_, req := requestFor("echo")
-	if err := z.dispatch(ctx, &session.Peer{ID: p.ID(), RemoteAddr: "5.255.1.1:7000"}, message(envelope.TaskRequest, req)); err == nil || !strings.Contains(err.Error(), "geo_denied") ||
-		!strings.Contains(err.Error(), "RU, which policy.geo.deny lists") {
-		t.Fatalf("message from a denied country: %v", err)
-	}
-	if em, _ := a.lastSent(); em.Code != "geo_denied" {
-		t.Fatalf("answer %+v", em)
-	}
-	writeConfig(t, a.cfg, "metrics: {disabled: true}\n"+strings.Replace(body, "authorization: {", "authorization: {enforce: {geo: false}, ", 1))
-	if _, err := a.d.Reload(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if err := z.validate(ctx, &session.Peer{ID: p.ID(), Role: session.Initiator, RemoteAddr: "5.255.1.1:7000"}); err != nil {
-		t.Fatalf("log-only geo: %v", err)
-	}
-	if !a.audit(t, audit.AccessDenied, func(e audit.Entry) bool {
-		return e.Subject == "handshake" && e.Details["reason"] == "geo_denied" && e.Details["country"] == "RU" && e.Details["would_deny"] == true
-	}) {
-		t.Fatal("no would-deny record for the handshake from RU")
-	}
-	// A new database path needs a restart: the running one stays.
-	if err := os.WriteFile(a.cfg, []byte("metrics: {disabled: true}\npolicy: {geo: {database: /nonexistent.mmdb, deny: [RU]}}\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := a.d.Reload(ctx); err != nil {
-		t.Fatalf("reload with another database path: %v", err)
-	}
-	if err := z.validate(ctx, &session.Peer{ID: p.ID(), Role: session.Initiator, RemoteAddr: "5.255.1.1:7000"}); refusalOf(err) != "geo_denied" {
-		t.Fatalf("after the reload: %v", err)
 	}
 }
 
@@ -661,7 +382,7 @@ func TestGrantAndBlockOps(t *testing.T) {
 	if !g.AdminHere || g.Warning != "" || g.Issuer != self || g.Expires.Sub(g.Issued) != time.Minute {
 		t.Fatalf("grant: %+v", g)
 	}
-	if rs := d.authz.roles(ctx, peer.ID()); len(rs) != 1 || rs[0] != rbac.PeerNode {
+	if rs := d.authz.Roles(ctx, peer.ID()); len(rs) != 1 || rs[0] != rbac.PeerNode {
 		t.Fatalf("the issued grant is not in force here: %v", rs)
 	}
 	if err := control.Call(ctx, sock, OpGrantIssue, GrantIssueArgs{Subject: peer.ID().String(), Role: "root"}, nil); control.CodeOf(err) != control.CodeBadRequest {
@@ -688,14 +409,14 @@ func TestGrantAndBlockOps(t *testing.T) {
 	if err := control.Call(ctx, sock, OpGrantInstall, GrantInstallArgs{Grant: string(good.Encode()) + "\n"}, &inst); err != nil || inst.Grant.ID != good.ID || len(inst.Presented) != 0 {
 		t.Fatalf("install: %+v %v", inst, err)
 	}
-	if gs, _ := rbac.DecodeGrants(d.authz.presentable()); len(gs) != 1 || gs[0].ID != good.ID {
+	if gs, _ := rbac.DecodeGrants(d.authz.Presentable()); len(gs) != 1 || gs[0].ID != good.ID {
 		t.Fatalf("presented grants: %v", gs)
 	}
 	var gl GrantsList
 	if err := control.Call(ctx, sock, OpGrantsList, nil, &gl); err != nil || len(gl.Held) != 1 || gl.Held[0].State != "valid" {
 		t.Fatalf("grants list: %+v %v", gl, err)
 	}
-	if err := control.Call(ctx, sock, OpGrantRemove, GrantRemoveArgs{GrantID: good.ID}, nil); err != nil || d.authz.presentable() != nil {
+	if err := control.Call(ctx, sock, OpGrantRemove, GrantRemoveArgs{GrantID: good.ID}, nil); err != nil || d.authz.Presentable() != nil {
 		t.Fatalf("remove: %v", err)
 	}
 	if err := control.Call(ctx, sock, OpGrantRemove, GrantRemoveArgs{GrantID: good.ID}, nil); control.CodeOf(err) != control.CodeNotFound {
@@ -707,7 +428,7 @@ func TestGrantAndBlockOps(t *testing.T) {
 	if err := control.Call(ctx, sock, OpRevoke, RevokeArgs{GrantID: g.ID}, &rr); err != nil || !rr.AppliedHere {
 		t.Fatalf("revoke: %+v %v", rr, err)
 	}
-	if err := d.authz.az.Authorize(ctx, peer.ID(), rbac.ProcessTasks); rbac.ReasonOf(err) != rbac.GrantRevoked {
+	if err := d.authz.RBAC().Authorize(ctx, peer.ID(), rbac.ProcessTasks); rbac.ReasonOf(err) != rbac.GrantRevoked {
 		t.Fatalf("after the revocation: %v", err)
 	}
 
@@ -716,7 +437,7 @@ func TestGrantAndBlockOps(t *testing.T) {
 	if err := control.Call(ctx, sock, OpPeersBlock, PeerArgs{ID: peer.ID().String()}, &r); err != nil || r.Level != reputation.Blocked || !r.Manual {
 		t.Fatalf("block: %+v %v", r, err)
 	}
-	if err := d.authz.validate(ctx, &session.Peer{ID: peer.ID(), Role: session.Responder}); refusalOf(err) != RefusalBlocked {
+	if err := d.authz.Validate(ctx, &session.Peer{ID: peer.ID(), Role: session.Responder}); refusalOf(err) != RefusalBlocked {
 		t.Fatalf("a blocked peer we dial: %v", err)
 	}
 	var ps []PeerStatus

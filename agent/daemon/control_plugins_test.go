@@ -65,7 +65,7 @@ func TestControlRefusesPluginProcesses(t *testing.T) {
 	// make the identity key sign or change trust: the refusal must come before it.
 	for _, op := range []string{OpGrantIssue, OpStakeSet, OpRevoke, OpIdentityReload} {
 		spec, _ := api.Lookup(op)
-		if err := d.authz.authorizeLocal(ctx, plug, op, spec.Permission); err != nil {
+		if err := d.authz.AuthorizeOp(ctx, plug, op, spec.Permission); err != nil {
 			t.Logf("the local authorizer already refuses %s for the plugin's uid: %v", op, err)
 		}
 	}

@@ -6,8 +6,9 @@
 // over the sessions, and serves the local control socket (agent/control) with the handlers of the
 // control API (agent/api: its table gives each operation's permission) that the other agentctl commands use. Shutdown drains; Reload re-reads the configuration and the identity.
 //
-// Authorization and trust (RBAC, resource policy, reputation, puzzles, grants, replicated tasks) are wired
-// in by authz*.go (docs/authorization.md §7, ADR 0023); Options.Validator, Options.AdmitTask and
+// Authorization and trust (RBAC, resource policy, reputation, puzzles, grants) are agent/authz, built over
+// the daemon's stores in authz.go; replicated tasks run through consensus.Replicator (authz_replicate.go;
+// docs/authorization.md §7, ADR 0023, ADR 0065); Options.Validator, Options.AdmitTask and
 // Options.AuthorizeLocal are further hooks that run after them.
 package daemon
 
@@ -30,6 +31,9 @@ import (
 	bolterrors "go.etcd.io/bbolt/errors"
 
 	"github.com/custos-agent/custos/agent/api"
+	"github.com/custos-agent/custos/agent/authz"
+	"github.com/custos-agent/custos/agent/config"
+	"github.com/custos-agent/custos/agent/consensus"
 	"github.com/custos-agent/custos/agent/control"
 	"github.com/custos-agent/custos/agent/custody"
 	"github.com/custos-agent/custos/agent/delegation"
@@ -115,7 +119,9 @@ type Daemon struct {
 	dm         *delegation.Manager
 	replay     *replay.Cache
 	engine     *tasks.Engine
-	authz      *authz // authorization and trust (authz.go)
+	authz      *authz.Authz // authorization and trust (agent/authz; wired in authz.go)
+	evidence   *consensus.EvidenceStore
+	replicator *consensus.Replicator // replicated tasks (authz_replicate.go)
 	authority  *Authority
 	transports map[string]*transportState
 	mgr        *manager
@@ -187,13 +193,13 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 	if d.taskStore, err = tasks.NewStore(d.db); err != nil {
 		return nil, err
 	}
-	repCfg, err := cfg.reputationConfig() // authz_config.go: the reputation and puzzles sections
+	repCfg, err := cfg.ReputationSettings() // agent/config: the reputation and puzzles sections
 	if err != nil {
 		return nil, fmt.Errorf("%w: reputation: %v", ErrConfig, err)
 	}
 	d.rep, err = reputation.NewStore(ctx, d.db, repCfg, reputation.Options{
 		Resolve:   d.currentKeyOf,
-		CheckTask: d.feedbackTask, // authz.go
+		CheckTask: authz.FeedbackTask(d.peers), // agent/authz
 		OnChange:  d.trustChanged,
 		Logger:    d.log.With("part", "reputation"),
 	})
@@ -237,19 +243,20 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 		_ = d.dm.Run(dctx)
 	}()
 	d.replay = replay.New(replay.Config{Window: cfg.Session.ReplayWindow})
-	// Authorization and trust (authz.go): RBAC, resource policy, puzzles, grants, consensus evidence.
+	// Authorization and trust (agent/authz, wired in authz.go): RBAC, resource policy, puzzles, grants, consensus evidence.
 	if d.authz, err = newAuthz(ctx, d, cfg); err != nil {
 		return nil, err
 	}
+	d.replicator = &consensus.Replicator{Rep: d.rep, Evidence: d.evidence, Peers: replicaPeers{d}, Runner: replicaRunner{d}}
 	d.wg.Add(1)
 	go func() {
 		defer d.wg.Done()
-		d.authz.sweep(dctx, cfg.Reputation.SweepInterval)
+		d.authz.Sweep(dctx, cfg.Reputation.SweepInterval)
 	}()
 
 	d.mgr = newManager(d, cfg.Limits.MaxInboundHandshakes)
 	d.engine, err = tasks.New(tasks.Config{
-		LocalID: d.id.String(), Store: d.taskStore, Handlers: cfg.registry(d.workRoot()), Keys: d.dm, Peers: d.peers,
+		LocalID: d.id.String(), Store: d.taskStore, Handlers: cfg.Registry(d.workRoot()), Keys: d.dm, Peers: d.peers,
 		Sender: d.mgr, Admit: opts.AdmitTask, MaxConcurrent: cfg.Limits.MaxConcurrentTasks, MaxQueued: cfg.Limits.MaxQueuedTasks,
 		RetryInterval: cfg.Tasks.RetryInterval, Retention: cfg.Tasks.ResultRetention,
 		MaxUnacknowledged: cfg.Limits.MaxUnacknowledgedTasks, InboundRetention: cfg.Tasks.UnacknowledgedRetention,
@@ -281,7 +288,7 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 		return nil, err
 	}
 	d.ctl, err = control.Listen(control.Config{
-		Path: filepath.Join(d.home, ControlFile), Ops: ops, Authorize: d.authz.authorizeLocal, // authz.go (then opts.AuthorizeLocal)
+		Path: filepath.Join(d.home, ControlFile), Ops: ops, Authorize: d.authz.AuthorizeOp, // agent/authz (then opts.AuthorizeLocal)
 		// The control socket serves people, not plugins: transport plugin processes and their descendants
 		// are refused before their request is read (threat model, section 2).
 		RefuseCaller: control.RefusePluginProcesses(d.pluginPIDs),
@@ -492,8 +499,8 @@ func (d *Daemon) sessionConfig(transport, remote, pinned string) *session.Config
 			if pinned != "" && p.ID.String() != pinned {
 				return fmt.Errorf("the transport binding named %s but the handshake authenticated %s", pinned, p.ID)
 			}
-			// Puzzle, trust level (Blocked refused), grants, connection policy: authz.go.
-			if err := d.authz.validate(ctx, early.strip(p)); err != nil {
+			// Puzzle, trust level (Blocked refused), grants, connection policy: agent/authz.
+			if err := d.authz.Validate(ctx, early.strip(p)); err != nil {
 				return err
 			}
 			if d.opts.Validator != nil {
@@ -504,8 +511,8 @@ func (d *Daemon) sessionConfig(transport, remote, pinned string) *session.Config
 		// Before the initiator's log, delegation and signature are verified: its puzzle and Blocked.
 		Admit:   session.ValidatorFunc(func(_ context.Context, p *session.Peer) error { return d.admitEarly(p, &early) }),
 		OnEvent: func(ev session.Event) { d.sessionEvent(transport, remote, ev) },
-		// Admission puzzles asked of initiators, solved when asked; the grants this agent holds (authz.go).
-		Puzzler: d.authz.puzzler(), Solver: puzzle.Solver{}, Grants: d.authz.presentable(),
+		// Admission puzzles asked of initiators, solved when asked; the grants this agent holds (agent/authz).
+		Puzzler: d.authz.Puzzler(), Solver: puzzle.Solver{}, Grants: d.authz.Presentable(),
 	}
 }
 
@@ -578,7 +585,7 @@ func (d *Daemon) teardown(ctx context.Context) error {
 		}
 	}
 	if d.authz != nil {
-		d.authz.close()
+		d.authz.Close()
 	}
 	if d.db != nil {
 		if err := d.db.Close(); err != nil {
@@ -602,7 +609,7 @@ func (d *Daemon) Reload(ctx context.Context) (*ReloadResult, error) {
 	d.mu.Lock()
 	old, oldDigest := d.cfg, d.digest
 	d.mu.Unlock()
-	res := &ReloadResult{Digest: digest, PreviousDigest: oldDigest, Changed: Diff(old, cfg)}
+	res := &ReloadResult{Digest: digest, PreviousDigest: oldDigest, Changed: config.Diff(old, cfg)}
 	for _, c := range res.Changed {
 		switch {
 		case strings.HasPrefix(c, "handlers."):
@@ -613,12 +620,12 @@ func (d *Daemon) Reload(ctx context.Context) (*ReloadResult, error) {
 			res.NeedRestart = append(res.NeedRestart, c)
 		}
 	}
-	if err := d.authz.reload(cfg); err != nil { // authz.go: authorization and policy apply at once
+	if err := d.authz.Reload(cfg); err != nil { // agent/authz: authorization and policy apply at once
 		d.record(audit.ConfigChanged, "operator", d.opts.ConfigPath, audit.OutcomeFailure, map[string]any{"digest": digest, "error": err.Error()})
 		d.log.Error("configuration reload refused; the running configuration is unchanged", "err", err)
 		return nil, err
 	}
-	if err := d.engine.SetHandlers(cfg.registry(d.workRoot())); err != nil {
+	if err := d.engine.SetHandlers(cfg.Registry(d.workRoot())); err != nil {
 		return nil, err
 	}
 	d.mu.Lock()

@@ -120,7 +120,7 @@ func (o observer) PeerRefused(transport, remote string, err error) {
 // taskEvent records the task protocol's events.
 func (d *Daemon) taskEvent(ev tasks.Event) {
 	if d.authz != nil {
-		d.authz.taskEvent(ev) // frees the requester's task slot when a task ends
+		d.authz.TaskEvent(ev) // frees the requester's task slot when a task ends
 	}
 	var typ audit.EventType
 	outcome := audit.OutcomeSuccess
@@ -160,7 +160,7 @@ func (d *Daemon) taskEvent(ev tasks.Event) {
 // time of a completed task. The results of a replicated task are left to its vote (authz_replicate.go).
 func (d *Daemon) observeResult(ev tasks.Event) {
 	id, err := parseID(ev.Peer)
-	if err != nil || (d.authz != nil && d.authz.isReplicated(ev.TaskID)) {
+	if err != nil || (d.replicator != nil && d.replicator.IsReplicated(ev.TaskID)) {
 		return
 	}
 	obs := reputation.Observation{Peer: id, Kind: reputation.Completed}

@@ -120,7 +120,7 @@ func (d *Daemon) opPeersList(ctx context.Context, _ rbac.Cred, raw json.RawMessa
 		if pid, err := identity.ParseID(id); err == nil {
 			r := d.rep.Report(pid)
 			p.Trust, p.Score = string(r.Level), r.Score
-			d.authz.describePeer(ctx, pid, &p, r)
+			d.describePeer(ctx, pid, &p, r)
 		}
 		if t, ok := targets[id]; ok {
 			p.Target = &t

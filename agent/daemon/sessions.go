@@ -212,7 +212,7 @@ func (m *manager) receive(ctx context.Context, ps *peerSession) {
 		}
 		m.d.metrics.Message(ps.transport, metrics.DirectionIn, len(msg.Payload))
 		// authz.go: RBAC, resource policy, task quota and feedback, then the task engine.
-		if err := m.d.authz.dispatch(ctx, ps.s.Peer(), msg); err != nil {
+		if err := m.d.authz.Dispatch(ctx, ps.s.Peer(), msg); err != nil {
 			m.d.log.Info("message not handled", "peer", ps.peer, "type", msg.Envelope.Header.MessageType, "err", err)
 		}
 	}
@@ -430,15 +430,15 @@ func (m *manager) reauthenticateAll() int {
 // refused whoever makes it). authz.validate checks both again, with the verified peer. Issue 12 item 3.
 func (d *Daemon) admitEarly(p *session.Peer, early *earlyAdmission) error {
 	z := d.authz
-	if p.Role == session.Initiator && z.adm != nil {
-		if err := z.adm.Verify(p.Puzzle, p.Binding, p.Solution); err != nil {
-			z.countDenial(RefusalBadPuzzle, true)
+	if p.Role == session.Initiator && z.Admission() != nil {
+		if err := z.Admission().Verify(p.Puzzle, p.Binding, p.Solution); err != nil {
+			z.CountDenial(RefusalBadPuzzle, true)
 			return refuse(RefusalBadPuzzle, fmt.Errorf("admission puzzle: %w", err))
 		}
 		early.set(p)
 	}
 	if err := d.rep.Admit(p.ID); err != nil {
-		z.countDenial(RefusalBlocked, true)
+		z.CountDenial(RefusalBlocked, true)
 		return refuse(RefusalBlocked, err)
 	}
 	return nil

@@ -1,4 +1,7 @@
-package daemon
+// Package config holds the agent daemon's configuration: the YAML schema (configs/agent.example.yaml
+// documents every field), its strict decoding, defaults and validation, and the translation of the
+// authorization sections into the rbac, policy and reputation configurations.
+package config
 
 import (
 	"bytes"
@@ -52,7 +55,7 @@ type Config struct {
 	Audit      AuditConfig              `yaml:"audit"`
 	Log        LogConfig                `yaml:"log"`
 	// Authorization, Policy, Reputation and Puzzles: who may do what, resource limits, trust, admission
-	// puzzles (authz_config.go; docs/authorization.md).
+	// puzzles (authz.go; docs/authorization.md).
 	Authorization AuthorizationConfig `yaml:"authorization"`
 	Policy        policy.Config       `yaml:"policy"`
 	Reputation    ReputationConfig    `yaml:"reputation"`
@@ -259,7 +262,7 @@ func (c *Config) applyDefaults() {
 	if c.Log.Level == "" {
 		c.Log.Level = "info"
 	}
-	c.applyAuthzDefaults() // authz_config.go
+	c.applyAuthzDefaults() // authz.go
 }
 
 var hexDigest = regexp.MustCompile(`^[0-9a-f]{64}$`)
@@ -380,7 +383,7 @@ func (c *Config) Validate() error {
 	if err := lv.UnmarshalText([]byte(c.Log.Level)); err != nil {
 		return bad("log.level", "%q: want debug, info, warn or error", c.Log.Level)
 	}
-	return c.validateAuthz() // authz_config.go
+	return c.validateAuthz() // authz.go
 }
 
 // InferTransport names the transport an address belongs to: wss:// URLs are ws, multiaddrs (starting
@@ -440,8 +443,8 @@ func diffMap[V any](prefix string, a, b map[string]V) []string {
 	return out
 }
 
-// registry builds the task handlers of the configuration.
-func (c *Config) registry(workRoot string) tasks.Registry {
+// Registry builds the task handlers of the configuration.
+func (c *Config) Registry(workRoot string) tasks.Registry {
 	r := tasks.Registry{}
 	for n, h := range c.Handlers {
 		switch {

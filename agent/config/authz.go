@@ -1,4 +1,4 @@
-package daemon
+package config
 
 import (
 	"fmt"
@@ -52,7 +52,8 @@ type EnforceConfig struct {
 	Geo        *bool `yaml:"geo"`         // country allow/deny lists
 }
 
-func enforced(b *bool) bool { return b == nil || *b }
+// Enforced reads one authorization.enforce switch: absent means enforced.
+func Enforced(b *bool) bool { return b == nil || *b }
 
 // ReputationConfig is the "reputation:" section (docs/adr/0012). Zero or absent values are the defaults.
 type ReputationConfig struct {
@@ -143,7 +144,7 @@ func (c *Config) validateAuthz() error {
 	if _, err := c.rolesTable(); err != nil {
 		return bad("authorization.roles_file", "%v", err)
 	}
-	if _, err := parseRoles(a.DefaultPeerRoles); err != nil {
+	if _, err := ParseRoles(a.DefaultPeerRoles); err != nil {
 		return bad("authorization.default_peer_roles", "%v", err)
 	}
 	if a.Local != nil {
@@ -171,11 +172,11 @@ func (c *Config) validateAuthz() error {
 	if g := c.Policy.Geo.Database; g != "" && (!filepath.IsAbs(g) || filepath.Clean(g) != g) {
 		return bad("policy.geo.database", "%q must be a clean absolute path", g)
 	}
-	if _, err := c.policyConfig(); err != nil {
+	if _, err := c.PolicyConfig(); err != nil {
 		return fmt.Errorf("%w: %v", ErrConfig, err)
 	}
 
-	if _, err := c.reputationConfig(); err != nil {
+	if _, err := c.ReputationSettings(); err != nil {
 		return bad("reputation", "%v", err)
 	}
 	r := c.Reputation
@@ -229,7 +230,8 @@ func (c *Config) rolesTable() (*rbac.Roles, error) {
 	return rs, nil
 }
 
-func parseRoles(ss []string) ([]rbac.Role, error) {
+// ParseRoles parses role names (authorization.default_peer_roles).
+func ParseRoles(ss []string) ([]rbac.Role, error) {
 	var out []rbac.Role
 	for _, s := range ss {
 		r, err := rbac.ParseRole(s)
@@ -241,9 +243,9 @@ func parseRoles(ss []string) ([]rbac.Role, error) {
 	return out, nil
 }
 
-// rbacConfig is the rbac.Config of the configuration. selfUID is the daemon's uid: without an
+// RBACConfig is the rbac.Config of the configuration. selfUID is the daemon's uid: without an
 // authorization.local section, it and root hold every role.
-func (c *Config) rbacConfig(selfUID uint32) (rbac.Config, error) {
+func (c *Config) RBACConfig(selfUID uint32) (rbac.Config, error) {
 	roles, err := c.rolesTable()
 	if err != nil {
 		return rbac.Config{}, err
@@ -264,13 +266,13 @@ func (c *Config) rbacConfig(selfUID uint32) (rbac.Config, error) {
 	return out, nil
 }
 
-// policyConfig is the policy.Config in force: the policy section with the log-only switches of
+// PolicyConfig is the policy.Config in force: the policy section with the log-only switches of
 // authorization.enforce. It is checked by building a policy (without the geo database, which is opened at
 // start).
-func (c *Config) policyConfig() (policy.Config, error) {
+func (c *Config) PolicyConfig() (policy.Config, error) {
 	pc := c.Policy
 	e := c.Authorization.Enforce
-	pc.LogOnly = policy.LogOnly{Rate: !enforced(e.Rate), Quota: !enforced(e.Quota), TimeWindow: !enforced(e.TimeWindow), Geo: !enforced(e.Geo)}
+	pc.LogOnly = policy.LogOnly{Rate: !Enforced(e.Rate), Quota: !Enforced(e.Quota), TimeWindow: !Enforced(e.TimeWindow), Geo: !Enforced(e.Geo)}
 	check := pc
 	check.Geo = policy.GeoConfig{} // the country codes are checked below; the database is opened at start
 	if _, err := policy.New(check, policy.Options{}); err != nil {
@@ -292,9 +294,9 @@ func (c *Config) policyConfig() (policy.Config, error) {
 	return pc, nil
 }
 
-// reputationConfig is the reputation.Config of the configuration, with the puzzle difficulties of the
+// ReputationSettings is the reputation.Config of the configuration, with the puzzle difficulties of the
 // puzzles section in the level effects.
-func (c *Config) reputationConfig() (reputation.Config, error) {
+func (c *Config) ReputationSettings() (reputation.Config, error) {
 	r := c.Reputation
 	out := reputation.Config{HalfLife: r.HalfLife, ErrorPenalty: r.ErrorPenalty, TargetResponse: r.TargetResponse,
 		Thresholds: reputation.DefaultThresholds(), MinEvidence: reputation.DefaultMinEvidence(), Effects: reputation.DefaultEffects()}
