@@ -342,31 +342,9 @@ func (s *Store) CountInbound(requester string) (int, error) {
 func (s *Store) PruneInbound(cutoff time.Time) (int, error) {
 	n := 0
 	err := s.update(func(tx *bbolt.Tx) error {
-		b := tx.Bucket(bucketIn)
-		var del [][]byte
-		err := b.ForEach(func(k, _ []byte) error {
-			r, err := get[Inbound](b, k)
-			if err != nil {
-				return err
-			}
-			if r.State == InDone && r.Finished.Before(cutoff) {
-				del = append(del, append([]byte(nil), k...))
-			}
-			return nil
-		})
-		if err != nil {
-			return err
-		}
-		for _, k := range del {
-			if err := b.Delete(k); err != nil {
-				return err
-			}
-			if err := tx.Bucket(bucketInInput).Delete(k); err != nil {
-				return err
-			}
-		}
-		n = len(del)
-		return nil
+		var err error
+		n, err = pruneWhere(tx, bucketIn, bucketInInput, func(r *Inbound) bool { return r.State == InDone && r.Finished.Before(cutoff) })
+		return err
 	})
 	return n, err
 }
@@ -437,31 +415,38 @@ func (s *Store) ListOutbound() ([]*Outbound, error) {
 func (s *Store) PruneOutbound(cutoff time.Time) (int, error) {
 	n := 0
 	err := s.db.Update(func(tx *bbolt.Tx) error {
-		b := tx.Bucket(bucketOut)
-		var del [][]byte
-		err := b.ForEach(func(k, _ []byte) error {
-			r, err := get[Outbound](b, k)
-			if err != nil {
-				return err
-			}
-			if Final(r.State) && !r.Fetched.IsZero() && r.Fetched.Before(cutoff) {
-				del = append(del, append([]byte(nil), k...))
-			}
-			return nil
-		})
+		var err error
+		n, err = pruneWhere(tx, bucketOut, bucketOutInput, func(r *Outbound) bool { return Final(r.State) && !r.Fetched.IsZero() && r.Fetched.Before(cutoff) })
+		return err
+	})
+	return n, err
+}
+
+// pruneWhere deletes, in one transaction, every record of the records bucket for which expired holds, and its
+// input from the inputs bucket; it returns how many.
+func pruneWhere[T any](tx *bbolt.Tx, records, inputs []byte, expired func(*T) bool) (int, error) {
+	b := tx.Bucket(records)
+	var del [][]byte
+	err := b.ForEach(func(k, _ []byte) error {
+		r, err := get[T](b, k)
 		if err != nil {
 			return err
 		}
-		for _, k := range del {
-			if err := b.Delete(k); err != nil {
-				return err
-			}
-			if err := tx.Bucket(bucketOutInput).Delete(k); err != nil {
-				return err
-			}
+		if expired(r) {
+			del = append(del, append([]byte(nil), k...))
 		}
-		n = len(del)
 		return nil
 	})
-	return n, err
+	if err != nil {
+		return 0, err
+	}
+	for _, k := range del {
+		if err := b.Delete(k); err != nil {
+			return 0, err
+		}
+		if err := tx.Bucket(inputs).Delete(k); err != nil {
+			return 0, err
+		}
+	}
+	return len(del), nil
 }
