@@ -17,16 +17,8 @@ import (
 // replaced the newer one silently (the install succeeded).
 func TestStakeTableRollback(t *testing.T) {
 	ctx := context.Background()
-	home, cust := testHome(t)
+	d, home, cust, sock := startOwnAdmin(t)
 	self := cust.ID().String()
-	cfgPath := filepath.Join(home, "agent.yaml")
-	cfg, digest := writeConfig(t, cfgPath, "metrics: {disabled: true}\nauthorization: {admins: ["+self+"]}\n")
-	d, err := Start(ctx, Options{Home: home, Config: cfg, ConfigDigest: digest, ConfigPath: cfgPath, Custody: cust, Logger: quietLogger()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer d.Shutdown(ctx)
-	sock := filepath.Join(home, ControlFile)
 	signer, err := cust.Signer(ctx)
 	if err != nil {
 		t.Fatal(err)

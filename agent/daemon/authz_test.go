@@ -363,16 +363,9 @@ handlers:
 // one), blocking and unblocking a peer, and the peers list with the reputation factors and roles.
 func TestGrantAndBlockOps(t *testing.T) {
 	ctx := context.Background()
-	home, cust := testHome(t)
+	d, home, cust, sock := startOwnAdmin(t)
+	var err error
 	self := cust.ID().String()
-	cfgPath := filepath.Join(home, "agent.yaml")
-	cfg, digest := writeConfig(t, cfgPath, "metrics: {disabled: true}\nauthorization: {admins: ["+self+"]}\n")
-	d, err := Start(ctx, Options{Home: home, Config: cfg, ConfigDigest: digest, ConfigPath: cfgPath, Custody: cust, Logger: quietLogger()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer d.Shutdown(ctx)
-	sock := filepath.Join(home, ControlFile)
 	peer := agenttest.NewIdentity(t, keystore.Ed25519)
 
 	var g GrantIssueResult

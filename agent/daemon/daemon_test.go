@@ -253,3 +253,19 @@ func TestStartRefusesPluginWithoutRequiredSandbox(t *testing.T) {
 		t.Fatalf("err %v, want the missing landlock named", err)
 	}
 }
+
+// startOwnAdmin starts a daemon (metrics off) that is its own administrator, shut down when the test ends,
+// and returns it with its home, custody and control socket path.
+func startOwnAdmin(t *testing.T) (*Daemon, string, *custody.Custody, string) {
+	t.Helper()
+	ctx := context.Background()
+	home, cust := testHome(t)
+	cfgPath := filepath.Join(home, "agent.yaml")
+	cfg, digest := writeConfig(t, cfgPath, "metrics: {disabled: true}\nauthorization: {admins: ["+cust.ID().String()+"]}\n")
+	d, err := Start(ctx, Options{Home: home, Config: cfg, ConfigDigest: digest, ConfigPath: cfgPath, Custody: cust, Logger: quietLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { d.Shutdown(ctx) })
+	return d, home, cust, filepath.Join(home, ControlFile)
+}

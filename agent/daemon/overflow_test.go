@@ -2,7 +2,6 @@ package daemon
 
 import (
 	"context"
-	"path/filepath"
 	"strings"
 	"testing"
 
@@ -17,16 +16,7 @@ import (
 // wrapped to a 60 s grant (issue 12 item 2); 18446744073710 ms wrapped to a 0.45 ms wait.
 func TestDurationArgsDoNotWrap(t *testing.T) {
 	ctx := context.Background()
-	home, cust := testHome(t)
-	self := cust.ID().String()
-	cfgPath := filepath.Join(home, "agent.yaml")
-	cfg, digest := writeConfig(t, cfgPath, "metrics: {disabled: true}\nauthorization: {admins: ["+self+"]}\n")
-	d, err := Start(ctx, Options{Home: home, Config: cfg, ConfigDigest: digest, ConfigPath: cfgPath, Custody: cust, Logger: quietLogger()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer d.Shutdown(ctx)
-	sock := filepath.Join(home, ControlFile)
+	_, _, _, sock := startOwnAdmin(t)
 	peer := agenttest.NewIdentity(t, keystore.Ed25519).ID().String()
 	const wrapSeconds = 18446744074 + 60
 	const wrapMillis = 18446744073710
