@@ -183,16 +183,22 @@ func New(t testing.TB) Token {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	proc.mu.Lock()
-	before := countEntries(t, proc.tokens)
+	before := entryNames(t, proc.tokens)
 	serial, err := pkcs11.InitToken(ctx, proc.module, label, so, user)
-	after := countEntries(t, proc.tokens)
+	after := entryNames(t, proc.tokens)
 	proc.mu.Unlock()
 	if err != nil {
 		t.Fatalf("softhsmtest: initialise token %q: %v", label, err)
 	}
 	tok.Serial = serial
-	t.Cleanup(func() { deleteToken(t, tok) })
-	if after != before+1 {
+	tokenDir := ""
+	for name := range after {
+		if !before[name] {
+			tokenDir = filepath.Join(proc.tokens, name)
+		}
+	}
+	t.Cleanup(func() { deleteToken(t, tok, tokenDir) })
+	if len(after) != len(before)+1 || tokenDir == "" {
 		t.Fatalf("softhsmtest: token %q did not appear in %s: the SoftHSM module was initialised in this process before softhsmtest set SOFTHSM2_CONF (call softhsmtest before opening any PKCS#11 keystore, and do not set SOFTHSM2_CONF in tests)",
 			label, proc.tokens)
 	}
@@ -204,20 +210,38 @@ func New(t testing.TB) Token {
 	return tok
 }
 
-func deleteToken(t testing.TB, tok Token) {
+// deleteToken deletes the token with softhsm2-util. Another test's process that initialises the
+// SoftHSM module at the same moment opens every token of the directory and creates a token.lock file in
+// each, so the tool's final rmdir can find the directory not empty (seen in CI); the token's objects are
+// gone by then, and what is left is removed here.
+func deleteToken(t testing.TB, tok Token, dir string) {
 	cmd := exec.Command(proc.util, "--delete-token", "--serial", tok.Serial)
 	cmd.Env = append(os.Environ(), "SOFTHSM2_CONF="+proc.conf)
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Errorf("softhsmtest: delete token %q (serial %s): %v: %s", tok.Label, tok.Serial, err, out)
+	out, err := cmd.CombinedOutput()
+	if err == nil {
+		return
 	}
+	for i := 0; i < 5 && dir != ""; i++ {
+		if rmErr := os.RemoveAll(dir); rmErr == nil {
+			if _, statErr := os.Stat(dir); errors.Is(statErr, os.ErrNotExist) {
+				return
+			}
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Errorf("softhsmtest: delete token %q (serial %s): %v: %s", tok.Label, tok.Serial, err, out)
 }
 
-func countEntries(t testing.TB, dir string) int {
+func entryNames(t testing.TB, dir string) map[string]bool {
 	entries, err := os.ReadDir(dir)
 	if err != nil {
 		t.Fatalf("softhsmtest: read token directory: %v", err)
 	}
-	return len(entries)
+	names := make(map[string]bool, len(entries))
+	for _, e := range entries {
+		names[e.Name()] = true
+	}
+	return names
 }
 
 func randomHex(t testing.TB, n int) string {
