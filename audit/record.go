@@ -17,8 +17,8 @@ import (
 	"time"
 	"unicode/utf8"
 
-	"github.com/custos-agent/custos/agent/signature"
 	"github.com/custos-agent/custos/internal/strictjson"
+	"github.com/custos-agent/custos/signature"
 )
 
 // RecordVersion is the only version of the record format. Version 2 (this one) signs, in every

@@ -12,7 +12,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/custos-agent/custos/agent/identity"
+	"github.com/custos-agent/custos/identity"
 	"github.com/custos-agent/custos/keystore"
 )
 

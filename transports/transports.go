@@ -14,7 +14,7 @@ import (
 	"io"
 	"unicode/utf8"
 
-	"github.com/custos-agent/custos/agent/signature"
+	"github.com/custos-agent/custos/signature"
 )
 
 // Limits of what crosses the plugin boundary and the network.

@@ -18,13 +18,13 @@ import (
 	"github.com/custos-agent/custos/agent/config"
 	"github.com/custos-agent/custos/agent/consensus"
 	"github.com/custos-agent/custos/agent/envelope"
-	"github.com/custos-agent/custos/agent/identity"
 	"github.com/custos-agent/custos/agent/policy"
 	"github.com/custos-agent/custos/agent/puzzle"
 	"github.com/custos-agent/custos/agent/rbac"
 	"github.com/custos-agent/custos/agent/reputation"
 	"github.com/custos-agent/custos/agent/tasks"
 	"github.com/custos-agent/custos/audit"
+	"github.com/custos-agent/custos/identity"
 )
 
 // Self is this agent's own identity: its ID, the state of its key event log and the log itself.

@@ -15,13 +15,13 @@ import (
 	"github.com/maxmind/mmdbwriter/mmdbtype"
 
 	"github.com/custos-agent/custos/agent/envelope"
-	"github.com/custos-agent/custos/agent/identity"
 	"github.com/custos-agent/custos/agent/internal/agenttest"
 	"github.com/custos-agent/custos/agent/puzzle"
 	"github.com/custos-agent/custos/agent/rbac"
 	"github.com/custos-agent/custos/agent/reputation"
 	"github.com/custos-agent/custos/agent/session"
 	"github.com/custos-agent/custos/audit"
+	"github.com/custos-agent/custos/identity"
 	"github.com/custos-agent/custos/keystore"
 )
 

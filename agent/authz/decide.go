@@ -14,13 +14,13 @@ import (
 	"github.com/custos-agent/custos/agent/api"
 	"github.com/custos-agent/custos/agent/control"
 	"github.com/custos-agent/custos/agent/envelope"
-	"github.com/custos-agent/custos/agent/identity"
 	"github.com/custos-agent/custos/agent/policy"
 	"github.com/custos-agent/custos/agent/rbac"
 	"github.com/custos-agent/custos/agent/reputation"
 	"github.com/custos-agent/custos/agent/session"
 	"github.com/custos-agent/custos/agent/tasks"
 	"github.com/custos-agent/custos/audit"
+	"github.com/custos-agent/custos/identity"
 )
 
 // Refusal codes of the handshake validator besides rbac's and policy's reasons (audit auth.failure

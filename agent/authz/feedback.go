@@ -6,9 +6,9 @@ import (
 
 	"github.com/custos-agent/custos/agent/delegation"
 	"github.com/custos-agent/custos/agent/envelope"
-	"github.com/custos-agent/custos/agent/identity"
 	"github.com/custos-agent/custos/agent/reputation"
 	"github.com/custos-agent/custos/agent/tasks"
+	"github.com/custos-agent/custos/identity"
 )
 
 // FeedbackTask returns the reputation store's CheckTask (docs/adr/0051): the feedback's task reference must be

@@ -6,11 +6,11 @@ import (
 	"path/filepath"
 	"time"
 
-	"github.com/custos-agent/custos/agent/identity"
 	"github.com/custos-agent/custos/agent/policy"
 	"github.com/custos-agent/custos/agent/puzzle"
 	"github.com/custos-agent/custos/agent/rbac"
 	"github.com/custos-agent/custos/agent/reputation"
+	"github.com/custos-agent/custos/identity"
 )
 
 // AuthorizationConfig is the "authorization:" section: who may do what (docs/authorization.md).

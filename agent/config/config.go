@@ -22,10 +22,10 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/custos-agent/custos/agent/delegation"
-	"github.com/custos-agent/custos/agent/identity"
 	"github.com/custos-agent/custos/agent/metrics"
 	"github.com/custos-agent/custos/agent/policy"
 	"github.com/custos-agent/custos/agent/tasks"
+	"github.com/custos-agent/custos/identity"
 	"github.com/custos-agent/custos/transports"
 	"github.com/custos-agent/custos/transports/host/sandbox"
 )

@@ -17,8 +17,8 @@ import (
 	"sync"
 	"time"
 
-	"github.com/custos-agent/custos/agent/identity"
 	"github.com/custos-agent/custos/agent/reputation"
+	"github.com/custos-agent/custos/identity"
 )
 
 // Mode is where vote weights come from.

@@ -10,8 +10,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/custos-agent/custos/agent/identity"
 	"github.com/custos-agent/custos/agent/reputation"
+	"github.com/custos-agent/custos/identity"
 	"github.com/custos-agent/custos/keystore"
 	bolt "go.etcd.io/bbolt"
 )

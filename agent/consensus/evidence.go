@@ -7,7 +7,7 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/custos-agent/custos/agent/identity"
+	"github.com/custos-agent/custos/identity"
 	bolt "go.etcd.io/bbolt"
 )
 

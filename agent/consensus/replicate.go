@@ -10,7 +10,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/custos-agent/custos/agent/identity"
+	"github.com/custos-agent/custos/identity"
 )
 
 // QuorumTolerance absorbs floating-point error in the weight sums: with three equal weights, two of them

@@ -9,10 +9,10 @@ import (
 	"strings"
 	"time"
 
-	"github.com/custos-agent/custos/agent/identity"
-	"github.com/custos-agent/custos/agent/signature"
+	"github.com/custos-agent/custos/identity"
 	"github.com/custos-agent/custos/internal/strictjson"
 	"github.com/custos-agent/custos/keystore"
+	"github.com/custos-agent/custos/signature"
 )
 
 // StakeTableVersion is the only version of the stake table format.

@@ -27,7 +27,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/custos-agent/custos/agent/identity"
+	"github.com/custos-agent/custos/identity"
 	"github.com/custos-agent/custos/internal/atomicfile"
 	"github.com/custos-agent/custos/keystore"
 )

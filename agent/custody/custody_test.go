@@ -15,10 +15,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/custos-agent/custos/agent/identity"
-	"github.com/custos-agent/custos/agent/signature"
+	"github.com/custos-agent/custos/identity"
 	"github.com/custos-agent/custos/keystore"
 	"github.com/custos-agent/custos/keystore/software"
+	"github.com/custos-agent/custos/signature"
 )
 
 // env is one agent home with a software keystore (cheap scrypt) and a clock the test moves.

@@ -4,8 +4,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/custos-agent/custos/agent/identity"
 	"github.com/custos-agent/custos/audit"
+	"github.com/custos-agent/custos/identity"
 )
 
 // Sources of key event records (Details "source").

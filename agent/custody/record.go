@@ -7,7 +7,7 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/custos-agent/custos/agent/identity"
+	"github.com/custos-agent/custos/identity"
 	"github.com/custos-agent/custos/internal/strictjson"
 	"github.com/custos-agent/custos/keystore"
 )

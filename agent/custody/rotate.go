@@ -7,7 +7,7 @@ import (
 	"slices"
 	"time"
 
-	"github.com/custos-agent/custos/agent/identity"
+	"github.com/custos-agent/custos/identity"
 	"github.com/custos-agent/custos/keystore"
 )
 

@@ -3,9 +3,9 @@ package daemon
 import (
 	"testing"
 
-	"github.com/custos-agent/custos/agent/reason"
 	"github.com/custos-agent/custos/agent/session"
 	"github.com/custos-agent/custos/audit"
+	"github.com/custos-agent/custos/reason"
 )
 
 // A handshake that proves a peer's key event log forks raises a critical alert in the audit log beside

@@ -11,8 +11,8 @@ import (
 	"time"
 
 	"github.com/custos-agent/custos/agent/delegation"
-	"github.com/custos-agent/custos/agent/identity"
 	"github.com/custos-agent/custos/agent/peers"
+	"github.com/custos-agent/custos/identity"
 	"github.com/custos-agent/custos/keystore"
 	"github.com/custos-agent/custos/transports/binding"
 	"github.com/custos-agent/custos/transports/host"

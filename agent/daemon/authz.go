@@ -7,10 +7,10 @@ import (
 	"github.com/custos-agent/custos/agent/authz"
 	"github.com/custos-agent/custos/agent/consensus"
 	"github.com/custos-agent/custos/agent/envelope"
-	"github.com/custos-agent/custos/agent/identity"
 	"github.com/custos-agent/custos/agent/rbac"
 	"github.com/custos-agent/custos/agent/reputation"
 	"github.com/custos-agent/custos/agent/tasks"
+	"github.com/custos-agent/custos/identity"
 )
 
 // Refusal codes of the handshake validator and message refusals (agent/authz).

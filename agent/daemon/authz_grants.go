@@ -9,10 +9,10 @@ import (
 
 	"github.com/custos-agent/custos/agent/api"
 	"github.com/custos-agent/custos/agent/control"
-	"github.com/custos-agent/custos/agent/identity"
 	"github.com/custos-agent/custos/agent/rbac"
 	"github.com/custos-agent/custos/agent/reputation"
 	"github.com/custos-agent/custos/audit"
+	"github.com/custos-agent/custos/identity"
 	"github.com/custos-agent/custos/keystore"
 )
 

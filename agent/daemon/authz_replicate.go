@@ -10,10 +10,10 @@ import (
 
 	"github.com/custos-agent/custos/agent/consensus"
 	"github.com/custos-agent/custos/agent/control"
-	"github.com/custos-agent/custos/agent/identity"
 	"github.com/custos-agent/custos/agent/rbac"
 	"github.com/custos-agent/custos/agent/tasks"
 	"github.com/custos-agent/custos/audit"
+	"github.com/custos-agent/custos/identity"
 )
 
 // TaskVote is the audit record of a replicated task's vote. Actor: this agent; Subject: the group ID;

@@ -10,8 +10,8 @@ import (
 	"github.com/custos-agent/custos/agent/authz"
 	"github.com/custos-agent/custos/agent/consensus"
 	"github.com/custos-agent/custos/agent/control"
-	"github.com/custos-agent/custos/agent/identity"
 	"github.com/custos-agent/custos/agent/rbac"
+	"github.com/custos-agent/custos/identity"
 )
 
 func stakeView(t consensus.StakeTable, inForce bool) StakeView {

@@ -14,7 +14,6 @@ import (
 	"github.com/custos-agent/custos/agent/control"
 	"github.com/custos-agent/custos/agent/delegation"
 	"github.com/custos-agent/custos/agent/envelope"
-	"github.com/custos-agent/custos/agent/identity"
 	"github.com/custos-agent/custos/agent/internal/agenttest"
 	"github.com/custos-agent/custos/agent/rbac"
 	"github.com/custos-agent/custos/agent/reputation"
@@ -22,6 +21,7 @@ import (
 	"github.com/custos-agent/custos/agent/suite"
 	"github.com/custos-agent/custos/agent/tasks"
 	"github.com/custos-agent/custos/audit"
+	"github.com/custos-agent/custos/identity"
 	"github.com/custos-agent/custos/keystore"
 )
 

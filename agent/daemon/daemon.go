@@ -37,7 +37,6 @@ import (
 	"github.com/custos-agent/custos/agent/control"
 	"github.com/custos-agent/custos/agent/custody"
 	"github.com/custos-agent/custos/agent/delegation"
-	"github.com/custos-agent/custos/agent/identity"
 	"github.com/custos-agent/custos/agent/metrics"
 	"github.com/custos-agent/custos/agent/peers"
 	"github.com/custos-agent/custos/agent/puzzle"
@@ -47,6 +46,7 @@ import (
 	"github.com/custos-agent/custos/agent/session"
 	"github.com/custos-agent/custos/agent/tasks"
 	"github.com/custos-agent/custos/audit"
+	"github.com/custos-agent/custos/identity"
 	"github.com/custos-agent/custos/transports/host"
 	"github.com/custos-agent/custos/transports/host/sandbox"
 )

@@ -13,8 +13,8 @@ import (
 
 	"github.com/custos-agent/custos/agent/control"
 	"github.com/custos-agent/custos/agent/custody"
-	"github.com/custos-agent/custos/agent/identity"
 	"github.com/custos-agent/custos/audit"
+	"github.com/custos-agent/custos/identity"
 	"github.com/custos-agent/custos/keystore"
 	"github.com/custos-agent/custos/keystore/software"
 	"github.com/custos-agent/custos/transports/host"

@@ -8,11 +8,11 @@ import (
 
 	"github.com/custos-agent/custos/agent/control"
 	"github.com/custos-agent/custos/agent/rbac"
-	"github.com/custos-agent/custos/agent/reason"
 	"github.com/custos-agent/custos/agent/reputation"
 	"github.com/custos-agent/custos/agent/session"
 	"github.com/custos-agent/custos/agent/tasks"
 	"github.com/custos-agent/custos/audit"
+	"github.com/custos-agent/custos/reason"
 	"github.com/custos-agent/custos/transports/host"
 )
 

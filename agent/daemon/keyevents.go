@@ -9,9 +9,9 @@ import (
 	"github.com/custos-agent/custos/agent/control"
 	"github.com/custos-agent/custos/agent/custody"
 	"github.com/custos-agent/custos/agent/delegation"
-	"github.com/custos-agent/custos/agent/identity"
 	"github.com/custos-agent/custos/agent/rbac"
 	"github.com/custos-agent/custos/audit"
+	"github.com/custos-agent/custos/identity"
 )
 
 // Sources of key event records (Details "source"): custody's.

@@ -14,9 +14,9 @@ import (
 	"github.com/custos-agent/custos/agent/api"
 	"github.com/custos-agent/custos/agent/control"
 	"github.com/custos-agent/custos/agent/delegation"
-	"github.com/custos-agent/custos/agent/identity"
 	"github.com/custos-agent/custos/agent/rbac"
 	"github.com/custos-agent/custos/agent/tasks"
+	"github.com/custos-agent/custos/identity"
 )
 
 // scaled is n units (a count read from a request) as a Duration, saturating instead of wrapping when

@@ -10,10 +10,10 @@ import (
 	"time"
 
 	"github.com/custos-agent/custos/agent/envelope"
-	"github.com/custos-agent/custos/agent/identity"
 	"github.com/custos-agent/custos/agent/metrics"
 	"github.com/custos-agent/custos/agent/session"
 	"github.com/custos-agent/custos/agent/tasks"
+	"github.com/custos-agent/custos/identity"
 	retry "github.com/custos-agent/custos/internal/backoff"
 	"github.com/custos-agent/custos/transports/host"
 )

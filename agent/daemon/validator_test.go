@@ -11,8 +11,8 @@ import (
 	"github.com/custos-agent/custos/audit"
 
 	"github.com/custos-agent/custos/agent/puzzle"
-	"github.com/custos-agent/custos/agent/reason"
 	"github.com/custos-agent/custos/agent/session"
+	"github.com/custos-agent/custos/reason"
 )
 
 func startBare(t *testing.T) *Daemon {

@@ -10,9 +10,9 @@ import (
 	"time"
 
 	"github.com/custos-agent/custos/agent/internal/agenttest"
-	"github.com/custos-agent/custos/agent/reason"
 	"github.com/custos-agent/custos/agent/suite"
 	"github.com/custos-agent/custos/keystore"
+	"github.com/custos-agent/custos/reason"
 )
 
 var ctx = context.Background()

@@ -10,10 +10,10 @@ import (
 	"sync"
 	"time"
 
-	"github.com/custos-agent/custos/agent/identity"
-	"github.com/custos-agent/custos/agent/reason"
 	"github.com/custos-agent/custos/agent/suite"
+	"github.com/custos-agent/custos/identity"
 	"github.com/custos-agent/custos/keystore"
+	"github.com/custos-agent/custos/reason"
 )
 
 // Keys is one delegation together with the private keys it certifies. The private keys live in process

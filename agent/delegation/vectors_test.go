@@ -6,11 +6,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/custos-agent/custos/agent/identity"
 	"github.com/custos-agent/custos/agent/internal/agenttest"
-	"github.com/custos-agent/custos/agent/reason"
+	"github.com/custos-agent/custos/identity"
 	"github.com/custos-agent/custos/internal/vectors"
 	"github.com/custos-agent/custos/keystore"
+	"github.com/custos-agent/custos/reason"
 )
 
 // Negative vectors (internal/vectors): delegations as data, each with the reason code a verifier must

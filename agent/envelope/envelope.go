@@ -30,11 +30,11 @@ import (
 	"strings"
 	"time"
 
-	"github.com/custos-agent/custos/agent/internal/wire"
-	"github.com/custos-agent/custos/agent/reason"
-	"github.com/custos-agent/custos/agent/signature"
 	"github.com/custos-agent/custos/agent/suite"
+	"github.com/custos-agent/custos/internal/wire"
 	"github.com/custos-agent/custos/keystore"
+	"github.com/custos-agent/custos/reason"
+	"github.com/custos-agent/custos/signature"
 )
 
 // Version is the only envelope version (the seed's "1.0").

@@ -10,10 +10,10 @@ import (
 
 	"github.com/custos-agent/custos/agent/delegation"
 	"github.com/custos-agent/custos/agent/internal/agenttest"
-	"github.com/custos-agent/custos/agent/reason"
 	"github.com/custos-agent/custos/agent/replay"
 	"github.com/custos-agent/custos/agent/suite"
 	"github.com/custos-agent/custos/keystore"
+	"github.com/custos-agent/custos/reason"
 )
 
 var ctx = context.Background()

@@ -4,8 +4,8 @@ import (
 	"encoding/json"
 	"errors"
 
-	"github.com/custos-agent/custos/agent/reason"
 	"github.com/custos-agent/custos/internal/strictjson"
+	"github.com/custos-agent/custos/reason"
 )
 
 // B64 is a byte string whose JSON form is a strict unpadded base64url string.

@@ -5,11 +5,11 @@ import (
 	"time"
 
 	"github.com/custos-agent/custos/agent/delegation"
-	"github.com/custos-agent/custos/agent/identity"
-	"github.com/custos-agent/custos/agent/reason"
 	"github.com/custos-agent/custos/agent/replay"
 	"github.com/custos-agent/custos/agent/suite"
+	"github.com/custos-agent/custos/identity"
 	"github.com/custos-agent/custos/keystore"
+	"github.com/custos-agent/custos/reason"
 )
 
 // KeyResolver finds the verified operational keys a sender may sign with at a given time (from the peer

@@ -6,11 +6,11 @@ import (
 	"time"
 
 	"github.com/custos-agent/custos/agent/delegation"
-	"github.com/custos-agent/custos/agent/identity"
 	"github.com/custos-agent/custos/agent/internal/agenttest"
-	"github.com/custos-agent/custos/agent/reason"
 	"github.com/custos-agent/custos/agent/suite"
+	"github.com/custos-agent/custos/identity"
 	"github.com/custos-agent/custos/internal/vectors"
+	"github.com/custos-agent/custos/reason"
 )
 
 // Negative vectors (internal/vectors): envelopes as data, each with the reason code a receiver must

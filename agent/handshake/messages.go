@@ -12,9 +12,9 @@ package handshake
 import (
 	"encoding/binary"
 
-	"github.com/custos-agent/custos/agent/internal/wire"
-	"github.com/custos-agent/custos/agent/reason"
 	"github.com/custos-agent/custos/agent/suite"
+	"github.com/custos-agent/custos/internal/wire"
+	"github.com/custos-agent/custos/reason"
 )
 
 // Frame types: the first byte of every frame on a connection.

@@ -6,7 +6,7 @@ import (
 	"errors"
 	"testing"
 
-	"github.com/custos-agent/custos/agent/reason"
+	"github.com/custos-agent/custos/reason"
 )
 
 func rnd(n int) []byte {

@@ -4,9 +4,9 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 
-	"github.com/custos-agent/custos/agent/internal/wire"
-	"github.com/custos-agent/custos/agent/signature"
 	"github.com/custos-agent/custos/agent/suite"
+	"github.com/custos-agent/custos/internal/wire"
+	"github.com/custos-agent/custos/signature"
 )
 
 // transcriptPrefix separates transcript hashes from every other SHA-256 use.

@@ -3,8 +3,8 @@ package handshake
 import (
 	"testing"
 
-	"github.com/custos-agent/custos/agent/reason"
 	"github.com/custos-agent/custos/internal/vectors"
+	"github.com/custos-agent/custos/reason"
 )
 
 // Negative vectors (internal/vectors): handshake messages as data, each with the reason code a peer must

@@ -16,8 +16,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
-	"github.com/custos-agent/custos/agent/reason"
 	"github.com/custos-agent/custos/keystore"
+	"github.com/custos-agent/custos/reason"
 )
 
 // Label values used by the methods below.
@@ -175,7 +175,7 @@ func label(s string) string {
 	return s
 }
 
-// code bounds a failure-code label to the failure-code registry (agent/reason): an unregistered string is
+// code bounds a failure-code label to the failure-code registry (reason): an unregistered string is
 // Other.
 func code(s string) string {
 	if reason.Registered(s) {
@@ -191,7 +191,7 @@ func (m *Metrics) AuthSucceeded() {
 	}
 }
 
-// AuthFailed counts a failed handshake with its reason code (agent/reason).
+// AuthFailed counts a failed handshake with its reason code (reason).
 func (m *Metrics) AuthFailed(reasonCode string) {
 	if m != nil {
 		m.authAttempts.WithLabelValues(ResultFailure, code(reasonCode)).Inc()

@@ -20,10 +20,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
-	"github.com/custos-agent/custos/agent/reason"
 	"github.com/custos-agent/custos/audit"
 	"github.com/custos-agent/custos/keystore"
 	"github.com/custos-agent/custos/keystore/software"
+	"github.com/custos-agent/custos/reason"
 	"github.com/custos-agent/custos/test/testenv"
 )
 
@@ -449,7 +449,7 @@ func TestAlertRules(t *testing.T) {
 func quiet() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
 
 // TestLabelsFromRegistry: denial and authentication-failure labels are codes of the failure-code registry
-// (agent/reason): a string the registry does not know is counted as "other", and every denial code of the
+// (reason): a string the registry does not know is counted as "other", and every denial code of the
 // rbac, policy and admission domains has its series from the start, at zero.
 func TestLabelsFromRegistry(t *testing.T) {
 	m := New()

@@ -19,10 +19,10 @@ import (
 	"go.etcd.io/bbolt"
 
 	"github.com/custos-agent/custos/agent/delegation"
-	"github.com/custos-agent/custos/agent/identity"
-	"github.com/custos-agent/custos/agent/internal/wire"
-	"github.com/custos-agent/custos/agent/reason"
+	"github.com/custos-agent/custos/identity"
+	"github.com/custos-agent/custos/internal/wire"
 	"github.com/custos-agent/custos/keystore"
+	"github.com/custos-agent/custos/reason"
 )
 
 // Bucket names inside state.db (other packages keep their own buckets in the same file).

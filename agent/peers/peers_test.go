@@ -11,11 +11,11 @@ import (
 	"go.etcd.io/bbolt"
 
 	"github.com/custos-agent/custos/agent/delegation"
-	"github.com/custos-agent/custos/agent/identity"
 	"github.com/custos-agent/custos/agent/internal/agenttest"
-	"github.com/custos-agent/custos/agent/reason"
 	"github.com/custos-agent/custos/agent/suite"
+	"github.com/custos-agent/custos/identity"
 	"github.com/custos-agent/custos/keystore"
+	"github.com/custos-agent/custos/reason"
 )
 
 func open(t *testing.T, path string) *Cache {

@@ -6,8 +6,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/custos-agent/custos/agent/identity"
 	"github.com/custos-agent/custos/agent/rbac"
+	"github.com/custos-agent/custos/identity"
 )
 
 // Defaults of the built-in limits.

@@ -17,7 +17,7 @@ import (
 	"time"
 
 	"github.com/custos-agent/custos/agent/rbac"
-	"github.com/custos-agent/custos/agent/reason"
+	"github.com/custos-agent/custos/reason"
 )
 
 // Reason is the stable code of a policy denial (audit records, metric labels, error responses). A Reason

@@ -11,9 +11,9 @@ import (
 	"sync"
 	"time"
 
-	"github.com/custos-agent/custos/agent/identity"
-	"github.com/custos-agent/custos/agent/signature"
+	"github.com/custos-agent/custos/identity"
 	"github.com/custos-agent/custos/keystore"
+	"github.com/custos-agent/custos/signature"
 )
 
 // DefaultMaxGrantsPerSubject bounds how many grants one agent may hold at once.

@@ -4,7 +4,7 @@ import (
 	"errors"
 	"fmt"
 
-	"github.com/custos-agent/custos/agent/reason"
+	"github.com/custos-agent/custos/reason"
 )
 
 // Reason is the stable code of an access denial: it goes to the error response, the audit record and the

@@ -12,10 +12,10 @@ import (
 	"math"
 	"time"
 
-	"github.com/custos-agent/custos/agent/identity"
-	"github.com/custos-agent/custos/agent/signature"
+	"github.com/custos-agent/custos/identity"
 	"github.com/custos-agent/custos/internal/strictjson"
 	"github.com/custos-agent/custos/keystore"
+	"github.com/custos-agent/custos/signature"
 )
 
 // GrantVersion is the version of the grant and revocation formats this agent writes: version 2 names the

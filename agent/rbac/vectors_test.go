@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/custos-agent/custos/agent/identity"
+	"github.com/custos-agent/custos/identity"
 	"github.com/custos-agent/custos/internal/vectors"
 	"github.com/custos-agent/custos/keystore"
 )

@@ -25,7 +25,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/custos-agent/custos/agent/reason"
+	"github.com/custos-agent/custos/reason"
 )
 
 // Defaults.

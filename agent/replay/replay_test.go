@@ -8,7 +8,7 @@ import (
 	"time"
 
 	"github.com/custos-agent/custos/agent/internal/agenttest"
-	"github.com/custos-agent/custos/agent/reason"
+	"github.com/custos-agent/custos/reason"
 )
 
 func TestWindowAndReplay(t *testing.T) {

@@ -9,10 +9,10 @@ import (
 	"time"
 	"unicode/utf8"
 
-	"github.com/custos-agent/custos/agent/identity"
-	"github.com/custos-agent/custos/agent/signature"
+	"github.com/custos-agent/custos/identity"
 	"github.com/custos-agent/custos/internal/strictjson"
 	"github.com/custos-agent/custos/keystore"
+	"github.com/custos-agent/custos/signature"
 )
 
 // FeedbackVersion is the version of the feedback format: version 2 carries the task reference (Ref).

@@ -7,7 +7,7 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/custos-agent/custos/agent/identity"
+	"github.com/custos-agent/custos/identity"
 )
 
 // Factor is one input of a score, as `agentctl peers` shows it.

@@ -13,9 +13,9 @@ import (
 	"sync"
 	"time"
 
-	"github.com/custos-agent/custos/agent/identity"
-	"github.com/custos-agent/custos/agent/signature"
+	"github.com/custos-agent/custos/identity"
 	"github.com/custos-agent/custos/keystore"
+	"github.com/custos-agent/custos/signature"
 	bolt "go.etcd.io/bbolt"
 )
 

@@ -8,7 +8,7 @@ import (
 
 	"github.com/custos-agent/custos/agent/handshake"
 
-	"github.com/custos-agent/custos/agent/reason"
+	"github.com/custos-agent/custos/reason"
 )
 
 // badSolver answers any puzzle wrongly: a throw-away identity that does no work.

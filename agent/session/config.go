@@ -8,10 +8,10 @@ import (
 
 	"github.com/custos-agent/custos/agent/delegation"
 	"github.com/custos-agent/custos/agent/handshake"
-	"github.com/custos-agent/custos/agent/identity"
 	"github.com/custos-agent/custos/agent/peers"
-	"github.com/custos-agent/custos/agent/reason"
 	"github.com/custos-agent/custos/agent/replay"
+	"github.com/custos-agent/custos/identity"
+	"github.com/custos-agent/custos/reason"
 )
 
 // Defaults.

@@ -14,7 +14,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/custos-agent/custos/agent/reason"
+	"github.com/custos-agent/custos/reason"
 )
 
 // FrameConn is a connection that carries whole frames (the contract with transports). ReadFrame returns

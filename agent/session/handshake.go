@@ -11,10 +11,10 @@ import (
 
 	"github.com/custos-agent/custos/agent/delegation"
 	"github.com/custos-agent/custos/agent/handshake"
-	"github.com/custos-agent/custos/agent/identity"
-	"github.com/custos-agent/custos/agent/reason"
 	"github.com/custos-agent/custos/agent/replay"
 	"github.com/custos-agent/custos/agent/suite"
+	"github.com/custos-agent/custos/identity"
+	"github.com/custos-agent/custos/reason"
 )
 
 // local is the local agent's side of one handshake.

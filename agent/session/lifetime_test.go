@@ -10,7 +10,7 @@ import (
 	"github.com/custos-agent/custos/agent/envelope"
 	"github.com/custos-agent/custos/agent/handshake"
 	"github.com/custos-agent/custos/agent/internal/agenttest"
-	"github.com/custos-agent/custos/agent/reason"
+	"github.com/custos-agent/custos/reason"
 )
 
 // times reads the session's expiry and re-authentication time.

@@ -7,7 +7,7 @@ import (
 	"time"
 
 	"github.com/custos-agent/custos/agent/internal/agenttest"
-	"github.com/custos-agent/custos/agent/reason"
+	"github.com/custos-agent/custos/reason"
 )
 
 // TestReauthRateLimit: a peer cannot make this side re-handshake in a loop (issue 12 item 8). Requests

@@ -12,11 +12,11 @@ import (
 
 	"github.com/custos-agent/custos/agent/envelope"
 	"github.com/custos-agent/custos/agent/handshake"
-	"github.com/custos-agent/custos/agent/identity"
 	"github.com/custos-agent/custos/agent/internal/agenttest"
-	"github.com/custos-agent/custos/agent/reason"
 	"github.com/custos-agent/custos/agent/suite"
+	"github.com/custos-agent/custos/identity"
 	"github.com/custos-agent/custos/keystore"
+	"github.com/custos-agent/custos/reason"
 )
 
 // expect checks that err carries code and (when given) a phrase of its sentence.

@@ -8,9 +8,9 @@ import (
 	"github.com/custos-agent/custos/agent/envelope"
 	"github.com/custos-agent/custos/agent/internal/agenttest"
 	"github.com/custos-agent/custos/agent/peers"
-	"github.com/custos-agent/custos/agent/reason"
 	"github.com/custos-agent/custos/agent/replay"
 	"github.com/custos-agent/custos/agent/suite"
+	"github.com/custos-agent/custos/reason"
 )
 
 // TestStoreAndForwardReplayAcrossRestart: store-and-forward envelopes accepted before a restart, one

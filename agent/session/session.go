@@ -10,10 +10,10 @@ import (
 	"github.com/custos-agent/custos/agent/delegation"
 	"github.com/custos-agent/custos/agent/envelope"
 	"github.com/custos-agent/custos/agent/handshake"
-	"github.com/custos-agent/custos/agent/identity"
-	"github.com/custos-agent/custos/agent/reason"
 	"github.com/custos-agent/custos/agent/suite"
+	"github.com/custos-agent/custos/identity"
 	"github.com/custos-agent/custos/keystore"
+	"github.com/custos-agent/custos/reason"
 )
 
 // Record types: the first plaintext byte of a sealed record (frame type 0x11).

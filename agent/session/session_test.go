@@ -12,10 +12,10 @@ import (
 
 	"github.com/custos-agent/custos/agent/delegation"
 	"github.com/custos-agent/custos/agent/envelope"
-	"github.com/custos-agent/custos/agent/reason"
 	"github.com/custos-agent/custos/agent/replay"
 	"github.com/custos-agent/custos/agent/suite"
 	"github.com/custos-agent/custos/keystore"
+	"github.com/custos-agent/custos/reason"
 )
 
 // exchange sends n messages each way and checks they arrive intact, in order, verified.

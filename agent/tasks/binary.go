@@ -5,12 +5,12 @@ import (
 	"encoding/json"
 	"fmt"
 
-	"github.com/custos-agent/custos/agent/internal/wire"
+	"github.com/custos-agent/custos/internal/wire"
 )
 
 // Binary forms of the two task messages that carry bulk bytes (ADR 0031): task_request (the input) and
 // task_result (the evidence envelope). JSON needs base64, which grows the bytes by a third and costs an
-// encoding pass on each side; these are the agent's wire encoding instead (agent/internal/wire): a 4-byte
+// encoding pass on each side; these are the agent's wire encoding instead (internal/wire): a 4-byte
 // magic, then length-prefixed fields. Encode writes the binary form; the decoders accept it and the JSON
 // form (a payload starting with '{'), both strictly.
 const (

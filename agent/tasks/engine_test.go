@@ -16,9 +16,9 @@ import (
 
 	"github.com/custos-agent/custos/agent/delegation"
 	"github.com/custos-agent/custos/agent/envelope"
-	"github.com/custos-agent/custos/agent/identity"
 	"github.com/custos-agent/custos/agent/internal/agenttest"
 	"github.com/custos-agent/custos/agent/peers"
+	"github.com/custos-agent/custos/identity"
 	"github.com/custos-agent/custos/keystore"
 )
 

@@ -9,7 +9,7 @@ import (
 
 	"github.com/custos-agent/custos/agent/delegation"
 	"github.com/custos-agent/custos/agent/envelope"
-	"github.com/custos-agent/custos/agent/identity"
+	"github.com/custos-agent/custos/identity"
 )
 
 // HexSHA256 is the lowercase hex SHA-256 digest of b.

@@ -8,9 +8,9 @@ import (
 	"regexp"
 
 	"github.com/custos-agent/custos/agent/envelope"
-	"github.com/custos-agent/custos/agent/identity"
-	"github.com/custos-agent/custos/agent/reason"
+	"github.com/custos-agent/custos/identity"
 	"github.com/custos-agent/custos/internal/strictjson"
+	"github.com/custos-agent/custos/reason"
 )
 
 // Limits of the task messages.

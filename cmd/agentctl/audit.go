@@ -20,8 +20,8 @@ import (
 
 	"github.com/custos-agent/custos/agent/api"
 	"github.com/custos-agent/custos/agent/control"
-	"github.com/custos-agent/custos/agent/identity"
 	"github.com/custos-agent/custos/audit"
+	"github.com/custos-agent/custos/identity"
 )
 
 // auditCommand is "agentctl audit": verify, query and tail the audit log in <home>/audit.

@@ -21,9 +21,9 @@ import (
 
 	"github.com/custos-agent/custos/agent/api"
 	"github.com/custos-agent/custos/agent/control"
-	"github.com/custos-agent/custos/agent/identity"
 	"github.com/custos-agent/custos/agent/rbac"
 	"github.com/custos-agent/custos/audit"
+	"github.com/custos-agent/custos/identity"
 	"github.com/custos-agent/custos/keystore"
 )
 

@@ -11,8 +11,8 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/custos-agent/custos/agent/api"
-	"github.com/custos-agent/custos/agent/identity"
 	"github.com/custos-agent/custos/agent/rbac"
+	"github.com/custos-agent/custos/identity"
 )
 
 // maxGrantFile bounds a grant, revocation or stake table file.

@@ -10,7 +10,7 @@ import (
 
 	"github.com/custos-agent/custos/agent/api"
 	"github.com/custos-agent/custos/agent/consensus"
-	"github.com/custos-agent/custos/agent/identity"
+	"github.com/custos-agent/custos/identity"
 )
 
 // grantStakeCommand is agentctl grant stake: the administrator-signed stake table that stake-weighted and

@@ -12,8 +12,8 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/custos-agent/custos/agent/api"
-	"github.com/custos-agent/custos/agent/identity"
 	"github.com/custos-agent/custos/agent/reputation"
+	"github.com/custos-agent/custos/identity"
 )
 
 func jsonFlag() cli.Flag {

@@ -18,8 +18,8 @@ import (
 	"github.com/custos-agent/custos/agent/api"
 	"github.com/custos-agent/custos/agent/delegation"
 	"github.com/custos-agent/custos/agent/envelope"
-	"github.com/custos-agent/custos/agent/identity"
 	"github.com/custos-agent/custos/agent/tasks"
+	"github.com/custos-agent/custos/identity"
 )
 
 func taskCommand() *cli.Command {

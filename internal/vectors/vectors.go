@@ -1,5 +1,5 @@
 // Package vectors reads and writes the negative test vectors: data files, one case each, that say what
-// input a verifier is given and which failure code (agent/reason's registry) it must refuse it with. A
+// input a verifier is given and which failure code (reason's registry) it must refuse it with. A
 // second implementation of the protocol runs the same files (docs/protocol.md, "Negative vectors").
 //
 // A vector file (<name>.txt) is lines of "key: value":

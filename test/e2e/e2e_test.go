@@ -16,8 +16,8 @@ import (
 	"time"
 
 	"github.com/custos-agent/custos/agent/daemon"
-	"github.com/custos-agent/custos/agent/identity"
 	"github.com/custos-agent/custos/audit"
+	"github.com/custos-agent/custos/identity"
 )
 
 func randomInput(t *testing.T, n int) []byte {

@@ -19,7 +19,7 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/custos-agent/custos/agent/signature"
+	"github.com/custos-agent/custos/signature"
 	"github.com/custos-agent/custos/transports"
 )
 

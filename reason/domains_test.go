@@ -7,8 +7,8 @@ import (
 	"github.com/custos-agent/custos/agent/control"
 	"github.com/custos-agent/custos/agent/policy"
 	"github.com/custos-agent/custos/agent/rbac"
-	"github.com/custos-agent/custos/agent/reason"
 	"github.com/custos-agent/custos/agent/tasks"
+	"github.com/custos-agent/custos/reason"
 )
 
 // TestDomainsRegistered: every code a domain's package declares is registered in that domain with the

@@ -1,6 +1,6 @@
 // Package wire is the one binary field encoding of the agent protocol: a sequence of fields, each a
 // 4-byte big-endian length followed by that many bytes; integers are 8-byte big-endian values carried
-// as 8-byte fields. agent/signature.Input is a Writer that starts with the signature's context prefix:
+// as 8-byte fields. signature.Input is a Writer that starts with the signature's context prefix:
 // one length-prefixed writer for what is signed and what is sent.
 //
 // Decoding is strict: every field has a maximum length, integers must be exactly 8 bytes, booleans 0 or
@@ -13,7 +13,7 @@ import (
 	"fmt"
 	"math"
 
-	"github.com/custos-agent/custos/agent/reason"
+	"github.com/custos-agent/custos/reason"
 )
 
 // Writer appends fields.

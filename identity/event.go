@@ -9,9 +9,9 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/custos-agent/custos/agent/signature"
 	"github.com/custos-agent/custos/internal/strictjson"
 	"github.com/custos-agent/custos/keystore"
+	"github.com/custos-agent/custos/signature"
 )
 
 // EventType is what a key event does.

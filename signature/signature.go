@@ -7,7 +7,7 @@ import (
 	"context"
 	"fmt"
 
-	"github.com/custos-agent/custos/agent/internal/wire"
+	"github.com/custos-agent/custos/internal/wire"
 	"github.com/custos-agent/custos/keystore"
 )
 

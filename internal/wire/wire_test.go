@@ -5,7 +5,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/custos-agent/custos/agent/reason"
+	"github.com/custos-agent/custos/reason"
 )
 
 func TestStrict(t *testing.T) {

@@ -7,9 +7,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/custos-agent/custos/agent/reason"
 	"github.com/custos-agent/custos/internal/vectors"
 	"github.com/custos-agent/custos/keystore"
+	"github.com/custos-agent/custos/reason"
 )
 
 // Negative vectors (internal/vectors): key event logs as data, each with the reason code a peer must

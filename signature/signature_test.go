@@ -4,7 +4,7 @@ import (
 	"bytes"
 	"testing"
 
-	"github.com/custos-agent/custos/agent/internal/wire"
+	"github.com/custos-agent/custos/internal/wire"
 )
 
 func TestSameAsSignatureInput(t *testing.T) {
