@@ -54,6 +54,9 @@ var (
 	ErrFrameTooLarge = errors.New("frame too large")
 	// ErrClosed: the connection or listener was closed locally.
 	ErrClosed = errors.New("closed")
+	// ErrPeerMismatch: a dial reached a peer whose (valid) binding names another agent than the one
+	// the dial expected. Every transport's Dial wraps it then (transports/host, transports/memory).
+	ErrPeerMismatch = errors.New("peer is not the expected agent")
 )
 
 // KeyProofInput is what a plugin signs to prove it holds the private half of its transport key: the

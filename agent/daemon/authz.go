@@ -54,10 +54,10 @@ func newAuthz(ctx context.Context, d *Daemon, cfg *Config) (*authz.Authz, error)
 			return d.mgr.Send(ctx, peer, t, payload)
 		},
 		Load: func() float64 {
-			if d.mgr == nil || cap(d.mgr.hsSem) == 0 {
+			if d.mgr == nil {
 				return 0
 			}
-			return float64(len(d.mgr.hsSem)) / float64(cap(d.mgr.hsSem))
+			return d.mgr.HandshakeLoad()
 		},
 		Logger: d.log,
 	})

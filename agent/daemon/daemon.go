@@ -44,6 +44,7 @@ import (
 	"github.com/custos-agent/custos/agent/replay"
 	"github.com/custos-agent/custos/agent/reputation"
 	"github.com/custos-agent/custos/agent/session"
+	"github.com/custos-agent/custos/agent/sessions"
 	"github.com/custos-agent/custos/agent/tasks"
 	"github.com/custos-agent/custos/audit"
 	"github.com/custos-agent/custos/identity"
@@ -254,7 +255,9 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 		d.authz.Sweep(dctx, cfg.Reputation.SweepInterval)
 	}()
 
-	d.mgr = newManager(d, cfg.Limits.MaxInboundHandshakes)
+	if d.mgr, err = d.newManager(cfg.Limits.MaxInboundHandshakes); err != nil {
+		return nil, err
+	}
 	d.engine, err = tasks.New(tasks.Config{
 		LocalID: d.id.String(), Store: d.taskStore, Handlers: cfg.Registry(d.workRoot()), Keys: d.dm, Peers: d.peers,
 		Sender: d.mgr, Admit: opts.AdmitTask, MaxConcurrent: cfg.Limits.MaxConcurrentTasks, MaxQueued: cfg.Limits.MaxQueuedTasks,
@@ -307,8 +310,7 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 
 	for name, ts := range d.transports {
 		for _, l := range ts.listeners {
-			d.mgr.wg.Add(1)
-			go d.mgr.acceptLoop(dctx, name, l)
+			d.mgr.Serve(dctx, name, sessions.ListenerOf[*host.Conn](l))
 		}
 	}
 	d.addBootstrap(cfg)
@@ -556,11 +558,11 @@ func (d *Daemon) teardown(ctx context.Context) error {
 		d.engine.Close()
 	}
 	if d.mgr != nil {
-		d.mgr.closeAll()
+		d.mgr.CloseAll()
 	}
 	d.cancel()
 	if d.mgr != nil {
-		d.mgr.wg.Wait()
+		d.mgr.Wait()
 	}
 	for _, name := range d.transportNames() {
 		ts := d.transports[name]

@@ -30,7 +30,7 @@ import (
 var ErrPluginMisbehaved = errors.New("plugin returned an invalid value")
 
 // ErrPeerMismatch: the peer's binding is valid but binds another agent than the one expected.
-var ErrPeerMismatch = errors.New("peer is not the expected agent")
+var ErrPeerMismatch = transports.ErrPeerMismatch
 
 // ErrUnavailable: the transport's plugin is not running (starting, restarting or closed).
 var ErrUnavailable = errors.New("transport plugin unavailable")
