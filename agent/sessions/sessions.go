@@ -430,7 +430,7 @@ func (m *Manager) receive(ctx context.Context, ps *PeerSession) {
 		m.cfg.SessionEnded(ps.peer, ps.transport, ps.s.Err())
 	}
 	if t != nil {
-		t.poke()
+		t.poke() // its target re-dials now
 	}
 }
 
@@ -526,7 +526,7 @@ func (m *Manager) dialLoop(ctx context.Context, t *target) {
 		lastErr := t.lastErr
 		t.mu.Unlock()
 		if ok {
-			failures = 0
+			failures = 0 // a success: the next failure waits Min again
 			continue
 		}
 		if ctx.Err() != nil {
