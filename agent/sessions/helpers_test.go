@@ -28,17 +28,17 @@ var bg = context.Background()
 // node is one agent on an in-memory network: a software identity, the real handshake and session code,
 // a session manager, and a listener.
 type node struct {
-	id    *agenttest.Identity
-	m     *sessions.Manager
-	ep    *memory.Transport
-	l     *memory.Listener
-	addr  string
-	scfg  session.Config
-	mu    sync.Mutex
+	id     *agenttest.Identity
+	m      *sessions.Manager
+	ep     *memory.Transport
+	l      *memory.Listener
+	addr   string
+	scfg   session.Config
+	mu     sync.Mutex
 	refuse error           // when set, the validator refuses every peer with it
-	evs   []session.Event  // session events (handshakes, refusals)
-	waits []time.Duration  // what the manager asked After for
-	after func(d time.Duration) <-chan time.Time
+	evs    []session.Event // session events (handshakes, refusals)
+	waits  []time.Duration // what the manager asked After for
+	after  func(d time.Duration) <-chan time.Time
 }
 
 type nodeOpts struct {
