@@ -2,6 +2,8 @@ package daemon
 
 import (
 	"context"
+	"github.com/custos-agent/custos/agent/api"
+	"github.com/custos-agent/custos/agent/config"
 	"os"
 
 	"github.com/custos-agent/custos/agent/authz"
@@ -13,25 +15,13 @@ import (
 	"github.com/custos-agent/custos/identity"
 )
 
-// Refusal codes of the handshake validator and message refusals (agent/authz).
-const (
-	RefusalBadPuzzle         = authz.RefusalBadPuzzle
-	RefusalBlocked           = authz.RefusalBlocked
-	RefusalMalformedGrants   = authz.RefusalMalformedGrants
-	RefusalGrantWrongSubject = authz.RefusalGrantWrongSubject
-	ReasonUncorrelated       = authz.ReasonUncorrelated
-)
-
-// StakeInstalled is authz.StakeInstalled.
-const StakeInstalled = authz.StakeInstalled
-
 func refuse(code string, err error) error { return authz.Refuse(code, err) }
 func refusalOf(err error) string          { return authz.RefusalOf(err) }
 
 // newAuthz builds the daemon's authorization (agent/authz) over its stores: the grants and revocations
 // in rbac's buckets, the held grants and the stake table in state.db, the peer cache, reputation, the
 // task engine, the audit log and the metrics.
-func newAuthz(ctx context.Context, d *Daemon, cfg *Config) (*authz.Authz, error) {
+func newAuthz(ctx context.Context, d *Daemon, cfg *config.Config) (*authz.Authz, error) {
 	store, err := rbac.NewBoltStore(d.db)
 	if err != nil {
 		return nil, err
@@ -88,7 +78,7 @@ func (d *Daemon) issuerKey(id identity.ID) (identity.State, error) { return d.au
 func (d *Daemon) issuerLog(issuer string) []byte { return d.authz.IssuerLog(issuer) }
 
 // describePeer adds the reputation report, roles and evidence count to a peer's status.
-func (d *Daemon) describePeer(ctx context.Context, id identity.ID, p *PeerStatus, r reputation.Report) {
+func (d *Daemon) describePeer(ctx context.Context, id identity.ID, p *api.PeerStatus, r reputation.Report) {
 	p.Reputation = &r
 	p.Roles = authz.RoleNames(d.authz.Roles(ctx, id))
 	if evs, err := d.evidence.ByPeer(id); err == nil {

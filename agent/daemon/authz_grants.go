@@ -16,13 +16,13 @@ import (
 	"github.com/custos-agent/custos/keystore"
 )
 
-func grantView(g rbac.Grant, state string) GrantView {
-	return GrantView{Grant: string(g.Encode()), ID: g.ID, Subject: g.Subject, Role: string(g.Role), Issuer: g.Issuer,
+func grantView(g rbac.Grant, state string) api.GrantView {
+	return api.GrantView{Grant: string(g.Encode()), ID: g.ID, Subject: g.Subject, Role: string(g.Role), Issuer: g.Issuer,
 		Issued: time.Unix(g.Issued, 0).UTC(), Expires: time.Unix(g.Expires, 0).UTC(), State: state}
 }
 
 func (d *Daemon) opGrantIssue(ctx context.Context, _ rbac.Cred, raw json.RawMessage) (any, error) {
-	var a GrantIssueArgs
+	var a api.GrantIssueArgs
 	if err := control.DecodeArgs(raw, &a); err != nil {
 		return nil, err
 	}
@@ -36,10 +36,10 @@ func (d *Daemon) opGrantIssue(ctx context.Context, _ rbac.Cred, raw json.RawMess
 	}
 	ttl := scaled(a.TTLSeconds, time.Second)
 	if a.TTLSeconds == 0 {
-		ttl = DefaultGrantTTL
+		ttl = api.DefaultGrantTTL
 	}
-	if ttl < time.Second || ttl > MaxGrantTTL {
-		return nil, control.Errorf(control.CodeBadRequest, "--expires %v is outside 1s..%v", ttl, MaxGrantTTL)
+	if ttl < time.Second || ttl > api.MaxGrantTTL {
+		return nil, control.Errorf(control.CodeBadRequest, "--expires %v is outside 1s..%v", ttl, api.MaxGrantTTL)
 	}
 	signer, by, err := d.issuerSigner(ctx)
 	if err != nil {
@@ -49,7 +49,7 @@ func (d *Daemon) opGrantIssue(ctx context.Context, _ rbac.Cred, raw json.RawMess
 	if err != nil {
 		return nil, err
 	}
-	res := GrantIssueResult{GrantView: grantView(g, "valid"), AdminHere: d.authz.RBAC().IsAdmin(d.id)}
+	res := api.GrantIssueResult{GrantView: grantView(g, "valid"), AdminHere: d.authz.RBAC().IsAdmin(d.id)}
 	if g.Gen > 0 {
 		res.IssuerLog = string(d.issuerLog(g.Issuer))
 	}
@@ -66,7 +66,7 @@ func (d *Daemon) opGrantIssue(ctx context.Context, _ rbac.Cred, raw json.RawMess
 }
 
 func (d *Daemon) opGrantInstall(ctx context.Context, _ rbac.Cred, raw json.RawMessage) (any, error) {
-	var a GrantInstallArgs
+	var a api.GrantInstallArgs
 	if err := control.DecodeArgs(raw, &a); err != nil {
 		return nil, err
 	}
@@ -95,26 +95,26 @@ func (d *Daemon) opGrantInstall(ctx context.Context, _ rbac.Cred, raw json.RawMe
 	}
 	d.record(audit.GrantAccepted, g.Issuer, d.id.String(), audit.OutcomeSuccess, map[string]any{
 		"grant": g.ID, "role": string(g.Role), "expires": time.Unix(g.Expires, 0).UTC().Format(time.RFC3339), "held": true})
-	return GrantInstallResult{Grant: grantView(g, "valid"), Presented: d.presentAll(ctx)}, nil
+	return api.GrantInstallResult{Grant: grantView(g, "valid"), Presented: d.presentAll(ctx)}, nil
 }
 
 // presentAll starts a fresh handshake with every connected peer whose address is known, so that it sees
 // the grants this agent holds now (grants travel from initiator to responder). A peer that only ever
 // dialled this agent sees them at the next handshake this agent starts.
-func (d *Daemon) presentAll(ctx context.Context) []Presentation {
+func (d *Daemon) presentAll(ctx context.Context) []api.Presentation {
 	targets := d.mgr.targetStatuses()
-	out := []Presentation{}
+	out := []api.Presentation{}
 	for _, s := range d.mgr.statuses() {
 		t, ok := targets[s.Peer]
 		if !ok || len(t.Addresses) == 0 {
-			out = append(out, Presentation{Peer: s.Peer, Error: "no address of this peer is known (it dialled this agent): it sees the grant at the next handshake this agent starts"})
+			out = append(out, api.Presentation{Peer: s.Peer, Error: "no address of this peer is known (it dialled this agent): it sees the grant at the next handshake this agent starts"})
 			continue
 		}
 		id, err := identity.ParseID(s.Peer)
 		if err != nil {
 			continue
 		}
-		p := Presentation{Peer: s.Peer}
+		p := api.Presentation{Peer: s.Peer}
 		var errs []string
 		for _, a := range t.Addresses {
 			dctx, cancel := context.WithTimeout(ctx, 20*time.Second)
@@ -135,7 +135,7 @@ func (d *Daemon) presentAll(ctx context.Context) []Presentation {
 }
 
 func (d *Daemon) opGrantRemove(ctx context.Context, _ rbac.Cred, raw json.RawMessage) (any, error) {
-	var a GrantRemoveArgs
+	var a api.GrantRemoveArgs
 	if err := control.DecodeArgs(raw, &a); err != nil {
 		return nil, err
 	}
@@ -158,7 +158,7 @@ func (d *Daemon) opGrantsList(ctx context.Context, _ rbac.Cred, raw json.RawMess
 	if err != nil {
 		return nil, err
 	}
-	out := GrantsList{Held: []GrantView{}, Peers: []GrantView{}}
+	out := api.GrantsList{Held: []api.GrantView{}, Peers: []api.GrantView{}}
 	now := z.Now().Unix()
 	for _, g := range held {
 		state := "valid"
@@ -193,7 +193,7 @@ func (d *Daemon) opGrantsList(ctx context.Context, _ rbac.Cred, raw json.RawMess
 }
 
 func (d *Daemon) opRevoke(ctx context.Context, _ rbac.Cred, raw json.RawMessage) (any, error) {
-	var a RevokeArgs
+	var a api.RevokeArgs
 	if err := control.DecodeArgs(raw, &a); err != nil {
 		return nil, err
 	}
@@ -205,7 +205,7 @@ func (d *Daemon) opRevoke(ctx context.Context, _ rbac.Cred, raw json.RawMessage)
 	if err != nil {
 		return nil, control.Errorf(control.CodeBadRequest, "%v", err)
 	}
-	res := RevokeResult{Revocation: string(r.Encode()), GrantID: r.Grant, Issuer: r.Issuer, Issued: time.Unix(r.Issued, 0).UTC()}
+	res := api.RevokeResult{Revocation: string(r.Encode()), GrantID: r.Grant, Issuer: r.Issuer, Issued: time.Unix(r.Issued, 0).UTC()}
 	if r.Gen > 0 {
 		res.IssuerLog = string(d.issuerLog(r.Issuer))
 	}
@@ -222,7 +222,7 @@ func (d *Daemon) opRevoke(ctx context.Context, _ rbac.Cred, raw json.RawMessage)
 }
 
 func (d *Daemon) opRevocationInstall(ctx context.Context, _ rbac.Cred, raw json.RawMessage) (any, error) {
-	var a RevocationInstallArgs
+	var a api.RevocationInstallArgs
 	if err := control.DecodeArgs(raw, &a); err != nil {
 		return nil, err
 	}
@@ -250,11 +250,11 @@ func (d *Daemon) opRevocationInstall(ctx context.Context, _ rbac.Cred, raw json.
 		return nil, err
 	}
 	d.record(audit.GrantRevoked, r.Issuer, r.Grant, audit.OutcomeSuccess, map[string]any{"grant": r.Grant, "reason": "revocation installed", "held": removed, "applied": applied})
-	return RevocationInstallResult{GrantID: r.Grant, Issuer: r.Issuer, RemovedHeld: removed, Applied: applied}, nil
+	return api.RevocationInstallResult{GrantID: r.Grant, Issuer: r.Issuer, RemovedHeld: removed, Applied: applied}, nil
 }
 
 func (d *Daemon) peerArg(raw json.RawMessage) (identity.ID, error) {
-	var a PeerArgs
+	var a api.PeerArgs
 	if err := control.DecodeArgs(raw, &a); err != nil {
 		return identity.ID{}, err
 	}
@@ -303,17 +303,17 @@ func (d *Daemon) opPeersUnblock(ctx context.Context, _ rbac.Cred, raw json.RawMe
 // authzOps are the control operations of authz_*.go (their permissions: agent/api.Table).
 func (d *Daemon) authzOps() map[string]api.Handler {
 	return map[string]api.Handler{
-		OpGrantIssue:        d.opGrantIssue,
-		OpGrantInstall:      d.opGrantInstall,
-		OpGrantRemove:       d.opGrantRemove,
-		OpGrantsList:        d.opGrantsList,
-		OpRevoke:            d.opRevoke,
-		OpRevocationInstall: d.opRevocationInstall,
-		OpPeersBlock:        d.opPeersBlock,
-		OpPeersUnblock:      d.opPeersUnblock,
-		OpTaskReplicate:     d.opTaskReplicate,
-		OpStakeSign:         d.opStakeSign,
-		OpStakeSet:          d.opStakeSet,
+		api.OpGrantIssue:        d.opGrantIssue,
+		api.OpGrantInstall:      d.opGrantInstall,
+		api.OpGrantRemove:       d.opGrantRemove,
+		api.OpGrantsList:        d.opGrantsList,
+		api.OpRevoke:            d.opRevoke,
+		api.OpRevocationInstall: d.opRevocationInstall,
+		api.OpPeersBlock:        d.opPeersBlock,
+		api.OpPeersUnblock:      d.opPeersUnblock,
+		api.OpTaskReplicate:     d.opTaskReplicate,
+		api.OpStakeSign:         d.opStakeSign,
+		api.OpStakeSet:          d.opStakeSet,
 	}
 }
 

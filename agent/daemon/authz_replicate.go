@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/custos-agent/custos/agent/api"
 	"time"
 
 	"github.com/custos-agent/custos/agent/consensus"
@@ -21,12 +22,12 @@ import (
 const TaskVote audit.EventType = "task.vote"
 
 func (d *Daemon) opTaskReplicate(ctx context.Context, _ rbac.Cred, raw json.RawMessage) (any, error) {
-	var a ReplicateArgs
+	var a api.ReplicateArgs
 	if err := control.DecodeArgs(raw, &a); err != nil {
 		return nil, err
 	}
-	if a.Redundancy < 1 || a.Redundancy > MaxRedundancy {
-		return nil, control.Errorf(control.CodeBadRequest, "--redundancy %d is outside 1..%d", a.Redundancy, MaxRedundancy)
+	if a.Redundancy < 1 || a.Redundancy > api.MaxRedundancy {
+		return nil, control.Errorf(control.CodeBadRequest, "--redundancy %d is outside 1..%d", a.Redundancy, api.MaxRedundancy)
 	}
 	if a.Vote == "" {
 		a.Vote = string(consensus.ByReputation)
@@ -39,8 +40,8 @@ func (d *Daemon) opTaskReplicate(ctx context.Context, _ rbac.Cred, raw json.RawM
 	if a.WaitMS == 0 {
 		wait = 2 * time.Minute
 	}
-	if wait <= 0 || wait > MaxWait {
-		return nil, control.Errorf(control.CodeBadRequest, "wait of %v is outside 0..%v", wait, MaxWait)
+	if wait <= 0 || wait > api.MaxWait {
+		return nil, control.Errorf(control.CodeBadRequest, "wait of %v is outside 0..%v", wait, api.MaxWait)
 	}
 	if !tasks.ValidHandlerName(a.Handler) {
 		return nil, control.Errorf(control.CodeBadRequest, "handler name %q: want 1-32 of a-z 0-9 _ -, starting with a letter", a.Handler)
@@ -50,7 +51,7 @@ func (d *Daemon) opTaskReplicate(ctx context.Context, _ rbac.Cred, raw json.RawM
 
 // replicate runs the task through the consensus.Replicator (selection, submission, vote) and shows the
 // outcome; the vote is audited.
-func (d *Daemon) replicate(ctx context.Context, handler string, input []byte, k int, mode consensus.Mode, wait time.Duration) (*ReplicatedView, error) {
+func (d *Daemon) replicate(ctx context.Context, handler string, input []byte, k int, mode consensus.Mode, wait time.Duration) (*api.ReplicatedView, error) {
 	var stakes *consensus.StakeTable
 	if mode == consensus.ByStake || mode == consensus.Hybrid {
 		var err error
@@ -69,14 +70,14 @@ func (d *Daemon) replicate(ctx context.Context, handler string, input []byte, k 
 	case err != nil:
 		return nil, err
 	}
-	view := &ReplicatedView{Group: group, Handler: handler, InputSHA256: tasks.HexSHA256(input), Mode: string(mode), Redundancy: k,
-		Quorum: consensus.DefaultQuorum, Votes: []VoteView{}, Evidence: []EvidenceView{}}
+	view := &api.ReplicatedView{Group: group, Handler: handler, InputSHA256: tasks.HexSHA256(input), Mode: string(mode), Redundancy: k,
+		Quorum: consensus.DefaultQuorum, Votes: []api.VoteView{}, Evidence: []api.EvidenceView{}}
 	outputs := map[[32]byte][]byte{}
-	votes := map[string]*VoteView{}
+	votes := map[string]*api.VoteView{}
 	for _, p := range rep.Selected {
 		view.Selected = append(view.Selected, p.String())
 		o := rep.Runs[p.String()]
-		v := &VoteView{Peer: p.String(), TaskID: rep.TaskIDs[p.String()], Vote: "silent"}
+		v := &api.VoteView{Peer: p.String(), TaskID: rep.TaskIDs[p.String()], Vote: "silent"}
 		votes[p.String()] = v
 		if o == nil {
 			continue
@@ -128,7 +129,7 @@ func (d *Daemon) replicate(ctx context.Context, handler string, input []byte, k 
 		dissent = append(dissent, p.String())
 	}
 	for _, e := range rep.Evidence {
-		view.Evidence = append(view.Evidence, EvidenceView{Peer: e.Peer, Kind: e.Kind, Digest: e.Digest, Accepted: e.Accepted, Evidence: json.RawMessage(e.Signed)})
+		view.Evidence = append(view.Evidence, api.EvidenceView{Peer: e.Peer, Kind: e.Kind, Digest: e.Digest, Accepted: e.Accepted, Evidence: json.RawMessage(e.Signed)})
 	}
 	details := map[string]any{"accepted": out.Accepted, "mode": string(mode), "handler": handler, "redundancy": k,
 		"share": out.Share, "dissenting": fmt.Sprint(dissent), "silent": len(out.Silent)}

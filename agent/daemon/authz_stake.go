@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"github.com/custos-agent/custos/agent/api"
 	"strings"
 	"time"
 
@@ -14,13 +15,13 @@ import (
 	"github.com/custos-agent/custos/identity"
 )
 
-func stakeView(t consensus.StakeTable, inForce bool) StakeView {
-	return StakeView{Table: string(t.Encode()), Issuer: t.Issuer, Issued: time.Unix(t.Issued, 0).UTC(), Expires: time.Unix(t.Expires, 0).UTC(),
+func stakeView(t consensus.StakeTable, inForce bool) api.StakeView {
+	return api.StakeView{Table: string(t.Encode()), Issuer: t.Issuer, Issued: time.Unix(t.Issued, 0).UTC(), Expires: time.Unix(t.Expires, 0).UTC(),
 		Stakes: t.Stakes, InForce: inForce}
 }
 
 func (d *Daemon) opStakeSign(ctx context.Context, _ rbac.Cred, raw json.RawMessage) (any, error) {
-	var a StakeSignArgs
+	var a api.StakeSignArgs
 	if err := control.DecodeArgs(raw, &a); err != nil {
 		return nil, err
 	}
@@ -34,10 +35,10 @@ func (d *Daemon) opStakeSign(ctx context.Context, _ rbac.Cred, raw json.RawMessa
 	}
 	ttl := scaled(a.TTLSeconds, time.Second)
 	if a.TTLSeconds == 0 {
-		ttl = DefaultGrantTTL
+		ttl = api.DefaultGrantTTL
 	}
-	if ttl < time.Second || ttl > MaxGrantTTL {
-		return nil, control.Errorf(control.CodeBadRequest, "--expires %v is outside 1s..%v", ttl, MaxGrantTTL)
+	if ttl < time.Second || ttl > api.MaxGrantTTL {
+		return nil, control.Errorf(control.CodeBadRequest, "--expires %v is outside 1s..%v", ttl, api.MaxGrantTTL)
 	}
 	signer, err := d.cust.Signer(ctx)
 	if err != nil {
@@ -63,7 +64,7 @@ func (d *Daemon) opStakeSign(ctx context.Context, _ rbac.Cred, raw json.RawMessa
 }
 
 func (d *Daemon) opStakeSet(ctx context.Context, _ rbac.Cred, raw json.RawMessage) (any, error) {
-	var a StakeSetArgs
+	var a api.StakeSetArgs
 	if err := control.DecodeArgs(raw, &a); err != nil {
 		return nil, err
 	}

@@ -32,6 +32,7 @@ import (
 
 	"github.com/custos-agent/custos/agent/api"
 	"github.com/custos-agent/custos/agent/authz"
+	"github.com/custos-agent/custos/agent/bindauth"
 	"github.com/custos-agent/custos/agent/config"
 	"github.com/custos-agent/custos/agent/consensus"
 	"github.com/custos-agent/custos/agent/control"
@@ -64,7 +65,7 @@ type Options struct {
 	// Home is the agent's home directory (0700).
 	Home string
 	// Config and its digest (LoadConfig); ConfigPath is re-read by Reload.
-	Config       *Config
+	Config       *config.Config
 	ConfigDigest string
 	ConfigPath   string
 	// Custody is the opened identity (its keystore backends are the caller's business).
@@ -90,7 +91,7 @@ type Options struct {
 }
 
 type transportState struct {
-	cfg       TransportConfig
+	cfg       config.TransportConfig
 	t         *host.Transport
 	listeners []*host.Listener
 }
@@ -105,7 +106,7 @@ type Daemon struct {
 
 	mu     sync.Mutex
 	idMu   sync.Mutex // serialises identity reloads (keyevents.go)
-	cfg    *Config
+	cfg    *config.Config
 	digest string
 	ownLog identity.Log
 
@@ -122,7 +123,7 @@ type Daemon struct {
 	authz      *authz.Authz // authorization and trust (agent/authz; wired in authz.go)
 	evidence   *consensus.EvidenceStore
 	replicator *consensus.Replicator // replicated tasks (authz_replicate.go)
-	authority  *Authority
+	authority  *bindauth.Authority
 	transports map[string]*transportState
 	mgr        *manager
 	ctl        *control.Server
@@ -141,7 +142,7 @@ type Daemon struct {
 // a failure at any step undoes the earlier ones and names what failed.
 func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 	if opts.Config == nil || opts.Custody == nil || opts.Home == "" {
-		return nil, errors.New("daemon: Home, Config and Custody are required")
+		return nil, errors.New("daemon: Home, config.Config and Custody are required")
 	}
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
@@ -195,7 +196,7 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 	}
 	repCfg, err := cfg.ReputationSettings() // agent/config: the reputation and puzzles sections
 	if err != nil {
-		return nil, fmt.Errorf("%w: reputation: %v", ErrConfig, err)
+		return nil, fmt.Errorf("%w: reputation: %v", config.ErrConfig, err)
 	}
 	d.rep, err = reputation.NewStore(ctx, d.db, repCfg, reputation.Options{
 		Resolve:   d.currentKeyOf,
@@ -276,7 +277,7 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 		return nil, err
 	}
 
-	d.authority = NewAuthority(d.id, d.dm, d.peers, d.keyLog, DefaultBindingTTL)
+	d.authority = bindauth.NewAuthority(d.id, d.dm, d.peers, d.keyLog, bindauth.DefaultBindingTTL)
 	for _, tc := range cfg.Transports {
 		if err := d.startTransport(ctx, tc); err != nil {
 			return nil, err
@@ -329,7 +330,7 @@ func keystoreBackend(uri string) string {
 
 func (d *Daemon) workRoot() string { return filepath.Join(d.home, WorkDir) }
 
-func (d *Daemon) config() *Config {
+func (d *Daemon) config() *config.Config {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	return d.cfg
@@ -342,7 +343,7 @@ func (d *Daemon) keyLog() *identity.Log {
 	return &l
 }
 
-func (d *Daemon) applyLogLevel(cfg *Config) {
+func (d *Daemon) applyLogLevel(cfg *config.Config) {
 	if d.opts.LogLevel == nil || d.opts.LogLevelFixed {
 		return
 	}
@@ -363,7 +364,7 @@ func (d *Daemon) currentKeyOf(id identity.ID) (identity.State, error) {
 	return st, nil
 }
 
-func (d *Daemon) startTransport(ctx context.Context, tc TransportConfig) error {
+func (d *Daemon) startTransport(ctx context.Context, tc config.TransportConfig) error {
 	mode, err := sandbox.ParseMode(tc.Sandbox)
 	if err != nil {
 		return fmt.Errorf("transport %s: %w", tc.Name, err)
@@ -429,7 +430,7 @@ func sandboxGauges(p sandbox.Protections) map[string]bool {
 
 // bindPorts are the TCP ports a tcp or ws plugin may bind (its listen addresses; none when it only
 // dials); nil (no Landlock network rule) for other transports or an address without a numeric port.
-func bindPorts(tc TransportConfig) []uint16 {
+func bindPorts(tc config.TransportConfig) []uint16 {
 	if tc.Name != "tcp" && tc.Name != "ws" {
 		return nil
 	}
@@ -461,19 +462,19 @@ func (d *Daemon) transportNames() []string {
 	return out
 }
 
-func (d *Daemon) addBootstrap(cfg *Config) {
-	byID := map[string][]Address{}
+func (d *Daemon) addBootstrap(cfg *config.Config) {
+	byID := map[string][]api.Address{}
 	var order []string
 	for _, p := range cfg.Bootstrap {
 		id, _ := identity.ParseID(p.ID)
 		tn := p.Transport
 		if tn == "" {
-			tn = InferTransport(p.Address)
+			tn = config.InferTransport(p.Address)
 		}
 		if _, ok := byID[id.String()]; !ok {
 			order = append(order, id.String())
 		}
-		byID[id.String()] = append(byID[id.String()], Address{Transport: tn, Address: p.Address})
+		byID[id.String()] = append(byID[id.String()], api.Address{Transport: tn, Address: p.Address})
 	}
 	for _, id := range order {
 		d.mgr.addTarget(d.ctx, id, byID[id], "bootstrap")
@@ -599,8 +600,8 @@ func (d *Daemon) teardown(ctx context.Context) error {
 // what can change while running (handlers, bootstrap peers, session and redial settings, log level) and
 // names the rest as needing a restart; it writes an audit record with the new and previous digests and
 // logs the change. An invalid file changes nothing.
-func (d *Daemon) Reload(ctx context.Context) (*ReloadResult, error) {
-	cfg, digest, err := LoadConfig(d.opts.ConfigPath)
+func (d *Daemon) Reload(ctx context.Context) (*api.ReloadResult, error) {
+	cfg, digest, err := config.LoadConfig(d.opts.ConfigPath)
 	if err != nil {
 		d.record(audit.ConfigChanged, "operator", d.opts.ConfigPath, audit.OutcomeFailure, map[string]any{"digest": d.currentDigest(), "error": err.Error()})
 		d.log.Error("configuration reload refused; the running configuration is unchanged", "err", err)
@@ -609,7 +610,7 @@ func (d *Daemon) Reload(ctx context.Context) (*ReloadResult, error) {
 	d.mu.Lock()
 	old, oldDigest := d.cfg, d.digest
 	d.mu.Unlock()
-	res := &ReloadResult{Digest: digest, PreviousDigest: oldDigest, Changed: config.Diff(old, cfg)}
+	res := &api.ReloadResult{Digest: digest, PreviousDigest: oldDigest, Changed: config.Diff(old, cfg)}
 	for _, c := range res.Changed {
 		switch {
 		case strings.HasPrefix(c, "handlers."):
@@ -663,7 +664,7 @@ func (d *Daemon) Reload(ctx context.Context) (*ReloadResult, error) {
 	return res, nil
 }
 
-func slicesDiffer(a, b []PeerConfig) bool {
+func slicesDiffer(a, b []config.PeerConfig) bool {
 	if len(a) != len(b) {
 		return true
 	}

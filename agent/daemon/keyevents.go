@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"github.com/custos-agent/custos/agent/api"
 	"time"
 
 	"github.com/custos-agent/custos/agent/control"
@@ -14,17 +15,6 @@ import (
 	"github.com/custos-agent/custos/identity"
 )
 
-// Sources of key event records (Details "source"): custody's.
-const (
-	SourceAgentctl = custody.SourceAgentctl
-	SourceDaemon   = custody.SourceDaemon
-)
-
-// KeyEventRecords is custody.KeyEventRecords (kept for the daemon's callers while the rooms move).
-func KeyEventRecords(before, after []custody.Generation, kel identity.Log, actor, source string) []audit.Record {
-	return custody.KeyEventRecords(before, after, kel, actor, source)
-}
-
 func (d *Daemon) opIdentityReload(ctx context.Context, c rbac.Cred, raw json.RawMessage) (any, error) {
 	if err := control.DecodeArgs(raw, &struct{}{}); err != nil {
 		return nil, err
@@ -34,7 +24,7 @@ func (d *Daemon) opIdentityReload(ctx context.Context, c rbac.Cred, raw json.Raw
 	if err != nil {
 		return nil, control.Errorf(control.CodeFailed, "identity reload: %v", err)
 	}
-	res := &IdentityReloadResult{Generation: d.cust.Current().Generation, PreviousGeneration: before, Changed: len(recs) > 0, Recorded: []string{}}
+	res := &api.IdentityReloadResult{Generation: d.cust.Current().Generation, PreviousGeneration: before, Changed: len(recs) > 0, Recorded: []string{}}
 	for _, r := range recs {
 		res.Recorded = append(res.Recorded, string(r.Type))
 	}
@@ -43,7 +33,7 @@ func (d *Daemon) opIdentityReload(ctx context.Context, c rbac.Cred, raw json.Raw
 
 // recordKeyEvents writes the records of KeyEventRecords(before, now) to the audit log and returns them.
 func (d *Daemon) recordKeyEvents(before []custody.Generation, actor string) []audit.Record {
-	recs := KeyEventRecords(before, d.cust.Keys(), d.cust.Log(), actor, SourceDaemon)
+	recs := custody.KeyEventRecords(before, d.cust.Keys(), d.cust.Log(), actor, custody.SourceDaemon)
 	for _, r := range recs {
 		d.record(r.Type, r.Actor, r.Subject, r.Outcome, r.Details)
 		d.log.Info("key event recorded", "type", r.Type, "generation", r.Details["generation"])

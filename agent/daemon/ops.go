@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/custos-agent/custos/agent/config"
 	"maps"
 	"math"
 	"os"
@@ -57,7 +58,7 @@ func (d *Daemon) opStatus(ctx context.Context, _ rbac.Cred, raw json.RawMessage)
 	if err := control.DecodeArgs(raw, &struct{}{}); err != nil {
 		return nil, err
 	}
-	s := Status{AgentID: d.id.String(), Generation: d.cust.Current().Generation, Keystore: keystoreBackend(d.cust.KeystoreURI()),
+	s := api.Status{AgentID: d.id.String(), Generation: d.cust.Current().Generation, Keystore: keystoreBackend(d.cust.KeystoreURI()),
 		DelegationMode: string(d.dm.Mode()), Version: d.opts.Version, PID: pid(), Started: d.started, Config: d.opts.ConfigPath,
 		ConfigDigest: d.currentDigest(), Control: d.ctl.Path(), Metrics: d.metricsURL(), Sessions: d.mgr.statuses(),
 		Handlers: d.engine.Handlers(), Tasks: d.engine.Stats()}
@@ -66,7 +67,7 @@ func (d *Daemon) opStatus(ctx context.Context, _ rbac.Cred, raw json.RawMessage)
 	}
 	for _, name := range d.transportNames() {
 		ts := d.transports[name]
-		st := TransportStatus{Name: name, Plugin: ts.cfg.Plugin, SHA256: ts.cfg.SHA256, PID: ts.t.PID(), Running: ts.t.PID() != 0, Restarts: ts.t.Restarts()}
+		st := api.TransportStatus{Name: name, Plugin: ts.cfg.Plugin, SHA256: ts.cfg.SHA256, PID: ts.t.PID(), Running: ts.t.PID() != 0, Restarts: ts.t.Restarts()}
 		st.SandboxDetail = ts.t.Sandbox()
 		st.Sandbox = st.SandboxDetail.String()
 		for _, l := range ts.listeners {
@@ -75,7 +76,7 @@ func (d *Daemon) opStatus(ctx context.Context, _ rbac.Cred, raw json.RawMessage)
 		s.Transports = append(s.Transports, st)
 	}
 	if s.Sessions == nil {
-		s.Sessions = []SessionStatus{}
+		s.Sessions = []api.SessionStatus{}
 	}
 	return s, nil
 }
@@ -92,7 +93,7 @@ func (d *Daemon) opPeersList(ctx context.Context, _ rbac.Cred, raw json.RawMessa
 	for _, id := range cached {
 		ids[id] = true
 	}
-	sessions := map[string]SessionStatus{}
+	sessions := map[string]api.SessionStatus{}
 	for _, s := range d.mgr.statuses() {
 		sessions[s.Peer] = s
 		ids[s.Peer] = true
@@ -104,9 +105,9 @@ func (d *Daemon) opPeersList(ctx context.Context, _ rbac.Cred, raw json.RawMessa
 	for _, r := range d.rep.List() { // peers known only by their reputation (a blocked peer, say)
 		ids[r.Peer] = true
 	}
-	out := []PeerStatus{}
+	out := []api.PeerStatus{}
 	for id := range ids {
-		p := PeerStatus{ID: id}
+		p := api.PeerStatus{ID: id}
 		if s, ok := sessions[id]; ok {
 			p.Connected, p.Session = true, &s
 		}
@@ -132,7 +133,7 @@ func (d *Daemon) opPeersList(ctx context.Context, _ rbac.Cred, raw json.RawMessa
 }
 
 func (d *Daemon) opConnect(ctx context.Context, _ rbac.Cred, raw json.RawMessage) (any, error) {
-	var a ConnectArgs
+	var a api.ConnectArgs
 	if err := control.DecodeArgs(raw, &a); err != nil {
 		return nil, err
 	}
@@ -147,7 +148,7 @@ func (d *Daemon) opConnect(ctx context.Context, _ rbac.Cred, raw json.RawMessage
 		return nil, control.Errorf(control.CodeBadRequest, "an address is required")
 	}
 	if a.Transport == "" {
-		a.Transport = InferTransport(a.Address)
+		a.Transport = config.InferTransport(a.Address)
 	}
 	if d.transport(a.Transport) == nil {
 		return nil, control.Errorf(control.CodeBadRequest, "transport %s is not configured (configured: %v)", a.Transport, d.transportNames())
@@ -158,20 +159,20 @@ func (d *Daemon) opConnect(ctx context.Context, _ rbac.Cred, raw json.RawMessage
 	}
 	dctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	ps, err := d.mgr.dial(dctx, id, Address{Transport: a.Transport, Address: a.Address})
+	ps, err := d.mgr.dial(dctx, id, api.Address{Transport: a.Transport, Address: a.Address})
 	if err != nil {
 		return nil, control.Errorf(control.CodeRefused, "connect to %s at %s (%s): %v", id, a.Address, a.Transport, err)
 	}
-	d.mgr.addTarget(d.ctx, id.String(), []Address{{Transport: a.Transport, Address: a.Address}}, "connect")
+	d.mgr.addTarget(d.ctx, id.String(), []api.Address{{Transport: a.Transport, Address: a.Address}}, "connect")
 	return ps.status(), nil
 }
 
-func view(o *tasks.Outbound) *TaskView {
-	return &TaskView{TaskID: o.TaskID, To: o.To, Handler: o.Handler, State: o.State, InputSHA256: o.InputSHA256,
+func view(o *tasks.Outbound) *api.TaskView {
+	return &api.TaskView{TaskID: o.TaskID, To: o.To, Handler: o.Handler, State: o.State, InputSHA256: o.InputSHA256,
 		Submitted: o.Submitted, Updated: o.Updated, Attempts: o.Attempts, ErrorCode: o.ErrorCode, Error: o.Error}
 }
 
-func (d *Daemon) fullView(o *tasks.Outbound) (*TaskView, error) {
+func (d *Daemon) fullView(o *tasks.Outbound) (*api.TaskView, error) {
 	v := view(o)
 	if o.State != tasks.OutDone {
 		return v, nil
@@ -193,7 +194,7 @@ func (d *Daemon) fullView(o *tasks.Outbound) (*TaskView, error) {
 	if err != nil {
 		return nil, err
 	}
-	v.Result = &ResultView{Status: doc.Status, Output: doc.Output, OutputSHA256: doc.OutputSHA256, Error: doc.Error,
+	v.Result = &api.ResultView{Status: doc.Status, Output: doc.Output, OutputSHA256: doc.OutputSHA256, Error: doc.Error,
 		Executor: e.Header.SenderID, Started: doc.Started, Finished: doc.Finished, Signature: e.Signature,
 		SignedAt: e.Header.Timestamp, OperationalKey: identity.Base64().EncodeToString(dl.OpKey), OperationalAlgorithm: string(dl.OpAlg),
 		DelegationGeneration: dl.Generation, DelegationNotAfter: dl.NotAfter, Verified: true, Evidence: ev}
@@ -201,7 +202,7 @@ func (d *Daemon) fullView(o *tasks.Outbound) (*TaskView, error) {
 }
 
 func (d *Daemon) opSubmit(ctx context.Context, _ rbac.Cred, raw json.RawMessage) (any, error) {
-	var a SubmitArgs
+	var a api.SubmitArgs
 	if err := control.DecodeArgs(raw, &a); err != nil {
 		return nil, err
 	}
@@ -213,7 +214,7 @@ func (d *Daemon) opSubmit(ctx context.Context, _ rbac.Cred, raw json.RawMessage)
 }
 
 func (d *Daemon) opTaskGet(ctx context.Context, _ rbac.Cred, raw json.RawMessage) (any, error) {
-	var a GetArgs
+	var a api.GetArgs
 	if err := control.DecodeArgs(raw, &a); err != nil {
 		return nil, err
 	}
@@ -221,8 +222,8 @@ func (d *Daemon) opTaskGet(ctx context.Context, _ rbac.Cred, raw json.RawMessage
 		return nil, control.Errorf(control.CodeBadRequest, "%v", err)
 	}
 	wait := scaled(a.WaitMS, time.Millisecond)
-	if wait < 0 || wait > MaxWait {
-		return nil, control.Errorf(control.CodeBadRequest, "wait of %v is outside 0..%v", wait, MaxWait)
+	if wait < 0 || wait > api.MaxWait {
+		return nil, control.Errorf(control.CodeBadRequest, "wait of %v is outside 0..%v", wait, api.MaxWait)
 	}
 	var o *tasks.Outbound
 	var err error
@@ -260,7 +261,7 @@ func (d *Daemon) opTaskList(ctx context.Context, _ rbac.Cred, raw json.RawMessag
 	if err != nil {
 		return nil, err
 	}
-	vs := []*TaskView{}
+	vs := []*api.TaskView{}
 	for _, o := range outs {
 		vs = append(vs, view(o))
 	}

@@ -5,6 +5,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/custos-agent/custos/agent/api"
+	"github.com/custos-agent/custos/agent/authz"
 	"sort"
 	"sync"
 	"time"
@@ -41,7 +43,7 @@ func (ps *peerSession) canonical(local string) bool {
 type target struct {
 	id     string
 	mu     sync.Mutex
-	addrs  []Address
+	addrs  []api.Address
 	source string // "bootstrap" or "connect"
 	wake   chan struct{}
 	cancel context.CancelFunc
@@ -144,7 +146,7 @@ func (m *manager) acceptLoop(ctx context.Context, transport string, l *host.List
 }
 
 // dial connects to id at addr and runs the handshake as initiator.
-func (m *manager) dial(ctx context.Context, id identity.ID, addr Address) (*peerSession, error) {
+func (m *manager) dial(ctx context.Context, id identity.ID, addr api.Address) (*peerSession, error) {
 	t := m.d.transport(addr.Transport)
 	if t == nil {
 		return nil, fmt.Errorf("transport %s is not configured (configured: %v)", addr.Transport, m.d.transportNames())
@@ -234,7 +236,7 @@ func (m *manager) receive(ctx context.Context, ps *peerSession) {
 }
 
 // addTarget keeps a session with id over addrs (replacing the addresses of an existing target).
-func (m *manager) addTarget(ctx context.Context, id string, addrs []Address, source string) {
+func (m *manager) addTarget(ctx context.Context, id string, addrs []api.Address, source string) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.closing {
@@ -300,7 +302,7 @@ func (m *manager) dialLoop(ctx context.Context, t *target) {
 			continue
 		}
 		t.mu.Lock()
-		addrs := append([]Address(nil), t.addrs...)
+		addrs := append([]api.Address(nil), t.addrs...)
 		t.mu.Unlock()
 		var errs []error
 		ok := false
@@ -369,16 +371,16 @@ func (m *manager) closeAll() {
 	wg.Wait()
 }
 
-func (ps *peerSession) status() SessionStatus {
+func (ps *peerSession) status() api.SessionStatus {
 	p := ps.s.Peer()
-	return SessionStatus{Peer: ps.peer, Transport: ps.transport, Remote: ps.remote, Role: ps.s.Role().String(),
+	return api.SessionStatus{Peer: ps.peer, Transport: ps.transport, Remote: ps.remote, Role: ps.s.Role().String(),
 		Established: ps.established, Expires: ps.s.Expires().UTC(), Generation: p.State.Generation,
 		SessionID: fmt.Sprintf("%x", ps.s.ID())}
 }
 
-func (m *manager) statuses() []SessionStatus {
+func (m *manager) statuses() []api.SessionStatus {
 	m.mu.Lock()
-	var out []SessionStatus
+	var out []api.SessionStatus
 	for _, ps := range m.sessions {
 		if ps.s.Err() == nil {
 			out = append(out, ps.status())
@@ -389,13 +391,13 @@ func (m *manager) statuses() []SessionStatus {
 	return out
 }
 
-func (m *manager) targetStatuses() map[string]TargetStatus {
+func (m *manager) targetStatuses() map[string]api.TargetStatus {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	out := map[string]TargetStatus{}
+	out := map[string]api.TargetStatus{}
 	for id, t := range m.targets {
 		t.mu.Lock()
-		out[id] = TargetStatus{Addresses: append([]Address(nil), t.addrs...), Source: t.source, Attempts: t.attempts, LastError: t.lastErr}
+		out[id] = api.TargetStatus{Addresses: append([]api.Address(nil), t.addrs...), Source: t.source, Attempts: t.attempts, LastError: t.lastErr}
 		t.mu.Unlock()
 	}
 	return out
@@ -432,14 +434,14 @@ func (d *Daemon) admitEarly(p *session.Peer, early *earlyAdmission) error {
 	z := d.authz
 	if p.Role == session.Initiator && z.Admission() != nil {
 		if err := z.Admission().Verify(p.Puzzle, p.Binding, p.Solution); err != nil {
-			z.CountDenial(RefusalBadPuzzle, true)
-			return refuse(RefusalBadPuzzle, fmt.Errorf("admission puzzle: %w", err))
+			z.CountDenial(authz.RefusalBadPuzzle, true)
+			return refuse(authz.RefusalBadPuzzle, fmt.Errorf("admission puzzle: %w", err))
 		}
 		early.set(p)
 	}
 	if err := d.rep.Admit(p.ID); err != nil {
-		z.CountDenial(RefusalBlocked, true)
-		return refuse(RefusalBlocked, err)
+		z.CountDenial(authz.RefusalBlocked, true)
+		return refuse(authz.RefusalBlocked, err)
 	}
 	return nil
 }

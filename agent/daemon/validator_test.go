@@ -3,6 +3,7 @@ package daemon
 import (
 	"context"
 	"errors"
+	"github.com/custos-agent/custos/agent/authz"
 	"net"
 	"path/filepath"
 	"strings"
@@ -98,8 +99,8 @@ func TestEarlyAdmission(t *testing.T) {
 		if _, err := session.Initiate(context.Background(), session.NewNetConn(c1, 0), cfg, b.ID()); err == nil {
 			t.Fatal("an initiator with a wrong solution was admitted")
 		}
-		if err := <-ch; !errors.Is(err, reason.ValidatorRefused) || !strings.Contains(err.Error(), RefusalBadPuzzle) {
-			t.Fatalf("responder: %v, want validator_refused %s", err, RefusalBadPuzzle)
+		if err := <-ch; !errors.Is(err, reason.ValidatorRefused) || !strings.Contains(err.Error(), authz.RefusalBadPuzzle) {
+			t.Fatalf("responder: %v, want validator_refused %s", err, authz.RefusalBadPuzzle)
 		}
 	}
 	if ids, err := b.peers.IDs(); err != nil || len(ids) != 0 {

@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/custos-agent/custos/agent/config"
 	"io"
 	"log/slog"
 	"os"
@@ -108,7 +109,7 @@ func runDaemon(c *cli.Context) error {
 	if cfgPath, err = filepath.Abs(cfgPath); err != nil {
 		return clisession.Usagef("--config: %v", err)
 	}
-	cfg, digest, err := daemon.LoadConfig(cfgPath)
+	cfg, digest, err := config.LoadConfig(cfgPath)
 	if err != nil {
 		return err
 	}
