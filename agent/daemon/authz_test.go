@@ -102,7 +102,11 @@ func grantFor(t *testing.T, admin *agenttest.Identity, subject identity.ID, role
 // with a control permission of rbac's table (agent/api.TestTableMatchesRBAC checks the table itself).
 func TestEveryControlOpIsAuthorized(t *testing.T) {
 	a := startAuthzDaemon(t, "")
-	ops, err := api.Ops(a.d.handlers())
+	hs, err := api.Join(a.d.services()...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ops, err := api.Ops(hs)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -31,6 +31,7 @@ import (
 	bolterrors "go.etcd.io/bbolt/errors"
 
 	"github.com/custos-agent/custos/agent/api"
+	"github.com/custos-agent/custos/agent/api/taskops"
 	"github.com/custos-agent/custos/agent/authz"
 	"github.com/custos-agent/custos/agent/bindauth"
 	"github.com/custos-agent/custos/agent/config"
@@ -248,7 +249,6 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 	if d.authz, err = newAuthz(ctx, d, cfg); err != nil {
 		return nil, err
 	}
-	d.replicator = &consensus.Replicator{Rep: d.rep, Evidence: d.evidence, Peers: replicaPeers{d}, Runner: replicaRunner{d}}
 	d.wg.Add(1)
 	go func() {
 		defer d.wg.Done()
@@ -266,6 +266,9 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 	if err != nil {
 		return nil, err
 	}
+	// Replicated tasks (agent/consensus) run on the connected peers through the task engine.
+	d.replicator = &consensus.Replicator{Rep: d.rep, Evidence: d.evidence, Peers: sessionsView{m: d.mgr, ctx: d.ctx},
+		Runner: taskops.Runner{Engine: d.engine, Self: d.id}}
 	// Working directories left by commands of a daemon that was killed are removed; their tasks run again.
 	if err := os.RemoveAll(d.workRoot()); err != nil {
 		return nil, fmt.Errorf("task work directory: %w", err)
@@ -284,7 +287,11 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 		}
 	}
 
-	ops, err := api.Ops(d.handlers()) // ops.go; each with its permission from api.Table
+	hs, err := api.Join(d.services()...) // control.go: the rooms' handlers
+	if err != nil {
+		return nil, err
+	}
+	ops, err := api.Ops(hs) // each with its permission from api.Table
 	if err != nil {
 		return nil, err
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/custos-agent/custos/identity"
 	"time"
 
 	"github.com/custos-agent/custos/agent/control"
@@ -159,7 +160,7 @@ func (d *Daemon) taskEvent(ev tasks.Event) {
 // observeResult feeds a verified (or refused) result into the executor's reputation, with the response
 // time of a completed task. The results of a replicated task are left to its vote (authz_replicate.go).
 func (d *Daemon) observeResult(ev tasks.Event) {
-	id, err := parseID(ev.Peer)
+	id, err := identity.ParseID(ev.Peer)
 	if err != nil || (d.replicator != nil && d.replicator.IsReplicated(ev.TaskID)) {
 		return
 	}
@@ -217,7 +218,7 @@ func (d *Daemon) sessionFailed(peer, transport string, err error) {
 		d.metrics.ReplayRefused(string(code))
 		d.record(audit.ReplayRefused, peer, peer, audit.OutcomeDenied, map[string]any{"reason": string(code), "transport": transport, "error": err.Error()})
 	}
-	if id, perr := parseID(peer); perr == nil {
+	if id, perr := identity.ParseID(peer); perr == nil {
 		if rerr := d.rep.Record(context.Background(), reputation.Observation{Peer: id, Kind: reputation.ProtocolError}); rerr != nil {
 			d.log.Debug("reputation not recorded", "peer", peer, "err", rerr)
 		}
