@@ -2,11 +2,11 @@ package daemon
 
 import (
 	"context"
-	"github.com/custos-agent/custos/agent/api"
-	"github.com/custos-agent/custos/agent/config"
 	"os"
 
+	"github.com/custos-agent/custos/agent/api"
 	"github.com/custos-agent/custos/agent/authz"
+	"github.com/custos-agent/custos/agent/config"
 	"github.com/custos-agent/custos/agent/consensus"
 	"github.com/custos-agent/custos/agent/envelope"
 	"github.com/custos-agent/custos/agent/rbac"
@@ -14,9 +14,6 @@ import (
 	"github.com/custos-agent/custos/agent/tasks"
 	"github.com/custos-agent/custos/identity"
 )
-
-func refuse(code string, err error) error { return authz.Refuse(code, err) }
-func refusalOf(err error) string          { return authz.RefusalOf(err) }
 
 // newAuthz builds the daemon's authorization (agent/authz) over its stores: the grants and revocations
 // in rbac's buckets, the held grants and the stake table in state.db, the peer cache, reputation, the
@@ -39,7 +36,7 @@ func newAuthz(ctx context.Context, d *Daemon, cfg *config.Config) (*authz.Authz,
 	}
 	z, err := authz.New(ctx, cfg, authz.Deps{
 		Self: d.cust, Peers: d.peers, Held: held, Stakes: stakes, Reputation: d.rep, Tasks: authzTasks{d}, Metrics: d.metrics,
-		Audit: d.record, GrantStore: store, AuthorizeLocal: d.opts.AuthorizeLocal, UID: uint32(os.Getuid()),
+		Audit: d.events.Record, GrantStore: store, AuthorizeLocal: d.opts.AuthorizeLocal, UID: uint32(os.Getuid()),
 		Send: func(ctx context.Context, peer string, t envelope.MessageType, payload []byte) error {
 			return d.mgr.Send(ctx, peer, t, payload)
 		},
@@ -54,9 +51,7 @@ func newAuthz(ctx context.Context, d *Daemon, cfg *config.Config) (*authz.Authz,
 	if err != nil {
 		return nil, err
 	}
-	for l, n := range d.rep.CountByLevel() {
-		d.metrics.SetPeers(string(l), n)
-	}
+	d.events.CountPeers()
 	return z, nil
 }
 
@@ -70,12 +65,6 @@ func (t authzTasks) Inbound(requester, id string) (*tasks.Inbound, error) {
 	return t.d.taskStore.Inbound(requester, id)
 }
 func (t authzTasks) Outbound(id string) (*tasks.Outbound, error) { return t.d.taskStore.Outbound(id) }
-
-// issuerKey is authz.Authz.IssuerKey: what this agent knows of an issuer's key event log.
-func (d *Daemon) issuerKey(id identity.ID) (identity.State, error) { return d.authz.IssuerKey(id) }
-
-// issuerLog is authz.Authz.IssuerLog.
-func (d *Daemon) issuerLog(issuer string) []byte { return d.authz.IssuerLog(issuer) }
 
 // describePeer adds the reputation report, roles and evidence count to a peer's status.
 func (d *Daemon) describePeer(ctx context.Context, id identity.ID, p *api.PeerStatus, r reputation.Report) {

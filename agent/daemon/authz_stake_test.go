@@ -2,13 +2,13 @@ package daemon
 
 import (
 	"context"
-	"github.com/custos-agent/custos/agent/api"
-	"github.com/custos-agent/custos/agent/authz"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/custos-agent/custos/agent/api"
+	"github.com/custos-agent/custos/agent/authz"
 	"github.com/custos-agent/custos/agent/consensus"
 	"github.com/custos-agent/custos/agent/control"
 	"github.com/custos-agent/custos/audit"

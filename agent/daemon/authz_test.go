@@ -3,7 +3,6 @@ package daemon
 import (
 	"context"
 	"fmt"
-	"github.com/custos-agent/custos/agent/authz"
 	"os"
 	"path/filepath"
 	"strings"
@@ -12,6 +11,7 @@ import (
 	"time"
 
 	"github.com/custos-agent/custos/agent/api"
+	"github.com/custos-agent/custos/agent/authz"
 	"github.com/custos-agent/custos/agent/control"
 	"github.com/custos-agent/custos/agent/delegation"
 	"github.com/custos-agent/custos/agent/envelope"
@@ -435,7 +435,7 @@ func TestGrantAndBlockOps(t *testing.T) {
 	if err := control.Call(ctx, sock, api.OpPeersBlock, api.PeerArgs{ID: peer.ID().String()}, &r); err != nil || r.Level != reputation.Blocked || !r.Manual {
 		t.Fatalf("block: %+v %v", r, err)
 	}
-	if err := d.authz.Validate(ctx, &session.Peer{ID: peer.ID(), Role: session.Responder}); refusalOf(err) != authz.RefusalBlocked {
+	if err := d.authz.Validate(ctx, &session.Peer{ID: peer.ID(), Role: session.Responder}); authz.RefusalOf(err) != authz.RefusalBlocked {
 		t.Fatalf("a blocked peer we dial: %v", err)
 	}
 	var ps []api.PeerStatus

@@ -39,6 +39,7 @@ import (
 	"github.com/custos-agent/custos/agent/control"
 	"github.com/custos-agent/custos/agent/custody"
 	"github.com/custos-agent/custos/agent/delegation"
+	"github.com/custos-agent/custos/agent/events"
 	"github.com/custos-agent/custos/agent/metrics"
 	"github.com/custos-agent/custos/agent/peers"
 	"github.com/custos-agent/custos/agent/puzzle"
@@ -121,7 +122,8 @@ type Daemon struct {
 	dm         *delegation.Manager
 	replay     *replay.Cache
 	engine     *tasks.Engine
-	authz      *authz.Authz // authorization and trust (agent/authz; wired in authz.go)
+	events     *events.Recorder // audit records, metrics and reputation observations of events
+	authz      *authz.Authz     // authorization and trust (agent/authz; wired in authz.go)
 	evidence   *consensus.EvidenceStore
 	replicator *consensus.Replicator // replicated tasks (authz_replicate.go)
 	authority  *bindauth.Authority
@@ -160,6 +162,9 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 	d := &Daemon{opts: opts, log: opts.Logger, home: opts.Home, cust: opts.Custody, id: opts.Custody.ID(),
 		cfg: opts.Config, digest: opts.ConfigDigest, ownLog: opts.Custody.Log(), metrics: metrics.New(),
 		transports: map[string]*transportState{}, ctx: dctx, cancel: cancel, started: time.Now().UTC(), done: make(chan struct{})}
+	// Events become audit records, metrics and reputation observations (agent/events); its Audit,
+	// Reputation, Outbound and IsReplicated are set below as each is built, before anything runs.
+	d.events = &events.Recorder{Metrics: d.metrics, Log: d.log}
 	defer func() {
 		if err != nil {
 			d.teardown(context.Background())
@@ -202,12 +207,13 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 	d.rep, err = reputation.NewStore(ctx, d.db, repCfg, reputation.Options{
 		Resolve:   d.currentKeyOf,
 		CheckTask: authz.FeedbackTask(d.peers), // agent/authz
-		OnChange:  d.trustChanged,
+		OnChange:  d.events.TrustChanged,
 		Logger:    d.log.With("part", "reputation"),
 	})
 	if err != nil {
 		return nil, err
 	}
+	d.events.Reputation = d.rep
 
 	// The identity key signs audit checkpoints and delegations, nothing on the per-message path.
 	signer, err := d.cust.Signer(ctx)
@@ -224,7 +230,8 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("audit log: %w", err)
 	}
-	d.record(audit.ConfigLoaded, "operator", opts.ConfigPath, audit.OutcomeInfo, map[string]any{"digest": d.digest})
+	d.events.Audit = d.audit
+	d.events.Record(audit.ConfigLoaded, "operator", opts.ConfigPath, audit.OutcomeInfo, map[string]any{"digest": d.digest})
 
 	if !cfg.Metrics.Disabled {
 		d.metricsSrv, err = metrics.Serve(dctx, d.metrics, metrics.ServeOptions{Addr: cfg.Metrics.Address, Logger: d.log.With("part", "metrics")})
@@ -235,7 +242,7 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 
 	d.dm, err = delegation.NewManager(ctx, delegation.Config{Identity: signer, State: d.cust.State(),
 		Mode: delegation.Mode(cfg.Delegation.Mode), Lifetime: cfg.Delegation.Lifetime, Logger: d.log.With("part", "delegation"),
-		OnIssue: d.delegationIssued})
+		OnIssue: d.events.DelegationIssued})
 	if err != nil {
 		return nil, fmt.Errorf("delegation: %w", err)
 	}
@@ -261,7 +268,7 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 		Sender: d.mgr, Admit: opts.AdmitTask, MaxConcurrent: cfg.Limits.MaxConcurrentTasks, MaxQueued: cfg.Limits.MaxQueuedTasks,
 		RetryInterval: cfg.Tasks.RetryInterval, Retention: cfg.Tasks.ResultRetention,
 		MaxUnacknowledged: cfg.Limits.MaxUnacknowledgedTasks, InboundRetention: cfg.Tasks.UnacknowledgedRetention,
-		Logger: d.log.With("part", "tasks"), OnEvent: d.taskEvent,
+		Logger: d.log.With("part", "tasks"), OnEvent: func(ev tasks.Event) { d.authz.TaskEvent(ev); d.events.Task(ev) },
 	})
 	if err != nil {
 		return nil, err
@@ -269,6 +276,7 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 	// Replicated tasks (agent/consensus) run on the connected peers through the task engine.
 	d.replicator = &consensus.Replicator{Rep: d.rep, Evidence: d.evidence, Peers: sessionsView{m: d.mgr, ctx: d.ctx},
 		Runner: taskops.Runner{Engine: d.engine, Self: d.id}}
+	d.events.Outbound, d.events.IsReplicated = d.engine.Get, d.replicator.IsReplicated
 	// Working directories left by commands of a daemon that was killed are removed; their tasks run again.
 	if err := os.RemoveAll(d.workRoot()); err != nil {
 		return nil, fmt.Errorf("task work directory: %w", err)
@@ -300,7 +308,7 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 		// The control socket serves people, not plugins: transport plugin processes and their descendants
 		// are refused before their request is read (threat model, section 2).
 		RefuseCaller: control.RefusePluginProcesses(d.pluginPIDs),
-		OnRequest:    d.controlRequest, Logger: d.log.With("part", "control"),
+		OnRequest:    d.events.ControlRequest, Logger: d.log.With("part", "control"),
 	})
 	if err != nil {
 		return nil, err
@@ -320,7 +328,7 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 		}
 	}
 	d.addBootstrap(cfg)
-	d.record(audit.AgentStarted, d.id.String(), d.id.String(), audit.OutcomeSuccess, map[string]any{
+	d.events.Record(audit.AgentStarted, d.id.String(), d.id.String(), audit.OutcomeSuccess, map[string]any{
 		"version": opts.Version, "keystore": keystoreBackend(d.cust.KeystoreURI()), "generation": d.cust.Current().Generation,
 		"transports": strings.Join(d.transportNames(), ","),
 	})
@@ -399,7 +407,7 @@ func (d *Daemon) startTransport(ctx context.Context, tc config.TransportConfig) 
 			}
 		}
 	}
-	d.record(audit.PluginStarted, "agent", tc.Name, audit.OutcomeSuccess, map[string]any{"path": tc.Plugin, "sha256": tc.SHA256, "pid": t.PID(),
+	d.events.Record(audit.PluginStarted, "agent", tc.Name, audit.OutcomeSuccess, map[string]any{"path": tc.Plugin, "sha256": tc.SHA256, "pid": t.PID(),
 		"sandbox": prot.String(), "sandbox_mode": string(mode)})
 	for _, addr := range tc.Listen {
 		l, err := t.Listen(ctx, addr)
@@ -518,7 +526,7 @@ func (d *Daemon) sessionConfig(transport, remote, pinned string) *session.Config
 		}),
 		// Before the initiator's log, delegation and signature are verified: its puzzle and Blocked.
 		Admit:   session.ValidatorFunc(func(_ context.Context, p *session.Peer) error { return d.admitEarly(p, &early) }),
-		OnEvent: func(ev session.Event) { d.sessionEvent(transport, remote, ev) },
+		OnEvent: func(ev session.Event) { d.events.Session(transport, remote, ev) },
 		// Admission puzzles asked of initiators, solved when asked; the grants this agent holds (agent/authz).
 		Puzzler: d.authz.Puzzler(), Solver: puzzle.Solver{}, Grants: d.authz.Presentable(),
 	}
@@ -575,7 +583,7 @@ func (d *Daemon) teardown(ctx context.Context) error {
 		if err := ts.t.Close(); err != nil {
 			errs = append(errs, fmt.Errorf("transport %s: %w", name, err))
 		}
-		d.record(audit.PluginStopped, "agent", name, audit.OutcomeSuccess, map[string]any{"path": ts.cfg.Plugin, "sha256": ts.cfg.SHA256})
+		d.events.Record(audit.PluginStopped, "agent", name, audit.OutcomeSuccess, map[string]any{"path": ts.cfg.Plugin, "sha256": ts.cfg.SHA256})
 	}
 	if d.metricsSrv != nil {
 		_ = d.metricsSrv.Close()
@@ -586,7 +594,7 @@ func (d *Daemon) teardown(ctx context.Context) error {
 	}
 	if d.audit != nil {
 		if d.running {
-			d.record(audit.AgentStopped, d.id.String(), d.id.String(), audit.OutcomeSuccess, nil)
+			d.events.Record(audit.AgentStopped, d.id.String(), d.id.String(), audit.OutcomeSuccess, nil)
 		}
 		if err := d.audit.Close(); err != nil {
 			errs = append(errs, fmt.Errorf("audit log: %w", err))
@@ -610,7 +618,7 @@ func (d *Daemon) teardown(ctx context.Context) error {
 func (d *Daemon) Reload(ctx context.Context) (*api.ReloadResult, error) {
 	cfg, digest, err := config.LoadConfig(d.opts.ConfigPath)
 	if err != nil {
-		d.record(audit.ConfigChanged, "operator", d.opts.ConfigPath, audit.OutcomeFailure, map[string]any{"digest": d.currentDigest(), "error": err.Error()})
+		d.events.Record(audit.ConfigChanged, "operator", d.opts.ConfigPath, audit.OutcomeFailure, map[string]any{"digest": d.currentDigest(), "error": err.Error()})
 		d.log.Error("configuration reload refused; the running configuration is unchanged", "err", err)
 		return nil, err
 	}
@@ -629,7 +637,7 @@ func (d *Daemon) Reload(ctx context.Context) (*api.ReloadResult, error) {
 		}
 	}
 	if err := d.authz.Reload(cfg); err != nil { // agent/authz: authorization and policy apply at once
-		d.record(audit.ConfigChanged, "operator", d.opts.ConfigPath, audit.OutcomeFailure, map[string]any{"digest": digest, "error": err.Error()})
+		d.events.Record(audit.ConfigChanged, "operator", d.opts.ConfigPath, audit.OutcomeFailure, map[string]any{"digest": digest, "error": err.Error()})
 		d.log.Error("configuration reload refused; the running configuration is unchanged", "err", err)
 		return nil, err
 	}
@@ -662,7 +670,7 @@ func (d *Daemon) Reload(ctx context.Context) (*api.ReloadResult, error) {
 		d.log.Error("identity reload failed; the running identity is unchanged", "err", err)
 	}
 	res.Rotated, res.Generation = rotated, d.cust.Current().Generation
-	d.record(audit.ConfigChanged, "operator", d.opts.ConfigPath, audit.OutcomeSuccess, map[string]any{
+	d.events.Record(audit.ConfigChanged, "operator", d.opts.ConfigPath, audit.OutcomeSuccess, map[string]any{
 		"digest": digest, "previous_digest": oldDigest, "changed": strings.Join(res.Changed, ","),
 		"need_restart": strings.Join(res.NeedRestart, ","),
 	})
@@ -694,7 +702,7 @@ func (d *Daemon) reloadIdentity(ctx context.Context, actor string) (bool, []audi
 	if err := d.cust.Reload(ctx); err != nil {
 		return false, nil, err
 	}
-	recs := d.recordKeyEvents(keys, actor)
+	recs := d.events.KeyEvents(keys, d.cust.Keys(), d.cust.Log(), actor)
 	g := d.cust.Current().Generation
 	if g == before {
 		return false, recs, nil
@@ -739,3 +747,29 @@ func (d *Daemon) metricsURL() string {
 
 // DrainTimeout is how long Shutdown should let running tasks finish (limits.drain_timeout).
 func (d *Daemon) DrainTimeout() time.Duration { return d.config().Limits.DrainTimeout }
+
+// sessionFailed accounts for a session a verified peer ended with a protocol failure (agent/events).
+func (d *Daemon) sessionFailed(peer, transport string, err error) {
+	d.events.SessionFailed(peer, transport, err)
+}
+
+// observer receives the plugin supervisors' events (host.Observer).
+type observer struct{ d *Daemon }
+
+// PluginRestarted implements host.Observer: audit, metric, and re-dial every target at once.
+func (o observer) PluginRestarted(ev host.RestartEvent) {
+	o.d.mgr.wakeAll()
+	o.d.events.PluginRestarted(ev, func() *events.Plugin {
+		ts := o.d.transport(ev.Transport)
+		if ts == nil {
+			return nil
+		}
+		prot := ts.t.Sandbox()
+		return &events.Plugin{Path: ts.cfg.Plugin, SHA256: ts.cfg.SHA256, Sandbox: sandboxGauges(prot), SandboxText: prot.String()}
+	})
+}
+
+// PeerRefused implements host.Observer.
+func (o observer) PeerRefused(transport, remote string, err error) {
+	o.d.events.PeerRefused(transport, remote, err)
+}

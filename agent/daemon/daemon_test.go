@@ -3,8 +3,6 @@ package daemon
 import (
 	"context"
 	"errors"
-	"github.com/custos-agent/custos/agent/api"
-	"github.com/custos-agent/custos/agent/config"
 	"io"
 	"log/slog"
 	"os"
@@ -13,8 +11,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/custos-agent/custos/agent/api"
+	"github.com/custos-agent/custos/agent/config"
 	"github.com/custos-agent/custos/agent/control"
 	"github.com/custos-agent/custos/agent/custody"
+	"github.com/custos-agent/custos/agent/events"
 	"github.com/custos-agent/custos/audit"
 	"github.com/custos-agent/custos/identity"
 	"github.com/custos-agent/custos/keystore"
@@ -156,7 +157,7 @@ func TestDaemonWithoutTransports(t *testing.T) {
 	if err != nil || !rep.Sealed {
 		t.Fatalf("audit after shutdown: %+v %v", rep, err)
 	}
-	want := map[audit.EventType]bool{audit.ConfigLoaded: false, audit.AgentStarted: false, audit.AgentStopped: false, TaskSubmitted: false}
+	want := map[audit.EventType]bool{audit.ConfigLoaded: false, audit.AgentStarted: false, audit.AgentStopped: false, events.TaskSubmitted: false}
 	var reloads []string
 	err = audit.Query(ctx, filepath.Join(home, AuditDir), audit.Filter{}, func(e audit.Entry) error {
 		if _, ok := want[e.Type]; ok {
@@ -165,7 +166,7 @@ func TestDaemonWithoutTransports(t *testing.T) {
 		if e.Type == audit.ConfigChanged {
 			reloads = append(reloads, string(e.Outcome))
 		}
-		if e.Type == ControlRequest && (e.Details["uid"] == nil || !strings.HasPrefix(e.Actor, "uid:")) {
+		if e.Type == events.ControlRequest && (e.Details["uid"] == nil || !strings.HasPrefix(e.Actor, "uid:")) {
 			t.Errorf("control request record without the caller's uid: %+v", e.Record)
 		}
 		return nil

@@ -2,10 +2,10 @@ package daemon
 
 import (
 	"context"
-	"github.com/custos-agent/custos/agent/api"
 	"strings"
 	"testing"
 
+	"github.com/custos-agent/custos/agent/api"
 	"github.com/custos-agent/custos/agent/consensus"
 	"github.com/custos-agent/custos/agent/control"
 	"github.com/custos-agent/custos/agent/internal/agenttest"

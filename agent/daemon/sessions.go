@@ -5,12 +5,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/custos-agent/custos/agent/api"
-	"github.com/custos-agent/custos/agent/authz"
 	"sort"
 	"sync"
 	"time"
 
+	"github.com/custos-agent/custos/agent/api"
+	"github.com/custos-agent/custos/agent/authz"
 	"github.com/custos-agent/custos/agent/envelope"
 	"github.com/custos-agent/custos/agent/metrics"
 	"github.com/custos-agent/custos/agent/session"
@@ -435,13 +435,13 @@ func (d *Daemon) admitEarly(p *session.Peer, early *earlyAdmission) error {
 	if p.Role == session.Initiator && z.Admission() != nil {
 		if err := z.Admission().Verify(p.Puzzle, p.Binding, p.Solution); err != nil {
 			z.CountDenial(authz.RefusalBadPuzzle, true)
-			return refuse(authz.RefusalBadPuzzle, fmt.Errorf("admission puzzle: %w", err))
+			return authz.Refuse(authz.RefusalBadPuzzle, fmt.Errorf("admission puzzle: %w", err))
 		}
 		early.set(p)
 	}
 	if err := d.rep.Admit(p.ID); err != nil {
 		z.CountDenial(authz.RefusalBlocked, true)
-		return refuse(authz.RefusalBlocked, err)
+		return authz.Refuse(authz.RefusalBlocked, err)
 	}
 	return nil
 }

@@ -3,14 +3,12 @@ package daemon
 import (
 	"context"
 	"errors"
-	"github.com/custos-agent/custos/agent/authz"
 	"net"
 	"path/filepath"
 	"strings"
 	"testing"
 
-	"github.com/custos-agent/custos/audit"
-
+	"github.com/custos-agent/custos/agent/authz"
 	"github.com/custos-agent/custos/agent/puzzle"
 	"github.com/custos-agent/custos/agent/session"
 	"github.com/custos-agent/custos/reason"
@@ -105,28 +103,5 @@ func TestEarlyAdmission(t *testing.T) {
 	}
 	if ids, err := b.peers.IDs(); err != nil || len(ids) != 0 {
 		t.Fatalf("the responder stored the logs of %d initiators that failed the puzzle (%v)", len(ids), err)
-	}
-}
-
-// TestReauthRefusalsAudited: re-authentications refused for their rate, a request (the session goes on)
-// and a re-authentication (the session closed), are audited as denied authentications (issue 12 item 8).
-func TestReauthRefusalsAudited(t *testing.T) {
-	ad := startAuthzDaemon(t, "")
-	const peer = "ed25519:cGVlci1yZWF1dGgtbG9vcC1wZWVyLXJlYXV0aC1sb29wLXg"
-	ad.d.sessionEvent("tcp", "127.0.0.1:1", session.Event{Kind: "reauth_refused", Peer: peer, Err: reason.New(reason.ReauthRateLimited, "request refused")})
-	ad.d.sessionEvent("tcp", "127.0.0.1:1", session.Event{Kind: "refused", Peer: peer, Err: reason.New(reason.ReauthRateLimited, "re-authentication refused")})
-	ad.d.sessionEvent("tcp", "127.0.0.1:1", session.Event{Kind: "refused", Peer: peer, Err: reason.New(reason.DecryptFailed, "not audited here")})
-	n := 0
-	ad.audit(t, audit.AuthFailure, func(e audit.Entry) bool {
-		if e.Subject == peer {
-			n++
-			if e.Details["reason"] != string(reason.ReauthRateLimited) || e.Outcome != audit.OutcomeDenied {
-				t.Errorf("record %+v", e)
-			}
-		}
-		return false
-	})
-	if n != 2 {
-		t.Fatalf("%d auth.failure records for the rate-limited peer, want 2", n)
 	}
 }

@@ -8,7 +8,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/custos-agent/custos/agent/config"
 	"io"
 	"log/slog"
 	"os"
@@ -18,6 +17,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/custos-agent/custos/agent/config"
 	"github.com/custos-agent/custos/agent/daemon"
 	"github.com/custos-agent/custos/cmd/internal/clisession"
 	"github.com/custos-agent/custos/transports/host/sandbox"

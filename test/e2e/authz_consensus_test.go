@@ -3,15 +3,15 @@ package e2e
 import (
 	"encoding/hex"
 	"encoding/json"
-	"github.com/custos-agent/custos/agent/api"
 	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
 
+	"github.com/custos-agent/custos/agent/api"
+	"github.com/custos-agent/custos/agent/api/taskops"
 	"github.com/custos-agent/custos/agent/consensus"
-	"github.com/custos-agent/custos/agent/daemon"
 	"github.com/custos-agent/custos/audit"
 )
 
@@ -98,7 +98,7 @@ func TestAuthzRedundantTask(t *testing.T) {
 		t.Fatalf("agentctl peers does not show the liar's error rate and lost vote:\n%s", out)
 	}
 	t.Logf("agentctl peers:\n%s", out)
-	if !auditHas(t, s, daemon.TaskVote, func(e audit.Entry) bool {
+	if !auditHas(t, s, taskops.TaskVote, func(e audit.Entry) bool {
 		return e.Subject == v.Group && e.Details["accepted"] == true && e.Details["digest"] == v.Digest && strings.Contains(e.Details["dissenting"].(string), liar.id)
 	}) {
 		t.Fatal("no task.vote audit record")

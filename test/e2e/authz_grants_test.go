@@ -2,13 +2,13 @@ package e2e
 
 import (
 	"encoding/json"
-	"github.com/custos-agent/custos/agent/api"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/custos-agent/custos/agent/api"
 	"github.com/custos-agent/custos/audit"
 )
 

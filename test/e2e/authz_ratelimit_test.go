@@ -2,12 +2,12 @@ package e2e
 
 import (
 	"encoding/json"
-	"github.com/custos-agent/custos/agent/api"
-	"github.com/custos-agent/custos/agent/config"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/custos-agent/custos/agent/api"
+	"github.com/custos-agent/custos/agent/config"
 	"github.com/custos-agent/custos/audit"
 )
 

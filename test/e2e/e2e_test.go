@@ -5,8 +5,6 @@ import (
 	"crypto/rand"
 	"encoding/json"
 	"errors"
-	"github.com/custos-agent/custos/agent/api"
-	"github.com/custos-agent/custos/agent/config"
 	"io"
 	"net/http"
 	"os"
@@ -17,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/custos-agent/custos/agent/api"
+	"github.com/custos-agent/custos/agent/config"
 	"github.com/custos-agent/custos/audit"
 	"github.com/custos-agent/custos/identity"
 )

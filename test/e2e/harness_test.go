@@ -9,8 +9,6 @@ import (
 	"crypto/sha256"
 	"encoding/json"
 	"fmt"
-	"github.com/custos-agent/custos/agent/api"
-	"github.com/custos-agent/custos/agent/config"
 	"net"
 	"os"
 	"os/exec"
@@ -21,6 +19,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/custos-agent/custos/agent/api"
+	"github.com/custos-agent/custos/agent/config"
 	"github.com/custos-agent/custos/pkcs11/softhsmtest"
 )
 

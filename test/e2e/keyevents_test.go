@@ -2,14 +2,14 @@ package e2e
 
 import (
 	"encoding/json"
-	"github.com/custos-agent/custos/agent/api"
-	"github.com/custos-agent/custos/agent/config"
-	"github.com/custos-agent/custos/agent/custody"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/custos-agent/custos/agent/api"
+	"github.com/custos-agent/custos/agent/config"
+	"github.com/custos-agent/custos/agent/custody"
 	"github.com/custos-agent/custos/audit"
 )
 

@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"errors"
-	"github.com/custos-agent/custos/agent/api"
 	"io"
 	"net/http"
 	"os"
@@ -14,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/custos-agent/custos/agent/api"
 )
 
 // buildAttack builds the malicious transport plugin (transports/host/testdata/attack) with what it

@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"encoding/json"
-	"github.com/custos-agent/custos/agent/config"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -11,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/custos-agent/custos/agent/config"
 	"github.com/custos-agent/custos/audit"
 	"github.com/custos-agent/custos/tpm/swtpmtest"
 )
