@@ -21,6 +21,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -31,6 +32,7 @@ import (
 	bolterrors "go.etcd.io/bbolt/errors"
 
 	"github.com/custos-agent/custos/agent/api"
+	"github.com/custos-agent/custos/agent/api/agentops"
 	"github.com/custos-agent/custos/agent/api/taskops"
 	"github.com/custos-agent/custos/agent/authz"
 	"github.com/custos-agent/custos/agent/bindauth"
@@ -329,18 +331,13 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 	}
 	d.addBootstrap(cfg)
 	d.events.Record(audit.AgentStarted, d.id.String(), d.id.String(), audit.OutcomeSuccess, map[string]any{
-		"version": opts.Version, "keystore": keystoreBackend(d.cust.KeystoreURI()), "generation": d.cust.Current().Generation,
+		"version": opts.Version, "keystore": agentops.KeystoreBackend(d.cust.KeystoreURI()), "generation": d.cust.Current().Generation,
 		"transports": strings.Join(d.transportNames(), ","),
 	})
 	d.running = true
 	d.log.Info("agent running", "id", d.id, "generation", d.cust.Current().Generation, "transports", d.transportNames(),
 		"control", d.ctl.Path(), "metrics", d.metricsURL())
 	return d, nil
-}
-
-func keystoreBackend(uri string) string {
-	s, _, _ := strings.Cut(uri, ":")
-	return s
 }
 
 func (d *Daemon) workRoot() string { return filepath.Join(d.home, WorkDir) }
@@ -652,7 +649,7 @@ func (d *Daemon) Reload(ctx context.Context) (*api.ReloadResult, error) {
 	d.cfg, d.digest = &keep, digest
 	d.mu.Unlock()
 	d.applyLogLevel(cfg)
-	if slicesDiffer(old.Bootstrap, cfg.Bootstrap) {
+	if !slices.Equal(old.Bootstrap, cfg.Bootstrap) {
 		cur := map[string]bool{}
 		for _, p := range cfg.Bootstrap {
 			id, _ := identity.ParseID(p.ID)
@@ -677,18 +674,6 @@ func (d *Daemon) Reload(ctx context.Context) (*api.ReloadResult, error) {
 	d.log.Info("configuration reloaded", "digest", digest, "previous_digest", oldDigest, "changed", res.Changed,
 		"applied", res.Applied, "need_restart", res.NeedRestart, "generation", res.Generation)
 	return res, nil
-}
-
-func slicesDiffer(a, b []config.PeerConfig) bool {
-	if len(a) != len(b) {
-		return true
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return true
-		}
-	}
-	return false
 }
 
 // reloadIdentity picks up a rotation, recovery or key destruction another process made: it writes the key
