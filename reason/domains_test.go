@@ -4,11 +4,13 @@ import (
 	"slices"
 	"testing"
 
+	"github.com/custos-agent/custos/agent/authz"
 	"github.com/custos-agent/custos/agent/control"
 	"github.com/custos-agent/custos/agent/policy"
 	"github.com/custos-agent/custos/agent/rbac"
 	"github.com/custos-agent/custos/agent/tasks"
 	"github.com/custos-agent/custos/reason"
+	"github.com/custos-agent/custos/transports/host"
 )
 
 // TestDomainsRegistered: every code a domain's package declares is registered in that domain with the
@@ -31,9 +33,9 @@ func TestDomainsRegistered(t *testing.T) {
 		{reason.DomainTask, strs(tasks.CodeUnknownHandler, tasks.CodeBadRequest, tasks.CodeBusy, tasks.CodeDenied, tasks.CodeInternal)},
 		{reason.DomainControl, strs(control.CodeBadRequest, control.CodeUnknownOp, control.CodeDenied, control.CodeNotFound,
 			control.CodeUnavailable, control.CodeTimeout, control.CodeFailed, control.CodeTooLarge, control.CodeRefused)},
-		// The daemon's admission refusals (agent/daemon Refusal*, ReasonUncorrelated), by string.
-		{reason.DomainAdmission, strs("bad_puzzle", "blocked", "malformed_grants", "grant_wrong_subject", "uncorrelated")},
-		{reason.DomainTransport, strs("bad_binding", "peer_mismatch")},
+		{reason.DomainAdmission, strs(authz.RefusalBadPuzzle, authz.RefusalBlocked, authz.RefusalMalformedGrants,
+			authz.RefusalGrantWrongSubject, authz.ReasonUncorrelated)},
+		{reason.DomainTransport, strs(host.CodeBadBinding, host.CodePeerMismatch)},
 	} {
 		var reg []string
 		for _, c := range reason.InDomain(tc.domain) {

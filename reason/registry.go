@@ -2,8 +2,8 @@ package reason
 
 // The failure-code registry: every code string the agent writes to a peer, an audit record, a metric
 // label or a control-socket client is declared once, here, with the domains that use it, a description
-// and whether it travels to a peer. Each domain's package (rbac, policy, tasks, control, the daemon's
-// admission refusals) defines its constants from these, so a string has one meaning across the agent.
+// and whether it travels to a peer. Each domain's package (rbac, policy, tasks, control, authz's
+// admission refusals, the transport host) defines its constants from these, so a string has one meaning across the agent.
 
 // Domain is the part of the agent that raises a code.
 type Domain string
@@ -13,8 +13,8 @@ const (
 	DomainProtocol  Domain = "protocol"  // handshake, session, envelope, delegation, replay (All); alerts to the peer
 	DomainRBAC      Domain = "rbac"      // access denials (rbac.Reason); error_response code, audit, metric
 	DomainPolicy    Domain = "policy"    // resource-policy denials (policy.Reason); error_response code, audit, metric
-	DomainAdmission Domain = "admission" // the running agent's refusals of handshakes and messages (daemon Refusal*)
-	DomainTransport Domain = "transport" // the transport host's refusals of a connection (audit, metric)
+	DomainAdmission Domain = "admission" // the running agent's refusals of handshakes and messages (authz.Refusal*, authz.ReasonUncorrelated)
+	DomainTransport Domain = "transport" // the transport host's refusals of a connection (host.Code*; audit, metric)
 	DomainTask      Domain = "task"      // error_response codes of the task protocol (tasks.Code*)
 	DomainControl   Domain = "control"   // failed responses on the control socket (control.Code*)
 )

@@ -3,8 +3,19 @@
 // table (Table); the Go types of every request and response; and a typed client (Client) over the
 // control socket (agent/control), which agentctl uses.
 //
-// The daemon registers one handler per table entry (Ops); agent/control's server enforces the entry's
-// permission on every request, in one place, before the handler runs. TestTableMatchesRBAC keeps Table
+// Handlers live with the room whose work they do, not in the daemon: each room offers a Service (its
+// handlers, by operation name), and the daemon joins the services it builds (Join) and hands the result
+// to Ops, which pairs every handler with its table entry. agent/control's server enforces the entry's
+// permission on every request, in one place, before the handler runs.
+//
+// Adding an operation: a row in Table (and in agent/rbac's table if it needs a new permission), its
+// request and response types in types.go, a Client method, and its handler in the Service of its room.
+// A room that agent/api does not import (agent/authz) declares its Service itself; a room that
+// agent/api imports for its types (agent/tasks, agent/consensus, agent/reputation) has its handlers in a
+// subpackage here, named after the room: agent/api/taskops (task.*), agent/api/peerops (peers.*),
+// agent/api/agentops (status, reloads, audit head). Each takes its dependencies as small interfaces in a
+// Deps struct, never the daemon. A new room adds one Service and one line in the daemon's Start that
+// passes it to Join; nothing else in the daemon changes. TestTableMatchesRBAC keeps Table
 // and the control operations of agent/rbac's table the same set: an operation cannot be served without a
 // permission, and rbac names no control operation that nothing serves.
 package api
@@ -13,6 +24,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"math"
 	"slices"
 	"sort"
 	"time"
@@ -126,6 +138,37 @@ func Lookup(name string) (Spec, bool) {
 // and returns a value of the entry's Result type.
 type Handler = func(ctx context.Context, caller rbac.Cred, args json.RawMessage) (any, error)
 
+// Service is one room's part of the control API: its handlers, by operation name (each a Table entry).
+type Service interface {
+	Handlers() map[string]Handler
+}
+
+// Handlers is a Service of the handlers it lists.
+type Handlers map[string]Handler
+
+// Handlers implements Service.
+func (h Handlers) Handlers() map[string]Handler { return h }
+
+// Join collects the handlers of every service for Ops. An operation that two services both handle is
+// an error naming it (one handler per operation).
+func Join(services ...Service) (map[string]Handler, error) {
+	out := map[string]Handler{}
+	var twice []string
+	for _, s := range services {
+		for name, h := range s.Handlers() {
+			if _, ok := out[name]; ok {
+				twice = append(twice, name)
+			}
+			out[name] = h
+		}
+	}
+	if len(twice) > 0 {
+		sort.Strings(twice)
+		return nil, fmt.Errorf("control API: operations handled by more than one service %v", twice)
+	}
+	return out, nil
+}
+
 // Ops joins the daemon's handlers to Table: the control server's operations, each with its permission
 // and Mutating from the table. Every table entry needs a handler and every handler a table entry;
 // otherwise Ops fails naming them (a daemon never serves an operation without a permission, nor lacks
@@ -152,4 +195,18 @@ func Ops(handlers map[string]Handler) (map[string]control.Op, error) {
 		return nil, fmt.Errorf("control API: operations without a handler %v; handlers without an entry in api.Table (and so without a permission) %v", missing, extra)
 	}
 	return ops, nil
+}
+
+// Scaled is n units (a count read from a request) as a Duration, saturating instead of wrapping when
+// n*unit does not fit: the handlers' range checks then refuse it.
+func Scaled(n int64, unit time.Duration) time.Duration {
+	if unit <= 0 {
+		return 0
+	}
+	if lim := int64(math.MaxInt64 / unit); n > lim {
+		return math.MaxInt64
+	} else if n < -lim {
+		return math.MinInt64
+	}
+	return time.Duration(n) * unit
 }

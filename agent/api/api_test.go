@@ -137,3 +137,15 @@ func TestClientCoversTheTable(t *testing.T) {
 		}
 	}
 }
+
+// TestJoinRefusesAnOperationHandledTwice: two services may not both handle one operation.
+func TestJoinRefusesAnOperationHandledTwice(t *testing.T) {
+	h := func(context.Context, rbac.Cred, json.RawMessage) (any, error) { return None{}, nil }
+	hs, err := Join(Handlers{OpStatus: h}, Handlers{OpTaskList: h})
+	if err != nil || len(hs) != 2 || hs[OpStatus] == nil || hs[OpTaskList] == nil {
+		t.Fatalf("Join of two services: %v %v", hs, err)
+	}
+	if _, err := Join(Handlers{OpStatus: h, OpTaskList: h}, Handlers{OpStatus: h}); err == nil || !strings.Contains(err.Error(), "[status]") {
+		t.Fatalf("Join with status handled twice: %v", err)
+	}
+}

@@ -21,21 +21,22 @@ import (
 	"github.com/custos-agent/custos/agent/tasks"
 	"github.com/custos-agent/custos/audit"
 	"github.com/custos-agent/custos/identity"
+	"github.com/custos-agent/custos/reason"
 )
 
 // Refusal codes of the handshake validator besides rbac's and policy's reasons (audit auth.failure
 // details "refusal"; the handshake itself fails with reason validator_refused).
 const (
-	RefusalBadPuzzle         = "bad_puzzle"          // the admission puzzle was not solved (or not for this handshake)
-	RefusalBlocked           = "blocked"             // the peer's trust level is Blocked
-	RefusalMalformedGrants   = "malformed_grants"    // the presented grants do not decode
-	RefusalGrantWrongSubject = "grant_wrong_subject" // a presented grant names another agent
+	RefusalBadPuzzle         = string(reason.BadPuzzle)         // the admission puzzle was not solved (or not for this handshake)
+	RefusalBlocked           = string(reason.Blocked)           // the peer's trust level is Blocked
+	RefusalMalformedGrants   = string(reason.MalformedGrants)   // the presented grants do not decode
+	RefusalGrantWrongSubject = string(reason.GrantWrongSubject) // a presented grant names another agent
 )
 
 // Reasons of message refusals besides rbac's and policy's (error_response code, audit, metric).
 const (
 	// ReasonUncorrelated: an error_response that answers nothing this agent sent to that peer.
-	ReasonUncorrelated = "uncorrelated"
+	ReasonUncorrelated = string(reason.Uncorrelated)
 )
 
 // refusal is a handshake validator's refusal with its code.

@@ -24,6 +24,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+
+	"github.com/custos-agent/custos/reason"
 )
 
 // Version is the protocol version of requests.
@@ -37,17 +39,18 @@ const (
 	MaxResponse = 8 << 20
 )
 
-// Error codes of a failed response.
+// Error codes of a failed response: the control domain of the one failure-code registry
+// (reason/registry.go), which gives each its meaning.
 const (
-	CodeBadRequest  = "bad_request"  // the request does not decode or its arguments are invalid
-	CodeUnknownOp   = "unknown_op"   // no such operation
-	CodeDenied      = "denied"       // the caller may not do this
-	CodeNotFound    = "not_found"    // the task or peer does not exist
-	CodeUnavailable = "unavailable"  // the daemon cannot do it now (shutting down, no transport)
-	CodeTimeout     = "timeout"      // a wait ran out
-	CodeFailed      = "failed"       // the operation failed (the message says why)
-	CodeTooLarge    = "too_large"    // the request exceeds MaxRequest
-	CodeRefused     = "peer_refused" // a peer could not be reached or refused (connect)
+	CodeBadRequest  = string(reason.BadRequest)  // "bad_request": the request does not decode or its arguments are invalid
+	CodeUnknownOp   = string(reason.UnknownOp)   // "unknown_op": no such operation
+	CodeDenied      = string(reason.Denied)      // "denied": the caller may not do this
+	CodeNotFound    = string(reason.NotFound)    // "not_found": the task or peer does not exist
+	CodeUnavailable = string(reason.Unavailable) // "unavailable": the daemon cannot do it now (shutting down, no transport)
+	CodeTimeout     = string(reason.Timeout)     // "timeout": a wait ran out
+	CodeFailed      = string(reason.Failed)      // "failed": the operation failed (the message says why)
+	CodeTooLarge    = string(reason.TooLarge)    // "too_large": the request exceeds MaxRequest
+	CodeRefused     = string(reason.PeerRefused) // "peer_refused": a peer could not be reached or refused (connect)
 )
 
 // Request is one control request.

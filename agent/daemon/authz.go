@@ -4,7 +4,9 @@ import (
 	"context"
 	"os"
 
+	"github.com/custos-agent/custos/agent/api"
 	"github.com/custos-agent/custos/agent/authz"
+	"github.com/custos-agent/custos/agent/config"
 	"github.com/custos-agent/custos/agent/consensus"
 	"github.com/custos-agent/custos/agent/envelope"
 	"github.com/custos-agent/custos/agent/rbac"
@@ -13,25 +15,10 @@ import (
 	"github.com/custos-agent/custos/identity"
 )
 
-// Refusal codes of the handshake validator and message refusals (agent/authz).
-const (
-	RefusalBadPuzzle         = authz.RefusalBadPuzzle
-	RefusalBlocked           = authz.RefusalBlocked
-	RefusalMalformedGrants   = authz.RefusalMalformedGrants
-	RefusalGrantWrongSubject = authz.RefusalGrantWrongSubject
-	ReasonUncorrelated       = authz.ReasonUncorrelated
-)
-
-// StakeInstalled is authz.StakeInstalled.
-const StakeInstalled = authz.StakeInstalled
-
-func refuse(code string, err error) error { return authz.Refuse(code, err) }
-func refusalOf(err error) string          { return authz.RefusalOf(err) }
-
 // newAuthz builds the daemon's authorization (agent/authz) over its stores: the grants and revocations
 // in rbac's buckets, the held grants and the stake table in state.db, the peer cache, reputation, the
 // task engine, the audit log and the metrics.
-func newAuthz(ctx context.Context, d *Daemon, cfg *Config) (*authz.Authz, error) {
+func newAuthz(ctx context.Context, d *Daemon, cfg *config.Config) (*authz.Authz, error) {
 	store, err := rbac.NewBoltStore(d.db)
 	if err != nil {
 		return nil, err
@@ -49,7 +36,7 @@ func newAuthz(ctx context.Context, d *Daemon, cfg *Config) (*authz.Authz, error)
 	}
 	z, err := authz.New(ctx, cfg, authz.Deps{
 		Self: d.cust, Peers: d.peers, Held: held, Stakes: stakes, Reputation: d.rep, Tasks: authzTasks{d}, Metrics: d.metrics,
-		Audit: d.record, GrantStore: store, AuthorizeLocal: d.opts.AuthorizeLocal, UID: uint32(os.Getuid()),
+		Audit: d.events.Record, GrantStore: store, AuthorizeLocal: d.opts.AuthorizeLocal, UID: uint32(os.Getuid()),
 		Send: func(ctx context.Context, peer string, t envelope.MessageType, payload []byte) error {
 			return d.mgr.Send(ctx, peer, t, payload)
 		},
@@ -64,9 +51,7 @@ func newAuthz(ctx context.Context, d *Daemon, cfg *Config) (*authz.Authz, error)
 	if err != nil {
 		return nil, err
 	}
-	for l, n := range d.rep.CountByLevel() {
-		d.metrics.SetPeers(string(l), n)
-	}
+	d.events.CountPeers()
 	return z, nil
 }
 
@@ -81,14 +66,8 @@ func (t authzTasks) Inbound(requester, id string) (*tasks.Inbound, error) {
 }
 func (t authzTasks) Outbound(id string) (*tasks.Outbound, error) { return t.d.taskStore.Outbound(id) }
 
-// issuerKey is authz.Authz.IssuerKey: what this agent knows of an issuer's key event log.
-func (d *Daemon) issuerKey(id identity.ID) (identity.State, error) { return d.authz.IssuerKey(id) }
-
-// issuerLog is authz.Authz.IssuerLog.
-func (d *Daemon) issuerLog(issuer string) []byte { return d.authz.IssuerLog(issuer) }
-
 // describePeer adds the reputation report, roles and evidence count to a peer's status.
-func (d *Daemon) describePeer(ctx context.Context, id identity.ID, p *PeerStatus, r reputation.Report) {
+func (d *Daemon) describePeer(ctx context.Context, id identity.ID, p *api.PeerStatus, r reputation.Report) {
 	p.Reputation = &r
 	p.Roles = authz.RoleNames(d.authz.Roles(ctx, id))
 	if evs, err := d.evidence.ByPeer(id); err == nil {

@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/custos-agent/custos/agent/api"
+	"github.com/custos-agent/custos/agent/authz"
 	"github.com/custos-agent/custos/agent/consensus"
 	"github.com/custos-agent/custos/agent/control"
 	"github.com/custos-agent/custos/audit"
@@ -32,27 +34,27 @@ func TestStakeTableRollback(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := control.Call(ctx, sock, OpStakeSet, StakeSetArgs{Table: string(newer.Encode())}, nil); err != nil {
+	if err := control.Call(ctx, sock, api.OpStakeSet, api.StakeSetArgs{Table: string(newer.Encode())}, nil); err != nil {
 		t.Fatal(err)
 	}
-	err = control.Call(ctx, sock, OpStakeSet, StakeSetArgs{Table: string(older.Encode())}, nil)
+	err = control.Call(ctx, sock, api.OpStakeSet, api.StakeSetArgs{Table: string(older.Encode())}, nil)
 	if control.CodeOf(err) != control.CodeBadRequest || !strings.Contains(err.Error(), "rollback refused") {
 		t.Fatalf("installing an older table: %v, want bad_request with rollback refused", err)
 	}
 	if st, err := d.authz.CurrentStakes(); err != nil || st.Amount(cust.ID()) != 9 {
 		t.Fatalf("the table in force after the refused rollback: %v %v", st, err)
 	}
-	if err := control.Call(ctx, sock, OpStakeSet, StakeSetArgs{Table: string(newer.Encode())}, nil); err != nil {
+	if err := control.Call(ctx, sock, api.OpStakeSet, api.StakeSetArgs{Table: string(newer.Encode())}, nil); err != nil {
 		t.Fatalf("installing the same table again: %v", err)
 	}
-	if err := control.Call(ctx, sock, OpStakeSet, StakeSetArgs{Table: string(older.Encode()), Force: true}, nil); err != nil {
+	if err := control.Call(ctx, sock, api.OpStakeSet, api.StakeSetArgs{Table: string(older.Encode()), Force: true}, nil); err != nil {
 		t.Fatalf("a forced rollback: %v", err)
 	}
 	if st, err := d.authz.CurrentStakes(); err != nil || st.Amount(cust.ID()) != 1 {
 		t.Fatalf("the table in force after the forced rollback: %v %v", st, err)
 	}
 	found := false
-	if err := audit.Query(ctx, filepath.Join(home, AuditDir), audit.Filter{Types: []string{string(StakeInstalled)}}, func(e audit.Entry) error {
+	if err := audit.Query(ctx, filepath.Join(home, AuditDir), audit.Filter{Types: []string{string(authz.StakeInstalled)}}, func(e audit.Entry) error {
 		found = found || e.Details["rollback"] == true
 		return nil
 	}); err != nil {

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/custos-agent/custos/agent/api"
+	"github.com/custos-agent/custos/agent/authz"
 	"github.com/custos-agent/custos/agent/control"
 	"github.com/custos-agent/custos/agent/delegation"
 	"github.com/custos-agent/custos/agent/envelope"
@@ -101,7 +102,11 @@ func grantFor(t *testing.T, admin *agenttest.Identity, subject identity.ID, role
 // with a control permission of rbac's table (agent/api.TestTableMatchesRBAC checks the table itself).
 func TestEveryControlOpIsAuthorized(t *testing.T) {
 	a := startAuthzDaemon(t, "")
-	ops, err := api.Ops(a.d.handlers())
+	hs, err := api.Join(a.d.services()...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ops, err := api.Ops(hs)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -121,10 +126,10 @@ func TestControlSocketRoles(t *testing.T) {
 	a := startAuthzDaemon(t, fmt.Sprintf("authorization: {local: {users: {\"%d\": [task_submitter]}}}\n", os.Getuid()))
 	sock := filepath.Join(a.home, ControlFile)
 	ctx := context.Background()
-	if err := control.Call(ctx, sock, OpTaskList, nil, &[]TaskView{}); err != nil {
+	if err := control.Call(ctx, sock, api.OpTaskList, nil, &[]api.TaskView{}); err != nil {
 		t.Fatalf("task.list as task_submitter: %v", err)
 	}
-	for _, op := range []string{OpStatus, OpGrantIssue} {
+	for _, op := range []string{api.OpStatus, api.OpGrantIssue} {
 		err := control.Call(ctx, sock, op, nil, nil)
 		if control.CodeOf(err) != control.CodeDenied || !strings.Contains(err.Error(), "permission_denied") || !strings.Contains(err.Error(), "task_submitter") {
 			t.Fatalf("%s as task_submitter: %v", op, err)
@@ -220,7 +225,7 @@ handlers:
 	if err := z.Dispatch(ctx, from(sub), message(envelope.ErrorResponse, (&tasks.ErrorMessage{TaskID: tasks.NewTaskID(), Code: "busy"}).Encode())); err != nil {
 		t.Fatal(err)
 	}
-	if _, n := a.lastSent(); n != 2 || !a.audit(t, audit.AccessDenied, func(e audit.Entry) bool { return e.Details["reason"] == ReasonUncorrelated }) {
+	if _, n := a.lastSent(); n != 2 || !a.audit(t, audit.AccessDenied, func(e audit.Entry) bool { return e.Details["reason"] == authz.ReasonUncorrelated }) {
 		t.Fatal("uncorrelated error_response: answered, or not audited")
 	}
 
@@ -368,8 +373,8 @@ func TestGrantAndBlockOps(t *testing.T) {
 	self := cust.ID().String()
 	peer := agenttest.NewIdentity(t, keystore.Ed25519)
 
-	var g GrantIssueResult
-	if err := control.Call(ctx, sock, OpGrantIssue, GrantIssueArgs{Subject: peer.ID().String(), Role: "peer_node", TTLSeconds: 60}, &g); err != nil {
+	var g api.GrantIssueResult
+	if err := control.Call(ctx, sock, api.OpGrantIssue, api.GrantIssueArgs{Subject: peer.ID().String(), Role: "peer_node", TTLSeconds: 60}, &g); err != nil {
 		t.Fatal(err)
 	}
 	if !g.AdminHere || g.Warning != "" || g.Issuer != self || g.Expires.Sub(g.Issued) != time.Minute {
@@ -378,47 +383,47 @@ func TestGrantAndBlockOps(t *testing.T) {
 	if rs := d.authz.Roles(ctx, peer.ID()); len(rs) != 1 || rs[0] != rbac.PeerNode {
 		t.Fatalf("the issued grant is not in force here: %v", rs)
 	}
-	if err := control.Call(ctx, sock, OpGrantIssue, GrantIssueArgs{Subject: peer.ID().String(), Role: "root"}, nil); control.CodeOf(err) != control.CodeBadRequest {
+	if err := control.Call(ctx, sock, api.OpGrantIssue, api.GrantIssueArgs{Subject: peer.ID().String(), Role: "root"}, nil); control.CodeOf(err) != control.CodeBadRequest {
 		t.Fatalf("unknown role: %v", err)
 	}
 
 	// Installing: the grant must be for this agent, unexpired, and verify under its issuer's key.
-	err = control.Call(ctx, sock, OpGrantInstall, GrantInstallArgs{Grant: g.Grant}, nil)
+	err = control.Call(ctx, sock, api.OpGrantInstall, api.GrantInstallArgs{Grant: g.Grant}, nil)
 	if control.CodeOf(err) != control.CodeBadRequest || !strings.Contains(err.Error(), "is for "+peer.ID().String()) {
 		t.Fatalf("install a grant for another agent: %v", err)
 	}
 	admin := agenttest.NewIdentity(t, keystore.Ed25519)
 	expired := grantFor(t, admin, cust.ID(), rbac.TaskSubmitter, time.Now().Add(-2*time.Hour), time.Hour)
-	if err := control.Call(ctx, sock, OpGrantInstall, GrantInstallArgs{Grant: string(expired.Encode())}, nil); err == nil || !strings.Contains(err.Error(), "expired at") {
+	if err := control.Call(ctx, sock, api.OpGrantInstall, api.GrantInstallArgs{Grant: string(expired.Encode())}, nil); err == nil || !strings.Contains(err.Error(), "expired at") {
 		t.Fatalf("install an expired grant: %v", err)
 	}
 	forged := grantFor(t, admin, cust.ID(), rbac.TaskSubmitter, time.Now(), time.Hour)
 	forged.Issuer = peer.ID().String() // claims another issuer: the signature no longer verifies
-	if err := control.Call(ctx, sock, OpGrantInstall, GrantInstallArgs{Grant: string(forged.Encode())}, nil); err == nil || !strings.Contains(err.Error(), "does not verify") {
+	if err := control.Call(ctx, sock, api.OpGrantInstall, api.GrantInstallArgs{Grant: string(forged.Encode())}, nil); err == nil || !strings.Contains(err.Error(), "does not verify") {
 		t.Fatalf("install a forged grant: %v", err)
 	}
 	good := grantFor(t, admin, cust.ID(), rbac.TaskSubmitter, time.Now(), time.Hour)
-	var inst GrantInstallResult
-	if err := control.Call(ctx, sock, OpGrantInstall, GrantInstallArgs{Grant: string(good.Encode()) + "\n"}, &inst); err != nil || inst.Grant.ID != good.ID || len(inst.Presented) != 0 {
+	var inst api.GrantInstallResult
+	if err := control.Call(ctx, sock, api.OpGrantInstall, api.GrantInstallArgs{Grant: string(good.Encode()) + "\n"}, &inst); err != nil || inst.Grant.ID != good.ID || len(inst.Presented) != 0 {
 		t.Fatalf("install: %+v %v", inst, err)
 	}
 	if gs, _ := rbac.DecodeGrants(d.authz.Presentable()); len(gs) != 1 || gs[0].ID != good.ID {
 		t.Fatalf("presented grants: %v", gs)
 	}
-	var gl GrantsList
-	if err := control.Call(ctx, sock, OpGrantsList, nil, &gl); err != nil || len(gl.Held) != 1 || gl.Held[0].State != "valid" {
+	var gl api.GrantsList
+	if err := control.Call(ctx, sock, api.OpGrantsList, nil, &gl); err != nil || len(gl.Held) != 1 || gl.Held[0].State != "valid" {
 		t.Fatalf("grants list: %+v %v", gl, err)
 	}
-	if err := control.Call(ctx, sock, OpGrantRemove, GrantRemoveArgs{GrantID: good.ID}, nil); err != nil || d.authz.Presentable() != nil {
+	if err := control.Call(ctx, sock, api.OpGrantRemove, api.GrantRemoveArgs{GrantID: good.ID}, nil); err != nil || d.authz.Presentable() != nil {
 		t.Fatalf("remove: %v", err)
 	}
-	if err := control.Call(ctx, sock, OpGrantRemove, GrantRemoveArgs{GrantID: good.ID}, nil); control.CodeOf(err) != control.CodeNotFound {
+	if err := control.Call(ctx, sock, api.OpGrantRemove, api.GrantRemoveArgs{GrantID: good.ID}, nil); control.CodeOf(err) != control.CodeNotFound {
 		t.Fatalf("remove twice: %v", err)
 	}
 
 	// Revoking the grant this agent issued: in force here at once.
-	var rr RevokeResult
-	if err := control.Call(ctx, sock, OpRevoke, RevokeArgs{GrantID: g.ID}, &rr); err != nil || !rr.AppliedHere {
+	var rr api.RevokeResult
+	if err := control.Call(ctx, sock, api.OpRevoke, api.RevokeArgs{GrantID: g.ID}, &rr); err != nil || !rr.AppliedHere {
 		t.Fatalf("revoke: %+v %v", rr, err)
 	}
 	if err := d.authz.RBAC().Authorize(ctx, peer.ID(), rbac.ProcessTasks); rbac.ReasonOf(err) != rbac.GrantRevoked {
@@ -427,23 +432,23 @@ func TestGrantAndBlockOps(t *testing.T) {
 
 	// Block and unblock.
 	var r reputation.Report
-	if err := control.Call(ctx, sock, OpPeersBlock, PeerArgs{ID: peer.ID().String()}, &r); err != nil || r.Level != reputation.Blocked || !r.Manual {
+	if err := control.Call(ctx, sock, api.OpPeersBlock, api.PeerArgs{ID: peer.ID().String()}, &r); err != nil || r.Level != reputation.Blocked || !r.Manual {
 		t.Fatalf("block: %+v %v", r, err)
 	}
-	if err := d.authz.Validate(ctx, &session.Peer{ID: peer.ID(), Role: session.Responder}); refusalOf(err) != RefusalBlocked {
+	if err := d.authz.Validate(ctx, &session.Peer{ID: peer.ID(), Role: session.Responder}); authz.RefusalOf(err) != authz.RefusalBlocked {
 		t.Fatalf("a blocked peer we dial: %v", err)
 	}
-	var ps []PeerStatus
-	if err := control.Call(ctx, sock, OpPeersList, nil, &ps); err != nil || len(ps) != 1 || ps[0].Trust != "blocked" || ps[0].Reputation == nil || len(ps[0].Reputation.Factors) == 0 {
+	var ps []api.PeerStatus
+	if err := control.Call(ctx, sock, api.OpPeersList, nil, &ps); err != nil || len(ps) != 1 || ps[0].Trust != "blocked" || ps[0].Reputation == nil || len(ps[0].Reputation.Factors) == 0 {
 		t.Fatalf("peers list: %+v %v", ps, err)
 	}
-	if err := control.Call(ctx, sock, OpPeersUnblock, PeerArgs{ID: peer.ID().String()}, &r); err != nil || r.Level != reputation.New {
+	if err := control.Call(ctx, sock, api.OpPeersUnblock, api.PeerArgs{ID: peer.ID().String()}, &r); err != nil || r.Level != reputation.New {
 		t.Fatalf("unblock: %+v %v", r, err)
 	}
-	if err := control.Call(ctx, sock, OpPeersUnblock, PeerArgs{ID: peer.ID().String()}, nil); control.CodeOf(err) != control.CodeBadRequest || !strings.Contains(err.Error(), "is not blocked") {
+	if err := control.Call(ctx, sock, api.OpPeersUnblock, api.PeerArgs{ID: peer.ID().String()}, nil); control.CodeOf(err) != control.CodeBadRequest || !strings.Contains(err.Error(), "is not blocked") {
 		t.Fatalf("unblock twice: %v", err)
 	}
-	if err := control.Call(ctx, sock, OpPeersBlock, PeerArgs{ID: self}, nil); control.CodeOf(err) != control.CodeBadRequest {
+	if err := control.Call(ctx, sock, api.OpPeersBlock, api.PeerArgs{ID: self}, nil); control.CodeOf(err) != control.CodeBadRequest {
 		t.Fatalf("block self: %v", err)
 	}
 	if !strings.Contains(fmt.Sprint(auditTypes(t, home)), string(audit.TrustChanged)) {

@@ -63,7 +63,7 @@ func TestControlRefusesPluginProcesses(t *testing.T) {
 	plug := rbac.Cred{UID: uint32(os.Getuid()), GID: uint32(os.Getgid()), PID: int32(pid)}
 	// The authorizer alone authorizes the plugin's credentials (the daemon's uid) for the operations that
 	// make the identity key sign or change trust: the refusal must come before it.
-	for _, op := range []string{OpGrantIssue, OpStakeSet, OpRevoke, OpIdentityReload} {
+	for _, op := range []string{api.OpGrantIssue, api.OpStakeSet, api.OpRevoke, api.OpIdentityReload} {
 		spec, _ := api.Lookup(op)
 		if err := d.authz.AuthorizeOp(ctx, plug, op, spec.Permission); err != nil {
 			t.Logf("the local authorizer already refuses %s for the plugin's uid: %v", op, err)

@@ -21,6 +21,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -31,12 +32,16 @@ import (
 	bolterrors "go.etcd.io/bbolt/errors"
 
 	"github.com/custos-agent/custos/agent/api"
+	"github.com/custos-agent/custos/agent/api/agentops"
+	"github.com/custos-agent/custos/agent/api/taskops"
 	"github.com/custos-agent/custos/agent/authz"
+	"github.com/custos-agent/custos/agent/bindauth"
 	"github.com/custos-agent/custos/agent/config"
 	"github.com/custos-agent/custos/agent/consensus"
 	"github.com/custos-agent/custos/agent/control"
 	"github.com/custos-agent/custos/agent/custody"
 	"github.com/custos-agent/custos/agent/delegation"
+	"github.com/custos-agent/custos/agent/events"
 	"github.com/custos-agent/custos/agent/metrics"
 	"github.com/custos-agent/custos/agent/peers"
 	"github.com/custos-agent/custos/agent/puzzle"
@@ -65,7 +70,7 @@ type Options struct {
 	// Home is the agent's home directory (0700).
 	Home string
 	// Config and its digest (LoadConfig); ConfigPath is re-read by Reload.
-	Config       *Config
+	Config       *config.Config
 	ConfigDigest string
 	ConfigPath   string
 	// Custody is the opened identity (its keystore backends are the caller's business).
@@ -91,7 +96,7 @@ type Options struct {
 }
 
 type transportState struct {
-	cfg       TransportConfig
+	cfg       config.TransportConfig
 	t         *host.Transport
 	listeners []*host.Listener
 }
@@ -106,7 +111,7 @@ type Daemon struct {
 
 	mu     sync.Mutex
 	idMu   sync.Mutex // serialises identity reloads (keyevents.go)
-	cfg    *Config
+	cfg    *config.Config
 	digest string
 	ownLog identity.Log
 
@@ -120,10 +125,11 @@ type Daemon struct {
 	dm         *delegation.Manager
 	replay     *replay.Cache
 	engine     *tasks.Engine
-	authz      *authz.Authz // authorization and trust (agent/authz; wired in authz.go)
+	events     *events.Recorder // audit records, metrics and reputation observations of events
+	authz      *authz.Authz     // authorization and trust (agent/authz; wired in authz.go)
 	evidence   *consensus.EvidenceStore
 	replicator *consensus.Replicator // replicated tasks (authz_replicate.go)
-	authority  *Authority
+	authority  *bindauth.Authority
 	transports map[string]*transportState
 	mgr        *manager
 	ctl        *control.Server
@@ -142,7 +148,7 @@ type Daemon struct {
 // a failure at any step undoes the earlier ones and names what failed.
 func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 	if opts.Config == nil || opts.Custody == nil || opts.Home == "" {
-		return nil, errors.New("daemon: Home, Config and Custody are required")
+		return nil, errors.New("daemon: Home, config.Config and Custody are required")
 	}
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
@@ -159,6 +165,9 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 	d := &Daemon{opts: opts, log: opts.Logger, home: opts.Home, cust: opts.Custody, id: opts.Custody.ID(),
 		cfg: opts.Config, digest: opts.ConfigDigest, ownLog: opts.Custody.Log(), metrics: metrics.New(),
 		transports: map[string]*transportState{}, ctx: dctx, cancel: cancel, started: time.Now().UTC(), done: make(chan struct{})}
+	// Events become audit records, metrics and reputation observations (agent/events); its Audit,
+	// Reputation, Outbound and IsReplicated are set below as each is built, before anything runs.
+	d.events = &events.Recorder{Metrics: d.metrics, Log: d.log}
 	defer func() {
 		if err != nil {
 			d.teardown(context.Background())
@@ -196,17 +205,18 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 	}
 	repCfg, err := cfg.ReputationSettings() // agent/config: the reputation and puzzles sections
 	if err != nil {
-		return nil, fmt.Errorf("%w: reputation: %v", ErrConfig, err)
+		return nil, fmt.Errorf("%w: reputation: %v", config.ErrConfig, err)
 	}
 	d.rep, err = reputation.NewStore(ctx, d.db, repCfg, reputation.Options{
 		Resolve:   d.currentKeyOf,
 		CheckTask: authz.FeedbackTask(d.peers), // agent/authz
-		OnChange:  d.trustChanged,
+		OnChange:  d.events.TrustChanged,
 		Logger:    d.log.With("part", "reputation"),
 	})
 	if err != nil {
 		return nil, err
 	}
+	d.events.Reputation = d.rep
 
 	// The identity key signs audit checkpoints and delegations, nothing on the per-message path.
 	signer, err := d.cust.Signer(ctx)
@@ -223,7 +233,8 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("audit log: %w", err)
 	}
-	d.record(audit.ConfigLoaded, "operator", opts.ConfigPath, audit.OutcomeInfo, map[string]any{"digest": d.digest})
+	d.events.Audit = d.audit
+	d.events.Record(audit.ConfigLoaded, "operator", opts.ConfigPath, audit.OutcomeInfo, map[string]any{"digest": d.digest})
 
 	if !cfg.Metrics.Disabled {
 		d.metricsSrv, err = metrics.Serve(dctx, d.metrics, metrics.ServeOptions{Addr: cfg.Metrics.Address, Logger: d.log.With("part", "metrics")})
@@ -234,7 +245,7 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 
 	d.dm, err = delegation.NewManager(ctx, delegation.Config{Identity: signer, State: d.cust.State(),
 		Mode: delegation.Mode(cfg.Delegation.Mode), Lifetime: cfg.Delegation.Lifetime, Logger: d.log.With("part", "delegation"),
-		OnIssue: d.delegationIssued})
+		OnIssue: d.events.DelegationIssued})
 	if err != nil {
 		return nil, fmt.Errorf("delegation: %w", err)
 	}
@@ -248,7 +259,6 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 	if d.authz, err = newAuthz(ctx, d, cfg); err != nil {
 		return nil, err
 	}
-	d.replicator = &consensus.Replicator{Rep: d.rep, Evidence: d.evidence, Peers: replicaPeers{d}, Runner: replicaRunner{d}}
 	d.wg.Add(1)
 	go func() {
 		defer d.wg.Done()
@@ -263,11 +273,15 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 		Sender: d.mgr, Admit: opts.AdmitTask, MaxConcurrent: cfg.Limits.MaxConcurrentTasks, MaxQueued: cfg.Limits.MaxQueuedTasks,
 		RetryInterval: cfg.Tasks.RetryInterval, Retention: cfg.Tasks.ResultRetention,
 		MaxUnacknowledged: cfg.Limits.MaxUnacknowledgedTasks, InboundRetention: cfg.Tasks.UnacknowledgedRetention,
-		Logger: d.log.With("part", "tasks"), OnEvent: d.taskEvent,
+		Logger: d.log.With("part", "tasks"), OnEvent: func(ev tasks.Event) { d.authz.TaskEvent(ev); d.events.Task(ev) },
 	})
 	if err != nil {
 		return nil, err
 	}
+	// Replicated tasks (agent/consensus) run on the connected peers through the task engine.
+	d.replicator = &consensus.Replicator{Rep: d.rep, Evidence: d.evidence, Peers: sessionsView{m: d.mgr, ctx: d.ctx},
+		Runner: taskops.Runner{Engine: d.engine, Self: d.id}}
+	d.events.Outbound, d.events.IsReplicated = d.engine.Get, d.replicator.IsReplicated
 	// Working directories left by commands of a daemon that was killed are removed; their tasks run again.
 	if err := os.RemoveAll(d.workRoot()); err != nil {
 		return nil, fmt.Errorf("task work directory: %w", err)
@@ -279,14 +293,18 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 		return nil, err
 	}
 
-	d.authority = NewAuthority(d.id, d.dm, d.peers, d.keyLog, DefaultBindingTTL)
+	d.authority = bindauth.NewAuthority(d.id, d.dm, d.peers, d.keyLog, bindauth.DefaultBindingTTL)
 	for _, tc := range cfg.Transports {
 		if err := d.startTransport(ctx, tc); err != nil {
 			return nil, err
 		}
 	}
 
-	ops, err := api.Ops(d.handlers()) // ops.go; each with its permission from api.Table
+	hs, err := api.Join(d.services()...) // control.go: the rooms' handlers
+	if err != nil {
+		return nil, err
+	}
+	ops, err := api.Ops(hs) // each with its permission from api.Table
 	if err != nil {
 		return nil, err
 	}
@@ -295,7 +313,7 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 		// The control socket serves people, not plugins: transport plugin processes and their descendants
 		// are refused before their request is read (threat model, section 2).
 		RefuseCaller: control.RefusePluginProcesses(d.pluginPIDs),
-		OnRequest:    d.controlRequest, Logger: d.log.With("part", "control"),
+		OnRequest:    d.events.ControlRequest, Logger: d.log.With("part", "control"),
 	})
 	if err != nil {
 		return nil, err
@@ -314,8 +332,8 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 		}
 	}
 	d.addBootstrap(cfg)
-	d.record(audit.AgentStarted, d.id.String(), d.id.String(), audit.OutcomeSuccess, map[string]any{
-		"version": opts.Version, "keystore": keystoreBackend(d.cust.KeystoreURI()), "generation": d.cust.Current().Generation,
+	d.events.Record(audit.AgentStarted, d.id.String(), d.id.String(), audit.OutcomeSuccess, map[string]any{
+		"version": opts.Version, "keystore": agentops.KeystoreBackend(d.cust.KeystoreURI()), "generation": d.cust.Current().Generation,
 		"transports": strings.Join(d.transportNames(), ","),
 	})
 	d.running = true
@@ -324,14 +342,9 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 	return d, nil
 }
 
-func keystoreBackend(uri string) string {
-	s, _, _ := strings.Cut(uri, ":")
-	return s
-}
-
 func (d *Daemon) workRoot() string { return filepath.Join(d.home, WorkDir) }
 
-func (d *Daemon) config() *Config {
+func (d *Daemon) config() *config.Config {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	return d.cfg
@@ -344,7 +357,7 @@ func (d *Daemon) keyLog() *identity.Log {
 	return &l
 }
 
-func (d *Daemon) applyLogLevel(cfg *Config) {
+func (d *Daemon) applyLogLevel(cfg *config.Config) {
 	if d.opts.LogLevel == nil || d.opts.LogLevelFixed {
 		return
 	}
@@ -365,7 +378,7 @@ func (d *Daemon) currentKeyOf(id identity.ID) (identity.State, error) {
 	return st, nil
 }
 
-func (d *Daemon) startTransport(ctx context.Context, tc TransportConfig) error {
+func (d *Daemon) startTransport(ctx context.Context, tc config.TransportConfig) error {
 	mode, err := sandbox.ParseMode(tc.Sandbox)
 	if err != nil {
 		return fmt.Errorf("transport %s: %w", tc.Name, err)
@@ -393,7 +406,7 @@ func (d *Daemon) startTransport(ctx context.Context, tc TransportConfig) error {
 			}
 		}
 	}
-	d.record(audit.PluginStarted, "agent", tc.Name, audit.OutcomeSuccess, map[string]any{"path": tc.Plugin, "sha256": tc.SHA256, "pid": t.PID(),
+	d.events.Record(audit.PluginStarted, "agent", tc.Name, audit.OutcomeSuccess, map[string]any{"path": tc.Plugin, "sha256": tc.SHA256, "pid": t.PID(),
 		"sandbox": prot.String(), "sandbox_mode": string(mode)})
 	for _, addr := range tc.Listen {
 		l, err := t.Listen(ctx, addr)
@@ -431,7 +444,7 @@ func sandboxGauges(p sandbox.Protections) map[string]bool {
 
 // bindPorts are the TCP ports a tcp or ws plugin may bind (its listen addresses; none when it only
 // dials); nil (no Landlock network rule) for other transports or an address without a numeric port.
-func bindPorts(tc TransportConfig) []uint16 {
+func bindPorts(tc config.TransportConfig) []uint16 {
 	if tc.Name != "tcp" && tc.Name != "ws" {
 		return nil
 	}
@@ -463,19 +476,19 @@ func (d *Daemon) transportNames() []string {
 	return out
 }
 
-func (d *Daemon) addBootstrap(cfg *Config) {
-	byID := map[string][]Address{}
+func (d *Daemon) addBootstrap(cfg *config.Config) {
+	byID := map[string][]api.Address{}
 	var order []string
 	for _, p := range cfg.Bootstrap {
 		id, _ := identity.ParseID(p.ID)
 		tn := p.Transport
 		if tn == "" {
-			tn = InferTransport(p.Address)
+			tn = config.InferTransport(p.Address)
 		}
 		if _, ok := byID[id.String()]; !ok {
 			order = append(order, id.String())
 		}
-		byID[id.String()] = append(byID[id.String()], Address{Transport: tn, Address: p.Address})
+		byID[id.String()] = append(byID[id.String()], api.Address{Transport: tn, Address: p.Address})
 	}
 	for _, id := range order {
 		d.mgr.addTarget(d.ctx, id, byID[id], "bootstrap")
@@ -512,7 +525,7 @@ func (d *Daemon) sessionConfig(transport, remote, pinned string) *session.Config
 		}),
 		// Before the initiator's log, delegation and signature are verified: its puzzle and Blocked.
 		Admit:   session.ValidatorFunc(func(_ context.Context, p *session.Peer) error { return d.admitEarly(p, &early) }),
-		OnEvent: func(ev session.Event) { d.sessionEvent(transport, remote, ev) },
+		OnEvent: func(ev session.Event) { d.events.Session(transport, remote, ev) },
 		// Admission puzzles asked of initiators, solved when asked; the grants this agent holds (agent/authz).
 		Puzzler: d.authz.Puzzler(), Solver: puzzle.Solver{}, Grants: d.authz.Presentable(),
 	}
@@ -569,7 +582,7 @@ func (d *Daemon) teardown(ctx context.Context) error {
 		if err := ts.t.Close(); err != nil {
 			errs = append(errs, fmt.Errorf("transport %s: %w", name, err))
 		}
-		d.record(audit.PluginStopped, "agent", name, audit.OutcomeSuccess, map[string]any{"path": ts.cfg.Plugin, "sha256": ts.cfg.SHA256})
+		d.events.Record(audit.PluginStopped, "agent", name, audit.OutcomeSuccess, map[string]any{"path": ts.cfg.Plugin, "sha256": ts.cfg.SHA256})
 	}
 	if d.metricsSrv != nil {
 		_ = d.metricsSrv.Close()
@@ -580,7 +593,7 @@ func (d *Daemon) teardown(ctx context.Context) error {
 	}
 	if d.audit != nil {
 		if d.running {
-			d.record(audit.AgentStopped, d.id.String(), d.id.String(), audit.OutcomeSuccess, nil)
+			d.events.Record(audit.AgentStopped, d.id.String(), d.id.String(), audit.OutcomeSuccess, nil)
 		}
 		if err := d.audit.Close(); err != nil {
 			errs = append(errs, fmt.Errorf("audit log: %w", err))
@@ -601,17 +614,17 @@ func (d *Daemon) teardown(ctx context.Context) error {
 // what can change while running (handlers, bootstrap peers, session and redial settings, log level) and
 // names the rest as needing a restart; it writes an audit record with the new and previous digests and
 // logs the change. An invalid file changes nothing.
-func (d *Daemon) Reload(ctx context.Context) (*ReloadResult, error) {
-	cfg, digest, err := LoadConfig(d.opts.ConfigPath)
+func (d *Daemon) Reload(ctx context.Context) (*api.ReloadResult, error) {
+	cfg, digest, err := config.LoadConfig(d.opts.ConfigPath)
 	if err != nil {
-		d.record(audit.ConfigChanged, "operator", d.opts.ConfigPath, audit.OutcomeFailure, map[string]any{"digest": d.currentDigest(), "error": err.Error()})
+		d.events.Record(audit.ConfigChanged, "operator", d.opts.ConfigPath, audit.OutcomeFailure, map[string]any{"digest": d.currentDigest(), "error": err.Error()})
 		d.log.Error("configuration reload refused; the running configuration is unchanged", "err", err)
 		return nil, err
 	}
 	d.mu.Lock()
 	old, oldDigest := d.cfg, d.digest
 	d.mu.Unlock()
-	res := &ReloadResult{Digest: digest, PreviousDigest: oldDigest, Changed: config.Diff(old, cfg)}
+	res := &api.ReloadResult{Digest: digest, PreviousDigest: oldDigest, Changed: config.Diff(old, cfg)}
 	for _, c := range res.Changed {
 		switch {
 		case strings.HasPrefix(c, "handlers."):
@@ -623,7 +636,7 @@ func (d *Daemon) Reload(ctx context.Context) (*ReloadResult, error) {
 		}
 	}
 	if err := d.authz.Reload(cfg); err != nil { // agent/authz: authorization and policy apply at once
-		d.record(audit.ConfigChanged, "operator", d.opts.ConfigPath, audit.OutcomeFailure, map[string]any{"digest": digest, "error": err.Error()})
+		d.events.Record(audit.ConfigChanged, "operator", d.opts.ConfigPath, audit.OutcomeFailure, map[string]any{"digest": digest, "error": err.Error()})
 		d.log.Error("configuration reload refused; the running configuration is unchanged", "err", err)
 		return nil, err
 	}
@@ -638,7 +651,7 @@ func (d *Daemon) Reload(ctx context.Context) (*ReloadResult, error) {
 	d.cfg, d.digest = &keep, digest
 	d.mu.Unlock()
 	d.applyLogLevel(cfg)
-	if slicesDiffer(old.Bootstrap, cfg.Bootstrap) {
+	if !slices.Equal(old.Bootstrap, cfg.Bootstrap) {
 		cur := map[string]bool{}
 		for _, p := range cfg.Bootstrap {
 			id, _ := identity.ParseID(p.ID)
@@ -656,25 +669,13 @@ func (d *Daemon) Reload(ctx context.Context) (*ReloadResult, error) {
 		d.log.Error("identity reload failed; the running identity is unchanged", "err", err)
 	}
 	res.Rotated, res.Generation = rotated, d.cust.Current().Generation
-	d.record(audit.ConfigChanged, "operator", d.opts.ConfigPath, audit.OutcomeSuccess, map[string]any{
+	d.events.Record(audit.ConfigChanged, "operator", d.opts.ConfigPath, audit.OutcomeSuccess, map[string]any{
 		"digest": digest, "previous_digest": oldDigest, "changed": strings.Join(res.Changed, ","),
 		"need_restart": strings.Join(res.NeedRestart, ","),
 	})
 	d.log.Info("configuration reloaded", "digest", digest, "previous_digest", oldDigest, "changed", res.Changed,
 		"applied", res.Applied, "need_restart", res.NeedRestart, "generation", res.Generation)
 	return res, nil
-}
-
-func slicesDiffer(a, b []PeerConfig) bool {
-	if len(a) != len(b) {
-		return true
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return true
-		}
-	}
-	return false
 }
 
 // reloadIdentity picks up a rotation, recovery or key destruction another process made: it writes the key
@@ -688,7 +689,7 @@ func (d *Daemon) reloadIdentity(ctx context.Context, actor string) (bool, []audi
 	if err := d.cust.Reload(ctx); err != nil {
 		return false, nil, err
 	}
-	recs := d.recordKeyEvents(keys, actor)
+	recs := d.events.KeyEvents(keys, d.cust.Keys(), d.cust.Log(), actor)
 	g := d.cust.Current().Generation
 	if g == before {
 		return false, recs, nil
@@ -733,3 +734,29 @@ func (d *Daemon) metricsURL() string {
 
 // DrainTimeout is how long Shutdown should let running tasks finish (limits.drain_timeout).
 func (d *Daemon) DrainTimeout() time.Duration { return d.config().Limits.DrainTimeout }
+
+// sessionFailed accounts for a session a verified peer ended with a protocol failure (agent/events).
+func (d *Daemon) sessionFailed(peer, transport string, err error) {
+	d.events.SessionFailed(peer, transport, err)
+}
+
+// observer receives the plugin supervisors' events (host.Observer).
+type observer struct{ d *Daemon }
+
+// PluginRestarted implements host.Observer: audit, metric, and re-dial every target at once.
+func (o observer) PluginRestarted(ev host.RestartEvent) {
+	o.d.mgr.wakeAll()
+	o.d.events.PluginRestarted(ev, func() *events.Plugin {
+		ts := o.d.transport(ev.Transport)
+		if ts == nil {
+			return nil
+		}
+		prot := ts.t.Sandbox()
+		return &events.Plugin{Path: ts.cfg.Plugin, SHA256: ts.cfg.SHA256, Sandbox: sandboxGauges(prot), SandboxText: prot.String()}
+	})
+}
+
+// PeerRefused implements host.Observer.
+func (o observer) PeerRefused(transport, remote string, err error) {
+	o.d.events.PeerRefused(transport, remote, err)
+}

@@ -11,8 +11,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/custos-agent/custos/agent/api"
+	"github.com/custos-agent/custos/agent/config"
 	"github.com/custos-agent/custos/agent/control"
 	"github.com/custos-agent/custos/agent/custody"
+	"github.com/custos-agent/custos/agent/events"
 	"github.com/custos-agent/custos/audit"
 	"github.com/custos-agent/custos/identity"
 	"github.com/custos-agent/custos/keystore"
@@ -45,12 +48,12 @@ func testHome(t *testing.T) (string, *custody.Custody) {
 	return home, c
 }
 
-func writeConfig(t *testing.T, path, body string) (*Config, string) {
+func writeConfig(t *testing.T, path, body string) (*config.Config, string) {
 	t.Helper()
 	if err := os.WriteFile(path, []byte(body), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	cfg, digest, err := LoadConfig(path)
+	cfg, digest, err := config.LoadConfig(path)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -77,8 +80,8 @@ func TestDaemonWithoutTransports(t *testing.T) {
 	if fi, err := os.Stat(sock); err != nil || fi.Mode().Perm() != 0o600 {
 		t.Fatalf("control socket: %v %v", fi, err)
 	}
-	var st Status
-	if err := control.Call(ctx, sock, OpStatus, nil, &st); err != nil {
+	var st api.Status
+	if err := control.Call(ctx, sock, api.OpStatus, nil, &st); err != nil {
 		t.Fatal(err)
 	}
 	if st.AgentID != cust.ID().String() || st.ConfigDigest != digest || st.Keystore != "file" || len(st.Sessions) != 0 ||
@@ -95,25 +98,25 @@ func TestDaemonWithoutTransports(t *testing.T) {
 	// A task for a peer nobody can reach stays pending (recorded, not lost).
 	peer, _ := testHome(t)
 	peerID := mustID(t, peer)
-	var v TaskView
-	if err := control.Call(ctx, sock, OpTaskSubmit, SubmitArgs{To: peerID, Handler: "sha256", Input: []byte("x")}, &v); err != nil {
+	var v api.TaskView
+	if err := control.Call(ctx, sock, api.OpTaskSubmit, api.SubmitArgs{To: peerID, Handler: "sha256", Input: []byte("x")}, &v); err != nil {
 		t.Fatal(err)
 	}
-	if err := control.Call(ctx, sock, OpTaskGet, GetArgs{TaskID: v.TaskID, WaitMS: 200}, &v); err != nil || v.State != "pending" {
+	if err := control.Call(ctx, sock, api.OpTaskGet, api.GetArgs{TaskID: v.TaskID, WaitMS: 200}, &v); err != nil || v.State != "pending" {
 		t.Fatalf("task after a short wait: %+v %v", v, err)
 	}
-	err = control.Call(ctx, sock, OpTaskGet, GetArgs{TaskID: "AAAAAAAAAAAAAAAAAAAAAA"}, nil)
+	err = control.Call(ctx, sock, api.OpTaskGet, api.GetArgs{TaskID: "AAAAAAAAAAAAAAAAAAAAAA"}, nil)
 	if control.CodeOf(err) != control.CodeNotFound {
 		t.Fatalf("unknown task: %v", err)
 	}
-	err = control.Call(ctx, sock, OpPeersConnect, ConnectArgs{Address: "127.0.0.1:1", ID: peerID}, nil)
+	err = control.Call(ctx, sock, api.OpPeersConnect, api.ConnectArgs{Address: "127.0.0.1:1", ID: peerID}, nil)
 	if control.CodeOf(err) != control.CodeBadRequest || !strings.Contains(err.Error(), "transport tcp is not configured") {
 		t.Fatalf("connect without transports: %v", err)
 	}
 
 	// The running daemon vouches for its audit head, and the log holds it (agentctl audit verify).
 	var head audit.Head
-	if err := control.Call(ctx, sock, OpAuditHead, nil, &head); err != nil || head.Seq == 0 {
+	if err := control.Call(ctx, sock, api.OpAuditHead, nil, &head); err != nil || head.Seq == 0 {
 		t.Fatalf("audit.head: %+v %v", head, err)
 	}
 	if rep, err := audit.VerifyRunning(filepath.Join(home, AuditDir), cust.Log(), head); err != nil || !rep.Live || rep.LastSeq < head.Seq {
@@ -124,21 +127,21 @@ func TestDaemonWithoutTransports(t *testing.T) {
 	if err := os.WriteFile(cfgPath, []byte("handlers: {x: {builtin: nope}}\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	err = control.Call(ctx, sock, OpConfigReload, nil, nil)
+	err = control.Call(ctx, sock, api.OpConfigReload, nil, nil)
 	if control.CodeOf(err) != control.CodeBadRequest || !strings.Contains(err.Error(), "handlers.x.builtin") {
 		t.Fatalf("bad reload: %v", err)
 	}
 	// A valid one is applied: handlers change at once, the metrics address needs a restart.
 	writeConfig(t, cfgPath, "metrics: {address: \"127.0.0.1:0\", disabled: true}\nhandlers:\n  echo: {builtin: echo}\n  upper: {exec: {command: /usr/bin/tr, args: [a-z, A-Z]}}\n")
-	var rr ReloadResult
-	if err := control.Call(ctx, sock, OpConfigReload, nil, &rr); err != nil {
+	var rr api.ReloadResult
+	if err := control.Call(ctx, sock, api.OpConfigReload, nil, &rr); err != nil {
 		t.Fatal(err)
 	}
 	if strings.Join(rr.Changed, ",") != "handlers.sha256,handlers.upper,metrics" || strings.Join(rr.NeedRestart, ",") != "metrics" ||
 		rr.PreviousDigest != digest || rr.Digest == digest {
 		t.Fatalf("reload result %+v", rr)
 	}
-	if err := control.Call(ctx, sock, OpStatus, nil, &st); err != nil || strings.Join(st.Handlers, ",") != "echo,upper" || st.Metrics == "" {
+	if err := control.Call(ctx, sock, api.OpStatus, nil, &st); err != nil || strings.Join(st.Handlers, ",") != "echo,upper" || st.Metrics == "" {
 		t.Fatalf("status after reload: %+v %v", st, err)
 	}
 
@@ -154,7 +157,7 @@ func TestDaemonWithoutTransports(t *testing.T) {
 	if err != nil || !rep.Sealed {
 		t.Fatalf("audit after shutdown: %+v %v", rep, err)
 	}
-	want := map[audit.EventType]bool{audit.ConfigLoaded: false, audit.AgentStarted: false, audit.AgentStopped: false, TaskSubmitted: false}
+	want := map[audit.EventType]bool{audit.ConfigLoaded: false, audit.AgentStarted: false, audit.AgentStopped: false, events.TaskSubmitted: false}
 	var reloads []string
 	err = audit.Query(ctx, filepath.Join(home, AuditDir), audit.Filter{}, func(e audit.Entry) error {
 		if _, ok := want[e.Type]; ok {
@@ -163,7 +166,7 @@ func TestDaemonWithoutTransports(t *testing.T) {
 		if e.Type == audit.ConfigChanged {
 			reloads = append(reloads, string(e.Outcome))
 		}
-		if e.Type == ControlRequest && (e.Details["uid"] == nil || !strings.HasPrefix(e.Actor, "uid:")) {
+		if e.Type == events.ControlRequest && (e.Details["uid"] == nil || !strings.HasPrefix(e.Actor, "uid:")) {
 			t.Errorf("control request record without the caller's uid: %+v", e.Record)
 		}
 		return nil
@@ -180,13 +183,13 @@ func TestDaemonWithoutTransports(t *testing.T) {
 		t.Errorf("config.changed outcomes %v, want failure then success", reloads)
 	}
 	// The submitted task survives the restart of the daemon (it is in state.db).
-	cfg2, digest2, _ := LoadConfig(cfgPath)
+	cfg2, digest2, _ := config.LoadConfig(cfgPath)
 	d2, err := Start(ctx, Options{Home: home, Config: cfg2, ConfigDigest: digest2, ConfigPath: cfgPath, Custody: cust, Logger: quietLogger()})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer d2.Shutdown(context.Background())
-	if err := control.Call(ctx, sock, OpTaskGet, GetArgs{TaskID: v.TaskID}, &v); err != nil || v.State != "pending" || v.To != peerID {
+	if err := control.Call(ctx, sock, api.OpTaskGet, api.GetArgs{TaskID: v.TaskID}, &v); err != nil || v.State != "pending" || v.To != peerID {
 		t.Fatalf("task after restart: %+v %v", v, err)
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/custos-agent/custos/agent/api"
 	"github.com/custos-agent/custos/agent/control"
 	"github.com/custos-agent/custos/agent/custody"
 	"github.com/custos-agent/custos/audit"
@@ -68,9 +69,9 @@ func TestKeyEventRecords(t *testing.T) {
 		}, "key.rotate,key.rotate", "3,4"},
 	}
 	// Inception first: a new identity (no earlier view).
-	recs := KeyEventRecords(nil, c.Keys(), c.Log(), "uid:1", SourceAgentctl)
+	recs := custody.KeyEventRecords(nil, c.Keys(), c.Log(), "uid:1", custody.SourceAgentctl)
 	if types(recs) != "key.init" || recs[0].Subject != id || recs[0].Actor != "uid:1" || recs[0].Details["generation"] != uint64(0) ||
-		recs[0].Details["source"] != SourceAgentctl || recs[0].Details["recovery"] != false {
+		recs[0].Details["source"] != custody.SourceAgentctl || recs[0].Details["recovery"] != false {
 		t.Fatalf("init: %+v", recs)
 	}
 	for _, k := range []string{"key_uri", "next_key_uri"} {
@@ -83,11 +84,11 @@ func TestKeyEventRecords(t *testing.T) {
 		if err := s.op(); err != nil {
 			t.Fatalf("%s: %v", s.name, err)
 		}
-		recs := KeyEventRecords(before, c.Keys(), c.Log(), "uid:1", SourceDaemon)
+		recs := custody.KeyEventRecords(before, c.Keys(), c.Log(), "uid:1", custody.SourceDaemon)
 		var gens []string
 		for _, r := range recs {
 			gens = append(gens, fmt.Sprint(r.Details["generation"]))
-			if r.Subject != id || r.Outcome != audit.OutcomeSuccess || r.Details["source"] != SourceDaemon {
+			if r.Subject != id || r.Outcome != audit.OutcomeSuccess || r.Details["source"] != custody.SourceDaemon {
 				t.Fatalf("%s: %+v", s.name, r)
 			}
 			if err := r.Type.Validate(); err != nil {
@@ -117,12 +118,12 @@ func TestIdentityReloadRecordsKeyEvents(t *testing.T) {
 	sock := filepath.Join(home, ControlFile)
 
 	// Nothing changed: nothing recorded.
-	var res IdentityReloadResult
-	if err := control.Call(ctx, sock, OpIdentityReload, nil, &res); err != nil || res.Changed || len(res.Recorded) != 0 || res.Generation != 0 {
+	var res api.IdentityReloadResult
+	if err := control.Call(ctx, sock, api.OpIdentityReload, nil, &res); err != nil || res.Changed || len(res.Recorded) != 0 || res.Generation != 0 {
 		t.Fatalf("reload without a change: %+v %v", res, err)
 	}
 	// Arguments are refused like any other operation's.
-	if err := control.Call(ctx, sock, OpIdentityReload, map[string]any{"generation": 3}, nil); control.CodeOf(err) != control.CodeBadRequest {
+	if err := control.Call(ctx, sock, api.OpIdentityReload, map[string]any{"generation": 3}, nil); control.CodeOf(err) != control.CodeBadRequest {
 		t.Fatalf("reload with arguments: %v", err)
 	}
 
@@ -139,15 +140,15 @@ func TestIdentityReloadRecordsKeyEvents(t *testing.T) {
 			t.Error(err)
 		}
 	}()
-	if err := control.Call(ctx, sock, OpIdentityReload, nil, &res); err != nil {
+	if err := control.Call(ctx, sock, api.OpIdentityReload, nil, &res); err != nil {
 		t.Fatal(err)
 	}
 	wg.Wait()
 	if res.Generation != 1 { // which of the two requests saw the change first is up to the scheduler
 		t.Fatalf("reload after the rotation: %+v", res)
 	}
-	var st Status
-	if err := control.Call(ctx, sock, OpStatus, nil, &st); err != nil || st.Generation != 1 {
+	var st api.Status
+	if err := control.Call(ctx, sock, api.OpStatus, nil, &st); err != nil || st.Generation != 1 {
 		t.Fatalf("status after the rotation: %+v %v", st, err)
 	}
 	if err := d.Shutdown(ctx); err != nil {
@@ -168,7 +169,7 @@ func TestIdentityReloadRecordsKeyEvents(t *testing.T) {
 		if e.Subject != cust.ID().String() {
 			t.Errorf("%s record about %q", e.Type, e.Subject)
 		}
-		if e.Type != audit.KeyDelegate && e.Details["source"] != SourceDaemon {
+		if e.Type != audit.KeyDelegate && e.Details["source"] != custody.SourceDaemon {
 			t.Errorf("%s record from %v", e.Type, e.Details["source"])
 		}
 		return nil

@@ -5,6 +5,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/custos-agent/custos/agent/api"
 	"github.com/custos-agent/custos/agent/consensus"
 	"github.com/custos-agent/custos/agent/control"
 	"github.com/custos-agent/custos/agent/internal/agenttest"
@@ -25,10 +26,10 @@ func TestDurationArgsDoNotWrap(t *testing.T) {
 		args     any
 		phrase   string
 	}{
-		{"grant ttl", OpGrantIssue, GrantIssueArgs{Subject: peer, Role: "peer_node", TTLSeconds: wrapSeconds}, "--expires"},
-		{"stake table ttl", OpStakeSign, StakeSignArgs{Stakes: []consensus.Stake{{Agent: peer, Amount: 1}}, TTLSeconds: wrapSeconds}, "--expires"},
-		{"task.get wait", OpTaskGet, GetArgs{TaskID: "AAAAAAAAAAAAAAAAAAAAAA", WaitMS: wrapMillis}, "wait of"},
-		{"task.replicate wait", OpTaskReplicate, ReplicateArgs{Handler: "sha256", Input: []byte("x"), Redundancy: 1, WaitMS: wrapMillis}, "wait of"},
+		{"grant ttl", api.OpGrantIssue, api.GrantIssueArgs{Subject: peer, Role: "peer_node", TTLSeconds: wrapSeconds}, "--expires"},
+		{"stake table ttl", api.OpStakeSign, api.StakeSignArgs{Stakes: []consensus.Stake{{Agent: peer, Amount: 1}}, TTLSeconds: wrapSeconds}, "--expires"},
+		{"task.get wait", api.OpTaskGet, api.GetArgs{TaskID: "AAAAAAAAAAAAAAAAAAAAAA", WaitMS: wrapMillis}, "wait of"},
+		{"task.replicate wait", api.OpTaskReplicate, api.ReplicateArgs{Handler: "sha256", Input: []byte("x"), Redundancy: 1, WaitMS: wrapMillis}, "wait of"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

@@ -7,6 +7,7 @@ import (
 	"sync"
 
 	"github.com/custos-agent/custos/agent/api"
+	"github.com/custos-agent/custos/agent/authz"
 	"github.com/custos-agent/custos/agent/session"
 	"github.com/custos-agent/custos/agent/sessions"
 	"github.com/custos-agent/custos/identity"
@@ -119,14 +120,14 @@ func (d *Daemon) admitEarly(p *session.Peer, early *earlyAdmission) error {
 	z := d.authz
 	if p.Role == session.Initiator && z.Admission() != nil {
 		if err := z.Admission().Verify(p.Puzzle, p.Binding, p.Solution); err != nil {
-			z.CountDenial(RefusalBadPuzzle, true)
-			return refuse(RefusalBadPuzzle, fmt.Errorf("admission puzzle: %w", err))
+			z.CountDenial(authz.RefusalBadPuzzle, true)
+			return authz.Refuse(authz.RefusalBadPuzzle, fmt.Errorf("admission puzzle: %w", err))
 		}
 		early.set(p)
 	}
 	if err := d.rep.Admit(p.ID); err != nil {
-		z.CountDenial(RefusalBlocked, true)
-		return refuse(RefusalBlocked, err)
+		z.CountDenial(authz.RefusalBlocked, true)
+		return authz.Refuse(authz.RefusalBlocked, err)
 	}
 	return nil
 }

@@ -8,8 +8,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/custos-agent/custos/audit"
-
+	"github.com/custos-agent/custos/agent/authz"
 	"github.com/custos-agent/custos/agent/puzzle"
 	"github.com/custos-agent/custos/agent/session"
 	"github.com/custos-agent/custos/reason"
@@ -98,34 +97,11 @@ func TestEarlyAdmission(t *testing.T) {
 		if _, err := session.Initiate(context.Background(), session.NewNetConn(c1, 0), cfg, b.ID()); err == nil {
 			t.Fatal("an initiator with a wrong solution was admitted")
 		}
-		if err := <-ch; !errors.Is(err, reason.ValidatorRefused) || !strings.Contains(err.Error(), RefusalBadPuzzle) {
-			t.Fatalf("responder: %v, want validator_refused %s", err, RefusalBadPuzzle)
+		if err := <-ch; !errors.Is(err, reason.ValidatorRefused) || !strings.Contains(err.Error(), authz.RefusalBadPuzzle) {
+			t.Fatalf("responder: %v, want validator_refused %s", err, authz.RefusalBadPuzzle)
 		}
 	}
 	if ids, err := b.peers.IDs(); err != nil || len(ids) != 0 {
 		t.Fatalf("the responder stored the logs of %d initiators that failed the puzzle (%v)", len(ids), err)
-	}
-}
-
-// TestReauthRefusalsAudited: re-authentications refused for their rate, a request (the session goes on)
-// and a re-authentication (the session closed), are audited as denied authentications (issue 12 item 8).
-func TestReauthRefusalsAudited(t *testing.T) {
-	ad := startAuthzDaemon(t, "")
-	const peer = "ed25519:cGVlci1yZWF1dGgtbG9vcC1wZWVyLXJlYXV0aC1sb29wLXg"
-	ad.d.sessionEvent("tcp", "127.0.0.1:1", session.Event{Kind: "reauth_refused", Peer: peer, Err: reason.New(reason.ReauthRateLimited, "request refused")})
-	ad.d.sessionEvent("tcp", "127.0.0.1:1", session.Event{Kind: "refused", Peer: peer, Err: reason.New(reason.ReauthRateLimited, "re-authentication refused")})
-	ad.d.sessionEvent("tcp", "127.0.0.1:1", session.Event{Kind: "refused", Peer: peer, Err: reason.New(reason.DecryptFailed, "not audited here")})
-	n := 0
-	ad.audit(t, audit.AuthFailure, func(e audit.Entry) bool {
-		if e.Subject == peer {
-			n++
-			if e.Details["reason"] != string(reason.ReauthRateLimited) || e.Outcome != audit.OutcomeDenied {
-				t.Errorf("record %+v", e)
-			}
-		}
-		return false
-	})
-	if n != 2 {
-		t.Fatalf("%d auth.failure records for the rate-limited peer, want 2", n)
 	}
 }

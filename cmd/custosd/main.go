@@ -17,6 +17,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/custos-agent/custos/agent/config"
 	"github.com/custos-agent/custos/agent/daemon"
 	"github.com/custos-agent/custos/cmd/internal/clisession"
 	"github.com/custos-agent/custos/transports/host/sandbox"
@@ -108,7 +109,7 @@ func runDaemon(c *cli.Context) error {
 	if cfgPath, err = filepath.Abs(cfgPath); err != nil {
 		return clisession.Usagef("--config: %v", err)
 	}
-	cfg, digest, err := daemon.LoadConfig(cfgPath)
+	cfg, digest, err := config.LoadConfig(cfgPath)
 	if err != nil {
 		return err
 	}

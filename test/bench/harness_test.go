@@ -24,7 +24,7 @@ import (
 
 	"go.etcd.io/bbolt"
 
-	"github.com/custos-agent/custos/agent/daemon"
+	"github.com/custos-agent/custos/agent/bindauth"
 	"github.com/custos-agent/custos/agent/delegation"
 	"github.com/custos-agent/custos/agent/envelope"
 	"github.com/custos-agent/custos/agent/peers"
@@ -212,7 +212,7 @@ func newAgentSandbox(tb testing.TB, name, transport string, mode sandbox.Mode) *
 	if err := a.engine.Start(); err != nil {
 		tb.Fatal(err)
 	}
-	auth := daemon.NewAuthority(a.id, a.dm, a.peers, a.keyLog, time.Hour)
+	auth := bindauth.NewAuthority(a.id, a.dm, a.peers, a.keyLog, time.Hour)
 	hc := host.Config{Name: transport, Path: bins.plugins[transport], SHA256: bins.sums[transport], Authority: auth, Logger: quiet(), Sandbox: mode}
 	if bins.profDir != "" {
 		// The profiling plugin writes its profile into a host directory: it runs unconfined.

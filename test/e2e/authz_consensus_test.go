@@ -9,8 +9,9 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/custos-agent/custos/agent/api"
+	"github.com/custos-agent/custos/agent/api/taskops"
 	"github.com/custos-agent/custos/agent/consensus"
-	"github.com/custos-agent/custos/agent/daemon"
 	"github.com/custos-agent/custos/audit"
 )
 
@@ -48,14 +49,14 @@ func TestAuthzRedundantTask(t *testing.T) {
 	}
 
 	input := "the input every executor digests"
-	var v daemon.ReplicatedView
+	var v api.ReplicatedView
 	s.ctlJSON(&v, "task", "submit", "--redundancy", "3", "--vote", "reputation", "--handler", "digest", "--data", input, "--timeout", "60s")
 	want := hexSHA256([]byte(input))
 	wantDigest := consensus.DigestOf([]byte(want))
 	if !v.Accepted || string(v.Output) != want || v.Digest != hex.EncodeToString(wantDigest[:]) || len(v.Selected) != 3 {
 		t.Fatalf("replicated task: %+v", v)
 	}
-	votes := map[string]daemon.VoteView{}
+	votes := map[string]api.VoteView{}
 	for _, x := range v.Votes {
 		votes[x.Peer] = x
 	}
@@ -80,7 +81,7 @@ func TestAuthzRedundantTask(t *testing.T) {
 		t.Fatalf("task verify of the evidence: exit %d\n%s", code, out)
 	}
 	// It stays in the submitter's state, and the liar's reputation shows the wrong result.
-	var ps []daemon.PeerStatus
+	var ps []api.PeerStatus
 	s.ctlJSON(&ps, "peers")
 	for _, p := range ps {
 		switch {
@@ -97,7 +98,7 @@ func TestAuthzRedundantTask(t *testing.T) {
 		t.Fatalf("agentctl peers does not show the liar's error rate and lost vote:\n%s", out)
 	}
 	t.Logf("agentctl peers:\n%s", out)
-	if !auditHas(t, s, daemon.TaskVote, func(e audit.Entry) bool {
+	if !auditHas(t, s, taskops.TaskVote, func(e audit.Entry) bool {
 		return e.Subject == v.Group && e.Details["accepted"] == true && e.Details["digest"] == v.Digest && strings.Contains(e.Details["dissenting"].(string), liar.id)
 	}) {
 		t.Fatal("no task.vote audit record")
@@ -117,7 +118,7 @@ func TestAuthzRedundantTask(t *testing.T) {
 	if _, stderr, code := s.run2("grant", "stake", "--stake", xs[0].id+"=10", "--stake", xs[1].id+"=10", "--stake", liar.id+"=100"); code != 0 || !strings.Contains(stderr, "in force here") {
 		t.Fatalf("grant stake: exit %d\n%s", code, stderr)
 	}
-	var nv daemon.ReplicatedView
+	var nv api.ReplicatedView
 	out, stderr, code := s.run2("task", "submit", "--redundancy", "3", "--vote", "stake", "--handler", "digest", "--data", input, "--json")
 	if code != 1 || json.Unmarshal([]byte(out), &nv) != nil || nv.Accepted || !strings.Contains(nv.Reason, "only 1 peer(s) agree") || !strings.Contains(stderr, "no quorum") {
 		t.Fatalf("stake vote with a rich liar: exit %d %+v\n%s", code, nv, stderr)

@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/custos-agent/custos/agent/daemon"
+	"github.com/custos-agent/custos/agent/api"
 	"github.com/custos-agent/custos/audit"
 )
 
@@ -20,10 +20,10 @@ func submitEcho(t *testing.T, s, x *agent, data string) (int, string) {
 }
 
 // issueGrant has admin sign a grant of role to subject and returns the file and the grant.
-func issueGrant(t *testing.T, admin, subject *agent, role, expires, name string) (string, daemon.GrantIssueResult) {
+func issueGrant(t *testing.T, admin, subject *agent, role, expires, name string) (string, api.GrantIssueResult) {
 	t.Helper()
 	file := filepath.Join(subject.home, name)
-	var g daemon.GrantIssueResult
+	var g api.GrantIssueResult
 	admin.ctlJSON(&g, "grant", "--to", subject.id, "--role", role, "--expires", expires, "--out", file)
 	if g.Subject != subject.id || g.Role != role || g.Issuer != admin.id || g.ID == "" {
 		t.Fatalf("grant: %+v", g)
@@ -81,7 +81,7 @@ func TestAuthzGrants(t *testing.T) {
 	if !auditHas(t, x, audit.GrantAccepted, func(e audit.Entry) bool { return e.Subject == s.id && e.Details["grant"] == g1.ID }) {
 		t.Fatal("no grant.accepted record on the executor")
 	}
-	var gl daemon.GrantsList
+	var gl api.GrantsList
 	x.ctlJSON(&gl, "grant", "list")
 	if len(gl.Peers) != 1 || gl.Peers[0].ID != g1.ID || gl.Peers[0].State != "valid" {
 		t.Fatalf("executor's grant list: %+v", gl)
@@ -122,7 +122,7 @@ func TestAuthzGrants(t *testing.T) {
 	if code != 0 || !strings.Contains(stderr, "is not in its own authorization.admins") {
 		t.Fatalf("self-signed grant: exit %d\n%s", code, stderr)
 	}
-	var inst daemon.GrantInstallResult
+	var inst api.GrantInstallResult
 	s.ctlJSON(&inst, "grant", "install", f3)
 	if len(inst.Presented) != 1 || inst.Presented[0].Presented || !strings.Contains(inst.Presented[0].Error, "validator_refused") {
 		t.Fatalf("presentation of a grant signed by a non-administrator: %+v", inst.Presented)

@@ -6,7 +6,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/custos-agent/custos/agent/daemon"
+	"github.com/custos-agent/custos/agent/api"
+	"github.com/custos-agent/custos/agent/config"
 	"github.com/custos-agent/custos/audit"
 )
 
@@ -27,7 +28,7 @@ func TestAuthzRateLimit(t *testing.T) {
 			x.start()
 			flooder, other := newAgent(t, "flooder", false), newAgent(t, "other", false)
 			for _, s := range []*agent{flooder, other} {
-				s.writeConfig(agentConfig{Transports: []string{"tcp"}, Bootstrap: []daemon.PeerConfig{s.bootstrapTo(x, "tcp")}})
+				s.writeConfig(agentConfig{Transports: []string{"tcp"}, Bootstrap: []config.PeerConfig{s.bootstrapTo(x, "tcp")}})
 				s.start()
 			}
 			for _, s := range []*agent{flooder, other} {
@@ -37,12 +38,12 @@ func TestAuthzRateLimit(t *testing.T) {
 			// The flood: 14 task requests as fast as agentctl can submit them (no waiting).
 			var ids []string
 			for i := 0; i < 14; i++ {
-				var v daemon.TaskView
+				var v api.TaskView
 				flooder.ctlJSON(&v, "task", "submit", "--to", x.id, "--handler", "echo", "--data", "flood")
 				ids = append(ids, v.TaskID)
 			}
 			// Meanwhile the other submitter is served normally.
-			var v daemon.TaskView
+			var v api.TaskView
 			other.ctlJSON(&v, "task", "submit", "--to", x.id, "--handler", "echo", "--data", "served", "--wait", "--timeout", "30s")
 			checkResult(t, &v, x.id, "served")
 
@@ -50,7 +51,7 @@ func TestAuthzRateLimit(t *testing.T) {
 			var limitedOut string
 			for _, id := range ids {
 				out, stderr, code := flooder.run2("task", "result", id, "--wait", "--timeout", "30s", "--json")
-				var r daemon.TaskView
+				var r api.TaskView
 				_ = json.Unmarshal([]byte(out), &r)
 				switch {
 				case code == 0 && r.State == "done" && r.Result != nil && r.Result.Status == "ok":

@@ -15,7 +15,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/custos-agent/custos/agent/daemon"
+	"github.com/custos-agent/custos/agent/api"
+	"github.com/custos-agent/custos/agent/config"
 	"github.com/custos-agent/custos/audit"
 	"github.com/custos-agent/custos/identity"
 )
@@ -30,20 +31,20 @@ func randomInput(t *testing.T, n int) []byte {
 }
 
 // submitSHA256 submits a sha256 task from s to x with --wait and checks the signed result.
-func submitSHA256(t *testing.T, s, x *agent) daemon.TaskView {
+func submitSHA256(t *testing.T, s, x *agent) api.TaskView {
 	t.Helper()
 	in := randomInput(t, 4096)
 	file := filepath.Join(s.home, "input.bin")
 	if err := os.WriteFile(file, in, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	var v daemon.TaskView
+	var v api.TaskView
 	s.ctlJSON(&v, "task", "submit", "--to", x.id, "--handler", "sha256", "--input", file, "--wait", "--timeout", "60s")
 	checkResult(t, &v, x.id, hexSHA256(in))
 	return v
 }
 
-func checkResult(t *testing.T, v *daemon.TaskView, executor, wantOutput string) {
+func checkResult(t *testing.T, v *api.TaskView, executor, wantOutput string) {
 	t.Helper()
 	if v.State != "done" || v.Result == nil {
 		t.Fatalf("task %s: state %s (%s: %s), want done with a result", v.TaskID, v.State, v.ErrorCode, v.Error)
@@ -88,7 +89,7 @@ func TestTasksOverEachTransport(t *testing.T) {
 	for _, tn := range tns {
 		t.Run(tn, func(t *testing.T) {
 			s := newAgent(t, "submitter-"+tn, false)
-			s.writeConfig(agentConfig{Transports: []string{tn}, Bootstrap: []daemon.PeerConfig{s.bootstrapTo(x, tn)}})
+			s.writeConfig(agentConfig{Transports: []string{tn}, Bootstrap: []config.PeerConfig{s.bootstrapTo(x, tn)}})
 			s.start()
 			v := submitSHA256(t, s, x)
 			sess := s.sessionWith(x.id)
@@ -112,7 +113,7 @@ func TestTasksOverEachTransport(t *testing.T) {
 			if out, code := s.run("task", "verify", file); code != 1 || !strings.Contains(out, "invalid task result") {
 				t.Fatalf("altered evidence: exit %d\n%s", code, out)
 			}
-			var ps []daemon.PeerStatus
+			var ps []api.PeerStatus
 			s.ctlJSON(&ps, "peers")
 			if len(ps) != 1 || ps[0].ID != x.id || !ps[0].Connected || ps[0].Generation == nil || ps[0].Target == nil || ps[0].Target.Source != "bootstrap" {
 				t.Fatalf("peers: %+v", ps)
@@ -168,7 +169,7 @@ func TestPluginKilledTaskDeliveredAfterRestart(t *testing.T) {
 	x.writeConfig(agentConfig{Transports: []string{"tcp"}})
 	x.start()
 	s := newAgent(t, "s", false)
-	s.writeConfig(agentConfig{Transports: []string{"tcp"}, Bootstrap: []daemon.PeerConfig{s.bootstrapTo(x, "tcp")}})
+	s.writeConfig(agentConfig{Transports: []string{"tcp"}, Bootstrap: []config.PeerConfig{s.bootstrapTo(x, "tcp")}})
 	s.start()
 	eventually(t, 20*time.Second, "session with the executor", func() bool { return s.sessionWith(x.id) != nil })
 	before := s.transportStatus("tcp")
@@ -176,7 +177,7 @@ func TestPluginKilledTaskDeliveredAfterRestart(t *testing.T) {
 		t.Fatal(err)
 	}
 	in := []byte("submitted while the plugin is down")
-	var v daemon.TaskView
+	var v api.TaskView
 	s.ctlJSON(&v, "task", "submit", "--to", x.id, "--handler", "echo", "--data", string(in))
 	if v.State != "pending" {
 		t.Fatalf("state at submission %s", v.State)
@@ -231,7 +232,7 @@ func TestWrongPluginChecksumRefused(t *testing.T) {
 			t.Fatalf("error output does not say %q:\n%s", want, log)
 		}
 	}
-	if _, err := os.Stat(filepath.Join(a.home, daemon.ControlFile)); !errors.Is(err, os.ErrNotExist) {
+	if _, err := os.Stat(filepath.Join(a.home, api.ControlFile)); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("control socket exists after a refused start: %v", err)
 	}
 }
@@ -257,12 +258,12 @@ func TestDaemonKilledMidTaskLosesNothing(t *testing.T) {
 	in := randomInput(t, 1000)
 	file := filepath.Join(s.home, "in.bin")
 	_ = os.WriteFile(file, in, 0o600)
-	var v daemon.TaskView
+	var v api.TaskView
 	s.ctlJSON(&v, "task", "submit", "--to", x.id, "--handler", "slow", "--input", file)
 	runs := func() int { e, _ := os.ReadDir(marks); return len(e) }
 	eventually(t, 20*time.Second, "the slow command to start", func() bool { return runs() == 1 })
 	eventually(t, 10*time.Second, "the submitter to see the task acknowledged", func() bool {
-		var mid daemon.TaskView
+		var mid api.TaskView
 		s.ctlJSON(&mid, "task", "result", v.TaskID)
 		return mid.State == "accepted" || mid.State == "running"
 	})
@@ -288,7 +289,7 @@ func TestSignals(t *testing.T) {
 	x.writeConfig(agentConfig{Transports: []string{"tcp"}})
 	x.start()
 	s := newAgent(t, "s", false)
-	s.writeConfig(agentConfig{Transports: []string{"tcp"}, Bootstrap: []daemon.PeerConfig{s.bootstrapTo(x, "tcp")},
+	s.writeConfig(agentConfig{Transports: []string{"tcp"}, Bootstrap: []config.PeerConfig{s.bootstrapTo(x, "tcp")},
 		Extra: "session: {reauth_interval: 1s, sign_envelopes: true}\n"}) // its envelopes signed, the other side's not
 	s.start()
 	digest0 := x.status().ConfigDigest
@@ -310,7 +311,7 @@ func TestSignals(t *testing.T) {
 	if digest1 == digest0 {
 		t.Fatal("status shows the old configuration digest after the reload")
 	}
-	var v daemon.TaskView
+	var v api.TaskView
 	s.ctlJSON(&v, "task", "submit", "--to", x.id, "--handler", "rev", "--data", "abc", "--wait", "--timeout", "30s")
 	checkResult(t, &v, x.id, "cba")
 	if v.Result.DelegationGeneration != 0 {
@@ -333,7 +334,7 @@ func TestSignals(t *testing.T) {
 	if v.Result.DelegationGeneration != 1 {
 		t.Fatalf("result after the rotation signed under generation %d, want 1", v.Result.DelegationGeneration)
 	}
-	var ps []daemon.PeerStatus
+	var ps []api.PeerStatus
 	s.ctlJSON(&ps, "peers")
 	if len(ps) != 1 || ps[0].Generation == nil || *ps[0].Generation != 1 {
 		t.Fatalf("the submitter's view of the executor after its rotation: %+v", ps)
@@ -347,7 +348,7 @@ func TestSignals(t *testing.T) {
 	if code := x.waitExit(20 * time.Second); code != 0 {
 		t.Fatalf("SIGTERM: exit %d, want 0\n%s", code, x.logTail())
 	}
-	if _, err := os.Stat(filepath.Join(x.home, daemon.ControlFile)); !errors.Is(err, os.ErrNotExist) {
+	if _, err := os.Stat(filepath.Join(x.home, api.ControlFile)); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("control socket left behind: %v", err)
 	}
 	kel, err := os.ReadFile(filepath.Join(x.home, "kel.jsonl"))

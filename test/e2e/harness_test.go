@@ -19,7 +19,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/custos-agent/custos/agent/daemon"
+	"github.com/custos-agent/custos/agent/api"
+	"github.com/custos-agent/custos/agent/config"
 	"github.com/custos-agent/custos/pkcs11/softhsmtest"
 )
 
@@ -137,7 +138,7 @@ type agent struct {
 
 type agentConfig struct {
 	Transports []string // transports to configure and listen on
-	Bootstrap  []daemon.PeerConfig
+	Bootstrap  []config.PeerConfig
 	Handlers   map[string]string // name -> YAML body of the handler
 	Extra      string            // appended YAML
 	BadSum     string            // transport whose sha256 is wrong
@@ -300,7 +301,7 @@ func (a *agent) dialAddr(tn string) string {
 		return fmt.Sprintf("wss://127.0.0.1:%d/custos/v1", a.ports[tn])
 	case "libp2p":
 		// libp2p multiaddrs carry the host's peer ID, which changes with every plugin start: ask the agent.
-		var st daemon.Status
+		var st api.Status
 		a.ctlJSON(&st, "status")
 		for _, tr := range st.Transports {
 			if tr.Name == tn && len(tr.Listen) > 0 {
@@ -312,8 +313,8 @@ func (a *agent) dialAddr(tn string) string {
 	return a.listenAddr(tn)
 }
 
-func (a *agent) bootstrapTo(b *agent, tn string) daemon.PeerConfig {
-	return daemon.PeerConfig{ID: b.id, Transport: tn, Address: b.dialAddr(tn)}
+func (a *agent) bootstrapTo(b *agent, tn string) config.PeerConfig {
+	return config.PeerConfig{ID: b.id, Transport: tn, Address: b.dialAddr(tn)}
 }
 
 // startProcess launches agentctl run without waiting for it to be ready.
@@ -440,21 +441,21 @@ func eventually(t *testing.T, d time.Duration, what string, cond func() bool) {
 }
 
 // status returns the agent's status.
-func (a *agent) status() daemon.Status {
+func (a *agent) status() api.Status {
 	a.t.Helper()
-	var st daemon.Status
+	var st api.Status
 	a.ctlJSON(&st, "status")
 	return st
 }
 
 // sessionWith returns the agent's session with peer, if any.
-func (a *agent) sessionWith(peer string) *daemon.SessionStatus {
+func (a *agent) sessionWith(peer string) *api.SessionStatus {
 	a.t.Helper()
 	out, _, code := a.run2("status", "--json")
 	if code != 0 {
 		return nil
 	}
-	var st daemon.Status
+	var st api.Status
 	if json.Unmarshal([]byte(out), &st) != nil {
 		return nil
 	}
@@ -466,7 +467,7 @@ func (a *agent) sessionWith(peer string) *daemon.SessionStatus {
 	return nil
 }
 
-func (a *agent) transportStatus(name string) daemon.TransportStatus {
+func (a *agent) transportStatus(name string) api.TransportStatus {
 	a.t.Helper()
 	for _, tr := range a.status().Transports {
 		if tr.Name == name {
@@ -474,7 +475,7 @@ func (a *agent) transportStatus(name string) daemon.TransportStatus {
 		}
 	}
 	a.t.Fatalf("%s: no transport %s in status", a.name, name)
-	return daemon.TransportStatus{}
+	return api.TransportStatus{}
 }
 
 func hexSHA256(b []byte) string {

@@ -7,7 +7,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/custos-agent/custos/agent/daemon"
+	"github.com/custos-agent/custos/agent/api"
+	"github.com/custos-agent/custos/agent/config"
+	"github.com/custos-agent/custos/agent/custody"
 	"github.com/custos-agent/custos/audit"
 )
 
@@ -21,7 +23,7 @@ func TestRotateWhileRunningIsAudited(t *testing.T) {
 	x.writeConfig(agentConfig{Transports: []string{"tcp"}})
 	x.start()
 	s := newAgent(t, "submitter", false)
-	s.writeConfig(agentConfig{Transports: []string{"tcp"}, Bootstrap: []daemon.PeerConfig{s.bootstrapTo(x, "tcp")}})
+	s.writeConfig(agentConfig{Transports: []string{"tcp"}, Bootstrap: []config.PeerConfig{s.bootstrapTo(x, "tcp")}})
 	s.start()
 	if v := submitSHA256(t, s, x); v.Result.DelegationGeneration != 0 {
 		t.Fatalf("before the rotation: signed under generation %d", v.Result.DelegationGeneration)
@@ -41,7 +43,7 @@ func TestRotateWhileRunningIsAudited(t *testing.T) {
 	if v.Result.DelegationGeneration != 1 {
 		t.Fatalf("after the rotation: signed under generation %d, want 1", v.Result.DelegationGeneration)
 	}
-	var ps []daemon.PeerStatus
+	var ps []api.PeerStatus
 	s.ctlJSON(&ps, "peers")
 	if len(ps) != 1 || ps[0].Generation == nil || *ps[0].Generation != 1 {
 		t.Fatalf("the submitter's view of the executor: %+v", ps)
@@ -59,7 +61,7 @@ func TestRotateWhileRunningIsAudited(t *testing.T) {
 	if err := json.Unmarshal([]byte(strings.TrimSpace(out)), &rec); err != nil {
 		t.Fatalf("audit query --type key.rotate --json: want exactly one record: %v\n%s", err, out)
 	}
-	if rec.Subject != x.id || !strings.HasPrefix(rec.Actor, "uid:") || rec.Details["source"] != daemon.SourceDaemon ||
+	if rec.Subject != x.id || !strings.HasPrefix(rec.Actor, "uid:") || rec.Details["source"] != custody.SourceDaemon ||
 		rec.Details["generation"] != float64(1) || !strings.HasPrefix(rec.Details["key_uri"].(string), "pkcs11:") ||
 		strings.Contains(rec.Details["key_uri"].(string), "pin-source") {
 		t.Fatalf("key.rotate record: %+v", rec)

@@ -13,7 +13,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/custos-agent/custos/agent/daemon"
+	"github.com/custos-agent/custos/agent/api"
 )
 
 // buildAttack builds the malicious transport plugin (transports/host/testdata/attack) with what it
@@ -142,7 +142,7 @@ func TestSandboxedPluginAttack(t *testing.T) {
 			if _, err := os.Stat(filepath.Join(a.home, "pwned")); tc.sandboxed && !errors.Is(err, os.ErrNotExist) {
 				t.Errorf("the plugin wrote into the home: %v", err)
 			}
-			var st daemon.Status
+			var st api.Status
 			a.ctlJSON(&st, "status")
 			if len(st.Transports) != 1 {
 				t.Fatalf("status transports %+v", st.Transports)

@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/custos-agent/custos/agent/daemon"
+	"github.com/custos-agent/custos/agent/config"
 	"github.com/custos-agent/custos/audit"
 	"github.com/custos-agent/custos/tpm/swtpmtest"
 )
@@ -33,7 +33,7 @@ func TestTPMRotateRecoverWhileRunning(t *testing.T) {
 	x.writeConfig(agentConfig{Transports: []string{"tcp"}})
 	x.start()
 	s := newAgent(t, "submitter", false)
-	s.writeConfig(agentConfig{Transports: []string{"tcp"}, Bootstrap: []daemon.PeerConfig{s.bootstrapTo(x, "tcp")}})
+	s.writeConfig(agentConfig{Transports: []string{"tcp"}, Bootstrap: []config.PeerConfig{s.bootstrapTo(x, "tcp")}})
 	s.start()
 	if v := submitSHA256(t, s, x); v.Result.DelegationGeneration != 0 {
 		t.Fatalf("before the rotation: signed under generation %d", v.Result.DelegationGeneration)

@@ -1,10 +1,12 @@
-package daemon
+package bindauth
 
 import (
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
 	"errors"
+	"io"
+	"log/slog"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -17,6 +19,8 @@ import (
 	"github.com/custos-agent/custos/transports/binding"
 	"github.com/custos-agent/custos/transports/host"
 )
+
+func quietLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
 
 // testIdentity is an agent identity made with in-memory keys: its signers by generation and its log.
 type testIdentity struct {

@@ -1,4 +1,9 @@
-package daemon
+// Package bindauth is the agent's authority over transport bindings (host.BindingAuthority): it signs the
+// binding of each transport plugin's key with the operational key (the current delegation, never the
+// identity key), carrying the delegation and, when it fits, the key event log in a CBP1 proof; and it
+// verifies a peer's binding through that peer's key event log (the one in the proof, merged into the peer
+// cache, or the cached one) and delegation (ADR 0021).
+package bindauth
 
 import (
 	"bytes"

@@ -1,0 +1,302 @@
+// Package events turns what happens in the running agent into audit records, metrics and reputation
+// observations: handshakes and their refusals, sessions a peer ended with a protocol failure,
+// connections the transport host refused, plugin restarts, the task protocol's events, control-socket
+// requests, trust level changes, key events and delegations. The daemon builds one Recorder and hands
+// its methods to the rooms as their event callbacks; the Recorder holds no part of the daemon.
+package events
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/custos-agent/custos/agent/authz"
+	"github.com/custos-agent/custos/agent/control"
+	"github.com/custos-agent/custos/agent/custody"
+	"github.com/custos-agent/custos/agent/delegation"
+	"github.com/custos-agent/custos/agent/rbac"
+	"github.com/custos-agent/custos/agent/reputation"
+	"github.com/custos-agent/custos/agent/session"
+	"github.com/custos-agent/custos/agent/tasks"
+	"github.com/custos-agent/custos/audit"
+	"github.com/custos-agent/custos/identity"
+	"github.com/custos-agent/custos/reason"
+	"github.com/custos-agent/custos/transports/host"
+)
+
+// Audit event types the agent writes besides audit's own constants.
+const (
+	// ControlRequest: a control-socket request that changed something, failed or was denied. Actor:
+	// "uid:N" (from SO_PEERCRED); Subject: the operation; Details: uid, gid, pid, code.
+	ControlRequest audit.EventType = "control.request"
+	// TaskSubmitted, TaskAccepted, TaskFinished, TaskResult, TaskRefused, TaskResultInvalid: the task
+	// protocol (agent/tasks). Actor: the peer; Subject: the task ID; Details: handler, status.
+	TaskSubmitted     audit.EventType = "task.submitted"
+	TaskAccepted      audit.EventType = "task.accepted"
+	TaskFinished      audit.EventType = "task.finished"
+	TaskResult        audit.EventType = "task.result"
+	TaskRefused       audit.EventType = "task.refused"
+	TaskResultInvalid audit.EventType = "task.result_invalid"
+)
+
+// AuditLog is the audit log (audit.Log).
+type AuditLog interface {
+	Append(ctx context.Context, r audit.Record) (uint64, error)
+}
+
+// Metrics are the counters the events feed (agent/metrics.Metrics).
+type Metrics interface {
+	AuthSucceeded()
+	AuthFailed(reasonCode string)
+	OperationFailed(operation string)
+	ReplayRefused(reasonCode string)
+	PluginRestarted(plugin string)
+	PluginSandbox(plugin string, applied map[string]bool)
+	SetPeers(level string, n int)
+}
+
+// Reputation is the trust store (agent/reputation.Store).
+type Reputation interface {
+	Record(ctx context.Context, obs ...reputation.Observation) error
+	CountByLevel() map[reputation.Level]int
+}
+
+// Recorder writes the records. Audit, Metrics and Log are required; Reputation, Outbound and
+// IsReplicated are set once the daemon has built them (events before that skip what needs them).
+type Recorder struct {
+	Audit   AuditLog
+	Metrics Metrics
+	Log     *slog.Logger
+	// Reputation receives the observations of results and protocol failures.
+	Reputation Reputation
+	// Outbound looks up a task this agent submitted (a result's response time).
+	Outbound func(taskID string) (*tasks.Outbound, error)
+	// IsReplicated reports a task of a replicated group: its result is left to the vote.
+	IsReplicated func(taskID string) bool
+}
+
+// Record appends an audit record, logging (never failing the caller) when the log refuses it.
+func (r *Recorder) Record(typ audit.EventType, actor, subject string, outcome audit.Outcome, details map[string]any) {
+	if r == nil || r.Audit == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := r.Audit.Append(ctx, audit.Record{Type: typ, Actor: actor, Subject: subject, Outcome: outcome, Details: details}); err != nil {
+		r.Log.Error("audit record not written", "type", typ, "err", err)
+	}
+}
+
+// Session reports a handshake, re-authentication or refusal on a connection of transport from remote.
+func (r *Recorder) Session(transport, remote string, ev session.Event) {
+	// Re-authentications refused for their rate are audited too: a request refused (reauth_refused, the
+	// session goes on) and a re-authentication refused (the session closed with reauth_rate_limited).
+	rateLimited := ev.Kind == "reauth_refused" || (ev.Kind == "refused" && reason.Of(ev.Err) == reason.ReauthRateLimited)
+	if ev.Kind != "handshake" && ev.Kind != "reauth" && !rateLimited {
+		return
+	}
+	details := map[string]any{"transport": transport, "remote": remote, "role": ev.Role.String(), "kind": ev.Kind}
+	if ev.Err == nil {
+		r.Metrics.AuthSucceeded()
+		r.Record(audit.AuthSuccess, ev.Peer, ev.Peer, audit.OutcomeSuccess, details)
+		return
+	}
+	code := reason.Of(ev.Err)
+	r.Metrics.AuthFailed(string(code))
+	details["reason"] = string(code)
+	details["error"] = ev.Err.Error()
+	if rc := authz.RefusalOf(ev.Err); rc != "" {
+		details["refusal"] = rc // why the validator refused (blocked, bad_puzzle, grant_expired, geo_denied, ...)
+	}
+	outcome := audit.OutcomeFailure
+	if code == reason.ValidatorRefused || code == reason.ReauthRateLimited {
+		outcome = audit.OutcomeDenied
+	}
+	r.Record(audit.AuthFailure, ev.Peer, ev.Peer, outcome, details)
+	if code == reason.KeyLogFork {
+		// Two different key events for one generation of the peer's identity: its keys are compromised.
+		r.Record(audit.AlertRaised, "agent", ev.Peer, audit.OutcomeFailure, map[string]any{
+			"alert": "peer_key_log_fork", "severity": "critical",
+			"summary": "the peer's key event log forks from the cached one; the peer is marked compromised and refused from now on",
+		})
+		r.Log.Error("security alert: peer key event log fork", "peer", ev.Peer, "transport", transport, "remote", remote)
+	}
+	r.Log.Info("handshake failed", "peer", ev.Peer, "transport", transport, "remote", remote, "role", ev.Role, "reason", code, "err", ev.Err)
+}
+
+// SessionFailed accounts for a session that a verified peer ended with a protocol failure: replays and
+// stale or reordered messages go to the replay metric and the audit log; any protocol error counts
+// against the peer's reputation.
+func (r *Recorder) SessionFailed(peer, transport string, err error) {
+	code := reason.Of(err)
+	switch code {
+	case "", reason.Closed, reason.PeerAlert, reason.Timeout, reason.TruncatedFrame, reason.SessionExpired, reason.Internal:
+		return // an orderly close, the network, or this side: not the peer's fault
+	case reason.ReplayedMessage, reason.StaleTimestamp, reason.FutureTimestamp, reason.CounterReuse, reason.ReplayCacheFull:
+		r.Metrics.ReplayRefused(string(code))
+		r.Record(audit.ReplayRefused, peer, peer, audit.OutcomeDenied, map[string]any{"reason": string(code), "transport": transport, "error": err.Error()})
+	}
+	if id, perr := identity.ParseID(peer); perr == nil {
+		r.observe(reputation.Observation{Peer: id, Kind: reputation.ProtocolError})
+	}
+}
+
+func (r *Recorder) observe(obs reputation.Observation) {
+	if r.Reputation == nil {
+		return
+	}
+	if err := r.Reputation.Record(context.Background(), obs); err != nil {
+		r.Log.Debug("reputation not recorded", "peer", obs.Peer, "err", err)
+	}
+}
+
+// PeerRefused records a connection the transport host refused before the handshake
+// (host.Observer.PeerRefused).
+func (r *Recorder) PeerRefused(transport, remote string, err error) {
+	code := host.RefusalCode(err)
+	r.Metrics.AuthFailed(code)
+	go r.Record(audit.AuthFailure, "", "", audit.OutcomeFailure, map[string]any{"transport": transport, "remote": remote, "reason": code, "error": err.Error()})
+}
+
+// Plugin describes a transport's plugin for the record of its restart.
+type Plugin struct {
+	Path, SHA256 string
+	Sandbox      map[string]bool // each protection: applied or not (the metric)
+	SandboxText  string          // the protections as text (the audit record)
+}
+
+// PluginRestarted records a restart of a transport's plugin (host.Observer.PluginRestarted); plugin,
+// called outside the supervisor's callback, describes it (nil when the transport is not known).
+func (r *Recorder) PluginRestarted(ev host.RestartEvent, plugin func() *Plugin) {
+	r.Metrics.PluginRestarted(ev.Transport)
+	go func() {
+		cause := ""
+		if ev.Cause != nil {
+			cause = ev.Cause.Error()
+		}
+		details := map[string]any{"attempt": ev.Restarts, "pid": ev.PID, "downtime_ms": ev.Downtime.Milliseconds(), "error": cause}
+		if p := plugin(); p != nil {
+			details["path"], details["sha256"] = p.Path, p.SHA256
+			details["sandbox"] = p.SandboxText
+			r.Metrics.PluginSandbox(ev.Transport, p.Sandbox)
+		}
+		r.Record(audit.PluginCrashed, "agent", ev.Transport, audit.OutcomeFailure, map[string]any{"error": cause})
+		r.Record(audit.PluginRestarted, "agent", ev.Transport, audit.OutcomeSuccess, details)
+		r.Log.Warn("transport plugin restarted", "transport", ev.Transport, "restarts", ev.Restarts, "pid", ev.PID, "downtime", ev.Downtime, "cause", cause)
+	}()
+}
+
+// Task records the task protocol's events (tasks.Config.OnEvent).
+func (r *Recorder) Task(ev tasks.Event) {
+	var typ audit.EventType
+	outcome := audit.OutcomeSuccess
+	switch ev.Kind {
+	case "submitted":
+		typ = TaskSubmitted
+	case "accepted":
+		typ = TaskAccepted
+	case "finished":
+		typ = TaskFinished
+		if ev.Status != tasks.ResultOK {
+			outcome = audit.OutcomeFailure
+			r.Metrics.OperationFailed("task")
+		}
+	case "result":
+		typ = TaskResult
+		r.observeResult(ev)
+	case "refused", "failed":
+		typ, outcome = TaskRefused, audit.OutcomeDenied
+	case "result_invalid":
+		typ, outcome = TaskResultInvalid, audit.OutcomeFailure
+		r.observeResult(ev)
+	default:
+		return
+	}
+	details := map[string]any{"handler": ev.Handler}
+	if ev.Status != "" {
+		details["status"] = ev.Status
+	}
+	if ev.Err != nil {
+		details["error"] = ev.Err.Error()
+	}
+	r.Record(typ, ev.Peer, ev.TaskID, outcome, details)
+}
+
+// observeResult feeds a verified (or refused) result into the executor's reputation, with the response
+// time of a completed task. The results of a replicated task are left to its vote.
+func (r *Recorder) observeResult(ev tasks.Event) {
+	id, err := identity.ParseID(ev.Peer)
+	if err != nil || (r.IsReplicated != nil && r.IsReplicated(ev.TaskID)) {
+		return
+	}
+	obs := reputation.Observation{Peer: id, Kind: reputation.Completed}
+	switch {
+	case ev.Kind == "result_invalid":
+		obs.Kind = reputation.ProtocolError
+	case ev.Status != tasks.ResultOK:
+		obs.Kind = reputation.Failed
+	default:
+		if r.Outbound != nil {
+			if o, err := r.Outbound(ev.TaskID); err == nil && o.Updated.After(o.Submitted) {
+				obs.ResponseTime = o.Updated.Sub(o.Submitted)
+			}
+		}
+	}
+	r.observe(obs)
+}
+
+// ControlRequest records a control-socket request with the caller's kernel-reported identity
+// (control.Config.OnRequest).
+func (r *Recorder) ControlRequest(c rbac.Cred, op string, err error) {
+	outcome, details := audit.OutcomeSuccess, map[string]any{"uid": c.UID, "gid": c.GID, "pid": c.PID}
+	if err != nil {
+		code := control.CodeOf(err)
+		if code == "" {
+			code = control.CodeFailed
+		}
+		details["code"], details["error"] = code, err.Error()
+		outcome = audit.OutcomeFailure
+		if code == control.CodeDenied {
+			outcome = audit.OutcomeDenied
+		}
+	}
+	r.Record(ControlRequest, fmt.Sprintf("uid:%d", c.UID), op, outcome, details)
+}
+
+// TrustChanged records a trust level change (reputation.Options.OnChange) and the peers per level.
+func (r *Recorder) TrustChanged(c reputation.Change) {
+	r.Record(audit.TrustChanged, "agent", c.Peer.String(), audit.OutcomeInfo, map[string]any{
+		"from": string(c.From), "to": string(c.To), "reason": fmt.Sprintf("score %.3f", c.Score), "manual": c.Manual})
+	r.CountPeers()
+}
+
+// CountPeers sets the peers-per-trust-level gauge.
+func (r *Recorder) CountPeers() {
+	if r.Reputation == nil {
+		return
+	}
+	for l, n := range r.Reputation.CountByLevel() {
+		r.Metrics.SetPeers(string(l), n)
+	}
+}
+
+// KeyEvents writes the records of custody.KeyEventRecords(before, after) (a rotation, recovery or
+// destruction another process made, picked up by the daemon) and returns them.
+func (r *Recorder) KeyEvents(before, after []custody.Generation, kel identity.Log, actor string) []audit.Record {
+	recs := custody.KeyEventRecords(before, after, kel, actor, custody.SourceDaemon)
+	for _, rec := range recs {
+		r.Record(rec.Type, rec.Actor, rec.Subject, rec.Outcome, rec.Details)
+		r.Log.Info("key event recorded", "type", rec.Type, "generation", rec.Details["generation"])
+	}
+	return recs
+}
+
+// DelegationIssued records every delegation the identity key signs (delegation.Config.OnIssue).
+func (r *Recorder) DelegationIssued(dl *delegation.Delegation) {
+	r.Record(audit.KeyDelegate, dl.AgentID, dl.AgentID, audit.OutcomeSuccess, map[string]any{
+		"generation": dl.Generation, "mode": string(dl.Mode), "operational_key": identity.Base64().EncodeToString(dl.OpKey),
+		"not_before": time.Unix(dl.NotBefore, 0).UTC().Format(time.RFC3339),
+		"expires":    time.Unix(dl.NotAfter, 0).UTC().Format(time.RFC3339),
+	})
+}
