@@ -84,6 +84,9 @@ type Options struct {
 	AuthorizeLocal func(ctx context.Context, caller rbac.Cred, op string) error
 	// Version is reported in status and the audit log.
 	Version string
+	// Metrics, when set, are the agent's metrics (custosd makes them first, to instrument the keystores
+	// the identity opens); nil makes new ones.
+	Metrics *metrics.Metrics
 	// SandboxProbe, when set, replaces the kernel probe of the plugin sandbox (tests simulate a kernel
 	// that lacks a protection).
 	SandboxProbe func() sandbox.Kernel
@@ -154,9 +157,12 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 	if opts.Version == "" {
 		opts.Version = "dev"
 	}
+	if opts.Metrics == nil {
+		opts.Metrics = metrics.New()
+	}
 	dctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	d := &Daemon{opts: opts, log: opts.Logger, home: opts.Home, cust: opts.Custody, id: opts.Custody.ID(),
-		cfg: opts.Config, digest: opts.ConfigDigest, ownLog: opts.Custody.Log(), metrics: metrics.New(),
+		cfg: opts.Config, digest: opts.ConfigDigest, ownLog: opts.Custody.Log(), metrics: opts.Metrics,
 		transports: map[string]*transportState{}, ctx: dctx, cancel: cancel, started: time.Now().UTC(), done: make(chan struct{})}
 	defer func() {
 		if err != nil {
@@ -224,6 +230,12 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 	}
 	d.record(audit.ConfigLoaded, "operator", opts.ConfigPath, audit.OutcomeInfo, map[string]any{"digest": d.digest})
 
+	d.metrics.WatchHome(d.home)
+	d.wg.Add(1)
+	go func() { // the keystore's health (custos_keystore_up; failures also in custos_keystore_errors_total)
+		defer d.wg.Done()
+		d.metrics.WatchKeystore(dctx, keystoreBackend(d.cust.KeystoreURI()), d.cust.Ping, cfg.Metrics.KeystoreCheckInterval, d.log.With("part", "metrics"))
+	}()
 	if !cfg.Metrics.Disabled {
 		d.metricsSrv, err = metrics.Serve(dctx, d.metrics, metrics.ServeOptions{Addr: cfg.Metrics.Address, Logger: d.log.With("part", "metrics")})
 		if err != nil {
@@ -260,11 +272,17 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 		Sender: d.mgr, Admit: opts.AdmitTask, MaxConcurrent: cfg.Limits.MaxConcurrentTasks, MaxQueued: cfg.Limits.MaxQueuedTasks,
 		RetryInterval: cfg.Tasks.RetryInterval, Retention: cfg.Tasks.ResultRetention,
 		MaxUnacknowledged: cfg.Limits.MaxUnacknowledgedTasks, InboundRetention: cfg.Tasks.UnacknowledgedRetention,
-		Logger: d.log.With("part", "tasks"), OnEvent: d.taskEvent,
+		Logger: d.log.With("part", "tasks"), OnEvent: func(ev tasks.Event) {
+			if ev.Kind == "refused" {
+				d.metrics.TaskRefused(ev.Status)
+			}
+			d.taskEvent(ev)
+		},
 	})
 	if err != nil {
 		return nil, err
 	}
+	d.metrics.TaskQueue(d.engine.Queued, func() int { return d.config().Limits.MaxQueuedTasks })
 	// Working directories left by commands of a daemon that was killed are removed; their tasks run again.
 	if err := os.RemoveAll(d.workRoot()); err != nil {
 		return nil, fmt.Errorf("task work directory: %w", err)
@@ -292,7 +310,13 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 		// The control socket serves people, not plugins: transport plugin processes and their descendants
 		// are refused before their request is read (threat model, section 2).
 		RefuseCaller: control.RefusePluginProcesses(d.pluginPIDs),
-		OnRequest:    d.controlRequest, Logger: d.log.With("part", "control"),
+		OnRequest: func(c rbac.Cred, op string, err error) {
+			if err != nil {
+				d.metrics.ControlFailed(op)
+			}
+			d.controlRequest(c, op, err)
+		},
+		Logger: d.log.With("part", "control"),
 	})
 	if err != nil {
 		return nil, err

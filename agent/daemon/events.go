@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/custos-agent/custos/agent/control"
+	"github.com/custos-agent/custos/agent/metrics"
 	"github.com/custos-agent/custos/agent/rbac"
 	"github.com/custos-agent/custos/agent/reputation"
 	"github.com/custos-agent/custos/agent/session"
@@ -213,6 +214,9 @@ func (d *Daemon) sessionFailed(peer, transport string, err error) {
 	switch code {
 	case "", reason.Closed, reason.PeerAlert, reason.Timeout, reason.TruncatedFrame, reason.SessionExpired, reason.Internal:
 		return // an orderly close, the network, or this side: not the peer's fault
+	}
+	d.metrics.OperationFailed(metrics.OpEnvelope) // a peer's message refused (issue 17)
+	switch code {
 	case reason.ReplayedMessage, reason.StaleTimestamp, reason.FutureTimestamp, reason.CounterReuse, reason.ReplayCacheFull:
 		d.metrics.ReplayRefused(string(code))
 		d.record(audit.ReplayRefused, peer, peer, audit.OutcomeDenied, map[string]any{"reason": string(code), "transport": transport, "error": err.Error()})
