@@ -156,6 +156,12 @@ func New() *Metrics {
 		m.failedOps.WithLabelValues(op)
 	}
 	m.ops.auditFailing.Set(0)
+	// A counter first seen after its increase has no earlier sample, and increase() over it is 0: the
+	// series the alerts watch start at zero.
+	for _, l := range []string{"rate", "quota"} {
+		m.rateLimited.WithLabelValues(l)
+	}
+	m.ops.tasksRefused.WithLabelValues("busy")
 	// Series that alerts compare against exist from the start, at zero.
 	m.authAttempts.WithLabelValues(ResultSuccess, "")
 	for _, c := range reason.All {
