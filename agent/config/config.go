@@ -155,6 +155,9 @@ type MetricsConfig struct {
 	// Address is host:port on loopback (default 127.0.0.1:9464; port 0 picks one).
 	Address  string `yaml:"address"`
 	Disabled bool   `yaml:"disabled"`
+	// KeystoreCheckInterval is how often the identity's keystore is checked (custos_keystore_up; a
+	// failure counts in custos_keystore_errors_total). Default 30s.
+	KeystoreCheckInterval time.Duration `yaml:"keystore_check_interval"`
 }
 
 // AuditConfig tunes the audit log in <home>/audit.
@@ -174,10 +177,11 @@ type LogConfig struct {
 
 // Defaults.
 const (
-	DefaultDrainTimeout         = 30 * time.Second
-	DefaultMaxInboundHandshakes = 64
-	DefaultRedialMin            = 200 * time.Millisecond
-	DefaultRedialMax            = 30 * time.Second
+	DefaultDrainTimeout          = 30 * time.Second
+	DefaultKeystoreCheckInterval = 30 * time.Second
+	DefaultMaxInboundHandshakes  = 64
+	DefaultRedialMin             = 200 * time.Millisecond
+	DefaultRedialMax             = 30 * time.Second
 )
 
 // LoadConfig reads and strictly decodes the configuration file at path, applies defaults and validates
@@ -258,6 +262,9 @@ func (c *Config) applyDefaults() {
 	def(&c.Redial.Max, DefaultRedialMax)
 	if c.Metrics.Address == "" {
 		c.Metrics.Address = metrics.DefaultAddr
+	}
+	if c.Metrics.KeystoreCheckInterval == 0 {
+		c.Metrics.KeystoreCheckInterval = DefaultKeystoreCheckInterval
 	}
 	if c.Log.Level == "" {
 		c.Log.Level = "info"
@@ -374,6 +381,9 @@ func (c *Config) Validate() error {
 		if err := metrics.CheckAddr(c.Metrics.Address, false); err != nil {
 			return bad("metrics.address", "%v", err)
 		}
+	}
+	if c.Metrics.KeystoreCheckInterval < 0 {
+		return bad("metrics.keystore_check_interval", "must not be negative (default 30s)")
 	}
 	if c.Audit.CheckpointEvery < 0 || c.Audit.SegmentMaxBytes < 0 || c.Audit.RetentionMaxBytes < 0 ||
 		c.Audit.CheckpointInterval < 0 || c.Audit.SegmentMaxAge < 0 || c.Audit.RetentionMaxAge < 0 {

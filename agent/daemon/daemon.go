@@ -90,6 +90,9 @@ type Options struct {
 	AuthorizeLocal func(ctx context.Context, caller rbac.Cred, op string) error
 	// Version is reported in status and the audit log.
 	Version string
+	// Metrics, when set, are the agent's metrics (custosd makes them first, to instrument the keystores
+	// the identity opens); nil makes new ones.
+	Metrics *metrics.Metrics
 	// SandboxProbe, when set, replaces the kernel probe of the plugin sandbox (tests simulate a kernel
 	// that lacks a protection).
 	SandboxProbe func() sandbox.Kernel
@@ -161,9 +164,12 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 	if opts.Version == "" {
 		opts.Version = "dev"
 	}
+	if opts.Metrics == nil {
+		opts.Metrics = metrics.New()
+	}
 	dctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	d := &Daemon{opts: opts, log: opts.Logger, home: opts.Home, cust: opts.Custody, id: opts.Custody.ID(),
-		cfg: opts.Config, digest: opts.ConfigDigest, ownLog: opts.Custody.Log(), metrics: metrics.New(),
+		cfg: opts.Config, digest: opts.ConfigDigest, ownLog: opts.Custody.Log(), metrics: opts.Metrics,
 		transports: map[string]*transportState{}, ctx: dctx, cancel: cancel, started: time.Now().UTC(), done: make(chan struct{})}
 	// Events become audit records, metrics and reputation observations (agent/events); its Audit,
 	// Reputation, Outbound and IsReplicated are set below as each is built, before anything runs.
@@ -236,6 +242,12 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 	d.events.Audit = d.audit
 	d.events.Record(audit.ConfigLoaded, "operator", opts.ConfigPath, audit.OutcomeInfo, map[string]any{"digest": d.digest})
 
+	d.metrics.WatchHome(d.home)
+	d.wg.Add(1)
+	go func() { // the keystore's health (custos_keystore_up; failures also in custos_keystore_errors_total)
+		defer d.wg.Done()
+		d.metrics.WatchKeystore(dctx, agentops.KeystoreBackend(d.cust.KeystoreURI()), d.cust.Ping, cfg.Metrics.KeystoreCheckInterval, d.log.With("part", "metrics"))
+	}()
 	if !cfg.Metrics.Disabled {
 		d.metricsSrv, err = metrics.Serve(dctx, d.metrics, metrics.ServeOptions{Addr: cfg.Metrics.Address, Logger: d.log.With("part", "metrics")})
 		if err != nil {
@@ -282,6 +294,7 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 	d.replicator = &consensus.Replicator{Rep: d.rep, Evidence: d.evidence, Peers: sessionsView{m: d.mgr, ctx: d.ctx},
 		Runner: taskops.Runner{Engine: d.engine, Self: d.id}}
 	d.events.Outbound, d.events.IsReplicated = d.engine.Get, d.replicator.IsReplicated
+	d.metrics.TaskQueue(d.engine.Queued, func() int { return d.config().Limits.MaxQueuedTasks })
 	// Working directories left by commands of a daemon that was killed are removed; their tasks run again.
 	if err := os.RemoveAll(d.workRoot()); err != nil {
 		return nil, fmt.Errorf("task work directory: %w", err)

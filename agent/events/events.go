@@ -15,6 +15,7 @@ import (
 	"github.com/custos-agent/custos/agent/control"
 	"github.com/custos-agent/custos/agent/custody"
 	"github.com/custos-agent/custos/agent/delegation"
+	"github.com/custos-agent/custos/agent/metrics"
 	"github.com/custos-agent/custos/agent/rbac"
 	"github.com/custos-agent/custos/agent/reputation"
 	"github.com/custos-agent/custos/agent/session"
@@ -54,6 +55,8 @@ type Metrics interface {
 	PluginRestarted(plugin string)
 	PluginSandbox(plugin string, applied map[string]bool)
 	SetPeers(level string, n int)
+	TaskRefused(code string)
+	ControlFailed(operation string)
 }
 
 // Reputation is the trust store (agent/reputation.Store).
@@ -133,6 +136,9 @@ func (r *Recorder) SessionFailed(peer, transport string, err error) {
 	switch code {
 	case "", reason.Closed, reason.PeerAlert, reason.Timeout, reason.TruncatedFrame, reason.SessionExpired, reason.Internal:
 		return // an orderly close, the network, or this side: not the peer's fault
+	}
+	r.Metrics.OperationFailed(metrics.OpEnvelope) // a peer's message refused
+	switch code {
 	case reason.ReplayedMessage, reason.StaleTimestamp, reason.FutureTimestamp, reason.CounterReuse, reason.ReplayCacheFull:
 		r.Metrics.ReplayRefused(string(code))
 		r.Record(audit.ReplayRefused, peer, peer, audit.OutcomeDenied, map[string]any{"reason": string(code), "transport": transport, "error": err.Error()})
@@ -189,6 +195,9 @@ func (r *Recorder) PluginRestarted(ev host.RestartEvent, plugin func() *Plugin) 
 
 // Task records the task protocol's events (tasks.Config.OnEvent).
 func (r *Recorder) Task(ev tasks.Event) {
+	if ev.Kind == "refused" {
+		r.Metrics.TaskRefused(ev.Status)
+	}
 	var typ audit.EventType
 	outcome := audit.OutcomeSuccess
 	switch ev.Kind {
@@ -251,6 +260,7 @@ func (r *Recorder) observeResult(ev tasks.Event) {
 func (r *Recorder) ControlRequest(c rbac.Cred, op string, err error) {
 	outcome, details := audit.OutcomeSuccess, map[string]any{"uid": c.UID, "gid": c.GID, "pid": c.PID}
 	if err != nil {
+		r.Metrics.ControlFailed(op)
 		code := control.CodeOf(err)
 		if code == "" {
 			code = control.CodeFailed

@@ -30,6 +30,17 @@ const (
 	Other = "other"
 )
 
+// FailedOperations are the values of the operation label of custos_operations_failed_total.
+var FailedOperations = []string{OpTask, OpEnvelope, OpControl, OpGrant}
+
+// Operation label values of custos_operations_failed_total.
+const (
+	OpTask     = "task"
+	OpEnvelope = "envelope"
+	OpControl  = "control"
+	OpGrant    = "grant"
+)
+
 // TrustLevels are the values of the trust_level label of custos_peers (agent/reputation's levels).
 var TrustLevels = []string{"super", "trusted", "new", "restricted", "blocked"}
 
@@ -55,6 +66,7 @@ type Metrics struct {
 	auditFailures  prometheus.Counter
 	auditCPFails   prometheus.Counter
 	auditAck       prometheus.Histogram
+	ops            opsMetrics // ops.go
 }
 
 // keystoreBuckets span a software key (tens of microseconds) to a slow TPM (seconds).
@@ -62,14 +74,14 @@ var keystoreBuckets = []float64{0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0
 
 // New makes the metrics and registers them, with the Go and process collectors, in a new registry.
 func New() *Metrics {
-	m := &Metrics{reg: prometheus.NewRegistry()}
+	m := &Metrics{reg: prometheus.NewRegistry(), ops: newOpsMetrics()}
 	m.authAttempts = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "custos_auth_attempts_total",
 		Help: "Peer authentication attempts (handshakes) by result and failure reason (\"\" on success).",
 	}, []string{"result", "reason"})
 	m.failedOps = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "custos_operations_failed_total",
-		Help: "Operations that failed, by operation (task, envelope_open, envelope_seal, control, grant, ...).",
+		Help: "Operations that failed, by operation: task (a task this agent ran ended in error), envelope (a peer's message refused: bad signature, replay, undecryptable), control (a control-socket request that failed or was denied), grant (a grant or revocation operation that failed).",
 	}, []string{"operation"})
 	m.messages = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "custos_messages_total",
@@ -139,6 +151,17 @@ func New() *Metrics {
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
+	m.reg.MustRegister(m.ops.collectors()...)
+	for _, op := range FailedOperations {
+		m.failedOps.WithLabelValues(op)
+	}
+	m.ops.auditFailing.Set(0)
+	// A counter first seen after its increase has no earlier sample, and increase() over it is 0: the
+	// series the alerts watch start at zero.
+	for _, l := range []string{"rate", "quota"} {
+		m.rateLimited.WithLabelValues(l)
+	}
+	m.ops.tasksRefused.WithLabelValues("busy")
 	// Series that alerts compare against exist from the start, at zero.
 	m.authAttempts.WithLabelValues(ResultSuccess, "")
 	for _, c := range reason.All {

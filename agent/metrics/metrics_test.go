@@ -49,6 +49,17 @@ func exercise(m *Metrics) {
 	m.AuditWriteFailed(errors.New("disk full"))
 	m.AuditCheckpointFailed(errors.New("token removed"))
 	m.AuditAckLatency(2 * time.Millisecond)
+	// ops.go
+	m.TaskRefused("busy")
+	m.ControlFailed("grant.install")
+	m.AuditFailing(false)
+	m.AuditRecordLost()
+	m.IdentityRotated(ResultSuccess)
+	m.IdentityKeyDestroyed()
+	m.WatchKeystore(context.Background(), "pkcs11", func(context.Context) error { return nil }, 0, nil)
+	m.WatchHome(os.TempDir())
+	m.TaskQueue(func() int { return 1 }, func() int { return 256 })
+	m.IdentityKeyAge(func() time.Time { return time.Unix(1, 0) }, func() time.Duration { return 0 }, time.Now)
 }
 
 func scrape(t *testing.T, url string) []byte {
@@ -75,6 +86,10 @@ var wantFamilies = []string{
 	"custos_keystore_errors_total", "custos_replays_refused_total", "custos_rate_limited_total", "custos_peers",
 	"custos_plugin_restarts_total", "custos_plugin_sandbox", "custos_audit_records_total", "custos_audit_write_failures_total",
 	"custos_audit_checkpoint_failures_total", "custos_audit_ack_duration_seconds",
+	"custos_keystore_up", "custos_tasks_refused_total", "custos_audit_failing", "custos_audit_records_lost_total",
+	"custos_identity_rotations_total", "custos_identity_keys_destroyed_total", "custos_home_free_bytes",
+	"custos_home_size_bytes", "custos_tasks_queued", "custos_tasks_queue_limit", "custos_identity_key_age_seconds",
+	"custos_identity_rotation_interval_seconds",
 }
 
 func TestScrapePassesPromtool(t *testing.T) {

@@ -773,6 +773,13 @@ func (e *Engine) Stats() Stats {
 	return s
 }
 
+// Queued is the number of accepted, unfinished inbound tasks (bounded by Config.MaxQueued).
+func (e *Engine) Queued() int {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return len(e.active)
+}
+
 // Drain stops accepting new tasks and waits for running handlers until ctx ends; handlers still running
 // then are cancelled (their tasks stay recorded and run again at the next start). It returns how many
 // were interrupted.

@@ -19,7 +19,9 @@ import (
 
 	"github.com/custos-agent/custos/agent/config"
 	"github.com/custos-agent/custos/agent/daemon"
+	"github.com/custos-agent/custos/agent/metrics"
 	"github.com/custos-agent/custos/cmd/internal/clisession"
+	"github.com/custos-agent/custos/keystore"
 	"github.com/custos-agent/custos/transports/host/sandbox"
 )
 
@@ -132,6 +134,10 @@ func runDaemon(c *cli.Context) error {
 	defer signal.Stop(sigs)
 
 	ctx := c.Context
+	// Every keystore operation of the running agent is timed and its failures counted
+	// (custos_keystore_*): the metrics exist before the identity is opened.
+	m := metrics.New()
+	s.WrapKeystore = func(ks keystore.Keystore) keystore.Keystore { return metrics.InstrumentKeystore(ks, m) }
 	cust, err := s.OpenIdentity(ctx)
 	if err != nil {
 		return err
@@ -139,7 +145,7 @@ func runDaemon(c *cli.Context) error {
 	defer cust.Close()
 	d, err := daemon.Start(ctx, daemon.Options{
 		Home: s.Home, Config: cfg, ConfigDigest: digest, ConfigPath: cfgPath, Custody: cust,
-		Logger: logger, LogLevel: level, LogLevelFixed: fixed, Version: version,
+		Logger: logger, LogLevel: level, LogLevelFixed: fixed, Version: version, Metrics: m,
 	})
 	if err != nil {
 		return err

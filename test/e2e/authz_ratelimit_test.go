@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"encoding/json"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -75,7 +76,7 @@ func TestAuthzRateLimit(t *testing.T) {
 				}) {
 					t.Fatal("no ratelimit.exceeded record (denied) for the flooder")
 				}
-				if !strings.Contains(metrics, `custos_rate_limited_total{limit="rate"}`) || !strings.Contains(metrics, `custos_access_denied_total{mode="enforced",reason="rate_limited"}`) {
+				if !regexp.MustCompile(`custos_rate_limited_total\{limit="rate"\} [1-9]`).MatchString(metrics) || !regexp.MustCompile(`custos_access_denied_total\{mode="enforced",reason="rate_limited"\} [1-9]`).MatchString(metrics) {
 					t.Fatalf("rate-limit metrics missing:\n%s", grepLines(metrics, "denied"))
 				}
 			} else {
@@ -87,7 +88,7 @@ func TestAuthzRateLimit(t *testing.T) {
 				}) {
 					t.Fatal("no would-deny ratelimit.exceeded record for the flooder in log-only mode")
 				}
-				if !strings.Contains(metrics, `custos_access_denied_total{mode="log_only",reason="rate_limited"}`) || strings.Contains(metrics, `custos_rate_limited_total{limit="rate"}`) {
+				if !strings.Contains(metrics, `custos_access_denied_total{mode="log_only",reason="rate_limited"}`) || !strings.Contains(metrics, "custos_rate_limited_total{limit=\"rate\"} 0\n") {
 					t.Fatalf("log-only metrics:\n%s", grepLines(metrics, "denied")+grepLines(metrics, "rate_limited"))
 				}
 			}

@@ -146,6 +146,8 @@ type agentConfig struct {
 	// to every transport's entry (e.g. "    sandbox: off\n").
 	Plugin        map[string]string
 	TransportYAML string
+	// Metrics replaces the metrics section's body (default {address: "127.0.0.1:0"}).
+	Metrics string
 }
 
 // newAgent makes an identity in a fresh home: software keys, or a SoftHSM token when softhsm is set.
@@ -274,7 +276,11 @@ func (a *agent) writeConfig(c agentConfig) {
 	for n, h := range c.Handlers {
 		fmt.Fprintf(&b, "  %s:\n%s\n", n, h)
 	}
-	b.WriteString("metrics: {address: \"127.0.0.1:0\"}\n")
+	if c.Metrics != "" {
+		b.WriteString("metrics: " + c.Metrics + "\n")
+	} else {
+		b.WriteString("metrics: {address: \"127.0.0.1:0\"}\n")
+	}
 	b.WriteString("tasks: {retry_interval: 500ms}\nredial: {min: 100ms, max: 2s}\nlimits: {drain_timeout: 5s}\n")
 	if !strings.Contains(c.Extra, "authorization:") {
 		// Tests that are not about authorization let every peer submit tasks; the default is that no peer

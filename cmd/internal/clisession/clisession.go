@@ -71,6 +71,8 @@ type Session struct {
 	passFile  string // --passphrase-file, made absolute
 	warnedSW  bool
 	passCache map[string][]byte // passphrases confirmed at a prompt, by what they are for (init)
+	// WrapKeystore, when set, wraps every keystore the identity opens (custosd: metrics.InstrumentKeystore).
+	WrapKeystore func(keystore.Keystore) keystore.Keystore
 }
 
 // New makes the session of the command c (its --home, --passphrase-file and --log-level).
@@ -121,6 +123,23 @@ func (s *Session) EnvPassSource() string {
 
 // Openers wraps the software backend so that --passphrase-file and $CUSTOS_PASSPHRASE apply.
 func (s *Session) Openers() map[string]keystore.OpenFunc {
+	m := s.openers()
+	if s.WrapKeystore == nil {
+		return m
+	}
+	for scheme, open := range m {
+		m[scheme] = func(ctx context.Context, uri string, opts keystore.OpenOptions) (keystore.Keystore, error) {
+			ks, err := open(ctx, uri, opts)
+			if err != nil {
+				return nil, err
+			}
+			return s.WrapKeystore(ks), nil
+		}
+	}
+	return m
+}
+
+func (s *Session) openers() map[string]keystore.OpenFunc {
 	m := Backends()
 	m[software.Scheme] = func(ctx context.Context, uri string, opts keystore.OpenOptions) (keystore.Keystore, error) {
 		src, err := software.PassphraseSource(uri)
