@@ -60,6 +60,15 @@ type Config struct {
 	Policy        policy.Config       `yaml:"policy"`
 	Reputation    ReputationConfig    `yaml:"reputation"`
 	Puzzles       PuzzlesConfig       `yaml:"puzzles"`
+	// Privacy: data minimisation (docs/privacy.md, ADR 0082).
+	Privacy PrivacyConfig `yaml:"privacy"`
+}
+
+// PrivacyConfig is data minimisation (docs/privacy.md).
+type PrivacyConfig struct {
+	// FullAddresses keeps whole IP addresses in audit records and logs; by default an IPv4 address is
+	// truncated to its /24 and an IPv6 address to its /48.
+	FullAddresses bool `yaml:"full_addresses"`
 }
 
 // TransportConfig is one transport plugin.
