@@ -16,6 +16,10 @@ import (
 func TestDomainsRegistered(t *testing.T) {
 	strs := func(vs ...string) []string { return vs }
 	var rb, po []string
+	task := strs(tasks.CodeUnknownHandler, tasks.CodeBadRequest, tasks.CodeBusy, tasks.CodeDenied, tasks.CodeInternal)
+	for _, r := range tasks.LimitReasons {
+		task = append(task, string(r))
+	}
 	for _, r := range rbac.AllReasons {
 		rb = append(rb, string(r))
 	}
@@ -28,7 +32,7 @@ func TestDomainsRegistered(t *testing.T) {
 	}{
 		{reason.DomainRBAC, rb},
 		{reason.DomainPolicy, po},
-		{reason.DomainTask, strs(tasks.CodeUnknownHandler, tasks.CodeBadRequest, tasks.CodeBusy, tasks.CodeDenied, tasks.CodeInternal)},
+		{reason.DomainTask, task},
 		{reason.DomainControl, strs(control.CodeBadRequest, control.CodeUnknownOp, control.CodeDenied, control.CodeNotFound,
 			control.CodeUnavailable, control.CodeTimeout, control.CodeFailed, control.CodeTooLarge, control.CodeRefused)},
 		// The daemon's admission refusals (agent/daemon Refusal*, ReasonUncorrelated), by string.

@@ -269,7 +269,7 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 		return nil, err
 	}
 	// Working directories left by commands of a daemon that was killed are removed; their tasks run again.
-	if err := os.RemoveAll(d.workRoot()); err != nil {
+	if err := tasks.RemoveWorkDirs(d.workRoot()); err != nil { // and their confined counterparts (ADR 0082)
 		return nil, fmt.Errorf("task work directory: %w", err)
 	}
 	if err := os.MkdirAll(d.workRoot(), 0o700); err != nil {
