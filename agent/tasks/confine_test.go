@@ -3,6 +3,7 @@ package tasks
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"os"
 	"os/exec"
@@ -182,8 +183,17 @@ func TestConfinedHandlerFailsEachAttack(t *testing.T) {
 		}
 	})
 	t.Run("fork bomb", func(t *testing.T) {
-		out, err := run(t, Exec{Args: []string{"fork", "100000"}, ReadPaths: []string{binDir}, Limits: ExecLimits{Processes: 32}})
+		// 200 processes (bounded, so that a broken limit does not bomb the test machine): over the limit
+		// of 32 processes and threads together, the fork fails well before.
+		out, err := run(t, Exec{Args: []string{"fork", "200"}, ReadPaths: []string{binDir}, Limits: ExecLimits{Processes: 32}})
 		wantFail(t, out, err, reason.HandlerProcessLimit, "limit of 32 processes")
+		n, i := -1, strings.Index(err.Error(), "after ")
+		if i >= 0 {
+			_, _ = fmt.Sscanf(err.Error()[i:], "after %d processes", &n)
+		}
+		if n < 0 || n >= 32 {
+			t.Fatalf("the fork bomb started %d processes under a limit of 32: %v", n, err)
+		}
 		if p := running(bin); len(p) > 0 {
 			time.Sleep(200 * time.Millisecond)
 			if p = running(bin); len(p) > 0 {
