@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/custos-agent/custos/internal/atomicfile"
+	"github.com/custos-agent/custos/internal/privacy"
 	"github.com/custos-agent/custos/keystore"
 )
 
@@ -78,6 +79,10 @@ type Options struct {
 
 	// Secrets says what Append does with details that look like secrets (default RedactSecrets).
 	Secrets SecretPolicy
+	// Addresses, when set, minimises every appended record before it is hashed: network addresses in
+	// Actor, Subject and every string of Details are truncated (internal/privacy; ADR 0082). The agent
+	// sets it; nil writes records as given.
+	Addresses *privacy.Addresses
 	// MaxBatch bounds how many records one group commit writes (default 1024).
 	MaxBatch int
 	// Observer receives the writer's counters (optional).
@@ -273,6 +278,9 @@ func (l *Log) SetSigner(s keystore.Signer, gen uint64) error {
 // (or refused under RefuseSecrets). If ctx ends first Append returns ctx's error; the record may still
 // be written.
 func (l *Log) Append(ctx context.Context, r Record) (uint64, error) {
+	if a := l.opts.Addresses; a != nil {
+		r.Actor, r.Subject, r.Details = a.Text(r.Actor), a.Text(r.Subject), a.Details(r.Details)
+	}
 	w, err := prepare(&r, l.opts.Secrets, false, &l.keys)
 	if err != nil {
 		return 0, err

@@ -18,6 +18,10 @@ import (
 func TestDomainsRegistered(t *testing.T) {
 	strs := func(vs ...string) []string { return vs }
 	var rb, po []string
+	task := strs(tasks.CodeUnknownHandler, tasks.CodeBadRequest, tasks.CodeBusy, tasks.CodeDenied, tasks.CodeInternal)
+	for _, r := range tasks.LimitReasons {
+		task = append(task, string(r))
+	}
 	for _, r := range rbac.AllReasons {
 		rb = append(rb, string(r))
 	}
@@ -30,7 +34,7 @@ func TestDomainsRegistered(t *testing.T) {
 	}{
 		{reason.DomainRBAC, rb},
 		{reason.DomainPolicy, po},
-		{reason.DomainTask, strs(tasks.CodeUnknownHandler, tasks.CodeBadRequest, tasks.CodeBusy, tasks.CodeDenied, tasks.CodeInternal)},
+		{reason.DomainTask, task},
 		{reason.DomainControl, strs(control.CodeBadRequest, control.CodeUnknownOp, control.CodeDenied, control.CodeNotFound,
 			control.CodeUnavailable, control.CodeTimeout, control.CodeFailed, control.CodeTooLarge, control.CodeRefused)},
 		{reason.DomainAdmission, strs(authz.RefusalBadPuzzle, authz.RefusalBlocked, authz.RefusalMalformedGrants,

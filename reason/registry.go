@@ -48,6 +48,12 @@ const (
 	Busy           Code = "busy"
 	Denied         Code = "denied"
 
+	HandlerCPULimit     Code = "handler_cpu_limit"
+	HandlerMemoryLimit  Code = "handler_memory_limit"
+	HandlerProcessLimit Code = "handler_process_limit"
+	HandlerFileLimit    Code = "handler_file_limit"
+	HandlerSandbox      Code = "handler_sandbox"
+
 	UnknownOp   Code = "unknown_op"
 	NotFound    Code = "not_found"
 	Unavailable Code = "unavailable"
@@ -129,6 +135,11 @@ func entries() []Entry {
 		{BadRequest, d(DomainTask, DomainControl), "the request does not decode, its arguments are invalid or it breaks a limit", true},
 		{Busy, d(DomainTask), "the executor's queue is full; retry later", true},
 		{Denied, d(DomainTask, DomainControl), "policy or permissions refused the request", true},
+		{HandlerCPULimit, d(DomainTask), "the exec handler used up its CPU-time limit (in a failed result)", true},
+		{HandlerMemoryLimit, d(DomainTask), "the exec handler ran out of its memory limit (in a failed result)", true},
+		{HandlerProcessLimit, d(DomainTask), "the exec handler reached its process limit (in a failed result)", true},
+		{HandlerFileLimit, d(DomainTask), "the exec handler wrote past its file-size limit (in a failed result)", true},
+		{HandlerSandbox, d(DomainTask), "the exec handler could not be confined as configured (in a failed result)", true},
 
 		{UnknownOp, d(DomainControl), "no such control operation", false},
 		{NotFound, d(DomainControl), "the task or peer does not exist", false},

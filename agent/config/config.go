@@ -60,6 +60,15 @@ type Config struct {
 	Policy        policy.Config       `yaml:"policy"`
 	Reputation    ReputationConfig    `yaml:"reputation"`
 	Puzzles       PuzzlesConfig       `yaml:"puzzles"`
+	// Privacy: data minimisation (docs/privacy.md, ADR 0082).
+	Privacy PrivacyConfig `yaml:"privacy"`
+}
+
+// PrivacyConfig is data minimisation (docs/privacy.md).
+type PrivacyConfig struct {
+	// FullAddresses keeps whole IP addresses in audit records and logs; by default an IPv4 address is
+	// truncated to its /24 and an IPv6 address to its /48.
+	FullAddresses bool `yaml:"full_addresses"`
 }
 
 // TransportConfig is one transport plugin.
@@ -108,6 +117,31 @@ type ExecConfig struct {
 	Env []string `yaml:"env"`
 	// Timeout of one run (default 60s).
 	Timeout time.Duration `yaml:"timeout"`
+	// Sandbox confines the command like a transport plugin (ADR 0082): "required" (the default),
+	// "best-effort" or "off" (unconfined, as the agent's user).
+	Sandbox string `yaml:"sandbox"`
+	// Network lets the confined command use the network (default: none).
+	Network bool `yaml:"network"`
+	// ReadPaths are host paths the confined command may read and execute besides the system's programs
+	// and libraries (its own scripts or data).
+	ReadPaths []string `yaml:"read_paths"`
+	// Limits of the confined command (zero: the defaults).
+	Limits ExecLimitsConfig `yaml:"limits"`
+}
+
+// ExecLimitsConfig are a confined exec handler's resource limits.
+type ExecLimitsConfig struct {
+	CPUTime   time.Duration `yaml:"cpu_time"`  // CPU time of each process (default: the timeout)
+	Memory    int64         `yaml:"memory"`    // bytes of data memory per process (default 512 MiB)
+	Processes int           `yaml:"processes"` // processes and threads (default 64)
+	FileSize  int64         `yaml:"file_size"` // bytes of the largest file written (default 64 MiB)
+}
+
+// handler builds the tasks.Exec of an exec handler's configuration.
+func (e *ExecConfig) handler(workRoot string) *tasks.Exec {
+	return &tasks.Exec{Path: e.Command, Args: e.Args, Env: e.Env, Timeout: e.Timeout, WorkRoot: workRoot,
+		Sandbox: sandbox.Mode(e.Sandbox), Network: e.Network, ReadPaths: e.ReadPaths,
+		Limits: tasks.ExecLimits{CPUTime: e.Limits.CPUTime, Memory: e.Limits.Memory, Processes: e.Limits.Processes, FileSize: e.Limits.FileSize}}
 }
 
 // SessionConfig tunes the agent sessions.
@@ -333,7 +367,7 @@ func (c *Config) Validate() error {
 				return bad(p+".builtin", "%q: the built-in handlers are echo and sha256", h.Builtin)
 			}
 		case h.Exec != nil:
-			e := tasks.Exec{Path: h.Exec.Command, Args: h.Exec.Args, Env: h.Exec.Env, Timeout: h.Exec.Timeout}
+			e := h.Exec.handler("")
 			if err := e.Check(); err != nil {
 				return bad(p+".exec", "%v", err)
 			}
@@ -463,7 +497,7 @@ func (c *Config) Registry(workRoot string) tasks.Registry {
 		case h.Builtin == "sha256":
 			r[n] = tasks.SHA256()
 		case h.Exec != nil:
-			r[n] = &tasks.Exec{Path: h.Exec.Command, Args: h.Exec.Args, Env: h.Exec.Env, Timeout: h.Exec.Timeout, WorkRoot: workRoot}
+			r[n] = h.Exec.handler(workRoot)
 		}
 	}
 	return r

@@ -53,6 +53,7 @@ import (
 	"github.com/custos-agent/custos/agent/tasks"
 	"github.com/custos-agent/custos/audit"
 	"github.com/custos-agent/custos/identity"
+	"github.com/custos-agent/custos/internal/privacy"
 	"github.com/custos-agent/custos/transports/host"
 	"github.com/custos-agent/custos/transports/host/sandbox"
 )
@@ -181,6 +182,8 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 	}()
 	cfg := opts.Config
 	d.applyLogLevel(cfg)
+	addrs := privacy.Addresses{Full: cfg.Privacy.FullAddresses} // minimisation (ADR 0082): logs and audit records
+	d.log = slog.New(addrs.LogHandler(d.log.Handler()))
 
 	// Plugins first: a wrong checksum must stop the start before anything is opened, naming the file.
 	for _, t := range cfg.Transports {
@@ -234,7 +237,7 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 		CheckpointEvery: cfg.Audit.CheckpointEvery, CheckpointInterval: cfg.Audit.CheckpointInterval,
 		SegmentMaxBytes: cfg.Audit.SegmentMaxBytes, SegmentMaxAge: cfg.Audit.SegmentMaxAge,
 		Retention: audit.Retention{MaxAge: cfg.Audit.RetentionMaxAge, MaxBytes: cfg.Audit.RetentionMaxBytes},
-		Observer:  d.metrics, Logger: d.log.With("part", "audit"),
+		Observer:  d.metrics, Logger: d.log.With("part", "audit"), Addresses: &addrs,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("audit log: %w", err)
@@ -296,7 +299,7 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 	d.events.Outbound, d.events.IsReplicated = d.engine.Get, d.replicator.IsReplicated
 	d.metrics.TaskQueue(d.engine.Queued, func() int { return d.config().Limits.MaxQueuedTasks })
 	// Working directories left by commands of a daemon that was killed are removed; their tasks run again.
-	if err := os.RemoveAll(d.workRoot()); err != nil {
+	if err := tasks.RemoveWorkDirs(d.workRoot()); err != nil { // and their confined counterparts (ADR 0082)
 		return nil, fmt.Errorf("task work directory: %w", err)
 	}
 	if err := os.MkdirAll(d.workRoot(), 0o700); err != nil {

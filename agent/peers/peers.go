@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"time"
 
@@ -574,4 +575,55 @@ func (c *Cache) IDs() ([]string, error) {
 		})
 	})
 	return out, err
+}
+
+// PruneUnseen drops what is cached about peers no handshake committed since cutoff: their key event
+// logs, use times and delegations (retention, docs/privacy.md). Compromise marks, with the fork
+// evidence they hold, are never dropped, nor the log of a compromised agent. It returns how many peers
+// went.
+func (c *Cache) PruneUnseen(cutoff time.Time) (int, error) {
+	var gone []string
+	err := c.db.Update(func(tx *bbolt.Tx) error {
+		logs, used, comp := tx.Bucket(bucketLogs), tx.Bucket(bucketUsed), tx.Bucket(bucketCompromised)
+		total := int64(u64(used.Get(keyTotalBytes)))
+		var victims [][]byte
+		err := logs.ForEach(func(k, v []byte) error {
+			if comp.Get(k) == nil && usedAt(used.Get(k)).Before(cutoff) {
+				victims = append(victims, append([]byte(nil), k...))
+				total -= int64(len(v))
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		// Delegations of peers whose log is gone already (evicted) go too.
+		err = tx.Bucket(bucketDelegations).ForEach(func(k, _ []byte) error {
+			if (logs.Get(k) == nil || usedAt(used.Get(k)).Before(cutoff)) && comp.Get(k) == nil && !slices.ContainsFunc(victims, func(v []byte) bool { return bytes.Equal(v, k) }) {
+				victims = append(victims, append([]byte(nil), k...))
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		for _, k := range victims {
+			for _, b := range [][]byte{bucketLogs, bucketUsed, bucketDelegations} {
+				if err := tx.Bucket(b).Delete(k); err != nil {
+					return err
+				}
+			}
+			gone = append(gone, string(k))
+		}
+		return used.Put(keyTotalBytes, binary.BigEndian.AppendUint64(nil, uint64(max(total, 0))))
+	})
+	if err != nil {
+		return 0, fmt.Errorf("peer cache: prune: %w", err)
+	}
+	c.mu.Lock()
+	for _, id := range gone {
+		delete(c.states, id)
+	}
+	c.mu.Unlock()
+	return len(gone), nil
 }

@@ -249,6 +249,7 @@ func TestDaemonKilledMidTaskLosesNothing(t *testing.T) {
 		t.Fatal(err)
 	}
 	slow := "    exec:\n      command: /bin/sh\n      args: [\"-c\", \"touch " + marks + "/run.$$; sleep 2; sha256sum | cut -d' ' -f1\"]\n" +
+		"      sandbox: off\n" + // it marks each run in a directory of the test's, outside a confined work directory
 		"      env: [\"PATH=/usr/bin:/bin\"]\n      timeout: 30s"
 	x.writeConfig(agentConfig{Transports: []string{"tcp"}, Handlers: map[string]string{"slow": slow}})
 	x.start()

@@ -126,6 +126,8 @@ type Options struct {
 	BindPorts []uint16
 	// Path is the plugin's configured path (its argv[0], and its Landlock rule without a mount namespace).
 	Path string
+	// Exec, when set, confines a task handler instead of a transport plugin (ConfineExec; issue 16).
+	Exec *ExecConfinement
 }
 
 // spec is what the host tells the trampoline (JSON over a pipe).
@@ -152,6 +154,8 @@ type spec struct {
 	// GroupSocket: the socket directory is the plugin's, with the daemon's group (setgid); the plugin
 	// runs with umask 007 so its socket is group-writable (a non-root daemon connects through its group).
 	GroupSocket bool `json:"group_socket"`
+	// Exec handlers (Options.Exec): see exec_linux.go.
+	Exec *execSpec `json:"exec,omitempty"`
 }
 
 type bindSpec struct {
@@ -159,6 +163,8 @@ type bindSpec struct {
 	Dst string `json:"dst"`
 	Dir bool   `json:"dir"`
 	RW  bool   `json:"rw"`
+	// Dev keeps device nodes usable (no nodev): /dev/null and the like for exec handlers.
+	Dev bool `json:"dev,omitempty"`
 }
 
 // Launch is a prepared sandboxed start: call Wrap, start the command, then Wait.
@@ -254,6 +260,10 @@ func Wrap(cmd *exec.Cmd, o Options) (*Launch, error) {
 		libDirs = nil
 	}
 	s.ReadDirs, s.ReadFiles = libDirs, files
+	if o.Exec != nil {
+		s.NetRules, s.BindPorts = false, nil
+		o.Exec.plan(s)
+	}
 	root := ""
 	if useNS {
 		// The new root's mountpoint lives in go-plugin's per-launch directory, which go-plugin removes
@@ -281,6 +291,9 @@ func Wrap(cmd *exec.Cmd, o Options) (*Launch, error) {
 		if o.SocketDir != "" {
 			s.Binds = append(s.Binds, bindSpec{Src: o.SocketDir, Dst: o.SocketDir, Dir: true, RW: true})
 		}
+		if o.Exec != nil {
+			s.Binds = append(s.Binds, o.Exec.binds(s)...)
+		}
 	}
 	// Landlock's rules hold on inodes: the trampoline makes them (from these host paths, the plugin's
 	// from its checked descriptor) before it changes root, and enforces them after.
@@ -289,7 +302,7 @@ func Wrap(cmd *exec.Cmd, o Options) (*Launch, error) {
 	switch {
 	case drop && priv.root:
 		// The plugin's uid must reach its own directories; nothing else of the host's changes owner.
-		for _, d := range []string{root, o.SocketDir} {
+		for _, d := range []string{root, o.SocketDir, o.Exec.workDir()} {
 			if d == "" {
 				continue
 			}
@@ -298,6 +311,18 @@ func Wrap(cmd *exec.Cmd, o Options) (*Launch, error) {
 				return nil, fmt.Errorf("sandbox: chown %s to the plugin's uid %d: %w", d, uid, err)
 			}
 		}
+	case drop && o.Exec != nil:
+		// A non-root daemon holding CAP_CHOWN lends the work directory like a socket directory.
+		if err := os.Chmod(o.Exec.WorkDir, os.ModeSetgid|0o770); err != nil {
+			cleanup(root)
+			return nil, fmt.Errorf("sandbox: chmod %s: %w", o.Exec.WorkDir, err)
+		}
+		if err := os.Chown(o.Exec.WorkDir, uid, os.Getegid()); err != nil {
+			cleanup(root)
+			return nil, fmt.Errorf("sandbox: chown %s to the handler's uid %d: %w", o.Exec.WorkDir, uid, err)
+		}
+		s.GroupSocket = true
+		lent = o.Exec.WorkDir
 	case drop && o.SocketDir != "":
 		// A non-root daemon (CAP_CHOWN, no DAC override) keeps reaching the directory through its
 		// group: the plugin's uid owns it, the daemon's group has it, setgid so that the plugin's
@@ -344,6 +369,9 @@ func Wrap(cmd *exec.Cmd, o Options) (*Launch, error) {
 	switch {
 	case useNS:
 		attr.Cloneflags = syscall.CLONE_NEWUSER | syscall.CLONE_NEWNS | syscall.CLONE_NEWPID
+		if o.Exec != nil && !o.Exec.Network {
+			attr.Cloneflags |= syscall.CLONE_NEWNET // no interface but a loopback that is down
+		}
 		attr.UidMappings = []syscall.SysProcIDMap{{ContainerID: 0, HostID: uid, Size: 1}}
 		attr.GidMappings = []syscall.SysProcIDMap{{ContainerID: 0, HostID: gid, Size: 1}}
 		if priv.may() {
@@ -362,6 +390,10 @@ func Wrap(cmd *exec.Cmd, o Options) (*Launch, error) {
 	l := &Launch{status: statusR, childEnds: []*os.File{specR, statusW}, root: root, lent: lent, userNS: useNS}
 	l.planned = Protections{UserNS: s.UserNS, MountNS: s.Root != "", PIDNS: s.PIDNS, NoNewPrivs: s.NoNewPrivs,
 		Seccomp: s.Seccomp, Landlock: s.Landlock, LandlockNet: s.NetRules, CapsDropped: s.UserNS, UID: uid, GID: gid, UIDDrop: s.UIDDrop}
+	if o.Exec != nil {
+		l.planned.NetNS = useNS && !o.Exec.Network
+		l.planned.Limits = s.Exec.Limits != (Limits{})
+	}
 	if !priv.may() {
 		l.planned.UID, l.planned.GID = os.Getuid(), os.Getgid()
 	}
@@ -427,6 +459,10 @@ func (l *Launch) Started(ctx context.Context) (Protections, error) {
 		return Protections{}, fmt.Errorf("%w: the trampoline ended without a report", ErrFailed)
 	}
 	got.UID, got.GID, got.UIDDrop = l.planned.UID, l.planned.GID, l.planned.UIDDrop
+	got.NetNS = l.planned.NetNS
+	if l.planned.Limits && !got.Limits {
+		return Protections{}, fmt.Errorf("%w: limits were planned but not applied", ErrFailed)
+	}
 	// The trampoline fails rather than applying less than planned; check anyway.
 	for _, n := range allNames {
 		if l.planned.Has(n) && !got.Has(n) {

@@ -26,6 +26,7 @@ type Options struct {
 	SocketDir string
 	BindPorts []uint16
 	Path      string
+	Exec      *ExecConfinement
 }
 
 // Launch is a prepared sandboxed start.

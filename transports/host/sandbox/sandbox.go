@@ -143,6 +143,10 @@ type Protections struct {
 	UIDDrop bool `json:"uid_drop"`
 	// Off: the sandbox was turned off (Mode Off); nothing above applies.
 	Off bool `json:"off,omitempty"`
+	// NetNS (exec handlers only): a network namespace of its own, without network. Limits: the
+	// resource limits (ExecConfinement.Limits) were set.
+	NetNS  bool `json:"netns,omitempty"`
+	Limits bool `json:"limits,omitempty"`
 }
 
 // Has reports whether protection name was applied.

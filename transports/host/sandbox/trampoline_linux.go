@@ -79,6 +79,12 @@ func trampoline() {
 		}
 		p.MountNS = true
 	}
+	if s.Exec != nil {
+		if err := s.Exec.enter(s.Root != ""); err != nil {
+			fail("exec: %v", err)
+		}
+		p.Limits = s.Exec.Limits != (Limits{})
+	}
 	if s.NoNewPrivs {
 		if err := unix.Prctl(unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0); err != nil {
 			fail("no_new_privs: prctl: %v", err)
@@ -109,7 +115,11 @@ func trampoline() {
 		p.Landlock, p.LandlockNet = s.Landlock, s.NetRules
 	}
 	if s.Seccomp {
-		if err := applySeccomp(); err != nil {
+		apply := applySeccomp
+		if s.Exec != nil {
+			apply = applyExecSeccomp
+		}
+		if err := apply(); err != nil {
 			fail("seccomp: %v", err)
 		}
 		p.Seccomp = true
@@ -120,7 +130,17 @@ func trampoline() {
 	if err != nil {
 		fail("exec: %v", err)
 	}
-	argv := []*byte{argv0, nil}
+	argv := []*byte{argv0}
+	if s.Exec != nil {
+		for _, a := range s.Exec.Args {
+			b, err := unix.BytePtrFromString(a)
+			if err != nil {
+				fail("exec: argument: %v", err)
+			}
+			argv = append(argv, b)
+		}
+	}
+	argv = append(argv, nil)
 	envv := make([]*byte, 0, len(os.Environ())+1)
 	for _, kv := range os.Environ() {
 		b, err := unix.BytePtrFromString(kv)
@@ -173,6 +193,9 @@ func buildRoot(s *spec) error {
 		}
 		// Keep the flags locked by the original mount; add read-only, nosuid, nodev.
 		flags := uintptr(unix.MS_REMOUNT | unix.MS_BIND | unix.MS_NOSUID | unix.MS_NODEV)
+		if b.Dev {
+			flags &^= unix.MS_NODEV
+		}
 		for _, f := range [][2]int64{{unix.ST_NOEXEC, unix.MS_NOEXEC}, {unix.ST_NOATIME, unix.MS_NOATIME},
 			{unix.ST_NODIRATIME, unix.MS_NODIRATIME}, {unix.ST_RELATIME, unix.MS_RELATIME}} {
 			if st.Flags&f[0] != 0 {
@@ -264,6 +287,9 @@ func landlockRuleset(s *spec) (int, uint32, error) {
 	}
 	for _, f := range s.ReadFiles {
 		rules = append(rules, landlock.PathAccess(landlock.AccessFSSet(ll.AccessFSReadFile), f))
+	}
+	if s.Exec != nil {
+		rules = append(rules, s.Exec.landlockRules(cfg)...)
 	}
 	if s.SocketDir != "" {
 		rules = append(rules, landlock.PathAccess(landlock.AccessFSSet(ll.AccessFSReadFile|ll.AccessFSReadDir|ll.AccessFSWriteFile|
