@@ -1,6 +1,12 @@
 // Command agentctl is the one command-line tool of Custos: it makes and rotates an agent's identity in a
 // TPM, a PKCS#11 token or (for development) an encrypted key file, signs and verifies, runs the agent
 // daemon, and reads the audit log.
+//
+// Adding a command: write a function returning a *cli.Command (Name, Usage, UsageText, Description, Flags,
+// Action; OnUsageError: onUsageError) in a file of its own, and list it in commands() below. Flags may be
+// given before or after the arguments of every command (flagsFirst, ADR 0079): do not parse c.Args() for
+// flags. Return usagef(...) for a usage error (exit 2); docs/cli.md is generated from these definitions
+// (go test ./cmd/agentctl -run TestCLIDoc -update rewrites it).
 package main
 
 import (
@@ -33,7 +39,7 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	app := newApp(stdin, stdout, stderr)
 	var unknown string
 	app.CommandNotFound = func(_ *cli.Context, name string) { unknown = name }
-	err := app.Run(args)
+	err := app.Run(flagsFirst(app, args))
 	if err == nil && unknown != "" {
 		err = usagef("unknown command %q; run 'agentctl --help' for the list", unknown)
 	}

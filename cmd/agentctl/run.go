@@ -5,7 +5,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strings"
 	"syscall"
 
 	"github.com/urfave/cli/v2"
@@ -109,39 +108,4 @@ func daemonClient(c *cli.Context) (*api.Client, error) {
 		return nil, err
 	}
 	return api.NewClient(path), nil
-}
-
-// trailingFlags splits args into positional arguments and flags given after them (urfave/cli stops
-// parsing flags at the first argument). spec maps each accepted flag name to whether it takes a value.
-func trailingFlags(args []string, spec map[string]bool) ([]string, map[string]string, error) {
-	var pos []string
-	vals := map[string]string{}
-	for i := 0; i < len(args); i++ {
-		a := args[i]
-		if a == "--" {
-			pos = append(pos, args[i+1:]...)
-			break
-		}
-		if !strings.HasPrefix(a, "-") || a == "-" {
-			pos = append(pos, a)
-			continue
-		}
-		name, val, hasVal := strings.Cut(strings.TrimLeft(a, "-"), "=")
-		takes, ok := spec[name]
-		if !ok {
-			return nil, nil, usagef("flag provided but not defined: %s", a)
-		}
-		switch {
-		case takes && !hasVal:
-			if i+1 >= len(args) {
-				return nil, nil, usagef("flag needs an argument: %s", a)
-			}
-			i++
-			val = args[i]
-		case !takes && !hasVal:
-			val = "true"
-		}
-		vals[name] = val
-	}
-	return pos, vals, nil
 }

@@ -182,20 +182,8 @@ func peersCommand() *cli.Command {
 }
 
 func runConnect(c *cli.Context) error {
-	pos, vals, err := trailingFlags(c.Args().Slice(), map[string]bool{"id": true, "transport": true, "json": false})
-	if err != nil {
-		return err
-	}
+	pos := c.Args().Slice()
 	id, transport, asJSON := c.String("id"), c.String("transport"), c.Bool("json")
-	if v, ok := vals["id"]; ok {
-		id = v
-	}
-	if v, ok := vals["transport"]; ok {
-		transport = v
-	}
-	if _, ok := vals["json"]; ok {
-		asJSON = true
-	}
 	if len(pos) != 1 {
 		return usagef("peers connect takes one ADDRESS (got %d arguments)", len(pos))
 	}

@@ -195,25 +195,11 @@ func waitAndPrint(c *cli.Context, id string, timeout time.Duration, asJSON bool)
 }
 
 func runTaskResult(c *cli.Context) error {
-	pos, vals, err := trailingFlags(c.Args().Slice(), map[string]bool{"wait": false, "timeout": true, "json": false})
-	if err != nil {
-		return err
-	}
+	pos := c.Args().Slice()
 	if len(pos) != 1 {
 		return usagef("task result takes one TASK_ID (got %d arguments)", len(pos))
 	}
 	wait, timeout, asJSON := c.Bool("wait"), c.Duration("timeout"), c.Bool("json")
-	if _, ok := vals["wait"]; ok {
-		wait = true
-	}
-	if _, ok := vals["json"]; ok {
-		asJSON = true
-	}
-	if v, ok := vals["timeout"]; ok {
-		if timeout, err = time.ParseDuration(v); err != nil {
-			return usagef("--timeout %q: %v", v, err)
-		}
-	}
 	if err := tasks.CheckTaskID(pos[0]); err != nil {
 		return usagef("%v", err)
 	}
