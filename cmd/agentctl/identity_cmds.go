@@ -183,6 +183,7 @@ func idCommand() *cli.Command {
 		Flags: []cli.Flag{
 			&cli.BoolFlag{Name: "json", Usage: "print id, algorithm, generation, keystore, public_key_pem, hardware_backed as JSON"},
 			&cli.BoolFlag{Name: "pem", Usage: "print only the current public key (SubjectPublicKeyInfo PEM)"},
+			&cli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, Usage: "print only the agent ID (for scripts: ID=$(agentctl id -q))"},
 		},
 		Action: func(c *cli.Context) error {
 			if c.NArg() > 0 {
@@ -199,6 +200,9 @@ func idCommand() *cli.Command {
 					Keystore: displayURI(id.KeystoreURI()), PublicKeyPEM: string(st.Current.PEM()), HardwareBacked: info.HardwareBacked,
 				}
 				switch {
+				case c.Bool("quiet"):
+					writeOut(c.App.Writer, "%s\n", out.ID)
+					return nil
 				case c.Bool("pem"):
 					_, err = c.App.Writer.Write(st.Current.PEM())
 					return err

@@ -86,6 +86,7 @@ func commands() []*cli.Command {
 		auditCommand(),
 		runCommand(), statusCommand(), peersCommand(), taskCommand(),
 		grantCommand(), revokeCommand(),
+		configCommand(),
 	}
 }
 
