@@ -13,8 +13,8 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/custos-agent/custos/agent/config"
-	"github.com/custos-agent/custos/internal/atomicfile"
 	"github.com/custos-agent/custos/agent/custody"
+	"github.com/custos-agent/custos/internal/atomicfile"
 )
 
 // pluginDirs are where config init looks for the transport plugins when --plugin-dir is not given:
@@ -201,5 +201,3 @@ func homeDir(c *cli.Context) (string, error) {
 	}
 	return filepath.Dir(p), nil
 }
-
-
