@@ -364,6 +364,7 @@ func logCommand() *cli.Command {
 			Usage:        "verify <home>/kel.jsonl from inception and its agreement with identity.json (exit 0 only when it verifies)",
 			Description: "Reads only: no keystore is opened and nothing is changed. Checks every event's signatures, the\n" +
 				"chain of digests and pre-committed keys, and that identity.json names the keys the log does.",
+			Flags: []cli.Flag{jsonFlag()},
 			Action: func(c *cli.Context) error {
 				if c.NArg() > 0 {
 					return usagef("log verify takes no arguments")
@@ -374,6 +375,24 @@ func logCommand() *cli.Command {
 				}
 				defer s.Close()
 				st, err := custody.VerifyHome(s.Home)
+				if c.Bool("json") {
+					v := struct {
+						Verifies   bool   `json:"verifies"`
+						ID         string `json:"id,omitempty"`
+						Events     uint64 `json:"events,omitempty"`
+						Generation uint64 `json:"generation"`
+						Error      string `json:"error,omitempty"`
+					}{Verifies: err == nil}
+					if err != nil {
+						v.Error = err.Error()
+					} else {
+						v.ID, v.Events, v.Generation = st.ID.String(), uint64(st.Generation)+1, uint64(st.Generation)
+					}
+					if perr := printJSON(c.App.Writer, v); perr != nil {
+						return perr
+					}
+					return err
+				}
 				if err != nil {
 					return err
 				}

@@ -55,6 +55,7 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 }
 
 func newApp(stdin io.Reader, stdout, stderr io.Writer) *cli.App {
+	short, _ := clisession.Version("agentctl")
 	app := &cli.App{
 		Name:  "agentctl",
 		Usage: "hardware-backed key custody agent for peer-to-peer AI agents",
@@ -67,11 +68,13 @@ func newApp(stdin io.Reader, stdout, stderr io.Writer) *cli.App {
 		ErrWriter: stderr,
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "home", Usage: "agent state directory (mode 0700)", EnvVars: []string{"CUSTOS_HOME"}, Value: defaultHome()},
-			&cli.StringFlag{Name: "log-level", Usage: "debug, info, warn or error", Value: "warn"},
+			clisession.LogFlags("warn", "debug, info, warn or error")[0],
+			clisession.LogFlags("warn", "")[1],
 		},
-		Commands:        commands(),
-		HideHelpCommand: true,
-		ExitErrHandler:  func(*cli.Context, error) {}, // run() prints and picks the exit code
+		Version:        short,
+		Commands:       commands(),
+		Before:         checkGlobalFlags,
+		ExitErrHandler: func(*cli.Context, error) {}, // run() prints and picks the exit code
 		OnUsageError: func(_ *cli.Context, err error, _ bool) error {
 			return clisession.AsUsage(err)
 		},
@@ -86,8 +89,18 @@ func commands() []*cli.Command {
 		auditCommand(),
 		runCommand(), statusCommand(), peersCommand(), taskCommand(),
 		grantCommand(), revokeCommand(),
-		configCommand(),
+		configCommand(), versionCommand(), completionCommand(),
 	}
+}
+
+// checkGlobalFlags refuses a bad --log-level or --log-format (or CUSTOS_LOG_LEVEL, CUSTOS_LOG_FORMAT)
+// before any command runs: a usage error naming the accepted values.
+func checkGlobalFlags(c *cli.Context) error {
+	if _, err := clisession.ParseLevel(c.String("log-level")); err != nil {
+		return err
+	}
+	_, err := clisession.NewHandler(io.Discard, c.String("log-format"), nil)
+	return err
 }
 
 func defaultHome() string {

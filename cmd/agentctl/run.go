@@ -22,7 +22,7 @@ func runCommand() *cli.Command {
 		Usage:        "run the agent daemon: transports, sessions with peers, tasks, and the control socket",
 		UsageText:    "agentctl run [--config FILE] [--passphrase-file FILE]",
 		Description: "Executes " + daemonBinary + ", the agent daemon (the one beside this agentctl, else the one in $PATH),\n" +
-			"in place of this process (same pid, same environment) with --home, --log-level and the arguments\n" +
+			"in place of this process (same pid, same environment) with --home, --log-level, --log-format and the arguments\n" +
 			"after run: 'agentctl run --help' shows its flags. The daemon opens the identity in --home, starts the\n" +
 			"transport plugins of the configuration, keeps sessions with peers, runs and submits tasks, and serves\n" +
 			"<home>/control.sock for the other agentctl commands. SIGTERM or SIGINT drains and exits 0; SIGHUP\n" +
@@ -44,7 +44,7 @@ func execDaemon(c *cli.Context) error {
 		return err
 	}
 	argv := []string{bin}
-	for _, name := range []string{"home", "log-level"} {
+	for _, name := range []string{"home", "log-level", "log-format"} {
 		for _, p := range c.Lineage() {
 			if p.IsSet(name) {
 				argv = append(argv, "--"+name+"="+p.String(name))
