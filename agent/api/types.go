@@ -141,6 +141,9 @@ type SessionStatus struct {
 	Expires     time.Time `json:"expires"`
 	Generation  uint64    `json:"peer_generation"`
 	SessionID   string    `json:"session_id"`
+	// Existing: peers connect found this session already open, so the address it was given was not
+	// dialled (not checked); it was stored as the address to re-dial the peer at.
+	Existing bool `json:"existing,omitempty"`
 }
 
 // TargetStatus describes a peer this agent keeps a session with.

@@ -152,8 +152,10 @@ func (d *Daemon) opConnect(ctx context.Context, _ rbac.Cred, raw json.RawMessage
 	if d.transport(a.Transport) == nil {
 		return nil, control.Errorf(control.CodeBadRequest, "transport %s is not configured (configured: %v)", a.Transport, d.transportNames())
 	}
-	if ps := d.mgr.session(id.String()); ps != nil {
+	if ps := d.mgr.session(id.String()); ps != nil { // not dialled: stored for re-dials, and said so (issue 18)
+		d.mgr.addTarget(d.ctx, id.String(), []Address{{Transport: a.Transport, Address: a.Address}}, "connect")
 		s := ps.status()
+		s.Existing = true
 		return s, nil
 	}
 	dctx, cancel := context.WithTimeout(ctx, 30*time.Second)

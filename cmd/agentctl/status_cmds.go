@@ -201,6 +201,11 @@ func runConnect(c *cli.Context) error {
 	if asJSON {
 		return printJSON(c.App.Writer, s)
 	}
+	if s.Existing {
+		fmt.Fprintf(c.App.Writer, "already connected to %s over %s (%s, %s): %s was not dialled (not checked); it is stored as the address to re-dial %s at when this session ends\n",
+			s.Peer, s.Transport, s.Remote, s.Role, pos[0], s.Peer)
+		return nil
+	}
 	fmt.Fprintf(c.App.Writer, "connected to %s over %s (%s, %s); session expires %s\n", s.Peer, s.Transport, s.Remote, s.Role, s.Expires.Local().Format(time.RFC3339))
 	return nil
 }
