@@ -168,6 +168,8 @@ func (d *Daemon) opConnect(ctx context.Context, _ rbac.Cred, raw json.RawMessage
 	return ps.status(), nil
 }
 
+func unixUTC(s int64) time.Time { return time.Unix(s, 0).UTC() }
+
 func view(o *tasks.Outbound) *TaskView {
 	return &TaskView{TaskID: o.TaskID, To: o.To, Handler: o.Handler, State: o.State, InputSHA256: o.InputSHA256,
 		Submitted: o.Submitted, Updated: o.Updated, Attempts: o.Attempts, ErrorCode: o.ErrorCode, Error: o.Error}
@@ -196,9 +198,9 @@ func (d *Daemon) fullView(o *tasks.Outbound) (*TaskView, error) {
 		return nil, err
 	}
 	v.Result = &ResultView{Status: doc.Status, Output: doc.Output, OutputSHA256: doc.OutputSHA256, Error: doc.Error,
-		Executor: e.Header.SenderID, Started: doc.Started, Finished: doc.Finished, Signature: e.Signature,
-		SignedAt: e.Header.Timestamp, OperationalKey: identity.Base64().EncodeToString(dl.OpKey), OperationalAlgorithm: string(dl.OpAlg),
-		DelegationGeneration: dl.Generation, DelegationNotAfter: dl.NotAfter, Verified: true, Evidence: ev}
+		Executor: e.Header.SenderID, Started: unixUTC(doc.Started), Finished: unixUTC(doc.Finished), Signature: e.Signature,
+		SignedAt: unixUTC(e.Header.Timestamp), OperationalKey: identity.Base64().EncodeToString(dl.OpKey), OperationalAlgorithm: string(dl.OpAlg),
+		DelegationGeneration: dl.Generation, DelegationNotAfter: unixUTC(dl.NotAfter), Verified: true, Evidence: ev}
 	return v, nil
 }
 

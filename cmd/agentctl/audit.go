@@ -236,7 +236,39 @@ func runAuditQuery(c *cli.Context) error {
 			return usagef("--type: %v", err)
 		}
 	}
-	return audit.Query(c.Context, filepath.Join(home, "audit"), f, printer(c))
+	dir := filepath.Join(home, "audit")
+	show, n := printer(c), 0
+	if err := audit.Query(c.Context, dir, f, func(e audit.Entry) error { n++; return show(e) }); err != nil {
+		return err
+	}
+	if n == 0 && len(f.Types) > 0 {
+		warnAbsentTypes(c, dir, f.Types)
+	}
+	return nil
+}
+
+// warnAbsentTypes says, on stderr, which --type values match no record in the log at all (a misspelt
+// type returns nothing, like a type with no records yet), with the types the log holds.
+func warnAbsentTypes(c *cli.Context, dir string, types []string) {
+	present := map[string]bool{}
+	if audit.Query(c.Context, dir, audit.Filter{}, func(e audit.Entry) error { present[string(e.Type)] = true; return nil }) != nil {
+		return
+	}
+	var have []string
+	for t := range present {
+		have = append(have, t)
+	}
+	sort.Strings(have)
+	for _, t := range types {
+		probe := audit.Filter{Types: []string{t}}
+		hit := false
+		for _, h := range have {
+			hit = hit || probe.Match(&audit.Record{Type: audit.EventType(h)})
+		}
+		if !hit {
+			fmt.Fprintf(c.App.ErrWriter, "agentctl: no record in this log has type %q; the types it holds: %s\n", t, strings.Join(have, ", "))
+		}
+	}
 }
 
 func runAuditTail(c *cli.Context) error {

@@ -1,6 +1,9 @@
 package e2e
 
 import (
+	"bytes"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -36,5 +39,26 @@ func TestConnectWithSessionOpen(t *testing.T) {
 	}
 	if !found {
 		t.Fatalf("peers does not list %s as the address to re-dial %s at: %+v", garbage, a.id, peers)
+	}
+
+	// Defect 10: a binary output is summarized in text mode, never dumped; --out writes its bytes.
+	in := make([]byte, 64<<10)
+	for i := range in {
+		in[i] = byte(i*7 + i>>8)
+	}
+	inPath := filepath.Join(t.TempDir(), "in.bin")
+	if err := os.WriteFile(inPath, in, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, code = b.run("task", "submit", "--to", a.id, "--handler", "echo", "--input", inPath, "--wait")
+	if code != 0 || !strings.Contains(out, "65536 bytes, not shown") || len(out) > 4096 {
+		t.Fatalf("binary output in text mode: exit %d, %d bytes printed, want a summary\n%.2000s", code, len(out), out)
+	}
+	outPath := filepath.Join(t.TempDir(), "out.bin")
+	if out, code := b.run("task", "submit", "--to", a.id, "--handler", "echo", "--input", inPath, "--wait", "--out", outPath); code != 0 || !strings.Contains(out, "written to "+outPath) {
+		t.Fatalf("--out: exit %d\n%.2000s", code, out)
+	}
+	if got, err := os.ReadFile(outPath); err != nil || !bytes.Equal(got, in) {
+		t.Fatalf("--out wrote %d bytes (%v), want the 65536 input bytes back", len(got), err)
 	}
 }

@@ -91,14 +91,22 @@ func TestReadmeQuickstart(t *testing.T) {
 		t.Fatalf("no JSON task result in the output:\n%s", out)
 	}
 	var res struct {
-		State  string `json:"state"`
-		Result struct {
-			Status string `json:"status"`
-			Output string `json:"output"`
+		State     string `json:"state"`
+		Submitted string `json:"submitted"`
+		Result    struct {
+			Status   string `json:"status"`
+			Output   string `json:"output"`
+			Started  string `json:"started"`   // RFC 3339 like every other time (issue 18, defect 10)
+			SignedAt string `json:"signed_at"` // (they were unix seconds)
 		} `json:"result"`
 	}
 	if err := json.NewDecoder(strings.NewReader(out[start:])).Decode(&res); err != nil {
 		t.Fatalf("task result: %v\n%s", err, out)
+	}
+	for _, ts := range []string{res.Submitted, res.Result.Started, res.Result.SignedAt} {
+		if _, err := time.Parse(time.RFC3339, ts); err != nil {
+			t.Errorf("a time in the task's JSON is not RFC 3339: %v", err)
+		}
 	}
 	sum := sha256.Sum256([]byte("hello"))
 	want := hex.EncodeToString(sum[:])
@@ -107,4 +115,38 @@ func TestReadmeQuickstart(t *testing.T) {
 		t.Fatalf("task result: state %q status %q output %q, want done ok %s\n%s\n%s", res.State, res.Result.Status, got, want, out, logs())
 	}
 	// Both daemons drained and exited 0: wait returned their status, and bash -e would have failed otherwise.
+}
+
+// TestDemoPrintsPastableCommands (issue 18, defect 10): the "$ ..." lines make demo prints are shell
+// words quoted so that pasting one runs the same command (a keystore URI holds ; ? & and spaces).
+func TestDemoPrintsPastableCommands(t *testing.T) {
+	root, err := moduleRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, err := os.ReadFile(filepath.Join(root, "test", "demo.sh"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var def string
+	for _, l := range strings.Split(string(raw), "\n") {
+		if strings.HasPrefix(l, "run() {") {
+			def = l
+		}
+	}
+	if def == "" {
+		t.Fatal("test/demo.sh has no one-line run() { ... } function")
+	}
+	arg := "pkcs11:token=custos demo;object=x?module-path=/usr/lib/softhsm/libsofthsm2.so&pin-source=file:/tmp/a b"
+	script := def + "\nrun printf '%s\\n' \"$1\" 2>shown >/dev/null\n" +
+		"line=$(sed -e 's/\\x1b\\[[0-9]*m//g' -e 's/^\\$ //' shown)\neval \"$line\"\n"
+	cmd := exec.Command("bash", "-c", script, "bash", arg)
+	cmd.Dir = t.TempDir()
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("pasting the printed line failed: %v\n%s", err, out)
+	}
+	if got := strings.TrimSuffix(string(out), "\n"); got != arg {
+		t.Fatalf("the printed command, pasted, gives %q, want %q", got, arg)
+	}
 }
