@@ -26,7 +26,7 @@ export CUSTOS_HOME="$STATE/home"
 n=0
 step() { n=$((n + 1)); printf '\n\033[1m== %d. %s\033[0m\n' "$n" "$*"; }
 say() { printf '   %s\n' "$*"; }
-run() { printf '\033[2m$ %s\033[0m\n' "$*" >&2; "$@"; }
+run() { printf '\033[2m$' >&2; printf ' %q' "$@" >&2; printf '\033[0m\n' >&2; "$@"; }
 secret() { head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n'; }
 die() { printf '\ndemo: FAILED: %s\n' "$*" >&2; exit 1; }
 elapsed() { echo $((($(date +%s%N) - T0) / 1000000)); }

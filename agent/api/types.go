@@ -103,17 +103,19 @@ type ResultView struct {
 	OutputSHA256 string       `json:"output_sha256"`
 	Error        string       `json:"error,omitempty"`
 	Executor     string       `json:"executor"`
-	Started      int64        `json:"started"`
-	Finished     int64        `json:"finished"`
+	// Started, Finished, SignedAt and DelegationNotAfter are RFC 3339 in UTC, like every time in the
+	// control API's JSON (the signed documents hold unix seconds: the same instants, to the second).
+	Started  time.Time `json:"started"`
+	Finished time.Time `json:"finished"`
 	// Signature is the evidence envelope's signature by the executor's operational key.
 	Signature envelope.B64 `json:"signature"`
-	SignedAt  int64        `json:"signed_at"`
+	SignedAt  time.Time    `json:"signed_at"`
 	// OperationalKey is the key that signed (base64url), certified by the delegation of generation
 	// DelegationGeneration valid until DelegationNotAfter.
 	OperationalKey       string          `json:"operational_key"`
 	OperationalAlgorithm string          `json:"operational_algorithm"`
 	DelegationGeneration uint64          `json:"delegation_generation"`
-	DelegationNotAfter   int64           `json:"delegation_not_after"`
+	DelegationNotAfter   time.Time       `json:"delegation_not_after"`
 	Verified             bool            `json:"verified"`
 	Evidence             *tasks.Evidence `json:"evidence"`
 }
@@ -141,6 +143,9 @@ type SessionStatus struct {
 	Expires     time.Time `json:"expires"`
 	Generation  uint64    `json:"peer_generation"`
 	SessionID   string    `json:"session_id"`
+	// Existing: peers connect found this session already open, so the address it was given was not
+	// dialled (not checked); it was stored as the address to re-dial the peer at.
+	Existing bool `json:"existing,omitempty"`
 }
 
 // TargetStatus describes a peer this agent keeps a session with.

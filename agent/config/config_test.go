@@ -69,6 +69,22 @@ func TestExampleConfigParses(t *testing.T) {
 	if len(digest) != 64 || len(c.Transports) == 0 || len(c.Bootstrap) == 0 || c.Handlers["sha256"].Builtin != "sha256" {
 		t.Fatalf("example: %+v", c)
 	}
+	// It runs on loopback as shipped (issue 18, defect 2), with the plugins where the package puts them.
+	for _, tr := range c.Transports {
+		if !strings.HasPrefix(tr.Plugin, "/usr/lib/custos/") {
+			t.Errorf("example transport %s: plugin %s is not where the package installs it (/usr/lib/custos/)", tr.Name, tr.Plugin)
+		}
+		for _, l := range tr.Listen {
+			if !strings.Contains(l, "127.0.0.1") {
+				t.Errorf("example transport %s listens on %s, not loopback", tr.Name, l)
+			}
+		}
+	}
+	for _, b := range c.Bootstrap {
+		if !strings.Contains(b.Address, "127.0.0.1") {
+			t.Errorf("example bootstrap address %s is not loopback", b.Address)
+		}
+	}
 }
 
 func TestDiff(t *testing.T) {

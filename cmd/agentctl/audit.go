@@ -51,7 +51,7 @@ func auditCommand() *cli.Command {
 					"key event log <home>/kel.jsonl. On failure the message names the first bad record: segment file, line\n" +
 					"and seq, and why. While the agent runs, the daemon reports its head (control operation audit.head) and the log\n" +
 					"must hold it; otherwise the log must end with the closing checkpoint (holding audit/LOCK changes nothing).",
-				Flags:  []cli.Flag{home()},
+				Flags:  []cli.Flag{home(), jsonFlag()},
 				Action: runAuditVerify,
 			},
 			{
@@ -144,9 +144,27 @@ func runAuditVerify(c *cli.Context) error {
 	if err != nil {
 		var ve *audit.VerifyError
 		if errors.As(err, &ve) {
-			return fmt.Errorf("audit log %s does not verify: %w", dir, err)
+			err = fmt.Errorf("audit log %s does not verify: %w", dir, err)
+		} else {
+			err = fmt.Errorf("audit log %s: %w", dir, err)
 		}
-		return fmt.Errorf("audit log %s: %w", dir, err)
+		if c.Bool("json") {
+			v := auditVerifyJSON{Verifies: false, Dir: dir, Error: err.Error(), Warnings: rep.Warnings}
+			if ve != nil {
+				v.BadSegment, v.BadLine, v.BadSeq = ve.Segment, ve.Line, ve.Seq
+			}
+			if perr := printJSON(c.App.Writer, v); perr != nil {
+				return perr
+			}
+		}
+		return err
+	}
+	if c.Bool("json") {
+		return printJSON(c.App.Writer, auditVerifyJSON{
+			Verifies: true, Dir: dir, Records: rep.Records, Segments: rep.Segments, FirstSeq: rep.FirstSeq, LastSeq: rep.LastSeq,
+			Head: rep.Head, Checkpoints: rep.Checkpoints, Generations: rep.Generations, Anchored: rep.Anchored, Live: rep.Live,
+			Pending: rep.Pending, Warnings: rep.Warnings,
+		})
 	}
 	out := c.App.Writer
 	fmt.Fprintf(out, "audit log verifies: %d records in %d segments, seq %d-%d, %d checkpoints signed by key generation %s\n",
@@ -159,6 +177,27 @@ func runAuditVerify(c *cli.Context) error {
 	}
 	fmt.Fprintf(out, "head: seq %d hash %s (keep it elsewhere to detect a later rollback)\n", rep.LastSeq, rep.Head)
 	return nil
+}
+
+// auditVerifyJSON is audit verify --json: the report, or (verifies false, exit 1) the first bad record.
+type auditVerifyJSON struct {
+	Verifies    bool     `json:"verifies"`
+	Dir         string   `json:"dir"`
+	Records     uint64   `json:"records,omitempty"`
+	Segments    int      `json:"segments,omitempty"`
+	FirstSeq    uint64   `json:"first_seq,omitempty"`
+	LastSeq     uint64   `json:"last_seq,omitempty"`
+	Head        string   `json:"head,omitempty"`
+	Checkpoints int      `json:"checkpoints,omitempty"`
+	Generations []uint64 `json:"generations,omitempty"`
+	Anchored    bool     `json:"anchored,omitempty"`
+	Live        bool     `json:"live,omitempty"`
+	Pending     uint64   `json:"pending,omitempty"`
+	Error       string   `json:"error,omitempty"`
+	BadSegment  string   `json:"bad_segment,omitempty"`
+	BadLine     int      `json:"bad_line,omitempty"`
+	BadSeq      uint64   `json:"bad_seq,omitempty"`
+	Warnings    []string `json:"warnings,omitempty"`
 }
 
 func gens(g []uint64) string {
@@ -197,7 +236,39 @@ func runAuditQuery(c *cli.Context) error {
 			return usagef("--type: %v", err)
 		}
 	}
-	return audit.Query(c.Context, filepath.Join(home, "audit"), f, printer(c))
+	dir := filepath.Join(home, "audit")
+	show, n := printer(c), 0
+	if err := audit.Query(c.Context, dir, f, func(e audit.Entry) error { n++; return show(e) }); err != nil {
+		return err
+	}
+	if n == 0 && len(f.Types) > 0 {
+		warnAbsentTypes(c, dir, f.Types)
+	}
+	return nil
+}
+
+// warnAbsentTypes says, on stderr, which --type values match no record in the log at all (a misspelt
+// type returns nothing, like a type with no records yet), with the types the log holds.
+func warnAbsentTypes(c *cli.Context, dir string, types []string) {
+	present := map[string]bool{}
+	if audit.Query(c.Context, dir, audit.Filter{}, func(e audit.Entry) error { present[string(e.Type)] = true; return nil }) != nil {
+		return
+	}
+	var have []string
+	for t := range present {
+		have = append(have, t)
+	}
+	sort.Strings(have)
+	for _, t := range types {
+		probe := audit.Filter{Types: []string{t}}
+		hit := false
+		for _, h := range have {
+			hit = hit || probe.Match(&audit.Record{Type: audit.EventType(h)})
+		}
+		if !hit {
+			fmt.Fprintf(c.App.ErrWriter, "agentctl: no record in this log has type %q; the types it holds: %s\n", t, strings.Join(have, ", "))
+		}
+	}
 }
 
 func runAuditTail(c *cli.Context) error {

@@ -199,15 +199,11 @@ func runGrantIssue(c *cli.Context) error {
 }
 
 func oneArg(c *cli.Context, what string) (string, bool, error) {
-	pos, vals, err := trailingFlags(c.Args().Slice(), map[string]bool{"json": false})
-	if err != nil {
-		return "", false, err
-	}
+	pos := c.Args().Slice()
 	if len(pos) != 1 {
 		return "", false, usagef("%s takes one %s (got %d arguments)", c.Command.FullName(), what, len(pos))
 	}
-	_, j := vals["json"]
-	return pos[0], j || c.Bool("json"), nil
+	return pos[0], c.Bool("json"), nil
 }
 
 func runGrantInstall(c *cli.Context) error {

@@ -183,6 +183,7 @@ func idCommand() *cli.Command {
 		Flags: []cli.Flag{
 			&cli.BoolFlag{Name: "json", Usage: "print id, algorithm, generation, keystore, public_key_pem, hardware_backed as JSON"},
 			&cli.BoolFlag{Name: "pem", Usage: "print only the current public key (SubjectPublicKeyInfo PEM)"},
+			&cli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, Usage: "print only the agent ID (for scripts: ID=$(agentctl id -q))"},
 		},
 		Action: func(c *cli.Context) error {
 			if c.NArg() > 0 {
@@ -199,6 +200,9 @@ func idCommand() *cli.Command {
 					Keystore: displayURI(id.KeystoreURI()), PublicKeyPEM: string(st.Current.PEM()), HardwareBacked: info.HardwareBacked,
 				}
 				switch {
+				case c.Bool("quiet"):
+					writeOut(c.App.Writer, "%s\n", out.ID)
+					return nil
 				case c.Bool("pem"):
 					_, err = c.App.Writer.Write(st.Current.PEM())
 					return err
@@ -360,6 +364,7 @@ func logCommand() *cli.Command {
 			Usage:        "verify <home>/kel.jsonl from inception and its agreement with identity.json (exit 0 only when it verifies)",
 			Description: "Reads only: no keystore is opened and nothing is changed. Checks every event's signatures, the\n" +
 				"chain of digests and pre-committed keys, and that identity.json names the keys the log does.",
+			Flags: []cli.Flag{jsonFlag()},
 			Action: func(c *cli.Context) error {
 				if c.NArg() > 0 {
 					return usagef("log verify takes no arguments")
@@ -370,6 +375,24 @@ func logCommand() *cli.Command {
 				}
 				defer s.Close()
 				st, err := custody.VerifyHome(s.Home)
+				if c.Bool("json") {
+					v := struct {
+						Verifies   bool   `json:"verifies"`
+						ID         string `json:"id,omitempty"`
+						Events     uint64 `json:"events,omitempty"`
+						Generation uint64 `json:"generation"`
+						Error      string `json:"error,omitempty"`
+					}{Verifies: err == nil}
+					if err != nil {
+						v.Error = err.Error()
+					} else {
+						v.ID, v.Events, v.Generation = st.ID.String(), uint64(st.Generation)+1, uint64(st.Generation)
+					}
+					if perr := printJSON(c.App.Writer, v); perr != nil {
+						return perr
+					}
+					return err
+				}
 				if err != nil {
 					return err
 				}

@@ -1,6 +1,12 @@
 // Command agentctl is the one command-line tool of Custos: it makes and rotates an agent's identity in a
 // TPM, a PKCS#11 token or (for development) an encrypted key file, signs and verifies, runs the agent
 // daemon, and reads the audit log.
+//
+// Adding a command: write a function returning a *cli.Command (Name, Usage, UsageText, Description, Flags,
+// Action; OnUsageError: onUsageError) in a file of its own, and list it in commands() below. Flags may be
+// given before or after the arguments of every command (flagsFirst, ADR 0079): do not parse c.Args() for
+// flags. Return usagef(...) for a usage error (exit 2); docs/cli.md is generated from these definitions
+// (go test ./cmd/agentctl -run TestCLIDoc -update rewrites it).
 package main
 
 import (
@@ -33,7 +39,7 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	app := newApp(stdin, stdout, stderr)
 	var unknown string
 	app.CommandNotFound = func(_ *cli.Context, name string) { unknown = name }
-	err := app.Run(args)
+	err := app.Run(flagsFirst(app, args))
 	if err == nil && unknown != "" {
 		err = usagef("unknown command %q; run 'agentctl --help' for the list", unknown)
 	}
@@ -49,6 +55,7 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 }
 
 func newApp(stdin io.Reader, stdout, stderr io.Writer) *cli.App {
+	short, _ := clisession.Version("agentctl")
 	app := &cli.App{
 		Name:  "agentctl",
 		Usage: "hardware-backed key custody agent for peer-to-peer AI agents",
@@ -61,11 +68,13 @@ func newApp(stdin io.Reader, stdout, stderr io.Writer) *cli.App {
 		ErrWriter: stderr,
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "home", Usage: "agent state directory (mode 0700)", EnvVars: []string{"CUSTOS_HOME"}, Value: defaultHome()},
-			&cli.StringFlag{Name: "log-level", Usage: "debug, info, warn or error", Value: "warn"},
+			clisession.LogFlags("warn", "debug, info, warn or error")[0],
+			clisession.LogFlags("warn", "")[1],
 		},
-		Commands:        commands(),
-		HideHelpCommand: true,
-		ExitErrHandler:  func(*cli.Context, error) {}, // run() prints and picks the exit code
+		Version:        short,
+		Commands:       commands(),
+		Before:         checkGlobalFlags,
+		ExitErrHandler: func(*cli.Context, error) {}, // run() prints and picks the exit code
 		OnUsageError: func(_ *cli.Context, err error, _ bool) error {
 			return clisession.AsUsage(err)
 		},
@@ -80,7 +89,18 @@ func commands() []*cli.Command {
 		auditCommand(),
 		runCommand(), statusCommand(), peersCommand(), taskCommand(),
 		grantCommand(), revokeCommand(),
+		configCommand(), versionCommand(), completionCommand(),
 	}
+}
+
+// checkGlobalFlags refuses a bad --log-level or --log-format (or CUSTOS_LOG_LEVEL, CUSTOS_LOG_FORMAT)
+// before any command runs: a usage error naming the accepted values.
+func checkGlobalFlags(c *cli.Context) error {
+	if _, err := clisession.ParseLevel(c.String("log-level")); err != nil {
+		return err
+	}
+	_, err := clisession.NewHandler(io.Discard, c.String("log-format"), nil)
+	return err
 }
 
 func defaultHome() string {

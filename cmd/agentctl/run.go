@@ -5,7 +5,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strings"
 	"syscall"
 
 	"github.com/urfave/cli/v2"
@@ -23,7 +22,7 @@ func runCommand() *cli.Command {
 		Usage:        "run the agent daemon: transports, sessions with peers, tasks, and the control socket",
 		UsageText:    "agentctl run [--config FILE] [--passphrase-file FILE]",
 		Description: "Executes " + daemonBinary + ", the agent daemon (the one beside this agentctl, else the one in $PATH),\n" +
-			"in place of this process (same pid, same environment) with --home, --log-level and the arguments\n" +
+			"in place of this process (same pid, same environment) with --home, --log-level, --log-format and the arguments\n" +
 			"after run: 'agentctl run --help' shows its flags. The daemon opens the identity in --home, starts the\n" +
 			"transport plugins of the configuration, keeps sessions with peers, runs and submits tasks, and serves\n" +
 			"<home>/control.sock for the other agentctl commands. SIGTERM or SIGINT drains and exits 0; SIGHUP\n" +
@@ -45,7 +44,7 @@ func execDaemon(c *cli.Context) error {
 		return err
 	}
 	argv := []string{bin}
-	for _, name := range []string{"home", "log-level"} {
+	for _, name := range []string{"home", "log-level", "log-format"} {
 		for _, p := range c.Lineage() {
 			if p.IsSet(name) {
 				argv = append(argv, "--"+name+"="+p.String(name))
@@ -109,39 +108,4 @@ func daemonClient(c *cli.Context) (*api.Client, error) {
 		return nil, err
 	}
 	return api.NewClient(path), nil
-}
-
-// trailingFlags splits args into positional arguments and flags given after them (urfave/cli stops
-// parsing flags at the first argument). spec maps each accepted flag name to whether it takes a value.
-func trailingFlags(args []string, spec map[string]bool) ([]string, map[string]string, error) {
-	var pos []string
-	vals := map[string]string{}
-	for i := 0; i < len(args); i++ {
-		a := args[i]
-		if a == "--" {
-			pos = append(pos, args[i+1:]...)
-			break
-		}
-		if !strings.HasPrefix(a, "-") || a == "-" {
-			pos = append(pos, a)
-			continue
-		}
-		name, val, hasVal := strings.Cut(strings.TrimLeft(a, "-"), "=")
-		takes, ok := spec[name]
-		if !ok {
-			return nil, nil, usagef("flag provided but not defined: %s", a)
-		}
-		switch {
-		case takes && !hasVal:
-			if i+1 >= len(args) {
-				return nil, nil, usagef("flag needs an argument: %s", a)
-			}
-			i++
-			val = args[i]
-		case !takes && !hasVal:
-			val = "true"
-		}
-		vals[name] = val
-	}
-	return pos, vals, nil
 }

@@ -182,20 +182,8 @@ func peersCommand() *cli.Command {
 }
 
 func runConnect(c *cli.Context) error {
-	pos, vals, err := trailingFlags(c.Args().Slice(), map[string]bool{"id": true, "transport": true, "json": false})
-	if err != nil {
-		return err
-	}
+	pos := c.Args().Slice()
 	id, transport, asJSON := c.String("id"), c.String("transport"), c.Bool("json")
-	if v, ok := vals["id"]; ok {
-		id = v
-	}
-	if v, ok := vals["transport"]; ok {
-		transport = v
-	}
-	if _, ok := vals["json"]; ok {
-		asJSON = true
-	}
 	if len(pos) != 1 {
 		return usagef("peers connect takes one ADDRESS (got %d arguments)", len(pos))
 	}
@@ -212,6 +200,11 @@ func runConnect(c *cli.Context) error {
 	}
 	if asJSON {
 		return printJSON(c.App.Writer, s)
+	}
+	if s.Existing {
+		fmt.Fprintf(c.App.Writer, "already connected to %s over %s (%s, %s): %s was not dialled (not checked); it is stored as the address to re-dial %s at when this session ends\n",
+			s.Peer, s.Transport, s.Remote, s.Role, pos[0], s.Peer)
+		return nil
 	}
 	fmt.Fprintf(c.App.Writer, "connected to %s over %s (%s, %s); session expires %s\n", s.Peer, s.Transport, s.Remote, s.Role, s.Expires.Local().Format(time.RFC3339))
 	return nil

@@ -20,12 +20,14 @@ import (
 	"github.com/custos-agent/custos/agent/envelope"
 	"github.com/custos-agent/custos/agent/tasks"
 	"github.com/custos-agent/custos/identity"
+	"github.com/custos-agent/custos/internal/atomicfile"
 )
 
 func taskCommand() *cli.Command {
 	waitFlags := []cli.Flag{
 		&cli.BoolFlag{Name: "wait", Usage: "wait for the result"},
 		&cli.DurationFlag{Name: "timeout", Usage: "how long --wait waits", Value: 2 * time.Minute},
+		&cli.StringFlag{Name: "out", Usage: "write the result's output to `FILE` (mode 0600; - for stdout, raw bytes) instead of showing it", TakesFile: true},
 		jsonFlag(),
 	}
 	return &cli.Command{
@@ -126,6 +128,9 @@ func runTaskSubmit(c *cli.Context) error {
 	if c.NArg() > 0 {
 		return usagef("task submit takes no arguments (got %q); give the input with --input or --data", c.Args().First())
 	}
+	if h := c.String("handler"); h != "" && !tasks.ValidHandlerName(h) {
+		return usagef("--handler %q: a handler name is 1-32 of a-z 0-9 _ -, starting with a letter", h)
+	}
 	if c.IsSet("redundancy") {
 		return runTaskReplicate(c)
 	}
@@ -176,12 +181,8 @@ func waitAndPrint(c *cli.Context, id string, timeout time.Duration, asJSON bool)
 	if err != nil {
 		return err
 	}
-	if asJSON {
-		if err := printJSON(c.App.Writer, v); err != nil {
-			return err
-		}
-	} else {
-		printTask(c.App.Writer, &v)
+	if err := showTask(c, &v, asJSON); err != nil {
+		return err
 	}
 	switch {
 	case v.State == tasks.OutFailed:
@@ -195,25 +196,11 @@ func waitAndPrint(c *cli.Context, id string, timeout time.Duration, asJSON bool)
 }
 
 func runTaskResult(c *cli.Context) error {
-	pos, vals, err := trailingFlags(c.Args().Slice(), map[string]bool{"wait": false, "timeout": true, "json": false})
-	if err != nil {
-		return err
-	}
+	pos := c.Args().Slice()
 	if len(pos) != 1 {
 		return usagef("task result takes one TASK_ID (got %d arguments)", len(pos))
 	}
 	wait, timeout, asJSON := c.Bool("wait"), c.Duration("timeout"), c.Bool("json")
-	if _, ok := vals["wait"]; ok {
-		wait = true
-	}
-	if _, ok := vals["json"]; ok {
-		asJSON = true
-	}
-	if v, ok := vals["timeout"]; ok {
-		if timeout, err = time.ParseDuration(v); err != nil {
-			return usagef("--timeout %q: %v", v, err)
-		}
-	}
 	if err := tasks.CheckTaskID(pos[0]); err != nil {
 		return usagef("%v", err)
 	}
@@ -228,10 +215,28 @@ func runTaskResult(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	if asJSON {
-		return printJSON(c.App.Writer, v)
+	return showTask(c, &v, asJSON)
+}
+
+// showTask prints a task view (JSON or text) and writes its output to --out when given.
+func showTask(c *cli.Context, v *api.TaskView, asJSON bool) error {
+	if out := c.String("out"); out != "" && v.Result != nil {
+		if err := writeOutput(c, out, v.Result.Output); err != nil {
+			return err
+		}
+		if out == "-" {
+			asJSON = false
+			fmt.Fprintf(c.App.ErrWriter, "task %s: %d bytes of output written to stdout (result sha256 %s)\n", v.TaskID, len(v.Result.Output), v.Result.OutputSHA256)
+		}
 	}
-	printTask(c.App.Writer, &v)
+	switch {
+	case asJSON:
+		if err := printJSON(c.App.Writer, v); err != nil {
+			return err
+		}
+	case c.String("out") != "-":
+		printTask(c.App.Writer, v, c.String("out"))
+	}
 	return nil
 }
 
@@ -271,7 +276,21 @@ func printable(b []byte) bool {
 	return true
 }
 
-func printTask(out io.Writer, v *api.TaskView) {
+// writeOutput writes a result's output to FILE (0600, replacing it atomically) or, for -, to stdout.
+func writeOutput(c *cli.Context, file string, b []byte) error {
+	if file == "-" {
+		_, err := c.App.Writer.Write(b)
+		return err
+	}
+	if err := atomicfile.Replace(file, b, nil); err != nil {
+		return fmt.Errorf("--out %s: %w", file, err)
+	}
+	return nil
+}
+
+// printTask prints a task view as text. An output that is not short text is summarized (its size and
+// digest), never dumped: outFile, when set, is where it was written.
+func printTask(out io.Writer, v *api.TaskView, outFile string) {
 	w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
 	fmt.Fprintf(w, "task\t%s\n", v.TaskID)
 	fmt.Fprintf(w, "to\t%s\n", v.To)
@@ -286,16 +305,19 @@ func printTask(out io.Writer, v *api.TaskView) {
 		if r.Error != "" {
 			fmt.Fprintf(w, "executor error\t%s\n", r.Error)
 		}
-		if printable(r.Output) {
+		switch {
+		case outFile != "":
+			fmt.Fprintf(w, "output\t%d bytes, written to %s\n", len(r.Output), outFile)
+		case printable(r.Output):
 			fmt.Fprintf(w, "output\t%s\n", strings.TrimRight(string(r.Output), "\n"))
-		} else {
-			fmt.Fprintf(w, "output\t%d bytes (base64url) %s\n", len(r.Output), identity.Base64().EncodeToString(r.Output))
+		default:
+			fmt.Fprintf(w, "output\t%d bytes, not shown (binary or longer than 4 KiB): write it with --out FILE; --json has it in base64url\n", len(r.Output))
 		}
 		fmt.Fprintf(w, "result sha256\t%s\n", r.OutputSHA256)
-		fmt.Fprintf(w, "signed by\t%s at %s\n", r.Executor, time.Unix(r.SignedAt, 0).UTC().Format(time.RFC3339))
+		fmt.Fprintf(w, "signed by\t%s at %s\n", r.Executor, r.SignedAt.UTC().Format(time.RFC3339))
 		fmt.Fprintf(w, "signature\t%s\n", identity.Base64().EncodeToString(r.Signature))
 		fmt.Fprintf(w, "signing key\t%s %s (delegation of generation %d, valid until %s)\n", r.OperationalAlgorithm, r.OperationalKey,
-			r.DelegationGeneration, time.Unix(r.DelegationNotAfter, 0).UTC().Format(time.RFC3339))
+			r.DelegationGeneration, r.DelegationNotAfter.UTC().Format(time.RFC3339))
 		fmt.Fprintf(w, "verified\tenvelope signature, delegation and key event log of the executor\n")
 	}
 	w.Flush()
@@ -354,14 +376,14 @@ func alteredFields(raw []byte, e *envelope.Envelope, doc *tasks.ResultDoc, dl *d
 			OutputSHA256         *string       `json:"output_sha256"`
 			Error                *string       `json:"error"`
 			Executor             *string       `json:"executor"`
-			Started              *int64        `json:"started"`
-			Finished             *int64        `json:"finished"`
+			Started              *time.Time    `json:"started"`
+			Finished             *time.Time    `json:"finished"`
 			Signature            *envelope.B64 `json:"signature"`
-			SignedAt             *int64        `json:"signed_at"`
+			SignedAt             *time.Time    `json:"signed_at"`
 			OperationalKey       *string       `json:"operational_key"`
 			OperationalAlgorithm *string       `json:"operational_algorithm"`
 			DelegationGeneration *uint64       `json:"delegation_generation"`
-			DelegationNotAfter   *int64        `json:"delegation_not_after"`
+			DelegationNotAfter   *time.Time    `json:"delegation_not_after"`
 		} `json:"result"`
 	}
 	if err := json.Unmarshal(raw, &v); err != nil {
@@ -373,8 +395,8 @@ func alteredFields(raw []byte, e *envelope.Envelope, doc *tasks.ResultDoc, dl *d
 			bad = append(bad, name)
 		}
 	}
-	num := func(name string, got *int64, want int64) {
-		if got != nil && *got != want {
+	num := func(name string, got *time.Time, want int64) {
+		if got != nil && (got.Unix() != want || got.Nanosecond() != 0) {
 			bad = append(bad, name)
 		}
 	}

@@ -54,6 +54,7 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 }
 
 func newApp(stdin io.Reader, stdout, stderr io.Writer) *cli.App {
+	versionShort, _ := clisession.Version("custosd")
 	return &cli.App{
 		Name:      "custosd",
 		Usage:     "run the agent daemon: transports, sessions with peers, tasks, and the control socket",
@@ -70,10 +71,12 @@ func newApp(stdin io.Reader, stdout, stderr io.Writer) *cli.App {
 		ErrWriter: stderr,
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "home", Usage: "agent state directory (mode 0700)", EnvVars: []string{"CUSTOS_HOME"}, Value: defaultHome()},
-			&cli.StringFlag{Name: "log-level", Usage: "debug, info, warn or error (default: the configuration's)", Value: "warn"},
+			clisession.LogFlags("warn", "debug, info, warn or error (default: the configuration's)")[0],
+			clisession.LogFlags("warn", "")[1],
 			&cli.StringFlag{Name: "config", Usage: "configuration `FILE` (YAML; default <home>/" + defaultConfigName + ")", TakesFile: true},
 			clisession.PassphraseFileFlag(),
 		},
+		Version:         versionShort,
 		HideHelpCommand: true,
 		ExitErrHandler:  func(*cli.Context, error) {}, // run() prints and picks the exit code
 		OnUsageError: func(_ *cli.Context, err error, _ bool) error {
@@ -117,15 +120,19 @@ func runDaemon(c *cli.Context) error {
 	}
 	// The daemon logs at the configuration's level unless --log-level was given.
 	level := new(slog.LevelVar)
-	fixed := c.IsSet("log-level")
+	fixed := c.IsSet("log-level") && c.String("log-level") != "" // an empty CUSTOS_LOG_LEVEL is unset
 	if fixed {
-		var lv slog.Level
-		if err := lv.UnmarshalText([]byte(c.String("log-level"))); err != nil {
-			return clisession.Usagef("--log-level %q: use debug, info, warn or error", c.String("log-level"))
+		lv, err := clisession.ParseLevel(c.String("log-level"))
+		if err != nil {
+			return err
 		}
 		level.Set(lv)
 	}
-	logger := slog.New(slog.NewTextHandler(c.App.ErrWriter, &slog.HandlerOptions{Level: level}))
+	handler, err := clisession.NewHandler(c.App.ErrWriter, c.String("log-format"), level)
+	if err != nil {
+		return err
+	}
+	logger := slog.New(handler)
 	s.Log = logger
 
 	// Signals are caught from the start so that a SIGTERM during start-up is not lost.

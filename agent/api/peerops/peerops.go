@@ -154,7 +154,9 @@ func (d *ops) connect(ctx context.Context, _ rbac.Cred, raw json.RawMessage) (an
 	if !contains(names, a.Transport) {
 		return nil, control.Errorf(control.CodeBadRequest, "transport %s is not configured (configured: %v)", a.Transport, names)
 	}
-	if s, ok := d.Sessions.Session(id.String()); ok {
+	if s, ok := d.Sessions.Session(id.String()); ok { // not dialled: stored for re-dials, and said so
+		d.Sessions.AddTarget(id.String(), []api.Address{{Transport: a.Transport, Address: a.Address}}, "connect")
+		s.Existing = true
 		return s, nil
 	}
 	dctx, cancel := context.WithTimeout(ctx, 30*time.Second)

@@ -96,11 +96,13 @@ func FullView(o *tasks.Outbound, self string) (*api.TaskView, error) {
 		return nil, err
 	}
 	v.Result = &api.ResultView{Status: doc.Status, Output: doc.Output, OutputSHA256: doc.OutputSHA256, Error: doc.Error,
-		Executor: e.Header.SenderID, Started: doc.Started, Finished: doc.Finished, Signature: e.Signature,
-		SignedAt: e.Header.Timestamp, OperationalKey: identity.Base64().EncodeToString(dl.OpKey), OperationalAlgorithm: string(dl.OpAlg),
-		DelegationGeneration: dl.Generation, DelegationNotAfter: dl.NotAfter, Verified: true, Evidence: ev}
+		Executor: e.Header.SenderID, Started: unixUTC(doc.Started), Finished: unixUTC(doc.Finished), Signature: e.Signature,
+		SignedAt: unixUTC(e.Header.Timestamp), OperationalKey: identity.Base64().EncodeToString(dl.OpKey), OperationalAlgorithm: string(dl.OpAlg),
+		DelegationGeneration: dl.Generation, DelegationNotAfter: unixUTC(dl.NotAfter), Verified: true, Evidence: ev}
 	return v, nil
 }
+
+func unixUTC(s int64) time.Time { return time.Unix(s, 0).UTC() }
 
 func (d *ops) opSubmit(ctx context.Context, _ rbac.Cred, raw json.RawMessage) (any, error) {
 	var a api.SubmitArgs

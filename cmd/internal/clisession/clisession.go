@@ -95,13 +95,18 @@ func New(c *cli.Context) (*Session, error) {
 	return s, nil
 }
 
-// NewLogger is a text logger on the command's stderr at its --log-level (warn when unreadable).
+// NewLogger is a logger on the command's stderr at its --log-level (warn when unreadable) in its
+// --log-format (text when unreadable).
 func NewLogger(c *cli.Context) *slog.Logger {
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(c.String("log-level"))); err != nil {
 		level = slog.LevelWarn
 	}
-	return slog.New(slog.NewTextHandler(c.App.ErrWriter, &slog.HandlerOptions{Level: level}))
+	h, err := NewHandler(c.App.ErrWriter, c.String("log-format"), level)
+	if err != nil {
+		h = slog.NewTextHandler(c.App.ErrWriter, &slog.HandlerOptions{Level: level})
+	}
+	return slog.New(h)
 }
 
 // ExplicitPassSource is the passphrase source this invocation gives a software keystore whose URI names none
