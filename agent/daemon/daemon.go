@@ -17,6 +17,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"net/url"
 	"os"
@@ -37,6 +38,7 @@ import (
 	"github.com/custos-agent/custos/agent/control"
 	"github.com/custos-agent/custos/agent/custody"
 	"github.com/custos-agent/custos/agent/delegation"
+	"github.com/custos-agent/custos/agent/gateway"
 	"github.com/custos-agent/custos/agent/metrics"
 	"github.com/custos-agent/custos/agent/peers"
 	"github.com/custos-agent/custos/agent/puzzle"
@@ -126,6 +128,7 @@ type Daemon struct {
 	transports map[string]*transportState
 	mgr        *manager
 	ctl        *control.Server
+	gw         *gateway.Server // the HTTP API (agent/gateway), when gateway.listen is set
 
 	ctx      context.Context
 	cancel   context.CancelFunc
@@ -283,7 +286,13 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 		}
 	}
 
-	ops, err := api.Ops(d.handlers()) // ops.go; each with its permission from api.Table
+	gwKeys, err := gateway.NewKeys(d.db, nil) // the HTTP gateway's API keys (agentctl gateway key)
+	if err != nil {
+		return nil, err
+	}
+	hs := d.handlers()
+	maps.Copy(hs, gateway.ControlHandlers(gwKeys))
+	ops, err := api.Ops(hs) // ops.go; each with its permission from api.Table
 	if err != nil {
 		return nil, err
 	}
@@ -305,6 +314,21 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 		}
 	}()
 
+	if cfg.Gateway.Enabled() { // the HTTP API: the same handlers as the control socket, its own keys and limits
+		roles, err := cfg.GatewayRoles()
+		if err != nil {
+			return nil, fmt.Errorf("%w: gateway: %v", ErrConfig, err)
+		}
+		d.gw, err = gateway.New(gateway.Options{Config: cfg.Gateway, AgentID: d.id.String(), Keys: gwKeys, Roles: roles, Audit: d.record,
+			Ops:     gateway.HandlerOps{Handlers: hs, Cred: rbac.Cred{UID: uint32(os.Getuid()), GID: uint32(os.Getgid()), PID: int32(os.Getpid())}},
+			Metrics: d.metrics.Registry(), Logger: d.log.With("part", "gateway")})
+		if err == nil {
+			err = d.gw.Start(ctx)
+		}
+		if err != nil {
+			return nil, err
+		}
+	}
 	for name, ts := range d.transports {
 		for _, l := range ts.listeners {
 			d.mgr.wg.Add(1)
@@ -534,6 +558,9 @@ func (d *Daemon) Shutdown(ctx context.Context) error {
 				_ = l.Close()
 			}
 		}
+		if d.gw != nil {
+			_ = d.gw.Close(ctx)
+		}
 		if d.ctl != nil {
 			_ = d.ctl.Close()
 		}
@@ -549,6 +576,9 @@ func (d *Daemon) Shutdown(ctx context.Context) error {
 // teardown closes everything that was opened, in reverse order.
 func (d *Daemon) teardown(ctx context.Context) error {
 	var errs []error
+	if d.gw != nil {
+		_ = d.gw.Close(ctx)
+	}
 	if d.ctl != nil {
 		_ = d.ctl.Close()
 	}
