@@ -78,7 +78,7 @@ func (s *Server) routes() {
 		{pattern: "GET /v1/tasks/{id}/events", perm: rbac.ViewResults, stream: true, fn: s.events},
 		{pattern: "GET /v1/agents/{id}", perm: rbac.ViewStatus, fn: s.agent},
 		{pattern: "POST /v1/evidence/verify", perm: rbac.ViewResults, fn: s.verify},
-		{pattern: "/", fn: func(w http.ResponseWriter, r *http.Request, _ *call) error {
+		{pattern: "/", public: true, fn: func(w http.ResponseWriter, r *http.Request, _ *call) error {
 			return newProblem(http.StatusNotFound, reason.NotFound, fmt.Sprintf("no endpoint %s %s (GET /v1/openapi.json lists them)", r.Method, r.URL.Path))
 		}},
 	} {
@@ -170,12 +170,15 @@ func (s *Server) admit(w http.ResponseWriter, r *http.Request, e endpoint, c *ca
 		return &problem{status: http.StatusTooManyRequests, code: reason.RateLimited, retryAfter: wait,
 			detail: fmt.Sprintf("client address %s is over %v requests per second", clientAddr(r), s.cfg.AddressRate)}
 	}
-	if r.ContentLength > s.cfg.MaxBodyBytes {
-		return newProblem(http.StatusRequestEntityTooLarge, reason.TooLarge, fmt.Sprintf("the body of %d bytes is over the limit of %d (gateway.max_body_bytes)", r.ContentLength, s.cfg.MaxBodyBytes))
-	}
 	r.Body = http.MaxBytesReader(w, r.Body, s.cfg.MaxBodyBytes)
-	if e.public {
+	tooLarge := func() error {
+		if r.ContentLength > s.cfg.MaxBodyBytes {
+			return newProblem(http.StatusRequestEntityTooLarge, reason.TooLarge, fmt.Sprintf("the body of %d bytes is over the limit of %d (gateway.max_body_bytes)", r.ContentLength, s.cfg.MaxBodyBytes))
+		}
 		return nil
+	}
+	if e.public {
+		return tooLarge()
 	}
 	tok, err := bearer(r.Header.Get("Authorization"))
 	if err == nil {
@@ -193,6 +196,9 @@ func (s *Server) admit(w http.ResponseWriter, r *http.Request, e endpoint, c *ca
 			return newProblem(http.StatusForbidden, reason.PermissionDenied,
 				fmt.Sprintf("the key %s (roles %v) lacks the permission %s", c.key.Name, c.key.Roles, need))
 		}
+	}
+	if err := tooLarge(); err != nil { // after the key: the refusal is attributed
+		return err
 	}
 	rate := c.key.Rate
 	if rate == 0 {
@@ -395,6 +401,9 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request, c *call) error {
 		if ev == "result" {
 			c.details["state"] = v.State
 			return nil
+		}
+		if ctx.Err() != nil {
+			return nil // the client went away, or the stream reached api.MaxWait
 		}
 		if err := s.opts.Ops.Call(ctx, api.OpTaskGet, api.GetArgs{TaskID: a.TaskID, WaitMS: 1000}, &v); err != nil {
 			if ctx.Err() != nil {
