@@ -2,10 +2,10 @@ package gateway_test
 
 import (
 	"bytes"
-	"io"
-	"crypto/ed25519"
 	"context"
+	"crypto/ed25519"
 	"encoding/json"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
@@ -199,11 +199,11 @@ func TestRefusals(t *testing.T) {
 		{"unknown field", "POST", "/v1/tasks", full, []byte(`{"to":"x","handler":"echo","input":"","colour":"red"}`), 400, "bad_request", "colour", "key:full"},
 		{"bad agent ID", "POST", "/v1/tasks", full, []byte(`{"to":"nobody","handler":"echo","input":""}`), 400, "bad_request", "to", "key:full"},
 		{"unknown agent", "GET", "/v1/agents/" + realID(t), full, nil, 404, "not_found", "", "key:full"},
-		{"unknown task", "GET", "/v1/tasks/"+unknownTask, full, nil, 404, "not_found", "", "key:full"},
+		{"unknown task", "GET", "/v1/tasks/" + unknownTask, full, nil, 404, "not_found", "", "key:full"},
 		{"unknown endpoint", "GET", "/v1/nothing", full, nil, 404, "not_found", "", "anonymous"},
-		{"slow 1", "GET", "/v1/tasks/"+finalTask, slow, nil, 200, "", "", "key:slow"},
-		{"slow 2", "GET", "/v1/tasks/"+finalTask, slow, nil, 200, "", "", "key:slow"},
-		{"over the rate", "GET", "/v1/tasks/"+finalTask, slow, nil, 429, "rate_limited", "", "key:slow"},
+		{"slow 1", "GET", "/v1/tasks/" + finalTask, slow, nil, 200, "", "", "key:slow"},
+		{"slow 2", "GET", "/v1/tasks/" + finalTask, slow, nil, 200, "", "", "key:slow"},
+		{"over the rate", "GET", "/v1/tasks/" + finalTask, slow, nil, 429, "rate_limited", "", "key:slow"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			e.mu.Lock()
