@@ -80,6 +80,7 @@ func commands() []*cli.Command {
 		auditCommand(),
 		runCommand(), statusCommand(), peersCommand(), taskCommand(),
 		grantCommand(), revokeCommand(),
+		gatewayCommand(),
 	}
 }
 
