@@ -190,6 +190,7 @@ func TestRefusals(t *testing.T) {
 	}{
 		{"no key", "POST", "/v1/tasks", "", good, 401, "unauthenticated", "", "anonymous"},
 		{"bad token", "POST", "/v1/tasks", "cgw_0000000000000000_" + strings.Repeat("A", 43), good, 401, "unauthenticated", "", "anonymous"},
+		{"wrong secret", "POST", "/v1/tasks", full[:len(full)-43] + strings.Repeat("A", 43), good, 401, "unauthenticated", "", "anonymous"},
 		{"revoked key", "POST", "/v1/tasks", revoked, good, 401, "key_revoked", "", "anonymous"},
 		{"no api_access", "POST", "/v1/tasks", noAPI, good, 403, "permission_denied", "", "key:no-api"},
 		{"no submit_tasks", "POST", "/v1/tasks", noSubmit, good, 403, "permission_denied", "", "key:no-submit"},
