@@ -17,6 +17,7 @@ const (
 	DomainTransport Domain = "transport" // the transport host's refusals of a connection (host.Code*; audit, metric)
 	DomainTask      Domain = "task"      // error_response codes of the task protocol (tasks.Code*)
 	DomainControl   Domain = "control"   // failed responses on the control socket (control.Code*)
+	DomainGateway   Domain = "gateway"   // problem responses of the HTTP gateway (agent/gateway)
 )
 
 // Codes of the domains other than the protocol's (the protocol's are in reason.go). The string values
@@ -60,6 +61,10 @@ const (
 	Failed      Code = "failed"
 	TooLarge    Code = "too_large"
 	PeerRefused Code = "peer_refused"
+
+	Unauthenticated Code = "unauthenticated"
+	KeyRevoked      Code = "key_revoked"
+	KeyExpired      Code = "key_expired"
 )
 
 // Entry is one registered code.
@@ -147,6 +152,10 @@ func entries() []Entry {
 		{Failed, d(DomainControl), "the operation failed (the message says why)", false},
 		{TooLarge, d(DomainControl), "the request exceeds the control socket's limit", false},
 		{PeerRefused, d(DomainControl), "a peer could not be reached or refused", false},
+
+		{Unauthenticated, d(DomainGateway), "the HTTP request carries no API key, or one the agent does not know", false},
+		{KeyRevoked, d(DomainGateway), "the request's API key was revoked", false},
+		{KeyExpired, d(DomainGateway), "the request's API key has expired", false},
 	}
 }
 

@@ -66,6 +66,9 @@ const (
 	OpRevocationInstall = "revocation.install" // RevocationInstallArgs -> RevocationInstallResult
 	OpStakeSign         = "stake.sign"         // StakeSignArgs -> StakeView (this agent signs, as an administrator)
 	OpStakeSet          = "stake.set"          // StakeSetArgs -> StakeView (install an administrator-signed table)
+	OpGatewayKeyCreate  = "gateway.key.create" // GatewayKeyCreateArgs -> GatewayKeyCreated (the token, shown once)
+	OpGatewayKeyList    = "gateway.key.list"   // {} -> []GatewayKey
+	OpGatewayKeyRevoke  = "gateway.key.revoke" // GatewayKeyArgs -> GatewayKey
 )
 
 // Bounds of arguments, checked by the daemon and, for a clear usage error, by agentctl.
@@ -121,6 +124,9 @@ func Table() []Spec {
 		{OpRevocationInstall, rbac.CtlRevoke, true, RevocationInstallArgs{}, RevocationInstallResult{}, "agentctl revoke install"},
 		{OpStakeSign, rbac.CtlStakeSet, true, StakeSignArgs{}, StakeView{}, "agentctl grant stake"},
 		{OpStakeSet, rbac.CtlStakeSet, true, StakeSetArgs{}, StakeView{}, "agentctl grant stake install"},
+		{OpGatewayKeyCreate, rbac.CtlGatewayKeys, true, GatewayKeyCreateArgs{}, GatewayKeyCreated{}, "agentctl gateway key create"},
+		{OpGatewayKeyList, rbac.CtlGatewayKeys, false, None{}, []GatewayKey{}, "agentctl gateway key list"},
+		{OpGatewayKeyRevoke, rbac.CtlGatewayKeys, true, GatewayKeyArgs{}, GatewayKey{}, "agentctl gateway key revoke"},
 	}
 }
 

@@ -60,6 +60,8 @@ type Config struct {
 	Policy        policy.Config       `yaml:"policy"`
 	Reputation    ReputationConfig    `yaml:"reputation"`
 	Puzzles       PuzzlesConfig       `yaml:"puzzles"`
+	// Gateway is the HTTP API for programs that are not agents (agent/gateway; gateway.go).
+	Gateway GatewayConfig `yaml:"gateway"`
 	// Privacy: data minimisation (docs/privacy.md, ADR 0082).
 	Privacy PrivacyConfig `yaml:"privacy"`
 }
@@ -303,7 +305,8 @@ func (c *Config) applyDefaults() {
 	if c.Log.Level == "" {
 		c.Log.Level = "info"
 	}
-	c.applyAuthzDefaults() // authz.go
+	c.applyAuthzDefaults()    // authz.go
+	c.Gateway.applyDefaults() // gateway.go
 }
 
 var hexDigest = regexp.MustCompile(`^[0-9a-f]{64}$`)
@@ -426,6 +429,9 @@ func (c *Config) Validate() error {
 	var lv slog.Level
 	if err := lv.UnmarshalText([]byte(c.Log.Level)); err != nil {
 		return bad("log.level", "%q: want debug, info, warn or error", c.Log.Level)
+	}
+	if err := c.Gateway.validate(); err != nil { // gateway.go
+		return fmt.Errorf("%w: %v", ErrConfig, err)
 	}
 	return c.validateAuthz() // authz.go
 }

@@ -42,6 +42,7 @@ import (
 	"github.com/custos-agent/custos/agent/custody"
 	"github.com/custos-agent/custos/agent/delegation"
 	"github.com/custos-agent/custos/agent/events"
+	"github.com/custos-agent/custos/agent/gateway"
 	"github.com/custos-agent/custos/agent/metrics"
 	"github.com/custos-agent/custos/agent/peers"
 	"github.com/custos-agent/custos/agent/puzzle"
@@ -137,6 +138,8 @@ type Daemon struct {
 	transports map[string]*transportState
 	mgr        *manager
 	ctl        *control.Server
+	gw         *gateway.Server // the HTTP API (agent/gateway), when gateway.listen is set
+	gwKeys     *gateway.Keys   // the gateway's API keys (a control API service)
 
 	ctx      context.Context
 	cancel   context.CancelFunc
@@ -316,6 +319,10 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 		}
 	}
 
+	d.gwKeys, err = gateway.NewKeys(d.db, nil) // the HTTP gateway's API keys (agentctl gateway key)
+	if err != nil {
+		return nil, err
+	}
 	hs, err := api.Join(d.services()...) // control.go: the rooms' handlers
 	if err != nil {
 		return nil, err
@@ -342,6 +349,21 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 		}
 	}()
 
+	if cfg.Gateway.Enabled() { // the HTTP API: the same handlers as the control socket, its own keys and limits
+		roles, err := cfg.GatewayRoles()
+		if err != nil {
+			return nil, fmt.Errorf("%w: gateway: %v", config.ErrConfig, err)
+		}
+		d.gw, err = gateway.New(gateway.Options{Config: cfg.Gateway, AgentID: d.id.String(), Keys: d.gwKeys, Roles: roles, Audit: d.events.Record,
+			Ops:     gateway.HandlerOps{Handlers: hs, Cred: rbac.Cred{UID: uint32(os.Getuid()), GID: uint32(os.Getgid()), PID: int32(os.Getpid())}},
+			Metrics: d.metrics.Registry(), Logger: d.log.With("part", "gateway")})
+		if err == nil {
+			err = d.gw.Start(ctx)
+		}
+		if err != nil {
+			return nil, err
+		}
+	}
 	for name, ts := range d.transports {
 		for _, l := range ts.listeners {
 			d.mgr.Serve(dctx, name, sessions.ListenerOf[*host.Conn](l))
@@ -565,6 +587,9 @@ func (d *Daemon) Shutdown(ctx context.Context) error {
 				_ = l.Close()
 			}
 		}
+		if d.gw != nil {
+			_ = d.gw.Close(ctx)
+		}
 		if d.ctl != nil {
 			_ = d.ctl.Close()
 		}
@@ -580,6 +605,9 @@ func (d *Daemon) Shutdown(ctx context.Context) error {
 // teardown closes everything that was opened, in reverse order.
 func (d *Daemon) teardown(ctx context.Context) error {
 	var errs []error
+	if d.gw != nil {
+		_ = d.gw.Close(ctx)
+	}
 	if d.ctl != nil {
 		_ = d.ctl.Close()
 	}

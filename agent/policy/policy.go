@@ -118,6 +118,20 @@ func (b *bucket) take(now time.Time, rate, burst, n float64) (bool, time.Duratio
 	return false, wait * time.Microsecond
 }
 
+// Bucket is the policy's token bucket for other rooms' limits (the HTTP gateway's per-key and
+// per-address rates): the same refill arithmetic as the peers' buckets. The zero value starts full on its
+// first Take. It is not safe for concurrent use; callers hold their own lock.
+type Bucket struct{ b bucket }
+
+// Take refills at rate (tokens per second) up to burst and takes n tokens if there are enough. It returns
+// whether it did and, if not, how long until there will be.
+func (b *Bucket) Take(now time.Time, rate, burst, n float64) (bool, time.Duration) {
+	return b.b.take(now, rate, burst, n)
+}
+
+// Idle reports whether the bucket was last touched before t (its owner may forget it: it has refilled).
+func (b *Bucket) Idle(t time.Time) bool { return b.b.last.Before(t) }
+
 type peerState struct {
 	bucket   bucket
 	running  int

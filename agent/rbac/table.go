@@ -40,6 +40,7 @@ const (
 	CtlAuditVerify  Operation = "control.audit.verify"
 	CtlRotate       Operation = "control.rotate"
 	CtlConfigReload Operation = "control.config.reload"
+	CtlGatewayKeys  Operation = "control.gateway.keys"
 )
 
 // Requirement is what an operation needs.
@@ -80,6 +81,7 @@ var Table = []Requirement{
 	{CtlAuditVerify, ManageSecurity, false, "agentctl audit verify (through the daemon)"},
 	{CtlRotate, ManageLocalAgent, false, "agentctl rotate"},
 	{CtlConfigReload, ManageLocalAgent, false, "reload configuration"},
+	{CtlGatewayKeys, ManageSecurity, false, "agentctl gateway key create, list, revoke (the HTTP gateway's API keys)"},
 }
 
 // ErrUnknownOperation is returned for an operation missing from Table.

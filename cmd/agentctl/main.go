@@ -90,6 +90,7 @@ func commands() []*cli.Command {
 		runCommand(), statusCommand(), peersCommand(), taskCommand(),
 		grantCommand(), revokeCommand(),
 		configCommand(), versionCommand(), completionCommand(),
+		gatewayCommand(),
 	}
 }
 

@@ -1,0 +1,132 @@
+package config
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+	"path/filepath"
+	"regexp"
+
+	"github.com/custos-agent/custos/agent/rbac"
+)
+
+// GatewayConfig is the `gateway:` section: the HTTP API (agent/gateway) for programs that are not agents.
+// With Listen empty (the default) the agent serves no gateway; the API keys still exist (agentctl gateway
+// key) so that they can be made before it is enabled.
+type GatewayConfig struct {
+	// Listen is host:port. A non-loopback host requires TLS (TLS 1.3 only).
+	Listen string `yaml:"listen"`
+	// TLS serves HTTPS with the certificate and key in these files (PEM). On a loopback address it is
+	// optional.
+	TLS GatewayTLS `yaml:"tls"`
+	// MaxBodyBytes bounds a request body (413 above it); default 1 MiB.
+	MaxBodyBytes int64 `yaml:"max_body_bytes"`
+	// MaxHeaderBytes bounds the request line and headers; default 16 KiB.
+	MaxHeaderBytes int `yaml:"max_header_bytes"`
+	// MaxStreams bounds the open event streams (GET /v1/tasks/{id}/events); default 64.
+	MaxStreams int `yaml:"max_streams"`
+	// KeyRate is the default requests per second of an API key (a key may set its own); default 20. The
+	// burst is twice the rate.
+	KeyRate float64 `yaml:"key_rate"`
+	// AddressRate is the requests per second of one client address, whatever key it uses; default 50,
+	// burst twice that.
+	AddressRate float64 `yaml:"address_rate"`
+}
+
+// GatewayTLS is the gateway's certificate, and optionally the client certificates it requires.
+type GatewayTLS struct {
+	CertFile string `yaml:"cert_file"`
+	KeyFile  string `yaml:"key_file"`
+	// ClientFingerprints, when set, require mutual TLS: a client certificate whose SHA-256 (hex, of the
+	// DER) is one of these.
+	ClientFingerprints []string `yaml:"client_fingerprints"`
+}
+
+// Defaults of the gateway section.
+const (
+	DefaultGatewayMaxBody    = 1 << 20
+	DefaultGatewayMaxHeader  = 16 << 10
+	DefaultGatewayMaxStreams = 64
+	DefaultGatewayKeyRate    = 20
+	DefaultGatewayAddrRate   = 50
+)
+
+// Enabled reports whether the agent serves the gateway.
+func (g GatewayConfig) Enabled() bool { return g.Listen != "" }
+
+// UseTLS reports whether the gateway serves HTTPS.
+func (g GatewayConfig) UseTLS() bool { return g.TLS.CertFile != "" }
+
+func (g *GatewayConfig) applyDefaults() {
+	if g.MaxBodyBytes == 0 {
+		g.MaxBodyBytes = DefaultGatewayMaxBody
+	}
+	if g.MaxHeaderBytes == 0 {
+		g.MaxHeaderBytes = DefaultGatewayMaxHeader
+	}
+	if g.MaxStreams == 0 {
+		g.MaxStreams = DefaultGatewayMaxStreams
+	}
+	if g.KeyRate == 0 {
+		g.KeyRate = DefaultGatewayKeyRate
+	}
+	if g.AddressRate == 0 {
+		g.AddressRate = DefaultGatewayAddrRate
+	}
+}
+
+var fingerprint = regexp.MustCompile(`^[0-9a-f]{64}$`)
+
+func (g *GatewayConfig) validate() error {
+	switch {
+	case g.MaxBodyBytes < 1024 || g.MaxBodyBytes > 64<<20:
+		return fmt.Errorf("gateway.max_body_bytes: %d is outside 1024..%d", g.MaxBodyBytes, 64<<20)
+	case g.MaxHeaderBytes < 1024 || g.MaxHeaderBytes > 1<<20:
+		return fmt.Errorf("gateway.max_header_bytes: %d is outside 1024..%d", g.MaxHeaderBytes, 1<<20)
+	case g.MaxStreams < 1 || g.MaxStreams > 10000:
+		return fmt.Errorf("gateway.max_streams: %d is outside 1..10000", g.MaxStreams)
+	case !(g.KeyRate > 0 && g.KeyRate <= 100000):
+		return fmt.Errorf("gateway.key_rate: %v is outside (0, 100000]", g.KeyRate)
+	case !(g.AddressRate > 0 && g.AddressRate <= 100000):
+		return fmt.Errorf("gateway.address_rate: %v is outside (0, 100000]", g.AddressRate)
+	case (g.TLS.CertFile == "") != (g.TLS.KeyFile == ""):
+		return fmt.Errorf("gateway.tls: cert_file and key_file go together")
+	}
+	for _, f := range []string{g.TLS.CertFile, g.TLS.KeyFile} {
+		if f != "" && (!filepath.IsAbs(f) || filepath.Clean(f) != f) {
+			return fmt.Errorf("gateway.tls: %q must be a clean absolute path", f)
+		}
+	}
+	for i, fp := range g.TLS.ClientFingerprints {
+		if !fingerprint.MatchString(fp) {
+			return fmt.Errorf("gateway.tls.client_fingerprints[%d]: want the 64-character lowercase hex SHA-256 of a client certificate (DER)", i)
+		}
+	}
+	if len(g.TLS.ClientFingerprints) > 0 && !g.UseTLS() {
+		return fmt.Errorf("gateway.tls.client_fingerprints: client certificates need TLS: set gateway.tls.cert_file and key_file")
+	}
+	if g.Listen == "" {
+		return nil
+	}
+	host, port, err := net.SplitHostPort(g.Listen)
+	if err != nil || port == "" {
+		return fmt.Errorf("gateway.listen: %q is not host:port", g.Listen)
+	}
+	if !g.UseTLS() && !loopbackHost(host) {
+		return fmt.Errorf("gateway.listen: %s is not a loopback address, and the gateway serves other hosts only over TLS 1.3: set gateway.tls.cert_file and key_file (or listen on 127.0.0.1)", g.Listen)
+	}
+	return nil
+}
+
+// loopbackHost reports whether host names only the loopback interface.
+func loopbackHost(host string) bool {
+	if host == "localhost" {
+		return true
+	}
+	a, err := netip.ParseAddr(host)
+	return err == nil && a.IsLoopback()
+}
+
+// GatewayRoles is the role table the gateway's keys take their permissions from (authorization.roles_file,
+// else the seed's).
+func (c *Config) GatewayRoles() (*rbac.Roles, error) { return c.rolesTable() }
