@@ -14,6 +14,7 @@ package daemon
 
 import (
 	"context"
+	"crypto/ed25519"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -57,6 +58,9 @@ const (
 	AuditDir    = api.AuditDir
 	ControlFile = api.ControlFile
 	WorkDir     = "work" // per-task working directories of exec handlers
+	// TransportKeyDir holds the transport keys the host hands to plugins that need a stable transport
+	// identity (libp2p, ADR 0070).
+	TransportKeyDir = "transport-keys"
 )
 
 // Options are what Start needs.
@@ -372,10 +376,16 @@ func (d *Daemon) startTransport(ctx context.Context, tc TransportConfig) error {
 		d.log.Error("transport plugin sandbox is OFF: the plugin runs unconfined, as the agent's uid, and can reach the home, the control socket and the agent's memory",
 			"transport", tc.Name, "plugin", tc.Plugin)
 	}
+	var tkey ed25519.PrivateKey
+	if tc.Name == "libp2p" { // a stable peer ID, so /p2p/ addresses survive plugin restarts (ADR 0070)
+		if tkey, err = host.LoadTransportKey(filepath.Join(d.home, TransportKeyDir, tc.Name+".key")); err != nil {
+			return fmt.Errorf("transport %s: %w", tc.Name, err)
+		}
+	}
 	t, err := host.Start(d.ctx, host.Config{
 		Name: tc.Name, Path: tc.Plugin, SHA256: tc.SHA256, Options: tc.Options, Authority: d.authority,
 		Observer: observer{d}, Logger: d.log, Sandbox: mode, User: tc.User, BindPorts: bindPorts(tc),
-		SandboxProbe: d.opts.SandboxProbe,
+		SandboxProbe: d.opts.SandboxProbe, TransportKey: tkey,
 	})
 	if err != nil {
 		return fmt.Errorf("transport %s: plugin %s: %w", tc.Name, tc.Plugin, err)
