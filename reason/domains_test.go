@@ -5,6 +5,7 @@ import (
 	"testing"
 
 	"github.com/custos-agent/custos/agent/control"
+	"github.com/custos-agent/custos/agent/discovery"
 	"github.com/custos-agent/custos/agent/policy"
 	"github.com/custos-agent/custos/agent/rbac"
 	"github.com/custos-agent/custos/agent/tasks"
@@ -15,7 +16,10 @@ import (
 // same string, and the registry lists no code of the domain that the package does not declare.
 func TestDomainsRegistered(t *testing.T) {
 	strs := func(vs ...string) []string { return vs }
-	var rb, po []string
+	var rb, po, di []string
+	for _, c := range discovery.Codes {
+		di = append(di, string(c))
+	}
 	for _, r := range rbac.AllReasons {
 		rb = append(rb, string(r))
 	}
@@ -34,6 +38,7 @@ func TestDomainsRegistered(t *testing.T) {
 		// The daemon's admission refusals (agent/daemon Refusal*, ReasonUncorrelated), by string.
 		{reason.DomainAdmission, strs("bad_puzzle", "blocked", "malformed_grants", "grant_wrong_subject", "uncorrelated")},
 		{reason.DomainTransport, strs("bad_binding", "peer_mismatch")},
+		{reason.DomainDiscovery, di},
 	} {
 		var reg []string
 		for _, c := range reason.InDomain(tc.domain) {

@@ -17,6 +17,7 @@ const (
 	DomainTransport Domain = "transport" // the transport host's refusals of a connection (audit, metric)
 	DomainTask      Domain = "task"      // error_response codes of the task protocol (tasks.Code*)
 	DomainControl   Domain = "control"   // failed responses on the control socket (control.Code*)
+	DomainDiscovery Domain = "discovery" // refusals of agent records (agent/discovery; DHT validator answers, lookups)
 )
 
 // Codes of the domains other than the protocol's (the protocol's are in reason.go). The string values
@@ -54,6 +55,12 @@ const (
 	Failed      Code = "failed"
 	TooLarge    Code = "too_large"
 	PeerRefused Code = "peer_refused"
+
+	RecordKeyMismatch  Code = "record_key_mismatch"
+	RecordHeadMismatch Code = "record_head_mismatch"
+	RecordExpired      Code = "record_expired"
+	RecordTooLong      Code = "record_too_long"
+	RecordStale        Code = "record_stale"
 )
 
 // Entry is one registered code.
@@ -136,6 +143,12 @@ func entries() []Entry {
 		{Failed, d(DomainControl), "the operation failed (the message says why)", false},
 		{TooLarge, d(DomainControl), "the request exceeds the control socket's limit", false},
 		{PeerRefused, d(DomainControl), "a peer could not be reached or refused", false},
+
+		{RecordKeyMismatch, d(DomainDiscovery), "an agent record stored or found under the key of another agent", false},
+		{RecordHeadMismatch, d(DomainDiscovery), "an agent record's key-log head is not the head of the key event log it carries", false},
+		{RecordExpired, d(DomainDiscovery), "an agent record past its expiry", false},
+		{RecordTooLong, d(DomainDiscovery), "an agent record that expires further ahead than a verifier accepts", false},
+		{RecordStale, d(DomainDiscovery), "an agent record with a lower sequence than the one already held", false},
 	}
 }
 
