@@ -67,7 +67,7 @@ func TestGoldenRecord(t *testing.T) {
 	peerID := "12D3KooWBmwkafWE2fqfzS96VoTZGCHB9apZyBKqmLKrCUFyRaDP"
 	r := &Record{AgentID: st.ID.String(), Generation: st.Generation, Head: st.Head, PeerID: peerID,
 		Addrs: []Addr{{"libp2p", "/ip4/127.0.0.1/tcp/4001/p2p/" + peerID}, {"tcp", "127.0.0.1:7000"}},
-		Seq: uint64(now.UnixMilli()), Expires: now.Add(time.Hour).Unix(), KeyLog: log.Encode()}
+		Seq:   uint64(now.UnixMilli()), Expires: now.Add(time.Hour).Unix(), KeyLog: log.Encode()}
 	if err := Sign(ctx, op, d.Encode(), r); err != nil {
 		t.Fatal(err)
 	}
