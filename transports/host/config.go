@@ -37,6 +37,9 @@ type Config struct {
 	// starts, so the transport identity (the libp2p peer ID) is the same across plugin restarts (ADR 0070;
 	// LoadTransportKey keeps it in the agent's state). Nil: each process generates a fresh key.
 	TransportKey ed25519.PrivateKey
+	// Judge, when set, answers the plugin's questions about DHT records (ADR 0070); without it a plugin
+	// with a DHT refuses every record.
+	Judge RecordJudge
 	// Observer is told about restarts and refused peers (metrics, session re-establishment). Optional.
 	Observer Observer
 	// Logger defaults to slog.Default().

@@ -110,6 +110,9 @@ func launch(ctx context.Context, cfg *Config, want []byte) (_ *instance, err err
 	if err := in.bind(ctx); err != nil {
 		return nil, err
 	}
+	if cfg.Judge != nil {
+		go in.serveQuestions()
+	}
 	cfg.Logger.Info("transport plugin started", "pid", pid, "path", cfg.Path, "data_sockets", in.data != nil, "sandbox", in.prot.String())
 	return in, nil
 }

@@ -161,6 +161,7 @@ type Server struct {
 	conns      map[string]*connEntry
 	inbound    chan *pb.Inbound
 	acceptBusy bool
+	judge      *judge
 	ctx        context.Context
 	cancel     context.CancelFunc
 }
@@ -174,7 +175,7 @@ type connEntry struct {
 func NewServer(n Network, log *slog.Logger) *Server {
 	ctx, cancel := context.WithCancel(context.Background())
 	return &Server{net: n, log: log, listeners: map[string]Listener{}, conns: map[string]*connEntry{},
-		inbound: make(chan *pb.Inbound, acceptQueue), ctx: ctx, cancel: cancel}
+		inbound: make(chan *pb.Inbound, acceptQueue), judge: newJudge(), ctx: ctx, cancel: cancel}
 }
 
 func newID() string {
@@ -207,6 +208,9 @@ func (s *Server) Configure(ctx context.Context, req *pb.ConfigureRequest) (*pb.C
 		}
 	} else if id, err = NewIdentity(name); err != nil {
 		return nil, status.Error(codes.Internal, err.Error())
+	}
+	if d, ok := s.net.(Discovery); ok {
+		d.UseJudge(s.judge)
 	}
 	if err := s.net.Configure(ctx, id, req.GetOptions()); err != nil {
 		return nil, status.Errorf(codes.InvalidArgument, "configure %s: %v", name, err)

@@ -991,9 +991,7 @@ func (x *PutRecordRequest) GetRecord() []byte {
 }
 
 type PutRecordResponse struct {
-	state protoimpl.MessageState `protogen:"open.v1"`
-	// How many DHT peers accepted the record.
-	Stored        uint32 `protobuf:"varint,1,opt,name=stored,proto3" json:"stored,omitempty"`
+	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1026,13 +1024,6 @@ func (x *PutRecordResponse) ProtoReflect() protoreflect.Message {
 // Deprecated: Use PutRecordResponse.ProtoReflect.Descriptor instead.
 func (*PutRecordResponse) Descriptor() ([]byte, []int) {
 	return file_transport_proto_rawDescGZIP(), []int{17}
-}
-
-func (x *PutRecordResponse) GetStored() uint32 {
-	if x != nil {
-		return x.Stored
-	}
-	return 0
 }
 
 type FindRecordRequest struct {
@@ -1332,9 +1323,8 @@ const file_transport_proto_rawDesc = "" +
 	"\aconn_id\x18\x01 \x01(\tR\x06connId\"<\n" +
 	"\x10PutRecordRequest\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x16\n" +
-	"\x06record\x18\x02 \x01(\fR\x06record\"+\n" +
-	"\x11PutRecordResponse\x12\x16\n" +
-	"\x06stored\x18\x01 \x01(\rR\x06stored\"D\n" +
+	"\x06record\x18\x02 \x01(\fR\x06record\"\x13\n" +
+	"\x11PutRecordResponse\"D\n" +
 	"\x11FindRecordRequest\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x1d\n" +
 	"\n" +
