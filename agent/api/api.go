@@ -54,6 +54,7 @@ const (
 	OpRevocationInstall = "revocation.install" // RevocationInstallArgs -> RevocationInstallResult
 	OpStakeSign         = "stake.sign"         // StakeSignArgs -> StakeView (this agent signs, as an administrator)
 	OpStakeSet          = "stake.set"          // StakeSetArgs -> StakeView (install an administrator-signed table)
+	OpPeersFind         = "peers.find"         // FindArgs -> PeerRecord (a verified agent record from the DHT)
 )
 
 // Bounds of arguments, checked by the daemon and, for a clear usage error, by agentctl.
@@ -109,6 +110,7 @@ func Table() []Spec {
 		{OpRevocationInstall, rbac.CtlRevoke, true, RevocationInstallArgs{}, RevocationInstallResult{}, "agentctl revoke install"},
 		{OpStakeSign, rbac.CtlStakeSet, true, StakeSignArgs{}, StakeView{}, "agentctl grant stake"},
 		{OpStakeSet, rbac.CtlStakeSet, true, StakeSetArgs{}, StakeView{}, "agentctl grant stake install"},
+		{OpPeersFind, rbac.CtlPeersFind, false, FindArgs{}, PeerRecord{}, "agentctl peers find, peers connect --id without an address"},
 	}
 }
 

@@ -18,6 +18,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"net/url"
 	"os"
@@ -38,6 +39,7 @@ import (
 	"github.com/custos-agent/custos/agent/control"
 	"github.com/custos-agent/custos/agent/custody"
 	"github.com/custos-agent/custos/agent/delegation"
+	"github.com/custos-agent/custos/agent/discovery"
 	"github.com/custos-agent/custos/agent/metrics"
 	"github.com/custos-agent/custos/agent/peers"
 	"github.com/custos-agent/custos/agent/puzzle"
@@ -128,6 +130,7 @@ type Daemon struct {
 	replicator *consensus.Replicator // replicated tasks (authz_replicate.go)
 	authority  *Authority
 	transports map[string]*transportState
+	disc       *discovery.Service // agent records in the libp2p DHT (ADR 0070)
 	mgr        *manager
 	ctl        *control.Server
 
@@ -281,13 +284,19 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 	}
 
 	d.authority = NewAuthority(d.id, d.dm, d.peers, d.keyLog, DefaultBindingTTL)
+	if d.disc, err = discovery.New(discovery.Config{Self: d.id, OwnLog: d.keyLog, Keys: d.dm.Current, Logs: d.peers,
+		Networks: d.discoveryNetworks, Registerer: d.metrics.Registry(), Logger: d.log.With("part", "discovery")}); err != nil {
+		return nil, err
+	}
 	for _, tc := range cfg.Transports {
 		if err := d.startTransport(ctx, tc); err != nil {
 			return nil, err
 		}
 	}
 
-	ops, err := api.Ops(d.handlers()) // ops.go; each with its permission from api.Table
+	hs := d.handlers() // ops.go
+	maps.Copy(hs, d.disc.Handlers())
+	ops, err := api.Ops(hs) // each with its permission from api.Table
 	if err != nil {
 		return nil, err
 	}
@@ -316,6 +325,11 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 		}
 	}
 	d.addBootstrap(cfg)
+	d.wg.Add(1)
+	go func() {
+		defer d.wg.Done()
+		d.disc.Run(dctx) // publishes this agent's record: now, on address changes, before expiry
+	}()
 	d.record(audit.AgentStarted, d.id.String(), d.id.String(), audit.OutcomeSuccess, map[string]any{
 		"version": opts.Version, "keystore": keystoreBackend(d.cust.KeystoreURI()), "generation": d.cust.Current().Generation,
 		"transports": strings.Join(d.transportNames(), ","),
@@ -385,7 +399,7 @@ func (d *Daemon) startTransport(ctx context.Context, tc TransportConfig) error {
 	t, err := host.Start(d.ctx, host.Config{
 		Name: tc.Name, Path: tc.Plugin, SHA256: tc.SHA256, Options: tc.Options, Authority: d.authority,
 		Observer: observer{d}, Logger: d.log, Sandbox: mode, User: tc.User, BindPorts: bindPorts(tc),
-		SandboxProbe: d.opts.SandboxProbe, TransportKey: tkey,
+		SandboxProbe: d.opts.SandboxProbe, TransportKey: tkey, Judge: d.disc,
 	})
 	if err != nil {
 		return fmt.Errorf("transport %s: plugin %s: %w", tc.Name, tc.Plugin, err)
@@ -415,6 +429,21 @@ func (d *Daemon) startTransport(ctx context.Context, tc TransportConfig) error {
 }
 
 func (d *Daemon) transport(name string) *transportState { return d.transports[name] }
+
+// discoveryNetworks are the transports and their listeners, for agent/discovery. d.transports is only
+// written before the daemon runs.
+func (d *Daemon) discoveryNetworks() []discovery.Network {
+	var out []discovery.Network
+	for _, name := range d.transportNames() {
+		ts := d.transports[name]
+		n := discovery.Network{T: ts.t}
+		for _, l := range ts.listeners {
+			n.Listeners = append(n.Listeners, l)
+		}
+		out = append(out, n)
+	}
+	return out
+}
 
 // pluginPIDs lists the live transport plugin processes: the control socket refuses them and their
 // descendants (control.RefusePluginProcesses). d.transports is only written before the socket is served.
@@ -476,6 +505,22 @@ func (d *Daemon) addBootstrap(cfg *Config) {
 	var order []string
 	for _, p := range cfg.Bootstrap {
 		id, _ := identity.ParseID(p.ID)
+		if p.Address == "" { // by agent ID only: resolved through the DHT, then pinned as any target
+			go d.disc.Resolve(d.ctx, id, func(addrs []discovery.Addr) {
+				var as []Address
+				for _, a := range addrs {
+					if d.transport(a.Transport) != nil && (p.Transport == "" || p.Transport == a.Transport) {
+						as = append(as, Address{Transport: a.Transport, Address: a.Addr})
+					}
+				}
+				if len(as) == 0 {
+					d.log.Warn("bootstrap agent found, but on no transport this agent has", "id", id.String(), "addrs", len(addrs))
+					return
+				}
+				d.mgr.addTarget(d.ctx, id.String(), as, "bootstrap")
+			})
+			continue
+		}
 		tn := p.Transport
 		if tn == "" {
 			tn = InferTransport(p.Address)

@@ -40,6 +40,8 @@ const (
 	CtlAuditVerify  Operation = "control.audit.verify"
 	CtlRotate       Operation = "control.rotate"
 	CtlConfigReload Operation = "control.config.reload"
+	// CtlPeersFind: look an agent's record up in the DHT (agent/discovery, ADR 0070).
+	CtlPeersFind Operation = "control.peers.find"
 )
 
 // Requirement is what an operation needs.
@@ -80,6 +82,7 @@ var Table = []Requirement{
 	{CtlAuditVerify, ManageSecurity, false, "agentctl audit verify (through the daemon)"},
 	{CtlRotate, ManageLocalAgent, false, "agentctl rotate"},
 	{CtlConfigReload, ManageLocalAgent, false, "reload configuration"},
+	{CtlPeersFind, DiscoverPeers, false, "agentctl peers find ID (and peers connect --id ID without an address): a DHT lookup"},
 }
 
 // ErrUnknownOperation is returned for an operation missing from Table.

@@ -167,17 +167,18 @@ func peersCommand() *cli.Command {
 			OnUsageError: onUsageError,
 			Name:         "connect",
 			Usage:        "connect to a peer at ADDRESS, pinned to its agent ID, and keep the session up",
-			UsageText: "agentctl peers connect ADDRESS --id AGENT_ID [--transport NAME] [--json]\n\n" +
+			UsageText: "agentctl peers connect [ADDRESS] --id AGENT_ID [--transport NAME] [--json]\n\n" +
 				"ADDRESS is host:port (tcp), wss://host:port/custos/v1 (ws) or a multiaddr (libp2p); the transport is\n" +
-				"inferred from it unless --transport is given. The peer must prove it is AGENT_ID (transport binding and\n" +
-				"agent handshake); otherwise the connection is refused and the reason printed.",
+				"inferred from it unless --transport is given. Without ADDRESS the agent is looked up by ID in the\n" +
+				"libp2p DHT (as peers find) and its verified addresses are tried in turn. The peer must prove it is\n" +
+				"AGENT_ID (transport binding and agent handshake); otherwise the connection is refused and the reason printed.",
 			Flags: []cli.Flag{
 				&cli.StringFlag{Name: "id", Usage: "the peer's agent `ID` (required)"},
 				&cli.StringFlag{Name: "transport", Usage: "transport `NAME` (tcp, ws, libp2p)"},
 				jsonFlag(),
 			},
 			Action: runConnect,
-		}, peersBlockCommand("block"), peersBlockCommand("unblock")},
+		}, peersBlockCommand("block"), peersBlockCommand("unblock"), peersFindCommand()},
 	}
 }
 
@@ -196,8 +197,8 @@ func runConnect(c *cli.Context) error {
 	if _, ok := vals["json"]; ok {
 		asJSON = true
 	}
-	if len(pos) != 1 {
-		return usagef("peers connect takes one ADDRESS (got %d arguments)", len(pos))
+	if len(pos) > 1 {
+		return usagef("peers connect takes at most one ADDRESS (got %d arguments)", len(pos))
 	}
 	if id == "" {
 		return usagef("peers connect: --id is required (the agent ID the peer must prove)")
@@ -206,7 +207,12 @@ func runConnect(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	s, err := cl.PeersConnect(c.Context, api.ConnectArgs{Address: pos[0], ID: id, Transport: transport})
+	var s api.SessionStatus
+	if len(pos) == 0 {
+		s, err = connectByID(c.Context, cl, id, transport)
+	} else {
+		s, err = cl.PeersConnect(c.Context, api.ConnectArgs{Address: pos[0], ID: id, Transport: transport})
+	}
 	if err != nil {
 		return err
 	}
