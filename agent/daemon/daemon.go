@@ -18,7 +18,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"maps"
 	"net"
 	"net/url"
 	"os"
@@ -294,9 +293,7 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 		}
 	}
 
-	hs := d.handlers() // ops.go
-	maps.Copy(hs, d.disc.Handlers())
-	ops, err := api.Ops(hs) // each with its permission from api.Table
+	ops, err := api.Ops(d.handlers()) // ops.go; each with its permission from api.Table
 	if err != nil {
 		return nil, err
 	}
