@@ -49,7 +49,7 @@ func (d *Daemon) handlers() map[string]api.Handler {
 		api.OpIdentityReload: d.opIdentityReload,
 		api.OpAuditHead:      d.opAuditHead,
 	}
-	maps.Copy(hs, d.authzOps()) // grants, revocations, blocking, replicated tasks (authz_grants.go)
+	maps.Copy(hs, d.authzOps())      // grants, revocations, blocking, replicated tasks (authz_grants.go)
 	maps.Copy(hs, d.disc.Handlers()) // peers.find (agent/discovery)
 	return hs
 }
