@@ -6,6 +6,7 @@ import (
 
 	"github.com/custos-agent/custos/agent/authz"
 	"github.com/custos-agent/custos/agent/control"
+	"github.com/custos-agent/custos/agent/discovery"
 	"github.com/custos-agent/custos/agent/policy"
 	"github.com/custos-agent/custos/agent/rbac"
 	"github.com/custos-agent/custos/agent/tasks"
@@ -17,10 +18,13 @@ import (
 // same string, and the registry lists no code of the domain that the package does not declare.
 func TestDomainsRegistered(t *testing.T) {
 	strs := func(vs ...string) []string { return vs }
-	var rb, po []string
+	var rb, po, di []string
 	task := strs(tasks.CodeUnknownHandler, tasks.CodeBadRequest, tasks.CodeBusy, tasks.CodeDenied, tasks.CodeInternal)
 	for _, r := range tasks.LimitReasons {
 		task = append(task, string(r))
+	}
+	for _, c := range discovery.Codes {
+		di = append(di, string(c))
 	}
 	for _, r := range rbac.AllReasons {
 		rb = append(rb, string(r))
@@ -40,6 +44,7 @@ func TestDomainsRegistered(t *testing.T) {
 		{reason.DomainAdmission, strs(authz.RefusalBadPuzzle, authz.RefusalBlocked, authz.RefusalMalformedGrants,
 			authz.RefusalGrantWrongSubject, authz.ReasonUncorrelated)},
 		{reason.DomainTransport, strs(host.CodeBadBinding, host.CodePeerMismatch)},
+		{reason.DomainDiscovery, di},
 	} {
 		var reg []string
 		for _, c := range reason.InDomain(tc.domain) {

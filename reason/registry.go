@@ -18,6 +18,7 @@ const (
 	DomainTask      Domain = "task"      // error_response codes of the task protocol (tasks.Code*)
 	DomainControl   Domain = "control"   // failed responses on the control socket (control.Code*)
 	DomainGateway   Domain = "gateway"   // problem responses of the HTTP gateway (agent/gateway)
+	DomainDiscovery Domain = "discovery" // refusals of agent records (agent/discovery; DHT validator answers, lookups)
 )
 
 // Codes of the domains other than the protocol's (the protocol's are in reason.go). The string values
@@ -62,9 +63,14 @@ const (
 	TooLarge    Code = "too_large"
 	PeerRefused Code = "peer_refused"
 
-	Unauthenticated Code = "unauthenticated"
-	KeyRevoked      Code = "key_revoked"
-	KeyExpired      Code = "key_expired"
+	Unauthenticated    Code = "unauthenticated"
+	KeyRevoked         Code = "key_revoked"
+	KeyExpired         Code = "key_expired"
+	RecordKeyMismatch  Code = "record_key_mismatch"
+	RecordHeadMismatch Code = "record_head_mismatch"
+	RecordExpired      Code = "record_expired"
+	RecordTooLong      Code = "record_too_long"
+	RecordStale        Code = "record_stale"
 )
 
 // Entry is one registered code.
@@ -156,6 +162,11 @@ func entries() []Entry {
 		{Unauthenticated, d(DomainGateway), "the HTTP request carries no API key, or one the agent does not know", false},
 		{KeyRevoked, d(DomainGateway), "the request's API key was revoked", false},
 		{KeyExpired, d(DomainGateway), "the request's API key has expired", false},
+		{RecordKeyMismatch, d(DomainDiscovery), "an agent record stored or found under the key of another agent", false},
+		{RecordHeadMismatch, d(DomainDiscovery), "an agent record's key-log head is not the head of the key event log it carries", false},
+		{RecordExpired, d(DomainDiscovery), "an agent record past its expiry", false},
+		{RecordTooLong, d(DomainDiscovery), "an agent record that expires further ahead than a verifier accepts", false},
+		{RecordStale, d(DomainDiscovery), "an agent record with a lower sequence than the one already held", false},
 	}
 }
 

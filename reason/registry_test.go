@@ -10,7 +10,7 @@ import (
 // one meaning), every entry names known domains and says what it means, and every code is usable as a
 // metric label.
 func TestRegistryUnique(t *testing.T) {
-	known := []Domain{DomainProtocol, DomainRBAC, DomainPolicy, DomainAdmission, DomainTransport, DomainTask, DomainControl, DomainGateway}
+	known := []Domain{DomainProtocol, DomainRBAC, DomainPolicy, DomainAdmission, DomainTransport, DomainTask, DomainControl, DomainGateway, DomainDiscovery}
 	label := regexp.MustCompile(`^[a-z][a-z0-9_]{0,47}$`)
 	seen := map[Code]bool{}
 	for _, e := range Registry() {

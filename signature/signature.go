@@ -74,3 +74,7 @@ func Verify(pub keystore.PublicKey, p Purpose, msg, sig []byte) error {
 func VerifyInput(pub keystore.PublicKey, in *Input, sig []byte) error {
 	return pub.Verify(in.Message(), sig)
 }
+
+// AgentRecord: an agent announces where it listens (agent/discovery, ADR 0070): agent ID, key event log
+// head, libp2p peer ID, addresses, sequence and expiry, signed by its operational key.
+const AgentRecord Purpose = "agent-record"

@@ -23,6 +23,12 @@ const (
 	MaxFrameSize = 4 << 20
 	// MaxBindingSize is the largest encoded transport binding accepted anywhere.
 	MaxBindingSize = 8 << 10
+	// MaxRecordSize is the largest DHT record (an agent record, ADR 0070) that crosses the plugin boundary.
+	MaxRecordSize = 64 << 10
+	// MaxRecordKeyLen is the longest DHT key.
+	MaxRecordKeyLen = 256
+	// MaxSelectValues is the most records one select question carries.
+	MaxSelectValues = 64
 	// MaxAddrLen is the largest address string accepted from a plugin.
 	MaxAddrLen = 1024
 	// MaxAddrs is the most addresses a listener may report.

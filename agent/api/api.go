@@ -69,6 +69,7 @@ const (
 	OpGatewayKeyCreate  = "gateway.key.create" // GatewayKeyCreateArgs -> GatewayKeyCreated (the token, shown once)
 	OpGatewayKeyList    = "gateway.key.list"   // {} -> []GatewayKey
 	OpGatewayKeyRevoke  = "gateway.key.revoke" // GatewayKeyArgs -> GatewayKey
+	OpPeersFind         = "peers.find"         // FindArgs -> PeerRecord (a verified agent record from the DHT)
 )
 
 // Bounds of arguments, checked by the daemon and, for a clear usage error, by agentctl.
@@ -127,6 +128,7 @@ func Table() []Spec {
 		{OpGatewayKeyCreate, rbac.CtlGatewayKeys, true, GatewayKeyCreateArgs{}, GatewayKeyCreated{}, "agentctl gateway key create"},
 		{OpGatewayKeyList, rbac.CtlGatewayKeys, false, None{}, []GatewayKey{}, "agentctl gateway key list"},
 		{OpGatewayKeyRevoke, rbac.CtlGatewayKeys, true, GatewayKeyArgs{}, GatewayKey{}, "agentctl gateway key revoke"},
+		{OpPeersFind, rbac.CtlPeersFind, false, FindArgs{}, PeerRecord{}, "agentctl peers find, peers connect --id without an address"},
 	}
 }
 

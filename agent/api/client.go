@@ -129,3 +129,8 @@ func (c *Client) StakeSign(ctx context.Context, a StakeSignArgs) (StakeView, err
 func (c *Client) StakeSet(ctx context.Context, a StakeSetArgs) (StakeView, error) {
 	return call[StakeView](ctx, c, OpStakeSet, a)
 }
+
+// PeersFind is OpPeersFind.
+func (c *Client) PeersFind(ctx context.Context, a FindArgs) (PeerRecord, error) {
+	return call[PeerRecord](ctx, c, OpPeersFind, a)
+}

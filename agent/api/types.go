@@ -373,3 +373,29 @@ type StakeView struct {
 	// stake --out writes it after the table).
 	IssuerLog string `json:"issuer_log,omitempty"`
 }
+
+// FindArgs are OpPeersFind's arguments.
+type FindArgs struct {
+	ID string `json:"id"`
+	// TimeoutMS bounds the lookup (default 10 s, at most MaxFindTimeout).
+	TimeoutMS int `json:"timeout_ms,omitempty"`
+}
+
+// MaxFindTimeout bounds a peers.find lookup.
+const MaxFindTimeout = time.Minute
+
+// PeerRecord is a verified agent record (agent/discovery): where the agent says it listens.
+type PeerRecord struct {
+	AgentID    string        `json:"agent_id"`
+	Generation uint64        `json:"generation"`
+	PeerID     string        `json:"peer_id,omitempty"`
+	Addrs      []PeerAddress `json:"addrs"`
+	Seq        uint64        `json:"seq"`
+	Expires    time.Time     `json:"expires"`
+}
+
+// PeerAddress is one address of a PeerRecord.
+type PeerAddress struct {
+	Transport string `json:"transport"`
+	Address   string `json:"address"`
+}

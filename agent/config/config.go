@@ -101,7 +101,9 @@ type PeerConfig struct {
 	// Transport names the transport; empty means inferred from the address (wss:// is ws, a multiaddr
 	// starting with / is libp2p, host:port is tcp).
 	Transport string `yaml:"transport"`
-	Address   string `yaml:"address"`
+	// Address may be empty in a bootstrap entry: the agent is then found by ID through the libp2p DHT
+	// (ADR 0070) and its addresses come from its verified agent record.
+	Address string `yaml:"address"`
 }
 
 // HandlerConfig is one task handler: a built-in (echo, sha256) or a command.
@@ -345,6 +347,15 @@ func (c *Config) Validate() error {
 		p := fmt.Sprintf("bootstrap[%d]", i)
 		if _, err := identity.ParseID(pc.ID); err != nil {
 			return bad(p+".id", "%v", err)
+		}
+		if pc.Address == "" { // by agent ID only: resolved through the DHT (ADR 0070)
+			if !names["libp2p"] {
+				return bad(p, "a bootstrap entry without an address is found through the libp2p DHT: configure a libp2p transport, or give the address")
+			}
+			if pc.Transport != "" && !names[pc.Transport] {
+				return bad(p, "transport %s is not configured under transports", pc.Transport)
+			}
+			continue
 		}
 		if err := transports.CheckText("address", pc.Address, transports.MaxAddrLen); err != nil {
 			return bad(p+".address", "%v", err)

@@ -34,6 +34,7 @@ func (d *Daemon) services() []api.Service {
 		d.authz.Service(authz.ControlDeps{Issuer: d.cust, PeerIDs: d.peers.IDs,
 			Present: func(ctx context.Context) []api.Presentation { return peerops.Present(ctx, sess) }}),
 		d.gwKeys,
+		d.disc, // peers.find
 	}
 }
 

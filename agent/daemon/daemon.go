@@ -14,6 +14,7 @@ package daemon
 
 import (
 	"context"
+	"crypto/ed25519"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -41,6 +42,7 @@ import (
 	"github.com/custos-agent/custos/agent/control"
 	"github.com/custos-agent/custos/agent/custody"
 	"github.com/custos-agent/custos/agent/delegation"
+	"github.com/custos-agent/custos/agent/discovery"
 	"github.com/custos-agent/custos/agent/events"
 	"github.com/custos-agent/custos/agent/gateway"
 	"github.com/custos-agent/custos/agent/metrics"
@@ -65,6 +67,9 @@ const (
 	AuditDir    = api.AuditDir
 	ControlFile = api.ControlFile
 	WorkDir     = "work" // per-task working directories of exec handlers
+	// TransportKeyDir holds the transport keys the host hands to plugins that need a stable transport
+	// identity (libp2p, ADR 0070).
+	TransportKeyDir = "transport-keys"
 )
 
 // Options are what Start needs.
@@ -136,6 +141,7 @@ type Daemon struct {
 	replicator *consensus.Replicator // replicated tasks (authz_replicate.go)
 	authority  *bindauth.Authority
 	transports map[string]*transportState
+	disc       *discovery.Service // agent records in the libp2p DHT (ADR 0070)
 	mgr        *manager
 	ctl        *control.Server
 	gw         *gateway.Server // the HTTP API (agent/gateway), when gateway.listen is set
@@ -313,6 +319,10 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 	}
 
 	d.authority = bindauth.NewAuthority(d.id, d.dm, d.peers, d.keyLog, bindauth.DefaultBindingTTL)
+	if d.disc, err = discovery.New(discovery.Config{Self: d.id, OwnLog: d.keyLog, Keys: d.dm.Current, Logs: d.peers,
+		Networks: d.discoveryNetworks, Registerer: d.metrics.Registry(), Logger: d.log.With("part", "discovery")}); err != nil {
+		return nil, err
+	}
 	for _, tc := range cfg.Transports {
 		if err := d.startTransport(ctx, tc); err != nil {
 			return nil, err
@@ -370,6 +380,11 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 		}
 	}
 	d.addBootstrap(cfg)
+	d.wg.Add(1)
+	go func() {
+		defer d.wg.Done()
+		d.disc.Run(dctx) // publishes this agent's record: now, on address changes, before expiry
+	}()
 	d.events.Record(audit.AgentStarted, d.id.String(), d.id.String(), audit.OutcomeSuccess, map[string]any{
 		"version": opts.Version, "keystore": agentops.KeystoreBackend(d.cust.KeystoreURI()), "generation": d.cust.Current().Generation,
 		"transports": strings.Join(d.transportNames(), ","),
@@ -425,10 +440,16 @@ func (d *Daemon) startTransport(ctx context.Context, tc config.TransportConfig) 
 		d.log.Error("transport plugin sandbox is OFF: the plugin runs unconfined, as the agent's uid, and can reach the home, the control socket and the agent's memory",
 			"transport", tc.Name, "plugin", tc.Plugin)
 	}
+	var tkey ed25519.PrivateKey
+	if tc.Name == "libp2p" { // a stable peer ID, so /p2p/ addresses survive plugin restarts (ADR 0070)
+		if tkey, err = host.LoadTransportKey(filepath.Join(d.home, TransportKeyDir, tc.Name+".key")); err != nil {
+			return fmt.Errorf("transport %s: %w", tc.Name, err)
+		}
+	}
 	t, err := host.Start(d.ctx, host.Config{
 		Name: tc.Name, Path: tc.Plugin, SHA256: tc.SHA256, Options: tc.Options, Authority: d.authority,
 		Observer: observer{d}, Logger: d.log, Sandbox: mode, User: tc.User, BindPorts: bindPorts(tc),
-		SandboxProbe: d.opts.SandboxProbe,
+		SandboxProbe: d.opts.SandboxProbe, TransportKey: tkey, Judge: d.disc,
 	})
 	if err != nil {
 		return fmt.Errorf("transport %s: plugin %s: %w", tc.Name, tc.Plugin, err)
@@ -458,6 +479,21 @@ func (d *Daemon) startTransport(ctx context.Context, tc config.TransportConfig) 
 }
 
 func (d *Daemon) transport(name string) *transportState { return d.transports[name] }
+
+// discoveryNetworks are the transports and their listeners, for agent/discovery. d.transports is only
+// written before the daemon runs.
+func (d *Daemon) discoveryNetworks() []discovery.Network {
+	var out []discovery.Network
+	for _, name := range d.transportNames() {
+		ts := d.transports[name]
+		n := discovery.Network{T: ts.t}
+		for _, l := range ts.listeners {
+			n.Listeners = append(n.Listeners, l)
+		}
+		out = append(out, n)
+	}
+	return out
+}
 
 // pluginPIDs lists the live transport plugin processes: the control socket refuses them and their
 // descendants (control.RefusePluginProcesses). d.transports is only written before the socket is served.
@@ -519,6 +555,22 @@ func (d *Daemon) addBootstrap(cfg *config.Config) {
 	var order []string
 	for _, p := range cfg.Bootstrap {
 		id, _ := identity.ParseID(p.ID)
+		if p.Address == "" { // by agent ID only: resolved through the DHT, then pinned as any target
+			go d.disc.Resolve(d.ctx, id, func(addrs []discovery.Addr) {
+				var as []api.Address
+				for _, a := range addrs {
+					if d.transport(a.Transport) != nil && (p.Transport == "" || p.Transport == a.Transport) {
+						as = append(as, api.Address{Transport: a.Transport, Address: a.Addr})
+					}
+				}
+				if len(as) == 0 {
+					d.log.Warn("bootstrap agent found, but on no transport this agent has", "id", id.String(), "addrs", len(addrs))
+					return
+				}
+				d.mgr.addTarget(d.ctx, id.String(), as, "bootstrap")
+			})
+			continue
+		}
 		tn := p.Transport
 		if tn == "" {
 			tn = config.InferTransport(p.Address)

@@ -41,6 +41,8 @@ const (
 	CtlRotate       Operation = "control.rotate"
 	CtlConfigReload Operation = "control.config.reload"
 	CtlGatewayKeys  Operation = "control.gateway.keys"
+	// CtlPeersFind: look an agent's record up in the DHT (agent/discovery, ADR 0070).
+	CtlPeersFind Operation = "control.peers.find"
 )
 
 // Requirement is what an operation needs.
@@ -82,6 +84,7 @@ var Table = []Requirement{
 	{CtlRotate, ManageLocalAgent, false, "agentctl rotate"},
 	{CtlConfigReload, ManageLocalAgent, false, "reload configuration"},
 	{CtlGatewayKeys, ManageSecurity, false, "agentctl gateway key create, list, revoke (the HTTP gateway's API keys)"},
+	{CtlPeersFind, DiscoverPeers, false, "agentctl peers find ID (and peers connect --id ID without an address): a DHT lookup"},
 }
 
 // ErrUnknownOperation is returned for an operation missing from Table.

@@ -167,25 +167,26 @@ func peersCommand() *cli.Command {
 			OnUsageError: onUsageError,
 			Name:         "connect",
 			Usage:        "connect to a peer at ADDRESS, pinned to its agent ID, and keep the session up",
-			UsageText: "agentctl peers connect ADDRESS --id AGENT_ID [--transport NAME] [--json]\n\n" +
+			UsageText: "agentctl peers connect [ADDRESS] --id AGENT_ID [--transport NAME] [--json]\n\n" +
 				"ADDRESS is host:port (tcp), wss://host:port/custos/v1 (ws) or a multiaddr (libp2p); the transport is\n" +
-				"inferred from it unless --transport is given. The peer must prove it is AGENT_ID (transport binding and\n" +
-				"agent handshake); otherwise the connection is refused and the reason printed.",
+				"inferred from it unless --transport is given. Without ADDRESS the agent is looked up by ID in the\n" +
+				"libp2p DHT (as peers find) and its verified addresses are tried in turn. The peer must prove it is\n" +
+				"AGENT_ID (transport binding and agent handshake); otherwise the connection is refused and the reason printed.",
 			Flags: []cli.Flag{
 				&cli.StringFlag{Name: "id", Usage: "the peer's agent `ID` (required)"},
 				&cli.StringFlag{Name: "transport", Usage: "transport `NAME` (tcp, ws, libp2p)"},
 				jsonFlag(),
 			},
 			Action: runConnect,
-		}, peersBlockCommand("block"), peersBlockCommand("unblock")},
+		}, peersBlockCommand("block"), peersBlockCommand("unblock"), peersFindCommand()},
 	}
 }
 
 func runConnect(c *cli.Context) error {
 	pos := c.Args().Slice()
 	id, transport, asJSON := c.String("id"), c.String("transport"), c.Bool("json")
-	if len(pos) != 1 {
-		return usagef("peers connect takes one ADDRESS (got %d arguments)", len(pos))
+	if len(pos) > 1 {
+		return usagef("peers connect takes at most one ADDRESS (got %d arguments)", len(pos))
 	}
 	if id == "" {
 		return usagef("peers connect: --id is required (the agent ID the peer must prove)")
@@ -194,7 +195,14 @@ func runConnect(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	s, err := cl.PeersConnect(c.Context, api.ConnectArgs{Address: pos[0], ID: id, Transport: transport})
+	var s api.SessionStatus
+	addr := "the address found in its record"
+	if len(pos) == 0 {
+		s, err = connectByID(c.Context, cl, id, transport)
+	} else {
+		addr = pos[0]
+		s, err = cl.PeersConnect(c.Context, api.ConnectArgs{Address: pos[0], ID: id, Transport: transport})
+	}
 	if err != nil {
 		return err
 	}
@@ -203,7 +211,7 @@ func runConnect(c *cli.Context) error {
 	}
 	if s.Existing {
 		fmt.Fprintf(c.App.Writer, "already connected to %s over %s (%s, %s): %s was not dialled (not checked); it is stored as the address to re-dial %s at when this session ends\n",
-			s.Peer, s.Transport, s.Remote, s.Role, pos[0], s.Peer)
+			s.Peer, s.Transport, s.Remote, s.Role, addr, s.Peer)
 		return nil
 	}
 	fmt.Fprintf(c.App.Writer, "connected to %s over %s (%s, %s); session expires %s\n", s.Peer, s.Transport, s.Remote, s.Role, s.Expires.Local().Format(time.RFC3339))

@@ -24,6 +24,7 @@
 package softhsmtest
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -191,14 +192,20 @@ func New(t testing.TB) Token {
 		t.Fatalf("softhsmtest: initialise token %q: %v", label, err)
 	}
 	tok.Serial = serial
+	// The token's directory is the new entry whose token.object holds its label: another test's token
+	// may be deleted (or, in another process, created) while this one is initialised.
 	tokenDir := ""
 	for name := range after {
-		if !before[name] {
+		if before[name] {
+			continue
+		}
+		obj, err := os.ReadFile(filepath.Join(proc.tokens, name, "token.object"))
+		if err == nil && bytes.Contains(obj, []byte(label)) {
 			tokenDir = filepath.Join(proc.tokens, name)
 		}
 	}
 	t.Cleanup(func() { deleteToken(t, tok, tokenDir) })
-	if len(after) != len(before)+1 || tokenDir == "" {
+	if tokenDir == "" {
 		t.Fatalf("softhsmtest: token %q did not appear in %s: the SoftHSM module was initialised in this process before softhsmtest set SOFTHSM2_CONF (call softhsmtest before opening any PKCS#11 keystore, and do not set SOFTHSM2_CONF in tests)",
 			label, proc.tokens)
 	}

@@ -7,6 +7,7 @@
 package host
 
 import (
+	"crypto/ed25519"
 	"encoding/hex"
 	"fmt"
 	"log/slog"
@@ -32,6 +33,13 @@ type Config struct {
 	Env []string
 	// Authority binds the plugin's transport key and verifies peers' bindings. Required.
 	Authority BindingAuthority
+	// TransportKey, when set, is the plugin's transport key: the host hands its seed to every process it
+	// starts, so the transport identity (the libp2p peer ID) is the same across plugin restarts (ADR 0070;
+	// LoadTransportKey keeps it in the agent's state). Nil: each process generates a fresh key.
+	TransportKey ed25519.PrivateKey
+	// Judge, when set, answers the plugin's questions about DHT records (ADR 0070); without it a plugin
+	// with a DHT refuses every record.
+	Judge RecordJudge
 	// Observer is told about restarts and refused peers (metrics, session re-establishment). Optional.
 	Observer Observer
 	// Logger defaults to slog.Default().
@@ -123,6 +131,9 @@ func (c *Config) validate() ([]byte, error) {
 	}
 	if c.Authority == nil {
 		return nil, fmt.Errorf("plugin %s: a BindingAuthority is required", c.Path)
+	}
+	if c.TransportKey != nil && len(c.TransportKey) != ed25519.PrivateKeySize {
+		return nil, fmt.Errorf("plugin %s: transport key of %d bytes, want %d", c.Path, len(c.TransportKey), ed25519.PrivateKeySize)
 	}
 	for _, kv := range c.Env {
 		if k, _, ok := strings.Cut(kv, "="); !ok || k == "" {

@@ -555,3 +555,16 @@ func TestSupervisor(t *testing.T) {
 		t.Errorf("start after close: %v", err)
 	}
 }
+
+// TestNoDiscoveryOnTCP: a transport without a DHT says so (ErrNoDiscovery) for puts and lookups.
+func TestNoDiscoveryOnTCP(t *testing.T) {
+	a := tcpHost(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := a.T.PutRecord(ctx, "/custos/x", []byte("r")); !errors.Is(err, host.ErrNoDiscovery) {
+		t.Errorf("put on tcp: %v, want ErrNoDiscovery", err)
+	}
+	if _, err := a.T.FindRecord(ctx, "/custos/x", time.Second); !errors.Is(err, host.ErrNoDiscovery) {
+		t.Errorf("find on tcp: %v, want ErrNoDiscovery", err)
+	}
+}

@@ -110,6 +110,9 @@ func launch(ctx context.Context, cfg *Config, want []byte) (_ *instance, err err
 	if err := in.bind(ctx); err != nil {
 		return nil, err
 	}
+	if cfg.Judge != nil {
+		go in.serveQuestions()
+	}
 	cfg.Logger.Info("transport plugin started", "pid", pid, "path", cfg.Path, "data_sockets", in.data != nil, "sandbox", in.prot.String())
 	return in, nil
 }
@@ -126,7 +129,14 @@ func (in *instance) configure(ctx context.Context) error {
 	}
 	cctx, cancel := in.call(ctx)
 	defer cancel()
-	resp, err := in.h.rpc.Configure(cctx, &pb.ConfigureRequest{Transport: in.cfg.Name, Nonce: nonce, Options: in.cfg.Options})
+	req := &pb.ConfigureRequest{Transport: in.cfg.Name, Nonce: nonce, Options: in.cfg.Options}
+	var want ed25519.PublicKey
+	if in.cfg.TransportKey != nil {
+		req.TransportKeySeed = in.cfg.TransportKey.Seed()
+		want = in.cfg.TransportKey.Public().(ed25519.PublicKey)
+	}
+	resp, err := in.h.rpc.Configure(cctx, req)
+	clear(req.TransportKeySeed)
 	if err != nil {
 		return fmt.Errorf("configure transport plugin %s: %w", in.cfg.Path, rpcErr(err))
 	}
@@ -139,6 +149,9 @@ func (in *instance) configure(ctx context.Context) error {
 	}
 	if !ed25519.Verify(pub, transports.KeyProofInput(in.cfg.Name, nonce, pub), resp.GetProof()) {
 		return misbehaved("plugin %s did not prove possession of its transport key (bad proof signature)", in.cfg.Path)
+	}
+	if want != nil && !want.Equal(ed25519.PublicKey(pub)) {
+		return misbehaved("plugin %s uses another transport key than the one the host handed it", in.cfg.Path)
 	}
 	in.key = append(ed25519.PublicKey(nil), pub...)
 	return nil

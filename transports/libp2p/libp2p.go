@@ -15,6 +15,7 @@ import (
 	"time"
 
 	golibp2p "github.com/libp2p/go-libp2p"
+	dht "github.com/libp2p/go-libp2p-kad-dht"
 	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/network"
@@ -50,6 +51,8 @@ type Network struct {
 	id               *plugin.Identity
 	h                host.Host
 	handshakeTimeout time.Duration
+	judge            plugin.Judge // set by UseJudge: the DHT runs only with a host to judge records
+	dht              *dht.IpfsDHT
 
 	mu        sync.Mutex
 	listeners []*listener
@@ -103,6 +106,12 @@ func (n *Network) Configure(_ context.Context, id *plugin.Identity, opts map[str
 	}
 	n.h = h
 	h.SetStreamHandler(ProtocolID, n.handleStream)
+	if n.judge != nil {
+		if n.dht, err = startDHT(h, n.judge); err != nil {
+			_ = h.Close()
+			return err
+		}
+	}
 	return nil
 }
 
@@ -279,6 +288,9 @@ func (n *Network) handleStream(s network.Stream) {
 func (n *Network) Close() error {
 	if n.h == nil {
 		return nil
+	}
+	if n.dht != nil {
+		_ = n.dht.Close()
 	}
 	return n.h.Close()
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -208,4 +209,62 @@ func mustRaw(t *testing.T, k crypto.PubKey) ed25519.PublicKey {
 		t.Fatal(err)
 	}
 	return raw
+}
+
+// TestStableKeyAcrossRestart: with a transport key the host keeps (ADR 0070), a plugin killed and
+// restarted has the same peer ID, so a /p2p/ address handed out before the restart still dials; without
+// one (the old behaviour) the peer ID changes and the old address is refused.
+func TestStableKeyAcrossRestart(t *testing.T) {
+	key, err := host.LoadTransportKey(t.TempDir() + "/keys/libp2p.key")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, stable := range []bool{true, false} {
+		t.Run(fmt.Sprintf("stable=%v", stable), func(t *testing.T) {
+			cfg := plugintest.Config(t, "libp2p", bins["transport-libp2p"])
+			if stable {
+				cfg.TransportKey = key
+			}
+			a := plugintest.Start(t, cfg)
+			b := plugintest.Start(t, plugintest.Config(t, "libp2p", bins["transport-libp2p"]))
+			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+			defer cancel()
+			l, err := a.T.Listen(ctx, "/ip4/127.0.0.1/tcp/0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer l.Close()
+			before := l.Addrs()[0]
+			if err := syscall.Kill(a.T.PID(), syscall.SIGKILL); err != nil {
+				t.Fatal(err)
+			}
+			select {
+			case <-a.Restarts:
+			case <-time.After(30 * time.Second):
+				t.Fatal("no restart within 30s")
+			}
+			after := l.Addrs()[0]
+			if stable != (after == before) {
+				t.Fatalf("address before the restart %s, after %s (stable key %v)", before, after, stable)
+			}
+			c, err := b.T.Dial(ctx, before, a.ID)
+			if !stable {
+				if err == nil {
+					c.Close()
+					t.Fatal("the pre-restart address of a plugin without a kept key still dialled")
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("dial the pre-restart address %s: %v", before, err)
+			}
+			defer c.Close()
+			s, err := l.Accept(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer s.Close()
+			plugintest.Exchange(t, c, s, [][]byte{[]byte("after restart")})
+		})
+	}
 }

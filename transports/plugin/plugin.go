@@ -100,6 +100,16 @@ func NewIdentity(transport string) (*Identity, error) {
 	return &Identity{transport: transport, priv: priv, pub: pub}, nil
 }
 
+// NewIdentityFromSeed makes the identity of transport from a 32-byte Ed25519 seed the host keeps, so that
+// the transport key (the libp2p peer ID) survives plugin restarts (ADR 0070).
+func NewIdentityFromSeed(transport string, seed []byte) (*Identity, error) {
+	if len(seed) != ed25519.SeedSize {
+		return nil, fmt.Errorf("transport key seed is %d bytes, want %d", len(seed), ed25519.SeedSize)
+	}
+	priv := ed25519.NewKeyFromSeed(seed)
+	return &Identity{transport: transport, priv: priv, pub: priv.Public().(ed25519.PublicKey)}, nil
+}
+
 // Transport is the transport name.
 func (id *Identity) Transport() string { return id.transport }
 
@@ -151,6 +161,7 @@ type Server struct {
 	conns      map[string]*connEntry
 	inbound    chan *pb.Inbound
 	acceptBusy bool
+	judge      *judge
 	ctx        context.Context
 	cancel     context.CancelFunc
 }
@@ -164,7 +175,7 @@ type connEntry struct {
 func NewServer(n Network, log *slog.Logger) *Server {
 	ctx, cancel := context.WithCancel(context.Background())
 	return &Server{net: n, log: log, listeners: map[string]Listener{}, conns: map[string]*connEntry{},
-		inbound: make(chan *pb.Inbound, acceptQueue), ctx: ctx, cancel: cancel}
+		inbound: make(chan *pb.Inbound, acceptQueue), judge: newJudge(), ctx: ctx, cancel: cancel}
 }
 
 func newID() string {
@@ -187,9 +198,19 @@ func (s *Server) Configure(ctx context.Context, req *pb.ConfigureRequest) (*pb.C
 	if s.configured {
 		return nil, status.Error(codes.FailedPrecondition, "already configured (a plugin process is configured once)")
 	}
-	id, err := NewIdentity(name)
-	if err != nil {
+	var id *Identity
+	var err error
+	if seed := req.GetTransportKeySeed(); len(seed) > 0 {
+		id, err = NewIdentityFromSeed(name, seed)
+		clear(seed)
+		if err != nil {
+			return nil, status.Error(codes.InvalidArgument, err.Error())
+		}
+	} else if id, err = NewIdentity(name); err != nil {
 		return nil, status.Error(codes.Internal, err.Error())
+	}
+	if d, ok := s.net.(Discovery); ok {
+		d.UseJudge(s.judge)
 	}
 	if err := s.net.Configure(ctx, id, req.GetOptions()); err != nil {
 		return nil, status.Errorf(codes.InvalidArgument, "configure %s: %v", name, err)

@@ -29,6 +29,57 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+type Question_Kind int32
+
+const (
+	Question_KIND_UNSPECIFIED Question_Kind = 0
+	// Is values[0] a valid record for key?
+	Question_KIND_VALIDATE Question_Kind = 1
+	// Which of values is the best record for key (each already valid)? Answered by index.
+	Question_KIND_SELECT Question_Kind = 2
+)
+
+// Enum value maps for Question_Kind.
+var (
+	Question_Kind_name = map[int32]string{
+		0: "KIND_UNSPECIFIED",
+		1: "KIND_VALIDATE",
+		2: "KIND_SELECT",
+	}
+	Question_Kind_value = map[string]int32{
+		"KIND_UNSPECIFIED": 0,
+		"KIND_VALIDATE":    1,
+		"KIND_SELECT":      2,
+	}
+)
+
+func (x Question_Kind) Enum() *Question_Kind {
+	p := new(Question_Kind)
+	*p = x
+	return p
+}
+
+func (x Question_Kind) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (Question_Kind) Descriptor() protoreflect.EnumDescriptor {
+	return file_transport_proto_enumTypes[0].Descriptor()
+}
+
+func (Question_Kind) Type() protoreflect.EnumType {
+	return &file_transport_proto_enumTypes[0]
+}
+
+func (x Question_Kind) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use Question_Kind.Descriptor instead.
+func (Question_Kind) EnumDescriptor() ([]byte, []int) {
+	return file_transport_proto_rawDescGZIP(), []int{20, 0}
+}
+
 type ConfigureRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Transport name the host expects (e.g. "tcp"); the plugin refuses a mismatch.
@@ -36,9 +87,13 @@ type ConfigureRequest struct {
 	// 32 random bytes the plugin signs to prove possession of its transport key.
 	Nonce []byte `protobuf:"bytes,2,opt,name=nonce,proto3" json:"nonce,omitempty"`
 	// Transport-specific options (e.g. handshake timeout). Unknown keys are refused by the plugin.
-	Options       map[string]string `protobuf:"bytes,3,rep,name=options,proto3" json:"options,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Options map[string]string `protobuf:"bytes,3,rep,name=options,proto3" json:"options,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// When set (32 bytes), the Ed25519 seed of the transport key the plugin must use instead of generating
+	// one: the host keeps it in the agent's state so that the transport identity (the libp2p peer ID) stays
+	// the same across plugin restarts (ADR 0070). It is a transport key, never an identity key.
+	TransportKeySeed []byte `protobuf:"bytes,4,opt,name=transport_key_seed,json=transportKeySeed,proto3" json:"transport_key_seed,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *ConfigureRequest) Reset() {
@@ -88,6 +143,13 @@ func (x *ConfigureRequest) GetNonce() []byte {
 func (x *ConfigureRequest) GetOptions() map[string]string {
 	if x != nil {
 		return x.Options
+	}
+	return nil
+}
+
+func (x *ConfigureRequest) GetTransportKeySeed() []byte {
+	if x != nil {
+		return x.TransportKeySeed
 	}
 	return nil
 }
@@ -874,15 +936,341 @@ func (x *Open) GetConnId() string {
 	return ""
 }
 
+type PutRecordRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// DHT key, "/custos/<agent ID>".
+	Key string `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	// The signed agent record (docs/protocol.md, "Agent records").
+	Record        []byte `protobuf:"bytes,2,opt,name=record,proto3" json:"record,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PutRecordRequest) Reset() {
+	*x = PutRecordRequest{}
+	mi := &file_transport_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PutRecordRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PutRecordRequest) ProtoMessage() {}
+
+func (x *PutRecordRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_transport_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PutRecordRequest.ProtoReflect.Descriptor instead.
+func (*PutRecordRequest) Descriptor() ([]byte, []int) {
+	return file_transport_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *PutRecordRequest) GetKey() string {
+	if x != nil {
+		return x.Key
+	}
+	return ""
+}
+
+func (x *PutRecordRequest) GetRecord() []byte {
+	if x != nil {
+		return x.Record
+	}
+	return nil
+}
+
+type PutRecordResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PutRecordResponse) Reset() {
+	*x = PutRecordResponse{}
+	mi := &file_transport_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PutRecordResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PutRecordResponse) ProtoMessage() {}
+
+func (x *PutRecordResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_transport_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PutRecordResponse.ProtoReflect.Descriptor instead.
+func (*PutRecordResponse) Descriptor() ([]byte, []int) {
+	return file_transport_proto_rawDescGZIP(), []int{17}
+}
+
+type FindRecordRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Key           string                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	TimeoutMs     uint32                 `protobuf:"varint,2,opt,name=timeout_ms,json=timeoutMs,proto3" json:"timeout_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FindRecordRequest) Reset() {
+	*x = FindRecordRequest{}
+	mi := &file_transport_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FindRecordRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FindRecordRequest) ProtoMessage() {}
+
+func (x *FindRecordRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_transport_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FindRecordRequest.ProtoReflect.Descriptor instead.
+func (*FindRecordRequest) Descriptor() ([]byte, []int) {
+	return file_transport_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *FindRecordRequest) GetKey() string {
+	if x != nil {
+		return x.Key
+	}
+	return ""
+}
+
+func (x *FindRecordRequest) GetTimeoutMs() uint32 {
+	if x != nil {
+		return x.TimeoutMs
+	}
+	return 0
+}
+
+type FindRecordResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Record        []byte                 `protobuf:"bytes,1,opt,name=record,proto3" json:"record,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FindRecordResponse) Reset() {
+	*x = FindRecordResponse{}
+	mi := &file_transport_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FindRecordResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FindRecordResponse) ProtoMessage() {}
+
+func (x *FindRecordResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_transport_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FindRecordResponse.ProtoReflect.Descriptor instead.
+func (*FindRecordResponse) Descriptor() ([]byte, []int) {
+	return file_transport_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *FindRecordResponse) GetRecord() []byte {
+	if x != nil {
+		return x.Record
+	}
+	return nil
+}
+
+type Question struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            uint64                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	Kind          Question_Kind          `protobuf:"varint,2,opt,name=kind,proto3,enum=custos.transport.v1.Question_Kind" json:"kind,omitempty"`
+	Key           string                 `protobuf:"bytes,3,opt,name=key,proto3" json:"key,omitempty"`
+	Values        [][]byte               `protobuf:"bytes,4,rep,name=values,proto3" json:"values,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Question) Reset() {
+	*x = Question{}
+	mi := &file_transport_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Question) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Question) ProtoMessage() {}
+
+func (x *Question) ProtoReflect() protoreflect.Message {
+	mi := &file_transport_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Question.ProtoReflect.Descriptor instead.
+func (*Question) Descriptor() ([]byte, []int) {
+	return file_transport_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *Question) GetId() uint64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *Question) GetKind() Question_Kind {
+	if x != nil {
+		return x.Kind
+	}
+	return Question_KIND_UNSPECIFIED
+}
+
+func (x *Question) GetKey() string {
+	if x != nil {
+		return x.Key
+	}
+	return ""
+}
+
+func (x *Question) GetValues() [][]byte {
+	if x != nil {
+		return x.Values
+	}
+	return nil
+}
+
+type Answer struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Id    uint64                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	// KIND_VALIDATE: true when the record is valid. KIND_SELECT: unused.
+	Valid bool `protobuf:"varint,2,opt,name=valid,proto3" json:"valid,omitempty"`
+	// Why not (a reason code from reason/registry.go and a message), for the plugin's log.
+	Reason string `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	// KIND_SELECT: index of the best value.
+	Best          uint32 `protobuf:"varint,4,opt,name=best,proto3" json:"best,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Answer) Reset() {
+	*x = Answer{}
+	mi := &file_transport_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Answer) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Answer) ProtoMessage() {}
+
+func (x *Answer) ProtoReflect() protoreflect.Message {
+	mi := &file_transport_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Answer.ProtoReflect.Descriptor instead.
+func (*Answer) Descriptor() ([]byte, []int) {
+	return file_transport_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *Answer) GetId() uint64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *Answer) GetValid() bool {
+	if x != nil {
+		return x.Valid
+	}
+	return false
+}
+
+func (x *Answer) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *Answer) GetBest() uint32 {
+	if x != nil {
+		return x.Best
+	}
+	return 0
+}
+
 var File_transport_proto protoreflect.FileDescriptor
 
 const file_transport_proto_rawDesc = "" +
 	"\n" +
-	"\x0ftransport.proto\x12\x13custos.transport.v1\"\xd0\x01\n" +
+	"\x0ftransport.proto\x12\x13custos.transport.v1\"\xfe\x01\n" +
 	"\x10ConfigureRequest\x12\x1c\n" +
 	"\ttransport\x18\x01 \x01(\tR\ttransport\x12\x14\n" +
 	"\x05nonce\x18\x02 \x01(\fR\x05nonce\x12L\n" +
-	"\aoptions\x18\x03 \x03(\v22.custos.transport.v1.ConfigureRequest.OptionsEntryR\aoptions\x1a:\n" +
+	"\aoptions\x18\x03 \x03(\v22.custos.transport.v1.ConfigureRequest.OptionsEntryR\aoptions\x12,\n" +
+	"\x12transport_key_seed\x18\x04 \x01(\fR\x10transportKeySeed\x1a:\n" +
 	"\fOptionsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x80\x01\n" +
@@ -932,7 +1320,31 @@ const file_transport_proto_rawDesc = "" +
 	"\x06credit\x18\x03 \x01(\rH\x00R\x06creditB\x05\n" +
 	"\x03msg\"\x1f\n" +
 	"\x04Open\x12\x17\n" +
-	"\aconn_id\x18\x01 \x01(\tR\x06connId2\xc0\x05\n" +
+	"\aconn_id\x18\x01 \x01(\tR\x06connId\"<\n" +
+	"\x10PutRecordRequest\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x16\n" +
+	"\x06record\x18\x02 \x01(\fR\x06record\"\x13\n" +
+	"\x11PutRecordResponse\"D\n" +
+	"\x11FindRecordRequest\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x1d\n" +
+	"\n" +
+	"timeout_ms\x18\x02 \x01(\rR\ttimeoutMs\",\n" +
+	"\x12FindRecordResponse\x12\x16\n" +
+	"\x06record\x18\x01 \x01(\fR\x06record\"\xbe\x01\n" +
+	"\bQuestion\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x04R\x02id\x126\n" +
+	"\x04kind\x18\x02 \x01(\x0e2\".custos.transport.v1.Question.KindR\x04kind\x12\x10\n" +
+	"\x03key\x18\x03 \x01(\tR\x03key\x12\x16\n" +
+	"\x06values\x18\x04 \x03(\fR\x06values\"@\n" +
+	"\x04Kind\x12\x14\n" +
+	"\x10KIND_UNSPECIFIED\x10\x00\x12\x11\n" +
+	"\rKIND_VALIDATE\x10\x01\x12\x0f\n" +
+	"\vKIND_SELECT\x10\x02\"Z\n" +
+	"\x06Answer\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x14\n" +
+	"\x05valid\x18\x02 \x01(\bR\x05valid\x12\x16\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\x12\x12\n" +
+	"\x04best\x18\x04 \x01(\rR\x04best2\xc8\a\n" +
 	"\tTransport\x12Z\n" +
 	"\tConfigure\x12%.custos.transport.v1.ConfigureRequest\x1a&.custos.transport.v1.ConfigureResponse\x12]\n" +
 	"\n" +
@@ -942,7 +1354,11 @@ const file_transport_proto_rawDesc = "" +
 	"\rCloseListener\x12).custos.transport.v1.CloseListenerRequest\x1a\".custos.transport.v1.CloseResponse\x12V\n" +
 	"\tCloseConn\x12%.custos.transport.v1.CloseConnRequest\x1a\".custos.transport.v1.CloseResponse\x12L\n" +
 	"\x06Accept\x12\".custos.transport.v1.AcceptRequest\x1a\x1c.custos.transport.v1.Inbound0\x01\x12R\n" +
-	"\x06Frames\x12!.custos.transport.v1.FrameMessage\x1a!.custos.transport.v1.FrameMessage(\x010\x01B=Z;github.com/custos-agent/custos/transports/proto;transportpbb\x06proto3"
+	"\x06Frames\x12!.custos.transport.v1.FrameMessage\x1a!.custos.transport.v1.FrameMessage(\x010\x01\x12Z\n" +
+	"\tPutRecord\x12%.custos.transport.v1.PutRecordRequest\x1a&.custos.transport.v1.PutRecordResponse\x12]\n" +
+	"\n" +
+	"FindRecord\x12&.custos.transport.v1.FindRecordRequest\x1a'.custos.transport.v1.FindRecordResponse\x12K\n" +
+	"\tQuestions\x12\x1b.custos.transport.v1.Answer\x1a\x1d.custos.transport.v1.Question(\x010\x01B=Z;github.com/custos-agent/custos/transports/proto;transportpbb\x06proto3"
 
 var (
 	file_transport_proto_rawDescOnce sync.Once
@@ -956,52 +1372,67 @@ func file_transport_proto_rawDescGZIP() []byte {
 	return file_transport_proto_rawDescData
 }
 
-var file_transport_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
+var file_transport_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
+var file_transport_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
 var file_transport_proto_goTypes = []any{
-	(*ConfigureRequest)(nil),     // 0: custos.transport.v1.ConfigureRequest
-	(*ConfigureResponse)(nil),    // 1: custos.transport.v1.ConfigureResponse
-	(*SetBindingRequest)(nil),    // 2: custos.transport.v1.SetBindingRequest
-	(*SetBindingResponse)(nil),   // 3: custos.transport.v1.SetBindingResponse
-	(*ListenRequest)(nil),        // 4: custos.transport.v1.ListenRequest
-	(*ListenResponse)(nil),       // 5: custos.transport.v1.ListenResponse
-	(*DialRequest)(nil),          // 6: custos.transport.v1.DialRequest
-	(*DialResponse)(nil),         // 7: custos.transport.v1.DialResponse
-	(*Connection)(nil),           // 8: custos.transport.v1.Connection
-	(*CloseListenerRequest)(nil), // 9: custos.transport.v1.CloseListenerRequest
-	(*CloseConnRequest)(nil),     // 10: custos.transport.v1.CloseConnRequest
-	(*CloseResponse)(nil),        // 11: custos.transport.v1.CloseResponse
-	(*AcceptRequest)(nil),        // 12: custos.transport.v1.AcceptRequest
-	(*Inbound)(nil),              // 13: custos.transport.v1.Inbound
-	(*FrameMessage)(nil),         // 14: custos.transport.v1.FrameMessage
-	(*Open)(nil),                 // 15: custos.transport.v1.Open
-	nil,                          // 16: custos.transport.v1.ConfigureRequest.OptionsEntry
+	(Question_Kind)(0),           // 0: custos.transport.v1.Question.Kind
+	(*ConfigureRequest)(nil),     // 1: custos.transport.v1.ConfigureRequest
+	(*ConfigureResponse)(nil),    // 2: custos.transport.v1.ConfigureResponse
+	(*SetBindingRequest)(nil),    // 3: custos.transport.v1.SetBindingRequest
+	(*SetBindingResponse)(nil),   // 4: custos.transport.v1.SetBindingResponse
+	(*ListenRequest)(nil),        // 5: custos.transport.v1.ListenRequest
+	(*ListenResponse)(nil),       // 6: custos.transport.v1.ListenResponse
+	(*DialRequest)(nil),          // 7: custos.transport.v1.DialRequest
+	(*DialResponse)(nil),         // 8: custos.transport.v1.DialResponse
+	(*Connection)(nil),           // 9: custos.transport.v1.Connection
+	(*CloseListenerRequest)(nil), // 10: custos.transport.v1.CloseListenerRequest
+	(*CloseConnRequest)(nil),     // 11: custos.transport.v1.CloseConnRequest
+	(*CloseResponse)(nil),        // 12: custos.transport.v1.CloseResponse
+	(*AcceptRequest)(nil),        // 13: custos.transport.v1.AcceptRequest
+	(*Inbound)(nil),              // 14: custos.transport.v1.Inbound
+	(*FrameMessage)(nil),         // 15: custos.transport.v1.FrameMessage
+	(*Open)(nil),                 // 16: custos.transport.v1.Open
+	(*PutRecordRequest)(nil),     // 17: custos.transport.v1.PutRecordRequest
+	(*PutRecordResponse)(nil),    // 18: custos.transport.v1.PutRecordResponse
+	(*FindRecordRequest)(nil),    // 19: custos.transport.v1.FindRecordRequest
+	(*FindRecordResponse)(nil),   // 20: custos.transport.v1.FindRecordResponse
+	(*Question)(nil),             // 21: custos.transport.v1.Question
+	(*Answer)(nil),               // 22: custos.transport.v1.Answer
+	nil,                          // 23: custos.transport.v1.ConfigureRequest.OptionsEntry
 }
 var file_transport_proto_depIdxs = []int32{
-	16, // 0: custos.transport.v1.ConfigureRequest.options:type_name -> custos.transport.v1.ConfigureRequest.OptionsEntry
-	8,  // 1: custos.transport.v1.DialResponse.conn:type_name -> custos.transport.v1.Connection
-	8,  // 2: custos.transport.v1.Inbound.conn:type_name -> custos.transport.v1.Connection
-	15, // 3: custos.transport.v1.FrameMessage.open:type_name -> custos.transport.v1.Open
-	0,  // 4: custos.transport.v1.Transport.Configure:input_type -> custos.transport.v1.ConfigureRequest
-	2,  // 5: custos.transport.v1.Transport.SetBinding:input_type -> custos.transport.v1.SetBindingRequest
-	4,  // 6: custos.transport.v1.Transport.Listen:input_type -> custos.transport.v1.ListenRequest
-	6,  // 7: custos.transport.v1.Transport.Dial:input_type -> custos.transport.v1.DialRequest
-	9,  // 8: custos.transport.v1.Transport.CloseListener:input_type -> custos.transport.v1.CloseListenerRequest
-	10, // 9: custos.transport.v1.Transport.CloseConn:input_type -> custos.transport.v1.CloseConnRequest
-	12, // 10: custos.transport.v1.Transport.Accept:input_type -> custos.transport.v1.AcceptRequest
-	14, // 11: custos.transport.v1.Transport.Frames:input_type -> custos.transport.v1.FrameMessage
-	1,  // 12: custos.transport.v1.Transport.Configure:output_type -> custos.transport.v1.ConfigureResponse
-	3,  // 13: custos.transport.v1.Transport.SetBinding:output_type -> custos.transport.v1.SetBindingResponse
-	5,  // 14: custos.transport.v1.Transport.Listen:output_type -> custos.transport.v1.ListenResponse
-	7,  // 15: custos.transport.v1.Transport.Dial:output_type -> custos.transport.v1.DialResponse
-	11, // 16: custos.transport.v1.Transport.CloseListener:output_type -> custos.transport.v1.CloseResponse
-	11, // 17: custos.transport.v1.Transport.CloseConn:output_type -> custos.transport.v1.CloseResponse
-	13, // 18: custos.transport.v1.Transport.Accept:output_type -> custos.transport.v1.Inbound
-	14, // 19: custos.transport.v1.Transport.Frames:output_type -> custos.transport.v1.FrameMessage
-	12, // [12:20] is the sub-list for method output_type
-	4,  // [4:12] is the sub-list for method input_type
-	4,  // [4:4] is the sub-list for extension type_name
-	4,  // [4:4] is the sub-list for extension extendee
-	0,  // [0:4] is the sub-list for field type_name
+	23, // 0: custos.transport.v1.ConfigureRequest.options:type_name -> custos.transport.v1.ConfigureRequest.OptionsEntry
+	9,  // 1: custos.transport.v1.DialResponse.conn:type_name -> custos.transport.v1.Connection
+	9,  // 2: custos.transport.v1.Inbound.conn:type_name -> custos.transport.v1.Connection
+	16, // 3: custos.transport.v1.FrameMessage.open:type_name -> custos.transport.v1.Open
+	0,  // 4: custos.transport.v1.Question.kind:type_name -> custos.transport.v1.Question.Kind
+	1,  // 5: custos.transport.v1.Transport.Configure:input_type -> custos.transport.v1.ConfigureRequest
+	3,  // 6: custos.transport.v1.Transport.SetBinding:input_type -> custos.transport.v1.SetBindingRequest
+	5,  // 7: custos.transport.v1.Transport.Listen:input_type -> custos.transport.v1.ListenRequest
+	7,  // 8: custos.transport.v1.Transport.Dial:input_type -> custos.transport.v1.DialRequest
+	10, // 9: custos.transport.v1.Transport.CloseListener:input_type -> custos.transport.v1.CloseListenerRequest
+	11, // 10: custos.transport.v1.Transport.CloseConn:input_type -> custos.transport.v1.CloseConnRequest
+	13, // 11: custos.transport.v1.Transport.Accept:input_type -> custos.transport.v1.AcceptRequest
+	15, // 12: custos.transport.v1.Transport.Frames:input_type -> custos.transport.v1.FrameMessage
+	17, // 13: custos.transport.v1.Transport.PutRecord:input_type -> custos.transport.v1.PutRecordRequest
+	19, // 14: custos.transport.v1.Transport.FindRecord:input_type -> custos.transport.v1.FindRecordRequest
+	22, // 15: custos.transport.v1.Transport.Questions:input_type -> custos.transport.v1.Answer
+	2,  // 16: custos.transport.v1.Transport.Configure:output_type -> custos.transport.v1.ConfigureResponse
+	4,  // 17: custos.transport.v1.Transport.SetBinding:output_type -> custos.transport.v1.SetBindingResponse
+	6,  // 18: custos.transport.v1.Transport.Listen:output_type -> custos.transport.v1.ListenResponse
+	8,  // 19: custos.transport.v1.Transport.Dial:output_type -> custos.transport.v1.DialResponse
+	12, // 20: custos.transport.v1.Transport.CloseListener:output_type -> custos.transport.v1.CloseResponse
+	12, // 21: custos.transport.v1.Transport.CloseConn:output_type -> custos.transport.v1.CloseResponse
+	14, // 22: custos.transport.v1.Transport.Accept:output_type -> custos.transport.v1.Inbound
+	15, // 23: custos.transport.v1.Transport.Frames:output_type -> custos.transport.v1.FrameMessage
+	18, // 24: custos.transport.v1.Transport.PutRecord:output_type -> custos.transport.v1.PutRecordResponse
+	20, // 25: custos.transport.v1.Transport.FindRecord:output_type -> custos.transport.v1.FindRecordResponse
+	21, // 26: custos.transport.v1.Transport.Questions:output_type -> custos.transport.v1.Question
+	16, // [16:27] is the sub-list for method output_type
+	5,  // [5:16] is the sub-list for method input_type
+	5,  // [5:5] is the sub-list for extension type_name
+	5,  // [5:5] is the sub-list for extension extendee
+	0,  // [0:5] is the sub-list for field type_name
 }
 
 func init() { file_transport_proto_init() }
@@ -1019,13 +1450,14 @@ func file_transport_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_transport_proto_rawDesc), len(file_transport_proto_rawDesc)),
-			NumEnums:      0,
-			NumMessages:   17,
+			NumEnums:      1,
+			NumMessages:   23,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
 		GoTypes:           file_transport_proto_goTypes,
 		DependencyIndexes: file_transport_proto_depIdxs,
+		EnumInfos:         file_transport_proto_enumTypes,
 		MessageInfos:      file_transport_proto_msgTypes,
 	}.Build()
 	File_transport_proto = out.File

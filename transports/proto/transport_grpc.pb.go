@@ -35,6 +35,9 @@ const (
 	Transport_CloseConn_FullMethodName     = "/custos.transport.v1.Transport/CloseConn"
 	Transport_Accept_FullMethodName        = "/custos.transport.v1.Transport/Accept"
 	Transport_Frames_FullMethodName        = "/custos.transport.v1.Transport/Frames"
+	Transport_PutRecord_FullMethodName     = "/custos.transport.v1.Transport/PutRecord"
+	Transport_FindRecord_FullMethodName    = "/custos.transport.v1.Transport/FindRecord"
+	Transport_Questions_FullMethodName     = "/custos.transport.v1.Transport/Questions"
 )
 
 // TransportClient is the client API for Transport service.
@@ -63,6 +66,16 @@ type TransportClient interface {
 	// peer has granted (in bytes, each frame costing len(data) + 64) is positive; it grants credit back as
 	// its consumer takes frames. The stream ends with the connection.
 	Frames(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[FrameMessage, FrameMessage], error)
+	// Discovery (ADR 0070; optional: a transport without a DHT answers Unimplemented). PutRecord stores the
+	// host-signed agent record under its key in the transport's DHT and announces it; FindRecord looks a key
+	// up and answers the best valid record found. The plugin never judges a record itself: every record it
+	// stores, serves or selects is first judged by the host through the Questions stream.
+	PutRecord(ctx context.Context, in *PutRecordRequest, opts ...grpc.CallOption) (*PutRecordResponse, error)
+	FindRecord(ctx context.Context, in *FindRecordRequest, opts ...grpc.CallOption) (*FindRecordResponse, error)
+	// Questions is how the plugin asks the host (the only side with the core's verification code): the host
+	// opens it once per plugin process and sends an empty Answer (id 0) as hello; the plugin then sends
+	// Questions and the host answers each by id. Without an open stream the plugin refuses every record.
+	Questions(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[Answer, Question], error)
 }
 
 type transportClient struct {
@@ -165,6 +178,39 @@ func (c *transportClient) Frames(ctx context.Context, opts ...grpc.CallOption) (
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Transport_FramesClient = grpc.BidiStreamingClient[FrameMessage, FrameMessage]
 
+func (c *transportClient) PutRecord(ctx context.Context, in *PutRecordRequest, opts ...grpc.CallOption) (*PutRecordResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(PutRecordResponse)
+	err := c.cc.Invoke(ctx, Transport_PutRecord_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *transportClient) FindRecord(ctx context.Context, in *FindRecordRequest, opts ...grpc.CallOption) (*FindRecordResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(FindRecordResponse)
+	err := c.cc.Invoke(ctx, Transport_FindRecord_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *transportClient) Questions(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[Answer, Question], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Transport_ServiceDesc.Streams[2], Transport_Questions_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[Answer, Question]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Transport_QuestionsClient = grpc.BidiStreamingClient[Answer, Question]
+
 // TransportServer is the server API for Transport service.
 // All implementations must embed UnimplementedTransportServer
 // for forward compatibility.
@@ -191,6 +237,16 @@ type TransportServer interface {
 	// peer has granted (in bytes, each frame costing len(data) + 64) is positive; it grants credit back as
 	// its consumer takes frames. The stream ends with the connection.
 	Frames(grpc.BidiStreamingServer[FrameMessage, FrameMessage]) error
+	// Discovery (ADR 0070; optional: a transport without a DHT answers Unimplemented). PutRecord stores the
+	// host-signed agent record under its key in the transport's DHT and announces it; FindRecord looks a key
+	// up and answers the best valid record found. The plugin never judges a record itself: every record it
+	// stores, serves or selects is first judged by the host through the Questions stream.
+	PutRecord(context.Context, *PutRecordRequest) (*PutRecordResponse, error)
+	FindRecord(context.Context, *FindRecordRequest) (*FindRecordResponse, error)
+	// Questions is how the plugin asks the host (the only side with the core's verification code): the host
+	// opens it once per plugin process and sends an empty Answer (id 0) as hello; the plugin then sends
+	// Questions and the host answers each by id. Without an open stream the plugin refuses every record.
+	Questions(grpc.BidiStreamingServer[Answer, Question]) error
 	mustEmbedUnimplementedTransportServer()
 }
 
@@ -224,6 +280,15 @@ func (UnimplementedTransportServer) Accept(*AcceptRequest, grpc.ServerStreamingS
 }
 func (UnimplementedTransportServer) Frames(grpc.BidiStreamingServer[FrameMessage, FrameMessage]) error {
 	return status.Error(codes.Unimplemented, "method Frames not implemented")
+}
+func (UnimplementedTransportServer) PutRecord(context.Context, *PutRecordRequest) (*PutRecordResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method PutRecord not implemented")
+}
+func (UnimplementedTransportServer) FindRecord(context.Context, *FindRecordRequest) (*FindRecordResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method FindRecord not implemented")
+}
+func (UnimplementedTransportServer) Questions(grpc.BidiStreamingServer[Answer, Question]) error {
+	return status.Error(codes.Unimplemented, "method Questions not implemented")
 }
 func (UnimplementedTransportServer) mustEmbedUnimplementedTransportServer() {}
 func (UnimplementedTransportServer) testEmbeddedByValue()                   {}
@@ -372,6 +437,49 @@ func _Transport_Frames_Handler(srv interface{}, stream grpc.ServerStream) error 
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Transport_FramesServer = grpc.BidiStreamingServer[FrameMessage, FrameMessage]
 
+func _Transport_PutRecord_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(PutRecordRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(TransportServer).PutRecord(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Transport_PutRecord_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(TransportServer).PutRecord(ctx, req.(*PutRecordRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Transport_FindRecord_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(FindRecordRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(TransportServer).FindRecord(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Transport_FindRecord_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(TransportServer).FindRecord(ctx, req.(*FindRecordRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Transport_Questions_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(TransportServer).Questions(&grpc.GenericServerStream[Answer, Question]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Transport_QuestionsServer = grpc.BidiStreamingServer[Answer, Question]
+
 // Transport_ServiceDesc is the grpc.ServiceDesc for Transport service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -403,6 +511,14 @@ var Transport_ServiceDesc = grpc.ServiceDesc{
 			MethodName: "CloseConn",
 			Handler:    _Transport_CloseConn_Handler,
 		},
+		{
+			MethodName: "PutRecord",
+			Handler:    _Transport_PutRecord_Handler,
+		},
+		{
+			MethodName: "FindRecord",
+			Handler:    _Transport_FindRecord_Handler,
+		},
 	},
 	Streams: []grpc.StreamDesc{
 		{
@@ -413,6 +529,12 @@ var Transport_ServiceDesc = grpc.ServiceDesc{
 		{
 			StreamName:    "Frames",
 			Handler:       _Transport_Frames_Handler,
+			ServerStreams: true,
+			ClientStreams: true,
+		},
+		{
+			StreamName:    "Questions",
+			Handler:       _Transport_Questions_Handler,
 			ServerStreams: true,
 			ClientStreams: true,
 		},

@@ -1,0 +1,182 @@
+package libp2p_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	dht "github.com/libp2p/go-libp2p-kad-dht"
+	record "github.com/libp2p/go-libp2p-record"
+	"github.com/libp2p/go-libp2p/core/peer"
+
+	"github.com/custos-agent/custos/transports/internal/plugintest"
+)
+
+// testJudge stands in for the core's record verification (agent/discovery has its own tests): a record
+// is "v<seq>|<key>", valid when it names its key; the highest sequence wins. It counts what it refused.
+type testJudge struct {
+	mu      sync.Mutex
+	refused map[string]int // value -> times refused
+}
+
+func (j *testJudge) parse(key string, v []byte) (int, error) {
+	seq, k, ok := strings.Cut(string(v), "|")
+	n, err := strconv.Atoi(strings.TrimPrefix(seq, "v"))
+	if !ok || err != nil || k != key || !strings.HasPrefix(seq, "v") {
+		return 0, fmt.Errorf("record_key_mismatch: %q is not a record for %s", v, key)
+	}
+	return n, nil
+}
+
+func (j *testJudge) ValidateRecord(_ context.Context, key string, v []byte) error {
+	_, err := j.parse(key, v)
+	if err != nil {
+		j.mu.Lock()
+		j.refused[string(v)]++
+		j.mu.Unlock()
+	}
+	return err
+}
+
+func (j *testJudge) SelectRecord(_ context.Context, key string, vs [][]byte) (int, error) {
+	best, bestSeq := -1, -1
+	for i, v := range vs {
+		if n, err := j.parse(key, v); err == nil && n > bestSeq {
+			best, bestSeq = i, n
+		}
+	}
+	if best < 0 {
+		return 0, errors.New("none valid")
+	}
+	return best, nil
+}
+
+func (j *testJudge) refusals(v string) int {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	return j.refused[v]
+}
+
+// TestDHTRecords: three libp2p plugins (real processes) linked by agent connections form the private DHT;
+// a record put at one is found from another, a newer one replaces it, the host refuses to put an invalid
+// one, and a forged record pushed into the plugins by a raw DHT node with a permissive validator is
+// refused by every plugin's validator (its host judge is asked) and never returned by a lookup.
+func TestDHTRecords(t *testing.T) {
+	const key = "/custos/agent-x"
+	judges := make([]*testJudge, 3)
+	hosts := make([]*plugintest.Host, 3)
+	for i := range hosts {
+		judges[i] = &testJudge{refused: map[string]int{}}
+		cfg := plugintest.Config(t, "libp2p", bins["transport-libp2p"])
+		cfg.Judge = judges[i]
+		hosts[i] = plugintest.Start(t, cfg)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	l, err := hosts[0].T.Listen(ctx, "/ip4/127.0.0.1/tcp/0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	for _, h := range hosts[1:] { // 1 and 2 know only 0, as agents given one bootstrap address
+		c, err := h.T.Dial(ctx, l.Addrs()[0], hosts[0].ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+	}
+	// Put at 1 (retrying while the DHT's routing table fills through identify), find at 2.
+	put := func(v string) {
+		t.Helper()
+		var err error
+		for range 50 {
+			if err = hosts[1].T.PutRecord(ctx, key, []byte(v)); err == nil {
+				return
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+		t.Fatalf("put %s: %v", v, err)
+	}
+	find := func(at int) (string, error) {
+		v, err := hosts[at].T.FindRecord(ctx, key, 5*time.Second)
+		return string(v), err
+	}
+	put("v1|" + key)
+	if v, err := find(2); err != nil || v != "v1|"+key {
+		t.Fatalf("find at 2: %q, %v", v, err)
+	}
+	put("v2|" + key)
+	if v, err := find(2); err != nil || v != "v2|"+key {
+		t.Fatalf("after the newer record, find at 2: %q, %v", v, err)
+	}
+	if err := hosts[1].T.PutRecord(ctx, key, []byte("v9|/custos/agent-y")); err == nil {
+		t.Fatal("the host's plugin stored a record its judge refuses")
+	}
+	// A raw DHT node with a permissive validator pushes a forged record to every plugin.
+	raw, _ := rawPeer(t, "noise")
+	rd, err := dht.New(raw, dht.Mode(dht.ModeServer), dht.ProtocolPrefix("/custos"), dht.DisableProviders(),
+		dht.Validator(record.NamespacedValidator{"custos": permissive{}}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rd.Close()
+	const forgedKey = "/custos/agent-z"
+	forged := "v100|/custos/agent-other"
+	for _, h := range hosts {
+		ls, err := h.T.Listen(ctx, "/ip4/127.0.0.1/tcp/0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ls.Close()
+		ai, err := peer.AddrInfoFromString(ls.Addrs()[0])
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := raw.Connect(ctx, *ai); err != nil {
+			t.Fatal(err)
+		}
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for rd.RoutingTable().Size() < 3 && time.Now().Before(deadline) {
+		time.Sleep(100 * time.Millisecond)
+	}
+	if err := rd.PutValue(ctx, forgedKey, []byte(forged)); err != nil {
+		t.Fatalf("raw put: %v", err)
+	}
+	for i, j := range judges {
+		if j.refusals(forged) == 0 {
+			t.Errorf("plugin %d's host was never asked about (or accepted) the forged record", i)
+		}
+	}
+	for i := range hosts {
+		v, err := hosts[i].T.FindRecord(ctx, forgedKey, 3*time.Second)
+		if err == nil {
+			t.Errorf("plugin %d returned %q for the forged key", i, v)
+		}
+	}
+}
+
+type permissive struct{}
+
+func (permissive) Validate(string, []byte) error        { return nil }
+func (permissive) Select(string, [][]byte) (int, error) { return 0, nil }
+
+// TestRecordsRefusedWithoutJudge: a plugin whose host answers no record questions (no Judge) refuses
+// every record: it fails closed, never storing what nobody verified.
+func TestRecordsRefusedWithoutJudge(t *testing.T) {
+	a := plugintest.Start(t, plugintest.Config(t, "libp2p", bins["transport-libp2p"]))
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	err := a.T.PutRecord(ctx, "/custos/x", []byte("v1|/custos/x"))
+	if err == nil || !strings.Contains(err.Error(), "no host answers record questions") {
+		t.Errorf("put without a judge: %v, want a refusal saying no host answers", err)
+	}
+	if _, err := a.T.FindRecord(ctx, "/custos/x", time.Second); err == nil {
+		t.Error("found a record nobody stored")
+	}
+}
