@@ -427,21 +427,7 @@ func TestAlertRules(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	m := New()
-	exercise(m)
-	fams, err := m.reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	have := map[string]bool{}
-	for _, f := range fams {
-		have[f.GetName()] = true
-		if f.GetType().String() == "HISTOGRAM" {
-			for _, s := range []string{"_bucket", "_sum", "_count"} {
-				have[f.GetName()+s] = true
-			}
-		}
-	}
+	have := exportedNames(t) // grafana_test.go
 	used := map[string]bool{}
 	for _, name := range regexp.MustCompile(`custos_[a-z_]+`).FindAllString(string(text), -1) {
 		used[name] = true
