@@ -14,17 +14,11 @@ package daemon
 
 import (
 	"context"
-	"crypto/ed25519"
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
-	"net/url"
 	"os"
 	"path/filepath"
-	"slices"
-	"sort"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -34,6 +28,7 @@ import (
 
 	"github.com/custos-agent/custos/agent/api"
 	"github.com/custos-agent/custos/agent/api/agentops"
+	"github.com/custos-agent/custos/agent/api/peerops"
 	"github.com/custos-agent/custos/agent/api/taskops"
 	"github.com/custos-agent/custos/agent/authz"
 	"github.com/custos-agent/custos/agent/bindauth"
@@ -47,7 +42,7 @@ import (
 	"github.com/custos-agent/custos/agent/gateway"
 	"github.com/custos-agent/custos/agent/metrics"
 	"github.com/custos-agent/custos/agent/peers"
-	"github.com/custos-agent/custos/agent/puzzle"
+	"github.com/custos-agent/custos/agent/plugins"
 	"github.com/custos-agent/custos/agent/rbac"
 	"github.com/custos-agent/custos/agent/replay"
 	"github.com/custos-agent/custos/agent/reputation"
@@ -57,6 +52,7 @@ import (
 	"github.com/custos-agent/custos/audit"
 	"github.com/custos-agent/custos/identity"
 	"github.com/custos-agent/custos/internal/privacy"
+	"github.com/custos-agent/custos/keystore"
 	"github.com/custos-agent/custos/transports/host"
 	"github.com/custos-agent/custos/transports/host/sandbox"
 )
@@ -105,12 +101,6 @@ type Options struct {
 	SandboxProbe func() sandbox.Kernel
 }
 
-type transportState struct {
-	cfg       config.TransportConfig
-	t         *host.Transport
-	listeners []*host.Listener
-}
-
 // Daemon is a running agent.
 type Daemon struct {
 	opts Options
@@ -120,7 +110,6 @@ type Daemon struct {
 	cust *custody.Custody
 
 	mu     sync.Mutex
-	idMu   sync.Mutex // serialises identity reloads (keyevents.go)
 	cfg    *config.Config
 	digest string
 	ownLog identity.Log
@@ -139,13 +128,17 @@ type Daemon struct {
 	authz      *authz.Authz     // authorization and trust (agent/authz; wired in authz.go)
 	evidence   *consensus.EvidenceStore
 	replicator *consensus.Replicator // replicated tasks (authz_replicate.go)
-	authority  *bindauth.Authority
-	transports map[string]*transportState
-	disc       *discovery.Service // agent records in the libp2p DHT (ADR 0070)
-	mgr        *manager
-	ctl        *control.Server
-	gw         *gateway.Server // the HTTP API (agent/gateway), when gateway.listen is set
-	gwKeys     *gateway.Keys   // the gateway's API keys (a control API service)
+	follower   *custody.Follower     // identity reloads (rotations made by agentctl)
+	plugins    *plugins.Set          // the transport plugins (agent/plugins)
+	disc       *discovery.Service    // agent records in the libp2p DHT (ADR 0070)
+	mgr        *sessions.Manager
+	sess       peerops.Manager // the session manager in the control API's types
+	boot       peerops.Bootstrap
+	// sessionConfig is each connection's session configuration (authz.SessionConfigs).
+	sessionConfig func(transport, remote, pinned string) *session.Config
+	ctl           *control.Server
+	gw            *gateway.Server // the HTTP API (agent/gateway), when gateway.listen is set
+	gwKeys        *gateway.Keys   // the gateway's API keys (a control API service)
 
 	ctx      context.Context
 	cancel   context.CancelFunc
@@ -180,7 +173,7 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 	dctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	d := &Daemon{opts: opts, log: opts.Logger, home: opts.Home, cust: opts.Custody, id: opts.Custody.ID(),
 		cfg: opts.Config, digest: opts.ConfigDigest, ownLog: opts.Custody.Log(), metrics: opts.Metrics,
-		transports: map[string]*transportState{}, ctx: dctx, cancel: cancel, started: time.Now().UTC(), done: make(chan struct{})}
+		ctx: dctx, cancel: cancel, started: time.Now().UTC(), done: make(chan struct{})}
 	// Events become audit records, metrics and reputation observations (agent/events); its Audit,
 	// Reputation, Outbound and IsReplicated are set below as each is built, before anything runs.
 	d.events = &events.Recorder{Metrics: d.metrics, Log: d.log}
@@ -195,15 +188,8 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 	d.log = slog.New(addrs.LogHandler(d.log.Handler()))
 
 	// Plugins first: a wrong checksum must stop the start before anything is opened, naming the file.
-	for _, t := range cfg.Transports {
-		sum, err := host.FileSHA256(t.Plugin)
-		if err != nil {
-			return nil, fmt.Errorf("transport %s: plugin %s: %w", t.Name, t.Plugin, err)
-		}
-		if sum != t.SHA256 {
-			return nil, fmt.Errorf("transport %s: plugin %s: %w: the file's SHA-256 is %s, the configuration says %s (reinstall the plugin or update transports[].sha256)",
-				t.Name, t.Plugin, host.ErrChecksum, sum, t.SHA256)
-		}
+	if err := plugins.VerifyChecksums(cfg.Transports); err != nil {
+		return nil, err
 	}
 
 	// The state database, once for the whole process (bbolt allows one handle per file).
@@ -278,6 +264,7 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 		defer d.wg.Done()
 		_ = d.dm.Run(dctx)
 	}()
+	d.follower = d.newFollower() // identity reloads switch the audit log's and the delegations' signer
 	d.replay = replay.New(replay.Config{Window: cfg.Session.ReplayWindow})
 	// Authorization and trust (agent/authz, wired in authz.go): RBAC, resource policy, puzzles, grants, consensus evidence.
 	if d.authz, err = newAuthz(ctx, d, cfg); err != nil {
@@ -289,9 +276,22 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 		d.authz.Sweep(dctx, cfg.Reputation.SweepInterval)
 	}()
 
+	// The transport plugins (started below), with the binding authority and the DHT record judge.
+	authority := bindauth.NewAuthority(d.id, d.dm, d.peers, d.keyLog, bindauth.DefaultBindingTTL)
+	if d.disc, err = discovery.New(discovery.Config{Self: d.id, OwnLog: d.keyLog, Keys: d.dm.Current, Logs: d.peers,
+		Networks: func() []discovery.Network { return d.plugins.Networks() }, Registerer: d.metrics.Registry(), Logger: d.log.With("part", "discovery")}); err != nil {
+		return nil, err
+	}
+	d.plugins = plugins.New(plugins.Config{Authority: authority, Judge: d.disc, KeyDir: filepath.Join(d.home, TransportKeyDir),
+		Events: d.events, Metrics: d.metrics, OnRestart: func() { d.mgr.WakeAll() }, SandboxProbe: opts.SandboxProbe, Logger: d.log})
+
+	// The session manager (sessions.go) over the plugins; each connection's session configuration is authz's.
+	d.sessionConfig = d.authz.SessionConfigs(d.sessionBase, opts.Validator)
 	if d.mgr, err = d.newManager(cfg.Limits.MaxInboundHandshakes); err != nil {
 		return nil, err
 	}
+	d.sess = peerops.Manager{M: d.mgr}
+	d.boot = peerops.Bootstrap{Sessions: d.sess, Resolve: d.disc.Resolve, Has: d.plugins.Has, Logger: d.log}
 	d.engine, err = tasks.New(tasks.Config{
 		LocalID: d.id.String(), Store: d.taskStore, Handlers: cfg.Registry(d.workRoot()), Keys: d.dm, Peers: d.peers,
 		Sender: d.mgr, Admit: opts.AdmitTask, MaxConcurrent: cfg.Limits.MaxConcurrentTasks, MaxQueued: cfg.Limits.MaxQueuedTasks,
@@ -303,7 +303,7 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 		return nil, err
 	}
 	// Replicated tasks (agent/consensus) run on the connected peers through the task engine.
-	d.replicator = &consensus.Replicator{Rep: d.rep, Evidence: d.evidence, Peers: sessionsView{m: d.mgr, ctx: d.ctx},
+	d.replicator = &consensus.Replicator{Rep: d.rep, Evidence: d.evidence, Peers: d.sess,
 		Runner: taskops.Runner{Engine: d.engine, Self: d.id}}
 	d.events.Outbound, d.events.IsReplicated = d.engine.Get, d.replicator.IsReplicated
 	d.metrics.TaskQueue(d.engine.Queued, func() int { return d.config().Limits.MaxQueuedTasks })
@@ -318,13 +318,8 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 		return nil, err
 	}
 
-	d.authority = bindauth.NewAuthority(d.id, d.dm, d.peers, d.keyLog, bindauth.DefaultBindingTTL)
-	if d.disc, err = discovery.New(discovery.Config{Self: d.id, OwnLog: d.keyLog, Keys: d.dm.Current, Logs: d.peers,
-		Networks: d.discoveryNetworks, Registerer: d.metrics.Registry(), Logger: d.log.With("part", "discovery")}); err != nil {
-		return nil, err
-	}
 	for _, tc := range cfg.Transports {
-		if err := d.startTransport(ctx, tc); err != nil {
+		if err := d.plugins.Start(ctx, d.ctx, tc); err != nil {
 			return nil, err
 		}
 	}
@@ -345,7 +340,7 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 		Path: filepath.Join(d.home, ControlFile), Ops: ops, Authorize: d.authz.AuthorizeOp, // agent/authz (then opts.AuthorizeLocal)
 		// The control socket serves people, not plugins: transport plugin processes and their descendants
 		// are refused before their request is read (threat model, section 2).
-		RefuseCaller: control.RefusePluginProcesses(d.pluginPIDs),
+		RefuseCaller: control.RefusePluginProcesses(d.plugins.PIDs),
 		OnRequest:    d.events.ControlRequest, Logger: d.log.With("part", "control"),
 	})
 	if err != nil {
@@ -374,12 +369,8 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 			return nil, err
 		}
 	}
-	for name, ts := range d.transports {
-		for _, l := range ts.listeners {
-			d.mgr.Serve(dctx, name, sessions.ListenerOf[*host.Conn](l))
-		}
-	}
-	d.addBootstrap(cfg)
+	d.plugins.Listeners(func(name string, l *host.Listener) { d.mgr.Serve(dctx, name, sessions.ListenerOf[*host.Conn](l)) })
+	d.boot.Add(dctx, cfg.Bootstrap)
 	d.wg.Add(1)
 	go func() {
 		defer d.wg.Done()
@@ -387,10 +378,10 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 	}()
 	d.events.Record(audit.AgentStarted, d.id.String(), d.id.String(), audit.OutcomeSuccess, map[string]any{
 		"version": opts.Version, "keystore": agentops.KeystoreBackend(d.cust.KeystoreURI()), "generation": d.cust.Current().Generation,
-		"transports": strings.Join(d.transportNames(), ","),
+		"transports": strings.Join(d.plugins.Names(), ","),
 	})
 	d.running = true
-	d.log.Info("agent running", "id", d.id, "generation", d.cust.Current().Generation, "transports", d.transportNames(),
+	d.log.Info("agent running", "id", d.id, "generation", d.cust.Current().Generation, "transports", d.plugins.Names(),
 		"control", d.ctl.Path(), "metrics", d.metricsURL())
 	return d, nil
 }
@@ -431,196 +422,6 @@ func (d *Daemon) currentKeyOf(id identity.ID) (identity.State, error) {
 	return st, nil
 }
 
-func (d *Daemon) startTransport(ctx context.Context, tc config.TransportConfig) error {
-	mode, err := sandbox.ParseMode(tc.Sandbox)
-	if err != nil {
-		return fmt.Errorf("transport %s: %w", tc.Name, err)
-	}
-	if mode == sandbox.Off {
-		d.log.Error("transport plugin sandbox is OFF: the plugin runs unconfined, as the agent's uid, and can reach the home, the control socket and the agent's memory",
-			"transport", tc.Name, "plugin", tc.Plugin)
-	}
-	var tkey ed25519.PrivateKey
-	if tc.Name == "libp2p" { // a stable peer ID, so /p2p/ addresses survive plugin restarts (ADR 0070)
-		if tkey, err = host.LoadTransportKey(filepath.Join(d.home, TransportKeyDir, tc.Name+".key")); err != nil {
-			return fmt.Errorf("transport %s: %w", tc.Name, err)
-		}
-	}
-	t, err := host.Start(d.ctx, host.Config{
-		Name: tc.Name, Path: tc.Plugin, SHA256: tc.SHA256, Options: tc.Options, Authority: d.authority,
-		Observer: observer{d}, Logger: d.log, Sandbox: mode, User: tc.User, BindPorts: bindPorts(tc),
-		SandboxProbe: d.opts.SandboxProbe, TransportKey: tkey, Judge: d.disc,
-	})
-	if err != nil {
-		return fmt.Errorf("transport %s: plugin %s: %w", tc.Name, tc.Plugin, err)
-	}
-	ts := &transportState{cfg: tc, t: t}
-	d.transports[tc.Name] = ts
-	prot := t.Sandbox()
-	d.metrics.PluginSandbox(tc.Name, sandboxGauges(prot))
-	if mode == sandbox.BestEffort {
-		for _, p := range sandbox.All() {
-			if !prot.Has(p) && p != sandbox.UIDDrop {
-				d.log.Warn("transport plugin runs without a sandbox protection the kernel lacks", "transport", tc.Name, "protection", p)
-			}
-		}
-	}
-	d.events.Record(audit.PluginStarted, "agent", tc.Name, audit.OutcomeSuccess, map[string]any{"path": tc.Plugin, "sha256": tc.SHA256, "pid": t.PID(),
-		"sandbox": prot.String(), "sandbox_mode": string(mode)})
-	for _, addr := range tc.Listen {
-		l, err := t.Listen(ctx, addr)
-		if err != nil {
-			return fmt.Errorf("transport %s: listen on %s: %w", tc.Name, addr, err)
-		}
-		ts.listeners = append(ts.listeners, l)
-		d.log.Info("listening", "transport", tc.Name, "addrs", l.Addrs())
-	}
-	return nil
-}
-
-func (d *Daemon) transport(name string) *transportState { return d.transports[name] }
-
-// discoveryNetworks are the transports and their listeners, for agent/discovery. d.transports is only
-// written before the daemon runs.
-func (d *Daemon) discoveryNetworks() []discovery.Network {
-	var out []discovery.Network
-	for _, name := range d.transportNames() {
-		ts := d.transports[name]
-		n := discovery.Network{T: ts.t}
-		for _, l := range ts.listeners {
-			n.Listeners = append(n.Listeners, l)
-		}
-		out = append(out, n)
-	}
-	return out
-}
-
-// pluginPIDs lists the live transport plugin processes: the control socket refuses them and their
-// descendants (control.RefusePluginProcesses). d.transports is only written before the socket is served.
-func (d *Daemon) pluginPIDs() []int {
-	var out []int
-	for _, ts := range d.transports {
-		if pid := ts.t.PID(); pid > 0 {
-			out = append(out, pid)
-		}
-	}
-	return out
-}
-
-// sandboxGauges is the metric value of each protection.
-func sandboxGauges(p sandbox.Protections) map[string]bool {
-	m := map[string]bool{}
-	for _, n := range sandbox.All() {
-		m[n] = p.Has(n)
-	}
-	return m
-}
-
-// bindPorts are the TCP ports a tcp or ws plugin may bind (its listen addresses; none when it only
-// dials); nil (no Landlock network rule) for other transports or an address without a numeric port.
-func bindPorts(tc config.TransportConfig) []uint16 {
-	if tc.Name != "tcp" && tc.Name != "ws" {
-		return nil
-	}
-	ports := []uint16{}
-	for _, a := range tc.Listen {
-		hp := a
-		if u, err := url.Parse(a); err == nil && u.Host != "" {
-			hp = u.Host
-		}
-		_, p, err := net.SplitHostPort(hp)
-		if err != nil {
-			return nil
-		}
-		n, err := strconv.ParseUint(p, 10, 16)
-		if err != nil {
-			return nil
-		}
-		ports = append(ports, uint16(n))
-	}
-	return ports
-}
-
-func (d *Daemon) transportNames() []string {
-	var out []string
-	for n := range d.transports {
-		out = append(out, n)
-	}
-	sort.Strings(out)
-	return out
-}
-
-func (d *Daemon) addBootstrap(cfg *config.Config) {
-	byID := map[string][]api.Address{}
-	var order []string
-	for _, p := range cfg.Bootstrap {
-		id, _ := identity.ParseID(p.ID)
-		if p.Address == "" { // by agent ID only: resolved through the DHT, then pinned as any target
-			go d.disc.Resolve(d.ctx, id, func(addrs []discovery.Addr) {
-				var as []api.Address
-				for _, a := range addrs {
-					if d.transport(a.Transport) != nil && (p.Transport == "" || p.Transport == a.Transport) {
-						as = append(as, api.Address{Transport: a.Transport, Address: a.Addr})
-					}
-				}
-				if len(as) == 0 {
-					d.log.Warn("bootstrap agent found, but on no transport this agent has", "id", id.String(), "addrs", len(addrs))
-					return
-				}
-				d.mgr.addTarget(d.ctx, id.String(), as, "bootstrap")
-			})
-			continue
-		}
-		tn := p.Transport
-		if tn == "" {
-			tn = config.InferTransport(p.Address)
-		}
-		if _, ok := byID[id.String()]; !ok {
-			order = append(order, id.String())
-		}
-		byID[id.String()] = append(byID[id.String()], api.Address{Transport: tn, Address: p.Address})
-	}
-	for _, id := range order {
-		d.mgr.addTarget(d.ctx, id, byID[id], "bootstrap")
-	}
-}
-
-// sessionConfig is the session configuration of one connection: the daemon's base settings, a validator
-// that requires the handshake's peer to be the agent the transport binding named, runs the authorization
-// checks (authz.validate: puzzle, Blocked peers, grants, policy), then Options.Validator; the early
-// refusals of an initiator (admitEarly: puzzle, Blocked) before anything it sent is verified or stored;
-// and events reported with the transport and remote address.
-func (d *Daemon) sessionConfig(transport, remote, pinned string) *session.Config {
-	cfg := d.config()
-	// A puzzle solution is single-use: once admitEarly has verified this connection's, authz.validate
-	// is shown the peer without it (a puzzle verified once, by the early check).
-	var early earlyAdmission
-	return &session.Config{
-		Delegations: d.dm, KeyLog: d.keyLog, Peers: d.peers, Replay: d.replay, Hybrid: cfg.Session.Hybrid,
-		SignEnvelopes:    cfg.Session.SignEnvelopes,
-		HandshakeTimeout: cfg.Session.HandshakeTimeout, ReauthInterval: cfg.Session.ReauthInterval,
-		Logger: d.log.With("part", "session", "transport", transport),
-		Validator: session.ValidatorFunc(func(ctx context.Context, p *session.Peer) error {
-			if pinned != "" && p.ID.String() != pinned {
-				return fmt.Errorf("the transport binding named %s but the handshake authenticated %s", pinned, p.ID)
-			}
-			// Puzzle, trust level (Blocked refused), grants, connection policy: agent/authz.
-			if err := d.authz.Validate(ctx, early.strip(p)); err != nil {
-				return err
-			}
-			if d.opts.Validator != nil {
-				return d.opts.Validator.Validate(ctx, p)
-			}
-			return nil
-		}),
-		// Before the initiator's log, delegation and signature are verified: its puzzle and Blocked.
-		Admit:   session.ValidatorFunc(func(_ context.Context, p *session.Peer) error { return d.admitEarly(p, &early) }),
-		OnEvent: func(ev session.Event) { d.events.Session(transport, remote, ev) },
-		// Admission puzzles asked of initiators, solved when asked; the grants this agent holds (agent/authz).
-		Puzzler: d.authz.Puzzler(), Solver: puzzle.Solver{}, Grants: d.authz.Presentable(),
-	}
-}
-
 // Done is closed when the daemon has stopped.
 func (d *Daemon) Done() <-chan struct{} { return d.done }
 
@@ -634,11 +435,7 @@ func (d *Daemon) ID() identity.ID { return d.id }
 func (d *Daemon) Shutdown(ctx context.Context) error {
 	d.stopOnce.Do(func() {
 		d.log.Info("shutting down: draining")
-		for _, ts := range d.transports {
-			for _, l := range ts.listeners {
-				_ = l.Close()
-			}
-		}
+		d.plugins.CloseListeners()
 		if d.gw != nil {
 			_ = d.gw.Close(ctx)
 		}
@@ -673,12 +470,8 @@ func (d *Daemon) teardown(ctx context.Context) error {
 	if d.mgr != nil {
 		d.mgr.Wait()
 	}
-	for _, name := range d.transportNames() {
-		ts := d.transports[name]
-		if err := ts.t.Close(); err != nil {
-			errs = append(errs, fmt.Errorf("transport %s: %w", name, err))
-		}
-		d.events.Record(audit.PluginStopped, "agent", name, audit.OutcomeSuccess, map[string]any{"path": ts.cfg.Plugin, "sha256": ts.cfg.SHA256})
+	if d.plugins != nil {
+		errs = append(errs, d.plugins.Close())
 	}
 	if d.metricsSrv != nil {
 		_ = d.metricsSrv.Close()
@@ -721,16 +514,7 @@ func (d *Daemon) Reload(ctx context.Context) (*api.ReloadResult, error) {
 	old, oldDigest := d.cfg, d.digest
 	d.mu.Unlock()
 	res := &api.ReloadResult{Digest: digest, PreviousDigest: oldDigest, Changed: config.Diff(old, cfg)}
-	for _, c := range res.Changed {
-		switch {
-		case strings.HasPrefix(c, "handlers."):
-			res.Applied = append(res.Applied, c)
-		case c == "bootstrap", c == "session", c == "redial", c == "log", c == "authorization", c == "policy":
-			res.Applied = append(res.Applied, c)
-		default:
-			res.NeedRestart = append(res.NeedRestart, c)
-		}
-	}
+	res.Applied, res.NeedRestart = config.Classify(res.Changed)
 	if err := d.authz.Reload(cfg); err != nil { // agent/authz: authorization and policy apply at once
 		d.events.Record(audit.ConfigChanged, "operator", d.opts.ConfigPath, audit.OutcomeFailure, map[string]any{"digest": digest, "error": err.Error()})
 		d.log.Error("configuration reload refused; the running configuration is unchanged", "err", err)
@@ -740,27 +524,11 @@ func (d *Daemon) Reload(ctx context.Context) (*api.ReloadResult, error) {
 		return nil, err
 	}
 	d.mu.Lock()
-	// Settings that need a restart keep their running values so status stays truthful.
-	keep := *cfg
-	keep.Transports, keep.Delegation, keep.Limits, keep.Tasks, keep.Metrics, keep.Audit = old.Transports, old.Delegation, old.Limits, old.Tasks, old.Metrics, old.Audit
-	keep.Reputation, keep.Puzzles, keep.Policy.Geo.Database = old.Reputation, old.Puzzles, old.Policy.Geo.Database // authz: need a restart
-	d.cfg, d.digest = &keep, digest
+	d.cfg, d.digest = config.InForce(old, cfg), digest // settings that need a restart keep their running values
 	d.mu.Unlock()
 	d.applyLogLevel(cfg)
-	if !slices.Equal(old.Bootstrap, cfg.Bootstrap) {
-		cur := map[string]bool{}
-		for _, p := range cfg.Bootstrap {
-			id, _ := identity.ParseID(p.ID)
-			cur[id.String()] = true
-		}
-		for id, ts := range d.mgr.targetStatuses() {
-			if ts.Source == "bootstrap" && !cur[id] {
-				d.mgr.removeTarget(id)
-			}
-		}
-		d.addBootstrap(cfg)
-	}
-	rotated, _, err := d.reloadIdentity(ctx, "operator")
+	d.boot.Update(d.ctx, old.Bootstrap, cfg.Bootstrap)
+	rotated, _, err := d.follower.Reload(ctx, "operator")
 	if err != nil {
 		d.log.Error("identity reload failed; the running identity is unchanged", "err", err)
 	}
@@ -774,45 +542,39 @@ func (d *Daemon) Reload(ctx context.Context) (*api.ReloadResult, error) {
 	return res, nil
 }
 
-// reloadIdentity picks up a rotation, recovery or key destruction another process made: it writes the key
-// events to the audit log (actor: who asked), then switches to a new delegation, new checkpoint signer, new
-// transport bindings.
-func (d *Daemon) reloadIdentity(ctx context.Context, actor string) (bool, []audit.Record, error) {
-	d.idMu.Lock()
-	defer d.idMu.Unlock()
-	keys := d.cust.Keys()
-	before := d.cust.Current().Generation
-	if err := d.cust.Reload(ctx); err != nil {
-		return false, nil, err
+// newFollower is the identity's reloads (custody.Follower): key events to the audit log (agent/events),
+// then the new generation's signer to the audit log's checkpoints and the delegation manager, new
+// transport bindings, and every session re-authenticated (the old generation's operational keys are
+// wiped; each peer gets the longer key event log).
+func (d *Daemon) newFollower() *custody.Follower {
+	return &custody.Follower{Custody: d.cust, KeyEvents: d.events.KeyEvents,
+		Switch: []func(context.Context, keystore.Signer, uint64, identity.State) error{
+			func(_ context.Context, s keystore.Signer, g uint64, _ identity.State) error {
+				d.mu.Lock()
+				d.ownLog = d.cust.Log()
+				d.mu.Unlock()
+				return d.audit.SetSigner(s, g)
+			},
+			func(ctx context.Context, s keystore.Signer, _ uint64, st identity.State) error {
+				_, err := d.dm.SetIdentity(ctx, s, st)
+				return err
+			},
+		},
+		Switched: func(ctx context.Context, g, before uint64) {
+			d.plugins.Rebind(ctx)
+			n := d.mgr.ReauthenticateAll()
+			d.log.Info("identity reloaded", "generation", g, "previous", before, "sessions_reauthenticating", n)
+		},
 	}
-	recs := d.events.KeyEvents(keys, d.cust.Keys(), d.cust.Log(), actor)
-	g := d.cust.Current().Generation
-	if g == before {
-		return false, recs, nil
-	}
-	signer, err := d.cust.Signer(ctx)
-	if err != nil {
-		return false, recs, err
-	}
-	d.mu.Lock()
-	d.ownLog = d.cust.Log()
-	d.mu.Unlock()
-	if err := d.audit.SetSigner(signer, g); err != nil {
-		return false, recs, err
-	}
-	if _, err := d.dm.SetIdentity(ctx, signer, d.cust.State()); err != nil {
-		return false, recs, err
-	}
-	for _, ts := range d.transports {
-		if err := ts.t.Rebind(ctx); err != nil {
-			d.log.Warn("transport binding not renewed after the rotation", "transport", ts.cfg.Name, "err", err)
-		}
-	}
-	// The old generation's operational keys are wiped: every session re-authenticates now, which also
-	// hands each peer the longer key event log.
-	n := d.mgr.reauthenticateAll()
-	d.log.Info("identity reloaded", "generation", g, "previous", before, "sessions_reauthenticating", n)
-	return true, recs, nil
+}
+
+// sessionBase is a connection's session settings in force, before authorization's checks (sessionConfig).
+func (d *Daemon) sessionBase(transport, remote string) *session.Config {
+	s := d.config().Session
+	return &session.Config{Delegations: d.dm, KeyLog: d.keyLog, Peers: d.peers, Replay: d.replay, Hybrid: s.Hybrid,
+		SignEnvelopes: s.SignEnvelopes, HandshakeTimeout: s.HandshakeTimeout, ReauthInterval: s.ReauthInterval,
+		Logger:  d.log.With("part", "session", "transport", transport),
+		OnEvent: func(ev session.Event) { d.events.Session(transport, remote, ev) }}
 }
 
 func (d *Daemon) currentDigest() string {
@@ -830,29 +592,3 @@ func (d *Daemon) metricsURL() string {
 
 // DrainTimeout is how long Shutdown should let running tasks finish (limits.drain_timeout).
 func (d *Daemon) DrainTimeout() time.Duration { return d.config().Limits.DrainTimeout }
-
-// sessionFailed accounts for a session a verified peer ended with a protocol failure (agent/events).
-func (d *Daemon) sessionFailed(peer, transport string, err error) {
-	d.events.SessionFailed(peer, transport, err)
-}
-
-// observer receives the plugin supervisors' events (host.Observer).
-type observer struct{ d *Daemon }
-
-// PluginRestarted implements host.Observer: audit, metric, and re-dial every target at once.
-func (o observer) PluginRestarted(ev host.RestartEvent) {
-	o.d.mgr.wakeAll()
-	o.d.events.PluginRestarted(ev, func() *events.Plugin {
-		ts := o.d.transport(ev.Transport)
-		if ts == nil {
-			return nil
-		}
-		prot := ts.t.Sandbox()
-		return &events.Plugin{Path: ts.cfg.Plugin, SHA256: ts.cfg.SHA256, Sandbox: sandboxGauges(prot), SandboxText: prot.String()}
-	})
-}
-
-// PeerRefused implements host.Observer.
-func (o observer) PeerRefused(transport, remote string, err error) {
-	o.d.events.PeerRefused(transport, remote, err)
-}
