@@ -4,15 +4,12 @@ import (
 	"context"
 	"os"
 
-	"github.com/custos-agent/custos/agent/api"
 	"github.com/custos-agent/custos/agent/authz"
 	"github.com/custos-agent/custos/agent/config"
 	"github.com/custos-agent/custos/agent/consensus"
 	"github.com/custos-agent/custos/agent/envelope"
 	"github.com/custos-agent/custos/agent/rbac"
-	"github.com/custos-agent/custos/agent/reputation"
 	"github.com/custos-agent/custos/agent/tasks"
-	"github.com/custos-agent/custos/identity"
 )
 
 // newAuthz builds the daemon's authorization (agent/authz) over its stores: the grants and revocations
@@ -65,12 +62,3 @@ func (t authzTasks) Inbound(requester, id string) (*tasks.Inbound, error) {
 	return t.d.taskStore.Inbound(requester, id)
 }
 func (t authzTasks) Outbound(id string) (*tasks.Outbound, error) { return t.d.taskStore.Outbound(id) }
-
-// describePeer adds the reputation report, roles and evidence count to a peer's status.
-func (d *Daemon) describePeer(ctx context.Context, id identity.ID, p *api.PeerStatus, r reputation.Report) {
-	p.Reputation = &r
-	p.Roles = authz.RoleNames(d.authz.Roles(ctx, id))
-	if evs, err := d.evidence.ByPeer(id); err == nil {
-		p.Evidence = len(evs)
-	}
-}

@@ -27,7 +27,7 @@ func (d *Daemon) services() []api.Service {
 				return recs, err
 			}}),
 		peerops.New(peerops.Deps{Self: d.id, Sessions: d.sess, Peers: d.peers, Reputation: d.rep, Transports: d.plugins.Names,
-			InferTransport: config.InferTransport, Describe: d.describePeer}),
+			InferTransport: config.InferTransport, Describe: d.authz.Describe(d.evidence)}),
 		taskops.New(taskops.Deps{Self: d.id, Engine: d.engine, Replicator: d.replicator, Stakes: d.authz.CurrentStakes, Audit: d.events.Record}),
 		d.authz.Service(authz.ControlDeps{Issuer: d.cust, PeerIDs: d.peers.IDs,
 			Present: func(ctx context.Context) []api.Presentation { return peerops.Present(ctx, d.sess) }}),

@@ -19,7 +19,6 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 	"time"
 
@@ -212,7 +211,7 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 		return nil, fmt.Errorf("%w: reputation: %v", config.ErrConfig, err)
 	}
 	d.rep, err = reputation.NewStore(ctx, d.db, repCfg, reputation.Options{
-		Resolve:   d.currentKeyOf,
+		Resolve:   d.peers.Current,
 		CheckTask: authz.FeedbackTask(d.peers), // agent/authz
 		OnChange:  d.events.TrustChanged,
 		Logger:    d.log.With("part", "reputation"),
@@ -238,14 +237,12 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 		return nil, fmt.Errorf("audit log: %w", err)
 	}
 	d.events.Audit = d.audit
-	d.events.Record(audit.ConfigLoaded, "operator", opts.ConfigPath, audit.OutcomeInfo, map[string]any{"digest": d.digest})
+	d.events.ConfigLoaded(opts.ConfigPath, d.digest)
 
 	d.metrics.WatchHome(d.home)
-	d.wg.Add(1)
-	go func() { // the keystore's health (custos_keystore_up; failures also in custos_keystore_errors_total)
-		defer d.wg.Done()
+	d.run(func() { // the keystore's health (custos_keystore_up; failures also in custos_keystore_errors_total)
 		d.metrics.WatchKeystore(dctx, agentops.KeystoreBackend(d.cust.KeystoreURI()), d.cust.Ping, cfg.Metrics.KeystoreCheckInterval, d.log.With("part", "metrics"))
-	}()
+	})
 	if !cfg.Metrics.Disabled {
 		d.metricsSrv, err = metrics.Serve(dctx, d.metrics, metrics.ServeOptions{Addr: cfg.Metrics.Address, Logger: d.log.With("part", "metrics")})
 		if err != nil {
@@ -259,22 +256,14 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("delegation: %w", err)
 	}
-	d.wg.Add(1)
-	go func() {
-		defer d.wg.Done()
-		_ = d.dm.Run(dctx)
-	}()
+	d.run(func() { _ = d.dm.Run(dctx) })
 	d.follower = d.newFollower() // identity reloads switch the audit log's and the delegations' signer
 	d.replay = replay.New(replay.Config{Window: cfg.Session.ReplayWindow})
 	// Authorization and trust (agent/authz, wired in authz.go): RBAC, resource policy, puzzles, grants, consensus evidence.
 	if d.authz, err = newAuthz(ctx, d, cfg); err != nil {
 		return nil, err
 	}
-	d.wg.Add(1)
-	go func() {
-		defer d.wg.Done()
-		d.authz.Sweep(dctx, cfg.Reputation.SweepInterval)
-	}()
+	d.run(func() { d.authz.Sweep(dctx, cfg.Reputation.SweepInterval) })
 
 	// The transport plugins (started below), with the binding authority and the DHT record judge.
 	authority := bindauth.NewAuthority(d.id, d.dm, d.peers, d.keyLog, bindauth.DefaultBindingTTL)
@@ -346,13 +335,11 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 	if err != nil {
 		return nil, err
 	}
-	d.wg.Add(1)
-	go func() {
-		defer d.wg.Done()
+	d.run(func() {
 		if err := d.ctl.Serve(); err != nil {
 			d.log.Error("control socket stopped", "err", err)
 		}
-	}()
+	})
 
 	if cfg.Gateway.Enabled() { // the HTTP API: the same handlers as the control socket, its own keys and limits
 		roles, err := cfg.GatewayRoles()
@@ -371,15 +358,8 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 	}
 	d.plugins.Listeners(func(name string, l *host.Listener) { d.mgr.Serve(dctx, name, sessions.ListenerOf[*host.Conn](l)) })
 	d.boot.Add(dctx, cfg.Bootstrap)
-	d.wg.Add(1)
-	go func() {
-		defer d.wg.Done()
-		d.disc.Run(dctx) // publishes this agent's record: now, on address changes, before expiry
-	}()
-	d.events.Record(audit.AgentStarted, d.id.String(), d.id.String(), audit.OutcomeSuccess, map[string]any{
-		"version": opts.Version, "keystore": agentops.KeystoreBackend(d.cust.KeystoreURI()), "generation": d.cust.Current().Generation,
-		"transports": strings.Join(d.plugins.Names(), ","),
-	})
+	d.run(func() { d.disc.Run(dctx) }) // publishes this agent's record: now, on address changes, before expiry
+	d.events.AgentStarted(d.id.String(), opts.Version, agentops.KeystoreBackend(d.cust.KeystoreURI()), d.cust.Current().Generation, d.plugins.Names())
 	d.running = true
 	d.log.Info("agent running", "id", d.id, "generation", d.cust.Current().Generation, "transports", d.plugins.Names(),
 		"control", d.ctl.Path(), "metrics", d.metricsURL())
@@ -411,15 +391,13 @@ func (d *Daemon) applyLogLevel(cfg *config.Config) {
 	}
 }
 
-func (d *Daemon) currentKeyOf(id identity.ID) (identity.State, error) {
-	st, ok, err := d.peers.State(id.String())
-	if err != nil {
-		return identity.State{}, err
-	}
-	if !ok {
-		return identity.State{}, fmt.Errorf("no key event log cached for %s", id)
-	}
-	return st, nil
+// run runs f in a goroutine Shutdown waits for.
+func (d *Daemon) run(f func()) {
+	d.wg.Add(1)
+	go func() {
+		defer d.wg.Done()
+		f()
+	}()
 }
 
 // Done is closed when the daemon has stopped.
@@ -482,7 +460,7 @@ func (d *Daemon) teardown(ctx context.Context) error {
 	}
 	if d.audit != nil {
 		if d.running {
-			d.events.Record(audit.AgentStopped, d.id.String(), d.id.String(), audit.OutcomeSuccess, nil)
+			d.events.AgentStopped(d.id.String())
 		}
 		if err := d.audit.Close(); err != nil {
 			errs = append(errs, fmt.Errorf("audit log: %w", err))
@@ -506,8 +484,7 @@ func (d *Daemon) teardown(ctx context.Context) error {
 func (d *Daemon) Reload(ctx context.Context) (*api.ReloadResult, error) {
 	cfg, digest, err := config.LoadConfig(d.opts.ConfigPath)
 	if err != nil {
-		d.events.Record(audit.ConfigChanged, "operator", d.opts.ConfigPath, audit.OutcomeFailure, map[string]any{"digest": d.currentDigest(), "error": err.Error()})
-		d.log.Error("configuration reload refused; the running configuration is unchanged", "err", err)
+		d.events.ConfigRefused(d.opts.ConfigPath, d.currentDigest(), err)
 		return nil, err
 	}
 	d.mu.Lock()
@@ -516,8 +493,7 @@ func (d *Daemon) Reload(ctx context.Context) (*api.ReloadResult, error) {
 	res := &api.ReloadResult{Digest: digest, PreviousDigest: oldDigest, Changed: config.Diff(old, cfg)}
 	res.Applied, res.NeedRestart = config.Classify(res.Changed)
 	if err := d.authz.Reload(cfg); err != nil { // agent/authz: authorization and policy apply at once
-		d.events.Record(audit.ConfigChanged, "operator", d.opts.ConfigPath, audit.OutcomeFailure, map[string]any{"digest": digest, "error": err.Error()})
-		d.log.Error("configuration reload refused; the running configuration is unchanged", "err", err)
+		d.events.ConfigRefused(d.opts.ConfigPath, digest, err)
 		return nil, err
 	}
 	if err := d.engine.SetHandlers(cfg.Registry(d.workRoot())); err != nil {
@@ -533,12 +509,7 @@ func (d *Daemon) Reload(ctx context.Context) (*api.ReloadResult, error) {
 		d.log.Error("identity reload failed; the running identity is unchanged", "err", err)
 	}
 	res.Rotated, res.Generation = rotated, d.cust.Current().Generation
-	d.events.Record(audit.ConfigChanged, "operator", d.opts.ConfigPath, audit.OutcomeSuccess, map[string]any{
-		"digest": digest, "previous_digest": oldDigest, "changed": strings.Join(res.Changed, ","),
-		"need_restart": strings.Join(res.NeedRestart, ","),
-	})
-	d.log.Info("configuration reloaded", "digest", digest, "previous_digest", oldDigest, "changed", res.Changed,
-		"applied", res.Applied, "need_restart", res.NeedRestart, "generation", res.Generation)
+	d.events.ConfigReloaded(d.opts.ConfigPath, res)
 	return res, nil
 }
 

@@ -228,6 +228,18 @@ func verifyStored(id string, raw []byte) (identity.Log, identity.State, error) {
 	return l, st, nil
 }
 
+// Current is the cached verified state of id, an error when none is cached (reputation.Options.Resolve).
+func (c *Cache) Current(id identity.ID) (identity.State, error) {
+	st, ok, err := c.State(id.String())
+	if err != nil {
+		return identity.State{}, err
+	}
+	if !ok {
+		return identity.State{}, fmt.Errorf("no key event log cached for %s", id)
+	}
+	return st, nil
+}
+
 // State returns the cached verified state of id (from memory when this process stored or loaded it).
 func (c *Cache) State(id string) (identity.State, bool, error) {
 	c.mu.Lock()
