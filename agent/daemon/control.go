@@ -31,7 +31,7 @@ func (d *Daemon) services() []api.Service {
 		taskops.New(taskops.Deps{Self: d.id, Engine: d.engine, Replicator: d.replicator, Stakes: d.authz.CurrentStakes, Audit: d.events.Record}),
 		d.authz.Service(authz.ControlDeps{Issuer: d.cust, PeerIDs: d.peers.IDs,
 			Present: func(ctx context.Context) []api.Presentation { return peerops.Present(ctx, d.sess) }}),
-		d.gwKeys,
-		d.disc, // peers.find
+		d.db.GatewayKeys, // the HTTP gateway's API keys (agentctl gateway key)
+		d.disc,           // peers.find
 	}
 }

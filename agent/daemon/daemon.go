@@ -22,9 +22,6 @@ import (
 	"sync"
 	"time"
 
-	"go.etcd.io/bbolt"
-	bolterrors "go.etcd.io/bbolt/errors"
-
 	"github.com/custos-agent/custos/agent/api"
 	"github.com/custos-agent/custos/agent/api/agentops"
 	"github.com/custos-agent/custos/agent/api/peerops"
@@ -47,6 +44,7 @@ import (
 	"github.com/custos-agent/custos/agent/reputation"
 	"github.com/custos-agent/custos/agent/session"
 	"github.com/custos-agent/custos/agent/sessions"
+	"github.com/custos-agent/custos/agent/state"
 	"github.com/custos-agent/custos/agent/tasks"
 	"github.com/custos-agent/custos/audit"
 	"github.com/custos-agent/custos/identity"
@@ -113,7 +111,7 @@ type Daemon struct {
 	digest string
 	ownLog identity.Log
 
-	db         *bbolt.DB
+	db         *state.DB
 	peers      *peers.Cache
 	rep        *reputation.Store
 	taskStore  *tasks.Store
@@ -137,7 +135,6 @@ type Daemon struct {
 	sessionConfig func(transport, remote, pinned string) *session.Config
 	ctl           *control.Server
 	gw            *gateway.Server // the HTTP API (agent/gateway), when gateway.listen is set
-	gwKeys        *gateway.Keys   // the gateway's API keys (a control API service)
 
 	ctx      context.Context
 	cancel   context.CancelFunc
@@ -191,26 +188,16 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 		return nil, err
 	}
 
-	// The state database, once for the whole process (bbolt allows one handle per file).
-	dbPath := filepath.Join(d.home, StateFile)
-	d.db, err = bbolt.Open(dbPath, 0o600, &bbolt.Options{Timeout: time.Second})
-	if err != nil {
-		if errors.Is(err, bolterrors.ErrTimeout) {
-			return nil, fmt.Errorf("%s is locked by another process: is an agent already running for this home?", dbPath)
-		}
-		return nil, fmt.Errorf("open %s: %w", dbPath, err)
-	}
-	if d.peers, err = peers.New(d.db); err != nil {
+	// The state database and its stores (agent/state), once for the whole process.
+	if d.db, err = state.Open(filepath.Join(d.home, StateFile)); err != nil {
 		return nil, err
 	}
-	if d.taskStore, err = tasks.NewStore(d.db); err != nil {
-		return nil, err
-	}
+	d.peers, d.taskStore, d.evidence = d.db.Peers, d.db.Tasks, d.db.Evidence
 	repCfg, err := cfg.ReputationSettings() // agent/config: the reputation and puzzles sections
 	if err != nil {
 		return nil, fmt.Errorf("%w: reputation: %v", config.ErrConfig, err)
 	}
-	d.rep, err = reputation.NewStore(ctx, d.db, repCfg, reputation.Options{
+	d.rep, err = reputation.NewStore(ctx, d.db.Bolt, repCfg, reputation.Options{
 		Resolve:   d.peers.Current,
 		CheckTask: authz.FeedbackTask(d.peers), // agent/authz
 		OnChange:  d.events.TrustChanged,
@@ -313,10 +300,6 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 		}
 	}
 
-	d.gwKeys, err = gateway.NewKeys(d.db, nil) // the HTTP gateway's API keys (agentctl gateway key)
-	if err != nil {
-		return nil, err
-	}
 	hs, err := api.Join(d.services()...) // control.go: the rooms' handlers
 	if err != nil {
 		return nil, err
@@ -346,7 +329,7 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 		if err != nil {
 			return nil, fmt.Errorf("%w: gateway: %v", config.ErrConfig, err)
 		}
-		d.gw, err = gateway.New(gateway.Options{Config: cfg.Gateway, AgentID: d.id.String(), Keys: d.gwKeys, Roles: roles, Audit: d.events.Record,
+		d.gw, err = gateway.New(gateway.Options{Config: cfg.Gateway, AgentID: d.id.String(), Keys: d.db.GatewayKeys, Roles: roles, Audit: d.events.Record,
 			Ops:     gateway.HandlerOps{Handlers: hs, Cred: rbac.Cred{UID: uint32(os.Getuid()), GID: uint32(os.Getgid()), PID: int32(os.Getpid())}},
 			Metrics: d.metrics.Registry(), Logger: d.log.With("part", "gateway")})
 		if err == nil {
