@@ -182,6 +182,7 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 	d.applyLogLevel(cfg)
 	addrs := privacy.Addresses{Full: cfg.Privacy.FullAddresses} // minimisation (ADR 0082): logs and audit records
 	d.log = slog.New(addrs.LogHandler(d.log.Handler()))
+	d.events.Log = d.log // the events' log lines are minimised too
 
 	// Plugins first: a wrong checksum must stop the start before anything is opened, naming the file.
 	if err := plugins.VerifyChecksums(cfg.Transports); err != nil {
