@@ -1,15 +1,14 @@
-// Package daemon is the Custos agent daemon (cmd/custosd, which agentctl run executes): it opens the identity (agent/custody) and the
-// state database once, starts the delegation manager, the audit log and the metrics endpoint, launches
-// every configured transport plugin with a binding authority backed by the operational key, listens,
-// dials the bootstrap peers, runs the agent handshake on every connection, keeps one session per peer
-// (re-dialling with backoff when a session or a plugin goes down), runs the task protocol (agent/tasks)
-// over the sessions, and serves the local control socket (agent/control) with the handlers of the
-// control API (agent/api: its table gives each operation's permission) that the other agentctl commands use. Shutdown drains; Reload re-reads the configuration and the identity.
-//
-// Authorization and trust (RBAC, resource policy, reputation, puzzles, grants) are agent/authz, built over
-// the daemon's stores in authz.go; replicated tasks run through consensus.Replicator (authz_replicate.go;
-// docs/authorization.md §7, ADR 0023, ADR 0065); Options.Validator, Options.AdmitTask and
-// Options.AuthorizeLocal are further hooks that run after them.
+// Package daemon is the Custos agent daemon (cmd/custosd, which agentctl run executes) as a composition
+// root (ADR 0068): Start builds the rooms and passes them to each other, in order: the state database
+// (agent/state) and reputation, the audit log and the metrics, the delegation manager and the identity's
+// reloads (custody.Follower), authorization (agent/authz, authz.go), the transport plugins
+// (agent/plugins) with the binding authority and discovery, the session manager (agent/sessions,
+// sessions.go), the task engine and replicated tasks, the control socket with the rooms' control-API
+// services (control.go), the HTTP gateway; then it listens and dials the bootstrap peers. Shutdown
+// drains and closes them in order; Reload re-reads the configuration (agent/config decides what applies)
+// and the identity. Options.Validator, Options.AdmitTask and Options.AuthorizeLocal are hooks that run
+// after authorization's own checks. Logic belongs in the rooms: TestCompositionRootBudget bounds this
+// package's size.
 package daemon
 
 import (
