@@ -1,7 +1,9 @@
-// Package pkgtest builds the Debian package (packaging/build.sh, what `make package` runs), unpacks it
-// into a throw-away root and runs the installed agentctl from there (ADR 0088). It is not part of
-// `make test`: the first build of the package compiles every binary with -trimpath and fetches nfpm, minutes
-// on a cold cache. `make package-test` runs it (CUSTOS_PACKAGE_TEST=1).
+// Package pkgtest checks what Custos ships (ADR 0088). TestPackageInstallsAndRuns builds the Debian package
+// (packaging/build.sh, what `make package` runs), unpacks it into a throw-away root and runs the installed
+// agentctl from there; it is not part of `make test` (the first build of the package compiles every binary
+// with -trimpath and fetches nfpm: minutes on a cold cache): `make package-test` runs it
+// (CUSTOS_PACKAGE_TEST=1). TestDockerfile checks the Dockerfile without a Docker daemon and runs in
+// `make test`.
 package pkgtest
 
 import (
