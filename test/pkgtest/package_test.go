@@ -60,9 +60,9 @@ func TestPackageInstallsAndRuns(t *testing.T) {
 	src := root(t)
 	out := t.TempDir()
 	const version = "1.2.3+test"
-	goTool, err := exec.LookPath("go")
+	goTool, err := exec.LookPath("go") // go test puts its own go first on PATH
 	if err != nil {
-		goTool = filepath.Join(runtime.GOROOT(), "bin", "go")
+		t.Fatalf("the go command is not on PATH: %v", err)
 	}
 	stdout, _ := run(t, []string{"OUT=" + out, "PKG_VERSION=" + version, "GO=" + goTool}, filepath.Join(src, "packaging", "build.sh"))
 	debs, _ := filepath.Glob(filepath.Join(out, "*.deb"))
