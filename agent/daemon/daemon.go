@@ -396,7 +396,7 @@ func (d *Daemon) ID() identity.ID { return d.id }
 func (d *Daemon) Shutdown(ctx context.Context) error {
 	d.stopOnce.Do(func() {
 		d.log.Info("shutting down: draining")
-		d.plugins.CloseListeners()
+		d.plugins.Drain() // no plugin restart during the drain (ADR 0088), no new connection
 		if d.gw != nil {
 			_ = d.gw.Close(ctx)
 		}

@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/custos-agent/custos/agent/session"
+	"github.com/custos-agent/custos/agent/session/sessiontest"
 )
 
 // syncBuffer is a log sink the daemon's goroutines write concurrently.
@@ -55,13 +56,13 @@ func TestEventLogsMinimised(t *testing.T) {
 		c1, c2 := net.Pipe()
 		ch := make(chan error, 1)
 		go func() { // the transport pinned c, a handshakes: refused by b
-			s, err := session.Accept(ctx, session.NewNetConn(c2, 0), b.sessionConfig("test", "203.0.113.77:7400", c.ID().String()))
+			s, err := session.Accept(ctx, sessiontest.NewNetConn(c2, 0), b.sessionConfig("test", "203.0.113.77:7400", c.ID().String()))
 			if s != nil {
 				s.Close()
 			}
 			ch <- err
 		}()
-		if s, err := session.Initiate(ctx, session.NewNetConn(c1, 0), a.sessionConfig("test", "pipe", ""), b.ID()); err == nil {
+		if s, err := session.Initiate(ctx, sessiontest.NewNetConn(c1, 0), a.sessionConfig("test", "pipe", ""), b.ID()); err == nil {
 			s.Close()
 			t.Fatal("the handshake was not refused")
 		}

@@ -250,9 +250,11 @@ func (s *Set) Rebind(ctx context.Context) {
 	})
 }
 
-// CloseListeners stops accepting connections (the drain).
-func (s *Set) CloseListeners() {
+// Drain starts the drain: no plugin is restarted from now on (host.Transport.Drain, ADR 0088) and no
+// connection is accepted.
+func (s *Set) Drain() {
 	s.each(func(ts *Transport) {
+		ts.T.Drain()
 		s.mu.RLock()
 		ls := append([]*host.Listener(nil), ts.Listeners...)
 		s.mu.RUnlock()
