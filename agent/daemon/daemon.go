@@ -123,7 +123,7 @@ type Daemon struct {
 	events     *events.Recorder // audit records, metrics and reputation observations of events
 	authz      *authz.Authz     // authorization and trust (agent/authz; wired in authz.go)
 	evidence   *consensus.EvidenceStore
-	replicator *consensus.Replicator // replicated tasks (authz_replicate.go)
+	replicator *consensus.Replicator // replicated tasks (agent/consensus over taskops.Runner)
 	follower   *custody.Follower     // identity reloads (rotations made by agentctl)
 	plugins    *plugins.Set          // the transport plugins (agent/plugins)
 	disc       *discovery.Service    // agent records in the libp2p DHT (ADR 0070)
