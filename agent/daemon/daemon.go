@@ -226,6 +226,7 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 	d.events.Audit = d.audit
 	d.events.ConfigLoaded(opts.ConfigPath, d.digest)
 
+	// Metrics: the home's and the keystore's health, the endpoint.
 	d.metrics.WatchHome(d.home)
 	d.run(func() { // the keystore's health (custos_keystore_up; failures also in custos_keystore_errors_total)
 		d.metrics.WatchKeystore(dctx, agentops.KeystoreBackend(d.cust.KeystoreURI()), d.cust.Ping, cfg.Metrics.KeystoreCheckInterval, d.log.With("part", "metrics"))
@@ -237,6 +238,7 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 		}
 	}
 
+	// The operational keys (agent/delegation) and the identity's reloads.
 	d.dm, err = delegation.NewManager(ctx, delegation.Config{Identity: signer, State: d.cust.State(),
 		Mode: delegation.Mode(cfg.Delegation.Mode), Lifetime: cfg.Delegation.Lifetime, Logger: d.log.With("part", "delegation"),
 		OnIssue: d.events.DelegationIssued})
@@ -246,6 +248,7 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 	d.run(func() { _ = d.dm.Run(dctx) })
 	d.follower = d.newFollower() // identity reloads switch the audit log's and the delegations' signer
 	d.replay = replay.New(replay.Config{Window: cfg.Session.ReplayWindow})
+
 	// Authorization and trust (agent/authz, wired in authz.go): RBAC, resource policy, puzzles, grants, consensus evidence.
 	if d.authz, err = newAuthz(ctx, d, cfg); err != nil {
 		return nil, err
@@ -268,6 +271,7 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 	}
 	d.sess = peerops.Manager{M: d.mgr}
 	d.boot = peerops.Bootstrap{Sessions: d.sess, Resolve: d.disc.Resolve, Has: d.plugins.Has, Logger: d.log}
+	// The task engine (agent/tasks): it sends through the session manager.
 	d.engine, err = tasks.New(tasks.Config{
 		LocalID: d.id.String(), Store: d.taskStore, Handlers: cfg.Registry(d.workRoot()), Keys: d.dm, Peers: d.peers,
 		Sender: d.mgr, Admit: opts.AdmitTask, MaxConcurrent: cfg.Limits.MaxConcurrentTasks, MaxQueued: cfg.Limits.MaxQueuedTasks,
@@ -294,12 +298,14 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 		return nil, err
 	}
 
+	// Every configured transport's plugin process and listeners (agent/plugins).
 	for _, tc := range cfg.Transports {
 		if err := d.plugins.Start(ctx, d.ctx, tc); err != nil {
 			return nil, err
 		}
 	}
 
+	// The control socket (agent/control) with the rooms' control-API services.
 	hs, err := api.Join(d.services()...) // control.go: the rooms' handlers
 	if err != nil {
 		return nil, err
@@ -339,6 +345,7 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 			return nil, err
 		}
 	}
+	// Running: accept on every listener, dial the bootstrap peers, publish this agent's record.
 	d.plugins.Listeners(func(name string, l *host.Listener) { d.mgr.Serve(dctx, name, sessions.ListenerOf[*host.Conn](l)) })
 	d.boot.Add(dctx, cfg.Bootstrap)
 	d.run(func() { d.disc.Run(dctx) }) // publishes this agent's record: now, on address changes, before expiry
