@@ -7,6 +7,7 @@ package events
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"time"
@@ -87,6 +88,9 @@ func (r *Recorder) Record(typ audit.EventType, actor, subject string, outcome au
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	if _, err := r.Audit.Append(ctx, audit.Record{Type: typ, Actor: actor, Subject: subject, Outcome: outcome, Details: details}); err != nil {
+		if errors.Is(err, audit.ErrFailed) {
+			return // the log reported its failure once; custos_audit_records_lost_total counts each record (ADR 0089)
+		}
 		r.Log.Error("audit record not written", "type", typ, "err", err)
 	}
 }
