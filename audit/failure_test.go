@@ -212,29 +212,70 @@ func TestFsyncFailureDropsTheUnacknowledgedBatch(t *testing.T) {
 	}
 }
 
-// TestResyncRefusesAShortenedSegment: if the segment lost acknowledged bytes while the log was failing
-// (someone cut it), the writer does not paper over it: it stays failed and says to verify.
-func TestResyncRefusesAShortenedSegment(t *testing.T) {
-	id := newIdent(t, keystore.Ed25519, 0)
-	dir := t.TempDir()
-	disk := &faultDisk{}
-	l := open(t, dir, disk.opts(id.opts(0)))
-	appendN(t, l, 3, AccessDenied)
-	disk.set(syscall.ENOSPC, nil)
-	if _, err := l.Append(context.Background(), Record{Type: AccessDenied}); !errors.Is(err, ErrFailed) {
-		t.Fatalf("Append: %v", err)
-	}
-	paths := segPaths(t, dir)
-	if err := os.Truncate(paths[len(paths)-1], 10); err != nil {
-		t.Fatal(err)
-	}
-	disk.set(nil, nil)
-	waitAttempts(t, l, 3)
-	h := l.Health()
-	if h.Writing || !strings.Contains(h.Error, "shorter than its acknowledged records") {
-		t.Fatalf("health after the segment was cut: %+v", h)
-	}
-	if err := l.Close(); !errors.Is(err, ErrFailed) {
-		t.Fatalf("Close: %v", err)
+// TestResyncRefusesADamagedSegment: if the segment lost or changed acknowledged bytes while the log was
+// failing (someone cut or edited it), the writer does not paper over it: it stays failed and says to
+// verify.
+func TestResyncRefusesADamagedSegment(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		damage func(t *testing.T, path string)
+		want   string
+	}{
+		{"cut", func(t *testing.T, path string) {
+			if err := os.Truncate(path, 10); err != nil {
+				t.Fatal(err)
+			}
+		}, "shorter than its acknowledged records"},
+		{"last record replaced", func(t *testing.T, path string) {
+			// A well-formed record of the same length in its place (its own hash right, another time):
+			// only the comparison with the acknowledged head sees it.
+			b, err := os.ReadFile(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			last := strings.LastIndex(strings.TrimSuffix(string(b), "\n"), "\n") + 1
+			w, _, err := decodeLine(b[last : len(b)-1])
+			if err != nil {
+				t.Fatal(err)
+			}
+			ts := []byte(w.Time)
+			ts[len(ts)-2] = '0' + ('1'-ts[len(ts)-2]+'0')%2 // flip between 0 and 1 in a digit near the end
+			w.Time = string(ts)
+			line, _, err := encodeLine(w)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(line) != len(b)-last {
+				t.Fatalf("the replacement is %d bytes, the record %d", len(line), len(b)-last)
+			}
+			b = append(b[:last], line...)
+			if err := os.WriteFile(path, b, 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}, "is not the acknowledged head"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			id := newIdent(t, keystore.Ed25519, 0)
+			dir := t.TempDir()
+			disk := &faultDisk{}
+			o := disk.opts(id.opts(0))
+			l := open(t, dir, o)
+			appendN(t, l, 3, AccessDenied)
+			disk.set(syscall.ENOSPC, nil)
+			if _, err := l.Append(context.Background(), Record{Type: AccessDenied}); !errors.Is(err, ErrFailed) {
+				t.Fatalf("Append: %v", err)
+			}
+			paths := segPaths(t, dir)
+			tc.damage(t, paths[len(paths)-1])
+			disk.set(nil, nil)
+			waitAttempts(t, l, 3)
+			h := l.Health()
+			if h.Writing || !strings.Contains(h.Error, tc.want) {
+				t.Fatalf("health after the damage: %+v (want %q)", h, tc.want)
+			}
+			if err := l.Close(); !errors.Is(err, ErrFailed) {
+				t.Fatalf("Close: %v", err)
+			}
+		})
 	}
 }

@@ -1005,14 +1005,14 @@ func (l *Log) tryRecover() bool {
 		return false
 	}
 	l.recovering = true
-	err := l.commitInternal(internalWire(LogRecovered, OutcomeFailure, l.opts.AgentID, map[string]any{
+	werr := l.commitInternal(internalWire(LogRecovered, OutcomeFailure, l.opts.AgentID, map[string]any{
 		"reason": "records could not be written (" + h.Cause + "); records were refused, none acknowledged was lost",
 		"cause":  h.Cause, "error": h.Error, "failed_at": h.Since.Format(time.RFC3339Nano),
 		"records_lost": h.RecordsLost, "attempts": h.Attempts, "last_seq": l.seq,
 	}))
 	l.recovering = false
-	if err != nil {
-		l.lg.Warn("audit log still cannot write; retrying", "attempt", h.Attempts, "err", err)
+	if werr != nil {
+		l.lg.Warn("audit log still cannot write; retrying", "attempt", h.Attempts, "err", werr)
 		return false
 	}
 	l.errMu.Lock()
