@@ -279,3 +279,51 @@ func TestResyncRefusesADamagedSegment(t *testing.T) {
 		})
 	}
 }
+
+// TestVerifyReportsAnUnsealedTail: a log whose only fault is its tail (records after the last checkpoint,
+// no seal: what a killed writer leaves) fails with ErrUnsigned and Report.Unsealed; a log with any
+// other fault is not Unsealed, even if its tail is unsealed too.
+func TestVerifyReportsAnUnsealedTail(t *testing.T) {
+	removeSeal := func(t *testing.T, path string) {
+		ls := lines(t, path)
+		writeLines(t, path, ls[:len(ls)-1])
+	}
+	for _, tc := range []struct {
+		name       string
+		checkpoint bool // sign a checkpoint over everything before the seal
+		damage     func(t *testing.T, path string)
+		unsealed   bool
+		kind       error
+	}{
+		{"seal removed, records uncovered", false, removeSeal, true, ErrUnsigned},
+		{"seal removed, everything covered", true, removeSeal, true, ErrUnsigned},
+		{"seal removed and a record altered", false, func(t *testing.T, path string) {
+			ls := lines(t, path)
+			ls = ls[:len(ls)-1]
+			i := strings.Index(string(ls[3]), "submit_tasks")
+			ls[3][i] = 'S'
+			writeLines(t, path, ls)
+		}, false, ErrBrokenChain},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			id := newIdent(t, keystore.Ed25519, 0)
+			dir := t.TempDir()
+			o := id.opts(0)
+			o.CheckpointEvery = 1000000
+			l := open(t, dir, o)
+			appendN(t, l, 6, AccessDenied)
+			if tc.checkpoint {
+				if err := l.Checkpoint(context.Background()); err != nil {
+					t.Fatal(err)
+				}
+			}
+			closeLog(t, l)
+			paths := segPaths(t, dir)
+			tc.damage(t, paths[len(paths)-1])
+			rep, err := Verify(dir, id.kel)
+			if !errors.Is(err, tc.kind) || rep.Unsealed != tc.unsealed {
+				t.Fatalf("Verify: %v (unsealed %v), want %v (unsealed %v)", err, rep.Unsealed, tc.kind, tc.unsealed)
+			}
+		})
+	}
+}
