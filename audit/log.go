@@ -516,6 +516,8 @@ type Health struct {
 const (
 	CauseDiskFull = "disk_full" // ENOSPC or EDQUOT: no space (or quota) left on the file system
 	CauseIOError  = "io_error"  // any other error of a write, fsync, or re-opening the segment
+	// CauseCrash is the cause in the audit.recovered record Open writes for a log not closed cleanly.
+	CauseCrash = "crash"
 )
 
 // FailureCause classifies a write error: CauseDiskFull for no space or quota, else CauseIOError.
@@ -1316,7 +1318,7 @@ func (l *Log) loadActive(sf segFile) error {
 		}
 		l.signNow = "open"
 		return l.commitInternal(internalWire(LogRecovered, OutcomeFailure, l.opts.AgentID, map[string]any{
-			"reason": "the log was not closed cleanly (crash or power loss)", "last_seq": l.seq, "last_type": last,
+			"reason": "the log was not closed cleanly (crash or power loss)", "cause": CauseCrash, "last_seq": l.seq, "last_type": last,
 		}))
 	default:
 		l.covered = lastW.CP.HeadSeq

@@ -574,8 +574,8 @@ func TestWriteFailureRefusesWhileTheDiskFails(t *testing.T) {
 	closeLog(t, l)
 	mustVerify(t, dir, id.kel)
 	es := all(t, dir)
-	if es[len(es)-3].Type != LogRecovered {
-		t.Fatalf("no audit.recovered record: %s", es[len(es)-3].Type)
+	if es[len(es)-3].Type != LogRecovered || es[len(es)-3].Details["cause"] != CauseCrash {
+		t.Fatalf("no audit.recovered record with cause crash: %s %v", es[len(es)-3].Type, es[len(es)-3].Details)
 	}
 }
 
