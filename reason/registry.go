@@ -71,6 +71,8 @@ const (
 	RecordExpired      Code = "record_expired"
 	RecordTooLong      Code = "record_too_long"
 	RecordStale        Code = "record_stale"
+
+	AuditUnavailable Code = "audit_unavailable"
 )
 
 // Entry is one registered code.
@@ -167,6 +169,7 @@ func entries() []Entry {
 		{RecordExpired, d(DomainDiscovery), "an agent record past its expiry", false},
 		{RecordTooLong, d(DomainDiscovery), "an agent record that expires further ahead than a verifier accepts", false},
 		{RecordStale, d(DomainDiscovery), "an agent record with a lower sequence than the one already held", false},
+		{AuditUnavailable, d(DomainAdmission), "the agent's audit log cannot write records (disk full, I/O error) and audit.on_failure is refuse: no new work until it can; retry later", true},
 	}
 }
 

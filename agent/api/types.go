@@ -8,6 +8,7 @@ import (
 	"github.com/custos-agent/custos/agent/envelope"
 	"github.com/custos-agent/custos/agent/reputation"
 	"github.com/custos-agent/custos/agent/tasks"
+	"github.com/custos-agent/custos/audit"
 	"github.com/custos-agent/custos/transports/host/sandbox"
 )
 
@@ -47,6 +48,30 @@ type Status struct {
 	Sessions          []SessionStatus   `json:"sessions"`
 	Handlers          []string          `json:"handlers"`
 	Tasks             tasks.Stats       `json:"tasks"`
+	AuditWriting      AuditWriting      `json:"audit_writing"`
+}
+
+// AuditWriting is the audit log's write state and what the agent does about it (audit.on_failure, ADR
+// 0089): while Writing is false and OnFailure is refuse, Refusing is the reason code (audit_unavailable)
+// with which new tasks, inbound sessions and mutating control operations are refused, and Detail the
+// sentence they carry.
+type AuditWriting struct {
+	audit.Health
+	OnFailure string `json:"on_failure"`
+	Refusing  string `json:"refusing,omitempty"`
+	Detail    string `json:"detail,omitempty"`
+}
+
+// Line is the state in one line (agentctl status).
+func (a AuditWriting) Line() string {
+	switch {
+	case a.Writing:
+		return "writing (on_failure " + a.OnFailure + ")"
+	case a.Refusing != "":
+		return "NOT WRITING: " + a.Cause + " since " + a.Since.Format(time.RFC3339) + "; refusing new work (" + a.Refusing + "): " + a.Error
+	default:
+		return "NOT WRITING: " + a.Cause + " since " + a.Since.Format(time.RFC3339) + "; carrying on unaudited (on_failure continue): " + a.Error
+	}
 }
 
 // PeerStatus is one known peer (cached key event log, session, dial target, reputation).

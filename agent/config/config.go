@@ -206,7 +206,17 @@ type AuditConfig struct {
 	SegmentMaxAge      time.Duration `yaml:"segment_max_age"`     // default 24h
 	RetentionMaxAge    time.Duration `yaml:"retention_max_age"`   // default: keep everything
 	RetentionMaxBytes  int64         `yaml:"retention_max_bytes"` // default: keep everything
+	// OnFailure is what the agent does while audit records cannot be written (disk full, I/O error):
+	// AuditRefuse (default) refuses new tasks, mutating control operations and inbound sessions until
+	// writing works again; AuditContinue carries on unaudited (status and metrics still show it).
+	OnFailure string `yaml:"on_failure"`
 }
+
+// The values of audit.on_failure (ADR 0089).
+const (
+	AuditRefuse   = "refuse"
+	AuditContinue = "continue"
+)
 
 // LogConfig sets the log level (debug, info, warn, error; default info). agentctl --log-level wins.
 type LogConfig struct {
@@ -309,6 +319,9 @@ func (c *Config) applyDefaults() {
 	}
 	c.applyAuthzDefaults()    // authz.go
 	c.Gateway.applyDefaults() // gateway.go
+	if c.Audit.OnFailure == "" {
+		c.Audit.OnFailure = AuditRefuse
+	}
 }
 
 var hexDigest = regexp.MustCompile(`^[0-9a-f]{64}$`)
@@ -436,6 +449,9 @@ func (c *Config) Validate() error {
 	if c.Audit.CheckpointEvery < 0 || c.Audit.SegmentMaxBytes < 0 || c.Audit.RetentionMaxBytes < 0 ||
 		c.Audit.CheckpointInterval < 0 || c.Audit.SegmentMaxAge < 0 || c.Audit.RetentionMaxAge < 0 {
 		return bad("audit", "values must not be negative")
+	}
+	if c.Audit.OnFailure != AuditRefuse && c.Audit.OnFailure != AuditContinue {
+		return bad("audit.on_failure", "%q: want refuse (stop new work while the audit log cannot write) or continue", c.Audit.OnFailure)
 	}
 	var lv slog.Level
 	if err := lv.UnmarshalText([]byte(c.Log.Level)); err != nil {

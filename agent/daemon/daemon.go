@@ -283,6 +283,7 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 	if d.authz, err = newAuthz(ctx, d, cfg); err != nil {
 		return nil, err
 	}
+	d.authz.SetAuditHealth(d.audit.Health) // audit.on_failure refuse: no new work while the log cannot write (ADR 0089)
 	d.wg.Add(1)
 	go func() {
 		defer d.wg.Done()
@@ -337,6 +338,8 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 	if err != nil {
 		return nil, err
 	}
+	// Mutating operations are refused while the audit log cannot write (ADR 0089).
+	hs = d.authz.GuardAudit(hs)
 	ops, err := api.Ops(hs) // each with its permission from api.Table
 	if err != nil {
 		return nil, err

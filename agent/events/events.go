@@ -7,6 +7,7 @@ package events
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"time"
@@ -81,12 +82,20 @@ type Recorder struct {
 
 // Record appends an audit record, logging (never failing the caller) when the log refuses it.
 func (r *Recorder) Record(typ audit.EventType, actor, subject string, outcome audit.Outcome, details map[string]any) {
+	r.recordAt(time.Time{}, typ, actor, subject, outcome, details)
+}
+
+// recordAt is Record with the time the event happened (zero: now).
+func (r *Recorder) recordAt(at time.Time, typ audit.EventType, actor, subject string, outcome audit.Outcome, details map[string]any) {
 	if r == nil || r.Audit == nil {
 		return
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if _, err := r.Audit.Append(ctx, audit.Record{Type: typ, Actor: actor, Subject: subject, Outcome: outcome, Details: details}); err != nil {
+	if _, err := r.Audit.Append(ctx, audit.Record{Type: typ, Actor: actor, Subject: subject, Outcome: outcome, Details: details, Time: at}); err != nil {
+		if errors.Is(err, audit.ErrFailed) {
+			return // the log reported its failure once; custos_audit_records_lost_total counts each record (ADR 0089)
+		}
 		r.Log.Error("audit record not written", "type", typ, "err", err)
 	}
 }
@@ -173,9 +182,11 @@ type Plugin struct {
 }
 
 // PluginRestarted records a restart of a transport's plugin (host.Observer.PluginRestarted); plugin,
-// called outside the supervisor's callback, describes it (nil when the transport is not known).
+// called outside the supervisor's callback, describes it (nil when the transport is not known). The
+// plugin.crashed record carries the time of the crash (now less the downtime), not of the restart.
 func (r *Recorder) PluginRestarted(ev host.RestartEvent, plugin func() *Plugin) {
 	r.Metrics.PluginRestarted(ev.Transport)
+	crashed := time.Now().Add(-ev.Downtime)
 	go func() {
 		cause := ""
 		if ev.Cause != nil {
@@ -187,7 +198,7 @@ func (r *Recorder) PluginRestarted(ev host.RestartEvent, plugin func() *Plugin) 
 			details["sandbox"] = p.SandboxText
 			r.Metrics.PluginSandbox(ev.Transport, p.Sandbox)
 		}
-		r.Record(audit.PluginCrashed, "agent", ev.Transport, audit.OutcomeFailure, map[string]any{"error": cause})
+		r.recordAt(crashed, audit.PluginCrashed, "agent", ev.Transport, audit.OutcomeFailure, map[string]any{"error": cause})
 		r.Record(audit.PluginRestarted, "agent", ev.Transport, audit.OutcomeSuccess, details)
 		r.Log.Warn("transport plugin restarted", "transport", ev.Transport, "restarts", ev.Restarts, "pid", ev.PID, "downtime", ev.Downtime, "cause", cause)
 	}()
