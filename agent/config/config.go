@@ -64,6 +64,8 @@ type Config struct {
 	Gateway GatewayConfig `yaml:"gateway"`
 	// Privacy: data minimisation (docs/privacy.md, ADR 0082).
 	Privacy PrivacyConfig `yaml:"privacy"`
+	// Rotation: the identity key's scheduled rotation and the destruction of retired keys (rotation.go).
+	Rotation RotationConfig `yaml:"rotation"`
 }
 
 // PrivacyConfig is data minimisation (docs/privacy.md).
@@ -440,6 +442,9 @@ func (c *Config) Validate() error {
 	var lv slog.Level
 	if err := lv.UnmarshalText([]byte(c.Log.Level)); err != nil {
 		return bad("log.level", "%q: want debug, info, warn or error", c.Log.Level)
+	}
+	if err := c.Rotation.validate(); err != nil { // rotation.go
+		return err
 	}
 	if err := c.Gateway.validate(); err != nil { // gateway.go
 		return fmt.Errorf("%w: %v", ErrConfig, err)

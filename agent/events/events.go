@@ -57,6 +57,8 @@ type Metrics interface {
 	SetPeers(level string, n int)
 	TaskRefused(code string)
 	ControlFailed(operation string)
+	IdentityRotated(result string)
+	IdentityKeyDestroyed()
 }
 
 // Reputation is the trust store (agent/reputation.Store).
@@ -294,13 +296,37 @@ func (r *Recorder) CountPeers() {
 // KeyEvents writes the records of custody.KeyEventRecords(before, after) (a rotation, recovery or
 // destruction another process made, picked up by the daemon) and returns them.
 func (r *Recorder) KeyEvents(before, after []custody.Generation, kel identity.Log, actor string) []audit.Record {
-	recs := custody.KeyEventRecords(before, after, kel, actor, custody.SourceDaemon)
+	return r.KeyEventsFrom(before, after, kel, actor, custody.SourceDaemon)
+}
+
+// KeyEventsFrom is KeyEvents with the records' source (custody.SourceSchedule for the daemon's own
+// rotations and destructions).
+func (r *Recorder) KeyEventsFrom(before, after []custody.Generation, kel identity.Log, actor, source string) []audit.Record {
+	recs := custody.KeyEventRecords(before, after, kel, actor, source)
 	for _, rec := range recs {
 		r.Record(rec.Type, rec.Actor, rec.Subject, rec.Outcome, rec.Details)
 		r.Log.Info("key event recorded", "type", rec.Type, "generation", rec.Details["generation"])
 	}
 	return recs
 }
+
+// ScheduledRotation accounts for a rotation of the identity key by the daemon's schedule
+// (custody.Schedule.OnRotate): a success is counted (its key.rotate record is written by KeyEventsFrom);
+// a failure is counted and recorded as key.rotate with outcome failure, source schedule and the error.
+func (r *Recorder) ScheduledRotation(agent string, generation uint64, err error) {
+	if err == nil {
+		r.Metrics.IdentityRotated(metrics.ResultSuccess)
+		return
+	}
+	r.Metrics.IdentityRotated(metrics.ResultFailure)
+	r.Record(audit.KeyRotate, agent, agent, audit.OutcomeFailure, map[string]any{
+		"generation": generation, "source": custody.SourceSchedule, "error": err.Error(),
+	})
+}
+
+// ScheduledDestroy counts a retired key the daemon destroyed at the end of its grace period
+// (custody.Schedule.OnDestroy; its key.destroy record is written by KeyEventsFrom).
+func (r *Recorder) ScheduledDestroy(custody.Generation) { r.Metrics.IdentityKeyDestroyed() }
 
 // DelegationIssued records every delegation the identity key signs (delegation.Config.OnIssue).
 func (r *Recorder) DelegationIssued(dl *delegation.Delegation) {
