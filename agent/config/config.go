@@ -182,6 +182,9 @@ type TasksConfig struct {
 	ResultRetention time.Duration `yaml:"result_retention"` // default 24h
 	// UnacknowledgedRetention is how long a result a requester never acknowledges is kept (default 1h).
 	UnacknowledgedRetention time.Duration `yaml:"unacknowledged_retention"`
+	// Timeout: a submitted task without a result this long after it was submitted fails (code timeout)
+	// and counts as a failure of the peer it was sent to (default 10m).
+	Timeout time.Duration `yaml:"timeout"`
 }
 
 // RedialConfig bounds the backoff between dial attempts to a peer whose session is down.
@@ -298,6 +301,7 @@ func (c *Config) applyDefaults() {
 	def(&c.Tasks.RetryInterval, tasks.DefaultRetryInterval)
 	def(&c.Tasks.ResultRetention, tasks.DefaultRetention)
 	def(&c.Tasks.UnacknowledgedRetention, tasks.DefaultInboundRetention)
+	def(&c.Tasks.Timeout, tasks.DefaultTimeout)
 	def(&c.Redial.Min, DefaultRedialMin)
 	def(&c.Redial.Max, DefaultRedialMax)
 	if c.Metrics.Address == "" {
@@ -419,7 +423,7 @@ func (c *Config) Validate() error {
 		path string
 		v    time.Duration
 	}{{"limits.drain_timeout", c.Limits.DrainTimeout}, {"tasks.retry_interval", c.Tasks.RetryInterval},
-		{"tasks.result_retention", c.Tasks.ResultRetention}, {"tasks.unacknowledged_retention", c.Tasks.UnacknowledgedRetention}, {"redial.min", c.Redial.Min}, {"redial.max", c.Redial.Max}} {
+		{"tasks.result_retention", c.Tasks.ResultRetention}, {"tasks.unacknowledged_retention", c.Tasks.UnacknowledgedRetention}, {"tasks.timeout", c.Tasks.Timeout}, {"redial.min", c.Redial.Min}, {"redial.max", c.Redial.Max}} {
 		if d.v <= 0 {
 			return bad(d.path, "%v must be positive", d.v)
 		}

@@ -47,3 +47,17 @@ func TestRotationConfig(t *testing.T) {
 		t.Fatalf("diff %q, want rotation", got)
 	}
 }
+
+func TestTasksTimeout(t *testing.T) {
+	c, err := ParseConfig([]byte(""))
+	if err != nil || c.Tasks.Timeout != 10*time.Minute {
+		t.Fatalf("default tasks.timeout: %v %v", c.Tasks.Timeout, err)
+	}
+	c, err = ParseConfig([]byte("tasks: {timeout: 3s}"))
+	if err != nil || c.Tasks.Timeout != 3*time.Second {
+		t.Fatalf("tasks.timeout 3s: %v %v", c.Tasks.Timeout, err)
+	}
+	if _, err := ParseConfig([]byte("tasks: {timeout: -1s}")); !errors.Is(err, ErrConfig) || !strings.Contains(err.Error(), "tasks.timeout") {
+		t.Fatalf("negative tasks.timeout: %v", err)
+	}
+}

@@ -139,6 +139,7 @@ type Daemon struct {
 	authz      *authz.Authz     // authorization and trust (agent/authz; wired in authz.go)
 	evidence   *consensus.EvidenceStore
 	replicator *consensus.Replicator // replicated tasks (authz_replicate.go)
+	giver      *authz.Giver          // feedback this agent gives: agentctl feedback, votes (ADR 0090)
 	authority  *bindauth.Authority
 	transports map[string]*transportState
 	disc       *discovery.Service // agent records in the libp2p DHT (ADR 0070)
@@ -295,7 +296,7 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 	d.engine, err = tasks.New(tasks.Config{
 		LocalID: d.id.String(), Store: d.taskStore, Handlers: cfg.Registry(d.workRoot()), Keys: d.dm, Peers: d.peers,
 		Sender: d.mgr, Admit: opts.AdmitTask, MaxConcurrent: cfg.Limits.MaxConcurrentTasks, MaxQueued: cfg.Limits.MaxQueuedTasks,
-		RetryInterval: cfg.Tasks.RetryInterval, Retention: cfg.Tasks.ResultRetention,
+		RetryInterval: cfg.Tasks.RetryInterval, Retention: cfg.Tasks.ResultRetention, Timeout: cfg.Tasks.Timeout,
 		MaxUnacknowledged: cfg.Limits.MaxUnacknowledgedTasks, InboundRetention: cfg.Tasks.UnacknowledgedRetention,
 		Logger: d.log.With("part", "tasks"), OnEvent: func(ev tasks.Event) { d.authz.TaskEvent(ev); d.events.Task(ev) },
 	})
@@ -305,6 +306,8 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 	// Replicated tasks (agent/consensus) run on the connected peers through the task engine.
 	d.replicator = &consensus.Replicator{Rep: d.rep, Evidence: d.evidence, Peers: sessionsView{m: d.mgr, ctx: d.ctx},
 		Runner: taskops.Runner{Engine: d.engine, Self: d.id}}
+	d.giver = d.authz.Giver(d.cust, d.rep, sessionsView{m: d.mgr, ctx: d.ctx}.Connected)
+	d.replicator.Feedback = d.giver.Vote // agreers +100, dissenters -100, sent to the connected peers
 	d.events.Outbound, d.events.IsReplicated = d.engine.Get, d.replicator.IsReplicated
 	d.metrics.TaskQueue(d.engine.Queued, func() int { return d.config().Limits.MaxQueuedTasks })
 	// Working directories left by commands of a daemon that was killed are removed; their tasks run again.

@@ -39,6 +39,10 @@ const (
 	TaskResult        audit.EventType = "task.result"
 	TaskRefused       audit.EventType = "task.refused"
 	TaskResultInvalid audit.EventType = "task.result_invalid"
+	// TaskTimedOut and TaskCancelled: a submitted task without a result within tasks.timeout (its
+	// executor is charged with a failure), or given up by agentctl task cancel (ADR 0090).
+	TaskTimedOut  audit.EventType = "task.timed_out"
+	TaskCancelled audit.EventType = "task.cancelled"
 )
 
 // AuditLog is the audit log (audit.Log).
@@ -216,6 +220,13 @@ func (r *Recorder) Task(ev tasks.Event) {
 	case "result":
 		typ = TaskResult
 		r.observeResult(ev)
+		r.observeServed(ev)
+	case "timed_out":
+		typ, outcome = TaskTimedOut, audit.OutcomeFailure
+		r.Metrics.OperationFailed("task")
+		r.observeTimeout(ev)
+	case "cancelled":
+		typ = TaskCancelled
 	case "refused", "failed":
 		typ, outcome = TaskRefused, audit.OutcomeDenied
 	case "result_invalid":
@@ -255,6 +266,33 @@ func (r *Recorder) observeResult(ev tasks.Event) {
 		}
 	}
 	r.observe(obs)
+}
+
+// observeServed records the resources an executor spent on a verified result of a task this agent
+// submitted (reputation.Contributed): the seconds it ran plus the MiB of input and output.
+func (r *Recorder) observeServed(ev tasks.Event) {
+	id, err := identity.ParseID(ev.Peer)
+	if err != nil || ev.Served == nil {
+		return
+	}
+	units := ev.Served.Seconds + float64(ev.Served.Bytes)/(1<<20)
+	if units > 0 {
+		r.observe(reputation.Observation{Peer: id, Kind: reputation.Contributed, Units: units})
+	}
+}
+
+// observeTimeout charges the executor of a task that got no result within tasks.timeout with a failure,
+// when the task reached it (a task never sent, the peer never connected, says nothing of its work). The
+// runs of a replicated task are left to its vote.
+func (r *Recorder) observeTimeout(ev tasks.Event) {
+	id, err := identity.ParseID(ev.Peer)
+	if err != nil || (r.IsReplicated != nil && r.IsReplicated(ev.TaskID)) || r.Outbound == nil {
+		return
+	}
+	if o, err := r.Outbound(ev.TaskID); err != nil || o.Attempts == 0 {
+		return
+	}
+	r.observe(reputation.Observation{Peer: id, Kind: reputation.Failed})
 }
 
 // ControlRequest records a control-socket request with the caller's kernel-reported identity
