@@ -649,6 +649,7 @@ func (d *Daemon) Shutdown(ctx context.Context) error {
 	d.stopOnce.Do(func() {
 		d.log.Info("shutting down: draining")
 		for _, ts := range d.transports {
+			ts.t.Drain() // no plugin restart during the drain (ADR 0088)
 			for _, l := range ts.listeners {
 				_ = l.Close()
 			}

@@ -134,6 +134,9 @@ type agent struct {
 	exited  chan struct{}
 	exitErr error
 	mu      sync.Mutex
+	// ownGroup starts the daemon as the leader of a process group of its own (as systemd and a terminal
+	// do), so that the test can signal the group.
+	ownGroup bool
 }
 
 type agentConfig struct {
@@ -339,6 +342,9 @@ func (a *agent) startProcess() {
 	cmd := exec.Command(bins.agentctl, "--home", a.home, "run", "--config", a.configPath())
 	cmd.Env = append(os.Environ(), a.env...)
 	cmd.Stdout, cmd.Stderr = logf, logf
+	if a.ownGroup {
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	}
 	if err := cmd.Start(); err != nil {
 		a.t.Fatal(err)
 	}
