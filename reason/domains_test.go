@@ -19,7 +19,7 @@ import (
 func TestDomainsRegistered(t *testing.T) {
 	strs := func(vs ...string) []string { return vs }
 	var rb, po, di []string
-	task := strs(tasks.CodeUnknownHandler, tasks.CodeBadRequest, tasks.CodeBusy, tasks.CodeDenied, tasks.CodeInternal)
+	task := strs(tasks.CodeUnknownHandler, tasks.CodeBadRequest, tasks.CodeBusy, tasks.CodeDenied, tasks.CodeInternal, tasks.CodeTimeout, tasks.CodeCancelled)
 	for _, r := range tasks.LimitReasons {
 		task = append(task, string(r))
 	}

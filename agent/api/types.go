@@ -424,3 +424,34 @@ type PeerAddress struct {
 	Transport string `json:"transport"`
 	Address   string `json:"address"`
 }
+
+// FeedbackArgs rate the executor of a task this agent submitted (agentctl feedback).
+type FeedbackArgs struct {
+	TaskID string `json:"task_id"`
+	// Score is the rating, -100 (worst) to 100 (best) (reputation.MinRating, MaxRating).
+	Score int `json:"score"`
+	// Comment is kept in this agent's audit record only (the signed feedback carries no text); at most
+	// MaxFeedbackComment bytes of printable UTF-8.
+	Comment string `json:"comment,omitempty"`
+}
+
+// MaxFeedbackComment bounds FeedbackArgs.Comment.
+const MaxFeedbackComment = 500
+
+// FeedbackResult is the feedback given: counted here with full weight, and sent to the connected peers
+// (the subject excepted), which count it weighted by this agent's reputation with them.
+type FeedbackResult struct {
+	TaskID  string `json:"task_id"`
+	Subject string `json:"subject"`
+	Rating  int    `json:"rating"`
+	// SentTo are the peers the signed feedback was sent to; NotSent those it could not be sent to (why).
+	SentTo  []string          `json:"sent_to"`
+	NotSent map[string]string `json:"not_sent,omitempty"`
+	// Reputation is the subject's reputation here after the feedback.
+	Reputation reputation.Report `json:"reputation"`
+}
+
+// CancelArgs name a submitted task to give up (agentctl task cancel).
+type CancelArgs struct {
+	TaskID string `json:"task_id"`
+}

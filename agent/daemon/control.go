@@ -33,6 +33,7 @@ func (d *Daemon) services() []api.Service {
 		taskops.New(taskops.Deps{Self: d.id, Engine: d.engine, Replicator: d.replicator, Stakes: d.authz.CurrentStakes, Audit: d.events.Record}),
 		d.authz.Service(authz.ControlDeps{Issuer: d.cust, PeerIDs: d.peers.IDs,
 			Present: func(ctx context.Context) []api.Presentation { return peerops.Present(ctx, sess) }}),
+		d.giver.Service(), // task.feedback
 		d.gwKeys,
 		d.disc, // peers.find
 	}
