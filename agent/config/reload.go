@@ -3,11 +3,11 @@ package config
 import "strings"
 
 // Reloadable reports whether a changed section (a name Diff returns) takes effect on a reload: the
-// handlers, the bootstrap peers, the session and redial settings, the log level, authorization and the
-// resource policy. Every other section needs a restart.
+// handlers, the bootstrap peers, the session and redial settings, the log level, authorization, the
+// resource policy and the rotation schedule. Every other section needs a restart.
 func Reloadable(section string) bool {
 	switch section {
-	case "bootstrap", "session", "redial", "log", "authorization", "policy":
+	case "bootstrap", "session", "redial", "log", "authorization", "policy", "rotation":
 		return true
 	}
 	return strings.HasPrefix(section, "handlers.")

@@ -13,7 +13,7 @@ func TestClassify(t *testing.T) {
 	}{
 		{nil, nil, nil},
 		{[]string{"handlers.echo", "handlers.x"}, []string{"handlers.echo", "handlers.x"}, nil},
-		{[]string{"authorization", "bootstrap", "log", "policy", "redial", "session"}, []string{"authorization", "bootstrap", "log", "policy", "redial", "session"}, nil},
+		{[]string{"authorization", "bootstrap", "log", "policy", "redial", "rotation", "session"}, []string{"authorization", "bootstrap", "log", "policy", "redial", "rotation", "session"}, nil},
 		{[]string{"audit", "delegation", "gateway", "limits", "metrics", "privacy", "puzzles", "reputation", "tasks", "transports.tcp"},
 			nil, []string{"audit", "delegation", "gateway", "limits", "metrics", "privacy", "puzzles", "reputation", "tasks", "transports.tcp"}},
 		{[]string{"handlers.echo", "limits", "session", "transports.ws"}, []string{"handlers.echo", "session"}, []string{"limits", "transports.ws"}},

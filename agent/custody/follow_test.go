@@ -52,12 +52,12 @@ func TestFollowerReload(t *testing.T) {
 				}
 			}
 			f := &Follower{Custody: daemon,
-				KeyEvents: func(before, after []Generation, _ identity.Log, actor string) []audit.Record {
+				KeyEvents: func(before, after []Generation, _ identity.Log, actor, source string) []audit.Record {
 					events++
-					if actor != "operator" {
-						t.Errorf("actor %q", actor)
+					if actor != "operator" || source != SourceDaemon {
+						t.Errorf("actor %q, source %q", actor, source)
 					}
-					return KeyEventRecords(before, after, identity.Log{}, actor, SourceDaemon)
+					return KeyEventRecords(before, after, identity.Log{}, actor, source)
 				},
 				Switch: []func(context.Context, keystore.Signer, uint64, identity.State) error{sw("audit", 0), sw("delegation", 1)},
 				Switched: func(_ context.Context, g, prev uint64) {
@@ -73,6 +73,54 @@ func TestFollowerReload(t *testing.T) {
 			}
 			if events != 1 {
 				t.Fatalf("key events asked %d times, want once", events)
+			}
+		})
+	}
+}
+
+// Change: the holder's own change (the schedule's rotation) is recorded with its source; its error is
+// returned alone when it changed nothing, and beside the switch when it changed something first.
+func TestFollowerChange(t *testing.T) {
+	ctx := context.Background()
+	boom := errors.New("boom")
+	cases := []struct {
+		name        string
+		rotate      bool
+		wantRotated bool
+		wantRecs    bool
+		wantSwitch  int
+	}{
+		{"fails before changing anything", false, false, false, 0},
+		{"rotates, then fails", true, true, true, 1},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			e := newEnv(t)
+			_ = e.init(false).Close()
+			h := e.open()
+			switched := 0
+			var sources []string
+			f := &Follower{Custody: h,
+				KeyEvents: func(before, after []Generation, kel identity.Log, actor, source string) []audit.Record {
+					sources = append(sources, source)
+					return KeyEventRecords(before, after, kel, actor, source)
+				},
+				Switch: []func(context.Context, keystore.Signer, uint64, identity.State) error{
+					func(context.Context, keystore.Signer, uint64, identity.State) error { switched++; return nil }},
+			}
+			rotated, recs, err := f.Change(ctx, "agent", SourceSchedule, func(ctx context.Context) error {
+				if c.rotate {
+					if _, err := h.Rotate(ctx, RotateRequest{Grace: time.Hour}); err != nil {
+						t.Fatal(err)
+					}
+				}
+				return boom
+			})
+			if !errors.Is(err, boom) || rotated != c.wantRotated || (len(recs) > 0) != c.wantRecs || switched != c.wantSwitch {
+				t.Fatalf("Change = %v, %d records, %v; switched %d", rotated, len(recs), err, switched)
+			}
+			if !slices.Equal(sources, []string{SourceSchedule}) {
+				t.Fatalf("key events recorded with sources %v", sources)
 			}
 		})
 	}

@@ -124,6 +124,7 @@ type Daemon struct {
 	authz      *authz.Authz     // authorization and trust (agent/authz; wired in authz.go)
 	evidence   *consensus.EvidenceStore
 	replicator *consensus.Replicator // replicated tasks (agent/consensus over taskops.Runner)
+	giver      *authz.Giver          // feedback this agent gives: agentctl feedback, votes (ADR 0090)
 	follower   *custody.Follower     // identity reloads (rotations made by agentctl)
 	plugins    *plugins.Set          // the transport plugins (agent/plugins)
 	disc       *discovery.Service    // agent records in the libp2p DHT (ADR 0070)
@@ -253,6 +254,7 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 	if d.authz, err = newAuthz(ctx, d, cfg); err != nil {
 		return nil, err
 	}
+	d.authz.SetAuditHealth(d.audit.Health) // audit.on_failure refuse: no new work while the log cannot write (ADR 0089)
 	d.run(func() { d.authz.Sweep(dctx, cfg.Reputation.SweepInterval) })
 
 	// The transport plugins (started below), with the binding authority and the DHT record judge.
@@ -275,7 +277,7 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 	d.engine, err = tasks.New(tasks.Config{
 		LocalID: d.id.String(), Store: d.taskStore, Handlers: cfg.Registry(d.workRoot()), Keys: d.dm, Peers: d.peers,
 		Sender: d.mgr, Admit: opts.AdmitTask, MaxConcurrent: cfg.Limits.MaxConcurrentTasks, MaxQueued: cfg.Limits.MaxQueuedTasks,
-		RetryInterval: cfg.Tasks.RetryInterval, Retention: cfg.Tasks.ResultRetention,
+		RetryInterval: cfg.Tasks.RetryInterval, Retention: cfg.Tasks.ResultRetention, Timeout: cfg.Tasks.Timeout,
 		MaxUnacknowledged: cfg.Limits.MaxUnacknowledgedTasks, InboundRetention: cfg.Tasks.UnacknowledgedRetention,
 		Logger: d.log.With("part", "tasks"), OnEvent: func(ev tasks.Event) { d.authz.TaskEvent(ev); d.events.Task(ev) },
 	})
@@ -285,6 +287,8 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 	// Replicated tasks (agent/consensus) run on the connected peers through the task engine.
 	d.replicator = &consensus.Replicator{Rep: d.rep, Evidence: d.evidence, Peers: d.sess,
 		Runner: taskops.Runner{Engine: d.engine, Self: d.id}}
+	d.giver = d.authz.Giver(d.cust, d.rep, d.sess.Connected)
+	d.replicator.Feedback = d.giver.Vote // agreers +100, dissenters -100, sent to the connected peers
 	d.events.Outbound, d.events.IsReplicated = d.engine.Get, d.replicator.IsReplicated
 	d.metrics.TaskQueue(d.engine.Queued, func() int { return d.config().Limits.MaxQueuedTasks })
 	// Working directories left by commands of a daemon that was killed are removed; their tasks run again.
@@ -310,6 +314,8 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 	if err != nil {
 		return nil, err
 	}
+	// Mutating operations are refused while the audit log cannot write (ADR 0089).
+	hs = d.authz.GuardAudit(hs)
 	ops, err := api.Ops(hs) // each with its permission from api.Table
 	if err != nil {
 		return nil, err
@@ -349,6 +355,16 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 	d.plugins.Listeners(func(name string, l *host.Listener) { d.mgr.Serve(dctx, name, sessions.ListenerOf[*host.Conn](l)) })
 	d.boot.Add(dctx, cfg.Bootstrap)
 	d.run(func() { d.disc.Run(dctx) }) // publishes this agent's record: now, on address changes, before expiry
+	// The identity's own lifecycle (ADR 0090): rotation on rotation.interval, retired keys destroyed when their grace ends.
+	d.metrics.IdentityKeyAge(d.cust.CurrentSince, func() time.Duration { return d.config().Rotation.Interval }, time.Now)
+	sched := &custody.Schedule{Custody: d.cust, Settings: func() custody.ScheduleSettings { return d.config().Rotation.Schedule() },
+		Change: func(ctx context.Context, op func(context.Context) error) error {
+			_, _, err := d.follower.Change(ctx, d.id.String(), custody.SourceSchedule, op)
+			return err
+		},
+		OnRotate:  func(g uint64, err error) { d.events.ScheduledRotation(d.id.String(), g, err) },
+		OnDestroy: d.events.ScheduledDestroy, Logger: d.log.With("part", "custody")}
+	d.run(func() { sched.Run(dctx) })
 	d.events.AgentStarted(d.id.String(), opts.Version, agentops.KeystoreBackend(d.cust.KeystoreURI()), d.cust.Current().Generation, d.plugins.Names())
 	d.running = true
 	d.log.Info("agent running", "id", d.id, "generation", d.cust.Current().Generation, "transports", d.plugins.Names(),
@@ -508,7 +524,7 @@ func (d *Daemon) Reload(ctx context.Context) (*api.ReloadResult, error) {
 // transport bindings, and every session re-authenticated (the old generation's operational keys are
 // wiped; each peer gets the longer key event log).
 func (d *Daemon) newFollower() *custody.Follower {
-	return &custody.Follower{Custody: d.cust, KeyEvents: d.events.KeyEvents,
+	return &custody.Follower{Custody: d.cust, KeyEvents: d.events.KeyEventsFrom,
 		Switch: []func(context.Context, keystore.Signer, uint64, identity.State) error{
 			func(_ context.Context, s keystore.Signer, g uint64, _ identity.State) error {
 				d.mu.Lock()

@@ -151,6 +151,8 @@ type agentConfig struct {
 	TransportYAML string
 	// Metrics replaces the metrics section's body (default {address: "127.0.0.1:0"}).
 	Metrics string
+	// Tasks replaces the tasks section's body (default {retry_interval: 500ms}).
+	Tasks string
 }
 
 // newAgent makes an identity in a fresh home: software keys, or a SoftHSM token when softhsm is set.
@@ -284,7 +286,11 @@ func (a *agent) writeConfig(c agentConfig) {
 	} else {
 		b.WriteString("metrics: {address: \"127.0.0.1:0\"}\n")
 	}
-	b.WriteString("tasks: {retry_interval: 500ms}\nredial: {min: 100ms, max: 2s}\nlimits: {drain_timeout: 5s}\n")
+	tasksBody := "{retry_interval: 500ms}"
+	if c.Tasks != "" {
+		tasksBody = c.Tasks
+	}
+	b.WriteString("tasks: " + tasksBody + "\nredial: {min: 100ms, max: 2s}\nlimits: {drain_timeout: 5s}\n")
 	if !strings.Contains(c.Extra, "authorization:") {
 		// Tests that are not about authorization let every peer submit tasks; the default is that no peer
 		// without a grant may (docs/authorization.md). authz_*_test.go configure it themselves.
