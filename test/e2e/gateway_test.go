@@ -2,10 +2,13 @@ package e2e
 
 import (
 	"bytes"
+	"context"
 	"crypto/ed25519"
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -19,6 +22,7 @@ import (
 	"github.com/custos-agent/custos/audit"
 	"github.com/custos-agent/custos/identity"
 	"github.com/custos-agent/custos/keystore"
+	"github.com/custos-agent/custos/test/testenv"
 )
 
 // gwClient is a program that is not an agent: plain net/http with an API key. Every response it gets is
@@ -170,6 +174,9 @@ func TestGatewayEndToEnd(t *testing.T) {
 	}
 	if t.Failed() {
 		return
+	}
+	if x := execs["tcp"]; x != nil {
+		t.Run("python", func(t *testing.T) { gatewayPython(t, base, a, x, app) })
 	}
 	t.Run("refusals", func(t *testing.T) { gatewayRefusals(t, c, a, app, execs) })
 }
@@ -333,4 +340,73 @@ func sameJSON(a, b any) bool {
 	x, _ := json.Marshal(a)
 	y, _ := json.Marshal(b)
 	return bytes.Equal(x, y)
+}
+
+// gatewayPython runs the Python example (examples/python/custos_gateway.py, standard library only) with
+// python3 against the real gateway: it submits a sha256 task to x, waits by the event stream (then by
+// polling), checks the output against its signed digest and has the evidence verified. With a revoked
+// key it prints the refusal's status and reason and exits 1.
+func gatewayPython(t *testing.T, base string, a, x *agent, token string) {
+	py := testenv.LookTool(t, "python3", "python3")
+	root, err := moduleRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	script := filepath.Join(root, "examples", "python", "custos_gateway.py")
+	in := randomInput(t, 1000)
+	file := filepath.Join(t.TempDir(), "input.bin")
+	if err := os.WriteFile(file, in, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	run := func(token string, extra ...string) (string, string, int) {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
+		defer cancel()
+		cmd := exec.CommandContext(ctx, py, append([]string{"-B", script, "--url", base, "--to", x.id, "--handler", "sha256", "--input", file}, extra...)...)
+		cmd.Env = append(os.Environ(), "CUSTOS_GATEWAY_TOKEN="+token) // the token is never on argv
+		var o, e bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &o, &e
+		err := cmd.Run()
+		code := 0
+		if err != nil {
+			ee, ok := err.(*exec.ExitError)
+			if !ok {
+				t.Fatalf("python3 %s: %v", script, err)
+			}
+			code = ee.ExitCode()
+		}
+		return o.String(), e.String(), code
+	}
+	want := hexSHA256(in)
+	for _, mode := range [][]string{nil, {"--poll"}} {
+		out, errOut, code := run(token, mode...)
+		if code != 0 {
+			t.Fatalf("custos_gateway.py %v: exit %d\nstdout:\n%s\nstderr:\n%s", mode, code, out, errOut)
+		}
+		for _, line := range []string{
+			"submitted task ", " to " + x.id + " (input sha256 " + want + ")",
+			"\nstate done\n", "\nexecutor " + x.id + "\n", "\noutput " + want + "\n",
+			"\noutput_sha256 " + hexSHA256([]byte(want)) + " (matches the output)\n",
+			" run by " + x.id + " for " + a.id + "\n",
+		} {
+			if !strings.Contains(out, line) {
+				t.Fatalf("custos_gateway.py %v: output lacks %q:\n%s", mode, line, out)
+			}
+		}
+		if !strings.Contains(out, "\nevidence verified: task ") {
+			t.Fatalf("custos_gateway.py %v: no verified evidence:\n%s", mode, out)
+		}
+	}
+	// An unknown key: exit 1, the status and the reason code, nothing submitted.
+	var before []api.TaskView
+	a.ctlJSON(&before, "task", "list")
+	out, errOut, code := run("cgw_0000000000000000_" + strings.Repeat("A", 43))
+	if code != 1 || !strings.Contains(errOut, "refused: 401 unauthenticated: ") || !strings.Contains(errOut, "[urn:custos:reason:unauthenticated]") || out != "" {
+		t.Fatalf("custos_gateway.py with an unknown key: exit %d\nstdout: %s\nstderr: %s", code, out, errOut)
+	}
+	var after []api.TaskView
+	a.ctlJSON(&after, "task", "list")
+	if len(after) != len(before) {
+		t.Fatalf("a refused submission stored a task: %d tasks, then %d", len(before), len(after))
+	}
 }
