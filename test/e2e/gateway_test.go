@@ -58,7 +58,15 @@ func (c *gwClient) do(method, path, token string, body []byte) (*http.Response, 
 
 // gatewayAgent makes agent A: every transport, bootstrapped to each executor over its own transport, with
 // the gateway on a loopback port (max_body_bytes 4096; no address limit in the way of the test).
-func gatewayAgent(t *testing.T, execs map[string]*agent, extra string) (*agent, string) {
+func gatewayAgent(t testing.TB, execs map[string]*agent, extra string) (*agent, string) {
+	t.Helper()
+	a, base := gatewayConfig(t, execs, extra)
+	a.start()
+	return a, base
+}
+
+// gatewayConfig makes agent A's home and configuration (gatewayAgent) without starting it.
+func gatewayConfig(t testing.TB, execs map[string]*agent, extra string) (*agent, string) {
 	t.Helper()
 	a := newAgent(t, "gateway", false)
 	var tns []string
@@ -72,7 +80,6 @@ func gatewayAgent(t *testing.T, execs map[string]*agent, extra string) (*agent, 
 	port := freePort(t)
 	a.writeConfig(agentConfig{Transports: tns, Bootstrap: boot,
 		Extra: fmt.Sprintf("gateway: {listen: \"127.0.0.1:%d\", max_body_bytes: 4096, address_rate: 10000}\n", port) + extra})
-	a.start()
 	return a, fmt.Sprintf("http://127.0.0.1:%d", port)
 }
 
