@@ -8,6 +8,7 @@ import (
 	"github.com/custos-agent/custos/agent/envelope"
 	"github.com/custos-agent/custos/agent/reputation"
 	"github.com/custos-agent/custos/agent/tasks"
+	"github.com/custos-agent/custos/audit"
 	"github.com/custos-agent/custos/transports/host/sandbox"
 )
 
@@ -47,6 +48,30 @@ type Status struct {
 	Sessions          []SessionStatus   `json:"sessions"`
 	Handlers          []string          `json:"handlers"`
 	Tasks             tasks.Stats       `json:"tasks"`
+	AuditWriting      AuditWriting      `json:"audit_writing"`
+}
+
+// AuditWriting is the audit log's write state and what the agent does about it (audit.on_failure, ADR
+// 0089): while Writing is false and OnFailure is refuse, Refusing is the reason code (audit_unavailable)
+// with which new tasks, inbound sessions and mutating control operations are refused, and Detail the
+// sentence they carry.
+type AuditWriting struct {
+	audit.Health
+	OnFailure string `json:"on_failure"`
+	Refusing  string `json:"refusing,omitempty"`
+	Detail    string `json:"detail,omitempty"`
+}
+
+// Line is the state in one line (agentctl status).
+func (a AuditWriting) Line() string {
+	switch {
+	case a.Writing:
+		return "writing (on_failure " + a.OnFailure + ")"
+	case a.Refusing != "":
+		return "NOT WRITING: " + a.Cause + " since " + a.Since.Format(time.RFC3339) + "; refusing new work (" + a.Refusing + "): " + a.Error
+	default:
+		return "NOT WRITING: " + a.Cause + " since " + a.Since.Format(time.RFC3339) + "; carrying on unaudited (on_failure continue): " + a.Error
+	}
 }
 
 // PeerStatus is one known peer (cached key event log, session, dial target, reputation).
@@ -398,4 +423,35 @@ type PeerRecord struct {
 type PeerAddress struct {
 	Transport string `json:"transport"`
 	Address   string `json:"address"`
+}
+
+// FeedbackArgs rate the executor of a task this agent submitted (agentctl feedback).
+type FeedbackArgs struct {
+	TaskID string `json:"task_id"`
+	// Score is the rating, -100 (worst) to 100 (best) (reputation.MinRating, MaxRating).
+	Score int `json:"score"`
+	// Comment is kept in this agent's audit record only (the signed feedback carries no text); at most
+	// MaxFeedbackComment bytes of printable UTF-8.
+	Comment string `json:"comment,omitempty"`
+}
+
+// MaxFeedbackComment bounds FeedbackArgs.Comment.
+const MaxFeedbackComment = 500
+
+// FeedbackResult is the feedback given: counted here with full weight, and sent to the connected peers
+// (the subject excepted), which count it weighted by this agent's reputation with them.
+type FeedbackResult struct {
+	TaskID  string `json:"task_id"`
+	Subject string `json:"subject"`
+	Rating  int    `json:"rating"`
+	// SentTo are the peers the signed feedback was sent to; NotSent those it could not be sent to (why).
+	SentTo  []string          `json:"sent_to"`
+	NotSent map[string]string `json:"not_sent,omitempty"`
+	// Reputation is the subject's reputation here after the feedback.
+	Reputation reputation.Report `json:"reputation"`
+}
+
+// CancelArgs name a submitted task to give up (agentctl task cancel).
+type CancelArgs struct {
+	TaskID string `json:"task_id"`
 }

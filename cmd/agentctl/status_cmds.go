@@ -67,6 +67,7 @@ func printStatus(out io.Writer, st *api.Status) {
 	}
 	fmt.Fprintf(w, "handlers\t%s\n", strings.Join(st.Handlers, ", "))
 	fmt.Fprintf(w, "tasks\tsubmitted %s; executing %s; %d running now\n", counts(st.Tasks.Outbound), counts(st.Tasks.Inbound), st.Tasks.Running)
+	fmt.Fprintf(w, "audit log\t%s\n", st.AuditWriting.Line())
 	w.Flush()
 	fmt.Fprintln(out, "\ntransports")
 	w = tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)

@@ -58,6 +58,8 @@ type Info struct {
 	// Sessions are the live sessions; Transports the configured transports with their plugins.
 	Sessions   func() []api.SessionStatus
 	Transports func() []api.TransportStatus
+	// AuditWriting is the audit log's write state and the gate's decision (agent/authz, ADR 0089).
+	AuditWriting func() api.AuditWriting
 }
 
 // Deps are what the agent operations need.
@@ -107,6 +109,9 @@ func (d *ops) status(ctx context.Context, _ rbac.Cred, raw json.RawMessage) (any
 	}
 	if s.Sessions == nil {
 		s.Sessions = []api.SessionStatus{}
+	}
+	if in.AuditWriting != nil {
+		s.AuditWriting = in.AuditWriting()
 	}
 	return s, nil
 }
