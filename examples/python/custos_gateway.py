@@ -18,7 +18,7 @@ As a library:
 As a script (the token comes from the environment or a file, never from the command line):
 
     CUSTOS_GATEWAY_TOKEN=cgw_... python3 custos_gateway.py --url http://127.0.0.1:8480 \\
-        --to ed25519:... --handler sha256 --input FILE [--poll] [--ca-file CA.pem]
+        --to ed25519:... --handler sha256 --input FILE [--poll] [--ca-file CA.pem [--cert-file C --key-file K]]
 
 It prints the task's states, the output, and whether the evidence verifies; it exits 0 when the task
 succeeded and its evidence verifies, 1 otherwise (a refusal prints its status and reason code).
@@ -67,11 +67,16 @@ def _b64url_encode(b):
 class Gateway:
     """A Custos gateway at url (http://host:port or https://...), called with one API key."""
 
-    def __init__(self, url, token, ca_file=None, timeout=60):
+    def __init__(self, url, token, ca_file=None, cert_file=None, key_file=None, timeout=60):
         self.url = url.rstrip("/")
         self._token = token
         self.timeout = timeout
-        self._ctx = ssl.create_default_context(cafile=ca_file) if url.startswith("https:") else None
+        self._ctx = None
+        if url.startswith("https:"):  # the gateway serves TLS 1.3 only
+            self._ctx = ssl.create_default_context(cafile=ca_file)
+            self._ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+            if cert_file:  # mutual TLS: gateway.tls.client_fingerprints pins this certificate
+                self._ctx.load_cert_chain(cert_file, key_file)
 
     def _open(self, method, path, body=None, timeout=None):
         data = None
@@ -184,6 +189,8 @@ def main(argv=None):
     src.add_argument("--data", help="the task's input as text")
     p.add_argument("--token-file", help="file holding the API key (default: $CUSTOS_GATEWAY_TOKEN)")
     p.add_argument("--ca-file", help="CA certificate (PEM) of an https gateway")
+    p.add_argument("--cert-file", help="client certificate (PEM) when the gateway requires one (mutual TLS)")
+    p.add_argument("--key-file", help="the client certificate's private key (PEM)")
     p.add_argument("--poll", action="store_true", help="wait by polling GET /v1/tasks/{id} instead of the event stream")
     p.add_argument("--timeout", type=int, default=120, help="seconds to wait for the result (default 120)")
     args = p.parse_args(argv)
@@ -195,7 +202,7 @@ def main(argv=None):
     else:
         with open(args.input, "rb") as f:
             data = f.read()
-    gw = Gateway(args.url, _token(args), ca_file=args.ca_file)
+    gw = Gateway(args.url, _token(args), ca_file=args.ca_file, cert_file=args.cert_file, key_file=args.key_file)
     try:
         task = gw.submit(args.to, args.handler, data)
         print("submitted task %s to %s (input sha256 %s)" % (task["task_id"], task["to"], task["input_sha256"]))

@@ -3,9 +3,20 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"crypto/ecdsa"
 	"crypto/ed25519"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/hex"
 	"encoding/json"
+	"encoding/pem"
 	"fmt"
+	"math/big"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -60,13 +71,14 @@ func (c *gwClient) do(method, path, token string, body []byte) (*http.Response, 
 // the gateway on a loopback port (max_body_bytes 4096; no address limit in the way of the test).
 func gatewayAgent(t testing.TB, execs map[string]*agent, extra string) (*agent, string) {
 	t.Helper()
-	a, base := gatewayConfig(t, execs, extra)
+	a, base := gatewayConfig(t, execs, "", extra)
 	a.start()
 	return a, base
 }
 
-// gatewayConfig makes agent A's home and configuration (gatewayAgent) without starting it.
-func gatewayConfig(t testing.TB, execs map[string]*agent, extra string) (*agent, string) {
+// gatewayConfig makes agent A's home and configuration (gatewayAgent) without starting it; gw is added
+// to the gateway section (", tls: {...}": the address is https).
+func gatewayConfig(t testing.TB, execs map[string]*agent, gw, extra string) (*agent, string) {
 	t.Helper()
 	a := newAgent(t, "gateway", false)
 	var tns []string
@@ -79,8 +91,12 @@ func gatewayConfig(t testing.TB, execs map[string]*agent, extra string) (*agent,
 	}
 	port := freePort(t)
 	a.writeConfig(agentConfig{Transports: tns, Bootstrap: boot,
-		Extra: fmt.Sprintf("gateway: {listen: \"127.0.0.1:%d\", max_body_bytes: 4096, address_rate: 10000}\n", port) + extra})
-	return a, fmt.Sprintf("http://127.0.0.1:%d", port)
+		Extra: fmt.Sprintf("gateway: {listen: \"127.0.0.1:%d\", max_body_bytes: 4096, address_rate: 10000%s}\n", port, gw) + extra})
+	scheme := "http"
+	if gw != "" {
+		scheme = "https"
+	}
+	return a, fmt.Sprintf("%s://127.0.0.1:%d", scheme, port)
 }
 
 // gwKey makes an API key over the control socket (agentctl gateway key create) and returns its token.
@@ -353,7 +369,7 @@ func sameJSON(a, b any) bool {
 // python3 against the real gateway: it submits a sha256 task to x, waits by the event stream (then by
 // polling), checks the output against its signed digest and has the evidence verified. With a revoked
 // key it prints the refusal's status and reason and exits 1.
-func gatewayPython(t *testing.T, base string, a, x *agent, token string) {
+func gatewayPython(t *testing.T, base string, a, x *agent, token string, tlsArgs ...string) {
 	py := testenv.LookTool(t, "python3", "python3")
 	root, err := moduleRoot()
 	if err != nil {
@@ -369,7 +385,8 @@ func gatewayPython(t *testing.T, base string, a, x *agent, token string) {
 		t.Helper()
 		ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
 		defer cancel()
-		cmd := exec.CommandContext(ctx, py, append([]string{"-B", script, "--url", base, "--to", x.id, "--handler", "sha256", "--input", file}, extra...)...)
+		args := append([]string{"-B", script, "--url", base, "--to", x.id, "--handler", "sha256", "--input", file}, tlsArgs...)
+		cmd := exec.CommandContext(ctx, py, append(args, extra...)...)
 		cmd.Env = append(os.Environ(), "CUSTOS_GATEWAY_TOKEN="+token) // the token is never on argv
 		var o, e bytes.Buffer
 		cmd.Stdout, cmd.Stderr = &o, &e
@@ -416,4 +433,137 @@ func gatewayPython(t *testing.T, base string, a, x *agent, token string) {
 	if len(after) != len(before) {
 		t.Fatalf("a refused submission stored a task: %d tasks, then %d", len(before), len(after))
 	}
+}
+
+// TestGatewayTLS: the gateway on TLS 1.3 with mutual TLS (gateway.tls: a certificate from files, client
+// certificates pinned by fingerprint), through the real daemon: a client with the pinned certificate
+// gets a verified result over TLS 1.3 (plain net/http, then the Python example with --ca-file,
+// --cert-file and --key-file); a client limited to TLS 1.2, one without a certificate and one with
+// another certificate are refused in the handshake.
+func TestGatewayTLS(t *testing.T) {
+	dir := t.TempDir()
+	caCert, caKey := tlsCA(t)
+	serverPEM, serverKey := tlsLeaf(t, caCert, caKey, x509.ExtKeyUsageServerAuth)
+	pinnedPEM, pinnedKey := tlsLeaf(t, caCert, caKey, x509.ExtKeyUsageClientAuth)
+	otherPEM, otherKey := tlsLeaf(t, caCert, caKey, x509.ExtKeyUsageClientAuth)
+	files := map[string][]byte{"ca.pem": pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caCert.Raw}),
+		"server.pem": serverPEM, "server.key": serverKey, "client.pem": pinnedPEM, "client.key": pinnedKey}
+	for name, b := range files {
+		if err := os.WriteFile(filepath.Join(dir, name), b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	blk, _ := pem.Decode(pinnedPEM)
+	pin := sha256.Sum256(blk.Bytes)
+
+	x := newAgent(t, "executor", false)
+	x.writeConfig(agentConfig{Transports: []string{"tcp"}})
+	x.start()
+	a, base := gatewayConfig(t, map[string]*agent{"tcp": x}, fmt.Sprintf(", tls: {cert_file: %q, key_file: %q, client_fingerprints: [%q]}",
+		filepath.Join(dir, "server.pem"), filepath.Join(dir, "server.key"), hex.EncodeToString(pin[:])), "")
+	a.start()
+	token := gwKey(a, "tls-app", "gateway_service,task_submitter")
+	roots := x509.NewCertPool()
+	roots.AddCert(caCert)
+	client := func(certPEM, keyPEM []byte, maxVersion uint16) *http.Client {
+		tc := &tls.Config{RootCAs: roots, MaxVersion: maxVersion}
+		if certPEM != nil {
+			c, err := tls.X509KeyPair(certPEM, keyPEM)
+			if err != nil {
+				t.Fatal(err)
+			}
+			tc.Certificates = []tls.Certificate{c}
+		}
+		return &http.Client{Timeout: 60 * time.Second, Transport: &http.Transport{TLSClientConfig: tc}}
+	}
+
+	c := &gwClient{t: t, base: base, v: gatewaytest.New(t), hc: client(pinnedPEM, pinnedKey, 0)}
+	eventually(t, 20*time.Second, "A's session with the executor", func() bool { return a.sessionWith(x.id) != nil })
+	in := randomInput(t, 512)
+	req, _ := json.Marshal(gateway.SubmitRequest{To: x.id, Handler: "sha256", Input: in})
+	resp, body := c.do("POST", "/v1/tasks", token, req)
+	var v api.TaskView
+	if err := json.Unmarshal(body, &v); err != nil || resp.StatusCode != 202 {
+		t.Fatalf("submit over TLS: %d %s", resp.StatusCode, body)
+	}
+	if resp.TLS == nil || resp.TLS.Version != tls.VersionTLS13 {
+		t.Fatalf("the gateway answered without TLS 1.3: %+v", resp.TLS)
+	}
+	resp, body = c.do("GET", "/v1/tasks/"+v.TaskID+"?wait=30", token, nil)
+	v = api.TaskView{}
+	if err := json.Unmarshal(body, &v); err != nil || resp.StatusCode != 200 {
+		t.Fatalf("get over TLS: %d %s", resp.StatusCode, body)
+	}
+	checkResult(t, &v, x.id, hexSHA256(in))
+
+	for _, tc := range []struct {
+		name   string
+		client *http.Client
+		want   string // in the client's error
+	}{
+		{"TLS 1.2", client(pinnedPEM, pinnedKey, tls.VersionTLS12), "protocol version"},
+		{"no client certificate", client(nil, nil, 0), "certificate required"},
+		{"another client certificate", client(otherPEM, otherKey, 0), "bad certificate"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			resp, err := tc.client.Get(base + "/v1/healthz")
+			if err == nil {
+				resp.Body.Close()
+				t.Fatalf("served (%d), want a refused handshake", resp.StatusCode)
+			}
+			if !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("error %q, want it to say %q", err, tc.want)
+			}
+		})
+	}
+	t.Run("python", func(t *testing.T) {
+		gatewayPython(t, base, a, x, token, "--ca-file", filepath.Join(dir, "ca.pem"),
+			"--cert-file", filepath.Join(dir, "client.pem"), "--key-file", filepath.Join(dir, "client.key"))
+	})
+}
+
+// tlsCA makes a test certificate authority (ECDSA P-256).
+func tlsCA(t *testing.T) (*x509.Certificate, *ecdsa.PrivateKey) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "custos e2e gateway CA"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), IsCA: true, BasicConstraintsValid: true,
+		KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cert, key
+}
+
+// tlsLeaf makes a certificate for 127.0.0.1 signed by the CA, and its key, in PEM.
+func tlsLeaf(t *testing.T, ca *x509.Certificate, caKey *ecdsa.PrivateKey, usage x509.ExtKeyUsage) (certPEM, keyPEM []byte) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	serial, err := rand.Int(rand.Reader, big.NewInt(1<<62))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: serial, Subject: pkix.Name{CommonName: "127.0.0.1"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), KeyUsage: x509.KeyUsageDigitalSignature,
+		ExtKeyUsage: []x509.ExtKeyUsage{usage}, IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pk, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: pk})
 }
