@@ -511,7 +511,9 @@ func TestGatewayTLS(t *testing.T) {
 				resp.Body.Close()
 				t.Fatalf("served (%d), want a refused handshake", resp.StatusCode)
 			}
-			if !strings.Contains(err.Error(), tc.want) {
+			// In TLS 1.3 the server checks the client's certificate after the client's handshake is done:
+			// the client may see the server's alert, or the reset of its request on the closed connection.
+			if msg := err.Error(); !strings.Contains(msg, tc.want) && !strings.Contains(msg, "connection reset by peer") {
 				t.Fatalf("error %q, want it to say %q", err, tc.want)
 			}
 		})
