@@ -311,6 +311,23 @@ func gatewayRefusals(t *testing.T, c *gwClient, a *agent, app string, execs map[
 	if !sameJSON(keysBefore, keysAfter) {
 		t.Fatalf("the refusals changed A's keys:\n%v\n%v", keysBefore, keysAfter)
 	}
+	// Counted per route and status: at least the refusals above (the Python run before them adds a 401).
+	m := scrape(t, a.status().Metrics)
+	for series, least := range map[string]int{
+		`custos_gateway_requests_total{route="POST /v1/tasks",status="401"}`:      3,
+		`custos_gateway_requests_total{route="POST /v1/tasks",status="403"}`:      2,
+		`custos_gateway_requests_total{route="POST /v1/tasks",status="413"}`:      1,
+		`custos_gateway_requests_total{route="POST /v1/tasks",status="400"}`:      3,
+		`custos_gateway_requests_total{route="GET /v1/agents/{id}",status="403"}`: 1,
+		`custos_gateway_requests_total{route="GET /v1/agents/{id}",status="404"}`: 1,
+		`custos_gateway_requests_total{route="GET /v1/tasks/{id}",status="429"}`:  1,
+	} {
+		_, after, ok := strings.Cut(m, "\n"+series+" ")
+		n, err := strconv.Atoi(strings.SplitN(after, "\n", 2)[0])
+		if !ok || err != nil || n < least {
+			t.Errorf("metric %s: want at least %d:\n%s", series, least, grepLines(m, "custos_gateway_requests_total"))
+		}
+	}
 	// The refused submission with a key that may: accepted (the refusals were for their reasons).
 	resp, body := c.do("POST", "/v1/tasks", app, good)
 	if resp.StatusCode != 202 {
