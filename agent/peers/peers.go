@@ -401,10 +401,8 @@ func (c *Cache) CommitLog(id identity.ID, l *identity.Log) error {
 			if victim == nil {
 				break
 			}
-			for _, b := range [][]byte{bucketLogs, bucketUsed, bucketDelegations} {
-				if err := tx.Bucket(b).Delete(victim); err != nil {
-					return err
-				}
+			if err := forget(tx, victim); err != nil {
+				return err
 			}
 			total -= size
 			n--
@@ -620,10 +618,8 @@ func (c *Cache) PruneUnseen(cutoff time.Time) (int, error) {
 			return err
 		}
 		for _, k := range victims {
-			for _, b := range [][]byte{bucketLogs, bucketUsed, bucketDelegations} {
-				if err := tx.Bucket(b).Delete(k); err != nil {
-					return err
-				}
+			if err := forget(tx, k); err != nil {
+				return err
 			}
 			gone = append(gone, string(k))
 		}
@@ -638,4 +634,15 @@ func (c *Cache) PruneUnseen(cutoff time.Time) (int, error) {
 	}
 	c.mu.Unlock()
 	return len(gone), nil
+}
+
+// forget deletes a peer's cached key event log, its last-use time and its delegations. The compromise
+// mark and its evidence are never deleted: neither eviction nor retention removes them.
+func forget(tx *bbolt.Tx, id []byte) error {
+	for _, b := range [][]byte{bucketLogs, bucketUsed, bucketDelegations} {
+		if err := tx.Bucket(b).Delete(id); err != nil {
+			return err
+		}
+	}
+	return nil
 }
