@@ -76,6 +76,10 @@ const (
 	RecordStale        Code = "record_stale"
 
 	AuditUnavailable Code = "audit_unavailable"
+
+	// MailboxFull and RecipientKeyUnknown: the store-and-forward mailbox (agent/mailbox, ADR 0093).
+	MailboxFull         Code = "mailbox_full"
+	RecipientKeyUnknown Code = "recipient_key_unknown"
 )
 
 // Entry is one registered code.
@@ -173,6 +177,8 @@ func entries() []Entry {
 		{RecordExpired, d(DomainDiscovery), "an agent record past its expiry", false},
 		{RecordTooLong, d(DomainDiscovery), "an agent record that expires further ahead than a verifier accepts", false},
 		{RecordStale, d(DomainDiscovery), "an agent record with a lower sequence than the one already held", false},
+		{MailboxFull, d(DomainGateway), "the mailbox holds its limit of messages for that recipient or in total (or the recipient's inbox is full: the sender keeps the message and delivers it again later); retry once it has delivered", false},
+		{RecipientKeyUnknown, d(DomainGateway), "the gateway holds no unexpired delegation (encryption key) of the recipient: it must connect to this agent once first", false},
 		{AuditUnavailable, d(DomainAdmission), "the agent's audit log cannot write records (disk full, I/O error) and audit.on_failure is refuse: no new work until it can; retry later", true},
 	}
 }

@@ -67,15 +67,19 @@ const (
 	ErrorResponse MessageType = "error_response"
 	Heartbeat     MessageType = "heartbeat"
 	Feedback      MessageType = "feedback"
+	// Mailbox carries a stored store-and-forward envelope to its recipient (and is the type of that
+	// envelope); MailboxAck answers it (agent/mailbox, ADR 0093).
+	Mailbox    MessageType = "mailbox"
+	MailboxAck MessageType = "mailbox_ack"
 )
 
 // MessageTypes lists every message type.
-var MessageTypes = []MessageType{TaskRequest, TaskResponse, TaskProgress, TaskResult, ErrorResponse, Heartbeat, Feedback}
+var MessageTypes = []MessageType{TaskRequest, TaskResponse, TaskProgress, TaskResult, ErrorResponse, Heartbeat, Feedback, Mailbox, MailboxAck}
 
 // Valid reports whether t is a defined message type.
 func (t MessageType) Valid() bool {
 	switch t {
-	case TaskRequest, TaskResponse, TaskProgress, TaskResult, ErrorResponse, Heartbeat, Feedback:
+	case TaskRequest, TaskResponse, TaskProgress, TaskResult, ErrorResponse, Heartbeat, Feedback, Mailbox, MailboxAck:
 		return true
 	}
 	return false
@@ -219,7 +223,7 @@ func (e *Envelope) check() error {
 		return reason.New(reason.UnknownVersion, "envelope version %q (this agent speaks %q)", h.Version, Version)
 	}
 	if !h.MessageType.Valid() {
-		return reason.New(reason.UnknownMessageType, "message type %q (known: task_request, task_response, task_progress, task_result, error_response, heartbeat, feedback)", h.MessageType)
+		return reason.New(reason.UnknownMessageType, "message type %q (known: task_request, task_response, task_progress, task_result, error_response, heartbeat, feedback, mailbox, mailbox_ack)", h.MessageType)
 	}
 	bad := func(format string, args ...any) error {
 		return reason.New(reason.Malformed, "envelope: "+format, args...)

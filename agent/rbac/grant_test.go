@@ -178,7 +178,6 @@ func TestOperationTable(t *testing.T) {
 		ViewMetrics:         "metrics over the control socket",
 		APIAccess:           "a local API gateway forwarding (control.api.forward)",
 		RateLimiting:        "rate limits shown and set at run time",
-		ProtocolTranslation: "a gateway's store-and-forward relaying (relay)",
 	}
 	for _, p := range AllPermissions {
 		if _, ok := reserved[p]; ok == used[p] {

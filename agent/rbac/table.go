@@ -19,6 +19,8 @@ const (
 	OpErrorResponse Operation = "error_response"
 	OpHeartbeat     Operation = "heartbeat"
 	OpFeedback      Operation = "feedback"
+	OpMailbox       Operation = "mailbox"
+	OpMailboxAck    Operation = "mailbox_ack"
 )
 
 // Control-socket operations ("control.<area>.<verb>"): the permissions of agent/api's table, each named by
@@ -71,6 +73,8 @@ var Table = []Requirement{
 	{OpErrorResponse, "", true, "accepted only as the answer to a message_id this agent sent (the dispatcher checks the correlation); never starts anything"},
 	{OpHeartbeat, DiscoverPeers, true, "liveness between network peers"},
 	{OpFeedback, ShareResults, true, "signed feedback about another peer's result"},
+	{OpMailbox, ProtocolTranslation, true, "a gateway delivers a message a program left for this agent while it was offline (store-and-forward, ADR 0093)"},
+	{OpMailboxAck, ShareResults, true, "the recipient of a mailbox delivery reports its outcome (accepted, or refused with a reason); it deletes only that peer's own stored message"},
 
 	{CtlStatus, ViewStatus, false, "agentctl status"},
 	{CtlPeersList, ViewStatus, false, "agentctl peers: trust level, score, factors"},
