@@ -39,6 +39,9 @@ func newAuthz(ctx context.Context, d *Daemon, cfg *config.Config) (*authz.Authz,
 type authzTasks struct{ d *Daemon }
 
 func (t authzTasks) Handle(ctx context.Context, peer string, typ envelope.MessageType, payload []byte) error {
+	if typ == envelope.Mailbox || typ == envelope.MailboxAck { // store-and-forward (agent/mailbox), once authorized
+		return t.d.mbox.Handle(ctx, peer, typ, payload)
+	}
 	return t.d.engine.Handle(ctx, peer, typ, payload)
 }
 func (t authzTasks) Inbound(requester, id string) (*tasks.Inbound, error) {

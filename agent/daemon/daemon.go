@@ -35,6 +35,7 @@ import (
 	"github.com/custos-agent/custos/agent/discovery"
 	"github.com/custos-agent/custos/agent/events"
 	"github.com/custos-agent/custos/agent/gateway"
+	"github.com/custos-agent/custos/agent/mailbox"
 	"github.com/custos-agent/custos/agent/metrics"
 	"github.com/custos-agent/custos/agent/peers"
 	"github.com/custos-agent/custos/agent/plugins"
@@ -134,7 +135,8 @@ type Daemon struct {
 	// sessionConfig is each connection's session configuration (authz.SessionConfigs).
 	sessionConfig func(transport, remote, pinned string) *session.Config
 	ctl           *control.Server
-	gw            *gateway.Server // the HTTP API (agent/gateway), when gateway.listen is set
+	gw            *gateway.Server  // the HTTP API (agent/gateway), when gateway.listen is set
+	mbox          *mailbox.Service // store-and-forward (agent/mailbox, ADR 0093): delivered when a peer comes up
 
 	ctx      context.Context
 	cancel   context.CancelFunc
@@ -290,6 +292,10 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 	d.giver = d.authz.Giver(d.cust, d.rep, d.sess.Connected)
 	d.replicator.Feedback = d.giver.Vote // agreers +100, dissenters -100, sent to the connected peers
 	d.events.Outbound, d.events.IsReplicated = d.engine.Get, d.replicator.IsReplicated
+	d.mbox = &mailbox.Service{Self: d.id.String(), Store: d.db.Mailbox, Keys: d.dm, Peers: d.peers, Send: d.mgr.Send,
+		Audit: d.events.Record, Window: cfg.Session.ReplayWindow, Logger: d.log.With("part", "mailbox"),
+		Connected: func(p string) bool { return d.mgr.Session(p) != nil }}
+	d.run(func() { d.mbox.Sweep(dctx, time.Hour) })
 	d.metrics.TaskQueue(d.engine.Queued, func() int { return d.config().Limits.MaxQueuedTasks })
 	// Working directories left by commands of a daemon that was killed are removed; their tasks run again.
 	if err := tasks.RemoveWorkDirs(d.workRoot()); err != nil { // and their confined counterparts (ADR 0082)
@@ -341,7 +347,7 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 		if err != nil {
 			return nil, fmt.Errorf("%w: gateway: %v", config.ErrConfig, err)
 		}
-		d.gw, err = gateway.New(gateway.Options{Config: cfg.Gateway, AgentID: d.id.String(), Keys: d.db.GatewayKeys, Roles: roles, Audit: d.events.Record,
+		d.gw, err = gateway.New(gateway.Options{Config: cfg.Gateway, AgentID: d.id.String(), Keys: d.db.GatewayKeys, Roles: roles, Audit: d.events.Record, Mailbox: d.mbox,
 			Ops:     gateway.HandlerOps{Handlers: hs, Cred: rbac.Cred{UID: uint32(os.Getuid()), GID: uint32(os.Getgid()), PID: int32(os.Getpid())}},
 			Metrics: d.metrics.Registry(), Logger: d.log.With("part", "gateway")})
 		if err == nil {

@@ -48,6 +48,8 @@ type Options struct {
 	AgentID string
 	Ops     Ops
 	Keys    *Keys
+	// Mailbox, when set, serves POST /v1/agents/{id}/messages and GET /v1/messages (ADR 0093).
+	Mailbox Mailbox
 	// Roles gives each role its permissions (the agent's authorization.roles_file, or the seed's).
 	Roles *rbac.Roles
 	Audit AuditFunc

@@ -78,6 +78,8 @@ func (s *Server) routes() {
 		{pattern: "GET /v1/tasks/{id}/events", perm: rbac.ViewResults, stream: true, fn: s.events},
 		{pattern: "GET /v1/agents/{id}", perm: rbac.ViewStatus, fn: s.agent},
 		{pattern: "POST /v1/evidence/verify", perm: rbac.ViewResults, fn: s.verify},
+		{pattern: "POST /v1/agents/{id}/messages", perm: rbac.SubmitTasks, fn: s.postMessage},
+		{pattern: "GET /v1/messages", perm: rbac.ViewResults, fn: s.messages},
 		{pattern: "/", public: true, fn: func(w http.ResponseWriter, r *http.Request, _ *call) error {
 			return newProblem(http.StatusNotFound, reason.NotFound, fmt.Sprintf("no endpoint %s %s (GET /v1/openapi.json lists them)", r.Method, r.URL.Path))
 		}},

@@ -46,6 +46,9 @@ type Service struct {
 	Peers Peers
 	// Send sends a session message to a connected peer (sessions.Manager.Send).
 	Send func(ctx context.Context, peer string, t envelope.MessageType, payload []byte) error
+	// Connected, when set, says whether a session with peer is up: a message posted then is delivered
+	// at once.
+	Connected func(peer string) bool
 	// Audit writes an audit record (the daemon's).
 	Audit func(typ audit.EventType, actor, subject string, outcome audit.Outcome, details map[string]any)
 	// Window is the clock skew allowed for a timestamp in the future (the replay window).
@@ -133,7 +136,28 @@ func (s *Service) Post(ctx context.Context, to string, data []byte) (*Stored, er
 	if err := s.Store.Put(m); err != nil {
 		return nil, err
 	}
+	if s.Connected != nil && s.Connected(to) {
+		go s.PeerUp(context.WithoutCancel(ctx), to)
+	}
 	return m, nil
+}
+
+// Sweep prunes expired messages every interval until ctx ends.
+func (s *Service) Sweep(ctx context.Context, every time.Duration) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		if out, in, err := s.Store.Prune(s.now()); err != nil {
+			s.log().Error("mailbox: prune", "err", err)
+		} else if out+in > 0 {
+			s.log().Info("mailbox: expired messages deleted", "undelivered", out, "received", in)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
 }
 
 // PeerUp delivers the messages waiting for peer (the session manager calls it when a session comes up).
@@ -278,4 +302,3 @@ func (s *Service) Receive(ctx context.Context, peer string, payload []byte) (str
 
 // Messages lists the messages this agent accepted.
 func (s *Service) Messages() ([]*Message, error) { return s.Store.Inbox() }
-

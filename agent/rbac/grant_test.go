@@ -175,9 +175,9 @@ func TestOperationTable(t *testing.T) {
 	// these return with the code that serves them (ADR 0063). A reserved permission that an operation
 	// needs again must leave this list.
 	reserved := map[Permission]string{
-		ViewMetrics:         "metrics over the control socket",
-		APIAccess:           "a local API gateway forwarding (control.api.forward)",
-		RateLimiting:        "rate limits shown and set at run time",
+		ViewMetrics:  "metrics over the control socket",
+		APIAccess:    "a local API gateway forwarding (control.api.forward)",
+		RateLimiting: "rate limits shown and set at run time",
 	}
 	for _, p := range AllPermissions {
 		if _, ok := reserved[p]; ok == used[p] {

@@ -2,7 +2,7 @@
 // once for the whole process: bbolt allows one handle per file, so a second agent started on the same
 // home is refused with a message that says so. The stores are the other rooms' own (the peer cache, the
 // task store, the grants and revocations, the grants this agent holds, the stake table, the consensus
-// evidence, the gateway's API keys); this room only opens them over the one handle and closes it. The
+// evidence, the gateway's API keys, the mailbox); this room only opens them over the one handle and closes it. The
 // reputation store lives in the same file but is built by the daemon, with its configuration and
 // callbacks, over DB.Bolt.
 package state
@@ -17,6 +17,7 @@ import (
 
 	"github.com/custos-agent/custos/agent/consensus"
 	"github.com/custos-agent/custos/agent/gateway"
+	"github.com/custos-agent/custos/agent/mailbox"
 	"github.com/custos-agent/custos/agent/peers"
 	"github.com/custos-agent/custos/agent/rbac"
 	"github.com/custos-agent/custos/agent/tasks"
@@ -35,6 +36,7 @@ type DB struct {
 	Stakes      *consensus.StakeStore    // the stake table in force
 	Evidence    *consensus.EvidenceStore // evidence of dissent in replicated tasks
 	GatewayKeys *gateway.Keys            // the HTTP gateway's API keys
+	Mailbox     *mailbox.Store           // store-and-forward: sealed envelopes waiting, messages received
 }
 
 // Open opens (creating it 0600) the state database at path and every store in it. A file another
@@ -72,6 +74,9 @@ func Open(path string) (_ *DB, err error) {
 		return nil, err
 	}
 	if db.GatewayKeys, err = gateway.NewKeys(b, nil); err != nil {
+		return nil, err
+	}
+	if db.Mailbox, err = mailbox.NewStore(b, mailbox.Limits{}); err != nil {
 		return nil, err
 	}
 	return db, nil
