@@ -13,6 +13,7 @@ func FuzzDecodeBody(f *testing.F) {
 	f.Add([]byte(`{"handler":"echo","input":"","redundancy":3,"vote":"stake"}`))
 	f.Add([]byte(`{"envelope":"{}","delegation":"","key_event_log":""}`))
 	f.Add([]byte(`{"colour":1}`))
+	f.Add([]byte(`{"data":"aGVsbG8"}`))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		var s SubmitRequest
 		if decodeBody(b, &s, 1<<20) == nil {
@@ -21,6 +22,10 @@ func FuzzDecodeBody(f *testing.F) {
 		var ev tasks.Evidence
 		if decodeBody(b, &ev, 1<<20) == nil {
 			_, _, _ = tasks.VerifyEvidence(&ev)
+		}
+		var m MessageRequest
+		if decodeBody(b, &m, 1<<20) == nil && len(m.Data) > 1<<20 {
+			t.Fatalf("a message of %d bytes decoded from a body of %d", len(m.Data), len(b))
 		}
 		var tok string
 		if len(b) < 200 {
