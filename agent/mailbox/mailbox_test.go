@@ -286,3 +286,37 @@ func FuzzDecoders(f *testing.F) {
 		}
 	})
 }
+
+// TestRecipientLostItsKey: B restarted (a new delegation, its old encryption key gone) after A sealed a
+// message to the old key: B refuses it with decrypt_failed, acknowledges the refusal, and A drops it
+// (audited) rather than delivering it forever. A message posted once A has B's new delegation arrives.
+func TestRecipientLostItsKey(t *testing.T) {
+	clock := agenttest.NewClock(agenttest.Epoch.Add(time.Hour))
+	a, b := newSide(t, clock, Limits{}), newSide(t, clock, Limits{})
+	meet(t, a, b)
+	if _, err := a.svc.Post(ctx, b.svc.Self, []byte("to the old key")); err != nil {
+		t.Fatal(err)
+	}
+	clock.Advance(time.Minute) // B restarts a minute later
+	var err error
+	if b.mgr, err = delegation.NewManager(ctx, delegation.Config{Identity: b.id.Current(), State: b.id.State, Clock: clock.Now, KEM: suite.KEMX25519}); err != nil {
+		t.Fatal(err)
+	}
+	b.svc.Keys = b.mgr
+	link(a, b)
+	a.svc.PeerUp(ctx, b.svc.Self)
+	if len(b.codes) != 1 || b.codes[0] != string(reason.DecryptFailed) || len(a.codes) != 1 || a.codes[0] != string(reason.DecryptFailed) {
+		t.Fatalf("reasons: b %v, a %v", b.codes, a.codes)
+	}
+	if n, _ := a.svc.Store.Count(); n != 0 {
+		t.Fatal("the unopenable message is still stored")
+	}
+	meet(t, a, b) // the next handshake: A learns B's new delegation
+	if _, err := a.svc.Post(ctx, b.svc.Self, []byte("to the new key")); err != nil {
+		t.Fatal(err)
+	}
+	a.svc.PeerUp(ctx, b.svc.Self)
+	if got, _ := b.svc.Messages(); len(got) != 1 || string(got[0].Data) != "to the new key" {
+		t.Fatalf("B's inbox: %+v", got)
+	}
+}

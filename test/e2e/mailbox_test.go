@@ -61,8 +61,10 @@ func mailboxRecords(t *testing.T, x *agent) map[string][]byte {
 // B has no session with A; A seals it to B's delegated key and keeps only the ciphertext (the test reads
 // A's state.db); A restarts; B connects and receives the message exactly once (GET /v1/messages on B's
 // gateway), A deletes it on B's acknowledgement; a replayed copy (the stored record put back into A's
-// state.db) is delivered again and refused by B with replayed_message, audited on both sides. Every
-// gateway response is validated against docs/openapi.yaml.
+// state.db) is delivered again and refused by B with replayed_message, audited on both sides; a message
+// posted while the session is up arrives at once. Every gateway response is validated against
+// docs/openapi.yaml. "Offline" is "no session with the gateway": B keeps running, because its delegated
+// encryption key lives in memory (ADR 0093; agent/mailbox TestRecipientLostItsKey covers a restarted B).
 func TestMailboxStoreAndForward(t *testing.T) {
 	b := newAgent(t, "mailbox-b", false)
 	bPort := freePort(t)
@@ -198,4 +200,17 @@ func TestMailboxStoreAndForward(t *testing.T) {
 	if n := auditCount(t, b, mailbox.Received, func(audit.Entry) bool { return true }); n != 1 {
 		t.Fatalf("B audited %d receptions after the replay", n)
 	}
+
+	// While the session is up, a message posted is delivered at once.
+	eventually(t, 20*time.Second, "B's session with A", func() bool { return b.sessionWith(a.id) != nil })
+	body, _ = json.Marshal(gateway.MessageRequest{Data: []byte("second")})
+	if resp, out := ca.do("POST", "/v1/agents/"+b.id+"/messages", app, body); resp.StatusCode != 202 {
+		t.Fatalf("post while connected: %d %s", resp.StatusCode, out)
+	}
+	eventually(t, 20*time.Second, "the second message in B's inbox", func() bool {
+		_, out := cb.do("GET", "/v1/messages", reader, nil)
+		msgs = gateway.Messages{}
+		return json.Unmarshal(out, &msgs) == nil && len(msgs.Messages) == 2 &&
+			(string(msgs.Messages[0].Data) == "second" || string(msgs.Messages[1].Data) == "second") // same second: either order
+	})
 }
