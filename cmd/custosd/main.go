@@ -162,9 +162,9 @@ func runDaemon(c *cli.Context) error {
 		case sig := <-sigs:
 			switch sig {
 			case syscall.SIGHUP:
-				if _, err := d.Reload(ctx); err != nil {
-					logger.Error("SIGHUP: reload failed", "err", err)
-				}
+				// Reload logs and audits its own refusal (once: issue 18, defect 7); the daemon runs on
+				// with the configuration it had.
+				_, _ = d.Reload(ctx)
 			default:
 				logger.Info("signal received: draining", "signal", sig.String(), "deadline", cfg.Limits.DrainTimeout)
 				dctx, cancel := context.WithTimeout(context.Background(), d.DrainTimeout())
