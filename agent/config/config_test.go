@@ -43,6 +43,7 @@ func TestParseConfigRefusals(t *testing.T) {
 		{"handler bad name", "handlers: {X: {builtin: echo}}\n", "handlers.X"},
 		{"mode", "delegation: {mode: lax}\n", "delegation.mode"},
 		{"metrics not loopback", "metrics: {address: \"0.0.0.0:9464\"}\n", "metrics.address"},
+		{"metrics advice", "metrics: {address: \"10.0.0.1:9464\"}\n", "put a reverse proxy with authentication"},
 		{"log level", "log: {level: loud}\n", "log.level"},
 		{"redial order", "redial: {min: 5s, max: 1s}\n", "redial.max"},
 	}
@@ -141,5 +142,16 @@ func TestParseConfigTypeErrorsNameTheKey(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// The metrics address refusal advises only what the configuration offers (issue 18, defect 6): no
+// "allow non-loopback" option exists in it.
+func TestMetricsAdviceNamesRealOptions(t *testing.T) {
+	for _, addr := range []string{"0.0.0.0:9464", "10.0.0.1:9464", "metrics.example:9464"} {
+		_, err := ParseConfig([]byte("metrics: {address: \"" + addr + "\"}\n"))
+		if err == nil || strings.Contains(err.Error(), "allow non-loopback") || !strings.Contains(err.Error(), "metrics.disabled") {
+			t.Errorf("%s: %v, want advice naming the real options (metrics.disabled), not 'allow non-loopback'", addr, err)
+		}
 	}
 }

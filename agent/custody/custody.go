@@ -17,6 +17,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"log/slog"
 	"os"
@@ -114,6 +115,8 @@ func isCrash(err error) bool {
 type Custody struct {
 	home string
 	opts Options
+	// existing: opened (Open), not made (Init): its keystores hold its keys already.
+	existing bool
 
 	mu       sync.Mutex
 	rec      *record
@@ -155,6 +158,23 @@ type RecoverRequest struct {
 
 func paths(home string) (rec, kel string) {
 	return filepath.Join(home, IdentityFile), filepath.Join(home, LogFile)
+}
+
+// readableHome returns nil when home does not exist (no identity) or can be listed; else an error that
+// says the home cannot be read, never that there is no identity (issue 18, defect 6).
+func readableHome(home string) error {
+	f, err := os.Open(home)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err == nil {
+		_, err = f.Readdirnames(1)
+		f.Close()
+		if err == nil || errors.Is(err, io.EOF) {
+			return nil
+		}
+	}
+	return fmt.Errorf("cannot read %s: %w: check --home / CUSTOS_HOME, and run as the user that owns it (ls -ld %s)", home, err, home)
 }
 
 func exists(p string) bool {
@@ -338,13 +358,16 @@ func refuseExisting(home string) error {
 // refused with an error naming the file, and nothing is changed.
 func Open(ctx context.Context, home string, opts Options) (*Custody, error) {
 	recPath, kelPath := paths(home)
+	if err := readableHome(home); err != nil {
+		return nil, err
+	}
 	if !exists(recPath) {
 		if exists(kelPath) {
 			return nil, fmt.Errorf("%w: %s exists without %s in %s (an interrupted init?): run agentctl init --force", ErrCorrupt, LogFile, IdentityFile, home)
 		}
 		return nil, fmt.Errorf("%w in %s: run agentctl init first (or set --home / CUSTOS_HOME)", ErrNoIdentity, home)
 	}
-	c := &Custody{home: home, opts: opts, stores: map[string]keystore.Keystore{}}
+	c := &Custody{home: home, opts: opts, stores: map[string]keystore.Keystore{}, existing: true}
 	unlock, err := lock(ctx, home)
 	if err != nil {
 		return nil, err
@@ -540,7 +563,9 @@ func (c *Custody) keystore(ctx context.Context, uri string) (keystore.Keystore, 
 		slices.Sort(known)
 		return nil, fmt.Errorf("%w: %q (this agentctl has %s)", ErrNoBackend, keystoreRedact(uri), strings.Join(known, ", "))
 	}
-	ks, err := open(ctx, uri, c.opts.OpenOptions)
+	oo := c.opts.OpenOptions
+	oo.HoldsKeys = c.existing
+	ks, err := open(ctx, uri, oo)
 	if err != nil {
 		return nil, err
 	}
