@@ -428,6 +428,10 @@ func (l *Log) Close() error {
 	return l.closeErr
 }
 
+// Err is the failure that stopped the log accepting records (a write failed: restart the agent), or nil
+// while it works.
+func (l *Log) Err() error { return l.failure() }
+
 func (l *Log) failure() error {
 	l.errMu.Lock()
 	defer l.errMu.Unlock()

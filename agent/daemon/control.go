@@ -22,7 +22,7 @@ func (d *Daemon) services() []api.Service {
 		agentops.New(agentops.Deps{Identity: d.cust, Delegations: d.dm, Tasks: d.engine, Audit: d.audit,
 			Info: agentops.Info{Version: d.opts.Version, Started: d.started, ConfigPath: d.opts.ConfigPath,
 				Digest: d.currentDigest, Control: func() string { return d.ctl.Path() }, MetricsURL: d.metricsURL,
-				Sessions: d.mgr.statuses, Transports: d.transportStatuses},
+				Sessions: d.mgr.statuses, Transports: d.transportStatuses, Config: d.config},
 			Reload: d.Reload,
 			ReloadIdentity: func(ctx context.Context, actor string) ([]audit.Record, error) {
 				_, recs, err := d.reloadIdentity(ctx, actor)
