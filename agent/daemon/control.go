@@ -29,7 +29,7 @@ func (d *Daemon) services() []api.Service {
 				return recs, err
 			}}),
 		peerops.New(peerops.Deps{Self: d.id, Sessions: sess, Peers: d.peers, Reputation: d.rep, Transports: d.transportNames,
-			InferTransport: config.InferTransport, Describe: d.describePeer}),
+			InferTransport: config.InferTransport, Describe: d.describePeer, HeldGrants: d.authz.HeldGrants}),
 		taskops.New(taskops.Deps{Self: d.id, Engine: d.engine, Replicator: d.replicator, Stakes: d.authz.CurrentStakes, Audit: d.events.Record}),
 		d.authz.Service(authz.ControlDeps{Issuer: d.cust, PeerIDs: d.peers.IDs,
 			Present: func(ctx context.Context) []api.Presentation { return peerops.Present(ctx, sess) }}),
