@@ -30,6 +30,7 @@ import (
 
 	"github.com/custos-agent/custos/identity"
 	"github.com/custos-agent/custos/internal/atomicfile"
+	"github.com/custos-agent/custos/internal/fileperm"
 	"github.com/custos-agent/custos/keystore"
 )
 
@@ -222,9 +223,7 @@ func Init(ctx context.Context, home string, req InitRequest, opts Options) (*Cus
 	if err := os.MkdirAll(home, 0o700); err != nil {
 		return nil, fmt.Errorf("create home directory %s: %w", home, err)
 	}
-	if fi, err := os.Stat(home); err == nil && fi.Mode().Perm()&0o077 != 0 {
-		opts.log().Warn("home directory is accessible to other users; chmod 700 it", "home", home, "mode", fi.Mode().Perm().String())
-	}
+	fileperm.Warn(opts.log(), home)
 	unlock, err := lock(ctx, home)
 	if err != nil {
 		return nil, err
@@ -361,6 +360,10 @@ func Open(ctx context.Context, home string, opts Options) (*Custody, error) {
 	if err := readableHome(home); err != nil {
 		return nil, err
 	}
+	// At every start: a home or state files other users can reach are named, with the chmod to run
+	// (issue 18, defect 9). They hold no secret (keys are in the keystore), but who may change them may
+	// change which keys and logs the agent trusts.
+	fileperm.Warn(opts.log(), home, recPath, kelPath)
 	if !exists(recPath) {
 		if exists(kelPath) {
 			return nil, fmt.Errorf("%w: %s exists without %s in %s (an interrupted init?): run agentctl init --force", ErrCorrupt, LogFile, IdentityFile, home)

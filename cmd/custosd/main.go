@@ -155,6 +155,7 @@ func runDaemon(c *cli.Context) error {
 		Logger: logger, LogLevel: level, LogLevelFixed: fixed, Version: version, Metrics: m,
 	})
 	if err != nil {
+		s.RecordUnlockFailure(ctx, cust, err, "custosd") // a wrong PIN or passphrase is audited
 		return err
 	}
 	for {
