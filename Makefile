@@ -5,7 +5,7 @@ PKGS    := ./...
 # Brief fuzzing in `make test`; `make fuzz FUZZTIME=5m` for longer runs.
 FUZZTIME ?= 5s
 
-.PHONY: all build demo test deps vet lint unit alerts systemd fuzz fuzz-brief bench mutants proto clean
+.PHONY: all build demo test deps vet lint unit alerts systemd fuzz fuzz-brief bench mutants proto clean package package-test
 
 all: build
 
@@ -63,5 +63,14 @@ mutants:
 proto:
 	@test/proto.sh
 
+## package: build/package/custos_<version>_<arch>.deb with nfpm (packaging/, ADR 0088). PKG_VERSION=1.2.3 names it.
+package:
+	@GO=$(GO) $(if $(PKG_VERSION),PKG_VERSION=$(PKG_VERSION)) packaging/build.sh
+
+## package-test: build the .deb, unpack it into a throw-away root and run agentctl from there (test/pkgtest).
+## Not part of `make test`: a cold build of the package takes minutes.
+package-test:
+	CUSTOS_PACKAGE_TEST=1 $(GO) test -count=1 -timeout 20m ./test/pkgtest/
+
 clean:
-	rm -rf $(BIN) demo-state
+	rm -rf $(BIN) demo-state build

@@ -191,6 +191,8 @@ type countingObserver struct {
 	written, failed, cpFailed   int
 	acks                        int
 	lastWriteErr, lastSignError error
+	failing                     bool
+	lost                        int
 }
 
 func (o *countingObserver) AuditRecordsWritten(n int) { o.mu.Lock(); o.written += n; o.mu.Unlock() }
@@ -207,6 +209,14 @@ func (o *countingObserver) AuditCheckpointFailed(err error) {
 	o.mu.Unlock()
 }
 func (o *countingObserver) AuditAckLatency(time.Duration) { o.mu.Lock(); o.acks++; o.mu.Unlock() }
+func (o *countingObserver) AuditFailing(f bool)           { o.mu.Lock(); o.failing = f; o.mu.Unlock() }
+func (o *countingObserver) AuditRecordLost()              { o.mu.Lock(); o.lost++; o.mu.Unlock() }
+
+func (o *countingObserver) state() (failing bool, lost int) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.failing, o.lost
+}
 
 func (o *countingObserver) snapshot() (written, failed, cpFailed, acks int) {
 	o.mu.Lock()

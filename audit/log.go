@@ -18,9 +18,11 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/custos-agent/custos/internal/atomicfile"
+	"github.com/custos-agent/custos/internal/backoff"
 	"github.com/custos-agent/custos/internal/privacy"
 	"github.com/custos-agent/custos/keystore"
 )
@@ -37,6 +39,11 @@ type Observer interface {
 	AuditCheckpointFailed(err error)
 	// AuditAckLatency observes, per record, the time from Append to its durable acknowledgement.
 	AuditAckLatency(d time.Duration)
+	// AuditFailing reports that the log cannot write (true, after a failed write or fsync) or writes
+	// again (false, once the writer recovered).
+	AuditFailing(failing bool)
+	// AuditRecordLost counts a record refused (never acknowledged) because the log could not write.
+	AuditRecordLost()
 }
 
 type nopObserver struct{}
@@ -45,6 +52,8 @@ func (nopObserver) AuditRecordsWritten(int)       {}
 func (nopObserver) AuditWriteFailed(error)        {}
 func (nopObserver) AuditCheckpointFailed(error)   {}
 func (nopObserver) AuditAckLatency(time.Duration) {}
+func (nopObserver) AuditFailing(bool)             {}
+func (nopObserver) AuditRecordLost()              {}
 
 // Retention says which whole segments may be removed. Zero values keep everything. The segment being
 // written is never removed.
@@ -91,6 +100,12 @@ type Options struct {
 	Logger *slog.Logger
 	// Now is the clock (default time.Now); tests of retention set it.
 	Now func() time.Time
+	// Retry bounds the delays between attempts to write again after a failed write or fsync (default
+	// 500ms doubling to 10s, with jitter; internal/backoff).
+	Retry backoff.Policy
+
+	// wrapFile, when set, wraps every segment file the writer opens (tests inject write failures).
+	wrapFile func(*os.File) segmentFile
 }
 
 func (o *Options) defaults() error {
@@ -124,15 +139,30 @@ func (o *Options) defaults() error {
 	if o.Now == nil {
 		o.Now = time.Now
 	}
+	if o.Retry.Min <= 0 {
+		o.Retry.Min = 500 * time.Millisecond
+	}
+	if o.Retry.Max <= 0 {
+		o.Retry.Max = 10 * time.Second
+	}
 	return nil
+}
+
+// segmentFile is the active segment as the writer uses it: an *os.File (Options.wrapFile lets a test
+// make it fail).
+type segmentFile interface {
+	Write(b []byte) (int, error)
+	Sync() error
+	Truncate(size int64) error
+	Close() error
 }
 
 // ErrClosed: the log was closed.
 var ErrClosed = errors.New("audit log closed")
 
-// ErrFailed: an earlier write or fsync failed; the log accepts nothing more until it is opened again
-// (which repairs the tail).
-var ErrFailed = errors.New("audit log failed")
+// ErrFailed: an earlier write or fsync failed (disk full, I/O error); the log refuses records until
+// its writer has re-synced the segment and written again (it retries by itself; see Health).
+var ErrFailed = errors.New("audit log cannot write")
 
 // Log is an open audit log with its single writer. It is safe for concurrent use.
 type Log struct {
@@ -148,7 +178,8 @@ type Log struct {
 	ctl    chan func()
 	done   chan struct{} // closed when the writer goroutine ends
 	errMu  sync.Mutex
-	failed error // sticky write failure
+	failed error  // the write failure in force (nil: writing)
+	health Health // guarded by errMu; Writing is failed == nil
 
 	keyMu  sync.Mutex
 	signer keystore.Signer
@@ -158,7 +189,7 @@ type Log struct {
 	keys     keyCache
 
 	// Owned by the writer goroutine.
-	f          *os.File
+	f          segmentFile
 	segs       []segMeta // oldest first; the last is the active one
 	seq        uint64    // last written seq
 	head       [32]byte  // hash of the last written record
@@ -170,6 +201,7 @@ type Log struct {
 	signNow    string       // a checkpoint is due at once (after create or recovery): its reason
 	manual     []chan error // Checkpoint callers waiting for the next signature
 	retryAfter time.Time    // after a failed signature, no new attempt before this
+	recovering bool         // a recovery attempt writes its record past the failure
 	prune      *signJob     // pending retention, waiting for its signature
 	lastRet    time.Time
 	buf        []byte
@@ -241,6 +273,7 @@ func Open(ctx context.Context, dir string, opts Options) (*Log, error) {
 		dir: dir, opts: opts, lg: opts.Logger, obs: opts.Observer, lock: lock,
 		reqs: make(chan *request, 4*opts.MaxBatch), ctl: make(chan func()), done: make(chan struct{}),
 		signer: opts.Signer, gen: opts.Generation, signRes: make(chan signResult, 1),
+		health: Health{Writing: true},
 	}
 	if err := l.load(); err != nil {
 		if l.f != nil {
@@ -306,6 +339,7 @@ func (l *Log) Append(ctx context.Context, r Record) (uint64, error) {
 	}
 	if err := l.failure(); err != nil {
 		l.mu.RUnlock()
+		l.lost(1)
 		return 0, err
 	}
 	select {
@@ -428,25 +462,79 @@ func (l *Log) Close() error {
 	return l.closeErr
 }
 
-// Err is the failure that stopped the log accepting records (a write failed: restart the agent), or nil
-// while it works.
-func (l *Log) Err() error { return l.failure() }
-
 func (l *Log) failure() error {
 	l.errMu.Lock()
 	defer l.errMu.Unlock()
 	return l.failed
 }
 
+// fail puts the log in the failed state (a write or fsync failed): Append refuses records until the
+// writer recovers (tryRecover). A failure while already failed (a recovery attempt) only updates the
+// error Health reports.
 func (l *Log) fail(err error) error {
 	l.errMu.Lock()
 	defer l.errMu.Unlock()
+	l.health.Error = err.Error()
 	if l.failed == nil {
-		l.failed = fmt.Errorf("%w: %v (restart the agent: opening the log repairs its tail)", ErrFailed, err)
-		l.lg.Error("audit log write failed; no further records are accepted", "err", err)
+		cause := FailureCause(err)
+		l.failed = fmt.Errorf("%w (%s): %v; records are refused until writing works again (the writer retries by itself)", ErrFailed, cause, err)
+		l.health = Health{Since: l.opts.Now().UTC(), Cause: cause, Error: err.Error()}
+		l.lg.Error("audit log write failed; records are refused until writing works again", "cause", cause, "err", err)
 		l.obs.AuditWriteFailed(err)
+		l.obs.AuditFailing(true)
 	}
 	return l.failed
+}
+
+// lost counts n records refused because the log could not write.
+func (l *Log) lost(n int) {
+	l.errMu.Lock()
+	l.health.RecordsLost += uint64(n)
+	l.errMu.Unlock()
+	for range n {
+		l.obs.AuditRecordLost()
+	}
+}
+
+// Health is the log's write state, for the agent's status and its refusal of new work.
+type Health struct {
+	// Writing is true while records are written; false after a write or fsync failed, until the writer
+	// has re-synced its segment and written again.
+	Writing bool `json:"writing"`
+	// Since is when the failure began; Cause is CauseDiskFull or CauseIOError; Error the latest error
+	// (of the failed write, then of each attempt to write again).
+	Since time.Time `json:"since,omitzero"`
+	Cause string    `json:"cause,omitempty"`
+	Error string    `json:"error,omitempty"`
+	// RecordsLost counts records refused (never acknowledged to their caller) since the failure began;
+	// Attempts the attempts to write again.
+	RecordsLost uint64 `json:"records_lost,omitempty"`
+	Attempts    int    `json:"attempts,omitempty"`
+}
+
+// Causes of a write failure (Health.Cause, and the audit.recovered record written after one).
+const (
+	CauseDiskFull = "disk_full" // ENOSPC or EDQUOT: no space (or quota) left on the file system
+	CauseIOError  = "io_error"  // any other error of a write, fsync, or re-opening the segment
+	// CauseCrash is the cause in the audit.recovered record Open writes for a log not closed cleanly.
+	CauseCrash = "crash"
+)
+
+// FailureCause classifies a write error: CauseDiskFull for no space or quota, else CauseIOError.
+func FailureCause(err error) string {
+	if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) {
+		return CauseDiskFull
+	}
+	return CauseIOError
+}
+
+// Health returns the log's write state.
+func (l *Log) Health() Health {
+	l.errMu.Lock()
+	defer l.errMu.Unlock()
+	h := l.health
+	h.Writing = l.failed == nil
+	return h
 }
 
 // run is the writer goroutine: group commit, checkpoints, segment rotation, retention.
@@ -456,8 +544,25 @@ func (l *Log) run() {
 	ticker := time.NewTicker(tick)
 	defer ticker.Stop()
 	l.kick(false)
+	// After a failed write the writer tries again with backoff (tryRecover) until it writes.
+	var retry *time.Timer
+	var retryC <-chan time.Time
+	defer func() {
+		if retry != nil {
+			retry.Stop()
+		}
+	}()
 	for {
+		if retryC == nil && l.failure() != nil {
+			retry = time.NewTimer(l.opts.Retry.Delay(l.Health().Attempts))
+			retryC = retry.C
+		}
 		select {
+		case <-retryC:
+			retryC = nil
+			if l.tryRecover() {
+				l.kick(false)
+			}
 		case req, ok := <-l.reqs:
 			if !ok {
 				l.shutdown()
@@ -504,6 +609,9 @@ func (l *Log) commitRequests(batch []*request) {
 		ps[i] = r.p
 	}
 	seqs, errs, err := l.commit(ps)
+	if err != nil {
+		l.lost(len(batch))
+	}
 	now := time.Now()
 	n := 0
 	for i, r := range batch {
@@ -529,7 +637,7 @@ func (l *Log) commitRequests(batch []*request) {
 func (l *Log) commit(ps []*pending) (seqs []uint64, errs []error, err error) {
 	seqs = make([]uint64, len(ps))
 	errs = make([]error, len(ps))
-	if err := l.failure(); err != nil {
+	if err := l.failure(); err != nil && !l.recovering {
 		return seqs, errs, err
 	}
 	if err := l.maybeRotate(); err != nil {
@@ -639,7 +747,7 @@ func (l *Log) maybeRotate() error {
 	if err := l.f.Close(); err != nil {
 		l.lg.Warn("audit: closing the previous segment", "err", err)
 	}
-	l.f = f
+	l.f = l.wrap(f)
 	l.segs = append(l.segs, segMeta{name: name, first: l.seq + 1, created: l.opts.Now()})
 	l.planRetention()
 	return nil
@@ -859,6 +967,9 @@ func (l *Log) shutdown() {
 		}
 		l.prune = nil
 	}
+	if l.failure() != nil {
+		l.tryRecover() // one last attempt, so that the seal can be written
+	}
 	if err := l.failure(); err != nil {
 		l.closeErr = err
 	} else {
@@ -872,6 +983,117 @@ func (l *Log) shutdown() {
 		l.closeErr = err
 	}
 	l.lock.Close() // releases the flock
+}
+
+func (l *Log) wrap(f *os.File) segmentFile {
+	if l.opts.wrapFile != nil {
+		return l.opts.wrapFile(f)
+	}
+	return f
+}
+
+// tryRecover is one attempt to write again after a failure: re-sync the active segment with what was
+// acknowledged (resync), then write an audit.recovered record saying what failed, since when and how
+// many records were refused. Only when that record is durable does the log accept records again; it
+// then signs a checkpoint at once. It reports whether the log writes again.
+func (l *Log) tryRecover() bool {
+	l.errMu.Lock()
+	l.health.Attempts++
+	h := l.health
+	l.errMu.Unlock()
+	if err := l.resync(); err != nil {
+		l.fail(err)
+		l.lg.Warn("audit log still cannot write; retrying", "attempt", h.Attempts, "err", err)
+		return false
+	}
+	l.recovering = true
+	werr := l.commitInternal(internalWire(LogRecovered, OutcomeFailure, l.opts.AgentID, map[string]any{
+		"reason": "records could not be written (" + h.Cause + "); records were refused, none acknowledged was lost",
+		"cause":  h.Cause, "error": h.Error, "failed_at": h.Since.Format(time.RFC3339Nano),
+		"records_lost": h.RecordsLost, "attempts": h.Attempts, "last_seq": l.seq,
+	}))
+	l.recovering = false
+	if werr != nil {
+		l.lg.Warn("audit log still cannot write; retrying", "attempt", h.Attempts, "err", werr)
+		return false
+	}
+	l.errMu.Lock()
+	l.failed = nil
+	l.health = Health{Writing: true}
+	l.errMu.Unlock()
+	l.obs.AuditFailing(false)
+	l.signNow = "open"
+	l.lg.Info("audit log writes again", "cause", h.Cause, "down_for", l.opts.Now().Sub(h.Since).Round(time.Millisecond),
+		"records_lost", h.RecordsLost, "attempts", h.Attempts)
+	return true
+}
+
+// resync brings the active segment back to exactly the records acknowledged so far, after a failed
+// write or fsync: it opens the segment again (a new descriptor: after a failed fsync the old one's
+// pages are not to be trusted), cuts whatever a failed write left past the last acknowledged record,
+// fsyncs, checks that the last record on disk is the head the writer holds (seq and hash), and removes
+// an empty segment a failed rotation left behind. The chain then continues from the same head: no gap.
+func (l *Log) resync() error {
+	active := l.segs[len(l.segs)-1]
+	path := filepath.Join(l.dir, active.name)
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_APPEND, 0o600)
+	if err != nil {
+		return fmt.Errorf("re-open %s: %w", active.name, err)
+	}
+	sf := l.wrap(f)
+	ok := false
+	defer func() {
+		if !ok {
+			sf.Close()
+		}
+	}()
+	fi, err := f.Stat()
+	if err != nil {
+		return fmt.Errorf("re-open %s: %w", active.name, err)
+	}
+	switch {
+	case fi.Size() < active.size:
+		return fmt.Errorf("%w: segment %s is %d bytes, shorter than its acknowledged records (%d bytes): "+
+			"restart the agent and run agentctl audit verify", ErrBrokenChain, active.name, fi.Size(), active.size)
+	case fi.Size() > active.size:
+		if err := sf.Truncate(active.size); err != nil {
+			return fmt.Errorf("cut the unacknowledged tail of %s: %w", active.name, err)
+		}
+	}
+	if err := sf.Sync(); err != nil {
+		return fmt.Errorf("fsync %s: %w", active.name, err)
+	}
+	if active.size > 0 {
+		last, _, err := readLastLine(f, active.size)
+		if err != nil {
+			return fmt.Errorf("re-read %s: %w", active.name, err)
+		}
+		w, d, err := decodeLine(last)
+		if err != nil || w.Seq != l.seq || d != l.head {
+			return fmt.Errorf("%w: the last record of %s is not the acknowledged head seq %d: restart the agent and run agentctl audit verify",
+				ErrBrokenChain, active.name, l.seq)
+		}
+	}
+	if next := segmentName(l.seq + 1); next != active.name {
+		p := filepath.Join(l.dir, next)
+		if fi, err := os.Stat(p); err == nil {
+			if fi.Size() != 0 {
+				return fmt.Errorf("%w: segment %s holds records the writer never acknowledged: restart the agent and run agentctl audit verify", ErrBrokenChain, next)
+			}
+			if err := os.Remove(p); err != nil {
+				return fmt.Errorf("remove the empty segment %s a failed rotation left: %w", next, err)
+			}
+		}
+	}
+	if err := atomicfile.SyncDir(l.dir); err != nil {
+		return fmt.Errorf("sync audit directory: %w", err)
+	}
+	if l.f != nil {
+		_ = l.f.Close() // its error is the failure's, already reported
+	}
+	l.f = sf
+	ok = true
+	return nil
 }
 
 // seal signs the final head synchronously and writes the closing checkpoint.
@@ -909,7 +1131,7 @@ func (l *Log) load() error {
 			f.Close()
 			return err
 		}
-		l.f = f
+		l.f = l.wrap(f)
 		l.segs = []segMeta{{name: name, first: 1, created: l.opts.Now()}}
 		return l.created()
 	}
@@ -984,7 +1206,7 @@ func (l *Log) loadActive(sf segFile) error {
 	if err != nil {
 		return err
 	}
-	l.f = f
+	l.f = l.wrap(f)
 	fi, err := f.Stat()
 	if err != nil {
 		return err
@@ -1096,7 +1318,7 @@ func (l *Log) loadActive(sf segFile) error {
 		}
 		l.signNow = "open"
 		return l.commitInternal(internalWire(LogRecovered, OutcomeFailure, l.opts.AgentID, map[string]any{
-			"reason": "the log was not closed cleanly (crash or power loss)", "last_seq": l.seq, "last_type": last,
+			"reason": "the log was not closed cleanly (crash or power loss)", "cause": CauseCrash, "last_seq": l.seq, "last_type": last,
 		}))
 	default:
 		l.covered = lastW.CP.HeadSeq

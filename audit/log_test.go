@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -529,27 +530,32 @@ func TestCheckpointSigningFails(t *testing.T) {
 	mustVerify(t, dir, id.kel)
 }
 
-func TestWriteFailureIsSticky(t *testing.T) {
+// TestWriteFailureRefusesWhileTheDiskFails: while writes keep failing (EIO on every write and fsync,
+// also those of the writer's attempts to recover), Append and Checkpoint are refused, the observer hears
+// of the failure once, and Close cannot seal; opening the log later notes the unclean end.
+func TestWriteFailureRefusesWhileTheDiskFails(t *testing.T) {
 	id := newIdent(t, keystore.Ed25519, 0)
 	dir := t.TempDir()
 	obs := &countingObserver{}
-	o := id.opts(0)
+	disk := &faultDisk{}
+	o := disk.opts(id.opts(0))
 	o.Observer = obs
 	l := open(t, dir, o)
 	appendN(t, l, 2, AccessDenied)
-	// Pull the file out from under the writer (in its own goroutine): the next write fails.
-	if err := l.control(context.Background(), func() { l.f.Close() }); err != nil {
-		t.Fatal(err)
-	}
+	disk.set(syscall.EIO, syscall.EIO)
 	_, err := l.Append(context.Background(), Record{Type: AccessDenied})
-	if !errors.Is(err, ErrFailed) || !strings.Contains(err.Error(), "file already closed") {
+	if !errors.Is(err, ErrFailed) || !strings.Contains(err.Error(), CauseIOError) || !strings.Contains(err.Error(), "input/output error") {
 		t.Fatalf("Append after a write failure: %v", err)
 	}
 	if _, err := l.Append(context.Background(), Record{Type: AccessDenied}); !errors.Is(err, ErrFailed) {
 		t.Fatalf("second Append: %v", err)
 	}
+	waitAttempts(t, l, 3) // the writer has tried to recover, and failed, several times
 	if _, failed, _, _ := obs.snapshot(); failed != 1 {
 		t.Fatalf("observer saw %d write failures, want 1", failed)
+	}
+	if failing, lost := obs.state(); !failing || lost != 2 {
+		t.Fatalf("observer: failing %v, lost %d; want true, 2", failing, lost)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
@@ -568,8 +574,8 @@ func TestWriteFailureIsSticky(t *testing.T) {
 	closeLog(t, l)
 	mustVerify(t, dir, id.kel)
 	es := all(t, dir)
-	if es[len(es)-3].Type != LogRecovered {
-		t.Fatalf("no audit.recovered record: %s", es[len(es)-3].Type)
+	if es[len(es)-3].Type != LogRecovered || es[len(es)-3].Details["cause"] != CauseCrash {
+		t.Fatalf("no audit.recovered record with cause crash: %s %v", es[len(es)-3].Type, es[len(es)-3].Details)
 	}
 }
 

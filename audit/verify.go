@@ -29,7 +29,11 @@ type Report struct {
 	WriterActive bool     // someone held the log's lock while it was checked (informational: it relaxes nothing)
 	Live         bool     // checked against the running writer's head (VerifyRunning)
 	Pending      uint64   // records not yet covered by a checkpoint (accepted only by VerifyRunning)
-	Warnings     []string // findings that do not fail verification (file modes, an in-progress last line)
+	// Unsealed: the only fault found is the tail (Verify returned ErrUnsigned, its last check, after every
+	// record, link and checkpoint before verified): records after the last checkpoint, or no closing seal.
+	// A killed writer leaves exactly this, and so does a cut tail; agentctl audit verify warns (exit 0).
+	Unsealed bool
+	Warnings []string // findings that do not fail verification (file modes, an in-progress last line)
 }
 
 // VerifyError names the first bad record and why. It wraps one of ErrMalformed, ErrTorn,
@@ -195,6 +199,7 @@ func (v *verifier) run() (Report, error) {
 			}
 			return v.rep, nil
 		}
+		v.rep.Unsealed = true
 		return v.rep, v.fail(at, seq, false, fmt.Errorf("%w: records from seq %d to %d are not covered by a signed checkpoint and "+
 			"the running agent did not vouch for them (a held LOCK is not enough: verify through the running agent): the agent stopped without closing the log (opening it repairs and signs it) or "+
 			"the tail after the last checkpoint was cut off", ErrUnsigned, seq, v.lastData))
@@ -204,6 +209,7 @@ func (v *verifier) run() (Report, error) {
 		if n := len(v.locs); n > 0 {
 			at = v.locs[n-1]
 		}
+		v.rep.Unsealed = true
 		return v.rep, v.fail(at, v.prevSeq, false, fmt.Errorf("%w: the log ends at seq %d without the closing seal and the "+
 			"running agent did not vouch for its head: the agent stopped without closing the log (opening it repairs and signs it) or records after "+
 			"seq %d were cut off", ErrUnsigned, v.prevSeq, v.prevSeq))

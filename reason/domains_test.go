@@ -19,7 +19,7 @@ import (
 func TestDomainsRegistered(t *testing.T) {
 	strs := func(vs ...string) []string { return vs }
 	var rb, po, di []string
-	task := strs(tasks.CodeUnknownHandler, tasks.CodeBadRequest, tasks.CodeBusy, tasks.CodeDenied, tasks.CodeInternal)
+	task := strs(tasks.CodeUnknownHandler, tasks.CodeBadRequest, tasks.CodeBusy, tasks.CodeDenied, tasks.CodeInternal, tasks.CodeTimeout, tasks.CodeCancelled)
 	for _, r := range tasks.LimitReasons {
 		task = append(task, string(r))
 	}
@@ -42,7 +42,7 @@ func TestDomainsRegistered(t *testing.T) {
 		{reason.DomainControl, strs(control.CodeBadRequest, control.CodeUnknownOp, control.CodeDenied, control.CodeNotFound,
 			control.CodeUnavailable, control.CodeTimeout, control.CodeFailed, control.CodeTooLarge, control.CodeRefused)},
 		{reason.DomainAdmission, strs(authz.RefusalBadPuzzle, authz.RefusalBlocked, authz.RefusalMalformedGrants,
-			authz.RefusalGrantWrongSubject, authz.ReasonUncorrelated)},
+			authz.RefusalGrantWrongSubject, authz.ReasonUncorrelated, authz.RefusalAuditUnavailable)},
 		{reason.DomainTransport, strs(host.CodeBadBinding, host.CodePeerMismatch)},
 		{reason.DomainDiscovery, di},
 	} {

@@ -56,6 +56,9 @@ const (
 	HandlerFileLimit    Code = "handler_file_limit"
 	HandlerSandbox      Code = "handler_sandbox"
 
+	// Cancelled: a submitted task given up by its submitter (agentctl task cancel, ADR 0090).
+	Cancelled Code = "cancelled"
+
 	UnknownOp   Code = "unknown_op"
 	NotFound    Code = "not_found"
 	Unavailable Code = "unavailable"
@@ -71,6 +74,8 @@ const (
 	RecordExpired      Code = "record_expired"
 	RecordTooLong      Code = "record_too_long"
 	RecordStale        Code = "record_stale"
+
+	AuditUnavailable Code = "audit_unavailable"
 )
 
 // A handshake alert carries a protocol code; when the responder's validator refuses the grants the
@@ -117,7 +122,7 @@ func entries() []Entry {
 		{PeerCompromised, p, "the peer was marked compromised earlier", true},
 		{UnknownPeer, p, "no cached key event log or delegation for the sender", true},
 		{ValidatorRefused, p, "the validator refused a verified peer", true},
-		{Timeout, d(DomainProtocol, DomainControl), "the handshake, a frame read or a wait ran out of time", true},
+		{Timeout, d(DomainProtocol, DomainControl, DomainTask), "the handshake, a frame read or a wait ran out of time; a submitted task got no result within tasks.timeout (a failure of its executor)", true},
 		{DecryptFailed, p, "an authenticated payload does not decrypt", true},
 		{SessionExpired, p, "the session outlived its re-authentication deadline", true},
 		{PeerAlert, p, "the peer reported a failure and closed", true},
@@ -155,6 +160,7 @@ func entries() []Entry {
 		{HandlerProcessLimit, d(DomainTask), "the exec handler reached its process limit (in a failed result)", true},
 		{HandlerFileLimit, d(DomainTask), "the exec handler wrote past its file-size limit (in a failed result)", true},
 		{HandlerSandbox, d(DomainTask), "the exec handler could not be confined as configured (in a failed result)", true},
+		{Cancelled, d(DomainTask), "the submitter gave the task up (agentctl task cancel); a late result is acknowledged and dropped", false},
 
 		{UnknownOp, d(DomainControl), "no such control operation", false},
 		{NotFound, d(DomainControl), "the task or peer does not exist", false},
@@ -171,6 +177,7 @@ func entries() []Entry {
 		{RecordExpired, d(DomainDiscovery), "an agent record past its expiry", false},
 		{RecordTooLong, d(DomainDiscovery), "an agent record that expires further ahead than a verifier accepts", false},
 		{RecordStale, d(DomainDiscovery), "an agent record with a lower sequence than the one already held", false},
+		{AuditUnavailable, d(DomainAdmission), "the agent's audit log cannot write records (disk full, I/O error) and audit.on_failure is refuse: no new work until it can; retry later", true},
 	}
 }
 

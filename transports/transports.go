@@ -2,7 +2,8 @@
 // go-plugin handshake constants, the possession proof of a transport key, and a length-prefixed frame
 // codec for byte-stream transports. The plugin protocol itself is in transports/proto; the host side
 // (launch, supervise, verify) in transports/host; the plugin side in transports/plugin; each transport in
-// its own package (tcp, ws, libp2p). See docs/adr/0015 to 0018.
+// its own package (tcp, ws, libp2p, and memory in process), each passing the conformance suite of
+// transports/transporttest. See docs/adr/0015 to 0018.
 package transports
 
 import (

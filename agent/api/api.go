@@ -70,6 +70,8 @@ const (
 	OpGatewayKeyList    = "gateway.key.list"   // {} -> []GatewayKey
 	OpGatewayKeyRevoke  = "gateway.key.revoke" // GatewayKeyArgs -> GatewayKey
 	OpPeersFind         = "peers.find"         // FindArgs -> PeerRecord (a verified agent record from the DHT)
+	OpTaskFeedback      = "task.feedback"      // FeedbackArgs -> FeedbackResult (signed feedback about a submitted task's executor)
+	OpTaskCancel        = "task.cancel"        // CancelArgs -> TaskView (a submitted task given up)
 )
 
 // Bounds of arguments, checked by the daemon and, for a clear usage error, by agentctl.
@@ -129,6 +131,8 @@ func Table() []Spec {
 		{OpGatewayKeyList, rbac.CtlGatewayKeys, false, None{}, []GatewayKey{}, "agentctl gateway key list"},
 		{OpGatewayKeyRevoke, rbac.CtlGatewayKeys, true, GatewayKeyArgs{}, GatewayKey{}, "agentctl gateway key revoke"},
 		{OpPeersFind, rbac.CtlPeersFind, false, FindArgs{}, PeerRecord{}, "agentctl peers find, peers connect --id without an address"},
+		{OpTaskFeedback, rbac.CtlTaskFeedback, true, FeedbackArgs{}, FeedbackResult{}, "agentctl feedback"},
+		{OpTaskCancel, rbac.CtlTaskCancel, true, CancelArgs{}, TaskView{}, "agentctl task cancel"},
 	}
 }
 

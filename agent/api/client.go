@@ -134,3 +134,13 @@ func (c *Client) StakeSet(ctx context.Context, a StakeSetArgs) (StakeView, error
 func (c *Client) PeersFind(ctx context.Context, a FindArgs) (PeerRecord, error) {
 	return call[PeerRecord](ctx, c, OpPeersFind, a)
 }
+
+// TaskFeedback is OpTaskFeedback.
+func (c *Client) TaskFeedback(ctx context.Context, a FeedbackArgs) (FeedbackResult, error) {
+	return call[FeedbackResult](ctx, c, OpTaskFeedback, a)
+}
+
+// TaskCancel is OpTaskCancel.
+func (c *Client) TaskCancel(ctx context.Context, a CancelArgs) (TaskView, error) {
+	return call[TaskView](ctx, c, OpTaskCancel, a)
+}

@@ -8,6 +8,7 @@ import (
 	"github.com/custos-agent/custos/agent/envelope"
 	"github.com/custos-agent/custos/agent/reputation"
 	"github.com/custos-agent/custos/agent/tasks"
+	"github.com/custos-agent/custos/audit"
 	"github.com/custos-agent/custos/transports/host/sandbox"
 )
 
@@ -54,17 +55,16 @@ type Status struct {
 	ConfigPendingRestart []string `json:"config_pending_restart"`
 	ConfigFileDigest     string   `json:"config_file_digest,omitempty"`
 	ConfigFileError      string   `json:"config_file_error,omitempty"`
-	// Health is whether the keystore and the audit log work now.
-	Health StatusHealth `json:"health"`
+	// Health is whether the keystore answers now; the audit log's is AuditWriting.
+	Health       StatusHealth `json:"health"`
+	AuditWriting AuditWriting `json:"audit_writing"`
 }
 
-// StatusHealth is the health of the parts an agent cannot work without.
+// StatusHealth is the health of the parts an agent cannot work without (the audit log's: AuditWriting).
 type StatusHealth struct {
 	// Keystore: the keystore holding the current generation's key answers (custody.Ping: the check behind
 	// the custos_keystore_up metric, ADR 0076), asked when the status is.
 	Keystore PartHealth `json:"keystore"`
-	// Audit: the audit log accepts records (after a failed write it accepts none until a restart).
-	Audit PartHealth `json:"audit"`
 }
 
 // PartHealth is one part's health: OK, what it is (Detail), and the failure when not OK.
@@ -72,6 +72,29 @@ type PartHealth struct {
 	OK     bool   `json:"ok"`
 	Detail string `json:"detail,omitempty"`
 	Error  string `json:"error,omitempty"`
+}
+
+// AuditWriting is the audit log's write state and what the agent does about it (audit.on_failure, ADR
+// 0089): while Writing is false and OnFailure is refuse, Refusing is the reason code (audit_unavailable)
+// with which new tasks, inbound sessions and mutating control operations are refused, and Detail the
+// sentence they carry.
+type AuditWriting struct {
+	audit.Health
+	OnFailure string `json:"on_failure"`
+	Refusing  string `json:"refusing,omitempty"`
+	Detail    string `json:"detail,omitempty"`
+}
+
+// Line is the state in one line (agentctl status).
+func (a AuditWriting) Line() string {
+	switch {
+	case a.Writing:
+		return "writing (on_failure " + a.OnFailure + ")"
+	case a.Refusing != "":
+		return "NOT WRITING: " + a.Cause + " since " + a.Since.Format(time.RFC3339) + "; refusing new work (" + a.Refusing + "): " + a.Error
+	default:
+		return "NOT WRITING: " + a.Cause + " since " + a.Since.Format(time.RFC3339) + "; carrying on unaudited (on_failure continue): " + a.Error
+	}
 }
 
 // PeerStatus is one known peer (cached key event log, session, dial target, reputation).
@@ -423,4 +446,35 @@ type PeerRecord struct {
 type PeerAddress struct {
 	Transport string `json:"transport"`
 	Address   string `json:"address"`
+}
+
+// FeedbackArgs rate the executor of a task this agent submitted (agentctl feedback).
+type FeedbackArgs struct {
+	TaskID string `json:"task_id"`
+	// Score is the rating, -100 (worst) to 100 (best) (reputation.MinRating, MaxRating).
+	Score int `json:"score"`
+	// Comment is kept in this agent's audit record only (the signed feedback carries no text); at most
+	// MaxFeedbackComment bytes of printable UTF-8.
+	Comment string `json:"comment,omitempty"`
+}
+
+// MaxFeedbackComment bounds FeedbackArgs.Comment.
+const MaxFeedbackComment = 500
+
+// FeedbackResult is the feedback given: counted here with full weight, and sent to the connected peers
+// (the subject excepted), which count it weighted by this agent's reputation with them.
+type FeedbackResult struct {
+	TaskID  string `json:"task_id"`
+	Subject string `json:"subject"`
+	Rating  int    `json:"rating"`
+	// SentTo are the peers the signed feedback was sent to; NotSent those it could not be sent to (why).
+	SentTo  []string          `json:"sent_to"`
+	NotSent map[string]string `json:"not_sent,omitempty"`
+	// Reputation is the subject's reputation here after the feedback.
+	Reputation reputation.Report `json:"reputation"`
+}
+
+// CancelArgs name a submitted task to give up (agentctl task cancel).
+type CancelArgs struct {
+	TaskID string `json:"task_id"`
 }

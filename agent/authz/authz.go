@@ -124,6 +124,7 @@ type Authz struct {
 	now  func() time.Time
 
 	mu         sync.Mutex
+	audit      auditGate   // audit.on_failure and the log's health (auditgate.go)
 	requireLog bool        // authorization.require_admin_log
 	enforceRB  bool        // authorization.enforce.grants
 	defaults   []rbac.Role // authorization.default_peer_roles
@@ -214,6 +215,7 @@ func New(ctx context.Context, cfg *config.Config, deps Deps) (*Authz, error) {
 func (z *Authz) setRuntime(cfg *config.Config) {
 	roles, _ := config.ParseRoles(cfg.Authorization.DefaultPeerRoles) // validated
 	z.mu.Lock()
+	z.audit.refuse = cfg.Audit.OnFailure != config.AuditContinue
 	z.requireLog = cfg.Authorization.RequireAdminLog
 	z.enforceRB = config.Enforced(cfg.Authorization.Enforce.Grants)
 	z.defaults = roles

@@ -254,6 +254,10 @@ func (z *Authz) LearnLog(raw []byte, issuer string) error {
 // (country, time window). A refusal carries its code (RefusalOf) for the audit record.
 func (z *Authz) Validate(ctx context.Context, p *session.Peer) error {
 	peer := p.ID.String()
+	if err := z.auditRefusal(); err != nil && p.Role == session.Initiator { // an inbound session (or its re-authentication)
+		z.CountDenial(RefusalAuditUnavailable, true)
+		return err
+	}
 	if p.Role == session.Initiator && z.adm != nil {
 		if err := z.adm.Verify(p.Puzzle, p.Binding, p.Solution); err != nil {
 			z.CountDenial(RefusalBadPuzzle, true)
@@ -408,6 +412,12 @@ func (z *Authz) taskRequest(ctx context.Context, from string, msg *session.Messa
 	}
 	if in, err := ts.Inbound(from, taskID); err == nil && in != nil {
 		return ts.Handle(ctx, from, envelope.TaskRequest, msg.Payload) // a retry: answered from the store
+	}
+	if err := z.auditRefusal(); err != nil {
+		if tr, ok := z.deps.Metrics.(interface{ TaskRefused(code string) }); ok {
+			tr.TaskRefused(RefusalAuditUnavailable)
+		}
+		return z.refuseMessage(ctx, from, msg, taskID, RefusalAuditUnavailable, err.Error())
 	}
 	dec, release := z.pol.StartTask(ctx, req)
 	if !dec.Allowed {

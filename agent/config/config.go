@@ -64,6 +64,8 @@ type Config struct {
 	Gateway GatewayConfig `yaml:"gateway"`
 	// Privacy: data minimisation (docs/privacy.md, ADR 0082).
 	Privacy PrivacyConfig `yaml:"privacy"`
+	// Rotation: the identity key's scheduled rotation and the destruction of retired keys (rotation.go).
+	Rotation RotationConfig `yaml:"rotation"`
 }
 
 // PrivacyConfig is data minimisation (docs/privacy.md).
@@ -180,6 +182,9 @@ type TasksConfig struct {
 	ResultRetention time.Duration `yaml:"result_retention"` // default 24h
 	// UnacknowledgedRetention is how long a result a requester never acknowledges is kept (default 1h).
 	UnacknowledgedRetention time.Duration `yaml:"unacknowledged_retention"`
+	// Timeout: a submitted task without a result this long after it was submitted fails (code timeout)
+	// and counts as a failure of the peer it was sent to (default 10m).
+	Timeout time.Duration `yaml:"timeout"`
 }
 
 // RedialConfig bounds the backoff between dial attempts to a peer whose session is down.
@@ -206,7 +211,17 @@ type AuditConfig struct {
 	SegmentMaxAge      time.Duration `yaml:"segment_max_age"`     // default 24h
 	RetentionMaxAge    time.Duration `yaml:"retention_max_age"`   // default: keep everything
 	RetentionMaxBytes  int64         `yaml:"retention_max_bytes"` // default: keep everything
+	// OnFailure is what the agent does while audit records cannot be written (disk full, I/O error):
+	// AuditRefuse (default) refuses new tasks, mutating control operations and inbound sessions until
+	// writing works again; AuditContinue carries on unaudited (status and metrics still show it).
+	OnFailure string `yaml:"on_failure"`
 }
+
+// The values of audit.on_failure (ADR 0089).
+const (
+	AuditRefuse   = "refuse"
+	AuditContinue = "continue"
+)
 
 // LogConfig sets the log level (debug, info, warn, error; default info). agentctl --log-level wins.
 type LogConfig struct {
@@ -305,6 +320,7 @@ func (c *Config) applyDefaults() {
 	def(&c.Tasks.RetryInterval, tasks.DefaultRetryInterval)
 	def(&c.Tasks.ResultRetention, tasks.DefaultRetention)
 	def(&c.Tasks.UnacknowledgedRetention, tasks.DefaultInboundRetention)
+	def(&c.Tasks.Timeout, tasks.DefaultTimeout)
 	def(&c.Redial.Min, DefaultRedialMin)
 	def(&c.Redial.Max, DefaultRedialMax)
 	if c.Metrics.Address == "" {
@@ -318,6 +334,9 @@ func (c *Config) applyDefaults() {
 	}
 	c.applyAuthzDefaults()    // authz.go
 	c.Gateway.applyDefaults() // gateway.go
+	if c.Audit.OnFailure == "" {
+		c.Audit.OnFailure = AuditRefuse
+	}
 }
 
 var hexDigest = regexp.MustCompile(`^[0-9a-f]{64}$`)
@@ -426,7 +445,7 @@ func (c *Config) Validate() error {
 		path string
 		v    time.Duration
 	}{{"limits.drain_timeout", c.Limits.DrainTimeout}, {"tasks.retry_interval", c.Tasks.RetryInterval},
-		{"tasks.result_retention", c.Tasks.ResultRetention}, {"tasks.unacknowledged_retention", c.Tasks.UnacknowledgedRetention}, {"redial.min", c.Redial.Min}, {"redial.max", c.Redial.Max}} {
+		{"tasks.result_retention", c.Tasks.ResultRetention}, {"tasks.unacknowledged_retention", c.Tasks.UnacknowledgedRetention}, {"tasks.timeout", c.Tasks.Timeout}, {"redial.min", c.Redial.Min}, {"redial.max", c.Redial.Max}} {
 		if d.v <= 0 {
 			return bad(d.path, "%v must be positive", d.v)
 		}
@@ -446,9 +465,15 @@ func (c *Config) Validate() error {
 		c.Audit.CheckpointInterval < 0 || c.Audit.SegmentMaxAge < 0 || c.Audit.RetentionMaxAge < 0 {
 		return bad("audit", "values must not be negative")
 	}
+	if c.Audit.OnFailure != AuditRefuse && c.Audit.OnFailure != AuditContinue {
+		return bad("audit.on_failure", "%q: want refuse (stop new work while the audit log cannot write) or continue", c.Audit.OnFailure)
+	}
 	var lv slog.Level
 	if err := lv.UnmarshalText([]byte(c.Log.Level)); err != nil {
 		return bad("log.level", "%q: want debug, info, warn or error", c.Log.Level)
+	}
+	if err := c.Rotation.validate(); err != nil { // rotation.go
+		return err
 	}
 	if err := c.Gateway.validate(); err != nil { // gateway.go
 		return fmt.Errorf("%w: %v", ErrConfig, err)

@@ -17,7 +17,8 @@ func TestParseConfigDefaults(t *testing.T) {
 		t.Fatal(err)
 	}
 	if c.Session.ReauthInterval != 15*time.Minute || c.Delegation.Mode != "delegated" || c.Limits.DrainTimeout != 30*time.Second ||
-		c.Metrics.Address != "127.0.0.1:9464" || len(c.Handlers) != 2 || c.Redial.Max != 30*time.Second || c.Log.Level != "info" {
+		c.Metrics.Address != "127.0.0.1:9464" || len(c.Handlers) != 2 || c.Redial.Max != 30*time.Second || c.Log.Level != "info" ||
+		c.Audit.OnFailure != AuditRefuse {
 		t.Fatalf("defaults: %+v", c)
 	}
 }
@@ -46,6 +47,7 @@ func TestParseConfigRefusals(t *testing.T) {
 		{"metrics advice", "metrics: {address: \"10.0.0.1:9464\"}\n", "put a reverse proxy with authentication"},
 		{"log level", "log: {level: loud}\n", "log.level"},
 		{"redial order", "redial: {min: 5s, max: 1s}\n", "redial.max"},
+		{"audit on_failure", "audit: {on_failure: ignore}\n", "audit.on_failure: \"ignore\": want refuse"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

@@ -68,6 +68,10 @@ type Replicator struct {
 	Evidence *EvidenceStore
 	Peers    PeerList
 	Runner   Runner
+	// Feedback, when set, gives automatic feedback after an accepted vote (ADR 0090): agreed for each
+	// agreeing peer's run, not agreed for each dissenting one (equivocating and silent peers get none:
+	// the vote already recorded them). taskID is that peer's run.
+	Feedback func(ctx context.Context, taskID string, agreed bool)
 
 	mu         sync.Mutex
 	replicated map[string]bool // task IDs of replicated submissions: the vote records their reputation
@@ -157,6 +161,14 @@ func (r *Replicator) Replicate(ctx context.Context, group, handler string, input
 	}
 	if rep.Outcome, err = voter.Decide(ctx, group, sel, results); err != nil {
 		return nil, err
+	}
+	if r.Feedback != nil && rep.Outcome.Accepted {
+		for _, p := range rep.Outcome.Agreeing {
+			r.Feedback(ctx, rep.TaskIDs[p.String()], true)
+		}
+		for _, p := range rep.Outcome.Dissenting {
+			r.Feedback(ctx, rep.TaskIDs[p.String()], false)
+		}
 	}
 	for _, p := range append(append([]identity.ID{}, rep.Outcome.Dissenting...), rep.Outcome.Equivocating...) {
 		evs, err := r.Evidence.ByPeer(p)

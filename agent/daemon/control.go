@@ -22,7 +22,7 @@ func (d *Daemon) services() []api.Service {
 		agentops.New(agentops.Deps{Identity: d.cust, Delegations: d.dm, Tasks: d.engine, Audit: d.audit,
 			Info: agentops.Info{Version: d.opts.Version, Started: d.started, ConfigPath: d.opts.ConfigPath,
 				Digest: d.currentDigest, Control: func() string { return d.ctl.Path() }, MetricsURL: d.metricsURL,
-				Sessions: d.mgr.statuses, Transports: d.transportStatuses, Config: d.config},
+				Sessions: d.mgr.statuses, Transports: d.transportStatuses, AuditWriting: d.authz.AuditWriting, Config: d.config},
 			Reload: d.Reload,
 			ReloadIdentity: func(ctx context.Context, actor string) ([]audit.Record, error) {
 				_, recs, err := d.reloadIdentity(ctx, actor)
@@ -33,6 +33,7 @@ func (d *Daemon) services() []api.Service {
 		taskops.New(taskops.Deps{Self: d.id, Engine: d.engine, Replicator: d.replicator, Stakes: d.authz.CurrentStakes, Audit: d.events.Record}),
 		d.authz.Service(authz.ControlDeps{Issuer: d.cust, PeerIDs: d.peers.IDs,
 			Present: func(ctx context.Context) []api.Presentation { return peerops.Present(ctx, sess) }}),
+		d.giver.Service(), // task.feedback
 		d.gwKeys,
 		d.disc, // peers.find
 	}

@@ -139,6 +139,7 @@ type Daemon struct {
 	authz      *authz.Authz     // authorization and trust (agent/authz; wired in authz.go)
 	evidence   *consensus.EvidenceStore
 	replicator *consensus.Replicator // replicated tasks (authz_replicate.go)
+	giver      *authz.Giver          // feedback this agent gives: agentctl feedback, votes (ADR 0090)
 	authority  *bindauth.Authority
 	transports map[string]*transportState
 	disc       *discovery.Service // agent records in the libp2p DHT (ADR 0070)
@@ -283,6 +284,7 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 	if d.authz, err = newAuthz(ctx, d, cfg); err != nil {
 		return nil, err
 	}
+	d.authz.SetAuditHealth(d.audit.Health) // audit.on_failure refuse: no new work while the log cannot write (ADR 0089)
 	d.wg.Add(1)
 	go func() {
 		defer d.wg.Done()
@@ -295,7 +297,7 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 	d.engine, err = tasks.New(tasks.Config{
 		LocalID: d.id.String(), Store: d.taskStore, Handlers: cfg.Registry(d.workRoot()), Keys: d.dm, Peers: d.peers,
 		Sender: d.mgr, Admit: opts.AdmitTask, MaxConcurrent: cfg.Limits.MaxConcurrentTasks, MaxQueued: cfg.Limits.MaxQueuedTasks,
-		RetryInterval: cfg.Tasks.RetryInterval, Retention: cfg.Tasks.ResultRetention,
+		RetryInterval: cfg.Tasks.RetryInterval, Retention: cfg.Tasks.ResultRetention, Timeout: cfg.Tasks.Timeout,
 		MaxUnacknowledged: cfg.Limits.MaxUnacknowledgedTasks, InboundRetention: cfg.Tasks.UnacknowledgedRetention,
 		Logger: d.log.With("part", "tasks"), OnEvent: func(ev tasks.Event) { d.authz.TaskEvent(ev); d.events.Task(ev) },
 	})
@@ -305,6 +307,8 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 	// Replicated tasks (agent/consensus) run on the connected peers through the task engine.
 	d.replicator = &consensus.Replicator{Rep: d.rep, Evidence: d.evidence, Peers: sessionsView{m: d.mgr, ctx: d.ctx},
 		Runner: taskops.Runner{Engine: d.engine, Self: d.id}}
+	d.giver = d.authz.Giver(d.cust, d.rep, sessionsView{m: d.mgr, ctx: d.ctx}.Connected)
+	d.replicator.Feedback = d.giver.Vote // agreers +100, dissenters -100, sent to the connected peers
 	d.events.Outbound, d.events.IsReplicated = d.engine.Get, d.replicator.IsReplicated
 	d.metrics.TaskQueue(d.engine.Queued, func() int { return d.config().Limits.MaxQueuedTasks })
 	// Working directories left by commands of a daemon that was killed are removed; their tasks run again.
@@ -337,6 +341,8 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 	if err != nil {
 		return nil, err
 	}
+	// Mutating operations are refused while the audit log cannot write (ADR 0089).
+	hs = d.authz.GuardAudit(hs)
 	ops, err := api.Ops(hs) // each with its permission from api.Table
 	if err != nil {
 		return nil, err
@@ -385,6 +391,17 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 		defer d.wg.Done()
 		d.disc.Run(dctx) // publishes this agent's record: now, on address changes, before expiry
 	}()
+	// The identity's own lifecycle (ADR 0090): rotation on rotation.interval, retired keys destroyed when their grace ends.
+	d.metrics.IdentityKeyAge(d.cust.CurrentSince, func() time.Duration { return d.config().Rotation.Interval }, time.Now)
+	sched := &custody.Schedule{Custody: d.cust, Settings: func() custody.ScheduleSettings { return d.config().Rotation.Schedule() },
+		Change: func(ctx context.Context, op func(context.Context) error) error {
+			_, _, err := d.changeIdentity(ctx, d.id.String(), custody.SourceSchedule, op)
+			return err
+		},
+		OnRotate:  func(g uint64, err error) { d.events.ScheduledRotation(d.id.String(), g, err) },
+		OnDestroy: d.events.ScheduledDestroy, Logger: d.log.With("part", "custody")}
+	d.wg.Add(1)
+	go func() { defer d.wg.Done(); sched.Run(dctx) }()
 	d.events.Record(audit.AgentStarted, d.id.String(), d.id.String(), audit.OutcomeSuccess, map[string]any{
 		"version": opts.Version, "keystore": agentops.KeystoreBackend(d.cust.KeystoreURI()), "generation": d.cust.Current().Generation,
 		"transports": strings.Join(d.transportNames(), ","),
@@ -635,6 +652,7 @@ func (d *Daemon) Shutdown(ctx context.Context) error {
 	d.stopOnce.Do(func() {
 		d.log.Info("shutting down: draining")
 		for _, ts := range d.transports {
+			ts.t.Drain() // no plugin restart during the drain (ADR 0088)
 			for _, l := range ts.listeners {
 				_ = l.Close()
 			}
@@ -725,7 +743,7 @@ func (d *Daemon) Reload(ctx context.Context) (*api.ReloadResult, error) {
 		switch {
 		case strings.HasPrefix(c, "handlers."):
 			res.Applied = append(res.Applied, c)
-		case c == "bootstrap", c == "session", c == "redial", c == "log", c == "authorization", c == "policy":
+		case c == "bootstrap", c == "session", c == "redial", c == "log", c == "authorization", c == "policy", c == "rotation":
 			res.Applied = append(res.Applied, c)
 		default:
 			res.NeedRestart = append(res.NeedRestart, c)
@@ -778,17 +796,24 @@ func (d *Daemon) Reload(ctx context.Context) (*api.ReloadResult, error) {
 // events to the audit log (actor: who asked), then switches to a new delegation, new checkpoint signer, new
 // transport bindings.
 func (d *Daemon) reloadIdentity(ctx context.Context, actor string) (bool, []audit.Record, error) {
+	return d.changeIdentity(ctx, actor, custody.SourceDaemon, d.cust.Reload)
+}
+
+// changeIdentity runs change (a reload, or the schedule's rotation or destruction: custody.Schedule) and
+// then does what reloadIdentity describes, with records of the given source.
+func (d *Daemon) changeIdentity(ctx context.Context, actor, source string, change func(context.Context) error) (bool, []audit.Record, error) {
 	d.idMu.Lock()
 	defer d.idMu.Unlock()
 	keys := d.cust.Keys()
 	before := d.cust.Current().Generation
-	if err := d.cust.Reload(ctx); err != nil {
-		return false, nil, err
+	cerr := change(ctx)
+	recs := d.events.KeyEventsFrom(keys, d.cust.Keys(), d.cust.Log(), actor, source)
+	if cerr != nil && len(recs) == 0 {
+		return false, nil, cerr
 	}
-	recs := d.events.KeyEvents(keys, d.cust.Keys(), d.cust.Log(), actor)
 	g := d.cust.Current().Generation
 	if g == before {
-		return false, recs, nil
+		return false, recs, cerr
 	}
 	signer, err := d.cust.Signer(ctx)
 	if err != nil {
@@ -812,7 +837,7 @@ func (d *Daemon) reloadIdentity(ctx context.Context, actor string) (bool, []audi
 	// hands each peer the longer key event log.
 	n := d.mgr.reauthenticateAll()
 	d.log.Info("identity reloaded", "generation", g, "previous", before, "sessions_reauthenticating", n)
-	return true, recs, nil
+	return true, recs, cerr
 }
 
 func (d *Daemon) currentDigest() string {

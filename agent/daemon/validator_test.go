@@ -11,6 +11,7 @@ import (
 	"github.com/custos-agent/custos/agent/authz"
 	"github.com/custos-agent/custos/agent/puzzle"
 	"github.com/custos-agent/custos/agent/session"
+	"github.com/custos-agent/custos/agent/session/sessiontest"
 	"github.com/custos-agent/custos/reason"
 )
 
@@ -35,13 +36,13 @@ func handshakeDaemons(t *testing.T, a, b *Daemon, pinned string) (errA, errB err
 	c1, c2 := net.Pipe()
 	ch := make(chan error, 1)
 	go func() {
-		s, err := session.Accept(context.Background(), session.NewNetConn(c2, 0), b.sessionConfig("test", "pipe", pinned))
+		s, err := session.Accept(context.Background(), sessiontest.NewNetConn(c2, 0), b.sessionConfig("test", "pipe", pinned))
 		if s != nil {
 			s.Close()
 		}
 		ch <- err
 	}()
-	s, errA := session.Initiate(context.Background(), session.NewNetConn(c1, 0), a.sessionConfig("test", "pipe", ""), b.ID())
+	s, errA := session.Initiate(context.Background(), sessiontest.NewNetConn(c1, 0), a.sessionConfig("test", "pipe", ""), b.ID())
 	if s != nil {
 		s.Close()
 	}
@@ -89,12 +90,12 @@ func TestEarlyAdmission(t *testing.T) {
 		c1, c2 := net.Pipe()
 		ch := make(chan error, 1)
 		go func() {
-			_, err := session.Accept(context.Background(), session.NewNetConn(c2, 0), b.sessionConfig("test", "pipe", ""))
+			_, err := session.Accept(context.Background(), sessiontest.NewNetConn(c2, 0), b.sessionConfig("test", "pipe", ""))
 			ch <- err
 		}()
 		cfg := a.sessionConfig("test", "pipe", "")
 		cfg.Solver = badSolver{}
-		if _, err := session.Initiate(context.Background(), session.NewNetConn(c1, 0), cfg, b.ID()); err == nil {
+		if _, err := session.Initiate(context.Background(), sessiontest.NewNetConn(c1, 0), cfg, b.ID()); err == nil {
 			t.Fatal("an initiator with a wrong solution was admitted")
 		}
 		if err := <-ch; !errors.Is(err, reason.ValidatorRefused) || !strings.Contains(err.Error(), authz.RefusalBadPuzzle) {

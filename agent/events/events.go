@@ -7,6 +7,7 @@ package events
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"time"
@@ -39,6 +40,10 @@ const (
 	TaskResult        audit.EventType = "task.result"
 	TaskRefused       audit.EventType = "task.refused"
 	TaskResultInvalid audit.EventType = "task.result_invalid"
+	// TaskTimedOut and TaskCancelled: a submitted task without a result within tasks.timeout (its
+	// executor is charged with a failure), or given up by agentctl task cancel (ADR 0090).
+	TaskTimedOut  audit.EventType = "task.timed_out"
+	TaskCancelled audit.EventType = "task.cancelled"
 )
 
 // AuditLog is the audit log (audit.Log).
@@ -57,6 +62,8 @@ type Metrics interface {
 	SetPeers(level string, n int)
 	TaskRefused(code string)
 	ControlFailed(operation string)
+	IdentityRotated(result string)
+	IdentityKeyDestroyed()
 }
 
 // Reputation is the trust store (agent/reputation.Store).
@@ -81,12 +88,20 @@ type Recorder struct {
 
 // Record appends an audit record, logging (never failing the caller) when the log refuses it.
 func (r *Recorder) Record(typ audit.EventType, actor, subject string, outcome audit.Outcome, details map[string]any) {
+	r.recordAt(time.Time{}, typ, actor, subject, outcome, details)
+}
+
+// recordAt is Record with the time the event happened (zero: now).
+func (r *Recorder) recordAt(at time.Time, typ audit.EventType, actor, subject string, outcome audit.Outcome, details map[string]any) {
 	if r == nil || r.Audit == nil {
 		return
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if _, err := r.Audit.Append(ctx, audit.Record{Type: typ, Actor: actor, Subject: subject, Outcome: outcome, Details: details}); err != nil {
+	if _, err := r.Audit.Append(ctx, audit.Record{Type: typ, Actor: actor, Subject: subject, Outcome: outcome, Details: details, Time: at}); err != nil {
+		if errors.Is(err, audit.ErrFailed) {
+			return // the log reported its failure once; custos_audit_records_lost_total counts each record (ADR 0089)
+		}
 		r.Log.Error("audit record not written", "type", typ, "err", err)
 	}
 }
@@ -173,9 +188,11 @@ type Plugin struct {
 }
 
 // PluginRestarted records a restart of a transport's plugin (host.Observer.PluginRestarted); plugin,
-// called outside the supervisor's callback, describes it (nil when the transport is not known).
+// called outside the supervisor's callback, describes it (nil when the transport is not known). The
+// plugin.crashed record carries the time of the crash (now less the downtime), not of the restart.
 func (r *Recorder) PluginRestarted(ev host.RestartEvent, plugin func() *Plugin) {
 	r.Metrics.PluginRestarted(ev.Transport)
+	crashed := time.Now().Add(-ev.Downtime)
 	go func() {
 		cause := ""
 		if ev.Cause != nil {
@@ -187,7 +204,7 @@ func (r *Recorder) PluginRestarted(ev host.RestartEvent, plugin func() *Plugin) 
 			details["sandbox"] = p.SandboxText
 			r.Metrics.PluginSandbox(ev.Transport, p.Sandbox)
 		}
-		r.Record(audit.PluginCrashed, "agent", ev.Transport, audit.OutcomeFailure, map[string]any{"error": cause})
+		r.recordAt(crashed, audit.PluginCrashed, "agent", ev.Transport, audit.OutcomeFailure, map[string]any{"error": cause})
 		r.Record(audit.PluginRestarted, "agent", ev.Transport, audit.OutcomeSuccess, details)
 		r.Log.Warn("transport plugin restarted", "transport", ev.Transport, "restarts", ev.Restarts, "pid", ev.PID, "downtime", ev.Downtime, "cause", cause)
 	}()
@@ -214,6 +231,13 @@ func (r *Recorder) Task(ev tasks.Event) {
 	case "result":
 		typ = TaskResult
 		r.observeResult(ev)
+		r.observeServed(ev)
+	case "timed_out":
+		typ, outcome = TaskTimedOut, audit.OutcomeFailure
+		r.Metrics.OperationFailed("task")
+		r.observeTimeout(ev)
+	case "cancelled":
+		typ = TaskCancelled
 	case "refused", "failed":
 		typ, outcome = TaskRefused, audit.OutcomeDenied
 	case "result_invalid":
@@ -255,6 +279,33 @@ func (r *Recorder) observeResult(ev tasks.Event) {
 	r.observe(obs)
 }
 
+// observeServed records the resources an executor spent on a verified result of a task this agent
+// submitted (reputation.Contributed): the seconds it ran plus the MiB of input and output.
+func (r *Recorder) observeServed(ev tasks.Event) {
+	id, err := identity.ParseID(ev.Peer)
+	if err != nil || ev.Served == nil {
+		return
+	}
+	units := ev.Served.Seconds + float64(ev.Served.Bytes)/(1<<20)
+	if units > 0 {
+		r.observe(reputation.Observation{Peer: id, Kind: reputation.Contributed, Units: units})
+	}
+}
+
+// observeTimeout charges the executor of a task that got no result within tasks.timeout with a failure,
+// when the task reached it (a task never sent, the peer never connected, says nothing of its work). The
+// runs of a replicated task are left to its vote.
+func (r *Recorder) observeTimeout(ev tasks.Event) {
+	id, err := identity.ParseID(ev.Peer)
+	if err != nil || (r.IsReplicated != nil && r.IsReplicated(ev.TaskID)) || r.Outbound == nil {
+		return
+	}
+	if o, err := r.Outbound(ev.TaskID); err != nil || o.Attempts == 0 {
+		return
+	}
+	r.observe(reputation.Observation{Peer: id, Kind: reputation.Failed})
+}
+
 // ControlRequest records a control-socket request with the caller's kernel-reported identity
 // (control.Config.OnRequest).
 func (r *Recorder) ControlRequest(c rbac.Cred, op string, err error) {
@@ -294,13 +345,37 @@ func (r *Recorder) CountPeers() {
 // KeyEvents writes the records of custody.KeyEventRecords(before, after) (a rotation, recovery or
 // destruction another process made, picked up by the daemon) and returns them.
 func (r *Recorder) KeyEvents(before, after []custody.Generation, kel identity.Log, actor string) []audit.Record {
-	recs := custody.KeyEventRecords(before, after, kel, actor, custody.SourceDaemon)
+	return r.KeyEventsFrom(before, after, kel, actor, custody.SourceDaemon)
+}
+
+// KeyEventsFrom is KeyEvents with the records' source (custody.SourceSchedule for the daemon's own
+// rotations and destructions).
+func (r *Recorder) KeyEventsFrom(before, after []custody.Generation, kel identity.Log, actor, source string) []audit.Record {
+	recs := custody.KeyEventRecords(before, after, kel, actor, source)
 	for _, rec := range recs {
 		r.Record(rec.Type, rec.Actor, rec.Subject, rec.Outcome, rec.Details)
 		r.Log.Info("key event recorded", "type", rec.Type, "generation", rec.Details["generation"])
 	}
 	return recs
 }
+
+// ScheduledRotation accounts for a rotation of the identity key by the daemon's schedule
+// (custody.Schedule.OnRotate): a success is counted (its key.rotate record is written by KeyEventsFrom);
+// a failure is counted and recorded as key.rotate with outcome failure, source schedule and the error.
+func (r *Recorder) ScheduledRotation(agent string, generation uint64, err error) {
+	if err == nil {
+		r.Metrics.IdentityRotated(metrics.ResultSuccess)
+		return
+	}
+	r.Metrics.IdentityRotated(metrics.ResultFailure)
+	r.Record(audit.KeyRotate, agent, agent, audit.OutcomeFailure, map[string]any{
+		"generation": generation, "source": custody.SourceSchedule, "error": err.Error(),
+	})
+}
+
+// ScheduledDestroy counts a retired key the daemon destroyed at the end of its grace period
+// (custody.Schedule.OnDestroy; its key.destroy record is written by KeyEventsFrom).
+func (r *Recorder) ScheduledDestroy(custody.Generation) { r.Metrics.IdentityKeyDestroyed() }
 
 // DelegationIssued records every delegation the identity key signs (delegation.Config.OnIssue).
 func (r *Recorder) DelegationIssued(dl *delegation.Delegation) {

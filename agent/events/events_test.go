@@ -2,10 +2,12 @@ package events
 
 import (
 	"context"
+	"errors"
 	"io"
 	"log/slog"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/custos-agent/custos/agent/internal/agenttest"
 	"github.com/custos-agent/custos/agent/metrics"
@@ -13,6 +15,7 @@ import (
 	"github.com/custos-agent/custos/audit"
 	"github.com/custos-agent/custos/keystore"
 	"github.com/custos-agent/custos/reason"
+	"github.com/custos-agent/custos/transports/host"
 )
 
 // recorder is a Recorder over a real audit log in a temporary directory (signed by an in-memory key) and
@@ -84,5 +87,27 @@ func TestReauthRefusalsAudited(t *testing.T) {
 	})
 	if n != 2 {
 		t.Fatalf("%d auth.failure records for the rate-limited peer, want 2", n)
+	}
+}
+
+// TestPluginCrashTimestamped: the plugin.crashed record of a restart carries the time of the crash (the
+// restart's time less its downtime), before the plugin.restarted record's time (issue 17).
+func TestPluginCrashTimestamped(t *testing.T) {
+	r, query := recorder(t)
+	before := time.Now()
+	r.PluginRestarted(host.RestartEvent{Transport: "tcp", Restarts: 1, PID: 42, Downtime: 90 * time.Second, Cause: errors.New("exit status 2")},
+		func() *Plugin { return nil })
+	var crashed, restarted time.Time
+	deadline := time.Now().Add(10 * time.Second)
+	for crashed.IsZero() || restarted.IsZero() {
+		if time.Now().After(deadline) {
+			t.Fatal("no plugin.crashed and plugin.restarted records")
+		}
+		time.Sleep(10 * time.Millisecond)
+		query(audit.PluginCrashed, func(e audit.Entry) bool { crashed = e.Time; return true })
+		query(audit.PluginRestarted, func(e audit.Entry) bool { restarted = e.Time; return true })
+	}
+	if d := restarted.Sub(crashed); d < 89*time.Second || d > 91*time.Second+time.Since(before) {
+		t.Fatalf("plugin.crashed at %v, plugin.restarted at %v: %v apart, want the 90s downtime", crashed, restarted, d)
 	}
 }

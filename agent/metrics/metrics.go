@@ -134,7 +134,7 @@ func New() *Metrics {
 	})
 	m.auditFailures = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "custos_audit_write_failures_total",
-		Help: "Audit log write or fsync failures (the log then refuses records until the agent restarts).",
+		Help: "Audit log write or fsync failures (the log then refuses records until its writer writes again; custos_audit_failing is 1 meanwhile).",
 	})
 	m.auditCPFails = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "custos_audit_checkpoint_failures_total",

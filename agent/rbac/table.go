@@ -43,6 +43,10 @@ const (
 	CtlGatewayKeys  Operation = "control.gateway.keys"
 	// CtlPeersFind: look an agent's record up in the DHT (agent/discovery, ADR 0070).
 	CtlPeersFind Operation = "control.peers.find"
+	// CtlTaskFeedback: sign and send feedback about the executor of a task this agent submitted;
+	// CtlTaskCancel: give a submitted task up (ADR 0090).
+	CtlTaskFeedback Operation = "control.task.feedback"
+	CtlTaskCancel   Operation = "control.task.cancel"
 )
 
 // Requirement is what an operation needs.
@@ -85,6 +89,8 @@ var Table = []Requirement{
 	{CtlConfigReload, ManageLocalAgent, false, "reload configuration"},
 	{CtlGatewayKeys, ManageSecurity, false, "agentctl gateway key create, list, revoke (the HTTP gateway's API keys)"},
 	{CtlPeersFind, DiscoverPeers, false, "agentctl peers find ID (and peers connect --id ID without an address): a DHT lookup"},
+	{CtlTaskFeedback, SubmitTasks, false, "agentctl feedback --task ID --score S: rate the executor of a task this agent submitted (signed with the identity key, sent to the connected peers)"},
+	{CtlTaskCancel, SubmitTasks, false, "agentctl task cancel ID: give up a task this agent submitted"},
 }
 
 // ErrUnknownOperation is returned for an operation missing from Table.

@@ -578,3 +578,31 @@ func TestFabricatedFeedback(t *testing.T) {
 		t.Fatalf("feedback in the next hour: %v", err)
 	}
 }
+
+// TestOwnFeedback: feedback this agent gives (agentctl feedback) counts with full weight for its
+// subject, once per task; a second rating of the same task is refused.
+func TestOwnFeedback(t *testing.T) {
+	ctx := context.Background()
+	e := newEnv(t, Config{})
+	self, subject := newPeer(t), newPeer(t)
+	fb, err := SignFeedback(ctx, self.s, self.id, subject.id, "task-own", -100, ref(self.id, subject.id, "task-own"), e.now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := e.store.Report(subject.id).Score
+	if err := e.store.AddOwnFeedback(ctx, fb); err != nil {
+		t.Fatal(err)
+	}
+	f := factor(e.store.Report(subject.id), FactorFeedback)
+	if math.Abs(f.Evidence-1) > 1e-9 || f.Value >= 0.5 || e.store.Report(subject.id).Score >= before {
+		t.Fatalf("after own negative feedback: factor %+v, score %v (was %v)", f, e.store.Report(subject.id).Score, before)
+	}
+	if err := e.store.AddOwnFeedback(ctx, fb); !errors.Is(err, ErrFeedbackRefused) {
+		t.Fatalf("the same task rated twice: %v", err)
+	}
+	bad := fb
+	bad.Rating = 101
+	if err := e.store.AddOwnFeedback(ctx, bad); !errors.Is(err, ErrMalformed) {
+		t.Fatalf("rating out of range: %v", err)
+	}
+}

@@ -544,7 +544,6 @@ func (s *Store) AddFeedback(ctx context.Context, f Feedback) (float64, error) {
 		return 0, fmt.Errorf("%w: %v", ErrMalformed, err)
 	}
 	giver, _ := identity.ParseID(f.Giver)
-	subject, _ := identity.ParseID(f.Subject)
 	st, err := s.resolve(giver)
 	if err != nil {
 		return 0, fmt.Errorf("feedback from %s: the giver's key event log is unavailable: %w", f.Giver, err)
@@ -568,7 +567,27 @@ func (s *Store) AddFeedback(ctx context.Context, f Feedback) (float64, error) {
 	if err := s.check(ctx, &f); err != nil {
 		return 0, fmt.Errorf("%w: %s's feedback about %s for task %q: the task is not confirmed: %v", ErrFeedbackRefused, f.Giver, f.Subject, f.Task, err)
 	}
-	w := s.Weight(giver)
+	return s.addFeedback(f, s.Weight(giver), nowT, true)
+}
+
+// AddOwnFeedback counts feedback this agent gave itself (agentctl feedback) for its subject, with full
+// weight: its own opinion of a peer it had a task with. Like AddFeedback, one feedback counts once per
+// (subject, task); the caller signed f and checked that the task was this agent's with the subject.
+func (s *Store) AddOwnFeedback(ctx context.Context, f Feedback) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if err := f.check(); err != nil {
+		return fmt.Errorf("%w: %v", ErrMalformed, err)
+	}
+	_, err := s.addFeedback(f, 1, s.now(), false)
+	return err
+}
+
+// addFeedback counts f with weight w unless it was counted before (and, with limit, within the giver's
+// hourly allowance).
+func (s *Store) addFeedback(f Feedback, w float64, nowT time.Time, limit bool) (float64, error) {
+	subject, _ := identity.ParseID(f.Subject)
 	now := nowT.UnixNano()
 	key := f.key()
 	s.mu.Lock()
@@ -581,9 +600,11 @@ func (s *Store) AddFeedback(ctx context.Context, f Feedback) (float64, error) {
 		s.mu.Unlock()
 		return 0, fmt.Errorf("%w: %s already gave feedback about %s for task %q", ErrFeedbackRefused, f.Giver, f.Subject, f.Task)
 	}
-	if err := s.takeGiverSlot(f.Giver, nowT); err != nil {
-		s.mu.Unlock()
-		return 0, err
+	if limit {
+		if err := s.takeGiverSlot(f.Giver, nowT); err != nil {
+			s.mu.Unlock()
+			return 0, err
+		}
 	}
 	r := s.get(subject.String(), now)
 	rating := float64(f.Rating) / MaxRating

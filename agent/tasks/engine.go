@@ -25,6 +25,9 @@ const (
 	// DefaultInboundRetention is how long an unacknowledged result is kept (Config.InboundRetention).
 	DefaultInboundRetention = time.Hour
 	sendTimeout             = 10 * time.Second
+
+	// DefaultTimeout is how long a submitted task may go without a result (Config.Timeout).
+	DefaultTimeout = 10 * time.Minute
 )
 
 // ErrNoSession: the peer has no live session now (the message is retried when it has one).
@@ -49,13 +52,23 @@ type LogSource interface {
 // Event reports what the engine did, for the audit log and metrics.
 type Event struct {
 	// Kind: "submitted", "accepted", "refused", "started", "finished", "interrupted", "result",
-	// "result_invalid", "failed".
+	// "result_invalid", "failed", "timed_out" (no result within Config.Timeout), "cancelled".
 	Kind    string
 	TaskID  string
 	Peer    string // the requester (inbound) or the executor (outbound)
 	Handler string
 	Status  string // result status ("ok", "failed") or error code
 	Err     error
+	// Served is what the executor contributed to a "result" (resource contribution, ADR 0090).
+	Served *Served
+}
+
+// Served is the resources an executor spent on one task this agent submitted: the seconds it ran (the
+// signed result's started..finished, never more than this agent waited for it) and the bytes of its
+// input and output.
+type Served struct {
+	Seconds float64
+	Bytes   int64
 }
 
 // Config configures an Engine. LocalID, Store, Keys, Peers and Sender are required.
@@ -88,6 +101,10 @@ type Config struct {
 	Clock            func() time.Time
 	Logger           *slog.Logger
 	OnEvent          func(Event)
+
+	// Timeout is how long a submitted task may go without a result before it fails with CodeTimeout
+	// (default 10 min); the executor it was sent to is then charged with a failure.
+	Timeout time.Duration
 }
 
 // Engine runs the task protocol (DESIGN 4.3) on both sides: it accepts, records, runs and answers tasks
@@ -136,6 +153,9 @@ func New(cfg Config) (*Engine, error) {
 	}
 	if cfg.InboundRetention <= 0 {
 		cfg.InboundRetention = DefaultInboundRetention
+	}
+	if cfg.Timeout <= 0 {
+		cfg.Timeout = DefaultTimeout
 	}
 	if cfg.Clock == nil {
 		cfg.Clock = time.Now
@@ -559,6 +579,10 @@ func (e *Engine) onResult(peer string, payload []byte) error {
 	if o.State == OutDone {
 		return e.ackResult(peer, o.TaskID) // a repeated push: the acknowledgement was lost
 	}
+	if o.State == OutFailed && (o.ErrorCode == CodeTimeout || o.ErrorCode == CodeCancelled) {
+		e.cfg.Logger.Info("a result after the task was given up: acknowledged and dropped", "task", o.TaskID, "from", peer, "code", o.ErrorCode)
+		return e.ackResult(peer, o.TaskID)
+	}
 	log, _, ok, err := e.cfg.Peers.Log(peer)
 	if err != nil {
 		return err
@@ -592,7 +616,7 @@ func (e *Engine) onResult(peer string, payload []byte) error {
 		return err // not acknowledged: the executor sends it again
 	}
 	e.changed(o.TaskID)
-	e.event(Event{Kind: "result", TaskID: o.TaskID, Peer: peer, Handler: o.Handler, Status: doc.Status})
+	e.event(Event{Kind: "result", TaskID: o.TaskID, Peer: peer, Handler: o.Handler, Status: doc.Status, Served: served(o, doc, now)})
 	return e.ackResult(peer, o.TaskID)
 }
 
@@ -692,6 +716,7 @@ func (e *Engine) retryOnce() {
 			}
 		}
 	}
+	e.expire() // lifecycle.go: tasks without a result within Config.Timeout
 	for p := range peers {
 		e.flushPeer(p, false)
 	}

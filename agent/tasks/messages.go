@@ -118,6 +118,10 @@ const (
 	CodeDenied = string(reason.Denied) // "denied"
 	// CodeInternal: the executor could not record the task.
 	CodeInternal = string(reason.Internal) // "internal"
+	// CodeTimeout: a submitted task got no result within Config.Timeout (recorded locally, ADR 0090).
+	CodeTimeout = string(reason.Timeout) // "timeout"
+	// CodeCancelled: a submitted task given up by its submitter (Engine.Cancel).
+	CodeCancelled = string(reason.Cancelled) // "cancelled"
 )
 
 // ErrorMessage is the payload of an error_response.

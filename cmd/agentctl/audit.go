@@ -50,8 +50,12 @@ func auditCommand() *cli.Command {
 				Description: "Checkpoint signatures are checked with the key of the generation that made them, from the verified\n" +
 					"key event log <home>/kel.jsonl. On failure the message names the first bad record: segment file, line\n" +
 					"and seq, and why. While the agent runs, the daemon reports its head (control operation audit.head) and the log\n" +
-					"must hold it; otherwise the log must end with the closing checkpoint (holding audit/LOCK changes nothing).",
-				Flags:  []cli.Flag{home(), jsonFlag()},
+					"must hold it; otherwise the log must end with the closing checkpoint (holding audit/LOCK changes nothing).\n" +
+					"A stopped log whose only fault is an unsealed tail (records after the last checkpoint, no closing seal: the agent\n" +
+					"was killed, or the tail was cut) is a warning with exit 0; anything else is an error (exit 1). --strict makes the\n" +
+					"unsealed tail an error too.",
+				Flags: []cli.Flag{home(), jsonFlag(),
+					&cli.BoolFlag{Name: "strict", Usage: "an unsealed tail (the agent was killed, or the tail was cut) is an error, not a warning"}},
 				Action: runAuditVerify,
 			},
 			{
@@ -138,6 +142,14 @@ func runAuditVerify(c *cli.Context) error {
 	default:
 		return fmt.Errorf("the agent daemon of %s did not report its audit head, which verifying a log it writes needs: %w", home, herr)
 	}
+	if err != nil && rep.Unsealed && herr != nil && !rep.WriterActive && !c.Bool("strict") {
+		// The only fault is the unsealed tail: everything before it verified. A killed agent leaves exactly
+		// this; so does a cut tail, which the noted head detects.
+		rep.Warnings = append(rep.Warnings, fmt.Sprintf("the log is not sealed: %v. Either the agent was killed (SIGKILL, power loss) "+
+			"before it closed the log (starting it again repairs and signs it), or the tail was cut: compare the head below with one "+
+			"you kept (--strict makes this an error)", err))
+		err = nil
+	}
 	for _, w := range rep.Warnings {
 		fmt.Fprintf(c.App.ErrWriter, "warning: %s\n", w)
 	}
@@ -163,11 +175,16 @@ func runAuditVerify(c *cli.Context) error {
 		return printJSON(c.App.Writer, auditVerifyJSON{
 			Verifies: true, Dir: dir, Records: rep.Records, Segments: rep.Segments, FirstSeq: rep.FirstSeq, LastSeq: rep.LastSeq,
 			Head: rep.Head, Checkpoints: rep.Checkpoints, Generations: rep.Generations, Anchored: rep.Anchored, Live: rep.Live,
-			Pending: rep.Pending, Warnings: rep.Warnings,
+			Pending: rep.Pending, Unsealed: rep.Unsealed, Warnings: rep.Warnings,
 		})
 	}
 	out := c.App.Writer
-	fmt.Fprintf(out, "audit log verifies: %d records in %d segments, seq %d-%d, %d checkpoints signed by key generation %s\n",
+	if rep.Unsealed {
+		fmt.Fprintf(out, "audit log verifies up to its unsealed tail (see the warning): ")
+	} else {
+		fmt.Fprintf(out, "audit log verifies: ")
+	}
+	fmt.Fprintf(out, "%d records in %d segments, seq %d-%d, %d checkpoints signed by key generation %s\n",
 		rep.Records, rep.Segments, rep.FirstSeq, rep.LastSeq, rep.Checkpoints, gens(rep.Generations))
 	if rep.Anchored {
 		fmt.Fprintf(out, "records before seq %d were removed by retention (vouched for by a signed audit.pruned record)\n", rep.FirstSeq)
@@ -193,6 +210,7 @@ type auditVerifyJSON struct {
 	Anchored    bool     `json:"anchored,omitempty"`
 	Live        bool     `json:"live,omitempty"`
 	Pending     uint64   `json:"pending,omitempty"`
+	Unsealed    bool     `json:"unsealed,omitempty"`
 	Error       string   `json:"error,omitempty"`
 	BadSegment  string   `json:"bad_segment,omitempty"`
 	BadLine     int      `json:"bad_line,omitempty"`

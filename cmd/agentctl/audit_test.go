@@ -281,12 +281,22 @@ func TestAuditVerifyCommand(t *testing.T) {
 			return "00000000000000000001.jsonl line ", "made with a key that is not in kel.jsonl of " + f.id
 		}},
 	}
+	// Cutting whole records off the end leaves what a killed agent leaves: an unsealed tail, a warning with
+	// exit 0 by default (TestAuditVerifyUnsealedTail), an error under --strict. Every other case is an error
+	// either way.
+	unsealedOnly := map[string]bool{"truncate whole records": true}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			home := filepath.Join(t.TempDir(), "home")
 			copyTree(t, f.home, home)
 			place, why := tc.tamper(t, filepath.Join(home, "audit"))
 			code, out, errOut := agentctl("--home", home, "audit", "verify")
+			if unsealedOnly[tc.name] {
+				if code != 0 || !strings.Contains(errOut, "warning: the log is not sealed") || !strings.Contains(errOut, why) {
+					t.Fatalf("an unsealed tail without --strict: exit %d, want 0 with a warning saying %q\n%s%s", code, why, out, errOut)
+				}
+				code, out, errOut = agentctl("--home", home, "audit", "verify", "--strict")
+			}
 			if code != 1 {
 				t.Fatalf("exit %d, want 1\n%s%s", code, out, errOut)
 			}
@@ -303,6 +313,7 @@ func TestAuditVerifyCommand(t *testing.T) {
 		})
 	}
 
+	t.Run("unsealed tail", func(t *testing.T) { testUnsealedTail(t, f) })
 	t.Run("no key event log", func(t *testing.T) {
 		home := filepath.Join(t.TempDir(), "home")
 		copyTree(t, f.home, home)
@@ -655,4 +666,63 @@ func holdAuditLock(t *testing.T, dir string) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { f.Close() })
+}
+
+// testUnsealedTail: a stopped log whose only fault is its tail (the seal gone and records after the last
+// checkpoint: what SIGKILL leaves) verifies with a warning and exit 0, says so in --json, and is an error
+// with --strict; the same tail with a record altered before it is an error without --strict.
+func testUnsealedTail(t *testing.T, f *auditHomeFixture) {
+	home := filepath.Join(t.TempDir(), "home")
+	copyTree(t, f.home, home)
+	g := &auditHomeFixture{home: home, id: f.id, signer: f.signer}
+	l := g.open(t)
+	for i := 0; i < 3; i++ {
+		if _, err := l.Append(context.Background(), audit.Record{Type: audit.AgentStarted, Details: map[string]any{"i": i}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	segs, _ := filepath.Glob(filepath.Join(home, "audit", "*.jsonl"))
+	p := segs[len(segs)-1]
+	ls := readLines(t, p)
+	writeLines(t, p, ls[:len(ls)-1]) // the seal, as if the agent had been killed before Close
+	code, out, errOut := agentctl("--home", home, "audit", "verify")
+	if code != 0 || !strings.Contains(out, "audit log verifies up to its unsealed tail") || !strings.Contains(out, "head: seq ") ||
+		!strings.Contains(errOut, "warning: the log is not sealed") || !strings.Contains(errOut, "the agent was killed") {
+		t.Fatalf("unsealed tail: exit %d\n%s%s", code, out, errOut)
+	}
+	code, out, _ = agentctl("--home", home, "audit", "verify", "--json")
+	var v struct {
+		Verifies, Unsealed bool
+		Warnings           []string
+	}
+	if err := json.Unmarshal([]byte(out), &v); code != 0 || err != nil || !v.Verifies || !v.Unsealed || len(v.Warnings) == 0 {
+		t.Fatalf("unsealed tail --json: exit %d %v\n%s", code, err, out)
+	}
+	if code, _, errOut := agentctl("--home", home, "audit", "verify", "--strict"); code != 1 || !strings.Contains(errOut, "not covered by a signed checkpoint") {
+		t.Fatalf("unsealed tail --strict: exit %d\n%s", code, errOut)
+	}
+	// Anything else wrong besides: an error, whatever the tail.
+	for i := len(segs) - 1; len(readLines(t, p)) < 2; i-- {
+		p = segs[i-1] // the seal may have been alone in a new segment
+	}
+	ls = readLines(t, p)
+	n := len(ls) - 2
+	var w auditWire
+	if err := json.Unmarshal(ls[n], &w); err != nil {
+		t.Fatal(err)
+	}
+	w.Subject = "nothing-happened"
+	w.Hash = specHash(&w)
+	b, err := json.Marshal(&w)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ls[n] = append(b, '\n')
+	writeLines(t, p, ls)
+	if code, out, errOut := agentctl("--home", home, "audit", "verify"); code != 1 || !strings.Contains(errOut, "prev does not match") {
+		t.Fatalf("unsealed tail and an altered record: exit %d\n%s%s", code, out, errOut)
+	}
 }

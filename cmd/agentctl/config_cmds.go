@@ -49,6 +49,10 @@ func configCommand() *cli.Command {
 				&cli.StringSliceFlag{Name: "admin", Usage: "another administrator's agent `ID` (repeat for more)"},
 				&cli.StringFlag{Name: "out", Usage: "write to `FILE` instead of <home>/agent.yaml (- for stdout)", TakesFile: true},
 				&cli.BoolFlag{Name: "force", Usage: "replace an existing file"},
+				// For a package's example configuration (make package, ADR 0088): digests of the plugins
+				// built in --plugin-dir, paths where the package installs them, no identity yet.
+				&cli.StringFlag{Name: "install-dir", Usage: "write the plugin paths as `DIR`/transport-NAME (where they will be installed) while the digests are of the files in --plugin-dir", TakesFile: true},
+				&cli.BoolFlag{Name: "no-identity", Usage: "do not open the identity: authorization.admins lists only --admin (a configuration written before init, e.g. a package's example)"},
 			},
 			Action: runConfigInit,
 		}},
@@ -63,15 +67,26 @@ func runConfigInit(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	var self string
-	if err := withIdentity(c, func(_ *session, id *custody.Custody) error {
-		self = id.State().ID.String()
-		return nil
-	}); err != nil {
-		return fmt.Errorf("config init lists this agent as an administrator, so it needs the identity: %w", err)
+	var admins []string
+	if !c.Bool("no-identity") {
+		var self string
+		if err := withIdentity(c, func(_ *session, id *custody.Custody) error {
+			self = id.State().ID.String()
+			return nil
+		}); err != nil {
+			return fmt.Errorf("config init lists this agent as an administrator, so it needs the identity (or give --no-identity): %w", err)
+		}
+		admins = append(admins, self)
 	}
-	admins := append([]string{self}, c.StringSlice("admin")...)
-	text, err := renderConfig(dir, c.String("listen"), c.String("metrics"), admins)
+	admins = append(admins, c.StringSlice("admin")...)
+	installDir := dir
+	if d := c.String("install-dir"); d != "" {
+		if !filepath.IsAbs(d) || filepath.Clean(d) != d {
+			return usagef("--install-dir %q: give a clean absolute directory (the daemon launches plugins by absolute path only)", d)
+		}
+		installDir = d
+	}
+	text, err := renderConfig(dir, installDir, c.String("listen"), c.String("metrics"), admins)
 	if err != nil {
 		return err
 	}
@@ -141,8 +156,9 @@ func findPluginDir(flag string) (string, error) {
 	return "", fmt.Errorf("no transport plugins found (looked for transport-tcp in %s): build them (go build -o bin/ ./cmd/...) or install the package, or give --plugin-dir", strings.Join(tried, ", "))
 }
 
-// renderConfig is the text of a configuration: every plugin of dir with its digest, tcp listening on listen.
-func renderConfig(dir, listen, metrics string, admins []string) (string, error) {
+// renderConfig is the text of a configuration: every plugin of dir with its digest, named by its path in
+// installDir (dir itself unless packaging), tcp listening on listen.
+func renderConfig(dir, installDir, listen, metrics string, admins []string) (string, error) {
 	var b strings.Builder
 	b.WriteString("# Written by 'agentctl config init'. configs/agent.example.yaml explains every option.\n")
 	b.WriteString("# The plugins are started only if their SHA-256 matches: after replacing one, run config init --force.\n")
@@ -157,7 +173,7 @@ func renderConfig(dir, listen, metrics string, admins []string) (string, error) 
 			return "", fmt.Errorf("read the plugin %s: %w", p, err)
 		}
 		sum := sha256.Sum256(raw)
-		fmt.Fprintf(&b, "  - name: %s\n    plugin: %s\n    sha256: %s\n", t, yamlQuote(p), hex.EncodeToString(sum[:]))
+		fmt.Fprintf(&b, "  - name: %s\n    plugin: %s\n    sha256: %s\n", t, yamlQuote(filepath.Join(installDir, "transport-"+t)), hex.EncodeToString(sum[:]))
 		if t == "tcp" {
 			fmt.Fprintf(&b, "    listen: [%s]\n", yamlQuote(listen))
 		} else {
@@ -168,9 +184,15 @@ func renderConfig(dir, listen, metrics string, admins []string) (string, error) 
 	fmt.Fprintf(&b, "metrics:\n  address: %s\n", yamlQuote(metrics))
 	b.WriteString("log:\n  level: info\n")
 	b.WriteString("authorization:\n")
-	b.WriteString("  # Grants signed by these agents count here. This agent is one: 'agentctl grant --to PEER_ID --role ROLE'\n")
-	b.WriteString("  # on it signs a grant the peer installs with 'agentctl grant install FILE'.\n")
-	b.WriteString("  admins:\n")
+	if len(admins) == 0 { // --no-identity
+		b.WriteString("  # Grants signed by these agents count here. None yet: after 'agentctl init', list this agent's ID\n")
+		b.WriteString("  # ('agentctl id -q'); then 'agentctl grant --to PEER_ID --role ROLE' on it signs grants its peers install.\n")
+		b.WriteString("  admins: []\n")
+	} else {
+		b.WriteString("  # Grants signed by these agents count here. This agent is one: 'agentctl grant --to PEER_ID --role ROLE'\n")
+		b.WriteString("  # on it signs a grant the peer installs with 'agentctl grant install FILE'.\n")
+		b.WriteString("  admins:\n")
+	}
 	for _, a := range admins {
 		fmt.Fprintf(&b, "    - %s\n", yamlQuote(a))
 	}

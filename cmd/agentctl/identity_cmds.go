@@ -233,7 +233,8 @@ func rotateCommand() *cli.Command {
 		Description: "Two-phase and crash-safe: the new next key is made and recorded, the rotation event (signed by the\n" +
 			"current and the new key) is written to the key event log, then identity.json is updated. An\n" +
 			"interruption at any point is completed or undone by the next command. The old key is retired and\n" +
-			"destroyed once --grace has passed (by the first command run after that), or at once with --destroy-old.",
+			"destroyed once --grace has passed (by the running agent then, else by the first command run after\n" +
+			"that), or at once with --destroy-old. The agent can also rotate on a schedule: rotation.interval.",
 		Flags: []cli.Flag{
 			&cli.DurationFlag{Name: "grace", Usage: "keep the old key this long before destroying it", Value: 24 * time.Hour},
 			&cli.BoolFlag{Name: "destroy-old", Usage: "destroy the old key as soon as the rotation is committed"},

@@ -87,7 +87,7 @@ func commands() []*cli.Command {
 	return []*cli.Command{
 		initCommand(), idCommand(), keysCommand(), rotateCommand(), recoverCommand(), logCommand(), signCommand(), verifyCommand(), tokenCommand(),
 		auditCommand(),
-		runCommand(), statusCommand(), peersCommand(), taskCommand(),
+		runCommand(), statusCommand(), peersCommand(), taskCommand(), feedbackCommand(),
 		grantCommand(), revokeCommand(),
 		configCommand(), versionCommand(), completionCommand(),
 		gatewayCommand(),

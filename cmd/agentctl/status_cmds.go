@@ -71,13 +71,13 @@ func printStatus(out io.Writer, st *api.Status) {
 		fmt.Fprintf(w, "\tthe file as it is now would not load: %s\n", st.ConfigFileError)
 	}
 	fmt.Fprintf(w, "keystore\t%s\n", partHealth(st.Health.Keystore, "answers", "NOT ANSWERING"))
-	fmt.Fprintf(w, "audit log\t%s\n", partHealth(st.Health.Audit, "ok", "FAILED"))
 	fmt.Fprintf(w, "control\t%s\n", st.Control)
 	if st.Metrics != "" {
 		fmt.Fprintf(w, "metrics\t%s\n", st.Metrics)
 	}
 	fmt.Fprintf(w, "handlers\t%s\n", strings.Join(st.Handlers, ", "))
 	fmt.Fprintf(w, "tasks\tsubmitted %s; executing %s; %d running now\n", counts(st.Tasks.Outbound), counts(st.Tasks.Inbound), st.Tasks.Running)
+	fmt.Fprintf(w, "audit log\t%s\n", st.AuditWriting.Line())
 	w.Flush()
 	fmt.Fprintln(out, "\ntransports")
 	w = tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)

@@ -77,6 +77,7 @@ func taskCommand() *cli.Command {
 				Flags:        []cli.Flag{jsonFlag()},
 				Action:       runTaskList,
 			},
+			taskCancelCommand(),
 			{
 				OnUsageError: onUsageError,
 				Name:         "verify",

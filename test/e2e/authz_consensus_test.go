@@ -11,6 +11,7 @@ import (
 
 	"github.com/custos-agent/custos/agent/api"
 	"github.com/custos-agent/custos/agent/api/taskops"
+	"github.com/custos-agent/custos/agent/authz"
 	"github.com/custos-agent/custos/agent/consensus"
 	"github.com/custos-agent/custos/audit"
 )
@@ -102,6 +103,18 @@ func TestAuthzRedundantTask(t *testing.T) {
 		return e.Subject == v.Group && e.Details["accepted"] == true && e.Details["digest"] == v.Digest && strings.Contains(e.Details["dissenting"].(string), liar.id)
 	}) {
 		t.Fatal("no task.vote audit record")
+	}
+	// The vote gave feedback on its own (ADR 0090): -100 to the liar's run, +100 to each honest one.
+	for _, x := range xs {
+		want := json.Number("100")
+		if x == liar {
+			want = json.Number("-100")
+		}
+		if !auditHas(t, s, authz.FeedbackGiven, func(e audit.Entry) bool {
+			return e.Subject == x.id && e.Details["source"] == authz.FeedbackVote && e.Details["rating"] == want && e.Details["task_id"] == votes[x.id].TaskID
+		}) {
+			t.Fatalf("no feedback.given %s for %s's run after the vote", want, x.name)
+		}
 	}
 	// The text form names the accepted digest and the dissenting vote.
 	out, code = s.run("task", "submit", "--redundancy", "3", "--handler", "digest", "--data", input)

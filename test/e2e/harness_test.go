@@ -134,6 +134,9 @@ type agent struct {
 	exited  chan struct{}
 	exitErr error
 	mu      sync.Mutex
+	// ownGroup starts the daemon as the leader of a process group of its own (as systemd and a terminal
+	// do), so that the test can signal the group.
+	ownGroup bool
 }
 
 type agentConfig struct {
@@ -148,6 +151,8 @@ type agentConfig struct {
 	TransportYAML string
 	// Metrics replaces the metrics section's body (default {address: "127.0.0.1:0"}).
 	Metrics string
+	// Tasks replaces the tasks section's body (default {retry_interval: 500ms}).
+	Tasks string
 }
 
 // newAgent makes an identity in a fresh home: software keys, or a SoftHSM token when softhsm is set.
@@ -281,7 +286,11 @@ func (a *agent) writeConfig(c agentConfig) {
 	} else {
 		b.WriteString("metrics: {address: \"127.0.0.1:0\"}\n")
 	}
-	b.WriteString("tasks: {retry_interval: 500ms}\nredial: {min: 100ms, max: 2s}\nlimits: {drain_timeout: 5s}\n")
+	tasksBody := "{retry_interval: 500ms}"
+	if c.Tasks != "" {
+		tasksBody = c.Tasks
+	}
+	b.WriteString("tasks: " + tasksBody + "\nredial: {min: 100ms, max: 2s}\nlimits: {drain_timeout: 5s}\n")
 	if !strings.Contains(c.Extra, "authorization:") {
 		// Tests that are not about authorization let every peer submit tasks; the default is that no peer
 		// without a grant may (docs/authorization.md). authz_*_test.go configure it themselves.
@@ -333,6 +342,9 @@ func (a *agent) startProcess() {
 	cmd := exec.Command(bins.agentctl, "--home", a.home, "run", "--config", a.configPath())
 	cmd.Env = append(os.Environ(), a.env...)
 	cmd.Stdout, cmd.Stderr = logf, logf
+	if a.ownGroup {
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	}
 	if err := cmd.Start(); err != nil {
 		a.t.Fatal(err)
 	}

@@ -14,7 +14,8 @@ import (
 	"github.com/custos-agent/custos/transports"
 	"github.com/custos-agent/custos/transports/binding"
 	"github.com/custos-agent/custos/transports/host"
-	"github.com/custos-agent/custos/transports/internal/plugintest"
+	"github.com/custos-agent/custos/transports/host/hosttest"
+	"github.com/custos-agent/custos/transports/transporttest"
 )
 
 var bins map[string]string
@@ -29,15 +30,15 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-	bins, err = plugintest.Build(dir, "transport-tcp")
+	bins, err = hosttest.Build(dir, "transport-tcp")
 	if err == nil {
 		var p string
-		p, err = plugintest.BuildPath(dir, "evil", "github.com/custos-agent/custos/transports/host/testdata/evil")
+		p, err = hosttest.BuildPath(dir, "evil", "github.com/custos-agent/custos/transports/host/testdata/evil")
 		bins["evil"] = p
 	}
 	if err == nil {
 		var p string
-		p, err = plugintest.BuildPath(dir, "attack", "github.com/custos-agent/custos/transports/host/testdata/attack")
+		p, err = hosttest.BuildPath(dir, "attack", "github.com/custos-agent/custos/transports/host/testdata/attack")
 		bins["attack"] = p
 	}
 	if err != nil {
@@ -50,18 +51,18 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-func tcpHost(t *testing.T, mod ...func(*host.Config)) *plugintest.Host {
+func tcpHost(t *testing.T, mod ...func(*host.Config)) *hosttest.Host {
 	t.Helper()
-	cfg := plugintest.Config(t, "tcp", bins["transport-tcp"])
+	cfg := hosttest.Config(t, "tcp", bins["transport-tcp"])
 	for _, f := range mod {
 		f(&cfg)
 	}
-	return plugintest.Start(t, cfg)
+	return hosttest.Start(t, cfg)
 }
 
 func TestExchangeBothWays(t *testing.T) {
 	a, b := tcpHost(t), tcpHost(t)
-	ca, cb := plugintest.Pair(t, a, b, "127.0.0.1:0")
+	ca, cb := hosttest.Pair(t, a, b, "127.0.0.1:0")
 
 	// What each side learns about the other comes from the verified binding.
 	if got := cb.PeerAgentID(); got != a.ID {
@@ -81,9 +82,9 @@ func TestExchangeBothWays(t *testing.T) {
 		t.Errorf("peer binding %+v, %v", bb, err)
 	}
 
-	frames := [][]byte{{}, []byte("x"), plugintest.Frame(1024), plugintest.Frame(64 << 10), plugintest.Frame(transports.MaxFrameSize)}
-	plugintest.Exchange(t, cb, ca, frames)
-	plugintest.Exchange(t, ca, cb, frames)
+	frames := [][]byte{{}, []byte("x"), transporttest.Frame(1024), transporttest.Frame(64 << 10), transporttest.Frame(transports.MaxFrameSize)}
+	transporttest.Exchange(t, cb, ca, frames)
+	transporttest.Exchange(t, ca, cb, frames)
 
 	ctx := context.Background()
 	if err := cb.WriteFrame(ctx, make([]byte, transports.MaxFrameSize+1)); !errors.Is(err, transports.ErrFrameTooLarge) {
@@ -98,7 +99,7 @@ func TestExchangeBothWays(t *testing.T) {
 	if err != nil || string(f) != "last" {
 		t.Fatalf("last frame: %q %v", f, err)
 	}
-	if err := plugintest.ExpectEnd(t, ca, 10*time.Second); !errors.Is(err, io.EOF) {
+	if err := transporttest.ExpectEnd(t, ca, 10*time.Second); !errors.Is(err, io.EOF) {
 		t.Errorf("after the peer closed: %v, want io.EOF", err)
 	}
 	if err := cb.WriteFrame(ctx, []byte("after close")); !errors.Is(err, transports.ErrClosed) {
@@ -108,7 +109,7 @@ func TestExchangeBothWays(t *testing.T) {
 
 func TestWrongExpectedIDRefused(t *testing.T) {
 	a, b := tcpHost(t), tcpHost(t)
-	other := plugintest.NewAuthority(t).AgentID()
+	other := hosttest.NewAuthority(t).AgentID()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	l, err := a.T.Listen(ctx, "127.0.0.1:0")
@@ -133,7 +134,7 @@ func TestWrongExpectedIDRefused(t *testing.T) {
 	}
 	// The connection was closed on the dialer's side: the listener's end (if it got one) ends.
 	if ca, err := l.Accept(ctx); err == nil {
-		if err := plugintest.ExpectEnd(t, ca, 10*time.Second); err == nil {
+		if err := transporttest.ExpectEnd(t, ca, 10*time.Second); err == nil {
 			t.Error("listener's end stayed open")
 		}
 	}
@@ -238,7 +239,7 @@ func TestPluginFileRefused(t *testing.T) {
 			if tc.path == foreign && os.Geteuid() != 0 {
 				t.Skip("giving a file to another user needs root")
 			}
-			cfg := plugintest.Config(t, "tcp", bins["transport-tcp"])
+			cfg := hosttest.Config(t, "tcp", bins["transport-tcp"])
 			cfg.Path, cfg.SHA256 = tc.path, tc.sum
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
@@ -303,8 +304,8 @@ func TestHostEnvironmentNotInherited(t *testing.T) {
 
 func TestRestartAfterSIGKILL(t *testing.T) {
 	a, b := tcpHost(t), tcpHost(t)
-	ca, cb := plugintest.Pair(t, a, b, "127.0.0.1:0")
-	plugintest.Exchange(t, cb, ca, [][]byte{[]byte("before")})
+	ca, cb := hosttest.Pair(t, a, b, "127.0.0.1:0")
+	transporttest.Exchange(t, cb, ca, [][]byte{[]byte("before")})
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	l, err := a.T.Listen(ctx, "127.0.0.1:0")
@@ -328,10 +329,10 @@ func TestRestartAfterSIGKILL(t *testing.T) {
 		t.Errorf("restart event %+v (counter %d, old pid %d, pid now %d)", ev, a.T.Restarts(), oldPID, a.T.PID())
 	}
 	// The old connection died with the process, on both sides.
-	if err := plugintest.ExpectEnd(t, ca, 10*time.Second); err == nil {
+	if err := transporttest.ExpectEnd(t, ca, 10*time.Second); err == nil {
 		t.Error("old connection survived the plugin")
 	}
-	if err := plugintest.ExpectEnd(t, cb, 10*time.Second); err == nil {
+	if err := transporttest.ExpectEnd(t, cb, 10*time.Second); err == nil {
 		t.Error("peer's old connection survived")
 	}
 	// The listener was re-opened where it was, and a new connection works both ways.
@@ -348,14 +349,14 @@ func TestRestartAfterSIGKILL(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer na.Close()
-	plugintest.Exchange(t, nb, na, [][]byte{[]byte("after"), plugintest.Frame(100 << 10)})
-	plugintest.Exchange(t, na, nb, [][]byte{[]byte("back")})
+	transporttest.Exchange(t, nb, na, [][]byte{[]byte("after"), transporttest.Frame(100 << 10)})
+	transporttest.Exchange(t, na, nb, [][]byte{[]byte("back")})
 }
 
 func TestBackPressure(t *testing.T) {
 	a, b := tcpHost(t), tcpHost(t)
-	ca, cb := plugintest.Pair(t, a, b, "127.0.0.1:0")
-	frame := plugintest.Frame(256 << 10)
+	ca, cb := hosttest.Pair(t, a, b, "127.0.0.1:0")
+	frame := transporttest.Frame(256 << 10)
 	// Nobody reads on a: the writer must block once the windows and socket buffers are full.
 	written := 0
 	for ; written < 512; written++ { // 128 MiB would be far beyond every buffer on the path
@@ -382,12 +383,12 @@ func TestBackPressure(t *testing.T) {
 			t.Fatalf("drain %d: %d bytes, %v", i, len(f), err)
 		}
 	}
-	plugintest.Exchange(t, cb, ca, [][]byte{[]byte("still alive")})
+	transporttest.Exchange(t, cb, ca, [][]byte{[]byte("still alive")})
 }
 
 func TestBindingRenewedBeforeExpiry(t *testing.T) {
 	short := func(c *host.Config) {
-		a, err := host.NewIdentityAuthority(mustSigner(t), 3*time.Second)
+		a, err := hosttest.NewIdentityAuthority(hosttest.NewSigner(t), 3*time.Second)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -395,8 +396,8 @@ func TestBindingRenewedBeforeExpiry(t *testing.T) {
 	}
 	a, b := tcpHost(t, short), tcpHost(t, short)
 	time.Sleep(4 * time.Second) // the first bindings have expired by now
-	ca, cb := plugintest.Pair(t, a, b, "127.0.0.1:0")
-	plugintest.Exchange(t, cb, ca, [][]byte{[]byte("renewed")})
+	ca, cb := hosttest.Pair(t, a, b, "127.0.0.1:0")
+	transporttest.Exchange(t, cb, ca, [][]byte{[]byte("renewed")})
 	if _, err := b.Authority.Verify(context.Background(), "tcp", ca.PeerBinding(), ca.PeerKey()); err != nil {
 		t.Errorf("binding presented after renewal does not verify: %v", err)
 	}
@@ -427,7 +428,7 @@ func TestMisbehavingPlugin(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.mode, func(t *testing.T) {
-			cfg := plugintest.Config(t, "tcp", bins["evil"])
+			cfg := hosttest.Config(t, "tcp", bins["evil"])
 			cfg.Env = []string{"EVIL_MODE=" + tc.mode}
 			cfg.CallTimeout, cfg.DialTimeout = time.Second, time.Second
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -444,7 +445,7 @@ func TestMisbehavingPlugin(t *testing.T) {
 					t.Fatalf("start: %v", serr)
 				}
 				defer tr.Close()
-				id := cfg.Authority.(*host.IdentityAuthority).AgentID()
+				id := cfg.Authority.(*hosttest.IdentityAuthority).AgentID()
 				switch tc.op {
 				case "listen":
 					_, err = tr.Listen(ctx, "127.0.0.1:0")
@@ -459,7 +460,7 @@ func TestMisbehavingPlugin(t *testing.T) {
 					// Not reading (so granting no credit) while the plugin floods: the frames beyond the
 					// initial window are a violation that ends the connection.
 					time.Sleep(time.Second)
-					err = plugintest.ExpectEnd(t, c, 10*time.Second)
+					err = transporttest.ExpectEnd(t, c, 10*time.Second)
 				}
 			}
 			if err == nil {
@@ -519,7 +520,7 @@ func TestSupervisor(t *testing.T) {
 	defer s.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	cfg := plugintest.Config(t, "tcp", bins["transport-tcp"])
+	cfg := hosttest.Config(t, "tcp", bins["transport-tcp"])
 	tr, err := s.Start(ctx, cfg)
 	if err != nil {
 		t.Fatal(err)

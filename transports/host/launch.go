@@ -147,6 +147,7 @@ func (r *fdRunner) Start(ctx context.Context) error {
 		dropData()
 		return fmt.Errorf("transport plugin %s: %w", r.path, err)
 	}
+	ownProcessGroup(r.cmd)
 	if r.stdout, err = r.cmd.StdoutPipe(); err != nil {
 		launch.Abort()
 		dropData()

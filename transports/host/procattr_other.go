@@ -9,4 +9,6 @@ import (
 
 func setProcAttr(*exec.Cmd) {}
 
+func ownProcessGroup(*exec.Cmd) {}
+
 func fileOwner(os.FileInfo) (int, bool) { return 0, false }

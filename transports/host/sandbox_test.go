@@ -21,8 +21,8 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/custos-agent/custos/transports/host"
+	"github.com/custos-agent/custos/transports/host/hosttest"
 	"github.com/custos-agent/custos/transports/host/sandbox"
-	"github.com/custos-agent/custos/transports/internal/plugintest"
 )
 
 // attackLog collects the attack plugin's reports (forwarded from its stderr through the host's log).
@@ -131,8 +131,8 @@ func newAgentHome(t *testing.T) *agentHome {
 func runAttack(t *testing.T, mode sandbox.Mode, mod ...func(*host.Config)) (*agentHome, map[string]attackResult, sandbox.Protections) {
 	t.Helper()
 	home := newAgentHome(t)
-	al := &attackLog{results: map[string]attackResult{}, done: make(chan struct{}), inner: plugintest.Logger(t).Handler()}
-	cfg := plugintest.Config(t, "tcp", bins["attack"])
+	al := &attackLog{results: map[string]attackResult{}, done: make(chan struct{}), inner: hosttest.Logger(t).Handler()}
+	cfg := hosttest.Config(t, "tcp", bins["attack"])
 	cfg.Logger = slog.New(al)
 	cfg.Sandbox = mode
 	cfg.Env = []string{"ATTACK_HOME=" + home.dir, "ATTACK_PID=" + strconv.Itoa(os.Getpid()), "ATTACK_CONTROL=" + home.control,
@@ -141,7 +141,7 @@ func runAttack(t *testing.T, mode sandbox.Mode, mod ...func(*host.Config)) (*age
 	for _, m := range mod {
 		m(&cfg)
 	}
-	h := plugintest.Start(t, cfg)
+	h := hosttest.Start(t, cfg)
 	select { // the attack's last report (a guard, not a timing assertion: the plugin reports within ms)
 	case <-al.done:
 	case <-time.After(2 * time.Minute):
@@ -247,7 +247,7 @@ func TestSandboxRequiredProtectionMissing(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			k := full
 			tc.kernel(&k)
-			cfg := plugintest.Config(t, "tcp", bins["transport-tcp"])
+			cfg := hosttest.Config(t, "tcp", bins["transport-tcp"])
 			cfg.SandboxProbe = func() sandbox.Kernel { return k }
 			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 			defer cancel()
@@ -273,7 +273,7 @@ func TestSandboxRequiredProtectionMissing(t *testing.T) {
 			}
 
 			cfg.Sandbox = sandbox.BestEffort
-			h := plugintest.Start(t, cfg)
+			h := hosttest.Start(t, cfg)
 			prot := h.T.Sandbox()
 			for _, p := range tc.missing {
 				if prot.Has(p) {
@@ -362,7 +362,7 @@ func capDaemon(t *testing.T) {
 		t.Fatal(err)
 	}
 	if os.Getenv(capDaemonPartial) != "" {
-		cfg := plugintest.Config(t, "tcp", bins["attack"])
+		cfg := hosttest.Config(t, "tcp", bins["attack"])
 		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 		defer cancel()
 		tr, err := host.Start(ctx, cfg)

@@ -81,6 +81,18 @@ func (s *Supervisor) Restarts() map[string]uint64 {
 	return out
 }
 
+// Drain tells every transport's supervisor that the agent is draining: no plugin is restarted from now on
+// (Transport.Drain).
+func (s *Supervisor) Drain() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, t := range s.ts {
+		if t != nil {
+			t.Drain()
+		}
+	}
+}
+
 // Close stops every transport.
 func (s *Supervisor) Close() error {
 	s.mu.Lock()

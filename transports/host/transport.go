@@ -28,9 +28,12 @@ type Transport struct {
 
 	restarts atomic.Uint64
 	kick     chan kickMsg
-	ctx      context.Context
-	cancel   context.CancelFunc
-	done     chan struct{}
+	// draining is closed by Drain: the agent is stopping, and no plugin process is started again.
+	draining  chan struct{}
+	drainOnce sync.Once
+	ctx       context.Context
+	cancel    context.CancelFunc
+	done      chan struct{}
 }
 
 type kickMsg struct {
@@ -50,7 +53,7 @@ func Start(ctx context.Context, cfg Config) (*Transport, error) {
 		return nil, err
 	}
 	t := &Transport{cfg: cfg, want: want, log: cfg.Logger, listeners: map[*Listener]struct{}{},
-		kick: make(chan kickMsg, 1), done: make(chan struct{})}
+		kick: make(chan kickMsg, 1), done: make(chan struct{}), draining: make(chan struct{})}
 	t.ctx, t.cancel = context.WithCancel(context.Background())
 	sctx, cancel := context.WithTimeout(ctx, cfg.StartTimeout)
 	defer cancel()
@@ -160,6 +163,21 @@ func (t *Transport) Rebind(ctx context.Context) error {
 	return in.bind(ctx)
 }
 
+// Drain tells the supervisor that the agent is draining (ADR 0088): from now on a plugin process that
+// ends or fails its health check is not restarted, and a restart waiting for its backoff is abandoned.
+// The transport stays usable while its process lives (results still go out through it); Close stops it.
+func (t *Transport) Drain() { t.drainOnce.Do(func() { close(t.draining) }) }
+
+// isDraining reports whether Drain was called.
+func (t *Transport) isDraining() bool {
+	select {
+	case <-t.draining:
+		return true
+	default:
+		return false
+	}
+}
+
 // Close stops supervision and the plugin; connections and listeners fail with transports.ErrClosed.
 func (t *Transport) Close() error {
 	t.mu.Lock()
@@ -188,6 +206,7 @@ func (t *Transport) supervise() {
 	defer close(t.done)
 	tick := time.NewTicker(t.cfg.HealthInterval)
 	defer tick.Stop()
+	var reported *instance // the process whose end during the drain was logged
 	for {
 		var cause error
 		var from *instance
@@ -210,6 +229,15 @@ func (t *Transport) supervise() {
 		}
 		if t.ctx.Err() != nil {
 			return
+		}
+		if cause != nil && t.isDraining() {
+			// Not restarted: the agent is stopping, and a new process would only be stopped again (or,
+			// killed with the rest of a process group, restarted into the end of the drain).
+			if reported != in {
+				t.log.Warn("transport plugin is down during the drain; not restarted (the agent is stopping)", "pid", in.pid, "cause", cause)
+				reported = in
+			}
+			continue
 		}
 		if cause == nil {
 			if in.needsRefresh(time.Now()) {
@@ -243,6 +271,9 @@ func (t *Transport) restart(old *instance, cause error) {
 		select {
 		case <-t.ctx.Done():
 			return
+		case <-t.draining:
+			t.log.Warn("transport plugin restart abandoned: the agent is draining", "attempts", n)
+			return
 		case <-time.After(backoff.Policy{Min: t.cfg.BackoffMin, Max: t.cfg.BackoffMax}.Delay(n)):
 		}
 		sctx, cancel := context.WithTimeout(t.ctx, t.cfg.StartTimeout)
@@ -269,7 +300,7 @@ func (t *Transport) restart(old *instance, cause error) {
 		l.relisten(t.ctx, in)
 	}
 	t.mu.Lock()
-	if t.closed {
+	if t.closed || t.isDraining() {
 		t.mu.Unlock()
 		in.teardown(true)
 		return

@@ -8,13 +8,14 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 	ma "github.com/multiformats/go-multiaddr"
 
+	"github.com/custos-agent/custos/transports/host/hosttest"
 	"github.com/custos-agent/custos/transports/internal/netframe"
-	"github.com/custos-agent/custos/transports/internal/plugintest"
+	"github.com/custos-agent/custos/transports/transporttest"
 )
 
 // BenchmarkPlugin streams frames host -> plugin -> libp2p stream -> plugin -> host.
 func BenchmarkPlugin(b *testing.B) {
-	plugintest.BenchPlugin(b, "libp2p", bins["transport-libp2p"], "/ip4/127.0.0.1/tcp/0")
+	hosttest.BenchPlugin(b, "libp2p", bins["transport-libp2p"], "/ip4/127.0.0.1/tcp/0")
 }
 
 // BenchmarkRawStream is the baseline: the same framing over one /custos/1.0.0 stream between two
@@ -46,7 +47,7 @@ func BenchmarkRawStream(b *testing.B) {
 	if _, err := r.ReadFrame(ctx); err != nil {
 		b.Fatal(err)
 	}
-	for _, s := range plugintest.BenchSizes {
-		b.Run(s.Name, func(b *testing.B) { plugintest.Stream(b, w, r, s.Size) })
+	for _, s := range transporttest.BenchSizes {
+		b.Run(s.Name, func(b *testing.B) { transporttest.Stream(b, w, r, s.Size) })
 	}
 }

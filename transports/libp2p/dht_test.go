@@ -14,7 +14,7 @@ import (
 	record "github.com/libp2p/go-libp2p-record"
 	"github.com/libp2p/go-libp2p/core/peer"
 
-	"github.com/custos-agent/custos/transports/internal/plugintest"
+	"github.com/custos-agent/custos/transports/host/hosttest"
 )
 
 // testJudge stands in for the core's record verification (agent/discovery has its own tests): a record
@@ -69,12 +69,12 @@ func (j *testJudge) refusals(v string) int {
 func TestDHTRecords(t *testing.T) {
 	const key = "/custos/agent-x"
 	judges := make([]*testJudge, 3)
-	hosts := make([]*plugintest.Host, 3)
+	hosts := make([]*hosttest.Host, 3)
 	for i := range hosts {
 		judges[i] = &testJudge{refused: map[string]int{}}
-		cfg := plugintest.Config(t, "libp2p", bins["transport-libp2p"])
+		cfg := hosttest.Config(t, "libp2p", bins["transport-libp2p"])
 		cfg.Judge = judges[i]
-		hosts[i] = plugintest.Start(t, cfg)
+		hosts[i] = hosttest.Start(t, cfg)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
@@ -169,7 +169,7 @@ func (permissive) Select(string, [][]byte) (int, error) { return 0, nil }
 // TestRecordsRefusedWithoutJudge: a plugin whose host answers no record questions (no Judge) refuses
 // every record: it fails closed, never storing what nobody verified.
 func TestRecordsRefusedWithoutJudge(t *testing.T) {
-	a := plugintest.Start(t, plugintest.Config(t, "libp2p", bins["transport-libp2p"]))
+	a := hosttest.Start(t, hosttest.Config(t, "libp2p", bins["transport-libp2p"]))
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	err := a.T.PutRecord(ctx, "/custos/x", []byte("v1|/custos/x"))

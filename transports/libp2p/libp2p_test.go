@@ -23,7 +23,8 @@ import (
 
 	"github.com/custos-agent/custos/transports"
 	"github.com/custos-agent/custos/transports/host"
-	"github.com/custos-agent/custos/transports/internal/plugintest"
+	"github.com/custos-agent/custos/transports/host/hosttest"
+	"github.com/custos-agent/custos/transports/transporttest"
 )
 
 var bins map[string]string
@@ -34,7 +35,7 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-	bins, err = plugintest.Build(dir, "transport-libp2p")
+	bins, err = hosttest.Build(dir, "transport-libp2p")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		_ = os.RemoveAll(dir)
@@ -45,12 +46,13 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-func TestCommon(t *testing.T) {
-	plugintest.Common(t, "libp2p", bins["transport-libp2p"], "/ip4/127.0.0.1/tcp/0")
+// TestConformance runs the transport conformance suite through the plugin host and its subprocesses.
+func TestConformance(t *testing.T) {
+	transporttest.Run(t, hosttest.Factory("libp2p", bins["transport-libp2p"], "/ip4/127.0.0.1/tcp/0"))
 }
 
 func TestListenAddressesNamePeer(t *testing.T) {
-	a := plugintest.Start(t, plugintest.Config(t, "libp2p", bins["transport-libp2p"]))
+	a := hosttest.Start(t, hosttest.Config(t, "libp2p", bins["transport-libp2p"]))
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	l, err := a.T.Listen(ctx, "/ip4/127.0.0.1/tcp/0")
@@ -102,7 +104,7 @@ func writeFrame(t *testing.T, s network.Stream, f []byte) {
 // A raw libp2p peer speaking /custos/1.0.0 is accepted exactly when its first frame is a binding of its
 // own libp2p key, whichever security protocol it negotiates.
 func TestRawPeers(t *testing.T) {
-	a := plugintest.Start(t, plugintest.Config(t, "libp2p", bins["transport-libp2p"]))
+	a := hosttest.Start(t, hosttest.Config(t, "libp2p", bins["transport-libp2p"]))
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	l, err := a.T.Listen(ctx, "/ip4/127.0.0.1/tcp/0")
@@ -114,7 +116,7 @@ func TestRawPeers(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	auth := plugintest.NewAuthority(t)
+	auth := hosttest.NewAuthority(t)
 	otherKey, _, _ := ed25519.GenerateKey(rand.Reader)
 
 	tests := []struct {
@@ -184,7 +186,7 @@ func TestRawPeers(t *testing.T) {
 }
 
 func TestNoQUIC(t *testing.T) {
-	a := plugintest.Start(t, plugintest.Config(t, "libp2p", bins["transport-libp2p"]))
+	a := hosttest.Start(t, hosttest.Config(t, "libp2p", bins["transport-libp2p"]))
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	if l, err := a.T.Listen(ctx, "/ip4/127.0.0.1/udp/0/quic-v1"); err == nil {
@@ -193,7 +195,7 @@ func TestNoQUIC(t *testing.T) {
 	}
 }
 
-func bind(t *testing.T, a *host.IdentityAuthority, key ed25519.PublicKey) []byte {
+func bind(t *testing.T, a *hosttest.IdentityAuthority, key ed25519.PublicKey) []byte {
 	t.Helper()
 	raw, _, err := a.Bind(context.Background(), "libp2p", key)
 	if err != nil {
@@ -221,12 +223,12 @@ func TestStableKeyAcrossRestart(t *testing.T) {
 	}
 	for _, stable := range []bool{true, false} {
 		t.Run(fmt.Sprintf("stable=%v", stable), func(t *testing.T) {
-			cfg := plugintest.Config(t, "libp2p", bins["transport-libp2p"])
+			cfg := hosttest.Config(t, "libp2p", bins["transport-libp2p"])
 			if stable {
 				cfg.TransportKey = key
 			}
-			a := plugintest.Start(t, cfg)
-			b := plugintest.Start(t, plugintest.Config(t, "libp2p", bins["transport-libp2p"]))
+			a := hosttest.Start(t, cfg)
+			b := hosttest.Start(t, hosttest.Config(t, "libp2p", bins["transport-libp2p"]))
 			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 			defer cancel()
 			l, err := a.T.Listen(ctx, "/ip4/127.0.0.1/tcp/0")
@@ -264,7 +266,7 @@ func TestStableKeyAcrossRestart(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer s.Close()
-			plugintest.Exchange(t, c, s, [][]byte{[]byte("after restart")})
+			transporttest.Exchange(t, c, s, [][]byte{[]byte("after restart")})
 		})
 	}
 }

@@ -16,8 +16,10 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"os/signal"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	goplugin "github.com/hashicorp/go-plugin"
@@ -541,6 +543,11 @@ func Serve(n Network) {
 // ServeServer runs any TransportServer as the plugin (Serve uses it with a Server; tests use it with
 // deliberately misbehaving servers).
 func ServeServer(srv pb.TransportServer) {
+	// A plugin is stopped by its host, never by a signal meant for the agent (ADR 0088): SIGTERM sent to
+	// every process of the service (systemd's KillMode=control-group) must not end it in the middle of the
+	// daemon's drain. go-plugin already ignores SIGINT; the host ends a plugin through go-plugin (and
+	// SIGKILL), and the kernel kills it when the host dies (Pdeathsig).
+	signal.Ignore(syscall.SIGTERM)
 	goplugin.Serve(&goplugin.ServeConfig{
 		HandshakeConfig: goplugin.HandshakeConfig{
 			ProtocolVersion:  transports.ProtocolVersion,

@@ -12,13 +12,14 @@ import (
 	"testing"
 	"time"
 
+	"github.com/custos-agent/custos/transports/host/hosttest"
 	"github.com/custos-agent/custos/transports/internal/netframe"
-	"github.com/custos-agent/custos/transports/internal/plugintest"
+	"github.com/custos-agent/custos/transports/transporttest"
 )
 
 // BenchmarkPlugin streams frames host -> plugin -> TLS 1.3 -> plugin -> host.
 func BenchmarkPlugin(b *testing.B) {
-	plugintest.BenchPlugin(b, "tcp", bins["transport-tcp"], "127.0.0.1:0")
+	hosttest.BenchPlugin(b, "tcp", bins["transport-tcp"], "127.0.0.1:0")
 }
 
 // BenchmarkRawTLS13 is the baseline: the same framing over an in-process TLS 1.3 connection on loopback
@@ -65,7 +66,7 @@ func BenchmarkRawTLS13(b *testing.B) {
 	defer sc.Close()
 	w := netframe.New(cc, "", nil, nil)
 	r := netframe.New(sc.(*tls.Conn), "", nil, nil)
-	for _, s := range plugintest.BenchSizes {
-		b.Run(s.Name, func(b *testing.B) { plugintest.Stream(b, w, r, s.Size) })
+	for _, s := range transporttest.BenchSizes {
+		b.Run(s.Name, func(b *testing.B) { transporttest.Stream(b, w, r, s.Size) })
 	}
 }

@@ -22,8 +22,9 @@ import (
 
 	"github.com/custos-agent/custos/test/testenv"
 	"github.com/custos-agent/custos/transports/binding"
-	"github.com/custos-agent/custos/transports/internal/plugintest"
+	"github.com/custos-agent/custos/transports/host/hosttest"
 	"github.com/custos-agent/custos/transports/tlsbind"
+	"github.com/custos-agent/custos/transports/transporttest"
 )
 
 var bins map[string]string
@@ -34,7 +35,7 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-	bins, err = plugintest.Build(dir, "transport-tcp")
+	bins, err = hosttest.Build(dir, "transport-tcp")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		_ = os.RemoveAll(dir)
@@ -45,14 +46,17 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-func start(t *testing.T) *plugintest.Host {
-	return plugintest.Start(t, plugintest.Config(t, "tcp", bins["transport-tcp"]))
+func start(t *testing.T) *hosttest.Host {
+	return hosttest.Start(t, hosttest.Config(t, "tcp", bins["transport-tcp"]))
 }
 
-func TestCommon(t *testing.T) { plugintest.Common(t, "tcp", bins["transport-tcp"], "127.0.0.1:0") }
+// TestConformance runs the transport conformance suite through the plugin host and its subprocesses.
+func TestConformance(t *testing.T) {
+	transporttest.Run(t, hosttest.Factory("tcp", bins["transport-tcp"], "127.0.0.1:0"))
+}
 
 // listen starts a host listening on loopback and returns it, its listener and the port address.
-func listen(t *testing.T) (*plugintest.Host, func(time.Duration) error, string) {
+func listen(t *testing.T) (*hosttest.Host, func(time.Duration) error, string) {
 	t.Helper()
 	a := start(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)

@@ -21,7 +21,8 @@ import (
 	"time"
 
 	"github.com/custos-agent/custos/test/testenv"
-	"github.com/custos-agent/custos/transports/internal/plugintest"
+	"github.com/custos-agent/custos/transports/host/hosttest"
+	"github.com/custos-agent/custos/transports/transporttest"
 	"github.com/custos-agent/custos/transports/ws"
 )
 
@@ -33,7 +34,7 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-	bins, err = plugintest.Build(dir, "transport-ws")
+	bins, err = hosttest.Build(dir, "transport-ws")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		_ = os.RemoveAll(dir)
@@ -44,12 +45,15 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-func TestCommon(t *testing.T) { plugintest.Common(t, "ws", bins["transport-ws"], "127.0.0.1:0") }
+// TestConformance runs the transport conformance suite through the plugin host and its subprocesses.
+func TestConformance(t *testing.T) {
+	transporttest.Run(t, hosttest.Factory("ws", bins["transport-ws"], "127.0.0.1:0"))
+}
 
 // listen starts a host listening and returns its URL, its host:port and a check that nothing reached it.
 func listen(t *testing.T) (string, string, func(time.Duration) error) {
 	t.Helper()
-	a := plugintest.Start(t, plugintest.Config(t, "ws", bins["transport-ws"]))
+	a := hosttest.Start(t, hosttest.Config(t, "ws", bins["transport-ws"]))
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	l, err := a.T.Listen(ctx, "127.0.0.1:0")
@@ -157,9 +161,9 @@ func TestClientCertWithoutBindingGetsNoUpgrade(t *testing.T) {
 // upgrade are bounded like the TCP plugin's handshakes: beyond MaxHandshakes the listener drops them at
 // once instead of holding each until its handshake timeout.
 func TestIdleConnectionsBeforeUpgradeLimited(t *testing.T) {
-	cfg := plugintest.Config(t, "ws", bins["transport-ws"])
+	cfg := hosttest.Config(t, "ws", bins["transport-ws"])
 	cfg.Options = map[string]string{ws.OptHandshakeTimeout: "5m"} // the held ones stay held for the whole test
-	a := plugintest.Start(t, cfg)
+	a := hosttest.Start(t, cfg)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	l, err := a.T.Listen(ctx, "127.0.0.1:0")

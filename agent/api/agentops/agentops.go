@@ -48,8 +48,6 @@ type Tasks interface {
 // AuditLog is the audit log (audit.Log).
 type AuditLog interface {
 	Head(ctx context.Context) (audit.Head, error)
-	// Err is the failure that stopped the log accepting records, or nil.
-	Err() error
 }
 
 // Info are the daemon's facts the status reports; the functions read values that change while it runs.
@@ -66,6 +64,8 @@ type Info struct {
 	// Config is the configuration in force: the file last loaded, with the parts that need a restart as
 	// they were at the start (nil: the status does not compare it with the file).
 	Config func() *config.Config
+	// AuditWriting is the audit log's write state and the gate's decision (agent/authz, ADR 0089).
+	AuditWriting func() api.AuditWriting
 }
 
 // Deps are what the agent operations need.
@@ -118,6 +118,9 @@ func (d *ops) status(ctx context.Context, _ rbac.Cred, raw json.RawMessage) (any
 	}
 	s.ConfigPendingRestart, s.ConfigFileDigest, s.ConfigFileError = pendingRestart(in.ConfigPath, s.ConfigDigest, in.Config)
 	s.Health = d.health(ctx)
+	if in.AuditWriting != nil {
+		s.AuditWriting = in.AuditWriting()
+	}
 	return s, nil
 }
 
@@ -125,7 +128,8 @@ func (d *ops) status(ctx context.Context, _ rbac.Cred, raw json.RawMessage) (any
 // not answering, not as a hung status).
 const healthTimeout = 5 * time.Second
 
-// health asks the keystore (custody.Ping) and the audit log whether they work now.
+// health asks the keystore (custody.Ping) whether it answers now (the audit log's write state is
+// Info.AuditWriting).
 func (d *ops) health(ctx context.Context) api.StatusHealth {
 	var h api.StatusHealth
 	pctx, cancel := context.WithTimeout(ctx, healthTimeout)
@@ -134,16 +138,6 @@ func (d *ops) health(ctx context.Context) api.StatusHealth {
 	h.Keystore = api.PartHealth{OK: err == nil, Detail: KeystoreBackend(d.Identity.KeystoreURI())}
 	if err != nil {
 		h.Keystore.Error = err.Error()
-	}
-	hctx, cancel := context.WithTimeout(ctx, healthTimeout)
-	head, err := d.Audit.Head(hctx)
-	cancel()
-	if err == nil {
-		err = d.Audit.Err()
-	}
-	h.Audit = api.PartHealth{OK: err == nil, Detail: fmt.Sprintf("%d records", head.Seq)}
-	if err != nil {
-		h.Audit.Error, h.Audit.Detail = err.Error(), ""
 	}
 	return h
 }

@@ -1,5 +1,5 @@
-// Package taskops is the tasks room's part of the control API: task.submit, task.get, task.list and
-// task.replicate (their permissions and types: agent/api.Table). A replicated task runs through
+// Package taskops is the tasks room's part of the control API: task.submit, task.get, task.list,
+// task.cancel and task.replicate (their permissions and types: agent/api.Table). A replicated task runs through
 // agent/consensus's Replicator (peer selection, submission, the vote), whose Runner here submits and
 // waits through the task engine; the vote is audited (TaskVote). Its dependencies are the small
 // interfaces below, never the daemon.
@@ -34,6 +34,7 @@ type Engine interface {
 	Wait(ctx context.Context, id string) (*tasks.Outbound, error)
 	MarkFetched(id string) error
 	List() ([]*tasks.Outbound, error)
+	Cancel(id string) (*tasks.Outbound, error)
 }
 
 // Replicator runs a replicated task (agent/consensus.Replicator).
@@ -60,6 +61,7 @@ func New(d Deps) api.Service {
 		api.OpTaskGet:       o.opTaskGet,
 		api.OpTaskList:      o.opTaskList,
 		api.OpTaskReplicate: o.opTaskReplicate,
+		api.OpTaskCancel:    o.opTaskCancel,
 	}
 }
 
@@ -337,4 +339,26 @@ func (r Runner) Wait(ctx context.Context, taskID string) (*consensus.Run, error)
 	run.Signed, _ = json.Marshal(tv.Result.Evidence)
 	run.ResponseTime = o.Updated.Sub(o.Submitted)
 	return run, err
+}
+
+// opTaskCancel gives up a submitted task (agentctl task cancel): it fails with code cancelled, is no
+// longer sent, and its executor is not charged.
+func (o *ops) opTaskCancel(_ context.Context, _ rbac.Cred, raw json.RawMessage) (any, error) {
+	var a api.CancelArgs
+	if err := control.DecodeArgs(raw, &a); err != nil {
+		return nil, err
+	}
+	if err := tasks.CheckTaskID(a.TaskID); err != nil {
+		return nil, control.Errorf(control.CodeBadRequest, "task ID: %v", err)
+	}
+	t, err := o.Engine.Cancel(a.TaskID)
+	switch {
+	case errors.Is(err, tasks.ErrNotFound):
+		return nil, control.Errorf(control.CodeNotFound, "no task %s was submitted through this agent", a.TaskID)
+	case errors.Is(err, tasks.ErrFinal):
+		return nil, control.Errorf(control.CodeBadRequest, "%v: nothing to cancel (agentctl task result %s shows it)", err, a.TaskID)
+	case err != nil:
+		return nil, err
+	}
+	return View(t), nil
 }

@@ -1,13 +1,14 @@
-// Package plugintest builds the real transport plugin binaries once per test binary and starts hosts
-// around them, for the tests of transports/host and of each transport.
-package plugintest
+// Package hosttest is test support for the plugin host (transports/host): it builds the real transport
+// plugin binaries once per test binary, starts hosts around them with IdentityAuthority (a binding
+// authority that signs with the identity key, for tests only), and makes the Factory with which each plugin
+// transport runs the conformance suite (transports/transporttest). No production binary imports it.
+package hosttest
 
 import (
 	"bytes"
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
-	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -18,6 +19,7 @@ import (
 
 	"github.com/custos-agent/custos/keystore"
 	"github.com/custos-agent/custos/transports/host"
+	"github.com/custos-agent/custos/transports/transporttest"
 )
 
 // RaceEnv, set to 1, builds the plugins with the race detector and logs their output at debug level,
@@ -68,10 +70,11 @@ func BuildPath(dir, name, pkg string) (string, error) {
 // Host is a started transport with its authority and observed events.
 type Host struct {
 	T         *host.Transport
-	Authority *host.IdentityAuthority
+	Authority *IdentityAuthority
 	ID        string
 	Restarts  chan host.RestartEvent
 	Refused   chan error
+	restarted chan transporttest.Restart
 }
 
 type observer struct{ h *Host }
@@ -79,6 +82,10 @@ type observer struct{ h *Host }
 func (o observer) PluginRestarted(ev host.RestartEvent) {
 	select {
 	case o.h.Restarts <- ev:
+	default:
+	}
+	select {
+	case o.h.restarted <- transporttest.Restart{Restarts: ev.Restarts, PID: ev.PID}:
 	default:
 	}
 }
@@ -90,8 +97,8 @@ func (o observer) PeerRefused(_, _ string, err error) {
 	}
 }
 
-// NewAuthority makes an IdentityAuthority for a fresh Ed25519 agent.
-func NewAuthority(t testing.TB) *host.IdentityAuthority {
+// NewSigner makes a signer of a fresh Ed25519 key, in memory.
+func NewSigner(t testing.TB) keystore.Signer {
 	t.Helper()
 	_, priv, err := ed25519.GenerateKey(rand.Reader)
 	if err != nil {
@@ -101,7 +108,13 @@ func NewAuthority(t testing.TB) *host.IdentityAuthority {
 	if err != nil {
 		t.Fatal(err)
 	}
-	a, err := host.NewIdentityAuthority(s, time.Hour)
+	return s
+}
+
+// NewAuthority makes an IdentityAuthority for a fresh Ed25519 agent.
+func NewAuthority(t testing.TB) *IdentityAuthority {
+	t.Helper()
+	a, err := NewIdentityAuthority(NewSigner(t), time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -120,13 +133,15 @@ func Config(t testing.TB, name, bin string) host.Config {
 		BackoffMax: time.Second}
 }
 
-// Start starts a host for cfg (after mod, if any) and closes it at the end of the test.
+// Start starts a host for cfg (whose Authority must be an IdentityAuthority) and closes it at the end of
+// the test.
 func Start(t testing.TB, cfg host.Config) *Host {
 	t.Helper()
-	h := &Host{Restarts: make(chan host.RestartEvent, 8), Refused: make(chan error, 8)}
-	a, ok := cfg.Authority.(*host.IdentityAuthority)
+	h := &Host{Restarts: make(chan host.RestartEvent, 8), Refused: make(chan error, 8),
+		restarted: make(chan transporttest.Restart, 8)}
+	a, ok := cfg.Authority.(*IdentityAuthority)
 	if !ok {
-		t.Fatalf("plugintest.Start wants an IdentityAuthority")
+		t.Fatalf("hosttest.Start wants an IdentityAuthority")
 	}
 	h.Authority, h.ID = a, a.AgentID()
 	if cfg.Observer == nil {
@@ -143,64 +158,41 @@ func Start(t testing.TB, cfg host.Config) *Host {
 	return h
 }
 
+// Endpoint is h as an endpoint of the conformance suite; it implements transporttest.Process.
+func (h *Host) Endpoint() transporttest.Endpoint {
+	return endpoint{transporttest.EndpointOf[*host.Conn, *host.Listener](h.ID, h.T), h}
+}
+
+type endpoint struct {
+	transporttest.Endpoint
+	h *Host
+}
+
+func (e endpoint) PID() int                                { return e.h.T.PID() }
+func (e endpoint) Restarts() uint64                        { return e.h.T.Restarts() }
+func (e endpoint) Restarted() <-chan transporttest.Restart { return e.h.restarted }
+
 // Pair has a listen on addr and b dial it (pinning a's ID); it returns a's and b's ends.
 func Pair(t testing.TB, a, b *Host, addr string) (*host.Conn, *host.Conn) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	l, err := a.T.Listen(ctx, addr)
-	if err != nil {
-		t.Fatalf("listen: %v", err)
-	}
-	t.Cleanup(func() { _ = l.Close() })
-	cb, err := b.T.Dial(ctx, l.Addrs()[0], a.ID)
-	if err != nil {
-		t.Fatalf("dial %s: %v", l.Addrs()[0], err)
-	}
-	t.Cleanup(func() { _ = cb.Close() })
-	ca, err := l.Accept(ctx)
-	if err != nil {
-		t.Fatalf("accept: %v", err)
-	}
-	t.Cleanup(func() { _ = ca.Close() })
-	return ca, cb
+	ca, cb := transporttest.Pair(t, a.Endpoint(), b.Endpoint(), addr)
+	return ca.(*host.Conn), cb.(*host.Conn)
 }
 
-// Exchange sends frames from w to r and checks they arrive intact and in order.
-func Exchange(t testing.TB, w, r *host.Conn, frames [][]byte) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	errc := make(chan error, 1)
-	go func() {
-		for _, f := range frames {
-			if err := w.WriteFrame(ctx, f); err != nil {
-				errc <- err
-				return
-			}
-		}
-		errc <- nil
-	}()
-	for i, want := range frames {
-		got, err := r.ReadFrame(ctx)
-		if err != nil {
-			t.Fatalf("frame %d: read: %v", i, err)
-		}
-		if !bytes.Equal(got, want) {
-			t.Fatalf("frame %d: got %d bytes, want %d (content differs: %v)", i, len(got), len(want), !bytes.Equal(got, want))
-		}
-	}
-	if err := <-errc; err != nil {
-		t.Fatalf("write: %v", err)
-	}
+// Factory is the conformance suite's factory of transport name (plugin binary bin), listening on
+// listenAddr: each endpoint is a host around its own plugin process (Caps.Process).
+func Factory(name, bin, listenAddr string) transporttest.Factory {
+	return transporttest.Factory{Name: name, ListenAddr: listenAddr, Caps: transporttest.Caps{Process: true},
+		New: func(*testing.T) transporttest.Network { return network{name, bin} }}
 }
 
-// Frame returns n random bytes.
-func Frame(n int) []byte {
-	b := make([]byte, n)
-	_, _ = rand.Read(b)
-	return b
+type network struct{ name, bin string }
+
+func (n network) Endpoint(t *testing.T) transporttest.Endpoint {
+	return Start(t, Config(t, n.name, n.bin)).Endpoint()
 }
+
+func (n network) OtherAgentID(t *testing.T) string { return NewAuthority(t).AgentID() }
 
 // Logger logs through t.Log at Info level (quiet unless the test fails or -v).
 func Logger(t testing.TB) *slog.Logger {
@@ -217,22 +209,6 @@ func (w tWriter) Write(p []byte) (int, error) {
 	defer func() { _ = recover() }() // logging after the test ended
 	w.t.Log(string(bytes.TrimRight(p, "\n")))
 	return len(p), nil
-}
-
-// ExpectEnd waits for c to end (ReadFrame returns an error) and returns that error.
-func ExpectEnd(t testing.TB, c *host.Conn, within time.Duration) error {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), within)
-	defer cancel()
-	for {
-		_, err := c.ReadFrame(ctx)
-		if err != nil {
-			if errors.Is(err, context.DeadlineExceeded) {
-				t.Fatalf("connection still open after %v", within)
-			}
-			return err
-		}
-	}
 }
 
 // goTool finds the go command: `go test` puts $GOROOT/bin first on PATH.

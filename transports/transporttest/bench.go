@@ -1,16 +1,10 @@
-package plugintest
+package transporttest
 
 import (
 	"context"
 	"testing"
 	"time"
 )
-
-// FrameConn is what the benchmarks drive: a host connection or a raw baseline.
-type FrameConn interface {
-	ReadFrame(ctx context.Context) ([]byte, error)
-	WriteFrame(ctx context.Context, frame []byte) error
-}
 
 // BenchSizes are the frame sizes every transport benchmark reports.
 var BenchSizes = []struct {
@@ -54,13 +48,4 @@ func Stream(b *testing.B, w, r FrameConn, size int) {
 	el := time.Since(start)
 	b.StopTimer()
 	b.ReportMetric(float64(b.N)/el.Seconds(), "frames/s")
-}
-
-// BenchPlugin benchmarks the plugin path of transport name (binary bin) at every BenchSizes size.
-func BenchPlugin(b *testing.B, name, bin, listenAddr string) {
-	a, c := Start(b, Config(b, name, bin)), Start(b, Config(b, name, bin))
-	ca, cb := Pair(b, a, c, listenAddr)
-	for _, s := range BenchSizes {
-		b.Run(s.Name, func(b *testing.B) { Stream(b, cb, ca, s.Size) })
-	}
 }

@@ -1,0 +1,63 @@
+package config
+
+import (
+	"errors"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestRotationConfig(t *testing.T) {
+	for _, c := range []struct {
+		in           string
+		interval     time.Duration
+		grace        time.Duration
+		wantErrMatch string
+	}{
+		{in: "", interval: 0, grace: DefaultRotationGrace},
+		{in: "rotation: {interval: 2160h}", interval: 2160 * time.Hour, grace: DefaultRotationGrace},
+		{in: "rotation: {interval: 3s, grace: 0s}", interval: 3 * time.Second, grace: 0},
+		{in: "rotation: {interval: 0s, grace: 1h}", interval: 0, grace: time.Hour},
+		{in: "rotation: {interval: 500ms}", wantErrMatch: "rotation.interval: 500ms: want 0 (no scheduled rotation) or at least 1s"},
+		{in: "rotation: {interval: -1h}", wantErrMatch: "rotation.interval: -1h0m0s"},
+		{in: "rotation: {grace: -1s}", wantErrMatch: "rotation.grace: -1s is negative"},
+		{in: "rotation: {interval: 90d}", wantErrMatch: "invalid configuration"},
+		{in: "rotation: {every: 1h}", wantErrMatch: "rotation.every: unknown key"},
+	} {
+		t.Run(c.in, func(t *testing.T) {
+			cfg, err := ParseConfig([]byte(c.in))
+			if c.wantErrMatch != "" {
+				if !errors.Is(err, ErrConfig) || !strings.Contains(err.Error(), c.wantErrMatch) {
+					t.Fatalf("err %v, want ErrConfig with %q", err, c.wantErrMatch)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			s := cfg.Rotation.Schedule()
+			if s.Interval != c.interval || s.Grace != c.grace {
+				t.Fatalf("schedule %+v, want interval %v grace %v", s, c.interval, c.grace)
+			}
+		})
+	}
+	a, _ := ParseConfig([]byte("rotation: {interval: 1h}"))
+	b, _ := ParseConfig([]byte("rotation: {interval: 2h}"))
+	if got := strings.Join(Diff(a, b), ","); got != "rotation" {
+		t.Fatalf("diff %q, want rotation", got)
+	}
+}
+
+func TestTasksTimeout(t *testing.T) {
+	c, err := ParseConfig([]byte(""))
+	if err != nil || c.Tasks.Timeout != 10*time.Minute {
+		t.Fatalf("default tasks.timeout: %v %v", c.Tasks.Timeout, err)
+	}
+	c, err = ParseConfig([]byte("tasks: {timeout: 3s}"))
+	if err != nil || c.Tasks.Timeout != 3*time.Second {
+		t.Fatalf("tasks.timeout 3s: %v %v", c.Tasks.Timeout, err)
+	}
+	if _, err := ParseConfig([]byte("tasks: {timeout: -1s}")); !errors.Is(err, ErrConfig) || !strings.Contains(err.Error(), "tasks.timeout") {
+		t.Fatalf("negative tasks.timeout: %v", err)
+	}
+}
