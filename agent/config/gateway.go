@@ -1,11 +1,13 @@
 package config
 
 import (
+	"cmp"
 	"fmt"
 	"net"
 	"net/netip"
 	"path/filepath"
 	"regexp"
+	"time"
 
 	"github.com/custos-agent/custos/agent/rbac"
 )
@@ -31,6 +33,21 @@ type GatewayConfig struct {
 	// AddressRate is the requests per second of one client address, whatever key it uses; default 50,
 	// burst twice that.
 	AddressRate float64 `yaml:"address_rate"`
+	// Mailbox bounds the store-and-forward mailbox (ADR 0093); it applies whether or not the gateway
+	// listens (the recipient side keeps what it received under the same retention).
+	Mailbox GatewayMailbox `yaml:"mailbox"`
+}
+
+// GatewayMailbox bounds the mailbox. Zero fields take agent/mailbox's defaults.
+type GatewayMailbox struct {
+	// MaxMessageBytes bounds one message's plaintext (413 above it); default 64 KiB, at most 1 MiB.
+	MaxMessageBytes int `yaml:"max_message_bytes"`
+	// PerRecipient and Total bound the messages waiting (429 mailbox_full); defaults 100 and 10000.
+	PerRecipient int `yaml:"per_recipient"`
+	Total        int `yaml:"total"`
+	// Retention is how long an undelivered message waits (and how long a recipient remembers the IDs it
+	// accepted); default 168h, at least 1m.
+	Retention time.Duration `yaml:"retention"`
 }
 
 // GatewayTLS is the gateway's certificate, and optionally the client certificates it requires.
@@ -89,6 +106,12 @@ func (g *GatewayConfig) validate() error {
 		return fmt.Errorf("gateway.key_rate: %v is outside (0, 100000]", g.KeyRate)
 	case !(g.AddressRate > 0 && g.AddressRate <= 100000):
 		return fmt.Errorf("gateway.address_rate: %v is outside (0, 100000]", g.AddressRate)
+	case g.Mailbox.MaxMessageBytes < 0 || g.Mailbox.MaxMessageBytes > 1<<20:
+		return fmt.Errorf("gateway.mailbox.max_message_bytes: %d is outside 0..%d (0: the default, 64 KiB)", g.Mailbox.MaxMessageBytes, 1<<20)
+	case g.Mailbox.PerRecipient < 0 || g.Mailbox.Total < 0 || g.Mailbox.Total > 1_000_000 || g.Mailbox.PerRecipient > cmp.Or(g.Mailbox.Total, 10_000):
+		return fmt.Errorf("gateway.mailbox: per_recipient %d and total %d must be 0 (the defaults) or positive, total at most 1000000, per_recipient at most total", g.Mailbox.PerRecipient, g.Mailbox.Total)
+	case g.Mailbox.Retention != 0 && g.Mailbox.Retention < time.Minute:
+		return fmt.Errorf("gateway.mailbox.retention: %s is under 1m (0: the default, 168h)", g.Mailbox.Retention)
 	case (g.TLS.CertFile == "") != (g.TLS.KeyFile == ""):
 		return fmt.Errorf("gateway.tls: cert_file and key_file go together")
 	}

@@ -292,6 +292,8 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 	d.giver = d.authz.Giver(d.cust, d.rep, d.sess.Connected)
 	d.replicator.Feedback = d.giver.Vote // agreers +100, dissenters -100, sent to the connected peers
 	d.events.Outbound, d.events.IsReplicated = d.engine.Get, d.replicator.IsReplicated
+	mc := cfg.Gateway.Mailbox // its bounds (zero: the defaults)
+	d.db.Mailbox.SetLimits(mailbox.Limits{MaxMessage: mc.MaxMessageBytes, PerRecipient: mc.PerRecipient, Total: mc.Total, Retention: mc.Retention})
 	d.mbox = &mailbox.Service{Self: d.id.String(), Store: d.db.Mailbox, Keys: d.dm, Peers: d.peers, Send: d.mgr.Send,
 		Audit: d.events.Record, Window: cfg.Session.ReplayWindow, Logger: d.log.With("part", "mailbox"),
 		Connected: func(p string) bool { return d.mgr.Session(p) != nil }}

@@ -165,6 +165,9 @@ func NewStore(db *bbolt.DB, lim Limits) (*Store, error) {
 	return &Store{db: db, lim: lim.WithDefaults()}, nil
 }
 
+// SetLimits replaces the limits (zero fields: the defaults); call it before the store is used.
+func (s *Store) SetLimits(l Limits) { s.lim = l.WithDefaults() }
+
 // Limits are the store's limits (defaults filled).
 func (s *Store) Limits() Limits { return s.lim }
 

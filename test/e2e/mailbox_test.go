@@ -25,7 +25,7 @@ import (
 // delivers with protocol_translation, the recipient acknowledges with share_results), bootstrap peers.
 func mailboxConfig(x *agent, port int, boot ...config.PeerConfig) {
 	x.writeConfig(agentConfig{Transports: []string{"tcp"}, Bootstrap: boot,
-		Extra: fmt.Sprintf("gateway: {listen: \"127.0.0.1:%d\", max_body_bytes: 4096, address_rate: 10000}\n", port) +
+		Extra: fmt.Sprintf("gateway: {listen: \"127.0.0.1:%d\", max_body_bytes: 4096, address_rate: 10000, mailbox: {max_message_bytes: 1000}}\n", port) +
 			"authorization: {default_peer_roles: [task_submitter, gateway_service, peer_node]}\n"})
 }
 
@@ -97,7 +97,8 @@ func TestMailboxStoreAndForward(t *testing.T) {
 	if err := json.Unmarshal(out, &st); err != nil || resp.StatusCode != 202 || st.To != b.id || st.MessageID == "" || st.Expires <= time.Now().Unix() {
 		t.Fatalf("post: %d %s", resp.StatusCode, out)
 	}
-	// Refusals: a recipient whose key A does not know (409), a malformed ID (400), an oversized body (413).
+	// Refusals: a recipient whose key A does not know (409), a malformed ID (400), an oversized body and
+	// an oversized message (413), an unknown field (400).
 	for _, tc := range []struct {
 		path   string
 		body   []byte
@@ -106,13 +107,17 @@ func TestMailboxStoreAndForward(t *testing.T) {
 	}{
 		{"/v1/agents/" + unknownAgentID(t) + "/messages", body, 409, "recipient_key_unknown"},
 		{"/v1/agents/nobody/messages", body, 400, "bad_request"},
-		{"/v1/agents/" + b.id + "/messages", []byte(`{"data":"` + strings.Repeat("A", 5000) + `"}`), 413, "too_large"},
+		{"/v1/agents/" + b.id + "/messages", []byte(`{"data":"` + strings.Repeat("A", 5000) + `"}`), 413, "too_large"}, // gateway.max_body_bytes
+		{"/v1/agents/" + b.id + "/messages", []byte(`{"data":"` + strings.Repeat("A", 2000) + `"}`), 413, "too_large"}, // gateway.mailbox.max_message_bytes
 		{"/v1/agents/" + b.id + "/messages", []byte(`{"data":"aGk","to":"x"}`), 400, "bad_request"},
 	} {
 		resp, out := ca.do("POST", tc.path, app, tc.body)
 		var p gateway.Problem
 		if err := json.Unmarshal(out, &p); err != nil || resp.StatusCode != tc.status || p.Reason != tc.code {
 			t.Fatalf("POST %s: %d %s, want %d %s", tc.path, resp.StatusCode, out, tc.status, tc.code)
+		}
+		if len(tc.body) > 2000 && len(tc.body) < 4096 && !strings.Contains(p.Detail, "limit of 1000") {
+			t.Fatalf("the oversized message was not refused by gateway.mailbox.max_message_bytes: %s", out)
 		}
 	}
 
