@@ -3,6 +3,7 @@ package mailbox
 import (
 	"bytes"
 	"context"
+	"encoding/hex"
 	"os"
 	"path/filepath"
 	"sync"
@@ -318,5 +319,25 @@ func TestRecipientLostItsKey(t *testing.T) {
 	a.svc.PeerUp(ctx, b.svc.Self)
 	if got, _ := b.svc.Messages(); len(got) != 1 || string(got[0].Data) != "to the new key" {
 		t.Fatalf("B's inbox: %+v", got)
+	}
+}
+
+// TestAckVector: the mailbox_ack vector of docs/protocol.md.
+func TestAckVector(t *testing.T) {
+	const want = "0000001651304e4451304e4451304e4451304e4451304e445177000000107265706c617965645f6d657373616765"
+	a := Ack{MessageID: "Q0NDQ0NDQ0NDQ0NDQ0NDQw", Reason: string(reason.ReplayedMessage)}
+	if got := hex.EncodeToString(a.Encode()); got != want {
+		t.Fatalf("ack %s, want %s", got, want)
+	}
+	doc, err := os.ReadFile(filepath.Join("..", "..", "docs", "protocol.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Contains(doc, []byte(want)) {
+		t.Fatal("docs/protocol.md lacks the mailbox_ack vector")
+	}
+	b, _ := hex.DecodeString(want)
+	if got, err := DecodeAck(b); err != nil || got != a {
+		t.Fatalf("decode: %+v %v", got, err)
 	}
 }
