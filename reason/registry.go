@@ -74,6 +74,8 @@ const (
 	RecordExpired      Code = "record_expired"
 	RecordTooLong      Code = "record_too_long"
 	RecordStale        Code = "record_stale"
+	GossipUnknownTopic Code = "gossip_unknown_topic"
+	GossipNotForUs     Code = "gossip_not_for_us"
 
 	AuditUnavailable Code = "audit_unavailable"
 )
@@ -173,6 +175,8 @@ func entries() []Entry {
 		{RecordExpired, d(DomainDiscovery), "an agent record past its expiry", false},
 		{RecordTooLong, d(DomainDiscovery), "an agent record that expires further ahead than a verifier accepts", false},
 		{RecordStale, d(DomainDiscovery), "an agent record with a lower sequence than the one already held", false},
+		{GossipUnknownTopic, d(DomainDiscovery), "a gossip message on a topic this agent does not judge (ADR 0091)", false},
+		{GossipNotForUs, d(DomainDiscovery), "a gossiped revocation signed by an agent that is not this agent's administrator nor the issuer of a grant it holds: ignored, not forwarded, nobody penalised", false},
 		{AuditUnavailable, d(DomainAdmission), "the agent's audit log cannot write records (disk full, I/O error) and audit.on_failure is refuse: no new work until it can; retry later", true},
 	}
 }

@@ -324,9 +324,13 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 
 	d.authority = bindauth.NewAuthority(d.id, d.dm, d.peers, d.keyLog, bindauth.DefaultBindingTTL)
 	if d.disc, err = discovery.New(discovery.Config{Self: d.id, OwnLog: d.keyLog, Keys: d.dm.Current, Logs: d.peers,
-		Networks: d.discoveryNetworks, Registerer: d.metrics.Registry(), Logger: d.log.With("part", "discovery")}); err != nil {
+		Networks: d.discoveryNetworks, Registerer: d.metrics.Registry(), Logger: d.log.With("part", "discovery"),
+		Revocations: d.authz, Misbehaved: func(ctx context.Context, id identity.ID) { // invalid gossip (ADR 0091)
+			_ = d.rep.Record(ctx, reputation.Observation{Peer: id, Kind: reputation.ProtocolError})
+		}}); err != nil {
 		return nil, err
 	}
+	d.authz.RBAC().OnRevocation(d.disc.RevocationHook(d.ctx, d.authz.IssuerLog)) // gossiped to every agent
 	for _, tc := range cfg.Transports {
 		if err := d.startTransport(ctx, tc); err != nil {
 			return nil, err
