@@ -332,6 +332,7 @@ func (s *Service) Find(ctx context.Context, id identity.ID, timeout time.Duratio
 			continue
 		}
 		s.m.lookup("found", s.cfg.Now().Sub(start))
+		s.peers.learn(r.PeerID, id)
 		return r, nil
 	}
 	s.m.lookup("not_found", s.cfg.Now().Sub(start))
