@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the tests and the demo need when it is missing: SoftHSM2, swtpm, promtool and the prometheus
-# server (test/e2e/prometheus_test.go), openssl, and
+# server (test/e2e/prometheus_test.go), openssl, python3 (test/e2e/gateway_test.go runs examples/python), and
 # systemd-analyze and systemd-sysusers (make systemd checks configs/custos.service with them).
 # Usage: test/install-deps.sh [--optional]
 #   --optional: a failure to install is a warning (make demo falls back to the software backend).
@@ -15,6 +15,7 @@ command -v swtpm >/dev/null 2>&1 || need+=(swtpm)
 command -v swtpm_setup >/dev/null 2>&1 || need+=(swtpm-tools)
 { command -v promtool && command -v prometheus; } >/dev/null 2>&1 || need+=(prometheus)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
+command -v python3 >/dev/null 2>&1 || need+=(python3)
 { command -v systemd-analyze && command -v systemd-sysusers; } >/dev/null 2>&1 || need+=(systemd)
 
 if [ ${#need[@]} -gt 0 ]; then
@@ -34,7 +35,7 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 
 missing=()
-for tool in softhsm2-util swtpm swtpm_setup promtool prometheus openssl systemd-analyze systemd-sysusers; do
+for tool in softhsm2-util swtpm swtpm_setup promtool prometheus openssl python3 systemd-analyze systemd-sysusers; do
   command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
 done
 if [ ${#missing[@]} -gt 0 ]; then

@@ -4,39 +4,19 @@ import (
 	"context"
 	"os"
 
-	"github.com/custos-agent/custos/agent/api"
 	"github.com/custos-agent/custos/agent/authz"
 	"github.com/custos-agent/custos/agent/config"
-	"github.com/custos-agent/custos/agent/consensus"
 	"github.com/custos-agent/custos/agent/envelope"
-	"github.com/custos-agent/custos/agent/rbac"
-	"github.com/custos-agent/custos/agent/reputation"
 	"github.com/custos-agent/custos/agent/tasks"
-	"github.com/custos-agent/custos/identity"
 )
 
-// newAuthz builds the daemon's authorization (agent/authz) over its stores: the grants and revocations
-// in rbac's buckets, the held grants and the stake table in state.db, the peer cache, reputation, the
-// task engine, the audit log and the metrics.
+// newAuthz builds the daemon's authorization (agent/authz) over its stores in state.db (agent/state: the
+// grants and revocations, the held grants, the stake table, the peer cache), reputation, the task
+// engine, the audit log and the metrics.
 func newAuthz(ctx context.Context, d *Daemon, cfg *config.Config) (*authz.Authz, error) {
-	store, err := rbac.NewBoltStore(d.db)
-	if err != nil {
-		return nil, err
-	}
-	held, err := rbac.NewHeldGrants(d.db)
-	if err != nil {
-		return nil, err
-	}
-	stakes, err := consensus.NewStakeStore(d.db)
-	if err != nil {
-		return nil, err
-	}
-	if d.evidence, err = consensus.NewEvidenceStore(d.db); err != nil {
-		return nil, err
-	}
 	z, err := authz.New(ctx, cfg, authz.Deps{
-		Self: d.cust, Peers: d.peers, Held: held, Stakes: stakes, Reputation: d.rep, Tasks: authzTasks{d}, Metrics: d.metrics,
-		Audit: d.events.Record, GrantStore: store, AuthorizeLocal: d.opts.AuthorizeLocal, UID: uint32(os.Getuid()),
+		Self: d.cust, Peers: d.peers, Held: d.db.Held, Stakes: d.db.Stakes, Reputation: d.rep, Tasks: authzTasks{d}, Metrics: d.metrics,
+		Audit: d.events.Record, GrantStore: d.db.Grants, AuthorizeLocal: d.opts.AuthorizeLocal, UID: uint32(os.Getuid()),
 		Send: func(ctx context.Context, peer string, t envelope.MessageType, payload []byte) error {
 			return d.mgr.Send(ctx, peer, t, payload)
 		},
@@ -65,12 +45,3 @@ func (t authzTasks) Inbound(requester, id string) (*tasks.Inbound, error) {
 	return t.d.taskStore.Inbound(requester, id)
 }
 func (t authzTasks) Outbound(id string) (*tasks.Outbound, error) { return t.d.taskStore.Outbound(id) }
-
-// describePeer adds the reputation report, roles and evidence count to a peer's status.
-func (d *Daemon) describePeer(ctx context.Context, id identity.ID, p *api.PeerStatus, r reputation.Report) {
-	p.Reputation = &r
-	p.Roles = authz.RoleNames(d.authz.Roles(ctx, id))
-	if evs, err := d.evidence.ByPeer(id); err == nil {
-		p.Evidence = len(evs)
-	}
-}

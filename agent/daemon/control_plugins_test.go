@@ -53,11 +53,11 @@ func TestControlRefusesPluginProcesses(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = d.Shutdown(context.Background()) })
-	pid := d.transport("tcp").t.PID()
+	pid := d.plugins.Get("tcp").T.PID()
 	if pid <= 0 {
 		t.Fatalf("plugin pid %d", pid)
 	}
-	if got := d.pluginPIDs(); len(got) != 1 || got[0] != pid {
+	if got := d.plugins.PIDs(); len(got) != 1 || got[0] != pid {
 		t.Fatalf("pluginPIDs() = %v, want [%d]", got, pid)
 	}
 	plug := rbac.Cred{UID: uint32(os.Getuid()), GID: uint32(os.Getgid()), PID: int32(pid)}

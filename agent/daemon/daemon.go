@@ -1,39 +1,29 @@
-// Package daemon is the Custos agent daemon (cmd/custosd, which agentctl run executes): it opens the identity (agent/custody) and the
-// state database once, starts the delegation manager, the audit log and the metrics endpoint, launches
-// every configured transport plugin with a binding authority backed by the operational key, listens,
-// dials the bootstrap peers, runs the agent handshake on every connection, keeps one session per peer
-// (re-dialling with backoff when a session or a plugin goes down), runs the task protocol (agent/tasks)
-// over the sessions, and serves the local control socket (agent/control) with the handlers of the
-// control API (agent/api: its table gives each operation's permission) that the other agentctl commands use. Shutdown drains; Reload re-reads the configuration and the identity.
-//
-// Authorization and trust (RBAC, resource policy, reputation, puzzles, grants) are agent/authz, built over
-// the daemon's stores in authz.go; replicated tasks run through consensus.Replicator (authz_replicate.go;
-// docs/authorization.md §7, ADR 0023, ADR 0065); Options.Validator, Options.AdmitTask and
-// Options.AuthorizeLocal are further hooks that run after them.
+// Package daemon is the Custos agent daemon (cmd/custosd, which agentctl run executes) as a composition
+// root (ADR 0068): Start builds the rooms and passes them to each other, in order: the state database
+// (agent/state) and reputation, the audit log and the metrics, the delegation manager and the identity's
+// reloads (custody.Follower), authorization (agent/authz, authz.go), the transport plugins
+// (agent/plugins) with the binding authority and discovery, the session manager (agent/sessions,
+// sessions.go), the task engine and replicated tasks, the control socket with the rooms' control-API
+// services (control.go), the HTTP gateway; then it listens and dials the bootstrap peers. Shutdown
+// drains and closes them in order; Reload re-reads the configuration (agent/config decides what applies)
+// and the identity. Options.Validator, Options.AdmitTask and Options.AuthorizeLocal are hooks that run
+// after authorization's own checks. Logic belongs in the rooms: TestCompositionRootBudget bounds this
+// package's size.
 package daemon
 
 import (
 	"context"
-	"crypto/ed25519"
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
-	"net/url"
 	"os"
 	"path/filepath"
-	"slices"
-	"sort"
-	"strconv"
-	"strings"
 	"sync"
 	"time"
 
-	"go.etcd.io/bbolt"
-	bolterrors "go.etcd.io/bbolt/errors"
-
 	"github.com/custos-agent/custos/agent/api"
 	"github.com/custos-agent/custos/agent/api/agentops"
+	"github.com/custos-agent/custos/agent/api/peerops"
 	"github.com/custos-agent/custos/agent/api/taskops"
 	"github.com/custos-agent/custos/agent/authz"
 	"github.com/custos-agent/custos/agent/bindauth"
@@ -47,16 +37,18 @@ import (
 	"github.com/custos-agent/custos/agent/gateway"
 	"github.com/custos-agent/custos/agent/metrics"
 	"github.com/custos-agent/custos/agent/peers"
-	"github.com/custos-agent/custos/agent/puzzle"
+	"github.com/custos-agent/custos/agent/plugins"
 	"github.com/custos-agent/custos/agent/rbac"
 	"github.com/custos-agent/custos/agent/replay"
 	"github.com/custos-agent/custos/agent/reputation"
 	"github.com/custos-agent/custos/agent/session"
 	"github.com/custos-agent/custos/agent/sessions"
+	"github.com/custos-agent/custos/agent/state"
 	"github.com/custos-agent/custos/agent/tasks"
 	"github.com/custos-agent/custos/audit"
 	"github.com/custos-agent/custos/identity"
 	"github.com/custos-agent/custos/internal/privacy"
+	"github.com/custos-agent/custos/keystore"
 	"github.com/custos-agent/custos/transports/host"
 	"github.com/custos-agent/custos/transports/host/sandbox"
 )
@@ -105,12 +97,6 @@ type Options struct {
 	SandboxProbe func() sandbox.Kernel
 }
 
-type transportState struct {
-	cfg       config.TransportConfig
-	t         *host.Transport
-	listeners []*host.Listener
-}
-
 // Daemon is a running agent.
 type Daemon struct {
 	opts Options
@@ -120,12 +106,11 @@ type Daemon struct {
 	cust *custody.Custody
 
 	mu     sync.Mutex
-	idMu   sync.Mutex // serialises identity reloads (keyevents.go)
 	cfg    *config.Config
 	digest string
 	ownLog identity.Log
 
-	db         *bbolt.DB
+	db         *state.DB
 	peers      *peers.Cache
 	rep        *reputation.Store
 	taskStore  *tasks.Store
@@ -138,15 +123,18 @@ type Daemon struct {
 	events     *events.Recorder // audit records, metrics and reputation observations of events
 	authz      *authz.Authz     // authorization and trust (agent/authz; wired in authz.go)
 	evidence   *consensus.EvidenceStore
-	replicator *consensus.Replicator // replicated tasks (authz_replicate.go)
+	replicator *consensus.Replicator // replicated tasks (agent/consensus over taskops.Runner)
 	giver      *authz.Giver          // feedback this agent gives: agentctl feedback, votes (ADR 0090)
-	authority  *bindauth.Authority
-	transports map[string]*transportState
-	disc       *discovery.Service // agent records in the libp2p DHT (ADR 0070)
-	mgr        *manager
-	ctl        *control.Server
-	gw         *gateway.Server // the HTTP API (agent/gateway), when gateway.listen is set
-	gwKeys     *gateway.Keys   // the gateway's API keys (a control API service)
+	follower   *custody.Follower     // identity reloads (rotations made by agentctl)
+	plugins    *plugins.Set          // the transport plugins (agent/plugins)
+	disc       *discovery.Service    // agent records in the libp2p DHT (ADR 0070)
+	mgr        *sessions.Manager
+	sess       peerops.Manager // the session manager in the control API's types
+	boot       peerops.Bootstrap
+	// sessionConfig is each connection's session configuration (authz.SessionConfigs).
+	sessionConfig func(transport, remote, pinned string) *session.Config
+	ctl           *control.Server
+	gw            *gateway.Server // the HTTP API (agent/gateway), when gateway.listen is set
 
 	ctx      context.Context
 	cancel   context.CancelFunc
@@ -181,7 +169,7 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 	dctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	d := &Daemon{opts: opts, log: opts.Logger, home: opts.Home, cust: opts.Custody, id: opts.Custody.ID(),
 		cfg: opts.Config, digest: opts.ConfigDigest, ownLog: opts.Custody.Log(), metrics: opts.Metrics,
-		transports: map[string]*transportState{}, ctx: dctx, cancel: cancel, started: time.Now().UTC(), done: make(chan struct{})}
+		ctx: dctx, cancel: cancel, started: time.Now().UTC(), done: make(chan struct{})}
 	// Events become audit records, metrics and reputation observations (agent/events); its Audit,
 	// Reputation, Outbound and IsReplicated are set below as each is built, before anything runs.
 	d.events = &events.Recorder{Metrics: d.metrics, Log: d.log}
@@ -194,40 +182,24 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 	d.applyLogLevel(cfg)
 	addrs := privacy.Addresses{Full: cfg.Privacy.FullAddresses} // minimisation (ADR 0082): logs and audit records
 	d.log = slog.New(addrs.LogHandler(d.log.Handler()))
+	d.events.Log = d.log // the events' log lines are minimised too
 
 	// Plugins first: a wrong checksum must stop the start before anything is opened, naming the file.
-	for _, t := range cfg.Transports {
-		sum, err := host.FileSHA256(t.Plugin)
-		if err != nil {
-			return nil, fmt.Errorf("transport %s: plugin %s: %w", t.Name, t.Plugin, err)
-		}
-		if sum != t.SHA256 {
-			return nil, fmt.Errorf("transport %s: plugin %s: %w: the file's SHA-256 is %s, the configuration says %s (reinstall the plugin or update transports[].sha256)",
-				t.Name, t.Plugin, host.ErrChecksum, sum, t.SHA256)
-		}
+	if err := plugins.VerifyChecksums(cfg.Transports); err != nil {
+		return nil, err
 	}
 
-	// The state database, once for the whole process (bbolt allows one handle per file).
-	dbPath := filepath.Join(d.home, StateFile)
-	d.db, err = bbolt.Open(dbPath, 0o600, &bbolt.Options{Timeout: time.Second})
-	if err != nil {
-		if errors.Is(err, bolterrors.ErrTimeout) {
-			return nil, fmt.Errorf("%s is locked by another process: is an agent already running for this home?", dbPath)
-		}
-		return nil, fmt.Errorf("open %s: %w", dbPath, err)
-	}
-	if d.peers, err = peers.New(d.db); err != nil {
+	// The state database and its stores (agent/state), once for the whole process.
+	if d.db, err = state.Open(filepath.Join(d.home, StateFile)); err != nil {
 		return nil, err
 	}
-	if d.taskStore, err = tasks.NewStore(d.db); err != nil {
-		return nil, err
-	}
+	d.peers, d.taskStore, d.evidence = d.db.Peers, d.db.Tasks, d.db.Evidence
 	repCfg, err := cfg.ReputationSettings() // agent/config: the reputation and puzzles sections
 	if err != nil {
 		return nil, fmt.Errorf("%w: reputation: %v", config.ErrConfig, err)
 	}
-	d.rep, err = reputation.NewStore(ctx, d.db, repCfg, reputation.Options{
-		Resolve:   d.currentKeyOf,
+	d.rep, err = reputation.NewStore(ctx, d.db.Bolt, repCfg, reputation.Options{
+		Resolve:   d.peers.Current,
 		CheckTask: authz.FeedbackTask(d.peers), // agent/authz
 		OnChange:  d.events.TrustChanged,
 		Logger:    d.log.With("part", "reputation"),
@@ -253,14 +225,13 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 		return nil, fmt.Errorf("audit log: %w", err)
 	}
 	d.events.Audit = d.audit
-	d.events.Record(audit.ConfigLoaded, "operator", opts.ConfigPath, audit.OutcomeInfo, map[string]any{"digest": d.digest})
+	d.events.ConfigLoaded(opts.ConfigPath, d.digest)
 
+	// Metrics: the home's and the keystore's health, the endpoint.
 	d.metrics.WatchHome(d.home)
-	d.wg.Add(1)
-	go func() { // the keystore's health (custos_keystore_up; failures also in custos_keystore_errors_total)
-		defer d.wg.Done()
+	d.run(func() { // the keystore's health (custos_keystore_up; failures also in custos_keystore_errors_total)
 		d.metrics.WatchKeystore(dctx, agentops.KeystoreBackend(d.cust.KeystoreURI()), d.cust.Ping, cfg.Metrics.KeystoreCheckInterval, d.log.With("part", "metrics"))
-	}()
+	})
 	if !cfg.Metrics.Disabled {
 		d.metricsSrv, err = metrics.Serve(dctx, d.metrics, metrics.ServeOptions{Addr: cfg.Metrics.Address, Logger: d.log.With("part", "metrics")})
 		if err != nil {
@@ -268,32 +239,45 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 		}
 	}
 
+	// The operational keys (agent/delegation) and the identity's reloads.
 	d.dm, err = delegation.NewManager(ctx, delegation.Config{Identity: signer, State: d.cust.State(),
 		Mode: delegation.Mode(cfg.Delegation.Mode), Lifetime: cfg.Delegation.Lifetime, Logger: d.log.With("part", "delegation"),
 		OnIssue: d.events.DelegationIssued})
 	if err != nil {
 		return nil, fmt.Errorf("delegation: %w", err)
 	}
-	d.wg.Add(1)
-	go func() {
-		defer d.wg.Done()
-		_ = d.dm.Run(dctx)
-	}()
+	d.run(func() { _ = d.dm.Run(dctx) })
+	d.follower = d.newFollower() // identity reloads switch the audit log's and the delegations' signer
 	d.replay = replay.New(replay.Config{Window: cfg.Session.ReplayWindow})
+
 	// Authorization and trust (agent/authz, wired in authz.go): RBAC, resource policy, puzzles, grants, consensus evidence.
 	if d.authz, err = newAuthz(ctx, d, cfg); err != nil {
 		return nil, err
 	}
 	d.authz.SetAuditHealth(d.audit.Health) // audit.on_failure refuse: no new work while the log cannot write (ADR 0089)
-	d.wg.Add(1)
-	go func() {
-		defer d.wg.Done()
-		d.authz.Sweep(dctx, cfg.Reputation.SweepInterval)
-	}()
+	d.run(func() { d.authz.Sweep(dctx, cfg.Reputation.SweepInterval) })
 
+	// The transport plugins (started below), with the binding authority and the DHT record judge.
+	authority := bindauth.NewAuthority(d.id, d.dm, d.peers, d.keyLog, bindauth.DefaultBindingTTL)
+	if d.disc, err = discovery.New(discovery.Config{Self: d.id, OwnLog: d.keyLog, Keys: d.dm.Current, Logs: d.peers,
+		Networks: func() []discovery.Network { return d.plugins.Networks() }, Registerer: d.metrics.Registry(), Logger: d.log.With("part", "discovery"),
+		Revocations: d.authz, Misbehaved: func(ctx context.Context, id identity.ID) { // invalid gossip (ADR 0091)
+			_ = d.rep.Record(ctx, reputation.Observation{Peer: id, Kind: reputation.ProtocolError})
+		}}); err != nil {
+		return nil, err
+	}
+	d.authz.RBAC().OnRevocation(d.disc.RevocationHook(d.ctx, d.authz.IssuerLog)) // gossiped to every agent
+	d.plugins = plugins.New(plugins.Config{Authority: authority, Judge: d.disc, KeyDir: filepath.Join(d.home, TransportKeyDir),
+		Events: d.events, Metrics: d.metrics, OnRestart: func() { d.mgr.WakeAll() }, SandboxProbe: opts.SandboxProbe, Logger: d.log})
+
+	// The session manager (sessions.go) over the plugins; each connection's session configuration is authz's.
+	d.sessionConfig = d.authz.SessionConfigs(d.sessionBase, opts.Validator)
 	if d.mgr, err = d.newManager(cfg.Limits.MaxInboundHandshakes); err != nil {
 		return nil, err
 	}
+	d.sess = peerops.Manager{M: d.mgr}
+	d.boot = peerops.Bootstrap{Sessions: d.sess, Resolve: d.disc.Resolve, Has: d.plugins.Has, Logger: d.log}
+	// The task engine (agent/tasks): it sends through the session manager.
 	d.engine, err = tasks.New(tasks.Config{
 		LocalID: d.id.String(), Store: d.taskStore, Handlers: cfg.Registry(d.workRoot()), Keys: d.dm, Peers: d.peers,
 		Sender: d.mgr, Admit: opts.AdmitTask, MaxConcurrent: cfg.Limits.MaxConcurrentTasks, MaxQueued: cfg.Limits.MaxQueuedTasks,
@@ -305,9 +289,9 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 		return nil, err
 	}
 	// Replicated tasks (agent/consensus) run on the connected peers through the task engine.
-	d.replicator = &consensus.Replicator{Rep: d.rep, Evidence: d.evidence, Peers: sessionsView{m: d.mgr, ctx: d.ctx},
+	d.replicator = &consensus.Replicator{Rep: d.rep, Evidence: d.evidence, Peers: d.sess,
 		Runner: taskops.Runner{Engine: d.engine, Self: d.id}}
-	d.giver = d.authz.Giver(d.cust, d.rep, sessionsView{m: d.mgr, ctx: d.ctx}.Connected)
+	d.giver = d.authz.Giver(d.cust, d.rep, d.sess.Connected)
 	d.replicator.Feedback = d.giver.Vote // agreers +100, dissenters -100, sent to the connected peers
 	d.events.Outbound, d.events.IsReplicated = d.engine.Get, d.replicator.IsReplicated
 	d.metrics.TaskQueue(d.engine.Queued, func() int { return d.config().Limits.MaxQueuedTasks })
@@ -322,25 +306,14 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 		return nil, err
 	}
 
-	d.authority = bindauth.NewAuthority(d.id, d.dm, d.peers, d.keyLog, bindauth.DefaultBindingTTL)
-	if d.disc, err = discovery.New(discovery.Config{Self: d.id, OwnLog: d.keyLog, Keys: d.dm.Current, Logs: d.peers,
-		Networks: d.discoveryNetworks, Registerer: d.metrics.Registry(), Logger: d.log.With("part", "discovery"),
-		Revocations: d.authz, Misbehaved: func(ctx context.Context, id identity.ID) { // invalid gossip (ADR 0091)
-			_ = d.rep.Record(ctx, reputation.Observation{Peer: id, Kind: reputation.ProtocolError})
-		}}); err != nil {
-		return nil, err
-	}
-	d.authz.RBAC().OnRevocation(d.disc.RevocationHook(d.ctx, d.authz.IssuerLog)) // gossiped to every agent
+	// Every configured transport's plugin process and listeners (agent/plugins).
 	for _, tc := range cfg.Transports {
-		if err := d.startTransport(ctx, tc); err != nil {
+		if err := d.plugins.Start(ctx, d.ctx, tc); err != nil {
 			return nil, err
 		}
 	}
 
-	d.gwKeys, err = gateway.NewKeys(d.db, nil) // the HTTP gateway's API keys (agentctl gateway key)
-	if err != nil {
-		return nil, err
-	}
+	// The control socket (agent/control) with the rooms' control-API services.
 	hs, err := api.Join(d.services()...) // control.go: the rooms' handlers
 	if err != nil {
 		return nil, err
@@ -355,26 +328,24 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 		Path: filepath.Join(d.home, ControlFile), Ops: ops, Authorize: d.authz.AuthorizeOp, // agent/authz (then opts.AuthorizeLocal)
 		// The control socket serves people, not plugins: transport plugin processes and their descendants
 		// are refused before their request is read (threat model, section 2).
-		RefuseCaller: control.RefusePluginProcesses(d.pluginPIDs),
+		RefuseCaller: control.RefusePluginProcesses(d.plugins.PIDs),
 		OnRequest:    d.events.ControlRequest, Logger: d.log.With("part", "control"),
 	})
 	if err != nil {
 		return nil, err
 	}
-	d.wg.Add(1)
-	go func() {
-		defer d.wg.Done()
+	d.run(func() {
 		if err := d.ctl.Serve(); err != nil {
 			d.log.Error("control socket stopped", "err", err)
 		}
-	}()
+	})
 
 	if cfg.Gateway.Enabled() { // the HTTP API: the same handlers as the control socket, its own keys and limits
 		roles, err := cfg.GatewayRoles()
 		if err != nil {
 			return nil, fmt.Errorf("%w: gateway: %v", config.ErrConfig, err)
 		}
-		d.gw, err = gateway.New(gateway.Options{Config: cfg.Gateway, AgentID: d.id.String(), Keys: d.gwKeys, Roles: roles, Audit: d.events.Record,
+		d.gw, err = gateway.New(gateway.Options{Config: cfg.Gateway, AgentID: d.id.String(), Keys: d.db.GatewayKeys, Roles: roles, Audit: d.events.Record,
 			Ops:     gateway.HandlerOps{Handlers: hs, Cred: rbac.Cred{UID: uint32(os.Getuid()), GID: uint32(os.Getgid()), PID: int32(os.Getpid())}},
 			Metrics: d.metrics.Registry(), Logger: d.log.With("part", "gateway")})
 		if err == nil {
@@ -384,34 +355,23 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 			return nil, err
 		}
 	}
-	for name, ts := range d.transports {
-		for _, l := range ts.listeners {
-			d.mgr.Serve(dctx, name, sessions.ListenerOf[*host.Conn](l))
-		}
-	}
-	d.addBootstrap(cfg)
-	d.wg.Add(1)
-	go func() {
-		defer d.wg.Done()
-		d.disc.Run(dctx) // publishes this agent's record: now, on address changes, before expiry
-	}()
+	// Running: accept on every listener, dial the bootstrap peers, publish this agent's record.
+	d.plugins.Listeners(func(name string, l *host.Listener) { d.mgr.Serve(dctx, name, sessions.ListenerOf[*host.Conn](l)) })
+	d.boot.Add(dctx, cfg.Bootstrap)
+	d.run(func() { d.disc.Run(dctx) }) // publishes this agent's record: now, on address changes, before expiry
 	// The identity's own lifecycle (ADR 0090): rotation on rotation.interval, retired keys destroyed when their grace ends.
 	d.metrics.IdentityKeyAge(d.cust.CurrentSince, func() time.Duration { return d.config().Rotation.Interval }, time.Now)
 	sched := &custody.Schedule{Custody: d.cust, Settings: func() custody.ScheduleSettings { return d.config().Rotation.Schedule() },
 		Change: func(ctx context.Context, op func(context.Context) error) error {
-			_, _, err := d.changeIdentity(ctx, d.id.String(), custody.SourceSchedule, op)
+			_, _, err := d.follower.Change(ctx, d.id.String(), custody.SourceSchedule, op)
 			return err
 		},
 		OnRotate:  func(g uint64, err error) { d.events.ScheduledRotation(d.id.String(), g, err) },
 		OnDestroy: d.events.ScheduledDestroy, Logger: d.log.With("part", "custody")}
-	d.wg.Add(1)
-	go func() { defer d.wg.Done(); sched.Run(dctx) }()
-	d.events.Record(audit.AgentStarted, d.id.String(), d.id.String(), audit.OutcomeSuccess, map[string]any{
-		"version": opts.Version, "keystore": agentops.KeystoreBackend(d.cust.KeystoreURI()), "generation": d.cust.Current().Generation,
-		"transports": strings.Join(d.transportNames(), ","),
-	})
+	d.run(func() { sched.Run(dctx) })
+	d.events.AgentStarted(d.id.String(), opts.Version, agentops.KeystoreBackend(d.cust.KeystoreURI()), d.cust.Current().Generation, d.plugins.Names())
 	d.running = true
-	d.log.Info("agent running", "id", d.id, "generation", d.cust.Current().Generation, "transports", d.transportNames(),
+	d.log.Info("agent running", "id", d.id, "generation", d.cust.Current().Generation, "transports", d.plugins.Names(),
 		"control", d.ctl.Path(), "metrics", d.metricsURL())
 	return d, nil
 }
@@ -441,205 +401,13 @@ func (d *Daemon) applyLogLevel(cfg *config.Config) {
 	}
 }
 
-func (d *Daemon) currentKeyOf(id identity.ID) (identity.State, error) {
-	st, ok, err := d.peers.State(id.String())
-	if err != nil {
-		return identity.State{}, err
-	}
-	if !ok {
-		return identity.State{}, fmt.Errorf("no key event log cached for %s", id)
-	}
-	return st, nil
-}
-
-func (d *Daemon) startTransport(ctx context.Context, tc config.TransportConfig) error {
-	mode, err := sandbox.ParseMode(tc.Sandbox)
-	if err != nil {
-		return fmt.Errorf("transport %s: %w", tc.Name, err)
-	}
-	if mode == sandbox.Off {
-		d.log.Error("transport plugin sandbox is OFF: the plugin runs unconfined, as the agent's uid, and can reach the home, the control socket and the agent's memory",
-			"transport", tc.Name, "plugin", tc.Plugin)
-	}
-	var tkey ed25519.PrivateKey
-	if tc.Name == "libp2p" { // a stable peer ID, so /p2p/ addresses survive plugin restarts (ADR 0070)
-		if tkey, err = host.LoadTransportKey(filepath.Join(d.home, TransportKeyDir, tc.Name+".key")); err != nil {
-			return fmt.Errorf("transport %s: %w", tc.Name, err)
-		}
-	}
-	t, err := host.Start(d.ctx, host.Config{
-		Name: tc.Name, Path: tc.Plugin, SHA256: tc.SHA256, Options: tc.Options, Authority: d.authority,
-		Observer: observer{d}, Logger: d.log, Sandbox: mode, User: tc.User, BindPorts: bindPorts(tc),
-		SandboxProbe: d.opts.SandboxProbe, TransportKey: tkey, Judge: d.disc,
-	})
-	if err != nil {
-		return fmt.Errorf("transport %s: plugin %s: %w", tc.Name, tc.Plugin, err)
-	}
-	ts := &transportState{cfg: tc, t: t}
-	d.transports[tc.Name] = ts
-	prot := t.Sandbox()
-	d.metrics.PluginSandbox(tc.Name, sandboxGauges(prot))
-	if mode == sandbox.BestEffort {
-		for _, p := range sandbox.All() {
-			if !prot.Has(p) && p != sandbox.UIDDrop {
-				d.log.Warn("transport plugin runs without a sandbox protection the kernel lacks", "transport", tc.Name, "protection", p)
-			}
-		}
-	}
-	d.events.Record(audit.PluginStarted, "agent", tc.Name, audit.OutcomeSuccess, map[string]any{"path": tc.Plugin, "sha256": tc.SHA256, "pid": t.PID(),
-		"sandbox": prot.String(), "sandbox_mode": string(mode)})
-	for _, addr := range tc.Listen {
-		l, err := t.Listen(ctx, addr)
-		if err != nil {
-			return fmt.Errorf("transport %s: listen on %s: %w", tc.Name, addr, err)
-		}
-		ts.listeners = append(ts.listeners, l)
-		d.log.Info("listening", "transport", tc.Name, "addrs", l.Addrs())
-	}
-	return nil
-}
-
-func (d *Daemon) transport(name string) *transportState { return d.transports[name] }
-
-// discoveryNetworks are the transports and their listeners, for agent/discovery. d.transports is only
-// written before the daemon runs.
-func (d *Daemon) discoveryNetworks() []discovery.Network {
-	var out []discovery.Network
-	for _, name := range d.transportNames() {
-		ts := d.transports[name]
-		n := discovery.Network{T: ts.t}
-		for _, l := range ts.listeners {
-			n.Listeners = append(n.Listeners, l)
-		}
-		out = append(out, n)
-	}
-	return out
-}
-
-// pluginPIDs lists the live transport plugin processes: the control socket refuses them and their
-// descendants (control.RefusePluginProcesses). d.transports is only written before the socket is served.
-func (d *Daemon) pluginPIDs() []int {
-	var out []int
-	for _, ts := range d.transports {
-		if pid := ts.t.PID(); pid > 0 {
-			out = append(out, pid)
-		}
-	}
-	return out
-}
-
-// sandboxGauges is the metric value of each protection.
-func sandboxGauges(p sandbox.Protections) map[string]bool {
-	m := map[string]bool{}
-	for _, n := range sandbox.All() {
-		m[n] = p.Has(n)
-	}
-	return m
-}
-
-// bindPorts are the TCP ports a tcp or ws plugin may bind (its listen addresses; none when it only
-// dials); nil (no Landlock network rule) for other transports or an address without a numeric port.
-func bindPorts(tc config.TransportConfig) []uint16 {
-	if tc.Name != "tcp" && tc.Name != "ws" {
-		return nil
-	}
-	ports := []uint16{}
-	for _, a := range tc.Listen {
-		hp := a
-		if u, err := url.Parse(a); err == nil && u.Host != "" {
-			hp = u.Host
-		}
-		_, p, err := net.SplitHostPort(hp)
-		if err != nil {
-			return nil
-		}
-		n, err := strconv.ParseUint(p, 10, 16)
-		if err != nil {
-			return nil
-		}
-		ports = append(ports, uint16(n))
-	}
-	return ports
-}
-
-func (d *Daemon) transportNames() []string {
-	var out []string
-	for n := range d.transports {
-		out = append(out, n)
-	}
-	sort.Strings(out)
-	return out
-}
-
-func (d *Daemon) addBootstrap(cfg *config.Config) {
-	byID := map[string][]api.Address{}
-	var order []string
-	for _, p := range cfg.Bootstrap {
-		id, _ := identity.ParseID(p.ID)
-		if p.Address == "" { // by agent ID only: resolved through the DHT, then pinned as any target
-			go d.disc.Resolve(d.ctx, id, func(addrs []discovery.Addr) {
-				var as []api.Address
-				for _, a := range addrs {
-					if d.transport(a.Transport) != nil && (p.Transport == "" || p.Transport == a.Transport) {
-						as = append(as, api.Address{Transport: a.Transport, Address: a.Addr})
-					}
-				}
-				if len(as) == 0 {
-					d.log.Warn("bootstrap agent found, but on no transport this agent has", "id", id.String(), "addrs", len(addrs))
-					return
-				}
-				d.mgr.addTarget(d.ctx, id.String(), as, "bootstrap")
-			})
-			continue
-		}
-		tn := p.Transport
-		if tn == "" {
-			tn = config.InferTransport(p.Address)
-		}
-		if _, ok := byID[id.String()]; !ok {
-			order = append(order, id.String())
-		}
-		byID[id.String()] = append(byID[id.String()], api.Address{Transport: tn, Address: p.Address})
-	}
-	for _, id := range order {
-		d.mgr.addTarget(d.ctx, id, byID[id], "bootstrap")
-	}
-}
-
-// sessionConfig is the session configuration of one connection: the daemon's base settings, a validator
-// that requires the handshake's peer to be the agent the transport binding named, runs the authorization
-// checks (authz.validate: puzzle, Blocked peers, grants, policy), then Options.Validator; the early
-// refusals of an initiator (admitEarly: puzzle, Blocked) before anything it sent is verified or stored;
-// and events reported with the transport and remote address.
-func (d *Daemon) sessionConfig(transport, remote, pinned string) *session.Config {
-	cfg := d.config()
-	// A puzzle solution is single-use: once admitEarly has verified this connection's, authz.validate
-	// is shown the peer without it (a puzzle verified once, by the early check).
-	var early earlyAdmission
-	return &session.Config{
-		Delegations: d.dm, KeyLog: d.keyLog, Peers: d.peers, Replay: d.replay, Hybrid: cfg.Session.Hybrid,
-		SignEnvelopes:    cfg.Session.SignEnvelopes,
-		HandshakeTimeout: cfg.Session.HandshakeTimeout, ReauthInterval: cfg.Session.ReauthInterval,
-		Logger: d.log.With("part", "session", "transport", transport),
-		Validator: session.ValidatorFunc(func(ctx context.Context, p *session.Peer) error {
-			if pinned != "" && p.ID.String() != pinned {
-				return fmt.Errorf("the transport binding named %s but the handshake authenticated %s", pinned, p.ID)
-			}
-			// Puzzle, trust level (Blocked refused), grants, connection policy: agent/authz.
-			if err := d.authz.Validate(ctx, early.strip(p)); err != nil {
-				return err
-			}
-			if d.opts.Validator != nil {
-				return d.opts.Validator.Validate(ctx, p)
-			}
-			return nil
-		}),
-		// Before the initiator's log, delegation and signature are verified: its puzzle and Blocked.
-		Admit:   session.ValidatorFunc(func(_ context.Context, p *session.Peer) error { return d.admitEarly(p, &early) }),
-		OnEvent: func(ev session.Event) { d.events.Session(transport, remote, ev) },
-		// Admission puzzles asked of initiators, solved when asked; the grants this agent holds (agent/authz).
-		Puzzler: d.authz.Puzzler(), Solver: puzzle.Solver{}, Grants: d.authz.Presentable(),
-	}
+// run runs f in a goroutine Shutdown waits for.
+func (d *Daemon) run(f func()) {
+	d.wg.Add(1)
+	go func() {
+		defer d.wg.Done()
+		f()
+	}()
 }
 
 // Done is closed when the daemon has stopped.
@@ -655,12 +423,7 @@ func (d *Daemon) ID() identity.ID { return d.id }
 func (d *Daemon) Shutdown(ctx context.Context) error {
 	d.stopOnce.Do(func() {
 		d.log.Info("shutting down: draining")
-		for _, ts := range d.transports {
-			ts.t.Drain() // no plugin restart during the drain (ADR 0088)
-			for _, l := range ts.listeners {
-				_ = l.Close()
-			}
-		}
+		d.plugins.Drain() // no plugin restart during the drain (ADR 0088), no new connection
 		if d.gw != nil {
 			_ = d.gw.Close(ctx)
 		}
@@ -695,12 +458,8 @@ func (d *Daemon) teardown(ctx context.Context) error {
 	if d.mgr != nil {
 		d.mgr.Wait()
 	}
-	for _, name := range d.transportNames() {
-		ts := d.transports[name]
-		if err := ts.t.Close(); err != nil {
-			errs = append(errs, fmt.Errorf("transport %s: %w", name, err))
-		}
-		d.events.Record(audit.PluginStopped, "agent", name, audit.OutcomeSuccess, map[string]any{"path": ts.cfg.Plugin, "sha256": ts.cfg.SHA256})
+	if d.plugins != nil {
+		errs = append(errs, d.plugins.Close())
 	}
 	if d.metricsSrv != nil {
 		_ = d.metricsSrv.Close()
@@ -711,7 +470,7 @@ func (d *Daemon) teardown(ctx context.Context) error {
 	}
 	if d.audit != nil {
 		if d.running {
-			d.events.Record(audit.AgentStopped, d.id.String(), d.id.String(), audit.OutcomeSuccess, nil)
+			d.events.AgentStopped(d.id.String())
 		}
 		if err := d.audit.Close(); err != nil {
 			errs = append(errs, fmt.Errorf("audit log: %w", err))
@@ -735,113 +494,68 @@ func (d *Daemon) teardown(ctx context.Context) error {
 func (d *Daemon) Reload(ctx context.Context) (*api.ReloadResult, error) {
 	cfg, digest, err := config.LoadConfig(d.opts.ConfigPath)
 	if err != nil {
-		d.events.Record(audit.ConfigChanged, "operator", d.opts.ConfigPath, audit.OutcomeFailure, map[string]any{"digest": d.currentDigest(), "error": err.Error()})
-		d.log.Error("configuration reload refused; the running configuration is unchanged", "err", err)
+		d.events.ConfigRefused(d.opts.ConfigPath, d.currentDigest(), err)
 		return nil, err
 	}
 	d.mu.Lock()
 	old, oldDigest := d.cfg, d.digest
 	d.mu.Unlock()
 	res := &api.ReloadResult{Digest: digest, PreviousDigest: oldDigest, Changed: config.Diff(old, cfg)}
-	for _, c := range res.Changed {
-		switch {
-		case strings.HasPrefix(c, "handlers."):
-			res.Applied = append(res.Applied, c)
-		case c == "bootstrap", c == "session", c == "redial", c == "log", c == "authorization", c == "policy", c == "rotation":
-			res.Applied = append(res.Applied, c)
-		default:
-			res.NeedRestart = append(res.NeedRestart, c)
-		}
-	}
+	res.Applied, res.NeedRestart = config.Classify(res.Changed)
 	if err := d.authz.Reload(cfg); err != nil { // agent/authz: authorization and policy apply at once
-		d.events.Record(audit.ConfigChanged, "operator", d.opts.ConfigPath, audit.OutcomeFailure, map[string]any{"digest": digest, "error": err.Error()})
-		d.log.Error("configuration reload refused; the running configuration is unchanged", "err", err)
+		d.events.ConfigRefused(d.opts.ConfigPath, digest, err)
 		return nil, err
 	}
 	if err := d.engine.SetHandlers(cfg.Registry(d.workRoot())); err != nil {
 		return nil, err
 	}
 	d.mu.Lock()
-	// Settings that need a restart keep their running values so status stays truthful.
-	keep := *cfg
-	keep.Transports, keep.Delegation, keep.Limits, keep.Tasks, keep.Metrics, keep.Audit = old.Transports, old.Delegation, old.Limits, old.Tasks, old.Metrics, old.Audit
-	keep.Reputation, keep.Puzzles, keep.Policy.Geo.Database = old.Reputation, old.Puzzles, old.Policy.Geo.Database // authz: need a restart
-	d.cfg, d.digest = &keep, digest
+	d.cfg, d.digest = config.InForce(old, cfg), digest // settings that need a restart keep their running values
 	d.mu.Unlock()
 	d.applyLogLevel(cfg)
-	if !slices.Equal(old.Bootstrap, cfg.Bootstrap) {
-		cur := map[string]bool{}
-		for _, p := range cfg.Bootstrap {
-			id, _ := identity.ParseID(p.ID)
-			cur[id.String()] = true
-		}
-		for id, ts := range d.mgr.targetStatuses() {
-			if ts.Source == "bootstrap" && !cur[id] {
-				d.mgr.removeTarget(id)
-			}
-		}
-		d.addBootstrap(cfg)
-	}
-	rotated, _, err := d.reloadIdentity(ctx, "operator")
+	d.boot.Update(d.ctx, old.Bootstrap, cfg.Bootstrap)
+	rotated, _, err := d.follower.Reload(ctx, "operator")
 	if err != nil {
 		d.log.Error("identity reload failed; the running identity is unchanged", "err", err)
 	}
 	res.Rotated, res.Generation = rotated, d.cust.Current().Generation
-	d.events.Record(audit.ConfigChanged, "operator", d.opts.ConfigPath, audit.OutcomeSuccess, map[string]any{
-		"digest": digest, "previous_digest": oldDigest, "changed": strings.Join(res.Changed, ","),
-		"need_restart": strings.Join(res.NeedRestart, ","),
-	})
-	d.log.Info("configuration reloaded", "digest", digest, "previous_digest", oldDigest, "changed", res.Changed,
-		"applied", res.Applied, "need_restart", res.NeedRestart, "generation", res.Generation)
+	d.events.ConfigReloaded(d.opts.ConfigPath, res)
 	return res, nil
 }
 
-// reloadIdentity picks up a rotation, recovery or key destruction another process made: it writes the key
-// events to the audit log (actor: who asked), then switches to a new delegation, new checkpoint signer, new
-// transport bindings.
-func (d *Daemon) reloadIdentity(ctx context.Context, actor string) (bool, []audit.Record, error) {
-	return d.changeIdentity(ctx, actor, custody.SourceDaemon, d.cust.Reload)
+// newFollower is the identity's reloads (custody.Follower): key events to the audit log (agent/events),
+// then the new generation's signer to the audit log's checkpoints and the delegation manager, new
+// transport bindings, and every session re-authenticated (the old generation's operational keys are
+// wiped; each peer gets the longer key event log).
+func (d *Daemon) newFollower() *custody.Follower {
+	return &custody.Follower{Custody: d.cust, KeyEvents: d.events.KeyEventsFrom,
+		Switch: []func(context.Context, keystore.Signer, uint64, identity.State) error{
+			func(_ context.Context, s keystore.Signer, g uint64, _ identity.State) error {
+				d.mu.Lock()
+				d.ownLog = d.cust.Log()
+				d.mu.Unlock()
+				return d.audit.SetSigner(s, g)
+			},
+			func(ctx context.Context, s keystore.Signer, _ uint64, st identity.State) error {
+				_, err := d.dm.SetIdentity(ctx, s, st)
+				return err
+			},
+		},
+		Switched: func(ctx context.Context, g, before uint64) {
+			d.plugins.Rebind(ctx)
+			n := d.mgr.ReauthenticateAll()
+			d.log.Info("identity reloaded", "generation", g, "previous", before, "sessions_reauthenticating", n)
+		},
+	}
 }
 
-// changeIdentity runs change (a reload, or the schedule's rotation or destruction: custody.Schedule) and
-// then does what reloadIdentity describes, with records of the given source.
-func (d *Daemon) changeIdentity(ctx context.Context, actor, source string, change func(context.Context) error) (bool, []audit.Record, error) {
-	d.idMu.Lock()
-	defer d.idMu.Unlock()
-	keys := d.cust.Keys()
-	before := d.cust.Current().Generation
-	cerr := change(ctx)
-	recs := d.events.KeyEventsFrom(keys, d.cust.Keys(), d.cust.Log(), actor, source)
-	if cerr != nil && len(recs) == 0 {
-		return false, nil, cerr
-	}
-	g := d.cust.Current().Generation
-	if g == before {
-		return false, recs, cerr
-	}
-	signer, err := d.cust.Signer(ctx)
-	if err != nil {
-		return false, recs, err
-	}
-	d.mu.Lock()
-	d.ownLog = d.cust.Log()
-	d.mu.Unlock()
-	if err := d.audit.SetSigner(signer, g); err != nil {
-		return false, recs, err
-	}
-	if _, err := d.dm.SetIdentity(ctx, signer, d.cust.State()); err != nil {
-		return false, recs, err
-	}
-	for _, ts := range d.transports {
-		if err := ts.t.Rebind(ctx); err != nil {
-			d.log.Warn("transport binding not renewed after the rotation", "transport", ts.cfg.Name, "err", err)
-		}
-	}
-	// The old generation's operational keys are wiped: every session re-authenticates now, which also
-	// hands each peer the longer key event log.
-	n := d.mgr.reauthenticateAll()
-	d.log.Info("identity reloaded", "generation", g, "previous", before, "sessions_reauthenticating", n)
-	return true, recs, cerr
+// sessionBase is a connection's session settings in force, before authorization's checks (sessionConfig).
+func (d *Daemon) sessionBase(transport, remote string) *session.Config {
+	s := d.config().Session
+	return &session.Config{Delegations: d.dm, KeyLog: d.keyLog, Peers: d.peers, Replay: d.replay, Hybrid: s.Hybrid,
+		SignEnvelopes: s.SignEnvelopes, HandshakeTimeout: s.HandshakeTimeout, ReauthInterval: s.ReauthInterval,
+		Logger:  d.log.With("part", "session", "transport", transport),
+		OnEvent: func(ev session.Event) { d.events.Session(transport, remote, ev) }}
 }
 
 func (d *Daemon) currentDigest() string {
@@ -859,29 +573,3 @@ func (d *Daemon) metricsURL() string {
 
 // DrainTimeout is how long Shutdown should let running tasks finish (limits.drain_timeout).
 func (d *Daemon) DrainTimeout() time.Duration { return d.config().Limits.DrainTimeout }
-
-// sessionFailed accounts for a session a verified peer ended with a protocol failure (agent/events).
-func (d *Daemon) sessionFailed(peer, transport string, err error) {
-	d.events.SessionFailed(peer, transport, err)
-}
-
-// observer receives the plugin supervisors' events (host.Observer).
-type observer struct{ d *Daemon }
-
-// PluginRestarted implements host.Observer: audit, metric, and re-dial every target at once.
-func (o observer) PluginRestarted(ev host.RestartEvent) {
-	o.d.mgr.wakeAll()
-	o.d.events.PluginRestarted(ev, func() *events.Plugin {
-		ts := o.d.transport(ev.Transport)
-		if ts == nil {
-			return nil
-		}
-		prot := ts.t.Sandbox()
-		return &events.Plugin{Path: ts.cfg.Plugin, SHA256: ts.cfg.SHA256, Sandbox: sandboxGauges(prot), SandboxText: prot.String()}
-	})
-}
-
-// PeerRefused implements host.Observer.
-func (o observer) PeerRefused(transport, remote string, err error) {
-	o.d.events.PeerRefused(transport, remote, err)
-}

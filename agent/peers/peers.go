@@ -228,6 +228,18 @@ func verifyStored(id string, raw []byte) (identity.Log, identity.State, error) {
 	return l, st, nil
 }
 
+// Current is the cached verified state of id, an error when none is cached (reputation.Options.Resolve).
+func (c *Cache) Current(id identity.ID) (identity.State, error) {
+	st, ok, err := c.State(id.String())
+	if err != nil {
+		return identity.State{}, err
+	}
+	if !ok {
+		return identity.State{}, fmt.Errorf("no key event log cached for %s", id)
+	}
+	return st, nil
+}
+
 // State returns the cached verified state of id (from memory when this process stored or loaded it).
 func (c *Cache) State(id string) (identity.State, bool, error) {
 	c.mu.Lock()
@@ -389,10 +401,8 @@ func (c *Cache) CommitLog(id identity.ID, l *identity.Log) error {
 			if victim == nil {
 				break
 			}
-			for _, b := range [][]byte{bucketLogs, bucketUsed, bucketDelegations} {
-				if err := tx.Bucket(b).Delete(victim); err != nil {
-					return err
-				}
+			if err := forget(tx, victim); err != nil {
+				return err
 			}
 			total -= size
 			n--
@@ -608,10 +618,8 @@ func (c *Cache) PruneUnseen(cutoff time.Time) (int, error) {
 			return err
 		}
 		for _, k := range victims {
-			for _, b := range [][]byte{bucketLogs, bucketUsed, bucketDelegations} {
-				if err := tx.Bucket(b).Delete(k); err != nil {
-					return err
-				}
+			if err := forget(tx, k); err != nil {
+				return err
 			}
 			gone = append(gone, string(k))
 		}
@@ -626,4 +634,15 @@ func (c *Cache) PruneUnseen(cutoff time.Time) (int, error) {
 	}
 	c.mu.Unlock()
 	return len(gone), nil
+}
+
+// forget deletes a peer's cached key event log, its last-use time and its delegations. The compromise
+// mark and its evidence are never deleted: neither eviction nor retention removes them.
+func forget(tx *bbolt.Tx, id []byte) error {
+	for _, b := range [][]byte{bucketLogs, bucketUsed, bucketDelegations} {
+		if err := tx.Bucket(b).Delete(id); err != nil {
+			return err
+		}
+	}
+	return nil
 }

@@ -243,3 +243,17 @@ func TestCacheBounds(t *testing.T) {
 		t.Fatalf("byte limit of two logs: the cache holds %d", len(got))
 	}
 }
+
+func TestCurrent(t *testing.T) {
+	c := open(t, filepath.Join(t.TempDir(), "state.db"))
+	peer := agenttest.NewIdentity(t, keystore.Ed25519)
+	if _, err := c.Current(peer.ID()); err == nil || err.Error() != "no key event log cached for "+peer.ID().String() {
+		t.Fatalf("uncached: %v", err)
+	}
+	if _, err := c.UpdateLog(peer.ID(), &peer.Log); err != nil {
+		t.Fatal(err)
+	}
+	if st, err := c.Current(peer.ID()); err != nil || !st.Current.Equal(peer.Current().Public()) {
+		t.Fatalf("cached: %+v %v", st, err)
+	}
+}

@@ -110,7 +110,7 @@ func moduleRoot() (string, error) {
 }
 
 // freePort returns a loopback port that was free a moment ago.
-func freePort(t *testing.T) int {
+func freePort(t testing.TB) int {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -122,7 +122,7 @@ func freePort(t *testing.T) int {
 
 // agent is one agent home and, while it runs, its daemon process.
 type agent struct {
-	t       *testing.T
+	t       testing.TB
 	name    string
 	home    string
 	id      string
@@ -156,7 +156,7 @@ type agentConfig struct {
 }
 
 // newAgent makes an identity in a fresh home: software keys, or a SoftHSM token when softhsm is set.
-func newAgent(t *testing.T, name string, softhsm bool) *agent {
+func newAgent(t testing.TB, name string, softhsm bool) *agent {
 	t.Helper()
 	return newAgentWith(t, name, func(a *agent) []string {
 		if softhsm {
@@ -174,7 +174,7 @@ func newAgent(t *testing.T, name string, softhsm bool) *agent {
 
 // newAgentWith makes an identity in a fresh home with the agentctl init arguments setup returns (setup
 // may also set a.env).
-func newAgentWith(t *testing.T, name string, setup func(a *agent) []string) *agent {
+func newAgentWith(t testing.TB, name string, setup func(a *agent) []string) *agent {
 	t.Helper()
 	home, err := os.MkdirTemp("", "cx") // the control socket path must stay under 108 bytes
 	if err != nil {
@@ -447,7 +447,7 @@ func (a *agent) logTail() string {
 }
 
 // eventually polls cond every 50 ms until it holds or d passes.
-func eventually(t *testing.T, d time.Duration, what string, cond func() bool) {
+func eventually(t testing.TB, d time.Duration, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(d)
 	for !cond() {
