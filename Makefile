@@ -5,7 +5,7 @@ PKGS    := ./...
 # Brief fuzzing in `make test`; `make fuzz FUZZTIME=5m` for longer runs.
 FUZZTIME ?= 5s
 
-.PHONY: all build demo test deps vet lint unit alerts systemd fuzz fuzz-brief bench mutants proto clean package package-test
+.PHONY: all build demo test deps vet lint unit alerts systemd fuzz fuzz-brief bench mutants proto clean package package-test network
 
 all: build
 
@@ -54,6 +54,15 @@ fuzz:
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchtime 2s $(PKGS)
+
+## network: N agents (daemons with libp2p plugins on loopback, one bootstrap address) for each N of NETWORK_N
+## (default "10 25 50"): time until every ID resolves, lookup p50/p99, revocation at all N, RSS (issue 14,
+## test/e2e/network_test.go, build tag network). Not part of `make test`; prints one RESULT line per N.
+NETWORK_N ?= 10 25 50
+network:
+	@for n in $(NETWORK_N); do \
+		CUSTOS_NETWORK_N=$$n $(GO) test -tags network -count=1 -v -timeout 30m -run '^TestNetwork$$' ./test/e2e > $${TMPDIR:-/tmp}/custos-network-$$n.log 2>&1; rc=$$?; \
+		grep -E 'RESULT|^(--- |ok|FAIL)' $${TMPDIR:-/tmp}/custos-network-$$n.log; [ $$rc -eq 0 ] || { echo "see $${TMPDIR:-/tmp}/custos-network-$$n.log"; exit $$rc; }; done
 
 ## mutants: turn off each listed security check (test/mutants/*.txt) in a scratch copy and run the tests named to
 ## kill it; prints the kill table. Not part of `make test` (it runs each mutant's tests once: minutes).

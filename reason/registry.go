@@ -74,6 +74,8 @@ const (
 	RecordExpired      Code = "record_expired"
 	RecordTooLong      Code = "record_too_long"
 	RecordStale        Code = "record_stale"
+	GossipUnknownTopic Code = "gossip_unknown_topic"
+	GossipNotForUs     Code = "gossip_not_for_us"
 
 	AuditUnavailable Code = "audit_unavailable"
 
@@ -183,6 +185,8 @@ func entries() []Entry {
 		{RecordStale, d(DomainDiscovery), "an agent record with a lower sequence than the one already held", false},
 		{MailboxFull, d(DomainGateway), "the mailbox holds its limit of messages for that recipient or in total (or the recipient's inbox is full: the sender keeps the message and delivers it again later); retry once it has delivered", false},
 		{RecipientKeyUnknown, d(DomainGateway), "the gateway holds no unexpired delegation (encryption key) of the recipient: it must connect to this agent once first", false},
+		{GossipUnknownTopic, d(DomainDiscovery), "a gossip message on a topic this agent does not judge (ADR 0091)", false},
+		{GossipNotForUs, d(DomainDiscovery), "a gossiped revocation signed by an agent that is not this agent's administrator nor the issuer of a grant it holds: ignored, not forwarded, nobody penalised", false},
 		{AuditUnavailable, d(DomainAdmission), "the agent's audit log cannot write records (disk full, I/O error) and audit.on_failure is refuse: no new work until it can; retry later", true},
 	}
 }

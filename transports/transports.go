@@ -30,6 +30,9 @@ const (
 	MaxRecordKeyLen = 256
 	// MaxSelectValues is the most records one select question carries.
 	MaxSelectValues = 64
+	// MaxGossipSize is the largest gossip message (ADR 0091) that crosses the plugin boundary or a
+	// gossipsub topic.
+	MaxGossipSize = 64 << 10
 	// MaxAddrLen is the largest address string accepted from a plugin.
 	MaxAddrLen = 1024
 	// MaxAddrs is the most addresses a listener may report.
@@ -148,3 +151,10 @@ func ReadFrameLimit(r io.Reader, limit int) ([]byte, error) {
 	}
 	return buf, nil
 }
+
+// TopicRevocations is the gossipsub topic of grant revocations (ADR 0091; docs/protocol.md, "Gossip
+// topics"). It is the only topic a plugin joins and publishes on.
+const TopicRevocations = "/custos/v1/revocations"
+
+// GossipTopics lists the topics plugins join.
+func GossipTopics() []string { return []string{TopicRevocations} }

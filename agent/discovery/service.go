@@ -56,13 +56,18 @@ type Config struct {
 	Logger     *slog.Logger
 	// Now defaults to time.Now.
 	Now func() time.Time
+	// Revocations applies revocations received by gossip (ADR 0091; nil: they are ignored).
+	Revocations Revocations
+	// Misbehaved is told of an agent whose transport sent invalid gossip (a reputation observation).
+	Misbehaved func(ctx context.Context, id identity.ID)
 }
 
 // Service is the agent's discovery: it judges records for its plugins (host.RecordJudge), keeps its own
 // record published, and looks agents up.
 type Service struct {
-	cfg Config
-	m   *serviceMetrics
+	cfg   Config
+	m     *serviceMetrics
+	peers peerIDs // libp2p peer IDs of verified records
 
 	mu      sync.Mutex
 	seq     uint64
@@ -118,8 +123,13 @@ func (l logs) State(id string) (identity.State, bool, error) {
 
 // ValidateRecord implements host.RecordJudge: Verify at now, counted by verdict.
 func (s *Service) ValidateRecord(_ context.Context, key string, value []byte) error {
-	_, err := Verify(value, key, logs{s}, s.cfg.Now())
+	r, err := Verify(value, key, logs{s}, s.cfg.Now())
 	s.m.verdict(err)
+	if err == nil {
+		if id, perr := identity.ParseID(r.AgentID); perr == nil {
+			s.peers.learn(r.PeerID, id)
+		}
+	}
 	if err != nil {
 		s.cfg.Logger.Debug("agent record refused", "key", key, "code", reason.Of(err), "err", err)
 	}
@@ -322,6 +332,7 @@ func (s *Service) Find(ctx context.Context, id identity.ID, timeout time.Duratio
 			continue
 		}
 		s.m.lookup("found", s.cfg.Now().Sub(start))
+		s.peers.learn(r.PeerID, id)
 		return r, nil
 	}
 	s.m.lookup("not_found", s.cfg.Now().Sub(start))
@@ -336,6 +347,7 @@ type serviceMetrics struct {
 	publications *prometheus.CounterVec
 	lookups      *prometheus.CounterVec
 	lookupTime   prometheus.Histogram
+	g            gossipMetrics
 }
 
 func newMetrics(reg prometheus.Registerer) (*serviceMetrics, error) {
@@ -357,9 +369,10 @@ func newMetrics(reg prometheus.Registerer) (*serviceMetrics, error) {
 			Help:    "Latency of DHT lookups of agent records, found or not.",
 			Buckets: []float64{0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10},
 		}),
+		g: newGossipMetrics(),
 	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.verdicts, m.publications, m.lookups, m.lookupTime} {
+		for _, c := range []prometheus.Collector{m.verdicts, m.publications, m.lookups, m.lookupTime, m.g.messages, m.g.published} {
 			if err := reg.Register(c); err != nil {
 				return nil, fmt.Errorf("discovery metrics: %w", err)
 			}

@@ -54,14 +54,15 @@ type Authorizer struct {
 	store   Store
 	log     *slog.Logger
 
-	mu       sync.RWMutex
-	cfg      Config
-	admins   map[string]identity.ID // cfg.Admins by text form
-	grants   map[string][]Grant     // by subject agent ID
-	byID     map[string]Grant       // by grant ID
-	revoked  map[string]Revocation  // by grant ID
-	vmu      sync.Mutex
-	verified map[[32]byte]struct{} // digests of (grant, issuer key) that verified
+	mu           sync.RWMutex
+	cfg          Config
+	admins       map[string]identity.ID // cfg.Admins by text form
+	grants       map[string][]Grant     // by subject agent ID
+	byID         map[string]Grant       // by grant ID
+	revoked      map[string]Revocation  // by grant ID
+	onRevocation func(Revocation)       // called with each new revocation (OnRevocation)
+	vmu          sync.Mutex
+	verified     map[[32]byte]struct{} // digests of (grant, issuer key) that verified
 }
 
 // NewAuthorizer makes an authorizer and loads what opts.Store holds. A stored record that does not decode
@@ -209,35 +210,64 @@ func (a *Authorizer) AddGrant(ctx context.Context, g Grant) error {
 	return nil
 }
 
-// AddRevocation verifies r (form, administrator issuer, signature under signature.GrantRevocation) and
-// records it for good. The revoked grant need not be known yet: a grant presented later is refused.
+// AddRevocation verifies r (VerifyRevocation) and records it for good. The revoked grant need not be
+// known yet: a grant presented later is refused. A revocation of a grant already revoked is not verified
+// again; the OnRevocation hook is called for a new one.
 func (a *Authorizer) AddRevocation(ctx context.Context, r Revocation) error {
 	if err := r.check(); err != nil {
 		return fmt.Errorf("%w: revocation: %v", ErrMalformed, err)
 	}
 	a.mu.RLock()
-	admin := a.isAdmin(r.Issuer)
 	_, dup := a.revoked[r.Grant]
 	a.mu.RUnlock()
 	if dup {
 		return nil
 	}
+	if err := a.VerifyRevocation(r); err != nil {
+		return err
+	}
+	a.mu.Lock()
+	if a.store != nil {
+		if err := a.store.PutRevocation(ctx, r); err != nil {
+			a.mu.Unlock()
+			return fmt.Errorf("store revocation of %s: %w", r.Grant, err)
+		}
+	}
+	a.revoked[r.Grant] = r
+	hook := a.onRevocation
+	a.mu.Unlock()
+	a.log.Debug("grant revoked", "grant", r.Grant, "issuer", r.Issuer)
+	if hook != nil {
+		hook(r)
+	}
+	return nil
+}
+
+// VerifyRevocation checks r completely (form, administrator issuer, signature under
+// signature.GrantRevocation) without recording it, even when the grant is already revoked: a node that
+// relays a revocation (ADR 0091) verifies every copy it forwards.
+func (a *Authorizer) VerifyRevocation(r Revocation) error {
+	if err := r.check(); err != nil {
+		return fmt.Errorf("%w: revocation: %v", ErrMalformed, err)
+	}
+	a.mu.RLock()
+	admin := a.isAdmin(r.Issuer)
+	a.mu.RUnlock()
 	if !admin {
 		return deny(GrantBadIssuer, r.Issuer, "", r.Grant, "revocation of grant %s is signed by %s, which is not a configured system administrator", r.Grant, r.Issuer)
 	}
 	if err := a.verifySig(r.Issuer, r.SignedBy(), r.Head, r.Issued, r.SigningInput, r.Sig, nil); err != nil {
 		return deny(GrantBadSignature, r.Issuer, "", r.Grant, "revocation of grant %s: %v", r.Grant, err)
 	}
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	if a.store != nil {
-		if err := a.store.PutRevocation(ctx, r); err != nil {
-			return fmt.Errorf("store revocation of %s: %w", r.Grant, err)
-		}
-	}
-	a.revoked[r.Grant] = r
-	a.log.Debug("grant revoked", "grant", r.Grant, "issuer", r.Issuer)
 	return nil
+}
+
+// OnRevocation sets f to be called (outside the authorizer's lock) with every revocation recorded from
+// now on, e.g. to publish it to the network (ADR 0091). f must not block.
+func (a *Authorizer) OnRevocation(f func(Revocation)) {
+	a.mu.Lock()
+	a.onRevocation = f
+	a.mu.Unlock()
 }
 
 // Revoked reports whether grantID has been revoked.

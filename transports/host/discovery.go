@@ -148,6 +148,8 @@ func answer(ctx context.Context, j RecordJudge, q *pb.Question) *pb.Answer {
 			return a
 		}
 		a.Valid, a.Best = true, uint32(i)
+	case pb.Question_KIND_GOSSIP:
+		answerGossip(ctx, j, q, a)
 	default:
 		a.Reason = fmt.Sprintf("unknown question kind %d", q.GetKind())
 	}

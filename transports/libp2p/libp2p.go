@@ -53,6 +53,7 @@ type Network struct {
 	handshakeTimeout time.Duration
 	judge            plugin.Judge // set by UseJudge: the DHT runs only with a host to judge records
 	dht              *dht.IpfsDHT
+	gossip           *gossip // gossipsub topics (ADR 0091), with the DHT
 
 	mu        sync.Mutex
 	listeners []*listener
@@ -108,6 +109,11 @@ func (n *Network) Configure(_ context.Context, id *plugin.Identity, opts map[str
 	h.SetStreamHandler(ProtocolID, n.handleStream)
 	if n.judge != nil {
 		if n.dht, err = startDHT(h, n.judge); err != nil {
+			_ = h.Close()
+			return err
+		}
+		if n.gossip, err = startGossip(h, n.judge, n.log); err != nil {
+			_ = n.dht.Close()
 			_ = h.Close()
 			return err
 		}
@@ -288,6 +294,9 @@ func (n *Network) handleStream(s network.Stream) {
 func (n *Network) Close() error {
 	if n.h == nil {
 		return nil
+	}
+	if n.gossip != nil {
+		n.gossip.close()
 	}
 	if n.dht != nil {
 		_ = n.dht.Close()

@@ -31,6 +31,8 @@ type Discovery interface {
 type Judge interface {
 	Validate(ctx context.Context, key string, value []byte) error
 	Select(ctx context.Context, key string, values [][]byte) (int, error)
+	// ValidateGossip judges a gossip message (ADR 0091): the verdict, and why when not accepted.
+	ValidateGossip(ctx context.Context, topic, from string, data []byte) (GossipVerdict, string)
 }
 
 // ErrNoJudge: no host is answering questions (the stream is not open): every record is refused.

@@ -37,6 +37,9 @@ const (
 	Question_KIND_VALIDATE Question_Kind = 1
 	// Which of values is the best record for key (each already valid)? Answered by index.
 	Question_KIND_SELECT Question_Kind = 2
+	// Is values[0], received on gossipsub topic key from the peer from, valid (ADR 0091)? The host
+	// verifies and applies it before answering; the plugin forwards only what it accepts.
+	Question_KIND_GOSSIP Question_Kind = 3
 )
 
 // Enum value maps for Question_Kind.
@@ -45,11 +48,13 @@ var (
 		0: "KIND_UNSPECIFIED",
 		1: "KIND_VALIDATE",
 		2: "KIND_SELECT",
+		3: "KIND_GOSSIP",
 	}
 	Question_Kind_value = map[string]int32{
 		"KIND_UNSPECIFIED": 0,
 		"KIND_VALIDATE":    1,
 		"KIND_SELECT":      2,
+		"KIND_GOSSIP":      3,
 	}
 )
 
@@ -1123,11 +1128,13 @@ func (x *FindRecordResponse) GetRecord() []byte {
 }
 
 type Question struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Id            uint64                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
-	Kind          Question_Kind          `protobuf:"varint,2,opt,name=kind,proto3,enum=custos.transport.v1.Question_Kind" json:"kind,omitempty"`
-	Key           string                 `protobuf:"bytes,3,opt,name=key,proto3" json:"key,omitempty"`
-	Values        [][]byte               `protobuf:"bytes,4,rep,name=values,proto3" json:"values,omitempty"`
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Id     uint64                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	Kind   Question_Kind          `protobuf:"varint,2,opt,name=kind,proto3,enum=custos.transport.v1.Question_Kind" json:"kind,omitempty"`
+	Key    string                 `protobuf:"bytes,3,opt,name=key,proto3" json:"key,omitempty"`
+	Values [][]byte               `protobuf:"bytes,4,rep,name=values,proto3" json:"values,omitempty"`
+	// KIND_GOSSIP: the libp2p peer ID that forwarded the message (the one scored down when it is invalid).
+	From          string `protobuf:"bytes,5,opt,name=from,proto3" json:"from,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1190,6 +1197,13 @@ func (x *Question) GetValues() [][]byte {
 	return nil
 }
 
+func (x *Question) GetFrom() string {
+	if x != nil {
+		return x.From
+	}
+	return ""
+}
+
 type Answer struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Id    uint64                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
@@ -1198,7 +1212,10 @@ type Answer struct {
 	// Why not (a reason code from reason/registry.go and a message), for the plugin's log.
 	Reason string `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
 	// KIND_SELECT: index of the best value.
-	Best          uint32 `protobuf:"varint,4,opt,name=best,proto3" json:"best,omitempty"`
+	Best uint32 `protobuf:"varint,4,opt,name=best,proto3" json:"best,omitempty"`
+	// KIND_GOSSIP, not valid: true when the message is not wrong but of no use here (e.g. signed by an
+	// agent that is not this agent's administrator): dropped without penalty to the sender.
+	Ignore        bool `protobuf:"varint,5,opt,name=ignore,proto3" json:"ignore,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1259,6 +1276,103 @@ func (x *Answer) GetBest() uint32 {
 		return x.Best
 	}
 	return 0
+}
+
+func (x *Answer) GetIgnore() bool {
+	if x != nil {
+		return x.Ignore
+	}
+	return false
+}
+
+type PublishRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The gossipsub topic, e.g. "/custos/v1/revocations".
+	Topic string `protobuf:"bytes,1,opt,name=topic,proto3" json:"topic,omitempty"`
+	// The message (docs/protocol.md, "Gossip topics").
+	Data          []byte `protobuf:"bytes,2,opt,name=data,proto3" json:"data,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PublishRequest) Reset() {
+	*x = PublishRequest{}
+	mi := &file_transport_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PublishRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PublishRequest) ProtoMessage() {}
+
+func (x *PublishRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_transport_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PublishRequest.ProtoReflect.Descriptor instead.
+func (*PublishRequest) Descriptor() ([]byte, []int) {
+	return file_transport_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *PublishRequest) GetTopic() string {
+	if x != nil {
+		return x.Topic
+	}
+	return ""
+}
+
+func (x *PublishRequest) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
+type PublishResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PublishResponse) Reset() {
+	*x = PublishResponse{}
+	mi := &file_transport_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PublishResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PublishResponse) ProtoMessage() {}
+
+func (x *PublishResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_transport_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PublishResponse.ProtoReflect.Descriptor instead.
+func (*PublishResponse) Descriptor() ([]byte, []int) {
+	return file_transport_proto_rawDescGZIP(), []int{23}
 }
 
 var File_transport_proto protoreflect.FileDescriptor
@@ -1330,21 +1444,28 @@ const file_transport_proto_rawDesc = "" +
 	"\n" +
 	"timeout_ms\x18\x02 \x01(\rR\ttimeoutMs\",\n" +
 	"\x12FindRecordResponse\x12\x16\n" +
-	"\x06record\x18\x01 \x01(\fR\x06record\"\xbe\x01\n" +
+	"\x06record\x18\x01 \x01(\fR\x06record\"\xe3\x01\n" +
 	"\bQuestion\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x126\n" +
 	"\x04kind\x18\x02 \x01(\x0e2\".custos.transport.v1.Question.KindR\x04kind\x12\x10\n" +
 	"\x03key\x18\x03 \x01(\tR\x03key\x12\x16\n" +
-	"\x06values\x18\x04 \x03(\fR\x06values\"@\n" +
+	"\x06values\x18\x04 \x03(\fR\x06values\x12\x12\n" +
+	"\x04from\x18\x05 \x01(\tR\x04from\"Q\n" +
 	"\x04Kind\x12\x14\n" +
 	"\x10KIND_UNSPECIFIED\x10\x00\x12\x11\n" +
 	"\rKIND_VALIDATE\x10\x01\x12\x0f\n" +
-	"\vKIND_SELECT\x10\x02\"Z\n" +
+	"\vKIND_SELECT\x10\x02\x12\x0f\n" +
+	"\vKIND_GOSSIP\x10\x03\"r\n" +
 	"\x06Answer\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x14\n" +
 	"\x05valid\x18\x02 \x01(\bR\x05valid\x12\x16\n" +
 	"\x06reason\x18\x03 \x01(\tR\x06reason\x12\x12\n" +
-	"\x04best\x18\x04 \x01(\rR\x04best2\xc8\a\n" +
+	"\x04best\x18\x04 \x01(\rR\x04best\x12\x16\n" +
+	"\x06ignore\x18\x05 \x01(\bR\x06ignore\":\n" +
+	"\x0ePublishRequest\x12\x14\n" +
+	"\x05topic\x18\x01 \x01(\tR\x05topic\x12\x12\n" +
+	"\x04data\x18\x02 \x01(\fR\x04data\"\x11\n" +
+	"\x0fPublishResponse2\x9e\b\n" +
 	"\tTransport\x12Z\n" +
 	"\tConfigure\x12%.custos.transport.v1.ConfigureRequest\x1a&.custos.transport.v1.ConfigureResponse\x12]\n" +
 	"\n" +
@@ -1358,7 +1479,8 @@ const file_transport_proto_rawDesc = "" +
 	"\tPutRecord\x12%.custos.transport.v1.PutRecordRequest\x1a&.custos.transport.v1.PutRecordResponse\x12]\n" +
 	"\n" +
 	"FindRecord\x12&.custos.transport.v1.FindRecordRequest\x1a'.custos.transport.v1.FindRecordResponse\x12K\n" +
-	"\tQuestions\x12\x1b.custos.transport.v1.Answer\x1a\x1d.custos.transport.v1.Question(\x010\x01B=Z;github.com/custos-agent/custos/transports/proto;transportpbb\x06proto3"
+	"\tQuestions\x12\x1b.custos.transport.v1.Answer\x1a\x1d.custos.transport.v1.Question(\x010\x01\x12T\n" +
+	"\aPublish\x12#.custos.transport.v1.PublishRequest\x1a$.custos.transport.v1.PublishResponseB=Z;github.com/custos-agent/custos/transports/proto;transportpbb\x06proto3"
 
 var (
 	file_transport_proto_rawDescOnce sync.Once
@@ -1373,7 +1495,7 @@ func file_transport_proto_rawDescGZIP() []byte {
 }
 
 var file_transport_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_transport_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
+var file_transport_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
 var file_transport_proto_goTypes = []any{
 	(Question_Kind)(0),           // 0: custos.transport.v1.Question.Kind
 	(*ConfigureRequest)(nil),     // 1: custos.transport.v1.ConfigureRequest
@@ -1398,10 +1520,12 @@ var file_transport_proto_goTypes = []any{
 	(*FindRecordResponse)(nil),   // 20: custos.transport.v1.FindRecordResponse
 	(*Question)(nil),             // 21: custos.transport.v1.Question
 	(*Answer)(nil),               // 22: custos.transport.v1.Answer
-	nil,                          // 23: custos.transport.v1.ConfigureRequest.OptionsEntry
+	(*PublishRequest)(nil),       // 23: custos.transport.v1.PublishRequest
+	(*PublishResponse)(nil),      // 24: custos.transport.v1.PublishResponse
+	nil,                          // 25: custos.transport.v1.ConfigureRequest.OptionsEntry
 }
 var file_transport_proto_depIdxs = []int32{
-	23, // 0: custos.transport.v1.ConfigureRequest.options:type_name -> custos.transport.v1.ConfigureRequest.OptionsEntry
+	25, // 0: custos.transport.v1.ConfigureRequest.options:type_name -> custos.transport.v1.ConfigureRequest.OptionsEntry
 	9,  // 1: custos.transport.v1.DialResponse.conn:type_name -> custos.transport.v1.Connection
 	9,  // 2: custos.transport.v1.Inbound.conn:type_name -> custos.transport.v1.Connection
 	16, // 3: custos.transport.v1.FrameMessage.open:type_name -> custos.transport.v1.Open
@@ -1417,19 +1541,21 @@ var file_transport_proto_depIdxs = []int32{
 	17, // 13: custos.transport.v1.Transport.PutRecord:input_type -> custos.transport.v1.PutRecordRequest
 	19, // 14: custos.transport.v1.Transport.FindRecord:input_type -> custos.transport.v1.FindRecordRequest
 	22, // 15: custos.transport.v1.Transport.Questions:input_type -> custos.transport.v1.Answer
-	2,  // 16: custos.transport.v1.Transport.Configure:output_type -> custos.transport.v1.ConfigureResponse
-	4,  // 17: custos.transport.v1.Transport.SetBinding:output_type -> custos.transport.v1.SetBindingResponse
-	6,  // 18: custos.transport.v1.Transport.Listen:output_type -> custos.transport.v1.ListenResponse
-	8,  // 19: custos.transport.v1.Transport.Dial:output_type -> custos.transport.v1.DialResponse
-	12, // 20: custos.transport.v1.Transport.CloseListener:output_type -> custos.transport.v1.CloseResponse
-	12, // 21: custos.transport.v1.Transport.CloseConn:output_type -> custos.transport.v1.CloseResponse
-	14, // 22: custos.transport.v1.Transport.Accept:output_type -> custos.transport.v1.Inbound
-	15, // 23: custos.transport.v1.Transport.Frames:output_type -> custos.transport.v1.FrameMessage
-	18, // 24: custos.transport.v1.Transport.PutRecord:output_type -> custos.transport.v1.PutRecordResponse
-	20, // 25: custos.transport.v1.Transport.FindRecord:output_type -> custos.transport.v1.FindRecordResponse
-	21, // 26: custos.transport.v1.Transport.Questions:output_type -> custos.transport.v1.Question
-	16, // [16:27] is the sub-list for method output_type
-	5,  // [5:16] is the sub-list for method input_type
+	23, // 16: custos.transport.v1.Transport.Publish:input_type -> custos.transport.v1.PublishRequest
+	2,  // 17: custos.transport.v1.Transport.Configure:output_type -> custos.transport.v1.ConfigureResponse
+	4,  // 18: custos.transport.v1.Transport.SetBinding:output_type -> custos.transport.v1.SetBindingResponse
+	6,  // 19: custos.transport.v1.Transport.Listen:output_type -> custos.transport.v1.ListenResponse
+	8,  // 20: custos.transport.v1.Transport.Dial:output_type -> custos.transport.v1.DialResponse
+	12, // 21: custos.transport.v1.Transport.CloseListener:output_type -> custos.transport.v1.CloseResponse
+	12, // 22: custos.transport.v1.Transport.CloseConn:output_type -> custos.transport.v1.CloseResponse
+	14, // 23: custos.transport.v1.Transport.Accept:output_type -> custos.transport.v1.Inbound
+	15, // 24: custos.transport.v1.Transport.Frames:output_type -> custos.transport.v1.FrameMessage
+	18, // 25: custos.transport.v1.Transport.PutRecord:output_type -> custos.transport.v1.PutRecordResponse
+	20, // 26: custos.transport.v1.Transport.FindRecord:output_type -> custos.transport.v1.FindRecordResponse
+	21, // 27: custos.transport.v1.Transport.Questions:output_type -> custos.transport.v1.Question
+	24, // 28: custos.transport.v1.Transport.Publish:output_type -> custos.transport.v1.PublishResponse
+	17, // [17:29] is the sub-list for method output_type
+	5,  // [5:17] is the sub-list for method input_type
 	5,  // [5:5] is the sub-list for extension type_name
 	5,  // [5:5] is the sub-list for extension extendee
 	0,  // [0:5] is the sub-list for field type_name
@@ -1451,7 +1577,7 @@ func file_transport_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_transport_proto_rawDesc), len(file_transport_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   23,
+			NumMessages:   25,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -38,6 +38,7 @@ const (
 	Transport_PutRecord_FullMethodName     = "/custos.transport.v1.Transport/PutRecord"
 	Transport_FindRecord_FullMethodName    = "/custos.transport.v1.Transport/FindRecord"
 	Transport_Questions_FullMethodName     = "/custos.transport.v1.Transport/Questions"
+	Transport_Publish_FullMethodName       = "/custos.transport.v1.Transport/Publish"
 )
 
 // TransportClient is the client API for Transport service.
@@ -76,6 +77,10 @@ type TransportClient interface {
 	// opens it once per plugin process and sends an empty Answer (id 0) as hello; the plugin then sends
 	// Questions and the host answers each by id. Without an open stream the plugin refuses every record.
 	Questions(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[Answer, Question], error)
+	// Publish sends a host-signed message on a gossipsub topic of the transport (ADR 0091; optional: a
+	// transport without gossip answers Unimplemented). Messages received on the topic are first judged by
+	// the host through the Questions stream (KIND_GOSSIP): only those it accepts are forwarded.
+	Publish(ctx context.Context, in *PublishRequest, opts ...grpc.CallOption) (*PublishResponse, error)
 }
 
 type transportClient struct {
@@ -211,6 +216,16 @@ func (c *transportClient) Questions(ctx context.Context, opts ...grpc.CallOption
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Transport_QuestionsClient = grpc.BidiStreamingClient[Answer, Question]
 
+func (c *transportClient) Publish(ctx context.Context, in *PublishRequest, opts ...grpc.CallOption) (*PublishResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(PublishResponse)
+	err := c.cc.Invoke(ctx, Transport_Publish_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // TransportServer is the server API for Transport service.
 // All implementations must embed UnimplementedTransportServer
 // for forward compatibility.
@@ -247,6 +262,10 @@ type TransportServer interface {
 	// opens it once per plugin process and sends an empty Answer (id 0) as hello; the plugin then sends
 	// Questions and the host answers each by id. Without an open stream the plugin refuses every record.
 	Questions(grpc.BidiStreamingServer[Answer, Question]) error
+	// Publish sends a host-signed message on a gossipsub topic of the transport (ADR 0091; optional: a
+	// transport without gossip answers Unimplemented). Messages received on the topic are first judged by
+	// the host through the Questions stream (KIND_GOSSIP): only those it accepts are forwarded.
+	Publish(context.Context, *PublishRequest) (*PublishResponse, error)
 	mustEmbedUnimplementedTransportServer()
 }
 
@@ -289,6 +308,9 @@ func (UnimplementedTransportServer) FindRecord(context.Context, *FindRecordReque
 }
 func (UnimplementedTransportServer) Questions(grpc.BidiStreamingServer[Answer, Question]) error {
 	return status.Error(codes.Unimplemented, "method Questions not implemented")
+}
+func (UnimplementedTransportServer) Publish(context.Context, *PublishRequest) (*PublishResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Publish not implemented")
 }
 func (UnimplementedTransportServer) mustEmbedUnimplementedTransportServer() {}
 func (UnimplementedTransportServer) testEmbeddedByValue()                   {}
@@ -480,6 +502,24 @@ func _Transport_Questions_Handler(srv interface{}, stream grpc.ServerStream) err
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Transport_QuestionsServer = grpc.BidiStreamingServer[Answer, Question]
 
+func _Transport_Publish_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(PublishRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(TransportServer).Publish(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Transport_Publish_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(TransportServer).Publish(ctx, req.(*PublishRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Transport_ServiceDesc is the grpc.ServiceDesc for Transport service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -518,6 +558,10 @@ var Transport_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "FindRecord",
 			Handler:    _Transport_FindRecord_Handler,
+		},
+		{
+			MethodName: "Publish",
+			Handler:    _Transport_Publish_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
