@@ -643,3 +643,39 @@ func (s *Store) takeGiverSlot(giver string, now time.Time) error {
 
 // feedbackHorizon is how old feedback may be: four half-lives (it would count for 1/16 by then).
 func (s *Store) feedbackHorizon() time.Duration { return 4 * s.cfg.HalfLife }
+
+// PruneIdle drops the records of peers nothing was recorded about since cutoff (retention,
+// docs/privacy.md): after that long their decayed score says next to nothing. A peer an operator blocked
+// (Block) is kept: that is the operator's decision, undone only by Unblock. It returns how many went.
+func (s *Store) PruneIdle(ctx context.Context, cutoff time.Time) (int, error) {
+	if err := ctx.Err(); err != nil {
+		return 0, err
+	}
+	c := cutoff.UnixNano()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var gone []string
+	for k, r := range s.peers {
+		if !r.Manual && r.Updated < c {
+			gone = append(gone, k)
+		}
+	}
+	if len(gone) == 0 {
+		return 0, nil
+	}
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		for _, k := range gone {
+			if err := tx.Bucket(bucketPeers).Delete([]byte(k)); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, fmt.Errorf("reputation store: prune: %w", err)
+	}
+	for _, k := range gone {
+		delete(s.peers, k)
+	}
+	return len(gone), nil
+}
