@@ -76,6 +76,10 @@ const (
 	RecordStale        Code = "record_stale"
 
 	AuditUnavailable Code = "audit_unavailable"
+
+	// ErasureIncomplete: an erasure on request removed part of a subject's data and failed on a store
+	// (ADR 0092); the message names the store and what was removed. Running it again finishes it.
+	ErasureIncomplete Code = "erasure_incomplete"
 )
 
 // Entry is one registered code.
@@ -174,6 +178,7 @@ func entries() []Entry {
 		{RecordTooLong, d(DomainDiscovery), "an agent record that expires further ahead than a verifier accepts", false},
 		{RecordStale, d(DomainDiscovery), "an agent record with a lower sequence than the one already held", false},
 		{AuditUnavailable, d(DomainAdmission), "the agent's audit log cannot write records (disk full, I/O error) and audit.on_failure is refuse: no new work until it can; retry later", true},
+		{ErasureIncomplete, d(DomainControl), "an erasure removed part of a subject's data and failed on a store (the message names it and what went); run it again", false},
 	}
 }
 

@@ -151,3 +151,28 @@ func (s *EvidenceStore) PruneBefore(cutoff time.Time) (int, error) {
 	}
 	return n, nil
 }
+
+// EraseSubject deletes every record about peer (erasure on request, ADR 0092); it returns how many.
+func (s *EvidenceStore) EraseSubject(peer identity.ID) (int, error) {
+	prefix := []byte(peer.String() + "\x00")
+	n := 0
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketEvidence)
+		var keys [][]byte
+		c := b.Cursor()
+		for k, _ := c.Seek(prefix); k != nil && len(k) >= len(prefix) && string(k[:len(prefix)]) == string(prefix); k, _ = c.Next() {
+			keys = append(keys, append([]byte(nil), k...))
+		}
+		for _, k := range keys {
+			if err := b.Delete(k); err != nil {
+				return err
+			}
+		}
+		n = len(keys)
+		return nil
+	})
+	if err != nil {
+		return 0, fmt.Errorf("evidence store: erase: %w", err)
+	}
+	return n, nil
+}

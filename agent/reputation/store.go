@@ -679,3 +679,40 @@ func (s *Store) PruneIdle(ctx context.Context, cutoff time.Time) (int, error) {
 	}
 	return len(gone), nil
 }
+
+// Subject returns the stored reputation of peer (nil when none is stored): the subject-access copy of
+// ADR 0092. Feedback keys are one-way digests of (giver, subject, task): they name no agent and are not
+// returned; they age out after the feedback horizon.
+func (s *Store) Subject(peer identity.ID) *Report {
+	s.mu.Lock()
+	_, ok := s.peers[peer.String()]
+	s.mu.Unlock()
+	if !ok {
+		return nil
+	}
+	r := s.Report(peer)
+	return &r
+}
+
+// EraseSubject deletes peer's reputation record (erasure on request, ADR 0092). An operator's block is
+// kept (kept true): it is a security decision, undone by Unblock. It returns how many records went.
+func (s *Store) EraseSubject(ctx context.Context, peer identity.ID) (removed int, kept bool, err error) {
+	if err := ctx.Err(); err != nil {
+		return 0, false, err
+	}
+	k := peer.String()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	r, ok := s.peers[k]
+	if !ok {
+		return 0, false, nil
+	}
+	if r.Manual {
+		return 0, true, nil
+	}
+	if err := s.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketPeers).Delete([]byte(k)) }); err != nil {
+		return 0, false, fmt.Errorf("reputation store: erase: %w", err)
+	}
+	delete(s.peers, k)
+	return 1, false, nil
+}
