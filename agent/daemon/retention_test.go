@@ -11,6 +11,7 @@ import (
 
 	"github.com/custos-agent/custos/agent/consensus"
 	"github.com/custos-agent/custos/agent/internal/agenttest"
+	"github.com/custos-agent/custos/agent/rbac"
 	"github.com/custos-agent/custos/agent/reputation"
 	"github.com/custos-agent/custos/agent/tasks"
 	"github.com/custos-agent/custos/audit"
@@ -20,14 +21,16 @@ import (
 
 // TestRetentionShrinksEveryStore: with short periods (privacy.retention, tasks.*), the daemon's retention
 // drops what each store holds about peers: an unseen peer's key event log and delegations, an idle
-// reputation record, old consensus evidence, an unacknowledged task result, old audit segments (the rest
+// reputation record, old consensus evidence, an expired grant, an unacknowledged task result, old audit segments (the rest
 // still verifies from a signed audit.pruned anchor). A compromise mark and an operator's block survive.
 // The test reads the bbolt file after the daemon stopped.
 func TestRetentionShrinksEveryStore(t *testing.T) {
 	ctx := context.Background()
 	home, cust := testHome(t)
 	cfgPath := filepath.Join(home, "agent.yaml")
+	admin := agenttest.NewIdentity(t, keystore.Ed25519)
 	cfg, digest := writeConfig(t, cfgPath, "metrics: {disabled: true}\n"+
+		"authorization: {admins: ["+admin.ID().String()+"]}\n"+
 		"privacy: {retention: {interval: 1s, peers_unseen: 1s, reputation: 1s, evidence: 1s, audit: 2s}}\n"+
 		"audit: {segment_max_age: 1s}\n"+
 		"tasks: {unacknowledged_retention: 1s, retry_interval: 200ms}\n")
@@ -72,6 +75,15 @@ func TestRetentionShrinksEveryStore(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	// A grant about the peer that expires in two seconds, and one valid for an hour.
+	short := grantFor(t, admin, seen.ID(), rbac.TaskSubmitter, time.Now().Add(-time.Hour), time.Hour+2*time.Second)
+	long := grantFor(t, admin, blocked.ID(), rbac.TaskSubmitter, time.Now(), time.Hour)
+	for _, g := range []rbac.Grant{short, long} {
+		if err := d.authz.RBAC().AddGrant(ctx, g); err != nil {
+			t.Fatal(err)
+		}
+	}
+
 	// Wait (the loop runs every second) until every store lost its record; audit records keep the
 	// segments rotating.
 	deadline := time.Now().Add(20 * time.Second)
@@ -84,11 +96,12 @@ func TestRetentionShrinksEveryStore(t *testing.T) {
 		ev, _ := d.evidence.ByPeer(seen.ID())
 		in, _ := d.taskStore.ListInbound()
 		rp, _ := audit.Verify(filepath.Join(home, AuditDir), cust.Log())
-		if len(logs) == 1 && rep == reputation.New && len(ev) == 0 && len(in) == 0 && rp.FirstSeq > 1 {
+		gs := d.authz.RBAC().Grants(seen.ID())
+		if len(logs) == 1 && rep == reputation.New && len(ev) == 0 && len(in) == 0 && rp.FirstSeq > 1 && len(gs) == 0 {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("stores did not shrink: peers %v, evidence %d, inbound %d, audit %+v", logs, len(ev), len(in), rp)
+			t.Fatalf("stores did not shrink: peers %v, evidence %d, inbound %d, grants %d, audit %+v", logs, len(ev), len(in), len(gs), rp)
 		}
 		time.Sleep(300 * time.Millisecond)
 	}
@@ -118,6 +131,9 @@ func TestRetentionShrinksEveryStore(t *testing.T) {
 		return found
 	}
 	s := seen.ID().String()
+	if has("rbac/grants", short.ID) || !has("rbac/grants", long.ID) {
+		t.Errorf("rbac/grants: the expired grant is kept (%v) or the valid one went (%v)", has("rbac/grants", short.ID), !has("rbac/grants", long.ID))
+	}
 	for _, b := range []string{"peers.kel", "peers.kel.used", "peers.delegations", "reputation/peers", "consensus/evidence", "tasks.in", "tasks.in.input"} {
 		if has(b, s) {
 			t.Errorf("%s still holds the unseen peer", b)

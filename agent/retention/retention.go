@@ -2,11 +2,10 @@
 // every interval it applies each store's retention period to the stores that do not age out on their own:
 // peers no handshake committed for a period (their key event logs, use times and delegations; never a
 // compromise mark or its fork evidence), reputation records nothing was recorded about for a period
-// (never an operator's block), and consensus evidence older than its period. The other stores age out
-// where they live and are only configured from the same section: task records (agent/tasks, on its
-// delivery loop), expired grants and feedback keys (the authorization sweep) and audit segments (the
-// audit log's writer, audit.Retention). Its dependencies are explicit and small: each store is an
-// interface with one prune method.
+// (never an operator's block), consensus evidence older than its period, and expired grants; it applies
+// the audit log's retention (audit.Retention, configured from the same section) at once. Task records
+// age out on the task engine's delivery loop and feedback keys in the authorization sweep. Its
+// dependencies are explicit and small: each store is an interface with one prune method.
 package retention
 
 import (
@@ -38,6 +37,13 @@ type Evidence interface {
 	PruneBefore(cutoff time.Time) (int, error)
 }
 
+// Grants is the authorizer (agent/rbac): expired grants go from memory and the store. The
+// authorization sweep prunes them too (every reputation.sweep_interval); here they go at the retention
+// interval, with the other stores.
+type Grants interface {
+	Prune(ctx context.Context) (int, error)
+}
+
 // Audit is the audit log (audit.Log): its retention (audit.Retention, by age and size, with a signed
 // audit.pruned record so that the rest still verifies) is configured when it is opened; the loop only
 // applies it at once, besides the log's own minute.
@@ -51,6 +57,7 @@ type Config struct {
 	Peers      Peers
 	Reputation Reputation
 	Evidence   Evidence
+	Grants     Grants
 	Audit      Audit
 	Now        func() time.Time // default time.Now
 	Logger     *slog.Logger
@@ -63,6 +70,7 @@ const (
 	StorePeers      = "peers"
 	StoreReputation = "reputation"
 	StoreEvidence   = "evidence"
+	StoreGrants     = "grants"
 )
 
 // Once applies every period now. It returns how many records each store lost and the first error; a
@@ -95,6 +103,15 @@ func Once(ctx context.Context, c Config) (map[string]int, error) {
 	}
 	if c.Evidence != nil {
 		apply(StoreEvidence, s.Evidence, c.Evidence.PruneBefore)
+	}
+	if c.Grants != nil && ctx.Err() == nil {
+		n, err := c.Grants.Prune(ctx)
+		if err != nil && first == nil {
+			first = err
+		}
+		if n > 0 {
+			out[StoreGrants] = n
+		}
 	}
 	if c.Audit != nil && ctx.Err() == nil {
 		if err := c.Audit.ApplyRetention(ctx); err != nil && first == nil {
