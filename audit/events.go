@@ -49,6 +49,13 @@ const (
 	KeyRecover EventType = "key.recover"
 	// KeyDelegate: the identity key signed a new delegation for an operational key. Details: "expires".
 	KeyDelegate EventType = "key.delegate"
+	// KeyUse: the identity key signed data for its operator (agentctl sign; not a protocol signature).
+	// Details: "generation", "sha256" (of the data signed), "source".
+	KeyUse EventType = "key.use"
+	// KeyUnlockFailed: the keystore of the identity key refused the PIN or passphrase it was given (outcome
+	// failure). Details: "generation", "backend", "source". Written without the key, its checkpoint cannot
+	// be signed: an audit.checkpoint_failed follows, and the next start signs the head.
+	KeyUnlockFailed EventType = "key.unlock_failed"
 )
 
 // Role grants (DESIGN 6). Actor: the administrator's agent ID; Subject: the grantee.

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"encoding/base64"
-	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -18,6 +17,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/custos-agent/custos/internal/strictjson"
+	fields "github.com/custos-agent/custos/internal/wire"
 	"github.com/custos-agent/custos/signature"
 )
 
@@ -290,18 +290,10 @@ func (p *pending) appendLine(buf []byte, seq uint64, t, prev string) ([]byte, [3
 	return buf, d
 }
 
-func field(h hash.Hash, b []byte) {
-	var l [4]byte
-	binary.BigEndian.PutUint32(l[:], uint32(len(b)))
-	h.Write(l[:])
-	h.Write(b)
-}
+// field and u64 write the length-prefixed encoding of internal/wire into the hash.
+func field(h hash.Hash, b []byte) { fields.HashBytes(h, b) }
 
-func u64(h hash.Hash, v uint64) {
-	var b [8]byte
-	binary.BigEndian.PutUint64(b[:], v)
-	field(h, b[:])
-}
+func u64(h hash.Hash, v uint64) { fields.HashUint64(h, v) }
 
 // cpBinding is what a checkpoint signature says about the record that carries it, so that a signed
 // block copied into another record (a forged seal, a forged audit.pruned) no longer verifies.

@@ -13,6 +13,10 @@ type OpenOptions struct {
 	// set only when stdin is a terminal; nil means "no way to ask": the backend fails with a message that
 	// names the source to configure. The caller of Prompt wipes the returned bytes when done.
 	Prompt func(what string) ([]byte, error)
+	// HoldsKeys says the caller expects its keys to be there already (it opens the keystore of an
+	// identity that exists). A keystore that cannot be found is then described as one to make visible to
+	// this process, never as one to create (issue 18, defect 6).
+	HoldsKeys bool
 }
 
 // OpenFunc opens a keystore (or the keystore holding a key) from a URI. Each backend has one:

@@ -2,12 +2,15 @@ package keystore
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
+
+	"github.com/custos-agent/custos/internal/fileperm"
 )
 
 // MaxSecretSize bounds a secret file: a PIN or passphrase is far shorter, and a source that names the
@@ -17,7 +20,8 @@ const MaxSecretSize = 4096
 // ReadSecret resolves a secret source: "file:/absolute/path" reads the file and drops one trailing
 // newline; "env:NAME" reads the environment variable NAME. A secret is never taken from a literal
 // value, so PINs and passphrases never appear on a command line. The caller zeroes the returned slice
-// with Wipe when done. Warnings (a secret file others may read) go to slog's default logger; use
+// with Wipe when done. A secret file other users may read is refused (fileperm.ErrExposed: the message
+// names the chmod); one its group may read is a warning, to slog's default logger; use
 // ReadSecretLog to name the logger.
 func ReadSecret(source string) ([]byte, error) { return ReadSecretLog(source, nil) }
 
@@ -55,11 +59,20 @@ func readSecretFile(path string, log *slog.Logger) ([]byte, error) {
 		return nil, fmt.Errorf("read secret file %s: %w", path, err)
 	}
 	defer f.Close()
-	if fi, err := f.Stat(); err == nil && fi.Mode().IsRegular() && fi.Mode().Perm()&0o077 != 0 {
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("read secret file %s: %w", path, err)
+	}
+	// Other users' access refuses the secret; its group's is a warning (issue 18, defect 9).
+	warning, err := fileperm.CheckSecret(path, fi)
+	if err != nil {
+		return nil, err
+	}
+	if warning != "" {
 		if log == nil {
 			log = slog.Default()
 		}
-		log.Warn("a secret file can be read by its group or others; chmod 600 it", "file", path, "mode", fi.Mode().Perm().String())
+		log.Warn("file permissions: " + warning)
 	}
 	buf := make([]byte, MaxSecretSize+1) // one buffer, so that Wipe reaches every copy
 	n, err := io.ReadFull(f, buf)
@@ -82,3 +95,13 @@ func readSecretFile(path string, log *slog.Logger) ([]byte, error) {
 
 // Wipe overwrites b with zeros.
 func Wipe(b []byte) { clear(b) }
+
+// SecretErrorKind is the kind (ErrWrongSecret, ErrUnavailable) of a failure to read a secret source: a
+// secret file other users may read (fileperm.ErrExposed) is refused before it is tried, so it is no wrong
+// secret (and no wrong-PIN attempt to audit).
+func SecretErrorKind(err error) error {
+	if errors.Is(err, fileperm.ErrExposed) {
+		return ErrUnavailable
+	}
+	return ErrWrongSecret
+}

@@ -44,7 +44,8 @@ func TestReadSecretFileHardening(t *testing.T) {
 		{"relative", "file:ok", "", []string{`secret file "ok" is a relative path`, "file:/absolute/path"}, false},
 		{"relative with dot", "file:./ok", "", []string{"relative path"}, false},
 		{"too large", "file:" + tooBig, "", []string{tooBig, "larger than 4096 bytes", "not a PIN or passphrase"}, false},
-		{"others may read", "file:" + loose, "5678", nil, true},
+		// Issue 18, defect 9: a secret other users may read is refused, naming the chmod; its group: a warning.
+		{"others may read", "file:" + loose, "", []string{"secret file readable by other users", "mode 0644", "run 'chmod 600 " + loose + "'"}, false},
 		{"group may read", "file:" + groupOnly, "9012", nil, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

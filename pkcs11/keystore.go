@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -45,6 +47,7 @@ func Open(ctx context.Context, uri string, opts keystore.OpenOptions) (keystore.
 		mod:    mod,
 		ref:    ref{label: r.label, serial: r.serial, modulePath: r.modulePath, pinSource: r.pinSource},
 		prompt: opts.Prompt,
+		holds:  opts.HoldsKeys,
 		log:    opts.Log().With("backend", "pkcs11", "token", r.label),
 		keys:   map[string]*keyRef{},
 	}
@@ -61,6 +64,7 @@ type tokenKeystore struct {
 	mod    *module
 	ref    ref // token selector and query attributes, as given (no key part)
 	prompt func(string) ([]byte, error)
+	holds  bool // keystore.OpenOptions.HoldsKeys: the token holds an existing identity's keys
 	log    *slog.Logger
 
 	// Set by open, read-only afterwards.
@@ -198,6 +202,13 @@ func (ks *tokenKeystore) tokenMissing(all []tokenMatch) error {
 	if ks.ref.label == "" {
 		return keystore.Errorf(keystore.ErrUnavailable, "no initialised token with serial %q in PKCS#11 module %s (tokens present: %s): correct serial= or name the token by token=<label>",
 			ks.ref.serial, ks.ref.modulePath, strings.Join(present, ", "))
+	}
+	if ks.holds {
+		// The token was there when the identity was made: it is not visible to this process, and a new
+		// token of the same label would not hold the keys.
+		return keystore.Errorf(keystore.ErrUnavailable,
+			"no token labelled %q is visible in PKCS#11 module %s (tokens present: %s); it holds this identity's keys: do not create a new one, make it visible to this process%s",
+			ks.ref.label, ks.ref.modulePath, strings.Join(present, ", "), softHSMConfHint(ks.ref.modulePath))
 	}
 	return keystore.Errorf(keystore.ErrUnavailable,
 		"no initialised token labelled %q in PKCS#11 module %s (tokens present: %s); create it with: softhsm2-util --init-token --free --label %q (for SoftHSM; set SOFTHSM2_CONF if you use your own token directory)",
@@ -523,4 +534,18 @@ func (ks *tokenKeystore) Ping(ctx context.Context) error {
 		}
 		return nil
 	})
+}
+
+// softHSMConfHint is advice for a SoftHSM module that cannot find its token: SoftHSM finds tokens through
+// the configuration file SOFTHSM2_CONF names (or its default), so a process started with another (a
+// service unit without the variable) sees other tokens or none. "" for other modules.
+func softHSMConfHint(modulePath string) string {
+	if !strings.Contains(strings.ToLower(filepath.Base(modulePath)), "softhsm") {
+		return ""
+	}
+	conf := os.Getenv("SOFTHSM2_CONF")
+	if conf == "" {
+		return " (SOFTHSM2_CONF is not set, so SoftHSM reads its default configuration: set SOFTHSM2_CONF to the configuration the token was made with, e.g. in the service's environment)"
+	}
+	return fmt.Sprintf(" (SOFTHSM2_CONF is %s: is that the configuration the token was made with?)", conf)
 }

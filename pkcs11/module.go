@@ -91,7 +91,7 @@ func acquireModule(path string) (m *module, shared bool, err error) {
 	if err := ctx.Initialize(); err != nil {
 		if !isRV(err, p11.CKR_CRYPTOKI_ALREADY_INITIALIZED) {
 			ctx.Destroy()
-			return nil, false, keystore.Errorf(keystore.ErrUnavailable, "C_Initialize of PKCS#11 module %s failed: %v", path, err)
+			return nil, false, keystore.Errorf(keystore.ErrUnavailable, "C_Initialize of PKCS#11 module %s failed: %v%s", path, err, softHSMConfHint(path))
 		}
 		m.foreign = true
 	}

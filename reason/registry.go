@@ -82,6 +82,10 @@ const (
 	ErasureIncomplete Code = "erasure_incomplete"
 )
 
+// A handshake alert carries a protocol code; when the responder's validator refuses the grants the
+// initiator presented, it carries that refusal's code instead of validator_refused (HandshakeRefusalAlerts,
+// peer.go; ADR 0087): those codes are registered below in their own domains (rbac, admission).
+
 // Entry is one registered code.
 type Entry struct {
 	Code        Code

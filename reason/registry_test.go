@@ -45,3 +45,29 @@ func TestRegistryUnique(t *testing.T) {
 		t.Errorf("the protocol domain %v is not reason.All %v", InDomain(DomainProtocol), All)
 	}
 }
+
+// The codes a responder names in a handshake alert in place of validator_refused (ADR 0087) are
+// registered, travel to peers, and are none of the policy's or the trust level's.
+func TestHandshakeRefusalAlertsRegistered(t *testing.T) {
+	for _, c := range HandshakeRefusalAlerts {
+		e, ok := Lookup(string(c))
+		if !ok || !e.Wire {
+			t.Errorf("%s: registered %v, wire %v", c, ok, e.Wire)
+		}
+		for _, d := range e.Domains {
+			if d == DomainPolicy {
+				t.Errorf("%s is a policy code: the policy's refusals are collapsed into validator_refused", c)
+			}
+		}
+		if c == Blocked || c == BadPuzzle {
+			t.Errorf("%s must be collapsed into validator_refused", c)
+		}
+	}
+	err := Wrap(PeerAlert, FromPeerCode(Timeout), "the peer refused the handshake")
+	if got, ok := FromPeer(err); !ok || got != Timeout || Of(err) != PeerAlert {
+		t.Fatalf("FromPeer %q %v, Of %q", got, ok, Of(err))
+	}
+	if err.Error() != "peer_alert: the peer refused the handshake: timeout" {
+		t.Fatalf("the error reads %q, as before ADR 0087", err.Error())
+	}
+}

@@ -520,7 +520,7 @@ func (ks *Keystore) secret(source, what string) ([]byte, error) {
 	if source != "" {
 		s, err := keystore.ReadSecretLog(source, ks.log)
 		if err != nil {
-			return nil, keystore.Errorf(keystore.ErrWrongSecret, "cannot read the %s: %v", what, err)
+			return nil, keystore.Errorf(keystore.SecretErrorKind(err), "cannot read the %s: %v", what, err)
 		}
 		return s, nil
 	}

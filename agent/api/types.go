@@ -48,7 +48,30 @@ type Status struct {
 	Sessions          []SessionStatus   `json:"sessions"`
 	Handlers          []string          `json:"handlers"`
 	Tasks             tasks.Stats       `json:"tasks"`
-	AuditWriting      AuditWriting      `json:"audit_writing"`
+	// ConfigPendingRestart are the parts of the configuration last loaded (ConfigDigest) that still run
+	// as they were at the start until the daemon restarts (a reload applies the rest at once); never nil.
+	// ConfigFileDigest is the file's digest now when it has changed since it was loaded (a reload, or
+	// SIGHUP, applies it); ConfigFileError says why the file as it is now would not load.
+	ConfigPendingRestart []string `json:"config_pending_restart"`
+	ConfigFileDigest     string   `json:"config_file_digest,omitempty"`
+	ConfigFileError      string   `json:"config_file_error,omitempty"`
+	// Health is whether the keystore answers now; the audit log's is AuditWriting.
+	Health       StatusHealth `json:"health"`
+	AuditWriting AuditWriting `json:"audit_writing"`
+}
+
+// StatusHealth is the health of the parts an agent cannot work without (the audit log's: AuditWriting).
+type StatusHealth struct {
+	// Keystore: the keystore holding the current generation's key answers (custody.Ping: the check behind
+	// the custos_keystore_up metric, ADR 0076), asked when the status is.
+	Keystore PartHealth `json:"keystore"`
+}
+
+// PartHealth is one part's health: OK, what it is (Detail), and the failure when not OK.
+type PartHealth struct {
+	OK     bool   `json:"ok"`
+	Detail string `json:"detail,omitempty"`
+	Error  string `json:"error,omitempty"`
 }
 
 // AuditWriting is the audit log's write state and what the agent does about it (audit.on_failure, ADR

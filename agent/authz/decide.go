@@ -48,6 +48,10 @@ type refusal struct {
 func (r *refusal) Error() string { return r.code + ": " + r.err.Error() }
 func (r *refusal) Unwrap() error { return r.err }
 
+// RefusalCode makes a refusal a reason.Refusal: the handshake's alert names the code when it is about the
+// grants the peer presented (reason.HandshakeRefusalAlerts), else says only validator_refused (ADR 0087).
+func (r *refusal) RefusalCode() reason.Code { return reason.Code(r.code) }
+
 // Refuse returns a validator refusal with its code.
 func Refuse(code string, err error) error { return &refusal{code: code, err: err} }
 

@@ -22,7 +22,7 @@ func TestAuthzConfigErrors(t *testing.T) {
 		{"relative roles file", "authorization: {roles_file: roles.yaml}\n", "authorization.roles_file: \"roles.yaml\" must be a clean absolute path"},
 		{"missing roles file", "authorization: {roles_file: /nonexistent/roles.yaml}\n", "authorization.roles_file"},
 		{"unknown local user", "authorization: {local: {users: {no-such-user-here: [agent_operator]}}}\n", "authorization.local"},
-		{"unknown enforce family", "authorization: {enforce: {everything: false}}\n", "field everything not found"},
+		{"unknown enforce family", "authorization: {enforce: {everything: false}}\n", "authorization.enforce.everything: unknown key"},
 		{"policy log_only", "policy: {log_only: {rate: true}}\n", "policy.log_only: set log-only mode with authorization.enforce"},
 		{"geo without database", "policy: {geo: {deny: [FR]}}\n", "policy.geo.database: the geo rules need"},
 		{"bad country", "policy: {geo: {database: /x.mmdb, deny: [fr]}}\n", "policy.geo.deny: \"fr\" is not an ISO 3166-1"},

@@ -266,13 +266,22 @@ func LoadConfig(path string) (*Config, string, error) {
 func ParseConfig(data []byte) (*Config, error) {
 	var c Config
 	dec := yaml.NewDecoder(bytes.NewReader(data))
-	dec.KnownFields(true)
-	if err := dec.Decode(&c); err != nil && !errors.Is(err, io.EOF) {
-		return nil, fmt.Errorf("%w: %v", ErrConfig, err)
+	var root yaml.Node
+	if err := dec.Decode(&root); err != nil && !errors.Is(err, io.EOF) {
+		return nil, explainYAML(err, nil)
 	}
 	var extra yaml.Node
 	if err := dec.Decode(&extra); !errors.Is(err, io.EOF) {
 		return nil, fmt.Errorf("%w: more than one YAML document", ErrConfig)
+	}
+	if root.Kind != 0 {
+		// Strictly: the same decoder options as a direct decode, from the parsed document, so that an
+		// error can be explained with the key's path (explainYAML).
+		sdec := yaml.NewDecoder(bytes.NewReader(data))
+		sdec.KnownFields(true)
+		if err := sdec.Decode(&c); err != nil && !errors.Is(err, io.EOF) {
+			return nil, explainYAML(err, &root)
+		}
 	}
 	c.applyDefaults()
 	if err := c.Validate(); err != nil {

@@ -26,9 +26,9 @@ func TestParseConfigDefaults(t *testing.T) {
 func TestParseConfigRefusals(t *testing.T) {
 	tr := "transports:\n  - {name: tcp, plugin: /opt/t, sha256: " + validSum + "}\n"
 	cases := []struct{ name, in, want string }{
-		{"unknown key", "transport: []\n", "field transport not found"},
-		{"unknown nested key", "session: {reauth: 1m}\n", "field reauth not found"},
-		{"duration without unit", "session: {reauth_interval: 60}\n", "line 1: cannot unmarshal !!int `60` into time.Duration"},
+		{"unknown key", "transport: []\n", "line 1: transport: unknown key"},
+		{"unknown nested key", "session: {reauth: 1m}\n", "line 1: session.reauth: unknown key (the keys there are: handshake_timeout, hybrid, reauth_interval"},
+		{"duration without unit", "session: {reauth_interval: 60}\n", "line 1: session.reauth_interval: 60 is not a duration; write it with a unit, like 30s"},
 		{"two documents", "log: {level: info}\n---\nlog: {level: info}\n", "more than one YAML document"},
 		{"relative plugin", "transports:\n  - {name: tcp, plugin: bin/t, sha256: " + validSum + "}\n", "transports[0].plugin"},
 		{"bad digest", "transports:\n  - {name: tcp, plugin: /opt/t, sha256: ABC}\n", "transports[0].sha256"},
@@ -44,6 +44,7 @@ func TestParseConfigRefusals(t *testing.T) {
 		{"handler bad name", "handlers: {X: {builtin: echo}}\n", "handlers.X"},
 		{"mode", "delegation: {mode: lax}\n", "delegation.mode"},
 		{"metrics not loopback", "metrics: {address: \"0.0.0.0:9464\"}\n", "metrics.address"},
+		{"metrics advice", "metrics: {address: \"10.0.0.1:9464\"}\n", "put a reverse proxy with authentication"},
 		{"log level", "log: {level: loud}\n", "log.level"},
 		{"redial order", "redial: {min: 5s, max: 1s}\n", "redial.max"},
 		{"audit on_failure", "audit: {on_failure: ignore}\n", "audit.on_failure: \"ignore\": want refuse"},
@@ -104,6 +105,55 @@ func TestInferTransport(t *testing.T) {
 	for addr, want := range map[string]string{"10.0.0.1:7400": "tcp", "wss://h:7443/custos/v1": "ws", "/ip4/1.2.3.4/tcp/4001/p2p/12D3Koo": "libp2p"} {
 		if got := InferTransport(addr); got != want {
 			t.Errorf("%s: %s, want %s", addr, got, want)
+		}
+	}
+}
+
+// A value of the wrong form is one line naming the key, the value and the form expected, never the YAML
+// library's Go jargon (issue 18, defect 7).
+func TestParseConfigTypeErrorsNameTheKey(t *testing.T) {
+	cases := []struct{ name, in, want string }{
+		{"duration without unit", "limits:\n  drain_timeout: 30\n",
+			"line 2: limits.drain_timeout: 30 is not a duration; write it with a unit, like 30s"},
+		{"bad duration", "session: {reauth_interval: soon}\n",
+			"line 1: session.reauth_interval: soon is not a duration; write it with a unit, like 30s"},
+		{"number expected", "limits: {max_inbound_handshakes: many}\n",
+			"line 1: limits.max_inbound_handshakes: many is not a whole number"},
+		{"bool expected", "metrics: {disabled: perhaps}\n",
+			"line 1: metrics.disabled: perhaps is not true or false"},
+		{"list index", "transports:\n  - {name: tcp, plugin: /opt/t, sha256: " + validSum + ", listen: 7400}\n",
+			"line 2: transports[0].listen: 7400 is not a list; write it as [a, b] or one \"- item\" per line"},
+		{"unknown key", "limits:\n  drain_timout: 30s\n",
+			"line 2: limits.drain_timout: unknown key"},
+		{"mapping expected", "limits: 30s\n",
+			"line 1: limits: 30s is not a mapping"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			_, err := ParseConfig([]byte(c.in))
+			if !errors.Is(err, ErrConfig) {
+				t.Fatalf("err %v, want ErrConfig", err)
+			}
+			msg := err.Error()
+			if !strings.Contains(msg, c.want) {
+				t.Errorf("err %q\nwant it to contain %q", msg, c.want)
+			}
+			for _, jargon := range []string{"unmarshal", "!!", "time.Duration", "config.", "\n"} {
+				if strings.Contains(msg, jargon) {
+					t.Errorf("err %q contains %q", msg, jargon)
+				}
+			}
+		})
+	}
+}
+
+// The metrics address refusal advises only what the configuration offers (issue 18, defect 6): no
+// "allow non-loopback" option exists in it.
+func TestMetricsAdviceNamesRealOptions(t *testing.T) {
+	for _, addr := range []string{"0.0.0.0:9464", "10.0.0.1:9464", "metrics.example:9464"} {
+		_, err := ParseConfig([]byte("metrics: {address: \"" + addr + "\"}\n"))
+		if err == nil || strings.Contains(err.Error(), "allow non-loopback") || !strings.Contains(err.Error(), "metrics.disabled") {
+			t.Errorf("%s: %v, want advice naming the real options (metrics.disabled), not 'allow non-loopback'", addr, err)
 		}
 	}
 }

@@ -22,7 +22,7 @@ func TestRotationConfig(t *testing.T) {
 		{in: "rotation: {interval: -1h}", wantErrMatch: "rotation.interval: -1h0m0s"},
 		{in: "rotation: {grace: -1s}", wantErrMatch: "rotation.grace: -1s is negative"},
 		{in: "rotation: {interval: 90d}", wantErrMatch: "invalid configuration"},
-		{in: "rotation: {every: 1h}", wantErrMatch: "field every not found"},
+		{in: "rotation: {every: 1h}", wantErrMatch: "rotation.every: unknown key"},
 	} {
 		t.Run(c.in, func(t *testing.T) {
 			cfg, err := ParseConfig([]byte(c.in))

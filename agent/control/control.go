@@ -25,6 +25,7 @@ import (
 	"fmt"
 	"io"
 
+	"github.com/custos-agent/custos/internal/strictjson"
 	"github.com/custos-agent/custos/reason"
 )
 
@@ -97,13 +98,8 @@ func DecodeArgs(raw json.RawMessage, v any) error {
 	if len(raw) == 0 {
 		raw = json.RawMessage("{}")
 	}
-	dec := json.NewDecoder(bytes.NewReader(raw))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
+	if err := strictjson.Decode(raw, v, 0); err != nil {
 		return Errorf(CodeBadRequest, "arguments: %v", err)
-	}
-	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		return Errorf(CodeBadRequest, "arguments: trailing data")
 	}
 	return nil
 }
@@ -135,14 +131,6 @@ func readLine(r io.Reader, max int) ([]byte, error) {
 	}
 }
 
-func decodeStrict(b []byte, v any) error {
-	dec := json.NewDecoder(bytes.NewReader(b))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
-		return err
-	}
-	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		return errors.New("trailing data")
-	}
-	return nil
-}
+// decodeStrict decodes one request or response line (internal/strictjson: unknown fields and trailing
+// data refused; the size was bounded when the line was read).
+func decodeStrict(b []byte, v any) error { return strictjson.Decode(b, v, 0) }

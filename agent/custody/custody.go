@@ -17,6 +17,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"log/slog"
 	"os"
@@ -29,6 +30,7 @@ import (
 
 	"github.com/custos-agent/custos/identity"
 	"github.com/custos-agent/custos/internal/atomicfile"
+	"github.com/custos-agent/custos/internal/fileperm"
 	"github.com/custos-agent/custos/keystore"
 )
 
@@ -114,6 +116,8 @@ func isCrash(err error) bool {
 type Custody struct {
 	home string
 	opts Options
+	// existing: opened (Open), not made (Init): its keystores hold its keys already.
+	existing bool
 
 	mu       sync.Mutex
 	rec      *record
@@ -155,6 +159,23 @@ type RecoverRequest struct {
 
 func paths(home string) (rec, kel string) {
 	return filepath.Join(home, IdentityFile), filepath.Join(home, LogFile)
+}
+
+// readableHome returns nil when home does not exist (no identity) or can be listed; else an error that
+// says the home cannot be read, never that there is no identity (issue 18, defect 6).
+func readableHome(home string) error {
+	f, err := os.Open(home)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err == nil {
+		_, err = f.Readdirnames(1)
+		f.Close()
+		if err == nil || errors.Is(err, io.EOF) {
+			return nil
+		}
+	}
+	return fmt.Errorf("cannot read %s: %w: check --home / CUSTOS_HOME, and run as the user that owns it (ls -ld %s)", home, err, home)
 }
 
 func exists(p string) bool {
@@ -202,9 +223,7 @@ func Init(ctx context.Context, home string, req InitRequest, opts Options) (*Cus
 	if err := os.MkdirAll(home, 0o700); err != nil {
 		return nil, fmt.Errorf("create home directory %s: %w", home, err)
 	}
-	if fi, err := os.Stat(home); err == nil && fi.Mode().Perm()&0o077 != 0 {
-		opts.log().Warn("home directory is accessible to other users; chmod 700 it", "home", home, "mode", fi.Mode().Perm().String())
-	}
+	fileperm.Warn(opts.log(), home)
 	unlock, err := lock(ctx, home)
 	if err != nil {
 		return nil, err
@@ -338,13 +357,20 @@ func refuseExisting(home string) error {
 // refused with an error naming the file, and nothing is changed.
 func Open(ctx context.Context, home string, opts Options) (*Custody, error) {
 	recPath, kelPath := paths(home)
+	if err := readableHome(home); err != nil {
+		return nil, err
+	}
+	// At every start: a home or state files other users can reach are named, with the chmod to run
+	// (issue 18, defect 9). They hold no secret (keys are in the keystore), but who may change them may
+	// change which keys and logs the agent trusts.
+	fileperm.Warn(opts.log(), home, recPath, kelPath)
 	if !exists(recPath) {
 		if exists(kelPath) {
 			return nil, fmt.Errorf("%w: %s exists without %s in %s (an interrupted init?): run agentctl init --force", ErrCorrupt, LogFile, IdentityFile, home)
 		}
 		return nil, fmt.Errorf("%w in %s: run agentctl init first (or set --home / CUSTOS_HOME)", ErrNoIdentity, home)
 	}
-	c := &Custody{home: home, opts: opts, stores: map[string]keystore.Keystore{}}
+	c := &Custody{home: home, opts: opts, stores: map[string]keystore.Keystore{}, existing: true}
 	unlock, err := lock(ctx, home)
 	if err != nil {
 		return nil, err
@@ -540,7 +566,9 @@ func (c *Custody) keystore(ctx context.Context, uri string) (keystore.Keystore, 
 		slices.Sort(known)
 		return nil, fmt.Errorf("%w: %q (this agentctl has %s)", ErrNoBackend, keystoreRedact(uri), strings.Join(known, ", "))
 	}
-	ks, err := open(ctx, uri, c.opts.OpenOptions)
+	oo := c.opts.OpenOptions
+	oo.HoldsKeys = c.existing
+	ks, err := open(ctx, uri, oo)
 	if err != nil {
 		return nil, err
 	}

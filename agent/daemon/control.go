@@ -22,14 +22,14 @@ func (d *Daemon) services() []api.Service {
 		agentops.New(agentops.Deps{Identity: d.cust, Delegations: d.dm, Tasks: d.engine, Audit: d.audit,
 			Info: agentops.Info{Version: d.opts.Version, Started: d.started, ConfigPath: d.opts.ConfigPath,
 				Digest: d.currentDigest, Control: func() string { return d.ctl.Path() }, MetricsURL: d.metricsURL,
-				Sessions: d.sess.Statuses, Transports: d.plugins.Statuses, AuditWriting: d.authz.AuditWriting},
+				Sessions: d.sess.Statuses, Transports: d.plugins.Statuses, AuditWriting: d.authz.AuditWriting, Config: d.config},
 			Reload: d.Reload,
 			ReloadIdentity: func(ctx context.Context, actor string) ([]audit.Record, error) {
 				_, recs, err := d.follower.Reload(ctx, actor)
 				return recs, err
 			}}),
 		peerops.New(peerops.Deps{Self: d.id, Sessions: d.sess, Peers: d.peers, Reputation: d.rep, Transports: d.plugins.Names,
-			InferTransport: config.InferTransport, Describe: d.authz.Describe(d.evidence)}),
+			InferTransport: config.InferTransport, Describe: d.authz.Describe(d.evidence), HeldGrants: d.authz.HeldGrants}),
 		taskops.New(taskops.Deps{Self: d.id, Engine: d.engine, Replicator: d.replicator, Stakes: d.authz.CurrentStakes, Audit: d.events.Record}),
 		d.authz.Service(authz.ControlDeps{Issuer: d.cust, PeerIDs: d.peers.IDs,
 			Present: func(ctx context.Context) []api.Presentation { return peerops.Present(ctx, d.sess) }}),

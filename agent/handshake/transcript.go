@@ -2,7 +2,6 @@ package handshake
 
 import (
 	"crypto/sha256"
-	"encoding/binary"
 
 	"github.com/custos-agent/custos/agent/suite"
 	"github.com/custos-agent/custos/internal/wire"
@@ -23,11 +22,8 @@ func HelloHash(hello []byte) []byte {
 func Transcript(frames ...[]byte) []byte {
 	h := sha256.New()
 	h.Write(transcriptPrefix)
-	var l [4]byte
 	for _, f := range frames {
-		binary.BigEndian.PutUint32(l[:], uint32(len(f)))
-		h.Write(l[:])
-		h.Write(f)
+		wire.HashBytes(h, f)
 	}
 	return h.Sum(nil)
 }

@@ -80,6 +80,12 @@ func writeVectors(t *testing.T) {
 	add("established-short-session-id", "a 15-byte session ID", "malformed", "", "established", (&Established{SessionID: rnd(15), Reauth: 900, Expires: 1_700_000_000}).Encode())
 	add("alert-ok", "an alert naming a code", "ok", "", "alert", (&Alert{Code: reason.BadSignature}).Encode())
 	add("alert-charset", "an alert code outside a-z, 0-9 and _", "malformed", "", "alert", (&Alert{Code: "Bad Code"}).Encode())
+	// ADR 0087: a responder names a refusal of the grants the initiator presented (grant_bad_issuer ...)
+	// in the same alert format, which every version decodes; a second field would be refused by the
+	// agents released before it, so the alert carries the code alone.
+	add("alert-refusal-ok", "an alert naming a refused presented grant (ADR 0087): decoded as sent", "ok", "", "alert", (&Alert{Code: reason.GrantBadIssuer}).Encode())
+	add("alert-trailing", "an alert with a second field after its code", "malformed", "", "alert",
+		append((&Alert{Code: reason.GrantRevoked}).Encode(), 0, 0, 0, 2, 'g', '1'))
 	if err := vectors.WriteAll(vectorDir, out); err != nil {
 		t.Fatal(err)
 	}

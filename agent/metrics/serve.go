@@ -52,14 +52,18 @@ func CheckAddr(addr string, allowNonLoopback bool) error {
 	if host == "localhost" {
 		return nil
 	}
+	// The advice names only what an operator can set (issue 18, defect 6): the daemon's configuration has
+	// no way to serve metrics beyond loopback.
+	const todo = "custosd serves metrics on loopback only (they reveal traffic patterns): use 127.0.0.1:PORT or [::1]:PORT, " +
+		"put a reverse proxy with authentication in front of it to scrape from another host, or set metrics.disabled: true"
 	ip := net.ParseIP(host)
 	switch {
 	case host == "":
-		return fmt.Errorf("%w: %q listens on every interface; bind 127.0.0.1 (or allow non-loopback explicitly)", ErrNotLoopback, addr)
+		return fmt.Errorf("%w: %q listens on every interface; %s", ErrNotLoopback, addr, todo)
 	case ip == nil:
-		return fmt.Errorf("%w: %q names a host, not a loopback IP address; use 127.0.0.1 or [::1] (or allow non-loopback explicitly)", ErrNotLoopback, addr)
+		return fmt.Errorf("%w: %q names a host, not a loopback IP address; %s", ErrNotLoopback, addr, todo)
 	case !ip.IsLoopback():
-		return fmt.Errorf("%w: %s is not a loopback address; metrics reveal traffic patterns: use 127.0.0.1 or [::1] (or allow non-loopback explicitly)", ErrNotLoopback, host)
+		return fmt.Errorf("%w: %s is not a loopback address; %s", ErrNotLoopback, host, todo)
 	}
 	return nil
 }

@@ -25,6 +25,8 @@ import (
 	"math/bits"
 	"sync"
 	"time"
+
+	"github.com/custos-agent/custos/internal/wire"
 )
 
 // MaxDifficulty is the largest difficulty a challenge may carry (2^32 hashes on average).
@@ -129,7 +131,7 @@ func NewIssuer(opts IssuerOptions) (*Issuer, error) {
 func (is *Issuer) mac(ctxStr []byte, c Challenge) [32]byte {
 	m := hmac.New(sha256.New, is.key[:])
 	m.Write(macPrefix)
-	writeField(m, ctxStr)
+	wire.HashBytes(m, ctxStr)
 	m.Write([]byte{c.Difficulty})
 	var t [8]byte
 	binary.BigEndian.PutUint64(t[:], uint64(c.Issued))
@@ -198,7 +200,7 @@ func Check(bind []byte, c Challenge, nonce uint64) bool {
 func digest(h hash.Hash, bind []byte, c Challenge, nonce uint64) [32]byte {
 	h.Reset()
 	h.Write(prefix)
-	writeField(h, bind)
+	wire.HashBytes(h, bind)
 	h.Write(c.Encode())
 	var n [8]byte
 	binary.BigEndian.PutUint64(n[:], nonce)
@@ -206,13 +208,6 @@ func digest(h hash.Hash, bind []byte, c Challenge, nonce uint64) [32]byte {
 	var d [32]byte
 	h.Sum(d[:0])
 	return d
-}
-
-func writeField(h hash.Hash, b []byte) {
-	var l [4]byte
-	binary.BigEndian.PutUint32(l[:], uint32(len(b)))
-	h.Write(l[:])
-	h.Write(b)
 }
 
 // leadingZeros counts the leading zero bits of d, looking at every byte whatever their values.

@@ -1,14 +1,12 @@
 package rbac
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"math"
 	"time"
 
@@ -429,13 +427,8 @@ func DecodePresentation(b []byte) (Presentation, error) {
 		return Presentation{Grants: gs}, err
 	}
 	var pj presentationJSON
-	dec := json.NewDecoder(bytes.NewReader(b))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&pj); err != nil {
+	if err := strictjson.Decode(b, &pj, 0); err != nil {
 		return Presentation{}, fmt.Errorf("%w: grant presentation: %v", ErrMalformed, err)
-	}
-	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		return Presentation{}, fmt.Errorf("%w: grant presentation: trailing data", ErrMalformed)
 	}
 	if len(pj.Grants) > MaxGrantList || len(pj.Logs) > MaxGrantList || len(pj.Logs) == 0 {
 		return Presentation{}, fmt.Errorf("%w: %d grants and %d logs in one presentation (1 to %d logs, at most %d grants)", ErrMalformed, len(pj.Grants), len(pj.Logs), MaxGrantList, MaxGrantList)

@@ -237,7 +237,7 @@ func readHandshake(ctx context.Context, conn FrameConn) ([]byte, error) {
 		if err != nil {
 			return nil, err
 		}
-		return nil, reason.New(reason.PeerAlert, "the peer refused the handshake: %s", a.Code)
+		return nil, reason.Wrap(reason.PeerAlert, reason.FromPeerCode(a.Code), "the peer refused the handshake")
 	}
 	return frame, nil
 }
@@ -248,11 +248,24 @@ func alertAndReturn(ctx context.Context, conn FrameConn, err error) error {
 	if code == reason.PeerAlert || code == reason.Closed || code == reason.Timeout || code == reason.TruncatedFrame {
 		return err
 	}
-	a := &handshake.Alert{Code: code}
+	a := &handshake.Alert{Code: alertCode(err)}
 	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
 	defer cancel()
 	_ = conn.WriteFrame(wctx, append([]byte{handshake.FrameAlert}, a.Encode()...))
 	return err
+}
+
+// alertCode is the code an alert about err carries: err's code, except that a validator's refusal of the
+// grants the initiator presented is named (reason.HandshakeRefusalAlerts) in place of validator_refused;
+// any other refusal stays validator_refused, so the responder's policy does not leak (ADR 0087).
+func alertCode(err error) reason.Code {
+	code := reason.Of(err)
+	if code == reason.ValidatorRefused {
+		if rc := reason.RefusalCode(err); reason.PublicRefusal(rc) {
+			return rc
+		}
+	}
+	return code
 }
 
 func newSession(c *Config, conn FrameConn, role Role, loc *local, peer *Peer, sid []byte, send, recv *direction) *Session {
@@ -585,7 +598,7 @@ func (s *Session) handleRecord(typ byte, body []byte) error {
 		if err != nil {
 			return err
 		}
-		return reason.New(reason.PeerAlert, "the peer closed the session: %s", a.Code)
+		return reason.Wrap(reason.PeerAlert, reason.FromPeerCode(a.Code), "the peer closed the session")
 	case recClose:
 		return reason.New(reason.Closed, "the peer closed the session")
 	}
@@ -857,7 +870,7 @@ func (s *Session) fail(err error) {
 			case code == reason.Closed && errors.Is(err, errLocalClose):
 				_ = s.writeRecordLocked(ctx, recClose, nil)
 			case code != reason.Closed && code != reason.PeerAlert && code != reason.TruncatedFrame && code != reason.OversizedFrame:
-				_ = s.writeRecordLocked(ctx, recAlert, (&handshake.Alert{Code: code}).Encode())
+				_ = s.writeRecordLocked(ctx, recAlert, (&handshake.Alert{Code: alertCode(err)}).Encode())
 			}
 			cancel()
 			s.wmu.Unlock()

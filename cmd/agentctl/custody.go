@@ -84,5 +84,7 @@ func withIdentity(c *cli.Context, fn func(s *session, id *custody.Custody) error
 		return err
 	}
 	defer id.Close()
-	return fn(s, id)
+	err = fn(s, id)
+	s.RecordUnlockFailure(c.Context, id, err, custody.SourceAgentctl) // a wrong PIN or passphrase is audited
+	return err
 }

@@ -2,6 +2,8 @@ package main
 
 import (
 	"crypto/ed25519"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"os"
@@ -55,6 +57,8 @@ func signCommand() *cli.Command {
 				if err != nil {
 					return fmt.Errorf("sign: %w", err)
 				}
+				sum := sha256.Sum256(data)
+				s.RecordKeyUse(c.Context, id, hex.EncodeToString(sum[:])) // audited (issue 18, defect 9)
 				if out := c.String("out"); out != "" {
 					if err := os.WriteFile(out, sig, 0o644); err != nil {
 						return fmt.Errorf("write --out: %w", err)

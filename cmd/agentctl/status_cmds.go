@@ -30,7 +30,7 @@ func statusCommand() *cli.Command {
 	return &cli.Command{
 		OnUsageError: onUsageError,
 		Name:         "status",
-		Usage:        "show the running agent: ID, generation, transports and their listen addresses, plugins, sessions, tasks",
+		Usage:        "show the running agent: ID, generation, keystore and audit-log health, configuration waiting for a restart, transports and their listen addresses, plugins, sessions, tasks",
 		UsageText:    "agentctl status [--json]",
 		Flags:        []cli.Flag{jsonFlag()},
 		Action: func(c *cli.Context) error {
@@ -61,6 +61,16 @@ func printStatus(out io.Writer, st *api.Status) {
 		st.DelegationMode, st.DelegationExpires.Format(time.RFC3339))
 	fmt.Fprintf(w, "daemon\tpid %d, version %s, up %s\n", st.PID, st.Version, time.Since(st.Started).Truncate(time.Second))
 	fmt.Fprintf(w, "config\t%s (sha256 %s)\n", st.Config, st.ConfigDigest)
+	if len(st.ConfigPendingRestart) > 0 {
+		fmt.Fprintf(w, "\twaiting for a restart: %s (they run as at the start until then)\n", strings.Join(st.ConfigPendingRestart, ", "))
+	}
+	if st.ConfigFileDigest != "" {
+		fmt.Fprintf(w, "\tthe file has changed since (sha256 %s): 'kill -HUP %d' applies it\n", st.ConfigFileDigest, st.PID)
+	}
+	if st.ConfigFileError != "" {
+		fmt.Fprintf(w, "\tthe file as it is now would not load: %s\n", st.ConfigFileError)
+	}
+	fmt.Fprintf(w, "keystore\t%s\n", partHealth(st.Health.Keystore, "answers", "NOT ANSWERING"))
 	fmt.Fprintf(w, "control\t%s\n", st.Control)
 	if st.Metrics != "" {
 		fmt.Fprintf(w, "metrics\t%s\n", st.Metrics)
@@ -93,6 +103,19 @@ func printStatus(out io.Writer, st *api.Status) {
 		}
 		w.Flush()
 	}
+}
+
+// partHealth is a part's health in the status text: "DETAIL (GOOD)" or "BAD: ERROR".
+func partHealth(h api.PartHealth, good, bad string) string {
+	switch {
+	case h.OK && h.Detail != "" && good == "ok":
+		return "ok (" + h.Detail + ")"
+	case h.OK && h.Detail != "":
+		return h.Detail + " (" + good + ")"
+	case h.OK:
+		return good
+	}
+	return bad + ": " + h.Error
 }
 
 func counts(m map[string]int) string {

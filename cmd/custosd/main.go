@@ -155,6 +155,7 @@ func runDaemon(c *cli.Context) error {
 		Logger: logger, LogLevel: level, LogLevelFixed: fixed, Version: version, Metrics: m,
 	})
 	if err != nil {
+		s.RecordUnlockFailure(ctx, cust, err, "custosd") // a wrong PIN or passphrase is audited
 		return err
 	}
 	for {
@@ -162,9 +163,9 @@ func runDaemon(c *cli.Context) error {
 		case sig := <-sigs:
 			switch sig {
 			case syscall.SIGHUP:
-				if _, err := d.Reload(ctx); err != nil {
-					logger.Error("SIGHUP: reload failed", "err", err)
-				}
+				// Reload logs and audits its own refusal (once: issue 18, defect 7); the daemon runs on
+				// with the configuration it had.
+				_, _ = d.Reload(ctx)
 			default:
 				logger.Info("signal received: draining", "signal", sig.String(), "deadline", cfg.Limits.DrainTimeout)
 				dctx, cancel := context.WithTimeout(context.Background(), d.DrainTimeout())

@@ -11,6 +11,7 @@ package wire
 import (
 	"encoding/binary"
 	"fmt"
+	"io"
 	"math"
 
 	"github.com/custos-agent/custos/reason"
@@ -169,4 +170,21 @@ func (r *Reader) End() error {
 // Failf records a semantic error found by the caller (first error wins).
 func (r *Reader) Failf(code reason.Code, field, format string, args ...any) {
 	r.fail(code, field, format, args...)
+}
+
+// HashBytes writes b to h as a field (4-byte big-endian length, then b), the encoding Writer.Bytes
+// appends, for what is hashed and never sent: no buffer is built first.
+func HashBytes(h io.Writer, b []byte) {
+	var l [4]byte
+	binary.BigEndian.PutUint32(l[:], uint32(len(b)))
+	_, _ = h.Write(l[:])
+	_, _ = h.Write(b)
+}
+
+// HashUint64 writes v to h as an integer field, the encoding Writer.Uint64 appends.
+func HashUint64(h io.Writer, v uint64) {
+	var b [12]byte
+	binary.BigEndian.PutUint32(b[:4], 8)
+	binary.BigEndian.PutUint64(b[4:], v)
+	_, _ = h.Write(b[:])
 }

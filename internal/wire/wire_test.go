@@ -1,6 +1,7 @@
 package wire
 
 import (
+	"bytes"
 	"errors"
 	"strings"
 	"testing"
@@ -37,5 +38,19 @@ func TestStrict(t *testing.T) {
 	r = NewReader("test", good)
 	if s, n := r.String("s", 4), r.Uint64("n"); r.End() != nil || s != "abc" || n != 2 {
 		t.Fatal("good input refused")
+	}
+}
+
+// TestHashFieldsMatchWriter: HashBytes and HashUint64 write exactly the bytes Writer.Bytes and
+// Writer.Uint64 append, so a hashed encoding and a sent one cannot drift apart.
+func TestHashFieldsMatchWriter(t *testing.T) {
+	for _, b := range [][]byte{nil, {}, []byte("x"), bytes.Repeat([]byte{0xff}, 300)} {
+		var got bytes.Buffer
+		HashBytes(&got, b)
+		HashUint64(&got, uint64(len(b))<<40|7)
+		want := NewWriter(0).Bytes(b).Uint64(uint64(len(b))<<40 | 7).Out()
+		if !bytes.Equal(got.Bytes(), want) {
+			t.Fatalf("len %d: hashed %x, written %x", len(b), got.Bytes(), want)
+		}
 	}
 }

@@ -139,7 +139,7 @@ func (k *Keystore) passphrase() ([]byte, error) {
 	case k.loc.passSource != "":
 		p, err = keystore.ReadSecretLog(k.loc.passSource, k.log)
 		if err != nil {
-			return nil, keystore.Errorf(keystore.ErrWrongSecret, "passphrase of software keystore %s: %v", k.loc.dir, err)
+			return nil, keystore.Errorf(keystore.SecretErrorKind(err), "passphrase of software keystore %s: %v", k.loc.dir, err)
 		}
 	case k.prompt != nil:
 		p, err = k.prompt(PromptText(k.loc.dir))

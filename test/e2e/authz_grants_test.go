@@ -124,7 +124,7 @@ func TestAuthzGrants(t *testing.T) {
 	}
 	var inst api.GrantInstallResult
 	s.ctlJSON(&inst, "grant", "install", f3)
-	if len(inst.Presented) != 1 || inst.Presented[0].Presented || !strings.Contains(inst.Presented[0].Error, "validator_refused") {
+	if len(inst.Presented) != 1 || inst.Presented[0].Presented || !strings.Contains(inst.Presented[0].Error, "grant_bad_issuer") {
 		t.Fatalf("presentation of a grant signed by a non-administrator: %+v", inst.Presented)
 	}
 	eventually(t, 10*time.Second, "an auth.failure record with refusal grant_bad_issuer on the executor", func() bool {

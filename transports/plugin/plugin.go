@@ -219,7 +219,7 @@ func (s *Server) Configure(ctx context.Context, req *pb.ConfigureRequest) (*pb.C
 	}
 	s.id, s.configured = id, true
 	proof := ed25519.Sign(id.priv, transports.KeyProofInput(name, req.GetNonce(), id.pub))
-	s.log.Info("transport configured", "transport", name)
+	s.log.Info("transport configured") // the host names the transport
 	return &pb.ConfigureResponse{Transport: name, PublicKey: id.pub, Proof: proof, Version: "1"}, nil
 }
 
@@ -269,7 +269,7 @@ func (s *Server) Listen(ctx context.Context, req *pb.ListenRequest) (*pb.ListenR
 	s.listeners[lid] = l
 	s.mu.Unlock()
 	go s.acceptLoop(lid, l)
-	s.log.Info("listening", "addrs", strings.Join(l.Addrs(), " "))
+	s.log.Debug("listening", "addrs", strings.Join(l.Addrs(), " ")) // the daemon says it at info, once
 	return &pb.ListenResponse{ListenerId: lid, Addresses: l.Addrs(), BoundAddress: l.BoundAddr()}, nil
 }
 
@@ -509,8 +509,10 @@ func (p *grpcPlugin) GRPCClient(context.Context, *goplugin.GRPCBroker, *grpc.Cli
 }
 
 // Logger returns the plugin's logger: JSON lines on stderr in the shape go-plugin's host forwards with
-// their level ("@level", "@message").
-func Logger(transport string) *slog.Logger {
+// their level ("@level", "@message"). The lines carry no transport=NAME: the host adds it to every line it
+// forwards (transports/host Config.Logger), and a second one would repeat the key (issue 18, defect 7).
+// The argument is the transport's name, kept for callers' clarity.
+func Logger(_ string) *slog.Logger {
 	h := slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo,
 		ReplaceAttr: func(groups []string, a slog.Attr) slog.Attr {
 			if len(groups) > 0 {
@@ -526,7 +528,7 @@ func Logger(transport string) *slog.Logger {
 			}
 			return a
 		}})
-	return slog.New(h).With("transport", transport)
+	return slog.New(h)
 }
 
 // Serve runs n as a go-plugin transport plugin until the host goes away. It is the whole of a transport

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/custos-agent/custos/agent/api"
+	"github.com/custos-agent/custos/agent/config"
 	"github.com/custos-agent/custos/agent/control"
 	"github.com/custos-agent/custos/agent/custody"
 	"github.com/custos-agent/custos/agent/delegation"
@@ -28,6 +29,8 @@ type Identity interface {
 	ID() identity.ID
 	Current() custody.Generation
 	KeystoreURI() string
+	// Ping checks that the keystore holding the current key answers.
+	Ping(ctx context.Context) error
 }
 
 // Delegations is the delegation manager (agent/delegation.Manager).
@@ -58,6 +61,9 @@ type Info struct {
 	// Sessions are the live sessions; Transports the configured transports with their plugins.
 	Sessions   func() []api.SessionStatus
 	Transports func() []api.TransportStatus
+	// Config is the configuration in force: the file last loaded, with the parts that need a restart as
+	// they were at the start (nil: the status does not compare it with the file).
+	Config func() *config.Config
 	// AuditWriting is the audit log's write state and the gate's decision (agent/authz, ADR 0089).
 	AuditWriting func() api.AuditWriting
 }
@@ -110,10 +116,52 @@ func (d *ops) status(ctx context.Context, _ rbac.Cred, raw json.RawMessage) (any
 	if s.Sessions == nil {
 		s.Sessions = []api.SessionStatus{}
 	}
+	s.ConfigPendingRestart, s.ConfigFileDigest, s.ConfigFileError = pendingRestart(in.ConfigPath, s.ConfigDigest, in.Config)
+	s.Health = d.health(ctx)
 	if in.AuditWriting != nil {
 		s.AuditWriting = in.AuditWriting()
 	}
 	return s, nil
+}
+
+// healthTimeout bounds the keystore's answer to the status's health check (a hung device is reported as
+// not answering, not as a hung status).
+const healthTimeout = 5 * time.Second
+
+// health asks the keystore (custody.Ping) whether it answers now (the audit log's write state is
+// Info.AuditWriting).
+func (d *ops) health(ctx context.Context) api.StatusHealth {
+	var h api.StatusHealth
+	pctx, cancel := context.WithTimeout(ctx, healthTimeout)
+	err := d.Identity.Ping(pctx)
+	cancel()
+	h.Keystore = api.PartHealth{OK: err == nil, Detail: KeystoreBackend(d.Identity.KeystoreURI())}
+	if err != nil {
+		h.Keystore.Error = err.Error()
+	}
+	return h
+}
+
+// pendingRestart compares the configuration in force with the file it was loaded from. When the file is
+// the one last loaded (its digest is digest), what differs are the parts a reload does not apply: they
+// wait for a restart. When the file has changed since, it returns the file's digest (a reload applies
+// it), or why it would not load.
+func pendingRestart(path, digest string, inForce func() *config.Config) (pending []string, fileDigest, fileErr string) {
+	pending = []string{}
+	if inForce == nil || path == "" {
+		return pending, "", ""
+	}
+	cfg, d, err := config.LoadConfig(path)
+	switch {
+	case err != nil:
+		return pending, "", err.Error()
+	case d != digest:
+		return pending, d, ""
+	}
+	if cur := inForce(); cur != nil {
+		pending = append(pending, config.Diff(cur, cfg)...)
+	}
+	return pending, "", ""
 }
 
 func (d *ops) reload(ctx context.Context, _ rbac.Cred, raw json.RawMessage) (any, error) {

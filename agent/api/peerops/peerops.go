@@ -64,6 +64,9 @@ type Deps struct {
 	InferTransport func(addr string) string
 	// Describe adds what authorization knows of a peer (roles, evidence count) to its status; may be nil.
 	Describe func(ctx context.Context, id identity.ID, p *api.PeerStatus, r reputation.Report)
+	// HeldGrants are the grants this agent presents, named in the advice on a refused connect (Advice);
+	// may be nil.
+	HeldGrants func() ([]rbac.Grant, error)
 }
 
 // New is the peers room's Service.
@@ -164,6 +167,13 @@ func (d *ops) connect(ctx context.Context, _ rbac.Cred, raw json.RawMessage) (an
 	addr := api.Address{Transport: a.Transport, Address: a.Address}
 	s, err := d.Sessions.Dial(dctx, id, addr)
 	if err != nil {
+		var held []rbac.Grant
+		if d.HeldGrants != nil {
+			held, _ = d.HeldGrants()
+		}
+		if advice := Advice(err, held, time.Now()); advice != "" {
+			return nil, control.Errorf(control.CodeRefused, "connect to %s at %s (%s): %v; %s", id, a.Address, a.Transport, err, advice)
+		}
 		return nil, control.Errorf(control.CodeRefused, "connect to %s at %s (%s): %v", id, a.Address, a.Transport, err)
 	}
 	d.Sessions.AddTarget(id.String(), []api.Address{addr}, "connect")
@@ -249,6 +259,9 @@ func Present(ctx context.Context, sessions Sessions) []api.Presentation {
 			if err == nil {
 				p.Presented, p.Transport, p.Address = true, a.Transport, a.Address
 				break
+			}
+			if advice := Advice(err, nil, time.Now()); advice != "" {
+				err = fmt.Errorf("%w; %s", err, advice)
 			}
 			errs = append(errs, fmt.Sprintf("%s %s: %v", a.Transport, a.Address, err))
 		}

@@ -20,6 +20,7 @@ import (
 	"github.com/custos-agent/custos/agent/api"
 	"github.com/custos-agent/custos/agent/custody"
 	"github.com/custos-agent/custos/audit"
+	"github.com/custos-agent/custos/identity"
 	"github.com/custos-agent/custos/keystore"
 	"github.com/custos-agent/custos/keystore/software"
 	"github.com/custos-agent/custos/pkcs11"
@@ -320,4 +321,73 @@ func AppendAudit(ctx context.Context, dir string, id *custody.Custody, recs []au
 		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
+}
+
+// RecordKeyUse writes a key.use record: the identity key signed data (of SHA-256 digest) for its
+// operator with agentctl sign. A failure is a warning on stderr: the signature itself is made.
+func (s *Session) RecordKeyUse(ctx context.Context, id *custody.Custody, digest string) {
+	s.recordOne(ctx, id, nil, audit.Record{Type: audit.KeyUse, Actor: fmt.Sprintf("uid:%d", os.Getuid()), Subject: id.ID().String(),
+		Outcome: audit.OutcomeSuccess, Details: map[string]any{"generation": id.Current().Generation, "sha256": digest, "source": custody.SourceAgentctl}})
+}
+
+// RecordUnlockFailure writes a key.unlock_failed record when err says the keystore of the identity key
+// refused its PIN or passphrase (keystore.ErrWrongSecret), and does nothing otherwise. source names the
+// program (agentctl, custosd).
+func (s *Session) RecordUnlockFailure(ctx context.Context, id *custody.Custody, err error, source string) {
+	if id == nil || !errors.Is(err, keystore.ErrWrongSecret) {
+		return
+	}
+	g := id.Current()
+	s.recordOne(ctx, id, err, audit.Record{Type: audit.KeyUnlockFailed, Actor: fmt.Sprintf("uid:%d", os.Getuid()), Subject: id.ID().String(),
+		Outcome: audit.OutcomeFailure, Details: map[string]any{"generation": g.Generation, "backend": strings.SplitN(g.Keystore, ":", 2)[0], "source": source}})
+}
+
+// recordOne appends one record to <home>/audit. When the identity key cannot sign (keyErr: its keystore
+// refused the secret; the key is not asked again, so no second prompt), the record is appended all the
+// same and its checkpoint fails (audit.checkpoint_failed): the next writer with the key signs the head
+// over it. When a running agent holds the log, the record is not written, and stderr says so.
+func (s *Session) recordOne(ctx context.Context, id *custody.Custody, keyErr error, rec audit.Record) {
+	dir := filepath.Join(s.Home, api.AuditDir)
+	g := id.Current()
+	var signer keystore.Signer
+	if keyErr == nil {
+		var err error
+		if signer, err = id.Signer(ctx); err != nil {
+			keyErr = err
+		}
+	}
+	locked := keyErr != nil
+	if locked {
+		pub, perr := identity.DecodeKey(g.Algorithm, g.PublicKey)
+		if perr != nil {
+			fmt.Fprintf(s.C.App.ErrWriter, "agentctl: warning: %s not written to the audit log %s: %v\n", rec.Type, dir, perr)
+			return
+		}
+		signer = lockedSigner{pub: pub, err: keyErr}
+	}
+	l, err := audit.Open(ctx, dir, audit.Options{Signer: signer, Generation: g.Generation, AgentID: id.ID().String(), Logger: s.Log})
+	if err == nil {
+		_, err = l.Append(ctx, rec)
+		if cerr := l.Close(); err == nil && !locked {
+			err = cerr // a locked key cannot seal: expected, recorded as audit.checkpoint_failed
+		}
+	}
+	switch {
+	case errors.Is(err, audit.ErrLocked):
+		fmt.Fprintf(s.C.App.ErrWriter, "agentctl: warning: %s not written to the audit log: the running agent holds it\n", rec.Type)
+	case err != nil:
+		fmt.Fprintf(s.C.App.ErrWriter, "agentctl: warning: %s not written to the audit log %s: %v\n", rec.Type, dir, err)
+	}
+}
+
+// lockedSigner stands in for the identity key whose keystore refused its secret: the audit log can take
+// records, and every checkpoint signature fails with the keystore's error.
+type lockedSigner struct {
+	pub keystore.PublicKey
+	err error
+}
+
+func (l lockedSigner) Public() keystore.PublicKey { return l.pub }
+func (l lockedSigner) Sign(context.Context, []byte) ([]byte, error) {
+	return nil, fmt.Errorf("the identity key is locked: %w", l.err)
 }
