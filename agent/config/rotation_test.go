@@ -86,7 +86,7 @@ func TestRetentionConfig(t *testing.T) {
 		"privacy: {retention: {reputation: -1h}}":    "privacy.retention.reputation: -1h0m0s",
 		"privacy: {retention: {evidence: 1ms}}":      "privacy.retention.evidence",
 		"privacy: {retention: {audit: -5s}}":         "privacy.retention.audit",
-		"privacy: {retention: {tasks: 1h}}":          "field tasks not found",
+		"privacy: {retention: {tasks: 1h}}":          "privacy.retention.tasks: unknown key",
 	} {
 		if _, err := ParseConfig([]byte(in)); !errors.Is(err, ErrConfig) || !strings.Contains(err.Error(), want) {
 			t.Errorf("%s: err %v, want %q", in, err, want)
