@@ -10,7 +10,7 @@ import (
 // RetentionConfig is privacy.retention: how long the agent keeps what it holds about other agents
 // (docs/privacy.md, ADR 0092). Each period left out takes its default; 0 keeps that store's records for
 // ever (peers stay bounded by the cache's size limits). Go durations have no day unit: 90 days is 2160h.
-// The task stores' periods stay under tasks (result_retention, unacknowledged_retention).
+// The task engine's own periods stay under tasks (result_retention, unacknowledged_retention).
 type RetentionConfig struct {
 	// Interval is how often the retention loop runs (default 1h; it also runs at start).
 	Interval *time.Duration `yaml:"interval"`
@@ -22,6 +22,9 @@ type RetentionConfig struct {
 	Reputation *time.Duration `yaml:"reputation"`
 	// Evidence drops consensus evidence (signed results that lost a vote) this old (default 8760h, a year).
 	Evidence *time.Duration `yaml:"evidence"`
+	// Tasks drops a submitted task whose result no client fetched this long after it ended (default
+	// 720h, 30 days); a fetched result goes after tasks.result_retention.
+	Tasks *time.Duration `yaml:"tasks"`
 	// Audit removes audit segments whose records are all this old (default 8760h), unless
 	// audit.retention_max_age is set, which wins.
 	Audit *time.Duration `yaml:"audit"`
@@ -33,6 +36,7 @@ const (
 	DefaultRetentionPeersUnseen = 90 * 24 * time.Hour
 	DefaultRetentionReputation  = 90 * 24 * time.Hour
 	DefaultRetentionEvidence    = 365 * 24 * time.Hour
+	DefaultRetentionTasks       = 30 * 24 * time.Hour
 	DefaultRetentionAudit       = 365 * 24 * time.Hour
 )
 
@@ -48,7 +52,8 @@ func (r RetentionConfig) Settings() retention.Settings {
 	return retention.Settings{Interval: orDefault(r.Interval, DefaultRetentionInterval),
 		PeersUnseen: orDefault(r.PeersUnseen, DefaultRetentionPeersUnseen),
 		Reputation:  orDefault(r.Reputation, DefaultRetentionReputation),
-		Evidence:    orDefault(r.Evidence, DefaultRetentionEvidence)}
+		Evidence:    orDefault(r.Evidence, DefaultRetentionEvidence),
+		Tasks:       orDefault(r.Tasks, DefaultRetentionTasks)}
 }
 
 // AuditMaxAge is the audit log's retention by age: audit.retention_max_age when set, else
@@ -67,7 +72,7 @@ func (r RetentionConfig) validate() error {
 	for _, p := range []struct {
 		key string
 		v   *time.Duration
-	}{{"peers_unseen", r.PeersUnseen}, {"reputation", r.Reputation}, {"evidence", r.Evidence}, {"audit", r.Audit}} {
+	}{{"peers_unseen", r.PeersUnseen}, {"reputation", r.Reputation}, {"evidence", r.Evidence}, {"tasks", r.Tasks}, {"audit", r.Audit}} {
 		if p.v != nil && *p.v != 0 && *p.v < time.Second {
 			return fmt.Errorf("%w: privacy.retention.%s: %v: want 0 (keep) or at least 1s (90 days: 2160h)", ErrConfig, p.key, *p.v)
 		}

@@ -67,14 +67,14 @@ func TestRetentionConfig(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if s := c.Privacy.Retention.Settings(); s.Interval != time.Hour || s.PeersUnseen != 2160*time.Hour || s.Reputation != 2160*time.Hour || s.Evidence != 8760*time.Hour || c.AuditMaxAge() != 8760*time.Hour {
+	if s := c.Privacy.Retention.Settings(); s.Interval != time.Hour || s.PeersUnseen != 2160*time.Hour || s.Reputation != 2160*time.Hour || s.Evidence != 8760*time.Hour || s.Tasks != 720*time.Hour || c.AuditMaxAge() != 8760*time.Hour {
 		t.Fatalf("defaults %+v, audit %v", s, c.AuditMaxAge())
 	}
-	c, err = ParseConfig([]byte("privacy: {retention: {interval: 5s, peers_unseen: 0s, reputation: 1h, evidence: 2h, audit: 0s}}"))
+	c, err = ParseConfig([]byte("privacy: {retention: {interval: 5s, peers_unseen: 0s, reputation: 1h, evidence: 2h, tasks: 3h, audit: 0s}}"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if s := c.Privacy.Retention.Settings(); s.Interval != 5*time.Second || s.PeersUnseen != 0 || s.Reputation != time.Hour || s.Evidence != 2*time.Hour || c.AuditMaxAge() != 0 {
+	if s := c.Privacy.Retention.Settings(); s.Interval != 5*time.Second || s.PeersUnseen != 0 || s.Reputation != time.Hour || s.Evidence != 2*time.Hour || s.Tasks != 3*time.Hour || c.AuditMaxAge() != 0 {
 		t.Fatalf("set %+v, audit %v", s, c.AuditMaxAge())
 	}
 	if c, _ := ParseConfig([]byte("audit: {retention_max_age: 3h}\nprivacy: {retention: {audit: 1h}}")); c.AuditMaxAge() != 3*time.Hour {
@@ -86,7 +86,8 @@ func TestRetentionConfig(t *testing.T) {
 		"privacy: {retention: {reputation: -1h}}":    "privacy.retention.reputation: -1h0m0s",
 		"privacy: {retention: {evidence: 1ms}}":      "privacy.retention.evidence",
 		"privacy: {retention: {audit: -5s}}":         "privacy.retention.audit",
-		"privacy: {retention: {tasks: 1h}}":          "privacy.retention.tasks: unknown key",
+		"privacy: {retention: {tasks: 1ns}}":         "privacy.retention.tasks",
+		"privacy: {retention: {inputs: 1h}}":         "privacy.retention.inputs: unknown key",
 	} {
 		if _, err := ParseConfig([]byte(in)); !errors.Is(err, ErrConfig) || !strings.Contains(err.Error(), want) {
 			t.Errorf("%s: err %v, want %q", in, err, want)

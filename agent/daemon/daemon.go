@@ -259,7 +259,7 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 	d.run(func() { d.authz.Sweep(dctx, cfg.Reputation.SweepInterval) })
 	d.run(func() { // retention (agent/retention, ADR 0092); tasks, grants, feedback keys and audit segments age out where they live
 		retention.Run(dctx, retention.Config{Settings: func() retention.Settings { return d.config().Privacy.Retention.Settings() },
-			Peers: d.peers, Reputation: d.rep, Evidence: d.evidence, Grants: d.authz.RBAC(), Audit: d.audit, Logger: d.log.With("part", "retention")})
+			Peers: d.peers, Reputation: d.rep, Evidence: d.evidence, Tasks: d.taskStore, Grants: d.authz.RBAC(), Audit: d.audit, Logger: d.log.With("part", "retention")})
 	})
 
 	// The transport plugins (started below), with the binding authority and the DHT record judge.

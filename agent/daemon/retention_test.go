@@ -21,7 +21,7 @@ import (
 
 // TestRetentionShrinksEveryStore: with short periods (privacy.retention, tasks.*), the daemon's retention
 // drops what each store holds about peers: an unseen peer's key event log and delegations, an idle
-// reputation record, old consensus evidence, an expired grant, an unacknowledged task result, old audit segments (the rest
+// reputation record, old consensus evidence, an expired grant, an unacknowledged task result, a submitted task's result nobody fetched, old audit segments (the rest
 // still verifies from a signed audit.pruned anchor). A compromise mark and an operator's block survive.
 // The test reads the bbolt file after the daemon stopped.
 func TestRetentionShrinksEveryStore(t *testing.T) {
@@ -31,7 +31,7 @@ func TestRetentionShrinksEveryStore(t *testing.T) {
 	admin := agenttest.NewIdentity(t, keystore.Ed25519)
 	cfg, digest := writeConfig(t, cfgPath, "metrics: {disabled: true}\n"+
 		"authorization: {admins: ["+admin.ID().String()+"]}\n"+
-		"privacy: {retention: {interval: 1s, peers_unseen: 1s, reputation: 1s, evidence: 1s, audit: 2s}}\n"+
+		"privacy: {retention: {interval: 1s, peers_unseen: 1s, reputation: 1s, evidence: 1s, tasks: 1s, audit: 2s}}\n"+
 		"audit: {segment_max_age: 1s}\n"+
 		"tasks: {unacknowledged_retention: 1s, retry_interval: 200ms}\n")
 	d, err := Start(ctx, Options{Home: home, Config: cfg, ConfigDigest: digest, ConfigPath: cfgPath, Custody: cust, Logger: quietLogger()})
@@ -75,6 +75,10 @@ func TestRetentionShrinksEveryStore(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	if err := d.taskStore.CreateOutbound(&tasks.Outbound{TaskID: "o1", To: seen.ID().String(), Handler: "echo", Input: []byte("in"),
+		State: tasks.OutDone, Submitted: time.Now(), Updated: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
 	// A grant about the peer that expires in two seconds, and one valid for an hour.
 	short := grantFor(t, admin, seen.ID(), rbac.TaskSubmitter, time.Now().Add(-time.Hour), time.Hour+2*time.Second)
 	long := grantFor(t, admin, blocked.ID(), rbac.TaskSubmitter, time.Now(), time.Hour)
@@ -95,13 +99,14 @@ func TestRetentionShrinksEveryStore(t *testing.T) {
 		rep := d.rep.Level(seen.ID()) // New when forgotten
 		ev, _ := d.evidence.ByPeer(seen.ID())
 		in, _ := d.taskStore.ListInbound()
+		out, _ := d.taskStore.ListOutbound()
 		rp, _ := audit.Verify(filepath.Join(home, AuditDir), cust.Log())
 		gs := d.authz.RBAC().Grants(seen.ID())
-		if len(logs) == 1 && rep == reputation.New && len(ev) == 0 && len(in) == 0 && rp.FirstSeq > 1 && len(gs) == 0 {
+		if len(logs) == 1 && rep == reputation.New && len(ev) == 0 && len(in) == 0 && len(out) == 0 && rp.FirstSeq > 1 && len(gs) == 0 {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("stores did not shrink: peers %v, evidence %d, inbound %d, grants %d, audit %+v", logs, len(ev), len(in), len(gs), rp)
+			t.Fatalf("stores did not shrink: peers %v, evidence %d, inbound %d, outbound %d, grants %d, audit %+v", logs, len(ev), len(in), len(out), len(gs), rp)
 		}
 		time.Sleep(300 * time.Millisecond)
 	}
@@ -134,7 +139,7 @@ func TestRetentionShrinksEveryStore(t *testing.T) {
 	if has("rbac/grants", short.ID) || !has("rbac/grants", long.ID) {
 		t.Errorf("rbac/grants: the expired grant is kept (%v) or the valid one went (%v)", has("rbac/grants", short.ID), !has("rbac/grants", long.ID))
 	}
-	for _, b := range []string{"peers.kel", "peers.kel.used", "peers.delegations", "reputation/peers", "consensus/evidence", "tasks.in", "tasks.in.input"} {
+	for _, b := range []string{"peers.kel", "peers.kel.used", "peers.delegations", "reputation/peers", "consensus/evidence", "tasks.in", "tasks.in.input", "tasks.out", "tasks.out.input"} {
 		if has(b, s) {
 			t.Errorf("%s still holds the unseen peer", b)
 		}

@@ -1,10 +1,10 @@
 // Package retention is the agent's one retention loop (docs/privacy.md, ADR 0092): at start and then
-// every interval it applies each store's retention period to the stores that do not age out on their own:
-// peers no handshake committed for a period (their key event logs, use times and delegations; never a
-// compromise mark or its fork evidence), reputation records nothing was recorded about for a period
-// (never an operator's block), consensus evidence older than its period, and expired grants; it applies
-// the audit log's retention (audit.Retention, configured from the same section) at once. Task records
-// age out on the task engine's delivery loop and feedback keys in the authorization sweep. Its
+// every interval it applies each store's retention period: peers no handshake committed for a period
+// (their key event logs, use times and delegations; never a compromise mark or its fork evidence),
+// reputation records nothing was recorded about for a period (never an operator's block), consensus
+// evidence older than its period, submitted tasks whose result nobody fetched, expired grants, and the
+// audit log's retention (audit.Retention, configured from the same section). Fetched results and executed
+// tasks age out on the task engine's delivery loop, feedback keys in the authorization sweep. Its
 // dependencies are explicit and small: each store is an interface with one prune method.
 package retention
 
@@ -20,6 +20,7 @@ type Settings struct {
 	PeersUnseen time.Duration // peers.kel, peers.kel.used, peers.delegations
 	Reputation  time.Duration // reputation/peers
 	Evidence    time.Duration // consensus/evidence
+	Tasks       time.Duration // tasks.out: final results no client fetched
 }
 
 // Peers is the peer cache (agent/peers).
@@ -35,6 +36,13 @@ type Reputation interface {
 // Evidence is the consensus evidence store (agent/consensus).
 type Evidence interface {
 	PruneBefore(cutoff time.Time) (int, error)
+}
+
+// Tasks is the task store (agent/tasks): submitted tasks whose result nobody fetched. Fetched results and
+// executed tasks age out on the task engine's delivery loop (tasks.result_retention,
+// tasks.unacknowledged_retention).
+type Tasks interface {
+	PruneUnfetched(cutoff time.Time) (int, error)
 }
 
 // Grants is the authorizer (agent/rbac): expired grants go from memory and the store. The
@@ -57,6 +65,7 @@ type Config struct {
 	Peers      Peers
 	Reputation Reputation
 	Evidence   Evidence
+	Tasks      Tasks
 	Grants     Grants
 	Audit      Audit
 	Now        func() time.Time // default time.Now
@@ -71,6 +80,7 @@ const (
 	StoreReputation = "reputation"
 	StoreEvidence   = "evidence"
 	StoreGrants     = "grants"
+	StoreTasks      = "tasks"
 )
 
 // Once applies every period now. It returns how many records each store lost and the first error; a
@@ -103,6 +113,9 @@ func Once(ctx context.Context, c Config) (map[string]int, error) {
 	}
 	if c.Evidence != nil {
 		apply(StoreEvidence, s.Evidence, c.Evidence.PruneBefore)
+	}
+	if c.Tasks != nil {
+		apply(StoreTasks, s.Tasks, c.Tasks.PruneUnfetched)
 	}
 	if c.Grants != nil && ctx.Err() == nil {
 		n, err := c.Grants.Prune(ctx)

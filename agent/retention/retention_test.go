@@ -3,6 +3,7 @@ package retention_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"path/filepath"
 	"testing"
 	"time"
@@ -14,6 +15,7 @@ import (
 	"github.com/custos-agent/custos/agent/peers"
 	"github.com/custos-agent/custos/agent/reputation"
 	"github.com/custos-agent/custos/agent/retention"
+	"github.com/custos-agent/custos/agent/tasks"
 	"github.com/custos-agent/custos/keystore"
 )
 
@@ -41,6 +43,10 @@ func TestOnce(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	ts, err := tasks.NewStore(db)
+	if err != nil {
+		t.Fatal(err)
+	}
 	old, fresh, blocked := agenttest.NewIdentity(t, keystore.Ed25519), agenttest.NewIdentity(t, keystore.Ed25519), agenttest.NewIdentity(t, keystore.Ed25519)
 	put := func(p *agenttest.Identity) {
 		t.Helper()
@@ -53,6 +59,17 @@ func TestOnce(t *testing.T) {
 		if err := ev.Put(ctx, consensus.Evidence{Task: "t", Peer: p.ID().String(), Kind: "dissent", Digest: "00", Time: clk.Now()}); err != nil {
 			t.Fatal(err)
 		}
+		// A final result nobody fetched, one fetched, one still running.
+		for i, st := range []string{tasks.OutDone, tasks.OutDone, tasks.OutRunning} {
+			o := &tasks.Outbound{TaskID: fmt.Sprintf("%s-%d", p.ID().String()[8:20], i), To: p.ID().String(), Handler: "echo", Input: []byte("in"),
+				State: st, Submitted: clk.Now(), Updated: clk.Now()}
+			if i == 1 {
+				o.Fetched = clk.Now()
+			}
+			if err := ts.CreateOutbound(o); err != nil {
+				t.Fatal(err)
+			}
+		}
 	}
 	put(old)
 	if err := rep.Block(ctx, blocked.ID()); err != nil {
@@ -62,14 +79,17 @@ func TestOnce(t *testing.T) {
 	put(fresh)
 	clk.Advance(time.Hour)
 
-	settings := retention.Settings{Interval: time.Second, PeersUnseen: 5 * time.Hour, Reputation: 5 * time.Hour, Evidence: 0}
-	cfg := retention.Config{Settings: func() retention.Settings { return settings }, Peers: pc, Reputation: rep, Evidence: ev, Now: clk.Now}
+	settings := retention.Settings{Interval: time.Second, PeersUnseen: 5 * time.Hour, Reputation: 5 * time.Hour, Evidence: 0, Tasks: 5 * time.Hour}
+	cfg := retention.Config{Settings: func() retention.Settings { return settings }, Peers: pc, Reputation: rep, Evidence: ev, Tasks: ts, Now: clk.Now}
 	got, err := retention.Once(ctx, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got[retention.StorePeers] != 1 || got[retention.StoreReputation] != 1 || got[retention.StoreEvidence] != 0 {
-		t.Fatalf("removed %v, want one peer, one reputation record (the old peer's, not the blocked one), no evidence (period 0)", got)
+	if got[retention.StorePeers] != 1 || got[retention.StoreReputation] != 1 || got[retention.StoreEvidence] != 0 || got[retention.StoreTasks] != 1 {
+		t.Fatalf("removed %v, want one peer, one reputation record (the old peer's, not the blocked one), no evidence (period 0), one task (the old unfetched result)", got)
+	}
+	if outs, _ := ts.ListOutbound(); len(outs) != 5 {
+		t.Fatalf("%d outbound tasks left, want 5 (the old fetched and running ones, the fresh three)", len(outs))
 	}
 	if ids, _ := pc.IDs(); len(ids) != 1 || ids[0] != fresh.ID().String() {
 		t.Fatalf("peers left %v, want only the fresh one", ids)

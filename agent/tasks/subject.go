@@ -2,6 +2,7 @@ package tasks
 
 import (
 	"fmt"
+	"time"
 
 	"go.etcd.io/bbolt"
 )
@@ -38,6 +39,24 @@ func (s *Store) Subject(id string) (Subject, error) {
 		return Subject{}, fmt.Errorf("task store: %w", err)
 	}
 	return out, nil
+}
+
+// PruneUnfetched deletes final outbound tasks (record and input) that ended before cutoff and whose
+// result no client ever fetched (retention, privacy.retention.tasks): PruneOutbound only counts from the
+// first fetch. It returns how many went.
+func (s *Store) PruneUnfetched(cutoff time.Time) (int, error) {
+	n := 0
+	err := s.update(func(tx *bbolt.Tx) error {
+		var err error
+		n, err = pruneWhere(tx, bucketOut, bucketOutInput, func(r *Outbound) bool {
+			return Final(r.State) && r.Fetched.IsZero() && r.Updated.Before(cutoff)
+		})
+		return err
+	})
+	if err != nil {
+		return 0, fmt.Errorf("task store: prune: %w", err)
+	}
+	return n, nil
 }
 
 // EraseSubject deletes every task (record and input) whose requester or executor is id, in one
