@@ -2,6 +2,7 @@ package config
 
 import (
 	"errors"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -76,6 +77,11 @@ func TestRetentionConfig(t *testing.T) {
 	}
 	if s := c.Privacy.Retention.Settings(); s.Interval != 5*time.Second || s.PeersUnseen != 0 || s.Reputation != time.Hour || s.Evidence != 2*time.Hour || s.Tasks != 3*time.Hour || c.AuditMaxAge() != 0 {
 		t.Fatalf("set %+v, audit %v", s, c.AuditMaxAge())
+	}
+	// privacy needs a restart (Classify): a reload keeps the running periods.
+	cur, _ := ParseConfig([]byte("privacy: {retention: {peers_unseen: 1h}}"))
+	if got := InForce(c, cur).Privacy.Retention.Settings().PeersUnseen; got != 0 || !slices.Contains(Diff(c, cur), "privacy") {
+		t.Fatalf("after a reload the peers' period is %v, want the running 0 until a restart", got)
 	}
 	if c, _ := ParseConfig([]byte("audit: {retention_max_age: 3h}\nprivacy: {retention: {audit: 1h}}")); c.AuditMaxAge() != 3*time.Hour {
 		t.Fatalf("audit.retention_max_age does not win: %v", c.AuditMaxAge())
