@@ -110,6 +110,15 @@ const (
 	AlertResolved EventType = "alert.resolved"
 )
 
+// Data protection (ADR 0092).
+const (
+	// DataErased: the agent erased what it held about a subject on request (agentctl data erase). Actor:
+	// who asked; Subject: the subject's agent ID; Details must carry "removed" (records removed per store)
+	// and may carry "kept" (records kept per store, as security evidence or under legal obligation).
+	// Nothing else about the subject.
+	DataErased EventType = "data.erased"
+)
+
 // Records the log writes about itself. Append refuses every "audit." type.
 const (
 	// LogCreated is the first record of a new log. Subject: the agent ID.
@@ -140,6 +149,7 @@ var requiredDetails = map[EventType][]string{
 	ConfigLoaded:  {"digest"},
 	ConfigChanged: {"digest"},
 	TrustChanged:  {"from", "to"},
+	DataErased:    {"removed"},
 }
 
 // Outcome says how the event ended.

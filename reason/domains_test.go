@@ -39,7 +39,7 @@ func TestDomainsRegistered(t *testing.T) {
 		{reason.DomainRBAC, rb},
 		{reason.DomainPolicy, po},
 		{reason.DomainTask, task},
-		{reason.DomainControl, strs(control.CodeBadRequest, control.CodeUnknownOp, control.CodeDenied, control.CodeNotFound,
+		{reason.DomainControl, strs(control.CodeErasureIncomplete, control.CodeBadRequest, control.CodeUnknownOp, control.CodeDenied, control.CodeNotFound,
 			control.CodeUnavailable, control.CodeTimeout, control.CodeFailed, control.CodeTooLarge, control.CodeRefused)},
 		{reason.DomainAdmission, strs(authz.RefusalBadPuzzle, authz.RefusalBlocked, authz.RefusalMalformedGrants,
 			authz.RefusalGrantWrongSubject, authz.ReasonUncorrelated, authz.RefusalAuditUnavailable)},

@@ -82,6 +82,9 @@ const (
 	// MailboxFull and RecipientKeyUnknown: the store-and-forward mailbox (agent/mailbox, ADR 0093).
 	MailboxFull         Code = "mailbox_full"
 	RecipientKeyUnknown Code = "recipient_key_unknown"
+	// ErasureIncomplete: an erasure on request removed part of a subject's data and failed on a store
+	// (ADR 0092); the message names the store and what was removed. Running it again finishes it.
+	ErasureIncomplete Code = "erasure_incomplete"
 )
 
 // A handshake alert carries a protocol code; when the responder's validator refuses the grants the
@@ -188,6 +191,7 @@ func entries() []Entry {
 		{GossipUnknownTopic, d(DomainDiscovery), "a gossip message on a topic this agent does not judge (ADR 0091)", false},
 		{GossipNotForUs, d(DomainDiscovery), "a gossiped revocation signed by an agent that is not this agent's administrator nor the issuer of a grant it holds: ignored, not forwarded, nobody penalised", false},
 		{AuditUnavailable, d(DomainAdmission), "the agent's audit log cannot write records (disk full, I/O error) and audit.on_failure is refuse: no new work until it can; retry later", true},
+		{ErasureIncomplete, d(DomainControl), "an erasure removed part of a subject's data and failed on a store (the message names it and what went); run it again", false},
 	}
 }
 

@@ -72,6 +72,8 @@ const (
 	OpPeersFind         = "peers.find"         // FindArgs -> PeerRecord (a verified agent record from the DHT)
 	OpTaskFeedback      = "task.feedback"      // FeedbackArgs -> FeedbackResult (signed feedback about a submitted task's executor)
 	OpTaskCancel        = "task.cancel"        // CancelArgs -> TaskView (a submitted task given up)
+	OpDataExport        = "data.export"        // DataSubjectArgs -> DataExport (what the agent holds about a subject)
+	OpDataErase         = "data.erase"         // DataSubjectArgs -> DataErased (erasure on request, ADR 0092)
 )
 
 // Bounds of arguments, checked by the daemon and, for a clear usage error, by agentctl.
@@ -133,6 +135,8 @@ func Table() []Spec {
 		{OpPeersFind, rbac.CtlPeersFind, false, FindArgs{}, PeerRecord{}, "agentctl peers find, peers connect --id without an address"},
 		{OpTaskFeedback, rbac.CtlTaskFeedback, true, FeedbackArgs{}, FeedbackResult{}, "agentctl feedback"},
 		{OpTaskCancel, rbac.CtlTaskCancel, true, CancelArgs{}, TaskView{}, "agentctl task cancel"},
+		{OpDataExport, rbac.CtlData, false, DataSubjectArgs{}, DataExport{}, "agentctl data export"},
+		{OpDataErase, rbac.CtlData, true, DataSubjectArgs{}, DataErased{}, "agentctl data erase"},
 	}
 }
 

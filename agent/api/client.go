@@ -144,3 +144,13 @@ func (c *Client) TaskFeedback(ctx context.Context, a FeedbackArgs) (FeedbackResu
 func (c *Client) TaskCancel(ctx context.Context, a CancelArgs) (TaskView, error) {
 	return call[TaskView](ctx, c, OpTaskCancel, a)
 }
+
+// DataExport is agentctl data export: what the agent holds about a subject.
+func (c *Client) DataExport(ctx context.Context, a DataSubjectArgs) (DataExport, error) {
+	return call[DataExport](ctx, c, OpDataExport, a)
+}
+
+// DataErase is agentctl data erase: erasure of a subject's data on request.
+func (c *Client) DataErase(ctx context.Context, a DataSubjectArgs) (DataErased, error) {
+	return call[DataErased](ctx, c, OpDataErase, a)
+}

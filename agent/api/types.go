@@ -478,3 +478,34 @@ type FeedbackResult struct {
 type CancelArgs struct {
 	TaskID string `json:"task_id"`
 }
+
+// DataSubjectArgs names the subject of data.export and data.erase: an agent ID.
+type DataSubjectArgs struct {
+	Subject string `json:"subject"`
+}
+
+// DataExport is the subject-access copy (ADR 0092): everything the agent holds about the subject, by
+// store (docs/privacy.md names them). Held is what data.erase removes; Kept is what it keeps, and why.
+type DataExport struct {
+	Subject   string                     `json:"subject"`
+	Generated time.Time                  `json:"generated"`
+	Held      map[string]json.RawMessage `json:"held"`
+	Kept      []DataKept                 `json:"kept"`
+}
+
+// DataKept is what an erasure keeps in one store, and why.
+type DataKept struct {
+	Store  string          `json:"store"`
+	Count  int             `json:"count"`
+	Reason string          `json:"reason"`
+	Items  json.RawMessage `json:"items,omitempty"` // in an export only
+}
+
+// DataErased is what data.erase removed (records per store) and what it kept.
+type DataErased struct {
+	Subject string         `json:"subject"`
+	Removed map[string]int `json:"removed"`
+	Kept    []DataKept     `json:"kept"`
+	// AuditSeq is the seq of the data.erased audit record.
+	AuditSeq uint64 `json:"audit_seq"`
+}

@@ -73,6 +73,8 @@ type PrivacyConfig struct {
 	// FullAddresses keeps whole IP addresses in audit records and logs; by default an IPv4 address is
 	// truncated to its /24 and an IPv6 address to its /48.
 	FullAddresses bool `yaml:"full_addresses"`
+	// Retention: how long each store keeps what it holds about others (privacy.go, ADR 0092).
+	Retention RetentionConfig `yaml:"retention"`
 }
 
 // TransportConfig is one transport plugin.
@@ -471,6 +473,9 @@ func (c *Config) Validate() error {
 	var lv slog.Level
 	if err := lv.UnmarshalText([]byte(c.Log.Level)); err != nil {
 		return bad("log.level", "%q: want debug, info, warn or error", c.Log.Level)
+	}
+	if err := c.Privacy.Retention.validate(); err != nil { // privacy.go
+		return err
 	}
 	if err := c.Rotation.validate(); err != nil { // rotation.go
 		return err

@@ -2,6 +2,7 @@ package config
 
 import (
 	"errors"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -59,5 +60,43 @@ func TestTasksTimeout(t *testing.T) {
 	}
 	if _, err := ParseConfig([]byte("tasks: {timeout: -1s}")); !errors.Is(err, ErrConfig) || !strings.Contains(err.Error(), "tasks.timeout") {
 		t.Fatalf("negative tasks.timeout: %v", err)
+	}
+}
+
+func TestRetentionConfig(t *testing.T) {
+	c, err := ParseConfig([]byte(""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s := c.Privacy.Retention.Settings(); s.Interval != time.Hour || s.PeersUnseen != 2160*time.Hour || s.Reputation != 2160*time.Hour || s.Evidence != 8760*time.Hour || s.Tasks != 720*time.Hour || c.AuditMaxAge() != 8760*time.Hour {
+		t.Fatalf("defaults %+v, audit %v", s, c.AuditMaxAge())
+	}
+	c, err = ParseConfig([]byte("privacy: {retention: {interval: 5s, peers_unseen: 0s, reputation: 1h, evidence: 2h, tasks: 3h, audit: 0s}}"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s := c.Privacy.Retention.Settings(); s.Interval != 5*time.Second || s.PeersUnseen != 0 || s.Reputation != time.Hour || s.Evidence != 2*time.Hour || s.Tasks != 3*time.Hour || c.AuditMaxAge() != 0 {
+		t.Fatalf("set %+v, audit %v", s, c.AuditMaxAge())
+	}
+	// privacy needs a restart (Classify): a reload keeps the running periods.
+	cur, _ := ParseConfig([]byte("privacy: {retention: {peers_unseen: 1h}}"))
+	if got := InForce(c, cur).Privacy.Retention.Settings().PeersUnseen; got != 0 || !slices.Contains(Diff(c, cur), "privacy") {
+		t.Fatalf("after a reload the peers' period is %v, want the running 0 until a restart", got)
+	}
+	if c, _ := ParseConfig([]byte("audit: {retention_max_age: 3h}\nprivacy: {retention: {audit: 1h}}")); c.AuditMaxAge() != 3*time.Hour {
+		t.Fatalf("audit.retention_max_age does not win: %v", c.AuditMaxAge())
+	}
+	for in, want := range map[string]string{
+		"privacy: {retention: {interval: 0s}}":       "privacy.retention.interval: 0s is below 1s",
+		"privacy: {retention: {peers_unseen: 10ms}}": "privacy.retention.peers_unseen: 10ms",
+		"privacy: {retention: {reputation: -1h}}":    "privacy.retention.reputation: -1h0m0s",
+		"privacy: {retention: {evidence: 1ms}}":      "privacy.retention.evidence",
+		"privacy: {retention: {audit: -5s}}":         "privacy.retention.audit",
+		"privacy: {retention: {tasks: 1ns}}":         "privacy.retention.tasks",
+		"privacy: {retention: {inputs: 1h}}":         "privacy.retention.inputs: unknown key",
+	} {
+		if _, err := ParseConfig([]byte(in)); !errors.Is(err, ErrConfig) || !strings.Contains(err.Error(), want) {
+			t.Errorf("%s: err %v, want %q", in, err, want)
+		}
 	}
 }

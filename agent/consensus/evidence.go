@@ -120,3 +120,59 @@ func (s *EvidenceStore) Count() int {
 	})
 	return n
 }
+
+// PruneBefore drops the records made before cutoff (retention, docs/privacy.md: evidence ages out after
+// privacy.retention.evidence). It returns how many went.
+func (s *EvidenceStore) PruneBefore(cutoff time.Time) (int, error) {
+	n := 0
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketEvidence)
+		var old [][]byte
+		err := b.ForEach(func(k, v []byte) error {
+			var e Evidence
+			if err := json.Unmarshal(v, &e); err != nil {
+				return fmt.Errorf("evidence record %q is corrupt: %v", k, err)
+			}
+			if e.Time.Before(cutoff) {
+				old = append(old, append([]byte(nil), k...))
+			}
+			return nil
+		})
+		for _, k := range old {
+			if err == nil {
+				err = b.Delete(k)
+			}
+		}
+		n = len(old)
+		return err
+	})
+	if err != nil {
+		return 0, fmt.Errorf("evidence store: prune: %w", err)
+	}
+	return n, nil
+}
+
+// EraseSubject deletes every record about peer (erasure on request, ADR 0092); it returns how many.
+func (s *EvidenceStore) EraseSubject(peer identity.ID) (int, error) {
+	prefix := []byte(peer.String() + "\x00")
+	n := 0
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketEvidence)
+		var keys [][]byte
+		c := b.Cursor()
+		for k, _ := c.Seek(prefix); k != nil && len(k) >= len(prefix) && string(k[:len(prefix)]) == string(prefix); k, _ = c.Next() {
+			keys = append(keys, append([]byte(nil), k...))
+		}
+		for _, k := range keys {
+			if err := b.Delete(k); err != nil {
+				return err
+			}
+		}
+		n = len(keys)
+		return nil
+	})
+	if err != nil {
+		return 0, fmt.Errorf("evidence store: erase: %w", err)
+	}
+	return n, nil
+}

@@ -52,6 +52,8 @@ const (
 	CodeFailed      = string(reason.Failed)      // "failed": the operation failed (the message says why)
 	CodeTooLarge    = string(reason.TooLarge)    // "too_large": the request exceeds MaxRequest
 	CodeRefused     = string(reason.PeerRefused) // "peer_refused": a peer could not be reached or refused (connect)
+	// CodeErasureIncomplete: "erasure_incomplete": data.erase removed part of a subject's data (ADR 0092).
+	CodeErasureIncomplete = string(reason.ErasureIncomplete)
 )
 
 // Request is one control request.

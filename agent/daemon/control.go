@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"context"
+	"path/filepath"
 
 	"github.com/custos-agent/custos/agent/api"
 	"github.com/custos-agent/custos/agent/api/agentops"
@@ -9,6 +10,7 @@ import (
 	"github.com/custos-agent/custos/agent/api/taskops"
 	"github.com/custos-agent/custos/agent/authz"
 	"github.com/custos-agent/custos/agent/config"
+	"github.com/custos-agent/custos/agent/erasure"
 	"github.com/custos-agent/custos/audit"
 )
 
@@ -34,5 +36,7 @@ func (d *Daemon) services() []api.Service {
 		d.giver.Service(), // task.feedback
 		d.db.GatewayKeys,  // the HTTP gateway's API keys (agentctl gateway key)
 		d.disc,            // peers.find
+		erasure.Service(erasure.Deps{Self: d.id, Peers: d.peers, Reputation: d.rep, Grants: d.authz.RBAC(), Held: d.db.Held, // data.export, data.erase
+			Evidence: d.evidence, Tasks: d.taskStore, Audit: d.audit, AuditDir: filepath.Join(d.home, AuditDir)}),
 	}
 }

@@ -42,6 +42,7 @@ import (
 	"github.com/custos-agent/custos/agent/rbac"
 	"github.com/custos-agent/custos/agent/replay"
 	"github.com/custos-agent/custos/agent/reputation"
+	"github.com/custos-agent/custos/agent/retention"
 	"github.com/custos-agent/custos/agent/session"
 	"github.com/custos-agent/custos/agent/sessions"
 	"github.com/custos-agent/custos/agent/state"
@@ -220,7 +221,7 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 		Signer: signer, Generation: d.cust.Current().Generation, AgentID: d.id.String(),
 		CheckpointEvery: cfg.Audit.CheckpointEvery, CheckpointInterval: cfg.Audit.CheckpointInterval,
 		SegmentMaxBytes: cfg.Audit.SegmentMaxBytes, SegmentMaxAge: cfg.Audit.SegmentMaxAge,
-		Retention: audit.Retention{MaxAge: cfg.Audit.RetentionMaxAge, MaxBytes: cfg.Audit.RetentionMaxBytes},
+		Retention: audit.Retention{MaxAge: cfg.AuditMaxAge(), MaxBytes: cfg.Audit.RetentionMaxBytes},
 		Observer:  d.metrics, Logger: d.log.With("part", "audit"), Addresses: &addrs,
 	})
 	if err != nil {
@@ -258,6 +259,10 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 	}
 	d.authz.SetAuditHealth(d.audit.Health) // audit.on_failure refuse: no new work while the log cannot write (ADR 0089)
 	d.run(func() { d.authz.Sweep(dctx, cfg.Reputation.SweepInterval) })
+	d.run(func() { // retention (agent/retention, ADR 0092); tasks, grants, feedback keys and audit segments age out where they live
+		retention.Run(dctx, retention.Config{Settings: func() retention.Settings { return d.config().Privacy.Retention.Settings() },
+			Peers: d.peers, Reputation: d.rep, Evidence: d.evidence, Tasks: d.taskStore, Grants: d.authz.RBAC(), Audit: d.audit, Logger: d.log.With("part", "retention")})
+	})
 
 	// The transport plugins (started below), with the binding authority and the DHT record judge.
 	authority := bindauth.NewAuthority(d.id, d.dm, d.peers, d.keyLog, bindauth.DefaultBindingTTL)

@@ -579,3 +579,24 @@ func sortGrants(gs []Grant) {
 		return strings.Compare(x.ID, y.ID)
 	})
 }
+
+// EraseSubject deletes every grant about subject, from memory and the store (erasure on request, ADR
+// 0092); it returns how many went. Grants the subject issued to others and revocations are kept: they
+// are about other agents' authorizations.
+func (a *Authorizer) EraseSubject(ctx context.Context, subject identity.ID) (int, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	sub := subject.String()
+	gone := a.grants[sub]
+	for i, g := range gone {
+		if a.store != nil {
+			if err := a.store.DeleteGrant(ctx, g.ID); err != nil {
+				a.grants[sub] = gone[i:]
+				return i, fmt.Errorf("rbac: erase grants of %s: %w", sub, err)
+			}
+		}
+		delete(a.byID, g.ID)
+	}
+	delete(a.grants, sub) // erased
+	return len(gone), nil
+}

@@ -43,6 +43,7 @@ const (
 	CtlRotate       Operation = "control.rotate"
 	CtlConfigReload Operation = "control.config.reload"
 	CtlGatewayKeys  Operation = "control.gateway.keys"
+	CtlData         Operation = "control.data" // subject access and erasure (ADR 0092)
 	// CtlPeersFind: look an agent's record up in the DHT (agent/discovery, ADR 0070).
 	CtlPeersFind Operation = "control.peers.find"
 	// CtlTaskFeedback: sign and send feedback about the executor of a task this agent submitted;
@@ -95,6 +96,7 @@ var Table = []Requirement{
 	{CtlPeersFind, DiscoverPeers, false, "agentctl peers find ID (and peers connect --id ID without an address): a DHT lookup"},
 	{CtlTaskFeedback, SubmitTasks, false, "agentctl feedback --task ID --score S: rate the executor of a task this agent submitted (signed with the identity key, sent to the connected peers)"},
 	{CtlTaskCancel, SubmitTasks, false, "agentctl task cancel ID: give up a task this agent submitted"},
+	{CtlData, ManageSecurity, false, "agentctl data export, data erase --subject ID: what the agent holds about an agent, and its erasure (ADR 0092)"},
 }
 
 // ErrUnknownOperation is returned for an operation missing from Table.

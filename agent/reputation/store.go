@@ -643,3 +643,76 @@ func (s *Store) takeGiverSlot(giver string, now time.Time) error {
 
 // feedbackHorizon is how old feedback may be: four half-lives (it would count for 1/16 by then).
 func (s *Store) feedbackHorizon() time.Duration { return 4 * s.cfg.HalfLife }
+
+// PruneIdle drops the records of peers nothing was recorded about since cutoff (retention,
+// docs/privacy.md): after that long their decayed score says next to nothing. A peer an operator blocked
+// (Block) is kept: that is the operator's decision, undone only by Unblock. It returns how many went.
+func (s *Store) PruneIdle(ctx context.Context, cutoff time.Time) (int, error) {
+	if err := ctx.Err(); err != nil {
+		return 0, err
+	}
+	c := cutoff.UnixNano()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var gone []string
+	for k, r := range s.peers {
+		if !r.Manual && r.Updated < c {
+			gone = append(gone, k)
+		}
+	}
+	if len(gone) == 0 {
+		return 0, nil
+	}
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		for _, k := range gone {
+			if err := tx.Bucket(bucketPeers).Delete([]byte(k)); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, fmt.Errorf("reputation store: prune: %w", err)
+	}
+	for _, k := range gone {
+		delete(s.peers, k)
+	}
+	return len(gone), nil
+}
+
+// Subject returns the stored reputation of peer (nil when none is stored): the subject-access copy of
+// ADR 0092. Feedback keys are one-way digests of (giver, subject, task): they name no agent and are not
+// returned; they age out after the feedback horizon.
+func (s *Store) Subject(peer identity.ID) *Report {
+	s.mu.Lock()
+	_, ok := s.peers[peer.String()]
+	s.mu.Unlock()
+	if !ok {
+		return nil
+	}
+	r := s.Report(peer)
+	return &r
+}
+
+// EraseSubject deletes peer's reputation record (erasure on request, ADR 0092). An operator's block is
+// kept (kept true): it is a security decision, undone by Unblock. It returns how many records went.
+func (s *Store) EraseSubject(ctx context.Context, peer identity.ID) (removed int, kept bool, err error) {
+	if err := ctx.Err(); err != nil {
+		return 0, false, err
+	}
+	k := peer.String()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	r, ok := s.peers[k]
+	if !ok {
+		return 0, false, nil
+	}
+	if r.Manual {
+		return 0, true, nil
+	}
+	if err := s.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketPeers).Delete([]byte(k)) }); err != nil {
+		return 0, false, fmt.Errorf("reputation store: erase: %w", err)
+	}
+	delete(s.peers, k)
+	return 1, false, nil
+}
