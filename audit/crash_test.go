@@ -155,7 +155,9 @@ func TestCrashKeepsAcknowledgedRecords(t *testing.T) {
 			t.Fatalf("Verify after SIGKILL: %v; want ErrUnsigned or ErrTorn", err)
 		}
 		if round == 1 {
-			// A power loss can also leave half a line (a SIGKILL cannot: write(2) to a file completes).
+			// A power loss can always leave half a line. (So can a SIGKILL, but only when it lands inside
+			// a write of more than a page: Linux stops a regular-file write at a page boundary when a
+			// fatal signal is pending. That depends on timing; this line makes it certain.)
 			segs := segPaths(t, dir)
 			f, err := os.OpenFile(segs[len(segs)-1], os.O_WRONLY|os.O_APPEND, 0)
 			if err != nil {
@@ -195,9 +197,10 @@ func TestCrashKeepsAcknowledgedRecords(t *testing.T) {
 			t.Fatalf("record %d is %s %v, acknowledged as worker %d item %d", seq, e.Type, e.Details, wi[0], wi[1])
 		}
 	}
-	// Round 0's kill is noted by round 1's open (recovered); round 1's torn line by the last open (repaired).
-	if recovered != 1 || repaired != 1 {
-		t.Fatalf("%d audit.recovered and %d audit.repaired records, want 1 and 1", recovered, repaired)
+	// Round 0's kill is noted by round 1's open: recovered, or repaired when the kill cut a batch write
+	// at a page boundary. Round 1's torn line is noted by the last open: repaired.
+	if recovered+repaired != 2 || repaired < 1 {
+		t.Fatalf("%d audit.recovered and %d audit.repaired records, want one of each (or two repaired)", recovered, repaired)
 	}
 	t.Logf("%d acknowledged records all present in %d records, %d segments", len(acked), rep.Records, rep.Segments)
 }

@@ -65,8 +65,19 @@ func TestAppendVerifyQuery(t *testing.T) {
 			if rep.Records != uint64(len(entries)) || rep.LastSeq != uint64(len(entries)) || rep.FirstSeq != 1 {
 				t.Fatalf("report %+v for %d entries", rep, len(entries))
 			}
-			if !rep.Sealed || rep.CoveredSeq != rep.LastSeq-1 || rep.Checkpoints < workers*each/50 || rep.Anchored || rep.WriterActive {
+			if !rep.Sealed || rep.CoveredSeq != rep.LastSeq-1 || rep.Checkpoints < 2 || rep.Anchored || rep.WriterActive {
 				t.Fatalf("report %+v", rep)
+			}
+			// How many count checkpoints there are depends on the signer's speed (records that arrive
+			// while one is signed wait for the next), so the test asks only that the count rule fired.
+			byCount := 0
+			for _, e := range entries {
+				if e.Type == LogCheckpoint && e.Details["reason"] == "count" {
+					byCount++
+				}
+			}
+			if byCount == 0 {
+				t.Fatalf("no checkpoint signed because %d records were uncovered (report %+v)", o.CheckpointEvery, rep)
 			}
 			if entries[0].Type != LogCreated || entries[0].Prev != "" || entries[len(entries)-1].Type != LogCheckpoint {
 				t.Fatalf("first %s, last %s", entries[0].Type, entries[len(entries)-1].Type)
