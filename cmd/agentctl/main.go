@@ -91,6 +91,7 @@ func commands() []*cli.Command {
 		grantCommand(), revokeCommand(),
 		configCommand(), versionCommand(), completionCommand(),
 		gatewayCommand(), dataCommand(),
+		backupCommand(), restoreCommand(),
 	}
 }
 

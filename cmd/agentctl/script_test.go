@@ -67,13 +67,16 @@ func TestScripts(t *testing.T) {
 			return nil
 		},
 		Cmds: map[string]func(ts *testscript.TestScript, neg bool, args []string){
-			"digest":      cmdDigest,
-			"corruptkeys": cmdCorruptKeys,
-			"jsonget":     cmdJSONGet,
-			"envfile":     cmdEnvFile,
-			"halve":       cmdHalve,
-			"jsonset":     cmdJSONSet,
-			"tpmclear":    cmdTPMClear,
+			"digest":       cmdDigest,
+			"corruptkeys":  cmdCorruptKeys,
+			"jsonget":      cmdJSONGet,
+			"envfile":      cmdEnvFile,
+			"halve":        cmdHalve,
+			"jsonset":      cmdJSONSet,
+			"tpmclear":     cmdTPMClear,
+			"boltput":      cmdBoltPut,
+			"boltget":      cmdBoltGet,
+			"tamperbackup": cmdTamperBackup,
 		},
 	})
 }
