@@ -119,6 +119,9 @@ type Engine struct {
 	handlers Registry
 	active   map[string]bool          // inbound keys scheduled or running in this process
 	waiters  map[string]chan struct{} // closed when that outbound task changes (Wait)
+	// acking: outbound tasks whose result is being stored and acknowledged (onResult); Wait does not
+	// return them done before the acknowledgement is sent (holdWaiters).
+	acking   map[string]int
 	draining bool
 	closed   bool // no more background sends
 
@@ -170,7 +173,7 @@ func New(cfg Config) (*Engine, error) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	return &Engine{
-		cfg: cfg, store: cfg.Store, handlers: cfg.Handlers, active: map[string]bool{}, waiters: map[string]chan struct{}{},
+		cfg: cfg, store: cfg.Store, handlers: cfg.Handlers, active: map[string]bool{}, waiters: map[string]chan struct{}{}, acking: map[string]int{},
 		sem: make(chan struct{}, cfg.MaxConcurrent), runCtx: ctx, runCancel: cancel, stop: make(chan struct{}),
 	}, nil
 }
@@ -229,7 +232,9 @@ func (e *Engine) event(ev Event) {
 }
 
 // changed wakes the Waits of outbound task id. (One channel per waited-for task: waking every waiter on
-// every change made each of them decode its whole record, input included, per change of any task.)
+// every change made each of them decode its whole record, input included, per change of any task.) It
+// comes after the event of the change, so that a Wait that returns a final task has its event reported.
+// Callers wake waiters last.
 func (e *Engine) changed(id string) {
 	e.mu.Lock()
 	if ch, ok := e.waiters[id]; ok {
@@ -237,6 +242,29 @@ func (e *Engine) changed(id string) {
 		delete(e.waiters, id)
 	}
 	e.mu.Unlock()
+}
+
+// holdWaiters keeps Wait from returning outbound task id done until releaseWaiters: a result is stored
+// (and visible to a Wait reading the store) before its acknowledgement is sent, and a submitter whose Wait
+// returns sends its next task at once. That request must not overtake the acknowledgement on the session,
+// or the executor still counts the task against its MaxUnacknowledged and refuses the next one busy
+// (retried only after RetryInterval: the ~2 min stalls of BenchmarkTasks with 64 workers).
+func (e *Engine) holdWaiters(id string) {
+	e.mu.Lock()
+	e.acking[id]++
+	e.mu.Unlock()
+}
+
+// releaseWaiters ends a holdWaiters and wakes the Waits of id.
+func (e *Engine) releaseWaiters(id string) {
+	e.mu.Lock()
+	if e.acking[id] <= 1 {
+		delete(e.acking, id)
+	} else {
+		e.acking[id]--
+	}
+	e.mu.Unlock()
+	e.changed(id)
 }
 
 func (e *Engine) send(peer string, t envelope.MessageType, payload []byte) error {
@@ -598,11 +626,12 @@ func (e *Engine) onResult(peer string, payload []byte) error {
 			r.State, r.ErrorCode, r.Error, r.Updated = OutFailed, "invalid_result", verr.Error(), now
 			return nil
 		})
-		e.changed(o.TaskID)
 		e.event(Event{Kind: "result_invalid", TaskID: o.TaskID, Peer: peer, Handler: o.Handler, Err: verr})
+		e.changed(o.TaskID)
 		return errors.Join(verr, err)
 	}
 	kel := log.Encode()
+	e.holdWaiters(o.TaskID) // until the acknowledgement is sent
 	_, err = e.store.UpdateOutbound(o.TaskID, func(r *Outbound) error {
 		r.State, r.Status, r.Evidence, r.Delegation, r.KeyEventLog, r.Updated = OutDone, doc.Status,
 			append([]byte{}, m.Evidence...), append([]byte{}, m.Delegation...), kel, now
@@ -613,11 +642,15 @@ func (e *Engine) onResult(peer string, payload []byte) error {
 		return nil
 	})
 	if err != nil {
+		e.releaseWaiters(o.TaskID)
 		return err // not acknowledged: the executor sends it again
 	}
-	e.changed(o.TaskID)
+	// The result is on disk (fsync) before the acknowledgement leaves, and the acknowledgement leaves
+	// before any Wait returns the task done (holdWaiters).
+	aerr := e.ackResult(peer, o.TaskID)
 	e.event(Event{Kind: "result", TaskID: o.TaskID, Peer: peer, Handler: o.Handler, Status: doc.Status, Served: served(o, doc, now)})
-	return e.ackResult(peer, o.TaskID)
+	e.releaseWaiters(o.TaskID)
+	return aerr
 }
 
 func (e *Engine) onError(peer string, payload []byte) error {
@@ -638,10 +671,10 @@ func (e *Engine) onError(peer string, payload []byte) error {
 		}
 		return nil
 	})
-	e.changed(em.TaskID)
 	if err == nil && !em.Retryable() {
 		e.event(Event{Kind: "failed", TaskID: em.TaskID, Peer: peer, Status: em.Code, Err: errors.New(em.Message)})
 	}
+	e.changed(em.TaskID)
 	return err
 }
 
@@ -757,7 +790,12 @@ func (e *Engine) Wait(ctx context.Context, id string) (*Outbound, error) {
 			return nil, err
 		}
 		if Final(o.State) {
-			return o, nil
+			e.mu.Lock()
+			held := e.acking[id] > 0 // its acknowledgement is not sent yet: releaseWaiters closes ch
+			e.mu.Unlock()
+			if !held {
+				return o, nil
+			}
 		}
 		select {
 		case <-ch:

@@ -37,6 +37,8 @@ type testNet struct {
 	agents map[string]*testAgent
 	down   map[string]bool // agent ID -> unreachable
 	drop   func(m msg, to string) bool
+	// before, when set, runs at the start of every Send, outside the network's lock (a slow sender).
+	before func(m msg, to string)
 	sent   []msg
 }
 
@@ -66,10 +68,16 @@ type netSender struct {
 }
 
 func (s netSender) Send(_ context.Context, peer string, t envelope.MessageType, payload []byte) error {
+	m := msg{from: s.from, t: t, payload: append([]byte(nil), payload...)}
+	s.n.mu.Lock()
+	before := s.n.before
+	s.n.mu.Unlock()
+	if before != nil {
+		before(m, peer)
+	}
 	s.n.mu.Lock()
 	to := s.n.agents[peer]
 	down := s.n.down[peer] || s.n.down[s.from] || to == nil || to.eng == nil
-	m := msg{from: s.from, t: t, payload: append([]byte(nil), payload...)}
 	drop := s.n.drop != nil && s.n.drop(m, peer)
 	if !down {
 		s.n.sent = append(s.n.sent, m)
@@ -577,5 +585,81 @@ func TestUnacknowledgedResultsBounded(t *testing.T) {
 	request()
 	if got := refusals(); got > 1 {
 		t.Fatalf("refused after the retention freed the quota (%d refusals)", got)
+	}
+}
+
+// TestResultAcknowledgedBeforeWaitReturns: with as many submitters as the executor's MaxUnacknowledged,
+// each submitting its next task as soon as Wait returns the last one done, no request is refused busy.
+// Wait returns only after the acknowledgement of the result was handed to the sender, so a submitter's next
+// request cannot overtake it on the session and find the executor still holding MaxUnacknowledged
+// unacknowledged tasks (the ~120 s stalls of BenchmarkTasks: the request waited for the retry interval).
+// The acknowledgements are slowed down here, as a descheduled receive loop would be.
+func TestResultAcknowledgedBeforeWaitReturns(t *testing.T) {
+	const workers, tasks = 4, 16
+	n := newNet()
+	a, b := newAgent(t, n), newAgent(t, n)
+	a.knows(b)
+	b.knows(a)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	var refusedMu sync.Mutex
+	var refused []Event
+	b.cfg = func(c *Config) {
+		c.MaxUnacknowledged = workers
+		c.OnEvent = func(ev Event) {
+			if ev.Kind == "refused" {
+				refusedMu.Lock()
+				refused = append(refused, ev)
+				refusedMu.Unlock()
+				cancel() // the task would wait for the retry interval (an hour here): stop now
+			}
+		}
+	}
+	n.mu.Lock()
+	n.before = func(m msg, _ string) {
+		if m.t != envelope.TaskResponse || m.from != a.id {
+			return
+		}
+		if r, err := DecodeResponse(m.payload); err == nil && r.Status == StatusResultReceived {
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	n.mu.Unlock()
+	a.start(t, nil, time.Hour)
+	b.start(t, Registry{"echo": Echo()}, time.Hour)
+	var next atomic.Int32
+	var wg sync.WaitGroup
+	errs := make(chan error, workers)
+	for w := 0; w < workers; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for next.Add(1) <= tasks {
+				o, err := a.eng.Submit(ctx, b.id, "echo", []byte("x"))
+				if err == nil {
+					o, err = a.eng.Wait(ctx, o.TaskID)
+				}
+				if err == nil && o.State != OutDone {
+					err = errors.New("task " + o.TaskID + " ended " + o.State + " " + o.ErrorCode)
+				}
+				if err != nil {
+					errs <- err
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	refusedMu.Lock()
+	defer refusedMu.Unlock()
+	for _, ev := range refused {
+		t.Errorf("task %s refused %s: %v", ev.TaskID, ev.Status, ev.Err)
+	}
+	for err := range errs {
+		t.Error(err)
+	}
+	if got := n.count(envelope.TaskRequest, a.id); got != tasks {
+		t.Errorf("%d task requests sent for %d tasks, want no retry", got, tasks)
 	}
 }

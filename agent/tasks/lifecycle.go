@@ -35,10 +35,10 @@ func (e *Engine) expire() {
 			continue
 		}
 		if changed {
-			e.changed(o.TaskID)
 			e.cfg.Logger.Warn("submitted task timed out", "task", o.TaskID, "to", o.To, "state", o.State, "timeout", e.cfg.Timeout)
 			e.event(Event{Kind: "timed_out", TaskID: o.TaskID, Peer: o.To, Handler: o.Handler, Status: CodeTimeout,
 				Err: fmt.Errorf("no result within %v", e.cfg.Timeout)})
+			e.changed(o.TaskID) // after the event: a Wait that returns the failure finds it reported
 		}
 	}
 }
@@ -62,8 +62,8 @@ func (e *Engine) Cancel(id string) (*Outbound, error) {
 	if err != nil {
 		return nil, err
 	}
-	e.changed(id)
 	e.event(Event{Kind: "cancelled", TaskID: id, Peer: o.To, Handler: o.Handler, Status: CodeCancelled, Err: fmt.Errorf("cancelled while %s", prior)})
+	e.changed(id)
 	return o, nil
 }
 
