@@ -213,16 +213,26 @@ func Verify(id identity.ID, st identity.State, d *Delegation, now time.Time) (*V
 		return nil, reason.New(reason.DelegationInvalid, "the delegation is valid for %d s, longer than the %s a verifier accepts", life, MaxLifetime)
 	}
 	nb, na := time.Unix(d.NotBefore, 0), time.Unix(d.NotAfter, 0)
-	if now.Before(nb) {
-		return nil, reason.New(reason.DelegationNotYetValid, "the delegation is valid from %s, it is now %s (check both clocks)",
-			nb.UTC().Format(time.RFC3339), now.UTC().Format(time.RFC3339))
-	}
-	if !now.Before(na) {
-		return nil, reason.New(reason.DelegationExpired, "the delegation expired at %s, it is now %s",
-			na.UTC().Format(time.RFC3339), now.UTC().Format(time.RFC3339))
+	if err := CheckValidAt(nb, na, now); err != nil {
+		return nil, err
 	}
 	return &Verified{AgentID: id, Generation: d.Generation, Mode: d.Mode, OpKey: op, KEM: d.KEM,
 		EncKey: clone(d.EncKey), NotBefore: nb, NotAfter: na, Delegation: d}, nil
+}
+
+// CheckValidAt is Verify's check of time: a delegation valid from nb (inclusive) to na (exclusive) is
+// valid at now. For a caller that kept what Verify returned (Verified.NotBefore, NotAfter) and checks the
+// same delegation at another time.
+func CheckValidAt(nb, na, now time.Time) error {
+	if now.Before(nb) {
+		return reason.New(reason.DelegationNotYetValid, "the delegation is valid from %s, it is now %s (check both clocks)",
+			nb.UTC().Format(time.RFC3339), now.UTC().Format(time.RFC3339))
+	}
+	if !now.Before(na) {
+		return reason.New(reason.DelegationExpired, "the delegation expired at %s, it is now %s",
+			na.UTC().Format(time.RFC3339), now.UTC().Format(time.RFC3339))
+	}
+	return nil
 }
 
 // VerifyOperationalKey is Verify for callers that only need the operational key, such as transport

@@ -12,6 +12,7 @@ import (
 	"github.com/custos-agent/custos/agent/internal/agenttest"
 	"github.com/custos-agent/custos/agent/replay"
 	"github.com/custos-agent/custos/agent/suite"
+	"github.com/custos-agent/custos/identity"
 	"github.com/custos-agent/custos/keystore"
 	"github.com/custos-agent/custos/reason"
 )
@@ -412,4 +413,40 @@ func TestUnsignedSessionEnvelope(t *testing.T) {
 			t.Errorf("unsigned %s envelope, JSON form: %v", s.Payload.Cipher, err)
 		}
 	}
+}
+
+// TestEvidenceCache: once a key event log and delegation verified, EvidenceCache still checks each
+// envelope's signature, its sender and the delegation's validity at its timestamp, with VerifyEvidence's
+// reasons.
+func TestEvidenceCache(t *testing.T) {
+	clock := agenttest.NewClock(agenttest.Epoch.Add(time.Hour))
+	alice, bob := newParty(t, clock, suite.KEMX25519), newParty(t, clock, suite.KEMX25519)
+	d := alice.k.Delegation
+	var c EvidenceCache
+	seal := func(from string, at time.Time) *Envelope {
+		e, err := SealPlain(ctx, NewHeader(from, bob.ID(), TaskResult, at), []byte("ok"), alice.k.Signer())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return e
+	}
+	same := func(what string, e *Envelope, l *identity.Log, want reason.Code) {
+		t.Helper()
+		err, cerr := VerifyEvidence(e, l, d), c.VerifyEvidence(e, l, d)
+		if reason.Of(err) != want || reason.Of(cerr) != want || (want == "") != (cerr == nil) {
+			t.Fatalf("%s: EvidenceCache %v, VerifyEvidence %v; want %q", what, cerr, err, want)
+		}
+	}
+	same("valid (a miss)", seal(alice.ID(), clock.Now()), &alice.id.Log, "")
+	same("valid again (a hit)", seal(alice.ID(), clock.Now()), &alice.id.Log, "")
+	bad := seal(alice.ID(), clock.Now())
+	bad.Payload.Data[0] ^= 1
+	same("tampered", bad, &alice.id.Log, reason.BadSignature)
+	same("after the delegation expired", seal(alice.ID(), time.Unix(d.NotAfter, 0)), &alice.id.Log, reason.DelegationExpired)
+	same("before it was valid", seal(alice.ID(), time.Unix(d.NotBefore-1, 0)), &alice.id.Log, reason.DelegationNotYetValid)
+	same("from another sender", seal(bob.ID(), clock.Now()), &alice.id.Log, reason.KeyLogInvalid)
+	same("another log", seal(alice.ID(), clock.Now()), &bob.id.Log, reason.KeyLogInvalid)
+	altered := identity.Log{Events: append([]identity.Event{}, alice.id.Log.Events...)}
+	altered.Events[0].Time++
+	same("an altered log", seal(alice.ID(), clock.Now()), &altered, reason.KeyLogInvalid)
 }

@@ -2,6 +2,8 @@ package envelope
 
 import (
 	"context"
+	"crypto/sha256"
+	"sync"
 	"time"
 
 	"github.com/custos-agent/custos/agent/delegation"
@@ -73,29 +75,92 @@ func (r *Receiver) Receive(ctx context.Context, e *Envelope) ([]byte, error) {
 // was current at d's generation. It proves who signed what (header and payload as sent, ciphertext
 // included), not what an encrypted payload says.
 func VerifyEvidence(e *Envelope, log *identity.Log, d *delegation.Delegation) error {
-	full, err := log.Verify()
-	if err != nil {
-		return reason.Wrap(reason.KeyLogInvalid, err, "the sender's key event log")
-	}
-	if full.ID.String() != e.Header.SenderID {
-		return reason.New(reason.KeyLogInvalid, "the key event log is of %s, the envelope is from %s", full.ID, e.Header.SenderID)
-	}
-	if d.Generation > full.Generation {
-		return reason.New(reason.DelegationWrongKey, "the delegation names generation %d, the log ends at %d", d.Generation, full.Generation)
-	}
-	// The delegation is the object the identity key signed: judged by the signing-generation rule at its
-	// NotBefore (docs/protocol.md, "Signing-generation validity": a rotation keeps it, a recovery voids it).
-	if _, err := full.VerifySignedAt(int64(d.Generation), "", d.NotBefore, func(keystore.PublicKey) error { return nil }); err != nil {
-		return reason.Wrap(reason.DelegationWrongKey, err, "the delegation of generation %d", d.Generation)
-	}
-	prefix := identity.Log{Events: log.Events[:d.Generation+1]}
-	st, err := prefix.Verify()
-	if err != nil {
-		return reason.Wrap(reason.KeyLogInvalid, err, "the sender's key event log")
-	}
-	v, err := delegation.Verify(full.ID, st, d, time.Unix(e.Header.Timestamp, 0))
+	v, err := verifyEvidenceKey(e, log, d)
 	if err != nil {
 		return err
 	}
 	return e.Verify(v.OpKey)
+}
+
+// verifyEvidenceKey is VerifyEvidence but for the envelope's signature: the log, the delegation against
+// it, valid at e's timestamp. It returns the verified delegation.
+func verifyEvidenceKey(e *Envelope, log *identity.Log, d *delegation.Delegation) (*delegation.Verified, error) {
+	full, err := log.Verify()
+	if err != nil {
+		return nil, reason.Wrap(reason.KeyLogInvalid, err, "the sender's key event log")
+	}
+	if full.ID.String() != e.Header.SenderID {
+		return nil, reason.New(reason.KeyLogInvalid, "the key event log is of %s, the envelope is from %s", full.ID, e.Header.SenderID)
+	}
+	if d.Generation > full.Generation {
+		return nil, reason.New(reason.DelegationWrongKey, "the delegation names generation %d, the log ends at %d", d.Generation, full.Generation)
+	}
+	// The delegation is the object the identity key signed: judged by the signing-generation rule at its
+	// NotBefore (docs/protocol.md, "Signing-generation validity": a rotation keeps it, a recovery voids it).
+	if _, err := full.VerifySignedAt(int64(d.Generation), "", d.NotBefore, func(keystore.PublicKey) error { return nil }); err != nil {
+		return nil, reason.Wrap(reason.DelegationWrongKey, err, "the delegation of generation %d", d.Generation)
+	}
+	prefix := identity.Log{Events: log.Events[:d.Generation+1]}
+	st, err := prefix.Verify()
+	if err != nil {
+		return nil, reason.Wrap(reason.KeyLogInvalid, err, "the sender's key event log")
+	}
+	return delegation.Verify(full.ID, st, d, time.Unix(e.Header.Timestamp, 0))
+}
+
+// EvidenceCache is VerifyEvidence for a verifier that checks many envelopes of the same senders (the
+// task engine: every result from an executor comes with the same key event log and, for an hour, the
+// same delegation). What VerifyEvidence proves of a key event log and a delegation alone (the log
+// verifies from inception and is the sender's, the delegation is signed under the signing-generation
+// rule, the operational key it names) is kept per pair, keyed by the SHA-256 of the log's encoding and of
+// the delegation's; the delegation's validity at the envelope's timestamp and the envelope's signature
+// are checked every time. Same result as VerifyEvidence, three to four signature verifications fewer per
+// envelope. Safe for concurrent use; at most MaxEvidenceCache pairs (then it starts over).
+type EvidenceCache struct {
+	mu sync.Mutex
+	m  map[[2 * sha256.Size]byte]evidenceKey
+}
+
+// MaxEvidenceCache bounds an EvidenceCache.
+const MaxEvidenceCache = 4096
+
+type evidenceKey struct {
+	sender string
+	op     keystore.PublicKey
+	nb, na time.Time
+}
+
+// VerifyEvidence is VerifyEvidence with c's memory (a nil c remembers nothing).
+func (c *EvidenceCache) VerifyEvidence(e *Envelope, log *identity.Log, d *delegation.Delegation) error {
+	if c == nil {
+		return VerifyEvidence(e, log, d)
+	}
+	var k [2 * sha256.Size]byte
+	ls, ds := sha256.Sum256(log.Encode()), sha256.Sum256(d.Encode())
+	copy(k[:], ls[:])
+	copy(k[sha256.Size:], ds[:])
+	c.mu.Lock()
+	v, ok := c.m[k]
+	c.mu.Unlock()
+	if !ok {
+		dv, err := verifyEvidenceKey(e, log, d)
+		if err != nil {
+			return err
+		}
+		v = evidenceKey{sender: e.Header.SenderID, op: dv.OpKey, nb: dv.NotBefore, na: dv.NotAfter}
+		c.mu.Lock()
+		if c.m == nil || len(c.m) >= MaxEvidenceCache {
+			c.m = map[[2 * sha256.Size]byte]evidenceKey{}
+		}
+		c.m[k] = v
+		c.mu.Unlock()
+	} else {
+		if v.sender != e.Header.SenderID {
+			return reason.New(reason.KeyLogInvalid, "the key event log is of %s, the envelope is from %s", v.sender, e.Header.SenderID)
+		}
+		if err := delegation.CheckValidAt(v.nb, v.na, time.Unix(e.Header.Timestamp, 0)); err != nil {
+			return err
+		}
+	}
+	return e.Verify(v.op)
 }

@@ -20,6 +20,8 @@ import (
 
 const vectorDir = "testdata/vectors"
 
+var vectorCache EvidenceCache
+
 func runVector(v *vectors.Vector) error {
 	switch v.String("form") {
 	case "binary":
@@ -43,7 +45,15 @@ func runVector(v *vectors.Vector) error {
 		if err != nil {
 			return err
 		}
-		return VerifyEvidence(e, &l, d)
+		err = VerifyEvidence(e, &l, d)
+		// The task engine's EvidenceCache gives the same answer, verifying the pair (a miss) and
+		// remembering it (a hit), over every vector in one cache.
+		for i := 0; i < 2; i++ {
+			if cerr := vectorCache.VerifyEvidence(e, &l, d); reason.Of(cerr) != reason.Of(err) || (cerr == nil) != (err == nil) {
+				return reason.New(reason.Internal, "EvidenceCache (check %d): %v; VerifyEvidence: %v", i+1, cerr, err)
+			}
+		}
+		return err
 	}
 	return reason.New(reason.Internal, "vector %s: unknown form %q", v.Name, v.String("form"))
 }

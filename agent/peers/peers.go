@@ -9,6 +9,7 @@ package peers
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"encoding/binary"
 	"fmt"
 	"os"
@@ -65,6 +66,11 @@ type Cache struct {
 
 	mu     sync.Mutex
 	states map[string]identity.State // verified states of stored logs
+	// loaded: per peer, the stored log last verified by Log and the SHA-256 of its stored bytes. A log
+	// whose stored bytes hash the same is the log already verified: Log returns it without verifying its
+	// signatures again (a result from a peer used to re-verify its log from inception). Any other bytes,
+	// a tampered entry included, are decoded and verified.
+	loaded map[string]loadedLog
 	limits Limits
 }
 
@@ -118,7 +124,7 @@ func New(db *bbolt.DB) (*Cache, error) {
 	if err != nil {
 		return nil, fmt.Errorf("peer cache: create buckets: %w", err)
 	}
-	return &Cache{db: db, clock: time.Now, states: map[string]identity.State{}, limits: Limits{MaxPeers: DefaultMaxPeers, MaxBytes: DefaultMaxBytes}}, nil
+	return &Cache{db: db, clock: time.Now, states: map[string]identity.State{}, loaded: map[string]loadedLog{}, limits: Limits{MaxPeers: DefaultMaxPeers, MaxBytes: DefaultMaxBytes}}, nil
 }
 
 // SetClock replaces the clock (tests).
@@ -206,11 +212,31 @@ func (c *Cache) Log(id string) (l identity.Log, st identity.State, ok bool, err 
 	if raw == nil {
 		return l, st, false, nil
 	}
+	sum := sha256.Sum256(raw)
+	c.mu.Lock()
+	ll, hit := c.loaded[id]
+	c.mu.Unlock()
+	if hit && ll.sum == sum {
+		return identity.Log{Events: slices.Clone(ll.log.Events)}, ll.st, true, nil
+	}
 	l, st, err = verifyStored(id, raw)
 	if err != nil {
 		return l, st, false, err
 	}
+	c.mu.Lock()
+	if len(c.loaded) >= c.limits.MaxPeers {
+		clear(c.loaded) // bounded like the stored logs; refilled as peers are used
+	}
+	c.loaded[id] = loadedLog{sum: sum, log: identity.Log{Events: slices.Clone(l.Events)}, st: st}
+	c.mu.Unlock()
 	return l, st, true, nil
+}
+
+// loadedLog is a stored log verified by Log, with the SHA-256 of the bytes it was decoded from.
+type loadedLog struct {
+	sum [32]byte
+	log identity.Log
+	st  identity.State
 }
 
 func verifyStored(id string, raw []byte) (identity.Log, identity.State, error) {

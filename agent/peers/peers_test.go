@@ -257,3 +257,37 @@ func TestCurrent(t *testing.T) {
 		t.Fatalf("cached: %+v %v", st, err)
 	}
 }
+
+// TestLoadedLogReverifiedWhenChanged: Log verifies a stored log once and returns it from memory while the
+// stored bytes are the same; a tampered entry (another agent's log, or an altered event) is verified, and
+// refused, even right after the genuine one was loaded. A caller changing the returned log changes nothing
+// cached.
+func TestLoadedLogReverifiedWhenChanged(t *testing.T) {
+	c := open(t, filepath.Join(t.TempDir(), "state.db"))
+	defer c.Close()
+	a, b := agenttest.NewIdentity(t, keystore.Ed25519), agenttest.NewIdentity(t, keystore.Ed25519)
+	if _, err := c.UpdateLog(a.ID(), &a.Log); err != nil {
+		t.Fatal(err)
+	}
+	id := a.ID().String()
+	for i := 0; i < 2; i++ { // verified, then from memory
+		l, st, ok, err := c.Log(id)
+		if err != nil || !ok || st.ID.String() != id || len(l.Events) != len(a.Log.Events) {
+			t.Fatalf("load %d: %v %v %s %d events", i, ok, err, st.ID, len(l.Events))
+		}
+		l.Events[0].Time++ // the caller's copy
+	}
+	if l, _, _, err := c.Log(id); err != nil || l.Events[0].Time != a.Log.Events[0].Time {
+		t.Fatalf("a caller's change reached the cached log: %v", err)
+	}
+	altered := identity.Log{Events: append([]identity.Event{}, a.Log.Events...)}
+	altered.Events[0].Time++
+	for name, raw := range map[string][]byte{"another agent's log": b.Log.Encode(), "an altered event": altered.Encode()} {
+		if err := c.db.Update(func(tx *bbolt.Tx) error { return tx.Bucket(bucketLogs).Put([]byte(id), raw) }); err != nil {
+			t.Fatal(err)
+		}
+		if _, _, ok, err := c.Log(id); ok || !errors.Is(err, reason.KeyLogInvalid) {
+			t.Fatalf("%s stored after the genuine log was loaded: ok %v, %v; want KeyLogInvalid", name, ok, err)
+		}
+	}
+}

@@ -121,7 +121,9 @@ type Engine struct {
 	waiters  map[string]chan struct{} // closed when that outbound task changes (Wait)
 	// acking: outbound tasks whose result is being stored and acknowledged (onResult); Wait does not
 	// return them done before the acknowledgement is sent (holdWaiters).
-	acking   map[string]int
+	acking map[string]int
+	// evidence remembers the executors' key event logs and delegations that verified (onResult).
+	evidence envelope.EvidenceCache
 	draining bool
 	closed   bool // no more background sends
 
@@ -618,7 +620,7 @@ func (e *Engine) onResult(peer string, payload []byte) error {
 	if !ok {
 		return fmt.Errorf("no key event log cached for %s", peer)
 	}
-	_, doc, verr := VerifyResult(m.Evidence, m.Delegation, log, Expect{TaskID: o.TaskID, Executor: o.To,
+	_, doc, verr := verifyResult(&e.evidence, m.Evidence, m.Delegation, log, Expect{TaskID: o.TaskID, Executor: o.To,
 		Requester: e.cfg.LocalID, Handler: o.Handler, InputSHA256: o.InputSHA256})
 	now := e.cfg.Clock().UTC()
 	if verr != nil {

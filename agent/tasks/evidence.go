@@ -45,6 +45,12 @@ type Expect struct {
 // task (ID, handler, input digest), and the output digest is right. Zero fields of want are not checked
 // (a third party may not know the input).
 func VerifyResult(evidence, deleg []byte, log identity.Log, want Expect) (*envelope.Envelope, *ResultDoc, error) {
+	return verifyResult(nil, evidence, deleg, log, want)
+}
+
+// verifyResult is VerifyResult with the memory of c (nil: none; Engine keeps one for the results it
+// receives).
+func verifyResult(c *envelope.EvidenceCache, evidence, deleg []byte, log identity.Log, want Expect) (*envelope.Envelope, *ResultDoc, error) {
 	e, err := envelope.DecodeBinary(evidence)
 	if err != nil {
 		return nil, nil, fmt.Errorf("%w: evidence envelope: %v", ErrInvalidResult, err)
@@ -53,10 +59,10 @@ func VerifyResult(evidence, deleg []byte, log identity.Log, want Expect) (*envel
 	if err != nil {
 		return nil, nil, fmt.Errorf("%w: delegation: %v", ErrInvalidResult, err)
 	}
-	return verifyDecoded(e, d, log, want)
+	return verifyDecoded(c, e, d, log, want)
 }
 
-func verifyDecoded(e *envelope.Envelope, d *delegation.Delegation, log identity.Log, want Expect) (*envelope.Envelope, *ResultDoc, error) {
+func verifyDecoded(c *envelope.EvidenceCache, e *envelope.Envelope, d *delegation.Delegation, log identity.Log, want Expect) (*envelope.Envelope, *ResultDoc, error) {
 	if e.Header.MessageType != envelope.TaskResult || e.Payload.Cipher != envelope.None {
 		return nil, nil, fmt.Errorf("%w: evidence is a %s envelope with cipher %s (want task_result, none)", ErrInvalidResult, e.Header.MessageType, e.Payload.Cipher)
 	}
@@ -69,7 +75,7 @@ func verifyDecoded(e *envelope.Envelope, d *delegation.Delegation, log identity.
 	if d.AgentID != e.Header.SenderID {
 		return nil, nil, fmt.Errorf("%w: delegation of %s for an envelope from %s", ErrInvalidResult, d.AgentID, e.Header.SenderID)
 	}
-	if err := envelope.VerifyEvidence(e, &log, d); err != nil {
+	if err := c.VerifyEvidence(e, &log, d); err != nil {
 		return nil, nil, fmt.Errorf("%w: %v", ErrInvalidResult, err)
 	}
 	pt, err := e.Plaintext()
@@ -130,5 +136,5 @@ func VerifyEvidence(ev *Evidence) (*envelope.Envelope, *ResultDoc, error) {
 	if err != nil {
 		return nil, nil, fmt.Errorf("%w: key event log: %v", ErrInvalidResult, err)
 	}
-	return verifyDecoded(e, d, log, Expect{})
+	return verifyDecoded(nil, e, d, log, Expect{})
 }
