@@ -363,11 +363,10 @@ func (e *Engine) pushResult(in *Inbound) error {
 	if err := e.send(in.Requester, envelope.TaskResult, msg.Encode()); err != nil {
 		return err
 	}
-	_, err := e.store.UpdateInbound(in.Requester, in.TaskID, func(r *Inbound) error { r.Pushed = e.cfg.Clock().UTC(); return nil })
-	if errors.Is(err, ErrNotFound) {
-		err = nil // acknowledged meanwhile
-	}
-	return err
+	// When it was sent paces the resends (flushPeer); a crash that loses it only resends sooner.
+	now := e.cfg.Clock().UTC()
+	e.store.UpdateInboundLater(in.Requester, in.TaskID, func(r *Inbound) bool { r.Pushed = now; return true })
+	return nil
 }
 
 func (e *Engine) schedule(in *Inbound) {
@@ -400,19 +399,25 @@ func (e *Engine) schedule(in *Inbound) {
 func (e *Engine) run(requester, id string) {
 	log := e.cfg.Logger.With("task", id, "from", requester)
 	now := e.cfg.Clock().UTC()
-	in, err := e.store.UpdateInbound(requester, id, func(r *Inbound) error {
-		if r.State == InDone {
-			return errAlreadyDone
-		}
-		r.State, r.Started, r.Runs = InRunning, now, r.Runs+1
-		return nil
-	})
-	if err != nil {
-		if !errors.Is(err, errAlreadyDone) {
-			log.Error("task state not recorded", "err", err)
+	in, err := e.store.Inbound(requester, id)
+	if err != nil || in == nil {
+		if err != nil {
+			log.Error("task store", "err", err)
 		}
 		return
 	}
+	if in.State == InDone {
+		return
+	}
+	// Running, deferred: a crash before it is committed finds the task accepted, and runs it again either
+	// way (the result below is what must be on disk before it is sent).
+	e.store.UpdateInboundLater(requester, id, func(r *Inbound) bool {
+		if r.State == InDone {
+			return false
+		}
+		r.State, r.Started, r.Runs = InRunning, now, r.Runs+1
+		return true
+	})
 	e.event(Event{Kind: "started", TaskID: id, Peer: requester, Handler: in.Handler})
 	_ = e.send(requester, envelope.TaskProgress, (&Progress{TaskID: id, State: "running"}).Encode())
 	doc := &ResultDoc{TaskID: id, Requester: requester, Handler: in.Handler, InputSHA256: in.InputSHA256, Started: now.Unix()}
@@ -462,8 +467,6 @@ func (e *Engine) run(requester, id string) {
 		log.Info("result not delivered now; it is sent when the requester reconnects", "err", err)
 	}
 }
-
-var errAlreadyDone = errors.New("already done")
 
 func clipText(s string, n int) string {
 	if len(s) > n {
@@ -535,32 +538,35 @@ func (e *Engine) sendRequest(o *Outbound) {
 		}
 		return
 	}
-	_, err := e.store.UpdateOutbound(o.TaskID, func(r *Outbound) error {
+	// Sent, deferred (Store): a crash that loses it sends the request again (task IDs make that
+	// idempotent). Not a final state: Wait is not woken.
+	now := e.cfg.Clock().UTC()
+	e.store.UpdateOutboundLater(o.TaskID, func(r *Outbound) bool {
 		if rank[r.State] < rank[OutSent] {
 			r.State = OutSent
 		}
-		r.LastSent, r.Updated = e.cfg.Clock().UTC(), e.cfg.Clock().UTC()
+		r.LastSent, r.Updated = now, now
 		r.Attempts++
-		return nil
+		return true
 	})
-	if err != nil {
-		e.cfg.Logger.Warn("task state not recorded", "task", o.TaskID, "err", err)
-	}
-	e.changed(o.TaskID)
 }
 
+// upgrade records that the executor accepted or started a task: deferred (Store), as a crash that loses
+// it only shows the task as sent (and sends it again). Not a final state: Wait is not woken.
 func (e *Engine) upgrade(peer, id, state string) error {
-	_, err := e.store.UpdateOutbound(id, func(r *Outbound) error {
+	now := e.cfg.Clock().UTC()
+	e.store.UpdateOutboundLater(id, func(r *Outbound) bool {
 		if r.To != peer {
-			return fmt.Errorf("%s sent a %s for task %s, which went to %s", peer, state, id, r.To)
+			e.cfg.Logger.Warn("a task state from a peer the task did not go to: ignored", "peer", peer, "state", state, "task", id, "to", r.To)
+			return false
 		}
-		if rank[r.State] < rank[state] {
-			r.State, r.Updated = state, e.cfg.Clock().UTC()
+		if rank[r.State] >= rank[state] {
+			return false
 		}
-		return nil
+		r.State, r.Updated = state, now
+		return true
 	})
-	e.changed(id)
-	return err
+	return nil
 }
 
 func (e *Engine) onResponse(peer string, payload []byte) error {
@@ -573,7 +579,10 @@ func (e *Engine) onResponse(peer string, payload []byte) error {
 		if err != nil || in == nil || in.State != InDone {
 			return err
 		}
-		return e.store.DeleteInbound(peer, r.TaskID)
+		// The result is acknowledged: forgotten at once for the quota (MaxUnacknowledged), on disk with
+		// the next commit (a crash before it pushes the result again, and it is acknowledged again).
+		e.store.DeleteInboundLater(peer, r.TaskID)
+		return nil
 	}
 	return e.upgrade(peer, r.TaskID, OutAccepted)
 }
@@ -880,4 +889,5 @@ func (e *Engine) Close() {
 	e.runCancel()
 	e.wg.Wait()
 	e.bg.Wait()
+	_ = e.store.Flush() // the deferred changes
 }

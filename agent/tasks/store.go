@@ -86,21 +86,34 @@ type Outbound struct {
 	Fetched     time.Time `json:"fetched,omitzero"`        // when a client first read the final result
 }
 
-// Store keeps tasks in bbolt. Every change is durable (fsynced) when its method returns. Changes made
-// at the same time share one transaction and one fsync (group commit, see update).
+// Store keeps tasks in bbolt. Every change is durable (fsynced) when its method returns, except those of
+// the methods named ...Later, which record what a crash may lose (progress states, send times, the
+// deletion of an acknowledged result): they are committed with the next change that is waited for, or
+// after LaterDelay at the latest, and never cost a commit of their own under load. Changes made at the
+// same time share one transaction and one fsync (group commit, see update). Changes are applied in the
+// order they were made, deferred or not.
 type Store struct {
 	db *bbolt.DB
 
 	mu    sync.Mutex
 	queue []*storeOp // changes waiting for the next commit
 	busy  bool       // a caller is committing
+	armed bool       // a flush of deferred changes is scheduled
+	// deleting: inbound keys whose deletion is deferred (DeleteInboundLater), not yet committed; the
+	// counts and listings leave them out.
+	deleting map[string]int
 }
+
+// LaterDelay is the longest a deferred change (the ...Later methods) waits for a commit.
+const LaterDelay = 20 * time.Millisecond
 
 // storeOp is one change waiting for a commit.
 type storeOp struct {
-	fn   func(*bbolt.Tx) error
-	done chan error    // the change's outcome
-	lead chan struct{} // this caller commits the next batch
+	fn    func(*bbolt.Tx) error
+	done  chan error    // the change's outcome
+	lead  chan struct{} // this caller commits the next batch
+	later bool          // deferred: nobody waits for it
+	after func()        // deferred: run once it is committed (or failed)
 }
 
 // NewStore uses an open bbolt database (shared with the other agent packages).
@@ -116,7 +129,7 @@ func NewStore(db *bbolt.DB) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("task store: %w", err)
 	}
-	return &Store{db: db}, nil
+	return &Store{db: db, deleting: map[string]int{}}, nil
 }
 
 func inKey(requester, id string) []byte { return []byte(requester + "\x00" + id) }
@@ -206,18 +219,73 @@ func (s *Store) update(fn func(*bbolt.Tx) error) error {
 	s.mu.Unlock()
 	s.commit(batch)
 	s.mu.Lock()
-	if len(s.queue) > 0 {
-		s.queue[0].lead <- struct{}{} // hand the next batch to the first waiter
-	} else {
-		s.busy = false
-	}
+	s.handOff()
 	s.mu.Unlock()
 	return <-o.done
+}
+
+// handOff passes the commit of the queued changes to the first caller waiting for one; with only
+// deferred changes queued (or none), the store is idle and a flush is scheduled. s.mu is held.
+func (s *Store) handOff() {
+	for _, q := range s.queue {
+		if !q.later {
+			q.lead <- struct{}{} // it commits everything queued before it too
+			return
+		}
+	}
+	s.busy = false
+	s.arm()
+}
+
+// arm schedules a flush of the deferred changes queued, unless one is scheduled. s.mu is held.
+func (s *Store) arm() {
+	if s.armed || len(s.queue) == 0 {
+		return
+	}
+	s.armed = true
+	time.AfterFunc(LaterDelay, s.flushArmed)
+}
+
+func (s *Store) flushArmed() {
+	s.mu.Lock()
+	s.armed = false
+	s.mu.Unlock()
+	_ = s.Flush()
+}
+
+// Flush commits the deferred changes queued (nothing when none).
+func (s *Store) Flush() error {
+	s.mu.Lock()
+	empty := len(s.queue) == 0
+	s.mu.Unlock()
+	if empty {
+		return nil
+	}
+	return s.update(func(*bbolt.Tx) error { return nil })
+}
+
+// later queues fn for the next commit and returns at once (see Store). fn must not fail: a deferred
+// change to a record that is gone is no change. after, when set, runs once fn is committed (or failed).
+func (s *Store) later(fn func(*bbolt.Tx) error, after func()) {
+	o := &storeOp{fn: fn, done: make(chan error, 1), later: true, after: after}
+	s.mu.Lock()
+	s.queue = append(s.queue, o)
+	if !s.busy {
+		s.arm()
+	}
+	s.mu.Unlock()
 }
 
 var errBatchFailed = errors.New("a change of the batch failed")
 
 func (s *Store) commit(batch []*storeOp) {
+	defer func() {
+		for _, o := range batch {
+			if o.after != nil {
+				o.after()
+			}
+		}
+	}()
 	if len(batch) > 1 {
 		err := s.db.Update(func(tx *bbolt.Tx) error {
 			for _, o := range batch {
@@ -294,13 +362,64 @@ func (s *Store) Inbound(requester, id string) (*Inbound, error) {
 
 // DeleteInbound forgets an inbound task (after its result was acknowledged).
 func (s *Store) DeleteInbound(requester, id string) error {
-	return s.update(func(tx *bbolt.Tx) error {
-		k := inKey(requester, id)
-		if err := tx.Bucket(bucketInInput).Delete(k); err != nil {
-			return err
+	return s.update(func(tx *bbolt.Tx) error { return deleteIn(tx, inKey(requester, id)) })
+}
+
+func deleteIn(tx *bbolt.Tx, k []byte) error {
+	if err := tx.Bucket(bucketInInput).Delete(k); err != nil {
+		return err
+	}
+	return tx.Bucket(bucketIn).Delete(k)
+}
+
+// DeleteInboundLater is DeleteInbound, deferred (see Store): a crash may bring the task back, finished,
+// and its result is pushed again. CountInbound and ListInbound leave it out at once.
+func (s *Store) DeleteInboundLater(requester, id string) {
+	k := inKey(requester, id)
+	s.mu.Lock()
+	s.deleting[string(k)]++
+	s.mu.Unlock()
+	s.later(func(tx *bbolt.Tx) error { return deleteIn(tx, k) }, func() {
+		s.mu.Lock()
+		if s.deleting[string(k)] <= 1 {
+			delete(s.deleting, string(k))
+		} else {
+			s.deleting[string(k)]--
 		}
-		return tx.Bucket(bucketIn).Delete(k)
+		s.mu.Unlock()
 	})
+}
+
+// UpdateInboundLater applies fn to the stored record, deferred (see Store); no record, or fn returning
+// false, is no change.
+func (s *Store) UpdateInboundLater(requester, id string, fn func(*Inbound) bool) {
+	k := inKey(requester, id)
+	s.later(func(tx *bbolt.Tx) error {
+		cur, err := getIn(tx, k)
+		if err != nil || cur == nil || !fn(cur) {
+			return nil
+		}
+		return putTask(tx, bucketIn, bucketInInput, k, cur, &cur.Input)
+	}, nil)
+}
+
+// UpdateOutboundLater applies fn to the stored record, deferred (see Store); no record, or fn returning
+// false, is no change.
+func (s *Store) UpdateOutboundLater(id string, fn func(*Outbound) bool) {
+	s.later(func(tx *bbolt.Tx) error {
+		cur, err := getOut(tx, []byte(id))
+		if err != nil || cur == nil || !fn(cur) {
+			return nil
+		}
+		return putTask(tx, bucketOut, bucketOutInput, []byte(id), cur, &cur.Input)
+	}, nil)
+}
+
+// isDeleting reports whether the deletion of inbound key k is deferred and not yet committed.
+func (s *Store) isDeleting(k []byte) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.deleting[string(k)] > 0
 }
 
 // ListInbound returns every inbound task, without its input (Inbound reads one with it): the retry
@@ -310,6 +429,9 @@ func (s *Store) ListInbound() ([]*Inbound, error) {
 	err := s.db.View(func(tx *bbolt.Tx) error {
 		b := tx.Bucket(bucketIn)
 		return b.ForEach(func(k, _ []byte) error {
+			if s.isDeleting(k) {
+				return nil // acknowledged: its deletion is deferred
+			}
 			r, err := get[Inbound](b, k)
 			if err != nil {
 				return err
@@ -330,7 +452,9 @@ func (s *Store) CountInbound(requester string) (int, error) {
 	err := s.db.View(func(tx *bbolt.Tx) error {
 		c := tx.Bucket(bucketIn).Cursor()
 		for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Next() {
-			n++
+			if !s.isDeleting(k) { // acknowledged, its deletion deferred: no longer the requester's
+				n++
+			}
 		}
 		return nil
 	})

@@ -135,3 +135,61 @@ func TestStoreInputBesideRecord(t *testing.T) {
 		t.Fatalf("input of a deleted task left behind: %q", got)
 	}
 }
+
+// TestStoreDeferredChanges: a deferred change (the ...Later methods) is applied in order with the changes
+// waited for, rides on the next commit, is committed on its own within LaterDelay when nothing else
+// commits, and a deferred deletion leaves the requester's count and the listing at once.
+func TestStoreDeferredChanges(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "state.db")
+	db, s := openStore(t, path)
+	for _, id := range []string{"a", "b"} {
+		if _, _, err := s.Accept(&Inbound{TaskID: id, Requester: "r", State: InAccepted}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.CreateOutbound(&Outbound{TaskID: "o", To: "p", State: OutPending}); err != nil {
+		t.Fatal(err)
+	}
+	s.DeleteInboundLater("r", "a")
+	if n, err := s.CountInbound("r"); err != nil || n != 1 {
+		t.Fatalf("count right after a deferred deletion: %d %v, want 1", n, err)
+	}
+	if l, _ := s.ListInbound(); len(l) != 1 || l[0].TaskID != "b" {
+		t.Fatalf("listing right after a deferred deletion: %+v", l)
+	}
+	// In order: the deferred change to b comes before the waited-for one, in the same commit.
+	s.UpdateInboundLater("r", "b", func(r *Inbound) bool { r.State, r.Runs = InRunning, 1; return true })
+	in, err := s.UpdateInbound("r", "b", func(r *Inbound) error {
+		if r.State != InRunning {
+			return fmt.Errorf("the deferred change made before was not applied first (state %s)", r.State)
+		}
+		r.State = InDone
+		return nil
+	})
+	if err != nil || in.Runs != 1 {
+		t.Fatalf("%v %+v", err, in)
+	}
+	if a, _ := s.Inbound("r", "a"); a != nil {
+		t.Fatal("the deferred deletion was not committed with the next commit")
+	}
+	// Alone, and on a missing record (no change, no error for anyone).
+	s.UpdateOutboundLater("o", func(r *Outbound) bool { r.State = OutSent; return true })
+	s.UpdateOutboundLater("missing", func(r *Outbound) bool { r.State = OutSent; return true })
+	eventually(t, "a deferred change committed alone", func() bool { o, _ := s.Outbound("o"); return o.State == OutSent })
+	// Committed: on disk after the database is closed and opened again.
+	s.UpdateOutboundLater("o", func(r *Outbound) bool { r.Attempts = 7; return true })
+	if err := s.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Close(); err != nil {
+		t.Fatal(err)
+	}
+	db, s = openStore(t, path)
+	defer db.Close()
+	if o, err := s.Outbound("o"); err != nil || o.State != OutSent || o.Attempts != 7 {
+		t.Fatalf("after reopening: %+v %v", o, err)
+	}
+	if n, _ := s.CountInbound("r"); n != 1 {
+		t.Fatalf("after reopening: %d inbound tasks, want 1", n)
+	}
+}
