@@ -415,21 +415,33 @@ func (s *Store) UpdateOutboundLater(id string, fn func(*Outbound) bool) {
 	}, nil)
 }
 
-// isDeleting reports whether the deletion of inbound key k is deferred and not yet committed.
-func (s *Store) isDeleting(k []byte) bool {
+// deletingNow returns the inbound keys whose deletion is deferred and not yet committed. Take it before
+// opening the read transaction it filters: a mark goes only once its deletion is committed, so a
+// transaction opened after the copy either holds the key and the copy its mark, or no longer holds the key.
+// (Checking the marks during the transaction instead counted a key its older snapshot still held after
+// the commit had removed the mark: the executor refused a task busy at MaxUnacknowledged.)
+func (s *Store) deletingNow() map[string]bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.deleting[string(k)] > 0
+	if len(s.deleting) == 0 {
+		return nil
+	}
+	m := make(map[string]bool, len(s.deleting))
+	for k := range s.deleting {
+		m[k] = true
+	}
+	return m
 }
 
 // ListInbound returns every inbound task, without its input (Inbound reads one with it): the retry
 // loop lists at every interval, and inputs are what a peer makes large.
 func (s *Store) ListInbound() ([]*Inbound, error) {
 	var out []*Inbound
+	deleting := s.deletingNow()
 	err := s.db.View(func(tx *bbolt.Tx) error {
 		b := tx.Bucket(bucketIn)
 		return b.ForEach(func(k, _ []byte) error {
-			if s.isDeleting(k) {
+			if deleting[string(k)] {
 				return nil // acknowledged: its deletion is deferred
 			}
 			r, err := get[Inbound](b, k)
@@ -449,10 +461,11 @@ func (s *Store) ListInbound() ([]*Inbound, error) {
 func (s *Store) CountInbound(requester string) (int, error) {
 	n := 0
 	prefix := inKey(requester, "")
+	deleting := s.deletingNow()
 	err := s.db.View(func(tx *bbolt.Tx) error {
 		c := tx.Bucket(bucketIn).Cursor()
 		for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Next() {
-			if !s.isDeleting(k) { // acknowledged, its deletion deferred: no longer the requester's
+			if !deleting[string(k)] { // acknowledged, its deletion deferred: no longer the requester's
 				n++
 			}
 		}

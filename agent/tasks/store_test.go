@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -191,5 +192,63 @@ func TestStoreDeferredChanges(t *testing.T) {
 	}
 	if n, _ := s.CountInbound("r"); n != 1 {
 		t.Fatalf("after reopening: %d inbound tasks, want 1", n)
+	}
+}
+
+// TestStoreDeferredDeletionNeverCountedAgain: while deferred deletions commit, a concurrent CountInbound
+// never counts a task whose deletion was made before it started (the executor refused a task busy at
+// MaxUnacknowledged when a count's read snapshot still held a key whose mark the commit had removed).
+func TestStoreDeferredDeletionNeverCountedAgain(t *testing.T) {
+	for round := 0; round < 8; round++ { // a race: several chances to lose it
+		deferredDeletionRound(t)
+	}
+}
+
+func deferredDeletionRound(t *testing.T) {
+	db, s := openStore(t, filepath.Join(t.TempDir(), "state.db"))
+	defer db.Close()
+	const n = 3000
+	err := s.update(func(tx *bbolt.Tx) error {
+		for i := 0; i < n; i++ {
+			if err := putTask(tx, bucketIn, bucketInInput, inKey("r", fmt.Sprintf("t%05d", i)), &Inbound{State: InDone}, new([]byte)); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var deleted atomic.Int64
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() { // deletions from the end of the key range (visited last by a count), each committed at once
+		defer wg.Done()
+		defer close(stop)
+		for i := n - 1; i >= n-300; i-- {
+			s.DeleteInboundLater("r", fmt.Sprintf("t%05d", i))
+			deleted.Add(1)
+			if err := s.Flush(); err != nil {
+				t.Error(err)
+				return
+			}
+		}
+	}()
+	for {
+		select {
+		case <-stop:
+			wg.Wait()
+			return
+		default:
+		}
+		before := deleted.Load()
+		got, err := s.CountInbound("r")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := n - int(before); got > want {
+			t.Fatalf("CountInbound %d after %d deletions, want at most %d", got, before, want)
+		}
 	}
 }
