@@ -121,7 +121,7 @@ type Engine struct {
 	waiters  map[string]chan struct{} // closed when that outbound task changes (Wait)
 	// acking: outbound tasks whose result is being stored and acknowledged (onResult); Wait does not
 	// return them done before the acknowledgement is sent (holdWaiters).
-	acking map[string]int
+	acking map[string]bool
 	// evidence remembers the executors' key event logs and delegations that verified (onResult).
 	evidence envelope.EvidenceCache
 	draining bool
@@ -175,7 +175,7 @@ func New(cfg Config) (*Engine, error) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	return &Engine{
-		cfg: cfg, store: cfg.Store, handlers: cfg.Handlers, active: map[string]bool{}, waiters: map[string]chan struct{}{}, acking: map[string]int{},
+		cfg: cfg, store: cfg.Store, handlers: cfg.Handlers, active: map[string]bool{}, waiters: map[string]chan struct{}{}, acking: map[string]bool{},
 		sem: make(chan struct{}, cfg.MaxConcurrent), runCtx: ctx, runCancel: cancel, stop: make(chan struct{}),
 	}, nil
 }
@@ -246,25 +246,26 @@ func (e *Engine) changed(id string) {
 	e.mu.Unlock()
 }
 
-// holdWaiters keeps Wait from returning outbound task id done until releaseWaiters: a result is stored
-// (and visible to a Wait reading the store) before its acknowledgement is sent, and a submitter whose Wait
-// returns sends its next task at once. That request must not overtake the acknowledgement on the session,
-// or the executor still counts the task against its MaxUnacknowledged and refuses the next one busy
-// (retried only after RetryInterval: the ~2 min stalls of BenchmarkTasks with 64 workers).
-func (e *Engine) holdWaiters(id string) {
+// holdWaiters keeps Wait from returning outbound task id done until releaseWaiters, and reports false
+// when it is held already (its result is being stored). A result is stored (and visible to a Wait reading
+// the store) before its acknowledgement is sent, and a submitter whose Wait returns sends its next task
+// at once. That request must not overtake the acknowledgement on the session, or the executor still
+// counts the task against its MaxUnacknowledged and refuses the next one busy (retried only after
+// RetryInterval: the ~2 min stalls of BenchmarkTasks with 64 workers).
+func (e *Engine) holdWaiters(id string) bool {
 	e.mu.Lock()
-	e.acking[id]++
-	e.mu.Unlock()
+	defer e.mu.Unlock()
+	if e.acking[id] {
+		return false
+	}
+	e.acking[id] = true
+	return true
 }
 
 // releaseWaiters ends a holdWaiters and wakes the Waits of id.
 func (e *Engine) releaseWaiters(id string) {
 	e.mu.Lock()
-	if e.acking[id] <= 1 {
-		delete(e.acking, id)
-	} else {
-		e.acking[id]--
-	}
+	delete(e.acking, id)
 	e.mu.Unlock()
 	e.changed(id)
 }
@@ -506,11 +507,12 @@ func (e *Engine) Submit(ctx context.Context, to, handler string, input []byte) (
 	return o, nil
 }
 
-func (e *Engine) goSend(fn func()) {
+// goSend runs fn in a goroutine Close waits for; false (and fn not run) once the engine is closed.
+func (e *Engine) goSend(fn func()) bool {
 	e.mu.Lock()
 	if e.closed {
 		e.mu.Unlock()
-		return
+		return false
 	}
 	e.bg.Add(1)
 	e.mu.Unlock()
@@ -518,6 +520,7 @@ func (e *Engine) goSend(fn func()) {
 		defer e.bg.Done()
 		fn()
 	}()
+	return true
 }
 
 var rank = map[string]int{OutPending: 0, OutSent: 1, OutAccepted: 2, OutRunning: 3, OutDone: 4, OutFailed: 4}
@@ -622,12 +625,18 @@ func (e *Engine) onResult(peer string, payload []byte) error {
 		e.cfg.Logger.Info("a result after the task was given up: acknowledged and dropped", "task", o.TaskID, "from", peer, "code", o.ErrorCode)
 		return e.ackResult(peer, o.TaskID)
 	}
-	log, _, ok, err := e.cfg.Peers.Log(peer)
-	if err != nil {
-		return err
+	// One result per task at a time: a repeated push that arrives while the first is being stored is
+	// dropped (the first one's acknowledgement answers both).
+	if !e.holdWaiters(o.TaskID) {
+		return nil
 	}
-	if !ok {
-		return fmt.Errorf("no key event log cached for %s", peer)
+	log, _, ok, err := e.cfg.Peers.Log(peer)
+	if err == nil && !ok {
+		err = fmt.Errorf("no key event log cached for %s", peer)
+	}
+	if err != nil {
+		e.releaseWaiters(o.TaskID)
+		return err
 	}
 	_, doc, verr := verifyResult(&e.evidence, m.Evidence, m.Delegation, log, Expect{TaskID: o.TaskID, Executor: o.To,
 		Requester: e.cfg.LocalID, Handler: o.Handler, InputSHA256: o.InputSHA256})
@@ -638,31 +647,45 @@ func (e *Engine) onResult(peer string, payload []byte) error {
 			return nil
 		})
 		e.event(Event{Kind: "result_invalid", TaskID: o.TaskID, Peer: peer, Handler: o.Handler, Err: verr})
-		e.changed(o.TaskID)
+		e.releaseWaiters(o.TaskID)
 		return errors.Join(verr, err)
 	}
 	kel := log.Encode()
-	e.holdWaiters(o.TaskID) // until the acknowledgement is sent
-	_, err = e.store.UpdateOutbound(o.TaskID, func(r *Outbound) error {
-		r.State, r.Status, r.Evidence, r.Delegation, r.KeyEventLog, r.Updated = OutDone, doc.Status,
-			append([]byte{}, m.Evidence...), append([]byte{}, m.Delegation...), kel, now
-		r.ErrorCode, r.Error = "", ""
-		if doc.Status == ResultFailed {
-			r.Error = doc.Error
+	// Stored and acknowledged off the receive loop, so that the session's next results are verified
+	// meanwhile and their commits shared (group commit) instead of one commit each, one after the other.
+	store := func() {
+		_, err := e.store.UpdateOutbound(o.TaskID, func(r *Outbound) error {
+			r.State, r.Status, r.Evidence, r.Delegation, r.KeyEventLog, r.Updated = OutDone, doc.Status,
+				append([]byte{}, m.Evidence...), append([]byte{}, m.Delegation...), kel, now
+			r.ErrorCode, r.Error = "", ""
+			if doc.Status == ResultFailed {
+				r.Error = doc.Error
+			}
+			return nil
+		})
+		if err != nil {
+			e.releaseWaiters(o.TaskID)
+			e.cfg.Logger.Warn("task result not recorded; not acknowledged (the executor sends it again)", "task", o.TaskID, "from", peer, "err", err)
+			return
 		}
-		return nil
-	})
-	if err != nil {
+		// The result is on disk (fsync) before the acknowledgement leaves, and the acknowledgement
+		// leaves before any Wait returns the task done (holdWaiters).
+		aerr := e.ackResult(peer, o.TaskID)
+		if aerr != nil {
+			e.cfg.Logger.Info("result acknowledgement not sent; it is sent when the executor pushes the result again", "task", o.TaskID, "to", peer, "err", aerr)
+		}
+		e.event(Event{Kind: "result", TaskID: o.TaskID, Peer: peer, Handler: o.Handler, Status: doc.Status, Served: served(o, doc, now)})
 		e.releaseWaiters(o.TaskID)
-		return err // not acknowledged: the executor sends it again
 	}
-	// The result is on disk (fsync) before the acknowledgement leaves, and the acknowledgement leaves
-	// before any Wait returns the task done (holdWaiters).
-	aerr := e.ackResult(peer, o.TaskID)
-	e.event(Event{Kind: "result", TaskID: o.TaskID, Peer: peer, Handler: o.Handler, Status: doc.Status, Served: served(o, doc, now)})
-	e.releaseWaiters(o.TaskID)
-	return aerr
+	if !e.goSend(store) {
+		e.releaseWaiters(o.TaskID)
+		return errClosed
+	}
+	return nil
 }
+
+// errClosed: the engine is closed.
+var errClosed = errors.New("tasks: the engine is closed")
 
 func (e *Engine) onError(peer string, payload []byte) error {
 	em, err := DecodeError(payload)
@@ -802,7 +825,7 @@ func (e *Engine) Wait(ctx context.Context, id string) (*Outbound, error) {
 		}
 		if Final(o.State) {
 			e.mu.Lock()
-			held := e.acking[id] > 0 // its acknowledgement is not sent yet: releaseWaiters closes ch
+			held := e.acking[id] // its acknowledgement is not sent yet: releaseWaiters closes ch
 			e.mu.Unlock()
 			if !held {
 				return o, nil

@@ -593,7 +593,8 @@ func TestUnacknowledgedResultsBounded(t *testing.T) {
 // Wait returns only after the acknowledgement of the result was handed to the sender, so a submitter's next
 // request cannot overtake it on the session and find the executor still holding MaxUnacknowledged
 // unacknowledged tasks (the ~120 s stalls of BenchmarkTasks: the request waited for the retry interval).
-// The acknowledgements are slowed down here, as a descheduled receive loop would be.
+// The acknowledgements are slowed down here, as a descheduled receive loop would be, and a Wait started while
+// one is on its way (the result stored, the acknowledgement not yet sent) must not return.
 func TestResultAcknowledgedBeforeWaitReturns(t *testing.T) {
 	const workers, tasks = 4, 16
 	n := newNet()
@@ -615,18 +616,29 @@ func TestResultAcknowledgedBeforeWaitReturns(t *testing.T) {
 			}
 		}
 	}
+	a.start(t, nil, time.Hour)
+	b.start(t, Registry{"echo": Echo()}, time.Hour)
+	// While an acknowledgement is on its way (stored, not yet sent), a Wait for its task does not return.
+	var earlyMu sync.Mutex
+	var early []string
+	eng := a.eng
 	n.mu.Lock()
 	n.before = func(m msg, _ string) {
 		if m.t != envelope.TaskResponse || m.from != a.id {
 			return
 		}
 		if r, err := DecodeResponse(m.payload); err == nil && r.Status == StatusResultReceived {
-			time.Sleep(50 * time.Millisecond)
+			wctx, wcancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+			if o, err := eng.Wait(wctx, r.TaskID); err == nil {
+				earlyMu.Lock()
+				early = append(early, o.TaskID+" "+o.State)
+				earlyMu.Unlock()
+			}
+			wcancel()
+			time.Sleep(30 * time.Millisecond)
 		}
 	}
 	n.mu.Unlock()
-	a.start(t, nil, time.Hour)
-	b.start(t, Registry{"echo": Echo()}, time.Hour)
 	var next atomic.Int32
 	var wg sync.WaitGroup
 	errs := make(chan error, workers)
@@ -661,5 +673,10 @@ func TestResultAcknowledgedBeforeWaitReturns(t *testing.T) {
 	}
 	if got := n.count(envelope.TaskRequest, a.id); got != tasks {
 		t.Errorf("%d task requests sent for %d tasks, want no retry", got, tasks)
+	}
+	earlyMu.Lock()
+	defer earlyMu.Unlock()
+	for _, e := range early {
+		t.Errorf("Wait returned task %s before its acknowledgement was sent", e)
 	}
 }
