@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"sync"
 	"time"
 
@@ -287,7 +288,8 @@ func (s *Session) setTimes(est *handshake.Established, local *delegation.Keys, n
 // message est. The expiry is the earliest of est.Expires, the peer's and the local delegation's not_after,
 // now + the local ReauthInterval + ReauthGrace, and now + MaxSessionLifetime. Re-authentication is due at
 // the earliest of now + est.Reauth (compared in seconds: a count from the wire is never multiplied into a
-// Duration), now + the local ReauthInterval, and three quarters of the way to the expiry.
+// Duration), now + the local ReauthInterval, and three quarters of the way to the expiry, less a random
+// jitter of up to a fifth of that delay.
 func sessionTimes(c *Config, est *handshake.Established, peerNotAfter, localNotAfter time.Time, now time.Time) (expires, reauthAt time.Time) {
 	expires = now.Add(min(c.ReauthInterval+c.ReauthGrace, MaxSessionLifetime))
 	for _, t := range []time.Time{time.Unix(est.Expires, 0), peerNotAfter, localNotAfter} {
@@ -302,6 +304,12 @@ func sessionTimes(c *Config, est *handshake.Established, peerNotAfter, localNotA
 	reauthAt = now.Add(interval)
 	if alt := now.Add(expires.Sub(now) * 3 / 4); alt.Before(reauthAt) {
 		reauthAt = alt
+	}
+	// Jitter: sessions established together (an agent restarting, a network healing) would otherwise
+	// re-authenticate together at every interval. Each is moved earlier by a random part of the last
+	// fifth of its delay: never later than the rules above allow (issue 19).
+	if j := reauthAt.Sub(now) / 5; j > 0 {
+		reauthAt = reauthAt.Add(-rand.N(j))
 	}
 	return expires, reauthAt
 }
