@@ -1,7 +1,6 @@
 package host
 
 import (
-	"bufio"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -81,10 +80,7 @@ func (in *instance) openData(cid string) (*sockConn, error) {
 	stop := context.AfterFunc(in.ctx, func() {
 		sc.fail(fmt.Errorf("connection through %s: the plugin stopped: %w", sc.peer, transports.ErrClosed))
 	})
-	go func() {
-		<-sc.done
-		stop()
-	}()
+	sc.whenDone(func() { stop() }) // not a goroutine per connection waiting for it (issue 19)
 	return sc, nil
 }
 
@@ -112,6 +108,7 @@ type sockConn struct {
 
 	done     chan struct{}
 	doneOnce sync.Once
+	onDone   func() // called when done closes (whenDone)
 }
 
 func newSockConn(c *net.UnixConn, peer string, window int64) *sockConn {
@@ -129,12 +126,33 @@ func (s *sockConn) signalLocked() {
 // finishLocked closes done once the receive side ended and the send side ended too (or cannot matter).
 func (s *sockConn) finishLocked() {
 	if s.rdone && (s.wdone || s.werr != nil || !errors.Is(s.rerr, io.EOF)) {
-		s.doneOnce.Do(func() { close(s.done) })
+		s.doneOnce.Do(func() {
+			close(s.done)
+			if s.onDone != nil {
+				s.onDone()
+			}
+		})
 	}
 }
 
+// whenDone has f called once the connection has ended (at once if it has): f must not block nor take
+// s.mu.
+func (s *sockConn) whenDone(f func()) {
+	s.mu.Lock()
+	select {
+	case <-s.done:
+		s.mu.Unlock()
+		f()
+		return
+	default:
+	}
+	s.onDone = f
+	s.mu.Unlock()
+}
+
 func (s *sockConn) readLoop() {
-	br := bufio.NewReaderSize(s.c, 16<<10) // smaller than a large frame, whose bulk is then read straight into it
+	dr := transports.NewDataReader(s.c) // holds a read buffer only while bytes are buffered (issue 19)
+	defer dr.Close()
 	for {
 		s.mu.Lock()
 		for s.rqBytes >= s.window && !s.closed && s.rerr == nil {
@@ -148,7 +166,7 @@ func (s *sockConn) readLoop() {
 		if stop {
 			break
 		}
-		f, err := transports.ReadDataFrame(br)
+		f, err := dr.ReadFrameInto(nil)
 		s.mu.Lock()
 		if err != nil {
 			if s.rerr == nil {

@@ -1,7 +1,6 @@
 package plugin
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"io"
@@ -130,8 +129,7 @@ type frameReaderInto interface {
 func pumpData(ctx context.Context, dc *net.UnixConn, nc Conn) error {
 	defer dc.Close()
 	netDone := make(chan error, 1)
-	go func() { // network -> host
-		bw := bufio.NewWriterSize(dc, 64<<10)
+	go func() { // network -> host: each frame one writev, no write buffer held per connection (issue 19)
 		ri, reuse := nc.(frameReaderInto)
 		var buf []byte
 		for {
@@ -145,19 +143,12 @@ func pumpData(ctx context.Context, dc *net.UnixConn, nc Conn) error {
 			}
 			if err != nil {
 				if errors.Is(err, io.EOF) {
-					if werr := transports.WriteDataEnd(bw); werr == nil {
-						_ = bw.Flush()
-					}
+					_ = transports.WriteDataEnd(dc)
 				}
 				netDone <- err
 				return
 			}
-			if bw.Buffered() == 0 && len(f) >= 16<<10 {
-				err = transports.WriteDataFrame(dc, f) // large frame: one writev, no copy
-			} else if err = transports.WriteFrame(bw, f); err == nil {
-				err = bw.Flush()
-			}
-			if err != nil {
+			if err = transports.WriteDataFrame(dc, f); err != nil {
 				netDone <- err
 				return
 			}
@@ -165,14 +156,15 @@ func pumpData(ctx context.Context, dc *net.UnixConn, nc Conn) error {
 	}()
 	hostDone := make(chan error, 1)
 	go func() { // host -> network
-		br := bufio.NewReaderSize(dc, 16<<10) // a large frame's bulk is read straight into buf, not copied
-		var buf []byte                        // each frame is written out before the next is read into the same buffer
+		dr := transports.NewDataReader(dc) // a read buffer only while bytes are buffered (issue 19)
+		defer dr.Close()
+		var buf []byte // each frame is written out before the next is read into the same buffer
 		read := func(context.Context) ([]byte, error) {
-			f, err := transports.ReadDataFrameInto(br, buf)
+			f, err := dr.ReadFrameInto(buf)
 			buf = f[:cap(f)]
 			return f, err
 		}
-		hostDone <- hostToNetwork(ctx, read, br.Buffered, nc)
+		hostDone <- hostToNetwork(ctx, read, dr.Buffered, nc)
 	}()
 	select {
 	case err := <-netDone:
