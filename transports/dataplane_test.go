@@ -52,14 +52,14 @@ func TestDataReader(t *testing.T) {
 		t.Fatal("an idle reader holds a buffer")
 	}
 
-	a, b = net.Pipe()
-	go func() { _, _ = a.Write([]byte{0, 0, 0, 9, 1, 2}); _ = a.Close() }()
-	if _, err := NewDataReader(b).ReadFrameInto(nil); !errors.Is(err, ErrDataBroken) {
+	c, d2 := net.Pipe()
+	go func() { _, _ = c.Write([]byte{0, 0, 0, 9, 1, 2}); _ = c.Close() }()
+	if _, err := NewDataReader(d2).ReadFrameInto(nil); !errors.Is(err, ErrDataBroken) {
 		t.Fatalf("a socket that ends inside a frame: %v, want ErrDataBroken", err)
 	}
-	a, b = net.Pipe()
-	go func() { _, _ = a.Write([]byte{0xff, 0xff, 0xff, 0xfe}); _ = a.Close() }()
-	if _, err := NewDataReader(b).ReadFrameInto(nil); !errors.Is(err, ErrFrameTooLarge) {
+	e, f2 := net.Pipe()
+	go func() { _, _ = e.Write([]byte{0xff, 0xff, 0xff, 0xfe}); _ = e.Close() }()
+	if _, err := NewDataReader(f2).ReadFrameInto(nil); !errors.Is(err, ErrFrameTooLarge) {
 		t.Fatalf("an oversized length: %v, want ErrFrameTooLarge", err)
 	}
 }

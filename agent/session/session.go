@@ -62,9 +62,15 @@ type Session struct {
 	pendingKeys *handshake.Keys
 	pendingTH   []byte
 	pendingAt   time.Time
-	poke        chan struct{} // wakes the maintenance goroutine
-	requests    rateLimit     // initiator: re-authentications the peer asked for
-	reHellos    rateLimit     // responder: re-authentications the peer started
+	requests    rateLimit // initiator: re-authentications the peer asked for
+	reHellos    rateLimit // responder: re-authentications the peer started
+
+	// Maintenance runs on a timer, not in a goroutine per session (issue 19: thousands of idle sessions):
+	// each pass sets the timer for the next one; wake runs a pass now.
+	maintMu sync.Mutex  // serialises passes
+	timerMu sync.Mutex  // guards maint and kicks
+	maint   *time.Timer // nil when the session is not maintained (tests)
+	kicks   uint64      // wake calls: a pass does not push back a timer that a wake set meanwhile
 
 	incoming chan *Message
 	done     chan struct{}
@@ -272,7 +278,7 @@ func alertCode(err error) reason.Code {
 func newSession(c *Config, conn FrameConn, role Role, loc *local, peer *Peer, sid []byte, send, recv *direction) *Session {
 	return &Session{
 		cfg: c, conn: conn, role: role, localID: loc.id, send: send, keys: loc.keys, recv: recv,
-		peer: peer, sessionID: append([]byte(nil), sid...), reauthed: make(chan struct{}), poke: make(chan struct{}, 1),
+		peer: peer, sessionID: append([]byte(nil), sid...), reauthed: make(chan struct{}),
 		incoming: make(chan *Message, incomingQueue), done: make(chan struct{}),
 	}
 }
@@ -315,12 +321,13 @@ func sessionTimes(c *Config, est *handshake.Established, peerNotAfter, localNotA
 }
 
 func (s *Session) start() {
+	if !s.cfg.testNoMaintain {
+		s.timerMu.Lock()
+		s.maint = time.AfterFunc(0, s.maintain) // its first pass waits for timerMu, so maint is set
+		s.timerMu.Unlock()
+	}
 	s.wg.Add(1)
 	go s.readLoop()
-	if !s.cfg.testNoMaintain {
-		s.wg.Add(1)
-		go s.maintain()
-	}
 }
 
 // LocalID is the local agent's ID.
@@ -810,18 +817,30 @@ func (s *Session) completeReauth(peer *Peer, local *delegation.Keys, sid []byte,
 	s.cfg.event(Event{Kind: "reauth", Role: s.role, Peer: peer.ID.String(), SessionID: sid})
 }
 
+// wake runs a maintenance pass now (the session's times changed).
 func (s *Session) wake() {
-	select {
-	case s.poke <- struct{}{}:
-	default:
+	s.timerMu.Lock()
+	defer s.timerMu.Unlock()
+	if s.maint != nil {
+		s.kicks++
+		s.maint.Reset(0)
 	}
 }
 
-// maintain re-authenticates on time (initiator) and closes the session when it expires or a
-// re-handshake stalls.
+// maintain is one maintenance pass, run by the session's timer: it re-authenticates on time (initiator),
+// closes the session when it expires or a re-handshake stalls, and sets the timer for the next pass.
 func (s *Session) maintain() {
-	defer s.wg.Done()
-	for {
+	s.maintMu.Lock()
+	defer s.maintMu.Unlock()
+	s.timerMu.Lock()
+	kicks := s.kicks
+	s.timerMu.Unlock()
+	select {
+	case <-s.done:
+		return
+	default:
+	}
+	{
 		s.mu.Lock()
 		now := s.cfg.Clock()
 		expires, reauthAt, pendingAt := s.expires, s.reauthAt, s.pendingAt
@@ -851,15 +870,11 @@ func (s *Session) maintain() {
 				wake = min(wake, reauthAt.Sub(now))
 			}
 		}
-		t := time.NewTimer(max(wake, time.Millisecond))
-		select {
-		case <-s.done:
-			t.Stop()
-			return
-		case <-s.poke:
-			t.Stop()
-		case <-t.C:
+		s.timerMu.Lock()
+		if s.kicks == kicks { // else a wake set the timer to run a pass now: keep that
+			s.maint.Reset(max(wake, time.Millisecond))
 		}
+		s.timerMu.Unlock()
 	}
 }
 
@@ -869,6 +884,11 @@ func (s *Session) fail(err error) {
 	s.failOnce.Do(func() {
 		s.err = err
 		close(s.done)
+		s.timerMu.Lock()
+		if s.maint != nil {
+			s.maint.Stop()
+		}
+		s.timerMu.Unlock()
 		code := reason.Of(err)
 		peer, sid := s.Peer().ID.String(), s.ID()
 		s.cfg.Logger.Debug("session ended", "peer", peer, "reason", code, "err", err)

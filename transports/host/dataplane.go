@@ -104,7 +104,8 @@ type sockConn struct {
 	werr    error // terminal send error
 	closed  bool  // Close was called: the end marker follows the queued frames
 	rdone   bool  // the reader goroutine ended
-	wdone   bool  // the writer goroutine ended
+	wdone   bool  // the writer wrote the end marker or failed: nothing more is written
+	writing bool  // a writer goroutine runs (only while there is something to write: issue 19)
 
 	done     chan struct{}
 	doneOnce sync.Once
@@ -114,7 +115,6 @@ type sockConn struct {
 func newSockConn(c *net.UnixConn, peer string, window int64) *sockConn {
 	s := &sockConn{c: c, peer: peer, window: window, wake: make(chan struct{}), done: make(chan struct{})}
 	go s.readLoop()
-	go s.writeLoop()
 	return s
 }
 
@@ -196,15 +196,23 @@ func (s *sockConn) readLoop() {
 	s.mu.Unlock()
 }
 
+// startWriterLocked starts the writer unless one runs (s.mu held). An idle connection has none: the
+// writer ends when the queue is empty, and the next WriteFrame or Close starts another.
+func (s *sockConn) startWriterLocked() {
+	if !s.writing && !s.wdone {
+		s.writing = true
+		go s.writeLoop()
+	}
+}
+
 func (s *sockConn) writeLoop() {
 	var hdrs []byte
 	for {
 		s.mu.Lock()
-		for len(s.wq) == 0 && !s.closed && s.werr == nil {
-			w := s.wake
+		if len(s.wq) == 0 && !s.closed && s.werr == nil {
+			s.writing = false // idle: the next WriteFrame starts a writer again
 			s.mu.Unlock()
-			<-w
-			s.mu.Lock()
+			return
 		}
 		if s.werr != nil {
 			break
@@ -244,7 +252,7 @@ func (s *sockConn) writeLoop() {
 		}
 		s.mu.Unlock()
 	}
-	s.wdone = true
+	s.wdone, s.writing = true, false
 	s.finishLocked()
 	s.mu.Unlock()
 }
@@ -299,6 +307,7 @@ func (s *sockConn) WriteFrame(ctx context.Context, frame []byte) error {
 			s.wq = append(s.wq, frame)
 			s.wqBytes += int64(len(frame)) + transports.FrameCost
 			s.signalLocked()
+			s.startWriterLocked()
 			return nil
 		}
 		w := s.wake
@@ -321,6 +330,7 @@ func (s *sockConn) Close() error {
 	s.closed = true
 	s.rq, s.rqBytes = nil, 0
 	s.signalLocked()
+	s.startWriterLocked() // the queued frames, then the end marker
 	s.mu.Unlock()
 	return nil
 }
@@ -335,6 +345,7 @@ func (s *sockConn) fail(err error) {
 		s.werr = err
 	}
 	s.signalLocked()
+	s.finishLocked() // the reader may have ended already, and no writer may be running to notice
 	s.mu.Unlock()
 	_ = s.c.Close()
 }
