@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/custos-agent/custos/agent/delegation"
@@ -73,6 +74,7 @@ type Session struct {
 	kicks   uint64      // wake calls: a pass does not push back a timer that a wake set meanwhile
 
 	incoming chan *Message
+	notify   atomic.Pointer[func()] // Notify
 	done     chan struct{}
 	failOnce sync.Once
 	err      error
@@ -444,6 +446,31 @@ func (s *Session) Receive(ctx context.Context) (*Message, error) {
 	}
 }
 
+// Notify has f called whenever a received message is queued and once when the session ends, from the
+// session's own goroutines, with no lock held: f must not block. With TryReceive it lets a caller take
+// messages without a goroutine parked in Receive for every session (issue 19). f replaces an earlier
+// one; messages queued before Notify are not announced (check Queued).
+func (s *Session) Notify(f func()) { s.notify.Store(&f) }
+
+func (s *Session) notifyNow() {
+	if f := s.notify.Load(); f != nil {
+		(*f)()
+	}
+}
+
+// TryReceive returns the next queued message without waiting; ok is false when none is queued.
+func (s *Session) TryReceive() (m *Message, ok bool) {
+	select {
+	case m := <-s.incoming:
+		return m, true
+	default:
+		return nil, false
+	}
+}
+
+// Queued is the number of received messages waiting to be taken.
+func (s *Session) Queued() int { return len(s.incoming) }
+
 // writeRecord seals and sends a control record (wmu held by the caller).
 func (s *Session) writeRecordLocked(ctx context.Context, typ byte, body []byte) error {
 	nonce, err := s.send.take()
@@ -505,6 +532,7 @@ func (s *Session) handle(frame []byte) error {
 		}
 		select {
 		case s.incoming <- m:
+			s.notifyNow()
 		case <-s.done:
 		}
 		return nil
@@ -909,6 +937,7 @@ func (s *Session) fail(err error) {
 			kind = "refused"
 		}
 		s.cfg.event(Event{Kind: kind, Role: s.role, Peer: peer, Err: err, SessionID: sid})
+		s.notifyNow()
 	})
 }
 

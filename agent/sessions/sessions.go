@@ -17,6 +17,7 @@ import (
 	"log/slog"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/custos-agent/custos/agent/envelope"
@@ -139,6 +140,10 @@ type PeerSession struct {
 	transport   string
 	remote      string
 	established time.Time
+
+	draining atomic.Bool // a goroutine hands its messages to the dispatcher (drain)
+	ended    sync.Once   // the end of the session handled (ended)
+	stopCtx  func() bool // the AfterFunc that closes the session when the agent's context ends
 }
 
 // Session is the authenticated session.
@@ -394,27 +399,61 @@ func (m *Manager) register(s *session.Session, transport, remote string) *PeerSe
 	}
 	m.cfg.Metrics.SessionOpened(transport)
 	m.cfg.Logger.Info("session established", "peer", ps.peer, "transport", transport, "remote", remote, "role", s.Role())
-	m.wg.Add(1)
-	go m.receive(m.ctx, ps) // not a dial's ctx: that ends when the dial returns
+	// Received messages go to the dispatcher from a goroutine that runs only while there are some (drain),
+	// not one parked per session (issue 19). The session runs under the agent's context, not a dial's.
+	m.wg.Add(1) // done when the end of the session has been handled
+	ps.stopCtx = context.AfterFunc(m.ctx, func() { _ = ps.s.Close() })
+	ps.s.Notify(func() { m.kick(ps) })
+	m.kick(ps) // what arrived before Notify
 	if m.cfg.PeerUp != nil {
 		m.cfg.PeerUp(ps.peer)
 	}
 	return ps
 }
 
-// receive hands every message of ps to the dispatcher until the session ends.
-func (m *Manager) receive(ctx context.Context, ps *PeerSession) {
-	defer m.wg.Done()
+// kick makes sure a goroutine drains ps's messages (and handles its end).
+func (m *Manager) kick(ps *PeerSession) {
+	if ps.draining.CompareAndSwap(false, true) {
+		go m.drain(ps)
+	}
+}
+
+// drain hands every queued message of ps to the dispatcher, in order, then ends; when the session has
+// ended it handles that instead of ending (and no other drain starts).
+func (m *Manager) drain(ps *PeerSession) {
 	for {
-		msg, err := ps.s.Receive(ctx)
-		if err != nil {
-			break
+		m.deliverQueued(ps)
+		if ps.s.Err() != nil {
+			m.deliverQueued(ps) // what was queued as it ended
+			ps.ended.Do(func() { m.ended(ps) })
+			return // draining stays set
+		}
+		ps.draining.Store(false)
+		// A message or the end that came after the checks above found draining set: take it over,
+		// unless another drain already did.
+		if ps.s.Queued() == 0 && ps.s.Err() == nil || !ps.draining.CompareAndSwap(false, true) {
+			return
+		}
+	}
+}
+
+func (m *Manager) deliverQueued(ps *PeerSession) {
+	for {
+		msg, ok := ps.s.TryReceive()
+		if !ok {
+			return
 		}
 		m.cfg.Metrics.Message(ps.transport, metrics.DirectionIn, len(msg.Payload))
-		if err := m.cfg.Dispatch(ctx, ps.s.Peer(), msg); err != nil {
+		if err := m.cfg.Dispatch(m.ctx, ps.s.Peer(), msg); err != nil {
 			m.cfg.Logger.Info("message not handled", "peer", ps.peer, "type", msg.Envelope.Header.MessageType, "err", err)
 		}
 	}
+}
+
+// ended forgets ps once its session has ended, reports it, and has its target re-dial.
+func (m *Manager) ended(ps *PeerSession) {
+	defer m.wg.Done()
+	ps.stopCtx()
 	_ = ps.s.Close()
 	m.mu.Lock()
 	delete(m.live, ps)

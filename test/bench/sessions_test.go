@@ -62,6 +62,8 @@ const (
 	envPlugin    = "CUSTOS_SESSIONS_PLUGIN"     // plugin binary
 	envPluginSum = "CUSTOS_SESSIONS_PLUGIN_SUM" // its SHA-256
 	envSandbox   = "CUSTOS_SESSIONS_SANDBOX"    // "off" runs the plugin unconfined
+	envProf      = "CUSTOS_SESSIONS_PROFPLUGIN" // the profiling plugin (with CUSTOS_BENCH_PROFILE_PLUGINS)
+	envProfSum   = "CUSTOS_SESSIONS_PROFPLUGIN_SUM"
 )
 
 // agentStats is what the child reports on "stats".
@@ -134,8 +136,14 @@ func runSessionsAgent(in io.Reader, out io.Writer) error {
 	if os.Getenv(envSandbox) == "off" {
 		mode = sandbox.Off
 	}
-	tr, err := host.Start(ctx, host.Config{Name: tcp.Name, Path: os.Getenv(envPlugin), SHA256: os.Getenv(envPluginSum),
-		Authority: bindauth.NewAuthority(st.ID, dm, pc, keyLog, time.Hour), Logger: quiet(), Sandbox: mode})
+	hc := host.Config{Name: tcp.Name, Path: os.Getenv(envPlugin), SHA256: os.Getenv(envPluginSum),
+		Authority: bindauth.NewAuthority(st.ID, dm, pc, keyLog, time.Hour), Logger: quiet(), Sandbox: mode}
+	if dir := os.Getenv("CUSTOS_BENCH_PROFILE_PLUGINS"); dir != "" {
+		// test/bench/profplugin, unconfined (it writes into dir): a heap profile on SIGUSR1.
+		hc.Path, hc.SHA256, hc.Sandbox = os.Getenv(envProf), os.Getenv(envProfSum), sandbox.Off
+		hc.Env = []string{"CUSTOS_PROFPLUGIN_TRANSPORT=tcp", "CUSTOS_PROFPLUGIN_OUT=" + filepath.Join(dir, "plugin"), "CUSTOS_PROFPLUGIN_HEAP=1"}
+	}
+	tr, err := host.Start(ctx, hc)
 	if err != nil {
 		return err
 	}
@@ -244,7 +252,7 @@ func startChild(tb testing.TB) *child {
 	if os.Getenv(envSandbox) == "off" {
 		mode = "off"
 	}
-	cmd.Env = append(os.Environ(), envAgent+"=1", envPlugin+"="+bins.plugins["tcp"], envPluginSum+"="+bins.sums["tcp"], envSandbox+"="+mode)
+	cmd.Env = append(os.Environ(), envAgent+"=1", envPlugin+"="+bins.plugins["tcp"], envPluginSum+"="+bins.sums["tcp"], envSandbox+"="+mode, envProf+"="+bins.prof, envProfSum+"="+bins.profSum)
 	cmd.Stderr = os.Stderr
 	in, err := cmd.StdinPipe()
 	if err != nil {
@@ -497,8 +505,12 @@ func BenchmarkSessions(b *testing.B) {
 		time.Sleep(2 * time.Second) // the plugin's start settles
 		base := c.stats(b)
 		baseRSS, basePlug := rssKiB(c.pid), rssKiB(c.plug)
-		fmt.Printf("sessions: agent pid %d, plugin pid %d (sandbox %s), RLIMIT_NOFILE %d, load %s\n",
-			c.pid, c.plug, map[bool]string{true: "off", false: "on"}[os.Getenv(envSandbox) == "off"], rl.Cur, loadavg())
+		sb := map[bool]string{true: "off", false: "on"}[os.Getenv(envSandbox) == "off"]
+		if bins.profDir != "" {
+			sb = "off, test/bench/profplugin"
+		}
+		fmt.Printf("sessions: agent pid %d, plugin pid %d (sandbox %s), RLIMIT_NOFILE %d, load %s, %s\n",
+			c.pid, c.plug, sb, rl.Cur, loadavg(), time.Now().UTC().Format(time.RFC3339))
 		fmt.Printf("sessions: N=0 agent RSS %.1f MiB, plugin RSS %.1f MiB, agent heap %.1f MiB, goroutines %d\n",
 			float64(baseRSS)/1024, float64(basePlug)/1024, float64(base.HeapInuse+base.StackInuse)/(1<<20), base.Goroutines)
 		fmt.Println("| N | connects/s | agent CPU per connect | plugin CPU per connect | agent RSS | plugin RSS | agent KiB/session | plugin KiB/session | together KiB/session | agent Go heap+stacks KiB/session | goroutines/session | agent CPU idle | plugin CPU idle | load |")
@@ -560,7 +572,12 @@ func BenchmarkSessions(b *testing.B) {
 			}
 			time.Sleep(5 * time.Second)
 			a1, p1, t1 := cpuTicks(c.pid), cpuTicks(c.plug), time.Now()
-			time.Sleep(idle)
+			var slices []string // CPU of agent/plugin in each third of the window (ticks of 10 ms)
+			for k := 0; k < 3; k++ {
+				sa, sp := cpuTicks(c.pid), cpuTicks(c.plug)
+				time.Sleep(idle / 3)
+				slices = append(slices, fmt.Sprintf("%d/%d", cpuTicks(c.pid)-sa, cpuTicks(c.plug)-sp))
+			}
 			aIdle, pIdle, w := cpuTicks(c.pid)-a1, cpuTicks(c.plug)-p1, time.Since(t1)
 			st := c.stats(b)
 			if st.Live != n {
@@ -576,14 +593,19 @@ func BenchmarkSessions(b *testing.B) {
 				n, float64(added)/el.Seconds(), float64(aConn)*10/float64(added), float64(pConn)*10/float64(added),
 				float64(rss)/1024, float64(prss)/1024, perA, perP, perA+perP, heap,
 				float64(st.Goroutines-base.Goroutines)/float64(n), pct(aIdle), pct(pIdle), load)
-			fmt.Printf("sessions: N=%d: %d initiators made in %s; %d sessions in %s; %d failed attempts (first: %v); re-authentications so far %d (at most %d in one second, over %d seconds); idle window %s\n",
-				n, added, prep.Round(time.Millisecond), added, el.Round(time.Millisecond), failed.Load(), firstErr.Load(), st.Reauths, st.ReauthMax, st.ReauthSecs, w.Round(time.Millisecond))
+			fmt.Printf("sessions: N=%d: %d initiators made in %s; %d sessions in %s; %d failed attempts (first: %v); re-authentications so far %d (at most %d in one second, over %d seconds); idle window %s (agent/plugin CPU ticks of 10 ms in each third: %s)\n",
+				n, added, prep.Round(time.Millisecond), added, el.Round(time.Millisecond), failed.Load(), firstErr.Load(), st.Reauths, st.ReauthMax, st.ReauthSecs, w.Round(time.Millisecond), strings.Join(slices, " "))
 			if profDir != "" {
 				p := filepath.Join(profDir, fmt.Sprintf("agent-heap-%d.prof", n))
 				if r := c.ask(b, "heap "+p); r != "heap <nil>" {
 					b.Fatal(errors.New(r))
 				}
 				fmt.Printf("sessions: heap profile of the agent at N=%d: %s\n", n, p)
+			}
+			if bins.profDir != "" {
+				_ = unix.Kill(c.plug, unix.SIGUSR1)
+				time.Sleep(2 * time.Second)
+				fmt.Printf("sessions: heap profile of the plugin at N=%d: %s/plugin-%d-heap-*.prof\n", n, bins.profDir, c.plug)
 			}
 		}
 	}
