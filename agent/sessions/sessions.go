@@ -125,8 +125,11 @@ type Config struct {
 	Redial func() backoff.Policy
 	// DialTimeout bounds one dial and its handshake by the redialler (default 30 s).
 	DialTimeout time.Duration
-	Metrics     Metrics
-	Logger      *slog.Logger
+	// ReauthParallel bounds the re-authentications ReauthenticateAll runs at once (default
+	// DefaultReauthParallel).
+	ReauthParallel int
+	Metrics        Metrics
+	Logger         *slog.Logger
 	// Now is the clock of the session records (default time.Now); After the redialler's and the accept
 	// loop's waits (default time.After).
 	Now   func() time.Time
@@ -237,6 +240,9 @@ func New(ctx context.Context, cfg Config) (*Manager, error) {
 	}
 	if cfg.DialTimeout <= 0 {
 		cfg.DialTimeout = 30 * time.Second
+	}
+	if cfg.ReauthParallel <= 0 {
+		cfg.ReauthParallel = DefaultReauthParallel
 	}
 	if cfg.Metrics == nil {
 		cfg.Metrics = noMetrics{}
@@ -646,9 +652,13 @@ func (m *Manager) TargetStatuses() map[string]TargetStatus {
 	return out
 }
 
+// DefaultReauthParallel is how many of ReauthenticateAll's re-authentications run at once by default.
+const DefaultReauthParallel = 16
+
 // ReauthenticateAll starts a re-authentication of every session (after the local identity rotated) and
-// returns how many. A session whose re-authentication fails is closed by the session package; targets
-// re-dial it.
+// returns how many. At most Config.ReauthParallel run at once (issue 19): thousands of handshakes started
+// together on the same cores would outlast their timeout, close their sessions and re-dial them all. A
+// session whose re-authentication fails is closed by the session package; targets re-dial it.
 func (m *Manager) ReauthenticateAll() int {
 	m.mu.Lock()
 	var live []*PeerSession
@@ -656,14 +666,24 @@ func (m *Manager) ReauthenticateAll() int {
 		live = append(live, ps)
 	}
 	m.mu.Unlock()
+	work := make(chan *PeerSession, len(live))
 	for _, ps := range live {
+		work <- ps
+	}
+	close(work)
+	for range min(m.cfg.ReauthParallel, len(live)) {
 		m.wg.Add(1)
 		go func() {
 			defer m.wg.Done()
-			ctx, cancel := context.WithTimeout(m.ctx, time.Minute)
-			defer cancel()
-			if err := ps.s.Reauthenticate(ctx); err != nil {
-				m.cfg.Logger.Warn("re-authentication after the identity change failed", "peer", ps.peer, "err", err)
+			for ps := range work {
+				if m.ctx.Err() != nil {
+					return
+				}
+				ctx, cancel := context.WithTimeout(m.ctx, time.Minute)
+				if err := ps.s.Reauthenticate(ctx); err != nil {
+					m.cfg.Logger.Warn("re-authentication after the identity change failed", "peer", ps.peer, "err", err)
+				}
+				cancel()
 			}
 		}()
 	}

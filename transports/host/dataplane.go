@@ -86,9 +86,9 @@ func (in *instance) openData(cid string) (*sockConn, error) {
 
 // sockConn is one connection's frames over its data socket, with the semantics of a flow.Conn: a
 // reader goroutine reads ahead up to window bytes (then the kernel's buffers hold the plugin back), a
-// writer goroutine writes what WriteFrame queued, several frames per writev; WriteFrame waits while
-// window bytes are queued, so a writer blocked by a slow peer can give up (ctx) without damaging the
-// stream, and a ReadFrame can be cancelled at any time.
+// writer goroutine, running only while frames are queued (issue 19), writes them, several per writev;
+// WriteFrame waits while window bytes are queued, so a writer blocked by a slow peer can give up (ctx)
+// without damaging the stream, and a ReadFrame can be cancelled at any time.
 type sockConn struct {
 	c      *net.UnixConn
 	peer   string
