@@ -138,6 +138,9 @@ func runSessionsAgent(in io.Reader, out io.Writer) error {
 	}
 	hc := host.Config{Name: tcp.Name, Path: os.Getenv(envPlugin), SHA256: os.Getenv(envPluginSum),
 		Authority: bindauth.NewAuthority(st.ID, dm, pc, keyLog, time.Hour), Logger: quiet(), Sandbox: mode}
+	if v := os.Getenv("CUSTOS_SESSIONS_PLUGIN_ENV"); v != "" {
+		hc.Env = strings.Fields(v) // e.g. GODEBUG=... (the plugin inherits nothing of this environment)
+	}
 	if dir := os.Getenv("CUSTOS_BENCH_PROFILE_PLUGINS"); dir != "" {
 		// test/bench/profplugin, unconfined (it writes into dir): a heap profile on SIGUSR1.
 		hc.Path, hc.SHA256, hc.Sandbox = os.Getenv(envProf), os.Getenv(envProfSum), sandbox.Off
