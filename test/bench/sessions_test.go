@@ -353,11 +353,10 @@ type initiator struct {
 // initiators holds what the initiators share: their peer cache (of the agent's log and delegation) and
 // replay cache. Each has its own identity, delegation and transport key.
 type initiators struct {
-	pc       *peers.Cache
-	rc       *replay.Cache
-	reauth   time.Duration
-	all      []*initiator
-	closeAll []func()
+	pc     *peers.Cache
+	rc     *replay.Cache
+	reauth time.Duration
+	all    []*initiator
 }
 
 func newInitiators(tb testing.TB) *initiators {
