@@ -5,7 +5,7 @@ PKGS    := ./...
 # Brief fuzzing in `make test`; `make fuzz FUZZTIME=5m` for longer runs.
 FUZZTIME ?= 5s
 
-.PHONY: all build demo test deps vet lint unit alerts systemd fuzz fuzz-brief bench mutants proto clean package package-test network
+.PHONY: all build demo test deps vet lint unit alerts systemd fuzz fuzz-brief bench mutants proto clean package package-test network sessions
 
 all: build
 
@@ -63,6 +63,14 @@ network:
 	@for n in $(NETWORK_N); do \
 		CUSTOS_NETWORK_N=$$n $(GO) test -tags network -count=1 -v -timeout 30m -run '^TestNetwork$$' ./test/e2e > $${TMPDIR:-/tmp}/custos-network-$$n.log 2>&1; rc=$$?; \
 		grep -E 'RESULT|^(--- |ok|FAIL)' $${TMPDIR:-/tmp}/custos-network-$$n.log; [ $$rc -eq 0 ] || { echo "see $${TMPDIR:-/tmp}/custos-network-$$n.log"; exit $$rc; }; done
+
+## sessions: one agent (agent core and a sandboxed TCP plugin, in a child process) holding N sessions from
+## lightweight in-process initiators, each with its own identity, for each N of SESSIONS_N (cumulative): connect
+## rate, RSS of the agent and of its plugin per session, CPU at idle (issue 19, test/bench/sessions_test.go, build
+## tag sessions). Not part of `make test` nor `make bench`.
+SESSIONS_N ?= 100 1000 5000
+sessions:
+	CUSTOS_SESSIONS_N="$(SESSIONS_N)" $(GO) test -tags sessions -count=1 -run '^$$' -bench '^BenchmarkSessions$$' -benchtime 1x -timeout 30m ./test/bench
 
 ## mutants: turn off each listed security check (test/mutants/*.txt) in a scratch copy and run the tests named to
 ## kill it; prints the kill table. Not part of `make test` (it runs each mutant's tests once: minutes).

@@ -1,11 +1,13 @@
 package transports
 
 import (
+	"bufio"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
 	"net"
+	"sync"
 )
 
 // The data plane (ADR 0031). A connection's frames do not have to ride the gRPC connection: when the
@@ -85,4 +87,90 @@ func ReadDataFrameInto(r io.Reader, buf []byte) ([]byte, error) {
 		return nil, err
 	}
 	return buf, nil
+}
+
+// DataReadBuffer is the read-ahead buffer of a DataReader while bytes are buffered: smaller than a large
+// frame, whose bulk is then read straight into the frame.
+const DataReadBuffer = 16 << 10
+
+var dataReadBuffers = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, DataReadBuffer) }}
+
+// DataReader reads the frames of one data socket (ReadDataFrameInto's protocol) through a read-ahead
+// buffer it holds only while it has bytes buffered. An idle connection waits for the next frame's length
+// on the socket itself and holds no buffer, so that an agent with thousands of idle sessions does not
+// keep a buffer per session (issue 19). One goroutine reads.
+type DataReader struct {
+	r  io.Reader
+	br *bufio.Reader // nil when nothing is buffered
+}
+
+// NewDataReader reads frames from r.
+func NewDataReader(r io.Reader) *DataReader { return &DataReader{r: r} }
+
+// Buffered is the number of bytes read ahead of the frames returned so far.
+func (d *DataReader) Buffered() int {
+	if d.br == nil {
+		return 0
+	}
+	return d.br.Buffered()
+}
+
+// ReadFrameInto is ReadDataFrameInto on the socket: io.EOF after the end marker, ErrDataBroken when the
+// socket ends without it, ErrFrameTooLarge above MaxFrameSize. The frame aliases buf when it fits.
+func (d *DataReader) ReadFrameInto(buf []byte) ([]byte, error) {
+	defer d.release()
+	var src io.Reader = d.r
+	if d.br != nil {
+		src = d.br
+	}
+	var hdr [4]byte
+	if _, err := io.ReadFull(src, hdr[:]); err != nil {
+		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+			return nil, fmt.Errorf("%w: it ended without the end marker", ErrDataBroken)
+		}
+		return nil, err
+	}
+	n := binary.BigEndian.Uint32(hdr[:])
+	if n == DataEnd {
+		return nil, io.EOF
+	}
+	if n > MaxFrameSize {
+		return nil, fmt.Errorf("frame of %d bytes announced: %w (limit %d)", n, ErrFrameTooLarge, MaxFrameSize)
+	}
+	if uint32(cap(buf)) >= n {
+		buf = buf[:n]
+	} else {
+		buf = make([]byte, n)
+	}
+	if d.br == nil && n < DataReadBuffer {
+		// A small frame: read it with read-ahead, so that the frames behind it come in the same read.
+		d.br = dataReadBuffers.Get().(*bufio.Reader)
+		d.br.Reset(d.r)
+		src = d.br
+	}
+	if _, err := io.ReadFull(src, buf); err != nil {
+		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+			return nil, fmt.Errorf("%w: it ended inside a frame", ErrDataBroken)
+		}
+		return nil, err
+	}
+	return buf, nil
+}
+
+// release gives the read-ahead buffer back once nothing is buffered in it.
+func (d *DataReader) release() {
+	if d.br != nil && d.br.Buffered() == 0 {
+		d.br.Reset(nil)
+		dataReadBuffers.Put(d.br)
+		d.br = nil
+	}
+}
+
+// Close drops the read-ahead buffer (and what it holds); the reader is not used afterwards.
+func (d *DataReader) Close() {
+	if d.br != nil {
+		d.br.Reset(nil)
+		dataReadBuffers.Put(d.br)
+		d.br = nil
+	}
 }

@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/custos-agent/custos/agent/delegation"
@@ -61,11 +63,18 @@ type Session struct {
 	pendingKeys *handshake.Keys
 	pendingTH   []byte
 	pendingAt   time.Time
-	poke        chan struct{} // wakes the maintenance goroutine
-	requests    rateLimit     // initiator: re-authentications the peer asked for
-	reHellos    rateLimit     // responder: re-authentications the peer started
+	requests    rateLimit // initiator: re-authentications the peer asked for
+	reHellos    rateLimit // responder: re-authentications the peer started
+
+	// Maintenance runs on a timer, not in a goroutine per session (issue 19: thousands of idle sessions):
+	// each pass sets the timer for the next one; wake runs a pass now.
+	maintMu sync.Mutex  // serialises passes
+	timerMu sync.Mutex  // guards maint and kicks
+	maint   *time.Timer // nil when the session is not maintained (tests)
+	kicks   uint64      // wake calls: a pass does not push back a timer that a wake set meanwhile
 
 	incoming chan *Message
+	notify   atomic.Pointer[func()] // Notify
 	done     chan struct{}
 	failOnce sync.Once
 	err      error
@@ -271,7 +280,7 @@ func alertCode(err error) reason.Code {
 func newSession(c *Config, conn FrameConn, role Role, loc *local, peer *Peer, sid []byte, send, recv *direction) *Session {
 	return &Session{
 		cfg: c, conn: conn, role: role, localID: loc.id, send: send, keys: loc.keys, recv: recv,
-		peer: peer, sessionID: append([]byte(nil), sid...), reauthed: make(chan struct{}), poke: make(chan struct{}, 1),
+		peer: peer, sessionID: append([]byte(nil), sid...), reauthed: make(chan struct{}),
 		incoming: make(chan *Message, incomingQueue), done: make(chan struct{}),
 	}
 }
@@ -287,7 +296,8 @@ func (s *Session) setTimes(est *handshake.Established, local *delegation.Keys, n
 // message est. The expiry is the earliest of est.Expires, the peer's and the local delegation's not_after,
 // now + the local ReauthInterval + ReauthGrace, and now + MaxSessionLifetime. Re-authentication is due at
 // the earliest of now + est.Reauth (compared in seconds: a count from the wire is never multiplied into a
-// Duration), now + the local ReauthInterval, and three quarters of the way to the expiry.
+// Duration), now + the local ReauthInterval, and three quarters of the way to the expiry, less a random
+// jitter of up to a fifth of that delay.
 func sessionTimes(c *Config, est *handshake.Established, peerNotAfter, localNotAfter time.Time, now time.Time) (expires, reauthAt time.Time) {
 	expires = now.Add(min(c.ReauthInterval+c.ReauthGrace, MaxSessionLifetime))
 	for _, t := range []time.Time{time.Unix(est.Expires, 0), peerNotAfter, localNotAfter} {
@@ -303,16 +313,23 @@ func sessionTimes(c *Config, est *handshake.Established, peerNotAfter, localNotA
 	if alt := now.Add(expires.Sub(now) * 3 / 4); alt.Before(reauthAt) {
 		reauthAt = alt
 	}
+	// Jitter: sessions established together (an agent restarting, a network healing) would otherwise
+	// re-authenticate together at every interval. Each is moved earlier by a random part of the last
+	// fifth of its delay: never later than the rules above allow (issue 19).
+	if j := reauthAt.Sub(now) / 5; j > 0 {
+		reauthAt = reauthAt.Add(-rand.N(j))
+	}
 	return expires, reauthAt
 }
 
 func (s *Session) start() {
+	if !s.cfg.testNoMaintain {
+		s.timerMu.Lock()
+		s.maint = time.AfterFunc(0, s.maintain) // its first pass waits for timerMu, so maint is set
+		s.timerMu.Unlock()
+	}
 	s.wg.Add(1)
 	go s.readLoop()
-	if !s.cfg.testNoMaintain {
-		s.wg.Add(1)
-		go s.maintain()
-	}
 }
 
 // LocalID is the local agent's ID.
@@ -429,6 +446,31 @@ func (s *Session) Receive(ctx context.Context) (*Message, error) {
 	}
 }
 
+// Notify has f called whenever a received message is queued and once when the session ends, from the
+// session's own goroutines, with no lock held: f must not block. With TryReceive it lets a caller take
+// messages without a goroutine parked in Receive for every session (issue 19). f replaces an earlier
+// one; messages queued before Notify are not announced (check Queued).
+func (s *Session) Notify(f func()) { s.notify.Store(&f) }
+
+func (s *Session) notifyNow() {
+	if f := s.notify.Load(); f != nil {
+		(*f)()
+	}
+}
+
+// TryReceive returns the next queued message without waiting; ok is false when none is queued.
+func (s *Session) TryReceive() (m *Message, ok bool) {
+	select {
+	case m := <-s.incoming:
+		return m, true
+	default:
+		return nil, false
+	}
+}
+
+// Queued is the number of received messages waiting to be taken.
+func (s *Session) Queued() int { return len(s.incoming) }
+
 // writeRecord seals and sends a control record (wmu held by the caller).
 func (s *Session) writeRecordLocked(ctx context.Context, typ byte, body []byte) error {
 	nonce, err := s.send.take()
@@ -490,6 +532,7 @@ func (s *Session) handle(frame []byte) error {
 		}
 		select {
 		case s.incoming <- m:
+			s.notifyNow()
 		case <-s.done:
 		}
 		return nil
@@ -802,18 +845,30 @@ func (s *Session) completeReauth(peer *Peer, local *delegation.Keys, sid []byte,
 	s.cfg.event(Event{Kind: "reauth", Role: s.role, Peer: peer.ID.String(), SessionID: sid})
 }
 
+// wake runs a maintenance pass now (the session's times changed).
 func (s *Session) wake() {
-	select {
-	case s.poke <- struct{}{}:
-	default:
+	s.timerMu.Lock()
+	defer s.timerMu.Unlock()
+	if s.maint != nil {
+		s.kicks++
+		s.maint.Reset(0)
 	}
 }
 
-// maintain re-authenticates on time (initiator) and closes the session when it expires or a
-// re-handshake stalls.
+// maintain is one maintenance pass, run by the session's timer: it re-authenticates on time (initiator),
+// closes the session when it expires or a re-handshake stalls, and sets the timer for the next pass.
 func (s *Session) maintain() {
-	defer s.wg.Done()
-	for {
+	s.maintMu.Lock()
+	defer s.maintMu.Unlock()
+	s.timerMu.Lock()
+	kicks := s.kicks
+	s.timerMu.Unlock()
+	select {
+	case <-s.done:
+		return
+	default:
+	}
+	{
 		s.mu.Lock()
 		now := s.cfg.Clock()
 		expires, reauthAt, pendingAt := s.expires, s.reauthAt, s.pendingAt
@@ -843,15 +898,11 @@ func (s *Session) maintain() {
 				wake = min(wake, reauthAt.Sub(now))
 			}
 		}
-		t := time.NewTimer(max(wake, time.Millisecond))
-		select {
-		case <-s.done:
-			t.Stop()
-			return
-		case <-s.poke:
-			t.Stop()
-		case <-t.C:
+		s.timerMu.Lock()
+		if s.kicks == kicks { // else a wake set the timer to run a pass now: keep that
+			s.maint.Reset(max(wake, time.Millisecond))
 		}
+		s.timerMu.Unlock()
 	}
 }
 
@@ -861,6 +912,11 @@ func (s *Session) fail(err error) {
 	s.failOnce.Do(func() {
 		s.err = err
 		close(s.done)
+		s.timerMu.Lock()
+		if s.maint != nil {
+			s.maint.Stop()
+		}
+		s.timerMu.Unlock()
 		code := reason.Of(err)
 		peer, sid := s.Peer().ID.String(), s.ID()
 		s.cfg.Logger.Debug("session ended", "peer", peer, "reason", code, "err", err)
@@ -881,6 +937,7 @@ func (s *Session) fail(err error) {
 			kind = "refused"
 		}
 		s.cfg.event(Event{Kind: kind, Role: s.role, Peer: peer, Err: err, SessionID: sid})
+		s.notifyNow()
 	})
 }
 

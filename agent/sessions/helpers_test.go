@@ -28,17 +28,18 @@ var bg = context.Background()
 // node is one agent on an in-memory network: a software identity, the real handshake and session code,
 // a session manager, and a listener.
 type node struct {
-	id     *agenttest.Identity
-	m      *sessions.Manager
-	ep     *memory.Transport
-	l      *memory.Listener
-	addr   string
-	scfg   session.Config
-	mu     sync.Mutex
-	refuse error           // when set, the validator refuses every peer with it
-	evs    []session.Event // session events (handshakes, refusals)
-	waits  []time.Duration // what the manager asked After for
-	after  func(d time.Duration) <-chan time.Time
+	id         *agenttest.Identity
+	m          *sessions.Manager
+	ep         *memory.Transport
+	l          *memory.Listener
+	addr       string
+	scfg       session.Config
+	mu         sync.Mutex
+	refuse     error           // when set, the validator refuses every peer with it
+	validating func()          // when set, the validator calls it first (outside n.mu)
+	evs        []session.Event // session events (handshakes, refusals)
+	waits      []time.Duration // what the manager asked After for
+	after      func(d time.Duration) <-chan time.Time
 }
 
 type nodeOpts struct {
@@ -47,6 +48,8 @@ type nodeOpts struct {
 	redial           backoff.Policy
 	// instantWaits makes the manager's waits (redial backoff) fire at once, recorded in node.waits.
 	instantWaits bool
+	// reauthParallel is Config.ReauthParallel.
+	reauthParallel int
 }
 
 func quiet() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
@@ -87,7 +90,7 @@ func newNode(t *testing.T, net *memory.Network, o nodeOpts) *node {
 	}
 	ctx, cancel := context.WithCancel(bg)
 	n.m, err = sessions.New(ctx, sessions.Config{
-		Local: id.ID().String(), MaxHandshakes: o.maxHandshakes,
+		Local: id.ID().String(), MaxHandshakes: o.maxHandshakes, ReauthParallel: o.reauthParallel,
 		Transport: func(name string) sessions.Dialer {
 			if name != memory.Name {
 				return nil
@@ -128,6 +131,12 @@ func newNode(t *testing.T, net *memory.Network, o nodeOpts) *node {
 func (n *node) sessionConfig(transport, remote, pinned string) *session.Config {
 	c := n.scfg
 	c.Validator = session.ValidatorFunc(func(_ context.Context, p *session.Peer) error {
+		n.mu.Lock()
+		v := n.validating
+		n.mu.Unlock()
+		if v != nil {
+			v()
+		}
 		if pinned != "" && p.ID.String() != pinned {
 			return fmt.Errorf("the binding named %s but the handshake authenticated %s", pinned, p.ID)
 		}

@@ -17,6 +17,7 @@ import (
 	"log/slog"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/custos-agent/custos/agent/envelope"
@@ -124,8 +125,11 @@ type Config struct {
 	Redial func() backoff.Policy
 	// DialTimeout bounds one dial and its handshake by the redialler (default 30 s).
 	DialTimeout time.Duration
-	Metrics     Metrics
-	Logger      *slog.Logger
+	// ReauthParallel bounds the re-authentications ReauthenticateAll runs at once (default
+	// DefaultReauthParallel).
+	ReauthParallel int
+	Metrics        Metrics
+	Logger         *slog.Logger
 	// Now is the clock of the session records (default time.Now); After the redialler's and the accept
 	// loop's waits (default time.After).
 	Now   func() time.Time
@@ -139,6 +143,10 @@ type PeerSession struct {
 	transport   string
 	remote      string
 	established time.Time
+
+	draining atomic.Bool // a goroutine hands its messages to the dispatcher (drain)
+	ended    sync.Once   // the end of the session handled (ended)
+	stopCtx  func() bool // the AfterFunc that closes the session when the agent's context ends
 }
 
 // Session is the authenticated session.
@@ -232,6 +240,9 @@ func New(ctx context.Context, cfg Config) (*Manager, error) {
 	}
 	if cfg.DialTimeout <= 0 {
 		cfg.DialTimeout = 30 * time.Second
+	}
+	if cfg.ReauthParallel <= 0 {
+		cfg.ReauthParallel = DefaultReauthParallel
 	}
 	if cfg.Metrics == nil {
 		cfg.Metrics = noMetrics{}
@@ -394,27 +405,61 @@ func (m *Manager) register(s *session.Session, transport, remote string) *PeerSe
 	}
 	m.cfg.Metrics.SessionOpened(transport)
 	m.cfg.Logger.Info("session established", "peer", ps.peer, "transport", transport, "remote", remote, "role", s.Role())
-	m.wg.Add(1)
-	go m.receive(m.ctx, ps) // not a dial's ctx: that ends when the dial returns
+	// Received messages go to the dispatcher from a goroutine that runs only while there are some (drain),
+	// not one parked per session (issue 19). The session runs under the agent's context, not a dial's.
+	m.wg.Add(1) // done when the end of the session has been handled
+	ps.stopCtx = context.AfterFunc(m.ctx, func() { _ = ps.s.Close() })
+	ps.s.Notify(func() { m.kick(ps) })
+	m.kick(ps) // what arrived before Notify
 	if m.cfg.PeerUp != nil {
 		m.cfg.PeerUp(ps.peer)
 	}
 	return ps
 }
 
-// receive hands every message of ps to the dispatcher until the session ends.
-func (m *Manager) receive(ctx context.Context, ps *PeerSession) {
-	defer m.wg.Done()
+// kick makes sure a goroutine drains ps's messages (and handles its end).
+func (m *Manager) kick(ps *PeerSession) {
+	if ps.draining.CompareAndSwap(false, true) {
+		go m.drain(ps)
+	}
+}
+
+// drain hands every queued message of ps to the dispatcher, in order, then ends; when the session has
+// ended it handles that instead of ending (and no other drain starts).
+func (m *Manager) drain(ps *PeerSession) {
 	for {
-		msg, err := ps.s.Receive(ctx)
-		if err != nil {
-			break
+		m.deliverQueued(ps)
+		if ps.s.Err() != nil {
+			m.deliverQueued(ps) // what was queued as it ended
+			ps.ended.Do(func() { m.ended(ps) })
+			return // draining stays set
+		}
+		ps.draining.Store(false)
+		// A message or the end that came after the checks above found draining set: take it over,
+		// unless another drain already did.
+		if ps.s.Queued() == 0 && ps.s.Err() == nil || !ps.draining.CompareAndSwap(false, true) {
+			return
+		}
+	}
+}
+
+func (m *Manager) deliverQueued(ps *PeerSession) {
+	for {
+		msg, ok := ps.s.TryReceive()
+		if !ok {
+			return
 		}
 		m.cfg.Metrics.Message(ps.transport, metrics.DirectionIn, len(msg.Payload))
-		if err := m.cfg.Dispatch(ctx, ps.s.Peer(), msg); err != nil {
+		if err := m.cfg.Dispatch(m.ctx, ps.s.Peer(), msg); err != nil {
 			m.cfg.Logger.Info("message not handled", "peer", ps.peer, "type", msg.Envelope.Header.MessageType, "err", err)
 		}
 	}
+}
+
+// ended forgets ps once its session has ended, reports it, and has its target re-dial.
+func (m *Manager) ended(ps *PeerSession) {
+	defer m.wg.Done()
+	ps.stopCtx()
 	_ = ps.s.Close()
 	m.mu.Lock()
 	delete(m.live, ps)
@@ -607,9 +652,13 @@ func (m *Manager) TargetStatuses() map[string]TargetStatus {
 	return out
 }
 
+// DefaultReauthParallel is how many of ReauthenticateAll's re-authentications run at once by default.
+const DefaultReauthParallel = 16
+
 // ReauthenticateAll starts a re-authentication of every session (after the local identity rotated) and
-// returns how many. A session whose re-authentication fails is closed by the session package; targets
-// re-dial it.
+// returns how many. At most Config.ReauthParallel run at once (issue 19): thousands of handshakes started
+// together on the same cores would outlast their timeout, close their sessions and re-dial them all. A
+// session whose re-authentication fails is closed by the session package; targets re-dial it.
 func (m *Manager) ReauthenticateAll() int {
 	m.mu.Lock()
 	var live []*PeerSession
@@ -617,14 +666,24 @@ func (m *Manager) ReauthenticateAll() int {
 		live = append(live, ps)
 	}
 	m.mu.Unlock()
+	work := make(chan *PeerSession, len(live))
 	for _, ps := range live {
+		work <- ps
+	}
+	close(work)
+	for range min(m.cfg.ReauthParallel, len(live)) {
 		m.wg.Add(1)
 		go func() {
 			defer m.wg.Done()
-			ctx, cancel := context.WithTimeout(m.ctx, time.Minute)
-			defer cancel()
-			if err := ps.s.Reauthenticate(ctx); err != nil {
-				m.cfg.Logger.Warn("re-authentication after the identity change failed", "peer", ps.peer, "err", err)
+			for ps := range work {
+				if m.ctx.Err() != nil {
+					return
+				}
+				ctx, cancel := context.WithTimeout(m.ctx, time.Minute)
+				if err := ps.s.Reauthenticate(ctx); err != nil {
+					m.cfg.Logger.Warn("re-authentication after the identity change failed", "peer", ps.peer, "err", err)
+				}
+				cancel()
 			}
 		}()
 	}

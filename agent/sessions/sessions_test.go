@@ -344,3 +344,53 @@ func TestDialRefusals(t *testing.T) {
 		t.Errorf("b saw a handshake: %+v", b.events())
 	}
 }
+
+// TestReauthenticateAllBounded: after the local identity changes, every session re-authenticates, but not
+// all at once (issue 19): at most Config.ReauthParallel run together, so thousands of sessions do not
+// start thousands of handshakes on the same cores (and time out, and re-dial). Each peer's validator, which
+// runs inside the re-authentication, holds it for a moment and counts how many are in it at once.
+func TestReauthenticateAllBounded(t *testing.T) {
+	net := memory.NewNetwork()
+	const peers, limit = 12, 3
+	hub := newNode(t, net, nodeOpts{reauthParallel: limit})
+	var mu sync.Mutex
+	inFlight, most, total := 0, 0, 0
+	hold := func() {
+		mu.Lock()
+		inFlight++
+		total++
+		most = max(most, inFlight)
+		mu.Unlock()
+		time.Sleep(20 * time.Millisecond)
+		mu.Lock()
+		inFlight--
+		mu.Unlock()
+	}
+	var ps []*node
+	for range peers {
+		p := newNode(t, net, nodeOpts{})
+		if _, err := hub.m.Dial(bg, p.id.ID(), p.address()[0]); err != nil {
+			t.Fatal(err)
+		}
+		ps = append(ps, p)
+	}
+	for _, p := range ps {
+		p.mu.Lock()
+		p.validating = hold
+		p.mu.Unlock()
+	}
+	if n := hub.m.ReauthenticateAll(); n != peers {
+		t.Fatalf("ReauthenticateAll started %d re-authentications, want %d", n, peers)
+	}
+	eventually(t, func() string {
+		mu.Lock()
+		defer mu.Unlock()
+		return fmt.Sprintf("%d of %d re-authenticated", total, peers)
+	},
+		func() bool { mu.Lock(); defer mu.Unlock(); return total == peers && inFlight == 0 })
+	mu.Lock()
+	defer mu.Unlock()
+	if most > limit {
+		t.Fatalf("%d re-authentications ran at once, want at most %d", most, limit)
+	}
+}

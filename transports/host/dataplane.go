@@ -1,7 +1,6 @@
 package host
 
 import (
-	"bufio"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -81,18 +80,15 @@ func (in *instance) openData(cid string) (*sockConn, error) {
 	stop := context.AfterFunc(in.ctx, func() {
 		sc.fail(fmt.Errorf("connection through %s: the plugin stopped: %w", sc.peer, transports.ErrClosed))
 	})
-	go func() {
-		<-sc.done
-		stop()
-	}()
+	sc.whenDone(func() { stop() }) // not a goroutine per connection waiting for it (issue 19)
 	return sc, nil
 }
 
 // sockConn is one connection's frames over its data socket, with the semantics of a flow.Conn: a
 // reader goroutine reads ahead up to window bytes (then the kernel's buffers hold the plugin back), a
-// writer goroutine writes what WriteFrame queued, several frames per writev; WriteFrame waits while
-// window bytes are queued, so a writer blocked by a slow peer can give up (ctx) without damaging the
-// stream, and a ReadFrame can be cancelled at any time.
+// writer goroutine, running only while frames are queued (issue 19), writes them, several per writev;
+// WriteFrame waits while window bytes are queued, so a writer blocked by a slow peer can give up (ctx)
+// without damaging the stream, and a ReadFrame can be cancelled at any time.
 type sockConn struct {
 	c      *net.UnixConn
 	peer   string
@@ -108,16 +104,17 @@ type sockConn struct {
 	werr    error // terminal send error
 	closed  bool  // Close was called: the end marker follows the queued frames
 	rdone   bool  // the reader goroutine ended
-	wdone   bool  // the writer goroutine ended
+	wdone   bool  // the writer wrote the end marker or failed: nothing more is written
+	writing bool  // a writer goroutine runs (only while there is something to write: issue 19)
 
 	done     chan struct{}
 	doneOnce sync.Once
+	onDone   func() // called when done closes (whenDone)
 }
 
 func newSockConn(c *net.UnixConn, peer string, window int64) *sockConn {
 	s := &sockConn{c: c, peer: peer, window: window, wake: make(chan struct{}), done: make(chan struct{})}
 	go s.readLoop()
-	go s.writeLoop()
 	return s
 }
 
@@ -129,12 +126,33 @@ func (s *sockConn) signalLocked() {
 // finishLocked closes done once the receive side ended and the send side ended too (or cannot matter).
 func (s *sockConn) finishLocked() {
 	if s.rdone && (s.wdone || s.werr != nil || !errors.Is(s.rerr, io.EOF)) {
-		s.doneOnce.Do(func() { close(s.done) })
+		s.doneOnce.Do(func() {
+			close(s.done)
+			if s.onDone != nil {
+				s.onDone()
+			}
+		})
 	}
 }
 
+// whenDone has f called once the connection has ended (at once if it has): f must not block nor take
+// s.mu.
+func (s *sockConn) whenDone(f func()) {
+	s.mu.Lock()
+	select {
+	case <-s.done:
+		s.mu.Unlock()
+		f()
+		return
+	default:
+	}
+	s.onDone = f
+	s.mu.Unlock()
+}
+
 func (s *sockConn) readLoop() {
-	br := bufio.NewReaderSize(s.c, 16<<10) // smaller than a large frame, whose bulk is then read straight into it
+	dr := transports.NewDataReader(s.c) // holds a read buffer only while bytes are buffered (issue 19)
+	defer dr.Close()
 	for {
 		s.mu.Lock()
 		for s.rqBytes >= s.window && !s.closed && s.rerr == nil {
@@ -148,7 +166,7 @@ func (s *sockConn) readLoop() {
 		if stop {
 			break
 		}
-		f, err := transports.ReadDataFrame(br)
+		f, err := dr.ReadFrameInto(nil)
 		s.mu.Lock()
 		if err != nil {
 			if s.rerr == nil {
@@ -178,15 +196,23 @@ func (s *sockConn) readLoop() {
 	s.mu.Unlock()
 }
 
+// startWriterLocked starts the writer unless one runs (s.mu held). An idle connection has none: the
+// writer ends when the queue is empty, and the next WriteFrame or Close starts another.
+func (s *sockConn) startWriterLocked() {
+	if !s.writing && !s.wdone {
+		s.writing = true
+		go s.writeLoop()
+	}
+}
+
 func (s *sockConn) writeLoop() {
 	var hdrs []byte
 	for {
 		s.mu.Lock()
-		for len(s.wq) == 0 && !s.closed && s.werr == nil {
-			w := s.wake
+		if len(s.wq) == 0 && !s.closed && s.werr == nil {
+			s.writing = false // idle: the next WriteFrame starts a writer again
 			s.mu.Unlock()
-			<-w
-			s.mu.Lock()
+			return
 		}
 		if s.werr != nil {
 			break
@@ -226,7 +252,7 @@ func (s *sockConn) writeLoop() {
 		}
 		s.mu.Unlock()
 	}
-	s.wdone = true
+	s.wdone, s.writing = true, false
 	s.finishLocked()
 	s.mu.Unlock()
 }
@@ -281,6 +307,7 @@ func (s *sockConn) WriteFrame(ctx context.Context, frame []byte) error {
 			s.wq = append(s.wq, frame)
 			s.wqBytes += int64(len(frame)) + transports.FrameCost
 			s.signalLocked()
+			s.startWriterLocked()
 			return nil
 		}
 		w := s.wake
@@ -303,6 +330,7 @@ func (s *sockConn) Close() error {
 	s.closed = true
 	s.rq, s.rqBytes = nil, 0
 	s.signalLocked()
+	s.startWriterLocked() // the queued frames, then the end marker
 	s.mu.Unlock()
 	return nil
 }
@@ -317,6 +345,7 @@ func (s *sockConn) fail(err error) {
 		s.werr = err
 	}
 	s.signalLocked()
+	s.finishLocked() // the reader may have ended already, and no writer may be running to notice
 	s.mu.Unlock()
 	_ = s.c.Close()
 }

@@ -1,7 +1,6 @@
 package plugin
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"io"
@@ -9,6 +8,7 @@ import (
 	"os"
 	"strconv"
 	"syscall"
+	"time"
 
 	"github.com/custos-agent/custos/transports"
 )
@@ -126,66 +126,62 @@ type frameReaderInto interface {
 
 // pumpData moves frames between the host's data socket and the network connection. The host ending its
 // direction cleanly (end marker) flushes and closes the network connection; the network peer closing
-// cleanly sends the end marker to the host. Either side breaking closes both.
+// cleanly sends the end marker to the host. Either side breaking closes both. The host -> network
+// direction runs in the caller's goroutine, the other in one goroutine of its own (issue 19: a goroutine
+// fewer per connection).
 func pumpData(ctx context.Context, dc *net.UnixConn, nc Conn) error {
 	defer dc.Close()
 	netDone := make(chan error, 1)
-	go func() { // network -> host
-		bw := bufio.NewWriterSize(dc, 64<<10)
-		ri, reuse := nc.(frameReaderInto)
-		var buf []byte
-		for {
-			var f []byte
-			var err error
-			if reuse {
-				f, err = ri.ReadFrameInto(ctx, buf)
-				buf = f[:cap(f)]
-			} else {
-				f, err = nc.ReadFrame(ctx)
-			}
-			if err != nil {
-				if errors.Is(err, io.EOF) {
-					if werr := transports.WriteDataEnd(bw); werr == nil {
-						_ = bw.Flush()
-					}
-				}
-				netDone <- err
-				return
-			}
-			if bw.Buffered() == 0 && len(f) >= 16<<10 {
-				err = transports.WriteDataFrame(dc, f) // large frame: one writev, no copy
-			} else if err = transports.WriteFrame(bw, f); err == nil {
-				err = bw.Flush()
-			}
-			if err != nil {
-				netDone <- err
-				return
-			}
-		}
+	go func() { // network -> host: each frame one writev, no write buffer held per connection (issue 19)
+		err := networkToHost(ctx, dc, nc)
+		netDone <- err
+		// The network side ended: stop the other direction, blocked on the data socket or the network.
+		_ = nc.Close()
+		_ = dc.SetReadDeadline(time.Unix(1, 0))
 	}()
-	hostDone := make(chan error, 1)
-	go func() { // host -> network
-		br := bufio.NewReaderSize(dc, 16<<10) // a large frame's bulk is read straight into buf, not copied
-		var buf []byte                        // each frame is written out before the next is read into the same buffer
-		read := func(context.Context) ([]byte, error) {
-			f, err := transports.ReadDataFrameInto(br, buf)
-			buf = f[:cap(f)]
-			return f, err
-		}
-		hostDone <- hostToNetwork(ctx, read, br.Buffered, nc)
-	}()
+	dr := transports.NewDataReader(dc) // a read buffer only while bytes are buffered (issue 19)
+	defer dr.Close()
+	var buf []byte // each frame is written out before the next is read into the same buffer
+	read := func(context.Context) ([]byte, error) {
+		f, err := dr.ReadFrameInto(buf)
+		buf = f[:cap(f)]
+		return f, err
+	}
+	err := hostToNetwork(ctx, read, dr.Buffered, nc)
 	select {
-	case err := <-netDone:
-		_ = nc.Close()
-		if errors.Is(err, io.EOF) {
-			return nil
+	case nerr := <-netDone: // the network side ended first, and stopped this one: its outcome counts
+		err = nerr
+	default:
+	}
+	_ = nc.Close()
+	if errors.Is(err, io.EOF) { // a clean end: the host's after its last frame was written out, or the peer's
+		return nil
+	}
+	return err
+}
+
+// networkToHost moves the network connection's frames to the data socket until either ends; a clean end
+// of the network connection is passed on as the end marker.
+func networkToHost(ctx context.Context, dc *net.UnixConn, nc Conn) error {
+	ri, reuse := nc.(frameReaderInto)
+	var buf []byte
+	for {
+		var f []byte
+		var err error
+		if reuse {
+			f, err = ri.ReadFrameInto(ctx, buf)
+			buf = f[:cap(f)]
+		} else {
+			f, err = nc.ReadFrame(ctx)
 		}
-		return err
-	case err := <-hostDone:
-		_ = nc.Close()
-		if errors.Is(err, io.EOF) { // the host ended after its last frame was written out
-			return nil
+		if err != nil {
+			if errors.Is(err, io.EOF) {
+				_ = transports.WriteDataEnd(dc)
+			}
+			return err
 		}
-		return err
+		if err = transports.WriteDataFrame(dc, f); err != nil {
+			return err
+		}
 	}
 }

@@ -147,7 +147,10 @@ func (id *Identity) SetBinding(raw []byte) error {
 const (
 	acceptQueue   = 64               // inbound connections waiting for the host
 	attachTimeout = 30 * time.Second // an announced connection the host never opens is closed
-	maxConns      = 4096
+	// maxConns bounds the connections one plugin holds (each costs it two descriptors, the network
+	// connection and its data socket, and buffers). An agent must hold thousands of sessions (issue 19:
+	// 5,000 through one plugin); the descriptor limit it inherits bounds it too.
+	maxConns = 16384
 )
 
 // Server implements the gRPC service over a Network.
