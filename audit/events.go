@@ -89,7 +89,9 @@ const (
 const (
 	// PluginStarted: a plugin process was launched and passed its checksum and handshake.
 	PluginStarted EventType = "plugin.started"
-	// PluginCrashed: a plugin exited or failed its health check unexpectedly. Details: "error", "exit".
+	// PluginCrashed: a plugin exited or failed its health check unexpectedly; written when the supervisor
+	// finds it dead, before any restart (plugin.restarted follows only if one succeeds). Details: "error",
+	// "pid" (the dead process).
 	PluginCrashed EventType = "plugin.crashed"
 	// PluginRestarted: the supervisor restarted a plugin. Details: "attempt", "backoff".
 	PluginRestarted EventType = "plugin.restarted"

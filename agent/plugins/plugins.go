@@ -35,6 +35,7 @@ import (
 // Events is where the plugins' events go (agent/events.Recorder).
 type Events interface {
 	Record(typ audit.EventType, actor, subject string, outcome audit.Outcome, details map[string]any)
+	PluginCrashed(ev host.CrashEvent)
 	PluginRestarted(ev host.RestartEvent, plugin func() *events.Plugin)
 	PeerRefused(transport, remote string, err error)
 }
@@ -313,6 +314,9 @@ func BindPorts(tc config.TransportConfig) []uint16 {
 
 // observer receives the plugin supervisors' events (host.Observer).
 type observer struct{ s *Set }
+
+// PluginCrashed implements host.Observer: audited when it happens (plugin.crashed).
+func (o observer) PluginCrashed(ev host.CrashEvent) { o.s.cfg.Events.PluginCrashed(ev) }
 
 // PluginRestarted implements host.Observer: audit, metric, and re-dial every target at once.
 func (o observer) PluginRestarted(ev host.RestartEvent) {

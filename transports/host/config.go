@@ -162,10 +162,25 @@ type RestartEvent struct {
 	Downtime time.Duration
 }
 
+// CrashEvent describes a plugin process found dead (it exited, or failed its health check), reported
+// before the supervisor tries to replace it: a crash whose restart never succeeds is still reported.
+type CrashEvent struct {
+	Transport string
+	// Cause is why the process is considered dead.
+	Cause error
+	// PID is the dead process.
+	PID int
+	// At is when the supervisor found it dead.
+	At time.Time
+}
+
 // Observer receives supervision events. Implementations must not block: a metrics counter, a channel
 // send with default, a goroutine. Connections of the old process are already failed when PluginRestarted
 // is called; listeners have been re-opened; the owner re-dials and re-runs its handshakes.
 type Observer interface {
+	// PluginCrashed is called when a plugin process is found dead, before it is restarted (not during the
+	// drain, when it is not restarted).
+	PluginCrashed(CrashEvent)
 	// PluginRestarted is called after a dead plugin was replaced by a working one.
 	PluginRestarted(RestartEvent)
 	// PeerRefused is called when a connection is refused because its peer binding does not verify or names
@@ -175,6 +190,9 @@ type Observer interface {
 
 // NopObserver ignores every event; embed it to implement only part of Observer.
 type NopObserver struct{}
+
+// PluginCrashed implements Observer.
+func (NopObserver) PluginCrashed(CrashEvent) {}
 
 // PluginRestarted implements Observer.
 func (NopObserver) PluginRestarted(RestartEvent) {}

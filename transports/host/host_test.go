@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -351,6 +352,48 @@ func TestRestartAfterSIGKILL(t *testing.T) {
 	defer na.Close()
 	transporttest.Exchange(t, nb, na, [][]byte{[]byte("after"), transporttest.Frame(100 << 10)})
 	transporttest.Exchange(t, na, nb, [][]byte{[]byte("back")})
+}
+
+// TestCrashReportedWhenRestartFails: a plugin killed while its binary no longer matches the pinned
+// checksum cannot be restarted; the crash is still reported at once (Observer.PluginCrashed, with the
+// dead PID and the time it was found dead), and no restart is (issue 17: plugin.crashed was written only
+// after a successful restart).
+func TestCrashReportedWhenRestartFails(t *testing.T) {
+	bin := filepath.Join(t.TempDir(), "transport-tcp")
+	raw, err := os.ReadFile(bins["transport-tcp"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(bin, raw, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	a := hosttest.Start(t, hosttest.Config(t, "tcp", bin))
+	// The binary changes on disk (an upgrade without re-pinning, or tampering): every relaunch is refused.
+	// (A new file renamed over the old one, as a package manager does: the running executable is busy.)
+	if err := os.WriteFile(bin+".new", append(raw, 0), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(bin+".new", bin); err != nil {
+		t.Fatal(err)
+	}
+	pid := a.T.PID()
+	before := time.Now()
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case ev := <-a.Crashes:
+		if ev.Transport != "tcp" || ev.PID != pid || ev.Cause == nil || ev.At.Before(before) || time.Since(ev.At) > 20*time.Second {
+			t.Fatalf("crash event %+v (killed pid %d at %v)", ev, pid, before)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("no crash reported within 20s while the restart fails")
+	}
+	select {
+	case ev := <-a.Restarts:
+		t.Fatalf("restarted with a binary that does not match its checksum: %+v", ev)
+	case <-time.After(time.Second):
+	}
 }
 
 func TestBackPressure(t *testing.T) {

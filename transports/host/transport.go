@@ -260,6 +260,7 @@ func (t *Transport) restart(old *instance, cause error) {
 	}
 	t.mu.Unlock()
 	t.log.Error("transport plugin is down; restarting", "pid", old.pid, "cause", cause)
+	t.cfg.Observer.PluginCrashed(CrashEvent{Transport: t.cfg.Name, Cause: cause, PID: old.pid, At: downAt})
 	old.teardown(false)
 
 	n := 0
