@@ -95,6 +95,10 @@ const (
 	PluginCrashed EventType = "plugin.crashed"
 	// PluginRestarted: the supervisor restarted a plugin. Details: "attempt", "backoff".
 	PluginRestarted EventType = "plugin.restarted"
+	// PluginUpdated: a plugin's binary was replaced while the agent ran (its new checksum pinned by a
+	// configuration reload): the process was restarted on it. Details: "path", "sha256",
+	// "previous_sha256", "pid", "downtime_ms".
+	PluginUpdated EventType = "plugin.updated"
 	// PluginStopped: a plugin was stopped on purpose.
 	PluginStopped EventType = "plugin.stopped"
 )

@@ -208,6 +208,19 @@ func (r *Recorder) PluginCrashed(ev host.CrashEvent) {
 // called outside the supervisor's callback, describes it (nil when the transport is not known). The crash
 // it follows was recorded when it happened (PluginCrashed).
 func (r *Recorder) PluginRestarted(ev host.RestartEvent, plugin func() *Plugin) {
+	if ev.Updated { // a requested binary update, not a crash: plugin.updated, and no restart counted
+		r.pluginRecord(func() {
+			details := map[string]any{"path": ev.Path, "sha256": ev.SHA256, "previous_sha256": ev.PreviousSHA256, "pid": ev.PID,
+				"downtime_ms": ev.Downtime.Milliseconds()}
+			if p := plugin(); p != nil {
+				details["sandbox"] = p.SandboxText
+				r.Metrics.PluginSandbox(ev.Transport, p.Sandbox)
+			}
+			r.Record(audit.PluginUpdated, "agent", ev.Transport, audit.OutcomeSuccess, details)
+			r.Log.Info("transport plugin updated", "transport", ev.Transport, "pid", ev.PID, "sha256", ev.SHA256, "previous_sha256", ev.PreviousSHA256, "downtime", ev.Downtime)
+		})
+		return
+	}
 	r.Metrics.PluginRestarted(ev.Transport)
 	r.pluginRecord(func() {
 		cause := ""

@@ -160,6 +160,12 @@ type RestartEvent struct {
 	PID int
 	// Downtime is how long the transport was unavailable.
 	Downtime time.Duration
+	// Updated is true when the restart replaced the binary on request (Transport.Update): no crash, not
+	// counted in Restarts. Path and SHA256 are the binary now running; PreviousSHA256 the one replaced
+	// (set for an update, also when it failed and the previous binary runs again).
+	Updated        bool
+	Path, SHA256   string
+	PreviousSHA256 string
 }
 
 // CrashEvent describes a plugin process found dead (it exited, or failed its health check), reported
