@@ -95,6 +95,10 @@ const (
 	PluginCrashed EventType = "plugin.crashed"
 	// PluginRestarted: the supervisor restarted a plugin. Details: "attempt", "backoff".
 	PluginRestarted EventType = "plugin.restarted"
+	// PluginStartFailed: a launch of a plugin process failed while the supervisor restarted (or updated)
+	// it; written for each attempt. Details: "path", "attempt", "reason" (checksum_mismatch when the file's
+	// SHA-256 is not the pinned one, else start_failed), "error".
+	PluginStartFailed EventType = "plugin.start_failed"
 	// PluginUpdated: a plugin's binary was replaced while the agent ran (its new checksum pinned by a
 	// configuration reload): the process was restarted on it. Details: "path", "sha256",
 	// "previous_sha256", "pid", "downtime_ms".

@@ -204,6 +204,23 @@ func (r *Recorder) PluginCrashed(ev host.CrashEvent) {
 	})
 }
 
+// PluginStartFailed records a failed launch during a plugin's restart (host.Observer.PluginStartFailed),
+// each time: plugin.start_failed with reason checksum_mismatch (the file is not the pinned one: never run)
+// or start_failed.
+func (r *Recorder) PluginStartFailed(f host.StartFailure) {
+	why := "start_failed"
+	if errors.Is(f.Err, host.ErrChecksum) {
+		why = "checksum_mismatch"
+	}
+	msg := ""
+	if f.Err != nil {
+		msg = f.Err.Error()
+	}
+	r.pluginRecord(func() {
+		r.Record(audit.PluginStartFailed, "agent", f.Transport, audit.OutcomeFailure, map[string]any{"path": f.Path, "attempt": f.Attempt, "reason": why, "error": msg})
+	})
+}
+
 // PluginRestarted records a restart of a transport's plugin (host.Observer.PluginRestarted); plugin,
 // called outside the supervisor's callback, describes it (nil when the transport is not known). The crash
 // it follows was recorded when it happened (PluginCrashed).

@@ -119,6 +119,12 @@ func TestPluginCrashTimestamped(t *testing.T) {
 	eventually("no plugin.restarted record", func() bool {
 		return query(audit.PluginRestarted, func(e audit.Entry) bool { return fmt.Sprint(e.Details["pid"]) == "42" })
 	})
+	r.PluginStartFailed(host.StartFailure{Transport: "tcp", Path: "/usr/lib/custos/transport-tcp", Attempt: 2, Err: fmt.Errorf("%w: not started", host.ErrChecksum)})
+	eventually("no plugin.start_failed record", func() bool {
+		return query(audit.PluginStartFailed, func(e audit.Entry) bool {
+			return e.Details["reason"] == "checksum_mismatch" && fmt.Sprint(e.Details["attempt"]) == "2" && e.Subject == "tcp"
+		})
+	})
 	n := 0
 	query(audit.PluginCrashed, func(audit.Entry) bool { n++; return false })
 	if n != 1 {

@@ -36,6 +36,7 @@ import (
 type Events interface {
 	Record(typ audit.EventType, actor, subject string, outcome audit.Outcome, details map[string]any)
 	PluginCrashed(ev host.CrashEvent)
+	PluginStartFailed(f host.StartFailure)
 	PluginRestarted(ev host.RestartEvent, plugin func() *events.Plugin)
 	PeerRefused(transport, remote string, err error)
 }
@@ -351,6 +352,9 @@ type observer struct{ s *Set }
 
 // PluginCrashed implements host.Observer: audited when it happens (plugin.crashed).
 func (o observer) PluginCrashed(ev host.CrashEvent) { o.s.cfg.Events.PluginCrashed(ev) }
+
+// PluginStartFailed implements host.Observer: each refused or failed launch is audited.
+func (o observer) PluginStartFailed(f host.StartFailure) { o.s.cfg.Events.PluginStartFailed(f) }
 
 // PluginRestarted implements host.Observer: audit, metric, and re-dial every target at once.
 func (o observer) PluginRestarted(ev host.RestartEvent) {

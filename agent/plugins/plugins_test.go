@@ -111,6 +111,8 @@ func (f *fakeEvents) PluginCrashed(ev host.CrashEvent) {
 	f.crashes = append(f.crashes, ev.Transport)
 }
 
+func (f *fakeEvents) PluginStartFailed(host.StartFailure) {}
+
 func (f *fakeEvents) PluginRestarted(ev host.RestartEvent, plugin func() *events.Plugin) {
 	f.mu.Lock()
 	defer f.mu.Unlock()

@@ -14,8 +14,9 @@ import (
 
 // TestPluginCrashAuditedWhenRestartFails: the tcp plugin's binary is replaced on disk without re-pinning
 // its checksum, then the plugin is killed. Every restart is refused (checksum mismatch), yet the audit log
-// has plugin.crashed for tcp at once, with the dead PID, and no plugin.restarted (issue 17: the crash
-// used to be written only after a successful restart).
+// has plugin.crashed for tcp at once, with the dead PID, each refused launch is plugin.start_failed
+// (reason checksum_mismatch), and there is no plugin.restarted (issue 17: the crash used to be written only
+// after a successful restart, and the refusals not at all).
 func TestPluginCrashAuditedWhenRestartFails(t *testing.T) {
 	a := newAgent(t, "a", false)
 	bin := filepath.Join(t.TempDir(), "transport-tcp")
@@ -47,6 +48,11 @@ func TestPluginCrashAuditedWhenRestartFails(t *testing.T) {
 	eventually(t, 20*time.Second, "a plugin.crashed record for tcp with the dead pid", func() bool {
 		return auditHas(t, a, audit.PluginCrashed, func(e audit.Entry) bool {
 			return e.Subject == "tcp" && fmt.Sprint(e.Details["pid"]) == strconv.Itoa(pid) && e.Outcome == audit.OutcomeFailure
+		})
+	})
+	eventually(t, 20*time.Second, "a plugin.start_failed record (checksum_mismatch) for tcp", func() bool {
+		return auditHas(t, a, audit.PluginStartFailed, func(e audit.Entry) bool {
+			return e.Subject == "tcp" && e.Details["reason"] == "checksum_mismatch" && e.Details["path"] == bin
 		})
 	})
 	time.Sleep(time.Second) // a few refused restarts

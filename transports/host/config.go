@@ -180,6 +180,15 @@ type CrashEvent struct {
 	At time.Time
 }
 
+// StartFailure describes a failed launch of a plugin process while the supervisor restarts it: the file
+// refused for a checksum mismatch (errors.Is(Err, ErrChecksum)), or a process that did not come up.
+type StartFailure struct {
+	Transport, Path string
+	// Attempt counts the failed launches of this restart, from 1.
+	Attempt int
+	Err     error
+}
+
 // Observer receives supervision events. Implementations must not block: a metrics counter, a channel
 // send with default, a goroutine. Connections of the old process are already failed when PluginRestarted
 // is called; listeners have been re-opened; the owner re-dials and re-runs its handshakes.
@@ -187,6 +196,8 @@ type Observer interface {
 	// PluginCrashed is called when a plugin process is found dead, before it is restarted (not during the
 	// drain, when it is not restarted).
 	PluginCrashed(CrashEvent)
+	// PluginStartFailed is called for each failed launch while a plugin is restarted (or updated).
+	PluginStartFailed(StartFailure)
 	// PluginRestarted is called after a dead plugin was replaced by a working one.
 	PluginRestarted(RestartEvent)
 	// PeerRefused is called when a connection is refused because its peer binding does not verify or names
@@ -199,6 +210,9 @@ type NopObserver struct{}
 
 // PluginCrashed implements Observer.
 func (NopObserver) PluginCrashed(CrashEvent) {}
+
+// PluginStartFailed implements Observer.
+func (NopObserver) PluginStartFailed(StartFailure) {}
 
 // PluginRestarted implements Observer.
 func (NopObserver) PluginRestarted(RestartEvent) {}

@@ -390,6 +390,14 @@ func TestCrashReportedWhenRestartFails(t *testing.T) {
 		t.Fatal("no crash reported within 20s while the restart fails")
 	}
 	select {
+	case f := <-a.StartFailures: // each refused launch is reported (audited as plugin.start_failed)
+		if f.Transport != "tcp" || f.Path != bin || f.Attempt != 1 || !errors.Is(f.Err, host.ErrChecksum) {
+			t.Fatalf("start failure %+v", f)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("the refused restart was not reported")
+	}
+	select {
 	case ev := <-a.Restarts:
 		t.Fatalf("restarted with a binary that does not match its checksum: %+v", ev)
 	case <-time.After(time.Second):

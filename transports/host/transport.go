@@ -358,6 +358,7 @@ func (t *Transport) restart(old *instance, cause error, upd *update) {
 		n = 1 // crashed soon after start: begin one step up
 	}
 	var in *instance
+	attempts := 0
 	for {
 		delay := backoff.Policy{Min: t.cfg.BackoffMin, Max: t.cfg.BackoffMax}.Delay(n)
 		if upd != nil && n == 0 {
@@ -391,6 +392,8 @@ func (t *Transport) restart(old *instance, cause error, upd *update) {
 			upd.report(fmt.Errorf("%s: %w: closed", t.cfg.Name, ErrUnavailable))
 			return
 		}
+		attempts++
+		t.cfg.Observer.PluginStartFailed(StartFailure{Transport: t.cfg.Name, Path: t.cfg.Path, Attempt: attempts, Err: err})
 		if upd != nil && !upd.reported {
 			// The new binary does not start: go back to the previous one.
 			t.log.Error("transport plugin update failed; starting the previous binary again", "path", t.cfg.Path, "err", err, "previous", upd.prev.path)
