@@ -89,10 +89,20 @@ const (
 const (
 	// PluginStarted: a plugin process was launched and passed its checksum and handshake.
 	PluginStarted EventType = "plugin.started"
-	// PluginCrashed: a plugin exited or failed its health check unexpectedly. Details: "error", "exit".
+	// PluginCrashed: a plugin exited or failed its health check unexpectedly; written when the supervisor
+	// finds it dead, before any restart (plugin.restarted follows only if one succeeds). Details: "error",
+	// "pid" (the dead process).
 	PluginCrashed EventType = "plugin.crashed"
 	// PluginRestarted: the supervisor restarted a plugin. Details: "attempt", "backoff".
 	PluginRestarted EventType = "plugin.restarted"
+	// PluginStartFailed: a launch of a plugin process failed while the supervisor restarted (or updated)
+	// it; written for each attempt. Details: "path", "attempt", "reason" (checksum_mismatch when the file's
+	// SHA-256 is not the pinned one, else start_failed), "error".
+	PluginStartFailed EventType = "plugin.start_failed"
+	// PluginUpdated: a plugin's binary was replaced while the agent ran (its new checksum pinned by a
+	// configuration reload): the process was restarted on it. Details: "path", "sha256",
+	// "previous_sha256", "pid", "downtime_ms".
+	PluginUpdated EventType = "plugin.updated"
 	// PluginStopped: a plugin was stopped on purpose.
 	PluginStopped EventType = "plugin.stopped"
 )

@@ -42,7 +42,7 @@ func TestDomainsRegistered(t *testing.T) {
 		{reason.DomainControl, strs(control.CodeErasureIncomplete, control.CodeBadRequest, control.CodeUnknownOp, control.CodeDenied, control.CodeNotFound,
 			control.CodeUnavailable, control.CodeTimeout, control.CodeFailed, control.CodeTooLarge, control.CodeRefused)},
 		{reason.DomainAdmission, strs(authz.RefusalBadPuzzle, authz.RefusalBlocked, authz.RefusalMalformedGrants,
-			authz.RefusalGrantWrongSubject, authz.ReasonUncorrelated, authz.RefusalAuditUnavailable)},
+			authz.RefusalGrantWrongSubject, authz.ReasonUncorrelated, authz.RefusalAuditUnavailable, authz.ReasonExecutorNotPermitted)},
 		{reason.DomainTransport, strs(host.CodeBadBinding, host.CodePeerMismatch)},
 		{reason.DomainDiscovery, di},
 	} {

@@ -41,6 +41,8 @@ const (
 	MalformedGrants   Code = "malformed_grants"
 	GrantWrongSubject Code = "grant_wrong_subject"
 	Uncorrelated      Code = "uncorrelated"
+	// ExecutorNotPermitted: this agent does not hold the permission acting for a peer needs of it.
+	ExecutorNotPermitted Code = "executor_not_permitted"
 
 	BadBinding   Code = "bad_binding"
 	PeerMismatch Code = "peer_mismatch"
@@ -156,6 +158,7 @@ func entries() []Entry {
 		{MalformedGrants, d(DomainAdmission), "the presented grants do not decode", true},
 		{GrantWrongSubject, d(DomainAdmission), "a presented grant names another agent", true},
 		{Uncorrelated, d(DomainAdmission), "an error_response that answers nothing this agent sent to that peer", false},
+		{ExecutorNotPermitted, d(DomainAdmission), "this agent does not hold the permission acting for the peer needs of it (process_tasks to run its task, share_results to send it a result or feedback): a peer_node grant of one of its administrators, or authorization.own_roles; ask its operator", true},
 
 		{BadBinding, d(DomainTransport), "a connection's transport binding does not verify", false},
 		{PeerMismatch, d(DomainTransport), "the peer on the connection is not the one dialled", false},

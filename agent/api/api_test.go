@@ -26,7 +26,7 @@ func TestTableMatchesRBAC(t *testing.T) {
 		}
 		seen[s.Name] = true
 		req, err := rbac.Required(s.Permission)
-		if err != nil || req.Peer || req.Permission == "" {
+		if err != nil || req.From != rbac.FromLocal || req.Permission == "" {
 			t.Errorf("operation %s: permission %q is not a control operation of rbac's table (%+v, %v)", s.Name, s.Permission, req, err)
 		}
 		named[s.Permission] = true
@@ -35,12 +35,12 @@ func TestTableMatchesRBAC(t *testing.T) {
 		}
 	}
 	for _, r := range rbac.Table {
-		if !r.Peer && !named[r.Op] {
+		if r.From == rbac.FromLocal && !named[r.Op] {
 			t.Errorf("rbac's table names %s, which no served control operation needs: serve it or remove it", r.Op)
 		}
 		// A peer operation is the handshake or a message type of the agent protocol (what the message
 		// dispatcher checks); nothing else arrives from a peer.
-		if r.Peer && r.Op != rbac.OpHandshake && !envelope.MessageType(r.Op).Valid() {
+		if r.From == rbac.FromPeer && r.Op != rbac.OpHandshake && !envelope.MessageType(r.Op).Valid() {
 			t.Errorf("rbac's table names peer operation %s, which is no message type of the protocol: serve it or remove it", r.Op)
 		}
 	}

@@ -128,6 +128,7 @@ type Authz struct {
 	requireLog bool        // authorization.require_admin_log
 	enforceRB  bool        // authorization.enforce.grants
 	defaults   []rbac.Role // authorization.default_peer_roles
+	own        []rbac.Role // authorization.own_roles (AuthorizeSelf)
 	releases   map[string]func()
 	stakes     *consensus.StakeTable
 	rates      map[string]*auditRate
@@ -214,11 +215,13 @@ func New(ctx context.Context, cfg *config.Config, deps Deps) (*Authz, error) {
 // setRuntime applies the settings read on every decision.
 func (z *Authz) setRuntime(cfg *config.Config) {
 	roles, _ := config.ParseRoles(cfg.Authorization.DefaultPeerRoles) // validated
+	own, _ := config.ParseRoles(cfg.Authorization.OwnRoleNames())     // validated
 	z.mu.Lock()
 	z.audit.refuse = cfg.Audit.OnFailure != config.AuditContinue
 	z.requireLog = cfg.Authorization.RequireAdminLog
 	z.enforceRB = config.Enforced(cfg.Authorization.Enforce.Grants)
 	z.defaults = roles
+	z.own = own
 	z.mu.Unlock()
 }
 

@@ -37,6 +37,9 @@ const (
 const (
 	// ReasonUncorrelated: an error_response that answers nothing this agent sent to that peer.
 	ReasonUncorrelated = string(reason.Uncorrelated)
+	// ReasonExecutorNotPermitted: this agent does not hold what acting for the peer needs of it
+	// (process_tasks to run its task, share_results to send a result or feedback; docs/adr/0094).
+	ReasonExecutorNotPermitted = string(reason.ExecutorNotPermitted)
 )
 
 // refusal is a handshake validator's refusal with its code.
@@ -419,6 +422,9 @@ func (z *Authz) taskRequest(ctx context.Context, from string, msg *session.Messa
 		}
 		return z.refuseMessage(ctx, from, msg, taskID, RefusalAuditUnavailable, err.Error())
 	}
+	if err := z.checkExecute(ctx, from, msg, taskID); err != nil {
+		return err
+	}
 	dec, release := z.pol.StartTask(ctx, req)
 	if !dec.Allowed {
 		return z.refuseMessage(ctx, from, msg, taskID, string(dec.Reason), dec.Detail)
@@ -516,6 +522,13 @@ func (z *Authz) refuseMessage(ctx context.Context, from string, msg *session.Mes
 	typ := msg.Envelope.Header.MessageType
 	z.CountDenial(code, true)
 	z.report(from, string(typ), msg.Envelope.Header.MessageID, code, detail, true, map[string]any{"task_id": taskID})
+	return z.answerRefusal(ctx, from, msg, taskID, code, detail)
+}
+
+// answerRefusal sends the error_response of a refused message (when it names a task to answer about) and
+// returns an error saying so; the caller has audited and counted the refusal.
+func (z *Authz) answerRefusal(ctx context.Context, from string, msg *session.Message, taskID, code, detail string) error {
+	typ := msg.Envelope.Header.MessageType
 	if typ == envelope.ErrorResponse || tasks.CheckTaskID(taskID) != nil {
 		return fmt.Errorf("%s refused (%s): %s", typ, code, detail)
 	}

@@ -113,7 +113,7 @@ func (g *Giver) Give(ctx context.Context, actor, source, taskID string, rating i
 			continue
 		}
 		sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		err := g.z.send(sctx, p.String(), envelope.Feedback, payload)
+		err := g.z.Send(sctx, p.String(), envelope.Feedback, payload) // share_results (self.feedback.send)
 		cancel()
 		if err != nil {
 			if res.NotSent == nil {

@@ -152,6 +152,29 @@ func TestGiveFeedback(t *testing.T) {
 		t.Fatalf("the receiver refuses the feedback sent: %v", err)
 	}
 
+	// An agent without share_results (own_roles [] and no peer_node grant held) sends its feedback to
+	// nobody: each peer is in NotSent with the reason.
+	if err := z.Reload(parseConfig(t, "authorization: {own_roles: []}\n")); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	clear(sent)
+	mu.Unlock()
+	res, err = g.Give(ctx, FeedbackVote, FeedbackVote, tid, 100, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	n := len(sent)
+	mu.Unlock()
+	if n != 0 || len(res.SentTo) != 0 || !strings.Contains(res.NotSent[other.ID().String()], "executor_not_permitted") ||
+		!strings.Contains(res.NotSent[other.ID().String()], "share_results") {
+		t.Fatalf("feedback without share_results: sent to %d peers, result %+v", n, res)
+	}
+	if err := z.Reload(parseConfig(t, "")); err != nil {
+		t.Fatal(err)
+	}
+
 	for _, c := range []struct {
 		name, task, comment string
 		rating              int

@@ -24,6 +24,11 @@ type AuthorizationConfig struct {
 	// DefaultPeerRoles are roles every authenticated peer holds besides its grants. Default: none (a peer
 	// without a grant may only answer this agent's own requests; see docs/adr/0023).
 	DefaultPeerRoles []string `yaml:"default_peer_roles"`
+	// OwnRoles are roles this agent holds itself, besides the grants it holds (agentctl grant install)
+	// that are valid here, when it acts for a peer: running its task needs process_tasks, sending a result
+	// or feedback share_results (docs/adr/0094). Absent: [peer_node] (every agent may serve); [] makes
+	// this agent serve only while it holds a peer_node grant of one of its administrators.
+	OwnRoles *[]string `yaml:"own_roles"`
 	// Local maps control-socket callers (by uid and primary gid, from SO_PEERCRED) to roles. Absent: the
 	// daemon's own uid and root hold every role (the agent's owner operates it).
 	Local *rbac.LocalConfig `yaml:"local"`
@@ -147,6 +152,9 @@ func (c *Config) validateAuthz() error {
 	if _, err := ParseRoles(a.DefaultPeerRoles); err != nil {
 		return bad("authorization.default_peer_roles", "%v", err)
 	}
+	if _, err := ParseRoles(a.OwnRoleNames()); err != nil {
+		return bad("authorization.own_roles", "%v", err)
+	}
 	if a.Local != nil {
 		if _, err := a.Local.Compile(rbac.Lookups{}); err != nil {
 			return bad("authorization.local", "%v", err)
@@ -228,6 +236,17 @@ func (c *Config) rolesTable() (*rbac.Roles, error) {
 		return nil, fmt.Errorf("%s: %w", f, err)
 	}
 	return rs, nil
+}
+
+// DefaultOwnRoles are the roles an agent holds itself when authorization.own_roles is absent.
+var DefaultOwnRoles = []string{string(rbac.PeerNode)}
+
+// OwnRoleNames returns authorization.own_roles, or DefaultOwnRoles when it is absent.
+func (a AuthorizationConfig) OwnRoleNames() []string {
+	if a.OwnRoles == nil {
+		return DefaultOwnRoles
+	}
+	return *a.OwnRoles
 }
 
 // ParseRoles parses role names (authorization.default_peer_roles).

@@ -517,7 +517,13 @@ func Diff(old, cur *Config) []string {
 			for _, x := range cur.Transports {
 				nm[x.Name] = x
 			}
-			out = append(out, diffMap("transports.", om, nm)...)
+			for _, c := range diffMap("transports.", om, nm) {
+				name := strings.TrimPrefix(c, "transports.")
+				if o, ok := om[name]; ok && PluginOnlyChange(o, nm[name]) {
+					c += ".plugin" // reloadable: the plugin binary is replaced (PluginUpdates)
+				}
+				out = append(out, c)
+			}
 		default:
 			if !reflect.DeepEqual(ov.Field(i).Interface(), nv.Field(i).Interface()) {
 				out = append(out, name)
@@ -525,6 +531,29 @@ func Diff(old, cur *Config) []string {
 		}
 	}
 	sort.Strings(out)
+	return out
+}
+
+// PluginOnlyChange reports whether two entries of one transport differ, and only in plugin and sha256
+// (a new build of the plugin, pinned by its new checksum): a reload applies that without a restart.
+func PluginOnlyChange(a, b TransportConfig) bool {
+	if a.Plugin == b.Plugin && a.SHA256 == b.SHA256 {
+		return false
+	}
+	b.Plugin, b.SHA256 = a.Plugin, a.SHA256
+	return reflect.DeepEqual(a, b)
+}
+
+// PluginUpdates are the transports of cur whose entry in old differs only in plugin and sha256.
+func PluginUpdates(old, cur *Config) []TransportConfig {
+	var out []TransportConfig
+	for _, n := range cur.Transports {
+		for _, o := range old.Transports {
+			if o.Name == n.Name && PluginOnlyChange(o, n) {
+				out = append(out, n)
+			}
+		}
+	}
 	return out
 }
 

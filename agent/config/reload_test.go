@@ -1,7 +1,9 @@
 package config
 
 import (
+	"fmt"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 )
@@ -18,6 +20,7 @@ func TestClassify(t *testing.T) {
 			nil, []string{"audit", "delegation", "gateway", "limits", "metrics", "privacy", "puzzles", "reputation", "tasks", "transports.tcp"}},
 		{[]string{"handlers.echo", "limits", "session", "transports.ws"}, []string{"handlers.echo", "session"}, []string{"limits", "transports.ws"}},
 		{[]string{"handlers"}, nil, []string{"handlers"}}, // only a named handler is a change a reload applies
+		{[]string{"transports.tcp.plugin", "transports.ws"}, []string{"transports.tcp.plugin"}, []string{"transports.ws"}},
 	}
 	for _, c := range cases {
 		a, r := Classify(c.changed)
@@ -47,5 +50,38 @@ func TestInForceKeepsRestartSettings(t *testing.T) {
 	}
 	if cur.Limits.MaxConcurrentTasks != 3 || got == cur {
 		t.Fatal("InForce changed its argument or returned it")
+	}
+}
+
+// TestPluginUpdateDiff: a transport whose entry changed only in plugin and sha256 is a reloadable
+// "transports.NAME.plugin" change (PluginUpdates lists it, InForce takes the new binary and checksum);
+// any other change to the entry, with or without a new binary, needs a restart.
+func TestPluginUpdateDiff(t *testing.T) {
+	const base = "transports:\n  - {name: tcp, plugin: /usr/lib/custos/transport-tcp, sha256: %s, listen: [\"127.0.0.1:7400\"]}\n  - {name: ws, plugin: /usr/lib/custos/transport-ws, sha256: %s}\n"
+	a, b, c := strings.Repeat("a", 64), strings.Repeat("b", 64), strings.Repeat("c", 64)
+	parse := func(body string) *Config {
+		t.Helper()
+		cfg, err := ParseConfig([]byte(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return cfg
+	}
+	old := parse(fmt.Sprintf(base, a, a))
+	upd := parse(strings.Replace(fmt.Sprintf(base, b, a), "/usr/lib/custos/transport-tcp", "/opt/custos/transport-tcp-2", 1))
+	if d := Diff(old, upd); !slices.Equal(d, []string{"transports.tcp.plugin"}) {
+		t.Fatalf("Diff of a plugin update: %v", d)
+	}
+	if u := PluginUpdates(old, upd); len(u) != 1 || u[0].Name != "tcp" || u[0].SHA256 != b || u[0].Plugin != "/opt/custos/transport-tcp-2" {
+		t.Fatalf("PluginUpdates: %+v", u)
+	}
+	got := InForce(old, upd)
+	if got.Transports[0].SHA256 != b || got.Transports[0].Plugin != "/opt/custos/transport-tcp-2" || got.Transports[1].SHA256 != a {
+		t.Fatalf("InForce of a plugin update: %+v", got.Transports)
+	}
+	// A new checksum together with a new listen address: a restart.
+	both := parse(strings.Replace(fmt.Sprintf(base, c, a), "127.0.0.1:7400", "127.0.0.1:7401", 1))
+	if d := Diff(old, both); !slices.Equal(d, []string{"transports.tcp"}) || PluginUpdates(old, both) != nil || InForce(old, both).Transports[0].SHA256 != a {
+		t.Fatalf("a plugin update with another change: Diff %v", d)
 	}
 }

@@ -251,7 +251,7 @@ func checkOp(name string, op Op) error {
 		return fmt.Errorf("control operation %q has no function", name)
 	}
 	req, err := rbac.Required(op.Permission)
-	if err != nil || req.Peer || req.Permission == "" {
+	if err != nil || req.From != rbac.FromLocal || req.Permission == "" {
 		return fmt.Errorf("control operation %q: permission %q is not a control operation of rbac's table", name, op.Permission)
 	}
 	return nil

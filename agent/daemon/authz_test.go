@@ -111,7 +111,7 @@ func TestEveryControlOpIsAuthorized(t *testing.T) {
 		t.Fatal(err)
 	}
 	for op, o := range ops {
-		if req, err := rbac.Required(o.Permission); err != nil || req.Peer || req.Permission == "" {
+		if req, err := rbac.Required(o.Permission); err != nil || req.From != rbac.FromLocal || req.Permission == "" {
 			t.Errorf("control operation %s maps to %s: %+v %v", op, o.Permission, req, err)
 		}
 	}

@@ -284,10 +284,10 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 	}
 	d.sess = peerops.Manager{M: d.mgr}
 	d.boot = peerops.Bootstrap{Sessions: d.sess, Resolve: d.disc.Resolve, Has: d.plugins.Has, Logger: d.log}
-	// The task engine (agent/tasks): it sends through the session manager.
+	// The task engine (agent/tasks): it sends through authorization (Authz.Send: share_results, ADR 0094).
 	d.engine, err = tasks.New(tasks.Config{
 		LocalID: d.id.String(), Store: d.taskStore, Handlers: cfg.Registry(d.workRoot()), Keys: d.dm, Peers: d.peers,
-		Sender: d.mgr, Admit: opts.AdmitTask, MaxConcurrent: cfg.Limits.MaxConcurrentTasks, MaxQueued: cfg.Limits.MaxQueuedTasks,
+		Sender: d.authz, Admit: opts.AdmitTask, MaxConcurrent: cfg.Limits.MaxConcurrentTasks, MaxQueued: cfg.Limits.MaxQueuedTasks,
 		RetryInterval: cfg.Tasks.RetryInterval, Retention: cfg.Tasks.ResultRetention, Timeout: cfg.Tasks.Timeout,
 		MaxUnacknowledged: cfg.Limits.MaxUnacknowledgedTasks, InboundRetention: cfg.Tasks.UnacknowledgedRetention,
 		Logger: d.log.With("part", "tasks"), OnEvent: func(ev tasks.Event) { d.authz.TaskEvent(ev); d.events.Task(ev) },
@@ -400,8 +400,7 @@ func (d *Daemon) config() *config.Config {
 func (d *Daemon) keyLog() *identity.Log {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	l := identity.Log{Events: append([]identity.Event(nil), d.ownLog.Events...)}
-	return &l
+	return &identity.Log{Events: append([]identity.Event(nil), d.ownLog.Events...)}
 }
 
 func (d *Daemon) applyLogLevel(cfg *config.Config) {
@@ -500,10 +499,8 @@ func (d *Daemon) teardown(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
-// Reload re-reads the configuration file and the identity (a rotation made by agentctl rotate). It applies
-// what can change while running (handlers, bootstrap peers, session and redial settings, log level) and
-// names the rest as needing a restart; it writes an audit record with the new and previous digests and
-// logs the change. An invalid file changes nothing.
+// Reload re-reads the configuration and the identity (agentctl rotate), applies what config.Reloadable names
+// (plugin binaries first: docs/updating.md), and audits and logs the change. An invalid file changes nothing.
 func (d *Daemon) Reload(ctx context.Context) (*api.ReloadResult, error) {
 	cfg, digest, err := config.LoadConfig(d.opts.ConfigPath)
 	if err != nil {
@@ -515,11 +512,15 @@ func (d *Daemon) Reload(ctx context.Context) (*api.ReloadResult, error) {
 	d.mu.Unlock()
 	res := &api.ReloadResult{Digest: digest, PreviousDigest: oldDigest, Changed: config.Diff(old, cfg)}
 	res.Applied, res.NeedRestart = config.Classify(res.Changed)
-	if err := d.authz.Reload(cfg); err != nil { // agent/authz: authorization and policy apply at once
-		d.events.ConfigRefused(d.opts.ConfigPath, digest, err)
-		return nil, err
+	err = d.plugins.ApplyUpdates(ctx, old, cfg) // agent/plugins: a failed update runs the previous binary again
+	if err == nil {
+		err = d.authz.Reload(cfg) // agent/authz: authorization and policy apply at once
 	}
-	if err := d.engine.SetHandlers(cfg.Registry(d.workRoot())); err != nil {
+	if err == nil {
+		err = d.engine.SetHandlers(cfg.Registry(d.workRoot()))
+	}
+	if err != nil {
+		d.events.ConfigRefused(d.opts.ConfigPath, digest, err)
 		return nil, err
 	}
 	d.mu.Lock()

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 	"time"
 
 	"github.com/custos-agent/custos/agent/authz"
@@ -84,6 +85,9 @@ type Recorder struct {
 	Outbound func(taskID string) (*tasks.Outbound, error)
 	// IsReplicated reports a task of a replicated group: its result is left to the vote.
 	IsReplicated func(taskID string) bool
+
+	pluginMu   sync.Mutex
+	pluginLast chan struct{} // done when the last plugin lifecycle record is written (pluginRecord)
 }
 
 // Record appends an audit record, logging (never failing the caller) when the log refuses it.
@@ -187,13 +191,55 @@ type Plugin struct {
 	SandboxText  string          // the protections as text (the audit record)
 }
 
+// PluginCrashed records a transport's plugin found dead (host.Observer.PluginCrashed), when it happens:
+// plugin.crashed with the time the supervisor found it dead, the dead PID and the cause, whether or not a
+// restart follows (a restart refused for a checksum mismatch never does).
+func (r *Recorder) PluginCrashed(ev host.CrashEvent) {
+	cause := ""
+	if ev.Cause != nil {
+		cause = ev.Cause.Error()
+	}
+	r.pluginRecord(func() {
+		r.recordAt(ev.At, audit.PluginCrashed, "agent", ev.Transport, audit.OutcomeFailure, map[string]any{"error": cause, "pid": ev.PID})
+	})
+}
+
+// PluginStartFailed records a failed launch during a plugin's restart (host.Observer.PluginStartFailed),
+// each time: plugin.start_failed with reason checksum_mismatch (the file is not the pinned one: never run)
+// or start_failed.
+func (r *Recorder) PluginStartFailed(f host.StartFailure) {
+	why := "start_failed"
+	if errors.Is(f.Err, host.ErrChecksum) {
+		why = "checksum_mismatch"
+	}
+	msg := ""
+	if f.Err != nil {
+		msg = f.Err.Error()
+	}
+	r.pluginRecord(func() {
+		r.Record(audit.PluginStartFailed, "agent", f.Transport, audit.OutcomeFailure, map[string]any{"path": f.Path, "attempt": f.Attempt, "reason": why, "error": msg})
+	})
+}
+
 // PluginRestarted records a restart of a transport's plugin (host.Observer.PluginRestarted); plugin,
-// called outside the supervisor's callback, describes it (nil when the transport is not known). The
-// plugin.crashed record carries the time of the crash (now less the downtime), not of the restart.
+// called outside the supervisor's callback, describes it (nil when the transport is not known). The crash
+// it follows was recorded when it happened (PluginCrashed).
 func (r *Recorder) PluginRestarted(ev host.RestartEvent, plugin func() *Plugin) {
+	if ev.Updated { // a requested binary update, not a crash: plugin.updated, and no restart counted
+		r.pluginRecord(func() {
+			details := map[string]any{"path": ev.Path, "sha256": ev.SHA256, "previous_sha256": ev.PreviousSHA256, "pid": ev.PID,
+				"downtime_ms": ev.Downtime.Milliseconds()}
+			if p := plugin(); p != nil {
+				details["sandbox"] = p.SandboxText
+				r.Metrics.PluginSandbox(ev.Transport, p.Sandbox)
+			}
+			r.Record(audit.PluginUpdated, "agent", ev.Transport, audit.OutcomeSuccess, details)
+			r.Log.Info("transport plugin updated", "transport", ev.Transport, "pid", ev.PID, "sha256", ev.SHA256, "previous_sha256", ev.PreviousSHA256, "downtime", ev.Downtime)
+		})
+		return
+	}
 	r.Metrics.PluginRestarted(ev.Transport)
-	crashed := time.Now().Add(-ev.Downtime)
-	go func() {
+	r.pluginRecord(func() {
 		cause := ""
 		if ev.Cause != nil {
 			cause = ev.Cause.Error()
@@ -204,9 +250,25 @@ func (r *Recorder) PluginRestarted(ev host.RestartEvent, plugin func() *Plugin) 
 			details["sandbox"] = p.SandboxText
 			r.Metrics.PluginSandbox(ev.Transport, p.Sandbox)
 		}
-		r.recordAt(crashed, audit.PluginCrashed, "agent", ev.Transport, audit.OutcomeFailure, map[string]any{"error": cause})
 		r.Record(audit.PluginRestarted, "agent", ev.Transport, audit.OutcomeSuccess, details)
 		r.Log.Warn("transport plugin restarted", "transport", ev.Transport, "restarts", ev.Restarts, "pid", ev.PID, "downtime", ev.Downtime, "cause", cause)
+	})
+}
+
+// pluginRecord writes a plugin lifecycle record off the supervisor's goroutine (an Observer must not
+// block), in the order the events came: a restart's record never lands before its crash's.
+func (r *Recorder) pluginRecord(write func()) {
+	r.pluginMu.Lock()
+	prev := r.pluginLast
+	done := make(chan struct{})
+	r.pluginLast = done
+	r.pluginMu.Unlock()
+	go func() {
+		defer close(done)
+		if prev != nil {
+			<-prev
+		}
+		write()
 	}()
 }
 

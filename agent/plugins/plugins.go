@@ -35,6 +35,8 @@ import (
 // Events is where the plugins' events go (agent/events.Recorder).
 type Events interface {
 	Record(typ audit.EventType, actor, subject string, outcome audit.Outcome, details map[string]any)
+	PluginCrashed(ev host.CrashEvent)
+	PluginStartFailed(f host.StartFailure)
 	PluginRestarted(ev host.RestartEvent, plugin func() *events.Plugin)
 	PeerRefused(transport, remote string, err error)
 }
@@ -159,6 +161,40 @@ func (s *Set) Get(name string) *Transport {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	return s.ts[name]
+}
+
+// Update replaces the binary of a running transport's plugin with tc.Plugin, pinned by tc.SHA256 (a
+// configuration reload that changed only those two fields of the transport): host.Transport.Update
+// checks the file, restarts that plugin alone on it (listeners re-opened, sessions re-dialled; audited
+// as plugin.updated), or starts the previous binary again when the new one does not start. The running
+// configuration of the transport changes only when the new binary runs.
+func (s *Set) Update(ctx context.Context, tc config.TransportConfig) error {
+	ts := s.Get(tc.Name)
+	if ts == nil {
+		return fmt.Errorf("transport %s is not running", tc.Name)
+	}
+	if err := ts.T.Update(ctx, tc.Plugin, tc.SHA256); err != nil {
+		return fmt.Errorf("transport %s: plugin %s: %w", tc.Name, tc.Plugin, err)
+	}
+	s.mu.Lock()
+	if cur := s.ts[tc.Name]; cur == ts {
+		next := *ts // readers holding the old entry keep a consistent one
+		next.Config.Plugin, next.Config.SHA256 = tc.Plugin, tc.SHA256
+		s.ts[tc.Name] = &next
+	}
+	s.mu.Unlock()
+	return nil
+}
+
+// ApplyUpdates updates (Update) each transport whose entry changed from old to cur only in plugin and
+// sha256 (config.PluginUpdates, a configuration reload), and stops at the first failure.
+func (s *Set) ApplyUpdates(ctx context.Context, old, cur *config.Config) error {
+	for _, tc := range config.PluginUpdates(old, cur) {
+		if err := s.Update(ctx, tc); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // Has reports whether the agent runs that transport.
@@ -313,6 +349,12 @@ func BindPorts(tc config.TransportConfig) []uint16 {
 
 // observer receives the plugin supervisors' events (host.Observer).
 type observer struct{ s *Set }
+
+// PluginCrashed implements host.Observer: audited when it happens (plugin.crashed).
+func (o observer) PluginCrashed(ev host.CrashEvent) { o.s.cfg.Events.PluginCrashed(ev) }
+
+// PluginStartFailed implements host.Observer: each refused or failed launch is audited.
+func (o observer) PluginStartFailed(f host.StartFailure) { o.s.cfg.Events.PluginStartFailed(f) }
 
 // PluginRestarted implements host.Observer: audit, metric, and re-dial every target at once.
 func (o observer) PluginRestarted(ev host.RestartEvent) {

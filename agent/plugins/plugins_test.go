@@ -92,6 +92,7 @@ func TestSandboxGauges(t *testing.T) {
 // fakeEvents records what the set reports.
 type fakeEvents struct {
 	mu       sync.Mutex
+	crashes  []string
 	restarts []string
 	plugin   []*events.Plugin
 	refused  []string
@@ -103,6 +104,14 @@ func (f *fakeEvents) Record(typ audit.EventType, _, _ string, _ audit.Outcome, _
 	defer f.mu.Unlock()
 	f.records = append(f.records, typ)
 }
+
+func (f *fakeEvents) PluginCrashed(ev host.CrashEvent) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.crashes = append(f.crashes, ev.Transport)
+}
+
+func (f *fakeEvents) PluginStartFailed(host.StartFailure) {}
 
 func (f *fakeEvents) PluginRestarted(ev host.RestartEvent, plugin func() *events.Plugin) {
 	f.mu.Lock()
@@ -134,6 +143,10 @@ func TestEmptySetAndObserver(t *testing.T) {
 		t.Fatalf("Close of an empty set: %v, records %v", err, ev.records)
 	}
 	var o host.Observer = observer{s}
+	o.PluginCrashed(host.CrashEvent{Transport: "tcp", PID: 7})
+	if !slices.Equal(ev.crashes, []string{"tcp"}) || woken != 0 {
+		t.Fatalf("crash: %v (woken %d: nothing to re-dial before the restart)", ev.crashes, woken)
+	}
 	o.PluginRestarted(host.RestartEvent{Transport: "tcp", Restarts: 1})
 	o.PeerRefused("tcp", "192.0.2.1:7400", errors.New("bad binding"))
 	if woken != 1 || !slices.Equal(ev.restarts, []string{"tcp"}) || ev.plugin[0] != nil {

@@ -323,10 +323,47 @@ func (a *Authorizer) Authorize(ctx context.Context, subject identity.ID, p Permi
 		return err
 	}
 	sub := subject.String()
-	now := a.now()
 	a.mu.RLock()
 	held := slices.Clone(a.grants[sub])
 	admin := a.isAdmin(sub)
+	a.mu.RUnlock()
+	return a.decide(sub, held, admin, p)
+}
+
+// AuthorizeHeld answers whether this agent (self) may do op, a self operation of Table, by the grants
+// it holds (agentctl grant install; oldest first), judged by the rules of Authorize: the issuer must be one
+// of this agent's administrators, the signature valid under the signing-generation rule, the grant not
+// revoked here and not expired. A configured administrator's implicit system_admin counts as in Authorize.
+// A peer or control operation is an error (it is not this agent's own act).
+func (a *Authorizer) AuthorizeHeld(ctx context.Context, self identity.ID, held []Grant, op Operation) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	req, err := Required(op)
+	if err != nil {
+		return err
+	}
+	if req.From != FromSelf {
+		return fmt.Errorf("%w: %s is not a self operation (it is judged on the %s side)", ErrUnknownOperation, op, req.From)
+	}
+	sub := self.String()
+	mine := make([]Grant, 0, len(held))
+	for _, g := range held {
+		if g.Subject == sub {
+			mine = append(mine, g)
+		}
+	}
+	sortGrants(mine)
+	a.mu.RLock()
+	admin := a.isAdmin(sub)
+	a.mu.RUnlock()
+	return a.decide(sub, mine, admin, req.Permission)
+}
+
+// decide is Authorize over the grants held (oldest first) by sub.
+func (a *Authorizer) decide(sub string, held []Grant, admin bool, p Permission) error {
+	now := a.now()
+	a.mu.RLock()
 	roles := a.cfg.Roles
 	a.mu.RUnlock()
 

@@ -148,7 +148,7 @@ func TestOperationTable(t *testing.T) {
 	messages := []Operation{"task_request", "task_response", "task_progress", "task_result", "error_response", "heartbeat", "feedback", "handshake"}
 	for _, m := range messages {
 		req, err := Required(m)
-		if err != nil || !req.Peer || req.Note == "" {
+		if err != nil || req.From != FromPeer || req.Note == "" {
 			t.Errorf("message type %s: %+v, %v", m, req, err)
 		}
 	}
@@ -167,8 +167,14 @@ func TestOperationTable(t *testing.T) {
 		} else if r.Op != OpHandshake && r.Op != OpErrorResponse {
 			t.Errorf("%s needs no permission: only the handshake and error_response may", r.Op)
 		}
-		if !r.Peer && !strings.HasPrefix(string(r.Op), "control.") {
+		if r.From == FromLocal && !strings.HasPrefix(string(r.Op), "control.") {
 			t.Errorf("control operation %s is not named control.*", r.Op)
+		}
+		if (r.From == FromSelf) != strings.HasPrefix(string(r.Op), "self.") {
+			t.Errorf("operation %s (from %s): self operations, and only they, are named self.*", r.Op, r.From)
+		}
+		if r.From != FromPeer && r.From != FromLocal && r.From != FromSelf {
+			t.Errorf("operation %s: unknown side %q", r.Op, r.From)
 		}
 	}
 	// Seed permissions whose operations are not served yet: the table lists only served operations, and

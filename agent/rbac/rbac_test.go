@@ -268,10 +268,7 @@ func TestDocsListEveryOperation(t *testing.T) {
 		if r.Permission != "" {
 			perm = "`" + string(r.Permission) + "`"
 		}
-		from := "local"
-		if r.Peer {
-			from = "peer"
-		}
+		from := string(r.From)
 		row := "| `" + string(r.Op) + "` | " + perm + " | " + from + " | " + r.Note + " |"
 		if !strings.Contains(text, row) {
 			t.Errorf("docs/authorization.md lacks the row\n%s", row)

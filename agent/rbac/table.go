@@ -52,13 +52,51 @@ const (
 	CtlTaskCancel   Operation = "control.task.cancel"
 )
 
+// Side is who asks for an operation, and whose roles are judged.
+type Side string
+
+// The sides.
+const (
+	// FromPeer: a peer's message (or handshake); the peer's grants and the default peer roles count.
+	FromPeer Side = "peer"
+	// FromLocal: a control-socket caller; its uid and gid map to roles (authorization.local).
+	FromLocal Side = "local"
+	// FromSelf: something this agent does for a peer (running its task, sending it a result or
+	// feedback); the grants this agent holds (agentctl grant install) that are valid here and
+	// authorization.own_roles count (docs/adr/0094).
+	FromSelf Side = "self"
+)
+
+// Self operations ("self.<area>.<verb>"): what this agent does for a peer, checked against its own roles
+// (agent/authz.AuthorizeSelf). The message dispatcher checks SelfTaskExecute and SelfResultSend before a
+// new task_request reaches the task engine; every outbound message whose type OutboundOp names is checked
+// when it is sent.
+const (
+	SelfTaskExecute  Operation = "self.task.execute"
+	SelfResultSend   Operation = "self.result.send"
+	SelfFeedbackSend Operation = "self.feedback.send"
+)
+
+// OutboundOp returns the self operation that guards sending a message of type messageType to a peer, and
+// whether there is one (other message types need nothing of the sender: answers, errors, heartbeats).
+func OutboundOp(messageType string) (Operation, bool) {
+	switch messageType {
+	case string(OpTaskResult):
+		return SelfResultSend, true
+	case string(OpFeedback):
+		return SelfFeedbackSend, true
+	}
+	return "", false
+}
+
 // Requirement is what an operation needs.
 type Requirement struct {
 	Op Operation
 	// Permission needed; "" only for the two operations that need no role (see Note).
 	Permission Permission
-	// Peer is true for messages from peers, false for control-socket operations.
-	Peer bool
+	// From is who asks: a peer (a message type, the handshake), a local caller (the control socket), or
+	// this agent itself (an act it does for a peer, judged against the grants it holds; ADR 0094).
+	From Side
 	// Note says why, for docs/authorization.md.
 	Note string
 }
@@ -66,37 +104,41 @@ type Requirement struct {
 // Table is the permission of every operation. Authorization is deny-by-default: an Operation missing from
 // the table is refused (ErrUnknownOperation).
 var Table = []Requirement{
-	{OpHandshake, "", true, "authentication itself needs no role; the validator refuses Blocked peers, bad or revoked grants, and policy (geo, time window)"},
-	{OpTaskRequest, SubmitTasks, true, "a peer asks this agent to run a task"},
-	{OpTaskResponse, ProcessTasks, true, "a peer accepts or declines a task this agent sent it"},
-	{OpTaskProgress, ProcessTasks, true, "a peer reports progress of a task it processes for this agent"},
-	{OpTaskResult, ShareResults, true, "a peer delivers a signed result"},
-	{OpErrorResponse, "", true, "accepted only as the answer to a message_id this agent sent (the dispatcher checks the correlation); never starts anything"},
-	{OpHeartbeat, DiscoverPeers, true, "liveness between network peers"},
-	{OpFeedback, ShareResults, true, "signed feedback about another peer's result"},
-	{OpMailbox, ProtocolTranslation, true, "a gateway delivers a message a program left for this agent while it was offline (store-and-forward, ADR 0093)"},
-	{OpMailboxAck, ShareResults, true, "the recipient of a mailbox delivery reports its outcome (accepted, or refused with a reason); it deletes only that peer's own stored message"},
+	{OpHandshake, "", FromPeer, "authentication itself needs no role; the validator refuses Blocked peers, bad or revoked grants, and policy (geo, time window)"},
+	{OpTaskRequest, SubmitTasks, FromPeer, "a peer asks this agent to run a task"},
+	{OpTaskResponse, ProcessTasks, FromPeer, "a peer accepts or declines a task this agent sent it"},
+	{OpTaskProgress, ProcessTasks, FromPeer, "a peer reports progress of a task it processes for this agent"},
+	{OpTaskResult, ShareResults, FromPeer, "a peer delivers a signed result"},
+	{OpErrorResponse, "", FromPeer, "accepted only as the answer to a message_id this agent sent (the dispatcher checks the correlation); never starts anything"},
+	{OpHeartbeat, DiscoverPeers, FromPeer, "liveness between network peers"},
+	{OpFeedback, ShareResults, FromPeer, "signed feedback about another peer's result"},
+	{OpMailbox, ProtocolTranslation, FromPeer, "a gateway delivers a message a program left for this agent while it was offline (store-and-forward, ADR 0093)"},
+	{OpMailboxAck, ShareResults, FromPeer, "the recipient of a mailbox delivery reports its outcome (accepted, or refused with a reason); it deletes only that peer's own stored message"},
 
-	{CtlStatus, ViewStatus, false, "agentctl status"},
-	{CtlPeersList, ViewStatus, false, "agentctl peers: trust level, score, factors"},
-	{CtlPeersConnect, ManageNetwork, false, "agentctl peers connect ADDR"},
-	{CtlPeersBlock, ManageAgents, false, "agentctl peers block ID"},
-	{CtlPeersUnblock, ManageAgents, false, "agentctl peers unblock ID"},
-	{CtlTaskSubmit, SubmitTasks, false, "agentctl task submit"},
-	{CtlTaskStatus, ViewResults, false, "agentctl task status"},
-	{CtlTaskResult, ViewResults, false, "agentctl task result"},
-	{CtlGrant, ManageSecurity, false, "agentctl grant (the daemon signs with its identity key)"},
-	{CtlRevoke, ManageSecurity, false, "agentctl revoke"},
-	{CtlGrantsList, ManageSecurity, false, "agentctl grants list"},
-	{CtlStakeSet, ManageSecurity, false, "install an administrator-signed stake table"},
-	{CtlAuditVerify, ManageSecurity, false, "agentctl audit verify (through the daemon)"},
-	{CtlRotate, ManageLocalAgent, false, "agentctl rotate"},
-	{CtlConfigReload, ManageLocalAgent, false, "reload configuration"},
-	{CtlGatewayKeys, ManageSecurity, false, "agentctl gateway key create, list, revoke (the HTTP gateway's API keys)"},
-	{CtlPeersFind, DiscoverPeers, false, "agentctl peers find ID (and peers connect --id ID without an address): a DHT lookup"},
-	{CtlTaskFeedback, SubmitTasks, false, "agentctl feedback --task ID --score S: rate the executor of a task this agent submitted (signed with the identity key, sent to the connected peers)"},
-	{CtlTaskCancel, SubmitTasks, false, "agentctl task cancel ID: give up a task this agent submitted"},
-	{CtlData, ManageSecurity, false, "agentctl data export, data erase --subject ID: what the agent holds about an agent, and its erasure (ADR 0092)"},
+	{SelfTaskExecute, ProcessTasks, FromSelf, "this agent runs a task a peer asked of it: checked (with self.result.send) before a new task_request reaches the task engine; refused with executor_not_permitted"},
+	{SelfResultSend, ShareResults, FromSelf, "this agent sends the signed result of a task it ran to the peer that asked; checked at every send (a refused result stays stored and is sent again later)"},
+	{SelfFeedbackSend, ShareResults, FromSelf, "this agent sends signed feedback (agentctl feedback, a vote's own) to its connected peers"},
+
+	{CtlStatus, ViewStatus, FromLocal, "agentctl status"},
+	{CtlPeersList, ViewStatus, FromLocal, "agentctl peers: trust level, score, factors"},
+	{CtlPeersConnect, ManageNetwork, FromLocal, "agentctl peers connect ADDR"},
+	{CtlPeersBlock, ManageAgents, FromLocal, "agentctl peers block ID"},
+	{CtlPeersUnblock, ManageAgents, FromLocal, "agentctl peers unblock ID"},
+	{CtlTaskSubmit, SubmitTasks, FromLocal, "agentctl task submit"},
+	{CtlTaskStatus, ViewResults, FromLocal, "agentctl task status"},
+	{CtlTaskResult, ViewResults, FromLocal, "agentctl task result"},
+	{CtlGrant, ManageSecurity, FromLocal, "agentctl grant (the daemon signs with its identity key)"},
+	{CtlRevoke, ManageSecurity, FromLocal, "agentctl revoke"},
+	{CtlGrantsList, ManageSecurity, FromLocal, "agentctl grants list"},
+	{CtlStakeSet, ManageSecurity, FromLocal, "install an administrator-signed stake table"},
+	{CtlAuditVerify, ManageSecurity, FromLocal, "agentctl audit verify (through the daemon)"},
+	{CtlRotate, ManageLocalAgent, FromLocal, "agentctl rotate"},
+	{CtlConfigReload, ManageLocalAgent, FromLocal, "reload configuration"},
+	{CtlGatewayKeys, ManageSecurity, FromLocal, "agentctl gateway key create, list, revoke (the HTTP gateway's API keys)"},
+	{CtlPeersFind, DiscoverPeers, FromLocal, "agentctl peers find ID (and peers connect --id ID without an address): a DHT lookup"},
+	{CtlTaskFeedback, SubmitTasks, FromLocal, "agentctl feedback --task ID --score S: rate the executor of a task this agent submitted (signed with the identity key, sent to the connected peers)"},
+	{CtlTaskCancel, SubmitTasks, FromLocal, "agentctl task cancel ID: give up a task this agent submitted"},
+	{CtlData, ManageSecurity, FromLocal, "agentctl data export, data erase --subject ID: what the agent holds about an agent, and its erasure (ADR 0092)"},
 }
 
 // ErrUnknownOperation is returned for an operation missing from Table.

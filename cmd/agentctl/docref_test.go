@@ -107,7 +107,7 @@ func checkCommandLine(app *cli.App, line string) string {
 // (command path and flags), so the documents cannot name a command that was renamed or never written.
 func TestIncidentResponseCommands(t *testing.T) {
 	app := newApp(strings.NewReader(""), io.Discard, io.Discard)
-	for _, doc := range []string{"../../docs/incident-response.md", "../../docs/backup.md", "../../SECURITY.md", "../../docs/operations.md"} {
+	for _, doc := range []string{"../../docs/incident-response.md", "../../docs/backup.md", "../../SECURITY.md", "../../docs/operations.md", "../../docs/updating.md"} {
 		b, err := os.ReadFile(doc)
 		if os.IsNotExist(err) && doc != "../../docs/incident-response.md" {
 			continue

@@ -160,12 +160,44 @@ type RestartEvent struct {
 	PID int
 	// Downtime is how long the transport was unavailable.
 	Downtime time.Duration
+	// Updated is true when the restart replaced the binary on request (Transport.Update): no crash, not
+	// counted in Restarts. Path and SHA256 are the binary now running; PreviousSHA256 the one replaced
+	// (set for an update, also when it failed and the previous binary runs again).
+	Updated        bool
+	Path, SHA256   string
+	PreviousSHA256 string
+}
+
+// CrashEvent describes a plugin process found dead (it exited, or failed its health check), reported
+// before the supervisor tries to replace it: a crash whose restart never succeeds is still reported.
+type CrashEvent struct {
+	Transport string
+	// Cause is why the process is considered dead.
+	Cause error
+	// PID is the dead process.
+	PID int
+	// At is when the supervisor found it dead.
+	At time.Time
+}
+
+// StartFailure describes a failed launch of a plugin process while the supervisor restarts it: the file
+// refused for a checksum mismatch (errors.Is(Err, ErrChecksum)), or a process that did not come up.
+type StartFailure struct {
+	Transport, Path string
+	// Attempt counts the failed launches of this restart, from 1.
+	Attempt int
+	Err     error
 }
 
 // Observer receives supervision events. Implementations must not block: a metrics counter, a channel
 // send with default, a goroutine. Connections of the old process are already failed when PluginRestarted
 // is called; listeners have been re-opened; the owner re-dials and re-runs its handshakes.
 type Observer interface {
+	// PluginCrashed is called when a plugin process is found dead, before it is restarted (not during the
+	// drain, when it is not restarted).
+	PluginCrashed(CrashEvent)
+	// PluginStartFailed is called for each failed launch while a plugin is restarted (or updated).
+	PluginStartFailed(StartFailure)
 	// PluginRestarted is called after a dead plugin was replaced by a working one.
 	PluginRestarted(RestartEvent)
 	// PeerRefused is called when a connection is refused because its peer binding does not verify or names
@@ -175,6 +207,12 @@ type Observer interface {
 
 // NopObserver ignores every event; embed it to implement only part of Observer.
 type NopObserver struct{}
+
+// PluginCrashed implements Observer.
+func (NopObserver) PluginCrashed(CrashEvent) {}
+
+// PluginStartFailed implements Observer.
+func (NopObserver) PluginStartFailed(StartFailure) {}
 
 // PluginRestarted implements Observer.
 func (NopObserver) PluginRestarted(RestartEvent) {}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -351,6 +352,157 @@ func TestRestartAfterSIGKILL(t *testing.T) {
 	defer na.Close()
 	transporttest.Exchange(t, nb, na, [][]byte{[]byte("after"), transporttest.Frame(100 << 10)})
 	transporttest.Exchange(t, na, nb, [][]byte{[]byte("back")})
+}
+
+// TestCrashReportedWhenRestartFails: a plugin killed while its binary no longer matches the pinned
+// checksum cannot be restarted; the crash is still reported at once (Observer.PluginCrashed, with the
+// dead PID and the time it was found dead), and no restart is (issue 17: plugin.crashed was written only
+// after a successful restart).
+func TestCrashReportedWhenRestartFails(t *testing.T) {
+	bin := filepath.Join(t.TempDir(), "transport-tcp")
+	raw, err := os.ReadFile(bins["transport-tcp"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(bin, raw, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	a := hosttest.Start(t, hosttest.Config(t, "tcp", bin))
+	// The binary changes on disk (an upgrade without re-pinning, or tampering): every relaunch is refused.
+	// (A new file renamed over the old one, as a package manager does: the running executable is busy.)
+	if err := os.WriteFile(bin+".new", append(raw, 0), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(bin+".new", bin); err != nil {
+		t.Fatal(err)
+	}
+	pid := a.T.PID()
+	before := time.Now()
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case ev := <-a.Crashes:
+		if ev.Transport != "tcp" || ev.PID != pid || ev.Cause == nil || ev.At.Before(before) || time.Since(ev.At) > 20*time.Second {
+			t.Fatalf("crash event %+v (killed pid %d at %v)", ev, pid, before)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("no crash reported within 20s while the restart fails")
+	}
+	select {
+	case f := <-a.StartFailures: // each refused launch is reported (audited as plugin.start_failed)
+		if f.Transport != "tcp" || f.Path != bin || f.Attempt != 1 || !errors.Is(f.Err, host.ErrChecksum) {
+			t.Fatalf("start failure %+v", f)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("the refused restart was not reported")
+	}
+	select {
+	case ev := <-a.Restarts:
+		t.Fatalf("restarted with a binary that does not match its checksum: %+v", ev)
+	case <-time.After(time.Second):
+	}
+	// Pinning the new file's checksum (Update) while the plugin is down starts it at once.
+	sum, err := host.FileSHA256(bin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := a.T.Update(ctx, bin, sum); err != nil {
+		t.Fatalf("update while the plugin is down: %v", err)
+	}
+	if a.T.PID() == 0 || a.T.PID() == pid {
+		t.Fatalf("pid after the update: %d", a.T.PID())
+	}
+}
+
+// TestUpdateBinary: Transport.Update replaces the plugin binary without restarting the host: a file that
+// does not match the given checksum changes nothing; a matching one is started at once, the listener is
+// re-opened where it was, the restart is reported as an update (not counted as a restart), and new
+// connections work; a new binary that does not start is refused with ErrUpdateFailed and the previous
+// binary runs again.
+func TestUpdateBinary(t *testing.T) {
+	dir := t.TempDir()
+	raw, err := os.ReadFile(bins["transport-tcp"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	write := func(name string, b []byte) (string, string) {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, b, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		sum, err := host.FileSHA256(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return p, sum
+	}
+	v1, sum1 := write("transport-tcp-1", raw)
+	v2, sum2 := write("transport-tcp-2", append(append([]byte(nil), raw...), 0)) // another build: another digest
+	broken, sumBroken := write("transport-tcp-broken", []byte("#!/bin/sh\nexit 3\n"))
+	a, b := hosttest.Start(t, hosttest.Config(t, "tcp", v1)), tcpHost(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	l, err := a.T.Listen(ctx, "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	addr := l.Addrs()[0]
+	pid1 := a.T.PID()
+
+	if err := a.T.Update(ctx, v2, sum1); !errors.Is(err, host.ErrChecksum) || a.T.PID() != pid1 {
+		t.Fatalf("update with the wrong checksum: %v (pid %d, was %d)", err, a.T.PID(), pid1)
+	}
+	if err := a.T.Update(ctx, v2, sum2); err != nil {
+		t.Fatalf("update: %v", err)
+	}
+	select {
+	case ev := <-a.Restarts:
+		if !ev.Updated || ev.SHA256 != sum2 || ev.PreviousSHA256 != sum1 || ev.Path != v2 || ev.PID == pid1 || ev.PID != a.T.PID() {
+			t.Fatalf("restart event of the update: %+v (old pid %d)", ev, pid1)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("no restart event for the update")
+	}
+	if a.T.Restarts() != 0 || l.Addrs()[0] != addr {
+		t.Fatalf("after the update: %d restarts counted, listener at %s (was %s)", a.T.Restarts(), l.Addrs()[0], addr)
+	}
+	select {
+	case ev := <-a.Crashes:
+		t.Fatalf("an update reported as a crash: %+v", ev)
+	default:
+	}
+	nb, err := b.T.Dial(ctx, addr, a.ID)
+	if err != nil {
+		t.Fatalf("dial after the update: %v", err)
+	}
+	defer nb.Close()
+	na, err := l.Accept(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer na.Close()
+	transporttest.Exchange(t, nb, na, [][]byte{[]byte("after the update")})
+
+	// A binary that does not start: refused, and v2 runs again.
+	pid2 := a.T.PID()
+	if err := a.T.Update(ctx, broken, sumBroken); !errors.Is(err, host.ErrUpdateFailed) {
+		t.Fatalf("update to a binary that does not start: %v", err)
+	}
+	select {
+	case ev := <-a.Restarts:
+		if ev.Updated || ev.SHA256 != sum2 || ev.PID == pid2 {
+			t.Fatalf("restart after the failed update: %+v", ev)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("the previous binary was not started again")
+	}
+	if l.Addrs()[0] != addr {
+		t.Fatalf("listener moved to %s", l.Addrs()[0])
+	}
 }
 
 func TestBackPressure(t *testing.T) {

@@ -2,8 +2,11 @@ package host
 
 import (
 	"context"
+	"encoding/hex"
+	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -28,6 +31,7 @@ type Transport struct {
 
 	restarts atomic.Uint64
 	kick     chan kickMsg
+	update   chan updateMsg
 	// draining is closed by Drain: the agent is stopping, and no plugin process is started again.
 	draining  chan struct{}
 	drainOnce sync.Once
@@ -41,6 +45,16 @@ type kickMsg struct {
 	cause error
 }
 
+// updateMsg asks the supervisor to replace the plugin binary (Update).
+type updateMsg struct {
+	path, sum string
+	want      []byte
+	done      chan error // the outcome: nil once the new binary runs
+}
+
+// ErrUpdateFailed: the new plugin binary did not start; the previous one was started again.
+var ErrUpdateFailed = errors.New("plugin update failed")
+
 // stableAfter is how long a process must live before a later crash restarts with the minimal backoff.
 const stableAfter = time.Minute
 
@@ -53,7 +67,7 @@ func Start(ctx context.Context, cfg Config) (*Transport, error) {
 		return nil, err
 	}
 	t := &Transport{cfg: cfg, want: want, log: cfg.Logger, listeners: map[*Listener]struct{}{},
-		kick: make(chan kickMsg, 1), done: make(chan struct{}), draining: make(chan struct{})}
+		kick: make(chan kickMsg, 1), update: make(chan updateMsg), done: make(chan struct{}), draining: make(chan struct{})}
 	t.ctx, t.cancel = context.WithCancel(context.Background())
 	sctx, cancel := context.WithTimeout(ctx, cfg.StartTimeout)
 	defer cancel()
@@ -163,6 +177,45 @@ func (t *Transport) Rebind(ctx context.Context) error {
 	return in.bind(ctx)
 }
 
+// Update replaces the plugin binary with path, whose SHA-256 must be sum (hex), without restarting the
+// agent: the file is checked first (nothing changes when it does not match); then the supervisor stops the
+// current process and launches the new binary at once (no backoff), re-opens every listener where it was,
+// and reports the restart (RestartEvent.Updated) so that sessions are re-dialled. When the new binary does
+// not start, the previous binary is started again and the error wraps ErrUpdateFailed. It returns once
+// the new process runs (or the update failed), or when ctx ends (the update then goes on).
+func (t *Transport) Update(ctx context.Context, path, sum string) error {
+	if err := checkPluginPath(path); err != nil {
+		return err
+	}
+	want, err := hex.DecodeString(strings.TrimSpace(sum))
+	if err != nil || len(want) != 32 {
+		return fmt.Errorf("plugin %s: SHA256 must be 64 hex digits (sha256sum %s), got %q", path, path, sum)
+	}
+	got, err := FileSHA256(path)
+	if err != nil {
+		return fmt.Errorf("plugin %s: %w", path, err)
+	}
+	if got != hex.EncodeToString(want) {
+		return fmt.Errorf("%w: %s has SHA-256 %s, the update says %s; nothing changed", ErrChecksum, path, got, hex.EncodeToString(want))
+	}
+	msg := updateMsg{path: path, sum: hex.EncodeToString(want), want: want, done: make(chan error, 1)}
+	select {
+	case t.update <- msg:
+	case <-t.done:
+		return fmt.Errorf("%s: %w: closed", t.cfg.Name, ErrUnavailable)
+	case <-t.draining:
+		return fmt.Errorf("%s: %w: the agent is draining", t.cfg.Name, ErrUnavailable)
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	select {
+	case err := <-msg.done:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
 // Drain tells the supervisor that the agent is draining (ADR 0088): from now on a plugin process that
 // ends or fails its health check is not restarted, and a restart waiting for its backoff is abandoned.
 // The transport stays usable while its process lives (results still go out through it); Close stops it.
@@ -215,6 +268,9 @@ func (t *Transport) supervise() {
 			return
 		case k := <-t.kick:
 			from, cause = k.in, k.cause
+		case u := <-t.update:
+			t.applyUpdate(u)
+			continue
 		case <-tick.C:
 		}
 		in, err := t.current()
@@ -247,34 +303,83 @@ func (t *Transport) supervise() {
 			}
 			continue
 		}
-		t.restart(in, cause)
+		t.restart(in, cause, nil)
 	}
 }
 
-// restart replaces a dead process, retrying with exponential backoff until it works or Close.
-func (t *Transport) restart(old *instance, cause error) {
+// errUpdating is the cause of a restart that replaces the binary (Update).
+var errUpdating = errors.New("plugin binary updated")
+
+// applyUpdate runs in the supervisor: it switches to the new binary and restarts the process on it,
+// falling back to the previous binary when the new one does not start.
+func (t *Transport) applyUpdate(u updateMsg) {
+	old, err := t.current()
+	if err != nil {
+		u.done <- fmt.Errorf("%s: the plugin is not running now (%v): update it once it runs", t.cfg.Name, err)
+		return
+	}
+	prev := &updateMsg{path: t.cfg.Path, sum: t.cfg.SHA256, want: t.want}
+	t.cfg.Path, t.cfg.SHA256, t.want = u.path, u.sum, u.want
+	t.log.Info("transport plugin update: restarting on the new binary", "pid", old.pid, "path", u.path, "sha256", u.sum, "previous_sha256", prev.sum)
+	t.restart(old, errUpdating, &update{prev: prev, done: u.done})
+}
+
+// update is a restart's binary update in progress: prev is the binary to fall back to.
+type update struct {
+	prev     *updateMsg
+	done     chan error
+	reported bool
+}
+
+func (u *update) report(err error) {
+	if u != nil && !u.reported && u.done != nil {
+		u.reported = true
+		u.done <- err
+	}
+}
+
+// restart replaces a dead process (or, with upd, a live one whose binary is updated), retrying with
+// exponential backoff until it works or Close.
+func (t *Transport) restart(old *instance, cause error, upd *update) {
 	downAt := time.Now()
 	t.mu.Lock()
 	if t.inst == old {
 		t.inst = nil
 	}
 	t.mu.Unlock()
-	t.log.Error("transport plugin is down; restarting", "pid", old.pid, "cause", cause)
-	old.teardown(false)
+	if upd == nil {
+		t.log.Error("transport plugin is down; restarting", "pid", old.pid, "cause", cause)
+		t.cfg.Observer.PluginCrashed(CrashEvent{Transport: t.cfg.Name, Cause: cause, PID: old.pid, At: downAt})
+	}
+	old.teardown(upd != nil)
 
 	n := 0
-	if time.Since(old.started) < stableAfter {
+	if upd == nil && time.Since(old.started) < stableAfter {
 		n = 1 // crashed soon after start: begin one step up
 	}
 	var in *instance
+	attempts := 0
 	for {
+		delay := backoff.Policy{Min: t.cfg.BackoffMin, Max: t.cfg.BackoffMax}.Delay(n)
+		if upd != nil && n == 0 {
+			delay = 0 // an update starts the new binary at once
+		}
 		select {
 		case <-t.ctx.Done():
+			upd.report(fmt.Errorf("%s: %w: closed", t.cfg.Name, ErrUnavailable))
 			return
 		case <-t.draining:
 			t.log.Warn("transport plugin restart abandoned: the agent is draining", "attempts", n)
+			upd.report(fmt.Errorf("%s: %w: the agent is draining", t.cfg.Name, ErrUnavailable))
 			return
-		case <-time.After(backoff.Policy{Min: t.cfg.BackoffMin, Max: t.cfg.BackoffMax}.Delay(n)):
+		case u := <-t.update:
+			// An update while the process is down (e.g. the binary was replaced and the crashed plugin
+			// cannot restart until its new checksum is pinned): start the new binary at once.
+			upd.report(fmt.Errorf("%w: superseded by the update to %s", ErrUpdateFailed, u.path))
+			upd = &update{prev: &updateMsg{path: t.cfg.Path, sum: t.cfg.SHA256, want: t.want}, done: u.done}
+			t.cfg.Path, t.cfg.SHA256, t.want = u.path, u.sum, u.want
+			t.log.Info("transport plugin update while it is down: starting the new binary", "path", u.path, "sha256", u.sum)
+		case <-time.After(delay):
 		}
 		sctx, cancel := context.WithTimeout(t.ctx, t.cfg.StartTimeout)
 		var err error
@@ -284,7 +389,17 @@ func (t *Transport) restart(old *instance, cause error) {
 			break
 		}
 		if t.ctx.Err() != nil {
+			upd.report(fmt.Errorf("%s: %w: closed", t.cfg.Name, ErrUnavailable))
 			return
+		}
+		attempts++
+		t.cfg.Observer.PluginStartFailed(StartFailure{Transport: t.cfg.Name, Path: t.cfg.Path, Attempt: attempts, Err: err})
+		if upd != nil && !upd.reported {
+			// The new binary does not start: go back to the previous one.
+			t.log.Error("transport plugin update failed; starting the previous binary again", "path", t.cfg.Path, "err", err, "previous", upd.prev.path)
+			upd.report(fmt.Errorf("%w: %s: %v (the previous binary %s is started again)", ErrUpdateFailed, t.cfg.Path, err, upd.prev.path))
+			t.cfg.Path, t.cfg.SHA256, t.want = upd.prev.path, upd.prev.sum, upd.prev.want
+			continue // at once, without counting a failed attempt
 		}
 		t.log.Error("transport plugin restart failed", "attempt", n+1, "err", err)
 		n++
@@ -308,9 +423,18 @@ func (t *Transport) restart(old *instance, cause error) {
 	t.inst = in
 	t.mu.Unlock()
 	go in.acceptLoop(t.down)
-	count := t.restarts.Add(1)
-	ev := RestartEvent{Transport: t.cfg.Name, Restarts: count, Cause: cause, PID: in.pid, Downtime: time.Since(downAt)}
-	t.log.Info("transport plugin restarted", "pid", in.pid, "restarts", count, "downtime", ev.Downtime)
+	updated := upd != nil && !upd.reported
+	count := t.restarts.Load()
+	if !updated {
+		count = t.restarts.Add(1) // an update is no crash: it does not count as a restart
+	}
+	ev := RestartEvent{Transport: t.cfg.Name, Restarts: count, Cause: cause, PID: in.pid, Downtime: time.Since(downAt),
+		Updated: updated, Path: t.cfg.Path, SHA256: t.cfg.SHA256}
+	if upd != nil {
+		ev.PreviousSHA256 = upd.prev.sum
+	}
+	t.log.Info("transport plugin restarted", "pid", in.pid, "restarts", count, "downtime", ev.Downtime, "updated", updated)
+	upd.report(nil)
 	t.cfg.Observer.PluginRestarted(ev)
 }
 

@@ -73,11 +73,28 @@ type Host struct {
 	Authority *IdentityAuthority
 	ID        string
 	Restarts  chan host.RestartEvent
-	Refused   chan error
-	restarted chan transporttest.Restart
+	Crashes   chan host.CrashEvent
+	// StartFailures receives each failed launch during a restart.
+	StartFailures chan host.StartFailure
+	Refused       chan error
+	restarted     chan transporttest.Restart
 }
 
 type observer struct{ h *Host }
+
+func (o observer) PluginCrashed(ev host.CrashEvent) {
+	select {
+	case o.h.Crashes <- ev:
+	default:
+	}
+}
+
+func (o observer) PluginStartFailed(f host.StartFailure) {
+	select {
+	case o.h.StartFailures <- f:
+	default:
+	}
+}
 
 func (o observer) PluginRestarted(ev host.RestartEvent) {
 	select {
@@ -137,7 +154,7 @@ func Config(t testing.TB, name, bin string) host.Config {
 // the test.
 func Start(t testing.TB, cfg host.Config) *Host {
 	t.Helper()
-	h := &Host{Restarts: make(chan host.RestartEvent, 8), Refused: make(chan error, 8),
+	h := &Host{Restarts: make(chan host.RestartEvent, 8), Crashes: make(chan host.CrashEvent, 8), StartFailures: make(chan host.StartFailure, 8), Refused: make(chan error, 8),
 		restarted: make(chan transporttest.Restart, 8)}
 	a, ok := cfg.Authority.(*IdentityAuthority)
 	if !ok {
