@@ -33,6 +33,15 @@ const (
 	// MaxGossipSize is the largest gossip message (ADR 0091) that crosses the plugin boundary or a
 	// gossipsub topic.
 	MaxGossipSize = 64 << 10
+	// Catch-up of revocations when a session comes up (ADR 0094; docs/protocol.md "Catch-up of
+	// revocations"). MaxCatchupOffer bounds the (grant, issuer) entries of one offer (an agent holding
+	// more offers the newest); MaxCatchupWant the grants of one want and the revocations of one batch;
+	// MaxCatchupRounds the wants one side sends, and answers, per session; MaxCatchupMessage the payload
+	// of one revocation_sync message (offer, want or batch), under the envelope's data limit.
+	MaxCatchupOffer   = 4096
+	MaxCatchupWant    = 256
+	MaxCatchupRounds  = 16
+	MaxCatchupMessage = 960 << 10
 	// MaxAddrLen is the largest address string accepted from a plugin.
 	MaxAddrLen = 1024
 	// MaxAddrs is the most addresses a listener may report.

@@ -268,12 +268,13 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 	authority := bindauth.NewAuthority(d.id, d.dm, d.peers, d.keyLog, bindauth.DefaultBindingTTL)
 	if d.disc, err = discovery.New(discovery.Config{Self: d.id, OwnLog: d.keyLog, Keys: d.dm.Current, Logs: d.peers,
 		Networks: func() []discovery.Network { return d.plugins.Networks() }, Registerer: d.metrics.Registry(), Logger: d.log.With("part", "discovery"),
-		Revocations: d.authz, Misbehaved: func(ctx context.Context, id identity.ID) { // invalid gossip (ADR 0091)
+		Revocations: d.authz, Catchup: d.authz, Misbehaved: func(ctx context.Context, id identity.ID) { // invalid gossip (ADR 0091), catch-up (ADR 0094)
 			_ = d.rep.Record(ctx, reputation.Observation{Peer: id, Kind: reputation.ProtocolError})
 		}}); err != nil {
 		return nil, err
 	}
 	d.authz.RBAC().OnRevocation(d.disc.RevocationHook(d.ctx, d.authz.IssuerLog)) // gossiped to every agent
+	d.authz.OnCatchup(d.disc.HandleCatchup)                                      // and caught up with when a session comes up
 	d.plugins = plugins.New(plugins.Config{Authority: authority, Judge: d.disc, KeyDir: filepath.Join(d.home, TransportKeyDir),
 		Events: d.events, Metrics: d.metrics, OnRestart: func() { d.mgr.WakeAll() }, SandboxProbe: opts.SandboxProbe, Logger: d.log})
 

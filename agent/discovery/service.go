@@ -58,8 +58,12 @@ type Config struct {
 	Now func() time.Time
 	// Revocations applies revocations received by gossip (ADR 0091; nil: they are ignored).
 	Revocations Revocations
-	// Misbehaved is told of an agent whose transport sent invalid gossip (a reputation observation).
+	// Misbehaved is told of an agent whose transport sent invalid gossip, or that broke the catch-up
+	// protocol (a reputation observation).
 	Misbehaved func(ctx context.Context, id identity.ID)
+	// Catchup runs the catch-up of revocations with peers whose session comes up (ADR 0094; nil, or
+	// Revocations nil: no catch-up).
+	Catchup Catchup
 }
 
 // Service is the agent's discovery: it judges records for its plugins (host.RecordJudge), keeps its own
@@ -68,6 +72,7 @@ type Service struct {
 	cfg   Config
 	m     *serviceMetrics
 	peers peerIDs // libp2p peer IDs of verified records
+	cu    catchupState
 
 	mu      sync.Mutex
 	seq     uint64
@@ -348,6 +353,7 @@ type serviceMetrics struct {
 	lookups      *prometheus.CounterVec
 	lookupTime   prometheus.Histogram
 	g            gossipMetrics
+	c            catchupMetrics
 }
 
 func newMetrics(reg prometheus.Registerer) (*serviceMetrics, error) {
@@ -370,9 +376,10 @@ func newMetrics(reg prometheus.Registerer) (*serviceMetrics, error) {
 			Buckets: []float64{0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10},
 		}),
 		g: newGossipMetrics(),
+		c: newCatchupMetrics(),
 	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.verdicts, m.publications, m.lookups, m.lookupTime, m.g.messages, m.g.published} {
+		for _, c := range []prometheus.Collector{m.verdicts, m.publications, m.lookups, m.lookupTime, m.g.messages, m.g.published, m.c.received, m.c.served} {
 			if err := reg.Register(c); err != nil {
 				return nil, fmt.Errorf("discovery metrics: %w", err)
 			}

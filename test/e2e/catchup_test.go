@@ -1,0 +1,81 @@
+package e2e
+
+import (
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/custos-agent/custos/agent/config"
+)
+
+// TestRevocationCatchUp (issue 14, ADR 0094): gossipsub does not replay, so an agent that was stopped
+// while a revocation was gossiped learns it from a peer when it comes back. Three agents with libp2p
+// transports: the administrator A, C, and B (which holds a grant X signed by A and bootstraps to A and
+// C: an initiator presents its grants). C learns X when B presents it. C is stopped; A revokes X (gossiped to B, which
+// drops it); A is stopped, and the gossip's message cache has expired. C restarts, connects to B only,
+// and must judge X revoked within a bounded time: the revocation came by catch-up (C's catch-up metric).
+func TestRevocationCatchUp(t *testing.T) {
+	if bins.plugins["libp2p"] == "" {
+		t.Skip("cmd/transport-libp2p is not in this tree")
+	}
+	a := newAgent(t, "admin", false)
+	admins := "authorization: {admins: [" + a.id + "]}\n"
+	a.writeConfig(agentConfig{Transports: []string{"libp2p"}, Extra: admins})
+	a.start()
+	c := newAgent(t, "c", false)
+	c.writeConfig(agentConfig{Transports: []string{"libp2p"}, Extra: admins})
+	c.start()
+	b := newAgent(t, "b", false)
+	b.writeConfig(agentConfig{Transports: []string{"libp2p"}, Extra: admins,
+		Bootstrap: []config.PeerConfig{b.bootstrapTo(a, "libp2p"), b.bootstrapTo(c, "libp2p")}})
+	b.start()
+	eventually(t, 30*time.Second, "c has a session with b", func() bool { return c.sessionWith(b.id) != nil })
+
+	f, g := issueGrant(t, a, b, "task_submitter", "1h", "x.json")
+	if out, code := b.run("grant", "install", f); code != 0 {
+		t.Fatalf("grant install: %s", out)
+	}
+	eventually(t, 30*time.Second, "c knows grant X as valid", func() bool { return c.grantState(g.ID) == "valid" })
+
+	c.signal(syscall.SIGTERM)
+	if code := c.waitExit(30 * time.Second); code != 0 {
+		t.Fatalf("c exit %d", code)
+	}
+	revoked := time.Now()
+	if _, stderr, code := a.run2("revoke", "--grant", f); code != 0 {
+		t.Fatalf("revoke: exit %d\n%s", code, stderr)
+	}
+	eventually(t, 30*time.Second, "b receives the revocation by gossip and drops X", func() bool { return !b.holds(g.ID) })
+	a.signal(syscall.SIGTERM)
+	if code := a.waitExit(30 * time.Second); code != 0 {
+		t.Fatalf("admin exit %d", code)
+	}
+	// Gossipsub's message cache gossips a message id for 3 heartbeats (1 s each) and keeps it for 5: wait
+	// them out, so that only catch-up can bring the revocation to c.
+	if d := 6*time.Second - time.Since(revoked); d > 0 {
+		time.Sleep(d)
+	}
+
+	// c comes back knowing only b (b also re-dials it: whichever session the two keep).
+	c.writeConfig(agentConfig{Transports: []string{"libp2p"}, Extra: admins,
+		Bootstrap: []config.PeerConfig{{ID: b.id, Transport: "libp2p", Address: b.dialAddr("libp2p")}}})
+	restart := time.Now()
+	c.start()
+	eventually(t, 30*time.Second, "c has a session with b again", func() bool { return c.sessionWith(b.id) != nil })
+	up := time.Now()
+	deadline := up.Add(10 * time.Second) // the bound this test holds catch-up to, from the session
+	for c.grantState(g.ID) != "grant_revoked" {
+		if time.Now().After(deadline) {
+			t.Fatalf("c still judges X %q 10 s after its session with b came up\nc's metrics:\n%s\nc's log:\n%s\nb's log:\n%s",
+				c.grantState(g.ID), grepLines(scrape(t, c.status().Metrics), "catchup"), grepLines(c.logText(), "catch"), grepLines(b.logText(), "catch"))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Logf("c refuses X %.0f ms after its session with b came up (%.0f ms after agentctl run started; polling every 20 ms)",
+		float64(time.Since(up).Microseconds())/1000, float64(time.Since(restart).Microseconds())/1000)
+	m := scrape(t, c.status().Metrics)
+	if !strings.Contains(m, `custos_revocation_catchup_total{result="accept"} 1`) {
+		t.Fatalf("c's catch-up metric does not show the revocation:\n%s", grepLines(m, "catchup"))
+	}
+}
