@@ -1,12 +1,20 @@
 package e2e
 
 import (
+	"bytes"
+	"context"
+	"encoding/base64"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/custos-agent/custos/agent/api"
 	"github.com/custos-agent/custos/agent/config"
+	"github.com/custos-agent/custos/agent/rbac"
 )
 
 // TestRevocationCatchUp (issue 14, ADR 0094): gossipsub does not replay, so an agent that was stopped
@@ -77,5 +85,83 @@ func TestRevocationCatchUp(t *testing.T) {
 	m := scrape(t, c.status().Metrics)
 	if !strings.Contains(m, `custos_revocation_catchup_total{result="accept"} 1`) {
 		t.Fatalf("c's catch-up metric does not show the revocation:\n%s", grepLines(m, "catchup"))
+	}
+}
+
+// TestRevocationCatchUpRefusesForged (ADR 0094): a peer that offers a forged revocation in catch-up (a
+// revocation "by" the administrator with a signature it never made, written into the peer's state
+// while it was stopped: a daemon does not re-verify what it stored) gets it refused with
+// grant_bad_signature by the gossip code, is scored down (reputation), and catch-up from it ends for
+// the session: the genuine revocation that follows it in the same batch is not judged.
+func TestRevocationCatchUpRefusesForged(t *testing.T) {
+	if bins.plugins["libp2p"] == "" {
+		t.Skip("cmd/transport-libp2p is not in this tree")
+	}
+	a := newAgent(t, "admin", false) // no transport: it only signs the genuine revocation
+	admins := "authorization: {admins: [" + a.id + "]}\n"
+	a.writeConfig(agentConfig{Extra: admins})
+	a.start()
+	rogue := newAgent(t, "rogue", false)
+	rogue.writeConfig(agentConfig{Transports: []string{"libp2p"}, Extra: admins})
+	rogue.start() // once, to create its state
+	rogue.signal(syscall.SIGTERM)
+	if code := rogue.waitExit(30 * time.Second); code != 0 {
+		t.Fatalf("rogue exit %d", code)
+	}
+	// A genuine revocation (signed by the administrator), then a forged one issued later (offered first).
+	var genuine api.RevokeResult
+	g := "ZmFrZWdyYW50MDAwMDAwMA" // 16 bytes
+	a.ctlJSON(&genuine, "revoke", g)
+	db, err := bolt.Open(filepath.Join(rogue.home, "state.db"), 0o600, &bolt.Options{Timeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := rbac.NewBoltStore(db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	forged := rbac.Revocation{Version: rbac.GrantVersion, Grant: "Zm9yZ2VkZ3JhbnQwMDAwMA", Issuer: a.id, Issued: time.Now().Unix() + 10,
+		Sig: base64.RawURLEncoding.EncodeToString(bytes.Repeat([]byte{1}, 64))}
+	gr, err := rbac.DecodeRevocation([]byte(genuine.Revocation))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range []rbac.Revocation{forged, gr} {
+		if err := st.PutRevocation(context.Background(), r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := db.Close(); err != nil {
+		t.Fatal(err)
+	}
+	a.signal(syscall.SIGTERM)
+	a.waitExit(30 * time.Second)
+
+	rogue.start()
+	c := newAgent(t, "c", false)
+	c.writeConfig(agentConfig{Transports: []string{"libp2p"}, Extra: admins,
+		Bootstrap: []config.PeerConfig{c.bootstrapTo(rogue, "libp2p")}})
+	c.start()
+	const refused = `custos_revocation_catchup_total{result="reject:grant_bad_signature"} 1`
+	eventually(t, 30*time.Second, "c refuses the forged revocation", func() bool {
+		return strings.Contains(scrape(t, c.status().Metrics), refused)
+	})
+	eventually(t, 10*time.Second, "c scores the rogue down", func() bool {
+		var ps []api.PeerStatus
+		c.ctlJSON(&ps, "peers")
+		for _, p := range ps {
+			if p.ID == rogue.id && p.Reputation != nil && p.Reputation.Integrity < 1 {
+				return true
+			}
+		}
+		return false
+	})
+	if !strings.Contains(c.logText(), "catch-up from peer cut off") {
+		t.Fatalf("c did not cut the rogue's catch-up off:\n%s", grepLines(c.logText(), "catch"))
+	}
+	time.Sleep(time.Second) // anything still in flight arrives
+	m := scrape(t, c.status().Metrics)
+	if strings.Contains(m, `custos_revocation_catchup_total{result="accept"}`) {
+		t.Fatalf("c accepted revocations from a peer it had cut off:\n%s", grepLines(m, "catchup"))
 	}
 }
