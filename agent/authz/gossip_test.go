@@ -94,7 +94,10 @@ func TestCatchupDispatchAndWanted(t *testing.T) {
 		t.Fatalf("revocation_sync without a handler: %v", err)
 	}
 	var got []string
-	f.z.OnCatchup(func(_ context.Context, p string, payload []byte) error { got = append(got, p+" "+string(payload)); return nil })
+	f.z.OnCatchup(func(_ context.Context, p string, payload []byte) error {
+		got = append(got, p+" "+string(payload))
+		return nil
+	})
 	if err := f.z.Dispatch(ctx, &session.Peer{ID: peer.ID(), RemoteAddr: "127.0.0.1:7000"}, msg()); err != nil {
 		t.Fatalf("revocation_sync from a peer with no role: %v", err)
 	}
