@@ -38,10 +38,16 @@ const (
 	// more offers the newest); MaxCatchupWant the grants of one want and the revocations of one batch;
 	// MaxCatchupRounds the wants one side sends, and answers, per session; MaxCatchupMessage the payload
 	// of one revocation_sync message (offer, want or batch), under the envelope's data limit.
+	// MaxCatchupServed is the wants one side answers per peer and session (twice the rounds: the
+	// wants of an offer from a replaced session may still arrive); MaxCatchupQueued the grants queued
+	// or asked for over all peers; MaxCatchupPeers the peers with catch-up state (emptied when full).
 	MaxCatchupOffer   = 4096
 	MaxCatchupWant    = 256
 	MaxCatchupRounds  = 16
 	MaxCatchupMessage = 960 << 10
+	MaxCatchupServed  = 2 * MaxCatchupRounds
+	MaxCatchupQueued  = 16 * MaxCatchupOffer
+	MaxCatchupPeers   = 4096
 	// MaxAddrLen is the largest address string accepted from a plugin.
 	MaxAddrLen = 1024
 	// MaxAddrs is the most addresses a listener may report.

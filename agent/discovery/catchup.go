@@ -153,16 +153,13 @@ type catchupPeer struct {
 	served int             // wants answered this session
 }
 
-// maxCatchupPeers bounds the per-peer state (it is emptied when full: the next session starts afresh).
-const maxCatchupPeers = 4096
-
 type catchupState struct {
 	mu    sync.Mutex
 	peers map[string]*catchupPeer
 }
 
 func (c *catchupState) peer(id string) *catchupPeer {
-	if c.peers == nil || len(c.peers) >= maxCatchupPeers && c.peers[id] == nil {
+	if c.peers == nil || len(c.peers) >= transports.MaxCatchupPeers && c.peers[id] == nil {
 		c.peers = map[string]*catchupPeer{}
 	}
 	p := c.peers[id]
@@ -263,7 +260,14 @@ func (s *Service) catchupOffer(ctx context.Context, peer string, offer []Catchup
 	}
 	p.offers++
 	p.queue, p.rounds = nil, 0
+	room := transports.MaxCatchupQueued // over all peers; the rest of the offer waits for a later session
+	for _, q := range s.cu.peers {
+		room -= len(q.queue) + len(q.asked)
+	}
 	for _, e := range offer {
+		if len(p.queue) >= room {
+			break
+		}
 		if !p.asked[e.Grant] && wanted(e.Grant, e.Issuer) {
 			p.queue = append(p.queue, e.Grant)
 		}
@@ -298,9 +302,9 @@ func (s *Service) nextWantLocked(p *catchupPeer) []string {
 func (s *Service) catchupWant(ctx context.Context, peer string, want []string) error {
 	s.cu.mu.Lock()
 	p := s.cu.peer(peer)
-	if p.served >= transports.MaxCatchupRounds {
+	if p.served >= transports.MaxCatchupServed {
 		s.cu.mu.Unlock()
-		return s.catchupViolation(ctx, peer, reason.New(reason.CatchupExceeded, "want %d of this session (at most %d)", p.served+1, transports.MaxCatchupRounds))
+		return s.catchupViolation(ctx, peer, reason.New(reason.CatchupExceeded, "want %d of this session (at most %d)", p.served+1, transports.MaxCatchupServed))
 	}
 	p.served++
 	s.cu.mu.Unlock()

@@ -46,12 +46,16 @@ func (f fakeCatchup) RevocationWanted() func(grant, issuer string) bool {
 	}
 }
 func (f fakeCatchup) IssuerLog(string) []byte { return nil }
-func (f fakeCatchup) SendTo(_ context.Context, peer string, t envelope.MessageType, payload []byte) error {
+func (f fakeCatchup) SendTo(ctx context.Context, peer string, t envelope.MessageType, payload []byte) error {
 	if t != envelope.RevocationSync {
 		return fmt.Errorf("sent a %s", t)
 	}
-	f.out <- sent{peer, payload}
-	return nil
+	select {
+	case f.out <- sent{peer, payload}:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 // catchupNode is one agent's discovery service with catch-up, and what it reported as misbehaving.
@@ -297,7 +301,7 @@ func TestCatchupForgedRevocation(t *testing.T) {
 
 // TestCatchupFloodCutOff: what a peer can make an agent judge is bounded by what the agent asked for.
 // A batch nobody asked for, one that carries more than was asked, a batch over the size limit, more
-// offers or wants in a session than MaxCatchupRounds: each is refused before any revocation in it is
+// offers in a session than MaxCatchupRounds, more wants than twice that: each is refused before any revocation in it is
 // judged (none installed), the peer is reported, and catch-up from it ends for the session.
 func TestCatchupFloodCutOff(t *testing.T) {
 	adminKey := fixedSigner(t, 0xb0)
@@ -338,7 +342,7 @@ func TestCatchupFloodCutOff(t *testing.T) {
 		}, func() []byte { return offerOf(t, rs[0]) }, reason.CatchupExceeded},
 		{"wants beyond the rounds", func(c *catchupNode) {
 			want := []string{rs[0].Grant}
-			for range transports.MaxCatchupRounds {
+			for range transports.MaxCatchupServed {
 				if err := c.svc.HandleCatchup(ctx, rogue, catchupMsg(t, CatchupMessage{Want: &want})); err != nil {
 					t.Fatal(err)
 				}
@@ -371,6 +375,47 @@ func TestCatchupFloodCutOff(t *testing.T) {
 				t.Fatalf("a batch after the cut-off was judged: %v", err)
 			}
 		})
+	}
+}
+
+// TestCatchupQueueBounded: what all peers together can make an agent queue to ask for is bounded
+// (transports.MaxCatchupQueued): 17 peers each offering 4096 wanted revocations fill the queue with 16 x 4096;
+// the last peer's offer is not queued beyond it (and nothing fails: it is asked for at a later session).
+func TestCatchupQueueBounded(t *testing.T) {
+	adminKey := fixedSigner(t, 0xb0)
+	admin := identity.NewID(adminKey.Public())
+	c := newCatchupNode(t, 0xc2, admin)
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() { // the wants c sends
+		for {
+			select {
+			case <-c.out:
+			case <-stop:
+				return
+			}
+		}
+	}()
+	offer := make([]CatchupEntry, transports.MaxCatchupOffer)
+	queued := 0
+	for p := range 17 {
+		peer := identity.NewID(fixedSigner(t, byte(0x20+p)).Public()).String()
+		for i := range offer {
+			b := bytes.Repeat([]byte{byte(p)}, 16)
+			b[0], b[1] = byte(i>>8), byte(i)
+			offer[i] = CatchupEntry{Grant: identity.Base64().EncodeToString(b), Issuer: admin.String()}
+		}
+		if err := c.svc.HandleCatchup(ctx, peer, catchupMsg(t, CatchupMessage{Offer: &offer})); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c.svc.cu.mu.Lock()
+	for _, p := range c.svc.cu.peers {
+		queued += len(p.queue) + len(p.asked)
+	}
+	c.svc.cu.mu.Unlock()
+	if queued != transports.MaxCatchupQueued {
+		t.Fatalf("%d grants queued or asked over 17 offers of %d, want the bound %d", queued, transports.MaxCatchupOffer, transports.MaxCatchupQueued)
 	}
 }
 
