@@ -167,9 +167,12 @@ func ReadFrameLimit(r io.Reader, limit int) ([]byte, error) {
 	return buf, nil
 }
 
-// TopicRevocations is the gossipsub topic of grant revocations (ADR 0091; docs/protocol.md, "Gossip
-// topics"). It is the only topic a plugin joins and publishes on.
-const TopicRevocations = "/custos/v1/revocations"
+// TopicRevocations is the gossipsub topic of grant revocations (ADR 0091); TopicKeyLogs that of key
+// event logs: rotation notices and compromise evidence (ADR 0095). docs/protocol.md, "Gossip topics".
+const (
+	TopicRevocations = "/custos/v1/revocations"
+	TopicKeyLogs     = "/custos/v1/key-logs"
+)
 
-// GossipTopics lists the topics plugins join.
-func GossipTopics() []string { return []string{TopicRevocations} }
+// GossipTopics lists the topics plugins join (and the only ones they publish on).
+func GossipTopics() []string { return []string{TopicRevocations, TopicKeyLogs} }

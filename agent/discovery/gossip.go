@@ -123,7 +123,11 @@ func (s *Service) ValidateGossip(ctx context.Context, topic, from string, data [
 }
 
 func (s *Service) judgeGossip(ctx context.Context, topic string, data []byte) (bool, error) {
-	if topic != transports.TopicRevocations {
+	switch topic {
+	case transports.TopicRevocations:
+	case transports.TopicKeyLogs: // rotations and compromise evidence (ADR 0095)
+		return s.judgeKeyLog(ctx, data)
+	default:
 		return true, reason.New(reason.GossipUnknownTopic, "gossip topic %q", topic)
 	}
 	if s.cfg.Revocations == nil {
@@ -144,6 +148,11 @@ func (s *Service) PublishRevocation(ctx context.Context, r rbac.Revocation, issu
 	if err != nil {
 		return 0, err
 	}
+	return s.publish(ctx, transports.TopicRevocations, msg)
+}
+
+// publish sends msg on topic through every transport that runs gossip and returns how many took it.
+func (s *Service) publish(ctx context.Context, topic string, msg []byte) (int, error) {
 	n := 0
 	var errs []error
 	for _, nw := range s.cfg.Networks() {
@@ -151,7 +160,7 @@ func (s *Service) PublishRevocation(ctx context.Context, r rbac.Revocation, issu
 		if !ok {
 			continue
 		}
-		switch err := p.Publish(ctx, transports.TopicRevocations, msg); {
+		switch err := p.Publish(ctx, topic, msg); {
 		case err == nil:
 			n++
 		case errors.Is(err, host.ErrNoGossip):
@@ -159,7 +168,7 @@ func (s *Service) PublishRevocation(ctx context.Context, r rbac.Revocation, issu
 			errs = append(errs, err)
 		}
 	}
-	s.m.gossipPublished(transports.TopicRevocations, n > 0)
+	s.m.gossipPublished(topic, n > 0)
 	if n == 0 && len(errs) > 0 {
 		return 0, errors.Join(errs...)
 	}

@@ -272,16 +272,22 @@ func (s *Service) Publish(ctx context.Context) (int, error) {
 }
 
 // Run keeps the agent's record published until ctx ends: at start, whenever the listeners' addresses
-// change (checked every CheckInterval, or at once on AddrsChanged), at half of the record's lifetime,
-// and again after a failure with backoff (internal/backoff), for example while no peer is known yet.
+// change (checked every CheckInterval, or at once on AddrsChanged) or the agent's key event log does (a
+// rotation: its new log is also gossiped, ADR 0095), at half of the record's lifetime, and again after a
+// failure with backoff (internal/backoff), for example while no peer is known yet.
 func (s *Service) Run(ctx context.Context) {
 	fail := 0
 	var next time.Time // when to publish even without a change
 	var published []Addr
+	head := s.ownHead()
 	tick := time.NewTicker(s.cfg.CheckInterval)
 	defer tick.Stop()
 	for {
 		addrs, _, _ := s.addrs()
+		if h := s.ownHead(); h != head {
+			head, next = h, time.Time{}
+			s.PublishOwnKeyLog(ctx)
+		}
 		if next.IsZero() || !s.cfg.Now().Before(next) || !slices.Equal(addrs, published) {
 			pctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 			_, err := s.Publish(pctx)
@@ -312,6 +318,15 @@ func (s *Service) Run(ctx context.Context) {
 			next = s.cfg.Now() // publish at once
 		}
 	}
+}
+
+// ownHead is the digest of the last event of this agent's key event log ("" when it does not verify).
+func (s *Service) ownHead() string {
+	st, err := s.cfg.OwnLog().Verify()
+	if err != nil {
+		return ""
+	}
+	return fmt.Sprintf("%d/%x", st.Generation, st.Head)
 }
 
 // Find looks id's record up through every transport with a DHT and returns the first that verifies
