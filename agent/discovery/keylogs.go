@@ -110,18 +110,26 @@ type keyLogCache interface {
 // the cached one is stored (accept); the same head (accept); an older one (ignore, key_log_stale); a log
 // or evidence that forks from the cached one marks the agent compromised (accept: it is forwarded, so
 // that every agent holding it learns it) and, when the message carried one log only, this agent
-// publishes the evidence with both. An agent not in the cache, or this agent itself: ignore.
+// publishes the evidence with both. An agent not in the cache: ignore. This agent's own log: accept
+// (its own notices pass its validator), logging an error when it shows a fork.
 func (s *Service) judgeKeyLog(ctx context.Context, data []byte) (bool, error) {
 	id, lg, fork, err := DecodeKeyLogMessage(data)
 	if err != nil {
 		return false, err
 	}
-	kc, ok := s.cfg.Logs.(keyLogCache)
-	if !ok || id.Equal(s.cfg.Self) {
-		if ok && fork != nil {
-			s.cfg.Logger.Error("key-log evidence that this agent's own key event log forked: its keys are compromised", "generation", forkGeneration(lg, fork))
+	if id.Equal(s.cfg.Self) { // its own notice (a publisher's validator judges it too), or evidence against it
+		own := s.cfg.OwnLog()
+		if fork == nil {
+			fork, lg = lg, own
 		}
-		return true, reason.New(reason.GossipNotForUs, "key event log of %s: not judged here", id)
+		if identity.CompareForks(lg, fork) != nil {
+			s.cfg.Logger.Error("key-log gossip shows this agent's own key event log forked: its keys are compromised; rotate with the recovery key", "generation", forkGeneration(lg, fork))
+		}
+		return false, nil
+	}
+	kc, ok := s.cfg.Logs.(keyLogCache)
+	if !ok {
+		return true, reason.New(reason.GossipNotForUs, "key event log of %s: this agent keeps no peer cache", id)
 	}
 	cached, cst, known, err := kc.Log(id.String())
 	switch {

@@ -68,6 +68,11 @@ func TestKeyLogGossip(t *testing.T) {
 	peer := agenttest.NewIdentity(t, keystore.Ed25519)
 	gen0 := copyLog(peer.Log)
 
+	// This agent's own notice passes its own validator (gossipsub judges what a node publishes).
+	if ignore, err := judge(keyLogMsg(t, copyLog(f.id.Log), nil)); ignore || err != nil {
+		t.Fatalf("own rotation notice: ignore=%v %v", ignore, err)
+	}
+
 	// Unknown agent: ignored, not stored.
 	if ignore, err := judge(keyLogMsg(t, gen0, nil)); !ignore || reason.Of(err) != reason.GossipNotForUs {
 		t.Fatalf("unknown agent: ignore=%v %v", ignore, err)

@@ -165,3 +165,68 @@ func TestRevocationCatchUpRefusesForged(t *testing.T) {
 		t.Fatalf("c accepted revocations from a peer it had cut off:\n%s", grepLines(m, "catchup"))
 	}
 }
+
+// TestRotationNoticeOnGossip (ADR 0095): an administrator X and an agent Y that never hold a session
+// with each other (both bootstrap to B only). Y learns X's key event log from X's revocation on gossip
+// (its issuer log). X rotates: Y's peer cache moves to X's generation 1 through the rotation notice on
+// /custos/v1/key-logs alone, within a bounded time.
+func TestRotationNoticeOnGossip(t *testing.T) {
+	if bins.plugins["libp2p"] == "" {
+		t.Skip("cmd/transport-libp2p is not in this tree")
+	}
+	b := newAgent(t, "b", false)
+	b.writeConfig(agentConfig{Transports: []string{"libp2p"}})
+	b.start()
+	boot := []config.PeerConfig{{ID: b.id, Transport: "libp2p", Address: b.dialAddr("libp2p")}}
+	x := newAgent(t, "x", false)
+	admins := "authorization: {admins: [" + x.id + "]}\n"
+	x.writeConfig(agentConfig{Transports: []string{"libp2p"}, Extra: admins, Bootstrap: boot})
+	x.start()
+	y := newAgent(t, "y", false)
+	y.writeConfig(agentConfig{Transports: []string{"libp2p"}, Extra: admins, Bootstrap: boot})
+	y.start()
+	generation := func() int {
+		var ps []api.PeerStatus
+		y.ctlJSON(&ps, "peers")
+		for _, p := range ps {
+			if p.ID == x.id && p.Generation != nil {
+				return int(*p.Generation)
+			}
+		}
+		return -1
+	}
+	// X revokes a grant: Y installs the revocation and learns X's log from it.
+	n := 0
+	eventually(t, 30*time.Second, "y learns x's key event log from its revocation on gossip", func() bool {
+		if generation() == 0 {
+			return true
+		}
+		n++ // another grant each time, until the gossip mesh has formed (a revocation is published once)
+		x.run2("revoke", base64.RawURLEncoding.EncodeToString(bytes.Repeat([]byte{byte(n)}, 16)))
+		time.Sleep(200 * time.Millisecond)
+		return false
+	})
+	if y.sessionWith(x.id) != nil {
+		t.Fatal("y holds a session with x: the test needs none")
+	}
+	start := time.Now()
+	if out, code := x.run("rotate"); code != 0 || !strings.Contains(out, "to generation 1") {
+		t.Fatalf("rotate: exit %d\n%s", code, out)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for generation() != 1 {
+		if time.Now().After(deadline) {
+			t.Fatalf("y's cache does not hold x's generation 1 (%d)\ny's gossip metrics:\n%s\nb's:\n%s\nx's log:\n%s\ny's log:\n%s", generation(),
+				grepLines(scrape(t, y.status().Metrics), "custos_gossip"), grepLines(scrape(t, b.status().Metrics), "custos_gossip"),
+				grepLines(x.logText(), "key"), grepLines(y.logText(), "key"))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Logf("y holds x's rotated key event log %.0f ms after agentctl rotate started (no session between them)", float64(time.Since(start).Microseconds())/1000)
+	if y.sessionWith(x.id) != nil {
+		t.Fatal("y holds a session with x")
+	}
+	if m := scrape(t, y.status().Metrics); !strings.Contains(m, `custos_gossip_messages_total{topic="/custos/v1/key-logs",verdict="accept"}`) {
+		t.Fatalf("no key-log gossip accepted at y:\n%s", grepLines(m, "custos_gossip"))
+	}
+}
