@@ -582,4 +582,17 @@ func TestGoldenCatchupMessages(t *testing.T) {
 	if string(golden) != b.String() {
 		t.Errorf("the golden catch-up messages changed; if on purpose, regenerate with CUSTOS_UPDATE_VECTORS=1 and update docs/protocol.md:\n%s", b.String())
 	}
+	docHasVector(t, golden)
+}
+
+// docHasVector fails unless docs/protocol.md quotes the vector file's text.
+func docHasVector(t *testing.T, vector []byte) {
+	t.Helper()
+	doc, err := os.ReadFile("../../docs/protocol.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Contains(doc, vector) {
+		t.Error("docs/protocol.md does not quote the vector as generated: copy it from testdata")
+	}
 }

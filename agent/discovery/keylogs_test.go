@@ -329,4 +329,5 @@ func TestGoldenKeyLogMessages(t *testing.T) {
 	if string(golden) != out.String() {
 		t.Errorf("the golden key-log messages changed; if on purpose, regenerate with CUSTOS_UPDATE_VECTORS=1 and update docs/protocol.md:\n%s", out.String())
 	}
+	docHasVector(t, golden)
 }
