@@ -182,7 +182,7 @@ func (s *Service) CatchupPeerUp(ctx context.Context, peer string) {
 	}
 	s.cu.mu.Lock()
 	p := s.cu.peer(peer)
-	p.prev, p.asked = p.asked, map[string]bool{}
+	p.prev, p.asked, p.order = p.asked, map[string]bool{}, nil
 	p.queue, p.rounds, p.cut, p.offers, p.served = nil, 0, false, 0, 0
 	s.cu.mu.Unlock()
 	held := s.cfg.Catchup.HeldRevocations(transports.MaxCatchupOffer)
@@ -237,12 +237,17 @@ func (s *Service) HandleCatchup(ctx context.Context, peer string, payload []byte
 	return s.catchupBatch(ctx, peer, *m.Batch, revs)
 }
 
-// catchupViolation reports peer, ends catch-up from it for this session and counts err.
+// catchupViolation counts a message refused before judging (refused:<code>) and cuts its peer off.
 func (s *Service) catchupViolation(ctx context.Context, peer string, err error) error {
+	s.m.catchup("refused:" + codeLabel(err))
+	return s.cutOff(ctx, peer, err)
+}
+
+// cutOff reports peer (Misbehaved) and ends catch-up from it for this session.
+func (s *Service) cutOff(ctx context.Context, peer string, err error) error {
 	s.cu.mu.Lock()
 	s.cu.peer(peer).cut = true
 	s.cu.mu.Unlock()
-	s.m.catchup("refused:" + codeLabel(err))
 	s.cfg.Logger.Info("catch-up from peer cut off", "peer", peer, "code", reason.Of(err), "err", err)
 	if id, perr := identity.ParseID(peer); perr == nil && s.cfg.Misbehaved != nil {
 		s.cfg.Misbehaved(ctx, id)
@@ -348,15 +353,42 @@ func (s *Service) catchupBatch(ctx context.Context, peer string, raws []json.Raw
 		s.m.catchup("dropped")
 		return reason.New(reason.CatchupUnsolicited, "catch-up from %s ended for this session: batch dropped", peer)
 	}
+	// It answers the outstanding want (current), or late, a want of the peer's previous session.
+	current := len(p.asked) > 0 && len(revs) == 0
 	for _, r := range revs {
-		if !p.asked[r.Grant] && !p.prev[r.Grant] {
+		switch {
+		case p.asked[r.Grant]:
+			current = true
+		case !p.prev[r.Grant]:
 			s.cu.mu.Unlock()
 			return s.catchupViolation(ctx, peer, reason.New(reason.CatchupUnsolicited, "batch carries the revocation of grant %s, which this agent did not ask for", r.Grant))
+		}
+	}
+	if len(revs) == 0 && !current && len(p.prev) == 0 {
+		s.cu.mu.Unlock()
+		return s.catchupViolation(ctx, peer, reason.New(reason.CatchupUnsolicited, "an empty batch while no want is outstanding"))
+	}
+	var rest []string
+	if current {
+		// The peer answers in the order asked and stops when the message is full: the grants asked
+		// after the last one it sent did not fit and are asked again first; those before it it does
+		// not hold (an empty batch: none).
+		if len(revs) > 0 {
+			if last := slices.Index(p.order, revs[len(revs)-1].Grant); last >= 0 {
+				for _, g := range p.order[last+1:] {
+					if p.asked[g] {
+						rest = append(rest, g)
+					}
+				}
+			}
 		}
 	}
 	for _, r := range revs { // each answered at most once
 		delete(p.asked, r.Grant)
 		delete(p.prev, r.Grant)
+	}
+	if len(revs) == 0 && !current {
+		p.prev = nil // the late answer of the previous session: it holds none of them
 	}
 	s.cu.mu.Unlock()
 	accepted := 0
@@ -370,27 +402,16 @@ func (s *Service) catchupBatch(ctx context.Context, peer string, raws []json.Raw
 			s.m.catchup("ignore")
 		default:
 			s.m.catchup("reject:" + codeLabel(err))
-			return s.catchupViolation(ctx, peer, fmt.Errorf("revocation of grant %s in a catch-up batch: %w", revs[i].Grant, err))
+			return s.cutOff(ctx, peer, fmt.Errorf("revocation of grant %s in a catch-up batch: %w", revs[i].Grant, err))
 		}
 	}
 	if accepted > 0 {
 		s.cfg.Logger.Info("revocations caught up", "peer", peer, "accepted", accepted, "in_batch", len(raws))
 	}
+	if !current {
+		return nil
+	}
 	s.cu.mu.Lock()
-	// The peer answers in the order asked and stops when the message is full: the grants asked after
-	// the last one it sent did not fit and are asked again first; those before it it does not hold.
-	last := -1
-	if len(revs) > 0 {
-		last = slices.Index(p.order, revs[len(revs)-1].Grant)
-	}
-	var rest []string
-	if last >= 0 {
-		for _, g := range p.order[last+1:] {
-			if p.asked[g] {
-				rest = append(rest, g)
-			}
-		}
-	}
 	p.queue = append(rest, p.queue...)
 	p.asked, p.order = map[string]bool{}, nil
 	want := s.nextWantLocked(p)

@@ -278,8 +278,8 @@ func TestCatchupForgedRevocation(t *testing.T) {
 	if bad := c.reported(); len(bad) != 1 || bad[0].String() != rogue {
 		t.Fatalf("reported %v, want the rogue peer once", bad)
 	}
-	if got := c.result("reject:grant_bad_signature"); got != 1 {
-		t.Fatalf("reject:grant_bad_signature %v, want 1", got)
+	if got, refused := c.result("reject:grant_bad_signature"), c.result("refused:grant_bad_signature"); got != 1 || refused != 0 {
+		t.Fatalf("reject:grant_bad_signature %v, refused:grant_bad_signature %v; want the revocation counted once, as judged", got, refused)
 	}
 	c.quiet(t) // no further want to a peer that was cut off
 	if err := c.svc.HandleCatchup(ctx, rogue, batchOf(t, genuine)); reason.Of(err) != reason.CatchupUnsolicited || c.az.Revoked(genuine.Grant) {
@@ -318,6 +318,7 @@ func TestCatchupFloodCutOff(t *testing.T) {
 		code  reason.Code
 	}{
 		{"unsolicited batch", nil, func() []byte { return batchOf(t, rs[0]) }, reason.CatchupUnsolicited},
+		{"unsolicited empty batch", nil, func() []byte { return batchOf(t) }, reason.CatchupUnsolicited},
 		{"more than asked", func(c *catchupNode) {
 			if err := c.svc.HandleCatchup(ctx, rogue, offerOf(t, rs[0])); err != nil {
 				t.Fatal(err)
@@ -375,6 +376,39 @@ func TestCatchupFloodCutOff(t *testing.T) {
 				t.Fatalf("a batch after the cut-off was judged: %v", err)
 			}
 		})
+	}
+}
+
+// TestCatchupLateAnswerAfterNewSession: a session is replaced while a want is outstanding (both sides
+// start again); the peer's answer to the old want, arriving late, is judged and accepted, not taken for
+// an unsolicited batch, and the new session's want goes on as usual.
+func TestCatchupLateAnswerAfterNewSession(t *testing.T) {
+	adminKey := fixedSigner(t, 0xb0)
+	admin := identity.NewID(adminKey.Public())
+	c := newCatchupNode(t, 0xc2, admin)
+	peer := identity.NewID(fixedSigner(t, 0xc3).Public()).String()
+	r1, r2 := revoke(t, adminKey, admin, grantID(1)), revoke(t, adminKey, admin, grantID(2))
+	c.svc.CatchupPeerUp(ctx, peer)
+	if err := c.svc.HandleCatchup(ctx, peer, offerOf(t, r1)); err != nil {
+		t.Fatal(err)
+	}
+	c.next(t) // want r1, outstanding
+	c.svc.CatchupPeerUp(ctx, peer) // the session is replaced
+	if err := c.svc.HandleCatchup(ctx, peer, offerOf(t, r1, r2)); err != nil {
+		t.Fatal(err)
+	}
+	w := c.next(t) // want r1 and r2 in the new session
+	if !strings.Contains(string(w.payload), r2.Grant) {
+		t.Fatalf("want %s", w.payload)
+	}
+	if err := c.svc.HandleCatchup(ctx, peer, batchOf(t, r1)); err != nil { // the old session's answer
+		t.Fatalf("late answer: %v", err)
+	}
+	if err := c.svc.HandleCatchup(ctx, peer, batchOf(t, r2)); err != nil { // the new one's (r1 already sent)
+		t.Fatalf("answer: %v", err)
+	}
+	if !c.az.Revoked(r1.Grant) || !c.az.Revoked(r2.Grant) || len(c.reported()) != 0 {
+		t.Fatalf("revoked %v %v, reported %v", c.az.Revoked(r1.Grant), c.az.Revoked(r2.Grant), c.reported())
 	}
 }
 
