@@ -392,7 +392,7 @@ func TestCatchupLateAnswerAfterNewSession(t *testing.T) {
 	if err := c.svc.HandleCatchup(ctx, peer, offerOf(t, r1)); err != nil {
 		t.Fatal(err)
 	}
-	c.next(t) // want r1, outstanding
+	c.next(t)                      // want r1, outstanding
 	c.svc.CatchupPeerUp(ctx, peer) // the session is replaced
 	if err := c.svc.HandleCatchup(ctx, peer, offerOf(t, r1, r2)); err != nil {
 		t.Fatal(err)
