@@ -156,6 +156,29 @@ type catchupPeer struct {
 type catchupState struct {
 	mu    sync.Mutex
 	peers map[string]*catchupPeer
+	quiet map[string]int // grants being judged from a batch: not republished on gossip
+}
+
+// setQuiet marks grants as being judged from a catch-up batch (on, until off).
+func (c *catchupState) setQuiet(grants []string, on bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.quiet == nil {
+		c.quiet = map[string]int{}
+	}
+	for _, g := range grants {
+		if on {
+			c.quiet[g]++
+		} else if c.quiet[g]--; c.quiet[g] <= 0 {
+			delete(c.quiet, g)
+		}
+	}
+}
+
+func (c *catchupState) quieted(grant string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.quiet[grant] > 0
 }
 
 func (c *catchupState) peer(id string) *catchupPeer {
@@ -391,6 +414,12 @@ func (s *Service) catchupBatch(ctx context.Context, peer string, raws []json.Raw
 		p.prev = nil // the late answer of the previous session: it holds none of them
 	}
 	s.cu.mu.Unlock()
+	grants := make([]string, len(revs))
+	for i, r := range revs {
+		grants[i] = r.Grant
+	}
+	s.cu.setQuiet(grants, true) // what catch-up brings is not republished on gossip
+	defer s.cu.setQuiet(grants, false)
 	accepted := 0
 	for i, raw := range raws {
 		ignore, err := s.judgeGossip(ctx, transports.TopicRevocations, raw)

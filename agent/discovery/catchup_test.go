@@ -630,3 +630,33 @@ func docHasVector(t *testing.T, vector []byte) {
 		t.Error("docs/protocol.md does not quote the vector as generated: copy it from testdata")
 	}
 }
+
+// TestCatchupNotRepublished: revocations learnt by catch-up are not published on gossip again (a
+// returning agent would flood the network with everything it missed); one recorded otherwise is.
+func TestCatchupNotRepublished(t *testing.T) {
+	adminKey := fixedSigner(t, 0xb0)
+	admin := identity.NewID(adminKey.Public())
+	b := newCatchupNode(t, 0xc1, admin)
+	c := newCatchupNode(t, 0xc2, admin)
+	g := &fakeGossip{fakeDHT: fakeDHT{name: "libp2p", answer: map[string][]byte{}, putEvent: make(chan struct{}, 16)}, msgs: map[string][][]byte{}}
+	c.svc.cfg.Networks = func() []Network { return []Network{{T: g}} }
+	c.az.OnRevocation(c.svc.RevocationHook(ctx, func(string) []byte { return nil }))
+	for i := range 3 {
+		if err := b.az.AddRevocation(ctx, revoke(t, adminKey, admin, grantID(i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b.svc.CatchupPeerUp(ctx, c.id.String())
+	pump(t, b, c)
+	if c.result("accept") != 3 {
+		t.Fatalf("caught up %v, want 3", c.result("accept"))
+	}
+	if err := c.az.AddRevocation(ctx, revoke(t, adminKey, admin, grantID(9))); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the revocation recorded otherwise is published", func() bool { return len(g.published(transports.TopicRevocations)) >= 1 })
+	time.Sleep(100 * time.Millisecond)
+	if n := len(g.published(transports.TopicRevocations)); n != 1 {
+		t.Fatalf("%d revocations published, want only the one not learnt by catch-up", n)
+	}
+}

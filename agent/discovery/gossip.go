@@ -176,10 +176,14 @@ func (s *Service) publish(ctx context.Context, topic string, msg []byte) (int, e
 }
 
 // RevocationHook returns the function to give rbac.Authorizer.OnRevocation: every revocation recorded
-// here (issued, installed or received) is published in the background; issuerLog gives its issuer's
-// key event log.
+// here (issued, installed or received by gossip) is published in the background, except those learnt by
+// catch-up (a returning agent would otherwise republish everything it missed); issuerLog gives its
+// issuer's key event log.
 func (s *Service) RevocationHook(ctx context.Context, issuerLog func(issuer string) []byte) func(rbac.Revocation) {
 	return func(r rbac.Revocation) {
+		if s.cu.quieted(r.Grant) { // learnt by catch-up: its peers hold it or catch it up themselves (ADR 0094)
+			return
+		}
 		go func() {
 			pctx, cancel := context.WithTimeout(ctx, publishTimeout)
 			defer cancel()

@@ -3,7 +3,10 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"crypto/ed25519"
 	"encoding/base64"
+	"encoding/binary"
+	"fmt"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -15,6 +18,8 @@ import (
 	"github.com/custos-agent/custos/agent/api"
 	"github.com/custos-agent/custos/agent/config"
 	"github.com/custos-agent/custos/agent/rbac"
+	"github.com/custos-agent/custos/identity"
+	"github.com/custos-agent/custos/keystore"
 )
 
 // TestRevocationCatchUp (issue 14, ADR 0094): gossipsub does not replay, so an agent that was stopped
@@ -228,5 +233,76 @@ func TestRotationNoticeOnGossip(t *testing.T) {
 	}
 	if m := scrape(t, y.status().Metrics); !strings.Contains(m, `custos_gossip_messages_total{topic="/custos/v1/key-logs",verdict="accept"}`) {
 		t.Fatalf("no key-log gossip accepted at y:\n%s", grepLines(m, "custos_gossip"))
+	}
+}
+
+// TestRevocationCatchUpAtTheBound (ADR 0094): B holds 5000 revocations signed by an administrator of
+// B and C (a key of the test: generation 0, verifiable from its ID alone); C, new, connects to B. B
+// offers the newest 4096 (transports.MaxCatchupOffer) and C catches up exactly those, in 16 wants of
+// 256, in one session, and publishes none of them on gossip again; the time is logged.
+func TestRevocationCatchUpAtTheBound(t *testing.T) {
+	if bins.plugins["libp2p"] == "" {
+		t.Skip("cmd/transport-libp2p is not in this tree")
+	}
+	const held, bound = 5000, 4096
+	seed := bytes.Repeat([]byte{0x5a}, 32)
+	signer, err := keystore.NewMemorySigner(ed25519.NewKeyFromSeed(seed))
+	if err != nil {
+		t.Fatal(err)
+	}
+	admin := identity.NewID(signer.Public())
+	admins := "authorization: {admins: [" + admin.String() + "]}\n"
+	b := newAgent(t, "b", false)
+	b.writeConfig(agentConfig{Transports: []string{"libp2p"}, Extra: admins})
+	b.start()
+	b.signal(syscall.SIGTERM)
+	if code := b.waitExit(30 * time.Second); code != 0 {
+		t.Fatalf("b exit %d", code)
+	}
+	db, err := bolt.Open(filepath.Join(b.home, "state.db"), 0o600, &bolt.Options{Timeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := rbac.NewBoltStore(db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	base := time.Now().Add(-time.Hour)
+	for i := range held {
+		g := make([]byte, 16)
+		binary.BigEndian.PutUint32(g, uint32(i))
+		r, err := rbac.IssueRevocation(context.Background(), signer, admin, base64.RawURLEncoding.EncodeToString(g), base.Add(time.Duration(i)*time.Second))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := st.PutRevocation(context.Background(), r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := db.Close(); err != nil {
+		t.Fatal(err)
+	}
+	b.start()
+	c := newAgent(t, "c", false)
+	c.writeConfig(agentConfig{Transports: []string{"libp2p"}, Extra: admins, Bootstrap: []config.PeerConfig{c.bootstrapTo(b, "libp2p")}})
+	c.start()
+	eventually(t, 30*time.Second, "c has a session with b", func() bool { return c.sessionWith(b.id) != nil })
+	up := time.Now()
+	want := fmt.Sprintf(`custos_revocation_catchup_total{result="accept"} %d`, bound)
+	for !strings.Contains(scrape(t, c.status().Metrics), want) {
+		if time.Since(up) > 3*time.Minute {
+			t.Fatalf("c did not catch up %d revocations:\n%s\n%s", bound, grepLines(scrape(t, c.status().Metrics), "catchup"), grepLines(c.logText(), "catch"))
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Logf("c caught up %d revocations (of %d held by b) %.1f s after its session with b came up", bound, held, time.Since(up).Seconds())
+	time.Sleep(time.Second)
+	m := scrape(t, c.status().Metrics)
+	if !strings.Contains(m, want+"\n") || strings.Contains(m, `result="refused`) || strings.Contains(m, `result="reject`) {
+		t.Fatalf("c's catch-up beyond the bound or refused:\n%s", grepLines(m, "catchup"))
+	}
+	// What catch-up brought is not republished on gossip (ADR 0094).
+	if strings.Contains(m, `custos_gossip_publications_total{result="ok",topic="/custos/v1/revocations"}`) {
+		t.Fatalf("c republished caught-up revocations on gossip:\n%s", grepLines(m, "custos_gossip"))
 	}
 }
