@@ -33,7 +33,7 @@ const (
 	// MaxGossipSize is the largest gossip message (ADR 0091) that crosses the plugin boundary or a
 	// gossipsub topic.
 	MaxGossipSize = 64 << 10
-	// Catch-up of revocations when a session comes up (ADR 0094; docs/protocol.md "Catch-up of
+	// Catch-up of revocations when a session comes up (ADR 0096; docs/protocol.md "Catch-up of
 	// revocations"). MaxCatchupOffer bounds the (grant, issuer) entries of one offer (an agent holding
 	// more offers the newest); MaxCatchupWant the grants of one want and the revocations of one batch;
 	// MaxCatchupRounds the wants one side sends, and answers, per session; MaxCatchupMessage the payload
@@ -168,7 +168,7 @@ func ReadFrameLimit(r io.Reader, limit int) ([]byte, error) {
 }
 
 // TopicRevocations is the gossipsub topic of grant revocations (ADR 0091); TopicKeyLogs that of key
-// event logs: rotation notices and compromise evidence (ADR 0095). docs/protocol.md, "Gossip topics".
+// event logs: rotation notices and compromise evidence (ADR 0097). docs/protocol.md, "Gossip topics".
 const (
 	TopicRevocations = "/custos/v1/revocations"
 	TopicKeyLogs     = "/custos/v1/key-logs"

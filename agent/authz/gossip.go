@@ -51,7 +51,7 @@ func (z *Authz) InstallGossipRevocation(ctx context.Context, r rbac.Revocation, 
 // RevocationWanted returns whether a revocation of grant signed by issuer would be of use here and is
 // not held yet: issuer is an administrator of this agent or the issuer of a grant it holds (the held
 // grants are listed once, when RevocationWanted is called), and the grant is not revoked here. The
-// catch-up of revocations asks a peer only for those (ADR 0094).
+// catch-up of revocations asks a peer only for those (ADR 0096).
 func (z *Authz) RevocationWanted() func(grant, issuer string) bool {
 	held := map[[2]string]bool{}
 	if gs, err := z.deps.Held.List(); err == nil {
@@ -77,7 +77,7 @@ func (z *Authz) SendTo(ctx context.Context, peer string, t envelope.MessageType,
 }
 
 // OnCatchup sets the handler of revocation_sync messages, which the dispatcher hands it once authorized
-// (agent/discovery.Service.HandleCatchup, ADR 0094); without one they are refused.
+// (agent/discovery.Service.HandleCatchup, ADR 0096); without one they are refused.
 func (z *Authz) OnCatchup(f func(ctx context.Context, peer string, payload []byte) error) {
 	z.mu.Lock()
 	z.catchup = f

@@ -79,7 +79,7 @@ func TestInstallGossipRevocation(t *testing.T) {
 	}
 }
 
-// TestCatchupDispatchAndWanted (ADR 0094): a revocation_sync message from a peer with no role reaches
+// TestCatchupDispatchAndWanted (ADR 0096): a revocation_sync message from a peer with no role reaches
 // the catch-up handler once authorized (grants enforced: it needs none); without a handler it is
 // refused (unavailable). RevocationWanted wants a revocation by an administrator or by the issuer of a
 // held grant, and not one already revoked or signed by anyone else.

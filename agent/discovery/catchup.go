@@ -17,7 +17,7 @@ import (
 	"github.com/custos-agent/custos/transports"
 )
 
-// Catch-up of revocations (ADR 0094, docs/protocol.md "Catch-up of revocations"). Gossipsub does not
+// Catch-up of revocations (ADR 0096, docs/protocol.md "Catch-up of revocations"). Gossipsub does not
 // replay: an agent that was offline when a revocation was gossiped learns it from its peers when a
 // session comes up. Each side offers the (grant, issuer) pairs of the revocations it holds; the other
 // asks for the ones it wants (issuer one of its administrators or the issuer of a grant it holds, grant
@@ -468,11 +468,11 @@ func newCatchupMetrics() catchupMetrics {
 	return catchupMetrics{
 		received: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "custos_revocation_catchup_total",
-			Help: "Catch-up of revocations from peers (ADR 0094), by result: accept, ignore or reject:<code> for each revocation judged; refused:<code> for a message refused before judging (the peer is scored down); dropped for a batch after catch-up from its peer ended.",
+			Help: "Catch-up of revocations from peers (ADR 0096), by result: accept, ignore or reject:<code> for each revocation judged; refused:<code> for a message refused before judging (the peer is scored down); dropped for a batch after catch-up from its peer ended.",
 		}, []string{"result"}),
 		served: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "custos_revocation_catchup_served_total",
-			Help: "Revocations this agent sent to peers that asked for them in catch-up (ADR 0094).",
+			Help: "Revocations this agent sent to peers that asked for them in catch-up (ADR 0096).",
 		}),
 	}
 }

@@ -125,7 +125,7 @@ func (s *Service) ValidateGossip(ctx context.Context, topic, from string, data [
 func (s *Service) judgeGossip(ctx context.Context, topic string, data []byte) (bool, error) {
 	switch topic {
 	case transports.TopicRevocations:
-	case transports.TopicKeyLogs: // rotations and compromise evidence (ADR 0095)
+	case transports.TopicKeyLogs: // rotations and compromise evidence (ADR 0097)
 		return s.judgeKeyLog(ctx, data)
 	default:
 		return true, reason.New(reason.GossipUnknownTopic, "gossip topic %q", topic)
@@ -181,7 +181,7 @@ func (s *Service) publish(ctx context.Context, topic string, msg []byte) (int, e
 // issuer's key event log.
 func (s *Service) RevocationHook(ctx context.Context, issuerLog func(issuer string) []byte) func(rbac.Revocation) {
 	return func(r rbac.Revocation) {
-		if s.cu.quieted(r.Grant) { // learnt by catch-up: its peers hold it or catch it up themselves (ADR 0094)
+		if s.cu.quieted(r.Grant) { // learnt by catch-up: its peers hold it or catch it up themselves (ADR 0096)
 			return
 		}
 		go func() {

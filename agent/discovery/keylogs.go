@@ -11,7 +11,7 @@ import (
 	"github.com/custos-agent/custos/transports"
 )
 
-// Key event logs on gossip (ADR 0095, docs/protocol.md "Gossip topics"): a rotation notice is an agent's
+// Key event logs on gossip (ADR 0097, docs/protocol.md "Gossip topics"): a rotation notice is an agent's
 // key event log (its new head); compromise evidence is two logs of one agent that fork (two different
 // events, each validly signed, for one generation). Both are judged against the peer cache: only agents
 // it holds are of interest here (so that fresh identities cannot fill it nor be relayed through it).

@@ -51,7 +51,7 @@ func keyLogMsg(t *testing.T, lg, fork *identity.Log) []byte {
 	return b
 }
 
-// TestKeyLogGossip (ADR 0095): a rotation notice of an agent in the peer cache is stored (accept); the
+// TestKeyLogGossip (ADR 0097): a rotation notice of an agent in the peer cache is stored (accept); the
 // same head again is accepted, an older one ignored (key_log_stale); an agent not in the cache is
 // ignored (nothing stored); a log that forks from the cached one marks the agent compromised, is
 // accepted (forwarded) and this agent publishes the evidence with both logs; that evidence marks the

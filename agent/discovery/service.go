@@ -61,7 +61,7 @@ type Config struct {
 	// Misbehaved is told of an agent whose transport sent invalid gossip, or that broke the catch-up
 	// protocol (a reputation observation).
 	Misbehaved func(ctx context.Context, id identity.ID)
-	// Catchup runs the catch-up of revocations with peers whose session comes up (ADR 0094; nil, or
+	// Catchup runs the catch-up of revocations with peers whose session comes up (ADR 0096; nil, or
 	// Revocations nil: no catch-up).
 	Catchup Catchup
 }
@@ -273,7 +273,7 @@ func (s *Service) Publish(ctx context.Context) (int, error) {
 
 // Run keeps the agent's record published until ctx ends: at start, whenever the listeners' addresses
 // change (checked every CheckInterval, or at once on AddrsChanged) or the agent's key event log does (a
-// rotation: its new log is also gossiped, ADR 0095), at half of the record's lifetime, and again after a
+// rotation: its new log is also gossiped, ADR 0097), at half of the record's lifetime, and again after a
 // failure with backoff (internal/backoff), for example while no peer is known yet.
 func (s *Service) Run(ctx context.Context) {
 	fail := 0

@@ -72,7 +72,7 @@ const (
 	Mailbox    MessageType = "mailbox"
 	MailboxAck MessageType = "mailbox_ack"
 	// RevocationSync carries the catch-up of revocations between two agents when their session comes up:
-	// an offer, a want or a batch (agent/discovery, ADR 0094).
+	// an offer, a want or a batch (agent/discovery, ADR 0096).
 	RevocationSync MessageType = "revocation_sync"
 )
 

@@ -279,7 +279,7 @@ func (a *Authorizer) Revoked(grantID string) bool {
 }
 
 // Revocations returns the recorded revocations, newest first (by issued time, then grant ID), at most
-// max of them (max <= 0: all). The catch-up of revocations offers them to peers (ADR 0094).
+// max of them (max <= 0: all). The catch-up of revocations offers them to peers (ADR 0096).
 func (a *Authorizer) Revocations(max int) []Revocation {
 	a.mu.RLock()
 	out := make([]Revocation, 0, len(a.revoked))

@@ -165,7 +165,7 @@ func TestOperationTable(t *testing.T) {
 			}
 			used[r.Permission] = true
 		} else if r.Op != OpHandshake && r.Op != OpErrorResponse && r.Op != OpRevocationSync {
-			// revocation_sync (ADR 0094) carries only administrator-signed revocations, verified as on gossip.
+			// revocation_sync (ADR 0096) carries only administrator-signed revocations, verified as on gossip.
 			t.Errorf("%s needs no permission: only the handshake, error_response and revocation_sync may", r.Op)
 		}
 		if !r.Peer && !strings.HasPrefix(string(r.Op), "control.") {

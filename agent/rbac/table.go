@@ -21,7 +21,7 @@ const (
 	OpFeedback      Operation = "feedback"
 	OpMailbox       Operation = "mailbox"
 	OpMailboxAck    Operation = "mailbox_ack"
-	// OpRevocationSync: the catch-up of revocations when a session comes up (ADR 0094).
+	// OpRevocationSync: the catch-up of revocations when a session comes up (ADR 0096).
 	OpRevocationSync Operation = "revocation_sync"
 )
 
@@ -78,7 +78,7 @@ var Table = []Requirement{
 	{OpFeedback, ShareResults, true, "signed feedback about another peer's result"},
 	{OpMailbox, ProtocolTranslation, true, "a gateway delivers a message a program left for this agent while it was offline (store-and-forward, ADR 0093)"},
 	{OpMailboxAck, ShareResults, true, "the recipient of a mailbox delivery reports its outcome (accepted, or refused with a reason); it deletes only that peer's own stored message"},
-	{OpRevocationSync, "", true, "catch-up of revocations when a session comes up (ADR 0094): needs no role, as on gossip: each revocation carries its administrator's signature and is verified as a gossiped one, and refusing it would only keep a revoked grant usable; bounded per session and by the rate limits"},
+	{OpRevocationSync, "", true, "catch-up of revocations when a session comes up (ADR 0096): needs no role, as on gossip: each revocation carries its administrator's signature and is verified as a gossiped one, and refusing it would only keep a revoked grant usable; bounded per session and by the rate limits"},
 
 	{CtlStatus, ViewStatus, false, "agentctl status"},
 	{CtlPeersList, ViewStatus, false, "agentctl peers: trust level, score, factors"},

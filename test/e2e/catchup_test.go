@@ -22,7 +22,7 @@ import (
 	"github.com/custos-agent/custos/keystore"
 )
 
-// TestRevocationCatchUp (issue 14, ADR 0094): gossipsub does not replay, so an agent that was stopped
+// TestRevocationCatchUp (issue 14, ADR 0096): gossipsub does not replay, so an agent that was stopped
 // while a revocation was gossiped learns it from a peer when it comes back. Three agents with libp2p
 // transports: the administrator A, C, and B (which holds a grant X signed by A and bootstraps to A and
 // C: an initiator presents its grants). C learns X when B presents it. C is stopped; A revokes X (gossiped to B, which
@@ -93,7 +93,7 @@ func TestRevocationCatchUp(t *testing.T) {
 	}
 }
 
-// TestRevocationCatchUpRefusesForged (ADR 0094): a peer that offers a forged revocation in catch-up (a
+// TestRevocationCatchUpRefusesForged (ADR 0096): a peer that offers a forged revocation in catch-up (a
 // revocation "by" the administrator with a signature it never made, written into the peer's state
 // while it was stopped: a daemon does not re-verify what it stored) gets it refused with
 // grant_bad_signature by the gossip code, is scored down (reputation), and catch-up from it ends for
@@ -171,7 +171,7 @@ func TestRevocationCatchUpRefusesForged(t *testing.T) {
 	}
 }
 
-// TestRotationNoticeOnGossip (ADR 0095): an administrator X and an agent Y that never hold a session
+// TestRotationNoticeOnGossip (ADR 0097): an administrator X and an agent Y that never hold a session
 // with each other (both bootstrap to B only). Y learns X's key event log from X's revocation on gossip
 // (its issuer log). X rotates: Y's peer cache moves to X's generation 1 through the rotation notice on
 // /custos/v1/key-logs alone, within a bounded time.
@@ -236,7 +236,7 @@ func TestRotationNoticeOnGossip(t *testing.T) {
 	}
 }
 
-// TestRevocationCatchUpAtTheBound (ADR 0094): B holds 5000 revocations signed by an administrator of
+// TestRevocationCatchUpAtTheBound (ADR 0096): B holds 5000 revocations signed by an administrator of
 // B and C (a key of the test: generation 0, verifiable from its ID alone); C, new, connects to B. B
 // offers the newest 4096 (transports.MaxCatchupOffer) and C catches up exactly those, in 16 wants of
 // 256, in one session, and publishes none of them on gossip again; the time is logged.
@@ -301,7 +301,7 @@ func TestRevocationCatchUpAtTheBound(t *testing.T) {
 	if !strings.Contains(m, want+"\n") || strings.Contains(m, `result="refused`) || strings.Contains(m, `result="reject`) {
 		t.Fatalf("c's catch-up beyond the bound or refused:\n%s", grepLines(m, "catchup"))
 	}
-	// What catch-up brought is not republished on gossip (ADR 0094).
+	// What catch-up brought is not republished on gossip (ADR 0096).
 	if strings.Contains(m, `custos_gossip_publications_total{result="ok",topic="/custos/v1/revocations"}`) {
 		t.Fatalf("c republished caught-up revocations on gossip:\n%s", grepLines(m, "custos_gossip"))
 	}
