@@ -78,6 +78,9 @@ const (
 	RecordStale        Code = "record_stale"
 	GossipUnknownTopic Code = "gossip_unknown_topic"
 	GossipNotForUs     Code = "gossip_not_for_us"
+	// CatchupUnsolicited and CatchupExceeded: the catch-up of revocations (ADR 0096).
+	CatchupUnsolicited Code = "catchup_unsolicited"
+	CatchupExceeded    Code = "catchup_exceeded"
 
 	AuditUnavailable Code = "audit_unavailable"
 
@@ -193,6 +196,8 @@ func entries() []Entry {
 		{RecipientKeyUnknown, d(DomainGateway), "the gateway holds no unexpired delegation (encryption key) of the recipient: it must connect to this agent once first", false},
 		{GossipUnknownTopic, d(DomainDiscovery), "a gossip message on a topic this agent does not judge (ADR 0091)", false},
 		{GossipNotForUs, d(DomainDiscovery), "a gossiped revocation signed by an agent that is not this agent's administrator nor the issuer of a grant it holds: ignored, not forwarded, nobody penalised", false},
+		{CatchupUnsolicited, d(DomainDiscovery), "a catch-up batch carries a revocation this agent did not ask that peer for (or no want is outstanding): the batch is dropped, the peer scored down and catch-up with it ends for the session (ADR 0096)", false},
+		{CatchupExceeded, d(DomainDiscovery), "a peer sent more catch-up offers or wants in one session than the limits allow (ADR 0096): dropped, the peer scored down", false},
 		{AuditUnavailable, d(DomainAdmission), "the agent's audit log cannot write records (disk full, I/O error) and audit.on_failure is refuse: no new work until it can; retry later", true},
 		{ErasureIncomplete, d(DomainControl), "an erasure removed part of a subject's data and failed on a store (the message names it and what went); run it again", false},
 	}

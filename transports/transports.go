@@ -33,6 +33,21 @@ const (
 	// MaxGossipSize is the largest gossip message (ADR 0091) that crosses the plugin boundary or a
 	// gossipsub topic.
 	MaxGossipSize = 64 << 10
+	// Catch-up of revocations when a session comes up (ADR 0096; docs/protocol.md "Catch-up of
+	// revocations"). MaxCatchupOffer bounds the (grant, issuer) entries of one offer (an agent holding
+	// more offers the newest); MaxCatchupWant the grants of one want and the revocations of one batch;
+	// MaxCatchupRounds the wants one side sends, and answers, per session; MaxCatchupMessage the payload
+	// of one revocation_sync message (offer, want or batch), under the envelope's data limit.
+	// MaxCatchupServed is the wants one side answers per peer and session (twice the rounds: the
+	// wants of an offer from a replaced session may still arrive); MaxCatchupQueued the grants queued
+	// or asked for over all peers; MaxCatchupPeers the peers with catch-up state (emptied when full).
+	MaxCatchupOffer   = 4096
+	MaxCatchupWant    = 256
+	MaxCatchupRounds  = 16
+	MaxCatchupMessage = 960 << 10
+	MaxCatchupServed  = 2 * MaxCatchupRounds
+	MaxCatchupQueued  = 16 * MaxCatchupOffer
+	MaxCatchupPeers   = 4096
 	// MaxAddrLen is the largest address string accepted from a plugin.
 	MaxAddrLen = 1024
 	// MaxAddrs is the most addresses a listener may report.
@@ -152,9 +167,12 @@ func ReadFrameLimit(r io.Reader, limit int) ([]byte, error) {
 	return buf, nil
 }
 
-// TopicRevocations is the gossipsub topic of grant revocations (ADR 0091; docs/protocol.md, "Gossip
-// topics"). It is the only topic a plugin joins and publishes on.
-const TopicRevocations = "/custos/v1/revocations"
+// TopicRevocations is the gossipsub topic of grant revocations (ADR 0091); TopicKeyLogs that of key
+// event logs: rotation notices and compromise evidence (ADR 0097). docs/protocol.md, "Gossip topics".
+const (
+	TopicRevocations = "/custos/v1/revocations"
+	TopicKeyLogs     = "/custos/v1/key-logs"
+)
 
-// GossipTopics lists the topics plugins join.
-func GossipTopics() []string { return []string{TopicRevocations} }
+// GossipTopics lists the topics plugins join (and the only ones they publish on).
+func GossipTopics() []string { return []string{TopicRevocations, TopicKeyLogs} }

@@ -132,6 +132,7 @@ type Authz struct {
 	releases   map[string]func()
 	stakes     *consensus.StakeTable
 	rates      map[string]*auditRate
+	catchup    func(ctx context.Context, peer string, payload []byte) error // revocation_sync (OnCatchup)
 }
 
 // auditRate bounds the audit records of one kind of denial for one peer (a flood is counted in full by

@@ -398,6 +398,8 @@ func (z *Authz) Dispatch(ctx context.Context, p *session.Peer, msg *session.Mess
 	switch typ {
 	case envelope.Feedback:
 		return z.feedback(ctx, from, msg.Payload)
+	case envelope.RevocationSync:
+		return z.handleCatchup(ctx, from, msg.Payload)
 	case envelope.Heartbeat:
 		return nil
 	case envelope.TaskRequest:

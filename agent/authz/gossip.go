@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 
+	"github.com/custos-agent/custos/agent/envelope"
 	"github.com/custos-agent/custos/agent/rbac"
 	"github.com/custos-agent/custos/audit"
 	"github.com/custos-agent/custos/identity"
@@ -45,6 +46,60 @@ func (z *Authz) InstallGossipRevocation(ctx context.Context, r rbac.Revocation, 
 	}
 	z.deps.Audit(audit.GrantRevoked, r.Issuer, r.Grant, audit.OutcomeSuccess, map[string]any{"grant": r.Grant, "reason": "revocation received by gossip", "held": removed, "applied": applied})
 	return false, nil
+}
+
+// RevocationWanted returns whether a revocation of grant signed by issuer would be of use here and is
+// not held yet: issuer is an administrator of this agent or the issuer of a grant it holds (the held
+// grants are listed once, when RevocationWanted is called), and the grant is not revoked here. The
+// catch-up of revocations asks a peer only for those (ADR 0096).
+func (z *Authz) RevocationWanted() func(grant, issuer string) bool {
+	held := map[[2]string]bool{}
+	if gs, err := z.deps.Held.List(); err == nil {
+		for _, g := range gs {
+			held[[2]string{g.ID, g.Issuer}] = true
+		}
+	}
+	return func(grant, issuer string) bool {
+		if z.RBAC().Revoked(grant) {
+			return false
+		}
+		if held[[2]string{grant, issuer}] {
+			return true
+		}
+		id, err := identity.ParseID(issuer)
+		return err == nil && z.RBAC().IsAdmin(id)
+	}
+}
+
+// SendTo sends a message to a connected peer (Deps.Send), for the catch-up of revocations.
+func (z *Authz) SendTo(ctx context.Context, peer string, t envelope.MessageType, payload []byte) error {
+	return z.send(ctx, peer, t, payload)
+}
+
+// OnCatchup sets the handler of revocation_sync messages, which the dispatcher hands it once authorized
+// (agent/discovery.Service.HandleCatchup, ADR 0096); without one they are refused.
+func (z *Authz) OnCatchup(f func(ctx context.Context, peer string, payload []byte) error) {
+	z.mu.Lock()
+	z.catchup = f
+	z.mu.Unlock()
+}
+
+func (z *Authz) handleCatchup(ctx context.Context, peer string, payload []byte) error {
+	z.mu.Lock()
+	f := z.catchup
+	z.mu.Unlock()
+	if f == nil {
+		return reason.New(reason.Unavailable, "this agent runs no catch-up of revocations")
+	}
+	return f(ctx, peer, payload)
+}
+
+// HeldRevocations returns the revocations recorded here, newest first, at most max.
+func (z *Authz) HeldRevocations(max int) []rbac.Revocation { return z.RBAC().Revocations(max) }
+
+// HeldRevocationOf returns the revocation of grant recorded here.
+func (z *Authz) HeldRevocationOf(grant string) (rbac.Revocation, bool) {
+	return z.RBAC().Revocation(grant)
 }
 
 // holdsGrantOf reports whether this agent holds the grant r revokes, issued by r's issuer.

@@ -6,8 +6,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/custos-agent/custos/agent/envelope"
 	"github.com/custos-agent/custos/agent/internal/agenttest"
 	"github.com/custos-agent/custos/agent/rbac"
+	"github.com/custos-agent/custos/agent/session"
 	"github.com/custos-agent/custos/audit"
 	"github.com/custos-agent/custos/identity"
 	"github.com/custos-agent/custos/keystore"
@@ -74,5 +76,69 @@ func TestInstallGossipRevocation(t *testing.T) {
 	}
 	if held, _ := h.held.List(); len(held) != 0 {
 		t.Fatal("the revoked held grant is still held")
+	}
+}
+
+// TestCatchupDispatchAndWanted (ADR 0096): a revocation_sync message from a peer with no role reaches
+// the catch-up handler once authorized (grants enforced: it needs none); without a handler it is
+// refused (unavailable). RevocationWanted wants a revocation by an administrator or by the issuer of a
+// held grant, and not one already revoked or signed by anyone else.
+func TestCatchupDispatchAndWanted(t *testing.T) {
+	ctx := context.Background()
+	admin := agenttest.NewIdentity(t, keystore.Ed25519)
+	stranger := agenttest.NewIdentity(t, keystore.Ed25519)
+	peer := agenttest.NewIdentity(t, keystore.Ed25519)
+	f := newFixture(t, "authorization: {admins: ["+admin.ID().String()+"]}\n")
+	msg := func() *session.Message { return message(envelope.RevocationSync, []byte(`{"v":1,"want":["x"]}`)) }
+	if err := f.z.Dispatch(ctx, &session.Peer{ID: peer.ID(), RemoteAddr: "127.0.0.1:7000"}, msg()); reason.Of(err) != reason.Unavailable {
+		t.Fatalf("revocation_sync without a handler: %v", err)
+	}
+	var got []string
+	f.z.OnCatchup(func(_ context.Context, p string, payload []byte) error {
+		got = append(got, p+" "+string(payload))
+		return nil
+	})
+	if err := f.z.Dispatch(ctx, &session.Peer{ID: peer.ID(), RemoteAddr: "127.0.0.1:7000"}, msg()); err != nil {
+		t.Fatalf("revocation_sync from a peer with no role: %v", err)
+	}
+	if len(got) != 1 || got[0] != peer.ID().String()+` {"v":1,"want":["x"]}` {
+		t.Fatalf("handler got %q", got)
+	}
+
+	g1 := identity.Base64().EncodeToString(bytes.Repeat([]byte{1}, 16))
+	g2 := identity.Base64().EncodeToString(bytes.Repeat([]byte{2}, 16))
+	if err := f.held.Put(rbac.Grant{ID: g2, Issuer: stranger.ID().String(), Subject: f.self.ID().String()}); err != nil {
+		t.Fatal(err)
+	}
+	wanted := f.z.RevocationWanted()
+	for _, tc := range []struct {
+		grant, issuer string
+		want          bool
+	}{
+		{g1, admin.ID().String(), true},
+		{g1, stranger.ID().String(), false},
+		{g2, stranger.ID().String(), true},
+		{g2, peer.ID().String(), false},
+		{g1, "not an ID", false},
+	} {
+		if got := wanted(tc.grant, tc.issuer); got != tc.want {
+			t.Errorf("wanted(%s, %s) = %v, want %v", tc.grant, tc.issuer, got, tc.want)
+		}
+	}
+	r, err := rbac.IssueRevocation(ctx, admin.Current(), admin.ID(), g1, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.z.InstallGossipRevocation(ctx, r, nil); err != nil {
+		t.Fatal(err)
+	}
+	if f.z.RevocationWanted()(g1, admin.ID().String()) {
+		t.Fatal("a revocation already held is wanted")
+	}
+	if held := f.z.HeldRevocations(10); len(held) != 1 || held[0] != r {
+		t.Fatalf("held %v", held)
+	}
+	if got, ok := f.z.HeldRevocationOf(g1); !ok || got != r {
+		t.Fatal("HeldRevocationOf")
 	}
 }

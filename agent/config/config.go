@@ -66,7 +66,19 @@ type Config struct {
 	Privacy PrivacyConfig `yaml:"privacy"`
 	// Rotation: the identity key's scheduled rotation and the destruction of retired keys (rotation.go).
 	Rotation RotationConfig `yaml:"rotation"`
+	// Discovery: this agent's record in the libp2p DHT (ADR 0070).
+	Discovery DiscoveryConfig `yaml:"discovery"`
 }
+
+// DiscoveryConfig tunes this agent's record in the libp2p DHT (ADR 0070).
+type DiscoveryConfig struct {
+	// RepublishInterval: the record is published again this often, and at once when a listener's
+	// addresses change (a plugin restart); it is valid for twice as long. Default 30m; 1s to 12h.
+	RepublishInterval time.Duration `yaml:"republish_interval"`
+}
+
+// RecordLifetime is the lifetime of this agent's DHT records: twice the republish interval.
+func (d DiscoveryConfig) RecordLifetime() time.Duration { return 2 * d.RepublishInterval }
 
 // PrivacyConfig is data minimisation (docs/privacy.md).
 type PrivacyConfig struct {
@@ -237,6 +249,10 @@ const (
 	DefaultMaxInboundHandshakes  = 64
 	DefaultRedialMin             = 200 * time.Millisecond
 	DefaultRedialMax             = 30 * time.Second
+	// DefaultRepublishInterval and MaxRepublishInterval bound discovery.republish_interval (half of
+	// agent/discovery's DefaultLifetime and MaxLifetime).
+	DefaultRepublishInterval = 30 * time.Minute
+	MaxRepublishInterval     = 12 * time.Hour
 )
 
 // LoadConfig reads and strictly decodes the configuration file at path, applies defaults and validates
@@ -325,6 +341,7 @@ func (c *Config) applyDefaults() {
 	def(&c.Tasks.Timeout, tasks.DefaultTimeout)
 	def(&c.Redial.Min, DefaultRedialMin)
 	def(&c.Redial.Max, DefaultRedialMax)
+	def(&c.Discovery.RepublishInterval, DefaultRepublishInterval)
 	if c.Metrics.Address == "" {
 		c.Metrics.Address = metrics.DefaultAddr
 	}
@@ -451,6 +468,9 @@ func (c *Config) Validate() error {
 		if d.v <= 0 {
 			return bad(d.path, "%v must be positive", d.v)
 		}
+	}
+	if d := c.Discovery.RepublishInterval; d < time.Second || d > MaxRepublishInterval {
+		return bad("discovery.republish_interval", "%v is outside 1s..%v", d, MaxRepublishInterval)
 	}
 	if c.Redial.Max < c.Redial.Min {
 		return bad("redial.max", "%v is below redial.min %v", c.Redial.Max, c.Redial.Min)

@@ -18,7 +18,7 @@ func TestParseConfigDefaults(t *testing.T) {
 	}
 	if c.Session.ReauthInterval != 15*time.Minute || c.Delegation.Mode != "delegated" || c.Limits.DrainTimeout != 30*time.Second ||
 		c.Metrics.Address != "127.0.0.1:9464" || len(c.Handlers) != 2 || c.Redial.Max != 30*time.Second || c.Log.Level != "info" ||
-		c.Audit.OnFailure != AuditRefuse {
+		c.Audit.OnFailure != AuditRefuse || c.Discovery.RepublishInterval != DefaultRepublishInterval || c.Discovery.RecordLifetime() != time.Hour {
 		t.Fatalf("defaults: %+v", c)
 	}
 }
@@ -47,6 +47,8 @@ func TestParseConfigRefusals(t *testing.T) {
 		{"metrics advice", "metrics: {address: \"10.0.0.1:9464\"}\n", "put a reverse proxy with authentication"},
 		{"log level", "log: {level: loud}\n", "log.level"},
 		{"redial order", "redial: {min: 5s, max: 1s}\n", "redial.max"},
+		{"republish too often", "discovery: {republish_interval: 500ms}\n", "discovery.republish_interval: 500ms is outside 1s..12h"},
+		{"republish too rarely", "discovery: {republish_interval: 13h}\n", "discovery.republish_interval"},
 		{"audit on_failure", "audit: {on_failure: ignore}\n", "audit.on_failure: \"ignore\": want refuse"},
 	}
 	for _, c := range cases {

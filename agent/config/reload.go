@@ -50,5 +50,6 @@ func InForce(old, cur *Config) *Config {
 	keep.Transports, keep.Delegation, keep.Limits, keep.Tasks, keep.Metrics, keep.Audit = transports, old.Delegation, old.Limits, old.Tasks, old.Metrics, old.Audit
 	keep.Reputation, keep.Puzzles, keep.Policy.Geo.Database = old.Reputation, old.Puzzles, old.Policy.Geo.Database
 	keep.Privacy = old.Privacy // address truncation and retention periods apply at a restart, as Classify says
+	keep.Discovery = old.Discovery
 	return &keep
 }

@@ -28,7 +28,7 @@ func (d *Daemon) newManager(maxHandshakes int) (*sessions.Manager, error) {
 		Dispatch: func(ctx context.Context, p *session.Peer, msg *session.Message) error {
 			return d.authz.Dispatch(ctx, p, msg)
 		},
-		PeerUp:       func(peer string) { d.engine.PeerUp(peer); go d.mbox.PeerUp(d.ctx, peer) },
+		PeerUp:       func(p string) { d.engine.PeerUp(p); go d.mbox.PeerUp(d.ctx, p); d.disc.CatchupPeerUp(d.ctx, p) },
 		SessionEnded: d.events.SessionFailed,
 		Redial: func() backoff.Policy {
 			rc := d.config().Redial

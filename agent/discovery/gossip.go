@@ -123,7 +123,11 @@ func (s *Service) ValidateGossip(ctx context.Context, topic, from string, data [
 }
 
 func (s *Service) judgeGossip(ctx context.Context, topic string, data []byte) (bool, error) {
-	if topic != transports.TopicRevocations {
+	switch topic {
+	case transports.TopicRevocations:
+	case transports.TopicKeyLogs: // rotations and compromise evidence (ADR 0097)
+		return s.judgeKeyLog(ctx, data)
+	default:
 		return true, reason.New(reason.GossipUnknownTopic, "gossip topic %q", topic)
 	}
 	if s.cfg.Revocations == nil {
@@ -144,6 +148,11 @@ func (s *Service) PublishRevocation(ctx context.Context, r rbac.Revocation, issu
 	if err != nil {
 		return 0, err
 	}
+	return s.publish(ctx, transports.TopicRevocations, msg)
+}
+
+// publish sends msg on topic through every transport that runs gossip and returns how many took it.
+func (s *Service) publish(ctx context.Context, topic string, msg []byte) (int, error) {
 	n := 0
 	var errs []error
 	for _, nw := range s.cfg.Networks() {
@@ -151,7 +160,7 @@ func (s *Service) PublishRevocation(ctx context.Context, r rbac.Revocation, issu
 		if !ok {
 			continue
 		}
-		switch err := p.Publish(ctx, transports.TopicRevocations, msg); {
+		switch err := p.Publish(ctx, topic, msg); {
 		case err == nil:
 			n++
 		case errors.Is(err, host.ErrNoGossip):
@@ -159,7 +168,7 @@ func (s *Service) PublishRevocation(ctx context.Context, r rbac.Revocation, issu
 			errs = append(errs, err)
 		}
 	}
-	s.m.gossipPublished(transports.TopicRevocations, n > 0)
+	s.m.gossipPublished(topic, n > 0)
 	if n == 0 && len(errs) > 0 {
 		return 0, errors.Join(errs...)
 	}
@@ -167,10 +176,14 @@ func (s *Service) PublishRevocation(ctx context.Context, r rbac.Revocation, issu
 }
 
 // RevocationHook returns the function to give rbac.Authorizer.OnRevocation: every revocation recorded
-// here (issued, installed or received) is published in the background; issuerLog gives its issuer's
-// key event log.
+// here (issued, installed or received by gossip) is published in the background, except those learnt by
+// catch-up (a returning agent would otherwise republish everything it missed); issuerLog gives its
+// issuer's key event log.
 func (s *Service) RevocationHook(ctx context.Context, issuerLog func(issuer string) []byte) func(rbac.Revocation) {
 	return func(r rbac.Revocation) {
+		if s.cu.quieted(r.Grant) { // learnt by catch-up: its peers hold it or catch it up themselves (ADR 0096)
+			return
+		}
 		go func() {
 			pctx, cancel := context.WithTimeout(ctx, publishTimeout)
 			defer cancel()

@@ -58,8 +58,12 @@ type Config struct {
 	Now func() time.Time
 	// Revocations applies revocations received by gossip (ADR 0091; nil: they are ignored).
 	Revocations Revocations
-	// Misbehaved is told of an agent whose transport sent invalid gossip (a reputation observation).
+	// Misbehaved is told of an agent whose transport sent invalid gossip, or that broke the catch-up
+	// protocol (a reputation observation).
 	Misbehaved func(ctx context.Context, id identity.ID)
+	// Catchup runs the catch-up of revocations with peers whose session comes up (ADR 0096; nil, or
+	// Revocations nil: no catch-up).
+	Catchup Catchup
 }
 
 // Service is the agent's discovery: it judges records for its plugins (host.RecordJudge), keeps its own
@@ -68,6 +72,7 @@ type Service struct {
 	cfg   Config
 	m     *serviceMetrics
 	peers peerIDs // libp2p peer IDs of verified records
+	cu    catchupState
 
 	mu      sync.Mutex
 	seq     uint64
@@ -96,7 +101,11 @@ func New(cfg Config) (*Service, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Service{cfg: cfg, m: m, changed: make(chan struct{}, 1)}, nil
+	s := &Service{cfg: cfg, m: m, changed: make(chan struct{}, 1)}
+	if cfg.Catchup != nil {
+		cfg.Catchup.OnCatchup(s.HandleCatchup)
+	}
+	return s, nil
 }
 
 // logs is the verifier's view of key event logs: this agent's own log for its own ID, else the cache.
@@ -267,16 +276,22 @@ func (s *Service) Publish(ctx context.Context) (int, error) {
 }
 
 // Run keeps the agent's record published until ctx ends: at start, whenever the listeners' addresses
-// change (checked every CheckInterval, or at once on AddrsChanged), at half of the record's lifetime,
-// and again after a failure with backoff (internal/backoff), for example while no peer is known yet.
+// change (checked every CheckInterval, or at once on AddrsChanged) or the agent's key event log does (a
+// rotation: its new log is also gossiped, ADR 0097), at half of the record's lifetime, and again after a
+// failure with backoff (internal/backoff), for example while no peer is known yet.
 func (s *Service) Run(ctx context.Context) {
 	fail := 0
 	var next time.Time // when to publish even without a change
 	var published []Addr
+	head := s.ownHead()
 	tick := time.NewTicker(s.cfg.CheckInterval)
 	defer tick.Stop()
 	for {
 		addrs, _, _ := s.addrs()
+		if h := s.ownHead(); h != head {
+			head, next = h, time.Time{}
+			s.PublishOwnKeyLog(ctx)
+		}
 		if next.IsZero() || !s.cfg.Now().Before(next) || !slices.Equal(addrs, published) {
 			pctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 			_, err := s.Publish(pctx)
@@ -307,6 +322,15 @@ func (s *Service) Run(ctx context.Context) {
 			next = s.cfg.Now() // publish at once
 		}
 	}
+}
+
+// ownHead is the digest of the last event of this agent's key event log ("" when it does not verify).
+func (s *Service) ownHead() string {
+	st, err := s.cfg.OwnLog().Verify()
+	if err != nil {
+		return ""
+	}
+	return fmt.Sprintf("%d/%x", st.Generation, st.Head)
 }
 
 // Find looks id's record up through every transport with a DHT and returns the first that verifies
@@ -348,6 +372,7 @@ type serviceMetrics struct {
 	lookups      *prometheus.CounterVec
 	lookupTime   prometheus.Histogram
 	g            gossipMetrics
+	c            catchupMetrics
 }
 
 func newMetrics(reg prometheus.Registerer) (*serviceMetrics, error) {
@@ -370,9 +395,10 @@ func newMetrics(reg prometheus.Registerer) (*serviceMetrics, error) {
 			Buckets: []float64{0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10},
 		}),
 		g: newGossipMetrics(),
+		c: newCatchupMetrics(),
 	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.verdicts, m.publications, m.lookups, m.lookupTime, m.g.messages, m.g.published} {
+		for _, c := range []prometheus.Collector{m.verdicts, m.publications, m.lookups, m.lookupTime, m.g.messages, m.g.published, m.c.received, m.c.served} {
 			if err := reg.Register(c); err != nil {
 				return nil, fmt.Errorf("discovery metrics: %w", err)
 			}

@@ -71,15 +71,18 @@ const (
 	// envelope); MailboxAck answers it (agent/mailbox, ADR 0093).
 	Mailbox    MessageType = "mailbox"
 	MailboxAck MessageType = "mailbox_ack"
+	// RevocationSync carries the catch-up of revocations between two agents when their session comes up:
+	// an offer, a want or a batch (agent/discovery, ADR 0096).
+	RevocationSync MessageType = "revocation_sync"
 )
 
 // MessageTypes lists every message type.
-var MessageTypes = []MessageType{TaskRequest, TaskResponse, TaskProgress, TaskResult, ErrorResponse, Heartbeat, Feedback, Mailbox, MailboxAck}
+var MessageTypes = []MessageType{TaskRequest, TaskResponse, TaskProgress, TaskResult, ErrorResponse, Heartbeat, Feedback, Mailbox, MailboxAck, RevocationSync}
 
 // Valid reports whether t is a defined message type.
 func (t MessageType) Valid() bool {
 	switch t {
-	case TaskRequest, TaskResponse, TaskProgress, TaskResult, ErrorResponse, Heartbeat, Feedback, Mailbox, MailboxAck:
+	case TaskRequest, TaskResponse, TaskProgress, TaskResult, ErrorResponse, Heartbeat, Feedback, Mailbox, MailboxAck, RevocationSync:
 		return true
 	}
 	return false

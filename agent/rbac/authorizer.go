@@ -278,6 +278,35 @@ func (a *Authorizer) Revoked(grantID string) bool {
 	return ok
 }
 
+// Revocations returns the recorded revocations, newest first (by issued time, then grant ID), at most
+// max of them (max <= 0: all). The catch-up of revocations offers them to peers (ADR 0096).
+func (a *Authorizer) Revocations(max int) []Revocation {
+	a.mu.RLock()
+	out := make([]Revocation, 0, len(a.revoked))
+	for _, r := range a.revoked {
+		out = append(out, r)
+	}
+	a.mu.RUnlock()
+	slices.SortFunc(out, func(x, y Revocation) int {
+		if c := cmp.Compare(y.Issued, x.Issued); c != 0 {
+			return c
+		}
+		return strings.Compare(x.Grant, y.Grant)
+	})
+	if max > 0 && len(out) > max {
+		out = out[:max]
+	}
+	return out
+}
+
+// Revocation returns the recorded revocation of grantID.
+func (a *Authorizer) Revocation(grantID string) (Revocation, bool) {
+	a.mu.RLock()
+	defer a.mu.RUnlock()
+	r, ok := a.revoked[grantID]
+	return r, ok
+}
+
 // Grants returns the grants stored for subject (valid or not), oldest first.
 func (a *Authorizer) Grants(subject identity.ID) []Grant {
 	a.mu.RLock()

@@ -302,6 +302,9 @@ func newID() (string, error) {
 	return identity.Base64().EncodeToString(b[:]), nil
 }
 
+// CheckGrantID refuses a string that is not a grant ID (128 bits in unpadded base64url).
+func CheckGrantID(id string) error { return checkID(id) }
+
 func checkID(id string) error {
 	b, err := identity.Base64().DecodeString(id)
 	if err != nil || len(b) != grantIDBytes {

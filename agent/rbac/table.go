@@ -21,6 +21,8 @@ const (
 	OpFeedback      Operation = "feedback"
 	OpMailbox       Operation = "mailbox"
 	OpMailboxAck    Operation = "mailbox_ack"
+	// OpRevocationSync: the catch-up of revocations when a session comes up (ADR 0096).
+	OpRevocationSync Operation = "revocation_sync"
 )
 
 // Control-socket operations ("control.<area>.<verb>"): the permissions of agent/api's table, each named by
@@ -114,6 +116,7 @@ var Table = []Requirement{
 	{OpFeedback, ShareResults, FromPeer, "signed feedback about another peer's result"},
 	{OpMailbox, ProtocolTranslation, FromPeer, "a gateway delivers a message a program left for this agent while it was offline (store-and-forward, ADR 0093)"},
 	{OpMailboxAck, ShareResults, FromPeer, "the recipient of a mailbox delivery reports its outcome (accepted, or refused with a reason); it deletes only that peer's own stored message"},
+	{OpRevocationSync, "", FromPeer, "catch-up of revocations when a session comes up (ADR 0096): needs no role, as on gossip: each revocation carries its administrator's signature and is verified as a gossiped one, and refusing it would only keep a revoked grant usable; bounded per session and by the rate limits"},
 
 	{SelfTaskExecute, ProcessTasks, FromSelf, "this agent runs a task a peer asked of it: checked (with self.result.send) before a new task_request reaches the task engine; refused with executor_not_permitted"},
 	{SelfResultSend, ShareResults, FromSelf, "this agent sends the signed result of a task it ran to the peer that asked; checked at every send (a refused result stays stored and is sent again later)"},
