@@ -61,25 +61,43 @@ func ReadDataFrame(r io.Reader) ([]byte, error) { return ReadDataFrameInto(r, ni
 // ReadDataFrameInto is ReadDataFrame reading into buf when it is large enough (the result then aliases
 // buf), for a pump that hands each frame on before it reads the next.
 func ReadDataFrameInto(r io.Reader, buf []byte) ([]byte, error) {
+	n, err := readDataHeader(r)
+	if err != nil {
+		return nil, err
+	}
+	return readDataBody(r, sized(buf, n))
+}
+
+// readDataHeader reads a frame's length: io.EOF for the end marker, ErrDataBroken when the socket
+// ends first, ErrFrameTooLarge above MaxFrameSize.
+func readDataHeader(r io.Reader) (uint32, error) {
 	var hdr [4]byte
 	if _, err := io.ReadFull(r, hdr[:]); err != nil {
 		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
-			return nil, fmt.Errorf("%w: it ended without the end marker", ErrDataBroken)
+			return 0, fmt.Errorf("%w: it ended without the end marker", ErrDataBroken)
 		}
-		return nil, err
+		return 0, err
 	}
 	n := binary.BigEndian.Uint32(hdr[:])
 	if n == DataEnd {
-		return nil, io.EOF
+		return 0, io.EOF
 	}
 	if n > MaxFrameSize {
-		return nil, fmt.Errorf("frame of %d bytes announced: %w (limit %d)", n, ErrFrameTooLarge, MaxFrameSize)
+		return 0, fmt.Errorf("frame of %d bytes announced: %w (limit %d)", n, ErrFrameTooLarge, MaxFrameSize)
 	}
+	return n, nil
+}
+
+// sized returns buf cut to n bytes when it is large enough, else a new slice.
+func sized(buf []byte, n uint32) []byte {
 	if uint32(cap(buf)) >= n {
-		buf = buf[:n]
-	} else {
-		buf = make([]byte, n)
+		return buf[:n]
 	}
+	return make([]byte, n)
+}
+
+// readDataBody fills buf from r: ErrDataBroken when the socket ends inside the frame.
+func readDataBody(r io.Reader, buf []byte) ([]byte, error) {
 	if _, err := io.ReadFull(r, buf); err != nil {
 		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
 			return nil, fmt.Errorf("%w: it ended inside a frame", ErrDataBroken)
@@ -123,38 +141,18 @@ func (d *DataReader) ReadFrameInto(buf []byte) ([]byte, error) {
 	if d.br != nil {
 		src = d.br
 	}
-	var hdr [4]byte
-	if _, err := io.ReadFull(src, hdr[:]); err != nil {
-		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
-			return nil, fmt.Errorf("%w: it ended without the end marker", ErrDataBroken)
-		}
+	n, err := readDataHeader(src)
+	if err != nil {
 		return nil, err
 	}
-	n := binary.BigEndian.Uint32(hdr[:])
-	if n == DataEnd {
-		return nil, io.EOF
-	}
-	if n > MaxFrameSize {
-		return nil, fmt.Errorf("frame of %d bytes announced: %w (limit %d)", n, ErrFrameTooLarge, MaxFrameSize)
-	}
-	if uint32(cap(buf)) >= n {
-		buf = buf[:n]
-	} else {
-		buf = make([]byte, n)
-	}
+	buf = sized(buf, n)
 	if d.br == nil && n < DataReadBuffer {
 		// A small frame: read it with read-ahead, so that the frames behind it come in the same read.
 		d.br = dataReadBuffers.Get().(*bufio.Reader)
 		d.br.Reset(d.r)
 		src = d.br
 	}
-	if _, err := io.ReadFull(src, buf); err != nil {
-		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
-			return nil, fmt.Errorf("%w: it ended inside a frame", ErrDataBroken)
-		}
-		return nil, err
-	}
-	return buf, nil
+	return readDataBody(src, buf)
 }
 
 // release gives the read-ahead buffer back once nothing is buffered in it.
