@@ -11,12 +11,13 @@ import (
 	"github.com/custos-agent/custos/reason"
 )
 
-// InstallGossipRevocation verifies and applies a revocation received by gossip (ADR 0091), as `revoke
+// InstallGossipRevocation verifies and applies a revocation received by gossip (ADR 0091) or catch-up
+// (ADR 0096; via says which, for the audit record), as `revoke
 // install` does, except that every copy is verified completely, even of a grant already revoked here
 // (the verdict decides whether the plugin forwards it). A revocation signed by an agent that is neither
 // one of this agent's administrators nor the issuer of a grant it holds is of no use here: ignore is
 // true (dropped, not forwarded, nobody penalised) and its issuer's key event log is not learnt.
-func (z *Authz) InstallGossipRevocation(ctx context.Context, r rbac.Revocation, issuerLog []byte) (ignore bool, err error) {
+func (z *Authz) InstallGossipRevocation(ctx context.Context, r rbac.Revocation, issuerLog []byte, via string) (ignore bool, err error) {
 	issuer, err := identity.ParseID(r.Issuer)
 	if err != nil {
 		return false, reason.Wrap(reason.Malformed, err, "revocation issuer %q", r.Issuer)
@@ -44,7 +45,7 @@ func (z *Authz) InstallGossipRevocation(ctx context.Context, r rbac.Revocation, 
 	if err != nil {
 		return false, fmt.Errorf("drop held grant %s: %w", r.Grant, err)
 	}
-	z.deps.Audit(audit.GrantRevoked, r.Issuer, r.Grant, audit.OutcomeSuccess, map[string]any{"grant": r.Grant, "reason": "revocation received by gossip", "held": removed, "applied": applied})
+	z.deps.Audit(audit.GrantRevoked, r.Issuer, r.Grant, audit.OutcomeSuccess, map[string]any{"grant": r.Grant, "reason": "revocation received by " + via, "held": removed, "applied": applied})
 	return false, nil
 }
 

@@ -35,7 +35,7 @@ func TestInstallGossipRevocation(t *testing.T) {
 	forged.Sig = identity.Base64().EncodeToString(bytes.Repeat([]byte{1}, 64))
 	check := func(what string, r rbac.Revocation, wantIgnore bool, want reason.Code) {
 		t.Helper()
-		ignore, err := f.z.InstallGossipRevocation(ctx, r, nil)
+		ignore, err := f.z.InstallGossipRevocation(ctx, r, nil, "gossip")
 		if ignore != wantIgnore || reason.Of(err) != want && !(want == "" && err == nil) {
 			t.Fatalf("%s: ignore=%v err=%v (code %q), want ignore=%v code %q", what, ignore, err, reason.Of(err), wantIgnore, want)
 		}
@@ -53,6 +53,21 @@ func TestInstallGossipRevocation(t *testing.T) {
 	}) {
 		t.Fatal("no grant.revoked audit record for the gossiped revocation")
 	}
+	// One caught up with (ADR 0096) says so, and from whom.
+	grant2 := identity.Base64().EncodeToString(bytes.Repeat([]byte{8}, 16))
+	r2, err := rbac.IssueRevocation(ctx, admin.Current(), admin.ID(), grant2, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	via := "catch-up from " + stranger.ID().String()
+	if _, err := f.z.InstallGossipRevocation(ctx, r2, nil, via); err != nil {
+		t.Fatal(err)
+	}
+	if !f.audit(t, audit.GrantRevoked, func(e audit.Entry) bool {
+		return e.Subject == grant2 && e.Details["reason"] == "revocation received by "+via
+	}) {
+		t.Fatal("the caught-up revocation's audit record does not say it came by catch-up, and from whom")
+	}
 	check("forged copy of a known revocation", forged, false, reason.GrantBadSignature)
 	other, err := rbac.IssueRevocation(ctx, stranger.Current(), stranger.ID(), grant, time.Now())
 	if err != nil {
@@ -65,13 +80,13 @@ func TestInstallGossipRevocation(t *testing.T) {
 	if err := h.held.Put(rbac.Grant{ID: grant, Issuer: admin.ID().String(), Subject: h.self.ID().String()}); err != nil {
 		t.Fatal(err)
 	}
-	if ignore, err := h.z.InstallGossipRevocation(ctx, forged, nil); ignore || reason.Of(err) != reason.GrantBadSignature {
+	if ignore, err := h.z.InstallGossipRevocation(ctx, forged, nil, "gossip"); ignore || reason.Of(err) != reason.GrantBadSignature {
 		t.Fatalf("forged revocation of a held grant: ignore=%v err=%v", ignore, err)
 	}
 	if held, _ := h.held.List(); len(held) != 1 {
 		t.Fatal("a forged revocation dropped the held grant")
 	}
-	if ignore, err := h.z.InstallGossipRevocation(ctx, r, nil); ignore || err != nil {
+	if ignore, err := h.z.InstallGossipRevocation(ctx, r, nil, "gossip"); ignore || err != nil {
 		t.Fatalf("revocation of a held grant: ignore=%v err=%v", ignore, err)
 	}
 	if held, _ := h.held.List(); len(held) != 0 {
@@ -129,7 +144,7 @@ func TestCatchupDispatchAndWanted(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := f.z.InstallGossipRevocation(ctx, r, nil); err != nil {
+	if _, err := f.z.InstallGossipRevocation(ctx, r, nil, "gossip"); err != nil {
 		t.Fatal(err)
 	}
 	if f.z.RevocationWanted()(g1, admin.ID().String()) {

@@ -424,7 +424,7 @@ func (s *Service) catchupBatch(ctx context.Context, peer string, raws []json.Raw
 	defer s.cu.setQuiet(grants, false)
 	accepted := 0
 	for i, raw := range raws {
-		ignore, err := s.judgeGossip(ctx, transports.TopicRevocations, raw)
+		ignore, err := s.judgeGossip(ctx, transports.TopicRevocations, raw, "catch-up from "+peer)
 		switch {
 		case err == nil:
 			accepted++

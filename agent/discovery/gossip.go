@@ -66,8 +66,8 @@ func DecodeRevocationMessage(b []byte) (rbac.Revocation, []byte, error) {
 // Revocations applies verified revocations (*authz.Authz).
 type Revocations interface {
 	// InstallGossipRevocation verifies r completely and applies it; ignore is true when err is not the
-	// sender's fault.
-	InstallGossipRevocation(ctx context.Context, r rbac.Revocation, issuerLog []byte) (ignore bool, err error)
+	// sender's fault. via says how it came, for the audit record ("gossip", "catch-up from AGENT_ID").
+	InstallGossipRevocation(ctx context.Context, r rbac.Revocation, issuerLog []byte, via string) (ignore bool, err error)
 }
 
 // Publisher is a transport that may run gossip (*host.Transport): Publish answers an error wrapping
@@ -110,7 +110,7 @@ func (p *peerIDs) agent(peerID string) (identity.ID, bool) {
 // message (malformed, bad signature, a key event log that does not verify) counts against its sender:
 // a reputation observation when its libp2p peer ID is known from a verified agent record.
 func (s *Service) ValidateGossip(ctx context.Context, topic, from string, data []byte) (bool, error) {
-	ignore, err := s.judgeGossip(ctx, topic, data)
+	ignore, err := s.judgeGossip(ctx, topic, data, "gossip")
 	s.m.gossip(topic, ignore, err)
 	if err == nil || ignore {
 		return ignore, err
@@ -122,7 +122,7 @@ func (s *Service) ValidateGossip(ctx context.Context, topic, from string, data [
 	return false, err
 }
 
-func (s *Service) judgeGossip(ctx context.Context, topic string, data []byte) (bool, error) {
+func (s *Service) judgeGossip(ctx context.Context, topic string, data []byte, via string) (bool, error) {
 	switch topic {
 	case transports.TopicRevocations:
 	case transports.TopicKeyLogs: // rotations and compromise evidence (ADR 0097)
@@ -137,7 +137,7 @@ func (s *Service) judgeGossip(ctx context.Context, topic string, data []byte) (b
 	if err != nil {
 		return false, err
 	}
-	return s.cfg.Revocations.InstallGossipRevocation(ctx, r, log)
+	return s.cfg.Revocations.InstallGossipRevocation(ctx, r, log, via)
 }
 
 // PublishRevocation sends r (with its issuer's key event log) on the revocation topic of every transport

@@ -159,7 +159,7 @@ func FuzzDecodeRevocationMessage(f *testing.F) {
 // fakeRevocations applies revocations with a real rbac.Authorizer (this agent's administrators only).
 type fakeRevocations struct{ az *rbac.Authorizer }
 
-func (f fakeRevocations) InstallGossipRevocation(ctx context.Context, r rbac.Revocation, _ []byte) (bool, error) {
+func (f fakeRevocations) InstallGossipRevocation(ctx context.Context, r rbac.Revocation, _ []byte, _ string) (bool, error) {
 	issuer, err := identity.ParseID(r.Issuer)
 	if err != nil {
 		return false, err
