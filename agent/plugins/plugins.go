@@ -273,6 +273,7 @@ func (s *Set) Statuses() []api.TransportStatus {
 		st := api.TransportStatus{Name: ts.Config.Name, Plugin: ts.Config.Plugin, SHA256: ts.Config.SHA256, PID: ts.T.PID(), Running: ts.T.PID() != 0, Restarts: ts.T.Restarts()}
 		st.SandboxDetail = ts.T.Sandbox()
 		st.Sandbox = st.SandboxDetail.String()
+		st.DHTMode = ts.T.DHTMode()
 		s.mu.RLock()
 		for _, l := range ts.Listeners {
 			st.Listen = append(st.Listen, l.Addrs()...)
