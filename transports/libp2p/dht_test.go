@@ -8,6 +8,8 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -237,5 +239,35 @@ func TestDHTClientModeAnswersNoLookup(t *testing.T) {
 				t.Errorf("client mode: advertised %v (protocols %v), stream error %v: the plugin answers DHT lookups", advertised, protos, err)
 			}
 		})
+	}
+}
+
+// TestDHTModeJudgedAtEveryStart: the host asks AnswerLookups at every start of a plugin process, so a
+// change of the agent's own roles applies at the next start (here a crash restart): not before, since a
+// running plugin is not reconfigured.
+func TestDHTModeJudgedAtEveryStart(t *testing.T) {
+	var answer atomic.Bool
+	answer.Store(true)
+	cfg := hosttest.Config(t, "libp2p", bins["transport-libp2p"])
+	cfg.Judge = &testJudge{refused: map[string]int{}}
+	cfg.AnswerLookups = func(context.Context) bool { return answer.Load() }
+	h := hosttest.Start(t, cfg)
+	if got := h.T.DHTMode(); got != "server" {
+		t.Fatalf("first start: DHT mode %q, want server", got)
+	}
+	answer.Store(false) // discover_peers withdrawn
+	if got := h.T.DHTMode(); got != "server" {
+		t.Fatalf("running plugin: DHT mode %q changed without a restart", got)
+	}
+	pid := h.T.PID()
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for (h.T.Restarts() < 1 || h.T.PID() == 0 || h.T.PID() == pid) && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	if got := h.T.DHTMode(); got != "client" {
+		t.Fatalf("after the restart: DHT mode %q, want client (restarts %d)", got, h.T.Restarts())
 	}
 }
