@@ -44,7 +44,8 @@ type Config struct {
 	// AnswerLookups, when set, is asked at every start of a plugin process (the first and each restart or
 	// update) whether the plugin's DHT answers other nodes' lookups (server mode) or only asks (client
 	// mode): the agent judges the self operation self.lookup.answer (discover_peers) against its own roles
-	// (ADR 0094, amendment). Nil: the plugin is not told (DHT_MODE_UNSPECIFIED: server, as before).
+	// (ADR 0094, amendment). Nil: the plugin is not told (DHT_MODE_UNSPECIFIED: server, as before). Set it
+	// only for a transport with a DHT: a plugin that does not confirm client mode is logged as a warning.
 	AnswerLookups func(ctx context.Context) bool
 	// Observer is told about restarts and refused peers (metrics, session re-establishment). Optional.
 	Observer Observer

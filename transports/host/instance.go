@@ -164,8 +164,9 @@ func (in *instance) configure(ctx context.Context) error {
 	case req.DhtMode == pb.DhtMode_DHT_MODE_CLIENT && got == pb.DhtMode_DHT_MODE_SERVER:
 		return misbehaved("plugin %s runs its DHT in server mode, answering lookups, though the host asked for client mode", in.cfg.Path)
 	case req.DhtMode == pb.DhtMode_DHT_MODE_CLIENT && got == pb.DhtMode_DHT_MODE_UNSPECIFIED:
-		// A transport without a DHT, or a plugin from before dht_mode: nothing to enforce, or nothing to see.
-		in.cfg.Logger.Debug("transport plugin reports no DHT mode: it runs no DHT, or predates dht_mode", "pid", in.pid)
+		// A transport without a DHT (the agent asks only libp2p), or a plugin binary from before dht_mode,
+		// which runs its DHT in server mode whatever it is told: say so, it cannot be enforced.
+		in.cfg.Logger.Warn("transport plugin did not confirm DHT client mode: it runs no DHT, or it predates dht_mode and answers lookups; update the plugin binary", "pid", in.pid, "path", in.cfg.Path)
 	}
 	in.dhtMode = resp.GetDhtMode()
 	in.key = append(ed25519.PublicKey(nil), pub...)
