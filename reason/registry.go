@@ -161,7 +161,7 @@ func entries() []Entry {
 		{MalformedGrants, d(DomainAdmission), "the presented grants do not decode", true},
 		{GrantWrongSubject, d(DomainAdmission), "a presented grant names another agent", true},
 		{Uncorrelated, d(DomainAdmission), "an error_response that answers nothing this agent sent to that peer", false},
-		{ExecutorNotPermitted, d(DomainAdmission), "this agent does not hold the permission acting for the peer needs of it (process_tasks to run its task, share_results to send it a result or feedback): a peer_node grant of one of its administrators, or authorization.own_roles; ask its operator", true},
+		{ExecutorNotPermitted, d(DomainAdmission), "this agent does not hold the permission acting for the peer needs of it (process_tasks to run its task, share_results to send it a result or feedback, discover_peers to answer DHT lookups): a peer_node grant of one of its administrators, or authorization.own_roles; ask its operator", true},
 
 		{BadBinding, d(DomainTransport), "a connection's transport binding does not verify", false},
 		{PeerMismatch, d(DomainTransport), "the peer on the connection is not the one dialled", false},

@@ -28,6 +28,9 @@ type TransportStatus struct {
 	// seccomp, userns, mntns, pidns, no_new_privs, caps_dropped, uid 65534"; SandboxDetail has each.
 	Sandbox       string              `json:"sandbox"`
 	SandboxDetail sandbox.Protections `json:"sandbox_detail"`
+	// DHTMode is how the current plugin process runs its DHT: "server" (answers lookups), "client" (only
+	// asks: this agent lacks discover_peers, self.lookup.answer), absent for a transport without a DHT.
+	DHTMode string `json:"dht_mode,omitempty"`
 }
 
 // Status is the answer to OpStatus.

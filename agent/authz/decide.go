@@ -38,7 +38,8 @@ const (
 	// ReasonUncorrelated: an error_response that answers nothing this agent sent to that peer.
 	ReasonUncorrelated = string(reason.Uncorrelated)
 	// ReasonExecutorNotPermitted: this agent does not hold what acting for the peer needs of it
-	// (process_tasks to run its task, share_results to send a result or feedback; docs/adr/0094).
+	// (process_tasks to run its task, share_results to send a result or feedback, discover_peers to
+	// answer DHT lookups; docs/adr/0094).
 	ReasonExecutorNotPermitted = string(reason.ExecutorNotPermitted)
 )
 

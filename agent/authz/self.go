@@ -59,6 +59,8 @@ func opVerb(op rbac.Operation) string {
 		return "send task results to peers"
 	case rbac.SelfFeedbackSend:
 		return "send feedback to peers"
+	case rbac.SelfLookupAnswer:
+		return "answer peers' DHT lookups (its DHT runs in client mode)"
 	}
 	return string(op)
 }
@@ -79,7 +81,10 @@ func (z *Authz) checkSelf(ctx context.Context, op rbac.Operation, peer string, e
 	if rr == "" {
 		enforce = true // not a denial (the held grants unreadable): never let it through
 	}
-	details := map[string]any{"peer": peer, "rbac_reason": string(rr)}
+	details := map[string]any{"rbac_reason": string(rr)}
+	if peer != "" { // self.lookup.answer is judged for no peer in particular
+		details["peer"] = peer
+	}
 	for k, v := range extra {
 		details[k] = v
 	}
@@ -118,4 +123,14 @@ func (z *Authz) checkExecute(ctx context.Context, from string, msg *session.Mess
 		}
 	}
 	return nil
+}
+
+// AnswersLookups is the judgement of self.lookup.answer (discover_peers, ADR 0094 amendment): whether this
+// agent's DHT answers other agents' lookups (server mode) or only asks (client mode). The plugin host asks
+// it at every start of a plugin process (host.Config.AnswerLookups), so a change of the agent's own roles
+// (a grant installed or revoked, own_roles reloaded) takes effect at the plugin's next start. A refusal is
+// audited and counted like every refused self operation; log-only (enforce.grants false) answers; held
+// grants that cannot be read refuse (client mode: fails closed).
+func (z *Authz) AnswersLookups(ctx context.Context) bool {
+	return z.checkSelf(ctx, rbac.SelfLookupAnswer, "", nil) == nil
 }

@@ -122,3 +122,42 @@ func TestExecutorNeedsPeerNode(t *testing.T) {
 		t.Fatal("log-only: no would-be denial audited")
 	}
 }
+
+// TestAnswersLookupsNeedsDiscoverPeers: whether this agent's DHT answers other agents' lookups (server
+// mode) is the self operation self.lookup.answer, which needs discover_peers of its own roles (ADR 0094
+// amendment): with own_roles [] and no grant held it only asks (client mode), with a peer_node grant of
+// an administrator, or the default own roles ([peer_node]), or in log-only mode, it answers.
+func TestAnswersLookupsNeedsDiscoverPeers(t *testing.T) {
+	ctx := context.Background()
+	admin := agenttest.NewIdentity(t, keystore.Ed25519)
+	if req, err := rbac.Required(rbac.Operation("self.lookup.answer")); err != nil || req.Permission != rbac.DiscoverPeers || req.From != rbac.FromSelf {
+		t.Fatalf("self.lookup.answer in rbac.Table: %+v, %v", req, err)
+	}
+	a := newFixture(t, fmt.Sprintf("authorization: {admins: [%s], own_roles: []}\n", admin.ID()))
+	if a.z.AnswersLookups(ctx) {
+		t.Fatal("own_roles [] and no grant held: the DHT answers lookups (want client mode)")
+	}
+	if !a.audit(t, audit.AccessDenied, func(e audit.Entry) bool {
+		return e.Subject == string(rbac.SelfLookupAnswer) && e.Details["permission"] == "discover_peers" && e.Details["rbac_reason"] == string(rbac.NoGrant)
+	}) {
+		t.Fatalf("no access.denied record of the refused self.lookup.answer: %+v", a.records)
+	}
+	if err := a.held.Put(grantFor(t, admin, a.self.ID(), rbac.TaskSubmitter, time.Now(), time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	if a.z.AnswersLookups(ctx) {
+		t.Fatal("a task_submitter grant (no discover_peers): the DHT answers lookups")
+	}
+	if err := a.held.Put(grantFor(t, admin, a.self.ID(), rbac.PeerNode, time.Now(), time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	if !a.z.AnswersLookups(ctx) {
+		t.Fatal("with a peer_node grant of an administrator: the DHT does not answer lookups")
+	}
+	if b := newFixture(t, fmt.Sprintf("authorization: {admins: [%s]}\n", admin.ID())); !b.z.AnswersLookups(ctx) {
+		t.Fatal("default own roles [peer_node]: the DHT does not answer lookups")
+	}
+	if c := newFixture(t, fmt.Sprintf("authorization: {admins: [%s], own_roles: [], enforce: {grants: false}}\n", admin.ID())); !c.z.AnswersLookups(ctx) {
+		t.Fatal("log-only: the DHT does not answer lookups")
+	}
+}

@@ -264,7 +264,7 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 			Peers: d.peers, Reputation: d.rep, Evidence: d.evidence, Tasks: d.taskStore, Grants: d.authz.RBAC(), Audit: d.audit, Logger: d.log.With("part", "retention")})
 	})
 
-	// The transport plugins (started below), with the binding authority and the DHT record judge.
+	// The transport plugins (started below): binding authority, DHT record judge, DHT mode (self.lookup.answer).
 	authority := bindauth.NewAuthority(d.id, d.dm, d.peers, d.keyLog, bindauth.DefaultBindingTTL)
 	if d.disc, err = discovery.New(discovery.Config{Self: d.id, OwnLog: d.keyLog, Keys: d.dm.Current, Logs: d.peers,
 		Networks: func() []discovery.Network { return d.plugins.Networks() }, Registerer: d.metrics.Registry(), Logger: d.log.With("part", "discovery"), Lifetime: cfg.Discovery.RecordLifetime(),
@@ -274,7 +274,7 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 		return nil, err
 	}
 	d.authz.RBAC().OnRevocation(d.disc.RevocationHook(d.ctx, d.authz.IssuerLog)) // gossiped to every agent
-	d.plugins = plugins.New(plugins.Config{Authority: authority, Judge: d.disc, KeyDir: filepath.Join(d.home, TransportKeyDir),
+	d.plugins = plugins.New(plugins.Config{Authority: authority, Judge: d.disc, AnswerLookups: d.authz.AnswersLookups, KeyDir: filepath.Join(d.home, TransportKeyDir),
 		Events: d.events, Metrics: d.metrics, OnRestart: func() { d.mgr.WakeAll() }, SandboxProbe: opts.SandboxProbe, Logger: d.log})
 
 	// The session manager (sessions.go) over the plugins; each connection's session configuration is authz's.

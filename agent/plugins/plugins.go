@@ -52,6 +52,10 @@ type Config struct {
 	Authority host.BindingAuthority
 	// Judge answers the plugins' questions about DHT records (agent/discovery); optional.
 	Judge host.RecordJudge
+	// AnswerLookups judges, at every start of the libp2p plugin's process, whether its DHT answers other
+	// agents' lookups (server mode) or only asks (client mode): self.lookup.answer (discover_peers) of
+	// agent/authz (ADR 0094 amendment). Nil: server mode, as before.
+	AnswerLookups func(ctx context.Context) bool
 	// KeyDir holds the stable transport keys (libp2p: <KeyDir>/libp2p.key, ADR 0070).
 	KeyDir string
 	// Events and Metrics receive the plugins' starts, stops, restarts and refused peers.
@@ -115,15 +119,17 @@ func (s *Set) Start(ctx, run context.Context, tc config.TransportConfig) error {
 			"transport", tc.Name, "plugin", tc.Plugin)
 	}
 	var tkey ed25519.PrivateKey
+	var answer func(context.Context) bool
 	if tc.Name == "libp2p" { // a stable peer ID, so /p2p/ addresses survive plugin restarts (ADR 0070)
 		if tkey, err = host.LoadTransportKey(filepath.Join(s.cfg.KeyDir, tc.Name+".key")); err != nil {
 			return fmt.Errorf("transport %s: %w", tc.Name, err)
 		}
+		answer = s.cfg.AnswerLookups // the transport with a DHT (the others have none to run in either mode)
 	}
 	t, err := host.Start(run, host.Config{
 		Name: tc.Name, Path: tc.Plugin, SHA256: tc.SHA256, Options: tc.Options, Authority: s.cfg.Authority,
 		Observer: observer{s}, Logger: log, Sandbox: mode, User: tc.User, BindPorts: BindPorts(tc),
-		SandboxProbe: s.cfg.SandboxProbe, TransportKey: tkey, Judge: s.cfg.Judge,
+		SandboxProbe: s.cfg.SandboxProbe, TransportKey: tkey, Judge: s.cfg.Judge, AnswerLookups: answer,
 	})
 	if err != nil {
 		return fmt.Errorf("transport %s: plugin %s: %w", tc.Name, tc.Plugin, err)
@@ -267,6 +273,7 @@ func (s *Set) Statuses() []api.TransportStatus {
 		st := api.TransportStatus{Name: ts.Config.Name, Plugin: ts.Config.Plugin, SHA256: ts.Config.SHA256, PID: ts.T.PID(), Running: ts.T.PID() != 0, Restarts: ts.T.Restarts()}
 		st.SandboxDetail = ts.T.Sandbox()
 		st.Sandbox = st.SandboxDetail.String()
+		st.DHTMode = ts.T.DHTMode()
 		s.mu.RLock()
 		for _, l := range ts.Listeners {
 			st.Listen = append(st.Listen, l.Addrs()...)

@@ -72,11 +72,13 @@ const (
 // Self operations ("self.<area>.<verb>"): what this agent does for a peer, checked against its own roles
 // (agent/authz.AuthorizeSelf). The message dispatcher checks SelfTaskExecute and SelfResultSend before a
 // new task_request reaches the task engine; every outbound message whose type OutboundOp names is checked
-// when it is sent.
+// when it is sent; SelfLookupAnswer is judged at every start of a transport plugin process, which runs its
+// DHT in server mode (answering lookups) only when it is allowed (agent/authz.AnswersLookups).
 const (
 	SelfTaskExecute  Operation = "self.task.execute"
 	SelfResultSend   Operation = "self.result.send"
 	SelfFeedbackSend Operation = "self.feedback.send"
+	SelfLookupAnswer Operation = "self.lookup.answer"
 )
 
 // OutboundOp returns the self operation that guards sending a message of type messageType to a peer, and
@@ -121,6 +123,7 @@ var Table = []Requirement{
 	{SelfTaskExecute, ProcessTasks, FromSelf, "this agent runs a task a peer asked of it: checked (with self.result.send) before a new task_request reaches the task engine; refused with executor_not_permitted"},
 	{SelfResultSend, ShareResults, FromSelf, "this agent sends the signed result of a task it ran to the peer that asked; checked at every send (a refused result stays stored and is sent again later)"},
 	{SelfFeedbackSend, ShareResults, FromSelf, "this agent sends signed feedback (agentctl feedback, a vote's own) to its connected peers"},
+	{SelfLookupAnswer, DiscoverPeers, FromSelf, "this agent's DHT answers other agents' lookups (server mode); refused, the plugin runs its DHT in client mode (it only asks); judged at every start of a plugin process"},
 
 	{CtlStatus, ViewStatus, FromLocal, "agentctl status"},
 	{CtlPeersList, ViewStatus, FromLocal, "agentctl peers: trust level, score, factors"},

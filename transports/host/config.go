@@ -7,6 +7,7 @@
 package host
 
 import (
+	"context"
 	"crypto/ed25519"
 	"encoding/hex"
 	"fmt"
@@ -40,6 +41,12 @@ type Config struct {
 	// Judge, when set, answers the plugin's questions about DHT records (ADR 0070); without it a plugin
 	// with a DHT refuses every record.
 	Judge RecordJudge
+	// AnswerLookups, when set, is asked at every start of a plugin process (the first and each restart or
+	// update) whether the plugin's DHT answers other nodes' lookups (server mode) or only asks (client
+	// mode): the agent judges the self operation self.lookup.answer (discover_peers) against its own roles
+	// (ADR 0094, amendment). Nil: the plugin is not told (DHT_MODE_UNSPECIFIED: server, as before). Set it
+	// only for a transport with a DHT: a plugin that does not confirm client mode is logged as a warning.
+	AnswerLookups func(ctx context.Context) bool
 	// Observer is told about restarts and refused peers (metrics, session re-establishment). Optional.
 	Observer Observer
 	// Logger defaults to slog.Default().

@@ -564,6 +564,7 @@ func TestMisbehavingPlugin(t *testing.T) {
 	}{
 		{"badproof", "start", host.ErrPluginMisbehaved, "did not prove possession"},
 		{"badname", "start", host.ErrPluginMisbehaved, `says it is transport "udp"`},
+		{"dhtserver", "start", host.ErrPluginMisbehaved, "server mode, answering lookups, though the host asked for client mode"},
 		{"hangconfigure", "start", context.DeadlineExceeded, "configure"},
 		{"badaddr", "listen", host.ErrPluginMisbehaved, "control character"},
 		{"manyaddrs", "listen", host.ErrPluginMisbehaved, "1000 addresses"},
@@ -583,6 +584,9 @@ func TestMisbehavingPlugin(t *testing.T) {
 			cfg := hosttest.Config(t, "tcp", bins["evil"])
 			cfg.Env = []string{"EVIL_MODE=" + tc.mode}
 			cfg.CallTimeout, cfg.DialTimeout = time.Second, time.Second
+			if tc.mode == "dhtserver" { // the agent lacks discover_peers (self.lookup.answer): client mode
+				cfg.AnswerLookups = func(context.Context) bool { return false }
+			}
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
 			var err error

@@ -44,6 +44,7 @@ type instance struct {
 	pid     int
 	prot    sandbox.Protections
 	key     ed25519.PublicKey
+	dhtMode pb.DhtMode // what the plugin said its DHT runs as (unspecified: no DHT, or a plugin predating the field)
 	started time.Time
 
 	ctx    context.Context // cancelled at teardown: fails every stream of this process
@@ -135,6 +136,12 @@ func (in *instance) configure(ctx context.Context) error {
 		req.TransportKeySeed = in.cfg.TransportKey.Seed()
 		want = in.cfg.TransportKey.Public().(ed25519.PublicKey)
 	}
+	if in.cfg.AnswerLookups != nil { // judged at every process start (ADR 0094, amendment)
+		req.DhtMode = pb.DhtMode_DHT_MODE_CLIENT
+		if in.cfg.AnswerLookups(cctx) {
+			req.DhtMode = pb.DhtMode_DHT_MODE_SERVER
+		}
+	}
 	resp, err := in.h.rpc.Configure(cctx, req)
 	clear(req.TransportKeySeed)
 	if err != nil {
@@ -153,6 +160,15 @@ func (in *instance) configure(ctx context.Context) error {
 	if want != nil && !want.Equal(ed25519.PublicKey(pub)) {
 		return misbehaved("plugin %s uses another transport key than the one the host handed it", in.cfg.Path)
 	}
+	switch got := resp.GetDhtMode(); {
+	case req.DhtMode == pb.DhtMode_DHT_MODE_CLIENT && got == pb.DhtMode_DHT_MODE_SERVER:
+		return misbehaved("plugin %s runs its DHT in server mode, answering lookups, though the host asked for client mode", in.cfg.Path)
+	case req.DhtMode == pb.DhtMode_DHT_MODE_CLIENT && got == pb.DhtMode_DHT_MODE_UNSPECIFIED:
+		// A transport without a DHT (the agent asks only libp2p), or a plugin binary from before dht_mode,
+		// which runs its DHT in server mode whatever it is told: say so, it cannot be enforced.
+		in.cfg.Logger.Warn("transport plugin did not confirm DHT client mode: it runs no DHT, or it predates dht_mode and answers lookups; update the plugin binary", "pid", in.pid, "path", in.cfg.Path)
+	}
+	in.dhtMode = resp.GetDhtMode()
 	in.key = append(ed25519.PublicKey(nil), pub...)
 	return nil
 }

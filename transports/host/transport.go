@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	pb "github.com/custos-agent/custos/transports/proto"
 	"log/slog"
 	"strings"
 	"sync"
@@ -96,6 +97,23 @@ func (t *Transport) Sandbox() sandbox.Protections {
 		return sandbox.Protections{}
 	}
 	return t.inst.prot
+}
+
+// DHTMode is the mode the current plugin process said its DHT runs in ("server", "client"), or "" when it
+// runs no DHT (or predates dht_mode), or while no process runs.
+func (t *Transport) DHTMode() string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.inst == nil {
+		return ""
+	}
+	switch t.inst.dhtMode {
+	case pb.DhtMode_DHT_MODE_SERVER:
+		return "server"
+	case pb.DhtMode_DHT_MODE_CLIENT:
+		return "client"
+	}
+	return ""
 }
 
 // PID is the current plugin process ID, 0 while none runs.

@@ -26,6 +26,10 @@ const judgeTimeout = 5 * time.Second
 // UseJudge implements plugin.Discovery: with a judge the network runs the DHT (Configure starts it).
 func (n *Network) UseJudge(j plugin.Judge) { n.judge = j }
 
+// UseDHTMode implements plugin.Discovery: server answers other nodes' lookups, client only asks (the host
+// decides it from the agent's own roles: self.lookup.answer needs discover_peers).
+func (n *Network) UseDHTMode(server bool) { n.dhtClient = !server }
+
 // validator is the DHT's record validator: every record the DHT stores, serves or selects is judged by
 // the host (the plugin has no verification code and no key event logs).
 type validator struct{ j plugin.Judge }
@@ -42,10 +46,16 @@ func (v validator) Select(key string, values [][]byte) (int, error) {
 	return v.j.Select(ctx, key, values)
 }
 
-// startDHT runs the DHT in server mode (every agent stores and serves records) with providers off.
-func startDHT(h host.Host, j plugin.Judge) (*dht.IpfsDHT, error) {
+// startDHT runs the DHT with providers off, in server mode (it stores and serves records and answers
+// lookups) or, when client is set, in client mode: no DHT protocol handler is registered, so it answers
+// no peer's FIND_NODE, GET_VALUE or PUT_VALUE and identify does not advertise the protocol; it still asks.
+func startDHT(h host.Host, j plugin.Judge, client bool) (*dht.IpfsDHT, error) {
+	mode := dht.ModeServer
+	if client {
+		mode = dht.ModeClient
+	}
 	d, err := dht.New(h,
-		dht.Mode(dht.ModeServer),
+		dht.Mode(mode),
 		dht.ProtocolPrefix(DHTPrefix),
 		dht.Validator(record.NamespacedValidator{recordNamespace: validator{j}}),
 		dht.DisableProviders(),

@@ -4,15 +4,19 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
 	dht "github.com/libp2p/go-libp2p-kad-dht"
 	record "github.com/libp2p/go-libp2p-record"
 	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/protocol"
 
 	"github.com/custos-agent/custos/transports/host/hosttest"
 )
@@ -178,5 +182,92 @@ func TestRecordsRefusedWithoutJudge(t *testing.T) {
 	}
 	if _, err := a.T.FindRecord(ctx, "/custos/x", time.Second); err == nil {
 		t.Error("found a record nobody stored")
+	}
+}
+
+// TestDHTClientModeAnswersNoLookup: a plugin whose host says it may not answer lookups (AnswerLookups
+// false: the agent lacks discover_peers, ADR 0094 amendment) runs its DHT in client mode: identify does not
+// advertise /custos/kad/1.0.0 and a raw libp2p peer's FIND_NODE stream is refused; one told server mode
+// answers. Both report their mode to the host.
+func TestDHTClientModeAnswersNoLookup(t *testing.T) {
+	const kad = protocol.ID("/custos/kad/1.0.0")
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	raw, _ := rawPeer(t, "noise")
+	for _, tc := range []struct {
+		name   string
+		answer bool
+	}{{"server", true}, {"client", false}} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := hosttest.Config(t, "libp2p", bins["transport-libp2p"])
+			cfg.Judge = &testJudge{refused: map[string]int{}}
+			cfg.AnswerLookups = func(context.Context) bool { return tc.answer }
+			h := hosttest.Start(t, cfg)
+			if got := h.T.DHTMode(); got != tc.name {
+				t.Fatalf("plugin reports DHT mode %q, want %q", got, tc.name)
+			}
+			l, err := h.T.Listen(ctx, "/ip4/127.0.0.1/tcp/0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer l.Close()
+			ai, err := peer.AddrInfoFromString(l.Addrs()[0])
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := raw.Connect(ctx, *ai); err != nil {
+				t.Fatal(err)
+			}
+			var protos []protocol.ID
+			for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+				if protos, _ = raw.Peerstore().GetProtocols(ai.ID); len(protos) > 0 { // identify done
+					break
+				}
+			}
+			if len(protos) == 0 {
+				t.Fatal("identify never told the raw peer the plugin's protocols")
+			}
+			advertised := slices.Contains(protos, kad)
+			s, err := raw.NewStream(ctx, ai.ID, kad)
+			if err == nil {
+				_ = s.Close()
+			}
+			if tc.answer && (!advertised || err != nil) {
+				t.Errorf("server mode: advertised %v, stream error %v: want the DHT protocol served", advertised, err)
+			}
+			if !tc.answer && (advertised || err == nil) {
+				t.Errorf("client mode: advertised %v (protocols %v), stream error %v: the plugin answers DHT lookups", advertised, protos, err)
+			}
+		})
+	}
+}
+
+// TestDHTModeJudgedAtEveryStart: the host asks AnswerLookups at every start of a plugin process, so a
+// change of the agent's own roles applies at the next start (here a crash restart): not before, since a
+// running plugin is not reconfigured.
+func TestDHTModeJudgedAtEveryStart(t *testing.T) {
+	var answer atomic.Bool
+	answer.Store(true)
+	cfg := hosttest.Config(t, "libp2p", bins["transport-libp2p"])
+	cfg.Judge = &testJudge{refused: map[string]int{}}
+	cfg.AnswerLookups = func(context.Context) bool { return answer.Load() }
+	h := hosttest.Start(t, cfg)
+	if got := h.T.DHTMode(); got != "server" {
+		t.Fatalf("first start: DHT mode %q, want server", got)
+	}
+	answer.Store(false) // discover_peers withdrawn
+	if got := h.T.DHTMode(); got != "server" {
+		t.Fatalf("running plugin: DHT mode %q changed without a restart", got)
+	}
+	pid := h.T.PID()
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for (h.T.Restarts() < 1 || h.T.PID() == 0 || h.T.PID() == pid) && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	if got := h.T.DHTMode(); got != "client" {
+		t.Fatalf("after the restart: DHT mode %q, want client (restarts %d)", got, h.T.Restarts())
 	}
 }

@@ -52,6 +52,7 @@ type Network struct {
 	h                host.Host
 	handshakeTimeout time.Duration
 	judge            plugin.Judge // set by UseJudge: the DHT runs only with a host to judge records
+	dhtClient        bool         // set by UseDHTMode: the DHT only asks, answering no lookup
 	dht              *dht.IpfsDHT
 	gossip           *gossip // gossipsub topics (ADR 0091), with the DHT
 
@@ -108,7 +109,7 @@ func (n *Network) Configure(_ context.Context, id *plugin.Identity, opts map[str
 	n.h = h
 	h.SetStreamHandler(ProtocolID, n.handleStream)
 	if n.judge != nil {
-		if n.dht, err = startDHT(h, n.judge); err != nil {
+		if n.dht, err = startDHT(h, n.judge, n.dhtClient); err != nil {
 			_ = h.Close()
 			return err
 		}

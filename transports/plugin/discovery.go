@@ -20,6 +20,10 @@ import (
 type Discovery interface {
 	// UseJudge is called once, before Configure, with the plugin's way to ask the host about records.
 	UseJudge(j Judge)
+	// UseDHTMode is called once, before Configure, with the host's word on whether the DHT answers other
+	// nodes' lookups (server) or only asks (client): ConfigureRequest.dht_mode, which the host decides from
+	// the agent's own roles (self.lookup.answer, ADR 0094 amendment).
+	UseDHTMode(server bool)
 	// PutRecord stores value under key in the DHT (locally and at the closest peers).
 	PutRecord(ctx context.Context, key string, value []byte) error
 	// FindRecord looks key up and returns the best valid value found.

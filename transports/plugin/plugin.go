@@ -214,16 +214,26 @@ func (s *Server) Configure(ctx context.Context, req *pb.ConfigureRequest) (*pb.C
 	} else if id, err = NewIdentity(name); err != nil {
 		return nil, status.Error(codes.Internal, err.Error())
 	}
+	mode := pb.DhtMode_DHT_MODE_UNSPECIFIED // no DHT here
 	if d, ok := s.net.(Discovery); ok {
 		d.UseJudge(s.judge)
+		switch req.GetDhtMode() {
+		case pb.DhtMode_DHT_MODE_UNSPECIFIED, pb.DhtMode_DHT_MODE_SERVER: // unspecified: a host from before the field
+			mode = pb.DhtMode_DHT_MODE_SERVER
+		case pb.DhtMode_DHT_MODE_CLIENT:
+			mode = pb.DhtMode_DHT_MODE_CLIENT
+		default:
+			return nil, status.Errorf(codes.InvalidArgument, "unknown DHT mode %v", req.GetDhtMode())
+		}
+		d.UseDHTMode(mode == pb.DhtMode_DHT_MODE_SERVER)
 	}
 	if err := s.net.Configure(ctx, id, req.GetOptions()); err != nil {
 		return nil, status.Errorf(codes.InvalidArgument, "configure %s: %v", name, err)
 	}
 	s.id, s.configured = id, true
 	proof := ed25519.Sign(id.priv, transports.KeyProofInput(name, req.GetNonce(), id.pub))
-	s.log.Info("transport configured") // the host names the transport
-	return &pb.ConfigureResponse{Transport: name, PublicKey: id.pub, Proof: proof, Version: "1"}, nil
+	s.log.Info("transport configured", "dht_mode", mode.String()) // the host names the transport
+	return &pb.ConfigureResponse{Transport: name, PublicKey: id.pub, Proof: proof, Version: "1", DhtMode: mode}, nil
 }
 
 func (s *Server) identity() (*Identity, error) {

@@ -29,6 +29,60 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// DhtMode is how a transport's DHT takes part in the network.
+type DhtMode int32
+
+const (
+	// Not said: server (what every plugin did before the field existed).
+	DhtMode_DHT_MODE_UNSPECIFIED DhtMode = 0
+	// Server: stores records, answers FIND_NODE, GET_VALUE and PUT_VALUE, and advertises the DHT protocol.
+	DhtMode_DHT_MODE_SERVER DhtMode = 1
+	// Client: only asks; registers no DHT protocol handler, so it answers no lookup and stores nothing for
+	// others.
+	DhtMode_DHT_MODE_CLIENT DhtMode = 2
+)
+
+// Enum value maps for DhtMode.
+var (
+	DhtMode_name = map[int32]string{
+		0: "DHT_MODE_UNSPECIFIED",
+		1: "DHT_MODE_SERVER",
+		2: "DHT_MODE_CLIENT",
+	}
+	DhtMode_value = map[string]int32{
+		"DHT_MODE_UNSPECIFIED": 0,
+		"DHT_MODE_SERVER":      1,
+		"DHT_MODE_CLIENT":      2,
+	}
+)
+
+func (x DhtMode) Enum() *DhtMode {
+	p := new(DhtMode)
+	*p = x
+	return p
+}
+
+func (x DhtMode) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (DhtMode) Descriptor() protoreflect.EnumDescriptor {
+	return file_transport_proto_enumTypes[0].Descriptor()
+}
+
+func (DhtMode) Type() protoreflect.EnumType {
+	return &file_transport_proto_enumTypes[0]
+}
+
+func (x DhtMode) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use DhtMode.Descriptor instead.
+func (DhtMode) EnumDescriptor() ([]byte, []int) {
+	return file_transport_proto_rawDescGZIP(), []int{0}
+}
+
 type Question_Kind int32
 
 const (
@@ -69,11 +123,11 @@ func (x Question_Kind) String() string {
 }
 
 func (Question_Kind) Descriptor() protoreflect.EnumDescriptor {
-	return file_transport_proto_enumTypes[0].Descriptor()
+	return file_transport_proto_enumTypes[1].Descriptor()
 }
 
 func (Question_Kind) Type() protoreflect.EnumType {
-	return &file_transport_proto_enumTypes[0]
+	return &file_transport_proto_enumTypes[1]
 }
 
 func (x Question_Kind) Number() protoreflect.EnumNumber {
@@ -97,8 +151,13 @@ type ConfigureRequest struct {
 	// one: the host keeps it in the agent's state so that the transport identity (the libp2p peer ID) stays
 	// the same across plugin restarts (ADR 0070). It is a transport key, never an identity key.
 	TransportKeySeed []byte `protobuf:"bytes,4,opt,name=transport_key_seed,json=transportKeySeed,proto3" json:"transport_key_seed,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// Whether the plugin's DHT answers other nodes' lookups (ADR 0094, amendment): the host judges the self
+	// operation self.lookup.answer (permission discover_peers) against the agent's own roles when it starts
+	// the plugin process. DHT_MODE_UNSPECIFIED (a host that predates the field) means server, as before.
+	// A transport without a DHT ignores it.
+	DhtMode       DhtMode `protobuf:"varint,5,opt,name=dht_mode,json=dhtMode,proto3,enum=custos.transport.v1.DhtMode" json:"dht_mode,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ConfigureRequest) Reset() {
@@ -159,6 +218,13 @@ func (x *ConfigureRequest) GetTransportKeySeed() []byte {
 	return nil
 }
 
+func (x *ConfigureRequest) GetDhtMode() DhtMode {
+	if x != nil {
+		return x.DhtMode
+	}
+	return DhtMode_DHT_MODE_UNSPECIFIED
+}
+
 type ConfigureResponse struct {
 	state     protoimpl.MessageState `protogen:"open.v1"`
 	Transport string                 `protobuf:"bytes,1,opt,name=transport,proto3" json:"transport,omitempty"`
@@ -167,7 +233,10 @@ type ConfigureResponse struct {
 	// Ed25519 signature over "custos/v1/transport-key-proof\x00" || len-prefixed(transport, nonce, public_key).
 	Proof []byte `protobuf:"bytes,3,opt,name=proof,proto3" json:"proof,omitempty"`
 	// Plugin build version (informational).
-	Version       string `protobuf:"bytes,4,opt,name=version,proto3" json:"version,omitempty"`
+	Version string `protobuf:"bytes,4,opt,name=version,proto3" json:"version,omitempty"`
+	// The mode the plugin's DHT runs in: DHT_MODE_UNSPECIFIED from a transport without a DHT (or a plugin
+	// that predates the field). A host that asked for client mode refuses a plugin answering server.
+	DhtMode       DhtMode `protobuf:"varint,5,opt,name=dht_mode,json=dhtMode,proto3,enum=custos.transport.v1.DhtMode" json:"dht_mode,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -228,6 +297,13 @@ func (x *ConfigureResponse) GetVersion() string {
 		return x.Version
 	}
 	return ""
+}
+
+func (x *ConfigureResponse) GetDhtMode() DhtMode {
+	if x != nil {
+		return x.DhtMode
+	}
+	return DhtMode_DHT_MODE_UNSPECIFIED
 }
 
 type SetBindingRequest struct {
@@ -1379,21 +1455,23 @@ var File_transport_proto protoreflect.FileDescriptor
 
 const file_transport_proto_rawDesc = "" +
 	"\n" +
-	"\x0ftransport.proto\x12\x13custos.transport.v1\"\xfe\x01\n" +
+	"\x0ftransport.proto\x12\x13custos.transport.v1\"\xb7\x02\n" +
 	"\x10ConfigureRequest\x12\x1c\n" +
 	"\ttransport\x18\x01 \x01(\tR\ttransport\x12\x14\n" +
 	"\x05nonce\x18\x02 \x01(\fR\x05nonce\x12L\n" +
 	"\aoptions\x18\x03 \x03(\v22.custos.transport.v1.ConfigureRequest.OptionsEntryR\aoptions\x12,\n" +
-	"\x12transport_key_seed\x18\x04 \x01(\fR\x10transportKeySeed\x1a:\n" +
+	"\x12transport_key_seed\x18\x04 \x01(\fR\x10transportKeySeed\x127\n" +
+	"\bdht_mode\x18\x05 \x01(\x0e2\x1c.custos.transport.v1.DhtModeR\adhtMode\x1a:\n" +
 	"\fOptionsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x80\x01\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xb9\x01\n" +
 	"\x11ConfigureResponse\x12\x1c\n" +
 	"\ttransport\x18\x01 \x01(\tR\ttransport\x12\x1d\n" +
 	"\n" +
 	"public_key\x18\x02 \x01(\fR\tpublicKey\x12\x14\n" +
 	"\x05proof\x18\x03 \x01(\fR\x05proof\x12\x18\n" +
-	"\aversion\x18\x04 \x01(\tR\aversion\"-\n" +
+	"\aversion\x18\x04 \x01(\tR\aversion\x127\n" +
+	"\bdht_mode\x18\x05 \x01(\x0e2\x1c.custos.transport.v1.DhtModeR\adhtMode\"-\n" +
 	"\x11SetBindingRequest\x12\x18\n" +
 	"\abinding\x18\x01 \x01(\fR\abinding\"\x14\n" +
 	"\x12SetBindingResponse\")\n" +
@@ -1465,7 +1543,11 @@ const file_transport_proto_rawDesc = "" +
 	"\x0ePublishRequest\x12\x14\n" +
 	"\x05topic\x18\x01 \x01(\tR\x05topic\x12\x12\n" +
 	"\x04data\x18\x02 \x01(\fR\x04data\"\x11\n" +
-	"\x0fPublishResponse2\x9e\b\n" +
+	"\x0fPublishResponse*M\n" +
+	"\aDhtMode\x12\x18\n" +
+	"\x14DHT_MODE_UNSPECIFIED\x10\x00\x12\x13\n" +
+	"\x0fDHT_MODE_SERVER\x10\x01\x12\x13\n" +
+	"\x0fDHT_MODE_CLIENT\x10\x022\x9e\b\n" +
 	"\tTransport\x12Z\n" +
 	"\tConfigure\x12%.custos.transport.v1.ConfigureRequest\x1a&.custos.transport.v1.ConfigureResponse\x12]\n" +
 	"\n" +
@@ -1494,71 +1576,74 @@ func file_transport_proto_rawDescGZIP() []byte {
 	return file_transport_proto_rawDescData
 }
 
-var file_transport_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
+var file_transport_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
 var file_transport_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
 var file_transport_proto_goTypes = []any{
-	(Question_Kind)(0),           // 0: custos.transport.v1.Question.Kind
-	(*ConfigureRequest)(nil),     // 1: custos.transport.v1.ConfigureRequest
-	(*ConfigureResponse)(nil),    // 2: custos.transport.v1.ConfigureResponse
-	(*SetBindingRequest)(nil),    // 3: custos.transport.v1.SetBindingRequest
-	(*SetBindingResponse)(nil),   // 4: custos.transport.v1.SetBindingResponse
-	(*ListenRequest)(nil),        // 5: custos.transport.v1.ListenRequest
-	(*ListenResponse)(nil),       // 6: custos.transport.v1.ListenResponse
-	(*DialRequest)(nil),          // 7: custos.transport.v1.DialRequest
-	(*DialResponse)(nil),         // 8: custos.transport.v1.DialResponse
-	(*Connection)(nil),           // 9: custos.transport.v1.Connection
-	(*CloseListenerRequest)(nil), // 10: custos.transport.v1.CloseListenerRequest
-	(*CloseConnRequest)(nil),     // 11: custos.transport.v1.CloseConnRequest
-	(*CloseResponse)(nil),        // 12: custos.transport.v1.CloseResponse
-	(*AcceptRequest)(nil),        // 13: custos.transport.v1.AcceptRequest
-	(*Inbound)(nil),              // 14: custos.transport.v1.Inbound
-	(*FrameMessage)(nil),         // 15: custos.transport.v1.FrameMessage
-	(*Open)(nil),                 // 16: custos.transport.v1.Open
-	(*PutRecordRequest)(nil),     // 17: custos.transport.v1.PutRecordRequest
-	(*PutRecordResponse)(nil),    // 18: custos.transport.v1.PutRecordResponse
-	(*FindRecordRequest)(nil),    // 19: custos.transport.v1.FindRecordRequest
-	(*FindRecordResponse)(nil),   // 20: custos.transport.v1.FindRecordResponse
-	(*Question)(nil),             // 21: custos.transport.v1.Question
-	(*Answer)(nil),               // 22: custos.transport.v1.Answer
-	(*PublishRequest)(nil),       // 23: custos.transport.v1.PublishRequest
-	(*PublishResponse)(nil),      // 24: custos.transport.v1.PublishResponse
-	nil,                          // 25: custos.transport.v1.ConfigureRequest.OptionsEntry
+	(DhtMode)(0),                 // 0: custos.transport.v1.DhtMode
+	(Question_Kind)(0),           // 1: custos.transport.v1.Question.Kind
+	(*ConfigureRequest)(nil),     // 2: custos.transport.v1.ConfigureRequest
+	(*ConfigureResponse)(nil),    // 3: custos.transport.v1.ConfigureResponse
+	(*SetBindingRequest)(nil),    // 4: custos.transport.v1.SetBindingRequest
+	(*SetBindingResponse)(nil),   // 5: custos.transport.v1.SetBindingResponse
+	(*ListenRequest)(nil),        // 6: custos.transport.v1.ListenRequest
+	(*ListenResponse)(nil),       // 7: custos.transport.v1.ListenResponse
+	(*DialRequest)(nil),          // 8: custos.transport.v1.DialRequest
+	(*DialResponse)(nil),         // 9: custos.transport.v1.DialResponse
+	(*Connection)(nil),           // 10: custos.transport.v1.Connection
+	(*CloseListenerRequest)(nil), // 11: custos.transport.v1.CloseListenerRequest
+	(*CloseConnRequest)(nil),     // 12: custos.transport.v1.CloseConnRequest
+	(*CloseResponse)(nil),        // 13: custos.transport.v1.CloseResponse
+	(*AcceptRequest)(nil),        // 14: custos.transport.v1.AcceptRequest
+	(*Inbound)(nil),              // 15: custos.transport.v1.Inbound
+	(*FrameMessage)(nil),         // 16: custos.transport.v1.FrameMessage
+	(*Open)(nil),                 // 17: custos.transport.v1.Open
+	(*PutRecordRequest)(nil),     // 18: custos.transport.v1.PutRecordRequest
+	(*PutRecordResponse)(nil),    // 19: custos.transport.v1.PutRecordResponse
+	(*FindRecordRequest)(nil),    // 20: custos.transport.v1.FindRecordRequest
+	(*FindRecordResponse)(nil),   // 21: custos.transport.v1.FindRecordResponse
+	(*Question)(nil),             // 22: custos.transport.v1.Question
+	(*Answer)(nil),               // 23: custos.transport.v1.Answer
+	(*PublishRequest)(nil),       // 24: custos.transport.v1.PublishRequest
+	(*PublishResponse)(nil),      // 25: custos.transport.v1.PublishResponse
+	nil,                          // 26: custos.transport.v1.ConfigureRequest.OptionsEntry
 }
 var file_transport_proto_depIdxs = []int32{
-	25, // 0: custos.transport.v1.ConfigureRequest.options:type_name -> custos.transport.v1.ConfigureRequest.OptionsEntry
-	9,  // 1: custos.transport.v1.DialResponse.conn:type_name -> custos.transport.v1.Connection
-	9,  // 2: custos.transport.v1.Inbound.conn:type_name -> custos.transport.v1.Connection
-	16, // 3: custos.transport.v1.FrameMessage.open:type_name -> custos.transport.v1.Open
-	0,  // 4: custos.transport.v1.Question.kind:type_name -> custos.transport.v1.Question.Kind
-	1,  // 5: custos.transport.v1.Transport.Configure:input_type -> custos.transport.v1.ConfigureRequest
-	3,  // 6: custos.transport.v1.Transport.SetBinding:input_type -> custos.transport.v1.SetBindingRequest
-	5,  // 7: custos.transport.v1.Transport.Listen:input_type -> custos.transport.v1.ListenRequest
-	7,  // 8: custos.transport.v1.Transport.Dial:input_type -> custos.transport.v1.DialRequest
-	10, // 9: custos.transport.v1.Transport.CloseListener:input_type -> custos.transport.v1.CloseListenerRequest
-	11, // 10: custos.transport.v1.Transport.CloseConn:input_type -> custos.transport.v1.CloseConnRequest
-	13, // 11: custos.transport.v1.Transport.Accept:input_type -> custos.transport.v1.AcceptRequest
-	15, // 12: custos.transport.v1.Transport.Frames:input_type -> custos.transport.v1.FrameMessage
-	17, // 13: custos.transport.v1.Transport.PutRecord:input_type -> custos.transport.v1.PutRecordRequest
-	19, // 14: custos.transport.v1.Transport.FindRecord:input_type -> custos.transport.v1.FindRecordRequest
-	22, // 15: custos.transport.v1.Transport.Questions:input_type -> custos.transport.v1.Answer
-	23, // 16: custos.transport.v1.Transport.Publish:input_type -> custos.transport.v1.PublishRequest
-	2,  // 17: custos.transport.v1.Transport.Configure:output_type -> custos.transport.v1.ConfigureResponse
-	4,  // 18: custos.transport.v1.Transport.SetBinding:output_type -> custos.transport.v1.SetBindingResponse
-	6,  // 19: custos.transport.v1.Transport.Listen:output_type -> custos.transport.v1.ListenResponse
-	8,  // 20: custos.transport.v1.Transport.Dial:output_type -> custos.transport.v1.DialResponse
-	12, // 21: custos.transport.v1.Transport.CloseListener:output_type -> custos.transport.v1.CloseResponse
-	12, // 22: custos.transport.v1.Transport.CloseConn:output_type -> custos.transport.v1.CloseResponse
-	14, // 23: custos.transport.v1.Transport.Accept:output_type -> custos.transport.v1.Inbound
-	15, // 24: custos.transport.v1.Transport.Frames:output_type -> custos.transport.v1.FrameMessage
-	18, // 25: custos.transport.v1.Transport.PutRecord:output_type -> custos.transport.v1.PutRecordResponse
-	20, // 26: custos.transport.v1.Transport.FindRecord:output_type -> custos.transport.v1.FindRecordResponse
-	21, // 27: custos.transport.v1.Transport.Questions:output_type -> custos.transport.v1.Question
-	24, // 28: custos.transport.v1.Transport.Publish:output_type -> custos.transport.v1.PublishResponse
-	17, // [17:29] is the sub-list for method output_type
-	5,  // [5:17] is the sub-list for method input_type
-	5,  // [5:5] is the sub-list for extension type_name
-	5,  // [5:5] is the sub-list for extension extendee
-	0,  // [0:5] is the sub-list for field type_name
+	26, // 0: custos.transport.v1.ConfigureRequest.options:type_name -> custos.transport.v1.ConfigureRequest.OptionsEntry
+	0,  // 1: custos.transport.v1.ConfigureRequest.dht_mode:type_name -> custos.transport.v1.DhtMode
+	0,  // 2: custos.transport.v1.ConfigureResponse.dht_mode:type_name -> custos.transport.v1.DhtMode
+	10, // 3: custos.transport.v1.DialResponse.conn:type_name -> custos.transport.v1.Connection
+	10, // 4: custos.transport.v1.Inbound.conn:type_name -> custos.transport.v1.Connection
+	17, // 5: custos.transport.v1.FrameMessage.open:type_name -> custos.transport.v1.Open
+	1,  // 6: custos.transport.v1.Question.kind:type_name -> custos.transport.v1.Question.Kind
+	2,  // 7: custos.transport.v1.Transport.Configure:input_type -> custos.transport.v1.ConfigureRequest
+	4,  // 8: custos.transport.v1.Transport.SetBinding:input_type -> custos.transport.v1.SetBindingRequest
+	6,  // 9: custos.transport.v1.Transport.Listen:input_type -> custos.transport.v1.ListenRequest
+	8,  // 10: custos.transport.v1.Transport.Dial:input_type -> custos.transport.v1.DialRequest
+	11, // 11: custos.transport.v1.Transport.CloseListener:input_type -> custos.transport.v1.CloseListenerRequest
+	12, // 12: custos.transport.v1.Transport.CloseConn:input_type -> custos.transport.v1.CloseConnRequest
+	14, // 13: custos.transport.v1.Transport.Accept:input_type -> custos.transport.v1.AcceptRequest
+	16, // 14: custos.transport.v1.Transport.Frames:input_type -> custos.transport.v1.FrameMessage
+	18, // 15: custos.transport.v1.Transport.PutRecord:input_type -> custos.transport.v1.PutRecordRequest
+	20, // 16: custos.transport.v1.Transport.FindRecord:input_type -> custos.transport.v1.FindRecordRequest
+	23, // 17: custos.transport.v1.Transport.Questions:input_type -> custos.transport.v1.Answer
+	24, // 18: custos.transport.v1.Transport.Publish:input_type -> custos.transport.v1.PublishRequest
+	3,  // 19: custos.transport.v1.Transport.Configure:output_type -> custos.transport.v1.ConfigureResponse
+	5,  // 20: custos.transport.v1.Transport.SetBinding:output_type -> custos.transport.v1.SetBindingResponse
+	7,  // 21: custos.transport.v1.Transport.Listen:output_type -> custos.transport.v1.ListenResponse
+	9,  // 22: custos.transport.v1.Transport.Dial:output_type -> custos.transport.v1.DialResponse
+	13, // 23: custos.transport.v1.Transport.CloseListener:output_type -> custos.transport.v1.CloseResponse
+	13, // 24: custos.transport.v1.Transport.CloseConn:output_type -> custos.transport.v1.CloseResponse
+	15, // 25: custos.transport.v1.Transport.Accept:output_type -> custos.transport.v1.Inbound
+	16, // 26: custos.transport.v1.Transport.Frames:output_type -> custos.transport.v1.FrameMessage
+	19, // 27: custos.transport.v1.Transport.PutRecord:output_type -> custos.transport.v1.PutRecordResponse
+	21, // 28: custos.transport.v1.Transport.FindRecord:output_type -> custos.transport.v1.FindRecordResponse
+	22, // 29: custos.transport.v1.Transport.Questions:output_type -> custos.transport.v1.Question
+	25, // 30: custos.transport.v1.Transport.Publish:output_type -> custos.transport.v1.PublishResponse
+	19, // [19:31] is the sub-list for method output_type
+	7,  // [7:19] is the sub-list for method input_type
+	7,  // [7:7] is the sub-list for extension type_name
+	7,  // [7:7] is the sub-list for extension extendee
+	0,  // [0:7] is the sub-list for field type_name
 }
 
 func init() { file_transport_proto_init() }
@@ -1576,7 +1661,7 @@ func file_transport_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_transport_proto_rawDesc), len(file_transport_proto_rawDesc)),
-			NumEnums:      1,
+			NumEnums:      2,
 			NumMessages:   25,
 			NumExtensions: 0,
 			NumServices:   1,

@@ -39,6 +39,9 @@ func (e *evil) Configure(ctx context.Context, req *pb.ConfigureRequest) (*pb.Con
 	case "badname":
 		return &pb.ConfigureResponse{Transport: "udp", PublicKey: e.pub,
 			Proof: ed25519.Sign(e.priv, transports.KeyProofInput("udp", req.Nonce, e.pub))}, nil
+	case "dhtserver": // answers lookups whatever the host asked for
+		return &pb.ConfigureResponse{Transport: "tcp", PublicKey: e.pub, DhtMode: pb.DhtMode_DHT_MODE_SERVER,
+			Proof: ed25519.Sign(e.priv, transports.KeyProofInput("tcp", req.Nonce, e.pub))}, nil
 	case "badproof": // signs another nonce
 		other := make([]byte, 32)
 		return &pb.ConfigureResponse{Transport: "tcp", PublicKey: e.pub,
