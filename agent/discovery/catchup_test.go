@@ -16,7 +16,6 @@ import (
 	"github.com/custos-agent/custos/agent/envelope"
 	"github.com/custos-agent/custos/agent/rbac"
 	"github.com/custos-agent/custos/identity"
-	"github.com/custos-agent/custos/internal/vectors"
 	"github.com/custos-agent/custos/keystore"
 	"github.com/custos-agent/custos/reason"
 	"github.com/custos-agent/custos/transports"
@@ -605,19 +604,7 @@ func TestGoldenCatchupMessages(t *testing.T) {
 	fmt.Fprintf(&b, "offer (%d bytes):\n%s\n", len(offer), offer)
 	fmt.Fprintf(&b, "want (%d bytes):\n%s\n", len(want), want)
 	fmt.Fprintf(&b, "batch (%d bytes):\n%s\n", len(batch), batch)
-	if vectors.Update() {
-		if err := os.WriteFile(catchupGoldenFile, []byte(b.String()), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	golden, err := os.ReadFile(catchupGoldenFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if string(golden) != b.String() {
-		t.Errorf("the golden catch-up messages changed; if on purpose, regenerate with CUSTOS_UPDATE_VECTORS=1 and update docs/protocol.md:\n%s", b.String())
-	}
-	docHasVector(t, golden)
+	docHasVector(t, checkGolden(t, catchupGoldenFile, "catch-up messages", b.String()))
 }
 
 // docHasVector fails unless docs/protocol.md quotes the vector file's text.

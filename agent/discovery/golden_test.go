@@ -87,17 +87,24 @@ func TestGoldenRecord(t *testing.T) {
 	fmt.Fprintf(&b, "delegation (%d bytes):\n%s", len(r.Delegation), wrapHex(r.Delegation))
 	fmt.Fprintf(&b, "record signing input (%d bytes):\n%s", len(r.SigningInput()), wrapHex(r.SigningInput()))
 	fmt.Fprintf(&b, "record (%d bytes):\n%s", len(r.Encode()), wrapHex(r.Encode()))
-	got := b.String()
+	checkGolden(t, goldenFile, "record", b.String())
+}
+
+// checkGolden compares got with the golden file (rewriting it first under CUSTOS_UPDATE_VECTORS=1)
+// and returns the file's text; what names the vector in the failure.
+func checkGolden(t *testing.T, file, what, got string) []byte {
+	t.Helper()
 	if vectors.Update() {
-		if err := os.WriteFile(goldenFile, []byte(got), 0o644); err != nil {
+		if err := os.WriteFile(file, []byte(got), 0o644); err != nil {
 			t.Fatal(err)
 		}
 	}
-	want, err := os.ReadFile(goldenFile)
+	golden, err := os.ReadFile(file)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if string(want) != got {
-		t.Errorf("the golden record changed; if on purpose, regenerate with CUSTOS_UPDATE_VECTORS=1 and update docs/protocol.md:\n%s", got)
+	if string(golden) != got {
+		t.Errorf("the golden %s changed; if on purpose, regenerate with CUSTOS_UPDATE_VECTORS=1 and update docs/protocol.md:\n%s", what, got)
 	}
+	return golden
 }

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -14,7 +13,6 @@ import (
 
 	"github.com/custos-agent/custos/agent/rbac"
 	"github.com/custos-agent/custos/identity"
-	"github.com/custos-agent/custos/internal/vectors"
 	"github.com/custos-agent/custos/reason"
 	"github.com/custos-agent/custos/transports"
 )
@@ -80,18 +78,7 @@ func TestGoldenRevocationMessage(t *testing.T) {
 	fmt.Fprintf(&b, "revoked grant: %s; issued 1767225600 (2026-01-01T00:00:00Z)\n", r.Grant)
 	fmt.Fprintf(&b, "message (%d bytes):\n%s\n", len(msg), msg)
 	fmt.Fprintf(&b, "forged (signature changed; refused with grant_bad_signature):\n%s\n", forged)
-	if vectors.Update() {
-		if err := os.WriteFile(gossipGoldenFile, []byte(b.String()), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	want, err := os.ReadFile(gossipGoldenFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if string(want) != b.String() {
-		t.Errorf("the golden revocation message changed; if on purpose, regenerate with CUSTOS_UPDATE_VECTORS=1 and update docs/protocol.md:\n%s", b.String())
-	}
+	checkGolden(t, gossipGoldenFile, "revocation message", b.String())
 }
 
 // flip changes the first base64url character of s to another one.

@@ -3,7 +3,6 @@ package discovery
 import (
 	"context"
 	"fmt"
-	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -12,7 +11,6 @@ import (
 	"github.com/custos-agent/custos/agent/internal/agenttest"
 	"github.com/custos-agent/custos/agent/peers"
 	"github.com/custos-agent/custos/identity"
-	"github.com/custos-agent/custos/internal/vectors"
 	"github.com/custos-agent/custos/keystore"
 	"github.com/custos-agent/custos/reason"
 	"github.com/custos-agent/custos/transports"
@@ -317,17 +315,5 @@ func TestGoldenKeyLogMessages(t *testing.T) {
 	fmt.Fprintf(&out, "rotation to the a1 key at 1767225600 committing the next key a4 x 32 (notice), or a5 x 32 (the fork)\n")
 	fmt.Fprintf(&out, "rotation notice (%d bytes):\n%s\n", len(notice), notice)
 	fmt.Fprintf(&out, "compromise evidence (%d bytes):\n%s\n", len(evidence), evidence)
-	if vectors.Update() {
-		if err := os.WriteFile(keyLogGoldenFile, []byte(out.String()), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	golden, err := os.ReadFile(keyLogGoldenFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if string(golden) != out.String() {
-		t.Errorf("the golden key-log messages changed; if on purpose, regenerate with CUSTOS_UPDATE_VECTORS=1 and update docs/protocol.md:\n%s", out.String())
-	}
-	docHasVector(t, golden)
+	docHasVector(t, checkGolden(t, keyLogGoldenFile, "key-log messages", out.String()))
 }

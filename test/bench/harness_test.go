@@ -164,31 +164,38 @@ func newAgent(tb testing.TB, name, transport string) *agent {
 	return newAgentSandbox(tb, name, transport, sandbox.Required)
 }
 
+// newIdentity is a fresh software identity: its key event log (inception, committing a next key),
+// the log's state, and a delegation manager that signs with its key.
+func newIdentity(ctx context.Context) (log identity.Log, st identity.State, dm *delegation.Manager, err error) {
+	cur, err := keystore.GenerateMemorySigner(keystore.Ed25519)
+	if err != nil {
+		return
+	}
+	next, err := keystore.GenerateMemorySigner(keystore.Ed25519)
+	if err != nil {
+		return
+	}
+	ev, err := identity.Incept(ctx, cur, next.Public(), keystore.PublicKey{}, time.Now())
+	if err != nil {
+		return
+	}
+	log = identity.Log{Events: []identity.Event{ev}}
+	if st, err = log.Verify(); err != nil {
+		return
+	}
+	dm, err = delegation.NewManager(ctx, delegation.Config{Identity: cur, State: st, Logger: quiet()})
+	return
+}
+
 // newAgentSandbox is newAgent with the plugin sandbox set to mode.
 func newAgentSandbox(tb testing.TB, name, transport string, mode sandbox.Mode) *agent {
 	tb.Helper()
 	ctx := context.Background()
-	cur, err := keystore.GenerateMemorySigner(keystore.Ed25519)
+	log, st, dm, err := newIdentity(ctx)
 	if err != nil {
 		tb.Fatal(err)
 	}
-	next, err := keystore.GenerateMemorySigner(keystore.Ed25519)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	ev, err := identity.Incept(ctx, cur, next.Public(), keystore.PublicKey{}, time.Now())
-	if err != nil {
-		tb.Fatal(err)
-	}
-	a := &agent{name: name, log: identity.Log{Events: []identity.Event{ev}}, sessions: map[string]*session.Session{}}
-	st, err := a.log.Verify()
-	if err != nil {
-		tb.Fatal(err)
-	}
-	a.id = st.ID
-	if a.dm, err = delegation.NewManager(ctx, delegation.Config{Identity: cur, State: st, Logger: quiet()}); err != nil {
-		tb.Fatal(err)
-	}
+	a := &agent{name: name, log: log, id: st.ID, dm: dm, sessions: map[string]*session.Session{}}
 	dir := tb.TempDir()
 	if a.db, err = bbolt.Open(filepath.Join(dir, "state.db"), 0o600, &bbolt.Options{Timeout: time.Second}); err != nil {
 		tb.Fatal(err)

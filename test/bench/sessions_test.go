@@ -49,7 +49,6 @@ import (
 	"github.com/custos-agent/custos/agent/sessions"
 	"github.com/custos-agent/custos/identity"
 	"github.com/custos-agent/custos/internal/backoff"
-	"github.com/custos-agent/custos/keystore"
 	"github.com/custos-agent/custos/transports/host"
 	"github.com/custos-agent/custos/transports/host/sandbox"
 	"github.com/custos-agent/custos/transports/plugin"
@@ -95,24 +94,7 @@ func TestSessionsAgent(t *testing.T) {
 func runSessionsAgent(in io.Reader, out io.Writer) error {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	cur, err := keystore.GenerateMemorySigner(keystore.Ed25519)
-	if err != nil {
-		return err
-	}
-	next, err := keystore.GenerateMemorySigner(keystore.Ed25519)
-	if err != nil {
-		return err
-	}
-	ev, err := identity.Incept(ctx, cur, next.Public(), keystore.PublicKey{}, time.Now())
-	if err != nil {
-		return err
-	}
-	log := identity.Log{Events: []identity.Event{ev}}
-	st, err := log.Verify()
-	if err != nil {
-		return err
-	}
-	dm, err := delegation.NewManager(ctx, delegation.Config{Identity: cur, State: st, Logger: quiet()})
+	log, st, dm, err := newIdentity(ctx)
 	if err != nil {
 		return err
 	}
@@ -393,24 +375,7 @@ func newInitiators(tb testing.TB) *initiators {
 
 func (in *initiators) add(tb testing.TB) *initiator {
 	ctx := context.Background()
-	cur, err := keystore.GenerateMemorySigner(keystore.Ed25519)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	next, err := keystore.GenerateMemorySigner(keystore.Ed25519)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	ev, err := identity.Incept(ctx, cur, next.Public(), keystore.PublicKey{}, time.Now())
-	if err != nil {
-		tb.Fatal(err)
-	}
-	log := identity.Log{Events: []identity.Event{ev}}
-	st, err := log.Verify()
-	if err != nil {
-		tb.Fatal(err)
-	}
-	dm, err := delegation.NewManager(ctx, delegation.Config{Identity: cur, State: st, Logger: quiet()})
+	log, st, dm, err := newIdentity(ctx)
 	if err != nil {
 		tb.Fatal(err)
 	}

@@ -15,18 +15,7 @@ import (
 // rbac_reason no_grant); with a peer_node grant of its administrator installed on it, the task runs;
 // once the grant is revoked there, it refuses again.
 func TestAuthzExecutorPeerNode(t *testing.T) {
-	admin := newAgent(t, "admin", false)
-	admin.writeConfig(agentConfig{Extra: "authorization: {admins: [" + admin.id + "]}\n"})
-	admin.start()
-	x := newAgent(t, "executor", false)
-	x.writeConfig(agentConfig{Transports: []string{"tcp"}, Extra: "authorization: {admins: [" + admin.id + "], default_peer_roles: [task_submitter], own_roles: []}\n"})
-	x.start()
-	s := newAgent(t, "submitter", false)
-	s.writeConfig(agentConfig{Transports: []string{"tcp"}, Extra: "authorization: {}\n"})
-	s.start()
-	if out, code := s.run("peers", "connect", x.dialAddr("tcp"), "--id", x.id); code != 0 {
-		t.Fatalf("connect: %s", out)
-	}
+	admin, x, s := grantTrio(t, ", default_peer_roles: [task_submitter], own_roles: []")
 
 	// 1. The executor holds no peer_node grant.
 	code, stderr := submitEcho(t, s, x, "not permitted")

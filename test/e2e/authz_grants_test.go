@@ -13,6 +13,26 @@ import (
 )
 
 // submitEcho submits an echo task from s to x and waits; it returns the exit code and stderr.
+// grantTrio starts an administrator (no transports: it only signs), an executor that trusts it with
+// the given extra authorization settings (", key: value" pairs), and a submitter connected to the
+// executor over TCP.
+func grantTrio(t *testing.T, executorAuthz string) (admin, x, s *agent) {
+	t.Helper()
+	admin = newAgent(t, "admin", false)
+	admin.writeConfig(agentConfig{Extra: "authorization: {admins: [" + admin.id + "]}\n"})
+	admin.start()
+	x = newAgent(t, "executor", false)
+	x.writeConfig(agentConfig{Transports: []string{"tcp"}, Extra: "authorization: {admins: [" + admin.id + "]" + executorAuthz + "}\n"})
+	x.start()
+	s = newAgent(t, "submitter", false)
+	s.writeConfig(agentConfig{Transports: []string{"tcp"}, Extra: "authorization: {}\n"})
+	s.start()
+	if out, code := s.run("peers", "connect", x.dialAddr("tcp"), "--id", x.id); code != 0 {
+		t.Fatalf("connect: %s", out)
+	}
+	return admin, x, s
+}
+
 func submitEcho(t *testing.T, s, x *agent, data string) (int, string) {
 	t.Helper()
 	_, stderr, code := s.run2("task", "submit", "--to", x.id, "--handler", "echo", "--data", data, "--wait", "--timeout", "30s")
@@ -42,18 +62,7 @@ func issueGrant(t *testing.T, admin, subject *agent, role, expires, name string)
 // handshake (grant_bad_issuer, in the executor's audit log). Every refusal is an audited, counted
 // error_response whose reason the submitter prints before exiting 1.
 func TestAuthzGrants(t *testing.T) {
-	admin := newAgent(t, "admin", false)
-	admin.writeConfig(agentConfig{Extra: "authorization: {admins: [" + admin.id + "]}\n"}) // no transports: it only signs
-	admin.start()
-	x := newAgent(t, "executor", false)
-	x.writeConfig(agentConfig{Transports: []string{"tcp"}, Extra: "authorization: {admins: [" + admin.id + "]}\n"})
-	x.start()
-	s := newAgent(t, "submitter", false)
-	s.writeConfig(agentConfig{Transports: []string{"tcp"}, Extra: "authorization: {}\n"})
-	s.start()
-	if out, code := s.run("peers", "connect", x.dialAddr("tcp"), "--id", x.id); code != 0 {
-		t.Fatalf("connect: %s", out)
-	}
+	admin, x, s := grantTrio(t, "")
 
 	// 1. No grant.
 	code, stderr := submitEcho(t, s, x, "no grant")

@@ -29,9 +29,7 @@ import (
 // drops it); A is stopped, and the gossip's message cache has expired. C restarts, connects to B only,
 // and must judge X revoked within a bounded time: the revocation came by catch-up (C's catch-up metric).
 func TestRevocationCatchUp(t *testing.T) {
-	if bins.plugins["libp2p"] == "" {
-		t.Skip("cmd/transport-libp2p is not in this tree")
-	}
+	needPlugin(t, "libp2p")
 	a := newAgent(t, "admin", false)
 	admins := "authorization: {admins: [" + a.id + "]}\n"
 	a.writeConfig(agentConfig{Transports: []string{"libp2p"}, Extra: admins})
@@ -99,9 +97,7 @@ func TestRevocationCatchUp(t *testing.T) {
 // grant_bad_signature by the gossip code, is scored down (reputation), and catch-up from it ends for
 // the session: the genuine revocation that follows it in the same batch is not judged.
 func TestRevocationCatchUpRefusesForged(t *testing.T) {
-	if bins.plugins["libp2p"] == "" {
-		t.Skip("cmd/transport-libp2p is not in this tree")
-	}
+	needPlugin(t, "libp2p")
 	a := newAgent(t, "admin", false) // no transport: it only signs the genuine revocation
 	admins := "authorization: {admins: [" + a.id + "]}\n"
 	a.writeConfig(agentConfig{Extra: admins})
@@ -176,9 +172,7 @@ func TestRevocationCatchUpRefusesForged(t *testing.T) {
 // (its issuer log). X rotates: Y's peer cache moves to X's generation 1 through the rotation notice on
 // /custos/v1/key-logs alone, within a bounded time.
 func TestRotationNoticeOnGossip(t *testing.T) {
-	if bins.plugins["libp2p"] == "" {
-		t.Skip("cmd/transport-libp2p is not in this tree")
-	}
+	needPlugin(t, "libp2p")
 	b := newAgent(t, "b", false)
 	b.writeConfig(agentConfig{Transports: []string{"libp2p"}})
 	b.start()
@@ -241,9 +235,7 @@ func TestRotationNoticeOnGossip(t *testing.T) {
 // offers the newest 4096 (transports.MaxCatchupOffer) and C catches up exactly those, in 16 wants of
 // 256, in one session, and publishes none of them on gossip again; the time is logged.
 func TestRevocationCatchUpAtTheBound(t *testing.T) {
-	if bins.plugins["libp2p"] == "" {
-		t.Skip("cmd/transport-libp2p is not in this tree")
-	}
+	needPlugin(t, "libp2p")
 	const held, bound = 5000, 4096
 	seed := bytes.Repeat([]byte{0x5a}, 32)
 	signer, err := keystore.NewMemorySigner(ed25519.NewKeyFromSeed(seed))

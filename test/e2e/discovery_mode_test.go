@@ -14,9 +14,7 @@ import (
 // the agents with the default own roles ([peer_node]) run it in server mode. The client still asks: it
 // finds another agent by ID.
 func TestDHTModeFromOwnRoles(t *testing.T) {
-	if bins.plugins["libp2p"] == "" {
-		t.Skip("cmd/transport-libp2p is not in this tree")
-	}
+	needPlugin(t, "libp2p")
 	boot := newAgent(t, "boot", false)
 	boot.writeConfig(agentConfig{Transports: []string{"libp2p"}})
 	boot.start()

@@ -38,9 +38,7 @@ func hasAddr(r api.PeerRecord, addr string) bool {
 // agent whose plugin is killed is found again; the bootstrap agent's /p2p/ address survives a restart of
 // its daemon (the host keeps the libp2p key).
 func TestDiscoveryNetwork(t *testing.T) {
-	if bins.plugins["libp2p"] == "" {
-		t.Skip("cmd/transport-libp2p is not in this tree")
-	}
+	needPlugin(t, "libp2p")
 	const n = 6
 	agents := make([]*agent, n)
 	for i := range agents {

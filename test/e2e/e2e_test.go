@@ -62,14 +62,9 @@ func checkResult(t *testing.T, v *api.TaskView, executor, wantOutput string) {
 // transport dials it over that transport only; each submits a sha256 task and gets the right, signed,
 // third-party-verifiable result over a session of that transport.
 func TestTasksOverEachTransport(t *testing.T) {
-	var tns []string
-	for _, tn := range []string{"tcp", "ws", "libp2p"} {
-		if bins.plugins[tn] != "" {
-			tns = append(tns, tn)
-		}
-	}
-	if bins.plugins["libp2p"] == "" {
-		t.Log("cmd/transport-libp2p is not in this tree: testing tcp and ws")
+	tns := []string{"tcp", "ws", "libp2p"}
+	for _, tn := range tns {
+		needPlugin(t, tn)
 	}
 	x := newAgent(t, "executor", true) // identity key on a SoftHSM token
 	x.writeConfig(agentConfig{Transports: tns})

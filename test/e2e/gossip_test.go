@@ -58,9 +58,7 @@ func (a *agent) holds(id string) bool {
 // ID from its verified agent record), is refused by every agent's host (the metric of rejected gossip),
 // never applied, and its sender is scored down: gossipsub score (the plugin's log) and reputation.
 func TestGossipRevocation(t *testing.T) {
-	if bins.plugins["libp2p"] == "" {
-		t.Skip("cmd/transport-libp2p is not in this tree")
-	}
+	needPlugin(t, "libp2p")
 	admin := newAgent(t, "admin", false)
 	admins := "authorization: {admins: [" + admin.id + "]}\n"
 	admin.writeConfig(agentConfig{Transports: []string{"libp2p"}, Extra: admins})

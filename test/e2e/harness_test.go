@@ -92,6 +92,15 @@ func build(dir string) error {
 	return nil
 }
 
+// needPlugin fails the test when a transport plugin this tree has was not built: it is never
+// optional, so its absence is a broken build, not a reason to skip.
+func needPlugin(t testing.TB, name string) {
+	t.Helper()
+	if bins.plugins[name] == "" {
+		t.Fatalf("the %s transport plugin was not built: cmd/transport-%s is missing from the tree", name, name)
+	}
+}
+
 func moduleRoot() (string, error) {
 	dir, err := os.Getwd()
 	if err != nil {

@@ -54,9 +54,7 @@ func ms(d time.Duration) string { return fmt.Sprintf("%.1f", float64(d.Microseco
 // administrator of all) to be accepted by all N-1 others (their gossip metric); and the resident memory
 // of each daemon and each plugin. It asserts only that everything happens within generous timeouts.
 func TestNetwork(t *testing.T) {
-	if bins.plugins["libp2p"] == "" {
-		t.Fatal("cmd/transport-libp2p is not in this tree")
-	}
+	needPlugin(t, "libp2p")
 	n := 10
 	if v := os.Getenv("CUSTOS_NETWORK_N"); v != "" {
 		var err error

@@ -20,9 +20,7 @@ import (
 // libp2p key, ADR 0070): the old address is dead. Another agent, which found the victim before, must
 // resolve its ID to the new address and connect by ID alone within one republish interval of the kill.
 func TestKilledPluginFoundByID(t *testing.T) {
-	if bins.plugins["libp2p"] == "" {
-		t.Skip("cmd/transport-libp2p is not in this tree")
-	}
+	needPlugin(t, "libp2p")
 	const republish = 10 * time.Second
 	boot := newAgent(t, "boot", false)
 	boot.writeConfig(agentConfig{Transports: []string{"libp2p"}})
