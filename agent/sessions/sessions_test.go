@@ -37,8 +37,12 @@ func TestRedialBacksOffAfterDialFailures(t *testing.T) {
 		return c
 	}
 	a.m.AddTarget(b.ID(), b.address(), "connect")
+	// The dial loop counts an attempt after the dial returns, and the session is visible before that:
+	// wait for both.
 	eventually(t, func() string { return fmt.Sprintf("targets %+v", a.m.TargetStatuses()) },
-		func() bool { return a.m.Session(b.ID()) != nil && b.m.Session(a.ID()) != nil })
+		func() bool {
+			return a.m.Session(b.ID()) != nil && b.m.Session(a.ID()) != nil && a.m.TargetStatuses()[b.ID()].Attempts >= 5
+		})
 
 	if got := net.Dials(b.addr); got != 5 {
 		t.Errorf("%d dials, want 5 (4 failed, then the one that got through)", got)
