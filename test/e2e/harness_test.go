@@ -9,12 +9,14 @@ import (
 	"crypto/sha256"
 	"encoding/json"
 	"fmt"
+	mrand "math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -118,15 +120,37 @@ func moduleRoot() (string, error) {
 	}
 }
 
-// freePort returns a loopback port that was free a moment ago.
+// Listen ports come from below Linux's default ephemeral range (32768-60999): a port that
+// net.Listen(":0") found free is an ephemeral port, and with dozens of agents dialling each other one of
+// their outgoing connections can take it before the agent that was given it binds it (seen at N=50 in
+// `make network`: "bind: address already in use"). Ports are handed out in turn from a random start, so
+// two agents of one test process never get the same one, and each is checked free before it is given.
+const (
+	portLow  = 20000
+	portHigh = 32000
+)
+
+// nextPort is the test process's port cursor (see portLow): shared by every test of the package, as the
+// loopback ports are.
+var nextPort atomic.Int64
+
+func init() { nextPort.Store(int64(portLow + mrand.IntN(portHigh-portLow))) }
+
+// freePort returns a loopback port outside the ephemeral range that was free a moment ago and that no
+// other caller in this process was given.
 func freePort(t testing.TB) int {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	for range portHigh - portLow {
+		p := int(nextPort.Add(1)-portLow)%(portHigh-portLow) + portLow
+		l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p))
+		if err != nil {
+			continue
+		}
+		l.Close()
+		return p
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	t.Fatalf("no free loopback port in %d-%d", portLow, portHigh)
+	return 0
 }
 
 // agent is one agent home and, while it runs, its daemon process.
