@@ -20,8 +20,8 @@ const (
 	// and agents without ADR 0100 still read every request an agent sends for itself.
 	magicRequestAttributed = "CTQ2"
 	magicResult            = "CTR1" // task_result: task_id, evidence, delegation
-	maxTaskIDLen = 64     // generous: CheckTaskID then requires exactly 22 base64url characters
-	maxHandler   = 64     // generous: ValidHandlerName then requires at most 32
+	maxTaskIDLen           = 64     // generous: CheckTaskID then requires exactly 22 base64url characters
+	maxHandler             = 64     // generous: ValidHandlerName then requires at most 32
 )
 
 func (r *Request) encodeBinary() []byte {
