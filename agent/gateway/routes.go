@@ -311,7 +311,7 @@ func (s *Server) submit(w http.ResponseWriter, r *http.Request, c *call) error {
 		return writeJSON(w, http.StatusOK, v)
 	}
 	var v api.TaskView
-	if err := s.opts.Ops.Call(r.Context(), api.OpTaskSubmit, api.SubmitArgs{To: a.To, Handler: a.Handler, Input: a.Input}, &v); err != nil {
+	if err := s.opts.Ops.Call(r.Context(), api.OpTaskSubmit, api.SubmitArgs{To: a.To, Handler: a.Handler, Input: a.Input, OnBehalfOf: c.key.Name}, &v); err != nil {
 		return err
 	}
 	c.details["task_id"], c.details["to"] = v.TaskID, v.To
