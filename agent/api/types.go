@@ -181,6 +181,10 @@ type GetArgs struct {
 	TaskID string `json:"task_id"`
 	// WaitMS waits up to this many milliseconds for the task to become final (at most MaxWait).
 	WaitMS int64 `json:"wait_ms,omitempty"`
+	// OnBehalfOf, when set, restricts the answer to a task submitted on behalf of that client (the
+	// gateway's per-key ownership, ADR 0100): another task is answered not_found, before any wait, and is
+	// not marked fetched.
+	OnBehalfOf string `json:"on_behalf_of,omitempty"`
 }
 
 // Address is one way to reach a peer.

@@ -133,14 +133,21 @@ func (d *ops) opTaskGet(ctx context.Context, _ rbac.Cred, raw json.RawMessage) (
 	}
 	var o *tasks.Outbound
 	var err error
-	if wait > 0 {
+	if a.OnBehalfOf != "" {
+		if o, err = d.Engine.Get(a.TaskID); err == nil && o.OnBehalfOf != a.OnBehalfOf {
+			err = tasks.ErrNotFound // another client's task: not found, without waiting (its timing would tell)
+		}
+	}
+	switch {
+	case err != nil:
+	case wait > 0:
 		wctx, cancel := context.WithTimeout(ctx, wait)
 		o, err = d.Engine.Wait(wctx, a.TaskID)
 		cancel()
 		if err != nil && o != nil && errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
 			err = nil // not final yet: answer with the current state
 		}
-	} else {
+	case o == nil:
 		o, err = d.Engine.Get(a.TaskID)
 	}
 	if errors.Is(err, tasks.ErrNotFound) {
