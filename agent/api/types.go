@@ -129,21 +129,26 @@ type SubmitArgs struct {
 	To      string       `json:"to"`
 	Handler string       `json:"handler"`
 	Input   envelope.B64 `json:"input"`
+	// OnBehalfOf attributes the task to a client (the HTTP gateway sets its key's name, ADR 0100); the
+	// request carries it, signed, to the executor.
+	OnBehalfOf string `json:"on_behalf_of,omitempty"`
 }
 
 // TaskView is a submitted task as the control API shows it.
 type TaskView struct {
-	TaskID      string      `json:"task_id"`
-	To          string      `json:"to"`
-	Handler     string      `json:"handler"`
-	State       string      `json:"state"`
-	InputSHA256 string      `json:"input_sha256"`
-	Submitted   time.Time   `json:"submitted"`
-	Updated     time.Time   `json:"updated"`
-	Attempts    int         `json:"attempts"`
-	ErrorCode   string      `json:"error_code,omitempty"`
-	Error       string      `json:"error,omitempty"`
-	Result      *ResultView `json:"result,omitempty"`
+	TaskID      string    `json:"task_id"`
+	To          string    `json:"to"`
+	Handler     string    `json:"handler"`
+	State       string    `json:"state"`
+	InputSHA256 string    `json:"input_sha256"`
+	Submitted   time.Time `json:"submitted"`
+	Updated     time.Time `json:"updated"`
+	Attempts    int       `json:"attempts"`
+	ErrorCode   string    `json:"error_code,omitempty"`
+	Error       string    `json:"error,omitempty"`
+	// OnBehalfOf is the task's attribution (SubmitArgs.OnBehalfOf), when it has one.
+	OnBehalfOf string      `json:"on_behalf_of,omitempty"`
+	Result     *ResultView `json:"result,omitempty"`
 }
 
 // ResultView is a verified task result: what the executor signed, the signature, and the evidence a
@@ -176,6 +181,10 @@ type GetArgs struct {
 	TaskID string `json:"task_id"`
 	// WaitMS waits up to this many milliseconds for the task to become final (at most MaxWait).
 	WaitMS int64 `json:"wait_ms,omitempty"`
+	// OnBehalfOf, when set, restricts the answer to a task submitted on behalf of that client (the
+	// gateway's per-key ownership, ADR 0100): another task is answered not_found, before any wait, and is
+	// not marked fetched.
+	OnBehalfOf string `json:"on_behalf_of,omitempty"`
 }
 
 // Address is one way to reach a peer.

@@ -428,6 +428,20 @@ func (z *Authz) taskRequest(ctx context.Context, from string, msg *session.Messa
 	if err := z.checkExecute(ctx, from, msg, taskID); err != nil {
 		return err
 	}
+	// A request on behalf of a client (a gateway's API key, ADR 0100) also takes a token of the (peer,
+	// client) bucket, so one client cannot use up the peer's allowance. A request that does not decode
+	// goes on to the engine, which answers it malformed.
+	if r, err := tasks.DecodeRequest(msg.Payload); err == nil && r.OnBehalfOf != "" {
+		dec := z.pol.AdmitOnBehalfOf(ctx, req, r.OnBehalfOf)
+		if !dec.Allowed {
+			return z.refuseMessage(ctx, from, msg, taskID, string(dec.Reason), dec.Detail)
+		}
+		if dec.WouldDeny {
+			z.CountDenial(string(dec.Reason), false)
+			z.report(from, string(envelope.TaskRequest), msg.Envelope.Header.MessageID, string(dec.Reason), dec.Detail, false,
+				map[string]any{"task_id": taskID, "on_behalf_of": r.OnBehalfOf})
+		}
+	}
 	dec, release := z.pol.StartTask(ctx, req)
 	if !dec.Allowed {
 		return z.refuseMessage(ctx, from, msg, taskID, string(dec.Reason), dec.Detail)

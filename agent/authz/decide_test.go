@@ -140,3 +140,43 @@ policy:
 		t.Fatal("no would-deny ratelimit.exceeded record")
 	}
 }
+
+// TestDispatchOnBehalfOf: task requests a gateway sends on behalf of two clients are rate-limited per
+// (gateway, client) (policy.on_behalf_of, ADR 0100): one client over its share is refused rate_limited,
+// naming it, while the other client of the same gateway is still served.
+func TestDispatchOnBehalfOf(t *testing.T) {
+	ctx := context.Background()
+	admin, gw := agenttest.NewIdentity(t, keystore.Ed25519), agenttest.NewIdentity(t, keystore.Ed25519)
+	a := newFixture(t, fmt.Sprintf(`authorization: {admins: [%s]}
+policy:
+  on_behalf_of: {share: 0.25}
+  peers:
+    %s: {rate: 20, burst: 40}
+`, admin.ID(), gw.ID()))
+	if err := a.z.RBAC().AddGrant(ctx, grantFor(t, admin, gw.ID(), rbac.TaskSubmitter, time.Now(), time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	peer := &session.Peer{ID: gw.ID(), Role: session.Initiator, RemoteAddr: "127.0.0.1:7000"}
+	send := func(client string) error {
+		req := (&tasks.Request{TaskID: tasks.NewTaskID(), Handler: "echo", Input: []byte("x"), OnBehalfOf: client}).Encode()
+		return a.z.Dispatch(ctx, peer, message(envelope.TaskRequest, req))
+	}
+	// A New peer gets half its limits (fakeRep): rate 10, burst 20; a quarter of that per client: burst 5.
+	for i := 0; i < 5; i++ {
+		if err := send("alice"); err != nil {
+			t.Fatalf("alice's request %d: %v", i, err)
+		}
+	}
+	if err := send("alice"); err == nil || !strings.Contains(err.Error(), "rate_limited") {
+		t.Fatalf("alice over her share: %v", err)
+	}
+	if em, _ := a.lastSent(); em.Code != "rate_limited" || !strings.Contains(em.Message, "on behalf of alice") {
+		t.Fatalf("answer %+v", em)
+	}
+	if err := send("bob"); err != nil {
+		t.Fatalf("bob, through the same gateway, after alice ran out: %v", err)
+	}
+	if err := send(""); err != nil {
+		t.Fatalf("the gateway's own task: %v", err)
+	}
+}

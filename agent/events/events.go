@@ -315,6 +315,9 @@ func (r *Recorder) Task(ev tasks.Event) {
 	if ev.Err != nil {
 		details["error"] = ev.Err.Error()
 	}
+	if ev.OnBehalfOf != "" {
+		details["on_behalf_of"] = ev.OnBehalfOf // the client the submitter acts for (ADR 0100)
+	}
 	r.Record(typ, ev.Peer, ev.TaskID, outcome, details)
 }
 

@@ -39,6 +39,9 @@ type fakeOps struct {
 	mu      sync.Mutex
 	submits []api.SubmitArgs
 	peer    string
+	// owner, when set, is the key the fake's tasks were submitted for: GetArgs.OnBehalfOf of another key
+	// is not found, as in the agent (taskops).
+	owner string
 }
 
 func (f *fakeOps) Call(_ context.Context, op string, args, result any) error {
@@ -56,6 +59,9 @@ func (f *fakeOps) Call(_ context.Context, op string, args, result any) error {
 		return set(api.TaskView{TaskID: finalTask, To: a.To, Handler: a.Handler, State: "pending", InputSHA256: "00", Submitted: now, Updated: now})
 	case api.OpTaskGet:
 		a := args.(api.GetArgs)
+		if f.owner != "" && a.OnBehalfOf != "" && a.OnBehalfOf != f.owner {
+			return control.Errorf(control.CodeNotFound, "no task %s", a.TaskID)
+		}
 		if a.TaskID == pendingTask {
 			f.mu.Unlock()
 			time.Sleep(min(time.Duration(a.WaitMS)*time.Millisecond, 50*time.Millisecond))
@@ -65,7 +71,7 @@ func (f *fakeOps) Call(_ context.Context, op string, args, result any) error {
 		if a.TaskID != finalTask {
 			return control.Errorf(control.CodeNotFound, "no task %s", a.TaskID)
 		}
-		return set(api.TaskView{TaskID: finalTask, To: f.peer, Handler: "echo", State: "failed", InputSHA256: "00", Submitted: now, Updated: now, ErrorCode: "busy"})
+		return set(api.TaskView{TaskID: finalTask, To: f.peer, Handler: "echo", State: "failed", InputSHA256: "00", Submitted: now, Updated: now, ErrorCode: "busy", OnBehalfOf: f.owner})
 	case api.OpPeersList:
 		return set([]api.PeerStatus{{ID: f.peer, Trust: "neutral", Score: 0.5}})
 	}
@@ -313,4 +319,47 @@ func equalJSON(a, b any) bool {
 	x, _ := json.Marshal(a)
 	y, _ := json.Marshal(b)
 	return bytes.Equal(x, y)
+}
+
+// TestTaskOwnership: a task belongs to the key it was submitted for (ADR 0100): the submission carries
+// the key's name; another key reading it or its events gets 404 not_found, exactly as for a task that
+// does not exist (not 403); a key with manage_agents (system_admin) reads every task.
+func TestTaskOwnership(t *testing.T) {
+	e := setup(t, nil)
+	alice := e.key("alice", 0, "gateway_service", "task_submitter")
+	bob := e.key("bob", 0, "gateway_service", "task_submitter")
+	admin := e.key("admin", 0, "gateway_service", "task_submitter", "system_admin")
+	resp, body := e.do("POST", "/v1/tasks", alice, []byte(`{"to":"`+e.ops.peer+`","handler":"echo","input":"aGk"}`))
+	if resp.StatusCode != 202 || len(e.ops.submits) != 1 || e.ops.submits[0].OnBehalfOf != "alice" {
+		t.Fatalf("submit: %d %s; submitted %+v", resp.StatusCode, body, e.ops.submits)
+	}
+	e.ops.owner = "alice"
+	_, unknown := e.do("GET", "/v1/tasks/"+unknownTask, bob, nil)
+	for _, tc := range []struct {
+		name, path, token string
+		status            int
+	}{
+		{"owner", "/v1/tasks/" + finalTask, alice, 200},
+		{"owner's events", "/v1/tasks/" + finalTask + "/events", alice, 200},
+		{"other key", "/v1/tasks/" + finalTask, bob, 404},
+		{"other key, waiting", "/v1/tasks/" + finalTask + "?wait=5", bob, 404},
+		{"other key's events", "/v1/tasks/" + finalTask + "/events", bob, 404},
+		{"manage_agents", "/v1/tasks/" + finalTask, admin, 200},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			resp, body := e.do("GET", tc.path, tc.token, nil)
+			if resp.StatusCode != tc.status {
+				t.Fatalf("status %d, want %d: %s", resp.StatusCode, tc.status, body)
+			}
+			if tc.status == 404 {
+				p := problemOf(t, body)
+				if p.Type != "urn:custos:reason:not_found" || p.Status != 404 {
+					t.Fatalf("problem %+v", p)
+				}
+				if u := problemOf(t, unknown); !strings.Contains(p.Detail, finalTask) || strings.Replace(p.Detail, finalTask, unknownTask, 1) != u.Detail {
+					t.Fatalf("the refusal differs from an unknown task's: %q vs %q", p.Detail, u.Detail)
+				}
+			}
+		})
+	}
 }

@@ -213,6 +213,16 @@ func (s *Server) admit(w http.ResponseWriter, r *http.Request, e endpoint, c *ca
 	return nil
 }
 
+// owner is the attribution a key may read tasks of (ADR 0100): its own name, so GET /v1/tasks/{id} and
+// its events answer 404 for a task another key submitted (not 403: that would say it exists). A key
+// with a role carrying manage_agents (system_admin) reads every task of this agent: "" (no restriction).
+func (s *Server) owner(k *Key) string {
+	if s.has(k, rbac.ManageAgents) {
+		return ""
+	}
+	return k.Name
+}
+
 func (s *Server) has(k *Key, p rbac.Permission) bool {
 	for _, r := range k.Roles {
 		if s.opts.Roles.Has(r, p) {
@@ -311,7 +321,7 @@ func (s *Server) submit(w http.ResponseWriter, r *http.Request, c *call) error {
 		return writeJSON(w, http.StatusOK, v)
 	}
 	var v api.TaskView
-	if err := s.opts.Ops.Call(r.Context(), api.OpTaskSubmit, api.SubmitArgs{To: a.To, Handler: a.Handler, Input: a.Input}, &v); err != nil {
+	if err := s.opts.Ops.Call(r.Context(), api.OpTaskSubmit, api.SubmitArgs{To: a.To, Handler: a.Handler, Input: a.Input, OnBehalfOf: c.key.Name}, &v); err != nil {
 		return err
 	}
 	c.details["task_id"], c.details["to"] = v.TaskID, v.To
@@ -346,6 +356,7 @@ func (s *Server) task(w http.ResponseWriter, r *http.Request, c *call) error {
 		return p
 	}
 	c.details["task_id"] = a.TaskID
+	a.OnBehalfOf = s.owner(c.key)
 	var v api.TaskView
 	if err := s.opts.Ops.Call(r.Context(), api.OpTaskGet, a, &v); err != nil {
 		return err
@@ -370,8 +381,9 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request, c *call) error {
 	s.open.Inc()
 	defer func() { s.streams.Add(-1); s.open.Dec() }()
 	// The first state before the stream starts: a task that does not exist is a 404, not an empty stream.
+	a.OnBehalfOf = s.owner(c.key)
 	var v api.TaskView
-	if err := s.opts.Ops.Call(r.Context(), api.OpTaskGet, api.GetArgs{TaskID: a.TaskID}, &v); err != nil {
+	if err := s.opts.Ops.Call(r.Context(), api.OpTaskGet, api.GetArgs{TaskID: a.TaskID, OnBehalfOf: a.OnBehalfOf}, &v); err != nil {
 		return err
 	}
 	rc := http.NewResponseController(w)
@@ -407,7 +419,7 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request, c *call) error {
 		if ctx.Err() != nil {
 			return nil // the client went away, or the stream reached api.MaxWait
 		}
-		if err := s.opts.Ops.Call(ctx, api.OpTaskGet, api.GetArgs{TaskID: a.TaskID, WaitMS: 1000}, &v); err != nil {
+		if err := s.opts.Ops.Call(ctx, api.OpTaskGet, api.GetArgs{TaskID: a.TaskID, WaitMS: 1000, OnBehalfOf: a.OnBehalfOf}, &v); err != nil {
 			if ctx.Err() != nil {
 				return nil
 			}

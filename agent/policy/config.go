@@ -17,7 +17,18 @@ const (
 	DefaultMaxConcurrentTasks = 16
 	DefaultMaxBytesPerDay     = 1 << 30 // 1 GiB
 	DefaultMaxTrackedPeers    = 100000
+	// DefaultOnBehalfOfShare is the share of a peer's rate and burst one of its clients gets (ADR 0100).
+	DefaultOnBehalfOfShare = 0.5
 )
+
+// OnBehalfOf limits the tasks a peer submits on behalf of one client (task requests with an
+// on_behalf_of, ADR 0100): each (peer, client) pair has its own bucket with Share of the peer's rate and
+// burst, taken by each new task request besides the peer's own bucket. One client of a gateway cannot
+// use up the whole gateway's allowance here; clients together stay within the peer's.
+type OnBehalfOf struct {
+	// Share is in (0, 1]; 0 means DefaultOnBehalfOfShare.
+	Share float64 `yaml:"share" json:"share,omitempty"`
+}
 
 // Limits are the resource limits of a role or a peer. A zero field inherits (from the defaults, or for a
 // peer from its roles); -1 means unlimited for the quotas.
@@ -84,7 +95,10 @@ type Config struct {
 	Peers   map[string]Limits `yaml:"peers" json:"peers,omitempty"`
 	Geo     GeoConfig         `yaml:"geo" json:"geo"`
 	LogOnly LogOnly           `yaml:"log_only" json:"log_only"`
-	// MaxTrackedPeers bounds the per-peer state kept in memory; default DefaultMaxTrackedPeers.
+	// OnBehalfOf is the per-client share of a peer's task requests (ADR 0100).
+	OnBehalfOf OnBehalfOf `yaml:"on_behalf_of" json:"on_behalf_of"`
+	// MaxTrackedPeers bounds the per-peer state kept in memory (and, separately, the (peer, client)
+	// buckets of OnBehalfOf); default DefaultMaxTrackedPeers.
 	MaxTrackedPeers int `yaml:"max_tracked_peers" json:"max_tracked_peers,omitempty"`
 }
 
@@ -182,6 +196,12 @@ func compileConfig(cfg Config) (*compiled, error) {
 	}
 	if cfg.MaxTrackedPeers == 0 {
 		c.cfg.MaxTrackedPeers = DefaultMaxTrackedPeers
+	}
+	switch sh := cfg.OnBehalfOf.Share; {
+	case sh == 0:
+		c.cfg.OnBehalfOf.Share = DefaultOnBehalfOfShare
+	case !(sh > 0 && sh <= 1):
+		return nil, fmt.Errorf("policy.on_behalf_of.share %g: give a share in (0, 1]", sh)
 	}
 	if c.cfg.MaxTrackedPeers < 1 {
 		return nil, fmt.Errorf("policy.max_tracked_peers %d: give a positive number", cfg.MaxTrackedPeers)

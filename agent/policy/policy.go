@@ -149,11 +149,18 @@ type Policy struct {
 	c      *compiled
 	peers  map[string]*peerState
 	totals map[rbac.Role]*bucket
+	// clients are the (peer, on_behalf_of) buckets of AdmitOnBehalfOf, keyed peer NUL client.
+	clients map[string]*clientState
+}
+
+type clientState struct {
+	bucket   bucket
+	lastSeen time.Time
 }
 
 // New validates cfg and makes a policy.
 func New(cfg Config, opts Options) (*Policy, error) {
-	p := &Policy{now: opts.Now, geo: opts.Geo, peers: map[string]*peerState{}, totals: map[rbac.Role]*bucket{}}
+	p := &Policy{now: opts.Now, geo: opts.Geo, peers: map[string]*peerState{}, totals: map[rbac.Role]*bucket{}, clients: map[string]*clientState{}}
 	if p.now == nil {
 		p.now = time.Now
 	}
@@ -260,6 +267,53 @@ func (p *Policy) Admit(ctx context.Context, req Request) Decision {
 		st.bucket.tokens = 0 // log-only: the message goes through, the bucket stays empty
 	}
 	st.bytes += req.Bytes
+	return d
+}
+
+// AdmitOnBehalfOf is the check of a new task request that req.Peer submits on behalf of client (its
+// on_behalf_of, ADR 0100): one token of the (peer, client) bucket, whose rate and burst are
+// policy.on_behalf_of.share of the peer's. It comes after Admit (the peer's own bucket), so clients
+// together never exceed the peer's limits, and one client cannot use up all of them. An empty client
+// is always allowed.
+func (p *Policy) AdmitOnBehalfOf(ctx context.Context, req Request, client string) Decision {
+	if err := ctx.Err(); err != nil {
+		return Decision{Reason: RateLimited, Detail: err.Error()}
+	}
+	d := Decision{Allowed: true}
+	if client == "" {
+		return d
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	now := p.now()
+	lim := p.limitsLocked(req)
+	share := p.c.cfg.OnBehalfOf.Share
+	rate, burst := lim.rate*share, math.Max(1, math.Floor(lim.burst*share))
+	key := req.Peer + "\x00" + client
+	st, ok := p.clients[key]
+	if !ok {
+		if len(p.clients) >= p.c.cfg.MaxTrackedPeers {
+			for k, c := range p.clients { // idle for ten minutes: refilled long ago
+				if now.Sub(c.lastSeen) > 10*time.Minute {
+					delete(p.clients, k)
+				}
+			}
+			if len(p.clients) >= p.c.cfg.MaxTrackedPeers {
+				return *deny(p.c.cfg.LogOnly.Rate, &d, RateLimited, "too many (peer, on_behalf_of) pairs are tracked (%d): refusing new ones until idle ones age out", p.c.cfg.MaxTrackedPeers)
+			}
+		}
+		st = &clientState{}
+		p.clients[key] = st
+	}
+	st.lastSeen = now
+	if ok, wait := st.bucket.take(now, rate, burst, 1); !ok {
+		d.RetryAfter = wait
+		if !deny(p.c.cfg.LogOnly.Rate, &d, RateLimited, "peer %s on behalf of %s exceeds %g task requests/s (burst %g, policy.on_behalf_of.share %g of the peer's); retry in %s",
+			req.Peer, client, rate, burst, share, wait.Round(time.Millisecond)).Allowed {
+			return d
+		}
+		st.bucket.tokens = 0
+	}
 	return d
 }
 

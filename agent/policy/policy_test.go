@@ -527,3 +527,43 @@ func BenchmarkAdmit(b *testing.B) {
 		p.Admit(ctx, req)
 	}
 }
+
+// TestAdmitOnBehalfOf: each (peer, client) pair has its own bucket with a share of the peer's rate and
+// burst: one client of a gateway running out leaves the others their allowance (ADR 0100).
+func TestAdmitOnBehalfOf(t *testing.T) {
+	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	p, err := New(Config{Default: Limits{Rate: 1, Burst: 4}, OnBehalfOf: OnBehalfOf{Share: 0.5}}, Options{Now: func() time.Time { return now }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	gw := Request{Peer: "ed25519:gateway"}
+	for _, c := range []struct {
+		client string
+		want   bool
+	}{
+		{"alice", true}, {"alice", true}, {"alice", false}, // burst 4 × 0.5 = 2
+		{"bob", true}, {"bob", true}, {"bob", false},
+		{"", true}, {"", true}, {"", true}, // no attribution: the peer's own bucket only
+	} {
+		d := p.AdmitOnBehalfOf(ctx, gw, c.client)
+		if d.Allowed != c.want {
+			t.Fatalf("%q: allowed %v (%s), want %v", c.client, d.Allowed, d.Detail, c.want)
+		}
+		if !d.Allowed && (d.Reason != RateLimited || d.RetryAfter <= 0) {
+			t.Fatalf("%q: refused with %s after %v", c.client, d.Reason, d.RetryAfter)
+		}
+	}
+	if d := p.AdmitOnBehalfOf(ctx, Request{Peer: "ed25519:other"}, "alice"); !d.Allowed {
+		t.Fatalf("another peer's alice shares the gateway's bucket: %s", d.Detail)
+	}
+	now = now.Add(2 * time.Second) // rate 0.5/s: one token back
+	if d := p.AdmitOnBehalfOf(ctx, gw, "alice"); !d.Allowed {
+		t.Fatalf("after the refill: %s", d.Detail)
+	}
+	for _, share := range []float64{-1, 1.5} {
+		if _, err := New(Config{OnBehalfOf: OnBehalfOf{Share: share}}, Options{}); err == nil {
+			t.Errorf("share %g accepted", share)
+		}
+	}
+}

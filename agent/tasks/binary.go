@@ -15,22 +15,37 @@ import (
 // form (a payload starting with '{'), both strictly.
 const (
 	magicRequest = "CTQ1" // task_request: task_id, handler, input
-	magicResult  = "CTR1" // task_result: task_id, evidence, delegation
-	maxTaskIDLen = 64     // generous: CheckTaskID then requires exactly 22 base64url characters
-	maxHandler   = 64     // generous: ValidHandlerName then requires at most 32
+	// magicRequestAttributed: task_request with an attribution (ADR 0100): task_id, handler, input,
+	// on_behalf_of (non-empty). A request without one is written CTQ1, so each request has one encoding
+	// and agents without ADR 0100 still read every request an agent sends for itself.
+	magicRequestAttributed = "CTQ2"
+	magicResult            = "CTR1" // task_result: task_id, evidence, delegation
+	maxTaskIDLen           = 64     // generous: CheckTaskID then requires exactly 22 base64url characters
+	maxHandler             = 64     // generous: ValidHandlerName then requires at most 32
 )
 
 func (r *Request) encodeBinary() []byte {
-	return wire.NewWriter(len(r.TaskID) + len(r.Handler) + len(r.Input) + 16).Raw([]byte(magicRequest)...).
-		String(r.TaskID).String(r.Handler).Bytes(r.Input).Out()
+	if r.OnBehalfOf == "" {
+		return wire.NewWriter(len(r.TaskID) + len(r.Handler) + len(r.Input) + 16).Raw([]byte(magicRequest)...).
+			String(r.TaskID).String(r.Handler).Bytes(r.Input).Out()
+	}
+	return wire.NewWriter(len(r.TaskID) + len(r.Handler) + len(r.Input) + len(r.OnBehalfOf) + 20).Raw([]byte(magicRequestAttributed)...).
+		String(r.TaskID).String(r.Handler).Bytes(r.Input).String(r.OnBehalfOf).Out()
 }
 
-// decodeRequestBinary decodes the binary form; the input aliases b.
+// decodeRequestBinary decodes the binary form (CTQ1, or CTQ2 with an attribution); the input aliases b.
 func decodeRequestBinary(b []byte) (*Request, error) {
+	attributed := hasMagic(b, magicRequestAttributed)
 	rd := wire.NewReader("task_request", b[len(magicRequest):])
 	r := &Request{TaskID: rd.String("task_id", maxTaskIDLen), Handler: rd.String("handler", maxHandler), Input: rd.Bytes("input", MaxInput)}
+	if attributed {
+		r.OnBehalfOf = rd.String("on_behalf_of", MaxOnBehalfOf)
+	}
 	if err := rd.End(); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrMalformed, err)
+	}
+	if attributed && r.OnBehalfOf == "" {
+		return nil, fmt.Errorf("%w: task_request %s with an empty on_behalf_of (an unattributed request is %s)", ErrMalformed, magicRequestAttributed, magicRequest)
 	}
 	return r, nil
 }
@@ -57,7 +72,7 @@ func hasMagic(b []byte, magic string) bool { return bytes.HasPrefix(b, []byte(ma
 func PeekTaskID(payload []byte) string {
 	var id string
 	switch {
-	case hasMagic(payload, magicRequest):
+	case hasMagic(payload, magicRequest), hasMagic(payload, magicRequestAttributed):
 		id = wire.NewReader("task_request", payload[len(magicRequest):]).String("task_id", maxTaskIDLen)
 	case hasMagic(payload, magicResult):
 		id = wire.NewReader("task_result", payload[len(magicResult):]).String("task_id", maxTaskIDLen)

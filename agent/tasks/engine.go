@@ -61,6 +61,8 @@ type Event struct {
 	Err     error
 	// Served is what the executor contributed to a "result" (resource contribution, ADR 0090).
 	Served *Served
+	// OnBehalfOf is the task's attribution (Request.OnBehalfOf, ADR 0100), when it has one.
+	OnBehalfOf string
 }
 
 // Served is the resources an executor spent on one task this agent submitted: the seconds it ran (the
@@ -336,7 +338,7 @@ func (e *Engine) onRequest(ctx context.Context, peer string, payload []byte) err
 			"(result_received); acknowledge results before sending more", mine))
 	}
 	rec := &Inbound{TaskID: req.TaskID, Requester: peer, Handler: req.Handler, Input: req.Input,
-		InputSHA256: HexSHA256(req.Input), State: InAccepted, Accepted: e.cfg.Clock().UTC()}
+		InputSHA256: HexSHA256(req.Input), State: InAccepted, Accepted: e.cfg.Clock().UTC(), OnBehalfOf: req.OnBehalfOf}
 	stored, created, err := e.store.Accept(rec) // fsynced before the acknowledgement below
 	if err != nil {
 		e.cfg.Logger.Error("task not recorded", "task", req.TaskID, "from", peer, "err", err)
@@ -345,7 +347,7 @@ func (e *Engine) onRequest(ctx context.Context, peer string, payload []byte) err
 	if !created {
 		return e.answerExisting(stored)
 	}
-	e.event(Event{Kind: "accepted", TaskID: rec.TaskID, Peer: peer, Handler: rec.Handler})
+	e.event(Event{Kind: "accepted", TaskID: rec.TaskID, Peer: peer, Handler: rec.Handler, OnBehalfOf: rec.OnBehalfOf})
 	e.schedule(rec)
 	return e.send(peer, envelope.TaskResponse, (&Response{TaskID: rec.TaskID, Status: StatusAccepted}).Encode())
 }
@@ -419,7 +421,7 @@ func (e *Engine) run(requester, id string) {
 		r.State, r.Started, r.Runs = InRunning, now, r.Runs+1
 		return true
 	})
-	e.event(Event{Kind: "started", TaskID: id, Peer: requester, Handler: in.Handler})
+	e.event(Event{Kind: "started", TaskID: id, Peer: requester, Handler: in.Handler, OnBehalfOf: in.OnBehalfOf})
 	_ = e.send(requester, envelope.TaskProgress, (&Progress{TaskID: id, State: "running"}).Encode())
 	doc := &ResultDoc{TaskID: id, Requester: requester, Handler: in.Handler, InputSHA256: in.InputSHA256, Started: now.Unix()}
 	h := e.handler(in.Handler)
@@ -463,7 +465,7 @@ func (e *Engine) run(requester, id string) {
 		log.Error("task result not recorded; the task runs again later", "err", err)
 		return
 	}
-	e.event(Event{Kind: "finished", TaskID: id, Peer: requester, Handler: in.Handler, Status: doc.Status})
+	e.event(Event{Kind: "finished", TaskID: id, Peer: requester, Handler: in.Handler, Status: doc.Status, OnBehalfOf: in.OnBehalfOf})
 	if err := e.pushResult(in); err != nil {
 		log.Info("result not delivered now; it is sent when the requester reconnects", "err", err)
 	}
@@ -478,9 +480,27 @@ func clipText(s string, n int) string {
 
 // ---- submitter side ----
 
+// Submission is a task to submit (SubmitTask).
+type Submission struct {
+	To      string
+	Handler string
+	Input   []byte
+	// OnBehalfOf attributes the task to a client of this agent (ADR 0100; ValidOnBehalfOf), "" for none.
+	OnBehalfOf string
+}
+
 // Submit records a task for peer to and sends it as soon as a session with the peer exists. The record is
 // on disk (fsync) when Submit returns.
 func (e *Engine) Submit(ctx context.Context, to, handler string, input []byte) (*Outbound, error) {
+	return e.SubmitTask(ctx, Submission{To: to, Handler: handler, Input: input})
+}
+
+// SubmitTask is Submit with an attribution: the request carries s.OnBehalfOf, signed with it.
+func (e *Engine) SubmitTask(ctx context.Context, s Submission) (*Outbound, error) {
+	to, handler, input := s.To, s.Handler, s.Input
+	if !ValidOnBehalfOf(s.OnBehalfOf) {
+		return nil, fmt.Errorf("on_behalf_of %q: want 1-%d of a-z 0-9 . _ -, starting with a letter or digit", clip(s.OnBehalfOf), MaxOnBehalfOf)
+	}
 	id, err := identity.ParseID(to)
 	if err != nil {
 		return nil, fmt.Errorf("recipient %q: %w", to, err)
@@ -497,11 +517,11 @@ func (e *Engine) Submit(ctx context.Context, to, handler string, input []byte) (
 	}
 	now := e.cfg.Clock().UTC()
 	o := &Outbound{TaskID: NewTaskID(), To: to, Handler: handler, Input: append([]byte{}, input...), InputSHA256: HexSHA256(input),
-		State: OutPending, Submitted: now, Updated: now}
+		State: OutPending, Submitted: now, Updated: now, OnBehalfOf: s.OnBehalfOf}
 	if err := e.store.CreateOutbound(o); err != nil {
 		return nil, err
 	}
-	e.event(Event{Kind: "submitted", TaskID: o.TaskID, Peer: to, Handler: handler})
+	e.event(Event{Kind: "submitted", TaskID: o.TaskID, Peer: to, Handler: handler, OnBehalfOf: s.OnBehalfOf})
 	e.changed(o.TaskID)
 	e.goSend(func() { e.sendRequest(o) })
 	return o, nil
@@ -534,7 +554,7 @@ func (e *Engine) sendRequest(o *Outbound) {
 		}
 		o = full
 	}
-	req := &Request{TaskID: o.TaskID, Handler: o.Handler, Input: o.Input}
+	req := &Request{TaskID: o.TaskID, Handler: o.Handler, Input: o.Input, OnBehalfOf: o.OnBehalfOf}
 	if err := e.send(o.To, envelope.TaskRequest, req.Encode()); err != nil {
 		if !errors.Is(err, ErrNoSession) {
 			e.cfg.Logger.Info("task request not sent; retrying later", "task", o.TaskID, "to", o.To, "err", err)

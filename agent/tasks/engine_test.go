@@ -680,3 +680,41 @@ func TestResultAcknowledgedBeforeWaitReturns(t *testing.T) {
 		t.Errorf("Wait returned task %s before its acknowledgement was sent", e)
 	}
 }
+
+// TestAttributionReachesExecutor: a task submitted on behalf of a client carries the client's name to the
+// executor, which records it with the task and reports it in its events (the audit records, ADR 0100);
+// a bad attribution is refused at submission.
+func TestAttributionReachesExecutor(t *testing.T) {
+	n := newNet()
+	a, b := newAgent(t, n), newAgent(t, n)
+	a.knows(b)
+	b.knows(a)
+	var mu sync.Mutex
+	seen := map[string]string{}
+	b.cfg = func(c *Config) {
+		c.OnEvent = func(ev Event) {
+			mu.Lock()
+			seen[ev.Kind] = ev.OnBehalfOf
+			mu.Unlock()
+		}
+	}
+	a.start(t, nil, 50*time.Millisecond)
+	b.start(t, Registry{"echo": Echo()}, 50*time.Millisecond)
+	o, err := a.eng.SubmitTask(context.Background(), Submission{To: b.id, Handler: "echo", Input: []byte("x"), OnBehalfOf: "gw-key-1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := wait(t, a.eng, o.TaskID); got.State != OutDone || got.OnBehalfOf != "gw-key-1" {
+		t.Fatalf("state %s, on_behalf_of %q", got.State, got.OnBehalfOf)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	for _, kind := range []string{"accepted", "started", "finished"} {
+		if seen[kind] != "gw-key-1" {
+			t.Errorf("executor event %s: on_behalf_of %q, want gw-key-1", kind, seen[kind])
+		}
+	}
+	if _, err := a.eng.SubmitTask(context.Background(), Submission{To: b.id, Handler: "echo", OnBehalfOf: "Not Valid"}); err == nil {
+		t.Error("a bad attribution was submitted")
+	}
+}

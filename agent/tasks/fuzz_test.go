@@ -9,6 +9,8 @@ import (
 func FuzzDecodeMessages(f *testing.F) {
 	id := "AAAAAAAAAAAAAAAAAAAAAA"
 	f.Add([]byte(`{"task_id":"` + id + `","handler":"echo","input":"aGk"}`))
+	f.Add([]byte(`{"task_id":"` + id + `","handler":"echo","input":"aGk","on_behalf_of":"gw-key"}`))
+	f.Add((&Request{TaskID: id, Handler: "echo", Input: []byte("hi"), OnBehalfOf: "gw-key"}).Encode())
 	f.Add([]byte(`{"task_id":"` + id + `","status":"accepted"}`))
 	f.Add([]byte(`{"task_id":"` + id + `","state":"running"}`))
 	f.Add([]byte(`{"task_id":"` + id + `","evidence":"AA","delegation":"AA"}`))
@@ -16,7 +18,7 @@ func FuzzDecodeMessages(f *testing.F) {
 	f.Add([]byte(`{"task_id":"` + id + `","requester":"r","handler":"h","input_sha256":"","status":"ok","output":"","output_sha256":"","error":"","started":1,"finished":2}`))
 	f.Fuzz(func(t *testing.T, in []byte) {
 		if r, err := DecodeRequest(in); err == nil {
-			if r2, err := DecodeRequest(r.Encode()); err != nil || r2.TaskID != r.TaskID || string(r2.Input) != string(r.Input) {
+			if r2, err := DecodeRequest(r.Encode()); err != nil || r2.TaskID != r.TaskID || string(r2.Input) != string(r.Input) || r2.OnBehalfOf != r.OnBehalfOf {
 				t.Fatalf("request round trip: %v", err)
 			}
 		}

@@ -75,7 +75,20 @@ type Request struct {
 	TaskID  string       `json:"task_id"`
 	Handler string       `json:"handler"`
 	Input   envelope.B64 `json:"input"`
+	// OnBehalfOf names the client the submitter acts for (an HTTP gateway's API key name, ADR 0100):
+	// inside the signed envelope, so the executor can audit and rate-limit by (submitter, OnBehalfOf).
+	// Empty for an agent's own tasks; 1 to MaxOnBehalfOf of [a-z0-9._-] otherwise (ValidOnBehalfOf).
+	OnBehalfOf string `json:"on_behalf_of,omitempty"`
 }
+
+// MaxOnBehalfOf bounds Request.OnBehalfOf (the gateway's key names are at most 64 characters).
+const MaxOnBehalfOf = 64
+
+var onBehalfOf = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,63}$`)
+
+// ValidOnBehalfOf reports whether s is an acceptable attribution: empty (none), or 1 to 64 of
+// [a-z0-9._-] starting with a letter or digit (the gateway's key name rule).
+func ValidOnBehalfOf(s string) bool { return s == "" || onBehalfOf.MatchString(s) }
 
 // Response statuses (task_response).
 const (
@@ -186,7 +199,7 @@ func DecodeRequest(b []byte) (*Request, error) {
 	switch {
 	case len(b) > MaxMessage:
 		return nil, fmt.Errorf("%w: task_request of %d bytes exceeds %d", ErrMalformed, len(b), MaxMessage)
-	case hasMagic(b, magicRequest):
+	case hasMagic(b, magicRequest), hasMagic(b, magicRequestAttributed):
 		d, err := decodeRequestBinary(b)
 		if err != nil {
 			return nil, err
@@ -205,6 +218,9 @@ func DecodeRequest(b []byte) (*Request, error) {
 	}
 	if len(r.Input) > MaxInput {
 		return nil, fmt.Errorf("%w: input of %d bytes exceeds %d", ErrMalformed, len(r.Input), MaxInput)
+	}
+	if !ValidOnBehalfOf(r.OnBehalfOf) {
+		return nil, fmt.Errorf("%w: on_behalf_of %q (want 1-64 of a-z 0-9 . _ -, starting with a letter or digit)", ErrMalformed, clip(r.OnBehalfOf))
 	}
 	return &r, nil
 }

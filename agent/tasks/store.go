@@ -49,6 +49,8 @@ type Inbound struct {
 	Evidence    []byte    `json:"evidence,omitempty"`   // signed result envelope, binary form
 	Delegation  []byte    `json:"delegation,omitempty"` // the delegation that signed it
 	Pushed      time.Time `json:"pushed,omitzero"`      // last time the result was sent
+	// OnBehalfOf is the requester's attribution (Request.OnBehalfOf, ADR 0100): whom it submitted for.
+	OnBehalfOf string `json:"on_behalf_of,omitempty"`
 }
 
 // Outbound states (tasks this agent submitted to a peer).
@@ -84,6 +86,9 @@ type Outbound struct {
 	Delegation  []byte    `json:"delegation,omitempty"`    // the executor's delegation that signed it
 	KeyEventLog []byte    `json:"key_event_log,omitempty"` // the executor's log when the result verified
 	Fetched     time.Time `json:"fetched,omitzero"`        // when a client first read the final result
+	// OnBehalfOf is whom this agent submitted the task for (an HTTP gateway key's name, ADR 0100); it
+	// travels in the request and decides who may read the task through the gateway.
+	OnBehalfOf string `json:"on_behalf_of,omitempty"`
 }
 
 // Store keeps tasks in bbolt. Every change is durable (fsynced) when its method returns, except those of

@@ -28,6 +28,7 @@ import (
 
 	"github.com/custos-agent/custos/agent/api"
 	"github.com/custos-agent/custos/agent/config"
+	"github.com/custos-agent/custos/agent/events"
 	"github.com/custos-agent/custos/agent/gateway"
 	"github.com/custos-agent/custos/agent/gateway/gatewaytest"
 	"github.com/custos-agent/custos/audit"
@@ -131,6 +132,7 @@ func TestGatewayEndToEnd(t *testing.T) {
 	a, base := gatewayAgent(t, execs, "")
 	c := &gwClient{t: t, base: base, v: gatewaytest.New(t), hc: &http.Client{Timeout: 60 * time.Second}}
 	app := gwKey(a, "app", "gateway_service,task_submitter,agent_operator", "--rate", "1000")
+	other := gwKey(a, "other", "gateway_service,task_submitter", "--rate", "1000")
 
 	if resp, body := c.do("GET", "/v1/healthz", "", nil); resp.StatusCode != 200 || !strings.Contains(string(body), a.id) {
 		t.Fatalf("healthz: %d %s", resp.StatusCode, body)
@@ -169,6 +171,22 @@ func TestGatewayEndToEnd(t *testing.T) {
 				t.Fatalf("get: %d %s", resp.StatusCode, body)
 			}
 			checkResult(t, &v, x.id, hexSHA256(in))
+			// ADR 0100: the request carried the key's name, signed; the executor audited it with the task.
+			if v.OnBehalfOf != "app" {
+				t.Fatalf("task view on_behalf_of %q, want app", v.OnBehalfOf)
+			}
+			for _, typ := range []audit.EventType{events.TaskAccepted, events.TaskFinished} {
+				if !auditHas(t, x, typ, func(e audit.Entry) bool {
+					return e.Actor == a.id && e.Subject == v.TaskID && e.Details["on_behalf_of"] == "app"
+				}) {
+					t.Fatalf("the executor's %s record of task %s does not name on_behalf_of app", typ, v.TaskID)
+				}
+			}
+			// Another key does not see the task (404, as for an unknown one); the key's own reads are above.
+			if resp, body := c.do("GET", "/v1/tasks/"+v.TaskID, other, nil); resp.StatusCode != 404 ||
+				!strings.Contains(string(body), "urn:custos:reason:not_found") {
+				t.Fatalf("another key reading app's task: %d %s", resp.StatusCode, body)
+			}
 			// A third party checks the evidence through the gateway; altered evidence does not verify.
 			ev, _ := json.Marshal(v.Result.Evidence)
 			var vr gateway.VerifyResult
@@ -256,7 +274,8 @@ func gatewayRefusals(t *testing.T, c *gwClient, a *agent, app string, execs map[
 			c.t = t
 			n := countGatewayRecords(t, a)
 			resp, body := c.do(tc.method, tc.path, tc.token, tc.body)
-			for try := 1; tc.status == 429 && resp.StatusCode == 200 && try < 5; try++ {
+			// Served, the slow key's reads are 404: the task is app's, not its own (ADR 0100).
+			for try := 1; tc.status == 429 && resp.StatusCode == 404 && try < 5; try++ {
 				n++ // the served request's record
 				resp, body = c.do(tc.method, tc.path, tc.token, tc.body)
 			}

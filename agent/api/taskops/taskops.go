@@ -30,6 +30,7 @@ const TaskVote audit.EventType = "task.vote"
 // Engine is the task engine (agent/tasks.Engine) as the operations see it.
 type Engine interface {
 	Submit(ctx context.Context, to, handler string, input []byte) (*tasks.Outbound, error)
+	SubmitTask(ctx context.Context, s tasks.Submission) (*tasks.Outbound, error)
 	Get(id string) (*tasks.Outbound, error)
 	Wait(ctx context.Context, id string) (*tasks.Outbound, error)
 	MarkFetched(id string) error
@@ -70,7 +71,7 @@ type ops struct{ Deps }
 // View is the view of an outbound task without its result.
 func View(o *tasks.Outbound) *api.TaskView {
 	return &api.TaskView{TaskID: o.TaskID, To: o.To, Handler: o.Handler, State: o.State, InputSHA256: o.InputSHA256,
-		Submitted: o.Submitted, Updated: o.Updated, Attempts: o.Attempts, ErrorCode: o.ErrorCode, Error: o.Error}
+		Submitted: o.Submitted, Updated: o.Updated, Attempts: o.Attempts, ErrorCode: o.ErrorCode, Error: o.Error, OnBehalfOf: o.OnBehalfOf}
 }
 
 // FullView is the view of an outbound task with, when it is done, its result: the stored evidence is
@@ -111,7 +112,7 @@ func (d *ops) opSubmit(ctx context.Context, _ rbac.Cred, raw json.RawMessage) (a
 	if err := control.DecodeArgs(raw, &a); err != nil {
 		return nil, err
 	}
-	o, err := d.Engine.Submit(ctx, a.To, a.Handler, a.Input)
+	o, err := d.Engine.SubmitTask(ctx, tasks.Submission{To: a.To, Handler: a.Handler, Input: a.Input, OnBehalfOf: a.OnBehalfOf})
 	if err != nil {
 		return nil, control.Errorf(control.CodeBadRequest, "%v", err)
 	}
@@ -132,14 +133,21 @@ func (d *ops) opTaskGet(ctx context.Context, _ rbac.Cred, raw json.RawMessage) (
 	}
 	var o *tasks.Outbound
 	var err error
-	if wait > 0 {
+	if a.OnBehalfOf != "" {
+		if o, err = d.Engine.Get(a.TaskID); err == nil && o.OnBehalfOf != a.OnBehalfOf {
+			err = tasks.ErrNotFound // another client's task: not found, without waiting (its timing would tell)
+		}
+	}
+	switch {
+	case err != nil:
+	case wait > 0:
 		wctx, cancel := context.WithTimeout(ctx, wait)
 		o, err = d.Engine.Wait(wctx, a.TaskID)
 		cancel()
 		if err != nil && o != nil && errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
 			err = nil // not final yet: answer with the current state
 		}
-	} else {
+	case o == nil:
 		o, err = d.Engine.Get(a.TaskID)
 	}
 	if errors.Is(err, tasks.ErrNotFound) {
