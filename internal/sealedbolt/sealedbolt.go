@@ -126,4 +126,3 @@ func Sealed(tx *bbolt.Tx, bucket []byte) bool {
 	meta := tx.Bucket(metaBucket)
 	return meta != nil && meta.Get(bucket) != nil
 }
-
