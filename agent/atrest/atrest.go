@@ -20,6 +20,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -127,4 +128,28 @@ func redact(uri string) string {
 		return uri[:i]
 	}
 	return uri
+}
+
+// Source gives the keystore that wraps the data key: the identity's (custody.Custody).
+type Source interface {
+	DataKeyWrapper(ctx context.Context) (keystore.DataKeyWrapper, string, error)
+}
+
+// ForHome returns the Box for the state in home, with the data key wrapped by src's keystore. When that
+// keystore cannot wrap a data key and the home has no state.key, it returns nil (the state stays in the
+// clear) and logs a warning that says so; a home with a state.key and no wrapper is an error.
+func ForHome(ctx context.Context, home string, src Source, log *slog.Logger) (*sealbox.Box, error) {
+	w, uri, err := src.DataKeyWrapper(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("the keystore for the state data key: %w", err)
+	}
+	path := filepath.Join(home, File)
+	if w == nil {
+		if _, err := os.Stat(path); err == nil {
+			return nil, fmt.Errorf("%w: %s is sealed but the identity's keystore %s cannot unwrap a data key; start the agent with the keystore that wrapped it, or restore the home from a backup (docs/backup.md)", ErrSealedElsewhere, path, redact(uri))
+		}
+		log.Warn("the state is kept in the clear: the identity's keystore cannot wrap a data key (ADR 0098)", "keystore", redact(uri))
+		return nil, nil
+	}
+	return Open(ctx, path, w, uri)
 }

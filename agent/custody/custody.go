@@ -714,3 +714,17 @@ func eventTime(now time.Time, st identity.State) time.Time {
 	}
 	return now
 }
+
+// DataKeyWrapper returns the identity's keystore (where its keys are made) as a keystore.DataKeyWrapper,
+// with its URI, for the data key of encryption at rest (agent/atrest, ADR 0098); nil when its backend
+// cannot wrap a data key. Rotation keeps the keystore, so the wrap survives it.
+func (c *Custody) DataKeyWrapper(ctx context.Context) (keystore.DataKeyWrapper, string, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	ks, err := c.keystore(ctx, c.rec.Keystore)
+	if err != nil {
+		return nil, "", err
+	}
+	w, _ := ks.(keystore.DataKeyWrapper)
+	return w, c.rec.Keystore, nil
+}
