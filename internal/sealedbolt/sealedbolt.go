@@ -17,8 +17,8 @@ import (
 	"github.com/custos-agent/custos/internal/sealbox"
 )
 
-// metaBucket records which buckets Migrate sealed: bucket name -> "sealed".
-var metaBucket = []byte("sealedbolt")
+// bucketMeta records which buckets Migrate sealed: bucket name -> "sealed".
+var bucketMeta = []byte("sealedbolt")
 
 var sealedMark = []byte("sealed")
 
@@ -86,7 +86,7 @@ func (s *Values) Migrate(db *bbolt.DB, buckets ...[]byte) error {
 	}
 	for _, name := range buckets {
 		err := db.Update(func(tx *bbolt.Tx) error {
-			meta, err := tx.CreateBucketIfNotExists(metaBucket)
+			meta, err := tx.CreateBucketIfNotExists(bucketMeta)
 			if err != nil {
 				return err
 			}
@@ -123,6 +123,6 @@ func (s *Values) Migrate(db *bbolt.DB, buckets ...[]byte) error {
 
 // Sealed reports whether Migrate marked bucket as sealed in db.
 func Sealed(tx *bbolt.Tx, bucket []byte) bool {
-	meta := tx.Bucket(metaBucket)
+	meta := tx.Bucket(bucketMeta)
 	return meta != nil && meta.Get(bucket) != nil
 }
