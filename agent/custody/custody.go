@@ -725,6 +725,14 @@ func (c *Custody) DataKeyWrapper(ctx context.Context) (keystore.DataKeyWrapper, 
 	if err != nil {
 		return nil, "", err
 	}
-	w, _ := ks.(keystore.DataKeyWrapper)
-	return w, c.rec.Keystore, nil
+	for { // through wrappers that hide the capability (metrics.InstrumentKeystore)
+		if w, ok := ks.(keystore.DataKeyWrapper); ok {
+			return w, c.rec.Keystore, nil
+		}
+		u, ok := ks.(interface{ Unwrap() keystore.Keystore })
+		if !ok {
+			return nil, c.rec.Keystore, nil
+		}
+		ks = u.Unwrap()
+	}
 }
