@@ -92,8 +92,8 @@ func TestStolenHomeRevealsNoPeerData(t *testing.T) {
 	if code := s.waitExit(60 * time.Second); code == 0 {
 		t.Fatalf("the agent started with another keystore\n%s", s.logTail())
 	}
-	if log := s.logTail(); !strings.Contains(log, "sealed to another keystore") && !strings.Contains(log, "passphrase") {
-		t.Fatalf("the refusal does not say why:\n%s", log)
+	if log := s.logTail(); !strings.Contains(log, "custosd: the agent's state is sealed to another keystore") || !strings.Contains(log, "restore the home from a backup") {
+		t.Fatalf("the refusal does not say that the state is sealed to another keystore:\n%s", log)
 	}
 }
 
