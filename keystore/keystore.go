@@ -95,6 +95,18 @@ type Pinger interface {
 	Ping(ctx context.Context) error
 }
 
+// DataKeyWrapper is an optional capability: the keystore wraps a data key (the key that seals the
+// agent's state at rest, ADR 0098) so that only this keystore unwraps it — the TPM seals it under its
+// SRK, a token wraps it with an AES key that never leaves it, the software keystore encrypts it under its
+// passphrase. The wrap is bound to the keystore, not to any signing key: rotating the identity's key
+// does not touch it. The blob is opaque and carries no secret in the clear; UnwrapDataKey on another
+// keystore (another TPM, token or passphrase) fails with ErrWrongSecret, ErrNotFound or ErrCorrupt.
+// The caller wipes the plaintext it gets back.
+type DataKeyWrapper interface {
+	WrapDataKey(ctx context.Context, plaintext []byte) ([]byte, error)
+	UnwrapDataKey(ctx context.Context, blob []byte) ([]byte, error)
+}
+
 // Typed errors. Backends wrap them (with %w) in a message that names what was wrong and what to do, so a
 // caller tests the kind with errors.Is and a user reads the sentence.
 var (

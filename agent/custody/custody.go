@@ -714,3 +714,25 @@ func eventTime(now time.Time, st identity.State) time.Time {
 	}
 	return now
 }
+
+// DataKeyWrapper returns the identity's keystore (where its keys are made) as a keystore.DataKeyWrapper,
+// with its URI, for the data key of encryption at rest (agent/atrest, ADR 0098); nil when its backend
+// cannot wrap a data key. Rotation keeps the keystore, so the wrap survives it.
+func (c *Custody) DataKeyWrapper(ctx context.Context) (keystore.DataKeyWrapper, string, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	ks, err := c.keystore(ctx, c.rec.Keystore)
+	if err != nil {
+		return nil, "", err
+	}
+	for { // through wrappers that hide the capability (metrics.InstrumentKeystore)
+		if w, ok := ks.(keystore.DataKeyWrapper); ok {
+			return w, c.rec.Keystore, nil
+		}
+		u, ok := ks.(interface{ Unwrap() keystore.Keystore })
+		if !ok {
+			return nil, c.rec.Keystore, nil
+		}
+		ks = u.Unwrap()
+	}
+}

@@ -193,7 +193,7 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 	}
 
 	// The state database and its stores (agent/state), once for the whole process.
-	if d.db, err = state.Open(filepath.Join(d.home, StateFile)); err != nil {
+	if d.db, err = state.Open(ctx, filepath.Join(d.home, StateFile), d.cust, d.log); err != nil {
 		return nil, err
 	}
 	d.peers, d.taskStore, d.evidence = d.db.Peers, d.db.Tasks, d.db.Evidence

@@ -8,19 +8,24 @@
 package state
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"log/slog"
+	"path/filepath"
 	"time"
 
 	"go.etcd.io/bbolt"
 	bolterrors "go.etcd.io/bbolt/errors"
 
+	"github.com/custos-agent/custos/agent/atrest"
 	"github.com/custos-agent/custos/agent/consensus"
 	"github.com/custos-agent/custos/agent/gateway"
 	"github.com/custos-agent/custos/agent/mailbox"
 	"github.com/custos-agent/custos/agent/peers"
 	"github.com/custos-agent/custos/agent/rbac"
 	"github.com/custos-agent/custos/agent/tasks"
+	"github.com/custos-agent/custos/internal/sealbox"
 )
 
 // LockTimeout is how long Open waits for another process's lock on the file.
@@ -37,11 +42,29 @@ type DB struct {
 	Evidence    *consensus.EvidenceStore // evidence of dissent in replicated tasks
 	GatewayKeys *gateway.Keys            // the HTTP gateway's API keys
 	Mailbox     *mailbox.Store           // store-and-forward: sealed envelopes waiting, messages received
+	// Box seals values at rest under the home's data key (agent/atrest, ADR 0098); nil when the
+	// identity's keystore cannot wrap a data key. The audit log takes it for its erasable fields.
+	Box *sealbox.Box
 }
 
-// Open opens (creating it 0600) the state database at path and every store in it. A file another
-// process holds is an error that names it and asks whether an agent already runs on this home.
-func Open(path string) (_ *DB, err error) {
+// Open opens (creating it 0600) the state database at path and every store in it, the stores that hold
+// peer data sealing their values with the data key that src's keystore wraps (state.key beside path,
+// made on first open; agent/atrest). A file another process holds is an error that names it and asks
+// whether an agent already runs on this home.
+func Open(ctx context.Context, path string, src atrest.Source, log *slog.Logger) (_ *DB, err error) {
+	box, err := atrest.ForHome(ctx, filepath.Dir(path), src, log)
+	if err != nil {
+		return nil, err
+	}
+	db, err := OpenWithBox(path, box)
+	if err != nil && box != nil {
+		box.Close()
+	}
+	return db, err
+}
+
+// OpenWithBox opens the state database at path with a given Box (nil: values in the clear).
+func OpenWithBox(path string, box *sealbox.Box) (_ *DB, err error) {
 	b, err := bbolt.Open(path, 0o600, &bbolt.Options{Timeout: LockTimeout})
 	if err != nil {
 		if errors.Is(err, bolterrors.ErrTimeout) {
@@ -49,7 +72,7 @@ func Open(path string) (_ *DB, err error) {
 		}
 		return nil, fmt.Errorf("open %s: %w", path, err)
 	}
-	db := &DB{Bolt: b}
+	db := &DB{Bolt: b, Box: box}
 	defer func() {
 		if err != nil {
 			_ = b.Close()
@@ -58,7 +81,7 @@ func Open(path string) (_ *DB, err error) {
 	if db.Peers, err = peers.New(b); err != nil {
 		return nil, err
 	}
-	if db.Tasks, err = tasks.NewStore(b); err != nil {
+	if db.Tasks, err = tasks.NewStore(b, tasks.WithBox(box)); err != nil {
 		return nil, err
 	}
 	if db.Grants, err = rbac.NewBoltStore(b); err != nil {
@@ -82,5 +105,11 @@ func Open(path string) (_ *DB, err error) {
 	return db, nil
 }
 
-// Close closes the file (the stores hold no other resource).
-func (db *DB) Close() error { return db.Bolt.Close() }
+// Close closes the file and wipes the data key (the stores hold no other resource).
+func (db *DB) Close() error {
+	err := db.Bolt.Close()
+	if db.Box != nil {
+		db.Box.Close()
+	}
+	return err
+}

@@ -142,7 +142,7 @@ func (a *testAgent) open(t *testing.T) {
 	if a.cache, err = peers.New(db); err != nil {
 		t.Fatal(err)
 	}
-	if a.store, err = NewStore(db); err != nil {
+	if a.store, err = NewStore(db, WithBox(testBox(t))); err != nil {
 		t.Fatal(err)
 	}
 }

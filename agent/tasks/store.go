@@ -9,6 +9,9 @@ import (
 	"time"
 
 	"go.etcd.io/bbolt"
+
+	"github.com/custos-agent/custos/internal/sealbox"
+	"github.com/custos-agent/custos/internal/sealedbolt"
 )
 
 // Buckets of the task store in <home>/state.db. A task's input is kept beside its record, written once
@@ -99,6 +102,7 @@ type Outbound struct {
 // order they were made, deferred or not.
 type Store struct {
 	db *bbolt.DB
+	sv *sealedbolt.Values // seals every value (ADR 0098); nil: in the clear
 
 	mu    sync.Mutex
 	queue []*storeOp // changes waiting for the next commit
@@ -121,8 +125,19 @@ type storeOp struct {
 	after func()        // deferred: run once it is committed (or failed)
 }
 
+// StoreOption configures NewStore.
+type StoreOption func(*Store)
+
+// WithBox seals every value of the task store (records and inputs) with box (ADR 0098); the plaintext
+// values of a store made before are sealed when it opens.
+func WithBox(box *sealbox.Box) StoreOption { return func(s *Store) { s.sv = sealedbolt.New(box) } }
+
 // NewStore uses an open bbolt database (shared with the other agent packages).
-func NewStore(db *bbolt.DB) (*Store, error) {
+func NewStore(db *bbolt.DB, opts ...StoreOption) (*Store, error) {
+	s := &Store{db: db, deleting: map[string]int{}}
+	for _, o := range opts {
+		o(s)
+	}
 	err := db.Update(func(tx *bbolt.Tx) error {
 		for _, b := range [][]byte{bucketIn, bucketOut, bucketInInput, bucketOutInput} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
@@ -134,13 +149,19 @@ func NewStore(db *bbolt.DB) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("task store: %w", err)
 	}
-	return &Store{db: db, deleting: map[string]int{}}, nil
+	if err := s.sv.Migrate(db, bucketIn, bucketOut, bucketInInput, bucketOutInput); err != nil {
+		return nil, fmt.Errorf("task store: %w", err)
+	}
+	return s, nil
 }
 
 func inKey(requester, id string) []byte { return []byte(requester + "\x00" + id) }
 
-func get[T any](b *bbolt.Bucket, key []byte) (*T, error) {
-	raw := b.Get(key)
+func get[T any](sv *sealedbolt.Values, b *bbolt.Bucket, name, key []byte) (*T, error) {
+	raw, err := sv.Get(b, name, key)
+	if err != nil {
+		return nil, fmt.Errorf("task store: %w", err)
+	}
 	if raw == nil {
 		return nil, nil
 	}
@@ -151,37 +172,41 @@ func get[T any](b *bbolt.Bucket, key []byte) (*T, error) {
 	return &v, nil
 }
 
-func put(b *bbolt.Bucket, key []byte, v any) error {
+func put(sv *sealedbolt.Values, b *bbolt.Bucket, name, key []byte, v any) error {
 	raw, err := json.Marshal(v)
 	if err != nil {
 		return err
 	}
-	return b.Put(key, raw)
+	return sv.Put(b, name, key, raw)
 }
 
 // putTask stores a record without its input, and the input in the input bucket unless it is there.
-func putTask[T any](tx *bbolt.Tx, bucket, inputs, key []byte, rec *T, input *[]byte) error {
+func putTask[T any](sv *sealedbolt.Values, tx *bbolt.Tx, bucket, inputs, key []byte, rec *T, input *[]byte) error {
 	in := *input
 	*input = nil
-	err := put(tx.Bucket(bucket), key, rec)
+	err := put(sv, tx.Bucket(bucket), bucket, key, rec)
 	*input = in
 	if err != nil {
 		return err
 	}
 	if ib := tx.Bucket(inputs); len(in) > 0 && ib.Get(key) == nil {
-		return ib.Put(key, in)
+		return sv.Put(ib, inputs, key, in)
 	}
 	return nil
 }
 
 // getTask reads a record and attaches its input (from the input bucket, or inline in an older record).
-func getTask[T any](tx *bbolt.Tx, bucket, inputs, key []byte, input func(*T) *[]byte) (*T, error) {
-	r, err := get[T](tx.Bucket(bucket), key)
+func getTask[T any](sv *sealedbolt.Values, tx *bbolt.Tx, bucket, inputs, key []byte, input func(*T) *[]byte) (*T, error) {
+	r, err := get[T](sv, tx.Bucket(bucket), bucket, key)
 	if err != nil || r == nil {
 		return r, err
 	}
 	if in := input(r); len(*in) == 0 {
-		if raw := tx.Bucket(inputs).Get(key); raw != nil {
+		raw, err := sv.Get(tx.Bucket(inputs), inputs, key)
+		if err != nil {
+			return nil, fmt.Errorf("task store: %w", err)
+		}
+		if raw != nil {
 			*in = append([]byte(nil), raw...)
 		}
 	}
@@ -191,12 +216,12 @@ func getTask[T any](tx *bbolt.Tx, bucket, inputs, key []byte, input func(*T) *[]
 func inInput(r *Inbound) *[]byte   { return &r.Input }
 func outInput(r *Outbound) *[]byte { return &r.Input }
 
-func getIn(tx *bbolt.Tx, key []byte) (*Inbound, error) {
-	return getTask(tx, bucketIn, bucketInInput, key, inInput)
+func getIn(sv *sealedbolt.Values, tx *bbolt.Tx, key []byte) (*Inbound, error) {
+	return getTask(sv, tx, bucketIn, bucketInInput, key, inInput)
 }
 
-func getOut(tx *bbolt.Tx, key []byte) (*Outbound, error) {
-	return getTask(tx, bucketOut, bucketOutInput, key, outInput)
+func getOut(sv *sealedbolt.Values, tx *bbolt.Tx, key []byte) (*Outbound, error) {
+	return getTask(sv, tx, bucketOut, bucketOutInput, key, outInput)
 }
 
 // update runs fn in a write transaction and returns once it is committed (fsync). Callers that arrive
@@ -319,7 +344,7 @@ func (s *Store) Accept(rec *Inbound) (*Inbound, bool, error) {
 	created := false
 	err := s.update(func(tx *bbolt.Tx) error {
 		k := inKey(rec.Requester, rec.TaskID)
-		cur, err := getIn(tx, k)
+		cur, err := getIn(s.sv, tx, k)
 		if err != nil {
 			return err
 		}
@@ -328,7 +353,7 @@ func (s *Store) Accept(rec *Inbound) (*Inbound, bool, error) {
 			return nil
 		}
 		out, created = rec, true
-		return putTask(tx, bucketIn, bucketInInput, k, rec, &rec.Input)
+		return putTask(s.sv, tx, bucketIn, bucketInInput, k, rec, &rec.Input)
 	})
 	return out, created, err
 }
@@ -338,7 +363,7 @@ func (s *Store) UpdateInbound(requester, id string, fn func(*Inbound) error) (*I
 	var out *Inbound
 	err := s.update(func(tx *bbolt.Tx) error {
 		k := inKey(requester, id)
-		cur, err := getIn(tx, k)
+		cur, err := getIn(s.sv, tx, k)
 		if err != nil {
 			return err
 		}
@@ -349,7 +374,7 @@ func (s *Store) UpdateInbound(requester, id string, fn func(*Inbound) error) (*I
 			return err
 		}
 		out = cur
-		return putTask(tx, bucketIn, bucketInInput, k, cur, &cur.Input)
+		return putTask(s.sv, tx, bucketIn, bucketInInput, k, cur, &cur.Input)
 	})
 	return out, err
 }
@@ -359,7 +384,7 @@ func (s *Store) Inbound(requester, id string) (*Inbound, error) {
 	var out *Inbound
 	err := s.db.View(func(tx *bbolt.Tx) error {
 		var err error
-		out, err = getIn(tx, inKey(requester, id))
+		out, err = getIn(s.sv, tx, inKey(requester, id))
 		return err
 	})
 	return out, err
@@ -400,11 +425,11 @@ func (s *Store) DeleteInboundLater(requester, id string) {
 func (s *Store) UpdateInboundLater(requester, id string, fn func(*Inbound) bool) {
 	k := inKey(requester, id)
 	s.later(func(tx *bbolt.Tx) error {
-		cur, err := getIn(tx, k)
+		cur, err := getIn(s.sv, tx, k)
 		if err != nil || cur == nil || !fn(cur) {
 			return nil
 		}
-		return putTask(tx, bucketIn, bucketInInput, k, cur, &cur.Input)
+		return putTask(s.sv, tx, bucketIn, bucketInInput, k, cur, &cur.Input)
 	}, nil)
 }
 
@@ -412,11 +437,11 @@ func (s *Store) UpdateInboundLater(requester, id string, fn func(*Inbound) bool)
 // false, is no change.
 func (s *Store) UpdateOutboundLater(id string, fn func(*Outbound) bool) {
 	s.later(func(tx *bbolt.Tx) error {
-		cur, err := getOut(tx, []byte(id))
+		cur, err := getOut(s.sv, tx, []byte(id))
 		if err != nil || cur == nil || !fn(cur) {
 			return nil
 		}
-		return putTask(tx, bucketOut, bucketOutInput, []byte(id), cur, &cur.Input)
+		return putTask(s.sv, tx, bucketOut, bucketOutInput, []byte(id), cur, &cur.Input)
 	}, nil)
 }
 
@@ -449,7 +474,7 @@ func (s *Store) ListInbound() ([]*Inbound, error) {
 			if deleting[string(k)] {
 				return nil // acknowledged: its deletion is deferred
 			}
-			r, err := get[Inbound](b, k)
+			r, err := get[Inbound](s.sv, b, bucketIn, k)
 			if err != nil {
 				return err
 			}
@@ -485,7 +510,7 @@ func (s *Store) PruneInbound(cutoff time.Time) (int, error) {
 	n := 0
 	err := s.update(func(tx *bbolt.Tx) error {
 		var err error
-		n, err = pruneWhere(tx, bucketIn, bucketInInput, func(r *Inbound) bool { return r.State == InDone && r.Finished.Before(cutoff) })
+		n, err = pruneWhere(s.sv, tx, bucketIn, bucketInInput, func(r *Inbound) bool { return r.State == InDone && r.Finished.Before(cutoff) })
 		return err
 	})
 	return n, err
@@ -497,7 +522,7 @@ func (s *Store) CreateOutbound(rec *Outbound) error {
 		if tx.Bucket(bucketOut).Get([]byte(rec.TaskID)) != nil {
 			return fmt.Errorf("task store: task %s exists", rec.TaskID)
 		}
-		return putTask(tx, bucketOut, bucketOutInput, []byte(rec.TaskID), rec, &rec.Input)
+		return putTask(s.sv, tx, bucketOut, bucketOutInput, []byte(rec.TaskID), rec, &rec.Input)
 	})
 }
 
@@ -505,7 +530,7 @@ func (s *Store) CreateOutbound(rec *Outbound) error {
 func (s *Store) UpdateOutbound(id string, fn func(*Outbound) error) (*Outbound, error) {
 	var out *Outbound
 	err := s.update(func(tx *bbolt.Tx) error {
-		cur, err := getOut(tx, []byte(id))
+		cur, err := getOut(s.sv, tx, []byte(id))
 		if err != nil {
 			return err
 		}
@@ -516,7 +541,7 @@ func (s *Store) UpdateOutbound(id string, fn func(*Outbound) error) (*Outbound, 
 			return err
 		}
 		out = cur
-		return putTask(tx, bucketOut, bucketOutInput, []byte(id), cur, &cur.Input)
+		return putTask(s.sv, tx, bucketOut, bucketOutInput, []byte(id), cur, &cur.Input)
 	})
 	return out, err
 }
@@ -526,7 +551,7 @@ func (s *Store) Outbound(id string) (*Outbound, error) {
 	var out *Outbound
 	err := s.db.View(func(tx *bbolt.Tx) error {
 		var err error
-		out, err = getOut(tx, []byte(id))
+		out, err = getOut(s.sv, tx, []byte(id))
 		return err
 	})
 	if err == nil && out == nil {
@@ -541,7 +566,7 @@ func (s *Store) ListOutbound() ([]*Outbound, error) {
 	err := s.db.View(func(tx *bbolt.Tx) error {
 		b := tx.Bucket(bucketOut)
 		return b.ForEach(func(k, _ []byte) error {
-			r, err := get[Outbound](b, k)
+			r, err := get[Outbound](s.sv, b, bucketOut, k)
 			if err != nil {
 				return err
 			}
@@ -558,7 +583,7 @@ func (s *Store) PruneOutbound(cutoff time.Time) (int, error) {
 	n := 0
 	err := s.db.Update(func(tx *bbolt.Tx) error {
 		var err error
-		n, err = pruneWhere(tx, bucketOut, bucketOutInput, func(r *Outbound) bool { return Final(r.State) && !r.Fetched.IsZero() && r.Fetched.Before(cutoff) })
+		n, err = pruneWhere(s.sv, tx, bucketOut, bucketOutInput, func(r *Outbound) bool { return Final(r.State) && !r.Fetched.IsZero() && r.Fetched.Before(cutoff) })
 		return err
 	})
 	return n, err
@@ -566,11 +591,11 @@ func (s *Store) PruneOutbound(cutoff time.Time) (int, error) {
 
 // pruneWhere deletes, in one transaction, every record of the records bucket for which expired holds, and its
 // input from the inputs bucket; it returns how many.
-func pruneWhere[T any](tx *bbolt.Tx, records, inputs []byte, expired func(*T) bool) (int, error) {
+func pruneWhere[T any](sv *sealedbolt.Values, tx *bbolt.Tx, records, inputs []byte, expired func(*T) bool) (int, error) {
 	b := tx.Bucket(records)
 	var del [][]byte
 	err := b.ForEach(func(k, _ []byte) error {
-		r, err := get[T](b, k)
+		r, err := get[T](sv, b, records, k)
 		if err != nil {
 			return err
 		}

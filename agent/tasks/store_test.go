@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"sync"
 	"sync/atomic"
@@ -12,6 +13,8 @@ import (
 	"time"
 
 	"go.etcd.io/bbolt"
+
+	"github.com/custos-agent/custos/internal/sealbox"
 )
 
 func openStore(t *testing.T, path string) (*bbolt.DB, *Store) {
@@ -20,11 +23,65 @@ func openStore(t *testing.T, path string) (*bbolt.DB, *Store) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, err := NewStore(db)
+	s, err := NewStore(db, WithBox(testBox(t)))
 	if err != nil {
 		t.Fatal(err)
 	}
 	return db, s
+}
+
+// testBox seals the test stores' values (ADR 0098) under one fixed data key, so that a store reopened
+// on the same file opens them.
+func testBox(t *testing.T) *sealbox.Box {
+	t.Helper()
+	box, err := sealbox.New(bytes.Repeat([]byte{0x42}, sealbox.KeySize))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return box
+}
+
+// TestStoreSealsAtRest: task inputs and records are not in the file in the clear, and a store made
+// before encryption at rest has its values sealed when it opens with a Box, without losing any.
+func TestStoreSealsAtRest(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "state.db")
+	db, err := bbolt.Open(path, 0o600, &bbolt.Options{Timeout: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	plain, err := NewStore(db) // an older agent: values in the clear
+	if err != nil {
+		t.Fatal(err)
+	}
+	const oldIn, newIn = "old-input-5b1e9c-unique", "new-input-77d0aa-unique"
+	if err := plain.CreateOutbound(&Outbound{TaskID: "t-old", To: "peer-old", Input: []byte(oldIn), State: OutPending}); err != nil {
+		t.Fatal(err)
+	}
+	sealed, err := NewStore(db, WithBox(testBox(t)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := sealed.CreateOutbound(&Outbound{TaskID: "t-new", To: "peer-new", Input: []byte(newIn), State: OutPending}); err != nil {
+		t.Fatal(err)
+	}
+	for id, want := range map[string]string{"t-old": oldIn, "t-new": newIn} {
+		got, err := sealed.Outbound(id)
+		if err != nil || got == nil || string(got.Input) != want {
+			t.Fatalf("Outbound(%s) = %+v, %v; want input %q", id, got, err, want)
+		}
+	}
+	if err := db.Close(); err != nil {
+		t.Fatal(err)
+	}
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, v := range []string{newIn, "peer-new", oldIn, "peer-old"} {
+		if bytes.Contains(raw, []byte(v)) {
+			t.Errorf("state.db holds %q in the clear", v)
+		}
+	}
 }
 
 // TestStoreGroupCommit: many concurrent changes, some of which fail, share commits; each change gets its
@@ -99,7 +156,11 @@ func TestStoreInputBesideRecord(t *testing.T) {
 	}
 	raw := func(bucket []byte, key string) []byte {
 		var v []byte
-		_ = db.View(func(tx *bbolt.Tx) error { v = append([]byte(nil), tx.Bucket(bucket).Get([]byte(key))...); return nil })
+		_ = db.View(func(tx *bbolt.Tx) error {
+			got, err := s.sv.Get(tx.Bucket(bucket), bucket, []byte(key))
+			v = append([]byte(nil), got...)
+			return err
+		})
 		return v
 	}
 	if rec := raw(bucketOut, "new"); !bytes.Contains(rec, []byte(`"input":null`)) {
@@ -110,7 +171,7 @@ func TestStoreInputBesideRecord(t *testing.T) {
 	}
 	// An older record with the input inline.
 	old, _ := json.Marshal(&Outbound{TaskID: "old", To: "peer", Input: input, State: OutSent})
-	if err := db.Update(func(tx *bbolt.Tx) error { return tx.Bucket(bucketOut).Put([]byte("old"), old) }); err != nil {
+	if err := db.Update(func(tx *bbolt.Tx) error { return s.sv.Put(tx.Bucket(bucketOut), bucketOut, []byte("old"), old) }); err != nil {
 		t.Fatal(err)
 	}
 	if o, err := s.Outbound("old"); err != nil || !bytes.Equal(o.Input, input) {
@@ -210,7 +271,7 @@ func deferredDeletionRound(t *testing.T) {
 	const n = 3000
 	err := s.update(func(tx *bbolt.Tx) error {
 		for i := 0; i < n; i++ {
-			if err := putTask(tx, bucketIn, bucketInInput, inKey("r", fmt.Sprintf("t%05d", i)), &Inbound{State: InDone}, new([]byte)); err != nil {
+			if err := putTask(nil, tx, bucketIn, bucketInInput, inKey("r", fmt.Sprintf("t%05d", i)), &Inbound{State: InDone}, new([]byte)); err != nil {
 				return err
 			}
 		}

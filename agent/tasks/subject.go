@@ -19,7 +19,7 @@ func (s *Store) Subject(id string) (Subject, error) {
 	var out Subject
 	err := s.db.View(func(tx *bbolt.Tx) error {
 		if err := tx.Bucket(bucketIn).ForEach(func(k, _ []byte) error {
-			r, err := getIn(tx, k)
+			r, err := getIn(s.sv, tx, k)
 			if err == nil && r != nil && r.Requester == id {
 				out.Inbound = append(out.Inbound, r)
 			}
@@ -28,7 +28,7 @@ func (s *Store) Subject(id string) (Subject, error) {
 			return err
 		}
 		return tx.Bucket(bucketOut).ForEach(func(k, _ []byte) error {
-			r, err := getOut(tx, k)
+			r, err := getOut(s.sv, tx, k)
 			if err == nil && r != nil && r.To == id {
 				out.Outbound = append(out.Outbound, r)
 			}
@@ -48,7 +48,7 @@ func (s *Store) PruneUnfetched(cutoff time.Time) (int, error) {
 	n := 0
 	err := s.update(func(tx *bbolt.Tx) error {
 		var err error
-		n, err = pruneWhere(tx, bucketOut, bucketOutInput, func(r *Outbound) bool {
+		n, err = pruneWhere(s.sv, tx, bucketOut, bucketOutInput, func(r *Outbound) bool {
 			return Final(r.State) && r.Fetched.IsZero() && r.Updated.Before(cutoff)
 		})
 		return err
@@ -65,11 +65,11 @@ func (s *Store) PruneUnfetched(cutoff time.Time) (int, error) {
 func (s *Store) EraseSubject(id string) (int, error) {
 	n := 0
 	err := s.update(func(tx *bbolt.Tx) error {
-		in, err := pruneWhere(tx, bucketIn, bucketInInput, func(r *Inbound) bool { return r.Requester == id })
+		in, err := pruneWhere(s.sv, tx, bucketIn, bucketInInput, func(r *Inbound) bool { return r.Requester == id })
 		if err != nil {
 			return err
 		}
-		out, err := pruneWhere(tx, bucketOut, bucketOutInput, func(r *Outbound) bool { return r.To == id })
+		out, err := pruneWhere(s.sv, tx, bucketOut, bucketOutInput, func(r *Outbound) bool { return r.To == id })
 		n = in + out
 		return err
 	})

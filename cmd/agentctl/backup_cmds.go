@@ -20,6 +20,7 @@ import (
 	"go.etcd.io/bbolt"
 
 	"github.com/custos-agent/custos/agent/api"
+	"github.com/custos-agent/custos/agent/atrest"
 	"github.com/custos-agent/custos/agent/control"
 	"github.com/custos-agent/custos/agent/custody"
 	"github.com/custos-agent/custos/audit"
@@ -73,7 +74,7 @@ var auditSegment = regexp.MustCompile(`^audit/[0-9]{20}\.jsonl$`)
 // Restore writes nothing else: a backup file cannot plant keys, sockets or files outside the home.
 func backupAllowed(p string) bool {
 	switch p {
-	case custody.IdentityFile, custody.LogFile, "agent.yaml", "state.db":
+	case custody.IdentityFile, custody.LogFile, "agent.yaml", "state.db", atrest.File:
 		return true
 	}
 	return auditSegment.MatchString(p)
@@ -106,7 +107,8 @@ func backupCommand() *cli.Command {
 		Usage:        "write everything of the agent's home except secrets and hardware-bound key blobs to one file (the agent must be stopped)",
 		UsageText:    "agentctl backup --out FILE",
 		Description: "Writes FILE (mode 0600, atomically; an existing FILE is refused) with identity.json, kel.jsonl,\n" +
-			"agent.yaml, state.db and the audit log segments of --home, and a manifest: the SHA-256 of every file,\n" +
+			"agent.yaml, state.db, state.key (state.db's data key, wrapped by the identity's keystore: the backup\n" +
+			"restores only where that keystore is) and the audit log segments of --home, and a manifest: the SHA-256 of every file,\n" +
 			"the agent ID, the time and the Custos version. Left out, and listed in the manifest: secrets (the\n" +
 			"software keystore's key files in keys/, transport keys; PIN and passphrase files are never in the home)\n" +
 			"and hardware-bound blobs (tpm/: keys wrapped by this machine's TPM). Stop the agent first (agentctl\n" +

@@ -3,6 +3,7 @@
 package keystoretest
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -51,6 +52,50 @@ func Run(t *testing.T, h Harness) {
 	t.Run("UnknownKey", func(t *testing.T) { testUnknown(t, h) })
 	t.Run("Info", func(t *testing.T) { testInfo(t, h) })
 	t.Run("Closed", func(t *testing.T) { testClosed(t, h) })
+	t.Run("DataKeyWrapper", func(t *testing.T) { testDataKey(t, h) })
+}
+
+// testDataKey checks the optional DataKeyWrapper capability (skipped for a backend without it): a wrapped
+// data key unwraps to itself after a reopen, carries no plaintext, and a damaged blob is refused.
+func testDataKey(t *testing.T, h Harness) {
+	f := h.New(t)
+	ks := open(t, f)
+	w, ok := ks.(keystore.DataKeyWrapper)
+	if !ok {
+		t.Skipf("%s keystore does not wrap data keys", ks.Info().Backend)
+	}
+	dk := make([]byte, 32)
+	for i := range dk {
+		dk[i] = byte(0xa0 + i)
+	}
+	blob, err := w.WrapDataKey(ctx(t), dk)
+	if err != nil {
+		t.Fatalf("WrapDataKey: %v", err)
+	}
+	if len(blob) == 0 || bytes.Contains(blob, dk[:8]) {
+		t.Fatal("the wrapped data key is empty or shows the plaintext")
+	}
+	again, err := w.WrapDataKey(ctx(t), dk)
+	if err != nil || bytes.Equal(again, blob) {
+		t.Fatalf("a second wrap = %v, equal to the first: %v (want a fresh wrap)", err, bytes.Equal(again, blob))
+	}
+	_ = ks.Close()
+	w2, ok := open(t, f).(keystore.DataKeyWrapper)
+	if !ok {
+		t.Fatal("the reopened keystore lost the DataKeyWrapper capability")
+	}
+	got, err := w2.UnwrapDataKey(ctx(t), blob)
+	if err != nil || !bytes.Equal(got, dk) {
+		t.Fatalf("UnwrapDataKey after reopen = %x, %v; want %x", got, err, dk)
+	}
+	bad := bytes.Clone(blob)
+	bad[len(bad)-1] ^= 1
+	if got, err := w2.UnwrapDataKey(ctx(t), bad); err == nil {
+		t.Fatalf("a damaged blob unwrapped to %x", got)
+	}
+	if _, err := w2.UnwrapDataKey(ctx(t), nil); err == nil {
+		t.Fatal("an empty blob unwrapped")
+	}
 }
 
 func ctx(t *testing.T) context.Context {
