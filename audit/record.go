@@ -165,8 +165,8 @@ type pending struct {
 	time  string    // the caller's time, or "" for the writer's clock
 	t     time.Time // parsed time when time is set
 	cp    bool
-	v     int        // the record's version
-	seal  *sealPlan  // fields to seal once the record's seq is known (the writer finishes it)
+	v     int       // the record's version
+	seal  *sealPlan // fields to seal once the record's seq is known (the writer finishes it)
 }
 
 // newPending encodes and hashes the fixed part of w. w.Details must be compact JSON as json.Marshal
