@@ -2,7 +2,7 @@
 // once for the whole process: bbolt allows one handle per file, so a second agent started on the same
 // home is refused with a message that says so. The stores are the other rooms' own (the peer cache, the
 // task store, the grants and revocations, the grants this agent holds, the stake table, the consensus
-// evidence, the gateway's API keys, the mailbox); this room only opens them over the one handle and closes it. The
+// evidence, the gateway's API keys, the mailbox, the audit log's subject keys); this room only opens them over the one handle and closes it. The
 // reputation store lives in the same file but is built by the daemon, with its configuration and
 // callbacks, over DB.Bolt.
 package state
@@ -10,6 +10,7 @@ package state
 import (
 	"errors"
 	"fmt"
+	"path/filepath"
 	"time"
 
 	"go.etcd.io/bbolt"
@@ -21,6 +22,7 @@ import (
 	"github.com/custos-agent/custos/agent/peers"
 	"github.com/custos-agent/custos/agent/rbac"
 	"github.com/custos-agent/custos/agent/tasks"
+	"github.com/custos-agent/custos/audit/subjectkeys"
 )
 
 // LockTimeout is how long Open waits for another process's lock on the file.
@@ -37,6 +39,7 @@ type DB struct {
 	Evidence    *consensus.EvidenceStore // evidence of dissent in replicated tasks
 	GatewayKeys *gateway.Keys            // the HTTP gateway's API keys
 	Mailbox     *mailbox.Store           // store-and-forward: sealed envelopes waiting, messages received
+	SubjectKeys *subjectkeys.Store       // the audit log's per-subject keys (crypto-shredding, ADR 0099)
 }
 
 // Open opens (creating it 0600) the state database at path and every store in it. A file another
@@ -77,6 +80,15 @@ func Open(path string) (_ *DB, err error) {
 		return nil, err
 	}
 	if db.Mailbox, err = mailbox.NewStore(b, mailbox.Limits{}); err != nil {
+		return nil, err
+	}
+	// The subject keys are sealed under a data key: until the agent's data key (ADR 0098) is wired in,
+	// the interim key file next to the audit log (subjectkeys.InterimBox, the one seam to replace).
+	box, err := subjectkeys.InterimBox(filepath.Dir(path))
+	if err != nil {
+		return nil, err
+	}
+	if db.SubjectKeys, err = subjectkeys.New(b, box); err != nil {
 		return nil, err
 	}
 	return db, nil
