@@ -45,6 +45,7 @@ type Store struct {
 
 	mu    sync.Mutex
 	boxes map[string]*sealbox.Box // ref -> the subject's key, as opened
+	refs  map[string]string       // subject -> ref, for the keys in boxes made or found by Key
 }
 
 // New returns the store over db, creating its buckets unless db is read-only. box is the agent's data
@@ -65,7 +66,7 @@ func New(db *bbolt.DB, box *sealbox.Box) (*Store, error) {
 			return nil, fmt.Errorf("subject keys: %w", err)
 		}
 	}
-	return &Store{db: db, box: box, boxes: map[string]*sealbox.Box{}}, nil
+	return &Store{db: db, box: box, boxes: map[string]*sealbox.Box{}, refs: map[string]string{}}, nil
 }
 
 func place(subject string) []byte { return []byte("custos/v1/audit-subject-key\x00" + subject) }
@@ -95,7 +96,9 @@ func (s *Store) get(tx *bbolt.Tx, subject string) (entry, bool, error) {
 	}
 	pt, err := s.box.Open(place(subject), v)
 	if err != nil {
-		return entry{}, false, fmt.Errorf("subject key of %s: %w", subject, err)
+		// Sealed under another data key (a state.db restored without its key): the key is lost, as if
+		// destroyed. Key replaces it; its fields read as erased.
+		return entry{}, false, nil
 	}
 	e, err := decode(pt)
 	clear(pt)
@@ -120,6 +123,9 @@ func (s *Store) remember(e entry) (*sealbox.Box, error) {
 func (s *Store) Key(_ context.Context, subject string) (string, *sealbox.Box, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if ref, ok := s.refs[subject]; ok {
+		return ref, s.boxes[ref], nil // the common case: no transaction
+	}
 	var (
 		e     entry
 		found bool
@@ -134,6 +140,9 @@ func (s *Store) Key(_ context.Context, subject string) (string, *sealbox.Box, er
 			return err
 		}
 		e = entry{ref: audit.RefPrefix + b64.EncodeToString(id[:]), key: sealbox.NewKey()}
+		if err := dropRefs(tx.Bucket(bucketRefs), subject); err != nil { // of a lost key
+			return err
+		}
 		if err := tx.Bucket(bucketKeys).Put([]byte(subject), s.box.Seal(place(subject), encode(e))); err != nil {
 			return err
 		}
@@ -143,6 +152,9 @@ func (s *Store) Key(_ context.Context, subject string) (string, *sealbox.Box, er
 		return "", nil, fmt.Errorf("subject key: %w", err)
 	}
 	b, err := s.remember(e)
+	if err == nil && s.refs != nil {
+		s.refs[subject] = e.ref
+	}
 	return e.ref, b, err
 }
 
@@ -201,27 +213,49 @@ func (s *Store) Destroy(subject string) (ref string, ok bool, err error) {
 		if v == nil {
 			return nil
 		}
-		// The reference, even when the entry no longer opens (another data key): remove both.
 		if pt, oerr := s.box.Open(place(subject), v); oerr == nil {
 			if e, derr := decode(pt); derr == nil {
 				ref = e.ref
-				if err := br.Delete([]byte(ref)); err != nil {
-					return err
-				}
 			}
 			clear(pt)
 		}
 		ok = true
+		if err := dropRefs(br, subject); err != nil {
+			return err
+		}
 		return bk.Delete([]byte(subject))
 	})
 	if err != nil {
 		return "", false, fmt.Errorf("destroy the subject key: %w", err)
 	}
-	if b, found := s.boxes[ref]; found {
-		b.Close()
-		delete(s.boxes, ref)
+	// The boxes are dropped, not wiped: a record being written may still seal under one (its fields are
+	// then unreadable anyway), and a wiped box would seal under an all-zero key.
+	delete(s.boxes, ref)
+	if r, found := s.refs[subject]; found {
+		delete(s.boxes, r)
+		delete(s.refs, subject)
 	}
 	return ref, ok, nil
+}
+
+// dropRefs removes every reference to subject (its key's, and those of keys lost with another data key),
+// so that no reference links to the subject's ID any more.
+func dropRefs(br *bbolt.Bucket, subject string) error {
+	var refs [][]byte
+	if err := br.ForEach(func(k, v []byte) error {
+		if string(v) == subject {
+			refs = append(refs, append([]byte(nil), k...))
+		}
+		return nil
+	}); err != nil {
+		return err
+	}
+	for _, k := range refs {
+		if err := br.Delete(k); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // KeyFile is where InterimBox keeps its data key, relative to the agent's home.

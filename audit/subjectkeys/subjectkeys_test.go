@@ -76,9 +76,14 @@ func TestKeyLookupDestroy(t *testing.T) {
 	if _, ok, _ := s.Lookup(bref); !ok {
 		t.Fatal("bob's key was lost")
 	}
+	// Under another data key (state.db restored without its key) the keys are lost, and replaced.
 	other, _ := sealbox.New(sealbox.NewKey())
-	if _, _, err := (&Store{db: db, box: other, boxes: map[string]*sealbox.Box{}}).Lookup(bref); err == nil {
-		t.Fatal("another data key opened a subject key")
+	lost, _ := New(db, other)
+	if _, ok, err := lost.Lookup(bref); ok || err != nil {
+		t.Fatalf("another data key opened a subject key: %v %v", ok, err)
+	}
+	if nref, _, err := lost.Key(ctx, bob); err != nil || nref == bref {
+		t.Fatalf("a lost key is not replaced: %s %v", nref, err)
 	}
 	db.Close()
 }
