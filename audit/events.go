@@ -123,9 +123,11 @@ const (
 // Data protection (ADR 0092).
 const (
 	// DataErased: the agent erased what it held about a subject on request (agentctl data erase). Actor:
-	// who asked; Subject: the subject's agent ID; Details must carry "removed" (records removed per store)
-	// and may carry "kept" (records kept per store, as security evidence or under legal obligation).
-	// Nothing else about the subject.
+	// who asked; Subject: the reference of the subject's audit key the erasure destroyed (ADR 0099; ""
+	// when it had none; the agent ID, sealed under its key, when the erasure failed part-way); Details
+	// must carry "removed" (records removed per store) and may carry "kept" (records kept per store, as
+	// security evidence or under legal obligation), "subject_key" (destroyed or none) and "shredded"
+	// (audit records whose sealed fields can no longer be read). Nothing else about the subject.
 	DataErased EventType = "data.erased"
 )
 

@@ -23,6 +23,10 @@ func FuzzDecodeLine(f *testing.F) {
 	cp.CP = &Checkpoint{Gen: 1, Kid: "k", HeadSeq: 6, Head: "h", Sig: "s"}
 	line, _, _ = encodeLine(&cp)
 	f.Add(bytes.TrimSuffix(line, []byte("\n")))
+	sealed := *w
+	sealed.V, sealed.Actor, sealed.Sealed = SealedVersion, "sk1:AAAAAAAAAAAAAAAAAAAAAA:"+b64.EncodeToString(make([]byte, 60)), []string{"actor"}
+	line, _, _ = encodeLine(&sealed)
+	f.Add(bytes.TrimSuffix(line, []byte("\n")))
 	f.Add([]byte(`{"v":1}`))
 	f.Add([]byte(`{"v":2,"seq":3,"time":"<&>\u2028","type":"a.b","actor":"\u0000é\"x","subject":"<script>","outcome":"info","details":{"a":"<&>","b":[1.5e3,null,true]},"prev":"","hash":""}`))
 	f.Add([]byte(`{"v":2,"seq":1,"Seq":2}`))
@@ -48,7 +52,7 @@ func FuzzDecodeLine(f *testing.F) {
 				check(t, bytes.TrimSuffix(fixed, []byte("\n")))
 				// The writer's fast encoder produces the same bytes and hash as json.Marshal.
 				canon, _ := json.Marshal(w.Details)
-				if p, err := newPending(&w); err == nil && w.V == RecordVersion && plain(w.Time) && plain(w.Prev) && bytes.Equal(canon, w.Details) {
+				if p, err := newPending(&w); err == nil && (w.V == RecordVersion || w.V == SealedVersion) && plain(w.Time) && plain(w.Prev) && bytes.Equal(canon, w.Details) {
 					got, gd := p.appendLine(nil, w.Seq, w.Time, w.Prev)
 					if !bytes.Equal(got, fixed) || gd != d {
 						t.Fatalf("appendLine %q\nencodeLine %q", got, fixed)

@@ -92,6 +92,10 @@ type Options struct {
 	// Actor, Subject and every string of Details are truncated (internal/privacy; ADR 0082). The agent
 	// sets it; nil writes records as given.
 	Addresses *privacy.Addresses
+	// SubjectKeys, when set, seals every appended record's personal fields (another agent's ID as actor
+	// or subject, its address and the details that name it) under that agent's key, made on first use
+	// (ADR 0099): erasing the agent destroys the key. nil writes every field in the clear.
+	SubjectKeys SubjectKeys
 	// MaxBatch bounds how many records one group commit writes (default 1024).
 	MaxBatch int
 	// Observer receives the writer's counters (optional).
@@ -324,9 +328,20 @@ func (l *Log) Append(ctx context.Context, r Record) (uint64, error) {
 	if !r.Time.IsZero() {
 		w.Time = r.Time.UTC().Format(timeFormat)
 	}
-	p, err := newPending(w)
-	if err != nil {
-		return 0, err
+	var p *pending
+	if keys := l.opts.SubjectKeys; keys != nil {
+		plan, err := planSeal(ctx, w, l.opts.AgentID, keys)
+		if err != nil {
+			return 0, err
+		}
+		if plan != nil {
+			p = &pending{seal: plan, time: w.Time} // the writer seals it for its seq
+		}
+	}
+	if p == nil {
+		if p, err = newPending(w); err != nil {
+			return 0, err
+		}
 	}
 	if !r.Time.IsZero() {
 		p.t = r.Time.UTC()
@@ -647,7 +662,7 @@ func (l *Log) commit(ps []*pending) (seqs []uint64, errs []error, err error) {
 	stamp := now.Format(timeFormat)
 	seq, head, lastData := l.seq, l.head, l.lastData
 	lastTime := l.segs[len(l.segs)-1].lastTime
-	firstPrev := ""
+	firstPrev, started := "", false
 	buf := l.buf[:0]
 	var prevBuf [43]byte
 	for i, p := range ps {
@@ -656,8 +671,17 @@ func (l *Log) commit(ps []*pending) (seqs []uint64, errs []error, err error) {
 			b64.Encode(prevBuf[:], head[:])
 			prev = string(prevBuf[:])
 		}
-		if i == 0 {
-			firstPrev = prev
+		if p.seal != nil {
+			q, err := p.seal.finish(seq + 1)
+			if err != nil {
+				errs[i] = err // checked when the record was planned: not expected
+				continue
+			}
+			q.t = p.t
+			p = q
+		}
+		if !started {
+			firstPrev, started = prev, true
 		}
 		t := p.time
 		if t == "" {

@@ -27,6 +27,9 @@ type Filter struct {
 	// Types are event types; "auth.*" (or "auth.") selects every type under "auth.".
 	Types []string
 	Actor string // exact actor
+	// Keys, when set, opens sealed fields (Record.Unseal) before the record is matched and passed on;
+	// nil leaves them sealed (ADR 0099).
+	Keys KeyLookup
 }
 
 // Match reports whether r passes the filter.
@@ -105,6 +108,11 @@ func readSegment(ctx context.Context, dir, name string, off int64, f Filter, fn 
 		r, err := w.record()
 		if err != nil {
 			return off, fmt.Errorf("%s line %d: %w", name, lr.line, err)
+		}
+		if f.Keys != nil {
+			if _, err := r.Unseal(f.Keys); err != nil {
+				return off, fmt.Errorf("%s line %d: %w", name, lr.line, err)
+			}
 		}
 		if !f.Match(&r) {
 			continue

@@ -21,10 +21,16 @@ import (
 	"github.com/custos-agent/custos/signature"
 )
 
-// RecordVersion is the only version of the record format. Version 2 (this one) signs, in every
-// checkpoint, the kind of record that carries it (checkpoint, seal, audit.pruned and its range); logs of
-// version 1 are refused (none was deployed; see docs/adr/0004-audit-log.md).
+// RecordVersion is the version of records without sealed fields, and the version every checkpoint
+// signature names. Version 2 signs, in every checkpoint, the kind of record that carries it (checkpoint,
+// seal, audit.pruned and its range); logs of version 1 are refused (none was deployed; see
+// docs/adr/0004-audit-log.md).
 const RecordVersion = 2
+
+// SealedVersion is the version of a record with sealed fields (ADR 0099): it has RecordVersion's form
+// plus "sealed", the list of its fields encrypted under a subject's key, which the record hash covers.
+// A log holds records of both versions; a checkpoint is always a RecordVersion record.
+const SealedVersion = 3
 
 // Limits of one record.
 const (
@@ -46,6 +52,11 @@ type Record struct {
 	Subject string         // what it was done to (an agent ID, a key URI, a file, an operation)
 	Outcome Outcome        // success, failure, denied or info
 	Details map[string]any // event-specific facts; never secrets (see CheckDetails)
+
+	// Sealed lists, on a record read back, its fields encrypted under a subject's key ("actor",
+	// "subject", "details.KEY"), whose values are sealed values (ParseSealed) until Unseal opens them.
+	// Append ignores it: the log seals what Options.SubjectKeys and its rules say (ADR 0099).
+	Sealed []string
 
 	Checkpoint *Checkpoint // set on records that carry a signature over the chain
 	Prev       string      // base64url hash of the previous record ("" for the first record ever)
@@ -78,6 +89,7 @@ type wire struct {
 	Subject string          `json:"subject"`
 	Outcome string          `json:"outcome"`
 	Details json.RawMessage `json:"details"`
+	Sealed  []string        `json:"sealed,omitempty"` // SealedVersion only
 	CP      *Checkpoint     `json:"cp,omitempty"`
 	Prev    string          `json:"prev"`
 	Hash    string          `json:"hash"`
@@ -94,7 +106,7 @@ const hashPrefix = "custos/v1/audit-record\x00"
 
 // recordHash is SHA-256 over hashPrefix and each field length-prefixed (4-byte big-endian length),
 // integers as 8-byte big-endian values: v, type, actor, subject, outcome, details (the JSON bytes as
-// stored), then "" when there is no checkpoint or "cp", gen, kid, head_seq, head, sig; and last the
+// stored), on a SealedVersion record the number of sealed paths and each path, then "" when there is no checkpoint or "cp", gen, kid, head_seq, head, sig; and last the
 // fields that depend on the record's place in the chain: seq, time, prev. (The fixed part comes first so
 // that an appender can hash it before the writer knows the place.)
 func recordHash(w *wire) [32]byte {
@@ -112,6 +124,12 @@ func fixedHash(w *wire) hash.Hash {
 	field(h, []byte(w.Subject))
 	field(h, []byte(w.Outcome))
 	field(h, w.Details)
+	if w.V >= SealedVersion {
+		u64(h, uint64(len(w.Sealed)))
+		for _, p := range w.Sealed {
+			field(h, []byte(p))
+		}
+	}
 	if w.CP == nil {
 		field(h, nil)
 	} else {
@@ -147,6 +165,8 @@ type pending struct {
 	time  string    // the caller's time, or "" for the writer's clock
 	t     time.Time // parsed time when time is set
 	cp    bool
+	v     int       // the record's version
+	seal  *sealPlan // fields to seal once the record's seq is known (the writer finishes it)
 }
 
 // newPending encodes and hashes the fixed part of w. w.Details must be compact JSON as json.Marshal
@@ -163,6 +183,16 @@ func newPending(w *wire) (*pending, error) {
 	mid = appendJSONString(mid, w.Outcome)
 	mid = append(mid, `,"details":`...)
 	mid = append(mid, w.Details...)
+	if len(w.Sealed) > 0 {
+		mid = append(mid, `,"sealed":[`...)
+		for i, p := range w.Sealed {
+			if i > 0 {
+				mid = append(mid, ',')
+			}
+			mid = appendJSONString(mid, p)
+		}
+		mid = append(mid, ']')
+	}
 	if w.CP != nil {
 		cp, err := json.Marshal(w.CP)
 		if err != nil {
@@ -171,7 +201,7 @@ func newPending(w *wire) (*pending, error) {
 		mid = append(mid, `,"cp":`...)
 		mid = append(mid, cp...)
 	}
-	p := &pending{mid: mid, fixed: fixedHash(w), time: w.Time, cp: w.CP != nil}
+	p := &pending{mid: mid, fixed: fixedHash(w), time: w.Time, cp: w.CP != nil, v: w.V}
 	if len(p.mid)+256 > MaxRecordSize {
 		return nil, fmt.Errorf("%w: the record is %d bytes encoded, more than %d: shorten its details",
 			ErrInvalidRecord, len(p.mid)+256, MaxRecordSize)
@@ -275,7 +305,7 @@ func appendJSONString(buf []byte, s string) []byte {
 func (p *pending) appendLine(buf []byte, seq uint64, t, prev string) ([]byte, [32]byte) {
 	d := placeHash(p.fixed, seq, t, prev)
 	buf = append(buf, `{"v":`...)
-	buf = strconv.AppendUint(buf, RecordVersion, 10)
+	buf = strconv.AppendUint(buf, uint64(p.v), 10)
 	buf = append(buf, `,"seq":`...)
 	buf = strconv.AppendUint(buf, seq, 10)
 	buf = append(buf, `,"time":"`...)
@@ -402,11 +432,14 @@ func decodeLine(line []byte) (*wire, [32]byte, error) {
 			"this agent reads only version %d (no version 1 log was deployed: move the old audit directory aside and start a new log)",
 			ErrMalformed, RecordVersion)
 	}
-	if w.V != RecordVersion {
-		return &w, zero, fmt.Errorf("%w: record version %d (this agent reads %d)", ErrMalformed, w.V, RecordVersion)
+	if w.V != RecordVersion && w.V != SealedVersion {
+		return &w, zero, fmt.Errorf("%w: record version %d (this agent reads %d and %d)", ErrMalformed, w.V, RecordVersion, SealedVersion)
 	}
 	if len(w.Details) == 0 || w.Details[0] != '{' {
 		return &w, zero, fmt.Errorf("%w: details must be a JSON object", ErrMalformed)
+	}
+	if err := checkSealed(&w); err != nil {
+		return &w, zero, fmt.Errorf("%w: %v", ErrMalformed, err)
 	}
 	again, err := json.Marshal(&w)
 	if err != nil || !bytes.Equal(again, line) {
@@ -437,6 +470,7 @@ func (w *wire) record() (Record, error) {
 	r := Record{
 		Seq: w.Seq, Time: t, Type: EventType(w.Type), Actor: w.Actor, Subject: w.Subject,
 		Outcome: Outcome(w.Outcome), Details: details, Prev: w.Prev, Hash: w.Hash,
+		Sealed: slices.Clone(w.Sealed),
 	}
 	if w.CP != nil {
 		cp := *w.CP

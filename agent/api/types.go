@@ -520,4 +520,9 @@ type DataErased struct {
 	Kept    []DataKept     `json:"kept"`
 	// AuditSeq is the seq of the data.erased audit record.
 	AuditSeq uint64 `json:"audit_seq"`
+	// SubjectRef is the reference of the subject's audit key that the erasure destroyed (ADR 0099):
+	// the data.erased record names it, not the subject. Shredded counts the audit records whose
+	// fields were sealed under it and can no longer be read.
+	SubjectRef string `json:"subject_ref,omitempty"`
+	Shredded   int    `json:"shredded,omitempty"`
 }

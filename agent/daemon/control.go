@@ -37,6 +37,6 @@ func (d *Daemon) services() []api.Service {
 		d.db.GatewayKeys,  // the HTTP gateway's API keys (agentctl gateway key)
 		d.disc,            // peers.find
 		erasure.Service(erasure.Deps{Self: d.id, Peers: d.peers, Reputation: d.rep, Grants: d.authz.RBAC(), Held: d.db.Held, // data.export, data.erase
-			Evidence: d.evidence, Tasks: d.taskStore, Audit: d.audit, AuditDir: filepath.Join(d.home, AuditDir)}),
+			Evidence: d.evidence, Tasks: d.taskStore, Audit: d.audit, AuditDir: filepath.Join(d.home, AuditDir), AuditKeys: d.db.SubjectKeys}),
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -34,7 +35,11 @@ const (
 	StoreEvidence   = "consensus/evidence" // signed results of the subject that lost a vote
 	StoreTasks      = "tasks"              // tasks.in, tasks.out and their inputs
 	StoreHeld       = "authz/own-grants"   // kept: grants the subject issued to this agent
-	StoreAudit      = "audit"              // kept: records naming the subject
+	StoreAudit      = "audit"              // kept: records naming the subject in the clear (before ADR 0099)
+	// StoreAuditKeys is the subject's audit key (audit/subjectkeys): erasure destroys it, which
+	// crypto-shreds every audit field sealed under it (ADR 0099). In an export, the audit records whose
+	// fields are sealed under it are held under StoreAudit (opened).
+	StoreAuditKeys = "audit/subject-keys"
 )
 
 // Why each kept store is kept (shown in an export and in the result of an erasure).
@@ -42,7 +47,7 @@ const (
 	WhyCompromise = "security evidence: the agent's key event log forked; the mark and the log are kept so that the identity stays refused (legitimate interest of every peer)"
 	WhyBlock      = "security decision: an operator blocked the agent; kept until unblocked (agentctl peers unblock)"
 	WhyHeld       = "grants the subject issued to this agent: this agent's own authorization, kept until they expire or are removed (agentctl grant remove)"
-	WhyAudit      = "audit records are kept under legitimate interest and legal obligation (accountability; the log is hash-chained and signed), until audit retention removes their segment (privacy.retention.audit)"
+	WhyAudit      = "audit records written before per-subject sealing (record version 2) name the subject in the clear; they are kept under legitimate interest and legal obligation (accountability; the log is hash-chained and signed), until audit retention removes their segment (privacy.retention.audit)"
 )
 
 // Peers is the peer cache (agent/peers).
@@ -86,6 +91,13 @@ type AuditLog interface {
 	Checkpoint(ctx context.Context) error
 }
 
+// AuditKeys is the audit log's subject key store (audit/subjectkeys).
+type AuditKeys interface {
+	audit.KeyLookup
+	Ref(subject string) (ref string, ok bool, err error)
+	Destroy(subject string) (ref string, ok bool, err error)
+}
+
 // Deps are the stores and the audit log.
 type Deps struct {
 	Self       identity.ID
@@ -97,6 +109,7 @@ type Deps struct {
 	Tasks      Tasks
 	Audit      AuditLog
 	AuditDir   string           // the audit segments, read for the records naming the subject
+	AuditKeys  AuditKeys        // the subject keys of the audit log's sealed fields (nil: none)
 	Now        func() time.Time // default time.Now
 }
 
@@ -215,12 +228,17 @@ func (d Deps) Export(ctx context.Context, id identity.ID) (api.DataExport, error
 			return out, err
 		}
 	}
-	recs, err := d.auditRecords(ctx, s)
+	sealed, clearRecs, err := d.auditRecords(ctx, s)
 	if err != nil {
 		return out, err
 	}
-	if len(recs) > 0 {
-		if err := keep(StoreAudit, WhyAudit, len(recs), recs); err != nil {
+	if len(sealed) > 0 {
+		if err := add(StoreAudit, sealed); err != nil {
+			return out, err
+		}
+	}
+	if len(clearRecs) > 0 {
+		if err := keep(StoreAudit, WhyAudit, len(clearRecs), clearRecs); err != nil {
 			return out, err
 		}
 	}
@@ -252,20 +270,51 @@ func (d Deps) heldFrom(issuer string) ([]rbac.Grant, error) {
 	return out, nil
 }
 
-// auditRecords returns the stored lines of the audit records that name s (actor, subject or any string
-// in their details).
-func (d Deps) auditRecords(ctx context.Context, s string) ([]json.RawMessage, error) {
-	var out []json.RawMessage
-	err := audit.Query(ctx, d.AuditDir, audit.Filter{}, func(e audit.Entry) error {
+// SealedRecord is an audit record with fields sealed under the subject's key, opened for an export.
+type SealedRecord struct {
+	Seq     uint64         `json:"seq"`
+	Time    time.Time      `json:"time"`
+	Type    string         `json:"type"`
+	Actor   string         `json:"actor"`
+	Subject string         `json:"subject"`
+	Outcome string         `json:"outcome"`
+	Details map[string]any `json:"details"`
+	Sealed  []string       `json:"sealed"`
+}
+
+// auditRecords returns the audit records that name s: those with fields sealed under s's key, opened
+// (an erasure shreds them), and the stored lines of those that name it in the clear (actor, subject or
+// any string in their details: records written before sealing, or without a key store).
+func (d Deps) auditRecords(ctx context.Context, s string) (sealed []SealedRecord, clearRecs []json.RawMessage, err error) {
+	ref := ""
+	if d.AuditKeys != nil {
+		r, ok, err := d.AuditKeys.Ref(s)
+		if err != nil {
+			return nil, nil, fmt.Errorf("audit key of %s: %w", s, err)
+		}
+		if ok {
+			ref = r
+		}
+	}
+	err = audit.Query(ctx, d.AuditDir, audit.Filter{}, func(e audit.Entry) error {
+		if ref != "" && slices.Contains(e.Refs(), ref) {
+			r := e.Record
+			if _, err := r.Unseal(d.AuditKeys); err != nil {
+				return err
+			}
+			sealed = append(sealed, SealedRecord{Seq: r.Seq, Time: r.Time, Type: string(r.Type), Actor: r.Actor, Subject: r.Subject,
+				Outcome: string(r.Outcome), Details: r.Details, Sealed: r.Sealed})
+			return nil
+		}
 		if e.Actor == s || e.Subject == s || mentions(e.Details, s) {
-			out = append(out, append(json.RawMessage(nil), e.Raw...))
+			clearRecs = append(clearRecs, append(json.RawMessage(nil), e.Raw...))
 		}
 		return nil
 	})
 	if err != nil {
-		return nil, fmt.Errorf("audit records of %s (%s): %w", s, filepath.Base(d.AuditDir), err)
+		return nil, nil, fmt.Errorf("audit records of %s (%s): %w", s, filepath.Base(d.AuditDir), err)
 	}
-	return out, nil
+	return sealed, clearRecs, nil
 }
 
 func mentions(v any, s string) bool {
@@ -340,9 +389,28 @@ func (d Deps) Erase(ctx context.Context, actor string, id identity.ID) (api.Data
 			kept[StoreHeld] = len(held)
 			res.Kept = append(res.Kept, api.DataKept{Store: StoreHeld, Count: len(held), Reason: WhyHeld})
 		}
-		if recs, err := d.auditRecords(ctx, s); err == nil && len(recs) > 0 {
-			kept[StoreAudit] = len(recs) + 1 // and the data.erased record itself
-			res.Kept = append(res.Kept, api.DataKept{Store: StoreAudit, Count: len(recs) + 1, Reason: WhyAudit})
+	}
+	subjectField := s
+	if ferr == nil && d.AuditKeys != nil {
+		// Last, once every store is done: destroy the subject's audit key. The data.erased record then
+		// names the destroyed key's reference, not the subject (its own key would be made again).
+		sealed, _, _ := d.auditRecords(ctx, s)
+		ref, ok, err := d.AuditKeys.Destroy(s)
+		switch {
+		case err != nil:
+			failed, ferr = StoreAuditKeys, err
+		case ok:
+			res.Removed[StoreAuditKeys] = 1
+			res.Shredded = len(sealed)
+			res.SubjectRef, subjectField = ref, ref
+		default:
+			subjectField = ""
+		}
+	}
+	if ferr == nil {
+		if _, recs, err := d.auditRecords(ctx, s); err == nil && len(recs) > 0 {
+			kept[StoreAudit] = len(recs)
+			res.Kept = append(res.Kept, api.DataKept{Store: StoreAudit, Count: len(recs), Reason: WhyAudit})
 		}
 	}
 	removed := map[string]any{}
@@ -350,6 +418,12 @@ func (d Deps) Erase(ctx context.Context, actor string, id identity.ID) (api.Data
 		removed[k] = v
 	}
 	details := map[string]any{"removed": removed}
+	if d.AuditKeys != nil && ferr == nil {
+		details["subject_key"], details["shredded"] = "destroyed", map[string]any{StoreAudit: res.Shredded}
+		if res.SubjectRef == "" {
+			details["subject_key"] = "none"
+		}
+	}
 	if len(kept) > 0 {
 		k := map[string]any{}
 		for s, n := range kept {
@@ -362,7 +436,7 @@ func (d Deps) Erase(ctx context.Context, actor string, id identity.ID) (api.Data
 		outcome = audit.OutcomeFailure
 		details["failed_at"] = failed
 	}
-	seq, aerr := d.Audit.Append(ctx, audit.Record{Type: audit.DataErased, Actor: actor, Subject: s, Outcome: outcome, Details: details})
+	seq, aerr := d.Audit.Append(ctx, audit.Record{Type: audit.DataErased, Actor: actor, Subject: subjectField, Outcome: outcome, Details: details})
 	if aerr == nil {
 		aerr = d.Audit.Checkpoint(ctx)
 	}

@@ -4,7 +4,10 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
+	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -20,7 +23,9 @@ import (
 	"github.com/custos-agent/custos/agent/reputation"
 	"github.com/custos-agent/custos/agent/tasks"
 	"github.com/custos-agent/custos/audit"
+	"github.com/custos-agent/custos/audit/subjectkeys"
 	"github.com/custos-agent/custos/identity"
+	"github.com/custos-agent/custos/internal/sealbox"
 	"github.com/custos-agent/custos/keystore"
 	"github.com/custos-agent/custos/reason"
 )
@@ -70,14 +75,22 @@ func newWorld(t *testing.T) *world {
 	if err != nil {
 		t.Fatal(err)
 	}
+	box, err := sealbox.New(sealbox.NewKey())
+	if err != nil {
+		t.Fatal(err)
+	}
+	keys, err := subjectkeys.New(db, box)
+	if err != nil {
+		t.Fatal(err)
+	}
 	dir := filepath.Join(tmp, "audit")
-	lg, err := audit.Open(ctx, dir, audit.Options{Signer: self.Current(), AgentID: self.ID().String()})
+	lg, err := audit.Open(ctx, dir, audit.Options{Signer: self.Current(), AgentID: self.ID().String(), SubjectKeys: keys})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { lg.Close() })
 	return &world{self: self, az: az, dir: dir, deps: erasure.Deps{Self: self.ID(), Peers: pc, Reputation: rep, Grants: az, Held: held,
-		Evidence: ev, Tasks: ts, Audit: lg, AuditDir: dir}}
+		Evidence: ev, Tasks: ts, Audit: lg, AuditDir: dir, AuditKeys: keys}}
 }
 
 // talk fills every store with something about p, and writes an audit record naming it.
@@ -109,13 +122,25 @@ func (w *world) talk(t *testing.T, p *agenttest.Identity) {
 	if err := st.CreateOutbound(&tasks.Outbound{TaskID: "out-" + id[8:20], To: id, Handler: "echo", Input: []byte("to " + id), State: tasks.OutPending, Submitted: time.Now()}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := d.Audit.Append(ctx, audit.Record{Type: audit.AuthSuccess, Actor: id, Subject: w.self.ID().String(), Outcome: audit.OutcomeSuccess}); err != nil {
+	if _, err := d.Audit.Append(ctx, audit.Record{Type: audit.AuthSuccess, Actor: id, Subject: w.self.ID().String(), Outcome: audit.OutcomeSuccess,
+		Details: map[string]any{"remote": remoteOf(p), "transport": "tcp"}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.Audit.Append(ctx, audit.Record{Type: audit.AccessDenied, Actor: id, Subject: "task.submit", Outcome: audit.OutcomeDenied,
+		Details: map[string]any{"reason": "no_role", "error": "peer " + id + " has no role"}}); err != nil {
 		t.Fatal(err)
 	}
 }
 
-// TestEraseSubject: after Erase, Export of the subject holds nothing and keeps only its audit records;
-// another agent's data is untouched; the data.erased record carries the counts and verifies.
+// remoteOf is a documentation address unique to p.
+func remoteOf(p *agenttest.Identity) string {
+	return fmt.Sprintf("198.51.100.%d:7400", 1+int(p.ID().String()[10])%200)
+}
+
+// TestEraseSubject: before Erase, Export holds the subject's audit records opened; after it, Export
+// holds and keeps nothing, the raw audit segments name neither the subject nor its address, the
+// subject's audit key is destroyed (its records read as erased), another agent's data is untouched, and
+// the data.erased record (naming the key's reference, not the subject) carries the counts and verifies.
 func TestEraseSubject(t *testing.T) {
 	ctx := context.Background()
 	w := newWorld(t)
@@ -126,16 +151,19 @@ func TestEraseSubject(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, st := range []string{erasure.StorePeers, erasure.StoreReputation, erasure.StoreGrants, erasure.StoreEvidence, erasure.StoreTasks} {
+	for _, st := range []string{erasure.StorePeers, erasure.StoreReputation, erasure.StoreGrants, erasure.StoreEvidence, erasure.StoreTasks, erasure.StoreAudit} {
 		if len(before.Held[st]) == 0 {
 			t.Errorf("export before: nothing in %s", st)
 		}
+	}
+	if !strings.Contains(string(before.Held[erasure.StoreAudit]), remoteOf(x)) || len(before.Kept) != 0 {
+		t.Errorf("export before: audit %s, kept %+v", before.Held[erasure.StoreAudit], before.Kept)
 	}
 	res, err := w.deps.Erase(ctx, "uid:0", x.ID())
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := map[string]int{erasure.StorePeers: 2, erasure.StoreReputation: 1, erasure.StoreGrants: 1, erasure.StoreEvidence: 1, erasure.StoreTasks: 2}
+	want := map[string]int{erasure.StorePeers: 2, erasure.StoreReputation: 1, erasure.StoreGrants: 1, erasure.StoreEvidence: 1, erasure.StoreTasks: 2, erasure.StoreAuditKeys: 1}
 	for st, n := range want {
 		if res.Removed[st] != n {
 			t.Errorf("removed from %s: %d, want %d (%v)", st, res.Removed[st], n, res.Removed)
@@ -148,8 +176,31 @@ func TestEraseSubject(t *testing.T) {
 	if len(after.Held) != 0 {
 		t.Fatalf("export after the erasure holds %v", after.Held)
 	}
-	if len(after.Kept) != 1 || after.Kept[0].Store != erasure.StoreAudit || after.Kept[0].Count != 2 || after.Kept[0].Reason != erasure.WhyAudit {
-		t.Fatalf("kept %+v, want the two audit records naming x (auth.success, data.erased)", after.Kept)
+	if len(after.Kept) != 0 || res.Shredded != 2 || res.SubjectRef == "" {
+		t.Fatalf("kept %+v, shredded %d (want 2), ref %q", after.Kept, res.Shredded, res.SubjectRef)
+	}
+	var raw strings.Builder
+	segs, _ := filepath.Glob(filepath.Join(w.dir, "*.jsonl"))
+	for _, p := range segs {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		raw.Write(b)
+	}
+	if raw.Len() == 0 || strings.Contains(raw.String(), x.ID().String()) || strings.Contains(raw.String(), remoteOf(x)) {
+		t.Fatalf("the raw audit log (%d bytes) still names x or its address", raw.Len())
+	}
+	opened := 0
+	if err := audit.Query(ctx, w.dir, audit.Filter{Keys: w.deps.AuditKeys, Types: []string{"auth.*", "access.*"}}, func(e audit.Entry) error {
+		if e.Actor == audit.Erased {
+			opened++
+		} else if e.Actor != y.ID().String() {
+			t.Errorf("record %d: actor %q", e.Seq, e.Actor)
+		}
+		return nil
+	}); err != nil || opened != 2 {
+		t.Fatalf("%d records read as erased, want 2: %v", opened, err)
 	}
 	other, err := w.deps.Export(ctx, y.ID())
 	if err != nil {
@@ -165,7 +216,7 @@ func TestEraseSubject(t *testing.T) {
 	if err := audit.Query(ctx, w.dir, audit.Filter{Types: []string{string(audit.DataErased)}}, func(e audit.Entry) error { rec = &e; return nil }); err != nil {
 		t.Fatal(err)
 	}
-	if rec == nil || rec.Subject != x.ID().String() || rec.Actor != "uid:0" || rec.Seq != res.AuditSeq {
+	if rec == nil || rec.Subject != res.SubjectRef || rec.Actor != "uid:0" || rec.Seq != res.AuditSeq || rec.Details["subject_key"] != "destroyed" {
 		t.Fatalf("data.erased %+v", rec)
 	}
 	b, _ := json.Marshal(rec.Details["removed"])

@@ -2,7 +2,7 @@
 // once for the whole process: bbolt allows one handle per file, so a second agent started on the same
 // home is refused with a message that says so. The stores are the other rooms' own (the peer cache, the
 // task store, the grants and revocations, the grants this agent holds, the stake table, the consensus
-// evidence, the gateway's API keys, the mailbox); this room only opens them over the one handle and closes it. The
+// evidence, the gateway's API keys, the mailbox, the audit log's subject keys); this room only opens them over the one handle and closes it. The
 // reputation store lives in the same file but is built by the daemon, with its configuration and
 // callbacks, over DB.Bolt.
 package state
@@ -25,6 +25,7 @@ import (
 	"github.com/custos-agent/custos/agent/peers"
 	"github.com/custos-agent/custos/agent/rbac"
 	"github.com/custos-agent/custos/agent/tasks"
+	"github.com/custos-agent/custos/audit/subjectkeys"
 	"github.com/custos-agent/custos/internal/sealbox"
 )
 
@@ -42,8 +43,9 @@ type DB struct {
 	Evidence    *consensus.EvidenceStore // evidence of dissent in replicated tasks
 	GatewayKeys *gateway.Keys            // the HTTP gateway's API keys
 	Mailbox     *mailbox.Store           // store-and-forward: sealed envelopes waiting, messages received
+	SubjectKeys *subjectkeys.Store       // the audit log's per-subject keys (crypto-shredding, ADR 0099)
 	// Box seals values at rest under the home's data key (agent/atrest, ADR 0098); nil when the
-	// identity's keystore cannot wrap a data key. The audit log takes it for its erasable fields.
+	// identity's keystore cannot wrap a data key.
 	Box *sealbox.Box
 }
 
@@ -100,6 +102,18 @@ func OpenWithBox(path string, box *sealbox.Box) (_ *DB, err error) {
 		return nil, err
 	}
 	if db.Mailbox, err = mailbox.NewStore(b, mailbox.Limits{}); err != nil {
+		return nil, err
+	}
+	// The subject keys are sealed under the home's data key (ADR 0098); where the keystore cannot wrap
+	// one yet (TPM, PKCS#11), under the interim key file next to the audit log, which keeps
+	// crypto-shredding working (destroying a subject key) without protecting the keys at rest.
+	keyBox := box
+	if keyBox == nil {
+		if keyBox, err = subjectkeys.InterimBox(filepath.Dir(path)); err != nil {
+			return nil, err
+		}
+	}
+	if db.SubjectKeys, err = subjectkeys.New(b, keyBox); err != nil {
 		return nil, err
 	}
 	return db, nil

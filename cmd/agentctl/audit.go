@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -17,10 +18,13 @@ import (
 	"unicode"
 
 	"github.com/urfave/cli/v2"
+	"go.etcd.io/bbolt"
 
 	"github.com/custos-agent/custos/agent/api"
+	"github.com/custos-agent/custos/agent/atrest"
 	"github.com/custos-agent/custos/agent/control"
 	"github.com/custos-agent/custos/audit"
+	"github.com/custos-agent/custos/audit/subjectkeys"
 	"github.com/custos-agent/custos/identity"
 )
 
@@ -255,6 +259,9 @@ func runAuditQuery(c *cli.Context) error {
 		}
 	}
 	dir := filepath.Join(home, "audit")
+	keys, done := subjectKeys(c, home)
+	defer done()
+	f.Keys = keys
 	show, n := printer(c), 0
 	if err := audit.Query(c.Context, dir, f, func(e audit.Entry) error { n++; return show(e) }); err != nil {
 		return err
@@ -306,9 +313,51 @@ func runAuditTail(c *cli.Context) error {
 		ctx, stop = signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
 		defer stop()
 	}
+	f := filterFrom(c)
+	keys, done := subjectKeys(c, home)
+	defer done()
+	f.Keys = keys
 	return audit.Tail(ctx, filepath.Join(home, "audit"), audit.TailOptions{
-		N: c.Int("n"), Follow: c.Bool("follow"), Filter: filterFrom(c),
+		N: c.Int("n"), Follow: c.Bool("follow"), Filter: f,
 	}, printer(c))
+}
+
+// subjectKeys opens the audit log's subject keys (ADR 0099) read-only from <home>/state.db, so that
+// sealed fields print opened (or "[erased]" once their subject was erased). While the agent runs it
+// holds state.db: sealed fields then print as "[sealed]", and a note on stderr says why. --json prints
+// records as stored either way.
+func subjectKeys(c *cli.Context, home string) (audit.KeyLookup, func()) {
+	none := func() {}
+	if c.Bool("json") {
+		return nil, none
+	}
+	note := func(why string) {
+		fmt.Fprintf(c.App.ErrWriter, "agentctl: sealed audit fields are shown as [sealed]: %s\n", why)
+	}
+	path := filepath.Join(home, "state.db")
+	if _, err := os.Stat(path); err != nil {
+		return nil, none
+	}
+	db, err := bbolt.Open(path, 0o600, &bbolt.Options{ReadOnly: true, Timeout: 200 * time.Millisecond})
+	if err != nil {
+		note("the agent holds state.db (stop it to read them)")
+		return nil, none
+	}
+	if _, err := os.Stat(filepath.Join(home, atrest.File)); err == nil {
+		_ = db.Close()
+		note("the subject keys are sealed under the home's data key, which only the agent's keystore unwraps (ADR 0098); `agentctl data export --subject ID` through the running agent shows a subject's records opened")
+		return nil, none
+	}
+	box, err := subjectkeys.InterimBox(home)
+	if err == nil {
+		var keys *subjectkeys.Store
+		if keys, err = subjectkeys.New(db, box); err == nil {
+			return keys, func() { _ = db.Close() }
+		}
+	}
+	_ = db.Close()
+	note(err.Error())
+	return nil, none
 }
 
 // parseWhen reads an RFC 3339 time, a date (2006-01-02, UTC), or an age before now ("90m", "24h", "7d").
@@ -353,10 +402,10 @@ func formatEntry(e audit.Entry) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "%s #%d %s %s", e.Time.UTC().Format(time.RFC3339Nano), e.Seq, safe(string(e.Type)), safe(string(e.Outcome)))
 	if e.Actor != "" {
-		b.WriteString(" actor=" + safe(e.Actor))
+		b.WriteString(" actor=" + shown(e, "actor", e.Actor))
 	}
 	if e.Subject != "" {
-		b.WriteString(" subject=" + safe(e.Subject))
+		b.WriteString(" subject=" + shown(e, "subject", e.Subject))
 	}
 	keys := make([]string, 0, len(e.Details))
 	for k := range e.Details {
@@ -366,7 +415,7 @@ func formatEntry(e audit.Entry) string {
 	for _, k := range keys {
 		b.WriteString(" " + safe(k) + "=")
 		if s, ok := e.Details[k].(string); ok {
-			b.WriteString(safe(s))
+			b.WriteString(shown(e, "details."+k, s))
 			continue
 		}
 		j, _ := json.Marshal(e.Details[k])
@@ -376,6 +425,32 @@ func formatEntry(e audit.Entry) string {
 		fmt.Fprintf(&b, " checkpoint=gen:%d,head_seq:%d", cp.Gen, cp.HeadSeq)
 	}
 	return b.String()
+}
+
+// sealedPath reports whether path is a sealed field of e still sealed (no key was at hand).
+func sealedPath(e audit.Entry, path string) bool {
+	if !slices.Contains(e.Sealed, path) {
+		return false
+	}
+	var v string
+	switch path {
+	case "actor":
+		v = e.Actor
+	case "subject":
+		v = e.Subject
+	default:
+		v, _ = e.Details[strings.TrimPrefix(path, "details.")].(string)
+	}
+	_, _, err := audit.ParseSealed(v)
+	return err == nil
+}
+
+// shown is a field's value for the text form: "[sealed]" when it is still sealed, else safe.
+func shown(e audit.Entry, path, v string) string {
+	if sealedPath(e, path) {
+		return "[sealed]"
+	}
+	return safe(v)
 }
 
 // safe returns s as is when it is non-empty printable text without spaces or quotes, else quoted.

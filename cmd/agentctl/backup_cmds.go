@@ -89,6 +89,8 @@ func backupExcluded(p string, d fs.DirEntry) string {
 		return "hardware-bound: TPM-wrapped key blobs, usable only with the TPM that made them"
 	case p == "transport-keys":
 		return "secret: transport private keys; the agent makes new ones when it starts"
+	case p == "audit/subject-keys.key":
+		return "secret: the interim data key of the audit log's subject keys (ADR 0099); without it the restored audit log's sealed fields read [erased]"
 	case p == "work":
 		return "transient: per-task working directories"
 	case p == api.ControlFile || p == "custody.lock" || p == "audit/LOCK":

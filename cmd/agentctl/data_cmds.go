@@ -35,9 +35,14 @@ func dataCommand() *cli.Command {
 			"every store of the agent holds about the subject: \"held\" (what erase removes: its cached key event\n" +
 			"log and delegations, reputation record, grants about it, consensus evidence, tasks with it and their\n" +
 			"inputs) and \"kept\" (what erase keeps, each with the reason: a compromise mark, an operator's block,\n" +
-			"grants it issued to this agent, the audit records naming it). erase removes the held data in one\n" +
-			"go and writes a signed data.erased audit record with the counts per store; an erasure that fails\n" +
-			"part-way (erasure_incomplete) says what it removed and finishes when run again.",
+			"grants it issued to this agent, audit records written before per-subject sealing that name it).\n" +
+			"Audit records whose personal fields are sealed under the subject's key (ADR 0099) are held, opened.\n" +
+			"erase removes the held data in one go, last destroys the subject's audit key (crypto-shredding: the\n" +
+			"sealed fields read \"[erased]\" from then on; the chain and checkpoints still verify), and writes a\n" +
+			"signed data.erased audit record with the counts per store, naming the destroyed key's reference rather\n" +
+			"than the subject; an erasure that fails part-way (erasure_incomplete) says what it removed and\n" +
+			"finishes when run again. Erased values stay in free pages of state.db until agentctl compact\n" +
+			"(agent stopped).",
 		Subcommands: []*cli.Command{
 			{
 				OnUsageError: onUsageError,
@@ -99,6 +104,10 @@ func dataCommand() *cli.Command {
 					for _, k := range res.Kept {
 						writeOut(w, "  kept %d in %s: %s\n", k.Count, k.Store, k.Reason)
 					}
+					if res.SubjectRef != "" {
+						writeOut(w, "  shredded %d audit records: their personal fields were sealed under the subject's key %s, now destroyed\n", res.Shredded, res.SubjectRef)
+					}
+					writeOut(w, "  the erased values may remain in free pages of state.db until an offline compaction: stop the agent, run agentctl compact, start it\n")
 					return nil
 				},
 			},

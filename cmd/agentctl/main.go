@@ -90,7 +90,7 @@ func commands() []*cli.Command {
 		runCommand(), statusCommand(), peersCommand(), taskCommand(), feedbackCommand(),
 		grantCommand(), revokeCommand(),
 		configCommand(), versionCommand(), completionCommand(),
-		gatewayCommand(), dataCommand(),
+		gatewayCommand(), dataCommand(), compactCommand(),
 		backupCommand(), restoreCommand(),
 	}
 }

@@ -20,19 +20,22 @@ import (
 	"github.com/custos-agent/custos/identity"
 )
 
-// TestErasure (issue 16, ADR 0092): an agent that has talked to a subject (a task it ran for it, with an
-// input; feedback about it; a grant it issued about it; audit records naming it) exports what it holds
-// about the subject, erases it, and then: export holds nothing and keeps only the audit records (with
-// the reason); the state database, read from the file after the agent stopped, holds neither the
-// subject's ID nor the task's input in any key or value of any bucket; audit verify passes; the
-// data.erased record carries the counts per store, names no one but the subject and is covered by a
+// TestErasure (issue 16, ADR 0092, ADR 0099): an agent that has talked to a subject (a task it ran for
+// it, with an input; feedback about it; a grant it issued about it; audit records naming it, their
+// personal fields sealed under the subject's key) exports what it holds about the subject (the audit
+// records opened among it), erases it, and then: export holds and keeps nothing; the raw audit segments
+// hold neither the subject's ID nor its address; the state database, read from the file after the agent
+// stopped, holds neither the subject's ID nor the task's input in any key or value of any bucket, and
+// after agentctl compact not even in its raw bytes; audit verify passes; the data.erased record carries
+// the counts per store, names the destroyed key's reference instead of the subject and is covered by a
 // verified checkpoint.
 func TestErasure(t *testing.T) {
 	x := newAgent(t, "subject", false)
 	x.writeConfig(agentConfig{Transports: []string{"tcp"}})
 	x.start()
 	s := newAgent(t, "holder", false)
-	s.writeConfig(agentConfig{Transports: []string{"tcp"}, Bootstrap: []config.PeerConfig{s.bootstrapTo(x, "tcp")},
+	boot := s.bootstrapTo(x, "tcp")
+	s.writeConfig(agentConfig{Transports: []string{"tcp"}, Bootstrap: []config.PeerConfig{boot},
 		Extra: "authorization: {default_peer_roles: [task_submitter], admins: [" + s.id + "]}\n"})
 	s.start()
 
@@ -58,7 +61,7 @@ func TestErasure(t *testing.T) {
 
 	var before api.DataExport
 	s.ctlJSON(&before, "data", "export", "--subject", x.id)
-	for _, st := range []string{"peers", "reputation/peers", "rbac/grants", "tasks"} {
+	for _, st := range []string{"peers", "reputation/peers", "rbac/grants", "tasks", "audit"} {
 		if len(before.Held[st]) == 0 {
 			t.Errorf("export before the erasure: nothing in %s: %+v", st, before.Held)
 		}
@@ -68,7 +71,10 @@ func TestErasure(t *testing.T) {
 	}
 	var erased api.DataErased
 	s.ctlJSON(&erased, "data", "erase", "--subject", x.id)
-	for _, st := range []string{"peers", "reputation/peers", "rbac/grants", "tasks"} {
+	if erased.SubjectRef == "" || erased.Shredded == 0 {
+		t.Errorf("erase shredded nothing: %+v", erased)
+	}
+	for _, st := range []string{"peers", "reputation/peers", "rbac/grants", "tasks", "audit/subject-keys"} {
 		if erased.Removed[st] == 0 {
 			t.Errorf("erase removed nothing from %s: %+v", st, erased.Removed)
 		}
@@ -78,8 +84,8 @@ func TestErasure(t *testing.T) {
 	if len(after.Held) != 0 {
 		t.Errorf("export after the erasure still holds %v", keys(after.Held))
 	}
-	if len(after.Kept) != 1 || after.Kept[0].Store != "audit" || after.Kept[0].Count == 0 || !strings.Contains(after.Kept[0].Reason, "legitimate interest") {
-		t.Errorf("export after the erasure keeps %+v, want the audit records with their reason", after.Kept)
+	if len(after.Kept) != 0 {
+		t.Errorf("export after the erasure keeps %+v, want nothing (the audit records are shredded)", after.Kept)
 	}
 	// A bad subject is one clear error.
 	if _, stderr, code := s.run2("data", "erase", "--subject", "nobody"); code == 0 || !strings.Contains(stderr, "--subject") {
@@ -110,9 +116,42 @@ func TestErasure(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Reported, not asserted: bbolt does not overwrite freed pages (docs/privacy.md, "Limits").
+	// bbolt does not overwrite freed pages: agentctl compact (offline) rewrites the file without them.
 	if raw, err := os.ReadFile(filepath.Join(s.home, "state.db")); err == nil {
-		t.Logf("raw state.db: subject ID in free pages: %v, task input in free pages: %v", bytes.Contains(raw, []byte(x.id)), bytes.Contains(raw, []byte(secret)))
+		t.Logf("raw state.db before compact: subject ID in free pages: %v, task input in free pages: %v", bytes.Contains(raw, []byte(x.id)), bytes.Contains(raw, []byte(secret)))
+	}
+	if out, code := s.run("compact"); code != 0 {
+		t.Fatalf("compact: exit %d\n%s", code, out)
+	}
+	raw, err := os.ReadFile(filepath.Join(s.home, "state.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range []string{x.id, secret, erased.SubjectRef} {
+		if bytes.Contains(raw, []byte(n)) {
+			t.Errorf("raw state.db after compact still holds %q", n)
+		}
+	}
+	// The raw audit segments: neither the subject's ID nor its address.
+	segs, _ := filepath.Glob(filepath.Join(s.home, "audit", "*.jsonl"))
+	var log bytes.Buffer
+	for _, p := range segs {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		log.Write(b)
+	}
+	if log.Len() == 0 {
+		t.Fatal("no audit segment read")
+	}
+	for _, n := range []string{x.id, boot.Address} {
+		if bytes.Contains(log.Bytes(), []byte(n)) {
+			t.Errorf("the raw audit log still holds %q", n)
+		}
+	}
+	if out, code := s.run("audit", "query", "--type", "auth.*"); code != 0 || !strings.Contains(out, audit.Erased) || strings.Contains(out, x.id) {
+		t.Errorf("audit query after the erasure: exit %d, want the subject's fields as %s\n%s", code, audit.Erased, out)
 	}
 
 	if out, code := s.run("audit", "verify"); code != 0 {
@@ -137,7 +176,7 @@ func TestErasure(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	if rec == nil || rec.Subject != x.id || rec.Outcome != audit.OutcomeSuccess || rec.Seq != erased.AuditSeq || rep.CoveredSeq < rec.Seq {
+	if rec == nil || rec.Subject != erased.SubjectRef || rec.Details["subject_key"] != "destroyed" || rec.Outcome != audit.OutcomeSuccess || rec.Seq != erased.AuditSeq || rep.CoveredSeq < rec.Seq {
 		t.Fatalf("data.erased record %+v (covered through %d)", rec, rep.CoveredSeq)
 	}
 	removed, _ := json.Marshal(rec.Details["removed"])
@@ -146,7 +185,7 @@ func TestErasure(t *testing.T) {
 		t.Fatalf("data.erased removed %s, the command said %v", removed, erased.Removed)
 	}
 	if strings.Contains(string(rec.Raw), secret) || strings.Contains(string(rec.Raw), v.TaskID) {
-		t.Fatalf("the data.erased record holds more than the subject's ID: %s", rec.Raw)
+		t.Fatalf("the data.erased record holds more than the counts: %s", rec.Raw)
 	}
 }
 
