@@ -80,7 +80,7 @@ func (a *authzDaemon) lastSent() (tasks.ErrorMessage, int) {
 func (a *authzDaemon) audit(t *testing.T, typ audit.EventType, match func(audit.Entry) bool) bool {
 	t.Helper()
 	found := false
-	if err := audit.Query(context.Background(), filepath.Join(a.home, AuditDir), audit.Filter{Types: []string{string(typ)}}, func(e audit.Entry) error {
+	if err := audit.Query(context.Background(), filepath.Join(a.home, AuditDir), audit.Filter{Types: []string{string(typ)}, Keys: a.d.db.SubjectKeys}, func(e audit.Entry) error {
 		found = found || match(e)
 		return nil
 	}); err != nil {
