@@ -164,9 +164,19 @@ func TestSoak(t *testing.T) {
 	admin.writeConfig(agentConfig{Extra: "authorization: {admins: [" + admin.id + "]}\n"})
 	admin.start()
 	agents := make([]*agent, set.agents)
+	authz := "authorization: {admins: [" + admin.id + "]}\n" + soakPolicy
 	for i := range agents {
 		agents[i] = newAgent(t, fmt.Sprintf("s%d", i), false)
-		agents[i].ports["tcp"] = freePort(t)
+		agents[i].writeConfig(agentConfig{Transports: []string{"tcp"}, Extra: authz})
+	}
+	// Started before any of them dials (a port chosen in advance could be taken by another agent's
+	// outgoing connection), then connected pair by pair; the configuration on disk lists every other agent
+	// as a bootstrap peer for the restarts after a kill (the running daemons do not read it again).
+	for _, a := range agents {
+		a.startProcess()
+	}
+	for _, a := range agents {
+		waitReady(t, a, 2*time.Minute)
 	}
 	for i, a := range agents {
 		var boot []config.PeerConfig
@@ -175,15 +185,9 @@ func TestSoak(t *testing.T) {
 				boot = append(boot, config.PeerConfig{ID: b.id, Transport: "tcp", Address: b.listenAddr("tcp")})
 			}
 		}
-		a.writeConfig(agentConfig{Transports: []string{"tcp"}, Bootstrap: boot,
-			Extra: "authorization: {admins: [" + admin.id + "]}\n" + soakPolicy})
+		a.writeConfig(agentConfig{Transports: []string{"tcp"}, Bootstrap: boot, Extra: authz})
 	}
-	for _, a := range agents {
-		a.startProcess()
-	}
-	for _, a := range agents {
-		waitReady(t, a, 2*time.Minute)
-	}
+	connect(t, agents)
 	// Each agent holds a task_submitter grant, presented to every connected peer at install (a fresh
 	// handshake) and at every handshake it starts; every peer must have it before the load starts.
 	for _, a := range agents {
@@ -201,7 +205,9 @@ func TestSoak(t *testing.T) {
 				if !hasPeerGrant(a, b.id) {
 					// Not presented yet (the session came up before the grant was installed and its
 					// fresh handshake lost the race): b starts a handshake with a.
-					_, _, _ = b.run2("peers", "connect", a.listenAddr("tcp"), "--id", a.id)
+					ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+					_, _ = api.ForHome(b.home).PeersConnect(ctx, api.ConnectArgs{Address: a.listenAddr("tcp"), ID: a.id, Transport: "tcp"})
+					cancel()
 					return hasPeerGrant(a, b.id)
 				}
 				return true
@@ -428,6 +434,42 @@ func waitReady(t *testing.T, a *agent, d time.Duration) {
 			t.Fatalf("%s not answering after %v: %v\n%s", a.name, d, err, a.logTail())
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// connect has every agent dial every other (both directions: each then re-dials the other when their
+// session ends), in parallel per agent.
+func connect(t *testing.T, agents []*agent) {
+	t.Helper()
+	var wg sync.WaitGroup
+	errs := make(chan error, len(agents)*len(agents))
+	for i, a := range agents {
+		wg.Go(func() {
+			c := api.ForHome(a.home)
+			for j, b := range agents {
+				if i == j {
+					continue
+				}
+				var err error
+				for range 5 {
+					ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+					_, err = c.PeersConnect(ctx, api.ConnectArgs{Address: b.listenAddr("tcp"), ID: b.id, Transport: "tcp"})
+					cancel()
+					if err == nil {
+						break
+					}
+					time.Sleep(time.Second)
+				}
+				if err != nil {
+					errs <- fmt.Errorf("%s connects to %s: %w", a.name, b.name, err)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
 	}
 }
 
@@ -687,4 +729,49 @@ func (r *rssStats) sample(agents []*agent, clients []*api.Client) {
 	}
 	r.daemonLast, r.pluginLast = d, p
 	r.samples++
+}
+
+// TestSoakRetryRefusedAfterAcceptance reproduces what `make soak` found (build tag soak, so that it does not
+// fail make test while it stands): an executor's resource policy judges a repeated task_request like a new
+// one, before it looks whether it recorded the task; the submitter takes the rate_limited answer as final.
+// So a task the executor accepted (and runs, and later delivers) reads "failed: rate_limited" at its
+// submitter in between: `task submit --wait` fails and the caller submits the work again. Here the
+// executor allows a New peer 0.1 message/s (burst 1); the submitter's plugin is killed while the accepted
+// task runs (6 s), so the new session sends the request again at once, and it is refused.
+func TestSoakRetryRefusedAfterAcceptance(t *testing.T) {
+	x := newAgent(t, "x", false)
+	slow := "    exec:\n      command: /bin/sh\n      args: [\"-c\", \"sleep 6; cat\"]\n      sandbox: off\n      env: [\"PATH=/usr/bin:/bin\"]\n      timeout: 30s"
+	x.writeConfig(agentConfig{Transports: []string{"tcp"}, Handlers: map[string]string{"slow": slow},
+		Extra: "policy: {default: {rate: 0.2, burst: 2}}\n"})
+	x.start()
+	s := newAgent(t, "s", false)
+	s.writeConfig(agentConfig{Transports: []string{"tcp"}, Bootstrap: []config.PeerConfig{s.bootstrapTo(x, "tcp")}})
+	s.start()
+	eventually(t, 20*time.Second, "session with the executor", func() bool { return s.sessionWith(x.id) != nil })
+	var v api.TaskView
+	s.ctlJSON(&v, "task", "submit", "--to", x.id, "--handler", "slow", "--data", "once")
+	eventually(t, 10*time.Second, "the executor to accept the task", func() bool {
+		var mid api.TaskView
+		s.ctlJSON(&mid, "task", "result", v.TaskID)
+		return mid.State == "accepted" || mid.State == "running"
+	})
+	if err := syscall.Kill(s.transportStatus("tcp").PID, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		var now api.TaskView
+		s.ctlJSON(&now, "task", "result", v.TaskID)
+		if now.State == "done" {
+			checkResult(t, &now, x.id, "once")
+			return
+		}
+		if now.State == "failed" {
+			t.Fatalf("task %s, accepted by the executor, reads failed at its submitter: %s: %s", v.TaskID, now.ErrorCode, now.Error)
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("task %s not done within 60 s: %s", v.TaskID, now.State)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 }
