@@ -287,16 +287,24 @@ func TestSoak(t *testing.T) {
 	rss.sample(agents, clients)
 
 	// A task refused by the executor's policy may yet have been accepted there (a refused repeat of a
-	// request the executor had recorded): its result is then stored when it comes. Look at each again.
+	// request the executor had recorded, TestSoakRetryRefusedAfterAcceptance): its result is then stored
+	// when it comes. Look at them again until none has changed for 20 s (2 minutes at most).
 	ctx := context.Background()
-	for _, task := range load.tasks {
-		if task.outcome != "refused" {
-			continue
+	lastChange, giveUp := time.Now(), time.Now().Add(2*time.Minute)
+	for time.Since(lastChange) < 20*time.Second && time.Now().Before(giveUp) {
+		for _, task := range load.tasks {
+			if task.outcome != "refused" || task.detail == "later done" {
+				continue
+			}
+			v, err := clients[task.job.from].TaskGet(ctx, api.GetArgs{TaskID: task.id})
+			if err == nil {
+				task.final = v
+				if v.State == "done" {
+					task.detail, lastChange = "later done", time.Now()
+				}
+			}
 		}
-		v, err := clients[task.job.from].TaskGet(ctx, api.GetArgs{TaskID: task.id})
-		if err == nil && v.State == "done" {
-			load.set(task, "refused", "later done", v)
-		}
+		time.Sleep(2 * time.Second)
 	}
 
 	// Stop every agent cleanly (drain, seal the audit log).
@@ -354,8 +362,8 @@ func TestSoak(t *testing.T) {
 				refusedDone++
 			} else if records[to][string(events.TaskAccepted)][task.id] > 0 {
 				lost++
-				t.Errorf("task %s (%s -> %s): ended %s (%s) at the submitter although the executor accepted it, and its result never came",
-					task.id, agents[from].name, agents[to].name, task.final.State, task.final.ErrorCode)
+				t.Errorf("task %s (%s -> %s): %s (%s: %s) at the submitter at the end although the executor accepted it: its result never came",
+					task.id, agents[from].name, agents[to].name, task.final.State, task.final.ErrorCode, task.final.Error)
 			}
 			if records[from][string(events.TaskSubmitted)][task.id] == 0 {
 				missing++
