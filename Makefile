@@ -5,7 +5,7 @@ PKGS    := ./...
 # Brief fuzzing in `make test`; `make fuzz FUZZTIME=5m` for longer runs.
 FUZZTIME ?= 5s
 
-.PHONY: all build demo test deps vet lint unit alerts systemd fuzz fuzz-brief bench mutants proto clean package package-test network sessions
+.PHONY: all build demo test deps vet lint unit alerts systemd fuzz fuzz-brief bench mutants proto clean package package-test network sessions soak
 
 all: build
 
@@ -71,6 +71,18 @@ network:
 SESSIONS_N ?= 100 1000 5000
 sessions:
 	CUSTOS_SESSIONS_N="$(SESSIONS_N)" $(GO) test -tags sessions -count=1 -run '^$$' -bench '^BenchmarkSessions$$' -benchtime 1x -timeout 30m ./test/bench
+
+## soak: SOAK_AGENTS agents (daemons with TCP plugins, granted to submit to and run for one another, per-peer rate
+## limits on) exchange tasks at SOAK_RATE a second each for SOAK_DURATION while plugins and two daemons are killed
+## (SIGKILL) at random: no accepted task lost, every audit log verifies, every daemon and plugin under its RSS bound
+## (issue 19, test/e2e/soak_test.go, build tag soak). Not part of `make test`; prints one RESULT line.
+SOAK_AGENTS ?= 10
+SOAK_DURATION ?= 10m
+SOAK_RATE ?= 2
+soak:
+	@CUSTOS_SOAK_AGENTS=$(SOAK_AGENTS) CUSTOS_SOAK_DURATION=$(SOAK_DURATION) CUSTOS_SOAK_RATE=$(SOAK_RATE) \
+		$(GO) test -tags soak -count=1 -v -timeout 60m -run '^TestSoak$$' ./test/e2e > $${TMPDIR:-/tmp}/custos-soak.log 2>&1; rc=$$?; \
+		grep -E 'RESULT|soak_test.go|^(--- |ok|FAIL)' $${TMPDIR:-/tmp}/custos-soak.log | head -100; [ $$rc -eq 0 ] || { echo "see $${TMPDIR:-/tmp}/custos-soak.log"; exit $$rc; }
 
 ## mutants: turn off each listed security check (test/mutants/*.txt) in a scratch copy and run the tests named to
 ## kill it; prints the kill table. Not part of `make test` (it runs each mutant's tests once: minutes).
