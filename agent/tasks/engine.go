@@ -712,6 +712,7 @@ func (e *Engine) onError(peer string, payload []byte) error {
 	if err != nil {
 		return err
 	}
+	final := false
 	_, err = e.store.UpdateOutbound(em.TaskID, func(r *Outbound) error {
 		if r.To != peer {
 			return fmt.Errorf("%s sent an error for task %s, which went to %s", peer, em.TaskID, r.To)
@@ -720,12 +721,17 @@ func (e *Engine) onError(peer string, payload []byte) error {
 			return nil
 		}
 		r.ErrorCode, r.Error, r.Updated = em.Code, em.Message, e.cfg.Clock().UTC()
-		if !em.Retryable() {
+		// The executor's resource policy refusing a resend of a task it already accepted judges that
+		// message, not the task: the task stays accepted (its result, or the submitter's own timeout,
+		// ends it). Found by `make soak`: a resend on a new session was refused rate_limited and the
+		// submitter failed a task the executor was running.
+		final = !em.Retryable() && (rank[r.State] < rank[OutAccepted] || !em.policyRefusal())
+		if final {
 			r.State = OutFailed
 		}
 		return nil
 	})
-	if err == nil && !em.Retryable() {
+	if err == nil && final {
 		e.event(Event{Kind: "failed", TaskID: em.TaskID, Peer: peer, Status: em.Code, Err: errors.New(em.Message)})
 	}
 	e.changed(em.TaskID)

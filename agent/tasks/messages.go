@@ -147,6 +147,12 @@ type ErrorMessage struct {
 // Retryable reports whether the submitter should keep the task and try again later.
 func (e *ErrorMessage) Retryable() bool { return e.Code == CodeBusy || e.Code == CodeInternal }
 
+// policyRefusal reports whether the executor's resource policy refused this one message (its rate or
+// quota), which says nothing about a task it has already accepted.
+func (e *ErrorMessage) policyRefusal() bool {
+	return e.Code == string(reason.RateLimited) || e.Code == string(reason.QuotaExceeded)
+}
+
 // Result statuses.
 const (
 	ResultOK     = "ok"
