@@ -83,6 +83,13 @@ const (
 	// TrustChanged: a peer moved between trust levels. Subject: the peer; Details must carry "from" and
 	// "to" (new, trusted, super, restricted, blocked) and "reason".
 	TrustChanged EventType = "trust.changed"
+	// PeerBlocked: an administrator's block notice was installed (ADR 0101). Subject: the blocked agent;
+	// Details: "issuer", "until" (RFC 3339), "source" (local: issued here; remote: received by gossip or
+	// catch-up, with "via"), "reason" (the notice's).
+	PeerBlocked EventType = "peer.blocked"
+	// PeerUnblocked: a network block ended: an administrator's unblock notice ("source", "issuer") or its
+	// end passed ("source": expired).
+	PeerUnblocked EventType = "peer.unblocked"
 )
 
 // Transport plugin lifecycle (DESIGN 5). Subject: the plugin name; Details: "path", "sha256", "pid".
@@ -161,6 +168,8 @@ var requiredDetails = map[EventType][]string{
 	ConfigLoaded:  {"digest"},
 	ConfigChanged: {"digest"},
 	TrustChanged:  {"from", "to"},
+	PeerBlocked:   {"issuer", "until", "source"},
+	PeerUnblocked: {"source"},
 	DataErased:    {"removed"},
 }
 

@@ -81,6 +81,9 @@ const (
 	// CatchupUnsolicited and CatchupExceeded: the catch-up of revocations (ADR 0096).
 	CatchupUnsolicited Code = "catchup_unsolicited"
 	CatchupExceeded    Code = "catchup_exceeded"
+	// BlockExpired and BlockStale: administrator block notices (ADR 0101).
+	BlockExpired Code = "block_expired"
+	BlockStale   Code = "block_stale"
 
 	AuditUnavailable Code = "audit_unavailable"
 
@@ -147,8 +150,8 @@ func entries() []Entry {
 		{NoGrant, d(DomainRBAC), "the subject holds no grant (or its uid/gid maps to no role)", true},
 		{GrantExpired, d(DomainRBAC), "the grant that would give the permission has expired", true},
 		{GrantRevoked, d(DomainRBAC), "the grant that would give the permission was revoked", true},
-		{GrantBadIssuer, d(DomainRBAC), "the grant is signed by an agent that is not a system administrator", true},
-		{GrantBadSignature, d(DomainRBAC), "the grant's signature does not verify under its issuer's key", true},
+		{GrantBadIssuer, d(DomainRBAC), "the grant (or revocation, or block notice) is signed by an agent that is not a system administrator", true},
+		{GrantBadSignature, d(DomainRBAC), "the grant's (or revocation's, or block notice's) signature does not verify under its issuer's key", true},
 		{PermissionDenied, d(DomainRBAC), "the subject's valid roles do not carry the permission", true},
 
 		{RateLimited, d(DomainPolicy), "a rate limit refused the request", true},
@@ -198,6 +201,8 @@ func entries() []Entry {
 		{GossipNotForUs, d(DomainDiscovery), "a gossiped revocation signed by an agent that is not this agent's administrator nor the issuer of a grant it holds: ignored, not forwarded, nobody penalised", false},
 		{CatchupUnsolicited, d(DomainDiscovery), "a catch-up batch carries a revocation this agent did not ask that peer for (or no want is outstanding): the batch is dropped, the peer scored down and catch-up with it ends for the session (ADR 0096)", false},
 		{CatchupExceeded, d(DomainDiscovery), "a peer sent more catch-up offers or wants in one session than the limits allow (ADR 0096): dropped, the peer scored down", false},
+		{BlockExpired, d(DomainDiscovery), "a block notice past its end (until): refused, its publisher scored down (ADR 0101)", false},
+		{BlockStale, d(DomainDiscovery), "a block notice issued before the one held for that agent: ignored, not forwarded (ADR 0101)", false},
 		{AuditUnavailable, d(DomainAdmission), "the agent's audit log cannot write records (disk full, I/O error) and audit.on_failure is refuse: no new work until it can; retry later", true},
 		{ErasureIncomplete, d(DomainControl), "an erasure removed part of a subject's data and failed on a store (the message names it and what went); run it again", false},
 	}

@@ -36,6 +36,11 @@ const TransportKeyProof Purpose = "transport-key-proof"
 // issuer agent ID, issue time. A separate purpose so that a grant signature can never pass as a revocation.
 const GrantRevocation Purpose = "grant-revocation"
 
+// BlockNotice: a system administrator blocks an agent network-wide until a time, or lifts such a block
+// (agent/rbac, ADR 0101). Fields: version, action, blocked agent ID, issuer agent ID, issue time, until,
+// reason, issuer generation, head. Context "custos/v1/block".
+const BlockNotice Purpose = "block"
+
 // Prefix returns the context bytes "custos/v1/<purpose>\x00".
 func (p Purpose) Prefix() []byte { return []byte("custos/v1/" + string(p) + "\x00") }
 

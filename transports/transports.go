@@ -48,6 +48,9 @@ const (
 	MaxCatchupServed  = 2 * MaxCatchupRounds
 	MaxCatchupQueued  = 16 * MaxCatchupOffer
 	MaxCatchupPeers   = 4096
+	// MaxCatchupBlocks bounds the block notices one side sends in catch-up per session (ADR 0101): the
+	// newest it holds that have not ended, in one message.
+	MaxCatchupBlocks = 64
 	// MaxAddrLen is the largest address string accepted from a plugin.
 	MaxAddrLen = 1024
 	// MaxAddrs is the most addresses a listener may report.
@@ -172,7 +175,9 @@ func ReadFrameLimit(r io.Reader, limit int) ([]byte, error) {
 const (
 	TopicRevocations = "/custos/v1/revocations"
 	TopicKeyLogs     = "/custos/v1/key-logs"
+	// TopicBlocks: administrators' block and unblock notices (ADR 0101).
+	TopicBlocks = "/custos/v1/blocks"
 )
 
 // GossipTopics lists the topics plugins join (and the only ones they publish on).
-func GossipTopics() []string { return []string{TopicRevocations, TopicKeyLogs} }
+func GossipTopics() []string { return []string{TopicRevocations, TopicKeyLogs, TopicBlocks} }

@@ -46,34 +46,35 @@ const (
 // Control operations: the names on the wire ("op" of a request). Table gives each its permission and
 // types.
 const (
-	OpStatus            = "status"             // {} -> Status
-	OpPeersList         = "peers.list"         // {} -> []PeerStatus
-	OpPeersConnect      = "peers.connect"      // ConnectArgs -> SessionStatus
-	OpPeersBlock        = "peers.block"        // PeerArgs -> reputation.Report
-	OpPeersUnblock      = "peers.unblock"      // PeerArgs -> reputation.Report
-	OpTaskSubmit        = "task.submit"        // SubmitArgs -> TaskView
-	OpTaskReplicate     = "task.replicate"     // ReplicateArgs -> ReplicatedView
-	OpTaskGet           = "task.get"           // GetArgs -> TaskView (with the result and its evidence when final)
-	OpTaskList          = "task.list"          // {} -> []TaskView (without results)
-	OpConfigReload      = "config.reload"      // {} -> ReloadResult (what SIGHUP does)
-	OpIdentityReload    = "identity.reload"    // {} -> IdentityReloadResult
-	OpAuditHead         = "audit.head"         // {} -> audit.Head
-	OpGrantIssue        = "grant.issue"        // GrantIssueArgs -> GrantIssueResult (this agent signs, as an administrator)
-	OpGrantInstall      = "grant.install"      // GrantInstallArgs -> GrantInstallResult (a grant this agent holds)
-	OpGrantRemove       = "grant.remove"       // GrantRemoveArgs -> {} (stop presenting a held grant)
-	OpGrantsList        = "grants.list"        // {} -> GrantsList
-	OpRevoke            = "grant.revoke"       // RevokeArgs -> RevokeResult (this agent signs, as an administrator)
-	OpRevocationInstall = "revocation.install" // RevocationInstallArgs -> RevocationInstallResult
-	OpStakeSign         = "stake.sign"         // StakeSignArgs -> StakeView (this agent signs, as an administrator)
-	OpStakeSet          = "stake.set"          // StakeSetArgs -> StakeView (install an administrator-signed table)
-	OpGatewayKeyCreate  = "gateway.key.create" // GatewayKeyCreateArgs -> GatewayKeyCreated (the token, shown once)
-	OpGatewayKeyList    = "gateway.key.list"   // {} -> []GatewayKey
-	OpGatewayKeyRevoke  = "gateway.key.revoke" // GatewayKeyArgs -> GatewayKey
-	OpPeersFind         = "peers.find"         // FindArgs -> PeerRecord (a verified agent record from the DHT)
-	OpTaskFeedback      = "task.feedback"      // FeedbackArgs -> FeedbackResult (signed feedback about a submitted task's executor)
-	OpTaskCancel        = "task.cancel"        // CancelArgs -> TaskView (a submitted task given up)
-	OpDataExport        = "data.export"        // DataSubjectArgs -> DataExport (what the agent holds about a subject)
-	OpDataErase         = "data.erase"         // DataSubjectArgs -> DataErased (erasure on request, ADR 0092)
+	OpStatus            = "status"              // {} -> Status
+	OpPeersList         = "peers.list"          // {} -> []PeerStatus
+	OpPeersConnect      = "peers.connect"       // ConnectArgs -> SessionStatus
+	OpPeersBlock        = "peers.block"         // PeerArgs -> reputation.Report
+	OpPeersUnblock      = "peers.unblock"       // PeerArgs -> reputation.Report
+	OpPeersBlockNetwork = "peers.block_network" // BlockNoticeArgs -> BlockNoticeResult (this agent signs, as an administrator)
+	OpTaskSubmit        = "task.submit"         // SubmitArgs -> TaskView
+	OpTaskReplicate     = "task.replicate"      // ReplicateArgs -> ReplicatedView
+	OpTaskGet           = "task.get"            // GetArgs -> TaskView (with the result and its evidence when final)
+	OpTaskList          = "task.list"           // {} -> []TaskView (without results)
+	OpConfigReload      = "config.reload"       // {} -> ReloadResult (what SIGHUP does)
+	OpIdentityReload    = "identity.reload"     // {} -> IdentityReloadResult
+	OpAuditHead         = "audit.head"          // {} -> audit.Head
+	OpGrantIssue        = "grant.issue"         // GrantIssueArgs -> GrantIssueResult (this agent signs, as an administrator)
+	OpGrantInstall      = "grant.install"       // GrantInstallArgs -> GrantInstallResult (a grant this agent holds)
+	OpGrantRemove       = "grant.remove"        // GrantRemoveArgs -> {} (stop presenting a held grant)
+	OpGrantsList        = "grants.list"         // {} -> GrantsList
+	OpRevoke            = "grant.revoke"        // RevokeArgs -> RevokeResult (this agent signs, as an administrator)
+	OpRevocationInstall = "revocation.install"  // RevocationInstallArgs -> RevocationInstallResult
+	OpStakeSign         = "stake.sign"          // StakeSignArgs -> StakeView (this agent signs, as an administrator)
+	OpStakeSet          = "stake.set"           // StakeSetArgs -> StakeView (install an administrator-signed table)
+	OpGatewayKeyCreate  = "gateway.key.create"  // GatewayKeyCreateArgs -> GatewayKeyCreated (the token, shown once)
+	OpGatewayKeyList    = "gateway.key.list"    // {} -> []GatewayKey
+	OpGatewayKeyRevoke  = "gateway.key.revoke"  // GatewayKeyArgs -> GatewayKey
+	OpPeersFind         = "peers.find"          // FindArgs -> PeerRecord (a verified agent record from the DHT)
+	OpTaskFeedback      = "task.feedback"       // FeedbackArgs -> FeedbackResult (signed feedback about a submitted task's executor)
+	OpTaskCancel        = "task.cancel"         // CancelArgs -> TaskView (a submitted task given up)
+	OpDataExport        = "data.export"         // DataSubjectArgs -> DataExport (what the agent holds about a subject)
+	OpDataErase         = "data.erase"          // DataSubjectArgs -> DataErased (erasure on request, ADR 0092)
 )
 
 // Bounds of arguments, checked by the daemon and, for a clear usage error, by agentctl.
@@ -114,6 +115,7 @@ func Table() []Spec {
 		{OpPeersConnect, rbac.CtlPeersConnect, true, ConnectArgs{}, SessionStatus{}, "agentctl peers connect"},
 		{OpPeersBlock, rbac.CtlPeersBlock, true, PeerArgs{}, reputation.Report{}, "agentctl peers block"},
 		{OpPeersUnblock, rbac.CtlPeersUnblock, true, PeerArgs{}, reputation.Report{}, "agentctl peers unblock"},
+		{OpPeersBlockNetwork, rbac.CtlPeersBlockNetwork, true, BlockNoticeArgs{}, BlockNoticeResult{}, "agentctl peers block --network, peers unblock --network"},
 		{OpTaskSubmit, rbac.CtlTaskSubmit, true, SubmitArgs{}, TaskView{}, "agentctl task submit"},
 		{OpTaskReplicate, rbac.CtlTaskSubmit, true, ReplicateArgs{}, ReplicatedView{}, "agentctl task submit --redundancy"},
 		{OpTaskGet, rbac.CtlTaskResult, false, GetArgs{}, TaskView{}, "agentctl task result, task submit --wait"},

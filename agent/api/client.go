@@ -55,6 +55,11 @@ func (c *Client) PeersUnblock(ctx context.Context, a PeerArgs) (reputation.Repor
 	return call[reputation.Report](ctx, c, OpPeersUnblock, a)
 }
 
+// PeersBlockNetwork is OpPeersBlockNetwork.
+func (c *Client) PeersBlockNetwork(ctx context.Context, a BlockNoticeArgs) (BlockNoticeResult, error) {
+	return call[BlockNoticeResult](ctx, c, OpPeersBlockNetwork, a)
+}
+
 // TaskSubmit is OpTaskSubmit.
 func (c *Client) TaskSubmit(ctx context.Context, a SubmitArgs) (TaskView, error) {
 	return call[TaskView](ctx, c, OpTaskSubmit, a)

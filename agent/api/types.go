@@ -340,6 +340,30 @@ type RevocationInstallResult struct {
 	Applied bool `json:"applied"`
 }
 
+// BlockNoticeArgs are OpPeersBlockNetwork's arguments: block (or with Unblock, lift the network blocks
+// of) agent ID until Until (ADR 0101).
+type BlockNoticeArgs struct {
+	ID      string    `json:"id"`
+	Unblock bool      `json:"unblock,omitempty"`
+	Until   time.Time `json:"until,omitempty"` // required for a block; an unblock defaults to the longest block
+	Reason  string    `json:"reason,omitempty"`
+}
+
+// BlockNoticeResult is the notice this agent signed.
+type BlockNoticeResult struct {
+	Notice string    `json:"notice"` // the encoded notice, as it travels
+	Agent  string    `json:"agent"`
+	Action string    `json:"action"`
+	Issuer string    `json:"issuer"`
+	Issued time.Time `json:"issued"`
+	Until  time.Time `json:"until"`
+	// AppliedHere: this agent, one of its own administrators, applied it at once.
+	AppliedHere bool `json:"applied_here"`
+	// Published: handed to the gossip publisher (it reaches agents over every transport with gossip).
+	Published bool   `json:"published"`
+	Warning   string `json:"warning,omitempty"`
+}
+
 // PeerArgs name a peer.
 type PeerArgs struct {
 	ID string `json:"id"`

@@ -133,6 +133,7 @@ type Authz struct {
 	stakes     *consensus.StakeTable
 	rates      map[string]*auditRate
 	catchup    func(ctx context.Context, peer string, payload []byte) error // revocation_sync (OnCatchup)
+	onBlock    func(rbac.BlockNotice)                                       // publishes issued block notices (OnBlockNotice)
 }
 
 // auditRate bounds the audit records of one kind of denial for one peer (a flood is counted in full by

@@ -370,6 +370,9 @@ func (z *Authz) Dispatch(ctx context.Context, p *session.Peer, msg *session.Mess
 			"an error_response that answers no task this agent sent to this peer", true, map[string]any{"task_id": taskID})
 		return nil // never answer an error with an error
 	}
+	if err := z.deps.Reputation.Admit(p.ID); err != nil { // blocked while its session was up (a block notice, ADR 0101)
+		return z.refuseMessage(ctx, from, msg, taskID, RefusalBlocked, err.Error())
+	}
 	if !answer {
 		if err := z.authorize(ctx, p.ID, rbac.Operation(typ)); err != nil {
 			code := string(rbac.ReasonOf(err))

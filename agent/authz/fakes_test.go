@@ -105,8 +105,9 @@ func (s *fakeStakes) Store(t consensus.StakeTable, force bool) (bool, int64, err
 
 // fakeRep holds levels set by hand, with the default level effects.
 type fakeRep struct {
-	mu     sync.Mutex
-	levels map[string]reputation.Level
+	mu      sync.Mutex
+	levels  map[string]reputation.Level
+	notices map[string]time.Time // issue time of the newest notice per peer (blocks_test.go)
 }
 
 func (r *fakeRep) Block(_ context.Context, id identity.ID) error {

@@ -43,6 +43,7 @@ func (z *Authz) Service(c ControlDeps) api.Service {
 		api.OpGrantRemove:       d.opGrantRemove,
 		api.OpGrantsList:        d.opGrantsList,
 		api.OpRevoke:            d.opRevoke,
+		api.OpPeersBlockNetwork: d.opBlockNotice,
 		api.OpRevocationInstall: d.opRevocationInstall,
 		api.OpStakeSign:         d.opStakeSign,
 		api.OpStakeSet:          d.opStakeSet,

@@ -268,7 +268,7 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 	authority := bindauth.NewAuthority(d.id, d.dm, d.peers, d.keyLog, bindauth.DefaultBindingTTL)
 	if d.disc, err = discovery.New(discovery.Config{Self: d.id, OwnLog: d.keyLog, Keys: d.dm.Current, Logs: d.peers,
 		Networks: func() []discovery.Network { return d.plugins.Networks() }, Registerer: d.metrics.Registry(), Logger: d.log.With("part", "discovery"), Lifetime: cfg.Discovery.RecordLifetime(),
-		Revocations: d.authz, Catchup: d.authz, Misbehaved: func(ctx context.Context, id identity.ID) { // invalid gossip (ADR 0091), catch-up (ADR 0096)
+		Revocations: d.authz, Catchup: d.authz, Blocks: d.authz, Misbehaved: func(ctx context.Context, id identity.ID) { // invalid gossip (ADR 0091), catch-up (ADR 0096)
 			_ = d.rep.Record(ctx, reputation.Observation{Peer: id, Kind: reputation.ProtocolError})
 		}}); err != nil {
 		return nil, err

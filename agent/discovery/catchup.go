@@ -44,6 +44,8 @@ type CatchupMessage struct {
 	Offer *[]CatchupEntry    `json:"offer,omitempty"`
 	Want  *[]string          `json:"want,omitempty"`
 	Batch *[]json.RawMessage `json:"batch,omitempty"`
+	// Blocks: 1 to transports.MaxCatchupBlocks block gossip messages, pushed once per session (ADR 0101).
+	Blocks *[]json.RawMessage `json:"blocks,omitempty"`
 }
 
 // Catchup is what catch-up needs of authorization (*authz.Authz) besides Revocations.
@@ -79,13 +81,24 @@ func DecodeCatchup(b []byte) (*CatchupMessage, []rbac.Revocation, error) {
 		return nil, nil, reason.New(reason.UnknownVersion, "revocation_sync message version %d (this agent speaks %d)", m.V, CatchupVersion)
 	}
 	n := 0
-	for _, set := range []bool{m.Offer != nil, m.Want != nil, m.Batch != nil} {
+	for _, set := range []bool{m.Offer != nil, m.Want != nil, m.Batch != nil, m.Blocks != nil} {
 		if set {
 			n++
 		}
 	}
 	if n != 1 {
-		return nil, nil, reason.New(reason.Malformed, "revocation_sync message with %d of offer, want and batch (want exactly one)", n)
+		return nil, nil, reason.New(reason.Malformed, "revocation_sync message with %d of offer, want, batch and blocks (want exactly one)", n)
+	}
+	if m.Blocks != nil {
+		if l := len(*m.Blocks); l == 0 || l > transports.MaxCatchupBlocks {
+			return nil, nil, reason.New(reason.Malformed, "revocation_sync blocks of %d notices (want 1..%d)", l, transports.MaxCatchupBlocks)
+		}
+		for i, raw := range *m.Blocks {
+			if _, _, err := DecodeBlockMessage(raw); err != nil {
+				return nil, nil, reason.Wrap(reason.Of(err), err, "revocation_sync blocks entry %d", i)
+			}
+		}
+		return &m, nil, nil
 	}
 	seen := map[string]bool{}
 	dup := func(g string) error {
@@ -153,6 +166,7 @@ type catchupPeer struct {
 	cut    bool            // catch-up from this peer ended for this session (a violation)
 	offers int             // offers received this session
 	served int             // wants answered this session
+	blocks int             // messages of block notices received this session
 }
 
 type catchupState struct {
@@ -208,8 +222,9 @@ func (s *Service) CatchupPeerUp(ctx context.Context, peer string) {
 	s.cu.mu.Lock()
 	p := s.cu.peer(peer)
 	p.prev, p.asked, p.order = p.asked, map[string]bool{}, nil
-	p.queue, p.rounds, p.cut, p.offers, p.served = nil, 0, false, 0, 0
+	p.queue, p.rounds, p.cut, p.offers, p.served, p.blocks = nil, 0, false, 0, 0, 0
 	s.cu.mu.Unlock()
+	s.catchupSendBlocks(ctx, peer) // the block notices in force (ADR 0101)
 	held := s.cfg.Catchup.HeldRevocations(transports.MaxCatchupOffer)
 	if len(held) == 0 {
 		return
@@ -258,6 +273,8 @@ func (s *Service) HandleCatchup(ctx context.Context, peer string, payload []byte
 		return s.catchupOffer(ctx, peer, *m.Offer)
 	case m.Want != nil:
 		return s.catchupWant(ctx, peer, *m.Want)
+	case m.Blocks != nil:
+		return s.catchupBlocks(ctx, peer, *m.Blocks)
 	}
 	return s.catchupBatch(ctx, peer, *m.Batch, revs)
 }

@@ -127,6 +127,8 @@ func (s *Service) judgeGossip(ctx context.Context, topic string, data []byte, vi
 	case transports.TopicRevocations:
 	case transports.TopicKeyLogs: // rotations and compromise evidence (ADR 0097)
 		return s.judgeKeyLog(ctx, data)
+	case transports.TopicBlocks: // administrators' block notices (ADR 0101)
+		return s.judgeBlock(ctx, data, via)
 	default:
 		return true, reason.New(reason.GossipUnknownTopic, "gossip topic %q", topic)
 	}

@@ -317,4 +317,4 @@ func AgentIDFromKey(key string) (string, error) {
 // Codes are the failure codes of the discovery domain (reason/registry.go); Verify also raises protocol
 // codes (malformed, key_log_*, delegation_*, bad_signature, unknown_peer).
 var Codes = []reason.Code{reason.RecordKeyMismatch, reason.RecordHeadMismatch, reason.RecordExpired, reason.RecordTooLong, reason.RecordStale,
-	reason.GossipUnknownTopic, reason.GossipNotForUs, reason.CatchupUnsolicited, reason.CatchupExceeded}
+	reason.GossipUnknownTopic, reason.GossipNotForUs, reason.CatchupUnsolicited, reason.CatchupExceeded, reason.BlockExpired, reason.BlockStale}

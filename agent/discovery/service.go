@@ -64,6 +64,9 @@ type Config struct {
 	// Catchup runs the catch-up of revocations with peers whose session comes up (ADR 0096; nil, or
 	// Revocations nil: no catch-up).
 	Catchup Catchup
+	// Blocks applies administrators' block notices from gossip and catch-up, and has the notices this
+	// agent issues published (ADR 0101; nil: they are ignored).
+	Blocks Blocks
 }
 
 // Service is the agent's discovery: it judges records for its plugins (host.RecordJudge), keeps its own
@@ -104,6 +107,9 @@ func New(cfg Config) (*Service, error) {
 	s := &Service{cfg: cfg, m: m, changed: make(chan struct{}, 1)}
 	if cfg.Catchup != nil {
 		cfg.Catchup.OnCatchup(s.HandleCatchup)
+	}
+	if cfg.Blocks != nil {
+		cfg.Blocks.OnBlockNotice(s.blockHook)
 	}
 	return s, nil
 }

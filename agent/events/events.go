@@ -394,6 +394,9 @@ func (r *Recorder) ControlRequest(c rbac.Cred, op string, err error) {
 func (r *Recorder) TrustChanged(c reputation.Change) {
 	r.Record(audit.TrustChanged, "agent", c.Peer.String(), audit.OutcomeInfo, map[string]any{
 		"from": string(c.From), "to": string(c.To), "reason": fmt.Sprintf("score %.3f", c.Score), "manual": c.Manual})
+	if c.Expired { // a network block reached its end (ADR 0101)
+		r.Record(audit.PeerUnblocked, "agent", c.Peer.String(), audit.OutcomeInfo, map[string]any{"source": "expired"})
+	}
 	r.CountPeers()
 }
 

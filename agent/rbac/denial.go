@@ -29,6 +29,8 @@ const (
 	GrantBadSignature = Reason(reason.GrantBadSignature) // "grant_bad_signature"
 	// PermissionDenied: the subject's valid roles do not carry the permission.
 	PermissionDenied = Reason(reason.PermissionDenied) // "permission_denied"
+	// BlockExpired: a block notice past its end (ADR 0101); never a denial of a permission.
+	BlockExpired = Reason(reason.BlockExpired) // "block_expired"
 )
 
 // AllReasons lists every reason, for documentation and metrics pre-registration.

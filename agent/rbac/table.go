@@ -52,6 +52,8 @@ const (
 	// CtlTaskCancel: give a submitted task up (ADR 0090).
 	CtlTaskFeedback Operation = "control.task.feedback"
 	CtlTaskCancel   Operation = "control.task.cancel"
+	// CtlPeersBlockNetwork: sign a network-wide block (or unblock) notice as an administrator (ADR 0101).
+	CtlPeersBlockNetwork Operation = "control.peers.block_network"
 )
 
 // Side is who asks for an operation, and whose roles are judged.
@@ -144,6 +146,7 @@ var Table = []Requirement{
 	{CtlPeersFind, DiscoverPeers, FromLocal, "agentctl peers find ID (and peers connect --id ID without an address): a DHT lookup"},
 	{CtlTaskFeedback, SubmitTasks, FromLocal, "agentctl feedback --task ID --score S: rate the executor of a task this agent submitted (signed with the identity key, sent to the connected peers)"},
 	{CtlTaskCancel, SubmitTasks, FromLocal, "agentctl task cancel ID: give up a task this agent submitted"},
+	{CtlPeersBlockNetwork, ManageSecurity, FromLocal, "agentctl peers block ID --network --until T, peers unblock ID --network: sign an administrator's block notice, apply it here and publish it on gossip (ADR 0101)"},
 	{CtlData, ManageSecurity, FromLocal, "agentctl data export, data erase --subject ID: what the agent holds about an agent, and its erasure (ADR 0092)"},
 }
 

@@ -30,8 +30,11 @@ type Report struct {
 	Since     time.Time `json:"since"` // when the level was entered
 	FirstSeen time.Time `json:"first_seen"`
 	Manual    bool      `json:"manual,omitempty"`
-	Factors   []Factor  `json:"factors"`
-	Effects   Effects   `json:"effects"`
+	// BlockedBy and Until: a network block (ADR 0101), by an administrator, ending then.
+	BlockedBy string     `json:"blocked_by,omitempty"`
+	Until     *time.Time `json:"until,omitempty"`
+	Factors   []Factor   `json:"factors"`
+	Effects   Effects    `json:"effects"`
 }
 
 // Names of the factors.
@@ -108,11 +111,16 @@ func (s *Store) Report(peer identity.ID) Report {
 
 func (s *Store) report1(r *record) Report {
 	q, i, fs := s.factors(r)
-	return Report{
+	rep := Report{
 		Peer: r.Peer, Level: r.Level, Score: q * i, Quality: q, Integrity: i, Evidence: r.evidence(),
 		Since: time.Unix(0, r.Since), FirstSeen: time.Unix(0, r.FirstSeen), Manual: r.Manual,
-		Factors: fs, Effects: s.cfg.Effects[r.Level],
+		Factors: fs, Effects: s.cfg.Effects[r.Level], BlockedBy: r.BlockedBy,
 	}
+	if r.Until > 0 {
+		u := time.Unix(r.Until, 0).UTC()
+		rep.Until = &u
+	}
+	return rep
 }
 
 // List returns every known peer's report, best score first (for `agentctl peers`).

@@ -139,21 +139,30 @@ type Observation struct {
 
 // record is what is stored per peer. Every counter decays from Updated.
 type record struct {
-	Peer      string  `json:"peer"`
-	Level     Level   `json:"level"`
-	Since     int64   `json:"since"`   // Unix nanoseconds the level was entered
-	Updated   int64   `json:"updated"` // Unix nanoseconds of the last decay
-	FirstSeen int64   `json:"first_seen"`
-	Manual    bool    `json:"manual,omitempty"` // blocked by an operator
-	Completed float64 `json:"completed"`
-	Failed    float64 `json:"failed"`
-	Good      float64 `json:"good"`
-	Bad       float64 `json:"bad"`
-	RTSum     float64 `json:"rt_sum"` // seconds
-	RTCount   float64 `json:"rt_count"`
-	Contrib   float64 `json:"contrib"`
-	FbPos     float64 `json:"fb_pos"`
-	FbNeg     float64 `json:"fb_neg"`
+	Peer      string `json:"peer"`
+	Level     Level  `json:"level"`
+	Since     int64  `json:"since"`   // Unix nanoseconds the level was entered
+	Updated   int64  `json:"updated"` // Unix nanoseconds of the last decay
+	FirstSeen int64  `json:"first_seen"`
+	Manual    bool   `json:"manual,omitempty"` // blocked by an operator
+	// A network block (ADR 0101): Until > 0 ends it (Unix seconds), BlockedBy is the administrator.
+	// Notice is the newest administrator notice held about the peer (block or unblock, JSON), issued at
+	// NoticeIssued, relevant until NoticeUntil (served to peers in catch-up).
+	Until        int64   `json:"until,omitempty"`
+	BlockedBy    string  `json:"blocked_by,omitempty"`
+	Notice       string  `json:"notice,omitempty"`
+	NoticeIssued int64   `json:"notice_issued,omitempty"`
+	NoticeUntil  int64   `json:"notice_until,omitempty"`
+	lifted       bool    // get ended an expired network block (commit reports it)
+	Completed    float64 `json:"completed"`
+	Failed       float64 `json:"failed"`
+	Good         float64 `json:"good"`
+	Bad          float64 `json:"bad"`
+	RTSum        float64 `json:"rt_sum"` // seconds
+	RTCount      float64 `json:"rt_count"`
+	Contrib      float64 `json:"contrib"`
+	FbPos        float64 `json:"fb_pos"`
+	FbNeg        float64 `json:"fb_neg"`
 }
 
 func (r *record) decay(now int64, halfLife time.Duration) {
@@ -176,7 +185,8 @@ type Change struct {
 	Peer     identity.ID
 	From, To Level
 	Score    float64
-	Manual   bool // Block or Unblock by an operator
+	Manual   bool // Block or Unblock by an operator (or an administrator's notice, ADR 0101)
+	Expired  bool // a network block that reached its end
 	At       time.Time
 }
 
@@ -337,6 +347,9 @@ func (s *Store) get(key string, now int64) *record {
 	if r, ok := s.peers[key]; ok {
 		c := *r
 		c.decay(now, s.cfg.HalfLife)
+		if c.blockEnded(now) { // a network block is not for good (ADR 0101)
+			c.Level, c.Since, c.Manual, c.Until, c.BlockedBy, c.lifted = New, now, false, 0, "", true
+		}
 		return &c
 	}
 	return &record{Peer: key, Level: New, Since: now, Updated: now, FirstSeen: now}
@@ -347,6 +360,11 @@ func (s *Store) get(key string, now int64) *record {
 func (s *Store) commit(touched map[string]*record, now int64, extra func(*bolt.Tx) error) ([]Change, error) {
 	var changes []Change
 	for _, r := range touched {
+		if r.lifted {
+			id, _ := identity.ParseID(r.Peer)
+			changes = append(changes, Change{Peer: id, From: Blocked, To: New, Score: s.score(r), Manual: true, Expired: true, At: time.Unix(0, now)})
+			r.lifted = false
+		}
 		score := s.score(r)
 		next := s.cfg.Thresholds.next(r.Level, score, r.evidence(), s.cfg.MinEvidence)
 		if next != r.Level {
@@ -444,6 +462,9 @@ func (s *Store) Level(peer identity.ID) Level {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if r, ok := s.peers[peer.String()]; ok {
+		if r.blockEnded(s.now().UnixNano()) {
+			return New
+		}
 		return r.Level
 	}
 	return New
@@ -481,6 +502,7 @@ func (s *Store) setManual(ctx context.Context, peer identity.ID, to Level) error
 		*r = record{Peer: r.Peer, FirstSeen: r.FirstSeen, Updated: now}
 	}
 	r.Level, r.Since, r.Manual = to, now, to == Blocked
+	r.Until, r.BlockedBy = 0, "" // an operator's own block is for good, until Unblock
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		v, err := json.Marshal(r)
 		if err != nil {
@@ -509,7 +531,7 @@ func (s *Store) Sweep(ctx context.Context) ([]Change, error) {
 	touched := map[string]*record{}
 	for k := range s.peers {
 		r := s.get(k, now)
-		if s.cfg.Thresholds.next(r.Level, s.score(r), r.evidence(), s.cfg.MinEvidence) != r.Level {
+		if r.lifted || s.cfg.Thresholds.next(r.Level, s.score(r), r.evidence(), s.cfg.MinEvidence) != r.Level {
 			touched[k] = r
 		}
 	}

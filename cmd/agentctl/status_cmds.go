@@ -253,8 +253,11 @@ func peersBlockCommand(verb string) *cli.Command {
 		OnUsageError: onUsageError,
 		Name:         verb,
 		Usage:        usage,
-		UsageText:    "agentctl peers " + verb + " AGENT_ID [--json]",
-		Flags:        []cli.Flag{jsonFlag()},
+		UsageText:    "agentctl peers " + verb + " AGENT_ID [--network [--until RFC3339] [--reason R]] [--json]",
+		Flags: []cli.Flag{jsonFlag(),
+			&cli.BoolFlag{Name: "network", Usage: "sign an administrator's " + verb + " notice and publish it on gossip: every agent that lists this agent as an administrator applies it (ADR 0101; needs manage_security)"},
+			&cli.TimestampFlag{Name: "until", Layout: time.RFC3339, Usage: "with --network: when the block ends (RFC 3339, at most 90 days ahead; required to block)"},
+			&cli.StringFlag{Name: "reason", Usage: "with --network: why (printable ASCII, at most 200 bytes)"}},
 		Action: func(c *cli.Context) error {
 			id, asJSON, err := oneArg(c, "AGENT_ID")
 			if err != nil {
@@ -266,6 +269,26 @@ func peersBlockCommand(verb string) *cli.Command {
 			cl, err := daemonClient(c)
 			if err != nil {
 				return err
+			}
+			if c.Bool("network") {
+				a := api.BlockNoticeArgs{ID: id, Unblock: verb == "unblock", Reason: c.String("reason")}
+				if u := c.Timestamp("until"); u != nil {
+					a.Until = *u
+				} else if verb == "block" {
+					return usagef("peers block --network needs --until (RFC 3339)")
+				}
+				r, err := cl.PeersBlockNetwork(c.Context, a)
+				if err != nil {
+					return err
+				}
+				if asJSON {
+					return printJSON(c.App.Writer, r)
+				}
+				fmt.Fprintf(c.App.Writer, "%s notice for %s until %s signed (applied here: %v, published: %v)\n", r.Action, r.Agent, r.Until.Format(time.RFC3339), r.AppliedHere, r.Published)
+				if r.Warning != "" {
+					fmt.Fprintln(c.App.ErrWriter, "warning:", r.Warning)
+				}
+				return nil
 			}
 			r, err := op(cl, c.Context, api.PeerArgs{ID: id})
 			if err != nil {
