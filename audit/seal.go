@@ -215,7 +215,7 @@ func sealPlace(seq uint64, path, ref string) []byte {
 func ParseSealed(v string) (ref string, ct []byte, err error) {
 	rest, ok := strings.CutPrefix(v, RefPrefix)
 	if !ok {
-		return "", nil, errors.New("a sealed value starts with " + RefPrefix)
+		return "", nil, fmt.Errorf("a sealed value starts with %q", RefPrefix)
 	}
 	id, enc, ok := strings.Cut(rest, ":")
 	if !ok || len(id) != 22 {
