@@ -19,7 +19,8 @@ import (
 
 // BindingName is the transport name in the binding of the gateway's TLS key (gateway.tls.bind_agent_id):
 // the binding is the transports' (transports/binding, ADR 0016), signed by the same authority, so a
-// gateway binding is never accepted as a transport's and the other way round.
+// gateway binding is never accepted as a transport's and the other way round (agent/config refuses a
+// transport plugin named "gateway", whose bindings would otherwise pass for the gateway's).
 const BindingName = "gateway"
 
 // Binder signs the binding of a key for the agent: its binding authority (agent/bindauth.Authority, which
