@@ -371,6 +371,9 @@ func (c *Config) Validate() error {
 		if !transports.ValidName(t.Name) {
 			return bad(p+".name", "%q is not a transport name (tcp, ws, libp2p)", t.Name)
 		}
+		if t.Name == "gateway" { // the binding name of the HTTP gateway's certificate (agent/gateway BindingName)
+			return bad(p+".name", "%q is reserved: the HTTP gateway's certificate is bound under that name", t.Name)
+		}
 		if names[t.Name] {
 			return bad(p+".name", "transport %s is configured twice", t.Name)
 		}

@@ -34,6 +34,7 @@ func TestParseConfigRefusals(t *testing.T) {
 		{"bad digest", "transports:\n  - {name: tcp, plugin: /opt/t, sha256: ABC}\n", "transports[0].sha256"},
 		{"sandbox mode", "transports:\n  - {name: tcp, plugin: /opt/t, sha256: " + validSum + ", sandbox: maybe}\n", "transports[0].sandbox"},
 		{"duplicate transport", tr + "  - {name: tcp, plugin: /opt/u, sha256: " + validSum + "}\n", "configured twice"},
+		{"transport named gateway", "transports:\n  - {name: gateway, plugin: /opt/t, sha256: " + validSum + "}\n", "\"gateway\" is reserved"},
 		{"bootstrap bad id", tr + "bootstrap: [{id: alice, address: \"h:1\"}]\n", "bootstrap[0].id"},
 		{"bootstrap unknown transport", tr + "bootstrap: [{id: ed25519:tTPYrZ_Pvd4LSBwbM03cPFNBL9YUVk5-Wv0CA2jTgsM, address: \"wss://h:1/custos/v1\"}]\n", "transport ws"},
 		{"handler both", "handlers: {x: {builtin: echo, exec: {command: /bin/cat}}}\n", "not both"},

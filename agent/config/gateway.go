@@ -54,6 +54,10 @@ type GatewayMailbox struct {
 type GatewayTLS struct {
 	CertFile string `yaml:"cert_file"`
 	KeyFile  string `yaml:"key_file"`
+	// BindAgentID, instead of the files, serves a self-signed Ed25519 certificate carrying a binding signed
+	// by the agent's operational key (the transports' binding, ADR 0016, in the same certificate extension):
+	// a client that knows the agent ID verifies the gateway without a CA. Exclusive with cert_file/key_file.
+	BindAgentID bool `yaml:"bind_agent_id"`
 	// ClientFingerprints, when set, require mutual TLS: a client certificate whose SHA-256 (hex, of the
 	// DER) is one of these.
 	ClientFingerprints []string `yaml:"client_fingerprints"`
@@ -72,7 +76,7 @@ const (
 func (g GatewayConfig) Enabled() bool { return g.Listen != "" }
 
 // UseTLS reports whether the gateway serves HTTPS.
-func (g GatewayConfig) UseTLS() bool { return g.TLS.CertFile != "" }
+func (g GatewayConfig) UseTLS() bool { return g.TLS.CertFile != "" || g.TLS.BindAgentID }
 
 func (g *GatewayConfig) applyDefaults() {
 	if g.MaxBodyBytes == 0 {
@@ -114,6 +118,8 @@ func (g *GatewayConfig) validate() error {
 		return fmt.Errorf("gateway.mailbox.retention: %s is under 1m (0: the default, 168h)", g.Mailbox.Retention)
 	case (g.TLS.CertFile == "") != (g.TLS.KeyFile == ""):
 		return fmt.Errorf("gateway.tls: cert_file and key_file go together")
+	case g.TLS.BindAgentID && g.TLS.CertFile != "":
+		return fmt.Errorf("gateway.tls: bind_agent_id and cert_file/key_file are exclusive: the certificate comes from the files or is bound to the agent ID, set one")
 	}
 	for _, f := range []string{g.TLS.CertFile, g.TLS.KeyFile} {
 		if f != "" && (!filepath.IsAbs(f) || filepath.Clean(f) != f) {
@@ -126,7 +132,7 @@ func (g *GatewayConfig) validate() error {
 		}
 	}
 	if len(g.TLS.ClientFingerprints) > 0 && !g.UseTLS() {
-		return fmt.Errorf("gateway.tls.client_fingerprints: client certificates need TLS: set gateway.tls.cert_file and key_file")
+		return fmt.Errorf("gateway.tls.client_fingerprints: client certificates need TLS: set gateway.tls.cert_file and key_file, or bind_agent_id")
 	}
 	if g.Listen == "" {
 		return nil
@@ -136,7 +142,7 @@ func (g *GatewayConfig) validate() error {
 		return fmt.Errorf("gateway.listen: %q is not host:port", g.Listen)
 	}
 	if !g.UseTLS() && !loopbackHost(host) {
-		return fmt.Errorf("gateway.listen: %s is not a loopback address, and the gateway serves other hosts only over TLS 1.3: set gateway.tls.cert_file and key_file (or listen on 127.0.0.1)", g.Listen)
+		return fmt.Errorf("gateway.listen: %s is not a loopback address, and the gateway serves other hosts only over TLS 1.3: set gateway.tls.cert_file and key_file, or gateway.tls.bind_agent_id: true (or listen on 127.0.0.1)", g.Listen)
 	}
 	return nil
 }

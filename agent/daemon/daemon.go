@@ -360,7 +360,7 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 		}
 		d.gw, err = gateway.New(gateway.Options{Config: cfg.Gateway, AgentID: d.id.String(), Keys: d.db.GatewayKeys, Roles: roles, Audit: d.events.Record, Mailbox: d.mbox,
 			Ops:     gateway.HandlerOps{Handlers: hs, Cred: rbac.Cred{UID: uint32(os.Getuid()), GID: uint32(os.Getgid()), PID: int32(os.Getpid())}},
-			Metrics: d.metrics.Registry(), Logger: d.log.With("part", "gateway")})
+			Metrics: d.metrics.Registry(), Logger: d.log.With("part", "gateway"), Binder: authority})
 		if err == nil {
 			err = d.gw.Start(ctx)
 		}

@@ -58,6 +58,9 @@ type Options struct {
 	Logger  *slog.Logger
 	// Now is the clock (nil: time.Now).
 	Now func() time.Time
+	// Binder signs the binding of the gateway's TLS key (gateway.tls.bind_agent_id; bound.go): the agent's
+	// binding authority, the one that binds the transports' keys.
+	Binder Binder
 }
 
 // Server is a running gateway.
@@ -77,6 +80,8 @@ type Server struct {
 	srv     *http.Server
 	ln      net.Listener
 	done    chan struct{}
+	bound   *boundCert        // gateway.tls.bind_agent_id
+	pin     *x509.Certificate // the served certificate (its key's pin: Pin)
 }
 
 // New builds the gateway (it does not listen: Start does).
@@ -112,6 +117,11 @@ func New(opts Options) (*Server, error) {
 			}
 		}
 	}
+	if opts.Config.TLS.BindAgentID {
+		if s.bound, err = newBoundCert(opts.Binder, opts.Now); err != nil {
+			return nil, err
+		}
+	}
 	s.routes()
 	return s, nil
 }
@@ -138,7 +148,7 @@ func (s *Server) Start(ctx context.Context) error {
 		ReadTimeout: 30 * time.Second, IdleTimeout: 2 * time.Minute,
 		ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelDebug)}
 	if s.cfg.UseTLS() {
-		tc, err := s.tlsConfig()
+		tc, err := s.TLSConfig(ctx)
 		if err != nil {
 			_ = ln.Close()
 			return err
@@ -153,16 +163,38 @@ func (s *Server) Start(ctx context.Context) error {
 			s.log.Error("gateway stopped", "err", err)
 		}
 	}()
-	s.log.Info("gateway listening", "address", ln.Addr().String(), "tls", s.cfg.UseTLS())
+	s.log.Info("gateway listening", "address", ln.Addr().String(), "tls", s.cfg.UseTLS(), "pin_sha256", s.Pin())
 	return nil
 }
 
-func (s *Server) tlsConfig() (*tls.Config, error) {
-	cert, err := tls.LoadX509KeyPair(s.cfg.TLS.CertFile, s.cfg.TLS.KeyFile)
-	if err != nil {
-		return nil, fmt.Errorf("gateway: certificate: %w", err)
+// Pin is the base64 SHA-256 of the SubjectPublicKeyInfo of the certificate the gateway serves ("" without
+// TLS, or before Start).
+func (s *Server) Pin() string {
+	if s.pin == nil {
+		return ""
 	}
-	tc := &tls.Config{MinVersion: tls.VersionTLS13, Certificates: []tls.Certificate{cert}}
+	return Pin(s.pin)
+}
+
+// TLSConfig is the gateway's server TLS configuration (tests serve it on their own listener); Start uses
+// it when TLS is configured.
+func (s *Server) TLSConfig(ctx context.Context) (*tls.Config, error) {
+	tc := &tls.Config{MinVersion: tls.VersionTLS13}
+	if s.bound != nil { // first certificate now: a bad binding authority fails the start, not the first client
+		cert, err := s.bound.get(ctx)
+		if err != nil {
+			return nil, err
+		}
+		s.pin = cert.Leaf
+		tc.GetCertificate = func(h *tls.ClientHelloInfo) (*tls.Certificate, error) { return s.bound.get(h.Context()) }
+	} else {
+		cert, err := tls.LoadX509KeyPair(s.cfg.TLS.CertFile, s.cfg.TLS.KeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("gateway: certificate: %w", err)
+		}
+		s.pin = cert.Leaf
+		tc.Certificates = []tls.Certificate{cert}
+	}
 	if pins := s.cfg.TLS.ClientFingerprints; len(pins) > 0 {
 		want := make([][]byte, 0, len(pins))
 		for _, p := range pins {

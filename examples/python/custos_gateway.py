@@ -18,7 +18,13 @@ As a library:
 As a script (the token comes from the environment or a file, never from the command line):
 
     CUSTOS_GATEWAY_TOKEN=cgw_... python3 custos_gateway.py --url http://127.0.0.1:8480 \\
-        --to ed25519:... --handler sha256 --input FILE [--poll] [--ca-file CA.pem [--cert-file C --key-file K]]
+        --to ed25519:... --handler sha256 --input FILE [--poll] [--ca-file CA.pem | --pin-sha256 PIN] [--cert-file C --key-file K]
+
+A gateway with gateway.tls.bind_agent_id serves a self-signed certificate bound to the agent ID; a
+client without a Go binding verifier pins its key: pin_sha256 is the base64 SHA-256 of the
+certificate's SubjectPublicKeyInfo, which the agent logs at start ("gateway listening ... pin_sha256=").
+It is checked after the handshake and before the API key is sent; the key (and so the pin) lasts until
+the agent restarts, while the certificate itself is renewed every 40 minutes or so.
 
 It prints the task's states, the output, and whether the evidence verifies; it exits 0 when the task
 succeeded and its evidence verifies, 1 otherwise (a refusal prints its status and reason code).
@@ -27,6 +33,8 @@ succeeded and its evidence verifies, 1 otherwise (a refusal prints its status an
 import argparse
 import base64
 import hashlib
+import hmac
+import http.client
 import json
 import os
 import ssl
@@ -64,19 +72,79 @@ def _b64url_encode(b):
     return base64.urlsafe_b64encode(b).rstrip(b"=").decode("ascii")
 
 
+def _der_tlv(b, i):
+    """The DER element at b[i]: (tag, start of its contents, end)."""
+    tag, n = b[i], b[i + 1]
+    i += 2
+    if n & 0x80:
+        k = n & 0x7F
+        n = int.from_bytes(b[i:i + k], "big")
+        i += k
+    return tag, i, i + n
+
+
+def spki_sha256(der):
+    """The base64 SHA-256 of a DER certificate's SubjectPublicKeyInfo (the gateway's pin, agent/gateway Pin)."""
+    _, cert, _ = _der_tlv(der, 0)
+    _, pos, end = _der_tlv(der, cert)  # tbsCertificate
+    fields = []
+    while pos < end:
+        tag, _, nxt = _der_tlv(der, pos)
+        fields.append((tag, pos, nxt))
+        pos = nxt
+    if fields and fields[0][0] == 0xA0:  # [0] version
+        fields = fields[1:]
+    # serialNumber, signature, issuer, validity, subject, subjectPublicKeyInfo
+    _, start, stop = fields[5]
+    return base64.b64encode(hashlib.sha256(der[start:stop]).digest()).decode("ascii")
+
+
+class _PinnedHTTPSConnection(http.client.HTTPSConnection):
+    pin = None
+
+    def connect(self):
+        super().connect()
+        got = spki_sha256(self.sock.getpeercert(binary_form=True))
+        if not hmac.compare_digest(got, self.pin):
+            self.sock.close()
+            raise ssl.SSLError("gateway certificate key %s does not match the pinned %s" % (got, self.pin))
+
+
+class _PinnedHTTPSHandler(urllib.request.HTTPSHandler):
+    def __init__(self, ctx, pin):
+        super().__init__(context=ctx)
+        self._pin = pin
+
+    def https_open(self, req):
+        pin = self._pin
+
+        class conn(_PinnedHTTPSConnection):
+            pass
+
+        conn.pin = pin
+        return self.do_open(conn, req, context=self._context)
+
+
 class Gateway:
     """A Custos gateway at url (http://host:port or https://...), called with one API key."""
 
-    def __init__(self, url, token, ca_file=None, cert_file=None, key_file=None, timeout=60):
+    def __init__(self, url, token, ca_file=None, cert_file=None, key_file=None, timeout=60, pin_sha256=None):
         self.url = url.rstrip("/")
         self._token = token
         self.timeout = timeout
         self._ctx = None
+        self._opener = None  # with pin_sha256: checks the pin before the API key is sent
         if url.startswith("https:"):  # the gateway serves TLS 1.3 only
+            if pin_sha256 and ca_file:
+                raise ValueError("pin_sha256 and ca_file are exclusive")
             self._ctx = ssl.create_default_context(cafile=ca_file)
             self._ctx.minimum_version = ssl.TLSVersion.TLSv1_3
             if cert_file:  # mutual TLS: gateway.tls.client_fingerprints pins this certificate
                 self._ctx.load_cert_chain(cert_file, key_file)
+            if pin_sha256:  # gateway.tls.bind_agent_id: no CA, the key's pin
+                self._ctx.check_hostname = False
+                self._ctx.verify_mode = ssl.CERT_NONE
+                self._opener = urllib.request.build_opener(_PinnedHTTPSHandler(self._ctx, pin_sha256))
 
     def _open(self, method, path, body=None, timeout=None):
         data = None
@@ -86,6 +154,8 @@ class Gateway:
             headers["Content-Type"] = "application/json"
         req = urllib.request.Request(self.url + path, data=data, method=method, headers=headers)
         try:
+            if self._opener is not None:
+                return self._opener.open(req, timeout=timeout or self.timeout)
             return urllib.request.urlopen(req, timeout=timeout or self.timeout, context=self._ctx)
         except urllib.error.HTTPError as e:
             raw = e.read()
@@ -189,6 +259,7 @@ def main(argv=None):
     src.add_argument("--data", help="the task's input as text")
     p.add_argument("--token-file", help="file holding the API key (default: $CUSTOS_GATEWAY_TOKEN)")
     p.add_argument("--ca-file", help="CA certificate (PEM) of an https gateway")
+    p.add_argument("--pin-sha256", help="base64 SHA-256 of the gateway certificate's key (gateway.tls.bind_agent_id)")
     p.add_argument("--cert-file", help="client certificate (PEM) when the gateway requires one (mutual TLS)")
     p.add_argument("--key-file", help="the client certificate's private key (PEM)")
     p.add_argument("--poll", action="store_true", help="wait by polling GET /v1/tasks/{id} instead of the event stream")
@@ -202,7 +273,8 @@ def main(argv=None):
     else:
         with open(args.input, "rb") as f:
             data = f.read()
-    gw = Gateway(args.url, _token(args), ca_file=args.ca_file, cert_file=args.cert_file, key_file=args.key_file)
+    gw = Gateway(args.url, _token(args), ca_file=args.ca_file, cert_file=args.cert_file, key_file=args.key_file,
+                 pin_sha256=args.pin_sha256)
     try:
         task = gw.submit(args.to, args.handler, data)
         print("submitted task %s to %s (input sha256 %s)" % (task["task_id"], task["to"], task["input_sha256"]))

@@ -57,6 +57,19 @@ func (t *Identity) Certificate() (*tls.Certificate, error) {
 	if t.cert != nil && t.gen == gen {
 		return t.cert, nil
 	}
+	cert, err := NewCertificate("custos "+t.id.Transport()+" transport", raw, b.NotAfter, t.id.PrivateKey())
+	if err != nil {
+		return nil, err
+	}
+	t.cert = cert
+	t.gen = gen
+	return t.cert, nil
+}
+
+// NewCertificate makes the self-signed certificate over priv's key carrying the encoded binding raw in
+// the BindingOID extension, valid until notAfter (the binding's expiry): what the transports present, and
+// the HTTP gateway when gateway.tls.bind_agent_id is set (agent/gateway).
+func NewCertificate(commonName string, raw []byte, notAfter time.Time, priv ed25519.PrivateKey) (*tls.Certificate, error) {
 	ext, err := asn1.Marshal(raw)
 	if err != nil {
 		return nil, err
@@ -67,21 +80,23 @@ func (t *Identity) Certificate() (*tls.Certificate, error) {
 	}
 	tmpl := &x509.Certificate{
 		SerialNumber:          serial,
-		Subject:               pkix.Name{CommonName: "custos " + t.id.Transport() + " transport"},
+		Subject:               pkix.Name{CommonName: commonName},
 		NotBefore:             time.Now().Add(-5 * time.Minute),
-		NotAfter:              b.NotAfter,
+		NotAfter:              notAfter,
 		KeyUsage:              x509.KeyUsageDigitalSignature,
 		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
 		BasicConstraintsValid: true,
 		ExtraExtensions:       []pkix.Extension{{Id: BindingOID, Value: ext}},
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, t.id.PublicKey(), t.id.PrivateKey())
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, priv.Public(), priv)
 	if err != nil {
-		return nil, fmt.Errorf("create transport certificate: %w", err)
+		return nil, fmt.Errorf("create binding certificate: %w", err)
 	}
-	t.cert = &tls.Certificate{Certificate: [][]byte{der}, PrivateKey: t.id.PrivateKey()}
-	t.gen = gen
-	return t.cert, nil
+	leaf, err := x509.ParseCertificate(der)
+	if err != nil {
+		return nil, err
+	}
+	return &tls.Certificate{Certificate: [][]byte{der}, PrivateKey: priv, Leaf: leaf}, nil
 }
 
 // base is what both sides share.
