@@ -85,6 +85,11 @@ type PrivacyConfig struct {
 	// FullAddresses keeps whole IP addresses in audit records and logs; by default an IPv4 address is
 	// truncated to its /24 and an IPv6 address to its /48.
 	FullAddresses bool `yaml:"full_addresses"`
+	// SealAuditFields seals the personal fields of audit records (another agent's ID as actor or
+	// subject, addresses) under a key per subject, destroyed when the subject is erased (ADR 0099).
+	// Off by default: the keys live in state.db, which the running agent holds, so while it runs its
+	// audit log can be read (agentctl audit query, tests, SIEM shippers) only with those fields sealed.
+	SealAuditFields bool `yaml:"seal_audit_fields"`
 	// Retention: how long each store keeps what it holds about others (privacy.go, ADR 0092).
 	Retention RetentionConfig `yaml:"retention"`
 }

@@ -222,7 +222,7 @@ func Start(ctx context.Context, opts Options) (_ *Daemon, err error) {
 		CheckpointEvery: cfg.Audit.CheckpointEvery, CheckpointInterval: cfg.Audit.CheckpointInterval,
 		SegmentMaxBytes: cfg.Audit.SegmentMaxBytes, SegmentMaxAge: cfg.Audit.SegmentMaxAge,
 		Retention: audit.Retention{MaxAge: cfg.AuditMaxAge(), MaxBytes: cfg.Audit.RetentionMaxBytes},
-		Observer:  d.metrics, Logger: d.log.With("part", "audit"), Addresses: &addrs, SubjectKeys: d.db.SubjectKeys, // ADR 0099
+		Observer:  d.metrics, Logger: d.log.With("part", "audit"), Addresses: &addrs, SubjectKeys: d.db.AuditKeys(cfg.Privacy.SealAuditFields), // ADR 0099
 	})
 	if err != nil {
 		return nil, fmt.Errorf("audit log: %w", err)

@@ -25,6 +25,7 @@ import (
 	"github.com/custos-agent/custos/agent/peers"
 	"github.com/custos-agent/custos/agent/rbac"
 	"github.com/custos-agent/custos/agent/tasks"
+	"github.com/custos-agent/custos/audit"
 	"github.com/custos-agent/custos/audit/subjectkeys"
 	"github.com/custos-agent/custos/internal/sealbox"
 )
@@ -63,6 +64,15 @@ func Open(ctx context.Context, path string, src atrest.Source, log *slog.Logger)
 		box.Close()
 	}
 	return db, err
+}
+
+// AuditKeys is what the audit log seals personal fields with: the subject keys when seal is set
+// (privacy.seal_audit_fields, ADR 0099), else nil (fields in the clear).
+func (db *DB) AuditKeys(seal bool) audit.SubjectKeys {
+	if !seal || db.SubjectKeys == nil {
+		return nil
+	}
+	return db.SubjectKeys
 }
 
 // OpenWithBox opens the state database at path with a given Box (nil: values in the clear).
@@ -104,14 +114,13 @@ func OpenWithBox(path string, box *sealbox.Box) (_ *DB, err error) {
 	if db.Mailbox, err = mailbox.NewStore(b, mailbox.Limits{}); err != nil {
 		return nil, err
 	}
-	// The subject keys are sealed under the home's data key (ADR 0098); where the keystore cannot wrap
-	// one yet (TPM, PKCS#11), under the interim key file next to the audit log, which keeps
-	// crypto-shredding working (destroying a subject key) without protecting the keys at rest.
-	keyBox := box
-	if keyBox == nil {
-		if keyBox, err = subjectkeys.InterimBox(filepath.Dir(path)); err != nil {
-			return nil, err
-		}
+	// The subject keys are sealed under the interim key file next to the audit log
+	// (subjectkeys.InterimBox), not yet under the home's data key (ADR 0098): `agentctl audit query` on
+	// a stopped agent opens them without the keystore. Crypto-shredding (destroying a subject's key)
+	// holds either way; at rest they are protected by file permissions only (ADR 0099).
+	keyBox, err := subjectkeys.InterimBox(filepath.Dir(path))
+	if err != nil {
+		return nil, err
 	}
 	if db.SubjectKeys, err = subjectkeys.New(b, keyBox); err != nil {
 		return nil, err

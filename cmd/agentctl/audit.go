@@ -21,7 +21,6 @@ import (
 	"go.etcd.io/bbolt"
 
 	"github.com/custos-agent/custos/agent/api"
-	"github.com/custos-agent/custos/agent/atrest"
 	"github.com/custos-agent/custos/agent/control"
 	"github.com/custos-agent/custos/audit"
 	"github.com/custos-agent/custos/audit/subjectkeys"
@@ -341,11 +340,6 @@ func subjectKeys(c *cli.Context, home string) (audit.KeyLookup, func()) {
 	db, err := bbolt.Open(path, 0o600, &bbolt.Options{ReadOnly: true, Timeout: 200 * time.Millisecond})
 	if err != nil {
 		note("the agent holds state.db (stop it to read them)")
-		return nil, none
-	}
-	if _, err := os.Stat(filepath.Join(home, atrest.File)); err == nil {
-		_ = db.Close()
-		note("the subject keys are sealed under the home's data key, which only the agent's keystore unwraps (ADR 0098); `agentctl data export --subject ID` through the running agent shows a subject's records opened")
 		return nil, none
 	}
 	box, err := subjectkeys.InterimBox(home)

@@ -36,7 +36,7 @@ func TestErasure(t *testing.T) {
 	s := newAgent(t, "holder", false)
 	boot := s.bootstrapTo(x, "tcp")
 	s.writeConfig(agentConfig{Transports: []string{"tcp"}, Bootstrap: []config.PeerConfig{boot},
-		Extra: "authorization: {default_peer_roles: [task_submitter], admins: [" + s.id + "]}\n"})
+		Extra: "authorization: {default_peer_roles: [task_submitter], admins: [" + s.id + "]}\nprivacy: {seal_audit_fields: true}\n"})
 	s.start()
 
 	secret := "ERASE-ME-" + hex.EncodeToString(randomInput(t, 12))
